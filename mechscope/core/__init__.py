@@ -1,0 +1,14 @@
+"""Core vocabulary: sites, caches, interventions, run(), weight views. Knows no architecture."""
+
+from .cache import Cache
+from .errors import InterventionError, LoadError, MechscopeError, SiteError
+from .factored import FactoredMatrix
+from .interventions import Add, Context, Intervention, Mean, Patch, Replace, Resample, Scale, Zero
+from .protocol import Adapter, Prepared
+from .run import RunResult, resolve, run
+from .site import Kind, Layout, Site
+from .weights import Weights
+
+__all__ = ["Adapter", "Add", "Cache", "Context", "FactoredMatrix", "Intervention", "InterventionError",
+           "Kind", "Layout", "LoadError", "Mean", "MechscopeError", "Patch", "Prepared", "Replace",
+           "Resample", "RunResult", "Scale", "Site", "SiteError", "Weights", "Zero", "resolve", "run"]

@@ -1,0 +1,250 @@
+"""Interventions: small frozen values that say how to change the activation at one Site.
+
+Each intervention may be restricted to batch `rows`, `positions` (query positions for attention
+patterns), `heads` and `units` (the last axis: neurons, features or d_model coordinates). An
+unrestricted axis means "all". Restrictions combine as an outer product, like `numpy.ix_`.
+
+An intervention computes a *target* tensor broadcastable to the site's activation; the selected
+entries of the activation are replaced by the selected entries of the target. Applying the same
+list of interventions to one site is done in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+
+from .errors import InterventionError
+from .site import Site
+
+Index = Union[None, int, Sequence[int], slice, Tensor]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an intervention may read besides the activation itself.
+
+    `input_ids` (batch, pos) and `attention_mask` are the run's tokens when the model has them;
+    `cache` holds the activations captured so far in this run (sites earlier in the forward pass).
+    """
+
+    site: Site
+    input_ids: Tensor | None
+    attention_mask: Tensor | None
+    cache: dict
+
+
+def _norm_index(ix: Index) -> Index:
+    if isinstance(ix, (list, tuple, range)):
+        return tuple(int(i) for i in ix)
+    if isinstance(ix, int):
+        return (ix,)
+    return ix
+
+
+@dataclass(frozen=True, eq=False)
+class Intervention:
+    """Base class: where (site and restrictions); subclasses say what (the target)."""
+
+    site: Site
+    positions: Index = field(default=None, kw_only=True)
+    heads: Index = field(default=None, kw_only=True)
+    rows: Index = field(default=None, kw_only=True)
+    units: Index = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.site, str):
+            object.__setattr__(self, "site", Site.parse(self.site))
+        if self.site.head is not None:  # a head-restricted site is the whole site with heads=[h]
+            if self.heads is not None:
+                raise InterventionError(f"{self.site.name}: give the head in the site or in heads=, not both")
+            object.__setattr__(self, "heads", (self.site.head,))
+            object.__setattr__(self, "site", self.site.whole)
+        for name in ("positions", "heads", "rows", "units"):
+            object.__setattr__(self, name, _norm_index(getattr(self, name)))
+
+    # subclasses implement this -------------------------------------------------------------
+    def target(self, x: Tensor, ctx: Context) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # shared machinery -----------------------------------------------------------------------
+    @property
+    def restricted(self) -> bool:
+        return any(getattr(self, n) is not None for n in ("positions", "heads", "rows", "units"))
+
+    def apply(self, x: Tensor, ctx: Context) -> Tensor:
+        """Return the activation with this intervention applied (a new tensor; `x` is untouched)."""
+        new = self.target(x, ctx)
+        if not isinstance(new, Tensor):
+            new = torch.as_tensor(new, dtype=x.dtype, device=x.device)
+        try:
+            shape = torch.broadcast_shapes(new.shape, x.shape)
+        except RuntimeError:
+            shape = None
+        if shape != x.shape:
+            raise InterventionError(
+                f"{type(self).__name__} at {self.site.name}: value of shape {tuple(new.shape)} does not "
+                f"fit the activation of shape {tuple(x.shape)} (it must broadcast to it)")
+        new = new.to(device=x.device, dtype=x.dtype)
+        if not self.restricted:
+            return new.expand(x.shape).clone() if new.shape != x.shape or new is x else new
+        sel = self._selector(x)
+        out = x.clone()
+        out[sel] = new.expand(x.shape)[sel]
+        return out
+
+    def _selector(self, x: Tensor) -> tuple:
+        """An ix_-style index tuple selecting rows x positions x heads x units of `x`."""
+        lay = self.site.layout
+        axes: dict[int, tuple[str, Index]] = {0: ("rows", self.rows)}
+        for name, ax in (("positions", lay.pos), ("heads", lay.head), ("units", lay.unit)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if ax is None:
+                raise InterventionError(f"{type(self).__name__}: site {self.site.name} has no {name} axis; "
+                                        f"remove the {name}= restriction")
+            axes[ax % x.ndim] = (name, value)
+        idx = []
+        for d in range(x.ndim):
+            name, value = axes.get(d, ("", None))
+            n = x.shape[d]
+            if value is None:
+                t = torch.arange(n, device=x.device)
+            elif isinstance(value, slice):
+                t = torch.arange(n, device=x.device)[value]
+            else:
+                t = torch.as_tensor(value, device=x.device).long().reshape(-1)
+                bad = (t >= n) | (t < -n)
+                if bool(bad.any()):
+                    raise InterventionError(
+                        f"{type(self).__name__} at {self.site.name}: {name} {t[bad].tolist()} out of range; "
+                        f"this activation has {n} {name} (0..{n - 1}), shape {tuple(x.shape)}")
+            shape = [1] * x.ndim
+            shape[d] = -1
+            idx.append(t.reshape(shape))
+        return tuple(idx)
+
+
+@dataclass(frozen=True, eq=False)
+class Zero(Intervention):
+    """Set the selected entries to zero (zero ablation)."""
+
+    def target(self, x: Tensor, ctx: Context) -> Tensor:
+        return x.new_zeros(())
+
+
+@dataclass(frozen=True, eq=False)
+class Mean(Intervention):
+    """Set the selected entries to a mean activation.
+
+    `mean` broadcasts to one prompt's activation, e.g. (d_model,) or (pos, d_model); build it from
+    a reference set with `Mean.of(site, activations)`, which averages over the batch axis (and
+    over positions too with `over_positions=True`).
+    """
+
+    mean: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mean is None:
+            raise InterventionError("Mean needs mean=: build it with Mean.of(site, reference_activations)")
+
+    @classmethod
+    def of(cls, site: Site | str, reference: Tensor, *, over_positions: bool = False, **where: Any) -> "Mean":
+        site = Site.parse(site) if isinstance(site, str) else site
+        m = reference.float().mean(0)
+        if over_positions:
+            pos = site.whole.layout.pos
+            if pos is None:
+                raise InterventionError(f"{site.name} has no position axis to average over")
+            m = m.mean(pos - 1, keepdim=True)
+        return cls(site, mean=m.to(reference.dtype), **where)
+
+    def target(self, x: Tensor, ctx: Context) -> Tensor:
+        return self.mean
+
+
+@dataclass(frozen=True, eq=False)
+class Resample(Intervention):
+    """Replace each batch row with a row drawn (with a fixed seed) from `source` activations.
+
+    `source` is (n, ...) activations at the same site on a reference distribution, e.g. a
+    Cache entry from a run on corrupted prompts.
+    """
+
+    source: Tensor | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.source is None:
+            raise InterventionError("Resample needs source=: activations at the site from a reference run")
+
+    def target(self, x: Tensor, ctx: Context) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed)
+        pick = torch.randint(self.source.shape[0], (x.shape[0],), generator=g).to(self.source.device)
+        return self.source[pick]
+
+
+@dataclass(frozen=True, eq=False)
+class Patch(Intervention):
+    """Write `value` (the activation from another run, same shape or broadcastable) in place."""
+
+    value: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.value is None:
+            raise InterventionError("Patch needs value=: the activation to write, e.g. clean_cache[site]")
+
+    def target(self, x: Tensor, ctx: Context) -> Tensor:
+        return self.value
+
+
+@dataclass(frozen=True, eq=False)
+class Add(Intervention):
+    """Add a vector (steering) or tensor broadcastable to the activation."""
+
+    vector: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.vector is None:
+            raise InterventionError("Add needs vector=")
+
+    def target(self, x: Tensor, ctx: Context) -> Tensor:
+        return x + self.vector.to(x.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Scale(Intervention):
+    """Multiply the selected entries by `factor`."""
+
+    factor: float | Tensor = 1.0
+
+    def target(self, x: Tensor, ctx: Context) -> Tensor:
+        return x * self.factor
+
+
+@dataclass(frozen=True, eq=False)
+class Replace(Intervention):
+    """Replace the activation with `fn(x, ctx)`: code standing in for a component.
+
+    `fn` receives the current activation and a Context (tokens, attention mask, activations
+    captured earlier in the run) and returns a tensor broadcastable to the activation.
+    """
+
+    fn: Callable[[Tensor, Context], Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fn is None or not callable(self.fn):
+            raise InterventionError("Replace needs fn=: a callable (activation, context) -> tensor")
+
+    def target(self, x: Tensor, ctx: Context) -> Tensor:
+        return self.fn(x, ctx)

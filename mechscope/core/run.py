@@ -1,0 +1,184 @@
+"""run(): the one entry point that looks inside and intervenes, with hooks that never outlive it.
+
+Steps of one call:
+1. resolve every requested site (captures, interventions, gradient sites) to a whole Site and
+   check it against the model (unknown names fail with the nearest valid ones);
+2. group the interventions by site, keeping their order;
+3. install one handler per site on the adapter's tap: apply the site's interventions in order,
+   then keep the resulting tensor if it was asked for;
+4. run the forward pass inside the adapter's session (and with gradients on, if asked);
+5. remove every hook in a `finally` block, so an exception leaves the model as it was;
+6. with `grad=`, differentiate the metric with respect to the captured tensors in one backward
+   pass; then release storage that captured views would otherwise keep alive.
+
+With no captures and no interventions nothing is installed: the output is the bare model's,
+bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .cache import Cache
+from .errors import InterventionError, SiteError
+from .interventions import Context, Intervention
+from .protocol import Adapter, Prepared
+from .site import Site
+from .taps import Handler
+
+
+@dataclass
+class RunResult:
+    """What `run` returns: the model output, its logits when it has them, and the captures."""
+
+    output: Any
+    logits: Tensor | None
+    cache: Cache
+    grads: Cache | None = None
+    metric: Tensor | None = None
+    prepared: Prepared | None = None
+
+    def _repr_html_(self) -> str:
+        return self.cache._repr_html_()
+
+
+def resolve(adapter: Adapter, site: Site | str, valid: set[Site] | None = None) -> Site:
+    """Parse `site` against the model and check its head; SiteError names the nearest valid sites."""
+    valid = set(adapter.sites()) if valid is None else valid
+    site = Site.parse(site, list(valid)) if isinstance(site, str) else site
+    if site.whole not in valid:
+        Site.parse(site.name, list(valid))  # raises with the nearest names
+    if site.head is not None:
+        n = adapter.n_heads_at(site.whole)
+        if n is not None and not 0 <= site.head < n:
+            raise SiteError(f"head {site.head} out of range for {site.whole.name}: it has {n} heads (0..{n - 1})")
+    return site
+
+
+def run(
+    adapter: Adapter,
+    inputs: Any,
+    capture: Iterable[Site | str] | Site | str = (),
+    interventions: Sequence[Intervention] | Intervention = (),
+    grad: Callable[[Any], Tensor] | None = None,
+    track_grad: bool = False,
+) -> RunResult:
+    """Run the model on `inputs`, capturing `capture` and applying `interventions`.
+
+    `grad`, if given, maps the model output to a scalar metric; the gradients of that metric at
+    every captured site are returned in `result.grads`, from one backward pass (activations and
+    gradients together, as attribution methods need). Without `grad`, the forward pass runs under
+    `torch.no_grad()` unless `track_grad=True`.
+    """
+    if isinstance(capture, (Site, str)):
+        capture = [capture]
+    if isinstance(interventions, Intervention):
+        interventions = [interventions]
+    valid = set(adapter.sites())
+    wanted = [resolve(adapter, s, valid) for s in capture]
+    by_site: dict[Site, list[Intervention]] = defaultdict(list)
+    for iv in interventions:
+        if not isinstance(iv, Intervention):
+            raise InterventionError(f"expected an Intervention, got {type(iv).__name__}")
+        resolve(adapter, iv.site, valid)
+        by_site[iv.site].append(iv)
+        n = adapter.n_heads_at(iv.site)
+        if iv.heads is not None and n is not None and isinstance(iv.heads, tuple):
+            bad = [h for h in iv.heads if not -n <= h < n]
+            if bad:
+                raise InterventionError(f"{type(iv).__name__} at {iv.site.name}: heads {bad} out of range; "
+                                        f"the site has {n} heads (0..{n - 1})")
+    capture_whole: dict[Site, list[Site]] = defaultdict(list)
+    for s in wanted:
+        capture_whole[s.whole].append(s)
+    touched = set(by_site) | set(capture_whole)
+    prepared = adapter.prepare(inputs)
+    grad_on = grad is not None or track_grad
+    if not touched and grad is None:
+        with torch.set_grad_enabled(grad_on):
+            out = adapter.forward(prepared)
+        return RunResult(out, adapter.logits(out), Cache(), prepared=prepared)
+
+    store: dict[Site, Tensor] = {}
+    ctx_cache: dict[Site, Tensor] = store  # interventions may read what was captured earlier
+
+    def make_handler(site: Site) -> Handler:
+        ivs = by_site.get(site, [])
+        keep = capture_whole.get(site, [])
+        ctx = Context(site, prepared.input_ids, prepared.attention_mask, ctx_cache)
+
+        def fn(x: Tensor) -> Tensor:
+            for iv in ivs:
+                x = iv.apply(x, ctx)
+            if keep:
+                if grad is not None and not x.requires_grad:
+                    raise SiteError(f"no gradient reaches {site.name}: it does not depend on anything that "
+                                    "requires grad")
+                store[site] = x
+            return x
+
+        return Handler(fn, modifies=bool(ivs))
+
+    handles = []
+    try:
+        if grad is not None:
+            entry = adapter.grad_entry()
+            if entry is not None:
+                handles += entry.install(Handler(_require_grad, modifies=True))
+        for site in touched:
+            handles += adapter.tap(site).install(make_handler(site))
+        with adapter.session(touched), torch.set_grad_enabled(grad_on):
+            out = adapter.forward(prepared)
+    finally:
+        for h in handles:
+            h.remove()
+
+    logits = adapter.logits(out)
+    grads = metric = None
+    if grad is not None:
+        metric = grad(out)
+        sites = list(store)
+        got = torch.autograd.grad(metric, [store[s] for s in sites], allow_unused=True)
+        grads = Cache(_expand({s: (g if g is not None else torch.zeros_like(store[s]))
+                               for s, g in zip(sites, got)}, capture_whole))
+        store = {s: t.detach() for s, t in store.items()}
+        metric = metric.detach()
+    return RunResult(out, logits, Cache(_expand(_compact(store), capture_whole)), grads, metric, prepared)
+
+
+def _require_grad(x: Tensor) -> Tensor:
+    return x if x.requires_grad else x.detach().requires_grad_(True)
+
+
+def _expand(store: dict[Site, Tensor], asked: dict[Site, list[Site]]) -> dict[Site, Tensor]:
+    """Key the cache by the sites asked for: head-restricted sites get their head's slice."""
+    out: dict[Site, Tensor] = {}
+    for whole, sites in asked.items():
+        for s in sites:
+            t = store[whole]
+            out[s] = t if s.head is None else t.select(whole.layout.head, s.head)
+    return out
+
+
+def _compact(store: dict[Site, Tensor]) -> dict[Site, Tensor]:
+    """Copy captured views whose storage is mostly not asked for (e.g. q out of a fused qkv).
+
+    Without this, keeping a small view would keep its whole parent buffer alive.
+    """
+    groups: dict[int, list[Site]] = defaultdict(list)
+    for s, t in store.items():
+        groups[t.untyped_storage().data_ptr()].append(s)
+    out = dict(store)
+    for sites in groups.values():
+        storage = store[sites[0]].untyped_storage().nbytes()
+        asked = sum(store[s].numel() * store[s].element_size() for s in sites)
+        if asked * 1.1 < storage:
+            for s in sites:
+                out[s] = store[s].clone()
+    return out

@@ -1,0 +1,123 @@
+"""Weights: read-only per-layer, per-head weight views in one convention, and layer-norm folding.
+
+Convention (row vectors, x @ W):
+    W_E    (vocab, d_model)            W_pos  (n_ctx, d_model) or None
+    W_Q    (layer, head, d_model, d_head)   b_Q (layer, head, d_head)
+    W_K    (layer, head, d_model, d_head)   b_K  -- one per *query* head: under grouped-query
+    W_V    (layer, head, d_model, d_head)   b_V     attention key/value heads are repeated
+    W_O    (layer, head, d_head, d_model)   b_O (layer, d_model)
+    W_in   (layer, d_model, d_mlp)     b_in   (layer, d_mlp)
+    W_gate (layer, d_model, d_mlp) or None (gated MLPs: post = act(x W_gate) * (x W_in))
+    W_out  (layer, d_mlp, d_model)     b_out  (layer, d_model)
+    W_U    (d_model, vocab)            b_U    (vocab,)
+    ln1_w, ln1_b, ln2_w, ln2_b (layer, d_model); lnf_w, lnf_b (d_model,)  -- b None for RMSNorm
+Queries and keys here are before any rotary position embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from .factored import FactoredMatrix
+
+
+@dataclass(frozen=True, eq=False)
+class Weights:
+    n_heads: int
+    n_kv_heads: int
+    W_E: Tensor | None
+    W_pos: Tensor | None
+    W_Q: Tensor
+    W_K: Tensor
+    W_V: Tensor
+    W_O: Tensor
+    b_Q: Tensor | None
+    b_K: Tensor | None
+    b_V: Tensor | None
+    b_O: Tensor | None
+    W_in: Tensor | None
+    b_in: Tensor | None
+    W_gate: Tensor | None
+    W_out: Tensor | None
+    b_out: Tensor | None
+    W_U: Tensor | None
+    b_U: Tensor | None
+    ln1_w: Tensor | None = None
+    ln1_b: Tensor | None = None
+    ln2_w: Tensor | None = None
+    ln2_b: Tensor | None = None
+    lnf_w: Tensor | None = None
+    lnf_b: Tensor | None = None
+    ln_folded: bool = False
+    foldable: bool = True  # False for post-LN models (BERT), where norms sit after the residual add
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.W_Q.shape[0])
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def W_K_grouped(self) -> Tensor:
+        """Keys per key/value head: (layer, kv_head, d_model, d_head)."""
+        return self.W_K[:, :: self.group_size]
+
+    @property
+    def W_V_grouped(self) -> Tensor:
+        return self.W_V[:, :: self.group_size]
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """Bilinear attention score form per (layer, head): x_q W_Q W_K^T x_k^T, (d_model, d_model)."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-1, -2))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """What each head writes per attended residual vector: x W_V W_O, (d_model, d_model)."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    def fold_layer_norm(self) -> "Weights":
+        """Fold each norm's scale (and shift) into the weights that read its output.
+
+        After folding, ln*_w are ones and ln*_b zeros: the norm only centres (LayerNorm) and
+        divides by its RMS. The results of the model are unchanged.
+        """
+        if self.ln_folded:
+            return self
+        if not self.foldable:
+            raise ValueError("this model normalises after the residual add (post-LN); "
+                             "its layer norms cannot be folded into the next weights")
+
+        def fold(w: Tensor | None, b: Tensor | None, g: Tensor | None, beta: Tensor | None):
+            # w: ([layer,] [head,] d_model, out); g, beta: ([layer,] d_model) act on w's input rows
+            if w is None or g is None:
+                return w, b
+            mid = w.dim() - g.dim() - 1  # number of head axes between layer and d_model
+            lead = g.shape[:-1]
+            view = lambda t: t.reshape(*lead, *([1] * mid), t.shape[-1])  # noqa: E731
+            w2 = w * view(g).unsqueeze(-1)
+            if beta is not None:
+                shift = (view(beta).unsqueeze(-2) @ w).squeeze(-2)  # ([layer,] [head,] out)
+                b = shift if b is None else b + shift
+            return w2, b
+
+        W_Q, b_Q = fold(self.W_Q, self.b_Q, self.ln1_w, self.ln1_b)
+        W_K, b_K = fold(self.W_K, self.b_K, self.ln1_w, self.ln1_b)
+        W_V, b_V = fold(self.W_V, self.b_V, self.ln1_w, self.ln1_b)
+        W_in, b_in = fold(self.W_in, self.b_in, self.ln2_w, self.ln2_b)
+        W_gate, _ = fold(self.W_gate, None, self.ln2_w, None)
+        W_U, b_U = fold(self.W_U, self.b_U, self.lnf_w, self.lnf_b)
+        if self.W_gate is not None and self.ln2_b is not None:
+            raise ValueError("gated MLP after a LayerNorm with a shift: the gate bias has no slot")
+        ones = lambda t: None if t is None else torch.ones_like(t)  # noqa: E731
+        zeros = lambda t: None if t is None else torch.zeros_like(t)  # noqa: E731
+        return replace(self, W_Q=W_Q, b_Q=b_Q, W_K=W_K, b_K=b_K, W_V=W_V, b_V=b_V, W_in=W_in,
+                       b_in=b_in, W_gate=W_gate, W_U=W_U, b_U=b_U, ln1_w=ones(self.ln1_w),
+                       ln1_b=zeros(self.ln1_b), ln2_w=ones(self.ln2_w), ln2_b=zeros(self.ln2_b),
+                       lnf_w=ones(self.lnf_w), lnf_b=zeros(self.lnf_b), ln_folded=True)

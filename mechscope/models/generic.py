@@ -1,0 +1,58 @@
+"""Any nn.Module: every named submodule's output is a site (a CNN's conv and pool layers, say)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..core.protocol import Prepared
+from ..core.site import Site
+from ..core.taps import ModuleInput, ModuleOutput, Tap
+from .base import ModelBase
+
+
+class ModuleModel(ModelBase):
+    """Sites are `Site.module(path)` for each submodule path in `module.named_modules()`.
+
+    Inputs: a tensor (passed positionally), a tuple of positional arguments, or a dict of keyword
+    arguments. The model's output counts as logits when it is a tensor.
+    """
+
+    def __init__(self, module: nn.Module, name: str | None = None):
+        self.module = module
+        self.name = name or type(module).__name__
+        self._modules = {path: m for path, m in module.named_modules() if path}
+        self._sites = [Site.module(p) for p in self._modules]
+
+    def sites(self) -> list[Site]:
+        return list(self._sites)
+
+    def tap(self, site: Site) -> Tap:
+        site = self.check(site)
+        return ModuleOutput(self._modules[site.path])
+
+    def prepare(self, inputs: Any) -> Prepared:
+        if isinstance(inputs, Prepared):
+            return inputs
+        if isinstance(inputs, Tensor):
+            return Prepared(args=(inputs,))
+        if isinstance(inputs, tuple):
+            return Prepared(args=inputs)
+        if isinstance(inputs, dict):
+            return Prepared(kwargs=dict(inputs))
+        raise TypeError(f"cannot run {self.name} on {type(inputs).__name__}: give a tensor, a tuple of "
+                        "positional arguments or a dict of keyword arguments")
+
+    def forward(self, prepared: Prepared) -> Any:
+        return self.module(*prepared.args, **prepared.kwargs)
+
+    def logits(self, output: Any) -> Tensor | None:
+        return output if isinstance(output, Tensor) else getattr(output, "logits", None)
+
+    def session(self, sites: set[Site]):
+        return nullcontext()
+
+    def grad_entry(self) -> Tap | None:
+        return ModuleInput(self.module)

@@ -1,0 +1,268 @@
+"""The Hugging Face adapter: a declarative `Spec` per family turned into sites, taps and weights.
+
+A family file (gpt2.py, gpt_neox.py, llama.py, bert.py) fills in one `Spec`: module paths of
+each site relative to the model root or to one block, and a function that reads one block's
+weights into mechscope's convention. Nothing here tests which architecture it is looking at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..core.errors import LoadError
+from ..core.protocol import Prepared
+from ..core.site import Kind, Site
+from ..core.taps import HeadResult, ModuleInput, ModuleOutput, Tap
+from ..core.weights import Weights
+from . import hf_attention
+from .base import ModelBase
+
+
+@dataclass(frozen=True)
+class Out:
+    """Site = output of the module at `path` (element `index` of a tuple output)."""
+
+    path: str
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class In:
+    """Site = first input of the module at `path`; `inplace` for a residual read by a norm."""
+
+    path: str
+    inplace: bool = False
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one Hugging Face family exposes its sites and weights.
+
+    Root paths are relative to the loaded model; block paths are relative to one block
+    (`layers[i]`). `""` is the block itself. A missing entry means the family has no such site.
+    """
+
+    model_types: tuple[str, ...]
+    layers: str  # root path of the ModuleList of blocks
+    attention: str  # block path of the module that calls the attention function
+    out_proj: str  # block path of the attention output projection (its input is z)
+    root: dict[Kind, Out] = field(default_factory=dict)  # embed, pos_embed, ln_final, logits
+    block: dict[Kind, Out | In] = field(default_factory=dict)
+    read_block: Callable[[nn.Module, Any], dict[str, Tensor | None]] | None = None
+    read_root: Callable[[nn.Module, Any], dict[str, Tensor | None]] | None = None
+    n_kv_heads: Callable[[Any], int] = lambda cfg: cfg.num_attention_heads
+    d_head: Callable[[Any], int] = lambda cfg: cfg.hidden_size // cfg.num_attention_heads
+    causal: bool = True
+    post_ln: bool = False
+    unsupported: Callable[[Any], set[Kind]] = lambda cfg: set()  # kinds a config variant lacks
+
+
+class HFModel(ModelBase):
+    """A Hugging Face model seen through one family Spec.
+
+    `tokenizer` is optional (tests use token ids); BOS and padding are explicit, see `to_tokens`.
+    """
+
+    def __init__(self, module: nn.Module, spec: Spec, tokenizer: Any = None, name: str | None = None):
+        self.module = module
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.name = name or type(module).__name__
+        self.config = module.config
+        self.base: nn.Module = module.base_model
+        self.blocks: nn.ModuleList = self.base.get_submodule(spec.layers)
+        self.n_layers = len(self.blocks)
+        self.n_heads = int(self.config.num_attention_heads)
+        self.n_kv_heads = int(spec.n_kv_heads(self.config))
+        self.d_head = int(spec.d_head(self.config))
+        self.d_model = int(self.config.hidden_size)
+        lacking = spec.unsupported(self.config)
+        sites: list[Site] = []
+        root = {k: w for k, w in spec.root.items() if self._has(w.path)}
+        self._root = root
+        for kind in (Kind.EMBED, Kind.POS_EMBED):
+            if kind in root:
+                sites.append(Site(kind))
+        block_kinds = [k for k in Kind if k in spec.block or k in hf_attention.INTERNAL or k is Kind.RESULT]
+        order = list(Kind)
+        block_kinds.sort(key=order.index)
+        block_kinds = [k for k in block_kinds if k not in lacking]
+        for layer in range(self.n_layers):
+            sites += [Site(k, layer) for k in block_kinds]
+        for kind in (Kind.LN_FINAL, Kind.LOGITS):
+            if kind in root:
+                sites.append(Site(kind))
+        self._sites = sites
+        self._site_set = frozenset(sites)
+
+    def _has(self, path: str) -> bool:
+        try:
+            self._resolve(path)
+            return True
+        except AttributeError:
+            return False
+
+    def _resolve(self, path: str) -> nn.Module:
+        # "^name" is relative to the loaded model (heads); other root paths to its base model
+        if path.startswith("^"):
+            return self.module.get_submodule(path[1:])
+        return self.base.get_submodule(path) if path else self.base
+
+    # --- the adapter protocol ---------------------------------------------------------------
+    def sites(self) -> list[Site]:
+        return list(self._sites)
+
+    def n_heads_at(self, site: Site) -> int | None:
+        if not site.per_head:
+            return None
+        return self.n_kv_heads if site.kind in (Kind.K, Kind.V) else self.n_heads
+
+    def tap(self, site: Site) -> Tap:
+        site = self.check(site)
+        spec = self.spec
+        if site.layer is None:
+            return _tap(self._resolve(self._root[site.kind].path), self._root[site.kind], "")
+        block = self.blocks[site.layer]
+        if site.kind in hf_attention.INTERNAL:
+            return hf_attention.AttentionTap(block.get_submodule(spec.attention), site.kind)
+        if site.kind is Kind.RESULT:
+            layer = site.layer
+            return HeadResult(block.get_submodule(spec.out_proj), self.n_heads,
+                              w_o=lambda: self._block_weights(layer)["W_O"],
+                              bias=lambda: self._block_weights(layer)["b_O"])
+        where = spec.block[site.kind]
+        return _tap(block, where, where.path)
+
+    def session(self, sites: set[Site]):
+        if any(s.kind in hf_attention.INTERNAL for s in sites):
+            return hf_attention.exposed([self.config])
+        return nullcontext()
+
+    def grad_entry(self) -> Tap | None:
+        if Kind.EMBED not in self._root:
+            return None
+        return _tap(self._resolve(self._root[Kind.EMBED].path), self._root[Kind.EMBED], "")
+
+    def prepare(self, inputs: Any) -> Prepared:
+        if isinstance(inputs, Prepared):
+            return inputs
+        if isinstance(inputs, (str, list)) and (isinstance(inputs, str) or isinstance(inputs[0], str)):
+            inputs = self.to_tokens(inputs)
+        if isinstance(inputs, Tensor):
+            if inputs.dtype not in (torch.long, torch.int32, torch.int64):
+                raise TypeError(f"token ids must be integers, got {inputs.dtype}")
+            ids = inputs if inputs.dim() == 2 else inputs.unsqueeze(0)
+            return Prepared(args=(ids,), input_ids=ids)
+        if isinstance(inputs, dict) or hasattr(inputs, "keys"):
+            kw = dict(inputs)
+            ids = kw.get("input_ids")
+            return Prepared(kwargs=kw, input_ids=ids, attention_mask=kw.get("attention_mask"))
+        raise TypeError(f"cannot run {self.name} on {type(inputs).__name__}: give token ids (batch, pos), "
+                        "a dict of model inputs, or text")
+
+    def forward(self, prepared: Prepared) -> Any:
+        return self.module(*prepared.args, **prepared.kwargs)
+
+    def logits(self, output: Any) -> Tensor | None:
+        return getattr(output, "logits", None)
+
+    # --- tokens ------------------------------------------------------------------------------
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool = False,
+                  padding_side: str = "right") -> dict[str, Tensor]:
+        """Tokenise text into `input_ids` and `attention_mask`, (batch, pos).
+
+        BOS is added only with `prepend_bos=True` (the tokenizer's own automatic special tokens
+        are switched off, so what you see is what runs). A batch of different lengths is padded
+        on `padding_side` with the tokenizer's pad token (or EOS when it has none); padded
+        positions have attention_mask 0. With right padding, a prompt's last real token is at
+        `attention_mask.sum(1) - 1`.
+        """
+        tok = self.tokenizer
+        if tok is None:
+            raise LoadError(f"{self.name} has no tokenizer; pass token ids instead of text")
+        texts = [text] if isinstance(text, str) else list(text)
+        ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+        if prepend_bos:
+            bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+            if bos is None:
+                raise LoadError(f"{self.name}'s tokenizer has no BOS token")
+            ids = [[bos] + x for x in ids]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        n = max(len(x) for x in ids)
+        if pad is None and any(len(x) != n for x in ids):
+            raise LoadError(f"{self.name}'s tokenizer has no pad or EOS token to pad a batch with")
+        out = torch.full((len(ids), n), pad if pad is not None else 0, dtype=torch.long)
+        mask = torch.zeros((len(ids), n), dtype=torch.long)
+        for i, x in enumerate(ids):
+            sl = slice(0, len(x)) if padding_side == "right" else slice(n - len(x), n)
+            out[i, sl] = torch.tensor(x, dtype=torch.long)
+            mask[i, sl] = 1
+        return {"input_ids": out, "attention_mask": mask}
+
+    def to_str_tokens(self, ids: Tensor | Sequence[int]) -> list[str]:
+        return [self.tokenizer.decode([int(i)]) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
+
+    # --- weights -----------------------------------------------------------------------------
+    def _block_weights(self, layer: int) -> dict[str, Tensor | None]:
+        return self.spec.read_block(self.blocks[layer], self)
+
+    @torch.no_grad()
+    def weights(self, fold_ln: bool = False) -> Weights:
+        """Weight views for every layer and head (see `mechscope.core.weights` for shapes)."""
+        per = [self._block_weights(i) for i in range(self.n_layers)]
+        stack = lambda k: None if per[0].get(k) is None else torch.stack([p[k] for p in per])  # noqa: E731
+        root = self.spec.read_root(self.module, self) if self.spec.read_root else {}
+        w = Weights(
+            n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
+            W_E=root.get("W_E"), W_pos=root.get("W_pos"),
+            W_Q=stack("W_Q"), W_K=stack("W_K"), W_V=stack("W_V"), W_O=stack("W_O"),
+            b_Q=stack("b_Q"), b_K=stack("b_K"), b_V=stack("b_V"), b_O=stack("b_O"),
+            W_in=stack("W_in"), b_in=stack("b_in"), W_gate=stack("W_gate"),
+            W_out=stack("W_out"), b_out=stack("b_out"), W_U=root.get("W_U"), b_U=root.get("b_U"),
+            ln1_w=stack("ln1_w"), ln1_b=stack("ln1_b"), ln2_w=stack("ln2_w"), ln2_b=stack("ln2_b"),
+            lnf_w=root.get("lnf_w"), lnf_b=root.get("lnf_b"), foldable=not self.spec.post_ln)
+        return w.fold_layer_norm() if fold_ln else w
+
+
+def _tap(root: nn.Module, where: Out | In, path: str) -> Tap:
+    mod = root.get_submodule(path) if path else root
+    if isinstance(where, Out):
+        return ModuleOutput(mod, where.index)
+    return ModuleInput(mod, inplace=where.inplace, kwarg="hidden_states")
+
+
+# --- helpers the family files share ---------------------------------------------------------------
+def heads_in(w: Tensor, n: int) -> Tensor:
+    """(d_model, n*d_head) -> (n, d_model, d_head): split a projection's output columns by head."""
+    return w.unflatten(-1, (n, -1)).permute(1, 0, 2)
+
+
+def heads_out(w: Tensor, n: int) -> Tensor:
+    """(n*d_head, d_model) -> (n, d_head, d_model): split an output projection's rows by head."""
+    return w.unflatten(0, (n, -1))
+
+
+def repeat_kv(w: Tensor | None, n_rep: int) -> Tensor | None:
+    """Repeat key/value heads (axis 0) so there is one per query head, as attention does."""
+    return w if w is None or n_rep == 1 else w.repeat_interleave(n_rep, dim=0)
+
+
+def linear_t(m: nn.Module) -> Tensor:
+    """An nn.Linear's weight as (in, out), the x @ W convention."""
+    return m.weight.T
+
+
+def bias(m: nn.Module) -> Tensor | None:
+    return getattr(m, "bias", None)
+
+
+def ln_params(m: nn.Module | None) -> tuple[Tensor | None, Tensor | None]:
+    if m is None:
+        return None, None
+    return getattr(m, "weight", None), getattr(m, "bias", None)

