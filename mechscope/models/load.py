@@ -77,9 +77,14 @@ def _convert_smollm2(target: Path) -> None:
             bar.update(t, advance=1, description="SmolLM2-135M: reading tokenizer")
             tok = AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF_NAME)
             bar.update(t, advance=1, description="SmolLM2-135M: writing safetensors cache")
-            if getattr(model.config, "quantization_config", None) is not None:
-                del model.config.quantization_config
-            model.save_pretrained(tmp, safe_serialization=True)
+            # The GGUF loader marks the model as quantized (unsaveable) although its tensors are
+            # already float32: copy them into a plain model built from the same config.
+            config = model.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            plain.load_state_dict(model.state_dict())
+            plain.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             (tmp / "mechscope.json").write_text(json.dumps({"source": GGUF_NAME, "dtype": "float32"}))
             bar.update(t, advance=1, description=f"SmolLM2-135M: cached at {target}")

@@ -1,0 +1,94 @@
+"""The `mechscope` command line: look inside real networks from the shell."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="mechscope: look inside neural networks, intervene on them, and measure what an "
+         "explanation explains.\n\nMODEL is a name (smollm2-135m, minilm-l6) or a local Hugging Face "
+         "directory. Nothing is downloaded.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+console = Console()
+
+ModelArg = Annotated[str, typer.Argument(help="smollm2-135m, minilm-l6, or a local Hugging Face directory")]
+
+
+def _load(name: str):
+    from .models.load import load
+
+    with console.status(f"loading {name}"):
+        return load(name)
+
+
+@app.command()
+def sites(model: ModelArg,
+          grep: Annotated[Optional[str], typer.Option(help="only names containing this text")] = None,
+          layer: Annotated[Optional[int], typer.Option(help="only this layer")] = None) -> None:
+    """List the sites of MODEL with their TransformerLens-style and short names."""
+    m = _load(model)
+    t = Table("name", "short", "kind", "layer")
+    for s in m.sites():
+        if (grep and grep not in s.name and grep not in s.short) or (layer is not None and s.layer != layer):
+            continue
+        t.add_row(s.name, s.short, s.kind.value, "" if s.layer is None else str(s.layer))
+    console.print(t)
+
+
+@app.command()
+def top(model: ModelArg, prompt: Annotated[str, typer.Argument(help="text to continue")],
+        k: Annotated[int, typer.Option("-k", help="how many tokens")] = 10,
+        bos: Annotated[bool, typer.Option(help="prepend the BOS token")] = False) -> None:
+    """Show the top-k next tokens of a causal language model after PROMPT."""
+    import torch
+
+    m = _load(model)
+    res = m.run(m.to_tokens(prompt, prepend_bos=bos))
+    if res.logits is None:
+        raise typer.BadParameter(f"{model} has no unembedding (it is an encoder); try `mechscope sites`")
+    probs = torch.softmax(res.logits[0, -1].float(), -1)
+    vals, idx = probs.topk(k)
+    t = Table("rank", "token", "id", "probability", title=f"{model}: next token after {prompt!r}")
+    for r, (p, i) in enumerate(zip(vals.tolist(), idx.tolist()), 1):
+        t.add_row(str(r), repr(m.to_str_tokens([i])[0]), str(i), f"{p:.4f}")
+    console.print(t)
+
+
+@app.command()
+def capture(model: ModelArg, prompt: Annotated[str, typer.Argument(help="input text")],
+            site: Annotated[list[str], typer.Option("--site", "-s", help="site name (repeatable), e.g. blocks.3.attn.hook_pattern")],
+            as_json: Annotated[bool, typer.Option("--json", help="print shapes and norms as JSON")] = False) -> None:
+    """Run MODEL on PROMPT and summarise the activations at the given sites."""
+    m = _load(model)
+    res = m.run(m.to_tokens(prompt), capture=site)
+    rows = {s.name: {"shape": list(t.shape), "norm": float(t.float().norm()), "mean": float(t.float().mean())}
+            for s, t in res.cache.items()}
+    if as_json:
+        print(json.dumps(rows))
+        return
+    t = Table("site", "shape", "norm", "mean")
+    for name, r in rows.items():
+        t.add_row(name, str(tuple(r["shape"])), f"{r['norm']:.4g}", f"{r['mean']:.4g}")
+    console.print(t)
+
+
+@app.command()
+def demo(prompt: Annotated[str, typer.Option(help="IOI prompt to study")] =
+         "When Mary and John went to the store, John gave a drink to") -> None:
+    """The main job: a short end-to-end look inside SmolLM2-135M (loads it offline on first use)."""
+    from .demo import run_demo
+
+    run_demo(console, prompt)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

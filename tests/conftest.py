@@ -1,0 +1,138 @@
+"""Shared fixtures: tiny, seeded, randomly initialised Hugging Face models of every supported family.
+
+Every model is built from a config object (no downloads), in float32 with eager attention, in
+eval mode. Norm weights and biases are randomised: they initialise to ones and zeros, which would
+hide layer-norm folding bugs and make "scale" and "shift" indistinguishable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+
+import mechscope as ms
+
+VOCAB = 101
+SEQ = 7
+
+
+def _neox_config(parallel: bool) -> tf.GPTNeoXConfig:
+    common = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                  vocab_size=VOCAB, max_position_embeddings=64, use_parallel_residual=parallel)
+    try:
+        cfg = tf.GPTNeoXConfig(**common, partial_rotary_factor=0.25)
+    except TypeError:  # older configs spell it rotary_pct
+        cfg = tf.GPTNeoXConfig(**common, rotary_pct=0.25)
+    return cfg
+
+
+def _configs() -> dict[str, tuple[type, Any]]:
+    return {
+        "gpt2": (tf.GPT2LMHeadModel, tf.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB,
+                                                   n_positions=64)),
+        "neox_parallel": (tf.GPTNeoXForCausalLM, _neox_config(True)),
+        "neox_sequential": (tf.GPTNeoXForCausalLM, _neox_config(False)),
+        "llama_gqa": (tf.LlamaForCausalLM, tf.LlamaConfig(
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=64, attention_bias=False)),
+        "qwen2_gqa": (tf.Qwen2ForCausalLM, tf.Qwen2Config(
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=64)),
+        "bert": (tf.BertModel, tf.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                                             intermediate_size=128, vocab_size=VOCAB,
+                                             max_position_embeddings=64)),
+    }
+
+
+FAMILIES = list(_configs())
+CAUSAL = [f for f in FAMILIES if f != "bert"]
+ROTARY = {"neox_parallel", "neox_sequential", "llama_gqa", "qwen2_gqa"}
+RMS = {"llama_gqa", "qwen2_gqa"}
+PRE_LN_SEQUENTIAL = ["gpt2", "neox_sequential", "llama_gqa", "qwen2_gqa"]
+
+
+@dataclass
+class Fam:
+    """One family's model, its mechscope adapter and a batch of token ids."""
+
+    name: str
+    hf: nn.Module
+    model: Any  # the mechscope adapter
+    ids: torch.Tensor  # (batch, pos)
+
+    @property
+    def causal(self) -> bool:
+        return self.name != "bert"
+
+
+def randomise_norms(model: nn.Module, seed: int = 1) -> None:
+    """Add seeded noise to every norm parameter (LayerNorm and RMSNorm weights and biases)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            cls = type(mod).__name__
+            if isinstance(mod, nn.LayerNorm) or "Norm" in cls:
+                for p in mod.parameters(recurse=False):
+                    p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def build(name: str, seed: int = 0) -> nn.Module:
+    cls, cfg = _configs()[name]
+    torch.manual_seed(seed)
+    model = cls._from_config(cfg, attn_implementation="eager").to(torch.float32).eval()
+    randomise_norms(model, seed + 1)
+    return model
+
+
+def make_ids(batch: int = 2, seq: int = SEQ, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (batch, seq), generator=g)
+
+
+def make_family(name: str) -> Fam:
+    hf = build(name)
+    return Fam(name, hf, ms.wrap(hf), make_ids())
+
+
+@pytest.fixture(params=FAMILIES)
+def fam(request) -> Fam:
+    return make_family(request.param)
+
+
+@pytest.fixture(params=CAUSAL)
+def causal_fam(request) -> Fam:
+    return make_family(request.param)
+
+
+@pytest.fixture
+def gpt2() -> Fam:
+    return make_family("gpt2")
+
+
+@pytest.fixture
+def llama() -> Fam:
+    return make_family("llama_gqa")
+
+
+def bare(hf: nn.Module, ids: torch.Tensor, **kw) -> Any:
+    """The bare Hugging Face forward, no mechscope involved."""
+    with torch.no_grad():
+        return hf(ids, **kw)
+
+
+def main_output(out: Any) -> torch.Tensor:
+    """Logits for causal LMs, last_hidden_state for encoders."""
+    lg = getattr(out, "logits", None)
+    return lg if lg is not None else out.last_hidden_state
+
+
+def assert_no_hooks(model: nn.Module) -> None:
+    for name, mod in model.named_modules():
+        assert not mod._forward_hooks, f"forward hook left on {name or 'root'}"
+        assert not mod._forward_pre_hooks, f"forward pre-hook left on {name or 'root'}"
+        assert not mod._backward_hooks, f"backward hook left on {name or 'root'}"
