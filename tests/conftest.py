@@ -20,6 +20,10 @@ import mechscope as ms
 VOCAB = 101
 SEQ = 7
 
+# Tiny models: one thread is ~100x faster than OpenMP threads contending for a busy CPU, and every
+# comparison in the suite runs under the same setting, so bit-for-bit checks are unaffected.
+torch.set_num_threads(1)
+
 
 def _neox_config(parallel: bool) -> tf.GPTNeoXConfig:
     common = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
@@ -136,3 +140,9 @@ def assert_no_hooks(model: nn.Module) -> None:
         assert not mod._forward_hooks, f"forward hook left on {name or 'root'}"
         assert not mod._forward_pre_hooks, f"forward pre-hook left on {name or 'root'}"
         assert not mod._backward_hooks, f"backward hook left on {name or 'root'}"
+
+
+def suggestions(message: str) -> list[str]:
+    """The names a SiteError suggests (after "nearest valid names:")."""
+    assert "nearest valid names:" in message, message
+    return [n.strip() for n in message.split("nearest valid names:", 1)[1].split(",")]

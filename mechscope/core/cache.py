@@ -22,8 +22,14 @@ class Cache(Mapping[Site, torch.Tensor]):
     def __init__(self, data: Mapping[Site, torch.Tensor] | None = None):
         self._data: dict[Site, torch.Tensor] = dict(data or {})
 
+    def _site(self, key: Site | str) -> Site:
+        if isinstance(key, str):
+            module = Site.module(key.strip())  # a generic model's sites are module paths
+            return module if module in self._data else Site.parse(key)
+        return key
+
     def __getitem__(self, key: Site | str) -> torch.Tensor:
-        site = Site.parse(key) if isinstance(key, str) else key
+        site = self._site(key)
         if site in self._data:
             return self._data[site]
         if site.head is not None and site.whole in self._data:
@@ -33,7 +39,10 @@ class Cache(Mapping[Site, torch.Tensor]):
 
     def __contains__(self, key: object) -> bool:
         if isinstance(key, str):
-            key = Site.parse(key)
+            try:
+                key = self._site(key)
+            except SiteError:  # `in` answers False for any name that was not captured
+                return False
         return key in self._data or (isinstance(key, Site) and key.head is not None
                                      and key.whole in self._data)
 

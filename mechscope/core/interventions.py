@@ -18,7 +18,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from .errors import InterventionError
+from .errors import InterventionError, SiteError
 from .site import Site
 
 Index = Union[None, int, Sequence[int], slice, Tensor]
@@ -38,8 +38,18 @@ class Context:
     cache: dict
 
 
+def _as_site(text: str) -> Site:
+    """A site name, or else a module path of a generic model; `run` checks either against the model."""
+    try:
+        return Site.parse(text)
+    except SiteError:
+        return Site.module(text.strip())
+
+
 def _norm_index(ix: Index) -> Index:
     if isinstance(ix, (list, tuple, range)):
+        if len(ix) and all(isinstance(i, bool) for i in ix):
+            return tuple(ix)  # a boolean mask, not the indices 0 and 1
         return tuple(int(i) for i in ix)
     if isinstance(ix, int):
         return (ix,)
@@ -55,15 +65,18 @@ class Intervention:
     heads: Index = field(default=None, kw_only=True)
     rows: Index = field(default=None, kw_only=True)
     units: Index = field(default=None, kw_only=True)
+    # built from a head-restricted site: a value with fewer axes is in that head's layout
+    _one_head: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.site, str):
-            object.__setattr__(self, "site", Site.parse(self.site))
+            object.__setattr__(self, "site", _as_site(self.site))
         if self.site.head is not None:  # a head-restricted site is the whole site with heads=[h]
             if self.heads is not None:
                 raise InterventionError(f"{self.site.name}: give the head in the site or in heads=, not both")
             object.__setattr__(self, "heads", (self.site.head,))
             object.__setattr__(self, "site", self.site.whole)
+            object.__setattr__(self, "_one_head", True)
         for name in ("positions", "heads", "rows", "units"):
             object.__setattr__(self, name, _norm_index(getattr(self, name)))
 
@@ -81,6 +94,8 @@ class Intervention:
         new = self.target(x, ctx)
         if not isinstance(new, Tensor):
             new = torch.as_tensor(new, dtype=x.dtype, device=x.device)
+        if self._one_head and new.dim() < x.dim():
+            new = self._with_head_axis(new, x)
         try:
             shape = torch.broadcast_shapes(new.shape, x.shape)
         except RuntimeError:
@@ -96,6 +111,22 @@ class Intervention:
         out = x.clone()
         out[sel] = new.expand(x.shape)[sel]
         return out
+
+    def _with_head_axis(self, new: Tensor, x: Tensor) -> Tensor:
+        """A value shaped like one head's activation (e.g. cache["...hook_z[2]"]): put the head axis back.
+
+        Broadcasting it against the whole activation instead would misalign its axes (its batch
+        axis would meet the head axis) and could succeed silently with the wrong meaning.
+        """
+        ax = self.site.layout.head
+        head_shape = x.shape[:ax] + x.shape[ax + 1:]
+        try:
+            return new.broadcast_to(head_shape).unsqueeze(ax)
+        except RuntimeError:
+            raise InterventionError(
+                f"{type(self).__name__} at {self.site.name}[{self.heads[0]}]: value of shape {tuple(new.shape)} "
+                f"does not fit one head's activation of shape {tuple(head_shape)} (it must broadcast to it)"
+            ) from None
 
     def _selector(self, x: Tensor) -> tuple:
         """An ix_-style index tuple selecting rows x positions x heads x units of `x`."""
@@ -118,7 +149,14 @@ class Intervention:
             elif isinstance(value, slice):
                 t = torch.arange(n, device=x.device)[value]
             else:
-                t = torch.as_tensor(value, device=x.device).long().reshape(-1)
+                t = torch.as_tensor(value, device=x.device)
+                if t.dtype == torch.bool:  # a mask selects where it is True
+                    if t.numel() != n:
+                        raise InterventionError(
+                            f"{type(self).__name__} at {self.site.name}: a boolean mask over {name} needs {n} "
+                            f"entries, got {t.numel()} (activation shape {tuple(x.shape)})")
+                    t = t.reshape(-1).nonzero().reshape(-1)
+                t = t.long().reshape(-1)
                 bad = (t >= n) | (t < -n)
                 if bool(bad.any()):
                     raise InterventionError(
@@ -156,10 +194,12 @@ class Mean(Intervention):
 
     @classmethod
     def of(cls, site: Site | str, reference: Tensor, *, over_positions: bool = False, **where: Any) -> "Mean":
-        site = Site.parse(site) if isinstance(site, str) else site
+        site = _as_site(site) if isinstance(site, str) else site
         m = reference.float().mean(0)
         if over_positions:
-            pos = site.whole.layout.pos
+            # per-head kinds are (batch, 3 axes) whole and (batch, 2 axes) for one head, as cache[site] gives
+            one_head = site.head is not None and reference.dim() == 3
+            pos = (site.layout if one_head else site.whole.layout).pos
             if pos is None:
                 raise InterventionError(f"{site.name} has no position axis to average over")
             m = m.mean(pos - 1, keepdim=True)

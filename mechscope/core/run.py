@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ from .cache import Cache
 from .errors import InterventionError, SiteError
 from .interventions import Context, Intervention
 from .protocol import Adapter, Prepared
-from .site import Site
+from .site import Kind, Site
 from .taps import Handler
 
 
@@ -52,6 +52,11 @@ def resolve(adapter: Adapter, site: Site | str, valid: set[Site] | None = None) 
     """Parse `site` against the model and check its head; SiteError names the nearest valid sites."""
     valid = set(adapter.sites()) if valid is None else valid
     site = Site.parse(site, list(valid)) if isinstance(site, str) else site
+    if site.whole not in valid and site.kind is not Kind.MODULE and site.head is None:
+        # a generic model's submodule may be called like a site (`embed`, `blocks.0.hook_resid_pre`)
+        for alias in (site.short, site.name):
+            if Site.module(alias) in valid:
+                return Site.module(alias)
     if site.whole not in valid:
         Site.parse(site.name, list(valid))  # raises with the nearest names
     if site.head is not None:
@@ -86,7 +91,9 @@ def run(
     for iv in interventions:
         if not isinstance(iv, Intervention):
             raise InterventionError(f"expected an Intervention, got {type(iv).__name__}")
-        resolve(adapter, iv.site, valid)
+        site = resolve(adapter, iv.site, valid)
+        if site != iv.site:  # a module path that was parsed as a look-alike site name
+            iv = replace(iv, site=site)
         by_site[iv.site].append(iv)
         n = adapter.n_heads_at(iv.site)
         if iv.heads is not None and n is not None and isinstance(iv.heads, tuple):
@@ -120,7 +127,7 @@ def run(
                 if grad is not None and not x.requires_grad:
                     raise SiteError(f"no gradient reaches {site.name}: it does not depend on anything that "
                                     "requires grad")
-                store[site] = x
+                store[site] = x if grad is not None else _owned(x)
             return x
 
         return Handler(fn, modifies=bool(ivs))
@@ -131,7 +138,9 @@ def run(
             entry = adapter.grad_entry()
             if entry is not None:
                 handles += entry.install(Handler(_require_grad, modifies=True))
-        for site in touched:
+        # in forward order, not set order: taps sharing a module (BERT's attn_out and attn.result)
+        # then chain the same way in every process, whatever the string hash seed
+        for site in [s for s in adapter.sites() if s in touched]:
             handles += adapter.tap(site).install(make_handler(site))
         with adapter.session(touched), torch.set_grad_enabled(grad_on):
             out = adapter.forward(prepared)
@@ -144,41 +153,43 @@ def run(
     if grad is not None:
         metric = grad(out)
         sites = list(store)
-        got = torch.autograd.grad(metric, [store[s] for s in sites], allow_unused=True)
+        # (nothing captured: just the metric; autograd.grad refuses an empty list of inputs)
+        got = torch.autograd.grad(metric, [store[s] for s in sites], allow_unused=True) if sites else ()
         grads = Cache(_expand({s: (g if g is not None else torch.zeros_like(store[s]))
                                for s, g in zip(sites, got)}, capture_whole))
-        store = {s: t.detach() for s, t in store.items()}
+        store = {s: _owned(t.detach()) for s, t in store.items()}
         metric = metric.detach()
-    return RunResult(out, logits, Cache(_expand(_compact(store), capture_whole)), grads, metric, prepared)
+    return RunResult(out, logits, Cache(_expand(store, capture_whole)), grads, metric, prepared)
 
 
 def _require_grad(x: Tensor) -> Tensor:
-    return x if x.requires_grad else x.detach().requires_grad_(True)
+    if x.requires_grad or not (x.is_floating_point() or x.is_complex()):  # token ids cannot require grad
+        return x
+    return x.detach().requires_grad_(True)
 
 
 def _expand(store: dict[Site, Tensor], asked: dict[Site, list[Site]]) -> dict[Site, Tensor]:
-    """Key the cache by the sites asked for: head-restricted sites get their head's slice."""
+    """Key the cache by the sites asked for: head-restricted sites get their head's slice.
+
+    Without the whole site, a head's slice is copied so that it does not keep every head alive.
+    """
     out: dict[Site, Tensor] = {}
     for whole, sites in asked.items():
         for s in sites:
             t = store[whole]
-            out[s] = t if s.head is None else t.select(whole.layout.head, s.head)
+            if s.head is not None:
+                t = t.select(whole.layout.head, s.head)
+                t = t if whole in sites else _owned(t)
+            out[s] = t
     return out
 
 
-def _compact(store: dict[Site, Tensor]) -> dict[Site, Tensor]:
-    """Copy captured views whose storage is mostly not asked for (e.g. q out of a fused qkv).
+def _owned(t: Tensor) -> Tensor:
+    """`t`, or a copy of it when it is a small view of a larger buffer (q out of a fused qkv).
 
-    Without this, keeping a small view would keep its whole parent buffer alive.
+    Keeping such a view would keep its whole parent buffer alive: memory would grow with the
+    model, not with what was asked for.
     """
-    groups: dict[int, list[Site]] = defaultdict(list)
-    for s, t in store.items():
-        groups[t.untyped_storage().data_ptr()].append(s)
-    out = dict(store)
-    for sites in groups.values():
-        storage = store[sites[0]].untyped_storage().nbytes()
-        asked = sum(store[s].numel() * store[s].element_size() for s in sites)
-        if asked * 1.1 < storage:
-            for s in sites:
-                out[s] = store[s].clone()
-    return out
+    if t.untyped_storage().nbytes() > 1.1 * t.numel() * t.element_size():
+        return t.clone()
+    return t

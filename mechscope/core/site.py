@@ -90,7 +90,7 @@ _TL_NAME = {v: k for k, v in _TL_BLOCK.items()} | {
     Kind.LN_FINAL: "ln_final.hook_normalized", Kind.LOGITS: "logits"}
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
-_SHORT_RE = re.compile(r"^([a-z_.]+?)\.(\d+)(?:\.h(\d+))?$")
+_SHORT_RE = re.compile(r"^([a-z_][a-z0-9_.]*?)\.(\d+)(?:\.h(\d+))?$")  # kinds may hold digits: ln1.0
 _HEAD_SUFFIX = re.compile(r"^(.*)\[(?:head=)?(\d+)\]$")
 
 
@@ -189,6 +189,8 @@ class Site:
 
 
 def _parse(text: str, valid: "list[Site] | None") -> Site:
+    if valid is not None and Site.module(text) in set(valid):  # a submodule may be called `embed`, `ln1.0`
+        return Site.module(text)
     head = None
     m = _HEAD_SUFFIX.match(text)
     if m:
@@ -213,8 +215,6 @@ def _parse(text: str, valid: "list[Site] | None") -> Site:
             return Site(kind, None, head)
     except ValueError:
         pass
-    if valid is not None and Site.module(text) in set(valid):
-        return Site.module(text)
     if valid is not None and any(s.kind is Kind.MODULE for s in valid):
         raise SiteError(f"unknown site {text!r}" + _suggest(text, valid))
     raise SiteError(f"unknown site name {text!r}" + _suggest(text, valid or _examples()))

@@ -49,21 +49,29 @@ def _merge(x: Tensor, heads: int | None) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class ModuleOutput(Tap):
-    """The module's output, or element `index` of a tuple output; `heads` splits the last axis."""
+    """The module's output, or element `index` of a tuple output; `heads` splits the last axis.
+
+    `copy=True` hands the rest of the forward pass a copy, for modules whose callers may modify
+    the output in place (`ReLU(inplace=True)`, `out += identity`): what was captured, or the
+    value an intervention wrote, then stays as it was.
+    """
 
     module: nn.Module
     index: int | None = None
     heads: int | None = None
+    copy: bool = False
 
     def install(self, handler: Handler) -> list[RemovableHandle]:
-        index, heads = self.index, self.heads
+        index, heads, copy = self.index, self.heads, self.copy
 
         def hook(_mod: nn.Module, _args: tuple, out):
             x = out if index is None else out[index]
             y = handler(_split(x, heads))
-            if not handler.modifies:
+            if not handler.modifies and not copy:
                 return None
             y = _merge(y, heads)
+            if copy:
+                y = y.clone()
             if index is None:
                 return y
             out = list(out) if isinstance(out, tuple) else out
@@ -135,10 +143,16 @@ class HeadResult(Tap):
             w = self.w_o().to(z.dtype)  # (head, d_head, d_model)
             result = torch.einsum("bphd,hdm->bphm", z, w)  # (batch, pos, head, d_model)
             y = handler(result)
-            if not handler.modifies:
+            if not handler.modifies and not y.requires_grad:
                 return None
             b = self.bias()
             total = y.sum(-2)
-            return total if b is None else total + b
+            total = total if b is None else total + b
+            if not handler.modifies:
+                # Pure capture with gradients on: route the output's graph through the per-head
+                # results, or their gradients would be zero. `total - total.detach()` is exactly 0,
+                # so the value stays the module's own bit for bit; gradients flow only this way.
+                return out.detach() + (total - total.detach())
+            return total
 
         return [self.module.register_forward_pre_hook(pre), self.module.register_forward_hook(post)]

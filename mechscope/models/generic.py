@@ -31,7 +31,8 @@ class ModuleModel(ModelBase):
 
     def tap(self, site: Site) -> Tap:
         site = self.check(site)
-        return ModuleOutput(self._modules[site.path])
+        # any module may modify its input in place (ReLU(inplace=True), `out += identity`): copy
+        return ModuleOutput(self._modules[site.path], copy=True)
 
     def prepare(self, inputs: Any) -> Prepared:
         if isinstance(inputs, Prepared):

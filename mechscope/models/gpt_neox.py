@@ -13,7 +13,8 @@ def _block(block: nn.Module, model) -> dict:
     att = block.attention
     w = linear_t(att.query_key_value)  # (d_model, head*3*d_head): per head [q | k | v]
     w = w.unflatten(-1, (h, 3, -1)).permute(2, 1, 0, 3)  # (3, head, d_model, d_head)
-    b = att.query_key_value.bias.view(h, 3, -1).transpose(0, 1)  # (3, head, d_head)
+    qkv_b = att.query_key_value.bias  # None with attention_bias=False
+    b = (None,) * 3 if qkv_b is None else qkv_b.view(h, 3, -1).transpose(0, 1)  # (3, head, d_head)
     ln1_w, ln1_b = ln_params(block.input_layernorm)
     ln2_w, ln2_b = ln_params(block.post_attention_layernorm)
     return {
@@ -39,7 +40,8 @@ SPEC = Spec(
     layers="layers",
     attention="attention",
     out_proj="attention.dense",
-    root={Kind.EMBED: Out("embed_in"), Kind.LN_FINAL: Out("final_layer_norm"), Kind.LOGITS: Out("^embed_out")},
+    # the unembedding is `lm_head` in transformers 5 (it was `embed_out` before)
+    root={Kind.EMBED: Out("embed_in"), Kind.LN_FINAL: Out("final_layer_norm"), Kind.LOGITS: Out("^lm_head")},
     block={Kind.RESID_PRE: In(""), Kind.LN1: Out("input_layernorm"), Kind.ATTN_OUT: Out("attention", 0),
            Kind.RESID_MID: In("post_attention_layernorm", inplace=True), Kind.LN2: Out("post_attention_layernorm"),
            Kind.MLP_PRE: Out("mlp.dense_h_to_4h"), Kind.MLP_POST: In("mlp.dense_4h_to_h"),
