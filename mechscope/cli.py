@@ -86,6 +86,12 @@ def demo(prompt: Annotated[str, typer.Option(help="IOI prompt to study")] =
     run_demo(console, prompt)
 
 
+from .cli_zoo import replicate, zoo_app  # noqa: E402  (sub-commands live in their own module)
+
+app.add_typer(zoo_app, name="zoo")
+app.command()(replicate)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

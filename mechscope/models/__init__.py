@@ -43,6 +43,9 @@ _WRAPPED: "weakref.WeakKeyDictionary[nn.Module, ModelBase]" = weakref.WeakKeyDic
 
 
 def _make(module: nn.Module, tokenizer: Any, name: str | None) -> ModelBase:
+    make = getattr(module, "mechscope_adapter", None)  # modules that bring their own adapter (zoo)
+    if callable(make):
+        return make(tokenizer=tokenizer, name=name)
     config = getattr(module, "config", None)
     spec = spec_for(getattr(config, "model_type", "")) if config is not None else None
     if spec is not None:

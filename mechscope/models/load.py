@@ -124,6 +124,10 @@ def load(name: str | os.PathLike, *, device: str | torch.device | None = None,
     from . import wrap
 
     key = str(name)
+    if key.startswith("zoo:"):
+        from ..zoo import load_zoo  # a reference network trained here (mechscope zoo train)
+
+        return load_zoo(key[4:])
     if key in NAMED:
         path = NAMED[key]()
     else:

@@ -1,0 +1,71 @@
+"""Command-line verbs for the zoo: `mechscope zoo train|list` and `mechscope replicate`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+zoo_app = typer.Typer(help="Reference networks trained here, with their checkpoints.", no_args_is_help=True,
+                      add_completion=False, pretty_exceptions_show_locals=False)
+console = Console()
+
+
+@zoo_app.command("train")
+def train(name: Annotated[str, typer.Argument(help="zoo name, e.g. modadd, tms, induction (see `zoo list`)")],
+          quick: Annotated[bool, typer.Option("--quick", help="the variant that trains within a minute")] = False,
+          seed: Annotated[Optional[int], typer.Option(help="seed (the run is named NAME-seedN)")] = None,
+          threads: Annotated[Optional[int], typer.Option(help="torch threads (resume with the same number "
+                                                         "for bit-identical results)")] = None) -> None:
+    """Train a zoo network, or resume it where a killed run stopped."""
+    import time
+
+    import torch
+
+    from . import zoo
+
+    if threads:
+        torch.set_num_threads(threads)
+    t = time.monotonic()
+    run = zoo.train(name, quick=quick, seed=seed)
+    last = run.metrics()[-1] if run.metrics() else {}
+    console.print(f"[bold]{run.path.name}[/] trained ({time.monotonic() - t:.1f} s this session): {run.path}")
+    console.print("  ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)))
+
+
+@zoo_app.command("list")
+def list_() -> None:
+    """Every zoo network, whether it is trained, and where it lives."""
+    from . import zoo
+
+    t = Table("name", "steps", "status", "about")
+    for name in zoo.names():
+        run = zoo.open_run(name)
+        status = "trained" if run.done else ("partial" if run.config_path.is_file() else "-")
+        sp = zoo.spec(name)
+        t.add_row(name, str(sp.hp["steps"]), status, sp.recipe.summary)
+    console.print(t)
+    console.print(f"cache: {zoo.zoo_dir()}")
+
+
+def replicate(name: Annotated[str, typer.Argument(help="tms or grokking")],
+              quick: Annotated[bool, typer.Option("--quick", help="smaller runs (within 5 minutes); "
+                                                  "says which targets it loosens")] = False,
+              as_json: Annotated[bool, typer.Option("--json", help="end with one JSON line (CHECKS.md)")] = False
+              ) -> None:
+    """Reproduce a published result on zoo networks: target vs ours vs pass."""
+    from .replications import replicate as run_replication
+
+    rep = run_replication(name, quick)
+    t = Table("check", "target", "ours", "pass", title=f"replicate {name}" + (" --quick" if quick else ""))
+    for c in rep.checks:
+        t.add_row(c.name, c.target, str(c.got), "[green]pass[/]" if c.passed else "[red]FAIL[/]")
+    console.print(t)
+    for note in rep.loosened:
+        console.print(f"[yellow]--quick loosens:[/] {note}")
+    if as_json:
+        print(rep.json_line())
+    if not rep.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,68 @@
+"""Replications: published results re-measured on zoo networks, as checks with targets.
+
+Each replication is one file with a `replicate(quick) -> Replication` function. A Replication is
+a list of checks (target, what we got, pass) plus the raw figures, and prints as a table or as
+the one JSON line described in CHECKS.md (`"kind": "replication"`).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Check:
+    """One target of a replication and the value obtained."""
+
+    name: str
+    target: str  # the target as a person reads it, e.g. ">= 0.85"
+    got: Any  # a number, or a short string when the check could not run
+    passed: bool
+    note: str = ""  # how it was measured, or how --quick loosens it
+
+
+@dataclass
+class Replication:
+    name: str
+    checks: list[Check]
+    figures: dict[str, Any] = field(default_factory=dict)
+    quick: bool = False
+    loosened: list[str] = field(default_factory=list)  # what --quick relaxes, in words
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "replication",
+                "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "gpu": None,
+                            "python": platform.python_version()},
+                "quick": self.quick, "loosened": self.loosened, "figures": self.figures,
+                "checks": {c.name: {"target": c.target, "got": c.got, "pass": c.passed} for c in self.checks},
+                "pass": self.passed}
+
+    def json_line(self) -> str:
+        return json.dumps(self.to_json())
+
+
+def _registry() -> dict[str, Callable[[bool], Replication]]:
+    from . import grokking, tms
+
+    return {"tms": tms.replicate, "grokking": grokking.replicate}
+
+
+NAMES = ("tms", "grokking")
+
+
+def replicate(name: str, quick: bool = False) -> Replication:
+    """Train (or reuse) the zoo networks of replication `name`, measure, and check the targets."""
+    reg = _registry()
+    if name not in reg:
+        raise KeyError(f"no replication named {name!r}; available: {', '.join(reg)}")
+    return reg[name](quick)

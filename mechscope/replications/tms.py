@@ -1,0 +1,118 @@
+"""tms: the geometry of superposition (Elhage et al. 2022) on the zoo's toy models.
+
+Steps:
+1. train (or reuse) `tms` (`--quick`: `tms-quick`: fewer instances and steps);
+2. dense features (20 -> 5, importance 0.7^i, every feature always on): count the features each
+   instance represents (column norm ||W_i|| > 0.5); the paper finds exactly m;
+3. 5 -> 2 at feature probability <= 0.02: an instance is a pentagon when every feature's
+   dimensionality D_i = ||W_i||² / Σ_j (Ŵ_i · W_j)² lies in [0.37, 0.43] (2/5 each);
+4. the 100 -> 20 sparsity sweep: the histogram of D_i over represented features (bins of 0.02)
+   must have local maxima (each holding >= 3% of the features) within ±0.03 of 1/2 (antipodal pairs) and 2/5 (pentagons), and the
+   dimensions per feature m / ||W||_F² must stay within 0.5 ± 0.05 for at least three
+   consecutive sparsities (the "sticky" 1/2 plateau).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import Check, Replication
+
+
+def feature_dimensionality(W: Tensor) -> Tensor:
+    """W (inst, m, n) -> D (inst, n): D_i = ||W_i||² / Σ_j (Ŵ_i·W_j)² (0 for a zero column)."""
+    W = W.double()
+    norms = W.norm(dim=1)  # (inst, n)
+    unit = W / norms.clamp_min(1e-12)[:, None]
+    overlap = torch.einsum("imf,img->ifg", unit, W) ** 2  # (inst, n, n): (Ŵ_f · W_g)²
+    return torch.where(norms > 1e-6, norms ** 2 / overlap.sum(-1).clamp_min(1e-24), torch.zeros_like(norms))
+
+
+def histogram_peaks(values: Tensor, width: float = 0.02) -> tuple[list[float], list[int]]:
+    """Bin centres of [0, 1.02) and counts; local maxima are where a bin is >= both neighbours."""
+    n_bins = int(round(1.02 / width))
+    counts = torch.histc(values.float(), bins=n_bins, min=0.0, max=n_bins * width).long()
+    centres = [(i + 0.5) * width for i in range(n_bins)]
+    return centres, counts.tolist()
+
+
+def has_peak_near(values: Tensor, x: float, tol: float = 0.03, width: float = 0.02,
+                  min_share: float = 0.03) -> float | None:
+    """The centre of a local maximum of the D histogram within `tol` of x (the tallest), else None.
+    A peak must hold at least `min_share` of all values, so noise in a flat tail is no peak."""
+    centres, counts = histogram_peaks(values, width)
+    floor = min_share * sum(counts)
+    best = None
+    for i, (c, n) in enumerate(zip(centres, counts)):
+        left = counts[i - 1] if i > 0 else -1
+        right = counts[i + 1] if i + 1 < len(counts) else -1
+        if abs(c - x) <= tol + 1e-9 and n >= max(floor, 1) and n >= left and n >= right:
+            if best is None or n > counts[centres.index(best)]:
+                best = c
+    return None if best is None else round(best, 3)
+
+
+def analyse(name: str) -> dict[str, Any]:
+    from .. import zoo
+
+    model = zoo.load_zoo(name).module
+    g = model.groups
+    with torch.no_grad():
+        dense_W = g["dense"].W
+        represented = (dense_W.norm(dim=1) > 0.5).sum(-1)  # (inst,)
+        m_dense = dense_W.shape[1]
+
+        pent = g["pentagon"]
+        sparse = pent.feature_prob <= 0.02
+        D_pent = feature_dimensionality(pent.W)[sparse]  # (inst, 5)
+        is_pentagon = ((D_pent >= 0.37) & (D_pent <= 0.43)).all(-1)
+
+        sw = g["sweep"]
+        D = feature_dimensionality(sw.W)  # (inst, n)
+        live = sw.W.norm(dim=1) > 0.5
+        dims_per_feature = (sw.W.shape[1] / (sw.W ** 2).sum((1, 2))).tolist()
+    probs = sw.feature_prob.tolist()
+    in_band = [abs(d - 0.5) <= 0.05 for d in dims_per_feature]
+    longest, run = 0, 0
+    for ok in in_band:
+        run = run + 1 if ok else 0
+        longest = max(longest, run)
+    centres, counts = histogram_peaks(D[live])
+    return {
+        "dense_represented_per_instance": represented.tolist(), "dense_m": m_dense,
+        "dense_frac_exactly_m": float((represented == m_dense).float().mean()),
+        "pentagon_instances": int(sparse.sum()), "pentagon_frac": float(is_pentagon.float().mean()),
+        "pentagon_D_by_instance": [[round(v, 3) for v in row] for row in D_pent.tolist()],
+        "sweep_feature_probs": probs, "sweep_dims_per_feature": [round(d, 4) for d in dims_per_feature],
+        "sweep_plateau_length": longest,
+        "sweep_peak_near_half": has_peak_near(D[live], 0.5), "sweep_peak_near_two_fifths": has_peak_near(D[live], 0.4),
+        "sweep_D_histogram": {f"{c:.2f}": n for c, n in zip(centres, counts) if n},
+    }
+
+
+def replicate(quick: bool = False) -> Replication:
+    from .. import zoo
+
+    name = "tms-quick" if quick else "tms"
+    zoo.train(name)
+    f = analyse(name)
+    need_pent = 0.75 if quick else 0.9
+    checks = [
+        Check("dense_exactly_m", f"no sparsity: every instance represents exactly m={f['dense_m']} features "
+              "(||W_i|| > 0.5)", f["dense_frac_exactly_m"], f["dense_frac_exactly_m"] == 1.0,
+              "20 -> 5, importance 0.7^i"),
+        Check("pentagon", f">= {need_pent:.0%} of 5 -> 2 instances at p <= 0.02 are pentagons "
+              "(every D_i in [0.37, 0.43])", round(f["pentagon_frac"], 3), f["pentagon_frac"] >= need_pent),
+        Check("D_peak_half", "D histogram peaks within ±0.03 of 1/2", f["sweep_peak_near_half"],
+              f["sweep_peak_near_half"] is not None),
+        Check("D_peak_two_fifths", "D histogram peaks within ±0.03 of 2/5", f["sweep_peak_near_two_fifths"],
+              f["sweep_peak_near_two_fifths"] is not None),
+        Check("half_plateau", "m/||W||_F² within 0.5 ± 0.05 for >= 3 consecutive sparsities",
+              f["sweep_plateau_length"], f["sweep_plateau_length"] >= 3),
+    ]
+    loosened = ([f"pentagon share >= 75% instead of 90% (1000 steps, 4 instances per probability); "
+                 "sweep of 8 instead of 16 sparsities"] if quick else [])
+    return Replication("tms", checks, f, quick, loosened)

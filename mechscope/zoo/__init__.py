@@ -1,0 +1,108 @@
+"""The zoo: small reference networks trained here, with their checkpoints.
+
+    from mechscope import zoo
+    zoo.train("modadd", quick=True)        # or `mechscope zoo train modadd --quick`
+    model = zoo.load_zoo("modadd-quick")   # the adapter, canonical sites; step=N for a checkpoint
+    zoo.open_run("modadd-quick").metrics() # the training log
+
+Zoo names are `RECIPE[-VARIANT][-seedN]`: `modadd`, `modadd-quick`, `tms-quick-seed3`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..core.errors import LoadError
+from .files import CheckpointError
+from .recipe import Recipe
+from .recipes import RECIPES
+from .train import Run, RunSpec, checkpoint_schedule, run_training, zoo_dir
+
+_SEED = re.compile(r"^(.*)-seed(\d+)$")
+
+
+def spec(name: str, quick: bool = False, seed: int | None = None, steps: int | None = None) -> RunSpec:
+    """The RunSpec of a zoo name; `quick` picks the quick variant, `steps` shortens a run (tests)."""
+    m = _SEED.match(name)
+    if m:
+        name, parsed = m.group(1), int(m.group(2))
+        if seed is not None and seed != parsed:
+            raise ValueError(f"seed {seed} contradicts the name's -seed{parsed}")
+        seed = parsed
+    recipe, variant = _split(name)
+    if quick:
+        if variant:
+            raise ValueError(f"{name!r} already names a variant; drop --quick")
+        variant = "quick"
+    if variant not in recipe.variants:
+        raise LoadError(f"recipe {recipe.name!r} has no variant {variant!r}; it has "
+                        + ", ".join(repr(v) for v in recipe.variants))
+    hp = dict(recipe.variants[variant])
+    if steps is not None:
+        hp["steps"] = int(steps)
+    return RunSpec(recipe, variant, int(seed or 0), hp)
+
+
+def _split(name: str) -> tuple[Recipe, str]:
+    # the longest recipe name that prefixes `name`: "induction-1l-quick" -> induction-1l, quick
+    for rname in sorted(RECIPES, key=len, reverse=True):
+        if name == rname:
+            return RECIPES[rname], ""
+        if name.startswith(rname + "-"):
+            return RECIPES[rname], name[len(rname) + 1:]
+    raise LoadError(f"no zoo recipe named {name!r}; recipes: {', '.join(sorted(RECIPES))}")
+
+
+def train(name: str, quick: bool = False, seed: int | None = None, *, steps: int | None = None,
+          path: Path | None = None, progress: bool = True, **kw: Any) -> Run:
+    """Train a zoo network (or resume it, or return it at once if it is already trained)."""
+    return run_training(spec(name, quick, seed, steps), path, progress=progress, **kw)
+
+
+def open_run(name: str, path: Path | None = None) -> Run:
+    """The run directory of a zoo name (trained or not)."""
+    return Run(path or zoo_dir() / spec(name).name)
+
+
+def build_module(run: Run, step: int | None = None) -> nn.Module:
+    """The run's network with its final weights (or those after `step` updates), in eval mode."""
+    if not run.done and step is None:
+        if run.state_path.is_file() or run.config_path.is_file():
+            raise LoadError(f"{run.path.name} was not trained to the end; run `mechscope zoo train "
+                            f"{run.path.name}` to resume it")
+        raise LoadError(f"zoo model {run.path.name!r} is not trained yet; run `mechscope zoo train "
+                        f"{run.path.name}` first")
+    cfg = run.config()
+    module = RECIPES[cfg["recipe"]].build(cfg["hparams"])
+    try:
+        module.load_state_dict(run.weights(step))
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in {run.path} do not fit the recipe's network: {e}") from e
+    return module.eval()
+
+
+def load_zoo(name: str, step: int | None = None, path: Path | None = None):
+    """A trained zoo network wrapped in its adapter (`mechscope.load("zoo:NAME")`)."""
+    from ..models.generic import ModuleModel
+
+    name = name.removeprefix("zoo:")
+    run = open_run(name, path)
+    module = build_module(run, step)
+    label = f"zoo:{name}" + ("" if step is None else f"@{step}")
+    make = getattr(module, "mechscope_adapter", None)
+    adapter = make(name=label) if callable(make) else ModuleModel(module, name=label)
+    adapter.zoo_run = run  # the run directory: config, metrics, checkpoints
+    return adapter
+
+
+def names() -> list[str]:
+    """Every zoo name the recipes define (seed 0)."""
+    return [r.name + (f"-{v}" if v else "") for r in RECIPES.values() for v in r.variants]
+
+
+__all__ = ["CheckpointError", "Recipe", "RECIPES", "Run", "RunSpec", "build_module", "checkpoint_schedule",
+           "load_zoo", "names", "open_run", "spec", "train", "zoo_dir"]

@@ -1,0 +1,49 @@
+"""Recipe: everything the zoo trainer needs to know about one reference network.
+
+A recipe is a small class in `mechscope/zoo/recipes/`: hyperparameters per variant (JSON-able),
+how to build the model and its fixed data from a seed, the loss of one training step and the
+evaluation metrics logged along the way. The trainer (`mechscope.zoo.train`) owns seeds,
+checkpoints, resumption and progress bars, so a recipe never touches files.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class Recipe(ABC):
+    """One family of zoo networks; `variants` maps a variant name ("" is the full recipe) to its
+    hyperparameters. The zoo name of a variant is `name` or `name-variant`."""
+
+    name: str
+    summary: str
+    variants: dict[str, dict[str, Any]]
+
+    @abstractmethod
+    def build(self, hp: dict[str, Any]) -> nn.Module:
+        """A freshly initialised model (the trainer seeds torch's global RNG first)."""
+
+    @abstractmethod
+    def data(self, hp: dict[str, Any], seed: int) -> Any:
+        """Data fixed for the whole run (a train/test split, say), a pure function of hp and seed."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, data: Any, hp: dict[str, Any], gen: torch.Generator) -> Tensor:
+        """The loss of one training step; batches are drawn from `gen` (saved with the state)."""
+
+    def evaluate(self, model: nn.Module, data: Any, hp: dict[str, Any]) -> dict[str, float]:
+        """Metrics logged every `hp["eval_every"]` steps and at checkpoints; must not use `gen`."""
+        return {}
+
+    def optimizer(self, model: nn.Module, hp: dict[str, Any]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp.get("weight_decay", 0.0),
+                                 betas=tuple(hp.get("betas", (0.9, 0.999))))
+
+    def lr(self, step: int, hp: dict[str, Any]) -> float:
+        """Learning rate of update `step` (0-based): linear warm-up over hp["warmup"] steps, then flat."""
+        warm = hp.get("warmup", 0)
+        return hp["lr"] * (min(1.0, (step + 1) / warm) if warm else 1.0)

@@ -1,0 +1,8 @@
+"""The zoo's recipes, one file each; `RECIPES` maps a recipe name to its Recipe."""
+
+from __future__ import annotations
+
+from ..recipe import Recipe
+from . import induction, modadd, tms
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (modadd.RECIPE, tms.RECIPE, induction.RECIPE, induction.CONTROL)}

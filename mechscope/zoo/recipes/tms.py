@@ -1,0 +1,128 @@
+"""tms: Toy Models of Superposition (Elhage et al. 2022), x' = ReLU(WᵀW x + b).
+
+Each setting ("group") trains many independent instances at once: W is one (instance, m, n)
+tensor, and instances differ only in how often their features are active. Groups:
+    dense     20 -> 5, importance 0.7^i, every feature always active (no superposition)
+    pentagon   5 -> 2, uniform importance, feature probability from 1 down to 0.005
+    sweep    100 -> 20, uniform importance, feature probability from 1 down to 0.01
+A feature is active with its instance's probability and then uniform in [0, 1]; the loss is the
+importance-weighted squared error, summed over features and instances, averaged over the batch.
+Activations are laid out (inst, batch, ...), instances first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..recipe import Recipe
+
+
+class ToyModel(nn.Module):
+    """`n_inst` independent instances of x' = ReLU(WᵀW x + b); x is (inst, batch, n_features).
+
+    Instances come first so that each product is one batched matmul over instances.
+    """
+
+    def __init__(self, n_inst: int, n_features: int, n_hidden: int, feature_prob: list[float],
+                 importance: list[float]):
+        super().__init__()
+        self.W = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_inst, n_hidden, n_features)))
+        self.b = nn.Parameter(torch.zeros(n_inst, n_features))
+        self.register_buffer("feature_prob", torch.tensor(feature_prob))  # (inst,)
+        self.register_buffer("importance", torch.tensor(importance))  # (n_features,)
+        self.hidden = nn.Identity()  # site "...hidden": (inst, batch, n_hidden)
+        self.out = nn.Identity()  # site "...out": (inst, batch, n_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.hidden(torch.bmm(x, self.W.transpose(1, 2)))  # (inst, batch, n_hidden)
+        return self.out(torch.relu(torch.bmm(h, self.W) + self.b[:, None]))  # (inst, batch, n_features)
+
+    def sample(self, batch: int, gen: torch.Generator) -> Tensor:
+        return sample(batch, self.feature_prob, self.b.shape[1], gen)
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Importance-weighted squared error per instance, summed over instances: a scalar."""
+        err = self.importance * (self(x) - x) ** 2  # (inst, batch, n_features)
+        return err.sum(-1).mean(1).sum()
+
+
+def sample(batch: int, feature_prob: Tensor, n_features: int, gen: torch.Generator) -> Tensor:
+    """A batch (inst, batch, n_features): each feature active with its instance's probability p,
+    then uniform in [0, 1]. One uniform u per entry does both: active iff u < p, value u / p."""
+    p = feature_prob[:, None, None]  # (inst, 1, 1)
+    u = torch.rand(len(feature_prob), batch, n_features, generator=gen)
+    return torch.where(u < p, u / p, torch.zeros(()))
+
+
+class TMS(nn.Module):
+    """The groups of a tms run; `forward(pentagon=x, ...)` runs the named groups."""
+
+    def __init__(self, groups: dict[str, dict[str, Any]]):
+        super().__init__()
+        self.groups = nn.ModuleDict({name: ToyModel(**_model_args(g)) for name, g in groups.items()})
+
+    def forward(self, **xs: Tensor) -> dict[str, Tensor]:
+        return {name: self.groups[name](x) for name, x in xs.items()}
+
+
+def _model_args(g: dict[str, Any]) -> dict[str, Any]:
+    probs = [p for p in g["feature_probs"] for _ in range(g["instances_per_prob"])]
+    importance = [g["importance_decay"] ** i for i in range(g["n_features"])]
+    return dict(n_inst=len(probs), n_features=g["n_features"], n_hidden=g["n_hidden"], feature_prob=probs,
+                importance=importance)
+
+
+def _logspace(hi: float, lo: float, n: int) -> list[float]:
+    return [float(f"{v:.4g}") for v in torch.logspace(torch.log10(torch.tensor(hi)),
+                                                      torch.log10(torch.tensor(lo)), n).tolist()]
+
+
+def _groups(quick: bool) -> dict[str, dict[str, Any]]:
+    k = 4 if quick else 8
+    return {
+        "dense": dict(n_features=20, n_hidden=5, importance_decay=0.7, feature_probs=[1.0],
+                      instances_per_prob=k, batch=1024),
+        "pentagon": dict(n_features=5, n_hidden=2, importance_decay=1.0,
+                         feature_probs=[1.0, 0.3, 0.1, 0.05, 0.02, 0.01, 0.005],
+                         instances_per_prob=k, batch=1024 if quick else 2048),
+        "sweep": dict(n_features=100, n_hidden=20, importance_decay=1.0,
+                      feature_probs=_logspace(1.0, 0.01, 8 if quick else 16),
+                      instances_per_prob=1, batch=512 if quick else 1024),
+    }
+
+
+class TMSRecipe(Recipe):
+    name = "tms"
+    summary = "Toy Models of Superposition: 20->5 dense, 5->2 and 100->20 sparsity sweeps"
+    variants = {
+        "": dict(groups=_groups(False), lr=1e-3, steps=10000, eval_every=500, log_every=50),
+        "quick": dict(groups=_groups(True), lr=1e-3, steps=1000, eval_every=250, log_every=50),
+    }
+
+    def build(self, hp: dict[str, Any]) -> TMS:
+        return TMS(hp["groups"])
+
+    def data(self, hp: dict[str, Any], seed: int) -> dict[str, Tensor]:
+        # a fixed evaluation batch per group, from its own generator (training batches come from `gen`)
+        g = torch.Generator().manual_seed(10_000 + seed)
+        out = {}
+        for name, grp in hp["groups"].items():
+            args = _model_args(grp)
+            out[name] = sample(2048, torch.tensor(args["feature_prob"]), args["n_features"], g)
+        return out
+
+    def loss(self, model: TMS, data, hp, gen) -> Tensor:
+        total = torch.zeros(())
+        for name, m in model.groups.items():
+            total = total + m.loss(m.sample(hp["groups"][name]["batch"], gen))
+        return total
+
+    @torch.no_grad()
+    def evaluate(self, model: TMS, data: dict[str, Tensor], hp) -> dict[str, float]:
+        return {f"loss_{name}": float(m.loss(data[name])) / m.b.shape[0] for name, m in model.groups.items()}
+
+
+RECIPE = TMSRecipe()
