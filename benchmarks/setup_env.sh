@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Create (or reuse) the benchmark environment .venv-bench in the repository root: mechscope's own
+# dependencies plus the anchors it is compared against (TransformerLens 4.x, nnsight 0.8).
+# Idempotent: a second run with the same pins only checks the environment.
+#
+#   bash benchmarks/setup_env.sh            # then: .venv-bench/bin/python benchmarks/core_overhead.py
+#
+# Environment: PYTHON (default python3, must be >= 3.11), VENV (default <repo>/.venv-bench),
+# FORCE=1 reinstalls the pins even when the stamp says they are in place.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$REPO/.venv-bench}"
+PYTHON="${PYTHON:-python3}"
+
+# The CPU build of torch, installed first and on its own so that nothing later can pull a
+# CUDA build (and its nvidia-* wheels) in its place.
+TORCH_PIN="torch==2.13.0"
+PINS=(
+  "transformer-lens==4.3.0"
+  "nnsight==0.8.1"
+  "transformers==5.23.0"
+  "safetensors==0.8.0"
+  "einops==0.8.2"
+  "jaxtyping==0.3.11"
+  "typer==0.29.2"
+  "rich==15.0.0"
+  "tqdm==4.70.1"
+  "gguf==0.19.0"
+  "accelerate==1.15.0"
+  "numpy==2.4.6"
+  "psutil==7.2.2"
+)
+
+log() { printf '[setup_env] %s\n' "$*" >&2; }
+die() { printf '[setup_env] error: %s\n' "$*" >&2; exit 1; }
+
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || die "$PYTHON is $("$PYTHON" -V 2>&1); mechscope needs Python >= 3.11 (set PYTHON=...)"
+
+if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+  log "reusing $VENV"
+else
+  log "creating $VENV"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check)
+
+STAMP="$VENV/.bench-pins"
+WANT="$(printf '%s\n' "$TORCH_PIN" "${PINS[@]}")"
+if [[ "${FORCE:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
+   && (cd / && "$PY" -I -c 'import torch, transformer_lens, nnsight, transformers') 2>/dev/null; then
+  log "pins already installed"
+else
+  # A local CPU wheel (this machine keeps one in /opt/wheels) wins over any index.
+  FIND_LINKS=()
+  [[ -d /opt/wheels ]] && FIND_LINKS=(--find-links /opt/wheels)
+  log "installing $TORCH_PIN (CPU)"
+  "${PIP[@]}" install "${FIND_LINKS[@]}" "$TORCH_PIN"
+  TV="$("$PY" -c 'import torch; print(torch.__version__)')"
+  [[ "$TV" == *+cpu ]] || die "installed torch is $TV, not a +cpu build; put the CPU wheel of $TORCH_PIN in /opt/wheels"
+  # Hold torch where it is while the rest resolves.
+  CONSTRAINTS="$(mktemp)"
+  trap 'rm -f "$CONSTRAINTS"' EXIT
+  echo "$TORCH_PIN" > "$CONSTRAINTS"
+  log "installing the anchors and mechscope's dependencies"
+  "${PIP[@]}" install "${FIND_LINKS[@]}" -c "$CONSTRAINTS" "${PINS[@]}"
+  printf '%s\n' "$WANT" > "$STAMP"
+fi
+
+# mechscope itself, editable, without touching the pinned dependencies.
+if [[ -f "$REPO/pyproject.toml" ]]; then
+  # -I and cd /: neither the current directory nor PYTHONPATH may make it look installed
+  if (cd / && "$PY" -I -c 'import mechscope, os, sys; sys.exit(0 if os.path.realpath(mechscope.__file__).startswith(os.path.realpath(sys.argv[1]) + os.sep) else 1)' "$REPO") 2>/dev/null; then
+    log "mechscope already installed (editable) from $REPO"
+  else
+    log "installing mechscope (editable, --no-deps) from $REPO"
+    "${PIP[@]}" install --no-deps --no-build-isolation -e "$REPO" \
+      || "${PIP[@]}" install --no-deps -e "$REPO"
+  fi
+else
+  log "no $REPO/pyproject.toml yet: run with PYTHONPATH=$REPO"
+fi
+
+# Checks: a CPU torch, no CUDA wheels, and the versions the benchmark reports.
+if "${PIP[@]}" list 2>/dev/null | grep -i -E '^nvidia-' >&2; then
+  die "nvidia-* packages found in $VENV: a CUDA build of torch was pulled in"
+fi
+(cd / && "$PY" -I - <<'EOF'
+import importlib.metadata as m
+import torch
+assert torch.__version__.endswith("+cpu"), torch.__version__
+names = ["torch", "transformers", "transformer-lens", "nnsight", "numpy", "safetensors", "accelerate", "mechscope"]
+got = []
+for n in names:
+    try:
+        got.append(f"{n}=={m.version(n)}")
+    except m.PackageNotFoundError:
+        got.append(f"{n} (not installed)")
+print("[setup_env] ok: " + ", ".join(got))
+EOF
+)
