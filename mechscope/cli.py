@@ -13,7 +13,7 @@ app = typer.Typer(
     help="mechscope: look inside neural networks, intervene on them, and measure what an "
          "explanation explains.\n\nMODEL is a name (smollm2-135m, minilm-l6) or a local Hugging Face "
          "directory. Nothing is downloaded.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
 
 ModelArg = Annotated[str, typer.Argument(help="smollm2-135m, minilm-l6, or a local Hugging Face directory")]
@@ -92,8 +92,15 @@ app.add_typer(zoo_app, name="zoo")
 app.command()(replicate)
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """Entry point: mechscope's own errors print as one clear line and exit with status 2."""
+    from .core.errors import MechscopeError
+
+    try:
+        app()
+    except MechscopeError as e:
+        console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -138,7 +138,7 @@ def load(name: str | os.PathLike, *, device: str | torch.device | None = None,
     with _offline():
         try:
             config = AutoConfig.from_pretrained(path)
-            causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+            causal = any("CausalLM" in a or "LMHead" in a for a in (config.architectures or []))
             auto = AutoModelForCausalLM if causal else AutoModel
             module = auto.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
             tokenizer = AutoTokenizer.from_pretrained(path) if _has_tokenizer(path) else None
