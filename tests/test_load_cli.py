@@ -16,7 +16,7 @@ from mechscope.cli import app
 def gpt2_dir(tmp_path_factory):
     torch.manual_seed(0)
     cfg = tf.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=32)
-    model = tf.GPT2LMHeadModel(cfg).eval()
+    model = tf.GPT2LMHeadModel._from_config(cfg, attn_implementation="eager").eval()
     path = tmp_path_factory.mktemp("gpt2")
     model.save_pretrained(path)
     return path, model
