@@ -91,6 +91,24 @@ class Intervention:
 
     def apply(self, x: Tensor, ctx: Context) -> Tensor:
         """Return the activation with this intervention applied (a new tensor; `x` is untouched)."""
+        new = self._checked_target(x, ctx)
+        if not self.restricted:
+            return new.expand(x.shape).clone() if new.shape != x.shape or new is x else new
+        out = x.clone()
+        sel = self._selector(x)
+        out[sel] = new.expand(x.shape)[sel]
+        return out
+
+    def write(self, out: Tensor, ctx: Context) -> None:
+        """Apply in place to `out`, a tensor the caller owns (several interventions, one copy)."""
+        new = self._checked_target(out, ctx)
+        if not self.restricted:
+            out.copy_(new.expand(out.shape))
+            return
+        sel = self._selector(out)
+        out[sel] = new.expand(out.shape)[sel]
+
+    def _checked_target(self, x: Tensor, ctx: Context) -> Tensor:
         new = self.target(x, ctx)
         if not isinstance(new, Tensor):
             new = torch.as_tensor(new, dtype=x.dtype, device=x.device)
@@ -104,13 +122,7 @@ class Intervention:
             raise InterventionError(
                 f"{type(self).__name__} at {self.site.name}: value of shape {tuple(new.shape)} does not "
                 f"fit the activation of shape {tuple(x.shape)} (it must broadcast to it)")
-        new = new.to(device=x.device, dtype=x.dtype)
-        if not self.restricted:
-            return new.expand(x.shape).clone() if new.shape != x.shape or new is x else new
-        sel = self._selector(x)
-        out = x.clone()
-        out[sel] = new.expand(x.shape)[sel]
-        return out
+        return new.to(device=x.device, dtype=x.dtype)
 
     def _with_head_axis(self, new: Tensor, x: Tensor) -> Tensor:
         """A value shaped like one head's activation (e.g. cache["...hook_z[2]"]): put the head axis back.

@@ -121,8 +121,12 @@ def run(
         ctx = Context(site, prepared.input_ids, prepared.attention_mask, ctx_cache)
 
         def fn(x: Tensor) -> Tensor:
-            for iv in ivs:
-                x = iv.apply(x, ctx)
+            if len(ivs) == 1:
+                x = ivs[0].apply(x, ctx)
+            elif ivs:  # a sweep: one copy of the activation, every intervention written into it in order
+                x = x.clone()
+                for iv in ivs:
+                    iv.write(x, ctx)
             if keep:
                 if grad is not None and not x.requires_grad:
                     raise SiteError(f"no gradient reaches {site.name}: it does not depend on anything that "
