@@ -115,6 +115,27 @@ def run(
     store: dict[Site, Tensor] = {}
     ctx_cache: dict[Site, Tensor] = store  # interventions may read what was captured earlier
 
+    # Captured views of a larger buffer (q, k, v out of a fused qkv projection) wait here until a
+    # capture from another buffer arrives: if the captures of one buffer cover it, the views are
+    # kept (no copy); otherwise they are copied, so that at most one such buffer is pinned at a time.
+    pending: dict[int, list[Site]] = {}
+
+    def settle(keep: int | None = None) -> None:
+        for ptr in [p for p in pending if p != keep]:
+            sites = pending.pop(ptr)
+            claimed = sum(store[s].numel() * store[s].element_size() for s in sites)
+            if claimed * 1.1 < store[sites[0]].untyped_storage().nbytes():
+                for s in sites:
+                    store[s] = store[s].clone()
+
+    def keep_view(site: Site, x: Tensor) -> None:
+        ptr = x.untyped_storage().data_ptr()
+        if pending:
+            settle(keep=ptr)
+        store[site] = x
+        if x.untyped_storage().nbytes() > 1.1 * x.numel() * x.element_size():
+            pending.setdefault(ptr, []).append(site)
+
     def make_handler(site: Site) -> Handler:
         ivs = by_site.get(site, [])
         keep = capture_whole.get(site, [])
@@ -131,7 +152,10 @@ def run(
                 if grad is not None and not x.requires_grad:
                     raise SiteError(f"no gradient reaches {site.name}: it does not depend on anything that "
                                     "requires grad")
-                store[site] = x if grad is not None else _owned(x)
+                if grad is not None:
+                    store[site] = x
+                else:
+                    keep_view(site, x)
             return x
 
         return Handler(fn, modifies=bool(ivs))
@@ -151,6 +175,7 @@ def run(
     finally:
         for h in handles:
             h.remove()
+    settle()
 
     logits = adapter.logits(out)
     grads = metric = None
