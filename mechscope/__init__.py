@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .core import (Add, Cache, Context, FactoredMatrix, Intervention, InterventionError, Kind,
                    LoadError, Mean, MechscopeError, Patch, Replace, Resample, RunResult, Scale,
-                   Site, SiteError, Weights, Zero)
+                   Score, Site, SiteError, Weights, Zero)
 from .core import run as _core_run
 from .models import wrap
 from .models.load import load
@@ -37,4 +37,4 @@ def run(model: Any, inputs: Any, capture: Iterable[Site | str] | Site | str = ()
 
 __all__ = ["Add", "Cache", "Context", "FactoredMatrix", "Intervention", "InterventionError", "Kind",
            "LoadError", "Mean", "MechscopeError", "Patch", "Replace", "Resample", "RunResult", "Scale",
-           "Site", "SiteError", "Weights", "Zero", "load", "run", "wrap"]
+           "Score", "Site", "SiteError", "Weights", "Zero", "load", "run", "wrap"]

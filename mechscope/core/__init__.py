@@ -6,9 +6,10 @@ from .factored import FactoredMatrix
 from .interventions import Add, Context, Intervention, Mean, Patch, Replace, Resample, Scale, Zero
 from .protocol import Adapter, Prepared
 from .run import RunResult, resolve, run
+from .score import Score, bootstrap_ci
 from .site import Kind, Layout, Site
 from .weights import Weights
 
 __all__ = ["Adapter", "Add", "Cache", "Context", "FactoredMatrix", "Intervention", "InterventionError",
            "Kind", "Layout", "LoadError", "Mean", "MechscopeError", "Patch", "Prepared", "Replace",
-           "Resample", "RunResult", "Scale", "Site", "SiteError", "Weights", "Zero", "resolve", "run"]
+           "Resample", "RunResult", "Scale", "Score", "Site", "SiteError", "Weights", "Zero", "bootstrap_ci", "resolve", "run"]
