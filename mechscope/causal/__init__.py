@@ -1,0 +1,5 @@
+"""Causal analyses: interventions that measure what a component does (one method per file)."""
+
+from .activation_patching import PatchingResult, activation_patching
+
+__all__ = ["PatchingResult", "activation_patching"]
