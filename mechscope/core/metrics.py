@@ -1,0 +1,87 @@
+"""Metrics: named functions of a model's logits that return one value per prompt.
+
+Each metric maps logits (batch, pos, vocab) to a tensor (batch,), so a batched sweep can read
+every row separately and a Score can bootstrap over prompts. The name travels with the number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named metric. `higher_is_better` tells how to read it (loss and KL: False)."""
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    higher_is_better: bool = True
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        out = self.fn(logits)
+        if out.dim() != 1 or out.shape[0] != logits.shape[0]:
+            raise ValueError(f"metric {self.name} must return one value per prompt (batch,), "
+                             f"got shape {tuple(out.shape)} for logits {tuple(logits.shape)}")
+        return out
+
+
+def _last(logits: Tensor, positions: Tensor | None) -> Tensor:
+    # (batch, pos, vocab) -> (batch, vocab) at each prompt's answer position (default: the last)
+    if positions is None:
+        return logits[:, -1]
+    return logits[torch.arange(logits.shape[0], device=logits.device), positions.to(logits.device)]
+
+
+def logit_diff(correct: Tensor, wrong: Tensor, positions: Tensor | None = None) -> Metric:
+    """logit[correct] - logit[wrong] at the answer position; `correct`, `wrong`: (batch,) token ids."""
+    def fn(logits: Tensor) -> Tensor:
+        last = _last(logits, positions)
+        rows = torch.arange(last.shape[0], device=last.device)
+        return last[rows, correct.to(last.device)] - last[rows, wrong.to(last.device)]
+
+    return Metric("logit_diff", fn)
+
+
+def answer_logprob(answer: Tensor, positions: Tensor | None = None) -> Metric:
+    """log p(answer) at the answer position."""
+    def fn(logits: Tensor) -> Tensor:
+        lp = _last(logits, positions).float().log_softmax(-1)
+        return lp[torch.arange(lp.shape[0], device=lp.device), answer.to(lp.device)]
+
+    return Metric("answer_logprob", fn)
+
+
+def next_token_loss(input_ids: Tensor, attention_mask: Tensor | None = None) -> Metric:
+    """Mean cross-entropy of predicting each next token, per prompt (padding excluded)."""
+    def fn(logits: Tensor) -> Tensor:
+        lp = logits[:, :-1].float().log_softmax(-1)  # (batch, pos-1, vocab)
+        target = input_ids[:, 1:].to(lp.device)
+        nll = -lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (batch, pos-1)
+        mask = torch.ones_like(nll) if attention_mask is None else attention_mask[:, 1:].to(nll)
+        return (nll * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+    return Metric("next_token_loss", fn, higher_is_better=False)
+
+
+def kl_from(reference_logits: Tensor, positions: Tensor | None = None) -> Metric:
+    """KL(reference || model) of the next-token distribution at the answer position."""
+    ref = _last(reference_logits, positions).float().log_softmax(-1)
+
+    def fn(logits: Tensor) -> Tensor:
+        lp = _last(logits, positions).float().log_softmax(-1)
+        return F.kl_div(lp, ref.to(lp.device), log_target=True, reduction="none").sum(-1)
+
+    return Metric("kl_divergence", fn, higher_is_better=False)
+
+
+def accuracy(answer: Tensor, positions: Tensor | None = None) -> Metric:
+    """1 where the answer is the top token at the answer position, else 0."""
+    def fn(logits: Tensor) -> Tensor:
+        return (_last(logits, positions).argmax(-1) == answer.to(logits.device)).float()
+
+    return Metric("accuracy", fn)
