@@ -172,6 +172,16 @@ class HFModel(ModelBase):
     def logits(self, output: Any) -> Tensor | None:
         return getattr(output, "logits", None)
 
+    def final_norm(self) -> nn.Module | None:
+        """The final norm module (what the ln_final site is the output of), if the model has one."""
+        w = self._root.get(Kind.LN_FINAL)
+        return None if w is None else self._resolve(w.path)
+
+    def unembed(self) -> nn.Module | None:
+        """The unembedding module (what the logits site is the output of), if the model has one."""
+        w = self._root.get(Kind.LOGITS)
+        return None if w is None else self._resolve(w.path)
+
     # --- tokens ------------------------------------------------------------------------------
     def to_tokens(self, text: str | Sequence[str], prepend_bos: bool = False,
                   padding_side: str = "right") -> dict[str, Tensor]:
