@@ -1,0 +1,58 @@
+"""Composition and copying scores from factored products equal the same scores from full matrices."""
+
+import pytest
+import torch
+
+import mechscope as ms
+from mechscope.circuits import composition_scores, copying_scores
+from conftest import make_family
+
+
+def _fro(m):
+    return torch.linalg.matrix_norm(m.double())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama_gqa"])
+def test_composition_matches_full_matrices(family):
+    f = make_family(family)
+    w = f.model.weights(fold_ln=True)
+    comp = composition_scores(f.hf)
+    qk = (w.W_Q @ w.W_K.transpose(-1, -2)).double()  # (layer, head, d_model, d_model)
+    ov = (w.W_V @ w.W_O).double()
+    l1, l2 = 0, 1
+    for h1 in range(w.n_heads):
+        for h2 in range(w.n_heads):
+            a, q, o = ov[l1, h1], qk[l2, h2], ov[l2, h2]
+            want_q = _fro(a @ q) / (_fro(a) * _fro(q))
+            want_k = _fro(q @ a.T) / (_fro(a) * _fro(q))
+            want_v = _fro(a @ o) / (_fro(a) * _fro(o))
+            torch.testing.assert_close(comp.q[l1, h1, l2, h2].double(), want_q, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(comp.k[l1, h1, l2, h2].double(), want_k, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(comp.v[l1, h1, l2, h2].double(), want_v, atol=1e-5, rtol=1e-4)
+    assert torch.isnan(comp.q[1, :, 0]).all() and torch.isnan(comp.q[0, :, 0]).all()
+
+
+def test_copying_score_matches_full_eigenvalues_and_known_signs():
+    f = make_family("gpt2")
+    w = f.model.weights(fold_ln=True)
+    got = copying_scores(f.hf)
+    full = (w.W_E @ w.W_V[0, 0] @ w.W_O[0, 0] @ w.W_U).double()  # (vocab, vocab)
+    lam = torch.linalg.eigvals(full)
+    lam = lam[lam.abs().argsort(descending=True)][: w.W_V.shape[-1]]  # the d_head nonzero ones
+    torch.testing.assert_close(got[0, 0].double(), lam.real.sum() / lam.abs().sum(), atol=1e-4, rtol=1e-4)
+    # a head whose OV circuit is W_E^+ ... : set W_V W_O to copy (identity through W_E, W_U = W_E^T)
+    with torch.no_grad():
+        hf = f.hf
+        hf.lm_head.weight.copy_(hf.transformer.wte.weight)  # W_U = W_E^T (tied)
+        for ln in (hf.transformer.h[0].ln_1, hf.transformer.ln_f):
+            ln.weight.fill_(1.0)
+            ln.bias.zero_()
+        d, dh = w.W_Q.shape[2], w.W_Q.shape[3]
+        c_attn = hf.transformer.h[0].attn.c_attn.weight  # (d_model, 3*d_model), head 0 of v: cols 2d..2d+dh
+        c_attn[:, 2 * d:2 * d + dh] = torch.eye(d)[:, :dh]
+        hf.transformer.h[0].attn.c_proj.weight[:dh] = torch.eye(d)[:dh]  # head 0's W_O rows
+    ms.wrap(hf)  # same adapter, weights are read fresh
+    assert copying_scores(hf)[0, 0] > 0.99
+    with torch.no_grad():
+        hf.transformer.h[0].attn.c_proj.weight[:dh] *= -1
+    assert copying_scores(hf)[0, 0] < -0.99
