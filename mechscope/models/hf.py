@@ -226,8 +226,10 @@ class HFModel(ModelBase):
     def weights(self, fold_ln: bool = False) -> Weights:
         """Weight views for every layer and head (see `mechscope.core.weights` for shapes)."""
         per = [self._block_weights(i) for i in range(self.n_layers)]
-        stack = lambda k: None if per[0].get(k) is None else torch.stack([p[k] for p in per])  # noqa: E731
+        stack = lambda k: None if per[0].get(k) is None else torch.stack([p[k].detach() for p in per])  # noqa: E731
         root = self.spec.read_root(self.module, self) if self.spec.read_root else {}
+        # views of parameters: detached, so analyses never build graphs through the model's weights
+        root = {k: None if v is None else v.detach() for k, v in root.items()}
         w = Weights(
             n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
             W_E=root.get("W_E"), W_pos=root.get("W_pos"),
