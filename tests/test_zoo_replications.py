@@ -78,3 +78,16 @@ def test_replication_json_line_follows_checks_md():
     assert line["kind"] == "replication" and line["pass"] is False
     assert line["checks"]["b"] == {"target": "< 0", "got": "could not run", "pass": False}
     assert set(line["machine"]) >= {"cpu_threads", "torch", "gpu"}
+
+
+def test_tms_sweep_and_learning_rate_schedule():
+    from mechscope import zoo
+
+    full, short = zoo.spec("tms"), zoo.spec("tms-short")
+    sweep = full.hp["groups"]["sweep"]
+    assert sweep["feature_probs"][0] == 1.0 and sweep["feature_probs"][-1] == pytest.approx(0.1)
+    assert sweep["instances_per_prob"] > short.hp["groups"]["sweep"]["instances_per_prob"]
+    recipe, hp = full.recipe, full.hp
+    assert recipe.lr(0, hp) == pytest.approx(hp["lr"])  # cosine decay from lr to 0
+    assert recipe.lr(hp["steps"] // 2, hp) == pytest.approx(hp["lr"] / 2)
+    assert recipe.lr(hp["steps"] - 1, hp) < 1e-3 * hp["lr"]
