@@ -58,6 +58,22 @@ class PatchingResult:
         return (self.mean() - base) / (ref - base)
 
 
+def prepare_sweep(model: Any, clean: Tensor, corrupt: Tensor, sites: Sequence[Site | str], direction: str,
+                  each_head: bool) -> tuple[Any, list[Site], Tensor, Tensor, dict[Site, int]]:
+    """Check a clean/corrupt pair; return the adapter, Sites, source and target prompts, and the
+    number of heads each site is split into."""
+    if clean.shape != corrupt.shape:
+        raise ValueError(f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} prompts must "
+                         "have the same shape (align the counterfactual token by token)")
+    if direction not in ("denoising", "noising"):
+        raise ValueError(f"direction must be 'denoising' or 'noising', got {direction!r}")
+    model = wrap(model)
+    sites = [resolve(model, s) for s in sites]
+    source, target = (clean, corrupt) if direction == "denoising" else (corrupt, clean)
+    heads = {s: (model.n_heads_at(s) or 1) if each_head and s.per_head else 1 for s in sites}
+    return model, sites, source, target, heads
+
+
 def activation_patching(
     model: Any,
     clean: Tensor,
@@ -76,20 +92,12 @@ def activation_patching(
     `clean` and `corrupt` are token ids (prompt, pos) of equal shape; `metric` maps logits
     (rows, pos, vocab) to one value per row. At most `max_rows` rows run in one forward pass.
     """
-    if clean.shape != corrupt.shape:
-        raise ValueError(f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} prompts must "
-                         "have the same shape (align the counterfactual token by token)")
-    if direction not in ("denoising", "noising"):
-        raise ValueError(f"direction must be 'denoising' or 'noising', got {direction!r}")
-    model = wrap(model)
-    sites = [resolve(model, s) for s in sites]
-    source, target = (clean, corrupt) if direction == "denoising" else (corrupt, clean)
+    model, sites, source, target, heads = prepare_sweep(model, clean, corrupt, sites, direction, each_head)
     n_prompts, n_pos = target.shape
     src = run(model, source, capture=sites)
     base = run(model, target)
     passes = 2
 
-    heads = {s: (model.n_heads_at(s) or 1) if each_head and s.per_head else 1 for s in sites}
     jobs = [(i, h, p) for i, s in enumerate(sites) for h in range(heads[s])
             for p in (range(n_pos) if each_position else [None])]
     per_chunk = max(1, max_rows // n_prompts)

@@ -20,9 +20,8 @@ import torch
 from torch import Tensor
 
 from ..core import Site
-from ..core.run import resolve, run
-from ..models import wrap
-from .activation_patching import PatchingResult
+from ..core.run import run
+from .activation_patching import PatchingResult, prepare_sweep
 
 
 def attribution_patching(
@@ -37,19 +36,11 @@ def attribution_patching(
     each_position: bool = True,
 ) -> PatchingResult:
     """Estimated metric after each patch, shaped like `activation_patching`'s result."""
-    if clean.shape != corrupt.shape:
-        raise ValueError(f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} prompts must "
-                         "have the same shape")
-    if direction not in ("denoising", "noising"):
-        raise ValueError(f"direction must be 'denoising' or 'noising', got {direction!r}")
-    model = wrap(model)
-    sites = [resolve(model, s) for s in sites]
-    source, target = (clean, corrupt) if direction == "denoising" else (corrupt, clean)
+    model, sites, source, target, heads = prepare_sweep(model, clean, corrupt, sites, direction, each_head)
     tgt = run(model, target, capture=sites, grad=lambda out: metric(out.logits).sum())
     src = run(model, source, capture=sites)
     base = metric(tgt.logits).detach().float()
     n_prompts, n_pos = target.shape
-    heads = {s: (model.n_heads_at(s) or 1) if each_head and s.per_head else 1 for s in sites}
     values = torch.full((len(sites), max(heads.values()), n_pos if each_position else 1, n_prompts),
                         float("nan"))
     for i, s in enumerate(sites):

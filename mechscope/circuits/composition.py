@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.factored import FactoredMatrix
 from ..models import wrap
 
 
