@@ -4,7 +4,6 @@ import pytest
 import torch
 import transformers as tf
 
-import mechscope as ms
 from mechscope.causal import AblationSpec, Node, component_nodes, faithfulness
 from mechscope.core import metrics
 from mechscope.core.site import Kind, Site
