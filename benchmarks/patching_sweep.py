@@ -53,6 +53,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens's sweep draws a tq
 REPO = Path(__file__).resolve().parent.parent
 
 import torch  # noqa: E402
+from _machine import cpu_snapshot, other_cpu_share  # noqa: E402  (benchmarks/_machine.py)
 import transformers  # noqa: E402
 
 THREADS = 2
@@ -121,31 +122,6 @@ def _dist_version(name: str) -> str:
         return version(name)
     except Exception:
         return "?"
-
-
-# --------------------------------------------------------------------------------------------
-# CPU share of other processes (as in core_overhead.py)
-# --------------------------------------------------------------------------------------------
-def cpu_snapshot() -> tuple[float, float, float] | None:
-    """(busy seconds of the whole machine, this process's cpu seconds, wall time)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        hz = os.sysconf("SC_CLK_TCK")
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / hz  # all but idle and iowait
-        t = os.times()
-        return busy, t.user + t.system, time.monotonic()
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def other_cpu_share(start) -> float | None:
-    """Share of the machine's cores that other processes kept busy since `start`."""
-    end = cpu_snapshot()
-    if start is None or end is None or end[2] <= start[2]:
-        return None
-    others = (end[0] - start[0]) - (end[1] - start[1])
-    return max(0.0, others / ((end[2] - start[2]) * (os.cpu_count() or 1)))
 
 
 # --------------------------------------------------------------------------------------------
