@@ -174,8 +174,11 @@ class Case:
         sites = [ms.Site(ms.Kind.Z, layer) for layer in range(self.n_layer)]
         each_pos = self.spec["each_position"]
 
+        # the same function, declared to read only the last position (mechscope then unembeds only it)
+        declared = ms.core.Metric("logit_diff", metric_rows, last_position_only=True)
+
         def sweep():
-            return activation_patching(adapter, self.clean, self.corrupt, sites, metric_rows,
+            return activation_patching(adapter, self.clean, self.corrupt, sites, declared,
                                        direction="denoising", each_head=True, each_position=each_pos,
                                        progress=False)
 

@@ -5,6 +5,7 @@ import torch
 import transformers as tf
 
 import mechscope as ms
+from mechscope.core import Metric, metrics
 from mechscope.causal import activation_patching
 from mechscope.core.site import Kind, Site
 
@@ -54,8 +55,11 @@ def test_batched_sweep_equals_single_patches(family, direction):
                 want = _one_at_a_time(model, source, target, site, h if site.per_head else None, p)
                 torch.testing.assert_close(res.values[i, h, p], want, atol=1e-5, rtol=1e-5)
         assert torch.isnan(res.values[i, n_heads[site]:]).all()  # padding beyond a site's heads
-    expected_jobs = 6 * sum(n_heads.values())
-    assert res.forward_passes == 2 + -(-expected_jobs // (10 // 2))
+    # jobs are grouped by the first block their run computes (the site's layer): layer-1 runs
+    # start from the target's resid_pre 1 and skip block 0; chunks hold at most 10 // 2 jobs
+    by_start = {0: 6 * n_heads[Site(Kind.Z, 0)], 1: 6 * (n_heads[Site(Kind.RESID_PRE, 1)] + n_heads[Site(Kind.K, 1)])}
+    assert res.forward_passes == 2 + sum(-(-n // (10 // 2)) for n in by_start.values())
+    assert res.how["blocks_skipped"] == by_start[1]
     torch.testing.assert_close(res.baseline, metric(ms.run(model, target).logits))
     torch.testing.assert_close(res.reference, metric(ms.run(model, source).logits))
 
@@ -76,3 +80,40 @@ def test_patching_everything_restores_the_source_exactly():
 def test_patching_rejects_misaligned_prompts():
     with pytest.raises(ValueError, match="same shape"):
         activation_patching(MODELS["gpt2"], CLEAN, CORRUPT[:, :5], ["resid_pre.0"], metric, progress=False)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_last_position_metric_unembeds_only_the_last_position(family):
+    # The same sweep read through a Metric that declares it needs only the last position: the
+    # patch runs unembed one position, and every value is the same as with full logits.
+    model = MODELS[family]
+    sites = [Site(Kind.RESID_PRE, 1), Site(Kind.Z, 1), Site(Kind.MLP_OUT, 0)]
+    seen = []
+
+    def spy(logits):
+        seen.append(logits.shape[1])
+        return metrics.logit_diff(torch.full((logits.shape[0],), 3), torch.full((logits.shape[0],), 4)).fn(logits)
+
+    declared = Metric("logit_diff", spy, last_position_only=True)
+    fast = activation_patching(model, CLEAN, CORRUPT, sites, declared, max_rows=16, progress=False)
+    full = activation_patching(model, CLEAN, CORRUPT, sites, metric, max_rows=16, progress=False)
+    torch.testing.assert_close(fast.values, full.values, atol=1e-5, rtol=1e-5, equal_nan=True)
+    assert seen[-2:] == [CLEAN.shape[1]] * 2  # the target and source runs keep every position
+    assert set(seen[:-2]) == {1}  # every patch run unembeds only the last position
+    assert metrics.logit_diff(torch.tensor([3]), torch.tensor([4])).last_position_only
+    assert not metrics.logit_diff(torch.tensor([3]), torch.tensor([4]), positions=torch.tensor([2])).last_position_only
+
+
+def test_start_at_skips_blocks_and_restores_them():
+    model = ms.wrap(MODELS["gpt2"])
+    blocks = list(model.module.transformer.h)
+    entry = Site(Kind.RESID_PRE, 1)
+    ref = ms.run(model, CLEAN, capture=[entry])
+    with model.start_at(1):
+        assert len(model.module.transformer.h) == 1
+        out = ms.run(model, CLEAN, interventions=[ms.Patch(entry, value=ref.cache[entry])])
+    assert list(model.module.transformer.h) == blocks
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="blocks 0..1"):
+        with model.start_at(2):
+            pass

@@ -6,7 +6,12 @@ Steps:
    (when `each_position`);
 3. pack jobs into chunks; a chunk's batch is the target prompts repeated once per job, and job j
    gets one `Patch` restricted to its own rows, head and position (one forward pass per chunk);
-4. read the metric per row and fold it back into a (site, head, position) grid, per prompt.
+   jobs are grouped by the layer of their site, and a chunk whose sites all lie in layer L or
+   later skips blocks 0..L-1, starting from the target run's own resid_pre of layer L (captured
+   in the target run of step 1), when the adapter can skip blocks;
+4. read the metric per row and fold it back into a (site, head, position) grid, per prompt. When
+   the metric reads only the last position (`Metric.last_position_only`), only that position is
+   unembedded.
 
 Direction: "denoising" runs the corrupted prompts and writes clean activations in (how much of
 the behaviour does this component restore?); "noising" runs the clean prompts and writes
@@ -16,6 +21,7 @@ corrupted activations in (how much does breaking it hurt?).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core import Patch, Site
+from ..core import Kind, Patch, Site
 from ..core.run import resolve, run
 from ..models import wrap
 
@@ -95,21 +101,33 @@ def activation_patching(
     model, sites, source, target, heads = prepare_sweep(model, clean, corrupt, sites, direction, each_head)
     n_prompts, n_pos = target.shape
     src = run(model, source, capture=sites)
-    base = run(model, target)
+    starts = _start_layers(model, sites)
+    base = run(model, target, capture=sorted({Site(Kind.RESID_PRE, s) for s in starts.values() if s}))
     passes = 2
 
     jobs = [(i, h, p) for i, s in enumerate(sites) for h in range(heads[s])
             for p in (range(n_pos) if each_position else [None])]
+    jobs.sort(key=lambda job: starts[sites[job[0]]])  # stable: same-layer jobs keep their order
     per_chunk = max(1, max_rows // n_prompts)
+    chunks = []  # consecutive jobs of one start layer, at most per_chunk of them
+    for job in jobs:
+        if chunks and len(chunks[-1]) < per_chunk and starts[sites[chunks[-1][0][0]]] == starts[sites[job[0]]]:
+            chunks[-1].append(job)
+        else:
+            chunks.append([job])
+    last_only = getattr(metric, "last_position_only", False)
     n_heads_max = max(heads.values())
     values = torch.full((len(sites), n_heads_max, n_pos if each_position else 1, n_prompts), float("nan"))
     bar = tqdm(total=len(jobs), desc="activation patching", disable=not progress, unit="patch")
-    for start in range(0, len(jobs), per_chunk):
-        chunk = jobs[start:start + per_chunk]
+    for chunk in chunks:
         k = len(chunk)
         batch = target.repeat(k, 1)  # (k * prompt, pos): job j owns rows j*prompt ... (j+1)*prompt - 1
-        tiled = {}
+        first = starts[sites[chunk[0][0]]]
         ivs = []
+        if first:  # blocks before `first` are the target run's: start from its resid_pre there
+            entry = Site(Kind.RESID_PRE, first)
+            ivs.append(Patch(entry, value=base.cache[entry].repeat(k, 1, 1)))
+        tiled = {}
         for j, (i, h, p) in enumerate(chunk):
             s = sites[i]
             if s not in tiled:  # the source activation repeated like the batch: (k * prompt, ...)
@@ -118,7 +136,10 @@ def activation_patching(
             ivs.append(Patch(s, value=tiled[s], rows=rows,
                              heads=[h] if heads[s] > 1 else None,
                              positions=None if p is None else [p]))
-        out = run(model, batch, interventions=ivs)
+        prepared = model.prepare(batch)
+        prepared.last_logits_only = last_only
+        with model.start_at(first) if first else nullcontext():
+            out = run(model, prepared, interventions=ivs)
         passes += 1
         m = metric(out.logits).detach().float().reshape(k, n_prompts)
         for j, (i, h, p) in enumerate(chunk):
@@ -126,8 +147,21 @@ def activation_patching(
         bar.update(k)
     bar.close()
     how = {"method": "activation patching", "direction": direction,
+           "blocks_skipped": sum(len(c) * starts[sites[c[0][0]]] for c in chunks),
            "ablation": "counterfactual patch", "level": "node",
            "positions": "each" if each_position else "all", "heads": "each" if each_head else "all",
            "aggregation": "mean over prompts, then normalise"}
     return PatchingResult(tuple(sites), values, metric(base.logits).detach().float(),
                           metric(src.logits).detach().float(), direction, passes, how)
+
+
+def _start_layers(model: Any, sites: Sequence[Site]) -> dict[Site, int]:
+    """The first block each site's patch run must compute: the site's own layer when the adapter
+    can skip blocks and has a resid_pre there, else 0 (embeddings and final sites: 0)."""
+    have = set(model.sites())
+    out = {}
+    for s in sites:
+        layer = s.layer or 0
+        ok = layer and Site(Kind.RESID_PRE, layer) in have and model.start_at(layer) is not None
+        out[s] = layer if ok else 0
+    return out

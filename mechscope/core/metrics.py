@@ -16,11 +16,14 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Metric:
-    """A named metric. `higher_is_better` tells how to read it (loss and KL: False)."""
+    """A named metric. `higher_is_better` tells how to read it (loss and KL: False);
+    `last_position_only` says it reads nothing but the last position's logits, so a sweep may
+    compute only those (they arrive as (batch, 1, vocab))."""
 
     name: str
     fn: Callable[[Tensor], Tensor]
     higher_is_better: bool = True
+    last_position_only: bool = False
 
     def __call__(self, logits: Tensor) -> Tensor:
         out = self.fn(logits)
@@ -44,7 +47,7 @@ def logit_diff(correct: Tensor, wrong: Tensor, positions: Tensor | None = None) 
         rows = torch.arange(last.shape[0], device=last.device)
         return last[rows, correct.to(last.device)] - last[rows, wrong.to(last.device)]
 
-    return Metric("logit_diff", fn)
+    return Metric("logit_diff", fn, last_position_only=positions is None)
 
 
 def answer_logprob(answer: Tensor, positions: Tensor | None = None) -> Metric:
@@ -53,7 +56,7 @@ def answer_logprob(answer: Tensor, positions: Tensor | None = None) -> Metric:
         lp = _last(logits, positions).float().log_softmax(-1)
         return lp[torch.arange(lp.shape[0], device=lp.device), answer.to(lp.device)]
 
-    return Metric("answer_logprob", fn)
+    return Metric("answer_logprob", fn, last_position_only=positions is None)
 
 
 def next_token_loss(input_ids: Tensor, attention_mask: Tensor | None = None) -> Metric:
@@ -76,7 +79,7 @@ def kl_from(reference_logits: Tensor, positions: Tensor | None = None) -> Metric
         lp = _last(logits, positions).float().log_softmax(-1)
         return F.kl_div(lp, ref.to(lp.device), log_target=True, reduction="none").sum(-1)
 
-    return Metric("kl_divergence", fn, higher_is_better=False)
+    return Metric("kl_divergence", fn, higher_is_better=False, last_position_only=positions is None)
 
 
 def accuracy(answer: Tensor, positions: Tensor | None = None) -> Metric:
@@ -84,4 +87,4 @@ def accuracy(answer: Tensor, positions: Tensor | None = None) -> Metric:
     def fn(logits: Tensor) -> Tensor:
         return (_last(logits, positions).argmax(-1) == answer.to(logits.device)).float()
 
-    return Metric("accuracy", fn)
+    return Metric("accuracy", fn, last_position_only=positions is None)

@@ -24,6 +24,9 @@ class Prepared:
     kwargs: dict[str, Any] = field(default_factory=dict)
     input_ids: Tensor | None = None
     attention_mask: Tensor | None = None
+    # The caller reads only the last position's logits (a sweep's metric): an adapter may skip the
+    # unembedding of every other position and any key/value cache.
+    last_logits_only: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -63,4 +66,9 @@ class Adapter(Protocol):
 
     def n_heads_at(self, site: Site) -> int | None:
         """Number of heads on a per-head site (key/value heads for k and v), else None."""
+        ...
+
+    def start_at(self, layer: int) -> AbstractContextManager | None:
+        """A context in which the forward pass skips blocks 0..layer-1 (the caller then sets
+        resid_pre of `layer` with an intervention), or None if the adapter cannot skip blocks."""
         ...

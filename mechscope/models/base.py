@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from torch import Tensor, nn
@@ -10,6 +11,23 @@ from torch import Tensor, nn
 from ..core.interventions import Intervention
 from ..core.run import RunResult, resolve, run
 from ..core.site import Site
+
+
+@contextmanager
+def without_first_blocks(parent: nn.Module, attr: str, layer: int):
+    """Temporarily replace the ModuleList `parent.attr` by its blocks from `layer` on.
+
+    The blocks keep their identity (hooks and taps on them still fire); only the loop over them
+    is shortened, so the caller must supply the residual stream entering block `layer`.
+    """
+    blocks = getattr(parent, attr)
+    if not 0 <= layer < len(blocks):
+        raise ValueError(f"cannot start at block {layer}: the model has blocks 0..{len(blocks) - 1}")
+    setattr(parent, attr, nn.ModuleList(list(blocks)[layer:]))
+    try:
+        yield
+    finally:
+        setattr(parent, attr, blocks)
 
 
 class ModelBase:
@@ -22,6 +40,10 @@ class ModelBase:
         raise NotImplementedError
 
     def n_heads_at(self, site: Site) -> int | None:
+        return None
+
+    def start_at(self, layer: int) -> AbstractContextManager | None:
+        """Skipping blocks needs to know where they are; adapters that do override this."""
         return None
 
     def check(self, site: Site | str) -> Site:

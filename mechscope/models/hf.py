@@ -7,6 +7,7 @@ weights into mechscope's convention. Nothing here tests which architecture it is
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from ..core.site import Kind, Site
 from ..core.taps import HeadResult, ModuleInput, ModuleOutput, Tap
 from ..core.weights import Weights
 from . import hf_attention
-from .base import ModelBase
+from .base import ModelBase, without_first_blocks
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class HFModel(ModelBase):
                 sites.append(Site(kind))
         self._sites = sites
         self._site_set = frozenset(sites)
+        self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(module.forward).parameters
 
     def _has(self, path: str) -> bool:
         try:
@@ -167,7 +169,13 @@ class HFModel(ModelBase):
                         "a dict of model inputs, or text")
 
     def forward(self, prepared: Prepared) -> Any:
+        if prepared.last_logits_only and self._takes_logits_to_keep:
+            return self.module(*prepared.args, **{"use_cache": False, "logits_to_keep": 1, **prepared.kwargs})
         return self.module(*prepared.args, **prepared.kwargs)
+
+    def start_at(self, layer: int):
+        path, _, attr = self.spec.layers.rpartition(".")
+        return without_first_blocks(self._resolve(path), attr, layer)
 
     def logits(self, output: Any) -> Tensor | None:
         return getattr(output, "logits", None)

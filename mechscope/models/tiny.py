@@ -29,7 +29,7 @@ from ..core.protocol import Prepared
 from ..core.site import Kind, Site
 from ..core.taps import HeadResult, ModuleOutput, Tap
 from ..core.weights import Weights
-from .base import ModelBase
+from .base import ModelBase, without_first_blocks
 
 
 @dataclass(frozen=True)
@@ -279,6 +279,9 @@ class TinyModel(ModelBase):
 
     def session(self, sites: set[Site]):
         return nullcontext()
+
+    def start_at(self, layer: int):
+        return without_first_blocks(self.module, "blocks", layer)
 
     def grad_entry(self) -> Tap | None:
         return ModuleOutput(self.module.hook_embed)
