@@ -53,10 +53,17 @@ def list_() -> None:
 def replicate(name: Annotated[str, typer.Argument(help="tms or grokking")],
               quick: Annotated[bool, typer.Option("--quick", help="smaller runs (within 5 minutes); "
                                                   "says which targets it loosens")] = False,
-              as_json: Annotated[bool, typer.Option("--json", help="end with one JSON line (CHECKS.md)")] = False
+              as_json: Annotated[bool, typer.Option("--json", help="end with one JSON line (CHECKS.md)")] = False,
+              threads: Annotated[Optional[int], typer.Option(help="torch threads for training and analysis "
+                                                             "(default: torch's, one per core)")] = None
               ) -> None:
     """Reproduce a published result on zoo networks: target vs ours vs pass."""
+    import torch
+
     from .replications import replicate as run_replication
+
+    if threads:
+        torch.set_num_threads(threads)
 
     rep = run_replication(name, quick)
     t = Table("check", "target", "ours", "pass", title=f"replicate {name}" + (" --quick" if quick else ""))

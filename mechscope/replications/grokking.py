@@ -180,6 +180,9 @@ def replicate(quick: bool = False) -> Replication:
     nk = len(f["key_frequencies"])
     r_full, r_res = f["final_full_loss"], f["final_restricted_loss"]
     rd, td = f["restricted_below_0.1_at"], f["test_below_0.1_at"]
+    # The MLP keeps cleaning up for thousands of epochs after the test loss falls (measured on a
+    # 2500-epoch frac-0.5 run: 0.72 of neurons at 1000 epochs, 0.80 at 1500, 0.84 at 2500).
+    need_neurons = 0.75 if quick else 0.85
     if quick:  # at train fraction 0.5 the test accuracy is already ~80% when train accuracy reaches 100%
         tr1, te1 = f["train_acc_1_at"], f["test_acc_1_at"]
         mem_check = Check("memorises_first", "quick: train acc reaches 100% before test acc does",
@@ -192,8 +195,8 @@ def replicate(quick: bool = False) -> Replication:
         mem_check,
         Check("groks_in_time", f"test loss < 0.01 by epoch {2.5 * ref:.0f} (2.5 x {ref})", grok,
               grok is not None and grok <= 2.5 * ref),
-        Check("neurons_single_frequency", ">= 0.85 of neurons with > 0.85 variance from one frequency",
-              round(f["frac_neurons_explained"], 4), f["frac_neurons_explained"] >= 0.85,
+        Check("neurons_single_frequency", f">= {need_neurons} of neurons with > 0.85 variance from one frequency",
+              round(f["frac_neurons_explained"], 4), f["frac_neurons_explained"] >= need_neurons,
               "dead neurons count as unexplained"),
         Check("key_frequencies", "3-7 frequencies each holding >= 10 neurons",
               f"{nk}: {f['key_frequencies']}", 3 <= nk <= 7),
@@ -212,6 +215,8 @@ def replicate(quick: bool = False) -> Replication:
                  "before test acc does' (train fraction 0.5 generalises almost as soon as it fits the "
                  "training set)",
                  "the run: train fraction 0.5 (Nanda's sweep: groks at 1109 epochs) instead of 0.3, "
-                 f"{hp_steps} epochs; the grokking deadline is 2.5 x 1109; every other target unchanged"]
+                 f"{hp_steps} epochs; the grokking deadline is 2.5 x 1109",
+                 "neurons_single_frequency: >= 0.75 of neurons instead of >= 0.85 (the clean-up after "
+                 "grokking is cut short at 1500 epochs); every other target unchanged"]
                 if quick else [])
     return Replication("grokking", checks, figures, quick, loosened)
