@@ -66,9 +66,13 @@ def test_feature_dimensionality_of_known_geometries():
 
 def test_histogram_peaks():
     values = torch.tensor([0.5] * 10 + [0.4] * 6 + [0.45] * 2 + [1.0] * 8)
-    assert has_peak_near(values, 0.5) == pytest.approx(0.51)
-    assert has_peak_near(values, 0.4) == pytest.approx(0.41)
+    assert has_peak_near(values, 0.5) == pytest.approx(0.5)
+    assert has_peak_near(values, 0.4) == pytest.approx(0.4)
     assert has_peak_near(values, 0.25) is None
+    # a cluster straddling 1/2 (as trained weights give) is one bin, not two half-height ones
+    jitter = torch.tensor([0.499, 0.501] * 5 + [0.47] * 4 + [0.53] * 4)
+    assert has_peak_near(jitter, 0.5) == pytest.approx(0.5)
+    assert has_peak_near(torch.tensor([0.36] * 9 + [0.38] * 5 + [0.4] * 3), 0.4) is None  # a shoulder is no peak
 
 
 def test_replication_json_line_follows_checks_md():

@@ -33,10 +33,12 @@ def feature_dimensionality(W: Tensor) -> Tensor:
 
 
 def histogram_peaks(values: Tensor, width: float = 0.02) -> tuple[list[float], list[int]]:
-    """Bin centres of [0, 1.02) and counts; local maxima are where a bin is >= both neighbours."""
-    n_bins = int(round(1.02 / width))
-    counts = torch.histc(values.float(), bins=n_bins, min=0.0, max=n_bins * width).long()
-    centres = [(i + 0.5) * width for i in range(n_bins)]
+    """Bin centres 0, w, 2w, ... up to 1 + w, and counts; local maxima are where a bin is >= both
+    neighbours. Centres sit on multiples of the width so that the fractions looked for (1/2, 2/5)
+    are bin centres: with edges there, one cluster of D = 1/2 would split into two half-height bins."""
+    n_bins = int(round(1.0 / width)) + 2
+    counts = torch.histc(values.float(), bins=n_bins, min=-width / 2, max=(n_bins - 0.5) * width).long()
+    centres = [i * width for i in range(n_bins)]
     return centres, counts.tolist()
 
 
