@@ -1,0 +1,216 @@
+"""A grammar of executable feature explanations: rules over tokens that say where a feature fires.
+
+A rule maps a TokenTable (the dataset's tokens, their text and context flags) to a boolean mask
+(doc, pos). An Explanation is a rule and a scale: it predicts scale * mask, the scale being the
+feature's mean value where the rule holds on the data it was fitted on. Every rule prints as a
+sentence a person can check, and runs on any text.
+
+Rules: CurrentToken, PreviousToken, Bigram (previous, current), TokenRegex (on the current token's
+text), Position (==, <, >=), InsideQuotes (an odd number of '"' earlier in the document),
+InsideCode (between backticks, or on a line that starts with '>>>' or four spaces), And, Or.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class TokenTable:
+    """Token ids (doc, pos), each token's text, and per-token context flags, computed once."""
+
+    ids: Tensor  # (doc, pos)
+    texts: tuple[tuple[str, ...], ...]
+    prev: Tensor  # (doc, pos): previous token id, -1 at position 0
+    in_quotes: Tensor  # (doc, pos) bool
+    in_code: Tensor  # (doc, pos) bool
+
+    @staticmethod
+    def build(ids: Tensor, decode: Any = None) -> "TokenTable":
+        """`decode(id) -> str` gives each token's text (default: the id as text)."""
+        cache: dict[int, str] = {}
+
+        def text(t: int) -> str:
+            if t not in cache:
+                cache[t] = str(t) if decode is None else decode(t)
+            return cache[t]
+
+        texts, quotes, code = [], [], []
+        for row in ids.tolist():
+            words = tuple(text(t) for t in row)
+            q, b, line_code, at_line_start = 0, 0, False, True
+            qrow, crow, line = [], [], ""
+            for w in words:
+                qrow.append(q % 2 == 1)
+                crow.append(b % 2 == 1 or line_code)
+                for ch in w:
+                    if ch == "\n":
+                        line, line_code, at_line_start = "", False, True
+                        continue
+                    line += ch
+                    if at_line_start and len(line) >= 3:
+                        line_code = line.startswith(">>>") or line.startswith("    ")
+                        at_line_start = len(line) < 4 and not line_code
+                    q += ch == '"'
+                    b += ch == "`"
+            texts.append(words)
+            quotes.append(qrow)
+            code.append(crow)
+        prev = torch.cat([torch.full((ids.shape[0], 1), -1, dtype=ids.dtype), ids[:, :-1]], dim=1)
+        return TokenTable(ids, tuple(texts), prev, torch.tensor(quotes, dtype=torch.bool).view(ids.shape),
+                          torch.tensor(code, dtype=torch.bool).view(ids.shape))
+
+    def subset(self, docs: Tensor) -> "TokenTable":
+        idx = docs.tolist()
+        return TokenTable(self.ids[docs], tuple(self.texts[i] for i in idx), self.prev[docs],
+                          self.in_quotes[docs], self.in_code[docs])
+
+
+class Rule:
+    """Where a feature fires, as code."""
+
+    def mask(self, table: TokenTable) -> Tensor:  # (doc, pos) bool
+        raise NotImplementedError
+
+    def describe(self, decode: Any = None) -> str:
+        raise NotImplementedError
+
+
+def _tokens(ids: frozenset[int], decode: Any) -> str:
+    shown = sorted(ids)[:8]
+    words = [repr(decode(t)) if decode else str(t) for t in shown]
+    return "{" + ", ".join(words) + (", ..." if len(ids) > 8 else "") + "}"
+
+
+@dataclass(frozen=True)
+class CurrentToken(Rule):
+    ids: frozenset[int]
+
+    def mask(self, table):
+        return torch.isin(table.ids, torch.tensor(sorted(self.ids), dtype=table.ids.dtype))
+
+    def describe(self, decode=None):
+        return f"the token is one of {_tokens(self.ids, decode)}"
+
+
+@dataclass(frozen=True)
+class PreviousToken(Rule):
+    ids: frozenset[int]
+
+    def mask(self, table):
+        return torch.isin(table.prev, torch.tensor(sorted(self.ids), dtype=table.prev.dtype))
+
+    def describe(self, decode=None):
+        return f"the previous token is one of {_tokens(self.ids, decode)}"
+
+
+@dataclass(frozen=True)
+class Bigram(Rule):
+    pairs: frozenset[tuple[int, int]]
+
+    def mask(self, table):
+        out = torch.zeros_like(table.ids, dtype=torch.bool)
+        for a, b in self.pairs:
+            out |= (table.prev == a) & (table.ids == b)
+        return out
+
+    def describe(self, decode=None):
+        show = sorted(self.pairs)[:6]
+        words = [f"{decode(a) if decode else a!r}{decode(b) if decode else b!r}" for a, b in show]
+        return "the last two tokens are one of " + ", ".join(repr(w) for w in words)
+
+
+@dataclass(frozen=True)
+class TokenRegex(Rule):
+    pattern: str
+    name: str
+
+    def mask(self, table):
+        rx = re.compile(self.pattern)
+        return torch.tensor([[bool(rx.search(w)) for w in row] for row in table.texts],
+                            dtype=torch.bool).view(table.ids.shape)
+
+    def describe(self, decode=None):
+        return f"the token {self.name} (regex {self.pattern!r})"
+
+
+@dataclass(frozen=True)
+class Position(Rule):
+    op: str  # "==", "<", ">="
+    p: int
+
+    def mask(self, table):
+        pos = torch.arange(table.ids.shape[1]).expand_as(table.ids)
+        return {"==": pos == self.p, "<": pos < self.p, ">=": pos >= self.p}[self.op]
+
+    def describe(self, decode=None):
+        return f"the position is {self.op} {self.p}"
+
+
+@dataclass(frozen=True)
+class InsideQuotes(Rule):
+    def mask(self, table):
+        return table.in_quotes
+
+    def describe(self, decode=None):
+        return "the token is inside double quotes"
+
+
+@dataclass(frozen=True)
+class InsideCode(Rule):
+    def mask(self, table):
+        return table.in_code
+
+    def describe(self, decode=None):
+        return "the token is inside code (backticks, or a '>>>' or indented line)"
+
+
+@dataclass(frozen=True)
+class And(Rule):
+    a: Rule
+    b: Rule
+
+    def mask(self, table):
+        return self.a.mask(table) & self.b.mask(table)
+
+    def describe(self, decode=None):
+        return f"({self.a.describe(decode)}) and ({self.b.describe(decode)})"
+
+
+@dataclass(frozen=True)
+class Or(Rule):
+    a: Rule
+    b: Rule
+
+    def mask(self, table):
+        return self.a.mask(table) | self.b.mask(table)
+
+    def describe(self, decode=None):
+        return f"({self.a.describe(decode)}) or ({self.b.describe(decode)})"
+
+
+REGEXES: Sequence[tuple[str, str]] = (
+    (r"^\s?[A-Z]", "starts with a capital letter"), (r"^\s?\d", "starts with a digit"),
+    (r"^\s?[^\w\s]", "is punctuation"), (r"^\s", "starts with a space"), (r"\n", "contains a newline"),
+    (r"^\s?[a-z]", "starts with a lower-case letter"), (r"^[A-Z]{2,}$", "is in capitals"),
+)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A rule and the value it predicts where it holds."""
+
+    rule: Rule
+    scale: float
+
+    def predict(self, table: TokenTable) -> Tensor:
+        return self.rule.mask(table).float() * self.scale
+
+    def describe(self, decode: Any = None) -> str:
+        return f"{self.scale:.3g} where {self.rule.describe(decode)}, else 0"
