@@ -47,3 +47,37 @@ def test_context_flags_from_text():
     code = ['x', '\n', '>>>', ' print', '(', '1', ')', '\n', 'y']
     t2 = TokenTable.build(torch.arange(9)[None], decode=lambda t: code[t])
     assert t2.in_code[0].tolist() == [False, False, False, True, True, True, True, True, False]
+
+
+def test_substitution_known_answers():
+    # A perfect explanation recovers exactly 1; one predicting zero (or the mean) exactly 0 against
+    # zero (mean) ablation; the interval and the ablation travel with the score.
+    from mechscope.core import Kind, Site
+    from mechscope.features import FeatureSet
+    from mechscope.features.rules import Explanation, Position
+    from mechscope.features.substitution import substitution_scores
+    from mechscope.models.tiny import TinyConfig, TinyTransformer
+    import mechscope as ms
+
+    torch.manual_seed(0)
+    model = ms.wrap(TinyTransformer(TinyConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=16,
+                                               d_vocab=12)))
+    site = Site(Kind.MLP_POST, 0)
+    feats = FeatureSet.neurons(site, d=32)
+    docs = IDS[:12]
+    acts = model.run(docs, capture=[site]).cache[site][..., 5]  # (doc, pos)
+
+    class Exact:
+        def predict(self, table):
+            return acts
+
+        def describe(self, decode=None):
+            return "the feature's own values"
+
+    kw = dict(mean_value=float(acts.mean()), reference="the same documents", dataset="random tokens")
+    exact = substitution_scores(model, feats, 5, Exact(), docs, TABLE.subset(torch.arange(12)), **kw)
+    assert abs(exact["zero"].value - 1) < 1e-6 and abs(exact["mean"].value - 1) < 1e-6
+    nothing = Explanation(Position("==", 99), 1.0)  # never fires: predicts 0 everywhere
+    zero = substitution_scores(model, feats, 5, nothing, docs, TABLE.subset(torch.arange(12)), **kw)
+    assert abs(zero["zero"].value) < 1e-9
+    assert zero["mean"].how["ablation"] == "mean" and zero["mean"].ci is not None and zero["mean"].n == 12
