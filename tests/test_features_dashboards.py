@@ -129,3 +129,22 @@ def test_store_rejects_foreign_files_and_bad_input(tmp_path):
     with FeatureStore(tmp_path / "f.duckdb") as store:
         with pytest.raises(ValueError, match="integer token ids"):
             build_dashboards(MODEL, FeatureSet.neurons(SITE, d=32), DOCS.float(), store, dataset="x")
+
+
+def test_explain_set_stores_an_explanation_per_live_feature(tmp_path):
+    from mechscope.features.pipeline import explain_set
+
+    feats = FeatureSet.neurons(SITE, units=range(6))
+    with FeatureStore(tmp_path / "f.duckdb") as store:
+        build_dashboards(MODEL, feats, DOCS, store, dataset="random tokens", k=4, progress=False)
+        res = explain_set(MODEL, feats, DOCS, store, dataset="random tokens", causal_limit=2, progress=False)
+        assert res.live == len(res.rows) and res.causal_scored == 2
+        page = store.page(feats.name, res.rows[0]["feature"])
+        assert page["explanations"][0]["explanation"] == res.rows[0]["explanation"]
+        scored = [r for r in res.rows if r["loss_recovered"] is not None]
+        assert len(scored) == 2
+        import json
+        spec = json.loads(scored[0]["spec"])
+        assert spec["causal"]["mean"]["how"]["ablation"] == "mean" and spec["heldout_docs"] == 11
+        again = explain_set(MODEL, feats, DOCS, store, dataset="random tokens", causal_limit=0, progress=False)
+        assert store.count("explanations", feats.name) == again.live  # replaced, not duplicated
