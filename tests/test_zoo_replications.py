@@ -90,7 +90,7 @@ def test_tms_sweep_and_learning_rate_schedule():
     full, short = zoo.spec("tms"), zoo.spec("tms-short")
     sweep = full.hp["groups"]["sweep"]
     assert sweep["feature_probs"][0] == 1.0 and sweep["feature_probs"][-1] == pytest.approx(0.1)
-    assert sweep["instances_per_prob"] > short.hp["groups"]["sweep"]["instances_per_prob"]
+    assert len(sweep["feature_probs"]) > len(short.hp["groups"]["sweep"]["feature_probs"])  # a finer sweep
     recipe, hp = full.recipe, full.hp
     assert recipe.lr(0, hp) == pytest.approx(hp["lr"])  # cosine decay from lr to 0
     assert recipe.lr(hp["steps"] // 2, hp) == pytest.approx(hp["lr"] / 2)
