@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..recipe import Recipe
-from . import induction, modadd, tms
+from . import fmnist_cnn, induction, modadd, tms
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (modadd.RECIPE, tms.RECIPE, induction.RECIPE, induction.CONTROL)}
+RECIPES: dict[str, Recipe] = {r.name: r for r in (modadd.RECIPE, tms.RECIPE, induction.RECIPE, induction.CONTROL,
+                                                       fmnist_cnn.RECIPE)}
