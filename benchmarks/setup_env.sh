@@ -4,13 +4,19 @@
 # Idempotent: a second run with the same pins only checks the environment.
 #
 #   bash benchmarks/setup_env.sh            # then: .venv-bench/bin/python benchmarks/core_overhead.py
+#   bash benchmarks/setup_env.sh sae        # .venv-sae for benchmarks/sae_train.py: SAELens and
+#                                           # EleutherAI's sparsify (SAELens needs transformer-lens < 4,
+#                                           # which contradicts the pin above, hence its own environment)
 #
 # Environment: PYTHON (default python3, must be >= 3.11), VENV (default <repo>/.venv-bench),
 # FORCE=1 reinstalls the pins even when the stamp says they are in place.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${VENV:-$REPO/.venv-bench}"
+MODE="${1:-bench}"
+case "$MODE" in bench) DEFAULT_VENV=.venv-bench ;; sae) DEFAULT_VENV=.venv-sae ;;
+  *) printf '[setup_env] error: unknown mode %s (bench or sae)\n' "$MODE" >&2; exit 2 ;; esac
+VENV="${VENV:-$REPO/$DEFAULT_VENV}"
 PYTHON="${PYTHON:-python3}"
 
 # The CPU build of torch, installed first and on its own so that nothing later can pull a
@@ -31,6 +37,18 @@ PINS=(
   "numpy==2.4.6"
   "psutil==7.2.2"
 )
+ANCHOR_IMPORTS="torch, transformer_lens, nnsight, transformers"
+ANCHOR_NAMES="transformer-lens nnsight"
+if [[ "$MODE" == sae ]]; then
+  # sae-lens and eai-sparsify go in with --no-deps below (their declared extras would pull plotting
+  # and NLP stacks the trainers never import); these are the dependencies their trainers do import.
+  PINS=("${PINS[@]/transformer-lens==4.3.0/transformer-lens==3.9.0}")
+  PINS=("${PINS[@]/nnsight==0.8.1/simple-parsing==0.1.9}")
+  PINS+=("natsort==8.4.0" "schedulefree==1.4.1" "tenacity==9.2.1" "python-dotenv==1.2.4" "pyyaml==6.0.3")
+  NODEPS_PINS=("sae-lens==6.54.12" "eai-sparsify==1.3.3")
+  ANCHOR_IMPORTS="torch, transformer_lens, sae_lens, sparsify, transformers"
+  ANCHOR_NAMES="transformer-lens sae-lens eai-sparsify"
+fi
 
 log() { printf '[setup_env] %s\n' "$*" >&2; }
 die() { printf '[setup_env] error: %s\n' "$*" >&2; exit 1; }
@@ -49,9 +67,9 @@ PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
 
 STAMP="$VENV/.bench-pins"
-WANT="$(printf '%s\n' "$TORCH_PIN" "${PINS[@]}")"
+WANT="$(printf '%s\n' "$TORCH_PIN" "${PINS[@]}" ${NODEPS_PINS[@]+"${NODEPS_PINS[@]}"})"
 if [[ "${FORCE:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
-   && (cd / && "$PY" -I -c 'import torch, transformer_lens, nnsight, transformers') 2>/dev/null; then
+   && (cd / && "$PY" -I -c "import $ANCHOR_IMPORTS") 2>/dev/null; then
   log "pins already installed"
 else
   # A local CPU wheel (this machine keeps one in /opt/wheels) wins over any index.
@@ -67,6 +85,9 @@ else
   echo "$TORCH_PIN" > "$CONSTRAINTS"
   log "installing the anchors and mechscope's dependencies"
   "${PIP[@]}" install "${FIND_LINKS[@]}" -c "$CONSTRAINTS" "${PINS[@]}"
+  if [[ -n "${NODEPS_PINS[*]:-}" ]]; then
+    "${PIP[@]}" install "${FIND_LINKS[@]}" --no-deps "${NODEPS_PINS[@]}"
+  fi
   printf '%s\n' "$WANT" > "$STAMP"
 fi
 
@@ -88,11 +109,12 @@ fi
 if "${PIP[@]}" list 2>/dev/null | grep -i -E '^nvidia-' >&2; then
   die "nvidia-* packages found in $VENV: a CUDA build of torch was pulled in"
 fi
-(cd / && "$PY" -I - <<'EOF'
+(cd / && "$PY" -I - $ANCHOR_NAMES <<'EOF'
 import importlib.metadata as m
+import sys
 import torch
 assert torch.__version__.endswith("+cpu"), torch.__version__
-names = ["torch", "transformers", "transformer-lens", "nnsight", "numpy", "safetensors", "accelerate", "mechscope"]
+names = ["torch", "transformers", *sys.argv[1:], "numpy", "safetensors", "accelerate", "mechscope"]
 got = []
 for n in names:
     try:

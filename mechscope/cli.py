@@ -86,9 +86,34 @@ def demo(prompt: Annotated[str, typer.Option(help="IOI prompt to study")] =
     run_demo(console, prompt)
 
 
+from .cli_dict import dict_app  # noqa: E402
+@app.command()
+def ioi(prompts: Annotated[int, typer.Option(help="IOI prompts (and name-swap counterfactuals)")] = 32,
+        steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps")] = 5,
+        seed: Annotated[int, typer.Option(help="seed of the prompts, random circuits and resampling")] = 0,
+        threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU)")] = 1) -> None:
+    """IOI on SmolLM2-135M: EAP-IG circuit, exact patching of its top heads, faithfulness curve,
+    robustness table; ends with one JSON line."""
+    from .studies.ioi import IOIConfig, main as ioi_main
+
+    ioi_main(IOIConfig(n_prompts=prompts, steps=steps, seed=seed, threads=threads))
+
+
+@app.command()
+def circuits(steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps")] = 10,
+             prompts: Annotated[int, typer.Option(help="prompts per network")] = 48,
+             zoo: Annotated[bool, typer.Option(help="include the zoo induction model if trained")] = True) -> None:
+    """ROC AUC of EAP, EAP-IG, ACDC (and exact patching) against circuits known by construction;
+    ends with one JSON line."""
+    from .studies.circuit_discovery import main as bench_main
+
+    bench_main(steps=steps, n_prompts=prompts, zoo="induction" if zoo else None)
+
+
 from .cli_zoo import replicate, zoo_app  # noqa: E402  (sub-commands live in their own module)
 
 app.add_typer(zoo_app, name="zoo")
+app.add_typer(dict_app, name="dict")
 app.command()(replicate)
 
 

@@ -47,6 +47,7 @@ class AblationSpec:
     positions: tuple[int, ...] | None = None  # None: every position
     direction: Literal["noising", "denoising"] = "noising"
     seed: int = 0
+    ablate: Literal["complement", "circuit"] = "complement"  # what is removed: all but the circuit, or it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", AblationKind(self.kind))
@@ -56,19 +57,24 @@ class AblationSpec:
             raise ValueError(f"granularity must be 'node' or 'edge', got {self.granularity!r}")
         if self.direction not in ("noising", "denoising"):
             raise ValueError(f"direction must be 'noising' or 'denoising', got {self.direction!r}")
+        if self.ablate not in ("complement", "circuit"):
+            raise ValueError(f"ablate must be 'complement' or 'circuit', got {self.ablate!r}")
+        if self.direction == "denoising" and self.kind is not AblationKind.PATCH:
+            raise ValueError("denoising restores clean activations into a counterfactual run: it needs kind='patch'")
         if self.positions is not None:
             object.__setattr__(self, "positions", tuple(int(p) for p in self.positions))
 
     def describe(self) -> dict[str, Any]:
         return {"ablation": self.kind.value, "reference": self.reference or None,
                 "level": self.granularity, "positions": "all" if self.positions is None else list(self.positions),
-                "direction": self.direction, "ablation_seed": self.seed}
+                "direction": self.direction, "ablation_seed": self.seed, "ablated": self.ablate}
 
     def interventions(self, nodes: Iterable[Node], reference: Cache | None = None) -> list[Intervention]:
         """Node-level interventions removing `nodes`; `reference` holds each node site's activations
         on the reference data (mean, resample) or on the counterfactual prompts (patch)."""
         if self.granularity != "node":
-            raise NotImplementedError("edge-level ablation needs path patching; use node granularity here")
+            raise NotImplementedError("edge-level ablation is not a set of site interventions: use "
+                                      "mechscope.causal.edges (edge_run, ablated_values)")
         out: list[Intervention] = []
         for node in nodes:
             where = {"heads": None if node.head is None else [node.head], "positions": self.positions}

@@ -88,3 +88,30 @@ def accuracy(answer: Tensor, positions: Tensor | None = None) -> Metric:
         return (_last(logits, positions).argmax(-1) == answer.to(logits.device)).float()
 
     return Metric("accuracy", fn, last_position_only=positions is None)
+
+
+def sequence_kl_from(reference_logits: Tensor, positions: Tensor | None = None) -> Metric:
+    """KL(reference || model) of the next-token distribution, averaged over positions: all of
+    them, or those where the mask `positions` (pos,) is true."""
+    ref = reference_logits.float().log_softmax(-1)  # (batch, pos, vocab)
+    keep = None if positions is None else positions.bool()
+
+    def fn(logits: Tensor) -> Tensor:
+        lp = logits.float().log_softmax(-1)
+        kl = F.kl_div(lp, ref.to(lp.device), log_target=True, reduction="none").sum(-1)  # (batch, pos)
+        return kl.mean(-1) if keep is None else kl[:, keep.to(kl.device)].mean(-1)
+
+    return Metric("sequence_kl", fn, higher_is_better=False)
+
+
+def sequence_logprob(answers: Tensor) -> Metric:
+    """log p(answer) averaged over the positions that have one: `answers` (batch, pos) holds the
+    expected token at each position, -1 where there is none."""
+    def fn(logits: Tensor) -> Tensor:
+        lp = logits.float().log_softmax(-1)  # (batch, pos, vocab)
+        a = answers.to(lp.device)
+        has = a >= 0
+        got = lp.gather(-1, a.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # (batch, pos)
+        return (got * has).sum(-1) / has.sum(-1).clamp_min(1)
+
+    return Metric("sequence_logprob", fn)

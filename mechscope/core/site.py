@@ -30,6 +30,11 @@ class Kind(str, Enum):
     EMBED = "embed"  # token embedding output                       (batch, pos, d_model)
     POS_EMBED = "pos_embed"  # learned absolute position embedding       (batch, pos, d_model)
     RESID_PRE = "resid_pre"  # residual stream entering a block          (batch, pos, d_model)
+    # each query head's own residual input to its queries, keys, values (before the norm); equal to
+    # resid_pre unless changed per head (edge-level work). Keys/values: one per *query* head.
+    Q_IN = "attn.q_in"  #                                                  (batch, pos, head, d_model)
+    K_IN = "attn.k_in"  #                                                  (batch, pos, head, d_model)
+    V_IN = "attn.v_in"  #                                                  (batch, pos, head, d_model)
     LN1 = "ln1"  # output of the attention-side layer norm                   (batch, pos, d_model)
     Q = "attn.q"  # queries as they enter the score (after rotary)          (batch, pos, head, d_head)
     K = "attn.k"  # keys, one per key/value head under grouped attention    (batch, pos, head, d_head)
@@ -40,6 +45,7 @@ class Kind(str, Enum):
     RESULT = "attn.result"  # each head's write to the residual (no bias)     (batch, pos, head, d_model)
     ATTN_OUT = "attn_out"  # attention block output                        (batch, pos, d_model)
     RESID_MID = "resid_mid"  # residual stream between attention and MLP      (batch, pos, d_model)
+    MLP_IN = "mlp_in"  # the residual the MLP alone reads (before its norm)  (batch, pos, d_model)
     LN2 = "ln2"  # output of the MLP-side layer norm                           (batch, pos, d_model)
     MLP_PRE = "mlp.pre"  # neuron pre-activations                            (batch, pos, d_mlp)
     MLP_POST = "mlp.post"  # neuron activations (input of the out-projection) (batch, pos, d_mlp)
@@ -60,14 +66,16 @@ class Layout:
 
 
 _PER_LAYER = {
-    Kind.RESID_PRE, Kind.LN1, Kind.Q, Kind.K, Kind.V, Kind.SCORES, Kind.PATTERN, Kind.Z,
+    Kind.RESID_PRE, Kind.Q_IN, Kind.K_IN, Kind.V_IN, Kind.MLP_IN,
+    Kind.LN1, Kind.Q, Kind.K, Kind.V, Kind.SCORES, Kind.PATTERN, Kind.Z,
     Kind.RESULT, Kind.ATTN_OUT, Kind.RESID_MID, Kind.LN2, Kind.MLP_PRE, Kind.MLP_POST,
     Kind.MLP_OUT, Kind.RESID_POST,
 }
-_PER_HEAD = {Kind.Q, Kind.K, Kind.V, Kind.SCORES, Kind.PATTERN, Kind.Z, Kind.RESULT}
+_PER_HEAD = {Kind.Q, Kind.K, Kind.V, Kind.SCORES, Kind.PATTERN, Kind.Z, Kind.RESULT,
+             Kind.Q_IN, Kind.K_IN, Kind.V_IN}
 
 LAYOUTS: dict[Kind, Layout] = {k: Layout() for k in Kind}
-for _k in (Kind.Q, Kind.K, Kind.V, Kind.Z, Kind.RESULT):
+for _k in (Kind.Q, Kind.K, Kind.V, Kind.Z, Kind.RESULT, Kind.Q_IN, Kind.K_IN, Kind.V_IN):
     LAYOUTS[_k] = Layout(pos=1, head=2, unit=-1)
 for _k in (Kind.SCORES, Kind.PATTERN):
     LAYOUTS[_k] = Layout(pos=2, head=1, unit=None)  # positions select query rows
@@ -81,6 +89,7 @@ _TL_BLOCK = {
     "attn.hook_v": Kind.V, "attn.hook_attn_scores": Kind.SCORES, "attn.hook_pattern": Kind.PATTERN,
     "attn.hook_z": Kind.Z, "attn.hook_result": Kind.RESULT, "mlp.hook_pre": Kind.MLP_PRE,
     "mlp.hook_post": Kind.MLP_POST, "ln1.hook_normalized": Kind.LN1, "ln2.hook_normalized": Kind.LN2,
+    "hook_q_input": Kind.Q_IN, "hook_k_input": Kind.K_IN, "hook_v_input": Kind.V_IN, "hook_mlp_in": Kind.MLP_IN,
 }
 _TL_GLOBAL = {"hook_embed": Kind.EMBED, "hook_pos_embed": Kind.POS_EMBED,
               "ln_final.hook_normalized": Kind.LN_FINAL, "unembed": Kind.LOGITS,

@@ -88,6 +88,9 @@ class ModuleInput(Tap):
     `inplace=True` writes interventions into the input tensor itself. Use it where the module's
     caller keeps using the same tensor afterwards (a residual stream read by a layer norm and
     then added back), so the change reaches every reader, as it would in the forward pass.
+    `branch=True` is the opposite: the module alone reads the site, as its own branch of the
+    tensor (a view of it), so a gradient there is the module's share only (an MLP's input, not
+    the residual stream it is read from).
     """
 
     module: nn.Module
@@ -95,6 +98,7 @@ class ModuleInput(Tap):
     kwarg: str | None = None
     heads: int | None = None
     inplace: bool = False
+    branch: bool = False
 
     def install(self, handler: Handler) -> list[RemovableHandle]:
         tap = self
@@ -102,8 +106,10 @@ class ModuleInput(Tap):
         def hook(_mod: nn.Module, args: tuple, kwargs: dict):
             in_args = len(args) > tap.index
             x = args[tap.index] if in_args else kwargs[tap.kwarg]
+            if tap.branch and x.requires_grad:
+                x = x.view_as(x)  # its own autograd node: gradients at it flow through this module only
             y = handler(_split(x, tap.heads))
-            if not handler.modifies:
+            if not handler.modifies and not (tap.branch and y.requires_grad):
                 return None
             y = _merge(y, tap.heads)
             if tap.inplace:
@@ -156,3 +162,87 @@ class HeadResult(Tap):
             return total
 
         return [self.module.register_forward_pre_hook(pre), self.module.register_forward_hook(post)]
+
+
+@dataclass(frozen=True, eq=False)
+class HeadInput(Tap):
+    """Each query head's own residual input to its queries, keys or values: (batch, pos, head, d_model).
+
+    Left alone, every head reads the residual that `reader` receives (the pre-attention norm, or
+    the attention module itself when there is no norm), and nothing is recomputed. When a handler
+    gives some heads a different input, exactly those heads' projections are recomputed as
+    `norm(input_h) @ W[h] + b[h]` (`weight()` returns W (head, d_model, d_head) and b (head,
+    d_head) or None, one per *query* head) and written into the columns of `proj`'s output that
+    hold them, so everything after the projection (rotary embeddings, the attention itself) is
+    the model's own. `column(h)` is the first column of output head h.
+
+    Under grouped-query attention (`out_heads` < `heads`, keys and values) a changed head needs
+    keys of its own: the projection's output is then widened to one head per query head (each
+    key/value head repeated), which needs an attention function that infers the grouping from
+    shapes (mechscope's own does).
+
+    With gradients on, every head is recomputed so that gradients reach each head's input; heads
+    whose input did not change keep the module's values bit for bit (value `orig + (new -
+    new.detach())`), as `HeadResult` does.
+    """
+
+    reader: nn.Module
+    norm: Callable[[Tensor], Tensor] | None
+    proj: nn.Module
+    heads: int
+    out_heads: int
+    d_head: int
+    column: Callable[[int], int]
+    weight: Callable[[], tuple[Tensor, Tensor | None]]
+
+    def install(self, handler: Handler) -> list[RemovableHandle]:
+        state: dict[str, tuple] = {}
+        tap = self
+
+        def pre(_mod: nn.Module, args: tuple, kwargs: dict):
+            x = args[0] if args else kwargs["hidden_states"]  # (batch, pos, d_model)
+            xe = x.unsqueeze(-2).expand(*x.shape[:-1], tap.heads, x.shape[-1])  # (batch, pos, head, d_model)
+            y = handler(xe)
+            if not handler.modifies and not y.requires_grad:
+                return None
+            # (batch, pos, head, d_model) -> (head,): which heads now read something else
+            changed = (y != x.unsqueeze(-2)).flatten(0, -3).any(0).any(-1) if y is not xe else \
+                torch.zeros(tap.heads, dtype=torch.bool, device=x.device)
+            todo = torch.arange(tap.heads, device=x.device) if y.requires_grad else changed.nonzero().flatten()
+            if todo.numel() == 0:
+                return None
+            w, b = tap.weight()
+            inp = y.index_select(-2, todo)  # (batch, pos, n, d_model)
+            normed = inp if tap.norm is None else tap.norm(inp)
+            new = torch.einsum("bpnm,nmd->bpnd", normed, w.index_select(0, todo).to(normed.dtype))
+            if b is not None:
+                new = new + b.index_select(0, todo).to(new.dtype)
+            state["new"] = (todo.tolist(), changed.tolist(), new)  # new: (batch, pos, n, d_head)
+            return None
+
+        def post(_mod: nn.Module, _args: tuple, out: Tensor):
+            if "new" not in state:
+                return None
+            todo, changed, new = state.pop("new")
+            d = tap.d_head
+            if tap.out_heads < tap.heads:
+                if out.shape[-1] != tap.out_heads * d:
+                    raise ValueError(f"per-head inputs under grouped-query attention need a projection that holds "
+                                     f"only these heads ({tap.out_heads} x {d} columns), got {out.shape[-1]} columns")
+                # (batch, pos, kv_head*d_head) -> (batch, pos, head*d_head): one key/value head per query head
+                rep = tap.heads // tap.out_heads
+                res = out.unflatten(-1, (tap.out_heads, d)).repeat_interleave(rep, -2).flatten(-2)
+                col = lambda h: h * d  # noqa: E731
+            else:
+                res = out.clone()
+                col = tap.column
+            for j, h in enumerate(todo):
+                c = col(h)
+                v = new[..., j, :]
+                if not changed[h]:  # the same value as before; gradients through the recomputation
+                    v = res[..., c:c + d].detach() + (v - v.detach())
+                res[..., c:c + d] = v
+            return res
+
+        return [self.reader.register_forward_pre_hook(pre, with_kwargs=True),
+                self.proj.register_forward_hook(post)]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..core.errors import LoadError
 from ..core.protocol import Prepared
 from ..core.site import Kind, Site
-from ..core.taps import HeadResult, ModuleInput, ModuleOutput, Tap
+from ..core.taps import HeadInput, HeadResult, ModuleInput, ModuleOutput, Tap
 from ..core.weights import Weights
 from . import hf_attention
 from .base import ModelBase, without_first_blocks
@@ -35,10 +35,24 @@ class Out:
 
 @dataclass(frozen=True)
 class In:
-    """Site = first input of the module at `path`; `inplace` for a residual read by a norm."""
+    """Site = first input of the module at `path`; `inplace` for a residual read by a norm,
+    `branch` for the module's own read of it (see `ModuleInput`)."""
 
     path: str
     inplace: bool = False
+    branch: bool = False
+
+
+@dataclass(frozen=True)
+class HeadIn:
+    """Where one of q, k, v leaves its projection: the module at block path `path`, whose output
+    holds `parts` projections side by side, this one being `part`; `interleaved` if the output is
+    per head [part 0 | part 1 | ...] (GPT-NeoX) rather than part by part (GPT-2)."""
+
+    path: str
+    part: int = 0
+    parts: int = 1
+    interleaved: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ class Spec:
     out_proj: str  # block path of the attention output projection (its input is z)
     root: dict[Kind, Out] = field(default_factory=dict)  # embed, pos_embed, ln_final, logits
     block: dict[Kind, Out | In] = field(default_factory=dict)
+    head_in: dict[Kind, HeadIn] = field(default_factory=dict)  # per-head inputs: q_in, k_in, v_in
     read_block: Callable[[nn.Module, Any], dict[str, Tensor | None]] | None = None
     read_root: Callable[[nn.Module, Any], dict[str, Tensor | None]] | None = None
     n_kv_heads: Callable[[Any], int] = lambda cfg: cfg.num_attention_heads
@@ -90,7 +105,8 @@ class HFModel(ModelBase):
         for kind in (Kind.EMBED, Kind.POS_EMBED):
             if kind in root:
                 sites.append(Site(kind))
-        block_kinds = [k for k in Kind if k in spec.block or k in hf_attention.INTERNAL or k is Kind.RESULT]
+        block_kinds = [k for k in Kind if k in spec.block or k in spec.head_in or k in hf_attention.INTERNAL
+                       or k is Kind.RESULT]
         order = list(Kind)
         block_kinds.sort(key=order.index)
         block_kinds = [k for k in block_kinds if k not in lacking]
@@ -138,11 +154,35 @@ class HFModel(ModelBase):
             return HeadResult(block.get_submodule(spec.out_proj), self.n_heads,
                               w_o=lambda: self._block_weights(layer)["W_O"],
                               bias=lambda: self._block_weights(layer)["b_O"])
+        if site.kind in spec.head_in:
+            return self._head_input(site)
         where = spec.block[site.kind]
         return _tap(block, where, where.path)
 
+    def _head_input(self, site: Site) -> HeadInput:
+        block, where, layer = self.blocks[site.layer], self.spec.head_in[site.kind], site.layer
+        ln = self.spec.block.get(Kind.LN1)
+        reader = block.get_submodule(ln.path) if ln is not None else block.get_submodule(self.spec.attention)
+        n = self.n_kv_heads if site.kind in (Kind.K_IN, Kind.V_IN) else self.n_heads
+        d = self.d_head
+        if where.interleaved:  # per head [part 0 | part 1 | ...]
+            column = lambda h: (h * where.parts + where.part) * d  # noqa: E731
+        else:  # part by part, each holding its heads in order
+            column = lambda h: (where.part * n + h) * d  # noqa: E731
+        key = {Kind.Q_IN: "Q", Kind.K_IN: "K", Kind.V_IN: "V"}[site.kind]
+
+        def weight() -> tuple[Tensor, Tensor | None]:
+            w = self._block_weights(layer)
+            return w[f"W_{key}"], w[f"b_{key}"]
+
+        return HeadInput(reader=reader, norm=reader.forward if ln is not None else None,
+                         proj=block.get_submodule(where.path), heads=self.n_heads, out_heads=n, d_head=d,
+                         column=column, weight=weight)
+
     def session(self, sites: set[Site]):
-        if any(s.kind in hf_attention.INTERNAL for s in sites):
+        # per-head key/value inputs may widen grouped keys to one per query head: the tapped
+        # attention function infers the grouping from shapes
+        if any(s.kind in hf_attention.INTERNAL or s.kind in self.spec.head_in for s in sites):
             return hf_attention.exposed([self.config])
         return nullcontext()
 
@@ -254,7 +294,7 @@ def _tap(root: nn.Module, where: Out | In, path: str) -> Tap:
     mod = root.get_submodule(path) if path else root
     if isinstance(where, Out):
         return ModuleOutput(mod, where.index)
-    return ModuleInput(mod, inplace=where.inplace, kwarg="hidden_states")
+    return ModuleInput(mod, inplace=where.inplace, kwarg="hidden_states", branch=where.branch)
 
 
 # --- helpers the family files share ---------------------------------------------------------------

@@ -56,9 +56,10 @@ def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
         query = _apply(module, Kind.Q, query.transpose(1, 2)).transpose(1, 2)
         key = _apply(module, Kind.K, key.transpose(1, 2)).transpose(1, 2)
         value = _apply(module, Kind.V, value.transpose(1, 2)).transpose(1, 2)
-    n_rep = query.shape[1] // key.shape[1]
-    key = _repeat_heads(key, n_rep)
-    value = _repeat_heads(value, n_rep)
+    # grouping from shapes, separately: per-head inputs (attn.k_in, attn.v_in) may widen keys or
+    # values alone to one head per query head
+    key = _repeat_heads(key, query.shape[1] // key.shape[1])
+    value = _repeat_heads(value, query.shape[1] // value.shape[1])
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, head, pos, kpos)
     if attention_mask is not None:
         scores = scores + attention_mask

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..core.site import Kind
-from .hf import In, Out, Spec, bias, heads_in, heads_out, linear_t, ln_params, repeat_kv
+from .hf import HeadIn, In, Out, Spec, bias, heads_in, heads_out, linear_t, ln_params, repeat_kv
 
 
 def _block(block: nn.Module, model) -> dict:
@@ -47,9 +47,12 @@ SPEC = Spec(
     out_proj="self_attn.o_proj",
     root={Kind.EMBED: Out("embed_tokens"), Kind.LN_FINAL: Out("norm"), Kind.LOGITS: Out("^lm_head")},
     block={Kind.RESID_PRE: In(""), Kind.LN1: Out("input_layernorm"), Kind.ATTN_OUT: Out("self_attn", 0),
-           Kind.RESID_MID: In("post_attention_layernorm", inplace=True), Kind.LN2: Out("post_attention_layernorm"),
+           Kind.RESID_MID: In("post_attention_layernorm", inplace=True), Kind.MLP_IN: In("post_attention_layernorm", branch=True),
+           Kind.LN2: Out("post_attention_layernorm"),
            Kind.MLP_PRE: Out("mlp.gate_proj"), Kind.MLP_POST: In("mlp.down_proj"), Kind.MLP_OUT: Out("mlp"),
            Kind.RESID_POST: Out("")},
+    head_in={Kind.Q_IN: HeadIn("self_attn.q_proj"), Kind.K_IN: HeadIn("self_attn.k_proj"),
+             Kind.V_IN: HeadIn("self_attn.v_proj")},
     read_block=_block,
     read_root=_root,
     n_kv_heads=lambda cfg: cfg.num_key_value_heads or cfg.num_attention_heads,

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..core.protocol import Prepared
 from ..core.site import Kind, Site
-from ..core.taps import HeadResult, ModuleOutput, Tap
+from ..core.taps import HeadInput, HeadResult, ModuleInput, ModuleOutput, Tap
 from ..core.weights import Weights
 from .base import ModelBase, without_first_blocks
 
@@ -215,6 +215,9 @@ _BLOCK: dict[Kind, str] = {
     Kind.MLP_OUT: "hook_mlp_out", Kind.RESID_POST: "hook_resid_post",
 }
 
+# per-head input sites: the projection each one feeds
+_HEAD_IN: dict[Kind, str] = {Kind.Q_IN: "W_Q", Kind.K_IN: "W_K", Kind.V_IN: "W_V"}
+
 
 def _present(root: nn.Module, path: str) -> bool:
     try:
@@ -234,7 +237,8 @@ class TinyModel(ModelBase):
         self.n_layers, self.n_heads = self.cfg.n_layers, self.cfg.n_heads
         block0 = module.blocks[0]
         order = list(Kind)
-        kinds = sorted([k for k, p in _BLOCK.items() if _present(block0, p)] + [Kind.RESULT], key=order.index)
+        kinds = [k for k, p in _BLOCK.items() if _present(block0, p)] + [Kind.RESULT, *_HEAD_IN]
+        kinds = sorted(kinds + ([Kind.MLP_IN] if hasattr(block0, "mlp") else []), key=order.index)
         sites = [Site(k) for k in (Kind.EMBED, Kind.POS_EMBED) if _present(module, _ROOT[k])]
         for layer in range(self.n_layers):
             sites += [Site(k, layer) for k in kinds]
@@ -256,6 +260,16 @@ class TinyModel(ModelBase):
             o = block.attn.W_O
             return HeadResult(o, self.n_heads, w_o=lambda: _heads_out(o.weight, self.n_heads),
                               bias=lambda: o.bias)
+        if site.kind in _HEAD_IN:
+            proj = getattr(block.attn, _HEAD_IN[site.kind])
+            h, d = self.n_heads, self.cfg.d_head
+            return HeadInput(reader=block.attn if block.ln1 is None else block.ln1,
+                             norm=None if block.ln1 is None else block.ln1.forward, proj=proj, heads=h,
+                             out_heads=h, d_head=d, column=lambda i: i * d,
+                             weight=lambda: (_heads_in(proj.weight, h),
+                                             None if proj.bias is None else proj.bias.view(h, -1)))
+        if site.kind is Kind.MLP_IN:  # the input of the MLP's norm (or of the MLP), changed for it alone
+            return ModuleInput(block.mlp if block.ln2 is None else block.ln2, branch=True)
         return ModuleOutput(block.get_submodule(_BLOCK[site.kind]))
 
     def prepare(self, inputs: Any) -> Prepared:

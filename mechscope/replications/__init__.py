@@ -52,12 +52,12 @@ class Replication:
 
 
 def _registry() -> dict[str, Callable[[bool], Replication]]:
-    from . import grokking, tms
+    from . import grokking, sae_universality, tms
 
-    return {"tms": tms.replicate, "grokking": grokking.replicate}
+    return {"tms": tms.replicate, "grokking": grokking.replicate, "sae-universality": sae_universality.replicate}
 
 
-NAMES = ("tms", "grokking")
+NAMES = ("tms", "grokking", "sae-universality")
 
 
 def replicate(name: str, quick: bool = False) -> Replication:

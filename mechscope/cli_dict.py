@@ -1,0 +1,145 @@
+"""Command-line verbs for dictionaries: `mechscope dict train` (harvest, train, measure) and `dict show`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+dict_app = typer.Typer(help="Sparse dictionaries (SAEs, transcoders, crosscoders) on a model's activations.",
+                       no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+console = Console()
+
+
+def chunk_tokens(ids: list[int], seq_len: int, n_seq: int, prefix: list[int], suffix: list[int]):
+    """(n_seq, seq_len) token ids: consecutive pieces of `ids`, each framed by prefix and suffix."""
+    import torch
+
+    body = seq_len - len(prefix) - len(suffix)
+    if body < 1:
+        raise typer.BadParameter(f"seq_len {seq_len} leaves no room for text between {prefix} and {suffix}")
+    have = len(ids) // body
+    if have < n_seq:
+        raise typer.BadParameter(f"the text has {len(ids):,} tokens: {have} sequences of {body}, {n_seq} needed; "
+                                 "give more text or fewer --tokens")
+    rows = [prefix + ids[i * body:(i + 1) * body] + suffix for i in range(n_seq)]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _text(paths: list[Path], corpus: Optional[str]) -> tuple[str, str]:
+    """The training text and its name: files given on the command line, or a corpus of mechscope.zoo.datasets."""
+    if paths:
+        return "\n\n".join(p.read_text(errors="replace") for p in paths), "+".join(p.name for p in paths)
+    if corpus is None:
+        raise typer.BadParameter("give --text FILE (repeatable) or --corpus NAME")
+    try:
+        from .zoo import datasets  # text corpora read offline
+    except ImportError as e:
+        raise typer.BadParameter(f"no corpus reader in this installation ({e}); give --text FILE") from None
+    reader = getattr(datasets, "corpus_text", None)
+    if reader is None:
+        raise typer.BadParameter("mechscope.zoo.datasets has no corpus_text(name); give --text FILE")
+    return reader(corpus), corpus
+
+
+@dict_app.command("train")
+def train_cmd(
+    model: Annotated[str, typer.Argument(help="smollm2-135m, minilm-l6, zoo:NAME or a local Hugging Face directory")],
+    site: Annotated[list[str], typer.Option("--site", "-s", help="input site (repeat for a crosscoder's sources)")],
+    out: Annotated[Path, typer.Option(help="directory for the store, the dictionary and report.json")],
+    arch: Annotated[str, typer.Option(help="relu, topk, batchtopk, jumprelu, transcoder or crosscoder")] = "topk",
+    site_out: Annotated[Optional[str], typer.Option(help="a transcoder's target site, e.g. mlp_out.L")] = None,
+    d_sae: Annotated[int, typer.Option(help="latents")] = 4096,
+    k: Annotated[int, typer.Option("-k", help="active latents (topk, batchtopk, transcoder, crosscoder)")] = 32,
+    penalty: Annotated[Optional[float], typer.Option(help="L1 (relu) or L0 (jumprelu) coefficient")] = None,
+    tokens: Annotated[int, typer.Option(help="training rows (tokens)")] = 2_000_000,
+    harvest_tokens: Annotated[Optional[int], typer.Option(help="rows to harvest for training (default: --tokens; "
+                                                          "the same value reuses a store in --out)")] = None,
+    seq_len: Annotated[int, typer.Option(help="tokens per sequence")] = 128,
+    text: Annotated[Optional[list[Path]], typer.Option(help="plain-text file(s) to read (repeatable)")] = None,
+    corpus: Annotated[Optional[str], typer.Option(help="a corpus of mechscope.zoo.datasets instead of --text")] = None,
+    eval_sequences: Annotated[int, typer.Option(help="held-out sequences for loss recovered")] = 64,
+    batch: Annotated[int, typer.Option(help="training batch (rows)")] = 4096,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="end with the report's headline numbers as JSON")] = False,
+) -> None:
+    """Harvest SITE of MODEL over text, train a dictionary, and report L0, FVU and loss recovered.
+
+    A killed run resumes its harvest where it stopped (same arguments, same --out).
+    """
+    import torch
+
+    from . import dictionaries as dl
+    from .dictionaries.metrics import embedding_distance, next_token_ce
+    from .dictionaries.study import StudyConfig, study, summary
+    from .models.load import load
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.monotonic()
+    with console.status(f"loading {model}"):
+        m = load(model)
+    tok = getattr(m, "tokenizer", None)
+    if tok is None:
+        raise typer.BadParameter(f"{model} has no tokenizer")
+    body, name = _text(list(text or []), corpus)
+    ids = tok(body, add_special_tokens=False)["input_ids"]
+    causal = m.run(torch.tensor([[ids[0]]])).logits is not None
+    if causal:  # BOS (when the tokenizer has one) opens every sequence and is not trained on
+        prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        suffix: list[int] = []
+    else:  # an encoder reads [CLS] ... [SEP]
+        prefix = [tok.cls_token_id] if tok.cls_token_id is not None else []
+        suffix = [tok.sep_token_id] if tok.sep_token_id is not None else []
+    drop = len(prefix)
+    held_fraction = 0.1
+    per_seq = seq_len - drop
+    n_seq = -(-int((harvest_tokens or tokens) / (1 - held_fraction)) // per_seq) + 1
+    token_ids = chunk_tokens(ids, seq_len, n_seq, prefix, suffix)
+    # a seeded shuffle of the sequences: the held-out shards are then a sample of every text given
+    token_ids = token_ids[torch.randperm(n_seq, generator=torch.Generator().manual_seed(0))]
+    fields: dict = {}
+    if arch in ("topk", "batchtopk", "transcoder", "crosscoder"):
+        fields["k"] = k
+    if penalty is not None:
+        fields["l1_coefficient" if arch == "relu" else "l0_coefficient"] = penalty
+    cfg = StudyConfig(architecture=arch, site=tuple(site) if arch == "crosscoder" else site[0], d_sae=d_sae,
+                      dictionary=fields, site_out=site_out, held_out_fraction=held_fraction,
+                      eval_sequences=eval_sequences, drop_first=drop)
+    rep = study(m, token_ids, cfg, dl.TrainConfig(tokens=tokens, batch_size=batch), out,
+                loss=next_token_ce if causal else embedding_distance, dataset=name)
+    rep["seconds"]["total"] = time.monotonic() - t0
+    from .dictionaries.files import write_json
+
+    write_json(out / rep["name"] / "report.json", rep)
+    s = summary(rep)
+    t = Table("measure", "value", title=f"{rep['name']} on {model} ({name})")
+    for key in ("l0", "fvu", "dead", "dense", "loss_clean", "loss_spliced", "recovered_vs_zero", "recovered_vs_mean"):
+        t.add_row(key, f"{s[key]:.4g}")
+    t.add_row("rows trained", f"{s['rows_trained']:,}")
+    t.add_row("seconds (harvest / train / evaluate / total)",
+              " / ".join(f"{rep['seconds'][k]:.0f}" for k in ("harvest", "train", "evaluate", "total")))
+    console.print(t)
+    console.print(f"dictionary and report: {out / rep['name']}")
+    if as_json:
+        print(json.dumps(s))
+
+
+@dict_app.command("show")
+def show(path: Annotated[Path, typer.Argument(help="a dictionary directory (cfg.json + sae_weights.safetensors)")]
+         ) -> None:
+    """Describe a saved dictionary (mechscope's or SAELens's) and its report, if any."""
+    from . import dictionaries as dl
+
+    d = dl.load(path)
+    console.print(f"[bold]{d.architecture}[/] {d.extra_repr()}  site={d.config.site}  model={d.config.model}")
+    rep = path / "report.json"
+    if rep.is_file():
+        from .dictionaries.study import summary
+
+        console.print_json(json.dumps(summary(json.loads(rep.read_text()))))

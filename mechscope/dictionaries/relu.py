@@ -1,0 +1,44 @@
+"""ReLU sparse autoencoder with an L1 penalty weighted by decoder norms (Anthropic, April 2024 update).
+
+    codes = ReLU(pre),  loss = ||x - x_hat||² + λ Σ_i codes_i ||W_dec,i||
+
+Weighting by the decoder norm removes the shortcut of shrinking codes while growing decoder rows,
+so the decoder is left unconstrained. Codes are dense tensors (any number of latents may fire).
+Dead latents are handled by resampling in the trainer (`TrainConfig.resample_every`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .base import DictConfig, Dictionary, LossParts, mse_parts
+
+
+@dataclass(frozen=True)
+class ReLUConfig(DictConfig):
+    l1_coefficient: float = 1.0  # λ, for inputs scaled to E||x||² = d_in (the trainer's default)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.l1_coefficient < 0:
+            raise ValueError(f"ReLUConfig.l1_coefficient must be >= 0, got {self.l1_coefficient}")
+
+
+class ReLUSAE(Dictionary):
+    architecture = "relu"
+    unit_norm_decoder = False
+    config: ReLUConfig
+
+    def codes(self, x: Tensor) -> Tensor:
+        return self.preactivations(x).relu()
+
+    def loss(self, x: Tensor, target: Tensor, dead: Tensor | None = None, sparsity_scale: float = 1.0
+             ) -> LossParts:
+        codes = self.codes(x)
+        recon = self.decode(codes)
+        mse, fvu = mse_parts(recon, target)
+        l1 = (codes * self.W_dec.norm(dim=-1)).sum(-1).mean()
+        total = mse + sparsity_scale * self.config.l1_coefficient * l1
+        return LossParts(total, {"mse": mse.detach(), "fvu": fvu, "l1": l1.detach()}, codes, recon)

@@ -1,0 +1,267 @@
+"""Training a dictionary: Adam on batches of activations, with the architecture's constraints kept.
+
+Steps of `train`:
+1. take the first batch; with `normalise`, fix scales s_in, s_out so that E||x s_in||² = d_in
+   (and likewise for the target); set the decoder bias to the target's mean;
+2. per step: learning rate (linear warm-up, constant, linear decay over the last `decay_fraction`),
+   sparsity penalty ramp (`sparsity_warmup_fraction`), the architecture's loss with the current
+   dead-latent mask, backward; for unit-norm decoders the gradient along each decoder row is
+   removed; Adam step; constraints restored (`Dictionary.constrain_`);
+3. dead latents: a latent is dead once it has not fired for `dead_after_tokens` rows; TopK-like
+   architectures train dead latents through their auxiliary-k loss, others are resampled every
+   `resample_every` steps (decoder direction: a high-error row's residual; Adam state reset);
+4. every `log_every` steps a row of the training curve (loss parts, L0, dead fraction, lr, and the
+   held-out FVU every `eval_every` steps when held-out rows are given);
+5. at the end, fold the scales back into the weights, so the dictionary reads raw activations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .base import Dictionary
+from .sparse import SparseCodes, one_thread_except_dense
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a dictionary is trained."""
+
+    tokens: int  # rows (tokens) to train on
+    batch_size: int = 4096  # rows per step
+    lr: float | None = None  # Adam learning rate; None: 2e-4 * sqrt(2^14 / d_sae) (Gao et al. 2024's scaling)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    decay_fraction: float = 0.2  # the learning rate decays linearly to 0 over this last share of steps
+    sparsity_warmup_fraction: float = 0.05  # an L1 / L0 penalty ramps in over this first share of steps
+    normalise: bool = True  # train on inputs scaled to E||x||² = d_in; the scale is folded back at the end
+    dead_after_tokens: int = 1 << 19  # a latent that has not fired for this many rows is dead
+    resample_every: int | None = None  # resample dead latents every N steps (architectures without aux-k)
+    log_every: int = 20  # steps between rows of the training curve
+    eval_every: int | None = None  # steps between held-out evaluations (None: at the end only)
+    seed: int = 0  # seed of resampling draws
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1 or self.batch_size < 1:
+            raise ValueError(f"TrainConfig.tokens and batch_size must be positive, got {self.tokens}, {self.batch_size}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be positive or None, got {self.lr}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas}")
+        for f in ("decay_fraction", "sparsity_warmup_fraction"):
+            if not 0 <= getattr(self, f) <= 1:
+                raise ValueError(f"TrainConfig.{f} must be in [0, 1], got {getattr(self, f)}")
+        for f in ("warmup_steps", "dead_after_tokens"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"TrainConfig.{f} must be >= 0, got {getattr(self, f)}")
+        for f in ("resample_every", "eval_every", "log_every"):
+            v = getattr(self, f)
+            if v is not None and v < 1:
+                raise ValueError(f"TrainConfig.{f} must be positive{' or None' if f != 'log_every' else ''}, got {v}")
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // self.batch_size)
+
+    def learning_rate(self, d_sae: int) -> float:
+        """The learning rate used for a dictionary with d_sae latents."""
+        return self.lr if self.lr is not None else 2e-4 * math.sqrt(2**14 / d_sae)
+
+
+@dataclass
+class TrainResult:
+    """A trained dictionary (already reading raw activations) and how its training went."""
+
+    dictionary: Dictionary
+    curve: list[dict[str, float]]
+    config: TrainConfig
+    scale_in: float = 1.0
+    scale_out: float = 1.0
+    tokens: int = 0
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+    def describe(self) -> dict[str, Any]:
+        return {"architecture": self.dictionary.architecture, "dictionary": self.dictionary.config.to_dict(),
+                "train": asdict(self.config), "tokens": self.tokens, "seconds": self.seconds,
+                "scale_in": self.scale_in, "scale_out": self.scale_out, "final": self.curve[-1] if self.curve else {}}
+
+
+def batches_from_tensors(*tensors: Tensor, batch_size: int, seed: int = 0) -> Iterator[tuple[Tensor, ...]]:
+    """Endless shuffled batches of rows of in-memory tensors (a new permutation each pass)."""
+    n = tensors[0].shape[0]
+    if any(t.shape[0] != n for t in tensors):
+        raise ValueError(f"tensors must have the same number of rows, got {[t.shape[0] for t in tensors]}")
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=g)
+        for s in range(0, n - batch_size + 1, batch_size):
+            idx = perm[s:s + batch_size]
+            yield tuple(t[idx] for t in tensors)
+
+
+def _adam(dictionary: Dictionary, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam, fused into one pass over each tensor where the device and dtype allow it."""
+    try:
+        return torch.optim.Adam(dictionary.parameters(), lr=lr, betas=betas, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.Adam(dictionary.parameters(), lr=lr, betas=betas)
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    steps = cfg.steps
+    f = 1.0
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        f = (step + 1) / cfg.warmup_steps
+    decay_start = int(steps * (1 - cfg.decay_fraction))
+    if cfg.decay_fraction > 0 and step >= decay_start:
+        f = min(f, (steps - step) / max(1, steps - decay_start))
+    return f
+
+
+def _scales(dictionary: Dictionary, x: Tensor, y: Tensor) -> tuple[float, float]:
+    """(s_in, s_out) with E||x s_in||² = in_width and E||y s_out||² = out_width on this batch;
+    an autoencoder's input and target share s_in."""
+    s_in = math.sqrt(dictionary.config.in_width / float(x.pow(2).sum(-1).mean().clamp_min(1e-12)))
+    if dictionary.config.apply_b_dec_to_input:
+        return s_in, s_in
+    return s_in, math.sqrt(dictionary.config.out_width / float(y.pow(2).sum(-1).mean().clamp_min(1e-12)))
+
+
+def _fired(codes: Any) -> Tensor:
+    if isinstance(codes, SparseCodes):
+        return codes.fired() > 0
+    return (codes > 0).any(0)
+
+
+def _l0(codes: Any) -> float:
+    if isinstance(codes, SparseCodes):
+        return float((codes.values != 0).sum()) / max(1, codes.batch)
+    return float((codes != 0).sum(-1).float().mean())
+
+
+def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]], config: TrainConfig, *,
+          held_out: Tensor | tuple[Tensor, ...] | None = None, progress: bool = True,
+          description: str | None = None) -> TrainResult:
+    """Train `dictionary` in place on `batches` ((x,) or (x, target) rows) for `config.tokens` rows."""
+    it = iter(batches)
+    first = next(it)
+    x0, y0 = dictionary.split_batch(first)
+    s_in, s_out = _scales(dictionary, x0, y0) if config.normalise else (1.0, 1.0)
+    dictionary.init_decoder_bias_((y0 * s_out).mean(0))
+    dictionary.constrain_()
+    dictionary.train()
+    d_sae = dictionary.config.d_sae
+    base_lr = config.learning_rate(d_sae)
+    opt = _adam(dictionary, base_lr, config.betas)
+    since_fired = torch.zeros(d_sae, dtype=torch.int64, device=dictionary.W_enc.device)
+    g = torch.Generator().manual_seed(config.seed)
+    curve: list[dict[str, float]] = []
+    steps = config.steps
+    ramp = max(1, int(steps * config.sparsity_warmup_fraction))
+    bar = tqdm(total=steps, desc=description or f"train {dictionary.architecture}", unit="step",
+               disable=not progress, mininterval=1.0)
+    seen = 0
+    t0 = time.perf_counter()
+    batch = first
+    for step in range(steps):
+        if step > 0:
+            batch = next(it)
+        x, y = dictionary.split_batch(batch)
+        if config.normalise:
+            same = y is x
+            x = x * s_in
+            y = x if same else y * s_out
+        lr = base_lr * _lr_factor(step, config)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        dead = since_fired >= config.dead_after_tokens
+        with one_thread_except_dense() if dictionary.sparse_step else nullcontext():
+            out = dictionary.loss(x, y, dead if bool(dead.any()) else None, min(1.0, (step + 1) / ramp))
+            opt.zero_grad(set_to_none=True)
+            out.total.backward()
+            if dictionary.unit_norm_decoder:
+                dictionary.remove_parallel_grads_()
+            opt.step()
+            dictionary.constrain_()
+            fired = _fired(out.codes)
+        since_fired += x.shape[0]
+        since_fired[fired] = 0
+        seen += x.shape[0]
+        if (config.resample_every and not dictionary.uses_aux_k and (step + 1) % config.resample_every == 0
+                and bool(dead.any())):
+            _resample(dictionary, opt, x, y, out.recon.detach(), dead, g)
+            since_fired[dead] = 0
+        last = step + 1 == steps
+        if (step + 1) % config.log_every == 0 or last or step == 0:
+            row = {"step": step + 1, "tokens": seen, "loss": float(out.total.detach()), "lr": lr,
+                   "l0": _l0(out.codes), "dead_fraction": float(dead.float().mean()),
+                   **{k: float(v) for k, v in out.parts.items()}}
+            if held_out is not None and (last or (config.eval_every and (step + 1) % config.eval_every == 0)):
+                row["held_out_fvu"] = _held_out_fvu(dictionary, held_out, s_in, s_out)
+            curve.append(row)  # one row of the training curve
+            bar.set_postfix(fvu=f"{row.get('fvu', float('nan')):.3f}", l0=f"{row['l0']:.1f}",
+                            dead=f"{row['dead_fraction']:.2f}")
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    dictionary.eval()
+    dictionary.fold_scale_(s_in, s_out)
+    return TrainResult(dictionary, curve, config, s_in, s_out, seen, seconds)
+
+
+@torch.no_grad()
+def _held_out_fvu(dictionary: Dictionary, held_out: Tensor | tuple[Tensor, ...], s_in: float, s_out: float
+                  ) -> float:
+    was = dictionary.training
+    dictionary.eval()
+    x, y = dictionary.split_batch(held_out)
+    recon = dictionary.decode(dictionary.codes(x * s_in)) / s_out
+    dictionary.train(was)
+    return float((recon - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12))
+
+
+@torch.no_grad()
+def _resample(dictionary: Dictionary, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, recon: Tensor,
+              dead: Tensor, g: torch.Generator) -> None:
+    """Point dead latents at rows the dictionary reconstructs worst (Bricken et al. 2023, simplified).
+
+    Rows are drawn with probability proportional to their squared error; a dead latent's decoder
+    row becomes the drawn row's residual direction and its encoder column the drawn input's
+    direction at 0.2 times the mean norm of the live encoder columns; its encoder bias is zeroed
+    and Adam's moments for those entries are reset.
+    """
+    idx = dead.nonzero().squeeze(1)
+    err = (y - recon).pow(2).sum(-1)
+    if float(err.sum()) <= 0:
+        return
+    weights = (err.pow(2) / err.pow(2).sum()).to("cpu", torch.float64)  # the generator lives on the CPU
+    pick = torch.multinomial(weights, idx.numel(), replacement=True, generator=g).to(y.device)
+    resid = y[pick] - recon[pick]
+    resid = resid / resid.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    xin = dictionary._centre(x[pick])
+    xin = xin / xin.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    alive = ~dead
+    scale = 0.2 * float(dictionary.W_enc[:, alive].norm(dim=0).mean()) if bool(alive.any()) else 0.2
+    dictionary.W_dec[idx] = resid.to(dictionary.W_dec.dtype)
+    dictionary.W_enc[:, idx] = (xin * scale).t().to(dictionary.W_enc.dtype)
+    dictionary.b_enc[idx] = 0.0
+    for p, where in ((dictionary.W_dec, (idx,)), (dictionary.W_enc, (slice(None), idx)), (dictionary.b_enc, (idx,))):
+        st = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in st:
+                st[key][where] = 0.0
