@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -156,7 +157,14 @@ def _harvest_subprocess(out: Path) -> subprocess.Popen:
                             env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path):
+def test_sigkill_then_resume_loses_and_duplicates_nothing():
+    # a private directory: this test runs for tens of seconds, long enough for another pytest session
+    # on a shared machine to prune pytest's numbered temporary directories under it
+    with tempfile.TemporaryDirectory(prefix="mechscope-sigkill-") as d:
+        _sigkill_then_resume(Path(d))
+
+
+def _sigkill_then_resume(tmp_path: Path) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     p = _harvest_subprocess(whole)
     assert p.wait(timeout=300) == 0, p.stderr.read().decode()
