@@ -1,68 +1,31 @@
-"""Files of the dictionaries package: safetensors and JSON written atomically and read back with checks.
-
-A write goes to a temporary file in the same directory, is flushed to disk, and is renamed over
-its target, so a reader (or a harvest resumed after SIGKILL) sees either the old file or the new
-one, never half of one. Tensor files carry a SHA-256 digest of their tensors in the safetensors
-metadata; `read_tensors` recomputes it. Nothing here unpickles anything.
+"""Files of the dictionaries package: written atomically by `mechscope.core.files` (so a harvest
+resumed after SIGKILL sees whole files only), read back with checks that name the file and say
+what to do. `read_tensors` recomputes the digest stored in each tensor file. Nothing here unpickles.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from ..core import files
 from ..core.errors import LoadError
+from ..core.files import digest
 
 
 class DictionaryFileError(LoadError):
     """A store shard, manifest or dictionary file that is missing, truncated or corrupt."""
 
 
-def digest(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of `tensors`, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()
-
-
-def tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself must survive a crash
-    finally:
-        os.close(fd)
-
-
 def write_tensors(path: Path, tensors: dict[str, Tensor], meta: dict[str, str] | None = None) -> str:
     """Write `tensors` and `meta` to `path` atomically; returns the digest stored in the file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    sha = digest(data)
-    tmp = tmp_path(path)
-    try:
-        save_file(data, str(tmp), metadata={**(meta or {}), "sha256": sha})
-        _replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return sha
+    return files.write_tensors(path, tensors, meta)
 
 
 def read_meta(path: Path) -> dict[str, str]:
@@ -93,13 +56,7 @@ def read_tensors(path: Path, check: bool = True) -> tuple[dict[str, Tensor], dic
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-        _replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    files.write_json(path, obj, indent=1)
 
 
 def read_json(path: Path) -> Any:

@@ -7,19 +7,18 @@ the problem instead of loading wrong numbers. Nothing here unpickles anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from ..core import files
 from ..core.errors import LoadError
+from ..core.files import digest
 
 SCHEMA = 1  # version of the zoo's file layout (config.json, checkpoints, state, metrics)
 
@@ -28,42 +27,9 @@ class CheckpointError(LoadError):
     """A zoo file that is missing, truncated or corrupt (the message names the file)."""
 
 
-def digest(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of `tensors`, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _replace_atomically(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # make the rename itself durable
-    finally:
-        os.close(fd)
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def save_tensors(path: Path, tensors: dict[str, Tensor], meta: dict[str, str] | None = None) -> None:
     """Write `tensors` (contiguous CPU copies) and `meta` to `path` atomically: temp file, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    info = {"schema": str(SCHEMA), **(meta or {}), "sha256": digest(data)}
-    tmp = _tmp(path)
-    try:
-        save_file(data, str(tmp), metadata=info)
-        _replace_atomically(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    files.write_tensors(path, tensors, {"schema": str(SCHEMA), **(meta or {})}, clone=True)
 
 
 def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -91,13 +57,7 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        _replace_atomically(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    files.write_json(path, obj, indent=2)
 
 
 def read_json(path: Path) -> Any:
@@ -129,9 +89,5 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Replace a JSONL file atomically."""
-    tmp = _tmp(path)
-    try:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        _replace_atomically(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    files.write_atomically(path, lambda tmp: tmp.write_text(text))
