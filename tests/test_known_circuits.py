@@ -8,7 +8,6 @@ gradients say little: EAP-IG is held to a lower bar there, ACDC (real interventi
 """
 
 import pytest
-import torch
 
 from mechscope.causal import (AblationSpec, acdc_sweep, eap, eap_ig, edge_auc, edge_patching, edges_from_ids,
                               graph_of, roc_auc)

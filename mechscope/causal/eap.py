@@ -26,7 +26,7 @@ from ..core import Intervention
 from ..core.run import run
 from ..models import wrap
 from .ablation import AblationSpec
-from .edges import edge_how, EdgeScores, ablated_values, differences, metric_name, passes_how, scores_from_grads
+from .edges import EdgeScores, ablated_values, differences, edge_how, metric_name, passes_how, scores_from_grads
 from .graph import Graph, graph_of
 
 

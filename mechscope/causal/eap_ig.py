@@ -29,8 +29,8 @@ from ..core.run import run
 from ..models import wrap
 from .ablation import AblationSpec
 from .eap import orient
-from .edges import edge_how, EdgeScores, ablated_values, differences, edge_run, metric_name, passes_how, receiver_grads, \
-    scores_from_grads
+from .edges import (EdgeScores, ablated_values, differences, edge_how, edge_run, metric_name, passes_how,
+                    receiver_grads, scores_from_grads)
 from .graph import INPUT, Graph, graph_of
 
 

@@ -31,7 +31,7 @@ from ..core import metrics as core_metrics
 from ..models import wrap
 from .ablation import AblationSpec
 from .eap import orient
-from .edges import ablated_values, edge_how, edge_run, metric_name, passes_how
+from .edges import ablated_values, edge_run, metric_name, passes_how
 from .graph import INPUT, Circuit, Graph, graph_of
 
 Aggregation = Literal["mean-then-normalise", "normalise-then-mean"]
@@ -46,7 +46,7 @@ def circuit_masks(graph: Graph, circuit: Circuit, spec: AblationSpec) -> Tensor:
         keep = circuit.nodes | {INPUT}
         inside = torch.tensor([e.sender in keep for e in graph.edges], dtype=torch.float32)
     else:
-        missing = [str(e) for e in circuit.edges if e not in graph._index]
+        missing = [str(e) for e in circuit.edges if e not in graph]
         if missing:
             raise ValueError(f"circuit edges not in the graph: {missing[:5]}")
         inside = graph.mask(circuit.edges)

@@ -35,8 +35,8 @@ from ..core.cache import Cache
 from ..core.interventions import Context
 from ..core.run import run
 from ..models import wrap
-from .ablation import AblationKind, AblationSpec
-from .graph import Graph, Group, SenderBlock, graph_of
+from .ablation import AblationKind, AblationSpec, Node
+from .graph import Circuit, Edge, Graph, Group, SenderBlock, graph_of
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,8 +85,8 @@ def ablated_values(model: Any, graph: Graph, spec: AblationSpec, inputs: Tensor,
         pick = torch.randint(reference_inputs.shape[0], (n,), generator=g)
         return AblatedValues(spec, {s: ref[s][pick] for s in graph.sender_sites}, n, pos, 1)
     if reference_inputs.shape != inputs.shape:
-        raise ValueError(f"patch ablation needs one counterfactual per prompt: reference {tuple(reference_inputs.shape)}"
-                         f" vs prompts {tuple(inputs.shape)}")
+        raise ValueError(f"patch ablation needs one counterfactual per prompt: reference "
+                         f"{tuple(reference_inputs.shape)} vs prompts {tuple(inputs.shape)}")
     return AblatedValues(spec, {s: ref[s] for s in graph.sender_sites}, n, pos, 1)
 
 
@@ -106,8 +106,9 @@ class _Deltas:
 
     For sender block b, D_b = ablated_b - current_b (current: this run's captured outputs), and
     delta[c, r] = sum_s mask[c, s, r] D_s. Senders that no mask uses are skipped; senders whose
-    every edge into the group is ablated add one sum shared by all receivers; only the rest take a
-    per-receiver product (one einsum per group)."""
+    every edge into the group is ablated add one sum shared by all receivers; the rest take a
+    per-receiver product with their weights (or, when most of those are ablated, the shared sum
+    minus the product with the kept ones), gathered term by term when few weights are nonzero."""
 
     def __init__(self, graph: Graph, ablated: AblatedValues, masks: Tensor, n_cfg: int):
         self.graph, self.ablated, self.masks, self.n_cfg = graph, ablated, masks, n_cfg
@@ -165,12 +166,17 @@ class _Deltas:
                 common = part if common is None else common + part
             if bool(partial.any()):
                 rows = partial.nonzero().flatten()
-                ds.append(self._diff(b, cache, rows))
-                ws.append(mb.index_select(1, rows))
+                d = self._diff(b, cache, rows)
+                w = mb.index_select(1, rows)
+                if int((w != 1).sum()) < int((w != 0).sum()):  # mostly ablated: all of them minus the kept
+                    part = d.sum(3)
+                    common = part if common is None else common + part
+                    w = w - 1
+                ds.append(d)
+                ws.append(w)
         specific = None
         if ds:
-            d = torch.cat(ds, 3)
-            specific = torch.einsum("cbpkd,ckr->cbprd", d, torch.cat(ws, 1).to(d.dtype))
+            specific = _weighted(torch.cat(ds, 3), torch.cat(ws, 1), g.n_recv)
         if common is None and specific is None:
             raise RuntimeError("a group with a nonzero mask found no sender")  # pragma: no cover
         if specific is None:
@@ -182,6 +188,24 @@ class _Deltas:
         out = total.flatten(0, 1)
         self.groups[gi] = out
         return out
+
+
+def _weighted(d: Tensor, w: Tensor, n_recv: int) -> Tensor:
+    """sum_k w[c, k, r] d[c, b, p, k, :] -> (configs, prompt, pos, n_recv, d_model).
+
+    A dense product when the weights are dense; when few are nonzero (a circuit's kept edges, a
+    few patched paths), only those terms are gathered and added, so the cost follows them."""
+    nnz = w.nonzero()  # (n, 3): config, sender, receiver
+    if w.requires_grad or nnz.shape[0] * 16 >= w.numel():
+        return torch.einsum("cbpkd,ckr->cbprd", d, w.to(d.dtype))
+    n_cfg = d.shape[0]
+    per_sender = d.permute(0, 3, 1, 2, 4)  # (configs, k, prompt, pos, d_model)
+    out = d.new_zeros(n_cfg * n_recv, *per_sender.shape[2:])
+    for chunk in nnz.split(256):  # bounded memory: at most 256 gathered terms at a time
+        c, k, r = chunk.unbind(1)
+        terms = per_sender[c, k] * w[c, k, r].to(d.dtype)[:, None, None, None]  # (n, prompt, pos, d_model)
+        out.index_add_(0, c * n_recv + r, terms)
+    return out.unflatten(0, (n_cfg, n_recv)).permute(0, 2, 3, 1, 4)
 
 
 def _group_active(graph: Graph, masks: Tensor) -> list[bool]:
@@ -272,11 +296,6 @@ def scores_from_grads(graph: Graph, diffs: dict[Site, Tensor], grads: dict[Site,
     return out
 
 
-def sender_outputs(model: Any, graph: Graph, inputs: Tensor) -> dict[Site, Tensor]:
-    """Every sender block's output on `inputs` (one forward pass)."""
-    return dict(run(model, inputs, capture=graph.sender_sites).cache.items())
-
-
 def differences(graph: Graph, ablated: AblatedValues, clean: dict[Site, Tensor]) -> dict[Site, Tensor]:
     """Per sender site: ablated minus clean output, restricted to the ablated positions."""
     out = {}
@@ -304,26 +323,27 @@ class EdgeScores:
             raise ValueError(f"expected {self.graph.n_edges} edge scores, got shape {tuple(self.values.shape)}")
 
     def ranking(self) -> list[int]:
-        """Edge indices by decreasing |score| (ties in graph order)."""
-        return sorted(range(self.graph.n_edges), key=lambda i: -abs(float(self.values[i])))
+        """Edge indices by decreasing |score| (ties in graph order, unscored (NaN) edges last)."""
+        key = torch.nan_to_num(self.values.double().abs(), nan=-1.0)
+        return torch.argsort(-key, stable=True).tolist()
 
-    def top(self, k: int) -> list[tuple[Any, float]]:
+    def top(self, k: int) -> list[tuple[Edge, float]]:
+        """The k edges of largest |score|, with their scores."""
         return [(self.graph.edges[i], float(self.values[i])) for i in self.ranking()[:k]]
 
-    def circuit(self, k: int | None = None, threshold: float | None = None, name: str = ""):
+    def circuit(self, k: int | None = None, threshold: float | None = None, name: str = "") -> Circuit:
         """The k edges of largest |score|, or those with |score| >= threshold."""
-        from .graph import Circuit
         if (k is None) == (threshold is None):
             raise ValueError("give exactly one of k and threshold")
         if k is not None:
             idx = self.ranking()[:k]
         else:
-            idx = [i for i in range(self.graph.n_edges) if abs(float(self.values[i])) >= threshold]
+            idx = (self.values.abs() >= threshold).nonzero().flatten().tolist()
         return Circuit(frozenset(self.graph.edges[i] for i in idx), name or f"{self.how.get('method', '')} top")
 
-    def node_scores(self) -> dict:
+    def node_scores(self) -> dict[Node, float]:
         """Per sender: the sum of |score| over its outgoing edges."""
-        out: dict = {}
+        out: dict[Node, float] = {}
         for e, v in zip(self.graph.edges, self.values.tolist()):
             out[e.sender] = out.get(e.sender, 0.0) + abs(v)
         return out
@@ -350,4 +370,4 @@ def passes_how(forward: int, backward: int) -> dict[str, int]:
 
 
 __all__ = ["AblatedValues", "EdgeRunResult", "EdgeScores", "ablated_values", "differences", "edge_how", "edge_run",
-           "metric_name", "passes_how", "receiver_grads", "scores_from_grads", "sender_outputs"]
+           "metric_name", "passes_how", "receiver_grads", "scores_from_grads"]

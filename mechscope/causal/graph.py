@@ -140,6 +140,9 @@ class Graph:
     def sender_sites(self) -> list[Site]:
         return [b.site for b in self.blocks]
 
+    def __contains__(self, edge: object) -> bool:
+        return edge in self._index
+
     def index(self, edge: Edge) -> int:
         try:
             return self._index[edge]

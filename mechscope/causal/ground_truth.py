@@ -50,7 +50,7 @@ def edge_auc(scores: EdgeScores, truth: Iterable[Edge] | Circuit, absolute: bool
     """ROC AUC of an edge ranking against the true edges (by |score| unless `absolute=False`)."""
     graph: Graph = scores.graph
     true = set(truth.edges if isinstance(truth, Circuit) else truth)
-    missing = [str(e) for e in true if e not in graph._index]
+    missing = [str(e) for e in true if e not in graph]
     if missing:
         raise ValueError(f"true edges not in the graph: {missing[:5]}")
     labels = torch.tensor([e in true for e in graph.edges])

@@ -30,7 +30,7 @@ from ..core import Intervention
 from ..models import wrap
 from .ablation import AblationSpec, Node
 from .eap import orient
-from .edges import edge_how, AblatedValues, EdgeScores, ablated_values, edge_run, metric_name, passes_how
+from .edges import AblatedValues, EdgeScores, ablated_values, edge_how, edge_run, metric_name, passes_how
 from .graph import Edge, Graph, graph_of
 
 

@@ -195,7 +195,10 @@ class Compiled:
             if op.writes not in self.needed:
                 continue
             for port, names in self._used_reads(op, vals).items():
-                rid = (Site(port_kind[port], op.layer), op.head) if op.where == "attn" else (Site(Kind.MLP_IN, op.layer), None)
+                if op.where == "attn":
+                    rid: NodeId = (Site(port_kind[port], op.layer), op.head)
+                else:
+                    rid = (Site(Kind.MLP_IN, op.layer), None)
                 reads.setdefault(rid, set()).update(names)
         edges = set()
         for s in writes:
@@ -382,7 +385,7 @@ def compile_program(program: SOp, vocab: Sequence[Any], max_len: int, *, causal:
                 continue
             layer = place[s] // 2
             mlp = module.blocks[layer].mlp
-            w_in, b_in, w_out, b_out = mlp.W_in.weight, mlp.W_in.bias, mlp.W_out.weight, mlp.W_out.bias
+            w_in, b_in, w_out = mlp.W_in.weight, mlp.W_in.bias, mlp.W_out.weight
 
             def step(reads: dict[int, float], at: float, slope: float, out: dict[int, float]) -> None:
                 # two units: ReLU(slope (x - at) + 1/2) - ReLU(slope (x - at) - 1/2), x = sum reads

@@ -30,8 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..causal import (AblationSpec, activation_patching, eap_ig, faithfulness_curve, graph_of, robustness_report)
-from ..causal.graph import Circuit
+from ..causal import AblationSpec, activation_patching, eap_ig, faithfulness_curve, graph_of, robustness_report
 from ..core import metrics
 from ..core.site import Kind, Site
 
@@ -51,7 +50,7 @@ class IOIConfig:
     steps: int = 5  # EAP-IG interpolation steps
     seed: int = 0  # prompt sampling, random circuits, resampling
     top_heads: int = 10  # heads listed and validated
-    n_random: int = 2  # random circuits per size on the faithfulness curve
+    n_random: int = 1  # random circuits per size on the faithfulness curve
     target: float = 0.8  # the circuit for the robustness table: the smallest with f >= target
     reference_prompts: int = 64  # the distribution for mean and resample ablations
     model: str = "smollm2-135m"
@@ -154,8 +153,9 @@ def run_ioi(config: IOIConfig = IOIConfig(), progress: bool = True, log: Any = p
     heads = [(i, n) for i, n in enumerate(graph.senders) if n.site.kind is Kind.Z]
     head_est = torch.tensor([float(per_sender[i]) for i, _ in heads])
     t = time.time()
-    exact = activation_patching(model, data.clean, data.corrupt, [Site(Kind.Z, layer) for layer in range(graph.n_layers)],
-                                ld, direction="noising", each_position=False, progress=progress)
+    z_sites = [Site(Kind.Z, layer) for layer in range(graph.n_layers)]
+    exact = activation_patching(model, data.clean, data.corrupt, z_sites, ld, direction="noising",
+                                each_position=False, progress=progress)
     figures["patching_seconds"] = time.time() - t
     real = (exact.values[:, :, 0].mean(-1) - exact.baseline.mean()).flatten()  # (layer * head,)
     order = head_est.abs().argsort(descending=True)[: config.top_heads].tolist()
