@@ -6,8 +6,10 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from ..core.errors import LoadError
 from ..core.interventions import Intervention
 from ..core.run import RunResult, resolve, run
 from ..core.site import Site
@@ -35,6 +37,7 @@ class ModelBase:
 
     module: nn.Module
     name: str
+    tokenizer: Any = None  # text -> ids (`to_tokens`); adapters of models that read text set it
 
     def sites(self) -> list[Site]:  # pragma: no cover - implemented by subclasses
         raise NotImplementedError
@@ -56,6 +59,41 @@ class ModelBase:
         """`mechscope.run` on this model (see `mechscope.core.run.run`)."""
         return run(self, inputs, capture=capture, interventions=interventions, grad=grad,
                    track_grad=track_grad)
+
+    def to_tokens(self, text: str | Sequence[str], prepend_bos: bool = False,
+                  padding_side: str = "right") -> dict[str, Tensor]:
+        """Tokenise text into `input_ids` and `attention_mask`, (batch, pos).
+
+        BOS is added only with `prepend_bos=True` (the tokenizer's own automatic special tokens
+        are switched off, so what you see is what runs). A batch of different lengths is padded
+        on `padding_side` with the tokenizer's pad token (or EOS when it has none); padded
+        positions have attention_mask 0. With right padding, a prompt's last real token is at
+        `attention_mask.sum(1) - 1`.
+        """
+        tok = self.tokenizer
+        if tok is None:
+            raise LoadError(f"{self.name} has no tokenizer; pass token ids instead of text")
+        texts = [text] if isinstance(text, str) else list(text)
+        ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+        if prepend_bos:
+            bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+            if bos is None:
+                raise LoadError(f"{self.name}'s tokenizer has no BOS token")
+            ids = [[bos] + x for x in ids]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        n = max(len(x) for x in ids)
+        if pad is None and any(len(x) != n for x in ids):
+            raise LoadError(f"{self.name}'s tokenizer has no pad or EOS token to pad a batch with")
+        out = torch.full((len(ids), n), pad if pad is not None else 0, dtype=torch.long)
+        mask = torch.zeros((len(ids), n), dtype=torch.long)
+        for i, x in enumerate(ids):
+            sl = slice(0, len(x)) if padding_side == "right" else slice(n - len(x), n)
+            out[i, sl] = torch.tensor(x, dtype=torch.long)
+            mask[i, sl] = 1
+        return {"input_ids": out, "attention_mask": mask}
+
+    def to_str_tokens(self, ids: Tensor | Sequence[int]) -> list[str]:
+        return [self.tokenizer.decode([int(i)]) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}, {len(self.sites())} sites)"

@@ -94,7 +94,11 @@ def load_zoo(name: str, step: int | None = None, path: Path | None = None):
     module = build_module(run, step)
     label = f"zoo:{name}" + ("" if step is None else f"@{step}")
     make = getattr(module, "mechscope_adapter", None)
-    adapter = make(name=label) if callable(make) else ModuleModel(module, name=label)
+    tokenizer = RECIPES[run.config()["recipe"]].tokenizer(run.config()["hparams"])
+    if callable(make):
+        adapter = make(name=label, **({"tokenizer": tokenizer} if tokenizer is not None else {}))
+    else:
+        adapter = ModuleModel(module, name=label)
     adapter.zoo_run = run  # the run directory: config, metrics, checkpoints
     return adapter
 

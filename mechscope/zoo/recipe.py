@@ -39,6 +39,10 @@ class Recipe(ABC):
         """Metrics logged every `hp["eval_every"]` steps and at checkpoints; must not use `gen`."""
         return {}
 
+    def tokenizer(self, hp: dict[str, Any]) -> Any:
+        """The tokenizer the network reads text with (given to its adapter), or None for token ids only."""
+        return None
+
     def optimizer(self, model: nn.Module, hp: dict[str, Any]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp.get("weight_decay", 0.0),
                                  betas=tuple(hp.get("betas", (0.9, 0.999))))

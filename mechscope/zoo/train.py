@@ -72,7 +72,9 @@ class RunSpec:
 
     def config(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "recipe": self.recipe.name, "variant": self.variant, "seed": self.seed,
-                "hparams": self.hp, "checkpoints": checkpoint_schedule(self.hp["steps"])}
+                "hparams": self.hp,
+                "checkpoints": checkpoint_schedule(self.hp["steps"], self.hp.get("checkpoints_log", 40),
+                                                   self.hp.get("checkpoints_linear", 50))}
 
 
 class Run:

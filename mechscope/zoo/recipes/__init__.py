@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..recipe import Recipe
-from . import fmnist_cnn, induction, modadd, tms
+from . import fmnist_cnn, induction, modadd, textlm, tms
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (modadd.RECIPE, tms.RECIPE, induction.RECIPE, induction.CONTROL,
-                                                       fmnist_cnn.RECIPE)}
+                                                       fmnist_cnn.RECIPE, textlm.RECIPE)}
