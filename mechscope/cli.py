@@ -86,7 +86,6 @@ def demo(prompt: Annotated[str, typer.Option(help="IOI prompt to study")] =
     run_demo(console, prompt)
 
 
-from .cli_dict import dict_app  # noqa: E402
 @app.command()
 def ioi(prompts: Annotated[int, typer.Option(help="IOI prompts (and name-swap counterfactuals)")] = 32,
         steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps")] = 5,
@@ -115,7 +114,8 @@ def circuits(steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps
     bench_main(steps=steps, n_prompts=prompts, zoo="induction" if zoo else None)
 
 
-from .cli_zoo import replicate, zoo_app  # noqa: E402  (sub-commands live in their own module)
+from .cli_dict import dict_app  # noqa: E402  (sub-commands live in their own modules)
+from .cli_zoo import replicate, zoo_app  # noqa: E402
 
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(dict_app, name="dict")

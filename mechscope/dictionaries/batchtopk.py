@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Dictionary, LossParts, aux_k_loss, mse_parts
-from .sparse import SparseCodes, batch_topk_codes, dense_threads
-from .topk import TopKConfig
+from .sparse import SparseCodes, batch_topk_codes
+from .topk import TopKConfig, TopKSAE
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class BatchTopKConfig(TopKConfig):
             raise ValueError(f"BatchTopKConfig.threshold_momentum must be in [0, 1), got {self.threshold_momentum}")
 
 
-class BatchTopKSAE(Dictionary):
+class BatchTopKSAE(TopKSAE):
     architecture = "batchtopk"
     uses_aux_k = True
     sparse_step = True
@@ -37,10 +36,6 @@ class BatchTopKSAE(Dictionary):
     def __init__(self, config: BatchTopKConfig):
         super().__init__(config)
         self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
-
-    def _pre_nograd(self, xc: Tensor) -> Tensor:
-        with torch.no_grad(), dense_threads():
-            return torch.addmm(self.b_enc, xc, self.W_enc)
 
     def codes(self, x: Tensor) -> SparseCodes:
         xc = self._centre(x)
@@ -53,24 +48,12 @@ class BatchTopKSAE(Dictionary):
         """Codes by the global threshold (inference): pre where pre > θ (not differentiable)."""
         return SparseCodes.from_dense(pre * (pre > self.threshold.clamp_min(0)))
 
-    def loss(self, x: Tensor, target: Tensor, dead: Tensor | None = None, sparsity_scale: float = 1.0
-             ) -> LossParts:
-        xc = self._centre(x)
-        pre = self._pre_nograd(xc)
-        codes = batch_topk_codes(xc, self.W_enc, self.b_enc, self.config.k, pre)
-        recon = self.decode(codes)
-        mse, fvu = mse_parts(recon, target)
-        total, parts = mse, {"mse": mse.detach(), "fvu": fvu}
-        if self.config.aux_coefficient > 0:
-            aux = aux_k_loss(self, x, pre, target - recon, dead, self.config.k_aux)
-            if aux is not None:
-                total = total + self.config.aux_coefficient * aux
-                parts["aux"] = aux.detach()
-        self._update_threshold(codes)
-        return LossParts(total, parts, codes, recon)
+    def _training_codes(self, xc: Tensor, pre: Tensor) -> SparseCodes:
+        return batch_topk_codes(xc, self.W_enc, self.b_enc, self.config.k, pre)
 
     @torch.no_grad()
-    def _update_threshold(self, codes: SparseCodes) -> None:
+    def _observe(self, codes: SparseCodes) -> None:
+        """Move θ towards the smallest activation this batch kept."""
         positive = codes.values.detach()
         positive = positive[positive > 0]
         if positive.numel() == 0:

@@ -53,7 +53,7 @@ class TopKSAE(Dictionary):
              ) -> LossParts:
         xc = self._centre(x)
         pre = self._pre_nograd(xc)
-        codes = topk_codes(xc, self.W_enc, self.b_enc, self.config.k, pre)
+        codes = self._training_codes(xc, pre)
         recon = self.decode(codes)
         mse, fvu = mse_parts(recon, target)
         total, parts = mse, {"mse": mse.detach(), "fvu": fvu}
@@ -62,4 +62,12 @@ class TopKSAE(Dictionary):
             if aux is not None:
                 total = total + self.config.aux_coefficient * aux
                 parts["aux"] = aux.detach()
+        self._observe(codes)
         return LossParts(total, parts, codes, recon)
+
+    def _training_codes(self, xc: Tensor, pre: Tensor) -> SparseCodes:
+        """The codes of a training step (differentiable in their values)."""
+        return topk_codes(xc, self.W_enc, self.b_enc, self.config.k, pre)
+
+    def _observe(self, codes: SparseCodes) -> None:
+        """Called with each training step's codes (running statistics of subclasses)."""
