@@ -115,10 +115,12 @@ def circuits(steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps
 
 
 from .cli_dict import dict_app  # noqa: E402  (sub-commands live in their own modules)
+from .cli_features import features_app  # noqa: E402
 from .cli_zoo import replicate, zoo_app  # noqa: E402
 
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(dict_app, name="dict")
+app.add_typer(features_app, name="features")
 app.command()(replicate)
 
 

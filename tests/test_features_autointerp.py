@@ -1,5 +1,6 @@
 """Automated interpretation recovers planted rules and scores them on held-out documents."""
 
+import pytest
 import torch
 
 from mechscope.features.autointerp import explain_all, explain_feature, heldout, pearson
@@ -81,3 +82,11 @@ def test_substitution_known_answers():
     zero = substitution_scores(model, feats, 5, nothing, docs, TABLE.subset(torch.arange(12)), **kw)
     assert abs(zero["zero"].value) < 1e-9
     assert zero["mean"].how["ablation"] == "mean" and zero["mean"].ci is not None and zero["mean"].n == 12
+    # clean losses computed once for many features give the same scores as per-feature clean runs
+    from mechscope.features.substitution import document_losses
+    shared = substitution_scores(model, feats, 5, nothing, docs, TABLE.subset(torch.arange(12)), **kw,
+                                 clean_losses=document_losses(model, docs))
+    assert shared["mean"].value == zero["mean"].value and shared["zero"].ci == zero["zero"].ci
+    with pytest.raises(ValueError, match="one loss per document"):
+        substitution_scores(model, feats, 5, nothing, docs, TABLE.subset(torch.arange(12)), **kw,
+                            clean_losses=torch.zeros(3))

@@ -71,6 +71,10 @@ def test_token_streams_windows_and_a_damaged_cache(cache):
     assert torch.equal(datasets.textlm_tokens(2, 32, offset=2), w[2:])
     with pytest.raises(ValueError, match="windows"):
         datasets.textlm_tokens(10**6, 128)
+    # another model's tokenizer reads the same documents: with this tokenizer, the same windows
+    tok = datasets.tokenizer()
+    assert torch.equal(datasets.windows(tok, 4, 32), w)
+    assert torch.equal(datasets.windows(tok, 2, 33, bos=7)[:, 1:].flatten(), w.flatten()[:64])
     path = next((cache / "data" / "textlm").glob("tokens-*.safetensors"))
     path.write_bytes(path.read_bytes()[:-100])  # truncated: rebuilt, not trusted
     assert torch.equal(datasets.token_stream(split="test"), test)

@@ -87,7 +87,6 @@ def build_dashboards(model: Any, features: FeatureSet, docs: Tensor, store: Feat
         if f.shape[:2] != (b, T) or f.shape[-1] != n:
             raise ValueError(f"{features.name}: encode gave {tuple(f.shape)}, expected ({b}, {T}, {n})")
         flat = f.reshape(b * T, n)  # row r = (doc d0 + r // T, position r % T)
-        g = torch.arange(b * T) + d0 * T  # global token index doc * T + pos
         active = flat > threshold
         n_active += active.sum(0)
         total += flat.double().sum(0)

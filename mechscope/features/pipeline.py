@@ -28,7 +28,7 @@ from .autointerp import explain_feature, fixed_masks, heldout
 from .feature import FeatureSet
 from .rules import TokenTable
 from .store import FeatureStore
-from .substitution import substitution_scores
+from .substitution import document_losses, substitution_scores
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
     active = (values[fit_docs] > threshold).flatten(0, 1).sum(0)  # (feature,)
     live = [i for i in range(len(features)) if int(active[i]) >= min_active]
     causal = set(sorted(live, key=lambda i: -int(active[i]))[:causal_limit] if causal_limit is not None else live)
+    clean = document_losses(model, docs[test_docs]) if causal else None
     rows, n_fires, n07 = [], 0, 0
     for i in tqdm(live, desc=f"explaining {features.name}", unit="feature", disable=not progress):
         expl, fit_corr = explain_feature(values[fit_docs, :, i], fit_t, fixed=fixed)
@@ -86,7 +87,7 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
             mean_value = float(values[fit_docs, :, i].mean())
             sc = substitution_scores(model, features, i, expl, docs[test_docs], test_t, mean_value=mean_value,
                                      reference=f"{dataset}: fitting half", dataset=f"{dataset}: held-out half",
-                                     seed=seed)
+                                     seed=seed, clean_losses=clean)
             loss_recovered = sc["mean"].value
             spec["causal"] = {k: s.describe() for k, s in sc.items()}
         rows.append({"feature": i, "rank": 0, "explanation": expl.describe(decode), "corr": held.corr,

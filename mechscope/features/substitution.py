@@ -37,11 +37,15 @@ def write_direction(features: FeatureSet, i: int, d_site: int) -> Tensor:
     return features.directions[i].float()
 
 
+@torch.no_grad()
 def substitution_scores(model: Any, features: FeatureSet, i: int, explanation: Explanation, docs: Tensor,
                         table: TokenTable, *, mean_value: float, reference: str, dataset: str,
-                        batch_size: int = 16, seed: int = 0) -> dict[str, Score]:
+                        batch_size: int = 16, seed: int = 0, clean_losses: Tensor | None = None
+                        ) -> dict[str, Score]:
     """Loss recovered by `explanation` for feature i on `docs` (doc, pos), against zero and mean
-    ablation of the feature; `mean_value` is its mean over the documents named `reference`."""
+    ablation of the feature; `mean_value` is its mean over the documents named `reference`.
+    `clean_losses` (doc,), from `document_losses` on the same docs, saves the clean runs when many
+    features are scored on one set of documents."""
     model = wrap(model)
     site = model.check(features.site)
     if site.kind in (Kind.Q, Kind.K, Kind.V, Kind.Z, Kind.PATTERN, Kind.SCORES, Kind.RESULT):
@@ -52,11 +56,17 @@ def substitution_scores(model: Any, features: FeatureSet, i: int, explanation: E
         ids = docs[d0:d0 + batch_size]
         pred = pred_all[d0:d0 + batch_size]
         metric = next_token_loss(ids)
-        losses["clean"].append(metric(run(model, ids).logits))
+        if clean_losses is None:
+            losses["clean"].append(metric(run(model, ids).logits))
         for name, target in (("explained", pred), ("zero", torch.zeros_like(pred)),
                              ("mean", torch.full_like(pred, mean_value))):
             iv = Replace(site, fn=_substitute(features, i, target))
             losses[name].append(metric(run(model, ids, interventions=[iv]).logits))
+    if clean_losses is not None:
+        if clean_losses.shape != (docs.shape[0],):
+            raise ValueError(f"clean_losses must have one loss per document, {docs.shape[0]}; got "
+                             f"{tuple(clean_losses.shape)}")
+        losses["clean"] = [clean_losses]
     L = {k: torch.cat(v).double() for k, v in losses.items()}  # (doc,) each
     out = {}
     for ablation in ("zero", "mean"):
@@ -75,6 +85,14 @@ def substitution_scores(model: Any, features: FeatureSet, i: int, explanation: E
         out[ablation] = Score(value, "loss_recovered", ci, "mean loss over documents, then the ratio", dataset,
                               n, seed, how)
     return out
+
+
+@torch.no_grad()
+def document_losses(model: Any, docs: Tensor, batch_size: int = 16) -> Tensor:
+    """The clean next-token loss of each document (doc,), as `substitution_scores` computes it."""
+    model = wrap(model)
+    return torch.cat([next_token_loss(docs[d0:d0 + batch_size])(run(model, docs[d0:d0 + batch_size]).logits)
+                      for d0 in range(0, docs.shape[0], batch_size)])
 
 
 def _substitute(features: FeatureSet, i: int, target: Tensor):

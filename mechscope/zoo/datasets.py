@@ -24,6 +24,7 @@ import tarfile
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -181,4 +182,22 @@ def textlm_tokens(n: int, seq_len: int = 128, split: str = "test", corpus: str =
     return stream[start:start + n * seq_len].view(n, seq_len).long()
 
 
-__all__ = ["CORPORA", "EOT", "corpus_text", "data_dir", "documents", "textlm_tokens", "token_stream", "tokenizer"]
+def windows(tokenizer: Any, n: int, seq_len: int, corpus: str = "textlm", split: str = "test",
+            bos: int | None = None) -> Tensor:
+    """`n` consecutive windows of the `split` documents encoded by another model's `tokenizer`
+    (documents joined by its EOS token), each `seq_len` long including `bos` when given: (n, seq_len)."""
+    eos = tokenizer.eos_token_id
+    body = seq_len - (bos is not None)
+    need, ids = n * body, []
+    for _, text in documents(corpus, split):
+        ids += tokenizer.encode(text, add_special_tokens=False) + ([eos] if eos is not None else [])
+        if len(ids) >= need:
+            break
+    if len(ids) < need:
+        raise ValueError(f"the {split} documents of {corpus!r} give {len(ids):,} tokens; {n} windows of {body} "
+                         "need more")
+    rows = torch.tensor(ids[:need], dtype=torch.long).view(n, body)
+    return rows if bos is None else torch.cat([torch.full((n, 1), bos, dtype=torch.long), rows], 1)
+
+
+__all__ = ["CORPORA", "EOT", "corpus_text", "data_dir", "documents", "textlm_tokens", "token_stream", "tokenizer", "windows"]
