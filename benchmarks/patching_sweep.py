@@ -174,8 +174,9 @@ class Case:
         sites = [ms.Site(ms.Kind.Z, layer) for layer in range(self.n_layer)]
         each_pos = self.spec["each_position"]
 
-        # the same function, declared to read only the last position (mechscope then unembeds only it)
-        declared = ms.core.Metric("logit_diff", metric_rows, last_position_only=True)
+        # the same function, declared as `metrics.logit_diff` declares itself: it reads only the last
+        # position and two token ids (mechscope then unembeds only those two logits of one position)
+        declared = ms.core.Metric("logit_diff", metric_rows, last_position_only=True, logit_columns=(TOK_A, TOK_B))
 
         def sweep():
             return activation_patching(adapter, self.clean, self.corrupt, sites, declared,

@@ -104,6 +104,30 @@ def test_a_last_position_metric_unembeds_only_the_last_position(family):
     assert not metrics.logit_diff(torch.tensor([3]), torch.tensor([4]), positions=torch.tensor([2])).last_position_only
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_metric_of_a_few_tokens_gets_only_their_logits(family):
+    # logit_diff declares the two token ids it reads: patch runs compute just those columns (the
+    # rest NaN), and every value equals the sweep computed with every logit.
+    model = MODELS[family]
+    sites = [Site(Kind.Z, 0), Site(Kind.MLP_OUT, 1)]
+    ld = metrics.logit_diff(torch.full((2,), 3), torch.full((2,), 4))
+    assert ld.logit_columns == (3, 4)
+    seen = []
+
+    def spy(logits):
+        seen.append(int(torch.isnan(logits[:, -1]).sum(-1).max()))
+        rows = logits.shape[0]
+        return metrics.logit_diff(torch.full((rows,), 3), torch.full((rows,), 4)).fn(logits)
+
+    few = activation_patching(model, CLEAN, CORRUPT, sites, Metric("logit_diff", spy, last_position_only=True,
+                                                                      logit_columns=(3, 4)), progress=False)
+    full = activation_patching(model, CLEAN, CORRUPT, sites, metric, progress=False)
+    torch.testing.assert_close(few.values, full.values, atol=1e-5, rtol=1e-5, equal_nan=True)
+    assert seen[-2:] == [0, 0] and set(seen[:-2]) == {50 - 2}  # patch runs: 48 of 50 logits never computed
+    assert ms.run(model, CLEAN).logits.isfinite().all()  # the unembedding is itself again afterwards
+    assert metrics.logit_diff(torch.arange(2000), torch.arange(2000)).logit_columns is None  # too many
+
+
 def test_start_at_skips_blocks_and_restores_them():
     model = ms.wrap(MODELS["gpt2"])
     blocks = list(model.module.transformer.h)

@@ -30,6 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core import Kind, Patch, Site
+from ..core.metrics import metric_columns
 from ..core.run import resolve, run
 from ..models import wrap
 
@@ -116,6 +117,7 @@ def activation_patching(
         else:
             chunks.append([job])
     last_only = getattr(metric, "last_position_only", False)
+    columns = metric_columns(metric)  # a metric of a few token ids: only their logits are computed
     n_heads_max = max(heads.values())
     values = torch.full((len(sites), n_heads_max, n_pos if each_position else 1, n_prompts), float("nan"))
     bar = tqdm(total=len(jobs), desc="activation patching", disable=not progress, unit="patch")
@@ -138,6 +140,7 @@ def activation_patching(
                              positions=None if p is None else [p]))
         prepared = model.prepare(batch)
         prepared.last_logits_only = last_only
+        prepared.logit_columns = columns
         with model.start_at(first) if first else nullcontext():
             out = run(model, prepared, interventions=ivs)
         passes += 1

@@ -33,6 +33,7 @@ from torch import Tensor
 from ..core import Intervention, Replace, Site
 from ..core.cache import Cache
 from ..core.interventions import Context
+from ..core.metrics import metric_columns
 from ..core.run import run
 from ..models import wrap
 from .ablation import AblationKind, AblationSpec, Node
@@ -253,6 +254,7 @@ def edge_run(model: Any, graph: Graph | None, inputs: Tensor, masks: Tensor, abl
     ivs = list(interventions) + receiver_interventions(graph, deltas, active)
     prepared = model.prepare(batch)
     prepared.last_logits_only = last_only
+    prepared.logit_columns = metric_columns(metric) if last_only else None
     out = run(model, prepared, capture=list(dict.fromkeys([*senders, *capture])), interventions=ivs,
               track_grad=track_grad or masks.requires_grad)
     m = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,9 @@ class Metric:
     fn: Callable[[Tensor], Tensor]
     higher_is_better: bool = True
     last_position_only: bool = False
+    # the vocabulary columns (token ids) it reads, when it reads only a few: a sweep may then
+    # compute only those logits (the others arrive as NaN)
+    logit_columns: tuple[int, ...] | None = None
 
     def __call__(self, logits: Tensor) -> Tensor:
         out = self.fn(logits)
@@ -31,6 +35,17 @@ class Metric:
             raise ValueError(f"metric {self.name} must return one value per prompt (batch,), "
                              f"got shape {tuple(out.shape)} for logits {tuple(logits.shape)}")
         return out
+
+
+MAX_COLUMNS = 1024  # beyond this many token ids, computing all logits costs about the same
+
+
+def metric_columns(metric: Any) -> Tensor | None:
+    """The token ids `metric` reads, as a tensor, when it declares them (and reads only the last position)."""
+    cols = getattr(metric, "logit_columns", None)
+    if cols is None or not getattr(metric, "last_position_only", False):
+        return None
+    return torch.tensor(cols, dtype=torch.long)
 
 
 def _last(logits: Tensor, positions: Tensor | None) -> Tensor:
@@ -47,7 +62,9 @@ def logit_diff(correct: Tensor, wrong: Tensor, positions: Tensor | None = None) 
         rows = torch.arange(last.shape[0], device=last.device)
         return last[rows, correct.to(last.device)] - last[rows, wrong.to(last.device)]
 
-    return Metric("logit_diff", fn, last_position_only=positions is None)
+    cols = tuple(sorted(set(correct.flatten().tolist()) | set(wrong.flatten().tolist())))
+    return Metric("logit_diff", fn, last_position_only=positions is None,
+                  logit_columns=cols if len(cols) <= MAX_COLUMNS else None)
 
 
 def answer_logprob(answer: Tensor, positions: Tensor | None = None) -> Metric:

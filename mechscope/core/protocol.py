@@ -27,6 +27,9 @@ class Prepared:
     # The caller reads only the last position's logits (a sweep's metric): an adapter may skip the
     # unembedding of every other position and any key/value cache.
     last_logits_only: bool = False
+    # ... and of those only these vocabulary columns (token ids): an adapter may compute just them
+    # and leave every other logit NaN. Set only together with `last_logits_only`.
+    logit_columns: Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.protocol import Prepared
@@ -209,8 +210,30 @@ class HFModel(ModelBase):
 
     def forward(self, prepared: Prepared) -> Any:
         if prepared.last_logits_only and self._takes_logits_to_keep:
-            return self.module(*prepared.args, **{"use_cache": False, "logits_to_keep": 1, **prepared.kwargs})
+            with self._only_columns(prepared.logit_columns):
+                return self.module(*prepared.args, **{"use_cache": False, "logits_to_keep": 1, **prepared.kwargs})
         return self.module(*prepared.args, **prepared.kwargs)
+
+    @contextmanager
+    def _only_columns(self, columns: Tensor | None):
+        """While active, a linear unembedding computes only `columns` of the logits; the rest are NaN."""
+        head = self.unembed() if columns is not None else None
+        if not isinstance(head, nn.Linear):
+            yield
+            return
+        cols = columns.to(head.weight.device)
+        w, b = head.weight[cols], None if head.bias is None else head.bias[cols]
+
+        def few(x: Tensor) -> Tensor:
+            out = x.new_full((*x.shape[:-1], head.out_features), float("nan"))
+            out[..., cols] = F.linear(x, w, b)
+            return out
+
+        head.forward = few  # an instance attribute: hooks on the module still run around it
+        try:
+            yield
+        finally:
+            del head.forward
 
     def start_at(self, layer: int):
         path, _, attr = self.spec.layers.rpartition(".")
