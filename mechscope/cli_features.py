@@ -28,6 +28,10 @@ def explain_cmd(
                                                              "latents (default: every live latent)")] = None,
     skip_first: Annotated[bool, typer.Option(help="read 0 at each window's first position (attention sink)")
                           ] = True,
+    lm_url: Annotated[Optional[str], typer.Option(help="also ask a language model: an OpenAI-compatible base URL "
+                                                       "(e.g. http://127.0.0.1:8000/v1); off by default")] = None,
+    lm_model: Annotated[str, typer.Option(help="the language model's name at --lm-url")] = "default",
+    lm_key_env: Annotated[str, typer.Option(help="environment variable holding the API key")] = "OPENAI_API_KEY",
     threads: Annotated[int, typer.Option(help="torch threads")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="end with one JSON line of the figures")] = False,
 ) -> None:
@@ -36,6 +40,7 @@ def explain_cmd(
     import torch
 
     from . import dictionaries as dl
+    from .features.lm_explainer import LMExplainer
     from .models.load import load
     from .studies.feature_study import feature_study
     from .zoo import datasets
@@ -46,8 +51,9 @@ def explain_cmd(
         raise typer.BadParameter(f"{model} has no tokenizer; explanations need text")
     d = dl.load(dictionary)
     ids = datasets.windows(m.tokenizer, docs, seq_len, corpus, "test")
+    lm = LMExplainer(lm_url, lm_model, api_key_env=lm_key_env) if lm_url else None
     figures = feature_study(m, d, ids, out, dataset=f"{corpus} held-out, {docs}x{seq_len} tokens",
-                            causal_limit=causal_limit, skip_first=skip_first)
+                            causal_limit=causal_limit, skip_first=skip_first, lm=lm)
     t = Table(title=f"{figures['set']} on {figures['dataset']}")
     for k in ("latents", "live", "corr_at_least_0.7", "share_corr_0.7", "median_heldout_corr", "causal_scored",
               "median_loss_recovered_vs_mean", "seconds"):

@@ -26,6 +26,7 @@ from ..core import run
 from ..models import wrap
 from .autointerp import explain_feature, fixed_masks, heldout
 from .feature import FeatureSet
+from .lm_explainer import LMExplainer
 from .rules import TokenTable
 from .store import FeatureStore
 from .substitution import document_losses, substitution_scores
@@ -38,7 +39,8 @@ class ExplainedSet:
     explained: int  # live features with a rule that fires on held-out text
     corr_at_least_07: int  # live features whose held-out correlation is >= 0.7
     causal_scored: int
-    rows: tuple[dict[str, Any], ...]
+    rows: tuple[dict[str, Any], ...]  # the grammar search's explanation per live feature
+    lm_rows: tuple[dict[str, Any], ...] = ()  # the language model's, when one was asked
 
     @property
     def share_corr_07(self) -> float:
@@ -59,7 +61,9 @@ def feature_values(model: Any, features: FeatureSet, docs: Tensor, batch_size: i
 
 def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureStore | None, *, dataset: str,
                 decode: Any = None, min_active: int = 3, causal_limit: int | None = None, threshold: float = 0.0,
-                seed: int = 0, progress: bool = True) -> ExplainedSet:
+                seed: int = 0, progress: bool = True, lm: LMExplainer | None = None) -> ExplainedSet:
+    """Explain every live feature (rank 0: the grammar search; rank 1: `lm`'s answer, when given)
+    and store the rows; see the module docstring for the steps."""
     model = wrap(model)
     values = feature_values(model, features, docs)
     g = torch.Generator().manual_seed(seed)
@@ -73,15 +77,11 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
     causal = set(sorted(live, key=lambda i: -int(active[i]))[:causal_limit] if causal_limit is not None else live)
     clean = document_losses(model, docs[test_docs]) if causal else None
     rows, n_fires, n07 = [], 0, 0
-    for i in tqdm(live, desc=f"explaining {features.name}", unit="feature", disable=not progress):
-        expl, fit_corr = explain_feature(values[fit_docs, :, i], fit_t, fixed=fixed)
+
+    def scored(i: int, expl: Any, rank: int, spec: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         held = heldout(expl, values[test_docs, :, i], test_t, threshold)
-        n_fires += held.precision > 0
-        n07 += held.corr >= 0.7
-        spec: dict[str, Any] = {
-            "explainer": "rule grammar search (no language model)", "fit_corr": fit_corr,
-            "fit_docs": len(fit_docs), "heldout_docs": len(test_docs), "heldout_tokens": held.n_tokens,
-            "active_threshold": threshold, "split_seed": seed, "dataset": dataset}
+        spec = {**spec, "fit_docs": len(fit_docs), "heldout_docs": len(test_docs), "heldout_tokens": held.n_tokens,
+                "active_threshold": threshold, "split_seed": seed, "dataset": dataset}
         loss_recovered = None
         if i in causal:
             mean_value = float(values[fit_docs, :, i].mean())
@@ -90,9 +90,20 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
                                      seed=seed, clean_losses=clean)
             loss_recovered = sc["mean"].value
             spec["causal"] = {k: s.describe() for k, s in sc.items()}
-        rows.append({"feature": i, "rank": 0, "explanation": expl.describe(decode), "corr": held.corr,
-                     "precision": held.precision, "recall": held.recall, "loss_recovered": loss_recovered,
-                     "spec": json.dumps(spec)})
+        return ({"feature": i, "rank": rank, "explanation": expl.describe(decode), "corr": held.corr,
+                 "precision": held.precision, "recall": held.recall, "loss_recovered": loss_recovered,
+                 "spec": json.dumps(spec)}, held)
+
+    for i in tqdm(live, desc=f"explaining {features.name}", unit="feature", disable=not progress):
+        expl, fit_corr = explain_feature(values[fit_docs, :, i], fit_t, fixed=fixed)
+        row, held = scored(i, expl, 0, {"explainer": "rule grammar search (no language model)", "fit_corr": fit_corr})
+        n_fires += held.precision > 0
+        n07 += held.corr >= 0.7
+        rows.append(row)
+        if lm is not None:  # the language model's explanation, through the same scorers
+            lm_expl, info = lm.explain(values[fit_docs, :, i], fit_t)
+            rows.append(scored(i, lm_expl, 1, info)[0])
     if store is not None and rows:
         store.replace_explanations(features.name, rows)
-    return ExplainedSet(features.name, len(live), n_fires, n07, len(causal & set(live)), tuple(rows))
+    return ExplainedSet(features.name, len(live), n_fires, n07, len(causal & set(live)),
+                        tuple(r for r in rows if r["rank"] == 0), tuple(r for r in rows if r["rank"] == 1))

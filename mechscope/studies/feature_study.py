@@ -72,7 +72,8 @@ def _compact_page(page: dict[str, Any], n_examples: int = 3) -> dict[str, Any]:
 
 def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | Path, *, dataset: str,
                   site: Site | str | None = None, name: str | None = None, skip_first: bool = False,
-                  causal_limit: int | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                  causal_limit: int | None = None, seed: int = 0, progress: bool = True,
+                  lm: Any = None) -> dict[str, Any]:
     """Dashboards and explanations of every latent of `dictionary` on `docs` (n_docs, pos), stored
     in the DuckDB file `store_path`; returns the figures (see the module docstring)."""
     feats = dictionary_features(dictionary, site, name, skip_first)
@@ -83,7 +84,7 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
         dash = build_dashboards(model, feats, docs, store, dataset=dataset, seed=seed, progress=progress)
         t1 = time.monotonic()
         res = explain_set(model, feats, docs, store, dataset=dataset, decode=decode, causal_limit=causal_limit,
-                          seed=seed, progress=progress)
+                          seed=seed, progress=progress, lm=lm)
         t2 = time.monotonic()
         rows = sorted(res.rows, key=lambda r: -r["corr"])
         live_ids = {r["feature"] for r in rows}
@@ -103,6 +104,7 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
         "corr_at_least_0.7": res.corr_at_least_07, "share_corr_0.7": res.share_corr_07,
         "median_heldout_corr": statistics.median([r["corr"] for r in rows]) if rows else None,
         "causal_scored": len(causal),
+        "lm_explained": len(res.lm_rows), "lm_corr_at_least_0.7": sum(r["corr"] >= 0.7 for r in res.lm_rows),
         "median_loss_recovered_vs_mean": statistics.median(causal) if causal else None,
         "skip_first": skip_first, "seconds": {"dashboards": round(t1 - t0, 1), "explanations": round(t2 - t1, 1)},
         "dashboard_live": dash.live, "store": str(store_path), "pages": pages,
