@@ -128,3 +128,28 @@ def test_streamed_dictionary_diversity_equals_the_direct_computation():
     streamed = dl.dictionary_diversity(d, x, tokens, n_top=16, batch_size=37)
     assert direct.n_units == streamed.n_units > 0
     assert torch.allclose(direct.per_unit, streamed.per_unit, atol=1e-6)
+
+
+def test_neuron_spread_known_answers():
+    # a dictionary whose latents are the neurons: each neuron carries exactly one feature
+    d = dl.build("topk", d_in=8, d_sae=16, k=16, seed=0)
+    with torch.no_grad():
+        d.W_enc.zero_()
+        d.W_enc[:, :8] = torch.eye(8)
+        d.W_enc[:, 8:] = torch.eye(8)  # latents 8..15 copy 0..7 ...
+        d.W_dec.zero_()
+        d.W_dec[:8] = torch.eye(8)
+        d.b_enc.zero_()
+        d.b_dec.zero_()
+    x = torch.rand(500, 8, generator=torch.Generator().manual_seed(0)) + 0.1
+    one = dl.neuron_spread(d, x)
+    torch.testing.assert_close(one.entropy, torch.ones(8))
+    torch.testing.assert_close(one.participation, torch.ones(8))
+    with torch.no_grad():
+        d.W_dec[8:] = torch.eye(8)  # ... and now write to the same neurons with equal power: two features each
+    two = dl.neuron_spread(d, x)
+    torch.testing.assert_close(two.entropy, torch.full((8,), 2.0))
+    torch.testing.assert_close(two.participation, torch.full((8,), 2.0))
+    rotated = dl.neuron_spread(d, x, rotate_seed=0)  # the same codes in a random basis: spread over more
+    assert rotated.rotated and float(rotated.participation.median()) > 3
+    assert one.describe()["neurons"] == 8 and one.describe()["features"] == 16

@@ -54,3 +54,4 @@ def test_text_part_on_the_quick_text_model(textlm_cache, monkeypatch):
     for label in ("trained", "randomised"):
         assert 0 < out[f"seed_mmcs_{label}"] <= 1 and out[f"{label}_seed0"]["l0"] <= 8 + 1e-6
     assert out["seed_mmcs_gap"] == out["seed_mmcs_trained"] - out["seed_mmcs_randomised"]
+    assert out["neuron_spread_trained"]["neurons"] == 64 and out["neuron_spread_trained_rotated"]["rotated_control"]

@@ -19,7 +19,8 @@ from .files import DictionaryFileError
 from .jumprelu import JumpReLUConfig, JumpReLUSAE
 from .metrics import (DictMetrics, LossRecovered, density_histogram, embedding_distance, evaluate, loss_recovered,
                       next_token_ce)
-from .polysemanticity import Diversity, baseline_diversity, dictionary_diversity, token_diversity
+from .polysemanticity import (Diversity, Spread, baseline_diversity, dictionary_diversity, neuron_spread,
+                              token_diversity)
 from .registry import ARCHITECTURES, build, config_class, dictionary_class
 from .relu import ReLUConfig, ReLUSAE
 from .saelens import load, save, weights_equal
@@ -31,9 +32,10 @@ from .transcoder import Transcoder, TranscoderConfig
 
 __all__ = ["ARCHITECTURES", "ActivationStore", "BatchTopKConfig", "BatchTopKSAE", "Comparison", "Crosscoder",
            "CrosscoderConfig", "DictConfig", "DictMetrics", "Dictionary", "DictionaryFileError", "Diversity",
-           "HarvestConfig", "JointStore", "JumpReLUConfig", "JumpReLUSAE", "LossParts", "LossRecovered", "Matching", "ReLUConfig",
-           "ReLUSAE", "ShuffleBuffer", "SparseCodes", "TopKConfig", "TopKSAE", "TrainConfig", "TrainResult",
-           "Transcoder", "TranscoderConfig", "baseline_diversity", "batches_from_tensors", "build", "capture_sites",
-           "compare", "config_class", "cosines", "density_histogram", "dictionary_class", "dictionary_diversity",
-           "embedding_distance", "evaluate", "harvest", "load", "loss_recovered", "match", "mmcs", "next_token_ce",
-           "save", "sparse_decode", "token_diversity", "train", "weights_equal"]
+           "HarvestConfig", "JointStore", "JumpReLUConfig", "JumpReLUSAE", "LossParts", "LossRecovered", "Matching",
+           "ReLUConfig", "ReLUSAE", "ShuffleBuffer", "SparseCodes", "Spread", "TopKConfig", "TopKSAE", "TrainConfig",
+           "TrainResult", "Transcoder", "TranscoderConfig", "baseline_diversity", "batches_from_tensors", "build",
+           "capture_sites", "compare", "config_class", "cosines", "density_histogram", "dictionary_class",
+           "dictionary_diversity", "embedding_distance", "evaluate", "harvest", "load", "loss_recovered", "match",
+           "mmcs", "neuron_spread", "next_token_ce", "save", "sparse_decode", "token_diversity", "train",
+           "weights_equal"]

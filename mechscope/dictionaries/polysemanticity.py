@@ -1,4 +1,14 @@
-"""An automated polysemanticity measure: how many different tokens a unit's strongest activations sit on.
+"""Automated polysemanticity measures: how many tokens a unit's strongest activations sit on, and
+how many dictionary features each neuron's activation is spread over.
+
+`neuron_spread` (per neuron, i.e. per dimension of the site):
+    E[f, j] = Σ_rows (c_f(row) W_dec[f, j])²        the energy latent f puts into neuron j
+    p_j(f) = E[f, j] / Σ_f E[f, j]
+    spread(j) = exp(H(p_j))  and  participation(j) = 1 / Σ_f p_j(f)²      effective numbers of features
+Cross terms between latents are left out (the energy split assumes they add independently). A
+neuron that carries one feature has spread 1; a neuron read off a rotated copy of the dictionary
+(`rotate_seed`: the decoder in a random orthonormal basis, the same codes) is the control for a
+basis with no privileged directions.
 
 For a unit u (a dictionary latent, a neuron, or any direction), take the n rows where it is most
 active and weight each row's current token by the activation there:
@@ -103,3 +113,46 @@ def baseline_diversity(x: Tensor, tokens: Tensor, n_top: int = 32, n_random: int
     R = R / R.norm(dim=0, keepdim=True)
     return {"basis": token_diversity(torch.cat([xc, -xc], 1), tokens, n_top),
             "random": token_diversity(xc @ R, tokens, n_top)}
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Per neuron: the effective number of dictionary features its activation is spread over."""
+
+    entropy: Tensor = field(repr=False)  # (d,) exp(H(p_j))
+    participation: Tensor = field(repr=False)  # (d,) 1 / Σ p_j(f)²
+    n_features: int
+    rotated: bool
+
+    def describe(self) -> dict[str, Any]:
+        q = lambda t: torch.quantile(t, torch.tensor([0.1, 0.5, 0.9])).tolist()  # noqa: E731
+        return {"neurons": int(self.entropy.numel()), "features": self.n_features, "rotated_control": self.rotated,
+                "entropy_median": float(self.entropy.median()), "entropy_quantiles_10_50_90": q(self.entropy),
+                "participation_median": float(self.participation.median()),
+                "participation_quantiles_10_50_90": q(self.participation)}
+
+
+@torch.no_grad()
+def neuron_spread(dictionary: Dictionary, x: Tensor, batch_size: int = 4096, rotate_seed: int | None = None
+                  ) -> Spread:
+    """How many of `dictionary`'s features each neuron (dimension) of its site is spread over, on
+    rows `x` (see the module docstring); `rotate_seed` gives the rotated-basis control."""
+    was = dictionary.training
+    dictionary.eval()
+    power = None
+    for s in range(0, x.shape[0], batch_size):
+        c = dictionary.encode(x[s:s + batch_size]).double()
+        power = (c * c).sum(0) if power is None else power + (c * c).sum(0)  # (d_sae,)
+    dictionary.train(was)
+    W = dictionary.W_dec.detach().double().reshape(dictionary.config.d_sae, -1)  # (d_sae, d)
+    if rotate_seed is not None:
+        g = torch.Generator().manual_seed(rotate_seed)
+        q, r = torch.linalg.qr(torch.randn(W.shape[1], W.shape[1], generator=g, dtype=torch.float64))
+        W = W @ (q * torch.sign(torch.diagonal(r)))  # a uniformly random rotation
+    energy = power[:, None] * W * W  # (d_sae, d)
+    total = energy.sum(0)
+    keep = total > 0
+    p = energy[:, keep] / total[keep]
+    ent = -(p * p.clamp_min(1e-300).log()).sum(0)
+    return Spread(ent.exp().float(), (1.0 / (p * p).sum(0)).float(), int(W.shape[0]), rotate_seed is not None)
+

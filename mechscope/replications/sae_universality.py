@@ -15,7 +15,8 @@
        architecture with freshly initialised weights (the randomised control);
     3. report seed-vs-seed MMCS for both and their gap, FVU and L0, and the token diversity of top
        activations (the polysemanticity measure of `mechscope.dictionaries.polysemanticity`) for
-       latents, residual basis directions and random directions. These are reported, not targeted.
+       latents, residual basis directions and random directions, and how many latents each residual
+       dimension is spread over (against a rotated-basis control). These are reported, not targeted.
 Trained dictionaries are cached under `$MECHSCOPE_CACHE/dictionaries/sae-universality/` and reused
 when their configuration (hashed into the directory name) is the same.
 """
@@ -161,6 +162,8 @@ def text_part(plan: Plan) -> dict[str, Any]:
             out[f"{label}_seed{seed}"] = {"fvu": m.fvu, "l0": m.l0, "dead_fraction": m.dead_fraction,
                                           "dense_fraction": m.dense_fraction, "train_seconds": info["seconds"]}
             dicts.append(d)
+        out[f"neuron_spread_{label}"] = dl.neuron_spread(dicts[0], held_x).describe()
+        out[f"neuron_spread_{label}_rotated"] = dl.neuron_spread(dicts[0], held_x, rotate_seed=0).describe()
         c = dl.compare(dicts[0], dicts[1])
         out[f"seed_mmcs_{label}"] = c.mmcs
         out[f"seed_matching_{label}"] = c.describe()
