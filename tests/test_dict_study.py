@@ -50,3 +50,7 @@ def test_every_architecture_runs_end_to_end(setup, tmp_path, arch):
     assert dl.evaluate(saved, rows).fvu == pytest.approx(s["fvu"], rel=1e-6)
     assert json.loads((tmp_path / rep["name"] / "report.json").read_text())["loss_recovered"] == rep["loss_recovered"]
     assert rep["loss_recovered"]["recovered_vs_zero"]["how"]["positions"] == str(slice(1, None))
+    if arch not in ("crosscoder", "transcoder"):  # one input site: the polysemanticity measures are reported
+        spread = rep["neuron_spread"]
+        assert spread["dictionary"]["neurons"] == store.widths[keys[0]] and spread["rotated_control"]["rotated_control"]
+        assert dl.neuron_spread(saved, data[0]).describe() == spread["dictionary"]

@@ -25,7 +25,7 @@ from torch import Tensor
 from ..core.run import resolve
 from .files import write_json
 from .metrics import LossFn, evaluate, loss_recovered, next_token_ce
-from .polysemanticity import baseline_diversity, dictionary_diversity
+from .polysemanticity import baseline_diversity, dictionary_diversity, neuron_spread
 from .registry import build
 from .saelens import save
 from .store import ActivationStore, HarvestConfig, ShuffleBuffer, harvest
@@ -114,6 +114,8 @@ def study(model: Any, tokens: Tensor, config: StudyConfig, train_config: TrainCo
         x = held[0]
         report["token_diversity"] = {"latents": dictionary_diversity(dictionary, x, held_tokens).describe(),
                                      **{k: v.describe() for k, v in baseline_diversity(x, held_tokens).items()}}
+        report["neuron_spread"] = {"dictionary": neuron_spread(dictionary, x).describe(),
+                                   "rotated_control": neuron_spread(dictionary, x, rotate_seed=c.seed).describe()}
     # splice into the model on held-out sequences
     seqs = store.load(["seq"], held_shards)[0].unique()[: c.eval_sequences]
     positions = slice(c.drop_first, None) if c.drop_first else None
