@@ -26,6 +26,8 @@ def explain_cmd(
     seq_len: Annotated[int, typer.Option(help="tokens per window")] = 128,
     causal_limit: Annotated[Optional[int], typer.Option(help="score causally only the N most active live "
                                                              "latents (default: every live latent)")] = None,
+    causal_docs: Annotated[Optional[int], typer.Option(help="score causally on the first N held-out windows "
+                                                            "only (default: all of them)")] = None,
     skip_first: Annotated[bool, typer.Option(help="read 0 at each window's first position (attention sink)")
                           ] = True,
     lm_url: Annotated[Optional[str], typer.Option(help="also ask a language model: an OpenAI-compatible base URL "
@@ -53,7 +55,8 @@ def explain_cmd(
     ids = datasets.windows(m.tokenizer, docs, seq_len, corpus, "test")
     lm = LMExplainer(lm_url, lm_model, api_key_env=lm_key_env) if lm_url else None
     figures = feature_study(m, d, ids, out, dataset=f"{corpus} held-out, {docs}x{seq_len} tokens",
-                            causal_limit=causal_limit, skip_first=skip_first, lm=lm)
+                            causal_limit=causal_limit, skip_first=skip_first, lm=lm,
+                            causal_docs=causal_docs)
     t = Table(title=f"{figures['set']} on {figures['dataset']}")
     for k in ("latents", "live", "corr_at_least_0.7", "share_corr_0.7", "median_heldout_corr", "causal_scored",
               "median_loss_recovered_vs_mean", "seconds"):

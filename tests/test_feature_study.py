@@ -1,5 +1,7 @@
 """The feature study: a dictionary's latents through dashboards, explanations and the store."""
 
+import json
+
 import torch
 
 import mechscope as ms
@@ -47,3 +49,10 @@ def test_study_stores_every_latent_and_rerunning_replaces_rows(tmp_path):
     with FeatureStore(path, read_only=True) as store:
         assert store.count("features", fig["set"]) == 24 and store.count("explanations", fig["set"]) == n_expl
     assert again["share_corr_0.7"] == fig["share_corr_0.7"]  # seeded: the same split and the same rules
+    few = feature_study(model, sae, docs, tmp_path / "g.duckdb", dataset="random tokens", causal_limit=1,
+                        causal_docs=3, progress=False)
+    with FeatureStore(tmp_path / "g.duckdb", read_only=True) as store:
+        rows = [e for f in range(24) for e in (store.page(few["set"], f)["explanations"] if f in
+                {r["feature"] for r in store.features(few["set"])} else [])]
+    causal = [json.loads(r["spec"])["causal"]["mean"] for r in rows if r["loss_recovered"] is not None]
+    assert len(causal) == 1 and causal[0]["n"] == 3 and few["causal_documents"] == 3

@@ -61,9 +61,11 @@ def feature_values(model: Any, features: FeatureSet, docs: Tensor, batch_size: i
 
 def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureStore | None, *, dataset: str,
                 decode: Any = None, min_active: int = 3, causal_limit: int | None = None, threshold: float = 0.0,
-                seed: int = 0, progress: bool = True, lm: LMExplainer | None = None) -> ExplainedSet:
+                seed: int = 0, progress: bool = True, lm: LMExplainer | None = None,
+                causal_docs: int | None = None) -> ExplainedSet:
     """Explain every live feature (rank 0: the grammar search; rank 1: `lm`'s answer, when given)
-    and store the rows; see the module docstring for the steps."""
+    and store the rows; see the module docstring for the steps. `causal_docs` scores causally on
+    only the first N held-out documents (each causal score costs three runs over them)."""
     model = wrap(model)
     values = feature_values(model, features, docs)
     g = torch.Generator().manual_seed(seed)
@@ -75,7 +77,9 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
     active = (values[fit_docs] > threshold).flatten(0, 1).sum(0)  # (feature,)
     live = [i for i in range(len(features)) if int(active[i]) >= min_active]
     causal = set(sorted(live, key=lambda i: -int(active[i]))[:causal_limit] if causal_limit is not None else live)
-    clean = document_losses(model, docs[test_docs]) if causal else None
+    causal_set = test_docs[:causal_docs] if causal_docs is not None else test_docs
+    causal_t = table.subset(causal_set)
+    clean = document_losses(model, docs[causal_set]) if causal else None
     rows, n_fires, n07 = [], 0, 0
 
     def scored(i: int, expl: Any, rank: int, spec: dict[str, Any]) -> tuple[dict[str, Any], Any]:
@@ -85,8 +89,9 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
         loss_recovered = None
         if i in causal:
             mean_value = float(values[fit_docs, :, i].mean())
-            sc = substitution_scores(model, features, i, expl, docs[test_docs], test_t, mean_value=mean_value,
-                                     reference=f"{dataset}: fitting half", dataset=f"{dataset}: held-out half",
+            sc = substitution_scores(model, features, i, expl, docs[causal_set], causal_t, mean_value=mean_value,
+                                     reference=f"{dataset}: fitting half", dataset=f"{dataset}: held-out half"
+                                     + ("" if causal_docs is None else f", first {len(causal_set)} documents"),
                                      seed=seed, clean_losses=clean)
             loss_recovered = sc["mean"].value
             spec["causal"] = {k: s.describe() for k, s in sc.items()}

@@ -73,7 +73,7 @@ def _compact_page(page: dict[str, Any], n_examples: int = 3) -> dict[str, Any]:
 def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | Path, *, dataset: str,
                   site: Site | str | None = None, name: str | None = None, skip_first: bool = False,
                   causal_limit: int | None = None, seed: int = 0, progress: bool = True,
-                  lm: Any = None) -> dict[str, Any]:
+                  lm: Any = None, causal_docs: int | None = None) -> dict[str, Any]:
     """Dashboards and explanations of every latent of `dictionary` on `docs` (n_docs, pos), stored
     in the DuckDB file `store_path`; returns the figures (see the module docstring)."""
     feats = dictionary_features(dictionary, site, name, skip_first)
@@ -84,7 +84,7 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
         dash = build_dashboards(model, feats, docs, store, dataset=dataset, seed=seed, progress=progress)
         t1 = time.monotonic()
         res = explain_set(model, feats, docs, store, dataset=dataset, decode=decode, causal_limit=causal_limit,
-                          seed=seed, progress=progress, lm=lm)
+                          seed=seed, progress=progress, lm=lm, causal_docs=causal_docs)
         t2 = time.monotonic()
         rows = sorted(res.rows, key=lambda r: -r["corr"])
         live_ids = {r["feature"] for r in rows}
@@ -103,7 +103,7 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
         "latents": len(feats), "live": res.live, "explained_fires_heldout": res.explained,
         "corr_at_least_0.7": res.corr_at_least_07, "share_corr_0.7": res.share_corr_07,
         "median_heldout_corr": statistics.median([r["corr"] for r in rows]) if rows else None,
-        "causal_scored": len(causal),
+        "causal_scored": len(causal), "causal_documents": causal_docs or int(docs.shape[0]) - int(docs.shape[0]) // 2,
         "lm_explained": len(res.lm_rows), "lm_corr_at_least_0.7": sum(r["corr"] >= 0.7 for r in res.lm_rows),
         "median_loss_recovered_vs_mean": statistics.median(causal) if causal else None,
         "skip_first": skip_first, "seconds": {"dashboards": round(t1 - t0, 1), "explanations": round(t2 - t1, 1)},
