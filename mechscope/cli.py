@@ -114,6 +114,33 @@ def circuits(steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps
     bench_main(steps=steps, n_prompts=prompts, zoo="induction" if zoo else None)
 
 
+@app.command()
+def view(directory: Annotated[str, typer.Argument(help="artifact directory (manifest.json)")] = "out",
+         host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps it on this machine")] = "127.0.0.1",
+         port: Annotated[int, typer.Option(help="port to listen on")] = 8765) -> None:
+    """Serve the local web viewer of an artifact directory (read-only; needs fastapi and uvicorn)."""
+    from .artifacts import read_artifacts
+    from .viewer import serve
+
+    read_artifacts(directory)  # a missing or mismatched directory fails here with a clear message
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/yellow] serving on {host}: other machines can reach the viewer")
+    console.print(f"mechscope viewer of {directory} on http://{host}:{port}/  (Ctrl-C stops it)")
+    serve(directory, host=host, port=port)
+
+
+@app.command()
+def report(directory: Annotated[str, typer.Argument(help="artifact directory (manifest.json)")] = "out",
+           output: Annotated[Optional[str], typer.Option("-o", "--output",
+                                                         help="HTML file to write (default DIR/report.html)")] = None
+           ) -> None:
+    """Write one self-contained HTML report (CSS, JS and data inline) of an artifact directory."""
+    from .report import write_report
+
+    path = write_report(directory, output)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 from .cli_dict import dict_app  # noqa: E402  (sub-commands live in their own modules)
 from .cli_features import features_app  # noqa: E402
 from .cli_zoo import replicate, zoo_app  # noqa: E402

@@ -357,6 +357,11 @@ class EdgeScores:
         how = ", ".join(f"{k}={v}" for k, v in self.how.items())
         return f"EdgeScores({self.graph.n_edges} edges; {how})"
 
+    def _repr_html_(self) -> str:
+        from ..report.notebook import edge_scores_html
+
+        return edge_scores_html(self)
+
 
 def metric_name(metric: Callable) -> str:
     return getattr(metric, "name", getattr(metric, "__name__", "metric"))

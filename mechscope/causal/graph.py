@@ -265,3 +265,8 @@ class Circuit:
 
     def __str__(self) -> str:
         return f"Circuit({self.name + ': ' if self.name else ''}{len(self.edges)} edges)"
+
+    def _repr_html_(self) -> str:
+        from ..report.notebook import circuit_html
+
+        return circuit_html(self)

@@ -43,6 +43,11 @@ class HeadRoles:
         vals, idx = s.flatten().topk(min(k, s.numel()))
         return [(int(i) // s.shape[1], int(i) % s.shape[1], float(v)) for v, i in zip(vals, idx)]
 
+    def _repr_html_(self) -> str:
+        from ..report.notebook import head_roles_html
+
+        return head_roles_html(self)
+
 
 def repeated_tokens(vocab: int, n: int, batch: int, seed: int = 0, bos: int | None = None,
                     low: int = 0) -> Tensor:

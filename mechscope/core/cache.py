@@ -69,8 +69,6 @@ class Cache(Mapping[Site, torch.Tensor]):
         return f"Cache({rows})"
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td><code>{s.name}</code></td><td>{tuple(t.shape)}</td><td>{t.dtype}</td>"
-            f"<td>{t.float().norm():.4g}</td></tr>" for s, t in self._data.items())
-        return ("<table><thead><tr><th>site</th><th>shape</th><th>dtype</th><th>norm</th></tr>"
-                f"</thead><tbody>{rows}</tbody></table>")
+        from .html import cache_html
+
+        return cache_html(self)

@@ -97,6 +97,7 @@ class Score:
                 f"{'' if self.seed is None else f' seed={self.seed}'}{'; ' + how if how else ''}")
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in self.describe().items())
-        return f"<table>{rows}</table>"
+        from .html import score_html
+
+        return score_html(self)
 

@@ -44,6 +44,11 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def _repr_html_(self) -> str:
+        from ..report.notebook import feature_set_html
+
+        return feature_set_html(self)
+
     @staticmethod
     def neurons(site: Site, units: Sequence[int] | None = None, d: int | None = None,
                 name: str | None = None, directions: Tensor | None = None) -> "FeatureSet":

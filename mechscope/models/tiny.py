@@ -235,6 +235,7 @@ class TinyModel(ModelBase):
         self.name = name or "TinyTransformer"
         self.tokenizer = tokenizer
         self.n_layers, self.n_heads = self.cfg.n_layers, self.cfg.n_heads
+        self._blocks = tuple(module.blocks)  # taps find block L even while start_at shortens the loop
         block0 = module.blocks[0]
         order = list(Kind)
         kinds = [k for k, p in _BLOCK.items() if _present(block0, p)] + [Kind.RESULT, *_HEAD_IN]
@@ -255,7 +256,7 @@ class TinyModel(ModelBase):
         site = self.check(site)
         if site.layer is None:
             return ModuleOutput(self.module.get_submodule(_ROOT[site.kind]))
-        block = self.module.blocks[site.layer]
+        block = self._blocks[site.layer]
         if site.kind is Kind.RESULT:
             o = block.attn.W_O
             return HeadResult(o, self.n_heads, w_o=lambda: _heads_out(o.weight, self.n_heads),

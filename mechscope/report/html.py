@@ -1,0 +1,126 @@
+"""The self-contained HTML report: one file with every artifact, its CSS, JS and data inline.
+
+The page skeleton (model sections, section headings, measurement specifications) is written here;
+the drawings (heatmaps, attention patterns, circuit graph, charts, feature pages) are made in the
+browser by the same renderers the viewer uses (`mechscope/viewer/static/mechscope.js`), from the
+artifacts embedded as JSON. Nothing is fetched when the file is opened.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import load_all
+from ..core.files import write_atomically
+
+SECTIONS = ("overview", "attention", "head_roles", "patching", "circuits", "features", "training")
+TITLES = {"overview": "Model overview", "attention": "Attention patterns", "head_roles": "Head-role scores",
+          "patching": "Activation patching", "circuits": "Circuits", "features": "Features",
+          "training": "Training dynamics"}
+
+
+def _asset(package: str, name: str) -> str:
+    return (resources.files(package) / "static" / name).read_text()
+
+
+def _script(text: str) -> str:
+    return text.replace("</script", "<\\/script")
+
+
+def _json_for_script(obj: Any) -> str:
+    # inside <script type="application/json">: only "</" needs escaping (and U+2028/9 for old parsers)
+    s = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    return s.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _spec(text: str) -> str:
+    return f'<div><span class="spec">{html.escape(text)}</span></div>'
+
+
+def _model_section(i: int, m: dict[str, Any]) -> str:
+    e = html.escape
+    parts = [f'<section class="model" id="model-{i}" data-model="{e(m["name"])}">',
+             f'<h2>{e(m["name"])}</h2>']
+
+    def part(key: str, body: str, note: str = "") -> None:
+        parts.append(f'<section class="part" id="m{i}-{key}" data-section="{key}"><h3>{TITLES[key]}</h3>'
+                     f'{note}{body}</section>')
+
+    def box(kind: str, extra: str = "") -> str:
+        return f'<div class="ms-render" data-kind="{kind}" data-model="{i}"{extra}></div>'
+
+    missing = '<p class="muted">Not in the artifacts.</p>'
+    part("overview", box("overview") if m["overview"] else missing)
+    part("attention", box("attention") if m["attention"] else missing)
+    part("head_roles", box("head_roles") if m["head_roles"] else missing)
+    if m["patching"]:
+        body = "".join(f'<div class="patching" id="m{i}-patching-{e(p["name"])}">'
+                       f'{box("patching", f" data-index={j}")}</div>'
+                       for j, p in enumerate(m["patching"]))
+        part("patching", body)
+    else:
+        part("patching", missing)
+    if m["circuits"]:
+        body = "".join(f'<div class="circuit-view" id="m{i}-circuit-{e(c["name"])}">'
+                       f'{box("circuit", f" data-index={j}")}</div>' for j, c in enumerate(m["circuits"]))
+        part("circuits", body)
+    else:
+        part("circuits", missing)
+    part("features", box("features") if m["features"] else missing)
+    part("training", box("training") if m["training"] else missing)
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_report(data: dict[str, Any], title: str = "mechscope report") -> str:
+    """The report's HTML text for `data` as returned by `mechscope.artifacts.load_all`."""
+    e = html.escape
+    css = _asset("mechscope.viewer", "mechscope.css")
+    js = _asset("mechscope.viewer", "mechscope.js")
+    boot = _asset("mechscope.report", "report.js")
+    nav = []
+    for i, m in enumerate(data["models"]):
+        links = " ".join(f'<a href="#m{i}-{k}">{TITLES[k]}</a>' for k in SECTIONS)
+        nav.append(f'<div><a href="#model-{i}"><b>{e(m["name"])}</b></a> <span class="small">{links}</span></div>')
+    man = data["manifest"]
+    made = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    body = "\n".join(_model_section(i, m) for i, m in enumerate(data["models"]))
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
+<title>{e(title)}</title>
+<style>{css}</style>
+</head>
+<body>
+<header class="top"><h1>{e(title)}</h1><span class="small muted">artifacts schema {man.get("schema_version")},
+written {e(str(man.get("created", "")))}; report made {made}</span></header>
+<main>
+<noscript><p class="err">The drawings in this report need JavaScript (it is all inline; nothing is fetched).</p></noscript>
+<nav class="toc">{"".join(nav)}</nav>
+{body}
+</main>
+<script type="application/json" id="ms-data">{_json_for_script(data)}</script>
+<script>{_script(js)}</script>
+<script>{_script(boot)}</script>
+</body>
+</html>
+"""
+
+
+def write_report(artifacts_dir: str | Path = "out", out_path: str | Path | None = None,
+                 title: str = "mechscope report", max_feature_pages: int = 64) -> Path:
+    """Write one self-contained HTML report of every artifact in `artifacts_dir` (default
+    `artifacts_dir/report.html`); returns its path."""
+    data = load_all(artifacts_dir, max_feature_pages=max_feature_pages)
+    out = Path(out_path) if out_path is not None else Path(artifacts_dir) / "report.html"
+    text = render_report(data, title)
+    write_atomically(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return out

@@ -1,0 +1,25 @@
+"""Local web viewer of saved artifacts (`mechscope.artifacts`); it never imports analyses or models.
+
+`serve(dir)` needs FastAPI and uvicorn; `create_app(dir)` builds the app (tests use it directly).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def create_app(artifacts_dir: str | Path = "out") -> Any:
+    from .app import create_app as _create
+
+    return _create(artifacts_dir)
+
+
+def serve(artifacts_dir: str | Path = "out", host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> None:
+    """Serve the viewer on http://HOST:PORT (127.0.0.1 unless told otherwise); blocks."""
+    from .app import serve as _serve
+
+    _serve(artifacts_dir, host=host, port=port, **kw)
+
+
+__all__ = ["create_app", "serve"]

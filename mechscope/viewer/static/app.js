@@ -1,0 +1,143 @@
+/* mechscope viewer: a hash-routed single page over the JSON API (see mechscope/viewer/app.py).
+ * Routes: #/m/MODEL/overview | attention | roles | patching[/NAME] | circuits[/NAME] | features[/SET/FEATURE] | training */
+(function () {
+  'use strict';
+  const MS = window.MS, el = MS.el;
+  const main = document.getElementById('main'), tabs = document.getElementById('tabs'), select = document.getElementById('model-select');
+  const TABS = [['overview', 'Overview'], ['attention', 'Attention'], ['roles', 'Head roles'], ['patching', 'Patching'],
+    ['circuits', 'Circuits'], ['features', 'Features'], ['training', 'Training']];
+  let models = [];
+  const enc = encodeURIComponent;
+
+  async function api(path) {
+    const r = await fetch(path);
+    let body = null;
+    try { body = await r.json(); } catch (e) { body = null; }
+    if (!r.ok) throw new Error((body && body.error) || `${r.status} ${r.statusText}`);
+    return body;
+  }
+
+  function showError(err) {
+    main.innerHTML = '';
+    main.appendChild(el('div', { class: 'err', text: String(err && err.message ? err.message : err) }));
+  }
+
+  function parse() {
+    const parts = location.hash.replace(/^#\/?/, '').split('/').filter((p) => p.length).map(decodeURIComponent);
+    if (parts[0] !== 'm' || parts.length < 2) return { model: null };
+    return { model: parts[1], page: parts[2] || 'overview', rest: parts.slice(3) };
+  }
+
+  function go(model, page, ...rest) {
+    location.hash = '#/m/' + [model, page, ...rest].map((p) => enc(String(p))).join('/');
+  }
+
+  function header(route) {
+    select.innerHTML = '';
+    for (const m of models) select.appendChild(el('option', { value: m.name, text: m.name, selected: m.name === route.model }));
+    tabs.innerHTML = '';
+    for (const [key, name] of TABS) {
+      tabs.appendChild(el('a', { href: '#/m/' + enc(route.model) + '/' + key, class: key === route.page ? 'active' : null, 'data-tab': key, text: name }));
+    }
+  }
+  select.addEventListener('change', () => go(select.value, parse().page || 'overview'));
+
+  const base = (model) => '/api/models/' + enc(model);
+
+  const pages = {
+    async overview(route) {
+      const d = await api(base(route.model) + '/overview');
+      const sec = el('section', { class: 'part', id: 'overview' }, [el('h2', { text: 'Model overview' })]);
+      const box = el('div'); sec.appendChild(box);
+      MS.overview(box, d.overview, d.summary);
+      return sec;
+    },
+    async attention(route) {
+      const d = await api(base(route.model) + '/attention');
+      const sec = el('section', { class: 'part', id: 'attention' }, [el('h2', { text: 'Attention patterns' })]);
+      const box = el('div'); sec.appendChild(box);
+      const w = MS.attention(box, d);
+      if (route.rest.length === 2 && w) w.select(Number(route.rest[0]), Number(route.rest[1]));
+      return sec;
+    },
+    async roles(route) {
+      const d = await api(base(route.model) + '/head_roles');
+      const sec = el('section', { class: 'part', id: 'head-roles' }, [el('h2', { text: 'Head-role scores' })]);
+      const box = el('div'); sec.appendChild(box);
+      MS.headRoles(box, d);
+      return sec;
+    },
+    async patching(route) {
+      const { names } = await api(base(route.model) + '/patching');
+      const sec = el('section', { class: 'part', id: 'patching' }, [el('h2', { text: 'Activation patching' })]);
+      if (!names.length) { sec.appendChild(el('p', { class: 'muted', text: 'No patching results.' })); return sec; }
+      const name = route.rest[0] || names[0];
+      sec.appendChild(el('div', {}, names.map((n) => el('a', { href: '#/m/' + enc(route.model) + '/patching/' + enc(n), class: 'pill', text: n }))));
+      const d = await api(base(route.model) + '/patching/' + enc(name));
+      const box = el('div', { class: 'patching', 'data-name': name }); sec.appendChild(box);
+      MS.patching(box, d);
+      return sec;
+    },
+    async circuits(route) {
+      const { names } = await api(base(route.model) + '/circuits');
+      const sec = el('section', { class: 'part', id: 'circuits' }, [el('h2', { text: 'Circuits' })]);
+      if (!names.length) { sec.appendChild(el('p', { class: 'muted', text: 'No circuits.' })); return sec; }
+      const name = route.rest[0] || names[0];
+      sec.appendChild(el('div', {}, names.map((n) => el('a', { href: '#/m/' + enc(route.model) + '/circuits/' + enc(n), class: 'pill', text: n }))));
+      const d = await api(base(route.model) + '/circuits/' + enc(name));
+      const box = el('div', { class: 'circuit-view', 'data-name': name }); sec.appendChild(box);
+      MS.circuit(box, d);
+      return sec;
+    },
+    async features(route) {
+      if (route.rest.length >= 2) {
+        const [set, feat] = route.rest;
+        const d = await api(base(route.model) + '/features/' + enc(set) + '/' + enc(feat));
+        const sec = el('section', { class: 'part', id: 'feature-page' }, [
+          el('p', {}, [el('a', { href: '#/m/' + enc(route.model) + '/features', text: '← all features' })])]);
+        const box = el('div', { class: 'feature-page' }); sec.appendChild(box);
+        MS.featurePage(box, d, { onOpen: (f) => go(route.model, 'features', set, f) });
+        return sec;
+      }
+      const d = await api(base(route.model) + '/features');
+      const sec = el('section', { class: 'part', id: 'features' }, [el('h2', { text: 'Features' })]);
+      for (const s of d.sets) {
+        sec.appendChild(el('h3', { text: `${s.set.set_id} — ${s.set.kind}s at ${s.set.site}` }));
+        sec.appendChild(el('p', { class: 'small muted', text: `${s.set.n_features} features over ${Number(s.set.n_tokens).toLocaleString('en-US')} tokens of ${s.set.dataset}. Click a row to open its page; click a header to sort.` }));
+        MS.featureTable(sec, s.features, (f) => go(route.model, 'features', s.set.set_id, f));
+      }
+      return sec;
+    },
+    async training(route) {
+      const d = await api(base(route.model) + '/training');
+      const sec = el('section', { class: 'part', id: 'training' }, [el('h2', { text: 'Training dynamics' })]);
+      const box = el('div'); sec.appendChild(box);
+      MS.training(box, d);
+      return sec;
+    },
+  };
+
+  let renderSeq = 0;
+  async function render() {
+    const route = parse(), mine = ++renderSeq;
+    try {
+      if (!models.length) models = (await api('/api/models')).models;
+      if (!models.length) { showError('This artifact directory has no models.'); return; }
+      if (!route.model) { go(models[0].name, 'overview'); return; }
+      if (!models.some((m) => m.name === route.model)) { header(route); showError(`No model named ${route.model}.`); return; }
+      header(route);
+      const fn = pages[route.page];
+      if (!fn) { showError(`No page ${route.page}.`); return; }
+      main.innerHTML = '<p class="muted">Loading…</p>';
+      const sec = await fn(route);
+      if (mine !== renderSeq) return;  // a later navigation superseded this one
+      main.innerHTML = '';
+      main.appendChild(sec);
+      document.body.setAttribute('data-page', route.page);
+    } catch (err) {
+      if (mine === renderSeq) showError(err);
+    }
+  }
+  window.addEventListener('hashchange', render);
+  render();
+})();
