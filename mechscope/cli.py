@@ -78,12 +78,27 @@ def capture(model: ModelArg, prompt: Annotated[str, typer.Argument(help="input t
 
 
 @app.command()
-def demo(prompt: Annotated[str, typer.Option(help="IOI prompt to study")] =
-         "When Mary and John went to the store, John gave a drink to") -> None:
-    """The main job: a short end-to-end look inside SmolLM2-135M (loads it offline on first use)."""
+def demo(out: Annotated[str, typer.Option(help="artifact directory (report.html is written there)")] = "out",
+         quick: Annotated[bool, typer.Option(help="quick zoo variants, no SmolLM2 (about a minute)")] = False,
+         smollm2: Annotated[Optional[bool], typer.Option(help="include SmolLM2-135M (default: when installed)")
+                            ] = None,
+         serve: Annotated[bool, typer.Option(help="serve the viewer on 127.0.0.1 afterwards")] = True,
+         port: Annotated[int, typer.Option(help="the viewer's port")] = 8765,
+         threads: Annotated[int, typer.Option(help="torch threads")] = 2) -> None:
+    """The main job: zoo induction and modular-addition models (trained here or cached) and SmolLM2-135M,
+    analysed end to end into out/ and out/report.html, then the viewer on 127.0.0.1."""
     from .demo import run_demo
 
-    run_demo(console, prompt)
+    run_demo(out, quick=quick, smollm2=smollm2, serve=serve, port=port, threads=threads, console=console)
+
+
+@app.command(hidden=True)
+def ioi_console(prompt: Annotated[str, typer.Option(help="IOI prompt to study")] =
+                "When Mary and John went to the store, John gave a drink to") -> None:
+    """A console-only look inside SmolLM2-135M on one IOI prompt (the first demo)."""
+    from .demo.smollm2_console import run_demo as console_demo
+
+    console_demo(console, prompt)
 
 
 @app.command()

@@ -27,7 +27,7 @@ MODEL = "zoo%3Ainduction-quick"
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    from mechscope.viewer.demo_artifacts import build_demo_artifacts
+    from mechscope.demo import build_demo_artifacts
 
     root = tmp_path_factory.mktemp("browser")
     old = os.environ.get("MECHSCOPE_CACHE")

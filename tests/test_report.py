@@ -13,7 +13,7 @@ import pytest
 from mechscope import artifacts as A
 from mechscope.report import write_report
 from mechscope.report.html import SECTIONS
-from mechscope.viewer.demo_artifacts import build_demo_artifacts
+from mechscope.demo import build_demo_artifacts
 
 
 @pytest.fixture(scope="module")

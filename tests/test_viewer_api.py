@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from mechscope import artifacts as A
 from mechscope.viewer import create_app
-from mechscope.viewer.demo_artifacts import build_demo_artifacts
+from mechscope.demo import build_demo_artifacts
 
 MODEL = "zoo:induction-quick"
 

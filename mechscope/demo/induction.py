@@ -1,7 +1,8 @@
-"""Demo artifacts from the zoo's quick induction model: what the browser tests and `make demo` view.
+"""The demo's induction section: a zoo induction model's artifacts (what `make demo` and the browser
+tests view).
 
-Steps (about half a minute on one core, most of it training):
-1. train (or reuse) `induction-quick`, a 2-layer attention-only transformer (zoo run, metrics log);
+Steps (about half a minute on one core for `induction-quick`, most of it training):
+1. train (or reuse) the zoo induction model, a 2-layer attention-only transformer (zoo run, metrics log);
 2. overview, the attention patterns of one repeated-token prompt, head-role scores with a causal
    check (the answer's log-probability after zero-ablating each head);
 3. activation patching (denoising) of every head's output and of the residual stream per position,
@@ -22,7 +23,7 @@ import torch
 
 from .. import artifacts as A
 
-NAME = "induction-quick"
+QUICK = "induction-quick"
 
 
 def induction_prompts(n_prompts: int, n: int, vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor,
@@ -50,10 +51,19 @@ def tiled_answer_logprob(answers: torch.Tensor):
 
 def build_demo_artifacts(out: str | Path = "out", *, steps: int | None = None, run_path: Path | None = None,
                          threads: int = 1, progress: bool = False, log: Any = None) -> Path:
-    """Train (or reuse) the quick induction model and write its artifacts to `out`; returns `out`.
+    """The induction section alone for `induction-quick`, written to `out` (the tests' fixture)."""
+    induction_section(A.ArtifactWriter(out), QUICK, steps=steps, run_path=run_path, threads=threads,
+                      progress=progress, log=log, scratch=Path(out))
+    return Path(out)
+
+
+def induction_section(w: A.ArtifactWriter, name: str = QUICK, *, steps: int | None = None,
+                      run_path: Path | None = None, threads: int = 1, progress: bool = False, log: Any = None,
+                      scratch: Path = Path("out")) -> None:
+    """Train (or reuse) the zoo induction model `name` and write its artifacts through `w`.
 
     `steps` shortens training (tests); the run then lives in its own directory (`run_path`, default
-    beside the zoo's runs) so it never clashes with a full `induction-quick` run.
+    beside the zoo's runs) so it never clashes with a full run of the same name.
     """
     from .. import zoo
     from ..causal import AblationSpec, activation_patching, eap, edge_faithfulness
@@ -68,15 +78,15 @@ def build_demo_artifacts(out: str | Path = "out", *, steps: int | None = None, r
     t0 = time.monotonic()
     try:
         if steps is not None and run_path is None:
-            run_path = zoo.zoo_dir() / f"{NAME}-{steps}steps"
-        zrun = zoo.train(NAME, steps=steps, path=run_path, progress=progress)
-        say(f"trained {NAME} ({time.monotonic() - t0:.1f} s)")
-        model = zoo.load_zoo(NAME, path=run_path)
+            run_path = zoo.zoo_dir() / f"{name}-{steps}steps"
+        zrun = zoo.train(name, steps=steps, path=run_path, progress=progress)
+        say(f"trained {name} ({time.monotonic() - t0:.1f} s)")
+        model = zoo.load_zoo(name, path=run_path)
         hp = zrun.config()["hparams"]
         V, n_layers, n_heads = hp["d_vocab"], hp["n_layers"], hp["n_heads"]
-        w = A.ArtifactWriter(out)
-        m = w.model(f"zoo:{NAME}")
-        m.overview(**A.overview_from_model(model, recipe="induction", variant="quick", steps=hp["steps"],
+        m = w.model(f"zoo:{name}")
+        m.overview(**A.overview_from_model(model, recipe="induction", variant=zoo.spec(name).variant or "full",
+                                           steps=hp["steps"],
                                            task="copy a repeated random-token segment"))
 
         # attention patterns on one repeated prompt
@@ -135,7 +145,7 @@ def build_demo_artifacts(out: str | Path = "out", *, steps: int | None = None, r
         from ..zoo.recipes.induction import make_batch
 
         docs = make_batch(48, hp, g).ids
-        store_path = Path(out) / ".build-features.duckdb"
+        store_path = scratch / ".build-features.duckdb"
         store_path.unlink(missing_ok=True)
         with FeatureStore(store_path) as store:
             build_dashboards(model, feats, docs, store, dataset="induction training distribution", k=8,
@@ -145,18 +155,6 @@ def build_demo_artifacts(out: str | Path = "out", *, steps: int | None = None, r
         m.features(store_path)
         store_path.unlink(missing_ok=True)
         say(f"features ({time.monotonic() - t0:.1f} s)")
-        return Path(out)
     finally:
         torch.set_num_threads(old_threads)
 
-
-def main() -> None:  # python -m mechscope.viewer.demo_artifacts [OUT]
-    import sys
-
-    out = sys.argv[1] if len(sys.argv) > 1 else "out"
-    build_demo_artifacts(out, log=print)
-    print(f"artifacts in {out}")
-
-
-if __name__ == "__main__":
-    main()

