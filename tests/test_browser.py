@@ -26,19 +26,8 @@ MODEL = "zoo%3Ainduction-quick"
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    from mechscope.demo import build_demo_artifacts
-
-    root = tmp_path_factory.mktemp("browser")
-    old = os.environ.get("MECHSCOPE_CACHE")
-    os.environ["MECHSCOPE_CACHE"] = str(root / "cache")
-    try:
-        return build_demo_artifacts(root / "out", steps=40)
-    finally:
-        if old is None:
-            os.environ.pop("MECHSCOPE_CACHE")
-        else:
-            os.environ["MECHSCOPE_CACHE"] = old
+def demo_dir(demo_artifacts):
+    return demo_artifacts
 
 
 @pytest.fixture(scope="module")

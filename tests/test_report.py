@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,21 +12,14 @@ import pytest
 from mechscope import artifacts as A
 from mechscope.report import write_report
 from mechscope.report.html import SECTIONS
-from mechscope.demo import build_demo_artifacts
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    old = os.environ.get("MECHSCOPE_CACHE")
-    os.environ["MECHSCOPE_CACHE"] = str(root / "cache")
-    try:
-        out = build_demo_artifacts(root / "out", steps=30)
-    finally:
-        if old is None:
-            os.environ.pop("MECHSCOPE_CACHE")
-        else:
-            os.environ["MECHSCOPE_CACHE"] = old
+def demo_dir(demo_artifacts, tmp_path_factory):
+    import shutil
+
+    out = tmp_path_factory.mktemp("report") / "out"
+    shutil.copytree(demo_artifacts, out)
     # a second model with only some artifacts: its missing sections say so
     m = A.ArtifactWriter(out).model("partial </script> model")
     m.overview(architecture="X", n_layers=1, n_heads=1, d_model=2, vocab=3, sites=4, params=5)

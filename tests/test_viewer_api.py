@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import inspect
-import os
 
 import pytest
 from fastapi.testclient import TestClient
 
 from mechscope import artifacts as A
 from mechscope.viewer import create_app
-from mechscope.demo import build_demo_artifacts
 
 MODEL = "zoo:induction-quick"
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("viewer")
-    old = os.environ.get("MECHSCOPE_CACHE")
-    os.environ["MECHSCOPE_CACHE"] = str(root / "cache")
-    try:
-        return build_demo_artifacts(root / "out", steps=40)
-    finally:
-        if old is None:
-            os.environ.pop("MECHSCOPE_CACHE")
-        else:
-            os.environ["MECHSCOPE_CACHE"] = old
+def demo_dir(demo_artifacts):
+    return demo_artifacts
 
 
 @pytest.fixture(scope="module")
