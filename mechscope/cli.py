@@ -84,12 +84,15 @@ def demo(out: Annotated[str, typer.Option(help="artifact directory (report.html 
                             ] = None,
          serve: Annotated[bool, typer.Option(help="serve the viewer on 127.0.0.1 afterwards")] = True,
          port: Annotated[int, typer.Option(help="the viewer's port")] = 8765,
-         threads: Annotated[int, typer.Option(help="torch threads")] = 2) -> None:
+         threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+         fresh: Annotated[bool, typer.Option(help="recompute sections whose artifacts are already there")] = False
+         ) -> None:
     """The main job: zoo induction and modular-addition models (trained here or cached) and SmolLM2-135M,
     analysed end to end into out/ and out/report.html, then the viewer on 127.0.0.1."""
     from .demo import run_demo
 
-    run_demo(out, quick=quick, smollm2=smollm2, serve=serve, port=port, threads=threads, console=console)
+    run_demo(out, quick=quick, smollm2=smollm2, serve=serve, port=port, threads=threads, console=console,
+             fresh=fresh)
 
 
 @app.command(hidden=True)

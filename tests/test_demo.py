@@ -38,11 +38,29 @@ def test_quick_demo_builds_both_zoo_models_and_a_report(cache, monkeypatch):
     import mechscope.demo as demo
 
     real_ind, real_mod = demo.induction_section, demo.modadd_section
-    monkeypatch.setattr(demo, "induction_section", lambda w, name, **kw: real_ind(w, name, steps=30, **kw))
-    monkeypatch.setattr(demo, "modadd_section", lambda w, name, **kw: real_mod(w, name, steps=30, **kw))
+    calls = []
+
+    def ind(w, name, **kw):
+        calls.append(name)
+        real_ind(w, name, **kw)
+
+    def mod(w, name, **kw):
+        calls.append(name)
+        real_mod(w, name, **kw)
+
+    monkeypatch.setattr(demo, "induction_section", ind)
+    monkeypatch.setattr(demo, "modadd_section", mod)
+    from mechscope import zoo
+    zoo.train("induction-quick", steps=30, progress=False)  # the zoo runs the demo reuses (shortened here)
+    zoo.train("modadd-quick", steps=30, progress=False)
     info = build_demo(cache / "out", quick=True, threads=1)
     assert info["sections"] == ["induction", "modadd"] and info["seconds"]["total"] > 0
     names = A.read_artifacts(cache / "out").model_names()
     assert names == ["zoo:induction-quick", "zoo:modadd-quick"]
     html = (cache / "out" / "report.html").read_text(encoding="utf-8")
     assert "zoo:modadd-quick" in html and "zoo:induction-quick" in html
+    # a second run finds the same trained networks and its own artifacts: nothing is recomputed
+    again = build_demo(cache / "out", quick=True, threads=1)
+    assert calls == ["induction-quick", "modadd-quick"] and again["sections"] == info["sections"]
+    build_demo(cache / "out", quick=True, threads=1, fresh=True)
+    assert calls[2:] == ["induction-quick", "modadd-quick"]

