@@ -31,7 +31,7 @@ from .modadd import modadd_section
 from .smollm2 import smollm2_available, smollm2_section
 
 
-DEMO_VERSION = 1  # bump when a section computes something different
+DEMO_VERSION = 2  # bump when a section computes something different
 
 
 def _identity(key: str, name: str) -> dict[str, Any] | None:

@@ -5,8 +5,8 @@ Steps:
 2. 8 IOI prompts with name-swap counterfactuals (`mechscope.studies.ioi.make_prompts`); metric
    logit(IO) - logit(S) at the last position;
 3. attention patterns of the first prompt; head roles on repeated random tokens after BOS;
-4. activation patching (denoising) of the residual stream per layer x position, and of every
-   head's output;
+4. activation patching (denoising) of the residual stream per position at every third layer, and
+   of every head's output;
 5. an EAP edge circuit (counterfactual patch, first order: one forward and one backward pass) and
    the faithfulness of its top 1000 edges.
 """
@@ -56,11 +56,11 @@ def smollm2_section(w: A.ArtifactWriter, *, threads: int = 2, log: Any = None, n
         roles = head_roles(model, n=16, batch=8, bos=bos, vocab=model.weights().W_E.shape[0], low=1000)
         m.head_roles(**A.roles_from_head_roles(roles))
         say(f"SmolLM2 loaded, attention and head roles ({time.monotonic() - t0:.1f} s)")
-        resid = activation_patching(model, data.clean, data.corrupt,
-                                    [Site(Kind.RESID_PRE, layer) for layer in range(model.n_layers)], ld,
-                                    each_head=False, progress=False)
+        layers = sorted({*range(0, model.n_layers, 3), model.n_layers - 1})  # every third layer and the last
+        resid = activation_patching(model, data.clean, data.corrupt, [Site(Kind.RESID_PRE, layer) for layer in layers],
+                                    ld, each_head=False, progress=False)
         m.patching("resid_pre", **A.heatmap_from_patching(resid, tokens=toks, metric="logit_diff"),
-                   title="Residual stream patched clean -> corrupt per layer and position (share restored)")
+                   title="Residual stream patched clean -> corrupt per position, every third layer (share restored)")
         heads = activation_patching(model, data.clean, data.corrupt,
                                     [Site(Kind.Z, layer) for layer in range(model.n_layers)], ld,
                                     each_position=False, progress=False)
