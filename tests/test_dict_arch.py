@@ -254,3 +254,22 @@ def test_sparse_decode_of_rows_of_different_lengths_in_any_order():
     for a, b in zip(torch.autograd.grad(out, (vals, W), g), torch.autograd.grad(ref, (vals, W), g)):
         assert torch.allclose(a, b, atol=1e-12)
     assert codes.l0().tolist() == [3, 0, 1, 3]
+
+
+def test_batchtopk_inference_threshold_keeps_about_k_per_row():
+    # after training, the global threshold is set from the final weights: at inference a row keeps
+    # about k latents on average, as batch top-k did in training (a lagging running mean kept fewer)
+    tf = ToyFeatures.make(d=32, n_features=64, mean_active=4.0, decay=5.0, seed=0)
+
+    def batches():
+        i = 0
+        while True:
+            yield (tf.sample(512, seed=i),)
+            i += 1
+
+    d = dl.build("batchtopk", d_in=32, d_sae=128, k=6, seed=0)
+    dl.train(d, batches(), dl.TrainConfig(tokens=60_000, batch_size=512), progress=False)
+    x = tf.sample(4096, seed=10**6)
+    d.eval()
+    l0 = float((d.encode(x) > 0).float().sum(1).mean())
+    assert 6 * 0.85 < l0 < 6 * 1.15

@@ -63,5 +63,20 @@ class BatchTopKSAE(TopKSAE):
         self.threshold.copy_(low if float(self.threshold) < 0 else m * self.threshold + (1 - m) * low)
 
     @torch.no_grad()
+    def calibrate_(self, batches: list[Tensor]) -> None:
+        """Set θ from the final weights: the mean over `batches` of the smallest activation batch
+        top-k keeps. The running mean lags the weights while they move, and a lagging θ keeps fewer
+        than k latents per row at inference; after this it keeps about k."""
+        lows = []
+        for x in batches:
+            pre = self._pre_nograd(self._centre(x)).clamp_min(0)
+            n = min(pre.numel(), x.shape[0] * self.config.k)
+            low = pre.flatten().topk(n).values[-1]
+            if low > 0:
+                lows.append(low)
+        if lows:
+            self.threshold.copy_(torch.stack(lows).mean())
+
+    @torch.no_grad()
     def fold_scale_(self, s_in: float, s_out: float) -> None:
         super().fold_scale_(s_in, s_out)  # pre-activations do not change, and neither does θ

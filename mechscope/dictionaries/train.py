@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -178,6 +179,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     seen = 0
     t0 = time.perf_counter()
     batch = first
+    recent: deque[Tensor] = deque(maxlen=8)  # the last inputs, for a dictionary's end-of-training calibration
     for step in range(steps):
         if step > 0:
             batch = next(it)
@@ -186,6 +188,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
             same = y is x
             x = x * s_in
             y = x if same else y * s_out
+        recent.append(x)
         lr = base_lr * _lr_factor(step, config)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -219,6 +222,11 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t0
+    calibrate = getattr(dictionary, "calibrate_", None)
+    if calibrate is not None:  # statistics that must match the final weights (BatchTopK's threshold)
+        calibrate(list(recent))
+        if held_out is not None and curve and "held_out_fvu" in curve[-1]:  # measured again, calibrated
+            curve[-1]["held_out_fvu"] = _held_out_fvu(dictionary, held_out, s_in, s_out)
     dictionary.eval()
     dictionary.fold_scale_(s_in, s_out)
     return TrainResult(dictionary, curve, config, s_in, s_out, seen, seconds)
