@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .. import artifacts as A
+from .common import torch_threads, zoo_network
 
 QUICK = "induction-quick"
 
@@ -73,16 +74,10 @@ def induction_section(w: A.ArtifactWriter, name: str = QUICK, *, steps: int | No
     from ..features.pipeline import explain_set
 
     say = log or (lambda *_: None)
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     t0 = time.monotonic()
-    try:
-        if steps is not None and run_path is None:
-            run_path = zoo.zoo_dir() / f"{name}-{steps}steps"
-        zrun = zoo.train(name, steps=steps, path=run_path, progress=progress)
+    with torch_threads(threads):
+        zrun, model, hp = zoo_network(name, steps, run_path, progress)
         say(f"trained {name} ({time.monotonic() - t0:.1f} s)")
-        model = zoo.load_zoo(name, path=run_path)
-        hp = zrun.config()["hparams"]
         V, n_layers, n_heads = hp["d_vocab"], hp["n_layers"], hp["n_heads"]
         m = w.model(f"zoo:{name}")
         m.overview(**A.overview_from_model(model, recipe="induction", variant=zoo.spec(name).variant or "full",
@@ -155,6 +150,4 @@ def induction_section(w: A.ArtifactWriter, name: str = QUICK, *, steps: int | No
         m.features(store_path)
         store_path.unlink(missing_ok=True)
         say(f"features ({time.monotonic() - t0:.1f} s)")
-    finally:
-        torch.set_num_threads(old_threads)
 

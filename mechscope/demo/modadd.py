@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .. import artifacts as A
+from .common import torch_threads, zoo_network
 
 
 def modadd_section(w: A.ArtifactWriter, name: str = "modadd-frac05", *, threads: int = 1, progress: bool = False,
@@ -33,15 +34,9 @@ def modadd_section(w: A.ArtifactWriter, name: str = "modadd-frac05", *, threads:
     from ..replications.grokking import neuron_frequencies
 
     say = log or (lambda *_: None)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
     t0 = time.monotonic()
-    try:
-        if steps is not None and run_path is None:
-            run_path = zoo.zoo_dir() / f"{name}-{steps}steps"
-        zrun = zoo.train(name, steps=steps, path=run_path, progress=progress)
-        model = zoo.load_zoo(name, path=run_path)
-        hp = zrun.config()["hparams"]
+    with torch_threads(threads):
+        zrun, model, hp = zoo_network(name, steps, run_path, progress)
         p = hp["p"]
         say(f"trained {name} ({time.monotonic() - t0:.1f} s)")
         # neurons over every (a, b): key frequencies, found without being told
@@ -98,5 +93,3 @@ def modadd_section(w: A.ArtifactWriter, name: str = "modadd-frac05", *, threads:
         m.features(store_path)
         store_path.unlink(missing_ok=True)
         say(f"modadd section ({time.monotonic() - t0:.1f} s): key frequencies {key}")
-    finally:
-        torch.set_num_threads(old)

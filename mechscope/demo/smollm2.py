@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .. import artifacts as A
+from .common import torch_threads
 
 
 def smollm2_available() -> bool:
@@ -37,10 +38,8 @@ def smollm2_section(w: A.ArtifactWriter, *, threads: int = 2, log: Any = None, n
     from ..studies.ioi import logit_diff, make_prompts
 
     say = log or (lambda *_: None)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
     t0 = time.monotonic()
-    try:
+    with torch_threads(threads):
         model = load("smollm2-135m")
         data = make_prompts(model.tokenizer, n_prompts, seed=0)
         ld = logit_diff(data.io, data.s)
@@ -75,5 +74,3 @@ def smollm2_section(w: A.ArtifactWriter, *, threads: int = 2, log: Any = None, n
         m.circuit("eap", **A.circuit_from_edges(scores, circuit=circ, faithfulness=faith,
                                                 method="EAP (first order), top 1000 edges by |score|"))
         say(f"SmolLM2 circuit: faithfulness {faith.value:.2f} ({time.monotonic() - t0:.1f} s)")
-    finally:
-        torch.set_num_threads(old)
