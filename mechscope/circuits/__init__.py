@@ -4,5 +4,12 @@ from .composition import Composition, composition_scores, copying_scores
 from .direct_logit_attribution import DirectLogitAttribution, direct_logit_attribution
 from .head_roles import HeadRoles, head_roles, repeated_tokens
 from .logit_lens import LogitLens, logit_lens
+from .explain import ExplanationScore
+from .explain import score as explain_score
+from .explanations import Explanation, modadd_fourier, previous_token, strict_induction
+from .head_role_checks import CopySuppression, RoleCheck, causal_check, copy_suppression_scores
+from .handwritten import handwritten_induction
 
-__all__ = ["Composition", "DirectLogitAttribution", "HeadRoles", "composition_scores", "copying_scores", "LogitLens", "direct_logit_attribution", "head_roles", "logit_lens", "repeated_tokens"]
+__all__ = ["Composition", "DirectLogitAttribution", "HeadRoles", "composition_scores", "copying_scores", "LogitLens", "direct_logit_attribution", "head_roles", "logit_lens", "repeated_tokens",
+           "CopySuppression", "Explanation", "ExplanationScore", "RoleCheck", "causal_check", "copy_suppression_scores",
+           "explain_score", "handwritten_induction", "modadd_fourier", "previous_token", "strict_induction"]

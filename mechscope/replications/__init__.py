@@ -52,12 +52,13 @@ class Replication:
 
 
 def _registry() -> dict[str, Callable[[bool], Replication]]:
-    from . import grokking, sae_universality, tms
+    from . import grokking, induction_heads, sae_universality, tms
 
-    return {"tms": tms.replicate, "grokking": grokking.replicate, "sae-universality": sae_universality.replicate}
+    return {"tms": tms.replicate, "grokking": grokking.replicate, "sae-universality": sae_universality.replicate,
+            "induction-heads": induction_heads.replicate}
 
 
-NAMES = ("tms", "grokking", "sae-universality")
+NAMES = ("tms", "grokking", "sae-universality", "induction-heads")
 
 
 def replicate(name: str, quick: bool = False) -> Replication:
