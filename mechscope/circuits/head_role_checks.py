@@ -80,12 +80,25 @@ def ov_diagonal_scores(model: Any, fold_ln: bool = True, max_tokens: int = 512, 
     toks = torch.arange(V) if V <= max_tokens else torch.randperm(V, generator=g)[:max_tokens]
     E = w.W_E[toks].double()
     E = E - E.mean(-1, keepdim=True)  # every norm the values pass through centres or rescales rows
-    rows = torch.einsum("td,lhde,lhem,mv->lhtv", E, w.W_V.double(), w.W_O.double(), w.W_U.double())
     if w.W_U.shape[1] != V:  # output vocabulary differs: only the shared tokens have a diagonal
-        toks = toks[toks < w.W_U.shape[1]]
-        rows = rows[:, :, : toks.numel()]
-    diag = rows[..., torch.arange(toks.numel()), toks]  # (layer, head, tokens)
-    return ((diag - rows.mean(-1)) / rows.std(-1).clamp_min(1e-12)).mean(-1).float()
+        keep = toks < w.W_U.shape[1]
+        toks, E = toks[keep], E[keep]
+    U = w.W_U.double()  # (d_model, vocab)
+    Vu = U.shape[1]
+    # each row r = a @ U (a = e W_V W_O) needs only its diagonal entry, its mean and its spread over
+    # the vocabulary: mean = a . u_bar and sum(r^2) = a G a^T with G = U U^T, so no (tokens, vocab)
+    # block is built (SmolLM2: 270 heads x 512 x 49k would be ~8 TFLOP in float64)
+    u_bar, G = U.mean(1), U @ U.T
+    U_t = U[:, toks].T  # (tokens, d_model): each token's own unembedding column
+    out = torch.empty(w.n_layers, w.n_heads)
+    for l in range(w.n_layers):
+        a = torch.einsum("td,hde,hem->htm", E, w.W_V[l].double(), w.W_O[l].double())  # (head, tokens, d_model)
+        diag = (a * U_t).sum(-1)
+        mean = a @ u_bar
+        sq = torch.einsum("htd,de,hte->ht", a, G, a)
+        std = ((sq - Vu * mean**2) / (Vu - 1)).clamp_min(0).sqrt()  # unbiased, as Tensor.std
+        out[l] = ((diag - mean) / std.clamp_min(1e-12)).mean(-1)
+    return out
 
 
 def _final_norm(model, res, L: int) -> tuple[Tensor, bool]:
