@@ -117,6 +117,23 @@ def ioi(prompts: Annotated[int, typer.Option(help="IOI prompts (and name-swap co
 
 
 @app.command()
+def heads(model: Annotated[str, typer.Argument(help="smollm2-135m, zoo:NAME, or a local Hugging Face directory")]
+          = "smollm2-135m",
+          n: Annotated[int, typer.Option(help="length of the repeated random segment")] = 20,
+          batch: Annotated[int, typer.Option(help="probe sequences")] = 16,
+          threshold: Annotated[float, typer.Option(help="score a head needs to be named for a role")] = 0.3,
+          low: Annotated[int, typer.Option(help="random tokens are drawn from ids >= LOW")] = 1000,
+          seed: Annotated[int, typer.Option(help="seed of the probe")] = 0,
+          threads: Annotated[int, typer.Option(help="torch threads")] = 1) -> None:
+    """Previous-token, induction and copy-suppression heads with scores and a causal check each,
+    and the logit lens on factual prompts; ends with one JSON line."""
+    from .studies.heads import HeadStudyConfig, main as heads_main
+
+    heads_main(HeadStudyConfig(model=model, n=n, batch=batch, threshold=threshold, low=low, seed=seed,
+                               threads=threads), console)
+
+
+@app.command()
 def circuits(steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps")] = 10,
              prompts: Annotated[int, typer.Option(help="prompts per network")] = 48,
              zoo: Annotated[bool, typer.Option(help="include the zoo induction model if trained")] = True,
