@@ -56,3 +56,33 @@ def test_copying_score_matches_full_eigenvalues_and_known_signs():
     with torch.no_grad():
         hf.transformer.h[0].attn.c_proj.weight[:dh] *= -1
     assert copying_scores(hf)[0, 0] < -0.99
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama_gqa"])
+def test_full_circuits_and_virtual_weights_match_dense_products(family):
+    from mechscope.circuits import virtual_weights
+
+    f = make_family(family)
+    w = f.model.weights(fold_ln=True)
+    E, U = w.W_E.double(), w.W_U.double()
+    l, h = 1, w.n_heads - 1
+    full_ov = E @ w.W_V[l, h].double() @ w.W_O[l, h].double() @ U
+    full_qk = E @ w.W_Q[l, h].double() @ w.W_K[l, h].double().T @ E.T
+    torch.testing.assert_close(w.full_OV[l, h].full().double(), full_ov, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(w.full_QK[l, h].full().double(), full_qk, atol=1e-6, rtol=1e-5)
+    assert w.full_OV.shape == (w.n_layers, w.n_heads, E.shape[0], U.shape[1])
+    # the copying score is the full OV circuit's eigenvalue ratio
+    lam = w.full_OV[l, h].eigenvalues()
+    torch.testing.assert_close(copying_scores(f.hf)[l, h].double(),
+                               (lam.real.sum() / lam.abs().sum()).double(), atol=1e-4, rtol=1e-4)
+    qk = (w.W_Q @ w.W_K.transpose(-1, -2)).double()
+    ov = (w.W_V @ w.W_O).double()
+    for kind, want in (("q", ov[0, 0] @ qk[1, h]), ("k", qk[1, h] @ ov[0, 0].T), ("v", ov[0, 0] @ ov[1, h])):
+        got = virtual_weights(f.hf, (0, 0), (1, h), kind)
+        torch.testing.assert_close(got.full().double(), want, atol=1e-6, rtol=1e-5)
+    comp = composition_scores(f.hf)
+    vk = virtual_weights(f.hf, (0, 0), (1, h), "k")
+    torch.testing.assert_close(vk.norm().double() / (_fro(ov[0, 0]) * _fro(qk[1, h])), comp.k[0, 0, 1, h].double(),
+                               atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="before the receiver"):
+        virtual_weights(f.hf, (1, 0), (0, 0), "q")

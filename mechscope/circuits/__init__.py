@@ -1,6 +1,6 @@
 """Circuits read off activations and weights (one method per file)."""
 
-from .composition import Composition, composition_scores, copying_scores
+from .composition import Composition, composition_scores, copying_scores, virtual_weights
 from .direct_logit_attribution import DirectLogitAttribution, direct_logit_attribution
 from .head_roles import HeadRoles, head_roles, repeated_tokens
 from .logit_lens import LogitLens, logit_lens
@@ -12,4 +12,4 @@ from .handwritten import handwritten_induction
 
 __all__ = ["Composition", "DirectLogitAttribution", "HeadRoles", "composition_scores", "copying_scores", "LogitLens", "direct_logit_attribution", "head_roles", "logit_lens", "repeated_tokens",
            "CopySuppression", "Explanation", "ExplanationScore", "RoleCheck", "causal_check", "copy_suppression_scores",
-           "explain_score", "handwritten_induction", "modadd_fourier", "previous_token", "strict_induction"]
+           "explain_score", "handwritten_induction", "virtual_weights", "modadd_fourier", "previous_token", "strict_induction"]

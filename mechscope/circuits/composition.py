@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.factored import FactoredMatrix
 from ..models import wrap
 
 
@@ -48,6 +49,30 @@ def composition_scores(model: Any, fold_ln: bool = True) -> Composition:
                 out["k"][l1, h1, l2] = (q2 @ o1.T).norm() / (ov_n[l1, h1] * qk_n[l2])
                 out["v"][l1, h1, l2] = (o1 @ o2).norm() / (ov_n[l1, h1] * ov_n[l2])
     return Composition(out["q"], out["k"], out["v"])
+
+
+def virtual_weights(model: Any, sender: tuple[int, int], receiver: tuple[int, int], kind: str,
+                    fold_ln: bool = True) -> FactoredMatrix:
+    """The head-to-head virtual weight through which `sender` (layer, head) feeds `receiver`.
+
+    kind "q": OV_sender QK_receiver (the sender's output read as queries; (d_model, d_model),
+    rows the sender's attended residual, columns the receiver's key residual); "k": QK_receiver
+    OV_sender^T (rows the receiver's query residual, columns the sender's attended residual);
+    "v": OV_sender OV_receiver. Kept factored; the composition score is its norm over the two
+    factors' norms (`composition_scores`).
+    """
+    (l1, h1), (l2, h2) = sender, receiver
+    if l1 >= l2:
+        raise ValueError(f"the sender (layer {l1}) must come before the receiver (layer {l2})")
+    w = wrap(model).weights(fold_ln=fold_ln)
+    ov1, qk2, ov2 = w.OV[l1, h1], w.QK[l2, h2], w.OV[l2, h2]
+    if kind == "q":
+        return ov1 @ qk2
+    if kind == "k":
+        return qk2 @ ov1.T
+    if kind == "v":
+        return ov1 @ ov2
+    raise ValueError(f"kind must be 'q', 'k' or 'v', got {kind!r}")
 
 
 def copying_scores(model: Any, fold_ln: bool = True) -> Tensor:

@@ -82,6 +82,27 @@ class Weights:
         """What each head writes per attended residual vector: x W_V W_O, (d_model, d_model)."""
         return FactoredMatrix(self.W_V, self.W_O)
 
+    @property
+    def full_OV(self) -> FactoredMatrix:
+        """Token to logit through each head: W_E W_V W_O W_U, (layer, head, vocab, d_vocab_out).
+
+        Row t: what attending to token t adds to every logit along the direct path (embedding ->
+        the head's values -> its output -> unembedding), kept factored through d_head.
+        """
+        if self.W_E is None or self.W_U is None:
+            raise ValueError("the full OV circuit needs an embedding and an unembedding")
+        return FactoredMatrix(self.W_E @ self.W_V, self.W_O @ self.W_U)
+
+    @property
+    def full_QK(self) -> FactoredMatrix:
+        """Query token to key token through each head: W_E W_Q W_K^T W_E^T, (layer, head, vocab, vocab).
+
+        The direct token path only (positional embeddings and earlier layers left out), factored.
+        """
+        if self.W_E is None:
+            raise ValueError("the full QK circuit needs an embedding")
+        return FactoredMatrix(self.W_E @ self.W_Q, (self.W_E @ self.W_K).transpose(-1, -2))
+
     def fold_layer_norm(self) -> "Weights":
         """Fold each norm's scale (and shift) into the weights that read its output.
 
