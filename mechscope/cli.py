@@ -122,15 +122,18 @@ def heads(model: Annotated[str, typer.Argument(help="smollm2-135m, zoo:NAME, or 
           n: Annotated[int, typer.Option(help="length of the repeated random segment")] = 20,
           batch: Annotated[int, typer.Option(help="probe sequences")] = 16,
           threshold: Annotated[float, typer.Option(help="score a head needs to be named for a role")] = 0.3,
+          bos_threshold: Annotated[float, typer.Option(help="attention share on the first token that names a "
+                                                             "resting head")] = 0.9,
+          top: Annotated[int, typer.Option(help="heads listed (and ablated one by one) per role")] = 5,
           low: Annotated[int, typer.Option(help="random tokens are drawn from ids >= LOW")] = 1000,
           seed: Annotated[int, typer.Option(help="seed of the probe")] = 0,
           threads: Annotated[int, typer.Option(help="torch threads")] = 1) -> None:
-    """Previous-token, induction and copy-suppression heads with scores and a causal check each,
-    and the logit lens on factual prompts; ends with one JSON line."""
+    """Previous-token, duplicate-token, induction, copy-suppression and resting (BOS) heads with
+    scores and a causal check each, and the logit lens on factual prompts; ends with one JSON line."""
     from .studies.heads import HeadStudyConfig, main as heads_main
 
-    heads_main(HeadStudyConfig(model=model, n=n, batch=batch, threshold=threshold, low=low, seed=seed,
-                               threads=threads), console)
+    heads_main(HeadStudyConfig(model=model, n=n, batch=batch, threshold=threshold, bos_threshold=bos_threshold,
+                               top=top, low=low, seed=seed, threads=threads), console)
 
 
 @app.command()

@@ -7,14 +7,16 @@ Steps (`mechscope heads MODEL`, SmolLM2-135M by default):
 2. copy suppression on the same probe: the OV eigenvalue and diagonal scores of the full OV
    circuit and the attention-weighted direct effect on the predicted token
    (`circuits.copy_suppression_scores`); the OV copying score of every head beside its role;
-3. heads are named by thresholds stated in the output, never by hand: previous-token and induction
-   heads score > `threshold`; copy-suppression heads have both OV scores negative and suppression
-   > `threshold`. A role with no head above its threshold takes its best-scoring head, and says so;
+3. heads are named by thresholds stated in the output, never by hand: previous-token, duplicate-token
+   and induction heads score > `threshold`; copy-suppression heads have both OV scores negative and
+   suppression > `threshold`; resting heads put > `bos_threshold` of their attention on the first
+   token. A role with no head above its threshold takes its best-scoring head, and says so;
 4. each listed head is mean-ablated alone, and then every head named for the role together, and the
    behaviour the role names is measured with a bootstrap interval (`circuits.causal_check`):
-   removing induction heads raises the loss on the repeat, removing previous-token heads lowers the
-   downstream prefix matching, removing copy suppression raises the predicted token's logit where it
-   occurred earlier. Each result says pass or fail as measured;
+   removing induction heads raises the loss on the repeat, removing previous-token (and duplicate-
+   token) heads lowers the downstream prefix matching, removing copy suppression raises the predicted
+   token's logit where it occurred earlier, removing a resting head changes the next-token
+   distributions little (KL < 0.1 nats). Each result says pass or fail as measured;
 5. the logit lens (final norm recomputed per layer) on factual prompts: the rank of the expected
    next token at every layer.
 
@@ -46,6 +48,7 @@ class HeadStudyConfig:
     seed: int = 0
     low: int = 1000  # random tokens are drawn from [low, vocab): no special or byte tokens
     threshold: float = 0.3
+    bos_threshold: float = 0.9  # a resting head puts more than this share of its attention on the first token
     top: int = 5  # heads listed per role
     n_boot: int = 500
     threads: int = 1
@@ -80,6 +83,8 @@ def analyse(model: Any, cfg: HeadStudyConfig, bos: int | None, tokenizer: Any = 
     first_prev = min(l for l, _ in prev)
     # an induction head needs an earlier previous-token head to compose with
     ind, ind_ok = _pick(roles.induction, t, min_layer=first_prev + 1)
+    dup, dup_ok = _pick(roles.duplicate_token, t)
+    rest, rest_ok = _pick(roles.bos, cfg.bos_threshold)
     supp = cs.heads(t)
     supp_ok = bool(supp)
     if not supp:  # the head with the strongest suppression among those with negative OV scores, else overall
@@ -104,8 +109,9 @@ def analyse(model: Any, cfg: HeadStudyConfig, bos: int | None, tokenizer: Any = 
                 "expected": c.expect, "pass": c.passed, "score": str(c.effect)}
 
     checks, per_head = {}, {}
-    for role, heads, key in (("previous_token", prev, roles.previous_token), ("induction", ind, roles.induction),
-                             ("copy_suppression", supp, cs.suppression)):
+    for role, heads, key in (("previous_token", prev, roles.previous_token),
+                             ("duplicate_token", dup, roles.duplicate_token), ("induction", ind, roles.induction),
+                             ("copy_suppression", supp, cs.suppression), ("bos", rest, roles.bos)):
         checks[role] = check(role, heads)  # every head named for the role, ablated together
         listed = sorted(heads, key=lambda lh: -float(key[lh]))[: cfg.top]
         per_head[role] = [check(role, [lh]) for lh in listed]  # and each listed head alone
@@ -127,7 +133,11 @@ def analyse(model: Any, cfg: HeadStudyConfig, bos: int | None, tokenizer: Any = 
     return {"probe": {**probe, "low": cfg.low, "vocab": V}, "threshold": t,
             "previous_token": {"found": prev_ok, "heads": rows(prev, roles.previous_token),
                                "top": _ranked(roles.previous_token, cfg.top)},
+            "duplicate_token": {"found": dup_ok, "heads": rows(dup, roles.duplicate_token),
+                                "top": _ranked(roles.duplicate_token, cfg.top)},
             "induction": {"found": ind_ok, "heads": rows(ind, roles.induction), "top": _ranked(roles.induction, cfg.top)},
+            "bos": {"found": rest_ok, "threshold": cfg.bos_threshold, "heads": rows(rest, roles.bos),
+                    "top": _ranked(roles.bos, cfg.top)},
             "copy_suppression": {"found": supp_ok, "heads": rows(supp, cs.suppression),
                                  "top": _ranked(torch.where(cs.ov_eigen < 0, cs.suppression,
                                                             torch.full_like(cs.suppression, float("nan")))
@@ -157,11 +167,12 @@ def main(cfg: HeadStudyConfig, console: Any = None) -> dict[str, Any]:
     p = f["probe"]
     con.print(f"[bold]{cfg.model}[/]: head roles on repeated random tokens (BOS {bos}, n = {p['n']}, "
               f"{p['batch']} sequences, seed {p['seed']}, tokens >= {p['low']}); threshold {cfg.threshold}")
-    for role, key in (("previous_token", "previous_token"), ("induction", "induction"),
-                      ("copy_suppression", "suppression")):
+    for role, key in (("previous_token", "previous_token"), ("duplicate_token", "duplicate_token"),
+                      ("induction", "induction"), ("copy_suppression", "suppression"), ("bos", "bos")):
         part = f[role]
+        thr = cfg.bos_threshold if role == "bos" else cfg.threshold
         tab = Table(title=f"{role.replace('_', '-')} heads" + ("" if part["found"] else
-                                                               f" (none above {cfg.threshold}: the best one)"))
+                                                               f" (none above {thr}: the best one)"))
         for col in ("head", "previous_token", "induction", "duplicate_token", "bos", "ov_copying", "ov_diag",
                     "suppression"):
             tab.add_column(col, justify="right", style="bold" if col == key else None)
@@ -204,8 +215,8 @@ def main(cfg: HeadStudyConfig, console: Any = None) -> dict[str, Any]:
                                              "got": f"{len(ok)} of {len(rows_)} ({' '.join(ok)})",
                                              "pass": bool(rows_) and len(ok) == len(rows_)}
     line = {"name": "heads", "kind": "study", "model": cfg.model, "config": asdict(cfg),
-            "figures": {k: f[k] for k in ("probe", "threshold", "previous_token", "induction", "copy_suppression",
-                                          "causal", "causal_per_head", "logit_lens")},
+            "figures": {k: f[k] for k in ("probe", "threshold", "previous_token", "duplicate_token", "induction",
+                                          "copy_suppression", "bos", "causal", "causal_per_head", "logit_lens")},
             "checks": checks, "pass": all(c["pass"] for c in checks.values()), "seconds": round(seconds, 1)}
     con.print(f"wall time {seconds:.1f} s")
     print(json.dumps(line))
