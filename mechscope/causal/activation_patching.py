@@ -13,6 +13,18 @@ Steps:
    the metric reads only the last position (`Metric.last_position_only`), only that position is
    unembedded.
 
+When the metric reads only the last position and the adapter can run a window of positions
+against earlier keys and values (`Adapter.window`: causal models with a key/value cache), a
+chunk computes less:
+- positions where every source prompt equals its target prompt (a shared prefix), and positions
+  before every job's patch position, are the same in the patched run as in the target run at
+  every layer: the chunk reads their keys and values from the target run (kept in step 1) and
+  computes only the later positions; a patch at such a position changes nothing, and its value
+  is the target run's metric, without a run;
+- the final block's attention output, MLP and unembedding are computed for the last position
+  only: the blocks before it run in one pass that stops at the final block's entrance, then the
+  final block runs the other positions up to their keys and values, then the last position alone.
+
 Direction: "denoising" runs the corrupted prompts and writes clean activations in (how much of
 the behaviour does this component restore?); "noising" runs the clean prompts and writes
 corrupted activations in (how much does breaking it hurt?).
@@ -26,11 +38,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core import Kind, Patch, Site
+from ..core import Kind, Patch, Replace, Site, Window
 from ..core.metrics import metric_columns
+from ..core.protocol import Prepared
 from ..core.run import resolve, run
 from ..models import wrap
 
@@ -42,8 +56,12 @@ class PatchingResult:
     The head axis has length 1 for sites not split by head, the position axis length 1 when
     positions are patched together; `sites` names the first axis. `baseline` is the metric of the
     unpatched target run per prompt, `reference` that of the source run. `forward_passes` counts
-    every forward pass the sweep cost. Entries are NaN where a site has fewer heads than the widest
-    (key/value sites under grouped-query attention).
+    every forward pass the sweep cost (each call of the model, also the calls a chunk is split
+    into). Entries are NaN where a site has fewer heads than the widest (key/value sites under
+    grouped-query attention). `how` records, besides the setting, what was not computed:
+    `blocks_skipped`, `shared_prefix` (leading positions where source and target agree, read from
+    the target run), `unchanged_patches` (patches there: their value is `baseline`, without a run)
+    and `last_position_split` (chunks whose final block ran the last position alone).
     """
 
     sites: tuple[Site, ...]
@@ -101,13 +119,30 @@ def activation_patching(
     """
     model, sites, source, target, heads = prepare_sweep(model, clean, corrupt, sites, direction, each_head)
     n_prompts, n_pos = target.shape
-    src = run(model, source, capture=sites)
+    last_only = getattr(metric, "last_position_only", False)
+    columns = metric_columns(metric)  # a metric of a few token ids: only their logits are computed
+    src = run(model, _reading(model.prepare(source), last_only, columns), capture=sites)
     starts = _start_layers(model, sites)
-    base = run(model, target, capture=sorted({Site(Kind.RESID_PRE, s) for s in starts.values() if s}))
+    entries = sorted({Site(Kind.RESID_PRE, s) for s in starts.values() if s})
+    base_in = _reading(model.prepare(target), last_only, columns)
+    # the target run keeps its keys and values when patch runs can read them (see the module doc)
+    kept = model.window(base_in, Window(keep=True), entries) if last_only else None
+    base = run(model, kept or base_in, capture=entries)
+    past = None if kept is None else kept.past
+    baseline = metric(base.logits).detach().float()
     passes = 2
 
+    n_heads_max = max(heads.values())
+    values = torch.full((len(sites), n_heads_max, n_pos if each_position else 1, n_prompts), float("nan"))
     jobs = [(i, h, p) for i, s in enumerate(sites) for h in range(heads[s])
             for p in (range(n_pos) if each_position else [None])]
+    # with a past: positions before `shared` hold the same tokens in source and target, so the same
+    # activations in a causal model; a patch there changes nothing
+    shared = _shared_prefix(source, target) if past is not None else 0
+    unchanged = [job for job in jobs if job[2] is not None and job[2] < shared]
+    for i, h, p in unchanged:
+        values[i, h, p] = baseline
+    jobs = [job for job in jobs if job[2] is None or job[2] >= shared]
     jobs.sort(key=lambda job: starts[sites[job[0]]])  # stable: same-layer jobs keep their order
     per_chunk = max(1, max_rows // n_prompts)
     chunks = []  # consecutive jobs of one start layer, at most per_chunk of them
@@ -116,11 +151,9 @@ def activation_patching(
             chunks[-1].append(job)
         else:
             chunks.append([job])
-    last_only = getattr(metric, "last_position_only", False)
-    columns = metric_columns(metric)  # a metric of a few token ids: only their logits are computed
-    n_heads_max = max(heads.values())
-    values = torch.full((len(sites), n_heads_max, n_pos if each_position else 1, n_prompts), float("nan"))
+    final = _final_block(model)
     bar = tqdm(total=len(jobs), desc="activation patching", disable=not progress, unit="patch")
+    split_chunks = 0
     for chunk in chunks:
         k = len(chunk)
         batch = target.repeat(k, 1)  # (k * prompt, pos): job j owns rows j*prompt ... (j+1)*prompt - 1
@@ -138,12 +171,12 @@ def activation_patching(
             ivs.append(Patch(s, value=tiled[s], rows=rows,
                              heads=[h] if heads[s] > 1 else None,
                              positions=None if p is None else [p]))
-        prepared = model.prepare(batch)
-        prepared.last_logits_only = last_only
-        prepared.logit_columns = columns
-        with model.start_at(first) if first else nullcontext():
-            out = run(model, prepared, interventions=ivs)
-        passes += 1
+        # positions before `start` are the target run's in every row of the chunk
+        start = min(n_pos - 1, max(shared, min(p for _, _, p in chunk) if each_position else 0))
+        out, cost, split = _patched_run(model, _reading(model.prepare(batch), last_only, columns), ivs,
+                                        first, final, past, start, torch.arange(n_prompts).repeat(k))
+        passes += cost
+        split_chunks += split
         m = metric(out.logits).detach().float().reshape(k, n_prompts)
         for j, (i, h, p) in enumerate(chunk):
             values[i, h, 0 if p is None else p] = m[j]
@@ -151,11 +184,112 @@ def activation_patching(
     bar.close()
     how = {"method": "activation patching", "direction": direction,
            "blocks_skipped": sum(len(c) * starts[sites[c[0][0]]] for c in chunks),
+           "shared_prefix": shared, "unchanged_patches": len(unchanged), "last_position_split": split_chunks,
            "ablation": "counterfactual patch", "level": "node",
            "positions": "each" if each_position else "all", "heads": "each" if each_head else "all",
            "aggregation": "mean over prompts, then normalise"}
-    return PatchingResult(tuple(sites), values, metric(base.logits).detach().float(),
-                          metric(src.logits).detach().float(), direction, passes, how)
+    return PatchingResult(tuple(sites), values, baseline, metric(src.logits).detach().float(), direction,
+                          passes, how)
+
+
+def _reading(prepared: Prepared, last_only: bool, columns: Tensor | None) -> Prepared:
+    """`prepared`, marked to compute only what a last-position metric reads, when it is one."""
+    prepared.last_logits_only = last_only
+    prepared.logit_columns = columns
+    return prepared
+
+
+def _shared_prefix(source: Tensor, target: Tensor) -> int:
+    """How many leading positions hold the same token in every source prompt and its target."""
+    differ = (source != target).any(0).nonzero()
+    return int(differ[0]) if len(differ) else source.shape[1]
+
+
+class _Reached(Exception):
+    """Raised at the final block's entrance by a run that computes only the blocks before it."""
+
+    def __init__(self, resid: Tensor):
+        super().__init__()
+        self.resid = resid
+
+
+def _reached(x: Tensor, ctx: Any) -> Tensor:
+    raise _Reached(x)
+
+
+def _patched_run(model: Any, prepared: Prepared, ivs: list[Patch], first: int, final: int | None,
+                 past: Any, start: int, rows: Tensor) -> tuple[Any, int, bool]:
+    """One chunk's patched run from block `first`: its result (logits of the positions the metric
+    reads), the forward passes it cost, and whether it ran in windows.
+
+    With the target run's keys and values (`past`) and an adapter that can run windows of
+    positions for these sites, positions before `start` are read from `past` (row i of the chunk
+    is row rows[i] of the target run), and the final block computes its attention output, MLP
+    and unembedding for the last position only: the blocks before it run positions start..n-1
+    in one pass that stops at the final block's entrance (when the adapter can start there,
+    `final`), then the final block runs positions start..n-2 up to their keys and values, then
+    the last position alone. Each run gets its positions' slice of every patch. Otherwise the
+    chunk is one forward pass.
+    """
+    enter = lambda layer: model.start_at(layer) if layer else nullcontext()  # noqa: E731
+    sites = {iv.site for iv in ivs}
+    n = prepared.input_ids.shape[1]
+    body = None if past is None else model.window(prepared, Window(start=start, past=past, rows=rows), sites)
+    if body is None:
+        with enter(first):
+            return run(model, prepared, interventions=ivs), 1, False
+    passes = 0
+    if final is not None and first < final:
+        # blocks first..final-1 in one pass, as many tokens per product as before; then the final
+        # block alone, from the residual stream entering it
+        entry = Site(Kind.RESID_PRE, final)
+        order = {s: i for i, s in enumerate(model.sites())}
+        before = [iv for iv in ivs if order[iv.site] < order[entry]]
+        try:
+            with enter(first):
+                run(model, body, interventions=[*_window(before, start, n), Replace(entry, fn=_reached)])
+        except _Reached as stop:
+            resid = F.pad(stop.resid, (0, 0, start, 0))  # (rows, n, d_model); positions < start never read
+        else:
+            raise RuntimeError(f"the forward pass never reached {entry.name}")
+        passes += 1
+        ivs = [Patch(entry, value=resid), *(iv for iv in ivs if order[iv.site] >= order[entry])]
+        first = final
+    with enter(first):
+        if start < n - 1:  # positions start..n-2, up to the final block's keys and values
+            head = model.window(prepared, Window(start=start, stop=n - 1, past=past, rows=rows, keys_only=True),
+                                sites)
+            run(model, head, interventions=_window(ivs, start, n - 1))
+            passes += 1
+            past, rows = head.past, None
+        last = model.window(prepared, Window(start=n - 1, past=past, rows=rows), sites)
+        out = run(model, last, interventions=_window(ivs, n - 1, n))
+    return out, passes + 1, True
+
+
+def _final_block(model: Any) -> int | None:
+    """The last block's index when a run can start there (its resid_pre is a site), else None."""
+    have = set(model.sites())
+    layers = [s.layer for s in have if s.layer is not None]
+    last = max(layers, default=0)
+    ok = last and Site(Kind.RESID_PRE, last) in have and model.start_at(last) is not None
+    return last if ok else None
+
+
+def _window(ivs: Sequence[Patch], start: int, stop: int) -> list[Patch]:
+    """The patches as a run over positions start..stop-1 sees them: values cut to those
+    positions, position restrictions shifted into the window, patches outside it dropped."""
+    out = []
+    for iv in ivs:
+        positions = None
+        if iv.positions is not None:
+            positions = [p - start for p in iv.positions if start <= p < stop]
+            if not positions:
+                continue
+        axis = iv.site.layout.pos
+        value = iv.value if iv.value.shape[axis] == 1 else iv.value.narrow(axis, start, stop - start)
+        out.append(Patch(iv.site, value=value, rows=iv.rows, heads=iv.heads, positions=positions))
+    return out
 
 
 def _start_layers(model: Any, sites: Sequence[Site]) -> dict[Site, int]:

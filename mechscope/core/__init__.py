@@ -5,7 +5,7 @@ from .errors import InterventionError, LoadError, MechscopeError, SiteError
 from .factored import FactoredMatrix
 from . import metrics
 from .interventions import Add, Context, Intervention, Mean, Patch, Replace, Resample, Scale, Zero
-from .protocol import Adapter, Prepared
+from .protocol import Adapter, Prepared, Window
 from .metrics import Metric
 from .run import RunResult, resolve, run
 from .score import Score, bootstrap_ci
@@ -14,4 +14,4 @@ from .weights import Weights
 
 __all__ = ["Adapter", "Add", "Cache", "Context", "FactoredMatrix", "Intervention", "InterventionError",
            "Kind", "Layout", "LoadError", "Mean", "Metric", "MechscopeError", "Patch", "Prepared", "Replace",
-           "Resample", "RunResult", "Scale", "Score", "Site", "SiteError", "Weights", "Zero", "bootstrap_ci", "metrics", "resolve", "run"]
+           "Resample", "RunResult", "Scale", "Score", "Site", "SiteError", "Weights", "Window", "Zero", "bootstrap_ci", "metrics", "resolve", "run"]

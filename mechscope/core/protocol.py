@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -30,6 +31,9 @@ class Prepared:
     # ... and of those only these vocabulary columns (token ids): an adapter may compute just them
     # and leave every other logit NaN. Set only together with `last_logits_only`.
     logit_columns: Tensor | None = None
+    # A run cut to a window of positions (`Adapter.window`): after it, the keys and values it has
+    # (read and) stored, in the adapter's own form, for a later window to read.
+    past: Any = None
 
     @property
     def batch_size(self) -> int:
@@ -37,6 +41,27 @@ class Prepared:
             return int(self.input_ids.shape[0])
         first = self.args[0] if self.args else next(iter(self.kwargs.values()))
         return int(first.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """Positions start..stop-1 of some inputs, run on their own (`Adapter.window`).
+
+    In a causal model, position i depends on positions <= i only, through the keys and values
+    attention reads. A window reads those of positions 0..start-1 from `past` (an earlier run's
+    `Prepared.past`; row i of this run reads row `rows[i]` of it, all rows when None) and
+    computes only its own positions: where the earlier run's earlier positions are what this
+    run would have computed, the result is the same as one pass over every position.
+    """
+
+    start: int = 0
+    stop: int | None = None  # None: to the last position
+    past: Any = None  # needed when start > 0
+    rows: Tensor | None = None
+    keep: bool = False  # keep this run's keys and values in `Prepared.past`
+    # end the forward pass once the final block has stored its keys and values (implies keep):
+    # the output has no logits, and nothing after those keys is computed
+    keys_only: bool = False
 
 
 @runtime_checkable
@@ -74,4 +99,12 @@ class Adapter(Protocol):
     def start_at(self, layer: int) -> AbstractContextManager | None:
         """A context in which the forward pass skips blocks 0..layer-1 (the caller then sets
         resid_pre of `layer` with an intervention), or None if the adapter cannot skip blocks."""
+        ...
+
+    def window(self, prepared: Prepared, window: Window, sites: Iterable[Site]) -> Prepared | None:
+        """`prepared` cut to the positions `window` names, as a run that reads the keys and values
+        of earlier positions from an earlier run (see `Window`), or None if the adapter cannot
+        (no key/value cache, an encoder, padding, or `sites` that are not computed position by
+        position). The caller gives the run its positions' slice of every intervention, on
+        `sites` only."""
         ...

@@ -49,6 +49,10 @@ class ModelBase:
         """Skipping blocks needs to know where they are; adapters that do override this."""
         return None
 
+    def window(self, prepared: Any, window: Any, sites: Iterable[Site]) -> Any | None:
+        """Running a window of positions needs a key/value cache; adapters that have one override this."""
+        return None
+
     def check(self, site: Site | str) -> Site:
         """The Site for `site` if this model has it; otherwise a SiteError naming the nearest ones."""
         return resolve(self, site)

@@ -8,7 +8,7 @@ weights into mechscope's convention. Nothing here tests which architecture it is
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +16,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
-from ..core.protocol import Prepared
+from ..core.protocol import Prepared, Window
 from ..core.site import Kind, Site
 from ..core.taps import HeadInput, HeadResult, ModuleInput, ModuleOutput, Tap
 from ..core.weights import Weights
@@ -117,7 +119,11 @@ class HFModel(ModelBase):
                 sites.append(Site(kind))
         self._sites = sites
         self._site_set = frozenset(sites)
-        self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(module.forward).parameters
+        params = inspect.signature(module.forward).parameters
+        self._takes_logits_to_keep = "logits_to_keep" in params
+        # the key/value cache argument: `cache` in newer transformers, `past_key_values` before
+        self._cache_arg = next((a for a in ("cache", "past_key_values") if a in params), None)
+        self._exact_windows: bool | None = None
 
     def _has(self, path: str) -> bool:
         try:
@@ -209,6 +215,14 @@ class HFModel(ModelBase):
                         "a dict of model inputs, or text")
 
     def forward(self, prepared: Prepared) -> Any:
+        cache = prepared.past
+        if isinstance(cache, _KeyCache) and cache.stop_at is not None:  # a window that ends at the final keys
+            try:
+                self.module(*prepared.args, **prepared.kwargs)
+            except _KeysStored:
+                return None
+            raise RuntimeError(f"{self.name}: the forward pass ended without storing block {cache.stop_at}'s "
+                               "keys and values in the cache it was given")
         if prepared.last_logits_only and self._takes_logits_to_keep:
             with self._only_columns(prepared.logit_columns):
                 return self.module(*prepared.args, **{"use_cache": False, "logits_to_keep": 1, **prepared.kwargs})
@@ -238,6 +252,57 @@ class HFModel(ModelBase):
     def start_at(self, layer: int):
         path, _, attr = self.spec.layers.rpartition(".")
         return without_first_blocks(self._resolve(path), attr, layer)
+
+    def window(self, prepared: Prepared, window: Window, sites: Iterable[Site]) -> Prepared | None:
+        """`prepared` cut to `window`'s positions, reading earlier keys and values from
+        `window.past` through the model's own key/value cache (see the protocol and `_KeyCache`).
+
+        Every block keeps its keys and values in one `_KeyCache`, seeded before the run with the
+        first `window.start` positions of the past's (layers the past does not hold, blocks the run
+        skips, get placeholders of that length: the model reads how many positions it has already
+        seen from its first layer). With `keys_only`, the cache ends the forward pass as soon as the
+        final block has stored its keys and values (an exception raised from the cache's update,
+        caught in `forward`).
+        """
+        ids, kwargs = prepared.input_ids, dict(prepared.kwargs)
+        mask = kwargs.pop("attention_mask", None)
+        kwargs.pop("input_ids", None)
+        only_ids = not kwargs and (not prepared.args or len(prepared.args) == 1 and prepared.args[0] is ids)
+        if (not self.spec.causal or self._cache_arg is None or ids is None or ids.dim() != 2 or not only_ids
+                or (mask is not None and not bool((mask == 1).all())) or not self._windows_exact()):
+            return None  # encoders, other inputs, padding, sliding windows: every position in one pass
+        if any(s.kind in _NOT_WINDOWED for s in sites):
+            return None
+        n = ids.shape[1]
+        start, stop = window.start, n if window.stop is None else window.stop
+        if not 0 <= start < stop <= n:
+            raise ValueError(f"window {start}..{stop - 1} is not within the {n} positions")
+        if start and not isinstance(window.past, _KeyCache):
+            raise ValueError("a window that starts after position 0 needs the `past` of an earlier window run")
+        cut = ids[:, start:stop]
+        last = prepared.last_logits_only and stop == n
+        out = Prepared(args=(cut,), input_ids=cut, last_logits_only=last,
+                       logit_columns=prepared.logit_columns if last else None)
+        if start or window.keep or window.keys_only:
+            cache = _KeyCache(self.config, stop_at=self.n_layers - 1 if window.keys_only else None)
+            if start:
+                cache.seed(window.past, start, window.rows)
+            out.kwargs = {self._cache_arg: cache, "use_cache": True}
+            out.past = cache
+        return out
+
+    def _windows_exact(self) -> bool:
+        """Whether every layer of this model's key/value cache keeps every position (a sliding
+        window layer keeps only the last few, so a past could not be cut to its first positions),
+        and positions are encoded the same whatever the length of the run (rotary scalings that
+        change with the sequence length would encode a window's keys differently)."""
+        if self._exact_windows is None:
+            rope = getattr(self.config, "rope_parameters", None) or getattr(self.config, "rope_scaling", None) or {}
+            per_type = [v for v in rope.values() if isinstance(v, dict)] if isinstance(rope, dict) else []
+            types = {r.get("rope_type", r.get("type")) for r in [rope, *per_type] if isinstance(r, dict)}
+            self._exact_windows = (not types & _LENGTH_DEPENDENT_ROPE and all(
+                type(layer) is DynamicLayer for layer in DynamicCache(config=self.config).layers))
+        return self._exact_windows
 
     def logits(self, output: Any) -> Tensor | None:
         return getattr(output, "logits", None)
@@ -274,6 +339,56 @@ class HFModel(ModelBase):
             ln1_w=stack("ln1_w"), ln1_b=stack("ln1_b"), ln2_w=stack("ln2_w"), ln2_b=stack("ln2_b"),
             lnf_w=root.get("lnf_w"), lnf_b=root.get("lnf_b"), foldable=not self.spec.post_ln)
         return w.fold_layer_norm() if fold_ln else w
+
+
+# Sites a window cannot cut by position: keys and values reach attention through the cache (a
+# window reads the earlier positions' as the cache holds them, before the attention function's
+# taps; per-head key and value inputs may widen grouped keys in one run only), scores and patterns
+# have a key position axis, and a module site has no known position axis.
+_NOT_WINDOWED = {Kind.K, Kind.V, Kind.K_IN, Kind.V_IN, Kind.SCORES, Kind.PATTERN, Kind.MODULE}
+# rotary scalings that depend on how many positions a run holds
+_LENGTH_DEPENDENT_ROPE = {"dynamic", "longrope"}
+
+
+class _KeysStored(Exception):
+    """Raised by a `_KeyCache` once the final block has stored its keys and values."""
+
+
+class _KeyCache(DynamicCache):
+    """A key/value cache that records every layer's keys and values as attention reads them
+    (earlier positions and this run's), for later windows to read; with `stop_at`, it ends the
+    forward pass once that block has stored its own."""
+
+    def __init__(self, config: Any, stop_at: int | None = None):
+        super().__init__(config=config)
+        self.stop_at = stop_at
+        self.kv: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> (keys, values), (batch, kv_head, pos, d_head)
+
+    def seed(self, past: "_KeyCache", length: int, rows: Tensor | None) -> None:
+        """Every layer starts with the first `length` positions of `past`'s keys and values (rows
+        picked by `rows`), or with placeholders of that length where `past` has fewer."""
+        if not past.kv:
+            raise ValueError("the past holds no keys and values: run it first")
+        placeholder = next(iter(past.kv.values()))[0].new_zeros(1, 1, length, 1)
+        for i in range(len(self.layers)):
+            k, v = past.kv.get(i, (placeholder, placeholder))
+            if k.shape[-2] < length:
+                # a block the past did not run this far: the run must skip it too (reading the
+                # placeholder would fail on its shape)
+                DynamicCache.update(self, placeholder, placeholder, i)
+                continue
+            k, v = k[..., :length, :], v[..., :length, :]
+            if rows is not None:
+                k, v = k.index_select(0, rows.to(k.device)), v.index_select(0, rows.to(v.device))
+            self.kv[i] = DynamicCache.update(self, k, v, i)
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        self.kv[layer_idx] = (keys, values)
+        if layer_idx == self.stop_at:
+            self.stop_at = None
+            raise _KeysStored
+        return keys, values
 
 
 def _tap(root: nn.Module, where: Out | In, path: str) -> Tap:
