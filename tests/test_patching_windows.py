@@ -200,3 +200,14 @@ def test_windows_compose_to_the_full_pass(family):
     torch.testing.assert_close(model.run(again).logits[:, -1], full[rows], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="needs the `past`"):
         model.window(model.prepare(CLEAN), Window(start=3), [])
+
+
+def test_a_generic_module_runs_every_chunk_in_one_pass():
+    # any nn.Module taking token ids: no windows, no input_ids kept by its adapter
+    net = TinyTransformer(TinyConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=10, d_vocab=VOCAB))
+    generic = ms.models.ModuleModel(net.eval())
+    sites = ["blocks.0", "blocks.1"]
+    res = activation_patching(generic, CLEAN, CORRUPT, sites, LAST, each_position=False, progress=False)
+    assert res.how["last_position_split"] == 0 and res.forward_passes == 2 + 1
+    want = activation_patching(generic, CLEAN, CORRUPT, sites, plain, each_position=False, progress=False)
+    torch.testing.assert_close(res.values, want.values, atol=1e-5, rtol=1e-5)

@@ -233,15 +233,15 @@ def _patched_run(model: Any, prepared: Prepared, ivs: list[Patch], first: int, f
     """
     enter = lambda layer: model.start_at(layer) if layer else nullcontext()  # noqa: E731
     sites = {iv.site for iv in ivs}
-    n = prepared.input_ids.shape[1]
     body = None if past is None else model.window(prepared, Window(start=start, past=past, rows=rows), sites)
     if body is None:
         with enter(first):
             return run(model, prepared, interventions=ivs), 1, False
+    n = prepared.input_ids.shape[1]
     passes = 0
     if final is not None and first < final:
-        # blocks first..final-1 in one pass, as many tokens per product as before; then the final
-        # block alone, from the residual stream entering it
+        # blocks first..final-1 on positions start..n-1 in one pass; then the final block alone,
+        # from the residual stream entering it
         entry = Site(Kind.RESID_PRE, final)
         order = {s: i for i, s in enumerate(model.sites())}
         before = [iv for iv in ivs if order[iv.site] < order[entry]]
