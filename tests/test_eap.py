@@ -45,9 +45,11 @@ def test_eap_is_exact_when_patterns_are_fixed():
     real = edge_patching(model, CLEAN, METRIC, SPEC, reference_inputs=CORRUPT, interventions=frozen)
     torch.testing.assert_close(est.values, real.values, atol=1e-5, rtol=1e-4)
     assert real.values.abs().max() > 0.05, "some edges must matter for the check to mean anything"
-    # with fixed patterns the queries and keys cannot matter: both agree they are exactly zero
+    # with fixed patterns the queries and keys cannot matter: the estimate is exactly zero, the real
+    # effect zero up to float32 rounding between a batched patch run and the baseline run (it reads
+    # -1.7e-6 on some CPUs), the tolerance of the comparison above
     qk = torch.tensor([e.receiver.site.kind in (Kind.Q_IN, Kind.K_IN) for e in est.graph.edges])
-    assert est.values[qk].abs().max() < 1e-6 and real.values[qk].abs().max() < 1e-6
+    assert est.values[qk].abs().max() == 0 and real.values[qk].abs().max() < 1e-5
     assert est.how["forward_passes"] == 2 and est.how["backward_passes"] == 1
 
 
