@@ -164,6 +164,35 @@ def test_a_crashed_run_resumes_in_process(tmp_path, monkeypatch):
     assert [r["step"] for r in resumed.metrics()] == sorted({r["step"] for r in resumed.metrics()})
 
 
+def test_a_resumed_run_removes_writes_a_kill_interrupted(tmp_path, monkeypatch):
+    """A kill during a checkpoint's atomic write leaves its temporary file behind; resuming deletes it,
+    and the finished run has the same files as an uninterrupted one."""
+    full = zoo.train("tms-quick", steps=9, path=tmp_path / "a", progress=False)
+    recipe = zoo.RECIPES["tms"]
+    calls = {"n": 0}
+    real_loss = recipe.loss
+
+    def dying_loss(*args):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise RuntimeError("simulated kill")
+        return real_loss(*args)
+
+    monkeypatch.setattr(recipe, "loss", dying_loss)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        zoo.train("tms-quick", steps=9, path=tmp_path / "b", progress=False, state_every=4)
+    monkeypatch.setattr(recipe, "loss", real_loss)
+    # what a SIGKILL in the middle of two writes leaves: the writer's temporary files (pid 99999)
+    left = [tmp_path / "b" / "checkpoints" / ".step_0000007.safetensors.tmp-99999",
+            tmp_path / "b" / ".state.safetensors.tmp-99999"]
+    for p in left:
+        p.write_bytes(b"partial")
+    resumed = zoo.train("tms-quick", steps=9, path=tmp_path / "b", progress=False)
+    assert not any(p.exists() for p in left)
+    names = lambda run: sorted(q.relative_to(run.path).as_posix() for q in run.path.rglob("*"))  # noqa: E731
+    assert names(resumed) == names(full)
+
+
 # --- damaged files -----------------------------------------------------------------------------------
 
 def test_truncated_or_corrupt_files_name_the_file(tmp_path):

@@ -35,6 +35,24 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def is_partial_write(path: Path) -> bool:
+    """Whether `path` is the temporary file of an atomic write (`tmp_path`)."""
+    return path.name.startswith(".") and ".tmp-" in path.name
+
+
+def remove_partial_writes(directory: Path) -> list[Path]:
+    """Delete the temporary files that writes interrupted by a kill left in `directory` (not below
+    it); returns them. Call it only where no other process is writing into the directory (a run or
+    a harvest being resumed owns its directory)."""
+    gone = []
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if is_partial_write(p) and p.is_file():
+                p.unlink(missing_ok=True)
+                gone.append(p)
+    return gone
+
+
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path` durably."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from safetensors import safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..core.files import remove_partial_writes
 from ..core.interventions import Context, Replace
 from ..core.run import resolve, run
 from ..core.site import Site
@@ -219,9 +220,7 @@ def _open_for_harvest(out: Path, identity: dict[str, Any], chash: str, n_shards:
     else:
         manifest = {**identity, "config_hash": chash, "n_shards": n_shards, "widths": {}, "shards": {},
                     "complete": False}
-    for p in out.iterdir():
-        if p.name.startswith(".") and ".tmp-" in p.name:
-            p.unlink()  # a write that a kill interrupted
+    remove_partial_writes(out)  # writes that a kill interrupted
     listed = manifest["shards"]
     for key, entry in list(listed.items()):
         p = out / entry["file"]

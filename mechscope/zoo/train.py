@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.files import remove_partial_writes
 from .files import (SCHEMA, CheckpointError, load_tensors, read_json, read_jsonl, save_tensors, write_json,
                     write_jsonl)
 from .recipe import Recipe
@@ -199,6 +200,10 @@ def run_training(spec: RunSpec, path: Path | None = None, progress: bool = True,
     else:
         run.path.mkdir(parents=True, exist_ok=True)
         write_json(run.config_path, config)
+    # a run killed in the middle of writing a checkpoint or its state left that write's temporary
+    # file; this process owns the run now (nothing else writes into it)
+    for d in (run.path, run.path / "checkpoints"):
+        remove_partial_writes(d)
     hp, recipe, total = spec.hp, spec.recipe, spec.hp["steps"]
     schedule = set(config["checkpoints"])
     eval_every, log_every = hp.get("eval_every", max(1, total // 100)), hp.get("log_every", max(1, total // 1000))
