@@ -137,10 +137,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, name, steps):
     assert not state.exists()
 
 
-def test_a_crashed_run_resumes_in_process(tmp_path, monkeypatch):
-    """The same property without subprocesses: a run that dies at update 6 resumes from its state
-    at update 4, replays 5 and 6 once, and ends equal to an uninterrupted run."""
-    full = zoo.train("tms-quick", steps=9, path=tmp_path / "a", progress=False)
+def _crash_tms_quick(path: Path, monkeypatch) -> None:
+    """Train tms-quick (9 updates) into `path`, dying at update 7 with the resume state written at 4."""
     recipe = zoo.RECIPES["tms"]
     calls = {"n": 0}
     real_loss = recipe.loss
@@ -153,8 +151,15 @@ def test_a_crashed_run_resumes_in_process(tmp_path, monkeypatch):
 
     monkeypatch.setattr(recipe, "loss", dying_loss)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        zoo.train("tms-quick", steps=9, path=tmp_path / "b", progress=False, state_every=4)
+        zoo.train("tms-quick", steps=9, path=path, progress=False, state_every=4)
     monkeypatch.setattr(recipe, "loss", real_loss)
+
+
+def test_a_crashed_run_resumes_in_process(tmp_path, monkeypatch):
+    """The same property without subprocesses: a run that dies at update 6 resumes from its state
+    at update 4, replays 5 and 6 once, and ends equal to an uninterrupted run."""
+    full = zoo.train("tms-quick", steps=9, path=tmp_path / "a", progress=False)
+    _crash_tms_quick(tmp_path / "b", monkeypatch)
     crashed = zoo.Run(tmp_path / "b")
     assert max(r["step"] for r in crashed.metrics()) == 6 and not crashed.done
     resumed = zoo.train("tms-quick", steps=9, path=tmp_path / "b", progress=False)
@@ -168,20 +173,7 @@ def test_a_resumed_run_removes_writes_a_kill_interrupted(tmp_path, monkeypatch):
     """A kill during a checkpoint's atomic write leaves its temporary file behind; resuming deletes it,
     and the finished run has the same files as an uninterrupted one."""
     full = zoo.train("tms-quick", steps=9, path=tmp_path / "a", progress=False)
-    recipe = zoo.RECIPES["tms"]
-    calls = {"n": 0}
-    real_loss = recipe.loss
-
-    def dying_loss(*args):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise RuntimeError("simulated kill")
-        return real_loss(*args)
-
-    monkeypatch.setattr(recipe, "loss", dying_loss)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        zoo.train("tms-quick", steps=9, path=tmp_path / "b", progress=False, state_every=4)
-    monkeypatch.setattr(recipe, "loss", real_loss)
+    _crash_tms_quick(tmp_path / "b", monkeypatch)
     # what a SIGKILL in the middle of two writes leaves: the writer's temporary files (pid 99999)
     left = [tmp_path / "b" / "checkpoints" / ".step_0000007.safetensors.tmp-99999",
             tmp_path / "b" / ".state.safetensors.tmp-99999"]

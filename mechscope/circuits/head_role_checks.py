@@ -50,7 +50,7 @@ from ..core.site import Kind, Site
 from ..models import wrap
 from .composition import copying_scores
 from .direct_logit_attribution import _frozen_scale
-from .head_roles import head_roles, repeated_tokens
+from .head_roles import HeadRoles, head_roles, repeated_tokens
 
 ROLES = ("induction", "previous_token", "duplicate_token", "bos", "copy_suppression")
 
@@ -199,8 +199,12 @@ def _prefix_matching(pattern: Tensor, n: int, off: int) -> Tensor:
 @torch.no_grad()
 def causal_check(model: Any, role: str, heads: Sequence[tuple[int, int]], *, n: int = 20, batch: int = 32,
                  seed: int = 0, bos: int | None = None, vocab: int | None = None, n_boot: int = 1000,
-                 kl_small: float = 0.1) -> RoleCheck:
-    """Mean-ablate `heads` [(layer, head), ...] and measure the behaviour `role` names (module docstring)."""
+                 kl_small: float = 0.1, roles: HeadRoles | None = None) -> RoleCheck:
+    """Mean-ablate `heads` [(layer, head), ...] and measure the behaviour `role` names (module docstring).
+
+    `roles`: `head_roles` of the unablated model on this probe (same n, batch, seed, bos, vocab), when
+    the caller has it; previous- and duplicate-token checks otherwise compute it to find the
+    downstream induction heads."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     heads = tuple((int(l), int(h)) for l, h in heads)
@@ -220,7 +224,8 @@ def causal_check(model: Any, role: str, heads: Sequence[tuple[int, int]], *, n: 
         abl = _repeat_loss(run(model, ids, interventions=ablate).logits, ids, n, off)
     elif role in ("previous_token", "duplicate_token"):
         first = min(l for l, _ in heads)
-        roles = head_roles(model, n=n, batch=batch, seed=seed, bos=bos, vocab=vocab)
+        if roles is None:
+            roles = head_roles(model, n=n, batch=batch, seed=seed, bos=bos, vocab=vocab)
         later = roles.induction.clone()
         later[: first + 1] = float("-inf")
         down = [(int(l), int(h)) for l, h in (later > 0.3).nonzero()] or \

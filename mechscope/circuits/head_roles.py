@@ -39,14 +39,18 @@ class HeadRoles:
 
     def top(self, role: str, k: int = 5) -> list[tuple[int, int, float]]:
         """The k highest-scoring heads for `role` as (layer, head, score)."""
-        s: Tensor = getattr(self, role)
-        vals, idx = s.flatten().topk(min(k, s.numel()))
-        return [(int(i) // s.shape[1], int(i) % s.shape[1], float(v)) for v, i in zip(vals, idx)]
+        return top_heads(getattr(self, role), k)
 
     def _repr_html_(self) -> str:
         from ..report.notebook import head_roles_html
 
         return head_roles_html(self)
+
+
+def top_heads(scores: Tensor, k: int = 5) -> list[tuple[int, int, float]]:
+    """The k highest of (layer, head) scores as (layer, head, score)."""
+    vals, idx = scores.flatten().topk(min(k, scores.numel()))
+    return [(int(i) // scores.shape[1], int(i) % scores.shape[1], float(v)) for v, i in zip(vals, idx)]
 
 
 def repeated_tokens(vocab: int, n: int, batch: int, seed: int = 0, bos: int | None = None,

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ..circuits import causal_check, copy_suppression_scores, copying_scores, head_roles, logit_lens
+from ..circuits.head_roles import top_heads
 
 LENS_PROMPTS = (("The capital of France is", " Paris"),
                 ("The Eiffel Tower is in the city of", " Paris"),
@@ -65,11 +66,6 @@ def _pick(scores: torch.Tensor, threshold: float, min_layer: int = 0) -> tuple[l
     return [divmod(i, s.shape[1])], False
 
 
-def _ranked(scores: torch.Tensor, k: int) -> list[tuple[int, int, float]]:
-    vals, idx = scores.flatten().topk(min(k, scores.numel()))
-    return [(int(i) // scores.shape[1], int(i) % scores.shape[1], float(v)) for v, i in zip(vals, idx)]
-
-
 def analyse(model: Any, cfg: HeadStudyConfig, bos: int | None, tokenizer: Any = None) -> dict[str, Any]:
     """Every figure of the study on an adapter model (no printing)."""
     V = int(model.weights().W_E.shape[0])
@@ -94,27 +90,38 @@ def analyse(model: Any, cfg: HeadStudyConfig, bos: int | None, tokenizer: Any = 
         i = int(cand.flatten().argmax())
         supp = [divmod(i, cand.shape[1])]
 
-    def rows(heads: list[tuple[int, int]], key: torch.Tensor) -> list[dict[str, Any]]:
-        heads = sorted(heads, key=lambda lh: -float(key[lh]))[: cfg.top]
-        return [{"head": f"L{l}H{h}", "previous_token": float(roles.previous_token[l, h]),
-                 "induction": float(roles.induction[l, h]), "duplicate_token": float(roles.duplicate_token[l, h]),
-                 "bos": float(roles.bos[l, h]), "ov_copying": float(copy[l, h]), "ov_diag": float(cs.ov_diag[l, h]),
-                 "suppression": float(cs.suppression[l, h])} for l, h in heads]
+    def row(l: int, h: int) -> dict[str, Any]:
+        return {"head": f"L{l}H{h}", "previous_token": float(roles.previous_token[l, h]),
+                "induction": float(roles.induction[l, h]), "duplicate_token": float(roles.duplicate_token[l, h]),
+                "bos": float(roles.bos[l, h]), "ov_copying": float(copy[l, h]), "ov_diag": float(cs.ov_diag[l, h]),
+                "suppression": float(cs.suppression[l, h])}
+
+    # the causal checks' own probe (another seed, twice the sequences): its head roles once for all
+    # checks that look for downstream induction heads
+    check_probe = dict(n=cfg.n, batch=2 * cfg.batch, seed=cfg.seed + 10, bos=bos, vocab=V)
+    with torch.no_grad():
+        check_roles = head_roles(model, **check_probe)
 
     def check(role: str, heads: list[tuple[int, int]]) -> dict[str, Any]:
-        c = causal_check(model, role, heads, n=cfg.n, batch=2 * cfg.batch, seed=cfg.seed + 10, bos=bos, vocab=V,
-                         n_boot=cfg.n_boot)
+        c = causal_check(model, role, heads, n_boot=cfg.n_boot, roles=check_roles, **check_probe)
         return {"heads": [f"L{l}H{h}" for l, h in c.heads], "behaviour": c.metric, "clean": c.clean,
                 "ablated": c.ablated, "effect": c.effect.value, "ci": list(c.effect.ci),
                 "expected": c.expect, "pass": c.passed, "score": str(c.effect)}
 
-    checks, per_head = {}, {}
-    for role, heads, key in (("previous_token", prev, roles.previous_token),
-                             ("duplicate_token", dup, roles.duplicate_token), ("induction", ind, roles.induction),
-                             ("copy_suppression", supp, cs.suppression), ("bos", rest, roles.bos)):
-        checks[role] = check(role, heads)  # every head named for the role, ablated together
+    # for the ranking of copy suppression: heads with a positive OV copying score rank last
+    negative_ov = cs.suppression.masked_fill(~(cs.ov_eigen < 0), -9)
+    parts, checks, per_head = {}, {}, {}
+    for role, heads, found, key, ranking in (
+            ("previous_token", prev, prev_ok, roles.previous_token, roles.previous_token),
+            ("duplicate_token", dup, dup_ok, roles.duplicate_token, roles.duplicate_token),
+            ("induction", ind, ind_ok, roles.induction, roles.induction),
+            ("copy_suppression", supp, supp_ok, cs.suppression, negative_ov),
+            ("bos", rest, rest_ok, roles.bos, roles.bos)):
         listed = sorted(heads, key=lambda lh: -float(key[lh]))[: cfg.top]
+        parts[role] = {"found": found, "heads": [row(l, h) for l, h in listed], "top": top_heads(ranking, cfg.top)}
+        checks[role] = check(role, heads)  # every head named for the role, ablated together
         per_head[role] = [check(role, [lh]) for lh in listed]  # and each listed head alone
+    parts["bos"] = {"found": rest_ok, "threshold": cfg.bos_threshold, **parts["bos"]}
 
     lens = []
     if tokenizer is not None:
@@ -131,17 +138,7 @@ def analyse(model: Any, cfg: HeadStudyConfig, bos: int | None, tokenizer: Any = 
             lens.append({"prompt": prompt, "answer": answer, "rank_per_layer": ranks, "top1_per_layer": top,
                          "answer_top_from_layer": first})
     return {"probe": {**probe, "low": cfg.low, "vocab": V}, "threshold": t,
-            "previous_token": {"found": prev_ok, "heads": rows(prev, roles.previous_token),
-                               "top": _ranked(roles.previous_token, cfg.top)},
-            "duplicate_token": {"found": dup_ok, "heads": rows(dup, roles.duplicate_token),
-                                "top": _ranked(roles.duplicate_token, cfg.top)},
-            "induction": {"found": ind_ok, "heads": rows(ind, roles.induction), "top": _ranked(roles.induction, cfg.top)},
-            "bos": {"found": rest_ok, "threshold": cfg.bos_threshold, "heads": rows(rest, roles.bos),
-                    "top": _ranked(roles.bos, cfg.top)},
-            "copy_suppression": {"found": supp_ok, "heads": rows(supp, cs.suppression),
-                                 "top": _ranked(torch.where(cs.ov_eigen < 0, cs.suppression,
-                                                            torch.full_like(cs.suppression, float("nan")))
-                                                .nan_to_num(-9), cfg.top)},
+            **{k: parts[k] for k in ("previous_token", "duplicate_token", "induction", "bos", "copy_suppression")},
             "causal": checks, "causal_per_head": per_head, "logit_lens": lens,
             "roles": {"previous_token": roles.previous_token.tolist(), "induction": roles.induction.tolist(),
                       "duplicate_token": roles.duplicate_token.tolist(), "bos": roles.bos.tolist(),
