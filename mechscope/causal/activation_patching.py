@@ -152,6 +152,7 @@ def activation_patching(
         else:
             chunks.append([job])
     final = _final_block(model)
+    order = {s: i for i, s in enumerate(model.sites())}  # sites in forward order
     bar = tqdm(total=len(jobs), desc="activation patching", disable=not progress, unit="patch")
     split_chunks = 0
     for chunk in chunks:
@@ -174,7 +175,7 @@ def activation_patching(
         # positions before `start` are the target run's in every row of the chunk
         start = min(n_pos - 1, max(shared, min(p for _, _, p in chunk) if each_position else 0))
         out, cost, split = _patched_run(model, _reading(model.prepare(batch), last_only, columns), ivs,
-                                        first, final, past, start, torch.arange(n_prompts).repeat(k))
+                                        first, final, past, start, torch.arange(n_prompts).repeat(k), order)
         passes += cost
         split_chunks += split
         m = metric(out.logits).detach().float().reshape(k, n_prompts)
@@ -218,7 +219,7 @@ def _reached(x: Tensor, ctx: Any) -> Tensor:
 
 
 def _patched_run(model: Any, prepared: Prepared, ivs: list[Patch], first: int, final: int | None,
-                 past: Any, start: int, rows: Tensor) -> tuple[Any, int, bool]:
+                 past: Any, start: int, rows: Tensor, order: dict[Site, int]) -> tuple[Any, int, bool]:
     """One chunk's patched run from block `first`: its result (logits of the positions the metric
     reads), the forward passes it cost, and whether it ran in windows.
 
@@ -229,7 +230,8 @@ def _patched_run(model: Any, prepared: Prepared, ivs: list[Patch], first: int, f
     in one pass that stops at the final block's entrance (when the adapter can start there,
     `final`), then the final block runs positions start..n-2 up to their keys and values, then
     the last position alone. Each run gets its positions' slice of every patch. Otherwise the
-    chunk is one forward pass.
+    chunk is one forward pass. `order` ranks the model's sites in forward order (computed once
+    per sweep).
     """
     enter = lambda layer: model.start_at(layer) if layer else nullcontext()  # noqa: E731
     sites = {iv.site for iv in ivs}
@@ -243,7 +245,6 @@ def _patched_run(model: Any, prepared: Prepared, ivs: list[Patch], first: int, f
         # blocks first..final-1 on positions start..n-1 in one pass; then the final block alone,
         # from the residual stream entering it
         entry = Site(Kind.RESID_PRE, final)
-        order = {s: i for i, s in enumerate(model.sites())}
         before = [iv for iv in ivs if order[iv.site] < order[entry]]
         try:
             with enter(first):
