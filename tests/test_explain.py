@@ -23,7 +23,8 @@ def _task(seed: int, n: int = 64):
 
 def _random_model():
     torch.manual_seed(0)
-    cfg = TinyConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=None, n_ctx=32, d_vocab=48, layer_norm=True)
+    cfg = TinyConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=None, n_ctx=HP["n_ctx"], d_vocab=48,
+                     layer_norm=True)
     return TinyTransformer(cfg).eval().mechscope_adapter()
 
 

@@ -29,6 +29,22 @@ def _repeat_accuracy(model, ids: torch.Tensor) -> float:
     return float((pred == ids[:, n + 1:]).float().mean())
 
 
+def _uniform_match_accuracy(n: int, seed: int = 0) -> float:
+    """Accuracy on the zoo task's repeats of predicting the most frequent token among those that followed
+    earlier occurrences of the current token (ties shared): the rule a one-token induction head follows."""
+    from mechscope.zoo.recipes.induction import RECIPE, make_batch
+
+    batch = make_batch(n, RECIPE.variants[""], torch.Generator().manual_seed(seed))
+    ids, total, count = batch.ids, 0.0, 0
+    for i, q in batch.repeat.nonzero().tolist():
+        follow = ids[i, 1:q + 1][ids[i, :q] == ids[i, q]]  # tokens after earlier occurrences of t_q
+        votes = torch.bincount(follow, minlength=48)
+        best = (votes == votes.max()).nonzero().squeeze(1)
+        total += float((best == ids[i, q + 1]).any()) / len(best)
+        count += 1
+    return total / count
+
+
 @pytest.fixture(autouse=True)
 def _no_zoo(tmp_path, monkeypatch):
     # nothing trained is available: the model must be built from theory alone
@@ -53,9 +69,12 @@ def test_induction_accuracy_near_one_and_random_weights_near_chance():
     torch.manual_seed(0)
     rand = TinyTransformer(handwritten_config()).eval().mechscope_adapter()
     assert _repeat_accuracy(rand, ids) < 0.1  # chance is 1/48
-    # on the zoo task's own batches (random tokens, so earlier matches can be ambiguous)
+    # on the zoo task's own batches (random tokens, so earlier matches can be ambiguous): the head attends
+    # uniformly to every position after an earlier occurrence of the current token, so its accuracy is
+    # what that rule predicts, computed here by counting
     hand = evaluate_on_zoo_task(handwritten_induction(), n=256)
-    assert hand["repeat_acc"] > 0.75 and hand["repeat_loss"] < 0.7
+    assert hand["repeat_acc"] == pytest.approx(_uniform_match_accuracy(256), abs=0.02)
+    assert hand["repeat_acc"] > 0.55 and hand["repeat_loss"] < 1.2
     rnd = evaluate_on_zoo_task(rand, n=256)
     assert rnd["repeat_acc"] < 0.06 and rnd["repeat_loss"] > 3.5
     out = compare(trained="induction", n=64)  # the zoo run is absent from this cache: two rows
@@ -90,7 +109,7 @@ def test_copy_suppression_of_a_negated_induction_head():
     # model's predictions then avoid the induction target, so give it a direct path that predicts tokens
     # seen earlier for the head to suppress: the unembedding also reads the PREV block.
     module = handwritten_induction_module()
-    V, T = 48, 32
+    V, T = 48, handwritten_config().n_ctx
     with torch.no_grad():
         module.blocks[1].attn.W_O.weight.neg_()
         module.unembed.weight[torch.arange(V), V + T + torch.arange(V)] = 4.0

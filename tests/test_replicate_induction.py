@@ -51,7 +51,7 @@ def _figures(**over):
          "control_prefix_matching": {8: 0.05, 10: 0.05, 12: 0.05, 15: 0.05}, "prefix_matching_other_n": {},
          "control_positional_baseline": {"excess": 0.01, "head": 0, "repeat": 0.06, "no_repeat": 0.05},
          "layer1_positional_baseline": {"excess": 0.7, "head": 2, "repeat": 0.75, "no_repeat": 0.05},
-         "handwritten": {}, "trained_eval": {}, "steps": 3000}
+         "handwritten": {}, "trained_eval": {}, "steps": 3000, "probe_n": 12}
     f.update(over)
     return f
 
@@ -86,7 +86,7 @@ def test_analyse_runs_on_short_zoo_runs():
     zoo.train("induction-1l-quick", steps=6, progress=False)
     f = analyse("induction-quick", "induction-1l-quick")
     assert [r["step"] for r in f["curve"]][0] == 0 and f["curve"][-1]["step"] == 12
-    assert len(f["previous_token_scores_l0"]) == 4 and set(f["control_prefix_matching"]) == {8, 10, 12, 15}
+    assert len(f["previous_token_scores_l0"]) == 4 and set(f["control_prefix_matching"]) == {8, 12, 15}
     assert f["ind_heads"] == [] and f["substitution"] is None  # 12 steps: no induction head yet
     rep = build(f, quick=True)
     assert not rep.passed and len(rep.checks) == 9

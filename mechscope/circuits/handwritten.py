@@ -47,7 +47,7 @@ import torch
 from ..models.tiny import TinyConfig, TinyModel, TinyTransformer
 
 # the zoo induction task's shapes (mechscope.zoo.recipes.induction)
-VOCAB, N_CTX = 48, 32
+VOCAB, N_CTX = 48, 64
 
 
 def handwritten_config(d_vocab: int = VOCAB, n_ctx: int = N_CTX) -> TinyConfig:
@@ -97,12 +97,14 @@ def handwritten_induction(d_vocab: int = VOCAB, n_ctx: int = N_CTX, **gains: flo
 
 
 @torch.no_grad()
-def evaluate_on_zoo_task(model: Any, n: int = 512, seed: int = 0) -> dict[str, float]:
-    """Loss, loss and accuracy on the repeated segment, on the zoo induction recipe's batch generator."""
+def evaluate_on_zoo_task(model: Any, n: int = 512, seed: int = 0,
+                         hp: dict[str, Any] | None = None) -> dict[str, float]:
+    """Loss, loss and accuracy on the repeated segment, on the zoo induction recipe's batch generator
+    (the full recipe's shapes, or those of `hp`, a variant's hyperparameters)."""
     from ..zoo.recipes.induction import RECIPE, lm_losses, make_batch
 
     module = getattr(model, "module", model)
-    hp = RECIPE.variants[""]
+    hp = hp or RECIPE.variants[""]
     batch = make_batch(n, hp, torch.Generator().manual_seed(seed))
     loss, rep_loss, rep_acc = lm_losses(module(batch.ids), batch)
     return {"loss": float(loss), "repeat_loss": float(rep_loss), "repeat_acc": float(rep_acc), "n": n, "seed": seed}

@@ -1,12 +1,14 @@
 """induction-heads: Olsson et al. (2022) / Elhage et al. (2021) on the zoo's induction networks.
 
-Networks: `induction` (2-layer attention-only, 3000 steps) with its log-spaced checkpoints, and the
-1-layer control `induction-1l` (`--quick`: `induction-quick` and `induction-1l-quick`, 600 steps).
+Networks: `induction` (2-layer attention-only, 3000 steps on 64-token contexts) with its log-spaced
+checkpoints, and the 1-layer control `induction-1l` (`--quick`: `induction-quick` and `induction-1l-quick`,
+600 steps on the first recipe's 32-token contexts).
 Heads are found by the tools, never named by hand:
     previous-token heads  layer-0 heads with previous-token score > 0.3 (`head_roles`)
     induction heads       layer-1 heads with prefix-matching score > 0.3 (`head_roles`)
-The head-role probe is repeated random tokens r_1..r_12 r_1..r_12 (n = 12, the longest segment the
-networks saw in training; 32 prompts, seed 0); the figures also list the scores at n = 8, 10, 15.
+The head-role probe is repeated random tokens r_1..r_n r_1..r_n with n the longest segment the
+networks saw in training (the recipe's `seg_max`: 24 for the full recipe, 12 for `--quick`; 32 prompts,
+seed 0); the figures also list the scores at other n.
 
 Checks:
 1. loss_falls             repeat-segment loss (the recipe's fixed evaluation batch) falls by > 2 nats
@@ -26,7 +28,8 @@ Checks:
 7b. control_no_induction_excess  the same minus the control's attention to the same offset (q to
                           q - n + 1) when the second half is fresh random tokens: the control attends
                           ~11 tokens back by position alone (0.13 without any repeat, measured on
-                          `induction-1l`), which the plain score counts as prefix matching; < 0.1
+                          the first recipe's `induction-1l` with 32-token contexts), which the plain
+                          score counts as prefix matching; < 0.1
 8. strict_induction       the strict-induction code (explanations.strict_induction) substituted for the
                           induction heads' attn.z recovers > 0.5 of the repeat-segment loss vs mean
                           ablation (reported with its CI, and vs resample ablation)
@@ -43,12 +46,23 @@ import torch
 from ..core.site import Kind, Site
 from . import Check, Replication
 
-PROBE_N, PROBE_BATCH = 12, 32
+PROBE_BATCH = 32
 THRESH = 0.3
 
 
 def _module_adapter(module):
     return module.mechscope_adapter()
+
+
+def probe_n(hp: dict[str, Any]) -> int:
+    """The probe's repeat length: the longest segment the network saw in training."""
+    return int(hp["seg_max"])
+
+
+def _other_n(hp: dict[str, Any]) -> list[int]:
+    """Repeat lengths for the figures: 8 to the longest that fits the context twice."""
+    top = (hp["n_ctx"] - 1) // 2
+    return sorted({n for n in (8, 12, 16, 20, top) if n <= top and n != probe_n(hp)})
 
 
 def _curve(name: str) -> list[dict[str, Any]]:
@@ -66,7 +80,7 @@ def _curve(name: str) -> list[dict[str, Any]]:
         module = zoo.build_module(run, step)
         with torch.no_grad():
             _, rep_loss, rep_acc = lm_losses(module(data.ids), data)
-        roles = head_roles(_module_adapter(module), n=PROBE_N, batch=PROBE_BATCH, vocab=hp["d_vocab"])
+        roles = head_roles(_module_adapter(module), n=probe_n(hp), batch=PROBE_BATCH, vocab=hp["d_vocab"])
         rows.append({"step": step, "repeat_loss": float(rep_loss), "repeat_acc": float(rep_acc),
                      "prefix_matching": [float(v) for v in roles.induction.max(1).values],
                      "previous_token": [float(v) for v in roles.previous_token.max(1).values]})
@@ -95,17 +109,17 @@ def _effective_copying(model, hp: dict[str, Any], layer: int, heads: list[int]) 
 
 
 @torch.no_grad()
-def _positional_baseline(model, vocab: int, layer: int) -> dict[str, float]:
+def _positional_baseline(model, vocab: int, layer: int, n: int) -> dict[str, float]:
     """Prefix matching on the probe, and the same attention (query q to key q - n + 1) when the second half
     is fresh random tokens instead of a repeat: what a head gives that offset by position alone."""
     from ..circuits.head_roles import repeated_tokens
 
-    ids = repeated_tokens(vocab, PROBE_N, PROBE_BATCH, seed=0)
+    ids = repeated_tokens(vocab, n, PROBE_BATCH, seed=0)
     fresh = ids.clone()
-    fresh[:, PROBE_N:] = torch.randint(0, vocab, (PROBE_BATCH, PROBE_N), generator=torch.Generator().manual_seed(1))
+    fresh[:, n:] = torch.randint(0, vocab, (PROBE_BATCH, n), generator=torch.Generator().manual_seed(1))
     site = Site(Kind.PATTERN, layer)
-    q = torch.arange(PROBE_N, 2 * PROBE_N)
-    rep, base = (model.run(x, capture=[site]).cache[site][:, :, q, q - PROBE_N + 1].mean((0, 2)) for x in (ids, fresh))
+    q = torch.arange(n, 2 * n)
+    rep, base = (model.run(x, capture=[site]).cache[site][:, :, q, q - n + 1].mean((0, 2)) for x in (ids, fresh))
     best = int((rep - base).argmax())
     return {"excess": float((rep - base).max()), "head": best, "repeat": float(rep[best]), "no_repeat": float(base[best])}
 
@@ -123,8 +137,8 @@ def analyse(name: str, control: str, prev_thresh: float = THRESH) -> dict[str, A
     curve = _curve(name)
     model = zoo.load_zoo(name)
     hp = model.zoo_run.config()["hparams"]
-    V = hp["d_vocab"]
-    roles = head_roles(model, n=PROBE_N, batch=PROBE_BATCH, vocab=V)
+    V, n = hp["d_vocab"], probe_n(hp)
+    roles = head_roles(model, n=n, batch=PROBE_BATCH, vocab=V)
     prev_heads = [int(h) for h in (roles.previous_token[0] > prev_thresh).nonzero().squeeze(1)]
     ind_heads = [int(h) for h in (roles.induction[1] > THRESH).nonzero().squeeze(1)]
     copy = copying_scores(model).detach()
@@ -150,18 +164,20 @@ def analyse(name: str, control: str, prev_thresh: float = THRESH) -> dict[str, A
 
     causal = {}
     if ind_heads:
-        causal["induction"] = causal_check(model, "induction", [(1, h) for h in ind_heads], n=PROBE_N, n_boot=500)
+        causal["induction"] = causal_check(model, "induction", [(1, h) for h in ind_heads], n=n, n_boot=500)
     if prev_heads:
-        causal["previous_token"] = causal_check(model, "previous_token", [(0, h) for h in prev_heads], n=PROBE_N,
+        causal["previous_token"] = causal_check(model, "previous_token", [(0, h) for h in prev_heads], n=n,
                                                 n_boot=500)
 
     ctrl = zoo.load_zoo(control)
-    ctrl_roles = {n: float(head_roles(ctrl, n=n, batch=PROBE_BATCH, vocab=V).induction.max()) for n in (8, 10, 12, 15)}
-    main_roles = {n: float(head_roles(model, n=n, batch=PROBE_BATCH, vocab=V).induction[1].max()) for n in (8, 10, 15)}
-    ctrl_base = _positional_baseline(ctrl, V, 0)
-    main_base = _positional_baseline(model, V, 1)
-    hand = evaluate_on_zoo_task(handwritten_induction())
-    trained_eval = evaluate_on_zoo_task(model)
+    ctrl_roles = {k: float(head_roles(ctrl, n=k, batch=PROBE_BATCH, vocab=V).induction.max())
+                  for k in sorted([n, *_other_n(hp)])}
+    main_roles = {k: float(head_roles(model, n=k, batch=PROBE_BATCH, vocab=V).induction[1].max())
+                  for k in _other_n(hp)}
+    ctrl_base = _positional_baseline(ctrl, V, 0, n)
+    main_base = _positional_baseline(model, V, 1, n)
+    hand = evaluate_on_zoo_task(handwritten_induction(), hp=hp)
+    trained_eval = evaluate_on_zoo_task(model, hp=hp)
     return {"curve": curve, "prev_heads": prev_heads, "ind_heads": ind_heads,
             "previous_token_scores_l0": [float(v) for v in roles.previous_token[0]],
             "prefix_matching_l1": [float(v) for v in roles.induction[1]],
@@ -170,7 +186,7 @@ def analyse(name: str, control: str, prev_thresh: float = THRESH) -> dict[str, A
             "causal": causal,
             "control_prefix_matching": ctrl_roles, "control_positional_baseline": ctrl_base,
             "layer1_positional_baseline": main_base, "prefix_matching_other_n": main_roles,
-            "handwritten": hand, "trained_eval": trained_eval, "steps": hp["steps"]}
+            "handwritten": hand, "trained_eval": trained_eval, "steps": hp["steps"], "probe_n": n}
 
 
 def _sharp(curve: list[dict[str, Any]]) -> dict[str, Any]:
@@ -219,7 +235,7 @@ def build(f: dict[str, Any], quick: bool) -> Replication:
     k_ok = bool(ind) and bool(f["prev_heads"]) and all(
         v["max_with_other_heads"] is not None and v["with_previous_token_heads"] > v["max_with_other_heads"]
         for v in kc.values())
-    ctrl = f["control_prefix_matching"][PROBE_N]
+    ctrl = f["control_prefix_matching"][f["probe_n"]]
     sub = f["substitution"]
     cb = f.get("control_positional_baseline")
     checks = [
@@ -245,7 +261,7 @@ def build(f: dict[str, Any], quick: bool) -> Replication:
               k_ok, "when every layer-0 head passes the previous-token threshold, the best one is compared "
               "with the rest"),
         Check("control_no_induction", "1-layer control's prefix matching < 0.1", round(ctrl, 4), ctrl < 0.1,
-              f"probe n={PROBE_N}; other n: {f['control_prefix_matching']}"),
+              f"probe n={f['probe_n']}; other n: {f['control_prefix_matching']}"),
         Check("control_no_induction_excess", "1-layer control's prefix matching minus the same offset's "
               "attention without a repeat < 0.1 (beside 7)",
               None if cb is None else round(cb["excess"], 4), cb is not None and cb["excess"] < 0.1,
@@ -267,7 +283,8 @@ def build(f: dict[str, Any], quick: bool) -> Replication:
         figures["substitution"] = sub.describe()
     figures["causal"] = {k: {"metric": c.metric, "clean": c.clean, "ablated": c.ablated, "effect": c.effect.describe(),
                              "expect": c.expect, "pass": c.passed} for k, c in f["causal"].items()}
-    loosened = (["the runs: induction-quick and induction-1l-quick (600 steps) instead of 3000",
+    loosened = (["the runs: induction-quick and induction-1l-quick, 600 steps on 32-token contexts with segments "
+                 "of 4 to 12 tokens (probe n = 12), instead of 3000 steps on 64 tokens with segments of 4 to 24",
                  "loss_falls: > 1.5 nats instead of > 2 (600 steps end mid phase change)",
                  "sharp_drop: the crossing step is not compared with the half-drop step (the run stops "
                  "during the phase change, so half of its total drop comes earlier)",
