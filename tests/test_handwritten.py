@@ -29,15 +29,22 @@ def _repeat_accuracy(model, ids: torch.Tensor) -> float:
     return float((pred == ids[:, n + 1:]).float().mean())
 
 
-def _uniform_match_accuracy(n: int, seed: int = 0) -> float:
+def _uniform_match_accuracy(n: int, seed: int = 0, match: int = 1) -> float:
     """Accuracy on the zoo task's repeats of predicting the most frequent token among those that followed
-    earlier occurrences of the current token (ties shared): the rule a one-token induction head follows."""
+    earlier occurrences of the current token (ties shared): the rule a one-token induction head follows.
+    `match=2`: among occurrences whose preceding token also matches the query's, when there are any."""
     from mechscope.zoo.recipes.induction import RECIPE, make_batch
 
     batch = make_batch(n, RECIPE.variants[""], torch.Generator().manual_seed(seed))
     ids, total, count = batch.ids, 0.0, 0
     for i, q in batch.repeat.nonzero().tolist():
-        follow = ids[i, 1:q + 1][ids[i, :q] == ids[i, q]]  # tokens after earlier occurrences of t_q
+        hit = ids[i, :q] == ids[i, q]  # (q,): earlier occurrences of t_q at positions 0 .. q-1
+        if match == 2:
+            both = hit.clone()
+            both[0] = False  # position 0 has no preceding token
+            both[1:] &= ids[i, :q - 1] == ids[i, q - 1]
+            hit = both if both.any() else hit
+        follow = ids[i, 1:q + 1][hit]  # tokens after those occurrences
         votes = torch.bincount(follow, minlength=48)
         best = (votes == votes.max()).nonzero().squeeze(1)
         total += float((best == ids[i, q + 1]).any()) / len(best)
@@ -77,8 +84,28 @@ def test_induction_accuracy_near_one_and_random_weights_near_chance():
     assert hand["repeat_acc"] > 0.55 and hand["repeat_loss"] < 1.2
     rnd = evaluate_on_zoo_task(rand, n=256)
     assert rnd["repeat_acc"] < 0.06 and rnd["repeat_loss"] > 3.5
-    out = compare(trained="induction", n=64)  # the zoo run is absent from this cache: two rows
-    assert set(out) == {"handwritten", "random_init"}
+    out = compare(trained="induction", n=64)  # the zoo run is absent from this cache: three rows
+    assert set(out) == {"handwritten", "handwritten_two_token", "random_init"}
+
+
+def test_two_token_match_resolves_chance_occurrences():
+    model = handwritten_induction(match=2)
+    assert _repeat_accuracy(model, _distinct_repeats()) == 1.0
+    hand = evaluate_on_zoo_task(model, n=256)
+    assert hand["repeat_acc"] == pytest.approx(_uniform_match_accuracy(256, match=2), abs=0.02)
+    assert hand["repeat_acc"] > 0.9 and hand["repeat_loss"] < 0.3
+    # the tools see the second layer-0 head attend two back, and the induction head read it by K- and the
+    # previous-token head by Q-composition
+    ids = _distinct_repeats(8)
+    pattern = ms.run(model, ids, capture=["attn.pattern.0"]).cache["attn.pattern.0"]  # (batch, head, q, k)
+    q = torch.arange(2, ids.shape[1])
+    assert pattern[:, 0, q, q - 1].min() > 0.99 and pattern[:, 1, q, q - 2].min() > 0.99
+    roles = head_roles(model, n=12, batch=16, vocab=48)
+    assert roles.previous_token[0, 0] > 0.99 and roles.induction[1, 0] > 0.9
+    comp = composition_scores(model)
+    assert comp.k[0, 1, 1, 0] > 0.01 and comp.q[0, 0, 1, 0] > 0.01 and comp.v[0, :, 1, 0].abs().max() < 1e-6
+    with pytest.raises(ValueError, match="match must be 1 or 2"):
+        handwritten_config(match=3)
 
 
 def test_the_tools_find_the_circuit_it_was_built_with():

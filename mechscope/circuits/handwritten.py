@@ -28,6 +28,19 @@ Scale choices, from the softmax: a = b = 20 makes attention one-hot up to e^-20 
 s = 8 = ln(47 / 0.016) makes a unique, correct match cost about 0.016 nats against 47 wrong tokens,
 while a wrong guess costs about s. Nothing was tuned on data.
 
+Two-token match (`match=2`). On the zoo task (64 random tokens over 48, so the current token has often
+occurred by chance before) matching one token leaves the head split between the true earlier
+occurrence and chance ones; by counting, that rule predicts the repeat with accuracy ~0.64. The trained
+network does better (0.95) and the tools show how: besides its previous-token head it has layer-0 heads
+that attend two tokens back, and its induction heads Q-compose with the previous-token head. The
+`match=2` model does the same by hand: a second layer-0 head attends two back (q_i = a e_i, k_j =
+e_{j+2}) and writes t_{i-2} into a fifth block PREV2 [3V + T, 4V + T); the induction head's query adds
+(b/2) e_{t_{q-1}} read from PREV and its key e_{t_{k-2}} read from PREV2 on V more coordinates, so a key
+whose two preceding tokens both match scores 3b/2, one matching only the current token b, one
+matching only the older token b/2. Keys 0 and 1 have no token two back; query 1's second head
+attends to position 0, so key 1 carries t_0 in PREV2 (a spurious half-match there at most). The
+second layer-1 head is all zeros. d_head = max(2V, T) + 1.
+
 Modular addition by hand was not attempted. The trained modadd network computes cos/sin of
 w(a + b) from cos/sin of w a and w b with ReLU neurons (products via sums of ReLUs) and reads the
 answer through cos(w(a + b - c)); writing that by hand needs a ReLU approximation of products of
@@ -50,17 +63,22 @@ from ..models.tiny import TinyConfig, TinyModel, TinyTransformer
 VOCAB, N_CTX = 48, 64
 
 
-def handwritten_config(d_vocab: int = VOCAB, n_ctx: int = N_CTX) -> TinyConfig:
-    """Two attention-only layers, one head each, d_model = 3 * vocab + n_ctx, no norms or biases."""
-    return TinyConfig(n_layers=2, d_model=3 * d_vocab + n_ctx, n_heads=1, d_head=max(d_vocab, n_ctx) + 1, d_mlp=None,
-                      n_ctx=n_ctx, d_vocab=d_vocab, layer_norm=False, bias=False)
+def handwritten_config(d_vocab: int = VOCAB, n_ctx: int = N_CTX, match: int = 1) -> TinyConfig:
+    """Two attention-only layers, no norms or biases; one head per layer and d_model = 3 * vocab + n_ctx
+    for `match=1`, two heads per layer and d_model = 4 * vocab + n_ctx for `match=2`."""
+    if match not in (1, 2):
+        raise ValueError(f"match must be 1 or 2 (tokens compared per earlier occurrence), got {match}")
+    return TinyConfig(n_layers=2, d_model=(2 + match) * d_vocab + n_ctx, n_heads=match,
+                      d_head=max(match * d_vocab, n_ctx) + 1, d_mlp=None, n_ctx=n_ctx, d_vocab=d_vocab,
+                      layer_norm=False, bias=False)
 
 
 @torch.no_grad()
-def handwritten_induction_module(d_vocab: int = VOCAB, n_ctx: int = N_CTX, *, attn_gain: float = 20.0,
-                                 logit_gain: float = 8.0) -> TinyTransformer:
-    """The TinyTransformer with the weights of the module docstring (eval mode)."""
-    cfg = handwritten_config(d_vocab, n_ctx)
+def handwritten_induction_module(d_vocab: int = VOCAB, n_ctx: int = N_CTX, *, match: int = 1,
+                                 attn_gain: float = 20.0, logit_gain: float = 8.0) -> TinyTransformer:
+    """The TinyTransformer with the weights of the module docstring (eval mode); `match=2` adds the
+    two-token match of the docstring's last section."""
+    cfg = handwritten_config(d_vocab, n_ctx, match)
     V, T, dh = d_vocab, n_ctx, cfg.d_head
     TOK, POS, PREV, OUT = 0, V, V + T, 2 * V + T
     m = TinyTransformer(cfg)
@@ -87,13 +105,27 @@ def handwritten_induction_module(d_vocab: int = VOCAB, n_ctx: int = N_CTX, *, at
     a1.W_V.weight[tok, TOK + tok] = 1.0  # v = e_{t_k}
     a1.W_O.weight[OUT + tok, tok] = 1.0  # -> OUT
 
+    if match == 2:
+        PREV2, h = 3 * V + T, dh  # the second head's rows (Q, K, V) and columns (O) start at d_head
+        a0.W_Q.weight[h + pos, POS + pos] = g  # q_i = g e_i
+        a0.W_K.weight[h + pos[2:], POS + pos[:-2]] = 1.0  # k_j = e_{j+2}
+        a0.W_K.weight[h + 1, POS + 0] = 1.0  # query 1 has no position two back: key 0 instead
+        a0.W_V.weight[h + tok, TOK + tok] = 1.0  # v_j = e_{t_j}
+        a0.W_O.weight[PREV2 + tok, h + tok] = 1.0  # -> PREV2
+        # the induction head's second half: the query's previous token (PREV) against the key's token two
+        # back (PREV2), at half the gain of the first-token match
+        a1.W_Q.weight[V + tok, PREV + tok] = g / 2
+        a1.W_K.weight[V + tok, PREV2 + tok] = 1.0
+
     m.unembed.weight[tok, OUT + tok] = logit_gain  # (vocab, d_model)
     return m.eval()
 
 
-def handwritten_induction(d_vocab: int = VOCAB, n_ctx: int = N_CTX, **gains: float) -> TinyModel:
-    """The hand-written induction model wrapped in the zoo's adapter (like `mechscope.load("zoo:...")`)."""
-    return handwritten_induction_module(d_vocab, n_ctx, **gains).mechscope_adapter(name="handwritten:induction")
+def handwritten_induction(d_vocab: int = VOCAB, n_ctx: int = N_CTX, *, match: int = 1, **gains: float) -> TinyModel:
+    """The hand-written induction model wrapped in the zoo's adapter (like `mechscope.load("zoo:...")`);
+    `match=2` compares the two tokens before each earlier position (module docstring)."""
+    module = handwritten_induction_module(d_vocab, n_ctx, match=match, **gains)
+    return module.mechscope_adapter(name="handwritten:induction" + ("" if match == 1 else "-2"))
 
 
 @torch.no_grad()
@@ -111,9 +143,10 @@ def evaluate_on_zoo_task(model: Any, n: int = 512, seed: int = 0,
 
 
 def compare(trained: str | None = "induction", n: int = 512, seed: int = 0) -> dict[str, dict[str, float]]:
-    """The hand-written model beside the trained zoo model `trained` (when it is trained) and a
-    randomly initialised model of the same shape, on the same batch."""
-    out = {"handwritten": evaluate_on_zoo_task(handwritten_induction(), n, seed)}
+    """The hand-written models (one- and two-token match) beside the trained zoo model `trained` (when it
+    is trained) and a randomly initialised model of the one-token shape, on the same batch."""
+    out = {"handwritten": evaluate_on_zoo_task(handwritten_induction(), n, seed),
+           "handwritten_two_token": evaluate_on_zoo_task(handwritten_induction(match=2), n, seed)}
     torch.manual_seed(seed)
     out["random_init"] = evaluate_on_zoo_task(TinyTransformer(handwritten_config()).eval(), n, seed)
     if trained is not None:

@@ -33,8 +33,8 @@ Checks:
 8. strict_induction       the strict-induction code (explanations.strict_induction) substituted for the
                           induction heads' attn.z recovers > 0.5 of the repeat-segment loss vs mean
                           ablation (reported with its CI, and vs resample ablation)
-Extra figures: causal checks of the found heads (mean ablation), and the hand-written model
-(`circuits.handwritten`) on the same evaluation batch.
+Extra figures: causal checks of the found heads (mean ablation), and the hand-written models
+(`circuits.handwritten`, one- and two-token match) on the same evaluation batch.
 """
 
 from __future__ import annotations
@@ -176,7 +176,8 @@ def analyse(name: str, control: str, prev_thresh: float = THRESH) -> dict[str, A
                   for k in _other_n(hp)}
     ctrl_base = _positional_baseline(ctrl, V, 0, n)
     main_base = _positional_baseline(model, V, 1, n)
-    hand = evaluate_on_zoo_task(handwritten_induction(), hp=hp)
+    hand = {"one_token_match": evaluate_on_zoo_task(handwritten_induction(), hp=hp),
+            "two_token_match": evaluate_on_zoo_task(handwritten_induction(match=2), hp=hp)}
     trained_eval = evaluate_on_zoo_task(model, hp=hp)
     return {"curve": curve, "prev_heads": prev_heads, "ind_heads": ind_heads,
             "previous_token_scores_l0": [float(v) for v in roles.previous_token[0]],
