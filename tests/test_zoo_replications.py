@@ -73,6 +73,12 @@ def test_histogram_peaks():
     jitter = torch.tensor([0.499, 0.501] * 5 + [0.47] * 4 + [0.53] * 4)
     assert has_peak_near(jitter, 0.5) == pytest.approx(0.5)
     assert has_peak_near(torch.tensor([0.36] * 9 + [0.38] * 5 + [0.4] * 3), 0.4) is None  # a shoulder is no peak
+    # counting noise: a bin a little above flat neighbours is no peak; a clear excess is
+    flat = [0.36] * 100 + [0.38] * 100 + [0.42] * 100 + [0.44] * 100
+    assert has_peak_near(torch.tensor(flat + [0.4] * 115), 0.4) is None
+    assert has_peak_near(torch.tensor(flat + [0.4] * 140), 0.4) == pytest.approx(0.4)
+    # a few features in an otherwise empty stretch hold less than 1% of the values: no peak
+    assert has_peak_near(torch.tensor([0.5] * 500 + [0.4] * 4), 0.4) is None
 
 
 def test_replication_json_line_follows_checks_md():

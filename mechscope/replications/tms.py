@@ -8,7 +8,9 @@ Steps:
 3. 5 -> 2 at feature probability <= 0.02: an instance is a pentagon when every feature's
    dimensionality D_i = ||W_i||² / Σ_j (Ŵ_i · W_j)² lies in [0.37, 0.43] (2/5 each);
 4. the 100 -> 20 sparsity sweep: the histogram of D_i over represented features (bins of 0.02)
-   must have local maxima (each holding >= 3% of the features) within ±0.03 of 1/2 (antipodal pairs) and 2/5 (pentagons), and the
+   must have peaks (a local maximum standing > 2 counting-noise standard deviations above its
+   neighbours and holding >= 1% of the features) within ±0.03 of 1/2 (antipodal pairs) and 2/5
+   (pentagons); the figures also list, per fraction, the sparsities where it is sticky; and the
    dimensions per feature m / ||W||_F² must stay within 0.5 ± 0.05 for at least three
    consecutive sparsities (the "sticky" 1/2 plateau).
 """
@@ -42,20 +44,39 @@ def histogram_peaks(values: Tensor, width: float = 0.02) -> tuple[list[float], l
     return centres, counts.tolist()
 
 
-def has_peak_near(values: Tensor, x: float, tol: float = 0.03, width: float = 0.02,
-                  min_share: float = 0.03) -> float | None:
-    """The centre of a local maximum of the D histogram within `tol` of x (the tallest), else None.
-    A peak must hold at least `min_share` of all values, so noise in a flat tail is no peak."""
+def has_peak_near(values: Tensor, x: float, tol: float = 0.03, width: float = 0.02, min_share: float = 0.01,
+                  z: float = 2.0) -> float | None:
+    """The centre of a peak of the D histogram within `tol` of x (the tallest such), else None.
+
+    A peak is a bin at least as tall as both neighbours that stands out of counting noise: its excess
+    over the mean of its neighbours, n - m, is more than `z` standard deviations of that difference
+    under Poisson counts (sqrt(n + m/2)), and it holds at least `min_share` of all values. A smooth
+    slope or a shoulder is no peak, nor is a handful of features in an empty stretch.
+    """
     centres, counts = histogram_peaks(values, width)
-    floor = min_share * sum(counts)
+    floor = max(min_share * sum(counts), 1)
     best = None
     for i, (c, n) in enumerate(zip(centres, counts)):
-        left = counts[i - 1] if i > 0 else -1
-        right = counts[i + 1] if i + 1 < len(counts) else -1
-        if abs(c - x) <= tol + 1e-9 and n >= max(floor, 1) and n >= left and n >= right:
+        left = counts[i - 1] if i > 0 else 0
+        right = counts[i + 1] if i + 1 < len(counts) else 0
+        around = (left + right) / 2
+        prominent = n >= left and n >= right and n - around > z * max(n + around / 2, 1.0) ** 0.5
+        if abs(c - x) <= tol + 1e-9 and n >= floor and prominent:
             if best is None or n > counts[centres.index(best)]:
                 best = c
     return None if best is None else round(best, 3)
+
+
+def sticky_bands(D: Tensor, live: Tensor, probs: Tensor, fractions: dict[str, float],
+                 tol: float = 0.012, share: float = 0.25) -> dict[str, list[float]]:
+    """For each named fraction, the feature probabilities whose instances put at least `share` of their
+    represented features within `tol` of it: where along the sweep each fraction is "sticky"."""
+    out: dict[str, list[float]] = {}
+    for name, x in fractions.items():
+        near = ((D - x).abs() < tol) & live  # (inst, n)
+        frac = near.sum(-1) / live.sum(-1).clamp_min(1)
+        out[name] = sorted({round(float(p), 4) for p, f in zip(probs, frac) if f >= share}, reverse=True)
+    return out
 
 
 def analyse(name: str) -> dict[str, Any]:
@@ -95,6 +116,8 @@ def analyse(name: str) -> dict[str, Any]:
         "sweep_plateau_length": longest,
         "sweep_peak_near_half": has_peak_near(D[live], 0.5), "sweep_peak_near_two_fifths": has_peak_near(D[live], 0.4),
         "sweep_D_histogram": {f"{c:.2f}": n for c, n in zip(centres, counts) if n},
+        "sweep_sticky_feature_probs": sticky_bands(D, live, sw.feature_prob,
+                                                   {"1/2": 0.5, "2/5": 0.4, "3/8": 0.375, "1/3": 1 / 3}),
     }
 
 

@@ -3,7 +3,8 @@
 Networks: the known-circuit networks (`mechscope.models.known_circuits`: compiled RASP programs
 and a hand-set induction circuit) and, when it has been trained, the zoo's two-layer induction
 model, whose ground truth is the induction mechanism read off its heads' attention patterns
-(previous-token heads in layer 0, induction heads in layer 1; a hypothesis, not a construction).
+(previous-token and two-back heads in layer 0, induction heads in layer 1; a hypothesis, not a
+construction).
 
 Steps, for each network and ablation kind (zero, mean, resample, counterfactual patch):
 1. the ground-truth edge set for that kind;
@@ -55,16 +56,26 @@ def zoo_induction(n_prompts: int = 48, seed: int = 0, name: str = "induction") -
     roles = head_roles(model, n=12, batch=32, vocab=hp["d_vocab"])
     prev = [h for h in range(roles.previous_token.shape[1]) if roles.previous_token[0, h] > 0.4]
     ind = [h for h in range(roles.induction.shape[1]) if roles.induction[1, h] > 0.4]
+    # layer-0 heads that attend two tokens back: the induction heads match the two tokens before an
+    # earlier position against the current and previous tokens (their keys read these heads, their
+    # queries the previous-token heads)
+    site = Site(Kind.PATTERN, 0)
+    pattern = model.run(batch.ids, capture=[site]).cache[site]  # (batch, head, q, k)
+    q = torch.arange(2, batch.ids.shape[1])
+    back2 = [h for h in range(pattern.shape[1]) if h not in prev and float(pattern[:, h, q, q - 2].mean()) > 0.4]
     port = lambda kind, layer, h: Node(Site(kind, layer), h)  # noqa: E731
-    informative = {Edge(INPUT, port(Kind.V_IN, 0, p)) for p in prev}
-    informative |= {Edge(Node(Site(Kind.Z, 0), p), port(Kind.K_IN, 1, i)) for p in prev for i in ind}
+    layer0 = prev + back2
+    informative = {Edge(INPUT, port(Kind.V_IN, 0, p)) for p in layer0}
+    informative |= {Edge(Node(Site(Kind.Z, 0), p), port(Kind.K_IN, 1, i)) for p in layer0 for i in ind}
+    informative |= {Edge(Node(Site(Kind.Z, 0), p), port(Kind.Q_IN, 1, i)) for p in prev for i in ind if back2}
     informative |= {Edge(INPUT, port(k, 1, i)) for i in ind for k in (Kind.Q_IN, Kind.V_IN)}
     informative |= {Edge(Node(Site(Kind.Z, 1), i), OUTPUT) for i in ind}
-    positional = {Edge(INPUT, port(k, 0, p)) for p in prev for k in (Kind.Q_IN, Kind.K_IN)}
+    positional = {Edge(INPUT, port(k, 0, p)) for p in layer0 for k in (Kind.Q_IN, Kind.K_IN)}
     positional |= {Edge(INPUT, port(Kind.K_IN, 1, i)) for i in ind}
     truth = {k: frozenset(informative | (positional if k == "zero" else set())) for k in KINDS}
     return {"name": f"zoo:{name}", "model": model, "inputs": batch.ids, "counterfactuals": other.ids,
-            "answers": answers, "truth": truth, "previous_token_heads": prev, "induction_heads": ind}
+            "answers": answers, "truth": truth, "previous_token_heads": prev, "two_back_heads": back2,
+            "induction_heads": ind}
 
 
 def _score_all(model, inputs, counterfactuals, answers, truth, kind: str, steps: int) -> dict[str, Any]:
@@ -109,8 +120,9 @@ def run_benchmark(models: tuple[str, ...] | None = None, kinds: tuple[str, ...] 
         elif not z["previous_token_heads"] or not z["induction_heads"]:
             notes.append(f"zoo:{zoo}: no previous-token or induction head found; left out")
         else:
-            notes.append(f"zoo:{zoo}: previous-token heads L0 {z['previous_token_heads']}, induction heads L1 "
-                         f"{z['induction_heads']} (ground truth = the mechanism read from attention patterns)")
+            notes.append(f"zoo:{zoo}: previous-token heads L0 {z['previous_token_heads']}, two-back heads L0 "
+                         f"{z['two_back_heads']}, induction heads L1 {z['induction_heads']} (ground truth = the "
+                         "mechanism read from attention patterns)")
             nets.append((z["name"], z["model"], z["inputs"], z["counterfactuals"], z["answers"], z["truth"], False))
     method_names = ("exact", "EAP", "EAP-IG", "EAP-IG-edges", "ACDC")
     log(f"{'network':>14} {'ablation':>9} {'edges':>6} {'true':>5} " + " ".join(f"{m:>12}" for m in method_names))
