@@ -50,7 +50,7 @@ def list_() -> None:
     console.print(f"cache: {zoo.zoo_dir()}")
 
 
-def replicate(name: Annotated[str, typer.Argument(help="tms, grokking or sae-universality")],
+def replicate(name: Annotated[str, typer.Argument(help="tms, grokking, induction-heads or sae-universality")],
               quick: Annotated[bool, typer.Option("--quick", help="smaller runs (within 5 minutes); "
                                                   "says which targets it loosens")] = False,
               as_json: Annotated[bool, typer.Option("--json", help="end with one JSON line (CHECKS.md)")] = False,

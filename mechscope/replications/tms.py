@@ -1,8 +1,8 @@
 """tms: the geometry of superposition (Elhage et al. 2022) on the zoo's toy models.
 
 Steps:
-1. train (or reuse) `tms` (`--quick`: `tms-short`: 24 sweep sparsities instead of 48, 2000 steps
-   instead of 3000; the targets are the same);
+1. train (or reuse) `tms` (`--quick`: `tms-short`: 24 sweep sparsities with one instance each instead
+   of 48 with two, 2000 steps instead of 3000; the targets are the same);
 2. dense features (20 -> 5, importance 0.7^i, every feature always on): count the features each
    instance represents (column norm ||W_i|| > 0.5); the paper finds exactly m;
 3. 5 -> 2 at feature probability <= 0.02: an instance is a pentagon when every feature's
@@ -141,6 +141,6 @@ def replicate(quick: bool = False) -> Replication:
         Check("half_plateau", "m/||W||_F² within 0.5 ± 0.05 for >= 3 consecutive sparsities",
               f["sweep_plateau_length"], f["sweep_plateau_length"] >= 3),
     ]
-    loosened = (["no target: tms-short trains 2000 steps instead of 3000 and 24 100 -> 20 sparsities "
-                 "instead of 48"] if quick else [])
+    loosened = (["no target: tms-short trains 2000 steps instead of 3000 and 24 100 -> 20 sparsities with one "
+                 "instance each instead of 48 with two"] if quick else [])
     return Replication("tms", checks, f, quick, loosened)
