@@ -1,8 +1,9 @@
 """A two-layer attention-only induction model written by hand from theory (no trained weight is read).
 
 The network is the zoo's `TinyTransformer` (attention-only, no layer norm, no biases, one head per
-layer), so it loads through the same adapter as zoo models (`TinyModel`: canonical sites, weight
-views, `mechscope.run`). Its residual stream is four orthogonal blocks of one-hot coordinates:
+layer; two with `match=2`, last section), so it loads through the same adapter as zoo models
+(`TinyModel`: canonical sites, weight views, `mechscope.run`). Its residual stream is four orthogonal
+blocks of one-hot coordinates:
 
     TOK   [0, V)              the current token t_i           (written by the token embedding)
     POS   [V, V + T)          the position i                  (written by the position embedding)
