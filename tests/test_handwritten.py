@@ -35,7 +35,8 @@ def _uniform_match_accuracy(n: int, seed: int = 0, match: int = 1) -> float:
     `match=2`: among occurrences whose preceding token also matches the query's, when there are any."""
     from mechscope.zoo.recipes.induction import RECIPE, make_batch
 
-    batch = make_batch(n, RECIPE.variants[""], torch.Generator().manual_seed(seed))
+    hp = RECIPE.variants[""]
+    batch = make_batch(n, hp, torch.Generator().manual_seed(seed))
     ids, total, count = batch.ids, 0.0, 0
     for i, q in batch.repeat.nonzero().tolist():
         hit = ids[i, :q] == ids[i, q]  # (q,): earlier occurrences of t_q at positions 0 .. q-1
@@ -45,7 +46,7 @@ def _uniform_match_accuracy(n: int, seed: int = 0, match: int = 1) -> float:
             both[1:] &= ids[i, :q - 1] == ids[i, q - 1]
             hit = both if both.any() else hit
         follow = ids[i, 1:q + 1][hit]  # tokens after those occurrences
-        votes = torch.bincount(follow, minlength=48)
+        votes = torch.bincount(follow, minlength=hp["d_vocab"])
         best = (votes == votes.max()).nonzero().squeeze(1)
         total += float((best == ids[i, q + 1]).any()) / len(best)
         count += 1

@@ -170,10 +170,11 @@ def analyse(name: str, control: str, prev_thresh: float = THRESH) -> dict[str, A
                                                 n_boot=500)
 
     ctrl = zoo.load_zoo(control)
+    other_n = _other_n(hp)
     ctrl_roles = {k: float(head_roles(ctrl, n=k, batch=PROBE_BATCH, vocab=V).induction.max())
-                  for k in sorted([n, *_other_n(hp)])}
+                  for k in sorted([n, *other_n])}
     main_roles = {k: float(head_roles(model, n=k, batch=PROBE_BATCH, vocab=V).induction[1].max())
-                  for k in _other_n(hp)}
+                  for k in other_n}
     ctrl_base = _positional_baseline(ctrl, V, 0, n)
     main_base = _positional_baseline(model, V, 1, n)
     hand = {"one_token_match": evaluate_on_zoo_task(handwritten_induction(), hp=hp),
