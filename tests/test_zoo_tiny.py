@@ -15,6 +15,8 @@ CONFIGS = {
                               d_vocab_out=19, act="gelu", layer_norm=True),
     "attn_only": TinyConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=None, n_ctx=10, d_vocab=23,
                             bias=False),
+    "mlp_bias_only": TinyConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=10, d_vocab=23,
+                                bias="mlp", init_std=0.2, unembed_std=0.05),
 }
 
 
@@ -129,3 +131,18 @@ def test_wrap_picks_the_tiny_adapter():
     assert isinstance(model, TinyModel)
     assert torch.equal(ms.run(module, ids, capture=["attn.z.1"]).cache["attn.z.1"],
                        ms.run(model, ids, capture=["attn.z.1"]).cache["attn.z.1"])
+
+
+def test_mlp_only_biases_and_the_unembedding_init():
+    """bias="mlp" (the grokking model's layout) keeps the MLP's biases alone; the unembedding draws
+    its weights with its own std."""
+    torch.manual_seed(0)
+    module = TinyTransformer(CONFIGS["mlp_bias_only"])
+    biased = sorted(n for n, _ in module.named_parameters() if n.endswith("bias"))
+    assert biased == [f"blocks.{i}.mlp.{w}.bias" for i in range(2) for w in ("W_in", "W_out")]
+    assert abs(module.unembed.weight.std().item() - 0.05) < 0.01
+    assert abs(module.blocks[0].mlp.W_in.weight.std().item() - 0.2) < 0.02
+    w = module.mechscope_adapter().weights()
+    assert w.b_Q is None and w.b_O is None and w.b_U is None and w.b_in is not None
+    with pytest.raises(ValueError, match="bias"):
+        TinyConfig(n_layers=1, d_model=8, n_heads=1, d_head=8, d_mlp=8, n_ctx=3, d_vocab=5, bias="attn")

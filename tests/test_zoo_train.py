@@ -50,6 +50,16 @@ def test_transformer_recipes_train_and_load(name, steps, sites):
     assert not torch.equal(ms.run(early, ids).logits, res.logits)
 
 
+def test_the_full_modadd_recipe_builds_the_papers_model():
+    """Full recipe: MLP biases alone and the paper code's init; the short variants keep the zoo default."""
+    full, short = (zoo.spec(n).recipe.build(zoo.spec(n).hp) for n in ("modadd", "modadd-frac05"))
+    assert sorted(n for n, _ in full.named_parameters() if n.endswith("bias")) == [
+        "blocks.0.mlp.W_in.bias", "blocks.0.mlp.W_out.bias"]
+    assert abs(full.unembed.weight.std().item() - 114 ** -0.5) < 0.005
+    assert abs(full.blocks[0].mlp.W_out.weight.std().item() - 128 ** -0.5) < 0.005
+    assert short.unembed.bias is not None and short.blocks[0].attn.W_Q.bias is not None
+
+
 def test_mechscope_load_reads_zoo_names():
     # needs the "zoo:" prefix in mechscope.models.load.load (see the zoo's load_zoo)
     zoo.train("induction-1l-quick", steps=2, progress=False)
@@ -226,5 +236,13 @@ def test_a_damaged_resume_state_is_reported(tmp_path):
 def test_a_run_directory_with_other_settings_is_refused(tmp_path):
     zoo.train("modadd-quick", steps=2, path=tmp_path / "r", progress=False)
     (tmp_path / "r" / "done.json").unlink()
+    with pytest.raises(CheckpointError, match="different run"):
+        zoo.train("modadd-quick", steps=3, path=tmp_path / "r", progress=False)
+
+
+def test_a_finished_run_with_other_settings_is_refused(tmp_path):
+    """A cached run trained before its recipe changed is not handed back as if it were the new one."""
+    zoo.train("modadd-quick", steps=2, path=tmp_path / "r", progress=False)
+    assert zoo.train("modadd-quick", steps=2, path=tmp_path / "r", progress=False).done
     with pytest.raises(CheckpointError, match="different run"):
         zoo.train("modadd-quick", steps=3, path=tmp_path / "r", progress=False)

@@ -47,9 +47,12 @@ class TinyConfig:
     act: Literal["relu", "gelu"] = "relu"  # MLP nonlinearity
     layer_norm: bool = False  # pre-LayerNorm before attention, MLP and unembedding
     pos_embed: bool = True  # learned absolute position embedding
-    bias: bool = True  # biases on the attention, MLP and unembedding projections
+    # biases on the attention, MLP and unembedding projections; "mlp": on the MLP alone (the grokking
+    # model of Nanda et al. 2023)
+    bias: bool | Literal["mlp"] = True
     causal: bool = True  # queries attend only to keys at or before their position
     init_std: float | None = None  # normal init std of every weight matrix (default 0.8/sqrt(d_model))
+    unembed_std: float | None = None  # the unembedding's own init std (default init_std)
 
     def __post_init__(self) -> None:
         for f in ("n_layers", "d_model", "n_heads", "d_head", "n_ctx", "d_vocab"):
@@ -57,12 +60,22 @@ class TinyConfig:
                 raise ValueError(f"TinyConfig.{f} must be positive, got {getattr(self, f)}")
         if self.d_mlp is not None and self.d_mlp < 1:
             raise ValueError(f"TinyConfig.d_mlp must be positive or None, got {self.d_mlp}")
+        if self.bias not in (True, False, "mlp"):
+            raise ValueError(f"TinyConfig.bias must be True, False or 'mlp', got {self.bias!r}")
         if self.act not in ("relu", "gelu"):
             raise ValueError(f"TinyConfig.act must be 'relu' or 'gelu', got {self.act!r}")
 
     @property
     def vocab_out(self) -> int:
         return self.d_vocab if self.d_vocab_out is None else self.d_vocab_out
+
+    @property
+    def mlp_bias(self) -> bool:
+        return bool(self.bias)
+
+    @property
+    def other_bias(self) -> bool:  # attention and unembedding
+        return self.bias is True
 
     @property
     def attn_only(self) -> bool:
@@ -81,10 +94,10 @@ class Attention(nn.Module):
         super().__init__()
         inner = cfg.n_heads * cfg.d_head
         self.cfg = cfg
-        self.W_Q = nn.Linear(cfg.d_model, inner, bias=cfg.bias)
-        self.W_K = nn.Linear(cfg.d_model, inner, bias=cfg.bias)
-        self.W_V = nn.Linear(cfg.d_model, inner, bias=cfg.bias)
-        self.W_O = nn.Linear(inner, cfg.d_model, bias=cfg.bias)
+        self.W_Q = nn.Linear(cfg.d_model, inner, bias=cfg.other_bias)
+        self.W_K = nn.Linear(cfg.d_model, inner, bias=cfg.other_bias)
+        self.W_V = nn.Linear(cfg.d_model, inner, bias=cfg.other_bias)
+        self.W_O = nn.Linear(inner, cfg.d_model, bias=cfg.other_bias)
         for name in ("q", "k", "v", "scores", "pattern", "z"):
             setattr(self, f"hook_{name}", nn.Identity())
 
@@ -112,8 +125,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: TinyConfig):
         super().__init__()
         assert cfg.d_mlp is not None
-        self.W_in = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
-        self.W_out = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+        self.W_in = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
+        self.W_out = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.mlp_bias)
         self.act = nn.ReLU() if cfg.act == "relu" else nn.GELU()
         self.hook_pre = nn.Identity()
         self.hook_post = nn.Identity()
@@ -166,17 +179,18 @@ class TinyTransformer(nn.Module):
             self.hook_pos_embed = nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_final = _norm(cfg)
-        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_out, bias=cfg.bias)
+        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_out, bias=cfg.other_bias)
         self.hook_logits = nn.Identity()
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Weight matrices ~ N(0, init_std²), biases zero, norms the identity."""
+        """Weight matrices ~ N(0, init_std²) (the unembedding's N(0, unembed_std²)), biases zero, norms
+        the identity."""
         std = self.cfg.init_std or 0.8 / math.sqrt(self.cfg.d_model)
         for mod in self.modules():
             if isinstance(mod, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(mod.weight, std=std)
+                nn.init.normal_(mod.weight, std=(self.cfg.unembed_std or std) if mod is self.unembed else std)
                 if getattr(mod, "bias", None) is not None:
                     nn.init.zeros_(mod.bias)
             elif isinstance(mod, nn.LayerNorm):

@@ -189,14 +189,15 @@ def run_training(spec: RunSpec, path: Path | None = None, progress: bool = True,
     `state_every` (updates) additionally writes the resume state on a fixed step interval.
     """
     run = Run(path or zoo_dir() / spec.name)
-    if run.done:
-        return run
     config = spec.config()
+    # checked before a finished run is returned: a recipe changed since caching must not reuse it
     if run.config_path.is_file():
         old = run.config()
         if old != json.loads(json.dumps(config)):
             raise CheckpointError(f"{run.config_path} describes a different run than {spec.name} with these "
                                   "settings; delete that directory or train under another name")
+        if run.done:
+            return run
     else:
         run.path.mkdir(parents=True, exist_ok=True)
         write_json(run.config_path, config)

@@ -2,8 +2,9 @@
 
 Tokens 0..p-1 are numbers and p is "="; the answer is read at "=". Full-batch AdamW with weight
 decay 1.0 first memorises the training pairs, then (thousands of epochs later) generalises.
-Variants: "" (train fraction 0.3, the paper's setting), "frac05" (0.5: Nanda's sweep groks it at about 1.1k
-epochs; what `replicate grokking --quick` trains), "quick" (0.5, a few hundred epochs, for tests).
+Variants: "" (train fraction 0.3 and the paper's model and init), "frac05" (0.5: Nanda's sweep groks it at
+about 1.1k epochs; what `replicate grokking --quick` trains), "quick" (0.5, a few hundred epochs, for
+tests); the two short ones use the zoo's default init.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from ..recipe import Recipe
 P = 113
 _COMMON = dict(p=P, d_model=128, n_heads=4, d_head=32, d_mlp=512, lr=1e-3, weight_decay=1.0,
                betas=[0.9, 0.98], warmup=10, eval_every=10, log_every=10)
+# The paper's model as its code builds it: biases on the MLP alone, weights ~ N(0, 1/d_model) and the
+# unembedding ~ N(0, 1/(p + 1)). The full recipe uses it: after 15 000 epochs 0.90 and 0.91 of its
+# neurons are single-frequency (seeds 0 and 1), against 0.81 and 0.72 with the zoo's default init
+# (biases everywhere, N(0, 0.64/d_model)). The short variants keep that default: it cleans up sooner
+# (train fraction 0.5, 1500 epochs: 0.80 of neurons single-frequency, against 0.29 with the paper's).
+_PAPER_MODEL = dict(bias="mlp", init_std=128 ** -0.5, unembed_std=(P + 1) ** -0.5)
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ class ModAdd(Recipe):
     name = "modadd"
     summary = "1-layer transformer on (a + b) mod 113; groks (Nanda et al. 2023)"
     variants = {
-        "": {**_COMMON, "frac_train": 0.3, "steps": 15000},
+        "": {**_COMMON, **_PAPER_MODEL, "frac_train": 0.3, "steps": 15000},
         "frac05": {**_COMMON, "frac_train": 0.5, "steps": 1500},
         "quick": {**_COMMON, "frac_train": 0.5, "steps": 400},
     }
@@ -59,7 +66,9 @@ class ModAdd(Recipe):
         p = hp["p"]
         return TinyTransformer(TinyConfig(n_layers=1, d_model=hp["d_model"], n_heads=hp["n_heads"],
                                           d_head=hp["d_head"], d_mlp=hp["d_mlp"], n_ctx=3, d_vocab=p + 1,
-                                          d_vocab_out=p, act="relu", layer_norm=False))
+                                          d_vocab_out=p, act="relu", layer_norm=False,
+                                          bias=hp.get("bias", True), init_std=hp.get("init_std"),
+                                          unembed_std=hp.get("unembed_std")))
 
     def data(self, hp: dict[str, Any], seed: int) -> Split:
         x, y = all_pairs(hp["p"])
