@@ -50,9 +50,9 @@ def test_quick_demo_builds_both_zoo_models_and_a_report(cache, monkeypatch):
 
     monkeypatch.setattr(demo, "induction_section", ind)
     monkeypatch.setattr(demo, "modadd_section", mod)
-    from mechscope import zoo
-    zoo.train("induction-quick", steps=30, progress=False)  # the zoo runs the demo reuses (shortened here)
-    zoo.train("modadd-quick", steps=30, progress=False)
+    from mechscope.zoo import RECIPES
+    for recipe in ("induction", "modadd"):  # the demo's quick networks, shortened to 30 steps
+        monkeypatch.setitem(RECIPES[recipe].variants["quick"], "steps", 30)
     info = build_demo(cache / "out", quick=True, threads=1)
     assert info["sections"] == ["induction", "modadd"] and info["seconds"]["total"] > 0
     names = A.read_artifacts(cache / "out").model_names()
