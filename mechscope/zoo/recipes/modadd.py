@@ -27,7 +27,7 @@ _COMMON = dict(p=P, d_model=128, n_heads=4, d_head=32, d_mlp=512, lr=1e-3, weigh
 # neurons are single-frequency (seeds 0 and 1), against 0.81 and 0.72 with the zoo's default init
 # (biases everywhere, N(0, 0.64/d_model)). The short variants keep that default: it cleans up sooner
 # (train fraction 0.5, 1500 epochs: 0.80 of neurons single-frequency, against 0.29 with the paper's).
-_PAPER_MODEL = dict(bias="mlp", init_std=128 ** -0.5, unembed_std=(P + 1) ** -0.5)
+_PAPER_MODEL = dict(bias="mlp", init_std=_COMMON["d_model"] ** -0.5, unembed_std=(P + 1) ** -0.5)
 
 
 @dataclass(frozen=True)
