@@ -1,12 +1,15 @@
 """Edge-level faithfulness, its curve over circuit size, robustness across ablations, and
-completeness/minimality: known answers at the extremes and on a network built by hand."""
+completeness/minimality: known answers at the extremes, on a network built by hand, and (completeness
+and minimality) against enumeration of every knockout with a forward pass written out edge by edge."""
 
 import pytest
 import torch
 
+import hand_forward
 from mechscope.causal import (AblationSpec, Circuit, Node, completeness_minimality, edge_faithfulness, edges_from_ids,
                               eap_ig, faithfulness_curve, graph_of, recovery, robustness_report)
 from mechscope.causal.faithfulness_curve import areas, default_sizes
+from mechscope.causal.graph import label
 from mechscope.core import Kind, Site, metrics
 from mechscope.models.known_circuits import load_known
 
@@ -119,3 +122,71 @@ def test_completeness_and_minimality():
 
 
 TRUTH_RECEIVER = Node(Site(Kind.K_IN, 1), 0)
+
+
+# --- brute force: Wang et al.'s completeness and minimality by enumeration (tests/hand_forward.py) ---
+
+BF_MODEL = hand_forward.tiny_model()
+BF_GRAPH = graph_of(BF_MODEL)
+BF_IDS = torch.randint(0, 11, (3, 6), generator=torch.Generator().manual_seed(1))
+BF_OTHER = torch.randint(0, 11, (3, 6), generator=torch.Generator().manual_seed(2))
+BF_ANSWERS = torch.randint(0, 11, (3, 6), generator=torch.Generator().manual_seed(4))
+BF_METRIC = metrics.sequence_logprob(BF_ANSWERS)
+# six components, some with only part of their edges in the circuit
+BF_CIRCUIT = Circuit(frozenset(e for e in BF_GRAPH.edges if str(e) in {
+    "input -> a0.0<q", "input -> a0.0<k", "input -> a0.0<v", "input -> a0.1<v", "input -> m0<", "a0.0 -> m0<",
+    "m0 -> a1.0<v", "a0.1 -> a1.0<k", "input -> a1.0<q", "input -> a1.1<v", "a0.0 -> a1.1<q", "a1.0 -> m1<",
+    "m0 -> m1<", "a1.0 -> output", "a1.1 -> output", "m1 -> output", "a0.0 -> output"}), "hand-picked")
+
+
+def _subsets(items):
+    return [tuple(c for j, c in enumerate(items) if i >> j & 1) for i in range(2 ** len(items))]
+
+
+def _brute_force(kind):
+    """F(X) for every knockout, each from its own hand-written forward pass: F(C \\ K), F(M \\ K) for
+    every subset K of the circuit's components, F(M) and F(empty)."""
+    ablated = hand_forward.ablated(BF_MODEL, BF_IDS, kind, None if kind == "zero" else BF_OTHER, seed=0)
+
+    def f(ablate):  # the mean metric with the given edges ablated
+        swap = {(label(e.sender), label(e.receiver)): ablated[label(e.sender)] for e in ablate}
+        return float(BF_METRIC(hand_forward.forward(BF_MODEL, BF_IDS, swap)[0]).double().mean())
+
+    comps = sorted(c for c in BF_CIRCUIT.nodes if c.site.kind in (Kind.Z, Kind.MLP_OUT))
+    outside = {e for e in BF_GRAPH.edges if e not in BF_CIRCUIT}
+    out_of = lambda ks: {e for e in BF_GRAPH.edges if e.sender in ks}  # noqa: E731
+    f_c = {frozenset(k): f(outside | out_of(k)) for k in _subsets(comps)}
+    f_m = {frozenset(k): f(out_of(k)) for k in _subsets(comps)}
+    return comps, f_c, f_m, f(set()), f(set(BF_GRAPH.edges))
+
+
+@pytest.mark.parametrize("kind", ["zero", "patch"])
+def test_completeness_and_minimality_equal_brute_force_enumeration(kind):
+    comps, f_c, f_m, f_model, f_empty = _brute_force(kind)
+    spec = AblationSpec(kind, reference="" if kind == "zero" else "other tokens", granularity="edge")
+    ref = None if kind == "zero" else BF_OTHER
+    rep = completeness_minimality(BF_MODEL, BF_IDS, BF_CIRCUIT, BF_METRIC, spec, reference_inputs=ref)
+    assert len(comps) == 6 and rep.how["knockouts"] == "all 64 subsets"
+    assert rep.f_model == pytest.approx(f_model, abs=2e-6) and rep.f_empty == pytest.approx(f_empty, abs=2e-6)
+    assert rep.f_circuit == pytest.approx(f_c[frozenset()], abs=2e-6)
+    gaps = {frozenset(k): (fc, fm, gap) for k, fc, fm, gap in rep.incompleteness}
+    assert set(gaps) == set(f_c)
+    for k, (fc, fm, gap) in gaps.items():
+        assert fc == pytest.approx(f_c[k], abs=2e-6) and fm == pytest.approx(f_m[k], abs=2e-6)
+    completeness = max(abs(f_c[k] - f_m[k]) for k in f_c)  # Wang et al.: max over K of |F(C\K) - F(M\K)|
+    assert rep.worst_gap == pytest.approx(completeness, abs=4e-6) and completeness > 0.01
+    whole = abs(f_model - f_empty)
+    for v in comps:  # max over K in C - {v} of |F(C \ (K + v)) - F(C \ K)|, relative to the whole effect
+        want = max(abs(f_c[frozenset(k) | {v}] - f_c[frozenset(k)]) for k in _subsets([c for c in comps if c != v]))
+        assert rep.minimality[v][0] == pytest.approx(want / whole, abs=1e-5)
+    # sampled knockouts (a circuit too large to enumerate): each one tried is measured exactly, and
+    # the maxima over them are lower bounds of the exact ones
+    sampled = completeness_minimality(BF_MODEL, BF_IDS, BF_CIRCUIT, BF_METRIC, spec, reference_inputs=ref,
+                                      exhaustive=0, n_random=4)
+    assert sampled.how["knockouts"].startswith(str(len(sampled.incompleteness)))
+    for k, fc, fm, gap in sampled.incompleteness:
+        assert gap == pytest.approx(abs(f_c[frozenset(k)] - f_m[frozenset(k)]), abs=4e-6)
+    assert sampled.worst_gap <= completeness + 4e-6
+    for v, (score, k) in sampled.minimality.items():
+        assert score == pytest.approx(abs(f_c[frozenset(k) | {v}] - f_c[frozenset(k)]) / whole, abs=1e-5)
+        assert score <= rep.minimality[v][0] + 1e-5

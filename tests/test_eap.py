@@ -15,6 +15,7 @@ from mechscope.causal import AblationSpec, eap, eap_ig, edge_patching, edge_run,
 from mechscope.core import metrics
 from mechscope.models.tiny import TinyConfig, TinyTransformer
 
+import hand_forward
 from conftest import make_family, make_ids
 
 G = torch.Generator().manual_seed(1)
@@ -131,3 +132,31 @@ def test_eap_tracks_real_edge_effects_on_a_random_model():
     text = str(est)
     for part in ("EAP (first order)", "ablation=patch", "level=edge", "metric=logit_diff", "forward_passes=2"):
         assert part in text
+
+
+def test_zero_ablating_the_only_input_of_a_layer_norm_is_invisible_to_gradients():
+    """A layer-0 head input reads the embeddings alone, through a LayerNorm. Zero-ablating that edge
+    scales what the norm sees down to 0, and LN(a x) = LN(x) for every a > 0 (up to eps): the
+    gradient along -x is 0 (the norm's Jacobian annihilates x), and on any path that scales x the
+    metric holds still until the very end. EAP and both EAP-IG paths then score these edges near 0
+    while exact patching measures real effects; mean ablation (not a rescaling) is the control."""
+    model = hand_forward.tiny_model()
+    graph = graph_of(model)
+    ids = torch.randint(0, 11, (4, 6), generator=torch.Generator().manual_seed(1))
+    metric = metrics.sequence_logprob(torch.randint(0, 11, (4, 6), generator=torch.Generator().manual_seed(4)))
+    ref = torch.randint(0, 11, (16, 6), generator=torch.Generator().manual_seed(7))
+    into_layer0 = torch.tensor([i for i, e in enumerate(graph.edges) if e.receiver.site.layer == 0
+                                and e.receiver.site.kind in (Kind.Q_IN, Kind.K_IN, Kind.V_IN)])
+    assert len(into_layer0) == 6
+    for kind in ("zero", "mean"):
+        spec = AblationSpec(kind, reference="" if kind == "zero" else "random tokens", granularity="edge")
+        kw = dict(reference_inputs=None if kind == "zero" else ref, graph=graph)
+        size = lambda s: float(s.values[into_layer0].abs().sum())  # noqa: E731
+        exact = size(edge_patching(model, ids, metric, spec, **kw))
+        first = size(eap(model, ids, metric, spec, **kw))
+        ig = [size(eap_ig(model, ids, metric, spec, steps=10, interpolate=p, **kw)) for p in ("inputs", "edges")]
+        assert exact > 0.05
+        if kind == "zero":
+            assert first < 1e-3 * exact and max(ig) < 0.05 * exact
+        else:
+            assert first > 0.3 * exact and min(ig) > 0.3 * exact

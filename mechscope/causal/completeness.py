@@ -9,10 +9,12 @@ With F(X) the mean task metric when everything outside X is ablated (X a set of 
         |F(C \\ (K + {v})) - F(C \\ K)|, relative to the model's whole effect |F(M) - F(empty)|.
         A component with a small score is not needed.
 
-Steps: list the knockouts (K = empty, each single component, and `n_random` random subsets of
-C for completeness; K = empty and `n_random` random subsets of C - {v} for each v for minimality,
-all seeded); build one edge mask per run (removing a component = ablating every edge out of it);
-measure them all in batched forward passes.
+Steps: list the knockouts: every subset K of C when there are at most `exhaustive` components
+(then both measures are exact: the maxima run over every K), otherwise K = empty, each single
+component and `n_random` random subsets of C for completeness, K = empty and `n_random` random
+subsets of C - {v} for each v for minimality (all seeded); build one edge mask per distinct
+configuration (removing a component = ablating every edge out of it); measure them all in
+batched forward passes.
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ class CompletenessReport:
 
 def completeness_minimality(model: Any, inputs: Tensor, circuit: Circuit, metric: Callable[[Tensor], Tensor],
                             spec: AblationSpec, *, reference_inputs: Tensor | None = None, n_random: int = 8,
-                            seed: int = 0, graph: Graph | None = None, max_rows: int = 256,
+                            exhaustive: int = 6, seed: int = 0, graph: Graph | None = None, max_rows: int = 256,
                             dataset: str = "unnamed") -> CompletenessReport:
-    """Completeness gaps and per-component minimality of `circuit` (node level: its components)."""
+    """Completeness gaps and per-component minimality of `circuit` (node level: its components).
+    A circuit of at most `exhaustive` components is measured over every subset K (2^n knockouts:
+    exact); a larger one over sampled knockouts (`n_random`, `seed`)."""
     if spec.direction != "noising":
         raise ValueError("completeness and minimality knock components out: use a noising ablation")
     model = wrap(model)
@@ -88,32 +92,42 @@ def completeness_minimality(model: Any, inputs: Tensor, circuit: Circuit, metric
         if not pool:
             return ()
         k = int(torch.randint(1, max(2, len(pool) // 2 + 1), (1,), generator=g))
-        return tuple(pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist())
+        return tuple(sorted(pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()))
 
-    knockouts = [()] + [(c,) for c in comps] + [sample(comps) for _ in range(n_random)]
-    masks = [1 - in_circuit * (1 - knocked(k)) for k in knockouts]  # C \ K: ablate what is not (in C and not in K)
-    masks += [knocked(k) for k in knockouts]  # M \ K
-    masks.append(torch.ones(graph.n_edges))  # the empty circuit
-    tries: list[tuple[Node, tuple[Node, ...]]] = []
-    for v in comps:
-        rest = [c for c in comps if c != v]
-        for k in [()] + [sample(rest) for _ in range(n_random)]:
-            tries.append((v, k))
-            masks.append(1 - in_circuit * (1 - knocked(k + (v,))))  # C \ (K + v)
-            masks.append(1 - in_circuit * (1 - knocked(k)))  # C \ K
-    m, passes = run_masks(model, graph, run_on, torch.stack(masks), ablated, metric, max_rows)
-    F = m.double().mean(1)  # (config,)
-    n_k = len(knockouts)
-    f_model = float(F[n_k])  # M \ {} is the model
-    gaps = tuple((k, float(F[i]), float(F[n_k + i]), abs(float(F[i] - F[n_k + i]))) for i, k in enumerate(knockouts))
+    every = len(comps) <= exhaustive
+    if every:
+        knockouts = [tuple(c for j, c in enumerate(comps) if i >> j & 1) for i in range(2 ** len(comps))]
+        tries = [(v, k) for v in comps for k in knockouts if v not in k]
+    else:
+        knockouts = list(dict.fromkeys([()] + [(c,) for c in comps] + [sample(comps) for _ in range(n_random)]))
+        tries = [(v, k) for v in comps
+                 for k in dict.fromkeys([()] + [sample([c for c in comps if c != v]) for _ in range(n_random)])]
+    # each distinct configuration runs once: ("C", K) ablates what is not in C and the edges out of
+    # K (C \ K); ("M", K) ablates the edges out of K (M \ K); ("M", everything) is the empty circuit
+    configs: dict[tuple[str, frozenset[Node]], Tensor] = {}
+    for k in knockouts:
+        configs.setdefault(("C", frozenset(k)), 1 - in_circuit * (1 - knocked(k)))
+        configs.setdefault(("M", frozenset(k)), knocked(k))
+    for v, k in tries:
+        configs.setdefault(("C", frozenset(k + (v,))), 1 - in_circuit * (1 - knocked(k + (v,))))
+        configs.setdefault(("C", frozenset(k)), 1 - in_circuit * (1 - knocked(k)))
+    configs.setdefault(("M", frozenset(graph.senders)), torch.ones(graph.n_edges))
+    m, passes = run_masks(model, graph, run_on, torch.stack(list(configs.values())), ablated, metric, max_rows)
+    F = dict(zip(configs, m.double().mean(1).tolist()))  # (which, K) -> mean metric
+
+    def f(which: str, nodes: tuple[Node, ...] | frozenset[Node]) -> float:
+        return F[which, frozenset(nodes)]
+
+    f_model, f_empty = f("M", ()), f("M", graph.senders)
+    gaps = tuple((k, f("C", k), f("M", k), abs(f("C", k) - f("M", k))) for k in knockouts)
     minimality: dict[Node, tuple[float, tuple[Node, ...]]] = {}
-    f_empty = float(F[2 * n_k])
-    base = 2 * n_k + 1
-    for j, (v, k) in enumerate(tries):
-        score = abs(float(F[base + 2 * j] - F[base + 2 * j + 1])) / max(abs(f_model - f_empty), 1e-12)
+    for v, k in tries:
+        score = abs(f("C", k + (v,)) - f("C", k)) / max(abs(f_model - f_empty), 1e-12)
         if v not in minimality or score > minimality[v][0]:
             minimality[v] = (score, k)
     how = {"metric": metric_name(metric), **spec.describe(), "level": "node", "dataset": dataset,
-           "n": int(run_on.shape[0]), "random_knockouts": n_random, "seed": seed,
+           "n": int(run_on.shape[0]),
+           "knockouts": f"all {len(knockouts)} subsets" if every else f"{len(knockouts)} (empty, single, "
+                                                                      f"{n_random} random, seed {seed})",
            **passes_how(passes + ablated.forward_passes, 0)}
-    return CompletenessReport(gaps, minimality, f_model, float(F[0]), f_empty, how)
+    return CompletenessReport(gaps, minimality, f_model, f("C", ()), f_empty, how)
