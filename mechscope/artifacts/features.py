@@ -20,20 +20,26 @@ class FeaturesWriter:
     path: Path
 
     def features(self, store_path: str | Path, copy: bool = True) -> Path:
-        """Register a FeatureStore file (copied into the model directory as features.duckdb)."""
+        """Register a FeatureStore file: copied into the model directory as features.duckdb, or with
+        `copy=False` referenced where it is, which must be inside the model directory (readers open
+        no file outside the artifact directory)."""
         src = Path(store_path)
         if not src.is_file():
             raise ArtifactError(f"{src} does not exist; build a FeatureStore there first")
         target = self.path / "features.duckdb"
+        here = self.path.resolve()
         if copy and src.resolve() != target.resolve():
             write_atomically(target, lambda tmp: shutil.copyfile(src, tmp))
             ref = target.name
+        elif src.resolve().is_relative_to(here):
+            ref = src.resolve().relative_to(here).as_posix()
         else:
-            ref = target.name if src.resolve() == target.resolve() else str(src.resolve())
+            raise ArtifactError(f"{src} is outside the model directory {self.path}; pass copy=True to copy it in "
+                                "(the viewer and the report read only files inside the artifact directory)")
         sets = []
         try:
             from ..features.store import FeatureStore
-            with FeatureStore(self.path / ref if not Path(ref).is_absolute() else ref, read_only=True) as st:
+            with FeatureStore(self.path / ref, read_only=True) as st:
                 sets = [s["set_id"] for s in st.sets()]
         except Exception as e:  # noqa: BLE001 - the file is checked again by readers
             raise ArtifactError(f"{src} is not a readable feature store: {e}") from e

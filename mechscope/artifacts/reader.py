@@ -16,7 +16,7 @@ class ModelArtifacts:
         self.root, self.name, self.path = root, name, path
 
     def _opt(self, file: str, kind: str) -> dict[str, Any] | None:
-        p = self.path / file
+        p = self.root.safe_path(self.path, file)  # a link pointing out of the directory is refused
         return read_json(p, kind) if p.is_file() else None
 
     def overview(self) -> dict[str, Any] | None:
@@ -33,7 +33,7 @@ class ModelArtifacts:
 
     def _names(self, sub: str) -> list[str]:
         d = self.path / sub
-        if not d.is_dir():
+        if not d.is_dir() or not d.resolve().is_relative_to(self.root.root):
             return []
         return sorted(p.stem for p in d.glob("*.json") if NAME.match(p.stem) and not p.is_symlink())
 
@@ -57,10 +57,17 @@ class ModelArtifacts:
         info = self.features_info()
         if info is None:
             return None
-        ref = Path(info["store"])
-        p = ref if ref.is_absolute() else self.root.safe_path(self.path, info["store"])
+        ref = info["store"]
+        try:
+            p = self.root.safe_path(self.path, ref) if isinstance(ref, str) else None
+        except ArtifactError:
+            p = None
+        if p is None:
+            raise ArtifactError(f"{self.path / 'features.json'} names the feature store {ref!r}, which is not a file "
+                                "inside the artifact directory; register the store again with "
+                                "ModelWriter.features(path), which copies it in")
         if not p.is_file():
-            raise ArtifactError(f"{self.path / 'features.json'} names the feature store {p}, which does not exist")
+            raise ArtifactError(f"{self.path / 'features.json'} names the feature store {ref!r}, which does not exist")
         return p
 
     def open_features(self):
@@ -89,6 +96,8 @@ class Artifacts:
     def __init__(self, root: str | Path = DEFAULT_DIR):
         self.root = Path(root).resolve()
         self.manifest = read_manifest(self.root)
+        for m in self.manifest["models"]:  # a model directory linked out of the directory is refused now
+            self.safe_path(self.root, m["dir"])
 
     def safe_path(self, base: Path, name: str) -> Path:
         """`base / name`, refused unless it stays inside the artifact directory after resolving

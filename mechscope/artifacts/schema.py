@@ -137,7 +137,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if not isinstance(obj.get("models"), list):
         raise ArtifactError(f"{path} has no list of models")
     for m in obj["models"]:
-        if not isinstance(m, dict) or "name" not in m or "dir" not in m:
-            raise ArtifactError(f"{path}: every model entry needs a name and a dir, got {m!r}")
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str) or "dir" not in m:
+            raise ArtifactError(f"{path}: every model entry needs a name (text) and a dir, got {m!r}")
         check_name(m["dir"], f"model directory in {path}")
     return obj
