@@ -155,16 +155,27 @@ def circuits(steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps
 @app.command()
 def view(directory: Annotated[str, typer.Argument(help="artifact directory (manifest.json)")] = "out",
          host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps it on this machine")] = "127.0.0.1",
-         port: Annotated[int, typer.Option(help="port to listen on")] = 8765) -> None:
+         port: Annotated[int, typer.Option(help="port to listen on")] = 8765,
+         allow_host: Annotated[Optional[list[str]], typer.Option(
+             "--allow-host", help="another name clients use to reach the viewer (repeatable); requests "
+                                  "addressed to other names are refused (DNS rebinding)")] = None) -> None:
     """Serve the local web viewer of an artifact directory (read-only; needs fastapi and uvicorn)."""
     from .artifacts import read_artifacts
     from .viewer import serve
+    from .viewer.app import WILDCARD_HOSTS, host_names
 
     read_artifacts(directory)  # a missing or mismatched directory fails here with a clear message
+    try:
+        host_names(allow_host or ())
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--allow-host") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/yellow] serving on {host}: other machines can reach the viewer")
+        if host in WILDCARD_HOSTS and not allow_host:
+            console.print("[yellow]warning:[/yellow] only requests addressed to this machine's loopback names "
+                          "are answered; add --allow-host NAME for each name other machines use")
     console.print(f"mechscope viewer of {directory} on http://{host}:{port}/  (Ctrl-C stops it)")
-    serve(directory, host=host, port=port)
+    serve(directory, host=host, port=port, allowed_hosts=allow_host or ())
 
 
 @app.command()

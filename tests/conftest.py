@@ -184,3 +184,85 @@ def demo_artifacts(tmp_path_factory):
             os.environ.pop("MECHSCOPE_CACHE")
         else:
             os.environ["MECHSCOPE_CACHE"] = old
+
+
+def hostile_text(tag: str, slash: bool = True) -> str:
+    """A string that runs script wherever it is parsed as HTML, in any of the contexts a renderer
+    might put it (element text, a quoted attribute, a script element, a link). Running sets
+    `window.__pwned`, changes the title and (with `slash`) asks the server for /pwned/TAG; without
+    `slash` it holds no '/', for names that travel in URL paths."""
+    if not slash:  # short too: names in paths have at most 200 characters
+        return (f'<img src=x onerror="window.__pwned=[\'{tag}\']">\'"><svg onload="document.title=\'PWNED {tag}\'">'
+                "javascript:window.__pwned=1<!--<script>")
+    js = f"window.__pwned=(window.__pwned||[]).concat(['{tag}']);document.title='PWNED {tag}'"
+    js += f";new Image().src='/pwned/{tag}'"
+    return (f'<img src=x onerror="{js}">\'"><svg onload="{js}"></svg></script><script>{js}</script>'
+            f'<!--<script>javascript:{js}<iframe src="javascript:{js}"></iframe>')
+
+
+@pytest.fixture(scope="session")
+def hostile_artifacts(tmp_path_factory):
+    """An artifact directory whose every displayed string is `hostile_text` (the writers' output,
+    then the fields they would refuse edited into the files), with a feature store of such strings.
+    Returns (directory, {field: text})."""
+    import json
+
+    from mechscope import artifacts as A
+    from mechscope.features.store import FeatureStore
+
+    root = tmp_path_factory.mktemp("hostile") / "out"
+    H = {k: hostile_text(k) for k in (
+        "model", "created", "architecture", "note_key", "note", "prompt", "tok0", "tok1", "role", "probe_key", "probe",
+        "causal_metric", "causal_ablation", "patch_title", "patch_name", "row", "col", "metric", "ablation", "how",
+        "circuit_name", "method", "circuit_ablation", "node", "node_type", "via", "faith_metric", "aggregation",
+        "dataset_name", "faith_n", "run", "curve", "config", "site", "kind", "set_dataset", "label", "explanation",
+        "spec", "ex_tok", "logit_tok")}
+    H["set"] = hostile_text("set", slash=False)
+    w = A.ArtifactWriter(root)
+    m = w.model(H["model"])
+    m.overview(architecture=H["architecture"], n_layers=1, n_heads=2, d_model=4, vocab=5, sites=6, params=7,
+               notes={H["note_key"]: H["note"]})
+    m.attention([H["tok0"], H["tok1"], "plain"], [[[[1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]]] * 2],
+                prompt=H["prompt"])
+    m.head_roles({H["role"]: [[0.1, 0.9]]}, probe={H["probe_key"]: H["probe"]},
+                 causal={"metric": H["causal_metric"], "ablation": H["causal_ablation"], "values": [[0.5, -0.5]]})
+    m.patching("grid", [H["row"], "r1"], [H["col"], "c1"], [[0.5, -0.2], [None, 1.0]], metric=H["metric"],
+               ablation=H["ablation"], title=H["patch_title"], how={H["how"]: H["how"]})
+    nodes = [{"id": "input", "type": "input", "layer": -1}, {"id": H["node"], "type": "head", "layer": 0, "head": 1},
+             {"id": "m0", "type": H["node_type"], "layer": 0}, {"id": "output", "type": "output", "layer": 1}]
+    edges = [{"source": "input", "target": H["node"], "via": H["via"], "score": 0.5},
+             {"source": H["node"], "target": "output", "score": -0.25}, {"source": "m0", "target": "output", "score": 0.1}]
+    m.circuit("graph", nodes, edges, method=H["method"], ablation=H["circuit_ablation"],
+              faithfulness={"metric": H["faith_metric"], "value": 0.9, "ci": [0.8, 1.0], "aggregation": H["aggregation"],
+                            "dataset": H["dataset_name"], "n": H["faith_n"]}, how={H["how"]: H["how"]})
+    m.training({H["curve"]: [(0, 2.0), (10, 1.0)]}, run=H["run"], checkpoints=[0, 10], config={H["config"]: H["config"]})
+    sid = H["set"]
+    feats = [{"set_id": sid, "feature": f, "label": H["label"], "n_active": 5, "density": 0.5, "max_act": 2.0 - f,
+              "mean_act": 1.0} for f in (0, 1)]
+    rows = {
+        "features": feats,
+        "examples": [{"set_id": sid, "feature": 0, "kind": k, "rank": 0, "doc": 0, "pos": 1, "activation": 2.0,
+                      "tokens": [H["ex_tok"], "plain"], "acts": [0.1, 2.0]} for k in ("top", "quantile")],
+        "histograms": [{"set_id": sid, "feature": 0, "bin": 0, "lo": None, "hi": 0.0, "count": 3},
+                       {"set_id": sid, "feature": 0, "bin": 1, "lo": 0.0, "hi": None, "count": 2}],
+        "logit_effects": [{"set_id": sid, "feature": 0, "sign": s, "rank": 0, "token_id": 3, "token": H["logit_tok"],
+                           "effect": 0.5 * s} for s in (1, -1)],
+        "coactivation": [{"set_id": sid, "feature": 0, "rank": 0, "other": 1, "score": 0.3}],
+        "explanations": [{"set_id": sid, "feature": 0, "rank": 0, "explanation": H["explanation"], "corr": 0.9,
+                          "precision": 0.8, "recall": 0.7, "loss_recovered": 0.5, "spec": H["spec"]}],
+    }
+    store = root.parent / "build.duckdb"
+    with FeatureStore(store) as st:
+        st.replace_set({"set_id": sid, "model": H["model"], "site": H["site"], "kind": H["kind"], "n_features": 2,
+                        "n_tokens": 10, "dataset": H["set_dataset"], "built_at": "now"}, rows)
+    m.features(store)
+
+    def edit(path, **fields):  # what a writer refuses, a file may still hold
+        obj = json.loads(path.read_text())
+        obj.update(fields)
+        path.write_text(json.dumps(obj))
+
+    edit(root / "manifest.json", created=H["created"])
+    edit(m.path / "patching" / "grid.json", name=H["patch_name"])
+    edit(m.path / "circuits" / "graph.json", name=H["circuit_name"])
+    return root, H

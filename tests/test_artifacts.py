@@ -182,3 +182,33 @@ def test_feature_store_is_registered_and_read_only(tmp_path):
     assert len(snap["sets"][0]["pages"]) <= 3 and snap["sets"][0]["set"]["set_id"] == "mlp.post.0"
     with pytest.raises(A.ArtifactError, match="does not exist"):
         m.features(tmp_path / "missing.duckdb")
+
+
+def test_readers_open_nothing_outside_the_directory(tmp_path):
+    from mechscope.features import FeatureStore
+
+    _write_all(tmp_path / "a")
+    outside = tmp_path / "elsewhere.duckdb"
+    FeatureStore(outside).close()
+    m = A.ArtifactWriter(tmp_path / "a").model("zoo:toy")
+    with pytest.raises(A.ArtifactError, match="outside the model directory.*copy=True"):
+        m.features(outside, copy=False)
+    inside = m.path / "stores" / "mine.duckdb"
+    FeatureStore(inside).close()
+    m.features(inside, copy=False)  # referenced where it is, by a path relative to the model directory
+    got = A.read_artifacts(tmp_path / "a").model("zoo:toy")
+    assert got.features_info()["store"] == "stores/mine.duckdb" and got.features_path() == inside.resolve()
+    for ref in (str(outside), "../../elsewhere.duckdb", 7):
+        (m.path / "features.json").write_text(json.dumps({"kind": "features", "schema_version": 1, "store": ref}))
+        with pytest.raises(A.ArtifactError, match="not a file inside the artifact directory"):
+            got.features_path()
+    (tmp_path / "secret.json").write_text(json.dumps({"kind": "training", "schema_version": 1, "metrics": {}}))
+    (m.path / "training.json").unlink()
+    (m.path / "training.json").symlink_to(tmp_path / "secret.json")
+    with pytest.raises(A.ArtifactError, match="leaves the artifact directory"):
+        got.training()
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    man["models"].append({"name": {"not": "text"}, "dir": "x"})
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(A.ArtifactError, match="needs a name"):
+        A.read_artifacts(tmp_path / "a")

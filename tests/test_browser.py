@@ -6,11 +6,14 @@ touches the network beyond it. Screenshots go to test-artifacts/ (gitignored).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -30,8 +33,10 @@ def demo_dir(demo_artifacts):
     return demo_artifacts
 
 
-@pytest.fixture(scope="module")
-def server(demo_dir):
+@contextmanager
+def serving(root):
+    """The viewer of `root` on a free port of 127.0.0.1 (checking Host headers for that port, as
+    `serve` does), in a background thread; yields its port."""
     import uvicorn
 
     from mechscope.viewer import create_app
@@ -39,7 +44,8 @@ def server(demo_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(demo_dir), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(root, port=port), host="127.0.0.1", port=port,
+                                        log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
     deadline = time.monotonic() + 20
@@ -47,9 +53,17 @@ def server(demo_dir):
         if time.monotonic() > deadline or not th.is_alive():
             pytest.fail("the viewer did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(10)
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        th.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(demo_dir):
+    with serving(demo_dir) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +185,171 @@ def test_the_report_opens_offline_with_every_section_drawn(demo_dir, browser, tm
     ctx.close()
     assert errors == []
     assert [u for u in requests if not u.startswith("file:")] == []
+
+
+# ---- hostile artifacts: every string a renderer shows is data, never markup -------------------
+
+INERT = """() => ({
+  pwned: window.__pwned === undefined ? null : window.__pwned,
+  title: document.title,
+  markup: [...document.querySelectorAll('img, iframe, object, embed, [onerror], [onload], [onclick]')]
+    .map((e) => e.outerHTML.slice(0, 80)),
+  scripts: document.querySelectorAll('script').length,
+  links: [...document.querySelectorAll('a[href]')].map((a) => a.getAttribute('href')).filter((h) => !h.startsWith('#')),
+})"""
+
+
+@pytest.fixture(scope="module")
+def hostile(hostile_artifacts):
+    root, H = hostile_artifacts
+    with serving(root) as port:
+        yield f"http://127.0.0.1:{port}", root, H
+
+
+def _hostile_page(browser, **kw):
+    # the page's Content-Security-Policy is bypassed: escaping alone must keep every payload inert
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True, **kw)
+    pg = ctx.new_page()
+    pg.requests, pg.errors = [], []
+    ctx.on("request", lambda r: pg.requests.append(r.url))
+    pg.on("console", lambda m: pg.errors.append(f"console: {m.text}") if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.errors.append(f"page error: {e}"))
+    pg.on("dialog", lambda d: (pg.errors.append(f"dialog: {d.message}"), d.dismiss()))
+    pg.set_default_timeout(10_000)
+    return ctx, pg
+
+
+def _assert_inert(pg, title: str, scripts: int) -> None:
+    pg.wait_for_timeout(300)  # time for an injected image's error handler to fire
+    got = pg.evaluate(INERT)
+    assert got["pwned"] is None, got["pwned"]
+    assert got["title"] == " ".join(title.split())
+    assert got["markup"] == [] and got["scripts"] == scripts and got["links"] == [], got
+    assert [u for u in pg.requests if urlparse(u).path.startswith("/pwned/")] == []  # what a payload asks for
+    assert pg.errors == []
+
+
+def _texts(pg, selector):
+    return pg.locator(selector).all_text_contents()
+
+
+def _attrs(pg, selector, name):
+    return pg.locator(selector).evaluate_all(f"(es) => es.map((e) => e.getAttribute('{name}'))")
+
+
+def test_a_hostile_artifact_runs_nothing_in_the_viewer(hostile, browser):
+    from urllib.parse import quote
+
+    url, _, H = hostile
+    ctx, pg = _hostile_page(browser)
+    hash_ = f"{url}/#/m/{quote(H['model'], safe='')}"
+    pg.goto(f"{url}/")  # redirects to the first model: its name travels through the address
+    pg.wait_for_selector("#overview table.kv")
+    assert pg.locator("#model-select option").first.text_content() == H["model"]
+    assert pg.locator("#model-select").input_value() == H["model"]
+    ov = pg.locator("#overview").text_content()
+    assert all(H[k] in ov for k in ("model", "architecture", "note_key", "note"))
+
+    pg.goto(f"{hash_}/attention")
+    pg.wait_for_selector("#attention .attn-tokens .tok")
+    assert _texts(pg, "#attention .attn-tokens .tok") == [H["tok0"], H["tok1"], "plain"]
+    assert _texts(pg, "#attention svg.attn-matrix text.ktok") == [H["tok0"], H["tok1"], "plain"]
+    assert H["prompt"] in pg.locator("#attention").text_content()
+
+    pg.goto(f"{hash_}/roles")
+    pg.wait_for_selector("#head-roles .causal svg")
+    assert _attrs(pg, "#head-roles .role", "data-role") == [H["role"]]
+    roles = pg.locator("#head-roles").text_content()
+    assert f"{H['probe_key']}={H['probe']}" in roles and "Causal check: " + H["causal_metric"] in roles
+    assert "ablation: " + H["causal_ablation"] in roles
+
+    pg.goto(f"{hash_}/patching")
+    pg.wait_for_selector("#patching svg.heatmap rect.hm-cell")
+    assert pg.locator("#patching h3").first.text_content() == H["patch_title"]
+    assert {H["row"], H["col"]} <= set(_texts(pg, "#patching svg.heatmap text"))
+    assert f"{H['row']} / {H['col']}: 0.5" in _attrs(pg, "#patching rect.hm-cell", "data-tip")
+    specs = _texts(pg, "#patching .spec")
+    assert "ablation: " + H["ablation"] in specs and any(H["metric"] in t for t in specs)
+
+    pg.goto(f"{hash_}/circuits")
+    pg.wait_for_selector("svg.circuit path.edge", state="attached")
+    assert pg.locator(".circuit-view h3").text_content() == f"{H['circuit_name']} — {H['method']}"
+    assert H["node"] in _texts(pg, "svg.circuit g.node text") and H["node"] in _attrs(pg, "svg.circuit g.node", "data-node")
+    assert f"input → {H['node']} ({H['via']}): 0.5" in _attrs(pg, "svg.circuit path.edge", "data-tip")
+    faith = pg.locator(".circuit-view .faith").text_content()
+    assert all(H[k] in faith for k in ("faith_metric", "aggregation", "dataset_name", "faith_n"))
+    assert "ablation: " + H["circuit_ablation"] in _texts(pg, ".circuit-view .spec")
+
+    pg.goto(f"{hash_}/features")
+    pg.wait_for_selector("table.features-table tbody tr")
+    head = pg.locator("#features").text_content()
+    assert all(H[k] in head for k in ("set", "kind", "site", "set_dataset"))
+    assert _texts(pg, "table.features-table td.l:not(.small)") == [H["label"]] * 2
+    assert _attrs(pg, "table.features-table td.small", "title")[0] == H["explanation"]
+    pg.locator('table.features-table tr[data-feature="0"]').click()
+    pg.wait_for_selector(".feature-page .examples-top .example")
+    assert pg.locator(".feature-title").text_content() == f"{H['set']} / feature 0 ({H['label']})"
+    assert pg.locator(".feature-page .explanation > div").first.text_content() == H["explanation"]
+    assert pg.locator(".feature-page .explanation pre.spec").text_content() == H["spec"]
+    assert _texts(pg, ".feature-page .examples-top .tok") == [H["ex_tok"], "plain"]
+    assert json.dumps(H["logit_tok"]) in _texts(pg, ".feature-page .logits td")
+    pg.locator('.feature-page a[data-feature="1"]').click()  # a co-activating feature: an in-page link
+    pg.wait_for_selector('.feature-page[data-feature="1"]')
+
+    pg.goto(f"{hash_}/training")
+    pg.wait_for_selector("#training svg.line")
+    assert _attrs(pg, "#training .chart", "data-metric") == [H["curve"]]
+    assert pg.locator("#training .chart h3").text_content() == H["curve"]
+    assert H["run"] in pg.locator("#training").text_content()
+
+    pg.goto(f"{url}/#/m/{quote(H['prompt'], safe='')}/overview")  # an address naming no model
+    pg.wait_for_selector(".err")
+    assert pg.locator(".err").text_content() == f"No model named {H['prompt']}."
+    pg.screenshot(path=str(SHOTS / "viewer-hostile.png"), full_page=True)
+    _assert_inert(pg, "mechscope viewer", scripts=2)
+    ctx.close()
+
+
+def test_a_hostile_artifact_runs_nothing_in_the_report(hostile_artifacts, browser, tmp_path):
+    from mechscope.report import write_report
+
+    root, H = hostile_artifacts
+    title = H["model"].replace("model", "report title")
+    path = write_report(root, tmp_path / "report.html", title=title)
+    ctx, pg = _hostile_page(browser, offline=True)
+    pg.goto(path.as_uri())
+    pg.wait_for_selector("#m0-circuits svg.circuit path.edge", state="attached")
+    pg.wait_for_selector("#m0-features .feature-page .example")
+    assert pg.locator("#model-0 > h2").text_content() == H["model"]
+    assert H["created"] in pg.locator("header.top").text_content()
+    assert pg.locator("header.top h1").text_content() == title
+    assert H["architecture"] in pg.locator("#m0-overview").text_content()
+    assert _texts(pg, "#m0-attention .attn-tokens .tok") == [H["tok0"], H["tok1"], "plain"]
+    assert pg.locator("#m0-patching h3").nth(1).text_content() == H["patch_title"]
+    assert f"input → {H['node']} ({H['via']}): 0.5" in _attrs(pg, "#m0-circuits path.edge", "data-tip")
+    assert pg.locator("#m0-circuits .circuit-view h3").text_content() == f"{H['circuit_name']} — {H['method']}"
+    assert pg.locator("#m0-features .feature-title").text_content() == f"{H['set']} / feature 0 ({H['label']})"
+    assert _texts(pg, "#m0-features .examples-top .tok") == [H["ex_tok"], "plain"]
+    assert pg.locator("#m0-training .chart h3").text_content() == H["curve"]
+    _assert_inert(pg, title, scripts=3)
+    assert [u for u in pg.requests if not u.startswith("file:")] == []
+    ctx.close()
+
+
+def test_a_name_rebound_to_this_machine_is_refused(hostile, browser):
+    """DNS rebinding in a real browser: a name resolved to 127.0.0.1 reaches the viewer's port but
+    is answered 400; the viewer's own addresses work."""
+    url, _, _ = hostile
+    port = url.rsplit(":", 1)[1]
+    b = browser.browser_type.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--host-resolver-rules=MAP rebind.test 127.0.0.1", "--no-proxy-server"])
+    try:
+        pg = b.new_page()
+        for path in ("/", "/api/models", "/static/app.js"):
+            r = pg.goto(f"http://rebind.test:{port}{path}")
+            assert r.status == 400 and "DNS rebinding" in r.text(), (path, r.status)
+        for host in ("127.0.0.1", "localhost"):
+            r = pg.goto(f"http://{host}:{port}/api/models")
+            assert r.status == 200 and r.json()["models"], host
+    finally:
+        b.close()

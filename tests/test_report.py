@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import pytest
 
@@ -80,3 +81,59 @@ def test_cli_report_writes_the_file(demo_dir, tmp_path):
                          capture_output=True, text=True, timeout=120)
     said = " ".join((bad.stdout + bad.stderr).split())  # rich wraps long lines
     assert bad.returncode == 2 and "not a directory of mechscope artifacts" in said
+
+
+def test_hostile_strings_stay_data_in_the_report(hostile_artifacts, tmp_path):
+    """Artifact strings made to break out of HTML text, attributes, the JSON script element and its
+    comment state are all escaped; the page allows its own two inline scripts by hash only."""
+    import base64
+    import hashlib
+
+    root, H = hostile_artifacts
+    text = write_report(root, tmp_path / "r.html", title=H["model"]).read_text(encoding="utf-8")
+    assert text.count("<script") == 3 and text.count("</script>") == 3 and "<!--" not in text
+    tags, handlers = [], []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            tags.append(tag)
+            handlers.extend(k for k, _ in attrs if k.startswith("on"))
+
+    Tags().feed(text)
+    assert set(tags) <= {"html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h3", "span", "main",
+                         "noscript", "p", "nav", "div", "a", "b", "section", "script"}, set(tags)
+    assert tags.count("script") == 3 and handlers == []
+    data = json.loads(re.search(r'<script type="application/json" id="ms-data">(.*?)</script>', text, re.S).group(1))
+    assert data["models"][0]["name"] == H["model"] and data["manifest"]["created"] == H["created"]
+    assert data["models"][0]["circuits"][0]["edges"][0]["via"] == H["via"]
+    assert data["models"][0]["features"]["sets"][0]["pages"][0]["explanations"][0]["explanation"] == H["explanation"]
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', text).group(1)
+    script_src = csp.split("script-src")[1].split(";")[0].split()
+    inline = re.findall(r"<script>(.*?)</script>", text, flags=re.S)
+    assert sorted(script_src) == sorted(
+        "'sha256-" + base64.b64encode(hashlib.sha256(js.encode()).digest()).decode() + "'" for js in inline)
+
+
+def test_script_embedding_helpers():
+    from mechscope.report.embed import json_for_script, script_text
+
+    obj = {"a": "</script><!--<script>&amp;\u2028\u2029", "</b>": [1, None, "x"]}
+    s = json_for_script(obj)
+    assert not set(s) & set("<>&\u2028\u2029") and json.loads(s) == obj
+    assert script_text("const a = 1 < 2;") == "const a = 1 < 2;"
+    for bad in ("x = '</script>'", "// <!-- note", "s = '<SCRIPT>'", "</ScRiPt "):
+        with pytest.raises(ValueError, match="inline script"):
+            script_text(bad)
+
+
+def test_the_renderers_never_hand_text_to_the_html_parser():
+    """The JS of the viewer and the report builds every element with DOM calls (text nodes and
+    attributes), so no artifact string is ever parsed as markup; the browser tests show it working."""
+    from importlib import resources
+
+    for package, name in (("mechscope.viewer", "mechscope.js"), ("mechscope.viewer", "app.js"),
+                          ("mechscope.report", "report.js")):
+        js = (resources.files(package) / "static" / name).read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "DOMParser",
+                     "createContextualFragment", "srcdoc", "eval(", "Function("):
+            assert sink not in js, (name, sink)

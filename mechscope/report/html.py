@@ -4,12 +4,16 @@ The page skeleton (model sections, section headings, measurement specifications)
 the drawings (heatmaps, attention patterns, circuit graph, charts, feature pages) are made in the
 browser by the same renderers the viewer uses (`mechscope/viewer/static/mechscope.js`), from the
 artifacts embedded as JSON. Nothing is fetched when the file is opened.
+
+Every artifact string is data: names in the skeleton are HTML-escaped, the embedded JSON cannot end
+its script element (`embed.json_for_script`), the renderers put text in the page through DOM text
+nodes and attributes only, and the page's Content-Security-Policy allows its two inline scripts by
+hash, so an event handler smuggled into the page would not run either.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -17,6 +21,7 @@ from typing import Any
 
 from ..artifacts import load_all
 from ..core.files import write_atomically
+from .embed import csp_hash, json_for_script, script_text
 
 SECTIONS = ("overview", "attention", "head_roles", "patching", "circuits", "features", "training")
 TITLES = {"overview": "Model overview", "attention": "Attention patterns", "head_roles": "Head-role scores",
@@ -28,22 +33,13 @@ def _asset(package: str, name: str) -> str:
     return (resources.files(package) / "static" / name).read_text()
 
 
-def _script(text: str) -> str:
-    return text.replace("</script", "<\\/script")
-
-
-def _json_for_script(obj: Any) -> str:
-    # inside <script type="application/json">: only "</" needs escaping (and U+2028/9 for old parsers)
-    s = json.dumps(obj, separators=(",", ":"), allow_nan=False)
-    return s.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
-def _spec(text: str) -> str:
-    return f'<div><span class="spec">{html.escape(text)}</span></div>'
+def _esc(x: Any) -> str:
+    """Any value from an artifact as HTML text (also safe inside a quoted attribute)."""
+    return html.escape(str(x), quote=True)
 
 
 def _model_section(i: int, m: dict[str, Any]) -> str:
-    e = html.escape
+    e = _esc
     parts = [f'<section class="model" id="model-{i}" data-model="{e(m["name"])}">',
              f'<h2>{e(m["name"])}</h2>']
 
@@ -79,10 +75,12 @@ def _model_section(i: int, m: dict[str, Any]) -> str:
 
 def render_report(data: dict[str, Any], title: str = "mechscope report") -> str:
     """The report's HTML text for `data` as returned by `mechscope.artifacts.load_all`."""
-    e = html.escape
+    e = _esc
     css = _asset("mechscope.viewer", "mechscope.css")
-    js = _asset("mechscope.viewer", "mechscope.js")
-    boot = _asset("mechscope.report", "report.js")
+    js = script_text(_asset("mechscope.viewer", "mechscope.js"))
+    boot = script_text(_asset("mechscope.report", "report.js"))
+    csp = (f"default-src 'none'; script-src {csp_hash(js)} {csp_hash(boot)}; style-src 'unsafe-inline'; "
+           "img-src data:; base-uri 'none'; form-action 'none'")
     nav = []
     for i, m in enumerate(data["models"]):
         links = " ".join(f'<a href="#m{i}-{k}">{TITLES[k]}</a>' for k in SECTIONS)
@@ -95,21 +93,21 @@ def render_report(data: dict[str, Any], title: str = "mechscope report") -> str:
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
 <title>{e(title)}</title>
 <style>{css}</style>
 </head>
 <body>
-<header class="top"><h1>{e(title)}</h1><span class="small muted">artifacts schema {man.get("schema_version")},
+<header class="top"><h1>{e(title)}</h1><span class="small muted">artifacts schema {e(str(man.get("schema_version")))},
 written {e(str(man.get("created", "")))}; report made {made}</span></header>
 <main>
 <noscript><p class="err">The drawings in this report need JavaScript (it is all inline; nothing is fetched).</p></noscript>
 <nav class="toc">{"".join(nav)}</nav>
 {body}
 </main>
-<script type="application/json" id="ms-data">{_json_for_script(data)}</script>
-<script>{_script(js)}</script>
-<script>{_script(boot)}</script>
+<script type="application/json" id="ms-data">{json_for_script(data)}</script>
+<script>{js}</script>
+<script>{boot}</script>
 </body>
 </html>
 """

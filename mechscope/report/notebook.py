@@ -8,13 +8,13 @@ Nothing is fetched. Result objects are read by attribute; no analysis is importe
 from __future__ import annotations
 
 import html
-import json
 import uuid
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 from ..core.html import fmt, kv, table
+from .embed import json_for_script, script_text
 
 _FONT = "font:12px/1.4 system-ui,sans-serif"
 
@@ -94,8 +94,8 @@ def circuit_html(circuit: Any, scores: Any = None, max_rows: int = 30) -> str:
     data = circuit_from_edges(scores=scores, circuit=circuit)
     data = {"name": circuit.name or "circuit", **data, "method": data["method"] or "circuit"}
     uid = "ms-" + uuid.uuid4().hex[:12]
-    payload = json.dumps(data, allow_nan=False, default=str).replace("</", "<\\/")
-    js = _renderer().replace("</script", "<\\/script")
+    payload = json_for_script(data, default=str)
+    js = script_text(_renderer())
     rows = [(str(e),) for e in list(circuit)[:max_rows]]
     more = "" if len(circuit) <= max_rows else f"<div>… and {len(circuit) - max_rows} more</div>"
     nodes = sorted(str(n) for n in circuit.nodes)

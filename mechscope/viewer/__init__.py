@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 
-def create_app(artifacts_dir: str | Path = "out") -> Any:
+def create_app(artifacts_dir: str | Path = "out", **kw: Any) -> Any:
+    """The FastAPI app (keywords: `port`, `allowed_hosts`; see `mechscope.viewer.app.create_app`)."""
     from .app import create_app as _create
 
-    return _create(artifacts_dir)
+    return _create(artifacts_dir, **kw)
 
 
 def serve(artifacts_dir: str | Path = "out", host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> None:
-    """Serve the viewer on http://HOST:PORT (127.0.0.1 unless told otherwise); blocks."""
+    """Serve the viewer on http://HOST:PORT (127.0.0.1 unless told otherwise); blocks. Requests
+    addressed to another name than this machine's or HOST's get 400 unless listed in `allowed_hosts`."""
     from .app import serve as _serve
 
     _serve(artifacts_dir, host=host, port=port, **kw)

@@ -15,29 +15,57 @@ and answered with a generic 500 message, never a stack trace):
     /api/models/{model}/features                  feature sets with their features (?set=, ?limit=)
     /api/models/{model}/features/{set}/{feature}  one feature's page
     /artifacts/{path}                             a raw artifact file, contained in the directory
+                                                  (JSON as application/json, anything else as a download)
+
+Nothing it reads is trusted. Every request must name this viewer in its Host header (127.0.0.1,
+localhost or [::1], on the port it serves, plus the `allowed_hosts` given): a page of another site
+whose name was pointed at 127.0.0.1 (DNS rebinding) gets 400. Answers carry a Content-Security-Policy
+(scripts and connections to this origin only), `nosniff` and no-framing headers. API answers and error
+messages name files relative to the artifact directory, never by absolute path. Path and query
+parameters are bounded and checked against what the directory holds; files are read only when they
+stay inside the directory once symlinks are resolved.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..artifacts import ArtifactError, Artifacts, ModelArtifacts, feature_rows, read_artifacts
 
 log = logging.getLogger("mechscope.viewer")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+MAX_NAME = 200  # the longest model, result or feature-set name a path may carry
+MAX_FEATURE = 2**31 - 1
+# every name a path carries is bounded, then looked up among the names the directory holds
+NameParam = Annotated[str, PathParam(min_length=1, max_length=MAX_NAME)]
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
 
 
 class NotFound(Exception):
@@ -74,10 +102,88 @@ class _Stores:
             self.open.clear()
 
 
-def create_app(artifacts_dir: str | Path = "out") -> FastAPI:
-    """The viewer app over `artifacts_dir` (its manifest is checked now: a wrong schema fails here)."""
+_HOST = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::(?P<port>[0-9]{1,5}))?$")
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A Host header as (lower-case name without brackets, port or None); None when malformed."""
+    m = _HOST.match(value)
+    if m is None:
+        return None
+    port = int(m["port"]) if m["port"] is not None else None
+    if port is not None and not 0 < port < 65536:
+        return None
+    return (m["v6"] or m["name"]).lower(), port
+
+
+def host_names(allowed_hosts: Iterable[str] = ()) -> frozenset[str]:
+    """The names a Host header may carry: this machine's, and the `allowed_hosts` given
+    ("viewer.lan", "192.168.1.5", "[fe80::1]" or "fe80::1")."""
+    names = set(LOCAL_HOSTS)
+    for h in allowed_hosts:
+        name = str(h).strip().lower()
+        if name.startswith("[") and name.endswith("]"):
+            name = name[1:-1]
+        if not name or split_host(f"[{name}]" if ":" in name else name) is None:
+            raise ValueError(f"allowed host {h!r} is not a host name or address (give it without a port)")
+        names.add(name)
+    return frozenset(names)
+
+
+def host_check(names: frozenset[str], port: int | None) -> Callable[[str], bool]:
+    """Whether a Host header names this viewer: a known name and, when `port` is given, that port
+    (a header without a port means 80, as browsers omit it there)."""
+    def ok(value: str) -> bool:
+        got = split_host(value)
+        if got is None or got[0] not in names:
+            return False
+        return port is None or (got[1] if got[1] is not None else 80) == port
+    return ok
+
+
+class _Guard:
+    """ASGI middleware: refuses requests whose Host header does not name this viewer (400), and
+    adds SECURITY_HEADERS to every answer."""
+
+    def __init__(self, app: ASGIApp, ok: Callable[[str], bool], expected: str):
+        self.app, self.ok, self.expected = app, ok, expected
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
+        if len(hosts) != 1 or not self.ok(hosts[0]):
+            shown = hosts[0][:100] if len(hosts) == 1 else f"{len(hosts)} Host headers"
+            msg = (f"this viewer answers requests addressed to {self.expected} only, not {shown!r} (a page of "
+                   "another site may be trying to reach it through its own name: DNS rebinding); to reach it "
+                   "under another name, start it with that name allowed (serve(..., allowed_hosts=[NAME]) or "
+                   "`mechscope view --allow-host NAME`)")
+            await JSONResponse({"error": msg}, status_code=400, headers=SECURITY_HEADERS)(scope, receive, send)
+            return
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for k, v in SECURITY_HEADERS.items():
+                    if k not in headers:
+                        headers[k] = v
+            await send(message)
+
+        await self.app(scope, receive, send_secured)
+
+
+def create_app(artifacts_dir: str | Path = "out", *, port: int | None = None,
+               allowed_hosts: Iterable[str] = ()) -> FastAPI:
+    """The viewer app over `artifacts_dir` (its manifest is checked now: a wrong schema fails here).
+
+    Requests must carry a Host header naming 127.0.0.1, localhost, [::1] or one of `allowed_hosts`,
+    with `port` when it is given (None: any port, for an app served by someone else)."""
     arts = read_artifacts(artifacts_dir)
     stores = _Stores()
+    names = host_names(allowed_hosts)
+    shown = ", ".join(f"[{n}]" if ":" in n else n for n in sorted(names))
+    expected = shown + (f" on port {port}" if port is not None else "")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -87,25 +193,31 @@ def create_app(artifacts_dir: str | Path = "out") -> FastAPI:
     app = FastAPI(title="mechscope viewer", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.artifacts = arts
     app.state.stores = stores
+    app.add_middleware(_Guard, ok=host_check(names, port), expected=expected)
+    root_text = str(arts.root)
+
+    def relative(msg: str) -> str:
+        """`msg` with the artifact directory's absolute path cut off the file names it holds."""
+        return msg.replace(root_text + "/", "").replace(root_text, arts.root.name)
 
     # ---- errors: JSON with a message, never a trace ----------------------------------------
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound):
-        return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse({"error": relative(str(exc))}, status_code=404)
 
     @app.exception_handler(BadRequest)
     async def _bad(request: Request, exc: BadRequest):
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"error": relative(str(exc))}, status_code=400)
 
     @app.exception_handler(ArtifactError)
     async def _artifact(request: Request, exc: ArtifactError):
-        return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse({"error": relative(str(exc))}, status_code=404)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         parts = []
         for e in exc.errors():
-            where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "path"))
+            where = ".".join(str(x) for x in e.get("loc", ())[1:])  # without "query" / "path"
             parts.append(f"{where}: {e.get('msg', 'invalid')}")
         return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=400)
 
@@ -122,7 +234,7 @@ def create_app(artifacts_dir: str | Path = "out") -> FastAPI:
     # ---- helpers -----------------------------------------------------------------------------
     def model(name: str) -> ModelArtifacts:
         if name not in arts.model_names() and name not in [m["dir"] for m in arts.manifest["models"]]:
-            raise NotFound(f"no model {name!r}; models: {', '.join(arts.model_names()) or 'none'}")
+            raise NotFound(f"no model {_shown(name)}; models: {', '.join(arts.model_names()) or 'none'}")
         return arts.model(name)
 
     def need(obj: Any, what: str, m: ModelArtifacts) -> Any:
@@ -145,49 +257,49 @@ def create_app(artifacts_dir: str | Path = "out") -> FastAPI:
     # ---- API ---------------------------------------------------------------------------------
     @app.get("/api/models")
     def models() -> dict[str, Any]:
-        return {"root": str(arts.root), "schema_version": arts.manifest["schema_version"],
+        return {"root": arts.root.name, "schema_version": arts.manifest["schema_version"],
                 "created": arts.manifest.get("created"), "models": [m.summary() for m in arts.models()]}
 
     @app.get("/api/models/{name}/overview")
-    def overview(name: str) -> dict[str, Any]:
+    def overview(name: NameParam) -> dict[str, Any]:
         m = model(name)
         return {"overview": m.overview(), "summary": m.summary()}
 
     @app.get("/api/models/{name}/attention")
-    def attention(name: str) -> dict[str, Any]:
+    def attention(name: NameParam) -> dict[str, Any]:
         m = model(name)
         return need(m.attention(), "attention patterns", m)
 
     @app.get("/api/models/{name}/head_roles")
-    def head_roles(name: str) -> dict[str, Any]:
+    def head_roles(name: NameParam) -> dict[str, Any]:
         m = model(name)
         return need(m.head_roles(), "head-role scores", m)
 
     @app.get("/api/models/{name}/training")
-    def training(name: str) -> dict[str, Any]:
+    def training(name: NameParam) -> dict[str, Any]:
         m = model(name)
         return need(m.training(), "training metrics", m)
 
     @app.get("/api/models/{name}/patching")
-    def patching_list(name: str) -> dict[str, Any]:
+    def patching_list(name: NameParam) -> dict[str, Any]:
         return {"names": model(name).patching_names()}
 
     @app.get("/api/models/{name}/patching/{item}")
-    def patching(name: str, item: str) -> dict[str, Any]:
+    def patching(name: NameParam, item: NameParam) -> dict[str, Any]:
         m = model(name)
         if item not in m.patching_names():
-            raise NotFound(f"model {m.name!r} has no patching result {item!r}; it has {m.patching_names()}")
+            raise NotFound(f"model {m.name!r} has no patching result {_shown(item)}; it has {m.patching_names()}")
         return m.patching(item)
 
     @app.get("/api/models/{name}/circuits")
-    def circuit_list(name: str) -> dict[str, Any]:
+    def circuit_list(name: NameParam) -> dict[str, Any]:
         return {"names": model(name).circuit_names()}
 
     @app.get("/api/models/{name}/circuits/{item}")
-    def circuit(name: str, item: str, threshold: float = Query(0.0, ge=0.0)) -> dict[str, Any]:
+    def circuit(name: NameParam, item: NameParam, threshold: float = Query(0.0, ge=0.0)) -> dict[str, Any]:
         m = model(name)
         if item not in m.circuit_names():
-            raise NotFound(f"model {m.name!r} has no circuit {item!r}; it has {m.circuit_names()}")
+            raise NotFound(f"model {m.name!r} has no circuit {_shown(item)}; it has {m.circuit_names()}")
         if not math.isfinite(threshold):
             raise BadRequest("threshold must be a finite number >= 0")
         c = m.circuit(item)
@@ -199,7 +311,7 @@ def create_app(artifacts_dir: str | Path = "out") -> FastAPI:
         return [s["set_id"] for s in st.sets()]
 
     @app.get("/api/models/{name}/features")
-    def features(name: str, set_id: str | None = Query(None, alias="set", max_length=200),
+    def features(name: NameParam, set_id: str | None = Query(None, alias="set", min_length=1, max_length=MAX_NAME),
                  limit: int = Query(5000, ge=1, le=100_000)) -> dict[str, Any]:
         m = model(name)
         need(m.features_info(), "features", m)
@@ -207,7 +319,7 @@ def create_app(artifacts_dir: str | Path = "out") -> FastAPI:
         def read(st):
             ids = _sets(st)
             if set_id is not None and set_id not in ids:
-                raise NotFound(f"no feature set {set_id!r} for model {m.name!r}; sets: {ids}")
+                raise NotFound(f"no feature set {_shown(set_id)} for model {m.name!r}; sets: {ids}")
             out = []
             for s in st.sets():
                 if set_id is not None and s["set_id"] != set_id:
@@ -218,13 +330,14 @@ def create_app(artifacts_dir: str | Path = "out") -> FastAPI:
         return _clean({"sets": stores.query(m, read)})
 
     @app.get("/api/models/{name}/features/{set_id}/{feature}")
-    def feature_page(name: str, set_id: str, feature: int) -> dict[str, Any]:
+    def feature_page(name: NameParam, set_id: NameParam,
+                     feature: int = PathParam(ge=0, le=MAX_FEATURE)) -> dict[str, Any]:
         m = model(name)
         need(m.features_info(), "features", m)
 
         def read(st):
             if set_id not in _sets(st):
-                raise NotFound(f"no feature set {set_id!r} for model {m.name!r}; sets: {_sets(st)}")
+                raise NotFound(f"no feature set {_shown(set_id)} for model {m.name!r}; sets: {_sets(st)}")
             try:
                 return st.page(set_id, feature)
             except KeyError:
@@ -234,11 +347,20 @@ def create_app(artifacts_dir: str | Path = "out") -> FastAPI:
         return _clean(stores.query(m, read))
 
     @app.get("/artifacts/{path:path}")
-    def raw(path: str):
+    def raw(path: str = PathParam(max_length=1000)):
         p = _contained(arts, path)
-        return FileResponse(p, media_type="application/json" if p.suffix == ".json" else None)
+        if p.suffix == ".json":
+            return FileResponse(p, media_type="application/json")
+        # anything else (the feature store, a report, a stray file) is a download, never a page
+        return FileResponse(p, media_type="application/octet-stream", filename=p.name,
+                            content_disposition_type="attachment")
 
     return app
+
+
+def _shown(text: str, n: int = 120) -> str:
+    """A value from the request, quoted and cut to `n` characters, for an error message."""
+    return repr(text if len(text) <= n else text[:n] + "…")
 
 
 def _contained(arts: Artifacts, path: str) -> Path:
@@ -247,13 +369,13 @@ def _contained(arts: Artifacts, path: str) -> Path:
     parts = path.split("/")
     if (not path or "\x00" in path or "\\" in path or path.startswith("/") or Path(path).is_absolute()
             or any(not p or p.startswith(".") for p in parts)):  # also "..", ".", "//" and hidden files
-        raise BadRequest(f"invalid artifact path {path!r}")
+        raise BadRequest(f"invalid artifact path {_shown(path)}")
     try:
         p = arts.safe_path(arts.root, path)
     except ArtifactError as e:
         raise BadRequest(str(e)) from None
     if not p.is_file():
-        raise NotFound(f"no artifact file {path!r}")
+        raise NotFound(f"no artifact file {_shown(path)}")
     return p
 
 
@@ -269,12 +391,18 @@ def _clean(x: Any) -> Any:
 
 
 def serve(artifacts_dir: str | Path = "out", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          log_level: str = "warning") -> None:
-    """Serve the viewer (blocking). Binds 127.0.0.1 unless another host is given."""
+          log_level: str = "warning", allowed_hosts: Iterable[str] = ()) -> None:
+    """Serve the viewer (blocking). Binds 127.0.0.1 unless another host is given; requests must be
+    addressed to this machine's names, the bound host, or one of `allowed_hosts` (a wildcard bind,
+    0.0.0.0 or ::, needs the names other machines use to be listed there)."""
     import uvicorn
 
-    app = create_app(artifacts_dir)
+    extra = list(allowed_hosts)
+    if host not in LOCAL_HOSTS and host not in WILDCARD_HOSTS:
+        extra.append(host)
+    app = create_app(artifacts_dir, port=port or None, allowed_hosts=extra)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_app", "serve", "static_dir"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "LOCAL_HOSTS", "create_app", "host_check", "host_names", "serve",
+           "split_host", "static_dir"]

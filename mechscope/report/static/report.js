@@ -13,7 +13,7 @@
       const page = el('div', { class: 'card feature-page', id: `m${mi}-set${si}-page` });
       const open = (f) => {
         if (pages[f]) { MS.featurePage(page, pages[f], { onOpen: open }); page.scrollIntoView({ block: 'nearest' }); }
-        else { page.innerHTML = ''; page.appendChild(el('p', { class: 'muted', text: `Feature ${f}'s page is not included in this report; open it in the viewer (mechscope view).` })); }
+        else page.replaceChildren(el('p', { class: 'muted', text: `Feature ${f}'s page is not included in this report; open it in the viewer (mechscope view).` }));
       };
       const wrap = el('div', { style: 'max-height: 360px; overflow: auto; margin-bottom: 10px' });
       MS.featureTable(wrap, s.features, open);

@@ -18,12 +18,12 @@
   }
 
   function showError(err) {
-    main.innerHTML = '';
-    main.appendChild(el('div', { class: 'err', text: String(err && err.message ? err.message : err) }));
+    main.replaceChildren(el('div', { class: 'err', text: String(err && err.message ? err.message : err) }));
   }
 
   function parse() {
-    const parts = location.hash.replace(/^#\/?/, '').split('/').filter((p) => p.length).map(decodeURIComponent);
+    const dec = (p) => { try { return decodeURIComponent(p); } catch (e) { return p; } };  // a malformed escape stays as typed
+    const parts = location.hash.replace(/^#\/?/, '').split('/').filter((p) => p.length).map(dec);
     if (parts[0] !== 'm' || parts.length < 2) return { model: null };
     return { model: parts[1], page: parts[2] || 'overview', rest: parts.slice(3) };
   }
@@ -33,27 +33,27 @@
   }
 
   function header(route) {
-    select.innerHTML = '';
+    select.replaceChildren();
     for (const m of models) select.appendChild(el('option', { value: m.name, text: m.name, selected: m.name === route.model }));
-    tabs.innerHTML = '';
+    tabs.replaceChildren();
     for (const [key, name] of TABS) {
       tabs.appendChild(el('a', { href: '#/m/' + enc(route.model) + '/' + key, class: key === route.page ? 'active' : null, 'data-tab': key, text: name }));
     }
   }
   select.addEventListener('change', () => go(select.value, parse().page || 'overview'));
 
-  const base = (model) => '/api/models/' + enc(model);
+  const base = (dir) => '/api/models/' + enc(dir);
 
   const pages = {
     async overview(route) {
-      const d = await api(base(route.model) + '/overview');
+      const d = await api(base(route.dir) + '/overview');
       const sec = el('section', { class: 'part', id: 'overview' }, [el('h2', { text: 'Model overview' })]);
       const box = el('div'); sec.appendChild(box);
       MS.overview(box, d.overview, d.summary);
       return sec;
     },
     async attention(route) {
-      const d = await api(base(route.model) + '/attention');
+      const d = await api(base(route.dir) + '/attention');
       const sec = el('section', { class: 'part', id: 'attention' }, [el('h2', { text: 'Attention patterns' })]);
       const box = el('div'); sec.appendChild(box);
       const w = MS.attention(box, d);
@@ -61,30 +61,30 @@
       return sec;
     },
     async roles(route) {
-      const d = await api(base(route.model) + '/head_roles');
+      const d = await api(base(route.dir) + '/head_roles');
       const sec = el('section', { class: 'part', id: 'head-roles' }, [el('h2', { text: 'Head-role scores' })]);
       const box = el('div'); sec.appendChild(box);
       MS.headRoles(box, d);
       return sec;
     },
     async patching(route) {
-      const { names } = await api(base(route.model) + '/patching');
+      const { names } = await api(base(route.dir) + '/patching');
       const sec = el('section', { class: 'part', id: 'patching' }, [el('h2', { text: 'Activation patching' })]);
       if (!names.length) { sec.appendChild(el('p', { class: 'muted', text: 'No patching results.' })); return sec; }
       const name = route.rest[0] || names[0];
       sec.appendChild(el('div', {}, names.map((n) => el('a', { href: '#/m/' + enc(route.model) + '/patching/' + enc(n), class: 'pill', text: n }))));
-      const d = await api(base(route.model) + '/patching/' + enc(name));
+      const d = await api(base(route.dir) + '/patching/' + enc(name));
       const box = el('div', { class: 'patching', 'data-name': name }); sec.appendChild(box);
       MS.patching(box, d);
       return sec;
     },
     async circuits(route) {
-      const { names } = await api(base(route.model) + '/circuits');
+      const { names } = await api(base(route.dir) + '/circuits');
       const sec = el('section', { class: 'part', id: 'circuits' }, [el('h2', { text: 'Circuits' })]);
       if (!names.length) { sec.appendChild(el('p', { class: 'muted', text: 'No circuits.' })); return sec; }
       const name = route.rest[0] || names[0];
       sec.appendChild(el('div', {}, names.map((n) => el('a', { href: '#/m/' + enc(route.model) + '/circuits/' + enc(n), class: 'pill', text: n }))));
-      const d = await api(base(route.model) + '/circuits/' + enc(name));
+      const d = await api(base(route.dir) + '/circuits/' + enc(name));
       const box = el('div', { class: 'circuit-view', 'data-name': name }); sec.appendChild(box);
       MS.circuit(box, d);
       return sec;
@@ -92,14 +92,14 @@
     async features(route) {
       if (route.rest.length >= 2) {
         const [set, feat] = route.rest;
-        const d = await api(base(route.model) + '/features/' + enc(set) + '/' + enc(feat));
+        const d = await api(base(route.dir) + '/features/' + enc(set) + '/' + enc(feat));
         const sec = el('section', { class: 'part', id: 'feature-page' }, [
           el('p', {}, [el('a', { href: '#/m/' + enc(route.model) + '/features', text: '← all features' })])]);
         const box = el('div', { class: 'feature-page' }); sec.appendChild(box);
         MS.featurePage(box, d, { onOpen: (f) => go(route.model, 'features', set, f) });
         return sec;
       }
-      const d = await api(base(route.model) + '/features');
+      const d = await api(base(route.dir) + '/features');
       const sec = el('section', { class: 'part', id: 'features' }, [el('h2', { text: 'Features' })]);
       for (const s of d.sets) {
         sec.appendChild(el('h3', { text: `${s.set.set_id} — ${s.set.kind}s at ${s.set.site}` }));
@@ -109,7 +109,7 @@
       return sec;
     },
     async training(route) {
-      const d = await api(base(route.model) + '/training');
+      const d = await api(base(route.dir) + '/training');
       const sec = el('section', { class: 'part', id: 'training' }, [el('h2', { text: 'Training dynamics' })]);
       const box = el('div'); sec.appendChild(box);
       MS.training(box, d);
@@ -124,15 +124,16 @@
       if (!models.length) models = (await api('/api/models')).models;
       if (!models.length) { showError('This artifact directory has no models.'); return; }
       if (!route.model) { go(models[0].name, 'overview'); return; }
-      if (!models.some((m) => m.name === route.model)) { header(route); showError(`No model named ${route.model}.`); return; }
+      const entry = models.find((m) => m.name === route.model);
+      if (!entry) { header(route); showError(`No model named ${route.model}.`); return; }
+      route.dir = entry.dir;  // the API is addressed by directory name: a model's name may hold any character
       header(route);
-      const fn = pages[route.page];
+      const fn = Object.hasOwn(pages, route.page) ? pages[route.page] : null;
       if (!fn) { showError(`No page ${route.page}.`); return; }
-      main.innerHTML = '<p class="muted">Loading…</p>';
+      main.replaceChildren(el('p', { class: 'muted', text: 'Loading…' }));
       const sec = await fn(route);
       if (mine !== renderSeq) return;  // a later navigation superseded this one
-      main.innerHTML = '';
-      main.appendChild(sec);
+      main.replaceChildren(sec);
       document.body.setAttribute('data-page', route.page);
     } catch (err) {
       if (mine === renderSeq) showError(err);

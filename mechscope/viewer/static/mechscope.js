@@ -6,27 +6,46 @@
   const MS = {};
 
   // ---- small helpers ---------------------------------------------------------------------
-  const esc = (s) => String(s === null || s === undefined ? '' : s)
-    .replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
-    .replace(/"/g, '&quot;').replace(/'/g, '&#39;');
-  MS.esc = esc;
+  // Every string from an artifact reaches the page through textContent or setAttribute (here and
+  // in `svg`), never through the HTML parser: no renderer builds markup text.
+  // links the renderers make stay inside the page: anything but '#...' becomes '#'
+  const inPageLink = (v) => { const t = String(v); return t.charAt(0) === '#' ? t : '#'; };
+  MS.inPageLink = inPageLink;
 
   function el(tag, attrs, children) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
       if (v === null || v === undefined || v === false) continue;
-      if (k === 'text') e.textContent = v;
-      else if (k === 'html') e.innerHTML = v;
-      else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-      else e.setAttribute(k, v === true ? '' : v);
+      if (k === 'text') e.textContent = String(v);
+      else if (k.startsWith('on')) { if (typeof v === 'function') e.addEventListener(k.slice(2), v); }
+      else if (k === 'href') e.setAttribute(k, inPageLink(v));
+      else e.setAttribute(k, v === true ? '' : String(v));
     }
     for (const c of [].concat(children || [])) {
       if (c === null || c === undefined) continue;
-      e.appendChild(typeof c === 'string' ? document.createTextNode(c) : c);
+      e.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
     }
     return e;
   }
   MS.el = el;
+
+  // an SVG element: attributes set one by one, text as a text node
+  const SVGNS = 'http://www.w3.org/2000/svg';
+  function svg(tag, attrs, text) {
+    const e = document.createElementNS(SVGNS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || k.startsWith('on') || k === 'href') continue;
+      e.setAttribute(k, String(v));
+    }
+    if (text !== null && text !== undefined) e.textContent = String(text);
+    return e;
+  }
+  MS.svg = svg;
+  function svgRoot(cls, W, H) { return svg('svg', { class: cls, width: W, height: H, viewBox: `0 0 ${W} ${H}` }); }
+
+  // a count read from an artifact: a non-negative integer, or 0
+  const count = (x) => { const n = Number(x); return Number.isFinite(n) && n > 0 ? Math.floor(n) : 0; };
+  const str = (x) => (x === null || x === undefined ? '' : String(x));
 
   function fmt(x, digits) {
     if (x === null || x === undefined || (typeof x === 'number' && !isFinite(x))) return '—';
@@ -56,12 +75,12 @@
 
   // colour scales
   function seq(v) { // 0..1 -> white .. deep blue
-    const t = Math.max(0, Math.min(1, v || 0));
+    const t = Math.max(0, Math.min(1, Number(v) || 0));
     const r = Math.round(255 - t * (255 - 8)), g = Math.round(255 - t * (255 - 48)), b = Math.round(255 - t * (255 - 107));
     return `rgb(${r},${g},${b})`;
   }
   function div(v) { // -1..1 -> red .. white .. blue
-    if (v === null || v === undefined || !isFinite(v)) return '#e8e8e8';
+    if (typeof v !== 'number' || !isFinite(v)) return '#e8e8e8';
     const t = Math.max(-1, Math.min(1, v));
     const [r0, g0, b0] = t >= 0 ? [33, 102, 172] : [178, 24, 43];
     const a = Math.abs(t);
@@ -94,7 +113,7 @@
 
   // ---- overview --------------------------------------------------------------------------
   MS.overview = function (root, ov, summary) {
-    root.innerHTML = '';
+    root.replaceChildren();
     if (!ov) { root.appendChild(el('p', { class: 'muted', text: 'No overview.json for this model.' })); return; }
     root.appendChild(kvTable([
       ['name', ov.name], ['architecture', ov.architecture], ['layers', ov.n_layers], ['heads per layer', ov.n_heads],
@@ -117,42 +136,41 @@
   // ---- generic heatmap (SVG) -------------------------------------------------------------
   MS.heatmap = function (root, hm, opts) {
     const o = Object.assign({ cell: 30, diverging: false, maxAbs: null, title: '', label: 'value' }, opts || {});
-    const rows = hm.rows, cols = hm.cols, vals = hm.values;
-    const flat = [].concat(...vals).filter((v) => v !== null && isFinite(v));
+    const rows = hm.rows.map(str), cols = hm.cols.map(str), vals = hm.values;
+    const flat = [].concat(...vals).filter((v) => typeof v === 'number' && isFinite(v));
     const maxAbs = o.maxAbs || Math.max(1e-9, ...flat.map(Math.abs));
     const maxV = Math.max(1e-9, ...flat);
-    const lw = Math.min(170, 8 + 7 * Math.max(...rows.map((r) => String(r).length), 1));
-    const th = Math.min(120, 10 + 6 * Math.max(...cols.map((c) => String(c).length), 1));
+    const lw = Math.min(170, 8 + 7 * Math.max(...rows.map((r) => r.length), 1));
+    const th = Math.min(120, 10 + 6 * Math.max(...cols.map((c) => c.length), 1));
     const cw = Math.max(14, Math.min(o.cell, Math.floor(900 / Math.max(1, cols.length))));
     const ch = Math.max(14, o.cell);
     const W = lw + cols.length * cw + 70, H = th + rows.length * ch + 10;
-    let s = `<svg class="heatmap" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">`;
+    const g = svgRoot('heatmap', W, H);
     cols.forEach((c, j) => {
       const x = lw + j * cw + cw / 2;
-      s += `<text x="${x}" y="${th - 4}" font-size="11" transform="rotate(-55 ${x} ${th - 4})">${esc(c)}</text>`;
+      g.appendChild(svg('text', { x, y: th - 4, 'font-size': 11, transform: `rotate(-55 ${x} ${th - 4})` }, c));
     });
     rows.forEach((r, i) => {
       const y = th + i * ch;
-      s += `<text x="${lw - 6}" y="${y + ch / 2 + 4}" font-size="11" text-anchor="end">${esc(r)}</text>`;
+      g.appendChild(svg('text', { x: lw - 6, y: y + ch / 2 + 4, 'font-size': 11, 'text-anchor': 'end' }, r));
       cols.forEach((c, j) => {
-        const v = vals[i][j];
+        const v = (vals[i] || [])[j];
         const fill = o.diverging ? div(v === null ? null : v / maxAbs) : (v === null ? '#e8e8e8' : seq(v / maxV));
-        s += `<rect class="hm-cell" x="${lw + j * cw}" y="${y}" width="${cw - 1}" height="${ch - 1}" fill="${fill}" data-tip="${esc(r)} / ${esc(c)}: ${esc(fmt(v, 4))}"></rect>`;
+        g.appendChild(svg('rect', { class: 'hm-cell', x: lw + j * cw, y, width: cw - 1, height: ch - 1, fill,
+          'data-tip': `${r} / ${c}: ${fmt(v, 4)}` }));
       });
     });
     // colour bar
     const bx = lw + cols.length * cw + 16, bh = Math.max(40, rows.length * ch);
     for (let k = 0; k < 20; k++) {
       const t = 1 - k / 19;
-      const fill = o.diverging ? div(2 * t - 1) : seq(t);
-      s += `<rect x="${bx}" y="${th + k * bh / 20}" width="12" height="${bh / 20 + 0.5}" fill="${fill}"></rect>`;
+      g.appendChild(svg('rect', { x: bx, y: th + k * bh / 20, width: 12, height: bh / 20 + 0.5, fill: o.diverging ? div(2 * t - 1) : seq(t) }));
     }
-    s += `<text x="${bx + 16}" y="${th + 9}" font-size="10">${esc(fmt(o.diverging ? maxAbs : maxV))}</text>`;
-    s += `<text x="${bx + 16}" y="${th + bh}" font-size="10">${esc(o.diverging ? fmt(-maxAbs) : '0')}</text>`;
-    s += '</svg>';
+    g.appendChild(svg('text', { x: bx + 16, y: th + 9, 'font-size': 10 }, fmt(o.diverging ? maxAbs : maxV)));
+    g.appendChild(svg('text', { x: bx + 16, y: th + bh, 'font-size': 10 }, o.diverging ? fmt(-maxAbs) : '0'));
     const wrap = el('div', { class: 'hm-wrap' });
     if (o.title) wrap.appendChild(el('h3', { text: o.title }));
-    const box = el('div', { html: s });
+    const box = el('div', {}, [g]);
     wireTips(box);
     wrap.appendChild(box);
     root.appendChild(wrap);
@@ -171,11 +189,12 @@
   }
 
   MS.attention = function (root, att, opts) {
-    root.innerHTML = '';
+    root.replaceChildren();
     if (!att) { root.appendChild(el('p', { class: 'muted', text: 'No attention.json for this model.' })); return; }
     const o = Object.assign({ idPrefix: 'attn' }, opts || {});
-    const L = att.n_layers, H = att.n_heads, toks = att.tokens;
-    if (att.prompt) root.appendChild(el('p', { class: 'muted' }, ['Prompt: ', att.prompt]));
+    // sizes are read off the arrays themselves, not taken from the file's own counts
+    const toks = att.tokens.map(str), L = att.patterns.length, H = L ? att.patterns[0].length : 0;
+    if (att.prompt) root.appendChild(el('p', { class: 'muted' }, ['Prompt: ', str(att.prompt)]));
     root.appendChild(el('p', { class: 'small muted', text: `${L} layers × ${H} heads, ${toks.length} tokens. Click a head to open its pattern; hover tokens or cells.` }));
     const row = el('div', { class: 'row' });
     const grid = el('div', { class: 'grid-heads', id: o.idPrefix + '-grid', style: `grid-template-columns: 40px repeat(${H}, 68px)` });
@@ -197,25 +216,26 @@
     row.appendChild(grid); row.appendChild(detail); root.appendChild(row);
 
     function select(l, h) {
+      if (!(Number.isInteger(l) && Number.isInteger(h) && l >= 0 && l < L && h >= 0 && h < H)) return;
       cells.forEach((c) => c.classList.toggle('selected', c.getAttribute('data-head') === `${l}.${h}`));
       detail.setAttribute('data-head', `${l}.${h}`);
-      detail.innerHTML = '';
+      detail.replaceChildren();
       detail.appendChild(el('h3', { class: 'attn-title', text: `Layer ${l}, head ${h}` }));
       const pat = att.patterns[l][h], n = toks.length;
       const cs = Math.max(10, Math.min(26, Math.floor(560 / n)));
       const lw = Math.min(90, 10 + 7 * Math.max(...toks.map((t) => t.length)));
       const W = lw + n * cs + 10, Ht = lw + n * cs + 10;
-      let s = `<svg class="attn-matrix" width="${W}" height="${Ht}" viewBox="0 0 ${W} ${Ht}">`;
+      const g = svgRoot('attn-matrix', W, Ht);
       toks.forEach((t, i) => {
         const x = lw + i * cs + cs / 2;
-        s += `<text class="ktok" data-k="${i}" x="${x}" y="${lw - 4}" font-size="11" transform="rotate(-60 ${x} ${lw - 4})">${esc(t)}</text>`;
-        s += `<text class="qtok" data-q="${i}" x="${lw - 4}" y="${lw + i * cs + cs / 2 + 4}" font-size="11" text-anchor="end">${esc(t)}</text>`;
+        g.appendChild(svg('text', { class: 'ktok', 'data-k': i, x, y: lw - 4, 'font-size': 11, transform: `rotate(-60 ${x} ${lw - 4})` }, t));
+        g.appendChild(svg('text', { class: 'qtok', 'data-q': i, x: lw - 4, y: lw + i * cs + cs / 2 + 4, 'font-size': 11, 'text-anchor': 'end' }, t));
       });
       for (let q = 0; q < n; q++) for (let k = 0; k < n; k++) {
-        s += `<rect x="${lw + k * cs}" y="${lw + q * cs}" width="${cs - 1}" height="${cs - 1}" fill="${seq(pat[q][k])}" data-tip="${esc(toks[q])} (${q}) → ${esc(toks[k])} (${k}): ${fmt(pat[q][k], 4)}"></rect>`;
+        g.appendChild(svg('rect', { x: lw + k * cs, y: lw + q * cs, width: cs - 1, height: cs - 1, fill: seq(pat[q][k]),
+          'data-tip': `${toks[q]} (${q}) → ${toks[k]} (${k}): ${fmt(pat[q][k], 4)}` }));
       }
-      s += '</svg>';
-      const box = el('div', { html: s });
+      const box = el('div', {}, [g]);
       wireTips(box);
       detail.appendChild(el('div', { class: 'small muted', text: 'rows: query positions, columns: key positions' }));
       detail.appendChild(box);
@@ -233,16 +253,17 @@
       });
       detail.appendChild(strip);
     }
-    select(0, 0);
+    if (L && H) select(0, 0);
     return { select };
   };
   function argmax(a) { let b = 0; for (let i = 1; i < a.length; i++) if (a[i] > a[b]) b = i; return b; }
 
   // ---- head roles ------------------------------------------------------------------------
   MS.headRoles = function (root, hr) {
-    root.innerHTML = '';
+    root.replaceChildren();
     if (!hr) { root.appendChild(el('p', { class: 'muted', text: 'No head_roles.json for this model.' })); return; }
-    const rows = [...Array(hr.n_layers).keys()].map((l) => `L${l}`), cols = [...Array(hr.n_heads).keys()].map((h) => `H${h}`);
+    const first = Object.values(hr.roles)[0] || [];  // (layer, head): the labels follow the matrices
+    const rows = first.map((_, l) => `L${l}`), cols = (first[0] || []).map((_, h) => `H${h}`);
     const probe = hr.probe || {};
     if (Object.keys(probe).length) root.appendChild(el('p', { class: 'small muted', text: 'Probe: ' + specText(probe) }));
     const row = el('div', { class: 'row roles' });
@@ -254,7 +275,7 @@
     root.appendChild(row);
     if (hr.causal) {
       const c = el('div', { class: 'card causal' });
-      MS.heatmap(c, { rows, cols, values: hr.causal.values }, { title: 'Causal check: ' + (hr.causal.metric || ''), diverging: true, cell: 28 });
+      MS.heatmap(c, { rows, cols, values: hr.causal.values }, { title: 'Causal check: ' + str(hr.causal.metric), diverging: true, cell: 28 });
       c.appendChild(el('div', { class: 'spec', text: 'ablation: ' + specText(hr.causal.ablation) }));
       root.appendChild(c);
     }
@@ -262,9 +283,9 @@
 
   // ---- patching --------------------------------------------------------------------------
   MS.patching = function (root, p) {
-    root.innerHTML = '';
+    root.replaceChildren();
     root.appendChild(el('h3', { text: p.title || p.name }));
-    root.appendChild(el('div', {}, [el('span', { class: 'spec', text: `metric: ${p.metric}${p.normalised ? ' (normalised: share of the effect restored)' : ''}` })]));
+    root.appendChild(el('div', {}, [el('span', { class: 'spec', text: `metric: ${str(p.metric)}${p.normalised ? ' (normalised: share of the effect restored)' : ''}` })]));
     root.appendChild(el('div', {}, [el('span', { class: 'spec', text: 'ablation: ' + specText(p.ablation) })]));
     MS.heatmap(root, p, { diverging: true, cell: 26 });
     if (p.how && Object.keys(p.how).length) root.appendChild(el('details', {}, [el('summary', { text: 'how it was measured' }), el('pre', { class: 'spec', text: JSON.stringify(p.how, null, 1) })]));
@@ -272,7 +293,7 @@
 
   // ---- circuit graph ---------------------------------------------------------------------
   function circuitLayout(c) {
-    const nodes = c.nodes.map((n) => Object.assign({}, n));
+    const nodes = c.nodes.map((n) => ({ id: str(n.id), type: str(n.type), layer: Number(n.layer), head: Number(n.head) }));
     const layers = nodes.map((n) => n.layer);
     const Lmin = Math.min(-1, ...layers), Lmax = Math.max(...layers, 0);
     const nHeads = Math.max(1, ...nodes.filter((n) => n.type === 'head').map((n) => n.head + 1));
@@ -289,19 +310,20 @@
   }
 
   MS.circuit = function (root, c, opts) {
-    root.innerHTML = '';
+    root.replaceChildren();
     const o = Object.assign({ idPrefix: 'circuit' }, opts || {});
-    root.appendChild(el('h3', { text: c.name + ' — ' + c.method }));
+    root.appendChild(el('h3', { text: str(c.name) + ' — ' + str(c.method) }));
     root.appendChild(el('div', {}, [el('span', { class: 'spec', text: 'ablation: ' + specText(c.ablation) })]));
     if (c.faithfulness) {
       const f = c.faithfulness;
-      const ci = f.ci ? ` [${fmt(f.ci[0])}, ${fmt(f.ci[1])}] ${Math.round((f.confidence || 0.95) * 100)}% CI` : '';
-      root.appendChild(el('div', { class: 'faith' }, [el('span', { class: 'spec', text: `${f.metric} = ${fmt(f.value)}${ci}; ${f.aggregation || ''}; ${f.dataset || ''} n=${f.n}` })]));
+      const ci = f.ci ? ` [${fmt(f.ci[0])}, ${fmt(f.ci[1])}] ${Math.round((Number(f.confidence) || 0.95) * 100)}% CI` : '';
+      root.appendChild(el('div', { class: 'faith' }, [el('span', { class: 'spec', text: `${str(f.metric)} = ${fmt(f.value)}${ci}; ${str(f.aggregation)}; ${str(f.dataset)} n=${str(f.n)}` })]));
     }
     const { nodes, W, H } = circuitLayout(c);
-    const byId = Object.fromEntries(nodes.map((n) => [n.id, n]));
-    const scored = c.edges.filter((e) => e.score !== null && e.score !== undefined);
-    const maxAbs = Math.max(1e-12, ...scored.map((e) => Math.abs(e.score)));
+    const byId = new Map(nodes.map((n) => [n.id, n]));
+    const edges = c.edges.map((e) => ({ source: str(e.source), target: str(e.target), via: str(e.via),
+      score: typeof e.score === 'number' && isFinite(e.score) ? e.score : null }));
+    const maxAbs = Math.max(1e-12, ...edges.filter((e) => e.score !== null).map((e) => Math.abs(e.score)));
     const ctl = el('div', { class: 'slider' });
     const slider = el('input', { type: 'range', min: 0, max: 1000, value: 0, step: 1, class: 'threshold', id: o.idPrefix + '-threshold' });
     const label = el('span', { class: 'edge-count' });
@@ -316,32 +338,35 @@
 
     function draw() {
       const thr = (Number(slider.value) / 1000) * maxAbs;
-      const keep = c.edges.filter((e) => e.score === null || e.score === undefined || Math.abs(e.score) >= thr);
+      const keep = edges.filter((e) => e.score === null || Math.abs(e.score) >= thr);
       const used = new Set();
       keep.forEach((e) => { used.add(e.source); used.add(e.target); });
-      let s = `<svg class="circuit" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">`;
+      const g = svgRoot('circuit', W, H);
       const sorted = keep.slice().sort((a, b) => Math.abs(a.score || 0) - Math.abs(b.score || 0));
       for (const e of sorted) {
-        const a = byId[e.source], b = byId[e.target];
+        const a = byId.get(e.source), b = byId.get(e.target);
         if (!a || !b) continue;
         const sc = e.score;
-        const w = sc === null || sc === undefined ? 1.5 : 0.6 + 5 * Math.abs(sc) / maxAbs;
-        const col = sc === null || sc === undefined ? '#888' : sc >= 0 ? '#2166ac' : '#b2182b';
+        const w = sc === null ? 1.5 : 0.6 + 5 * Math.abs(sc) / maxAbs;
+        const col = sc === null ? '#888' : sc >= 0 ? '#2166ac' : '#b2182b';
         const dx = e.via === 'q' ? -8 : e.via === 'k' ? 0 : e.via === 'v' ? 8 : 0;
         const y1 = a.y - 12, y2 = b.y + 12, my = (y1 + y2) / 2;
-        s += `<path class="edge" d="M${a.x},${y1} C${a.x},${my} ${b.x + dx},${my} ${b.x + dx},${y2}" stroke="${col}" stroke-width="${w.toFixed(2)}" fill="none" opacity="0.75" data-tip="${esc(e.source)} → ${esc(e.target)}${e.via ? ' (' + e.via + ')' : ''}: ${fmt(sc, 4)}"></path>`;
+        g.appendChild(svg('path', { class: 'edge', d: `M${a.x},${y1} C${a.x},${my} ${b.x + dx},${my} ${b.x + dx},${y2}`,
+          stroke: col, 'stroke-width': w.toFixed(2), fill: 'none', opacity: 0.75,
+          'data-tip': `${e.source} → ${e.target}${e.via ? ' (' + e.via + ')' : ''}: ${fmt(sc, 4)}` }));
       }
       for (const n of nodes) {
         const on = used.has(n.id);
         const fill = n.type === 'head' ? '#fdf1d8' : n.type === 'mlp' ? '#e4f2e4' : '#e8e8f4';
         const wdt = n.type === 'head' ? 46 : 64;
-        s += `<g class="node${on ? '' : ' pruned'}" data-node="${esc(n.id)}" opacity="${on ? 1 : 0.3}" data-tip="${esc(n.id)} (${esc(n.type)}${n.layer >= 0 && n.type !== 'output' ? ', layer ' + n.layer : ''})">`;
-        s += `<rect x="${n.x - wdt / 2}" y="${n.y - 12}" width="${wdt}" height="24" rx="5" fill="${fill}" stroke="#777"></rect>`;
-        s += `<text x="${n.x}" y="${n.y + 4}" font-size="11" text-anchor="middle">${esc(n.id)}</text></g>`;
+        const node = svg('g', { class: 'node' + (on ? '' : ' pruned'), 'data-node': n.id, opacity: on ? 1 : 0.3,
+          'data-tip': `${n.id} (${n.type}${n.layer >= 0 && n.type !== 'output' ? ', layer ' + n.layer : ''})` });
+        node.appendChild(svg('rect', { x: n.x - wdt / 2, y: n.y - 12, width: wdt, height: 24, rx: 5, fill, stroke: '#777' }));
+        node.appendChild(svg('text', { x: n.x, y: n.y + 4, 'font-size': 11, 'text-anchor': 'middle' }, n.id));
+        g.appendChild(node);
       }
-      s += '</svg>';
-      box.innerHTML = s;
-      label.textContent = `${keep.length} of ${c.edges.length} edges (threshold ${fmt(thr, 4)})`;
+      box.replaceChildren(g);
+      label.textContent = `${keep.length} of ${edges.length} edges (threshold ${fmt(thr, 4)})`;
       root.setAttribute('data-edges', String(keep.length));
     }
     slider.addEventListener('input', draw);
@@ -351,7 +376,7 @@
   // ---- line charts and training ----------------------------------------------------------
   MS.lineChart = function (root, pts, opts) {
     const o = Object.assign({ title: '', logx: false, width: 460, height: 220 }, opts || {});
-    const data = pts.filter((p) => p[1] !== null && isFinite(p[1]));
+    const data = pts.filter((p) => typeof p[0] === 'number' && typeof p[1] === 'number' && isFinite(p[0]) && isFinite(p[1]));
     const wrap = el('div', { class: 'card chart', 'data-metric': o.title });
     wrap.appendChild(el('h3', { text: o.title }));
     if (!data.length) { wrap.appendChild(el('p', { class: 'muted', text: 'no values' })); root.appendChild(wrap); return wrap; }
@@ -360,20 +385,24 @@
     const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1e-9), y0 = Math.min(...ys), y1 = Math.max(...ys, y0 + 1e-9);
     const W = o.width, H = o.height, ml = 52, mr = 10, mt = 8, mb = 30;
     const X = (x) => ml + (x - x0) / (x1 - x0) * (W - ml - mr), Y = (y) => mt + (1 - (y - y0) / (y1 - y0)) * (H - mt - mb);
-    let s = `<svg class="line" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">`;
-    s += `<line x1="${ml}" y1="${H - mb}" x2="${W - mr}" y2="${H - mb}" stroke="#999"></line><line x1="${ml}" y1="${mt}" x2="${ml}" y2="${H - mb}" stroke="#999"></line>`;
+    const g = svgRoot('line', W, H);
+    g.appendChild(svg('line', { x1: ml, y1: H - mb, x2: W - mr, y2: H - mb, stroke: '#999' }));
+    g.appendChild(svg('line', { x1: ml, y1: mt, x2: ml, y2: H - mb, stroke: '#999' }));
     for (let k = 0; k <= 4; k++) {
       const yv = y0 + (y1 - y0) * k / 4, xv = x0 + (x1 - x0) * k / 4;
-      s += `<text x="${ml - 4}" y="${Y(yv) + 4}" font-size="10" text-anchor="end">${esc(fmt(yv, 3))}</text>`;
+      g.appendChild(svg('text', { x: ml - 4, y: Y(yv) + 4, 'font-size': 10, 'text-anchor': 'end' }, fmt(yv, 3)));
       const step = o.logx ? Math.round(Math.pow(10, xv) - 1) : Math.round(xv);
-      s += `<text x="${X(xv)}" y="${H - mb + 14}" font-size="10" text-anchor="middle">${esc(step)}</text>`;
+      g.appendChild(svg('text', { x: X(xv), y: H - mb + 14, 'font-size': 10, 'text-anchor': 'middle' }, step));
     }
-    s += `<text x="${(W + ml) / 2}" y="${H - 2}" font-size="10" text-anchor="middle" fill="#666">step${o.logx ? ' (log)' : ''}</text>`;
+    g.appendChild(svg('text', { x: (W + ml) / 2, y: H - 2, 'font-size': 10, 'text-anchor': 'middle', fill: '#666' }, 'step' + (o.logx ? ' (log)' : '')));
     const d = data.map((p, i) => `${i ? 'L' : 'M'}${X(fx(p[0])).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(' ');
-    s += `<path class="series" d="${d}" fill="none" stroke="#2f6fbf" stroke-width="1.6"></path>`;
-    if (data.length <= 200) for (const p of data) s += `<circle cx="${X(fx(p[0])).toFixed(1)}" cy="${Y(p[1]).toFixed(1)}" r="2.2" fill="#2f6fbf" data-tip="step ${p[0]}: ${fmt(p[1], 4)}"></circle>`;
-    s += '</svg>';
-    const box = el('div', { html: s });
+    g.appendChild(svg('path', { class: 'series', d, fill: 'none', stroke: '#2f6fbf', 'stroke-width': 1.6 }));
+    if (data.length <= 200) {
+      for (const p of data) {
+        g.appendChild(svg('circle', { cx: X(fx(p[0])).toFixed(1), cy: Y(p[1]).toFixed(1), r: 2.2, fill: '#2f6fbf', 'data-tip': `step ${p[0]}: ${fmt(p[1], 4)}` }));
+      }
+    }
+    const box = el('div', {}, [g]);
     wireTips(box);
     wrap.appendChild(box);
     root.appendChild(wrap);
@@ -381,10 +410,10 @@
   };
 
   MS.training = function (root, tr) {
-    root.innerHTML = '';
+    root.replaceChildren();
     if (!tr) { root.appendChild(el('p', { class: 'muted', text: 'No training.json for this model.' })); return; }
     const info = [];
-    if (tr.run) info.push(`run ${tr.run}`);
+    if (tr.run) info.push(`run ${str(tr.run)}`);
     if ((tr.checkpoints || []).length) info.push(`${tr.checkpoints.length} checkpoints`);
     root.appendChild(el('p', { class: 'small muted', text: info.join(', ') }));
     const ctl = el('label', { class: 'small' });
@@ -393,7 +422,7 @@
     root.appendChild(ctl);
     const row = el('div', { class: 'row charts' });
     root.appendChild(row);
-    const draw = () => { row.innerHTML = ''; for (const [k, pts] of Object.entries(tr.metrics)) MS.lineChart(row, pts, { title: k, logx: cb.checked }); };
+    const draw = () => { row.replaceChildren(); for (const [k, pts] of Object.entries(tr.metrics)) MS.lineChart(row, pts, { title: k, logx: cb.checked }); };
     cb.addEventListener('change', draw);
     draw();
     if (tr.config && Object.keys(tr.config).length) root.appendChild(el('details', {}, [el('summary', { text: 'run configuration' }), el('pre', { class: 'spec', text: JSON.stringify(tr.config, null, 1) })]));
@@ -418,7 +447,7 @@
         if (x === y) return 0; if (x === null || x === undefined) return 1; if (y === null || y === undefined) return -1;
         return (x < y ? -1 : 1) * (desc ? -1 : 1);
       });
-      tbody.innerHTML = '';
+      tbody.replaceChildren();
       for (const f of rows) {
         const r = el('tr', { class: 'feature-row', 'data-feature': f.feature });
         r.appendChild(el('td', { text: f.feature }));
@@ -426,7 +455,7 @@
         r.appendChild(el('td', { text: fmt(f.density) }));
         r.appendChild(el('td', { text: fmt(f.max_act) }));
         r.appendChild(el('td', { text: fmt(f.mean_act) }));
-        const ex = f.explanation || '';
+        const ex = str(f.explanation);
         r.appendChild(el('td', { class: 'l small', text: ex.length > 70 ? ex.slice(0, 70) + '…' : ex, title: ex }));
         r.appendChild(el('td', { text: fmt(f.corr) }));
         r.addEventListener('click', () => onOpen(f.feature));
@@ -447,7 +476,7 @@
     (ex.tokens || []).forEach((t, i) => {
       const a = (ex.acts || [])[i];
       const v = a === null || a === undefined ? 0 : a / scale;
-      const sp = el('span', { class: 'tok' + (i === centre ? ' focus' : ''), text: t, 'data-tip': `${t}: ${fmt(a, 4)}` });
+      const sp = el('span', { class: 'tok' + (i === centre ? ' focus' : ''), text: str(t), 'data-tip': `${str(t)}: ${fmt(a, 4)}` });
       sp.style.background = div(Math.max(-1, Math.min(1, v)));
       if (Math.abs(v) > 0.65) sp.style.color = '#fff';
       toks.appendChild(sp);
@@ -459,30 +488,31 @@
   MS.histogram = function (root, bins) {
     if (!bins || !bins.length) { root.appendChild(el('p', { class: 'muted', text: 'no histogram' })); return; }
     const W = 460, H = 160, ml = 40, mb = 34, n = bins.length;
-    const maxC = Math.max(1, ...bins.map((b) => b.count));
+    const counts = bins.map((b) => count(b.count));
+    const maxC = Math.max(1, ...counts);
     const bw = (W - ml - 10) / n;
-    let s = `<svg class="histogram" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">`;
+    const g = svgRoot('histogram', W, H);
     bins.forEach((b, i) => {
-      const h = (H - mb - 8) * Math.log1p(b.count) / Math.log1p(maxC);
+      const h = (H - mb - 8) * Math.log1p(counts[i]) / Math.log1p(maxC);
       const lo = b.lo === null ? '-∞' : fmt(b.lo, 3), hi = b.hi === null ? '∞' : fmt(b.hi, 3);
-      const centre = (b.lo || 0) + (b.hi || 0);
-      s += `<rect class="bar" x="${ml + i * bw}" y="${H - mb - h}" width="${Math.max(1, bw - 1)}" height="${h}" fill="${centre > 0 ? '#4a86c8' : centre < 0 ? '#d06a6a' : '#999'}" data-tip="(${lo}, ${hi}]: ${b.count}"></rect>`;
+      const centre = (Number(b.lo) || 0) + (Number(b.hi) || 0);
+      g.appendChild(svg('rect', { class: 'bar', x: ml + i * bw, y: H - mb - h, width: Math.max(1, bw - 1), height: h,
+        fill: centre > 0 ? '#4a86c8' : centre < 0 ? '#d06a6a' : '#999', 'data-tip': `(${lo}, ${hi}]: ${counts[i]}` }));
     });
-    s += `<line x1="${ml}" y1="${H - mb}" x2="${W - 10}" y2="${H - mb}" stroke="#999"></line>`;
-    s += `<text x="${ml}" y="${H - mb + 14}" font-size="10">${esc(bins[0].lo === null ? '-∞' : fmt(bins[0].lo, 2))}</text>`;
-    s += `<text x="${W - 10}" y="${H - mb + 14}" font-size="10" text-anchor="end">${esc(bins[n - 1].hi === null ? '∞' : fmt(bins[n - 1].hi, 2))}</text>`;
-    s += `<text x="${(W + ml) / 2}" y="${H - 4}" font-size="10" text-anchor="middle" fill="#666">activation (symmetric-log bins; bar height log count)</text>`;
-    s += '</svg>';
-    const box = el('div', { html: s });
+    g.appendChild(svg('line', { x1: ml, y1: H - mb, x2: W - 10, y2: H - mb, stroke: '#999' }));
+    g.appendChild(svg('text', { x: ml, y: H - mb + 14, 'font-size': 10 }, bins[0].lo === null ? '-∞' : fmt(bins[0].lo, 2)));
+    g.appendChild(svg('text', { x: W - 10, y: H - mb + 14, 'font-size': 10, 'text-anchor': 'end' }, bins[n - 1].hi === null ? '∞' : fmt(bins[n - 1].hi, 2)));
+    g.appendChild(svg('text', { x: (W + ml) / 2, y: H - 4, 'font-size': 10, 'text-anchor': 'middle', fill: '#666' }, 'activation (symmetric-log bins; bar height log count)'));
+    const box = el('div', {}, [g]);
     wireTips(box);
     root.appendChild(box);
   };
 
   MS.featurePage = function (root, page, opts) {
     const o = Object.assign({ onOpen: null }, opts || {});
-    root.innerHTML = '';
-    root.setAttribute('data-feature', page.feature);
-    root.appendChild(el('h3', { class: 'feature-title', text: `${page.set_id} / feature ${page.feature} (${page.label})` }));
+    root.replaceChildren();
+    root.setAttribute('data-feature', str(page.feature));
+    root.appendChild(el('h3', { class: 'feature-title', text: `${str(page.set_id)} / feature ${str(page.feature)} (${str(page.label)})` }));
     root.appendChild(kvTable([['active tokens', intfmt(page.n_active)], ['density', fmt(page.density, 4)], ['max', fmt(page.max_act, 4)], ['mean', fmt(page.mean_act, 4)]]));
     // explanations
     root.appendChild(el('h3', { text: 'Explanation' }));
@@ -492,8 +522,8 @@
       box.appendChild(el('div', { text: e.explanation }));
       box.appendChild(kvTable([['held-out correlation', fmt(e.corr)], ['precision', fmt(e.precision)], ['recall', fmt(e.recall)], ['loss recovered (mean ablation)', fmt(e.loss_recovered)]]));
       if (e.spec) {
-        let spec = e.spec;
-        try { spec = JSON.stringify(JSON.parse(e.spec), null, 1); } catch (err) { /* plain text */ }
+        let spec = str(e.spec);
+        try { spec = JSON.stringify(JSON.parse(spec), null, 1); } catch (err) { /* plain text */ }
         box.appendChild(el('details', {}, [el('summary', { text: 'how it was scored' }), el('pre', { class: 'spec', text: spec })]));
       }
       root.appendChild(box);
@@ -532,7 +562,7 @@
     if ((page.coactivation || []).length) {
       const co = el('div', { class: 'card' }, [el('h3', { text: 'Co-activating features' })]);
       for (const r of page.coactivation) {
-        const a = el('a', { href: '#', text: `${r.other}`, 'data-feature': r.other });
+        const a = el('a', { href: '#', text: str(r.other), 'data-feature': str(r.other) });
         a.addEventListener('click', (evt) => { evt.preventDefault(); if (o.onOpen) o.onOpen(r.other); });
         co.appendChild(el('div', { class: 'small' }, [a, ` ${fmt(r.score)}`]));
       }

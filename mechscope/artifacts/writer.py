@@ -1,0 +1,61 @@
+"""The writer of an artifact directory: the manifest, and one `ModelWriter` per model whose
+methods (one per artifact kind) live in the module of the file they write."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .circuits import CircuitWriter
+from .features import FeaturesWriter
+from .heads import HeadsWriter
+from .overview import OverviewWriter
+from .patching import PatchingWriter
+from .schema import DEFAULT_DIR, FORMAT, SCHEMA_VERSION, ArtifactError, check_name, read_manifest, slug, write_json
+from .training import TrainingWriter
+
+
+class ArtifactWriter:
+    """Writes one artifact directory: `manifest.json` and a directory per model.
+
+        w = ArtifactWriter("out")
+        m = w.model("zoo:induction-quick")        # a ModelWriter
+        m.overview(architecture="TinyTransformer", n_layers=2, ...)
+        m.attention(tokens, patterns)
+    """
+
+    def __init__(self, root: str | Path = DEFAULT_DIR):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if (self.root / "manifest.json").is_file():
+            self.manifest = read_manifest(self.root)
+        else:
+            self.manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION,
+                             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "models": []}
+            self._save()
+
+    def _save(self) -> None:
+        self.manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(self.root / "manifest.json", self.manifest, indent=2)
+
+    def model(self, name: str, dir: str | None = None) -> "ModelWriter":
+        """The writer of model `name` (registered in the manifest on first use)."""
+        if not isinstance(name, str) or not name.strip():
+            raise ArtifactError(f"a model needs a non-empty name, got {name!r}")
+        for m in self.manifest["models"]:
+            if m["name"] == name:
+                return ModelWriter(self, name, self.root / m["dir"])
+        d = check_name(dir, "model directory") if dir else slug(name)
+        if any(m["dir"] == d for m in self.manifest["models"]):
+            raise ArtifactError(f"directory {d!r} already belongs to another model; pass dir=")
+        self.manifest["models"].append({"name": name, "dir": d})
+        self._save()
+        return ModelWriter(self, name, self.root / d)
+
+
+class ModelWriter(OverviewWriter, HeadsWriter, PatchingWriter, CircuitWriter, TrainingWriter, FeaturesWriter):
+    """Writes the artifacts of one model (see the package docstring for each file)."""
+
+    def __init__(self, parent: ArtifactWriter, name: str, path: Path):
+        self.parent, self.name, self.path = parent, name, path
+        self.path.mkdir(parents=True, exist_ok=True)
