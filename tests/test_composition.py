@@ -86,3 +86,19 @@ def test_full_circuits_and_virtual_weights_match_dense_products(family):
                                atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="before the receiver"):
         virtual_weights(f.hf, (1, 0), (0, 0), "q")
+
+
+def test_copying_score_of_a_head_with_a_zero_ov_circuit_is_zero():
+    """A head that writes nothing (W_O zero, as after pruning) has no eigenvalues to weigh: its
+    score is defined as 0, not 0/0; the other heads' scores are unchanged."""
+    f = make_family("gpt2")
+    before = copying_scores(f.hf)
+    dh = f.model.d_head
+    with torch.no_grad():
+        f.hf.transformer.h[1].attn.c_proj.weight[2 * dh:3 * dh] = 0  # head 2's W_O rows
+    got = copying_scores(f.hf)
+    assert not torch.isnan(got).any()
+    assert got[1, 2] == 0
+    keep = torch.ones_like(got, dtype=torch.bool)
+    keep[1, 2] = False
+    assert torch.equal(got[keep], before[keep])

@@ -79,7 +79,9 @@ def copying_scores(model: Any, fold_ln: bool = True) -> Tensor:
     """(layer, head): sum(re lambda) / sum(|lambda|) over the eigenvalues of W_E W_V W_O W_U.
 
     Near 1: the head copies the tokens it attends to into the output; near -1: it suppresses them.
-    The eigenvalues come from the d_head x d_head matrix W_O W_U W_E W_V.
+    The eigenvalues come from the d_head x d_head matrix W_O W_U W_E W_V. A head whose circuit is
+    zero (all eigenvalues 0, e.g. a pruned head with W_O = 0) neither copies nor suppresses: its
+    score is 0.
     """
     w = wrap(model).weights(fold_ln=fold_ln)
     if w.W_E is None or w.W_U is None:
@@ -88,4 +90,6 @@ def copying_scores(model: Any, fold_ln: bool = True) -> Tensor:
     ue = (w.W_U @ w.W_E).double()  # (d_model, d_model)
     small = w.W_O.double() @ ue @ w.W_V.double()  # (layer, head, d_head, d_head)
     lam = torch.linalg.eigvals(small)
-    return (lam.real.sum(-1) / lam.abs().sum(-1)).float()
+    total = lam.abs().sum(-1)
+    score = lam.real.sum(-1) / torch.where(total > 0, total, 1.0)  # a zero circuit: 0, not 0/0
+    return score.float()
