@@ -33,7 +33,8 @@ _ACTIVE: dict[nn.Module, dict[Kind, list[Handler]]] = {}
 
 def _apply(module: nn.Module, kind: Kind, x: Tensor) -> Tensor:
     for h in _ACTIVE.get(module, {}).get(kind, ()):
-        x = h(x)
+        if h.live:  # a run nested in another sees only its own handlers
+            x = h(x)
     return x
 
 
