@@ -188,3 +188,42 @@ def test_grad_without_captures_returns_the_metric(gpt2: Fam):
         torch.testing.assert_close(res.metric, metric(gpt2.hf(gpt2.ids)), atol=0, rtol=0)
     assert not res.metric.requires_grad
     assert_no_hooks(gpt2.hf)
+
+
+def test_head_result_grads_stay_finite_where_a_head_overflows():
+    """float16 GPT-2 whose layer-1 heads 0 and 1 write +-1e5 (beyond float16's range, cancelling in
+    the fused output projection): the per-head results hold +-inf, the model's own output is finite.
+    A pure attn.result capture with gradients keeps the output bit for bit and its gradients finite
+    and equal to plain autograd's (each head's result gets the projection output's gradient)."""
+    from conftest import build
+
+    hf = build("gpt2")
+    d, dh = 64, 16
+    att = hf.transformer.h[1].attn
+    with torch.no_grad():
+        w, b = att.c_attn.weight, att.c_attn.bias  # (d_model, q | k | v), heads in order in each part
+        for part in range(3):  # head 1 attends and reads exactly as head 0
+            w[:, part * d + dh:part * d + 2 * dh] = w[:, part * d:part * d + dh]
+            b[part * d + dh:part * d + 2 * dh] = b[part * d:part * d + dh]
+        w[:, 2 * d:2 * d + 2 * dh] *= 100  # large values
+        att.c_proj.weight[:dh] *= 1e5  # head 0's W_O rows ...
+        att.c_proj.weight[dh:2 * dh] = -att.c_proj.weight[:dh]  # ... and head 1's cancel them
+    hf = hf.half()
+    f = Fam("gpt2", hf, ms.wrap(hf), make_ids())
+    sites = [Site(Kind.RESULT, 1), Site(Kind.Z, 1)]
+    res = ms.run(f.model, f.ids, capture=sites, grad=lambda out: out.logits[:, -1, TOKEN].float().sum())
+    ref = hf(f.ids).logits
+    assert torch.isfinite(ref).all()
+    assert torch.isinf(res.cache[Site(Kind.RESULT, 1)]).any(), "the setup must overflow a head's result"
+    assert torch.equal(res.logits, ref.detach())
+    for s in sites:
+        assert torch.isfinite(res.grads[s]).all(), f"non-finite gradient at {s.name}"
+    # plain autograd: the output projection's output gradient, the same for every head
+    kept = {}
+    h = att.c_proj.register_forward_hook(lambda m, a, o: (o.retain_grad(), kept.setdefault("out", o))[0])
+    try:
+        hf(f.ids).logits[:, -1, TOKEN].float().sum().backward()
+    finally:
+        h.remove()
+    want = kept["out"].grad.unsqueeze(2).expand(-1, -1, f.model.n_heads, -1)
+    assert torch.equal(res.grads[Site(Kind.RESULT, 1)], want)

@@ -65,6 +65,29 @@ class Tap(ABC):
     def install(self, handler: Handler) -> list[RemovableHandle]: ...
 
 
+class _ValueOf(torch.autograd.Function):
+    """`value`'s numbers, with the gradient sent to `route` (same shape) as if it were the output.
+
+    A pure capture uses it to route gradients through a recomputation (per-head results, per-head
+    inputs) while the forward pass keeps the module's own values bit for bit. Written as
+    `value + (route - route.detach())` it would give NaN wherever `route` is not finite (inf - inf
+    after an overflow), in the output and in every gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, route: Tensor) -> Tensor:
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:
+        return None, grad
+
+
+def value_of(value: Tensor, route: Tensor) -> Tensor:
+    """`value` (detached), differentiable as `route`: see `_ValueOf`."""
+    return _ValueOf.apply(value.detach(), route)
+
+
 def _split(x: Tensor, heads: int | None) -> Tensor:
     # (batch, pos, head*d_head) -> (batch, pos, head, d_head)
     return x if heads is None else x.unflatten(-1, (heads, -1))
@@ -191,9 +214,9 @@ class HeadResult(Tap):
             total = total if b is None else total + b
             if not handler.modifies:
                 # Pure capture with gradients on: route the output's graph through the per-head
-                # results, or their gradients would be zero. `total - total.detach()` is exactly 0,
-                # so the value stays the module's own bit for bit; gradients flow only this way.
-                return out.detach() + (total - total.detach())
+                # results, or their gradients would be zero. The value stays the module's own bit
+                # for bit (even where the per-head sum overflows); gradients flow only this way.
+                return value_of(out, total)
             return total
 
         return [self.module.register_forward_pre_hook(pre), self.module.register_forward_hook(post)]
@@ -217,8 +240,8 @@ class HeadInput(Tap):
     shapes (mechscope's own does).
 
     With gradients on, every head is recomputed so that gradients reach each head's input; heads
-    whose input did not change keep the module's values bit for bit (value `orig + (new -
-    new.detach())`), as `HeadResult` does.
+    whose input did not change keep the module's values bit for bit (`value_of(orig, new)`: the
+    module's numbers, differentiable as the recomputation), as `HeadResult` does.
     """
 
     reader: nn.Module
@@ -277,7 +300,7 @@ class HeadInput(Tap):
                 c = col(h)
                 v = new[..., j, :]
                 if not changed[h]:  # the same value as before; gradients through the recomputation
-                    v = res[..., c:c + d].detach() + (v - v.detach())
+                    v = value_of(res[..., c:c + d].clone(), v)
                 res[..., c:c + d] = v
             return res
 
