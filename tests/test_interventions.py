@@ -11,7 +11,7 @@ from mechscope import (Add, InterventionError, Kind, Mean, Patch, Replace, Resam
                        Zero)
 from mechscope.models import hf_attention
 
-from conftest import FAMILIES, Fam, assert_no_hooks, bare, main_output, make_family, make_ids, suggestions
+from conftest import FAMILIES, SANDWICH, Fam, assert_no_hooks, bare, main_output, make_family, make_ids, suggestions
 
 
 def _hooked_logits(hf: nn.Module, module: nn.Module, fn, ids: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,8 @@ def test_scale_one_is_identity_and_scale_matches_manual(causal_fam: Fam):
     ivs = [Scale(s, factor=1.0) for s in f.model.sites() if s.kind is not Kind.RESULT]
     assert torch.equal(ms.run(f.model, f.ids, interventions=ivs).logits, clean)
     site = Site(Kind.MLP_OUT, 0)
-    mlp = f.model.blocks[0].mlp
+    # the module mlp_out is the output of: the MLP, or its post-norm (Gemma's sandwich norms)
+    mlp = f.model.blocks[0].post_feedforward_layernorm if f.name in SANDWICH else f.model.blocks[0].mlp
     manual = _hooked_logits(f.hf, mlp, lambda x: x * 0.5, f.ids)
     assert torch.equal(ms.run(f.model, f.ids, interventions=[Scale(site, factor=0.5)]).logits, manual)
 

@@ -92,7 +92,7 @@ def ov_diagonal_scores(model: Any, fold_ln: bool = True, max_tokens: int = 512, 
     U_t = U[:, toks].T  # (tokens, d_model): each token's own unembedding column
     out = torch.empty(w.n_layers, w.n_heads)
     for l in range(w.n_layers):
-        a = torch.einsum("td,hde,hem->htm", E, w.W_V[l].double(), w.W_O[l].double())  # (head, tokens, d_model)
+        a = torch.einsum("td,hde,hem->htm", E, w.W_V[l].double(), w.W_O_written[l].double())  # (head, tokens, d_model)
         diag = (a * U_t).sum(-1)
         mean = a @ u_bar
         sq = torch.einsum("htd,de,hte->ht", a, G, a)

@@ -22,7 +22,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from ..core.site import Kind
-from ..core.taps import Handler, Tap
+from ..core.taps import Handler, Tap, value_of
 
 NAME = "mechscope"
 INTERNAL = {Kind.Q, Kind.K, Kind.V, Kind.SCORES, Kind.PATTERN, Kind.Z}
@@ -46,6 +46,21 @@ def _repeat_heads(x: Tensor, n_rep: int) -> Tensor:
     return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
 
 
+def _per_query_head(x: Tensor, heads: int, groups: int) -> Tensor:
+    """Keys or values (batch, kv_head or head, pos, d_head) with one head per query head.
+
+    Keys widened by per-head inputs whose heads are still equal within each group (a capture with
+    gradients, no head changed) take the repeated layout the unwidened keys would: a matrix product
+    can round differently in another memory layout. Gradients still reach every widened head."""
+    if x.shape[1] != heads:
+        return _repeat_heads(x, heads // x.shape[1])
+    if groups > 1:
+        g = x.unflatten(1, (heads // groups, groups))
+        if torch.equal(g, g[:, :, :1].expand_as(g)):
+            return value_of(_repeat_heads(x[:, ::groups], groups), x)
+    return x
+
+
 def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
               attention_mask: Tensor | None, scaling: float | None = None, dropout: float = 0.0,
               **_: object) -> tuple[Tensor, Tensor]:
@@ -59,8 +74,8 @@ def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
         value = _apply(module, Kind.V, value.transpose(1, 2)).transpose(1, 2)
     # grouping from shapes, separately: per-head inputs (attn.k_in, attn.v_in) may widen keys or
     # values alone to one head per query head
-    key = _repeat_heads(key, query.shape[1] // key.shape[1])
-    value = _repeat_heads(value, query.shape[1] // value.shape[1])
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = _per_query_head(key, query.shape[1], groups), _per_query_head(value, query.shape[1], groups)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, head, pos, kpos)
     if attention_mask is not None:
         scores = scores + attention_mask
