@@ -73,4 +73,5 @@ SPEC = Spec(
     n_kv_heads=llama.SPEC.n_kv_heads,
     d_head=llama.SPEC.d_head,
     causal=lambda cfg: not getattr(cfg, "use_bidirectional_attention", False),
+    post_norms=True,
 )

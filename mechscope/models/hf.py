@@ -78,6 +78,9 @@ class Spec:
     d_head: Callable[[Any], int] = lambda cfg: cfg.hidden_size // cfg.num_attention_heads
     causal: bool | Callable[[Any], bool] = True  # or a function of the config (bidirectional variants)
     post_ln: bool = False
+    # the attention and MLP outputs are normalised before the residual add (Gemma's sandwich norms):
+    # the heads' results add up to the norm's input, not to what the block writes
+    post_norms: bool = False
     unsupported: Callable[[Any], set[Kind]] = lambda cfg: set()  # kinds a config variant lacks
 
 
@@ -101,6 +104,7 @@ class HFModel(ModelBase):
         self.d_head = int(spec.d_head(self.config))
         self.d_model = int(self.config.hidden_size)
         self.causal = bool(spec.causal(self.config) if callable(spec.causal) else spec.causal)
+        self.post_norms = spec.post_norms
         lacking = spec.unsupported(self.config)
         sites: list[Site] = []
         root = {k: w for k, w in spec.root.items() if self._has(w.path)}
