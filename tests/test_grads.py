@@ -21,7 +21,6 @@ def _manual_grads(f: Fam, frozen: bool) -> dict[Site, torch.Tensor]:
     """Gradients of `metric` by plain autograd: forward hooks that retain_grad, one backward."""
     hf = f.hf
     blocks = f.model.blocks
-    spec_attn = f.model.spec.attention
     out_proj = f.model.spec.out_proj
     acts: dict[Site, torch.Tensor] = {}
     handles = []
@@ -43,7 +42,9 @@ def _manual_grads(f: Fam, frozen: bool) -> dict[Site, torch.Tensor]:
         emb = hf.get_input_embeddings()
         handles.append(emb.register_forward_hook(lambda m, a, o: o.detach().requires_grad_(True)))
     handles.append(blocks[0].register_forward_hook(keep(Site(Kind.RESID_POST, 0))))
-    handles.append(blocks[1].get_submodule(spec_attn).register_forward_hook(keep(Site(Kind.ATTN_OUT, 1), 0)))
+    attn_out = f.model.spec.block[Kind.ATTN_OUT]  # the attention module's output, or a post-norm's (Gemma)
+    handles.append(blocks[1].get_submodule(attn_out.path).register_forward_hook(keep(Site(Kind.ATTN_OUT, 1),
+                                                                                     attn_out.index)))
     handles.append(blocks[0].get_submodule(out_proj).register_forward_pre_hook(keep_input(Site(Kind.Z, 0))))
     handles.append(blocks[1].get_submodule(out_proj).register_forward_hook(keep(Site(Kind.RESULT, 1))))
     try:
@@ -68,7 +69,7 @@ SITES = [Site(Kind.RESID_POST, 0), Site(Kind.ATTN_OUT, 1), Site(Kind.Z, 0), Site
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen"])
-@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "neox_parallel"])
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "neox_parallel", "qwen3_gqa", "gemma3_mqa"])
 def test_grads_match_manual_autograd(name: str, frozen: bool):
     f = make_family(name)
     if frozen:
