@@ -12,9 +12,9 @@ def _fro(m):
     return torch.linalg.matrix_norm(m.double())
 
 
-# qwen3 and gemma3: per-head query/key norms and (gemma3) a post-attention norm, whose gains the
+# qwen3 and gemma3: per-head query/key norms; gemma2 and gemma3: a post-attention norm, whose gains the
 # circuits include (W_Q_scored, W_K_scored, W_O_written)
-FAMILIES = ["gpt2", "llama_gqa", "qwen3_gqa", "gemma3_mqa"]
+FAMILIES = ["gpt2", "llama_gqa", "qwen3_gqa", "gemma2_gqa", "gemma3_mqa"]
 
 
 def _dense(w):

@@ -7,6 +7,7 @@ norms folded) recompute the captured attention, MLP input and logits.
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import pytest
@@ -17,7 +18,7 @@ import mechscope as ms
 from mechscope import Kind, Site, SiteError
 from mechscope.core.protocol import Window
 
-from conftest import PRE_LN_SEQUENTIAL, QK_NORM, RMS, ROTARY, SANDWICH, Fam, bare, main_output, make_family
+from conftest import ATTN_SOFTCAP, PRE_LN_SEQUENTIAL, QK_NORM, RMS, ROTARY, SANDWICH, Fam, bare, main_output, make_family
 
 
 # --- (a), (b): bit-identical outputs ---------------------------------------------------------------
@@ -182,8 +183,8 @@ def _rotary(f: Fam, q: torch.Tensor, k: torch.Tensor, layer: int) -> tuple[torch
     """Apply the family's own rotary embedding; q, k are (batch, head, pos, d_head)."""
     base = f.hf.base_model
     pos = torch.arange(q.shape[2])[None].expand(q.shape[0], -1)
-    kind = _layer_type(f, layer)
-    cos, sin = base.rotary_emb(q, pos) if f.name not in SANDWICH else base.rotary_emb(q, pos, kind)
+    per_type = "layer_type" in inspect.signature(base.rotary_emb.forward).parameters  # Gemma 3: one per layer type
+    cos, sin = base.rotary_emb(q, pos, _layer_type(f, layer)) if per_type else base.rotary_emb(q, pos)
     apply = sys.modules[type(f.hf).__module__].apply_rotary_pos_emb
     return apply(q, k, cos, sin)
 
@@ -201,8 +202,8 @@ def _attention_from_weights(f: Fam, w: ms.Weights, layer: int, x: torch.Tensor) 
     """attn_out recomputed from W_Q, W_K, W_V, W_O, biases and the norms' gains; x is the attention's input.
 
     Per-head query/key norms (Qwen3, Gemma 3) RMS-normalise each head's vector, then multiply by
-    q_norm_w / k_norm_w, before rotary; a post-attention norm (Gemma) RMS-normalises the output and
-    multiplies by ln1_post_w."""
+    q_norm_w / k_norm_w, before rotary; Gemma 2 soft-caps the scaled scores before the mask; a
+    post-attention norm (Gemma) RMS-normalises the output and multiplies by ln1_post_w."""
     attn = f.model.blocks[layer].get_submodule(f.model.spec.attention)
 
     def proj(W, b):
@@ -218,6 +219,9 @@ def _attention_from_weights(f: Fam, w: ms.Weights, layer: int, x: torch.Tensor) 
     if f.name in ROTARY:
         q, k = _rotary(f, q, k, layer)
     scores = q @ k.transpose(-1, -2) * attn.scaling
+    if f.name in ATTN_SOFTCAP:
+        cap = f.hf.config.attn_logit_softcapping
+        scores = torch.tanh(scores / cap) * cap
     if f.causal:
         scores = scores.masked_fill(_causal_mask(f, layer, x.shape[1]), float("-inf"))
     z = scores.softmax(-1) @ v  # (batch, head, pos, d_head)
@@ -451,12 +455,13 @@ def test_query_key_norm_sites_and_weight_views(name: str):
         assert not torch.allclose(raw, got, atol=1e-3), "the gains were randomised: leaving them out must show"
 
 
-def test_gemma_sandwich_norms_embedding_and_views():
-    """Gemma 3: the embedding is scaled by sqrt(d_model) (W_E holds the scaled table), norm gains are
+@pytest.mark.parametrize("name", sorted(SANDWICH))
+def test_gemma_sandwich_norms_embedding_and_views(name: str):
+    """Gemma 2 and 3: the embedding is scaled by sqrt(d_model) (W_E holds the scaled table), norm gains are
     1 + weight, attn_out / mlp_out are the post-norms' outputs (their inputs the attention projection
     and the MLP outputs), OV with the post-norm gain gives attn_out up to 1 / rms(projection output),
     and folding leaves the post-norm gains alone."""
-    f = make_family("gemma3_mqa")
+    f = make_family(name)
     m, w, wf = f.model, f.model.weights(), f.model.weights(fold_ln=True)
     base = f.hf.model
     assert torch.equal(w.W_E, base.embed_tokens.weight * torch.tensor(64 ** 0.5))
@@ -486,37 +491,39 @@ def test_gemma_sandwich_norms_embedding_and_views():
         torch.testing.assert_close(ov, w.W_V[layer] @ w.W_O[layer] * w.ln1_post_w[layer], atol=1e-6, rtol=0)
 
 
-def _gemma_variant(**changes) -> Fam:
-    """The Gemma 3 test model with its config changed (same seed, so the same weights)."""
-    import transformers as tf
-
+def _gemma_variant(name: str, **changes) -> Fam:
+    """A Gemma test model with its config changed (same seed, so the same weights)."""
     from conftest import _configs, make_ids, randomise_norms
 
-    cls, cfg = _configs()["gemma3_mqa"]
-    cfg = tf.Gemma3TextConfig(**{**{k: getattr(cfg, k) for k in (
+    cls, cfg = _configs()[name]
+    cfg = type(cfg)(**{**{k: getattr(cfg, k) for k in (
         "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
         "intermediate_size", "vocab_size", "max_position_embeddings", "query_pre_attn_scalar", "sliding_window",
-        "layer_types")}, **changes})
+        "layer_types", "attn_logit_softcapping")}, **changes})
     torch.manual_seed(0)
     hf = cls._from_config(cfg, attn_implementation="eager").to(torch.float32).eval()
     randomise_norms(hf, 1)
-    return Fam("gemma3_mqa", hf, ms.wrap(hf), make_ids())
+    return Fam(name, hf, ms.wrap(hf), make_ids())
 
 
-def test_gemma_final_logit_softcap_and_bidirectional_variants():
+@pytest.mark.parametrize("name", sorted(SANDWICH))
+def test_gemma_final_logit_softcap_and_bidirectional_variants(name: str):
     """With final_logit_softcapping the logits site is the unembedding's output (ln_final @ W_U) and
-    the model's logits are cap * tanh(site / cap); with use_bidirectional_attention the adapter is
-    not causal (every position sees every other, and windows of positions are refused)."""
-    f = _gemma_variant(final_logit_softcapping=0.5)
+    the model's logits are cap * tanh(site / cap); with use_bidirectional_attention Gemma 3 is not
+    causal (every position sees every other, and windows of positions are refused). (Gemma 2's eager
+    forward masks causally whatever that flag says.)"""
+    f = _gemma_variant(name, final_logit_softcapping=0.5)
     res = ms.run(f.model, f.ids, capture=[Site(Kind.LOGITS), Site(Kind.LN_FINAL)])
     site = res.cache[Site(Kind.LOGITS)]
     assert torch.equal(res.logits, bare(f.hf, f.ids).logits)
     assert torch.equal(res.logits, torch.tanh(site / 0.5) * 0.5)
     assert not torch.allclose(res.logits, site, atol=1e-3)
     torch.testing.assert_close(res.cache[Site(Kind.LN_FINAL)] @ f.model.weights().W_U, site, atol=1e-5, rtol=0)
+    if name != "gemma3_mqa":
+        return
     full = ["full_attention"] * 2  # (sliding-window layers refuse windows of positions either way)
-    g = _gemma_variant(use_bidirectional_attention=True, layer_types=full)
-    causal = _gemma_variant(layer_types=full)
+    g = _gemma_variant(name, use_bidirectional_attention=True, layer_types=full)
+    causal = _gemma_variant(name, layer_types=full)
     assert not g.model.causal and causal.model.causal
     pat = ms.run(g.model, g.ids, capture=[Site(Kind.PATTERN, 1)]).cache[Site(Kind.PATTERN, 1)]
     assert torch.equal(ms.run(g.model, g.ids).logits, bare(g.hf, g.ids).logits)

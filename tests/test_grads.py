@@ -69,7 +69,7 @@ SITES = [Site(Kind.RESID_POST, 0), Site(Kind.ATTN_OUT, 1), Site(Kind.Z, 0), Site
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen"])
-@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "neox_parallel", "qwen3_gqa", "gemma3_mqa"])
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "neox_parallel", "qwen3_gqa", "gemma2_gqa", "gemma3_mqa"])
 def test_grads_match_manual_autograd(name: str, frozen: bool):
     f = make_family(name)
     if frozen:

@@ -1,8 +1,9 @@
 """The Hugging Face adapter: a declarative `Spec` per family turned into sites, taps and weights.
 
-A family file (gpt2.py, gpt_neox.py, llama.py, qwen3.py, gemma3.py, bert.py) fills in one `Spec`: module paths of
-each site relative to the model root or to one block, and a function that reads one block's
-weights into mechscope's convention. Nothing here tests which architecture it is looking at.
+A family file (gpt2.py, gpt_neox.py, llama.py, qwen3.py, gemma2.py, gemma3.py, bert.py) fills in
+one `Spec`: module paths of each site relative to the model root or to one block, and a function
+that reads one block's weights into mechscope's convention. Nothing here tests which architecture
+it is looking at.
 """
 
 from __future__ import annotations

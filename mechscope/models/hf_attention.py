@@ -6,7 +6,7 @@ step, with a tap between the steps. A run that touches an attention-internal sit
 model to it for the duration of the call; every other run leaves the model alone.
 
 In float32 the function performs the same operations in the same order as the eager
-implementations of GPT-2, GPT-NeoX, Llama, Qwen3, Gemma 3 and BERT, so capturing changes no output
+implementations of GPT-2, GPT-NeoX, Llama, Qwen3, Gemma 2 and 3 and BERT, so capturing changes no output
 bit (tests check it). Models loaded with another implementation (sdpa) get eager numerics during such runs.
 """
 
@@ -63,8 +63,11 @@ def _per_query_head(x: Tensor, heads: int, groups: int) -> Tensor:
 
 def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
               attention_mask: Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-              **_: object) -> tuple[Tensor, Tensor]:
-    """Eager attention with taps. query (batch, head, pos, d_head); key/value (batch, kv_head, kpos, d_head)."""
+              softcap: float | None = None, **_: object) -> tuple[Tensor, Tensor]:
+    """Eager attention with taps. query (batch, head, pos, d_head); key/value (batch, kv_head, kpos, d_head).
+
+    `softcap` (Gemma 2) caps the scaled scores at +-softcap with softcap * tanh(scores / softcap),
+    before the mask: `attn.scores` is after the cap."""
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     if module in _ACTIVE:
@@ -77,6 +80,8 @@ def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = _per_query_head(key, query.shape[1], groups), _per_query_head(value, query.shape[1], groups)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, head, pos, kpos)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         scores = scores + attention_mask
     if module in _ACTIVE:
