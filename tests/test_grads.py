@@ -228,3 +228,18 @@ def test_head_result_grads_stay_finite_where_a_head_overflows():
         h.remove()
     want = kept["out"].grad.unsqueeze(2).expand(-1, -1, f.model.n_heads, -1)
     assert torch.equal(res.grads[Site(Kind.RESULT, 1)], want)
+
+
+def test_value_of_keeps_values_routes_gradients_and_allows_in_place_changes():
+    """`value_of(value, route)`: value's numbers (inf and all), route's gradient, and a tensor of its
+    own that later code may modify in place (as some model code does to a module's output)."""
+    from mechscope.core.taps import value_of
+
+    a = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    value = torch.tensor([float("inf"), -1.0, 0.5])
+    route = torch.stack([a[0] + float("inf"), a[1] * 2, a[2] * 3])  # route[0] is inf: route - route is NaN
+    y = value_of(value, route)
+    assert torch.equal(y, value)
+    y.mul_(2.0)
+    y.sum().backward()
+    assert torch.equal(a.grad, torch.tensor([2.0, 4.0, 6.0]))

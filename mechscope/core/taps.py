@@ -75,17 +75,18 @@ class _ValueOf(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, value: Tensor, route: Tensor) -> Tensor:
-        return value.view_as(value)
+    def forward(ctx, value: Tensor, route: Tensor, copy: bool) -> Tensor:
+        return value.clone() if copy else value.view_as(value)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:
-        return None, grad
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
+        return None, grad, None
 
 
-def value_of(value: Tensor, route: Tensor) -> Tensor:
-    """`value` (detached), differentiable as `route`: see `_ValueOf`."""
-    return _ValueOf.apply(value.detach(), route)
+def value_of(value: Tensor, route: Tensor, copy: bool = True) -> Tensor:
+    """`value` (detached), differentiable as `route`: see `_ValueOf`. A copy unless `copy=False`
+    (a view keeps `value`'s memory layout, but the caller must then never modify it in place)."""
+    return _ValueOf.apply(value.detach(), route, copy)
 
 
 def _split(x: Tensor, heads: int | None) -> Tensor:
@@ -300,7 +301,7 @@ class HeadInput(Tap):
                 c = col(h)
                 v = new[..., j, :]
                 if not changed[h]:  # the same value as before; gradients through the recomputation
-                    v = value_of(res[..., c:c + d].clone(), v)
+                    v = value_of(res[..., c:c + d], v)
                 res[..., c:c + d] = v
             return res
 

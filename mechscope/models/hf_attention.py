@@ -57,7 +57,7 @@ def _per_query_head(x: Tensor, heads: int, groups: int) -> Tensor:
     if groups > 1:
         g = x.unflatten(1, (heads // groups, groups))
         if torch.equal(g, g[:, :, :1].expand_as(g)):
-            return value_of(_repeat_heads(x[:, ::groups], groups), x)
+            return value_of(_repeat_heads(x[:, ::groups], groups), x, copy=False)  # only read below
     return x
 
 
