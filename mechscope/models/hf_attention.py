@@ -6,8 +6,9 @@ step, with a tap between the steps. A run that touches an attention-internal sit
 model to it for the duration of the call; every other run leaves the model alone.
 
 In float32 the function performs the same operations in the same order as the eager
-implementations of GPT-2, GPT-NeoX, Llama, Qwen3, Gemma 2 and 3 and BERT, so capturing changes no output
-bit (tests check it). Models loaded with another implementation (sdpa) get eager numerics during such runs.
+implementations of GPT-2, GPT-NeoX, Llama, Qwen3, Gemma 2 and 3 and BERT, so capturing changes no
+output bit (tests check it). Models loaded with another implementation (sdpa) get eager numerics
+during such runs.
 """
 
 from __future__ import annotations
