@@ -47,6 +47,23 @@ def _configs() -> dict[str, tuple[type, Any]]:
         "qwen2_gqa": (tf.Qwen2ForCausalLM, tf.Qwen2Config(
             num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=64)),
+        # head_dim 32 with 4 heads: d_head * heads (128) differs from d_model (64), as in Qwen3 releases
+        "qwen3_gqa": (tf.Qwen3ForCausalLM, tf.Qwen3Config(
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+            intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=64)),
+        # soft-capped scores (a cap near the scores' size, so tanh bends them) and no final logit cap
+        # (released configs cap logits at 30: a variant test covers it); sliding-window then global layer
+        "gemma2_gqa": (tf.Gemma2ForCausalLM, tf.Gemma2Config(
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=64, query_pre_attn_scalar=24,
+            sliding_window=4, layer_types=["sliding_attention", "full_attention"], attn_logit_softcapping=0.05,
+            final_logit_softcapping=None)),
+        # one key/value head (as Gemma 3 270M and 1B); a sliding-window layer (window 4 < SEQ) then a
+        # global one; query_pre_attn_scalar 24 != d_head: scores are not scaled by d_head^-0.5
+        "gemma3_mqa": (tf.Gemma3ForCausalLM, tf.Gemma3TextConfig(
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+            intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=64, query_pre_attn_scalar=24,
+            sliding_window=4, layer_types=["sliding_attention", "full_attention"])),
         "bert": (tf.BertModel, tf.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
                                              intermediate_size=128, vocab_size=VOCAB,
                                              max_position_embeddings=64)),
@@ -55,9 +72,13 @@ def _configs() -> dict[str, tuple[type, Any]]:
 
 FAMILIES = list(_configs())
 CAUSAL = [f for f in FAMILIES if f != "bert"]
-ROTARY = {"neox_parallel", "neox_sequential", "llama_gqa", "qwen2_gqa"}
-RMS = {"llama_gqa", "qwen2_gqa"}
-PRE_LN_SEQUENTIAL = ["gpt2", "neox_sequential", "llama_gqa", "qwen2_gqa"]
+ROTARY = {"neox_parallel", "neox_sequential", "llama_gqa", "qwen2_gqa", "qwen3_gqa", "gemma2_gqa",
+          "gemma3_mqa"}
+RMS = {"llama_gqa", "qwen2_gqa", "qwen3_gqa", "gemma2_gqa", "gemma3_mqa"}
+QK_NORM = {"qwen3_gqa", "gemma3_mqa"}  # per-head RMSNorm on queries and keys before rotary
+SANDWICH = {"gemma2_gqa", "gemma3_mqa"}
+ATTN_SOFTCAP = {"gemma2_gqa"}  # scores soft-capped: cap * tanh(scores / cap)  # RMSNorm on the attention and MLP outputs before the residual add
+PRE_LN_SEQUENTIAL = ["gpt2", "neox_sequential", "llama_gqa", "qwen2_gqa", "qwen3_gqa", "gemma2_gqa", "gemma3_mqa"]
 
 
 @dataclass

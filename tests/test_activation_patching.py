@@ -18,7 +18,15 @@ def _models():
     llama = tf.LlamaForCausalLM._from_config(
         tf.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
                        intermediate_size=64, vocab_size=50), attn_implementation="eager").eval()
-    return {"gpt2": gpt2, "llama": llama}
+    qwen3 = tf.Qwen3ForCausalLM._from_config(
+        tf.Qwen3Config(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=8, intermediate_size=64, vocab_size=50), attn_implementation="eager").eval()
+    gemma3 = tf.Gemma3ForCausalLM._from_config(  # a sliding-window layer: no windows of positions
+        tf.Gemma3TextConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=1,
+                            head_dim=8, intermediate_size=64, vocab_size=50, query_pre_attn_scalar=8,
+                            sliding_window=3, layer_types=["sliding_attention", "full_attention"]),
+        attn_implementation="eager").eval()
+    return {"gpt2": gpt2, "llama": llama, "qwen3": qwen3, "gemma3": gemma3}
 
 
 MODELS = _models()
@@ -39,7 +47,7 @@ def _one_at_a_time(model, source, target, site, head, pos):
     return metric(ms.run(model, target, interventions=[iv]).logits)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", list(MODELS))
 @pytest.mark.parametrize("direction", ["denoising", "noising"])
 def test_batched_sweep_equals_single_patches(family, direction):
     model = MODELS[family]
@@ -47,7 +55,7 @@ def test_batched_sweep_equals_single_patches(family, direction):
     res = activation_patching(model, CLEAN, CORRUPT, sites, metric, direction=direction, max_rows=10,
                               progress=False)
     source, target = (CLEAN, CORRUPT) if direction == "denoising" else (CORRUPT, CLEAN)
-    n_heads = {Site(Kind.RESID_PRE, 1): 1, Site(Kind.Z, 0): 4, Site(Kind.K, 1): 4 if family == "gpt2" else 2}
+    n_heads = {Site(Kind.RESID_PRE, 1): 1, Site(Kind.Z, 0): 4, Site(Kind.K, 1): ms.wrap(model).n_kv_heads}
     assert res.values.shape == (3, 4, 6, 2)
     for i, site in enumerate(sites):
         for h in range(n_heads[site]):
@@ -82,7 +90,7 @@ def test_patching_rejects_misaligned_prompts():
         activation_patching(MODELS["gpt2"], CLEAN, CORRUPT[:, :5], ["resid_pre.0"], metric, progress=False)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", list(MODELS))
 def test_a_last_position_metric_unembeds_only_the_last_position(family):
     # The same sweep read through a Metric that declares it needs only the last position: the
     # patch runs unembed one position, and every value is the same as with full logits.
@@ -103,7 +111,7 @@ def test_a_last_position_metric_unembeds_only_the_last_position(family):
     assert not metrics.logit_diff(torch.tensor([3]), torch.tensor([4]), positions=torch.tensor([2])).last_position_only
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", list(MODELS))
 def test_a_metric_of_a_few_tokens_gets_only_their_logits(family):
     # logit_diff declares the two token ids it reads: patch runs compute just those columns (the
     # rest NaN), and every value equals the sweep computed with every logit.
@@ -132,8 +140,10 @@ def test_start_at_skips_blocks_and_restores_them():
     blocks = list(model.module.transformer.h)
     entry = Site(Kind.RESID_PRE, 1)
     ref = ms.run(model, CLEAN, capture=[entry])
-    with model.start_at(1):
-        assert len(model.module.transformer.h) == 1
+    with model.start_at(1):  # block 0 passes its input on; block 1 keeps its place in the loop
+        h = model.module.transformer.h
+        assert len(h) == 2 and h[1] is blocks[1] and h[0] is not blocks[0]
+        assert sum(p.numel() for p in h[0].parameters()) == 0
         out = ms.run(model, CLEAN, interventions=[ms.Patch(entry, value=ref.cache[entry])])
     assert list(model.module.transformer.h) == blocks
     torch.testing.assert_close(out.logits, ref.logits, atol=1e-6, rtol=1e-6)

@@ -12,13 +12,23 @@ def _fro(m):
     return torch.linalg.matrix_norm(m.double())
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama_gqa"])
+# qwen3 and gemma3: per-head query/key norms; gemma2 and gemma3: a post-attention norm, whose gains the
+# circuits include (W_Q_scored, W_K_scored, W_O_written)
+FAMILIES = ["gpt2", "llama_gqa", "qwen3_gqa", "gemma2_gqa", "gemma3_mqa"]
+
+
+def _dense(w):
+    qk = (w.W_Q_scored @ w.W_K_scored.transpose(-1, -2)).double()  # (layer, head, d_model, d_model)
+    ov = (w.W_V @ w.W_O_written).double()
+    return qk, ov
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_composition_matches_full_matrices(family):
     f = make_family(family)
     w = f.model.weights(fold_ln=True)
     comp = composition_scores(f.hf)
-    qk = (w.W_Q @ w.W_K.transpose(-1, -2)).double()  # (layer, head, d_model, d_model)
-    ov = (w.W_V @ w.W_O).double()
+    qk, ov = _dense(w)
     l1, l2 = 0, 1
     for h1 in range(w.n_heads):
         for h2 in range(w.n_heads):
@@ -58,7 +68,7 @@ def test_copying_score_matches_full_eigenvalues_and_known_signs():
     assert copying_scores(hf)[0, 0] < -0.99
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama_gqa"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_full_circuits_and_virtual_weights_match_dense_products(family):
     from mechscope.circuits import virtual_weights
 
@@ -66,8 +76,8 @@ def test_full_circuits_and_virtual_weights_match_dense_products(family):
     w = f.model.weights(fold_ln=True)
     E, U = w.W_E.double(), w.W_U.double()
     l, h = 1, w.n_heads - 1
-    full_ov = E @ w.W_V[l, h].double() @ w.W_O[l, h].double() @ U
-    full_qk = E @ w.W_Q[l, h].double() @ w.W_K[l, h].double().T @ E.T
+    full_ov = E @ w.W_V[l, h].double() @ w.W_O_written[l, h].double() @ U
+    full_qk = E @ w.W_Q_scored[l, h].double() @ w.W_K_scored[l, h].double().T @ E.T
     torch.testing.assert_close(w.full_OV[l, h].full().double(), full_ov, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(w.full_QK[l, h].full().double(), full_qk, atol=1e-6, rtol=1e-5)
     assert w.full_OV.shape == (w.n_layers, w.n_heads, E.shape[0], U.shape[1])
@@ -75,8 +85,7 @@ def test_full_circuits_and_virtual_weights_match_dense_products(family):
     lam = w.full_OV[l, h].eigenvalues()
     torch.testing.assert_close(copying_scores(f.hf)[l, h].double(),
                                (lam.real.sum() / lam.abs().sum()).double(), atol=1e-4, rtol=1e-4)
-    qk = (w.W_Q @ w.W_K.transpose(-1, -2)).double()
-    ov = (w.W_V @ w.W_O).double()
+    qk, ov = _dense(w)
     for kind, want in (("q", ov[0, 0] @ qk[1, h]), ("k", qk[1, h] @ ov[0, 0].T), ("v", ov[0, 0] @ ov[1, h])):
         got = virtual_weights(f.hf, (0, 0), (1, h), kind)
         torch.testing.assert_close(got.full().double(), want, atol=1e-6, rtol=1e-5)
@@ -86,3 +95,19 @@ def test_full_circuits_and_virtual_weights_match_dense_products(family):
                                atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="before the receiver"):
         virtual_weights(f.hf, (1, 0), (0, 0), "q")
+
+
+def test_copying_score_of_a_head_with_a_zero_ov_circuit_is_zero():
+    """A head that writes nothing (W_O zero, as after pruning) has no eigenvalues to weigh: its
+    score is defined as 0, not 0/0; the other heads' scores are unchanged."""
+    f = make_family("gpt2")
+    before = copying_scores(f.hf)
+    dh = f.model.d_head
+    with torch.no_grad():
+        f.hf.transformer.h[1].attn.c_proj.weight[2 * dh:3 * dh] = 0  # head 2's W_O rows
+    got = copying_scores(f.hf)
+    assert not torch.isnan(got).any()
+    assert got[1, 2] == 0
+    keep = torch.ones_like(got, dtype=torch.bool)
+    keep[1, 2] = False
+    assert torch.equal(got[keep], before[keep])

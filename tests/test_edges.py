@@ -22,7 +22,7 @@ from mechscope.models.tiny import TinyConfig, TinyTransformer
 
 from conftest import make_family, make_ids
 
-EDGE_FAMILIES = ["gpt2", "neox_parallel", "neox_sequential", "llama_gqa", "qwen2_gqa"]
+EDGE_FAMILIES = ["gpt2", "neox_parallel", "neox_sequential", "llama_gqa", "qwen2_gqa", "qwen3_gqa"]
 
 
 def _tiny(layer_norm: bool = True, mlp: bool = True):
@@ -192,6 +192,9 @@ def test_node_granularity_equals_the_circuit_of_its_nodes():
 def test_models_without_per_head_inputs_fail_clearly():
     with pytest.raises(ValueError, match="no edge graph"):
         graph_of(make_family("bert").model)
+    # Gemma's post-norms: the heads' results are not their writes to the residual
+    with pytest.raises(ValueError, match="normalises each attention and MLP output"):
+        graph_of(make_family("gemma3_mqa").model)
     with pytest.raises(ValueError, match="masks have"):
         edge_run(MODELS["gpt2"], None, IDS, torch.zeros(3), _ablated(MODELS["gpt2"], graph_of(MODELS["gpt2"]), "zero"))
     with pytest.raises(ValueError, match="counterfactual"):

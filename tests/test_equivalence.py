@@ -7,6 +7,7 @@ norms folded) recompute the captured attention, MLP input and logits.
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import pytest
@@ -15,8 +16,9 @@ import torch.nn.functional as F
 
 import mechscope as ms
 from mechscope import Kind, Site, SiteError
+from mechscope.core.protocol import Window
 
-from conftest import PRE_LN_SEQUENTIAL, RMS, ROTARY, Fam, bare, main_output, make_family
+from conftest import ATTN_SOFTCAP, PRE_LN_SEQUENTIAL, QK_NORM, RMS, ROTARY, SANDWICH, Fam, bare, main_output, make_family
 
 
 # --- (a), (b): bit-identical outputs ---------------------------------------------------------------
@@ -113,6 +115,9 @@ def test_head_results_sum_to_attn_out(fam: Fam):
         total = result.sum(2)
         if w.b_O is not None:
             total = total + w.b_O[layer]
+        if fam.name in SANDWICH:  # the heads sum to the post-attention norm's input; attn_out is its output
+            blk = m.blocks[layer]
+            total = _normalise(fam, total, _eps(blk.post_attention_layernorm)) * w.ln1_post_w[layer]
         torch.testing.assert_close(total, c[Site(Kind.ATTN_OUT, layer)], atol=1e-5, rtol=0)
         # each head's result is its z through its slice of W_O
         z = c[Site(Kind.Z, layer)]
@@ -168,31 +173,65 @@ def test_bert_post_ln_blocks():
 
 # --- (f) recomputing from the weight views -----------------------------------------------------
 
-def _rotary(f: Fam, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _layer_type(f: Fam, layer: int) -> str | None:
+    """"sliding_attention" or "full_attention" for families that alternate them (Gemma 3), else None."""
+    types = getattr(f.hf.config, "layer_types", None)
+    return None if types is None else types[layer]
+
+
+def _rotary(f: Fam, q: torch.Tensor, k: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply the family's own rotary embedding; q, k are (batch, head, pos, d_head)."""
     base = f.hf.base_model
     pos = torch.arange(q.shape[2])[None].expand(q.shape[0], -1)
-    cos, sin = base.rotary_emb(q, pos)
+    per_type = "layer_type" in inspect.signature(base.rotary_emb.forward).parameters  # Gemma 3: one per layer type
+    cos, sin = base.rotary_emb(q, pos, _layer_type(f, layer)) if per_type else base.rotary_emb(q, pos)
     apply = sys.modules[type(f.hf).__module__].apply_rotary_pos_emb
     return apply(q, k, cos, sin)
 
 
+def _causal_mask(f: Fam, layer: int, p: int) -> torch.Tensor:
+    """True where a query may not see a key: the future, and beyond a sliding window."""
+    i, j = torch.arange(p)[:, None], torch.arange(p)[None]
+    hidden = j > i
+    if _layer_type(f, layer) == "sliding_attention":
+        hidden |= i - j >= f.hf.config.sliding_window
+    return hidden
+
+
 def _attention_from_weights(f: Fam, w: ms.Weights, layer: int, x: torch.Tensor) -> torch.Tensor:
-    """attn_out recomputed from W_Q, W_K, W_V, W_O and biases; x is the attention's input."""
+    """attn_out recomputed from W_Q, W_K, W_V, W_O, biases and the norms' gains; x is the attention's input.
+
+    Per-head query/key norms (Qwen3, Gemma 3) RMS-normalise each head's vector, then multiply by
+    q_norm_w / k_norm_w, before rotary; Gemma 2 soft-caps the scaled scores before the mask; a
+    post-attention norm (Gemma) RMS-normalises the output and multiplies by ln1_post_w."""
+    attn = f.model.blocks[layer].get_submodule(f.model.spec.attention)
+
     def proj(W, b):
         y = torch.einsum("bpm,hmd->bhpd", x, W[layer])
         return y if b is None else y + b[layer][None, :, None, :]
 
     q, k, v = proj(w.W_Q, w.b_Q), proj(w.W_K, w.b_K), proj(w.W_V, w.b_V)
+    if f.name in QK_NORM:
+        q = _normalise(f, q, _eps(attn.q_norm)) * w.q_norm_w[layer][None, :, None, :]
+        k = _normalise(f, k, _eps(attn.k_norm)) * w.k_norm_w[layer][None, :, None, :]
+    else:
+        assert w.q_norm_w is None and w.k_norm_w is None
     if f.name in ROTARY:
-        q, k = _rotary(f, q, k)
-    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+        q, k = _rotary(f, q, k, layer)
+    scores = q @ k.transpose(-1, -2) * attn.scaling
+    if f.name in ATTN_SOFTCAP:
+        cap = f.hf.config.attn_logit_softcapping
+        scores = torch.tanh(scores / cap) * cap
     if f.causal:
-        p = x.shape[1]
-        scores = scores.masked_fill(torch.ones(p, p, dtype=torch.bool).triu(1), float("-inf"))
+        scores = scores.masked_fill(_causal_mask(f, layer, x.shape[1]), float("-inf"))
     z = scores.softmax(-1) @ v  # (batch, head, pos, d_head)
     out = torch.einsum("bhpd,hdm->bpm", z, w.W_O[layer])
-    return out if w.b_O is None else out + w.b_O[layer]
+    out = out if w.b_O is None else out + w.b_O[layer]
+    if f.name in SANDWICH:
+        out = _normalise(f, out, _eps(f.model.blocks[layer].post_attention_layernorm)) * w.ln1_post_w[layer]
+    else:
+        assert w.ln1_post_w is None
+    return out
 
 
 def _normalise(f: Fam, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -210,6 +249,8 @@ def _block_norms(f: Fam, layer: int):
     blk = f.model.blocks[layer]
     if f.name == "gpt2":
         return blk.ln_1, blk.ln_2
+    if f.name in SANDWICH:
+        return blk.input_layernorm, blk.pre_feedforward_layernorm
     return blk.input_layernorm, blk.post_attention_layernorm
 
 
@@ -309,7 +350,8 @@ def test_mlp_recomputed_from_weights(fam: Fam):
     m = fam.model
     w = m.weights()
     cfg = fam.hf.config
-    act = ACT2FN[getattr(cfg, "activation_function", None) or cfg.hidden_act]
+    act = ACT2FN[getattr(cfg, "activation_function", None) or getattr(cfg, "hidden_act", None)
+                 or cfg.hidden_activation]  # Gemma: hidden_activation (gelu_pytorch_tanh)
     kinds = [Kind.MLP_PRE, Kind.MLP_POST, Kind.MLP_OUT]
     kinds.append(Kind.RESID_MID if fam.name == "bert" else Kind.LN2)
     c = ms.run(m, fam.ids, capture=[Site(k, layer) for layer in range(m.n_layers) for k in kinds]).cache
@@ -325,6 +367,10 @@ def test_mlp_recomputed_from_weights(fam: Fam):
             torch.testing.assert_close(pre, up, atol=1e-5, rtol=0)
             torch.testing.assert_close(post, act(pre), atol=1e-6, rtol=0)
         got = post @ w.W_out[layer] + (0 if w.b_out is None else w.b_out[layer])
+        if fam.name in SANDWICH:  # mlp_out is the post-feedforward norm's output
+            got = _normalise(fam, got, _eps(m.blocks[layer].post_feedforward_layernorm)) * w.ln2_post_w[layer]
+        else:
+            assert w.ln2_post_w is None
         torch.testing.assert_close(got, out, atol=1e-5, rtol=0)
 
 
@@ -352,3 +398,136 @@ def test_neox_without_attention_biases():
     wf = f.model.weights(fold_ln=True)
     x = _normalise(f, c[Site(Kind.RESID_PRE, 0)], _eps(_block_norms(f, 0)[0]))
     torch.testing.assert_close(_attention_from_weights(f, wf, 0, x), c[Site(Kind.ATTN_OUT, 0)], atol=1e-5, rtol=0)
+
+
+# --- (g) per-head query/key norms, sandwich norms, Hugging Face's hidden states -------------------
+
+def test_residual_sites_equal_hf_hidden_states(fam: Fam):
+    """output_hidden_states: the embedding output, each block's input, and the last block's output
+    (after the final norm, where the family applies it inside the base model)."""
+    m = fam.model
+    hs = bare(fam.hf, fam.ids, output_hidden_states=True).hidden_states
+    assert len(hs) == m.n_layers + 1
+    last = [Site(Kind.RESID_POST, m.n_layers - 1)] + ([Site(Kind.LN_FINAL)] if Site(Kind.LN_FINAL) in m.sites() else [])
+    c = ms.run(m, fam.ids, capture=[Site(Kind.RESID_PRE, layer) for layer in range(m.n_layers)] + last).cache
+    for layer in range(m.n_layers):
+        assert torch.equal(hs[layer], c[Site(Kind.RESID_PRE, layer)]), f"hidden state {layer}"
+    assert any(torch.equal(hs[-1], c[s]) for s in last)
+
+
+@pytest.mark.parametrize("name", sorted(QK_NORM))
+def test_query_key_norm_sites_and_weight_views(name: str):
+    """attn.q / attn.k sit after the per-head norm and rotary (recomputed with the model's own
+    modules); W_Q / W_K give the queries and keys before the norm; q_norm_w / k_norm_w are the
+    norms' effective gains; folding layer norms leaves them alone; QK (which includes them) gives
+    the score up to 1 / (rms(q) rms(k)), checked where rotary is the identity (position 0)."""
+    f = make_family(name)
+    m, w, wf = f.model, f.model.weights(), f.model.weights(fold_ln=True)
+    assert w.b_Q is None and w.b_K is None
+    assert torch.equal(wf.q_norm_w, w.q_norm_w) and torch.equal(wf.k_norm_w, w.k_norm_w)
+    rep = m.n_heads // m.n_kv_heads
+    for layer in range(m.n_layers):
+        c = ms.run(m, f.ids, capture=[Site(k, layer) for k in (Kind.LN1, Kind.Q, Kind.K, Kind.SCORES)]).cache
+        attn = m.blocks[layer].self_attn
+        x = c[Site(Kind.LN1, layer)]
+        b, p = x.shape[:2]
+        q_pre = attn.q_proj(x).view(b, p, -1, m.d_head)  # (batch, pos, head, d_head)
+        k_pre = attn.k_proj(x).view(b, p, -1, m.d_head)
+        torch.testing.assert_close(x @ w.W_Q[layer].transpose(0, 1).flatten(1), q_pre.flatten(2), atol=1e-6, rtol=0)
+        torch.testing.assert_close(torch.einsum("bpm,hmd->bphd", x, w.W_K[layer, ::rep]), k_pre, atol=1e-6, rtol=0)
+        q, k = _rotary(f, attn.q_norm(q_pre).transpose(1, 2), attn.k_norm(k_pre).transpose(1, 2), layer)
+        assert torch.equal(c[Site(Kind.Q, layer)], q.transpose(1, 2))
+        assert torch.equal(c[Site(Kind.K, layer)], k.transpose(1, 2))
+        # the gains, as the weight views hold them (Gemma: 1 + weight)
+        torch.testing.assert_close(_normalise(f, q_pre, _eps(attn.q_norm)) * w.q_norm_w[layer], attn.q_norm(q_pre),
+                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(_normalise(f, k_pre, _eps(attn.k_norm)) * w.k_norm_w[layer, ::rep],
+                                   attn.k_norm(k_pre), atol=1e-6, rtol=0)
+        # QK at position 0 (rotary leaves position 0 as it is)
+        rms = lambda t, eps: (t.pow(2).mean(-1) + eps).sqrt()  # noqa: E731
+        x0 = x[:, 0]  # (batch, d_model)
+        qk = w.QK[layer].full()  # (head, d_model, d_model)
+        got = torch.einsum("bm,hmn,bn->bh", x0, qk, x0) * attn.scaling
+        got = got / (rms(q_pre[:, 0], _eps(attn.q_norm)) * rms(k_pre[:, 0], _eps(attn.k_norm)).repeat_interleave(rep, 1))
+        torch.testing.assert_close(got, c[Site(Kind.SCORES, layer)][:, :, 0, 0], atol=1e-5, rtol=1e-5)
+        raw = torch.einsum("bm,hmn,bn->bh", x0, w.W_Q[layer] @ w.W_K[layer].transpose(-1, -2), x0) * attn.scaling
+        raw = raw / (rms(q_pre[:, 0], _eps(attn.q_norm)) * rms(k_pre[:, 0], _eps(attn.k_norm)).repeat_interleave(rep, 1))
+        assert not torch.allclose(raw, got, atol=1e-3), "the gains were randomised: leaving them out must show"
+
+
+@pytest.mark.parametrize("name", sorted(SANDWICH))
+def test_gemma_sandwich_norms_embedding_and_views(name: str):
+    """Gemma 2 and 3: the embedding is scaled by sqrt(d_model) (W_E holds the scaled table), norm gains are
+    1 + weight, attn_out / mlp_out are the post-norms' outputs (their inputs the attention projection
+    and the MLP outputs), OV with the post-norm gain gives attn_out up to 1 / rms(projection output),
+    and folding leaves the post-norm gains alone."""
+    f = make_family(name)
+    m, w, wf = f.model, f.model.weights(), f.model.weights(fold_ln=True)
+    base = f.hf.model
+    assert torch.equal(w.W_E, base.embed_tokens.weight * torch.tensor(64 ** 0.5))
+    assert torch.equal(w.lnf_w, 1 + base.norm.weight)
+    assert torch.equal(wf.ln1_post_w, w.ln1_post_w) and torch.equal(wf.ln2_post_w, w.ln2_post_w)
+    assert not torch.equal(wf.ln1_w, w.ln1_w)
+    for layer in range(m.n_layers):
+        blk = m.blocks[layer]
+        assert torch.equal(w.ln1_w[layer], 1 + blk.input_layernorm.weight)
+        assert torch.equal(w.ln2_post_w[layer], 1 + blk.post_feedforward_layernorm.weight)
+        kept = {}
+        hooks = [blk.self_attn.o_proj.register_forward_hook(lambda _m, _a, o: kept.__setitem__("o", o)),
+                 blk.mlp.register_forward_hook(lambda _m, _a, o: kept.__setitem__("mlp", o))]
+        try:
+            c = ms.run(m, f.ids, capture=[Site(k, layer) for k in (Kind.Z, Kind.ATTN_OUT, Kind.MLP_OUT, Kind.RESULT)]).cache
+        finally:
+            for h in hooks:
+                h.remove()
+        assert torch.equal(c[Site(Kind.ATTN_OUT, layer)], blk.post_attention_layernorm(kept["o"]))
+        assert torch.equal(c[Site(Kind.MLP_OUT, layer)], blk.post_feedforward_layernorm(kept["mlp"]))
+        torch.testing.assert_close(c[Site(Kind.RESULT, layer)].sum(2), kept["o"], atol=1e-6, rtol=0)
+        z = c[Site(Kind.Z, layer)]
+        written = torch.einsum("bphd,hdm->bpm", z, w.W_O_written[layer])
+        rms = (kept["o"].pow(2).mean(-1, keepdim=True) + blk.post_attention_layernorm.eps).sqrt()
+        torch.testing.assert_close(written / rms, c[Site(Kind.ATTN_OUT, layer)], atol=1e-5, rtol=0)
+        ov = w.OV[layer].full()  # (head, d_model, d_model): W_V W_O diag(ln1_post_w)
+        torch.testing.assert_close(ov, w.W_V[layer] @ w.W_O[layer] * w.ln1_post_w[layer], atol=1e-6, rtol=0)
+
+
+def _gemma_variant(name: str, **changes) -> Fam:
+    """A Gemma test model with its config changed (same seed, so the same weights)."""
+    from conftest import _configs, make_ids, randomise_norms
+
+    cls, cfg = _configs()[name]
+    cfg = type(cfg)(**{**{k: getattr(cfg, k) for k in (
+        "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+        "intermediate_size", "vocab_size", "max_position_embeddings", "query_pre_attn_scalar", "sliding_window",
+        "layer_types", "attn_logit_softcapping")}, **changes})
+    torch.manual_seed(0)
+    hf = cls._from_config(cfg, attn_implementation="eager").to(torch.float32).eval()
+    randomise_norms(hf, 1)
+    return Fam(name, hf, ms.wrap(hf), make_ids())
+
+
+@pytest.mark.parametrize("name", sorted(SANDWICH))
+def test_gemma_final_logit_softcap_and_bidirectional_variants(name: str):
+    """With final_logit_softcapping the logits site is the unembedding's output (ln_final @ W_U) and
+    the model's logits are cap * tanh(site / cap); with use_bidirectional_attention Gemma 3 is not
+    causal (every position sees every other, and windows of positions are refused). (Gemma 2's eager
+    forward masks causally whatever that flag says.)"""
+    f = _gemma_variant(name, final_logit_softcapping=0.5)
+    res = ms.run(f.model, f.ids, capture=[Site(Kind.LOGITS), Site(Kind.LN_FINAL)])
+    site = res.cache[Site(Kind.LOGITS)]
+    assert torch.equal(res.logits, bare(f.hf, f.ids).logits)
+    assert torch.equal(res.logits, torch.tanh(site / 0.5) * 0.5)
+    assert not torch.allclose(res.logits, site, atol=1e-3)
+    torch.testing.assert_close(res.cache[Site(Kind.LN_FINAL)] @ f.model.weights().W_U, site, atol=1e-5, rtol=0)
+    if name != "gemma3_mqa":
+        return
+    full = ["full_attention"] * 2  # (sliding-window layers refuse windows of positions either way)
+    g = _gemma_variant(name, use_bidirectional_attention=True, layer_types=full)
+    causal = _gemma_variant(name, layer_types=full)
+    assert not g.model.causal and causal.model.causal
+    pat = ms.run(g.model, g.ids, capture=[Site(Kind.PATTERN, 1)]).cache[Site(Kind.PATTERN, 1)]
+    assert torch.equal(ms.run(g.model, g.ids).logits, bare(g.hf, g.ids).logits)
+    future = torch.ones(pat.shape[-2:], dtype=torch.bool).triu(1)
+    assert bool((pat[..., future] > 0).all())
+    assert causal.model.window(causal.model.prepare(causal.ids), Window(0, None, keep=True), []) is not None
+    assert g.model.window(g.model.prepare(g.ids), Window(0, None, keep=True), []) is None

@@ -21,7 +21,6 @@ def _manual_grads(f: Fam, frozen: bool) -> dict[Site, torch.Tensor]:
     """Gradients of `metric` by plain autograd: forward hooks that retain_grad, one backward."""
     hf = f.hf
     blocks = f.model.blocks
-    spec_attn = f.model.spec.attention
     out_proj = f.model.spec.out_proj
     acts: dict[Site, torch.Tensor] = {}
     handles = []
@@ -43,7 +42,9 @@ def _manual_grads(f: Fam, frozen: bool) -> dict[Site, torch.Tensor]:
         emb = hf.get_input_embeddings()
         handles.append(emb.register_forward_hook(lambda m, a, o: o.detach().requires_grad_(True)))
     handles.append(blocks[0].register_forward_hook(keep(Site(Kind.RESID_POST, 0))))
-    handles.append(blocks[1].get_submodule(spec_attn).register_forward_hook(keep(Site(Kind.ATTN_OUT, 1), 0)))
+    attn_out = f.model.spec.block[Kind.ATTN_OUT]  # the attention module's output, or a post-norm's (Gemma)
+    handles.append(blocks[1].get_submodule(attn_out.path).register_forward_hook(keep(Site(Kind.ATTN_OUT, 1),
+                                                                                     attn_out.index)))
     handles.append(blocks[0].get_submodule(out_proj).register_forward_pre_hook(keep_input(Site(Kind.Z, 0))))
     handles.append(blocks[1].get_submodule(out_proj).register_forward_hook(keep(Site(Kind.RESULT, 1))))
     try:
@@ -68,7 +69,7 @@ SITES = [Site(Kind.RESID_POST, 0), Site(Kind.ATTN_OUT, 1), Site(Kind.Z, 0), Site
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen"])
-@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "neox_parallel"])
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "neox_parallel", "qwen3_gqa", "gemma2_gqa", "gemma3_mqa"])
 def test_grads_match_manual_autograd(name: str, frozen: bool):
     f = make_family(name)
     if frozen:
@@ -188,3 +189,57 @@ def test_grad_without_captures_returns_the_metric(gpt2: Fam):
         torch.testing.assert_close(res.metric, metric(gpt2.hf(gpt2.ids)), atol=0, rtol=0)
     assert not res.metric.requires_grad
     assert_no_hooks(gpt2.hf)
+
+
+def test_head_result_grads_stay_finite_where_a_head_overflows():
+    """float16 GPT-2 whose layer-1 heads 0 and 1 write +-1e5 (beyond float16's range, cancelling in
+    the fused output projection): the per-head results hold +-inf, the model's own output is finite.
+    A pure attn.result capture with gradients keeps the output bit for bit and its gradients finite
+    and equal to plain autograd's (each head's result gets the projection output's gradient)."""
+    from conftest import build
+
+    hf = build("gpt2")
+    d, dh = 64, 16
+    att = hf.transformer.h[1].attn
+    with torch.no_grad():
+        w, b = att.c_attn.weight, att.c_attn.bias  # (d_model, q | k | v), heads in order in each part
+        for part in range(3):  # head 1 attends and reads exactly as head 0
+            w[:, part * d + dh:part * d + 2 * dh] = w[:, part * d:part * d + dh]
+            b[part * d + dh:part * d + 2 * dh] = b[part * d:part * d + dh]
+        w[:, 2 * d:2 * d + 2 * dh] *= 100  # large values
+        att.c_proj.weight[:dh] *= 1e5  # head 0's W_O rows ...
+        att.c_proj.weight[dh:2 * dh] = -att.c_proj.weight[:dh]  # ... and head 1's cancel them
+    hf = hf.half()
+    f = Fam("gpt2", hf, ms.wrap(hf), make_ids())
+    sites = [Site(Kind.RESULT, 1), Site(Kind.Z, 1)]
+    res = ms.run(f.model, f.ids, capture=sites, grad=lambda out: out.logits[:, -1, TOKEN].float().sum())
+    ref = hf(f.ids).logits
+    assert torch.isfinite(ref).all()
+    assert torch.isinf(res.cache[Site(Kind.RESULT, 1)]).any(), "the setup must overflow a head's result"
+    assert torch.equal(res.logits, ref.detach())
+    for s in sites:
+        assert torch.isfinite(res.grads[s]).all(), f"non-finite gradient at {s.name}"
+    # plain autograd: the output projection's output gradient, the same for every head
+    kept = {}
+    h = att.c_proj.register_forward_hook(lambda m, a, o: (o.retain_grad(), kept.setdefault("out", o))[0])
+    try:
+        hf(f.ids).logits[:, -1, TOKEN].float().sum().backward()
+    finally:
+        h.remove()
+    want = kept["out"].grad.unsqueeze(2).expand(-1, -1, f.model.n_heads, -1)
+    assert torch.equal(res.grads[Site(Kind.RESULT, 1)], want)
+
+
+def test_value_of_keeps_values_routes_gradients_and_allows_in_place_changes():
+    """`value_of(value, route)`: value's numbers (inf and all), route's gradient, and a tensor of its
+    own that later code may modify in place (as some model code does to a module's output)."""
+    from mechscope.core.taps import value_of
+
+    a = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    value = torch.tensor([float("inf"), -1.0, 0.5])
+    route = torch.stack([a[0] + float("inf"), a[1] * 2, a[2] * 3])  # route[0] is inf: route - route is NaN
+    y = value_of(value, route)
+    assert torch.equal(y, value)
+    y.mul_(2.0)
+    y.sum().backward()
+    assert torch.equal(a.grad, torch.tensor([2.0, 4.0, 6.0]))

@@ -39,3 +39,25 @@ def test_probe_tokens_repeat():
     ids = repeated_tokens(50, 5, 3, seed=1, bos=0)
     assert ids.shape == (3, 11) and (ids[:, 0] == 0).all()
     assert torch.equal(ids[:, 1:6], ids[:, 6:])
+
+
+def test_direct_effects_of_heads_through_a_post_attention_norm():
+    """Gemma 3 writes each attention output through a norm: a head's direct effect on the predicted
+    token's logit is its share of that norm's output (scale frozen), so the heads' effects add up to
+    the whole attention output's direct effect, read through the frozen final norm by hand."""
+    from mechscope.circuits.head_role_checks import _direct_on_predicted
+
+    f = make_family("gemma3_mqa")
+    m, ids = f.model, f.ids
+    got = _direct_on_predicted(m, ids)
+    L = m.n_layers
+    c = ms.run(m, ids, capture=[ms.Site(ms.Kind.ATTN_OUT, l) for l in range(L)]
+               + [ms.Site(ms.Kind.RESID_POST, L - 1)]).cache
+    w = m.weights()
+    resid = c[ms.Site(ms.Kind.RESID_POST, L - 1)].double()
+    rms = (resid.pow(2).mean(-1, keepdim=True) + f.hf.model.norm.eps).sqrt()  # the final norm's scale
+    U = w.W_U.double() * w.lnf_w.double()[:, None]
+    u = U[:, got["pred"]] - U.mean(-1)[:, None, None]  # (d_model, batch, pos)
+    for layer in range(L):
+        whole = torch.einsum("bpd,dbp->bp", c[ms.Site(ms.Kind.ATTN_OUT, layer)].double() / rms, u)
+        torch.testing.assert_close(got["dla"][layer].sum(-1), whole, atol=1e-6, rtol=1e-5)

@@ -11,7 +11,7 @@ from mechscope import (Add, InterventionError, Kind, Mean, Patch, Replace, Resam
                        Zero)
 from mechscope.models import hf_attention
 
-from conftest import FAMILIES, Fam, assert_no_hooks, bare, main_output, make_family, make_ids, suggestions
+from conftest import FAMILIES, SANDWICH, Fam, assert_no_hooks, bare, main_output, make_family, make_ids, suggestions
 
 
 def _hooked_logits(hf: nn.Module, module: nn.Module, fn, ids: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,8 @@ def test_scale_one_is_identity_and_scale_matches_manual(causal_fam: Fam):
     ivs = [Scale(s, factor=1.0) for s in f.model.sites() if s.kind is not Kind.RESULT]
     assert torch.equal(ms.run(f.model, f.ids, interventions=ivs).logits, clean)
     site = Site(Kind.MLP_OUT, 0)
-    mlp = f.model.blocks[0].mlp
+    # the module mlp_out is the output of: the MLP, or its post-norm (Gemma's sandwich norms)
+    mlp = f.model.blocks[0].post_feedforward_layernorm if f.name in SANDWICH else f.model.blocks[0].mlp
     manual = _hooked_logits(f.hf, mlp, lambda x: x * 0.5, f.ids)
     assert torch.equal(ms.run(f.model, f.ids, interventions=[Scale(site, factor=0.5)]).logits, manual)
 
@@ -145,6 +146,42 @@ def test_replace_sees_context_and_matches_manual(gpt2: Fam):
     attn = res.cache[attn_site]
     manual = _hooked_logits(gpt2.hf, gpt2.hf.transformer.h[1].mlp, lambda x: x * 2 - attn, gpt2.ids)
     assert torch.equal(res.logits, manual)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+def test_nested_run_inside_replace_sees_only_its_own_taps(name: str):
+    """A Replace function that runs the model again: the inner run sees neither the outer run's
+    attention taps (q, pattern) nor its module hooks (resid_post, the Replace itself), and the
+    outer run's captures and interventions are exactly what they are without the inner run."""
+    f = make_family(name)
+    other = make_ids(seed=5)
+    sites = [Site(Kind.Q, 1), Site(Kind.PATTERN, 1), Site(Kind.RESID_POST, 1)]
+    outer_ivs = [Zero(Site(Kind.PATTERN, 1), heads=[0]), Scale(Site(Kind.RESID_POST, 0), factor=0.5)]
+    want_outer = ms.run(f.model, f.ids, capture=sites, interventions=outer_ivs)
+    want_inner = ms.run(f.model, other, capture=sites)
+    inner, calls = [], []
+
+    def fn(x, ctx):
+        calls.append(1)
+        if not inner:  # (guarded: an outer hook firing inside the inner run must not recurse)
+            inner.append(None)
+            inner[0] = ms.run(f.model, other, capture=sites)
+        return x
+
+    got = ms.run(f.model, f.ids, capture=sites, interventions=[*outer_ivs, Replace(Site(Kind.RESID_PRE, 0), fn=fn)])
+    assert len(calls) == 1, "the outer run's Replace fired inside the inner run"
+    assert torch.equal(got.logits, want_outer.logits)
+    assert torch.equal(inner[0].logits, want_inner.logits)
+    for s in sites:
+        assert torch.equal(got.cache[s], want_outer.cache[s]), f"outer {s.name}"
+        assert torch.equal(inner[0].cache[s], want_inner.cache[s]), f"inner {s.name}"
+    # a bare inner run (nothing captured) is the bare model's too
+    bare_inner = []
+    ms.run(f.model, f.ids, capture=sites, interventions=[
+        *outer_ivs, Replace(Site(Kind.RESID_PRE, 0), fn=lambda x, ctx: bare_inner.append(ms.run(f.model, other)) or x)])
+    assert torch.equal(bare_inner[0].logits, bare(f.hf, other).logits)
+    assert_no_hooks(f.hf)
+    assert not hf_attention._ACTIVE
 
 
 def test_interventions_at_one_site_apply_in_order(gpt2: Fam):

@@ -34,6 +34,14 @@ CONFIGS = {
         vocab_size=VOCAB, max_position_embeddings=32)),
     "neox_sequential": (tf.GPTNeoXForCausalLM, _neox(False)),
     "neox_parallel": (tf.GPTNeoXForCausalLM, _neox(True)),
+    "qwen3_gqa": (tf.Qwen3ForCausalLM, tf.Qwen3Config(
+        num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=32)),
+    # global layers only: a sliding-window layer's cache keeps too few positions for windows
+    "gemma3_mqa": (tf.Gemma3ForCausalLM, tf.Gemma3TextConfig(
+        num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+        intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=32, query_pre_attn_scalar=8,
+        layer_types=["full_attention"] * 3)),
 }
 MODELS: dict = {}
 
@@ -99,7 +107,7 @@ def test_windows_of_a_model_with_sdpa_attention():
     assert model.config._attn_implementation == "sdpa"
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama_gqa", "neox_sequential"])
+@pytest.mark.parametrize("family", ["gpt2", "llama_gqa", "neox_sequential", "qwen3_gqa", "gemma3_mqa"])
 def test_windowed_sweep_equals_single_patches(family):
     # every patch of two sites against its own full forward pass, patched one at a time
     model = _model(family)

@@ -189,7 +189,8 @@ class Graph:
 
 def graph_of(model: Any) -> Graph:
     """The edge graph of a transformer adapter with per-head input sites (TinyTransformer, GPT-2,
-    GPT-NeoX, Llama/Qwen2/Mistral); other adapters fail with the sites they lack."""
+    GPT-NeoX, Llama/Qwen2/Qwen3/Mistral); other adapters fail with the sites they lack, and models
+    with post-norms (Gemma) with the reason."""
     model = wrap(model)
     valid = set(model.sites())
     n_layers, n_heads = getattr(model, "n_layers", None), getattr(model, "n_heads", None)
@@ -198,6 +199,11 @@ def graph_of(model: Any) -> Graph:
     if n_layers is None or n_heads is None or missing:
         raise ValueError(f"{getattr(model, 'name', model)} has no edge graph: it lacks {missing or 'n_layers/n_heads'} "
                          "(edges need a pre-norm transformer adapter with per-head input sites)")
+    if getattr(model, "post_norms", False):
+        raise ValueError(f"{model.name} has no edge graph: it normalises each attention and MLP output before the "
+                         "residual add, so the heads' results are not what they write to the residual (edges need "
+                         "senders whose writes add up to it); use node-level methods (activation_patching, "
+                         "attribution_patching) on it")
     senders: list[Node] = [INPUT]
     blocks = [SenderBlock(Site(Kind.RESID_PRE, 0), 0, 1, False)]
     groups: list[Group] = []

@@ -8,6 +8,9 @@ residual, so a later head h2 reads it through
     values (V-composition):  OV1 OV2
 and the composition score is ||product||_F / (||first||_F ||second||_F) (Elhage et al. 2021).
 Under grouped-query attention the weight views already hold one W_K / W_V per query head.
+Norms that read a projection's output (per-head query/key norms, post-attention norms) enter with
+their gains (`Weights.QK`, `Weights.OV`): the circuits are then the model's up to positive
+per-token factors, which every score here is invariant to.
 Norms come from the factored products; no d_model x d_model matrix is built.
 """
 
@@ -76,16 +79,20 @@ def virtual_weights(model: Any, sender: tuple[int, int], receiver: tuple[int, in
 
 
 def copying_scores(model: Any, fold_ln: bool = True) -> Tensor:
-    """(layer, head): sum(re lambda) / sum(|lambda|) over the eigenvalues of W_E W_V W_O W_U.
+    """(layer, head): sum(re lambda) / sum(|lambda|) over the eigenvalues of W_E W_V W_O W_U (`full_OV`).
 
     Near 1: the head copies the tokens it attends to into the output; near -1: it suppresses them.
-    The eigenvalues come from the d_head x d_head matrix W_O W_U W_E W_V.
+    The eigenvalues come from the d_head x d_head matrix W_O W_U W_E W_V. A head whose circuit is
+    zero (all eigenvalues 0, e.g. a pruned head with W_O = 0) neither copies nor suppresses: its
+    score is 0.
     """
     w = wrap(model).weights(fold_ln=fold_ln)
     if w.W_E is None or w.W_U is None:
         raise ValueError("copying scores need an embedding and an unembedding")
     # nonzero eigenvalues of (W_E W_V)(W_O W_U) are those of W_O (W_U W_E) W_V: never vocab x vocab
     ue = (w.W_U @ w.W_E).double()  # (d_model, d_model)
-    small = w.W_O.double() @ ue @ w.W_V.double()  # (layer, head, d_head, d_head)
+    small = w.W_O_written.double() @ ue @ w.W_V.double()  # (layer, head, d_head, d_head)
     lam = torch.linalg.eigvals(small)
-    return (lam.real.sum(-1) / lam.abs().sum(-1)).float()
+    total = lam.abs().sum(-1)
+    score = lam.real.sum(-1) / torch.where(total > 0, total, 1.0)  # a zero circuit: 0, not 0/0
+    return score.float()

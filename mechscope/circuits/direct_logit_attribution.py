@@ -7,11 +7,18 @@ weight and projected on the unembedding direction. With the norm's shift and the
 bias (`bias` below), the attributions of all components add up to the logit difference exactly
 (up to float rounding): tests check this. What it measures is the *direct* path only.
 
+Post-norms (Gemma's sandwich norms, `ln1_post_w` / `ln2_post_w` in the weights): a head's result
+and a neuron's write reach the residual through the norm on the attention (MLP) output. That norm's
+scale is frozen the same way (measured per prompt and position from its input, the heads' summed
+results plus b_O or the neurons' summed writes plus b_out, and its output attn_out or mlp_out), so
+heads, neurons and biases still add up to what each block added to the residual.
+
 Steps:
 1. capture the embeddings, every head's result, every MLP's neurons and output, and the final
-   residual and norm output;
-2. recover the frozen scale (and whether the norm centres) from the final residual and norm output;
-3. project each component on W_U[:, a] - W_U[:, b] (or W_U[:, a] alone) through the norm.
+   residual and norm output (and attn_out when attention has a post-norm);
+2. recover the frozen scale (and whether the norm centres) from the final residual and norm output,
+   and each post-norm's from its input and output;
+3. project each component on W_U[:, a] - W_U[:, b] (or W_U[:, a] alone) through the norms.
 """
 
 from __future__ import annotations
@@ -65,6 +72,25 @@ def _frozen_scale(x: Tensor, y: Tensor, gamma: Tensor, beta: Tensor | None) -> t
     return best[1], best[2]
 
 
+@dataclass(frozen=True)
+class _FrozenNorm:
+    """A norm with its scale measured from one run and frozen: linear, x -> g (x - mean?) / scale."""
+
+    gain: Tensor
+    scale: Tensor  # (batch, pos, 1)
+    centred: bool
+
+    def __call__(self, x: Tensor) -> Tensor:  # (..., batch, pos, d_model)
+        x = x - x.mean(-1, keepdim=True) if self.centred else x
+        return x * self.gain / self.scale
+
+
+def _post_norm(x: Tensor, y: Tensor, gain: Tensor) -> _FrozenNorm:
+    """The norm that maps x (its input) to y (its output) with weight `gain`, its scale frozen."""
+    scale, centred = _frozen_scale(x, y, gain, None)
+    return _FrozenNorm(gain, scale, centred)
+
+
 def direct_logit_attribution(model: Any, inputs: Any, token: int, minus: int | None = None,
                              neurons: bool = False) -> DirectLogitAttribution:
     """DLA of every component to logit[token] (minus logit[minus]) at every position."""
@@ -77,7 +103,9 @@ def direct_logit_attribution(model: Any, inputs: Any, token: int, minus: int | N
     embeds = [s for s in (Site(Kind.EMBED), Site(Kind.POS_EMBED)) if s in valid]
     last = Site(Kind.RESID_POST, L - 1)
     sites = embeds + [Site(Kind.RESULT, l) for l in range(L)] + [Site(Kind.MLP_OUT, l) for l in range(L)] \
-        + ([Site(Kind.MLP_POST, l) for l in range(L)] if neurons else []) + [last, Site(Kind.LN_FINAL)]
+        + ([Site(Kind.MLP_POST, l) for l in range(L)] if neurons or w.ln2_post_w is not None else []) \
+        + [last, Site(Kind.LN_FINAL)] \
+        + ([Site(Kind.ATTN_OUT, l) for l in range(L)] if w.ln1_post_w is not None else [])
     res = run(model, inputs, capture=sites)
     with torch.no_grad():
         u = w.W_U[:, token] - (0 if minus is None else w.W_U[:, minus])  # (d_model,)
@@ -89,12 +117,23 @@ def direct_logit_attribution(model: Any, inputs: Any, token: int, minus: int | N
             c = c - c.mean(-1, keepdim=True) if centred else c
             return (c / scale) @ direction
 
-        # result (batch, pos, head, d_model) -> (head, batch, pos, d_model) -> (layer, head, batch, pos)
-        heads = torch.stack([through(res.cache[Site(Kind.RESULT, l)].movedim(2, 0)) for l in range(L)])
         zeros = res.cache[last].new_zeros(res.cache[last].shape)
-        head_bias = torch.stack([through(zeros + (w.b_O[l] if w.b_O is not None else 0)) for l in range(L)])
+        b_O = [zeros + (w.b_O[l] if w.b_O is not None else 0) for l in range(L)]
+        b_out = [zeros + (w.b_out[l] if w.b_out is not None else 0) for l in range(L)]
+        results = [res.cache[Site(Kind.RESULT, l)].movedim(2, 0) for l in range(L)]  # (head, batch, pos, d_model)
+        if w.ln1_post_w is not None:  # each head's share of the post-attention norm's output, its scale frozen
+            post = [_post_norm(r.sum(0) + b, res.cache[Site(Kind.ATTN_OUT, l)], w.ln1_post_w[l])
+                    for l, (r, b) in enumerate(zip(results, b_O))]
+            results = [p(r) for p, r in zip(post, results)]
+            b_O = [p(b) for p, b in zip(post, b_O)]
+        heads = torch.stack([through(r) for r in results])  # (layer, head, batch, pos)
+        head_bias = torch.stack([through(b) for b in b_O])
         mlps = torch.stack([through(res.cache[Site(Kind.MLP_OUT, l)]) for l in range(L)])
-        mlp_bias = torch.stack([through(zeros + (w.b_out[l] if w.b_out is not None else 0)) for l in range(L)])
+        mlp_post = [None] * L  # per layer, the post-MLP norm with its scale frozen
+        if w.ln2_post_w is not None:
+            mlp_post = [_post_norm(res.cache[Site(Kind.MLP_POST, l)] @ w.W_out[l] + b_out[l],
+                                   res.cache[Site(Kind.MLP_OUT, l)], w.ln2_post_w[l]) for l in range(L)]
+        mlp_bias = torch.stack([through(b if p is None else p(b)) for p, b in zip(mlp_post, b_out)])
         embed = sum(through(res.cache[s].expand_as(zeros)) for s in embeds)
         bias = torch.zeros_like(embed)
         if w.lnf_b is not None:
@@ -104,10 +143,14 @@ def direct_logit_attribution(model: Any, inputs: Any, token: int, minus: int | N
         per_neuron = None
         if neurons:
             # neuron n writes post[n] * W_out[n]: its readout is post[n] * (centre(W_out[n]) @ direction)
-            wo = w.W_out - w.W_out.mean(-1, keepdim=True) if centred else w.W_out  # (L, d_mlp, d_model)
+            # (with a post-MLP norm: post[n] * g W_out[n] / s, s its frozen scale at the position)
+            wo = w.W_out if w.ln2_post_w is None else w.W_out * w.ln2_post_w[:, None, :]  # (L, d_mlp, d_model)
+            wo = wo - wo.mean(-1, keepdim=True) if centred else wo
             read = wo @ direction  # (L, d_mlp)
             per_neuron = torch.stack([res.cache[Site(Kind.MLP_POST, l)].movedim(-1, 0) * read[l, :, None, None]
-                                      / scale.squeeze(-1) for l in range(L)])  # (L, d_mlp, b, p)
+                                      / scale.squeeze(-1)
+                                      / (1 if mlp_post[l] is None else mlp_post[l].scale.squeeze(-1))
+                                      for l in range(L)])  # (L, d_mlp, b, p)
         logits = res.logits
         total = logits[..., token] - (0 if minus is None else logits[..., minus])
     return DirectLogitAttribution(heads, head_bias, mlps, mlp_bias, per_neuron, embed, bias, total)

@@ -49,7 +49,7 @@ from ..core.score import Score
 from ..core.site import Kind, Site
 from ..models import wrap
 from .composition import copying_scores
-from .direct_logit_attribution import _frozen_scale
+from .direct_logit_attribution import _frozen_scale, _post_norm
 from .head_roles import HeadRoles, head_roles, repeated_tokens
 
 ROLES = ("induction", "previous_token", "duplicate_token", "bos", "copy_suppression")
@@ -92,7 +92,7 @@ def ov_diagonal_scores(model: Any, fold_ln: bool = True, max_tokens: int = 512, 
     U_t = U[:, toks].T  # (tokens, d_model): each token's own unembedding column
     out = torch.empty(w.n_layers, w.n_heads)
     for l in range(w.n_layers):
-        a = torch.einsum("td,hde,hem->htm", E, w.W_V[l].double(), w.W_O[l].double())  # (head, tokens, d_model)
+        a = torch.einsum("td,hde,hem->htm", E, w.W_V[l].double(), w.W_O_written[l].double())  # (head, tokens, d_model)
         diag = (a * U_t).sum(-1)
         mean = a @ u_bar
         sq = torch.einsum("htd,de,hte->ht", a, G, a)
@@ -115,11 +115,12 @@ def _direct_on_predicted(model, ids: Tensor, interventions: Sequence[Interventio
     """Patterns, each head's direct effect on the predicted token's (centred) logit, and the predictions."""
     L = model.n_layers
     valid = set(model.sites())
+    w = model.weights()
     sites = [Site(Kind.PATTERN, l) for l in range(L)] + [Site(Kind.RESULT, l) for l in range(L)] \
-        + [Site(Kind.RESID_POST, L - 1)] + ([Site(Kind.LN_FINAL)] if Site(Kind.LN_FINAL) in valid else [])
+        + [Site(Kind.RESID_POST, L - 1)] + ([Site(Kind.LN_FINAL)] if Site(Kind.LN_FINAL) in valid else []) \
+        + ([Site(Kind.ATTN_OUT, l) for l in range(L)] if w.ln1_post_w is not None else [])
     res = run(model, ids, capture=sites, interventions=interventions)
     pred = res.logits.argmax(-1)  # (batch, pos)
-    w = model.weights()
     U = w.W_U.double()
     if w.lnf_w is not None:
         U = U * w.lnf_w.double()[:, None]
@@ -128,6 +129,11 @@ def _direct_on_predicted(model, ids: Tensor, interventions: Sequence[Interventio
     out = []
     for l in range(L):
         r = res.cache[Site(Kind.RESULT, l)].double()  # (batch, pos, head, d_model)
+        if w.ln1_post_w is not None:  # each head's share of the post-attention norm's output, its scale frozen
+            heads = r.movedim(2, 0)
+            total = heads.sum(0) + (0 if w.b_O is None else w.b_O[l].double())
+            r = _post_norm(total, res.cache[Site(Kind.ATTN_OUT, l)].double(), w.ln1_post_w[l].double())(heads)
+            r = r.movedim(0, 2)
         if centred:
             r = r - r.mean(-1, keepdim=True)
         r = r / (scale.unsqueeze(-1) if scale.dim() else scale)

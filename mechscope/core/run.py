@@ -6,7 +6,9 @@ Steps of one call:
 2. group the interventions by site, keeping their order;
 3. install one handler per site on the adapter's tap: apply the site's interventions in order,
    then keep the resulting tensor if it was asked for;
-4. run the forward pass inside the adapter's session (and with gradients on, if asked);
+4. run the forward pass inside the adapter's session (and with gradients on, if asked), with this
+   call's handlers the live ones: a run started inside an intervention (a `Replace` function that
+   runs the model again) sees only its own, and the outer run's are untouched by it;
 5. remove every hook in a `finally` block, so an exception leaves the model as it was;
 6. with `grad=`, differentiate the metric with respect to the captured tensors in one backward
    pass; then release storage that captured views would otherwise keep alive.
@@ -30,7 +32,7 @@ from .errors import InterventionError, SiteError
 from .interventions import Context, Intervention
 from .protocol import Adapter, Prepared
 from .site import Kind, Site
-from .taps import Handler
+from .taps import Handler, running
 
 
 @dataclass
@@ -108,10 +110,11 @@ def run(
     prepared = adapter.prepare(inputs)
     grad_on = grad is not None or track_grad
     if not touched and grad is None:
-        with torch.set_grad_enabled(grad_on):
+        with torch.set_grad_enabled(grad_on), running(None):  # no handler of an enclosing run acts
             out = adapter.forward(prepared)
         return RunResult(out, adapter.logits(out), Cache(), prepared=prepared)
 
+    owner = object()  # this call's handlers act only in its own forward pass, not in a nested run's
     store: dict[Site, Tensor] = {}
     ctx_cache: dict[Site, Tensor] = store  # interventions may read what was captured earlier
 
@@ -158,19 +161,19 @@ def run(
                     keep_view(site, x)
             return x
 
-        return Handler(fn, modifies=bool(ivs))
+        return Handler(fn, modifies=bool(ivs), owner=owner)
 
     handles = []
     try:
         if grad is not None:
             entry = adapter.grad_entry()
             if entry is not None:
-                handles += entry.install(Handler(_require_grad, modifies=True))
+                handles += entry.install(Handler(_require_grad, modifies=True, owner=owner))
         # in forward order, not set order: taps sharing a module (BERT's attn_out and attn.result)
         # then chain the same way in every process, whatever the string hash seed
         for site in [s for s in adapter.sites() if s in touched]:
             handles += adapter.tap(site).install(make_handler(site))
-        with adapter.session(touched), torch.set_grad_enabled(grad_on):
+        with adapter.session(touched), torch.set_grad_enabled(grad_on), running(owner):
             out = adapter.forward(prepared)
     finally:
         for h in handles:

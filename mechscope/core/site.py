@@ -39,7 +39,7 @@ class Kind(str, Enum):
     Q = "attn.q"  # queries as they enter the score (after rotary)          (batch, pos, head, d_head)
     K = "attn.k"  # keys, one per key/value head under grouped attention    (batch, pos, head, d_head)
     V = "attn.v"  # values, one per key/value head                          (batch, pos, head, d_head)
-    SCORES = "attn.scores"  # scaled, masked pre-softmax scores              (batch, head, pos, kpos)
+    SCORES = "attn.scores"  # scaled (Gemma 2: capped), masked, pre-softmax  (batch, head, pos, kpos)
     PATTERN = "attn.pattern"  # attention probabilities                        (batch, head, pos, kpos)
     Z = "attn.z"  # pattern-weighted values, per head                       (batch, pos, head, d_head)
     RESULT = "attn.result"  # each head's write to the residual (no bias)     (batch, pos, head, d_model)

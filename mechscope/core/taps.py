@@ -4,12 +4,19 @@ An adapter maps each Site to a Tap; `run` installs one *handler* per tap for the
 call. A handler sees the site's tensor in the site's layout and returns it (unchanged, or a new
 tensor when the site has interventions). Taps only know modules and tensors, never
 architectures; adapters compose them declaratively.
+
+A handler belongs to the run that installed it and acts only while that run's forward pass is
+the innermost one (`running`): a run started from inside another (a `Replace` function that runs
+the model again) sees only its own captures and interventions, and the outer run's stay as they
+were.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -17,17 +24,38 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 
+# the run whose forward pass is in progress (the innermost one when runs nest)
+_CURRENT: ContextVar[object | None] = ContextVar("mechscope_current_run", default=None)
+
+
+@contextmanager
+def running(owner: object) -> Iterator[None]:
+    """Make `owner`'s handlers the live ones for the duration of a forward pass."""
+    token = _CURRENT.set(owner)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
 class Handler:
-    """The per-run callback for one site. `modifies` is False for pure capture."""
+    """The per-run callback for one site. `modifies` is False for pure capture. `owner` is the run
+    it belongs to: the handler is live only inside `running(owner)` (None: always live)."""
 
-    __slots__ = ("fn", "modifies")
+    __slots__ = ("fn", "modifies", "owner")
 
-    def __init__(self, fn: Callable[[Tensor], Tensor], modifies: bool):
+    def __init__(self, fn: Callable[[Tensor], Tensor], modifies: bool, owner: object | None = None):
         self.fn = fn
         self.modifies = modifies
+        self.owner = owner
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.fn(x)
+
+    @property
+    def live(self) -> bool:
+        """Whether the forward pass in progress is this handler's run's own (not a nested one)."""
+        return self.owner is None or _CURRENT.get() is self.owner
 
 
 class Tap(ABC):
@@ -35,6 +63,30 @@ class Tap(ABC):
 
     @abstractmethod
     def install(self, handler: Handler) -> list[RemovableHandle]: ...
+
+
+class _ValueOf(torch.autograd.Function):
+    """`value`'s numbers, with the gradient sent to `route` (same shape) as if it were the output.
+
+    A pure capture uses it to route gradients through a recomputation (per-head results, per-head
+    inputs) while the forward pass keeps the module's own values bit for bit. Written as
+    `value + (route - route.detach())` it would give NaN wherever `route` is not finite (inf - inf
+    after an overflow), in the output and in every gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, route: Tensor, copy: bool) -> Tensor:
+        return value.clone() if copy else value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
+        return None, grad, None
+
+
+def value_of(value: Tensor, route: Tensor, copy: bool = True) -> Tensor:
+    """`value` (detached), differentiable as `route`: see `_ValueOf`. A copy unless `copy=False`
+    (a view keeps `value`'s memory layout, but the caller must then never modify it in place)."""
+    return _ValueOf.apply(value.detach(), route, copy)
 
 
 def _split(x: Tensor, heads: int | None) -> Tensor:
@@ -65,6 +117,8 @@ class ModuleOutput(Tap):
         index, heads, copy = self.index, self.heads, self.copy
 
         def hook(_mod: nn.Module, _args: tuple, out):
+            if not handler.live:
+                return None
             x = out if index is None else out[index]
             y = handler(_split(x, heads))
             if not handler.modifies and not copy:
@@ -104,6 +158,8 @@ class ModuleInput(Tap):
         tap = self
 
         def hook(_mod: nn.Module, args: tuple, kwargs: dict):
+            if not handler.live:
+                return None
             in_args = len(args) > tap.index
             x = args[tap.index] if in_args else kwargs[tap.kwarg]
             if tap.branch and x.requires_grad:
@@ -142,9 +198,12 @@ class HeadResult(Tap):
         saved: dict[str, Tensor] = {}
 
         def pre(_mod: nn.Module, args: tuple):
-            saved["z"] = args[0]
+            if handler.live:
+                saved["z"] = args[0]
 
         def post(_mod: nn.Module, _args: tuple, out: Tensor):
+            if not handler.live:
+                return None
             z = _split(saved.pop("z"), self.heads)  # (batch, pos, head, d_head)
             w = self.w_o().to(z.dtype)  # (head, d_head, d_model)
             result = torch.einsum("bphd,hdm->bphm", z, w)  # (batch, pos, head, d_model)
@@ -156,9 +215,9 @@ class HeadResult(Tap):
             total = total if b is None else total + b
             if not handler.modifies:
                 # Pure capture with gradients on: route the output's graph through the per-head
-                # results, or their gradients would be zero. `total - total.detach()` is exactly 0,
-                # so the value stays the module's own bit for bit; gradients flow only this way.
-                return out.detach() + (total - total.detach())
+                # results, or their gradients would be zero. The value stays the module's own bit
+                # for bit (even where the per-head sum overflows); gradients flow only this way.
+                return value_of(out, total)
             return total
 
         return [self.module.register_forward_pre_hook(pre), self.module.register_forward_hook(post)]
@@ -182,8 +241,8 @@ class HeadInput(Tap):
     shapes (mechscope's own does).
 
     With gradients on, every head is recomputed so that gradients reach each head's input; heads
-    whose input did not change keep the module's values bit for bit (value `orig + (new -
-    new.detach())`), as `HeadResult` does.
+    whose input did not change keep the module's values bit for bit (`value_of(orig, new)`: the
+    module's numbers, differentiable as the recomputation), as `HeadResult` does.
     """
 
     reader: nn.Module
@@ -200,6 +259,8 @@ class HeadInput(Tap):
         tap = self
 
         def pre(_mod: nn.Module, args: tuple, kwargs: dict):
+            if not handler.live:
+                return None
             x = args[0] if args else kwargs["hidden_states"]  # (batch, pos, d_model)
             xe = x.unsqueeze(-2).expand(*x.shape[:-1], tap.heads, x.shape[-1])  # (batch, pos, head, d_model)
             y = handler(xe)
@@ -221,7 +282,7 @@ class HeadInput(Tap):
             return None
 
         def post(_mod: nn.Module, _args: tuple, out: Tensor):
-            if "new" not in state:
+            if not handler.live or "new" not in state:
                 return None
             todo, changed, new = state.pop("new")
             d = tap.d_head
@@ -240,7 +301,7 @@ class HeadInput(Tap):
                 c = col(h)
                 v = new[..., j, :]
                 if not changed[h]:  # the same value as before; gradients through the recomputation
-                    v = res[..., c:c + d].detach() + (v - v.detach())
+                    v = value_of(res[..., c:c + d], v)
                 res[..., c:c + d] = v
             return res
 

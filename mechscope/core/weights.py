@@ -11,7 +11,21 @@ Convention (row vectors, x @ W):
     W_out  (layer, d_mlp, d_model)     b_out  (layer, d_model)
     W_U    (d_model, vocab)            b_U    (vocab,)
     ln1_w, ln1_b, ln2_w, ln2_b (layer, d_model); lnf_w, lnf_b (d_model,)  -- b None for RMSNorm
-Queries and keys here are before any rotary position embedding.
+    q_norm_w, k_norm_w (layer, head, d_head) or None   per-head query/key RMSNorm gains (Qwen3, Gemma 3)
+    ln1_post_w, ln2_post_w (layer, d_model) or None    RMSNorm gains on the attention / MLP output
+                                                       before the residual add (Gemma's sandwich norms)
+Queries and keys here are before any rotary position embedding. Norm gains are the effective
+multipliers (Gemma's norms scale by 1 + weight: the views hold 1 + weight).
+
+Norms that no matrix can hold. A per-head query/key norm divides each head's query (key) by its
+own RMS and then multiplies by its gain; a post-norm does the same to the attention (MLP) output.
+The RMS is taken *before* the gain, so the gain cannot be folded into W_Q, W_K or W_O: W_Q, W_K
+and W_O stay the raw projections (they recompute the pre-norm queries, keys and head outputs
+exactly) and the gains stay in their own fields, folded or not. The circuit views `QK`, `OV`,
+`full_QK` and `full_OV` include the gains, which makes them the model's maps up to a positive
+factor per token (pair) -- 1 / (rms(q) rms(k)) for scores before rotary, 1 / rms(attention output)
+at a position for OV -- that cancels in composition and copying scores and in any sign or
+direction read off them.
 """
 
 from __future__ import annotations
@@ -51,6 +65,10 @@ class Weights:
     ln2_b: Tensor | None = None
     lnf_w: Tensor | None = None
     lnf_b: Tensor | None = None
+    q_norm_w: Tensor | None = None
+    k_norm_w: Tensor | None = None
+    ln1_post_w: Tensor | None = None
+    ln2_post_w: Tensor | None = None
     ln_folded: bool = False
     foldable: bool = True  # False for post-LN models (BERT), where norms sit after the residual add
 
@@ -73,14 +91,38 @@ class Weights:
         return self.W_V[:, :: self.group_size]
 
     @property
+    def W_Q_scored(self) -> Tensor:
+        """W_Q with the per-head query norm's gain on its output columns (W_Q without such a norm)."""
+        return self.W_Q if self.q_norm_w is None else self.W_Q * self.q_norm_w.unsqueeze(-2)
+
+    @property
+    def W_K_scored(self) -> Tensor:
+        """W_K with the per-head key norm's gain on its output columns (W_K without such a norm)."""
+        return self.W_K if self.k_norm_w is None else self.W_K * self.k_norm_w.unsqueeze(-2)
+
+    @property
+    def W_O_written(self) -> Tensor:
+        """W_O with the post-attention norm's gain on its output columns: what each head writes to
+        the residual, up to the norm's RMS division (W_O without a post-norm)."""
+        if self.ln1_post_w is None:
+            return self.W_O
+        return self.W_O * self.ln1_post_w[:, None, None, :]
+
+    @property
     def QK(self) -> FactoredMatrix:
-        """Bilinear attention score form per (layer, head): x_q W_Q W_K^T x_k^T, (d_model, d_model)."""
-        return FactoredMatrix(self.W_Q, self.W_K.transpose(-1, -2))
+        """Bilinear attention score form per (layer, head): x_q W_Q W_K^T x_k^T, (d_model, d_model).
+
+        With per-head query/key norms, their gains are included and the form is the score up to
+        the positive factor 1 / (rms(x_q W_Q) rms(x_k W_K)) (see the module docstring)."""
+        return FactoredMatrix(self.W_Q_scored, self.W_K_scored.transpose(-1, -2))
 
     @property
     def OV(self) -> FactoredMatrix:
-        """What each head writes per attended residual vector: x W_V W_O, (d_model, d_model)."""
-        return FactoredMatrix(self.W_V, self.W_O)
+        """What each head writes per attended residual vector: x W_V W_O, (d_model, d_model).
+
+        With a post-attention norm, its gain is included and the write is exact up to the positive
+        factor 1 / rms(attention output) at the position (the same for every head there)."""
+        return FactoredMatrix(self.W_V, self.W_O_written)
 
     @property
     def full_OV(self) -> FactoredMatrix:
@@ -91,7 +133,7 @@ class Weights:
         """
         if self.W_E is None or self.W_U is None:
             raise ValueError("the full OV circuit needs an embedding and an unembedding")
-        return FactoredMatrix(self.W_E @ self.W_V, self.W_O @ self.W_U)
+        return FactoredMatrix(self.W_E @ self.W_V, self.W_O_written @ self.W_U)
 
     @property
     def full_QK(self) -> FactoredMatrix:
@@ -101,13 +143,15 @@ class Weights:
         """
         if self.W_E is None:
             raise ValueError("the full QK circuit needs an embedding")
-        return FactoredMatrix(self.W_E @ self.W_Q, (self.W_E @ self.W_K).transpose(-1, -2))
+        return FactoredMatrix(self.W_E @ self.W_Q_scored, (self.W_E @ self.W_K_scored).transpose(-1, -2))
 
     def fold_layer_norm(self) -> "Weights":
         """Fold each norm's scale (and shift) into the weights that read its output.
 
         After folding, ln*_w are ones and ln*_b zeros: the norm only centres (LayerNorm) and
-        divides by its RMS. The results of the model are unchanged.
+        divides by its RMS. The results of the model are unchanged. Norms that read a projection's
+        output (per-head query/key norms, post-norms) keep their gains: the RMS they divide by is
+        taken before the gain, so no weight can absorb it (see the module docstring).
         """
         if self.ln_folded:
             return self

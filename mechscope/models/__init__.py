@@ -7,12 +7,12 @@ from typing import Any
 
 from torch import nn
 
-from . import bert, gpt2, gpt_neox, llama
+from . import bert, gemma2, gemma3, gpt2, gpt_neox, llama, qwen3
 from .base import ModelBase
 from .generic import ModuleModel
 from .hf import HFModel, Spec
 
-SPECS: tuple[Spec, ...] = (gpt2.SPEC, gpt_neox.SPEC, llama.SPEC, bert.SPEC)
+SPECS: tuple[Spec, ...] = (gpt2.SPEC, gpt_neox.SPEC, llama.SPEC, qwen3.SPEC, gemma2.SPEC, gemma3.SPEC, bert.SPEC)
 
 
 def spec_for(model_type: str) -> Spec | None:

@@ -15,17 +15,26 @@ from ..core.run import RunResult, resolve, run
 from ..core.site import Site
 
 
+class _Skipped(nn.Module):
+    """Stands in for a skipped block: hands its input residual stream on unchanged."""
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return hidden_states
+
+
 @contextmanager
 def without_first_blocks(parent: nn.Module, attr: str, layer: int):
-    """Temporarily replace the ModuleList `parent.attr` by its blocks from `layer` on.
+    """Temporarily replace the blocks before `layer` in the ModuleList `parent.attr` by pass-throughs.
 
-    The blocks keep their identity (hooks and taps on them still fire); only the loop over them
-    is shortened, so the caller must supply the residual stream entering block `layer`.
+    The remaining blocks keep their identity (hooks and taps on them still fire) and their place
+    in the loop: a forward pass that looks up per-block settings by the loop index (Gemma's and
+    Qwen's `config.layer_types[i]`: sliding-window masks, rotary bases) still finds each block's
+    own. The caller must supply the residual stream entering block `layer` (a patch at its input).
     """
     blocks = getattr(parent, attr)
     if not 0 <= layer < len(blocks):
         raise ValueError(f"cannot start at block {layer}: the model has blocks 0..{len(blocks) - 1}")
-    setattr(parent, attr, nn.ModuleList(list(blocks)[layer:]))
+    setattr(parent, attr, nn.ModuleList([_Skipped() for _ in range(layer)] + list(blocks)[layer:]))
     try:
         yield
     finally:

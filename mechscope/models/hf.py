@@ -1,8 +1,9 @@
 """The Hugging Face adapter: a declarative `Spec` per family turned into sites, taps and weights.
 
-A family file (gpt2.py, gpt_neox.py, llama.py, bert.py) fills in one `Spec`: module paths of
-each site relative to the model root or to one block, and a function that reads one block's
-weights into mechscope's convention. Nothing here tests which architecture it is looking at.
+A family file (gpt2.py, gpt_neox.py, llama.py, qwen3.py, gemma2.py, gemma3.py, bert.py) fills in
+one `Spec`: module paths of each site relative to the model root or to one block, and a function
+that reads one block's weights into mechscope's convention. Nothing here tests which architecture
+it is looking at.
 """
 
 from __future__ import annotations
@@ -76,8 +77,11 @@ class Spec:
     read_root: Callable[[nn.Module, Any], dict[str, Tensor | None]] | None = None
     n_kv_heads: Callable[[Any], int] = lambda cfg: cfg.num_attention_heads
     d_head: Callable[[Any], int] = lambda cfg: cfg.hidden_size // cfg.num_attention_heads
-    causal: bool = True
+    causal: bool | Callable[[Any], bool] = True  # or a function of the config (bidirectional variants)
     post_ln: bool = False
+    # the attention and MLP outputs are normalised before the residual add (Gemma's sandwich norms):
+    # the heads' results add up to the norm's input, not to what the block writes
+    post_norms: bool = False
     unsupported: Callable[[Any], set[Kind]] = lambda cfg: set()  # kinds a config variant lacks
 
 
@@ -100,6 +104,8 @@ class HFModel(ModelBase):
         self.n_kv_heads = int(spec.n_kv_heads(self.config))
         self.d_head = int(spec.d_head(self.config))
         self.d_model = int(self.config.hidden_size)
+        self.causal = bool(spec.causal(self.config) if callable(spec.causal) else spec.causal)
+        self.post_norms = spec.post_norms
         lacking = spec.unsupported(self.config)
         sites: list[Site] = []
         root = {k: w for k, w in spec.root.items() if self._has(w.path)}
@@ -268,7 +274,7 @@ class HFModel(ModelBase):
         mask = kwargs.pop("attention_mask", None)
         kwargs.pop("input_ids", None)
         only_ids = not kwargs and (not prepared.args or len(prepared.args) == 1 and prepared.args[0] is ids)
-        if (not self.spec.causal or self._cache_arg is None or ids is None or ids.dim() != 2 or not only_ids
+        if (not self.causal or self._cache_arg is None or ids is None or ids.dim() != 2 or not only_ids
                 or (mask is not None and not bool((mask == 1).all())) or not self._windows_exact()):
             return None  # encoders, other inputs, padding, sliding windows: every position in one pass
         if any(s.kind in _NOT_WINDOWED for s in sites):
@@ -337,7 +343,8 @@ class HFModel(ModelBase):
             W_in=stack("W_in"), b_in=stack("b_in"), W_gate=stack("W_gate"),
             W_out=stack("W_out"), b_out=stack("b_out"), W_U=root.get("W_U"), b_U=root.get("b_U"),
             ln1_w=stack("ln1_w"), ln1_b=stack("ln1_b"), ln2_w=stack("ln2_w"), ln2_b=stack("ln2_b"),
-            lnf_w=root.get("lnf_w"), lnf_b=root.get("lnf_b"), foldable=not self.spec.post_ln)
+            lnf_w=root.get("lnf_w"), lnf_b=root.get("lnf_b"), q_norm_w=stack("q_norm_w"), k_norm_w=stack("k_norm_w"),
+            ln1_post_w=stack("ln1_post_w"), ln2_post_w=stack("ln2_post_w"), foldable=not self.spec.post_ln)
         return w.fold_layer_norm() if fold_ln else w
 
 
@@ -412,6 +419,11 @@ def heads_out(w: Tensor, n: int) -> Tensor:
 def repeat_kv(w: Tensor | None, n_rep: int) -> Tensor | None:
     """Repeat key/value heads (axis 0) so there is one per query head, as attention does."""
     return w if w is None or n_rep == 1 else w.repeat_interleave(n_rep, dim=0)
+
+
+def per_head(gain: Tensor, heads: int) -> Tensor:
+    """A norm gain shared by every head, (d_head,) -> (head, d_head)."""
+    return gain.expand(heads, -1)
 
 
 def linear_t(m: nn.Module) -> Tensor:

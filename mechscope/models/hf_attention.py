@@ -6,8 +6,9 @@ step, with a tap between the steps. A run that touches an attention-internal sit
 model to it for the duration of the call; every other run leaves the model alone.
 
 In float32 the function performs the same operations in the same order as the eager
-implementations of GPT-2, GPT-NeoX, Llama and BERT, so capturing changes no output bit (tests
-check it). Models loaded with another implementation (sdpa) get eager numerics during such runs.
+implementations of GPT-2, GPT-NeoX, Llama, Qwen3, Gemma 2 and 3 and BERT, so capturing changes no
+output bit (tests check it). Models loaded with another implementation (sdpa) get eager numerics
+during such runs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from ..core.site import Kind
-from ..core.taps import Handler, Tap
+from ..core.taps import Handler, Tap, value_of
 
 NAME = "mechscope"
 INTERNAL = {Kind.Q, Kind.K, Kind.V, Kind.SCORES, Kind.PATTERN, Kind.Z}
@@ -33,7 +34,8 @@ _ACTIVE: dict[nn.Module, dict[Kind, list[Handler]]] = {}
 
 def _apply(module: nn.Module, kind: Kind, x: Tensor) -> Tensor:
     for h in _ACTIVE.get(module, {}).get(kind, ()):
-        x = h(x)
+        if h.live:  # a run nested in another sees only its own handlers
+            x = h(x)
     return x
 
 
@@ -45,10 +47,28 @@ def _repeat_heads(x: Tensor, n_rep: int) -> Tensor:
     return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
 
 
+def _per_query_head(x: Tensor, heads: int, groups: int) -> Tensor:
+    """Keys or values (batch, kv_head or head, pos, d_head) with one head per query head.
+
+    Keys widened by per-head inputs whose heads are still equal within each group (a capture with
+    gradients, no head changed) take the repeated layout the unwidened keys would: a matrix product
+    can round differently in another memory layout. Gradients still reach every widened head."""
+    if x.shape[1] != heads:
+        return _repeat_heads(x, heads // x.shape[1])
+    if groups > 1:
+        g = x.unflatten(1, (heads // groups, groups))
+        if torch.equal(g, g[:, :, :1].expand_as(g)):
+            return value_of(_repeat_heads(x[:, ::groups], groups), x, copy=False)  # only read below
+    return x
+
+
 def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
               attention_mask: Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-              **_: object) -> tuple[Tensor, Tensor]:
-    """Eager attention with taps. query (batch, head, pos, d_head); key/value (batch, kv_head, kpos, d_head)."""
+              softcap: float | None = None, **_: object) -> tuple[Tensor, Tensor]:
+    """Eager attention with taps. query (batch, head, pos, d_head); key/value (batch, kv_head, kpos, d_head).
+
+    `softcap` (Gemma 2) caps the scaled scores at +-softcap with softcap * tanh(scores / softcap),
+    before the mask: `attn.scores` is after the cap."""
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     if module in _ACTIVE:
@@ -58,9 +78,11 @@ def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
         value = _apply(module, Kind.V, value.transpose(1, 2)).transpose(1, 2)
     # grouping from shapes, separately: per-head inputs (attn.k_in, attn.v_in) may widen keys or
     # values alone to one head per query head
-    key = _repeat_heads(key, query.shape[1] // key.shape[1])
-    value = _repeat_heads(value, query.shape[1] // value.shape[1])
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = _per_query_head(key, query.shape[1], groups), _per_query_head(value, query.shape[1], groups)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, head, pos, kpos)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         scores = scores + attention_mask
     if module in _ACTIVE:

@@ -41,7 +41,7 @@ def _root(module: nn.Module, model) -> dict:
 
 
 SPEC = Spec(
-    model_types=("llama", "qwen2", "mistral"),  # not qwen3: its q/k norms are not in the weight views
+    model_types=("llama", "qwen2", "mistral"),  # Qwen3 adds per-head q/k norms: qwen3.py
     layers="layers",
     attention="self_attn",
     out_proj="self_attn.o_proj",
