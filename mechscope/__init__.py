@@ -19,6 +19,7 @@ from .core import (Add, Cache, Context, FactoredMatrix, Intervention, Interventi
 from .core import run as _core_run
 from .models import wrap
 from .models.load import load
+from . import zoo  # registers the "zoo:NAME" source of load()
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ from mechscope.causal import (AblationSpec, Circuit, Node, completeness_minimali
                               eap_ig, faithfulness_curve, graph_of, recovery, robustness_report)
 from mechscope.causal.faithfulness_curve import areas, default_sizes
 from mechscope.core import Kind, Site, metrics
-from mechscope.models.known_circuits import load_known
+from mechscope.rasp.known_circuits import load_known
 
 from conftest import make_family, make_ids
 

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from ..core.errors import LoadError
+from ..models.load import register_source
 from .files import CheckpointError
 from .recipe import Recipe
 from .recipes import RECIPES
@@ -101,6 +102,9 @@ def load_zoo(name: str, step: int | None = None, path: Path | None = None):
         adapter = ModuleModel(module, name=label)
     adapter.zoo_run = run  # the run directory: config, metrics, checkpoints
     return adapter
+
+
+register_source("zoo", load_zoo)
 
 
 def names() -> list[str]:
