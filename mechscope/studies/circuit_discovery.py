@@ -1,6 +1,6 @@
 """How well each circuit-discovery method recovers circuits known by construction: ROC AUC tables.
 
-Networks: the known-circuit networks (`mechscope.models.known_circuits`: compiled RASP programs
+Networks: the known-circuit networks (`mechscope.rasp.known_circuits`: compiled RASP programs
 and a hand-set induction circuit) and, when it has been trained, the zoo's two-layer induction
 model, whose ground truth is the induction mechanism read off its heads' attention patterns
 (previous-token and two-back heads in layer 0, induction heads in layer 1; a hypothesis, not a
