@@ -84,7 +84,8 @@ def demo(out: Annotated[str, typer.Option(help="artifact directory (report.html 
                             ] = None,
          serve: Annotated[bool, typer.Option(help="serve the viewer on 127.0.0.1 afterwards")] = True,
          port: Annotated[int, typer.Option(help="the viewer's port")] = 8765,
-         threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+         threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU: more "
+                                                   "threads spin against other jobs)")] = 1,
          fresh: Annotated[bool, typer.Option(help="recompute sections whose artifacts are already there")] = False,
          retrain: Annotated[bool, typer.Option(help="train the zoo networks here instead of using the copies "
                                                     "shipped in the package (about 15 min)")] = False

@@ -55,7 +55,7 @@ def _stamp(out: Path, key: str) -> Path:
     return out / f".demo-{key}.json"
 
 
-def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | None = None, threads: int = 2,
+def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | None = None, threads: int = 1,
                fresh: bool = False, retrain: bool = False) -> dict[str, Any]:
     """Write the demo's artifacts and report to `out`; returns what was built and how long it took."""
     out = Path(out)
@@ -106,7 +106,7 @@ def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | 
 
 
 def run_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | None = None, serve: bool = True,
-             port: int = 8765, threads: int = 2, console: Console | None = None, fresh: bool = False,
+             port: int = 8765, threads: int = 1, console: Console | None = None, fresh: bool = False,
              retrain: bool = False) -> dict[str, Any]:
     """Build the demo, then serve the viewer on 127.0.0.1 (until Ctrl-C) unless `serve` is False."""
     console = console or Console()

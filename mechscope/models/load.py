@@ -29,7 +29,7 @@ import torch
 
 from ..core.errors import LoadError
 from ..core.paths import cache_dir
-from ..core.progress import duration, note
+from ..core.progress import duration, mode, note
 from .base import ModelBase
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,6 +59,21 @@ def _offline() -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextmanager
+def _hf_bars() -> Iterator[None]:
+    """transformers' own progress bars on a terminal only: in a log they are carriage-return noise."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if mode() != "bar":
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def _convert_smollm2(target: Path) -> None:
     """De-quantise the GGUF file once and save it as float32 safetensors, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -71,8 +86,9 @@ def _convert_smollm2(target: Path) -> None:
     t0 = time.monotonic()
     try:
         note("SmolLM2-135M: de-quantising its GGUF file into a float32 cache (once, about 20 s)")
-        model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=GGUF_NAME, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF_NAME)
+        with _hf_bars():
+            model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=GGUF_NAME, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF_NAME)
         # The GGUF loader marks the model as quantized (unsaveable) although its tensors are
         # already float32: copy them into a plain model built from the same config.
         config = model.config
@@ -80,7 +96,8 @@ def _convert_smollm2(target: Path) -> None:
             del config.quantization_config
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         plain.load_state_dict(model.state_dict())
-        plain.save_pretrained(tmp, safe_serialization=True)
+        with _hf_bars():
+            plain.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "mechscope.json").write_text(json.dumps({"source": GGUF_NAME, "dtype": "float32"}))
         if target.exists():
@@ -143,7 +160,7 @@ def load(name: str | os.PathLike, *, device: str | torch.device | None = None,
             known = ", ".join([*NAMED, *(f"{p}:NAME" for p in sorted(SOURCES))])
             raise LoadError(f"cannot load {key!r}: not a known name ({known}) and not a "
                             f"directory with a config.json")
-    with _offline():
+    with _offline(), _hf_bars():
         try:
             config = AutoConfig.from_pretrained(path)
             causal = any("CausalLM" in a or "LMHead" in a for a in (config.architectures or []))
