@@ -79,3 +79,14 @@ def test_quick_demo_streams_progress_into_a_log_and_reuses_its_artifacts(cache, 
     assert calls == [] and again["sections"] == ["induction", "modadd"]
     build_demo(out, quick=True, threads=1, fresh=True)
     assert calls == ["induction-quick", "modadd-quick"]
+    # --retrain trains the networks here (the quick recipes shortened to 30 steps): the shipped
+    # copies, whose settings these no longer are, are left alone, and the sections are redone
+    from mechscope import zoo
+
+    for recipe in ("induction", "modadd"):
+        monkeypatch.setitem(zoo.RECIPES[recipe].variants["quick"], "steps", 30)
+    build_demo(out, quick=True, threads=1, retrain=True)
+    assert calls[2:] == ["induction-quick", "modadd-quick"]
+    for name in ("induction-quick", "modadd-quick"):
+        assert zoo.open_run(name).done and zoo.open_run(name).config()["hparams"]["steps"] == 30
+        assert A.read_artifacts(out).model(f"zoo:{name}").overview()["notes"]["steps"] == 30

@@ -16,13 +16,14 @@ is `$MECHSCOPE_CACHE`, else `~/.cache/mechscope`. Models load in float32 with ea
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 
 import torch
@@ -61,7 +62,8 @@ def _offline() -> Iterator[None]:
 
 @contextmanager
 def _hf_bars() -> Iterator[None]:
-    """transformers' own progress bars on a terminal only: in a log they are carriage-return noise."""
+    """transformers' own progress bars on a terminal only: in a log they are carriage-return noise.
+    (Its GGUF reader's bar ignores that switch: that reader's stderr is kept out of logs instead.)"""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
@@ -72,6 +74,15 @@ def _hf_bars() -> Iterator[None]:
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _stderr_on_terminal_only() -> Iterator[None]:
+    if mode() == "bar":
+        yield
+        return
+    with redirect_stderr(io.StringIO()):
+        yield
 
 
 def _convert_smollm2(target: Path) -> None:
@@ -86,7 +97,7 @@ def _convert_smollm2(target: Path) -> None:
     t0 = time.monotonic()
     try:
         note("SmolLM2-135M: de-quantising its GGUF file into a float32 cache (once, about 20 s)")
-        with _hf_bars():
+        with _hf_bars(), _stderr_on_terminal_only():
             model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=GGUF_NAME, dtype=torch.float32)
             tok = AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF_NAME)
         # The GGUF loader marks the model as quantized (unsaveable) although its tensors are
