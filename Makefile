@@ -28,7 +28,7 @@ data: $(STAMP)
 
 # The zoo networks it analyses are shipped in the package (mechscope/zoo/shipped/); output that
 # goes to a log gets timestamped progress lines. DEMO_ARGS adds options: --retrain trains the zoo
-# networks here (about 15 min), --no-serve stops after the report instead of serving the viewer.
+# networks here (tens of minutes), --no-serve stops after the report instead of serving the viewer.
 DEMO_ARGS ?=
 demo: venv data
 	$(BIN)/mechscope demo $(DEMO_ARGS)

@@ -88,7 +88,7 @@ def demo(out: Annotated[str, typer.Option(help="artifact directory (report.html 
                                                    "threads spin against other jobs)")] = 1,
          fresh: Annotated[bool, typer.Option(help="recompute sections whose artifacts are already there")] = False,
          retrain: Annotated[bool, typer.Option(help="train the zoo networks here instead of using the copies "
-                                                    "shipped in the package (about 15 min)")] = False
+                                                    "shipped in the package (tens of minutes)")] = False
          ) -> None:
     """The main job: zoo induction and modular-addition models (shipped in the package, or trained here)
     and SmolLM2-135M, analysed end to end into out/ and out/report.html, then the viewer on 127.0.0.1."""

@@ -12,7 +12,7 @@
 
 The zoo networks are the cache's finished runs when there are any, else the copies shipped in the
 package (`mechscope/zoo/shipped/`), so a fresh clone spends its time on analysis; `retrain` trains
-them here instead (about 15 min on one core for both). `quick` uses the quick zoo variants and
+them here instead (tens of minutes: 3000 and 1500 steps). `quick` uses the quick zoo variants and
 leaves SmolLM2 out (the tests' setting). A section whose artifacts are already in `out/` for the
 same network (and this version of the demo) is not computed again (`fresh` recomputes
 everything), so a cached demo takes seconds. Progress: a bar on a terminal, timestamped lines on
