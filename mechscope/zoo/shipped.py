@@ -156,9 +156,10 @@ def unpack(name: str, expected_config: dict[str, Any], directory: Path = SHIPPED
         staged = Run(tmp)
         write_json(staged.config_path, record["config"])
         write_jsonl(staged.metrics_path, record["metrics"])
-        save_tensors(staged.model_path, tensors, {"step": str(record["config"]["hparams"]["steps"]), "kind": "model"})
-        write_json(staged.done_path, {"steps": record["config"]["hparams"]["steps"], "source": "shipped",
-                                      "file": entry["file"], "sha256": entry["sha256"], "trained": entry.get("trained")})
+        steps = record["config"]["hparams"]["steps"]
+        save_tensors(staged.model_path, tensors, {"step": str(steps), "kind": "model"})
+        write_json(staged.done_path, {"steps": steps, "source": "shipped", "file": entry["file"],
+                                      "sha256": entry["sha256"], "trained": entry.get("trained")})
         shutil.rmtree(run.path, ignore_errors=True)
         try:
             tmp.rename(run.path)
