@@ -26,8 +26,12 @@ $(STAMP): pyproject.toml Makefile
 data: $(STAMP)
 	bash scripts/setup_data.sh $(BIN)/python
 
+# The zoo networks it analyses are shipped in the package (mechscope/zoo/shipped/); output that
+# goes to a log gets timestamped progress lines. DEMO_ARGS adds options: --retrain trains the zoo
+# networks here (tens of minutes), --no-serve stops after the report instead of serving the viewer.
+DEMO_ARGS ?=
 demo: venv data
-	$(BIN)/mechscope demo
+	$(BIN)/mechscope demo $(DEMO_ARGS)
 
 test: venv data
 	$(BIN)/python -m pytest -q -rs

@@ -18,9 +18,20 @@ from .core import (Add, Cache, Context, FactoredMatrix, Intervention, Interventi
                    Score, Site, SiteError, Weights, Zero)
 from .core import run as _core_run
 from .models import wrap
-from .models.load import load
+from .models.load import load, register_source
 
 __version__ = "0.1.0"
+
+
+def _zoo_on_first_use(name: str) -> Any:
+    """`load("zoo:NAME")` before anything imported the zoo: importing it registers its own loader
+    (`zoo.load_zoo`) in place of this one. `import mechscope` itself stays free of the zoo."""
+    from .zoo import load_zoo
+
+    return load_zoo(name)
+
+
+register_source("zoo", _zoo_on_first_use)
 
 
 def run(model: Any, inputs: Any, capture: Iterable[Site | str] | Site | str = (),

@@ -79,20 +79,23 @@ def capture(model: ModelArg, prompt: Annotated[str, typer.Argument(help="input t
 
 @app.command()
 def demo(out: Annotated[str, typer.Option(help="artifact directory (report.html is written there)")] = "out",
-         quick: Annotated[bool, typer.Option(help="quick zoo variants, no SmolLM2 (about a minute)")] = False,
+         quick: Annotated[bool, typer.Option(help="quick zoo variants, no SmolLM2 (under a minute)")] = False,
          smollm2: Annotated[Optional[bool], typer.Option(help="include SmolLM2-135M (default: when installed)")
                             ] = None,
          serve: Annotated[bool, typer.Option(help="serve the viewer on 127.0.0.1 afterwards")] = True,
          port: Annotated[int, typer.Option(help="the viewer's port")] = 8765,
-         threads: Annotated[int, typer.Option(help="torch threads")] = 2,
-         fresh: Annotated[bool, typer.Option(help="recompute sections whose artifacts are already there")] = False
+         threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU: more "
+                                                   "threads spin against other jobs)")] = 1,
+         fresh: Annotated[bool, typer.Option(help="recompute sections whose artifacts are already there")] = False,
+         retrain: Annotated[bool, typer.Option(help="train the zoo networks here instead of using the copies "
+                                                    "shipped in the package (tens of minutes)")] = False
          ) -> None:
-    """The main job: zoo induction and modular-addition models (trained here or cached) and SmolLM2-135M,
-    analysed end to end into out/ and out/report.html, then the viewer on 127.0.0.1."""
+    """The main job: zoo induction and modular-addition models (shipped in the package, or trained here)
+    and SmolLM2-135M, analysed end to end into out/ and out/report.html, then the viewer on 127.0.0.1."""
     from .demo import run_demo
 
     run_demo(out, quick=quick, smollm2=smollm2, serve=serve, port=port, threads=threads, console=console,
-             fresh=fresh)
+             fresh=fresh, retrain=retrain)
 
 
 @app.command(hidden=True)

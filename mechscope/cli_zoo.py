@@ -1,4 +1,4 @@
-"""Command-line verbs for the zoo: `mechscope zoo train|list` and `mechscope replicate`."""
+"""Command-line verbs for the zoo: `mechscope zoo train|list|export` and `mechscope replicate`."""
 
 from __future__ import annotations
 
@@ -41,13 +41,32 @@ def list_() -> None:
     from . import zoo
 
     t = Table("name", "steps", "status", "about")
+    shipped = set(zoo.shipped.names())
     for name in zoo.names():
         run = zoo.open_run(name)
         status = "trained" if run.done else ("partial" if run.config_path.is_file() else "-")
+        if name in shipped:
+            status += " (shipped)" if status != "-" else "shipped"
         sp = zoo.spec(name)
         t.add_row(name, str(sp.hp["steps"]), status, sp.recipe.summary)
     console.print(t)
     console.print(f"cache: {zoo.zoo_dir()}")
+
+
+@zoo_app.command("export")
+def export(name: Annotated[str, typer.Argument(help="zoo name of a finished run in the cache, e.g. induction")],
+           to: Annotated[Optional[str], typer.Option(help="directory to write into (default: the package's "
+                                                     "mechscope/zoo/shipped)")] = None) -> None:
+    """Ship a finished run in the package: NAME.safetensors (final weights, the run's config and metrics,
+    their digest) and its SHA-256 in manifest.json. Train it first: `mechscope zoo train NAME --threads 1`."""
+    from pathlib import Path
+
+    from . import zoo
+
+    directory = Path(to) if to else zoo.shipped.SHIPPED_DIR
+    entry = zoo.shipped.export(zoo.open_run(name), name, zoo.spec(name).config(), directory)
+    console.print(f"[bold]{name}[/] -> {directory / entry['file']} ({entry['bytes'] / 1e6:.2f} MB, "
+                  f"sha256 {entry['sha256']})")
 
 
 def replicate(name: Annotated[str, typer.Argument(help="tms, grokking, induction-heads or sae-universality")],

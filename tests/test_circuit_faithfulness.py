@@ -11,7 +11,7 @@ from mechscope.causal import (AblationSpec, Circuit, Node, completeness_minimali
 from mechscope.causal.faithfulness_curve import areas, default_sizes
 from mechscope.causal.graph import label
 from mechscope.core import Kind, Site, metrics
-from mechscope.models.known_circuits import load_known
+from mechscope.rasp.known_circuits import load_known
 
 from conftest import make_family, make_ids
 

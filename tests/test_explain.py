@@ -124,15 +124,14 @@ def test_fourier_features_fit_a_function_of_known_frequencies():
     torch.testing.assert_close(sol, W)
 
 
-@pytest.mark.slow
 def test_modadd_fourier_explains_the_trained_mlp():
     from mechscope import zoo
     from mechscope.zoo import RECIPES
 
     # the grokked network of the demo and of `replicate grokking --quick` (train fraction 0.5, 1500
-    # epochs, about 2 min on 2 cores); trained here when the cache does not hold it
-    zoo.train("modadd-frac05", progress=False)
-    model = zoo.load_zoo("modadd-frac05")
+    # epochs): the copy shipped in the package (the session's cache holds no run of it)
+    run = zoo.network("modadd-frac05", progress=False)
+    model = zoo.load_zoo("modadd-frac05", path=run.path)
     ex = modadd_fourier(model)  # frequencies found from the weights, not given
     assert 3 <= len(ex.info["freqs"]) <= 7 and ex.info["fit_r2"] > 0.9
     cfg = model.zoo_run.config()

@@ -14,7 +14,7 @@ import torch
 from mechscope.causal import (AblationSpec, EdgeScores, ablated_values, acdc_sweep, eap, eap_ig, edge_auc,
                               edge_patching, edge_run, edges_from_ids, graph_of, roc_auc)
 from mechscope.core import metrics
-from mechscope.models.known_circuits import load_known, names
+from mechscope.rasp.known_circuits import load_known, names
 
 MODELS = {name: load_known(name, 48) for name in names()}
 THRESHOLDS = [1e-3, 1e-2, 1e-1, 1.0]

@@ -85,8 +85,8 @@ def test_names_and_errors():
     assert zoo.spec("tms-seed3").name == "tms-seed3" and zoo.spec("tms", seed=3).seed == 3
     with pytest.raises(ms.LoadError, match="no zoo recipe"):
         zoo.spec("modad")
-    with pytest.raises(ms.LoadError, match="not trained yet.*mechscope zoo train modadd-quick"):
-        zoo.load_zoo("modadd-quick")
+    with pytest.raises(ms.LoadError, match="not trained yet.*mechscope zoo train tms-quick"):
+        zoo.load_zoo("tms-quick")  # not shipped in the package either
 
 
 def test_checkpoint_schedule_is_log_spaced_with_a_linear_floor():

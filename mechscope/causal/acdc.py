@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..core import metrics
+from ..core.progress import progress_bar
 from ..core.run import run
 from ..models import wrap
 from .ablation import AblationSpec
@@ -75,7 +75,7 @@ def acdc(model: Any, inputs: Tensor, spec: AblationSpec, *, threshold: float, me
     changes = torch.full((graph.n_edges,), float("nan"))
     current = loss(ablate)
     passes += 1
-    bar = tqdm(total=graph.n_edges, desc=f"ACDC tau={threshold:g}", disable=not progress, unit="edge")
+    bar = progress_bar(total=graph.n_edges, desc=f"ACDC tau={threshold:g}", disable=not progress, unit="edge")
     for g in reversed(graph.groups):
         for r in reversed(range(g.n_recv)):
             comp = owner(g.receivers[r])

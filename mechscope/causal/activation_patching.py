@@ -40,10 +40,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..core import Kind, Patch, Replace, Site, Window
 from ..core.metrics import metric_columns
+from ..core.progress import progress_bar
 from ..core.protocol import Prepared
 from ..core.run import resolve, run
 from ..models import wrap
@@ -153,7 +153,7 @@ def activation_patching(
             chunks.append([job])
     final = _final_block(model)
     order = {s: i for i, s in enumerate(model.sites())}  # sites in forward order
-    bar = tqdm(total=len(jobs), desc="activation patching", disable=not progress, unit="patch")
+    bar = progress_bar(total=len(jobs), desc="activation patching", disable=not progress, unit="patch")
     split_chunks = 0
     for chunk in chunks:
         k = len(chunk)

@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..core import Intervention, Patch
+from ..core.progress import progress_bar
 from ..core.run import run
 from ..models import wrap
 from .ablation import AblationSpec
@@ -55,7 +55,7 @@ def eap_ig(model: Any, inputs: Tensor, metric: Any, spec: AblationSpec, *, steps
         entry = INPUT.site
         base = clean[entry] + diffs[entry]  # the input node's ablated output (prompt, pos, d_model)
         total: dict = {}
-        for k in tqdm(range(1, steps + 1), desc="EAP-IG", disable=not progress):
+        for k in progress_bar(range(1, steps + 1), desc="EAP-IG", disable=not progress):
             point = (base - (k / steps) * diffs[entry]).detach().requires_grad_(True)
             grads, _ = receiver_grads(model, graph, run_on, metric,
                                       interventions=[*interventions, Patch(entry, value=point)])
@@ -66,7 +66,7 @@ def eap_ig(model: Any, inputs: Tensor, metric: Any, spec: AblationSpec, *, steps
         passes = passes_how(1 + steps + ablated.forward_passes, steps)
     else:
         values = torch.zeros(graph.n_edges, dtype=torch.float64)
-        for k in tqdm(range(1, steps + 1), desc="EAP-IG (edges)", disable=not progress):
+        for k in progress_bar(range(1, steps + 1), desc="EAP-IG (edges)", disable=not progress):
             masks = torch.full((graph.n_edges,), (k - 0.5) / steps, requires_grad=True)
             res = edge_run(model, graph, run_on, masks, ablated, metric=metric, interventions=interventions)
             (g,) = torch.autograd.grad(res.metric.sum() / n, masks)

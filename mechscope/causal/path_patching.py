@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..core import Intervention
+from ..core.progress import progress_bar
 from ..models import wrap
 from .ablation import AblationSpec, Node
 from .eap import orient
@@ -59,7 +59,7 @@ def run_masks(model: Any, graph: Graph, inputs: Tensor, masks: Tensor, ablated: 
     n = inputs.shape[0]
     per = max(1, max_rows // n)
     out, passes = [], 0
-    for i in tqdm(range(0, masks.shape[0], per), desc=desc, disable=not progress, unit="chunk"):
+    for i in progress_bar(range(0, masks.shape[0], per), desc=desc, disable=not progress, unit="chunk"):
         res = edge_run(model, graph, inputs, masks[i:i + per], ablated, metric=metric, interventions=interventions,
                        last_only=getattr(metric, "last_position_only", False))
         out.append(res.metric.detach().float())

@@ -21,14 +21,27 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def zoo_network(name: str, steps: int | None = None, run_path: Path | None = None,
-                progress: bool = False) -> tuple[Any, Any, dict[str, Any]]:
-    """Train (or reuse) the zoo network `name`: its run, its adapter and its hyperparameters.
+def zoo_network(name: str, steps: int | None = None, run_path: Path | None = None, progress: bool = False,
+                retrain: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """The zoo network `name`: its finished run, its adapter and its hyperparameters. The cache's run
+    when it is trained, else the copy shipped in the package, else (or with `retrain`) trained here.
     `steps` shortens training (tests); the run then lives in its own directory (`run_path`, default
     beside the zoo's runs) so it never clashes with a full run of the same name."""
     from .. import zoo
 
-    if steps is not None and run_path is None:
-        run_path = zoo.zoo_dir() / f"{name}-{steps}steps"
-    run = zoo.train(name, steps=steps, path=run_path, progress=progress)
-    return run, zoo.load_zoo(name, path=run_path), run.config()["hparams"]
+    if steps is None and run_path is None:
+        run = zoo.network(name, retrain=retrain, progress=progress)
+    else:
+        run_path = run_path or zoo.zoo_dir() / f"{name}-{steps}steps"
+        run = zoo.train(name, steps=steps, path=run_path, progress=progress)
+    return run, zoo.load_zoo(name, path=run.path), run.config()["hparams"]
+
+
+def run_source(run: Any) -> str:
+    """How a finished zoo run came here: shipped in the package, or trained on this machine."""
+    import json
+
+    done = json.loads(run.done_path.read_text())
+    if done.get("source") == "shipped":
+        return "the copy shipped in the package"
+    return f"trained here ({run.path})"

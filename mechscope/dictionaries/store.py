@@ -35,10 +35,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..core.files import remove_partial_writes
 from ..core.interventions import Context, Replace
+from ..core.progress import progress_bar
 from ..core.run import resolve, run
 from ..core.site import Site
 from .files import (DictionaryFileError, config_hash, read_json, read_meta, read_tensors, write_json,
@@ -177,7 +177,7 @@ def harvest(model: Any, tokens: Tensor, out: str | Path, config: HarvestConfig, 
     manifest = _open_for_harvest(out, identity, chash, n_shards)
     todo = [i for i in range(n_shards) if str(i) not in manifest["shards"]]
     dtype = _DTYPES[config.dtype]
-    bar = tqdm(total=n_shards, initial=n_shards - len(todo), desc=f"harvest {out.name}", unit="shard",
+    bar = progress_bar(total=n_shards, initial=n_shards - len(todo), desc=f"harvest {out.name}", unit="shard",
                disable=not progress)
     for i in todo:
         lo, hi = i * config.seqs_per_shard, min(n_seq, (i + 1) * config.seqs_per_shard)

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from ..core.progress import progress_bar
 from .base import Dictionary
 from .sparse import SparseCodes, one_thread_except_dense
 
@@ -174,7 +174,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     curve: list[dict[str, float]] = []
     steps = config.steps
     ramp = max(1, int(steps * config.sparsity_warmup_fraction))
-    bar = tqdm(total=steps, desc=description or f"train {dictionary.architecture}", unit="step",
+    bar = progress_bar(total=steps, desc=description or f"train {dictionary.architecture}", unit="step",
                disable=not progress, mininterval=1.0)
     seen = 0
     t0 = time.perf_counter()

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..core import Kind, run
+from ..core.progress import progress_bar
 from ..models import wrap
 from .feature import FeatureSet
 from .store import FeatureStore
@@ -77,7 +77,7 @@ def build_dashboards(model: Any, features: FeatureSet, docs: Tensor, store: Feat
     res_ctx = torch.zeros((0, n, W))
     coact = torch.zeros(n, n, dtype=torch.float64)
 
-    bar = tqdm(total=n_docs, desc=f"dashboards {features.name}", unit="doc", disable=not progress)
+    bar = progress_bar(total=n_docs, desc=f"dashboards {features.name}", unit="doc", disable=not progress)
     for d0 in range(0, n_docs, batch_size):
         ids = docs[d0:d0 + batch_size]
         b = ids.shape[0]

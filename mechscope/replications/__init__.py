@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +64,13 @@ NAMES = ("tms", "grokking", "sae-universality", "induction-heads")
 
 def replicate(name: str, quick: bool = False) -> Replication:
     """Train (or reuse) the zoo networks of replication `name`, measure, and check the targets."""
+    from ..core.progress import duration, note
+
     reg = _registry()
     if name not in reg:
         raise KeyError(f"no replication named {name!r}; available: {', '.join(reg)}")
-    return reg[name](quick)
+    t0 = time.monotonic()
+    note(f"replicate {name}{' --quick' if quick else ''}: training (or reusing) its zoo networks, then measuring")
+    rep = reg[name](quick)
+    note(f"replicate {name}: measured in {duration(time.monotonic() - t0)}")
+    return rep

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.progress import progress_bar
 from ..core.site import Kind, Site
 from . import Check, Replication
 
@@ -141,7 +142,8 @@ def analyse(name: str) -> dict[str, Any]:
 
     # 5. progress measures on the checkpoints (key frequencies of the final network)
     curve = []
-    for step in run.checkpoint_steps():
+    for step in progress_bar(run.checkpoint_steps(), desc=f"grokking: progress measures of {name}",
+                             unit="checkpoint"):
         module = zoo.build_module(run, step)
         logits = _answer_logits(module, x)
         m = progress_losses(logits, y, train_idx, p, key) if key else {}

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from ..core.progress import progress_bar
 from ..core.site import Kind, Site
 from . import Check, Replication
 
@@ -76,7 +77,8 @@ def _curve(name: str) -> list[dict[str, Any]]:
     hp = cfg["hparams"]
     data = zoo.RECIPES[cfg["recipe"]].data(hp, cfg["seed"])
     rows = []
-    for step in run.checkpoint_steps():
+    for step in progress_bar(run.checkpoint_steps(), desc=f"induction heads: checkpoints of {name}",
+                             unit="checkpoint"):
         module = zoo.build_module(run, step)
         with torch.no_grad():
             _, rep_loss, rep_acc = lm_losses(module(data.ids), data)
@@ -213,8 +215,8 @@ def replicate(quick: bool = False) -> Replication:
 
     name, control = ("induction-quick", "induction-1l-quick") if quick else ("induction", "induction-1l")
     need_prev = 0.15 if quick else THRESH
-    zoo.train(name, progress=False)
-    zoo.train(control, progress=False)
+    zoo.train(name)
+    zoo.train(control)
     return build(analyse(name, control, need_prev), quick)
 
 

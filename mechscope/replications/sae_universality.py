@@ -30,7 +30,6 @@ when their configuration (hashed into the directory name) is the same.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ from torch import Tensor
 
 from .. import dictionaries as dl
 from ..core.errors import LoadError
+from ..core.paths import cache_dir
 from ..dictionaries.files import config_hash
 from ..dictionaries.toy import ToyFeatures
 from . import Check, Replication
@@ -70,8 +70,7 @@ QUICK = Plan(toy_tokens=2_000_000, text_tokens=400_000, text_sequences=512, text
 
 
 def cache_root() -> Path:
-    root = os.environ.get("MECHSCOPE_CACHE") or Path.home() / ".cache" / "mechscope"
-    return Path(root) / "dictionaries" / "sae-universality"
+    return cache_dir() / "dictionaries" / "sae-universality"
 
 
 def _train_cached(name: str, build_kw: dict[str, Any], cfg: dl.TrainConfig, batches_fn, key: dict[str, Any],

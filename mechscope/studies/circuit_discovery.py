@@ -1,6 +1,6 @@
 """How well each circuit-discovery method recovers circuits known by construction: ROC AUC tables.
 
-Networks: the known-circuit networks (`mechscope.models.known_circuits`: compiled RASP programs
+Networks: the known-circuit networks (`mechscope.rasp.known_circuits`: compiled RASP programs
 and a hand-set induction circuit) and, when it has been trained, the zoo's two-layer induction
 model, whose ground truth is the induction mechanism read off its heads' attention patterns
 (previous-token and two-back heads in layer 0, induction heads in layer 1; a hypothesis, not a
@@ -43,16 +43,17 @@ from ..causal import AblationSpec, Edge, Node, acdc_sweep, eap, eap_ig, edge_auc
 from ..causal.graph import INPUT, OUTPUT
 from ..circuits import head_roles
 from ..core import metrics
+from ..core.progress import echo
 from ..core.site import Kind, Site
-from ..models.known_circuits import KINDS, load_known, names
+from ..rasp.known_circuits import KINDS, load_known, names
 
 THRESHOLDS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 TARGET_KINDS = ("mean", "resample", "patch")
 
 
 def zoo_induction(n_prompts: int = 48, seed: int = 0, name: str = "induction") -> dict[str, Any] | None:
-    """The trained zoo induction model with data and mechanism-hypothesis ground truth, or None
-    when it is not trained (`mechscope zoo train induction`)."""
+    """The trained zoo induction model (the cache's run, else the copy shipped in the package) with
+    data and mechanism-hypothesis ground truth, or None when neither is there."""
     from .. import zoo
     from ..core.errors import LoadError
     from ..zoo.recipes.induction import make_batch
@@ -115,7 +116,7 @@ def _score_all(model, inputs, counterfactuals, answers, truth, kind: str, steps:
 
 
 def run_benchmark(models: tuple[str, ...] | None = None, kinds: tuple[str, ...] = KINDS, steps: int = 10,
-                  n_prompts: int = 48, zoo: str | None = "induction", log: Any = print) -> dict[str, Any]:
+                  n_prompts: int = 48, zoo: str | None = "induction", log: Any = echo) -> dict[str, Any]:
     """The ROC AUC table (see the module docstring); returns JSON-ready results."""
     t0 = time.time()
     torch.manual_seed(0)

@@ -34,6 +34,7 @@ import torch
 
 from ..circuits import causal_check, copy_suppression_scores, copying_scores, head_roles, logit_lens
 from ..circuits.head_roles import top_heads
+from ..core.progress import note
 
 LENS_PROMPTS = (("The capital of France is", " Paris"),
                 ("The Eiffel Tower is in the city of", " Paris"),
@@ -155,6 +156,7 @@ def main(cfg: HeadStudyConfig, console: Any = None) -> dict[str, Any]:
     con = console or Console()
     torch.set_num_threads(cfg.threads)
     t0 = time.monotonic()
+    note(f"heads {cfg.model}: loading, then head-role probes, ablations and the logit lens")
     model = load(cfg.model)
     tok = getattr(model, "tokenizer", None)
     bos = None if tok is None else tok.bos_token_id

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ..causal import AblationSpec, activation_patching, eap_ig, faithfulness_curve, graph_of, robustness_report
 from ..core import metrics
+from ..core.progress import echo
 from ..core.site import Kind, Site
 
 NAMES = ("Mary John Alice Bob Tom James Sarah Emma David Michael Anna Lisa Paul Mark Kate Jack Laura Peter "
@@ -113,7 +114,7 @@ def _spearman(a: Tensor, b: Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
-def run_ioi(config: IOIConfig = IOIConfig(), progress: bool = True, log: Any = print) -> dict[str, Any]:
+def run_ioi(config: IOIConfig = IOIConfig(), progress: bool = True, log: Any = echo) -> dict[str, Any]:
     """The whole study; returns the figures (JSON-ready) and logs tables as it goes."""
     from ..models.load import load
 

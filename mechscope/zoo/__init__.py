@@ -4,8 +4,14 @@
     zoo.train("modadd", quick=True)        # or `mechscope zoo train modadd --quick`
     model = zoo.load_zoo("modadd-quick")   # the adapter, canonical sites; step=N for a checkpoint
     zoo.open_run("modadd-quick").metrics() # the training log
+    zoo.network("induction")               # a finished run: trained here, else shipped, else trained now
 
 Zoo names are `RECIPE[-VARIANT][-seedN]`: `modadd`, `modadd-quick`, `tms-quick-seed3`.
+
+The networks the demo needs are also shipped in the package (`zoo/shipped.py`: final weights, the
+run's config and metrics, SHA-256 checked): `load_zoo` and `network` use them when the cache has
+no finished run, so a fresh clone analyses without training. `train` always trains (replications
+need the checkpoints along the way).
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from typing import Any
 from torch import nn
 
 from ..core.errors import LoadError
+from ..models.load import register_source
 from .files import CheckpointError
 from .recipe import Recipe
+from . import shipped
 from .recipes import RECIPES
 from .train import Run, RunSpec, checkpoint_schedule, run_training, zoo_dir
 
@@ -85,12 +93,43 @@ def build_module(run: Run, step: int | None = None) -> nn.Module:
     return module.eval()
 
 
+def _shipped_instead(name: str, retrain: bool = False) -> bool:
+    """Whether the shipped copy stands in for `name`: the cache holds no finished run of it."""
+    return not retrain and not open_run(name).done and shipped.is_shipped(spec(name).name)
+
+
+def finished_run(name: str, *, retrain: bool = False) -> Run | None:
+    """The finished run `network` would return without training, or None: the cache's run when it is
+    trained, else (unless `retrain`) the copy shipped in the package, checked and unpacked."""
+    if _shipped_instead(name, retrain):
+        return shipped.unpack(spec(name).name, spec(name).config())
+    run = open_run(name)
+    return run if run.done else None
+
+
+def network(name: str, *, retrain: bool = False, progress: bool = True) -> Run:
+    """The finished run of a zoo name: the cache's when it is trained (checked against the recipe's
+    current settings), else the copy shipped in the package (checked and unpacked, see
+    `zoo/shipped.py`), else trained here now. `retrain` leaves the shipped copy out: the network is
+    trained here, or a run trained here before is reused."""
+    if _shipped_instead(name, retrain):
+        return shipped.unpack(spec(name).name, spec(name).config())
+    return train(name, progress=progress)
+
+
 def load_zoo(name: str, step: int | None = None, path: Path | None = None):
-    """A trained zoo network wrapped in its adapter (`mechscope.load("zoo:NAME")`)."""
+    """A trained zoo network wrapped in its adapter (`mechscope.load("zoo:NAME")`): the cache's run,
+    else the copy shipped in the package (final weights only)."""
     from ..models.generic import ModuleModel
 
     name = name.removeprefix("zoo:")
     run = open_run(name, path)
+    if path is None and _shipped_instead(name):
+        if step is not None:
+            raise LoadError(f"zoo model {name!r} is not trained here and its copy shipped in the package holds the "
+                            f"final weights only, not step {step}; `mechscope zoo train {name}` trains it with "
+                            "its checkpoints")
+        run = shipped.unpack(spec(name).name, spec(name).config())
     module = build_module(run, step)
     label = f"zoo:{name}" + ("" if step is None else f"@{step}")
     make = getattr(module, "mechscope_adapter", None)
@@ -103,10 +142,13 @@ def load_zoo(name: str, step: int | None = None, path: Path | None = None):
     return adapter
 
 
+register_source("zoo", load_zoo)
+
+
 def names() -> list[str]:
     """Every zoo name the recipes define (seed 0)."""
     return [r.name + (f"-{v}" if v else "") for r in RECIPES.values() for v in r.variants]
 
 
 __all__ = ["CheckpointError", "Recipe", "RECIPES", "Run", "RunSpec", "build_module", "checkpoint_schedule",
-           "load_zoo", "names", "open_run", "spec", "train", "zoo_dir"]
+           "finished_run", "load_zoo", "names", "network", "open_run", "shipped", "spec", "train", "zoo_dir"]

