@@ -28,6 +28,7 @@ from torch import Tensor
 from .cache import Cache
 from .errors import InterventionError, SiteError
 from .interventions import Context, Intervention
+from .passes import backward, forward_pass
 from .protocol import Adapter, Prepared
 from .site import Kind, Site
 from .taps import Handler
@@ -109,7 +110,7 @@ def run(
     grad_on = grad is not None or track_grad
     if not touched and grad is None:
         with torch.set_grad_enabled(grad_on):
-            out = adapter.forward(prepared)
+            out = forward_pass(adapter, prepared)
         return RunResult(out, adapter.logits(out), Cache(), prepared=prepared)
 
     store: dict[Site, Tensor] = {}
@@ -171,7 +172,7 @@ def run(
         for site in [s for s in adapter.sites() if s in touched]:
             handles += adapter.tap(site).install(make_handler(site))
         with adapter.session(touched), torch.set_grad_enabled(grad_on):
-            out = adapter.forward(prepared)
+            out = forward_pass(adapter, prepared)
     finally:
         for h in handles:
             h.remove()
@@ -183,7 +184,7 @@ def run(
         metric = grad(out)
         sites = list(store)
         # (nothing captured: just the metric; autograd.grad refuses an empty list of inputs)
-        got = torch.autograd.grad(metric, [store[s] for s in sites], allow_unused=True) if sites else ()
+        got = backward(metric, [store[s] for s in sites], allow_unused=True) if sites else ()
         grads = Cache(_expand({s: (g if g is not None else torch.zeros_like(store[s]))
                                for s, g in zip(sites, got)}, capture_whole))
         store = {s: _owned(t.detach()) for s, t in store.items()}
