@@ -45,9 +45,11 @@ test: venv data sae-env
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: venv
+# Every benchmark, each against the tools it is compared with (installed into .venv-bench and
+# .venv-sae, never into .venv); one summary in benchmarks/results/bench.json (benchmarks/README.md).
+bench: venv sae-env
 	bash benchmarks/setup_env.sh
-	.venv-bench/bin/python benchmarks/core_overhead.py
+	.venv-bench/bin/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) .venv-bench .venv-sae out .pytest_cache

@@ -53,7 +53,8 @@ def list_() -> None:
 def replicate(name: Annotated[str, typer.Argument(help="tms, grokking, induction-heads or sae-universality")],
               quick: Annotated[bool, typer.Option("--quick", help="smaller runs (within 5 minutes); "
                                                   "says which targets it loosens")] = False,
-              as_json: Annotated[bool, typer.Option("--json", help="end with one JSON line (CHECKS.md)")] = False,
+              as_json: Annotated[bool, typer.Option(
+                  "--json", help="end with one JSON result line (benchmarks/README.md)")] = False,
               threads: Annotated[Optional[int], typer.Option(help="torch threads for training and analysis "
                                                              "(default: torch's, one per core)")] = None
               ) -> None:
