@@ -494,8 +494,8 @@ def _compress(names: list[str]) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 warmup round, 3 measured rounds (smoke test)")
-    ap.add_argument("--rounds", type=int, default=None, help="measured rounds (default 15, quick 3)")
-    ap.add_argument("--warmup", type=int, default=None, help="warmup rounds (default 2, quick 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="measured rounds (default 9, quick 3)")
+    ap.add_argument("--warmup", type=int, default=None, help="warmup rounds (default 1)")
     ap.add_argument("--skip-memory", action="store_true", help="skip the memory child process")
     ap.add_argument("--n-layer", type=int, default=N_LAYER, help=f"layers (default {N_LAYER}; fewer for a smoke test)")
     ap.add_argument("--memory", default=None, help=argparse.SUPPRESS)
@@ -504,8 +504,8 @@ def main() -> int:
         memory_child(args.n_layer, args.memory)
         return 0
 
-    rounds = args.rounds if args.rounds is not None else (3 if args.quick else 15)
-    warm = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    rounds = args.rounds if args.rounds is not None else (3 if args.quick else 9)
+    warm = args.warmup if args.warmup is not None else 1
     torch.set_num_threads(THREADS)
     t_start = time.time()
     n_layer = args.n_layer
