@@ -54,7 +54,9 @@ import io
 import json
 import os
 import pstats
+import re
 import statistics
+import string
 import sys
 import time
 import traceback
@@ -81,11 +83,11 @@ GPT2_VOCAB = 50257
 TOK_A, TOK_B = 1000, 2000  # (a), (b): logit[A] - logit[B] at the last position
 CORRUPT_POS = (4, 11)  # (a), (b), (d): the corrupted prompt differs from the clean one here
 IOI_PROMPTS = 64
-IOI_TEMPLATES = ("When{a} and{b} went to the {place},{s} gave a {obj} to",
-                 "After{a} and{b} went to the {place},{s} gave a {obj} to",
-                 "While{a} and{b} were at the {place},{s} passed a {obj} to",
-                 "When{a} and{b} arrived at the {place},{s} brought a {obj} to",
-                 "Friends{a} and{b} walked to the {place}.{s} offered a {obj} to")
+IOI_TEMPLATES = ("When{first} and{second} went to the {place},{s2} gave a {obj} to",  # 14 tokens each
+                 "After{first} and{second} went to the {place},{s2} gave a {obj} to",
+                 "While{first} and{second} were at the {place},{s2} passed a {obj} to",
+                 "When{first} and{second} arrived at the {place},{s2} brought a {obj} to",
+                 "Friends{first} and{second} walked to the {place}.{s2} offered a {obj} to")
 TOLERANCE = 1e-4  # max |TransformerLens - mechscope| (metric values are O(1) to O(10))
 
 
@@ -124,42 +126,10 @@ def random_pair(seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
     return clean, corrupt
 
 
-def ioi_prompts(tokenizer: Any, n: int, seed: int = 0) -> dict[str, Any]:
-    """`n` IOI prompts spread over IOI_TEMPLATES (all of one token length), their counterfactuals
-    (the subject's second mention replaced by the indirect object), IO and S token ids."""
-    from mechscope.studies.ioi import NAMES, OBJECTS, PLACES
-
-    def one_token(w: str) -> bool:
-        return len(tokenizer.encode(" " + w, add_special_tokens=False)) == 1
-
-    names = [w for w in NAMES if one_token(w)]
-    places = [w for w in PLACES if one_token(w)]
-    objects = [w for w in OBJECTS if one_token(w)]
-    g = torch.Generator().manual_seed(seed)
-    pick = lambda seq: seq[int(torch.randint(len(seq), (1,), generator=g))]  # noqa: E731
-    clean, corrupt, io_, s_, used = [], [], [], [], set()
-    i = 0
-    while len(clean) < n:
-        template = IOI_TEMPLATES[i % len(IOI_TEMPLATES)]
-        i += 1
-        a, b = pick(names), pick(names)
-        if a == b:
-            continue
-        place, obj = pick(places), pick(objects)
-        first, second = (a, b) if int(torch.randint(2, (1,), generator=g)) else (b, a)
-        text = template.format(a=" " + first, b=" " + second, place=place, s=" " + b, obj=obj)
-        cf = template.format(a=" " + first, b=" " + second, place=place, s=" " + a, obj=obj)
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        cf_ids = tokenizer.encode(cf, add_special_tokens=False)
-        if len(ids) != len(cf_ids) or (clean and len(ids) != len(clean[0])):
-            continue
-        clean.append(ids)
-        corrupt.append(cf_ids)
-        io_.append(tokenizer.encode(" " + a, add_special_tokens=False)[0])
-        s_.append(tokenizer.encode(" " + b, add_special_tokens=False)[0])
-        used.add(template)
-    return {"clean": torch.tensor(clean), "corrupt": torch.tensor(corrupt), "io": torch.tensor(io_),
-            "s": torch.tensor(s_), "templates": len(used)}
+def _template_pattern(template: str) -> str:
+    """A regular expression matching the texts a template makes (each field any text)."""
+    return "".join(re.escape(literal) + (".+?" if field is not None else "")
+                   for literal, field, _, _ in string.Formatter().parse(template))
 
 
 def pair_logit_diff(logits: torch.Tensor) -> torch.Tensor:
@@ -477,6 +447,8 @@ def main() -> int:
     rows_out: list[tuple] = []
 
     def run_case(case: Case) -> None:
+        if hasattr(case.net, "tl_version"):
+            versions["transformer_lens"] = case.net.tl_version
         progress(f"patching_sweep ({case.key}): {case.label}, {case.n_patches} patches")
         t0 = time.monotonic()
         times, share = case.time(rounds)
@@ -493,7 +465,6 @@ def main() -> int:
     if "a" in only or "d" in only:
         progress("patching_sweep: GPT-2-small shape (12 layers, d_model 768), wrapped by each framework")
         net = Wrapped("gpt2-small", gpt2(12, 768, 12), "GPT2LMHeadModel")
-        versions["transformer_lens"] = getattr(net, "tl_version", "?")
         net.warm_up(clean)
         figures["a_d_model"] = f"GPT-2 shape: 12 layers, d_model 768, 12 heads, vocab {GPT2_VOCAB}"
         if "a" in only:
@@ -529,7 +500,8 @@ def main() -> int:
             real = ms.load("smollm2-135m")
             tokenizer, config = real.tokenizer, real.module.config
             del real
-            data = ioi_prompts(tokenizer, IOI_PROMPTS)
+            from mechscope.studies.ioi import make_prompts
+            data = make_prompts(tokenizer, IOI_PROMPTS, seed=0, templates=IOI_TEMPLATES)
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             why_not = f"not run: SmolLM2-135M's tokenizer and config: {type(e).__name__}: {e}"[:300]
@@ -539,16 +511,17 @@ def main() -> int:
                                         "got": why_not, "pass": False}
         else:
             net = Wrapped("smollm2-2l", smollm2_shape(2, config), "LlamaForCausalLM")
-            net.warm_up(data["clean"][:2])
+            net.warm_up(data.clean[:2])
             figures["e_model"] = (f"Llama, SmolLM2-135M's shape cut to 2 layers: d_model {config.hidden_size}, "
                                   f"{config.num_attention_heads} heads, {config.num_key_value_heads} key/value heads, "
                                   f"vocab {config.vocab_size}, random weights")
-            figures["e_templates"] = data["templates"]
-            fn = ioi_logit_diff(data["io"], data["s"])
-            cols = tuple(sorted(set(data["io"].tolist()) | set(data["s"].tolist())))
+            figures["e_templates"] = sum(any(re.fullmatch(_template_pattern(tpl), t) for t in data.texts)
+                                         for tpl in IOI_TEMPLATES)
+            fn = ioi_logit_diff(data.io, data.s)
+            cols = tuple(sorted(set(data.io.tolist()) | set(data.s.tolist())))
             declared = ms.core.Metric("logit_diff", fn, last_position_only=True, logit_columns=cols)
-            run_case(Case("e", f"shortcuts: {IOI_PROMPTS} IOI prompts, logit(IO) - logit(S)", net, data["clean"],
-                          data["corrupt"], declared, lambda logits: fn(logits).mean(), False,
+            run_case(Case("e", f"shortcuts: {IOI_PROMPTS} IOI prompts, logit(IO) - logit(S)", net, data.clean,
+                          data.corrupt, declared, lambda logits: fn(logits).mean(), False,
                           "get_act_patch_attn_head_out_all_pos", bare=False))
             del net
             gc.collect()
