@@ -39,6 +39,9 @@ Timing: after one warm-up forward per framework and model, rounds; round r runs 
 mechscope and (for (a), (b)) the bare forward of the batch mechscope runs, in an order that
 rotates from round to round. Speed-up = median over rounds of TransformerLens's time over
 mechscope's time in the same round. The first timed round also gives the values compared.
+The CPU time of each call is recorded too (figures `*_cpu_s`, `*_speedup_cpu_time`): on a
+machine shared with other work, mechscope's many small operations lose more wall-clock time to
+contended cores than TransformerLens's large ones, and the CPU-time ratio shows by how much.
 
 The last line printed is the result line (benchmarks/README.md).
 Usage:  python benchmarks/patching_sweep.py [--quick] [--rounds N] [--only a,d,b,e] [--profile]
@@ -244,6 +247,7 @@ class Case:
         self.errors = dict(net.errors)
         self.calls: dict[str, Callable[[], Any]] = {}
         self.values: dict[str, torch.Tensor] = {}
+        self.cpu: dict[str, list[float]] = {}  # CPU seconds of this process per call (all its threads)
         self.n_patches = net.n_layer * net.n_head * (clean.shape[1] if each_position else 1)
         if hasattr(net, "adapter"):
             from mechscope.causal.activation_patching import activation_patching
@@ -294,9 +298,9 @@ class Case:
                 gc.collect()
                 try:
                     with torch.no_grad():
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         res = self.calls[n]()
-                        dt = time.perf_counter() - t0
+                        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
                 except Exception as e:
                     self.errors[n] = f"{type(e).__name__}: {e}"[:300]
                     traceback.print_exc(file=sys.stderr)
@@ -306,6 +310,7 @@ class Case:
                     self.keep_values(n, res)
                 del res
                 times[n].append(dt)
+                self.cpu.setdefault(n, []).append(cpu)
             progress(f"patching_sweep ({self.key}): round {r + 1}/{rounds}: " + ", ".join(
                 f"{n} {times[n][-1]:.2f} s" for n in order if len(times[n]) == r + 1))
         return times, other_cpu_share(busy0)
@@ -340,6 +345,13 @@ def report_case(case: Case, times: dict[str, list[float]], share: float | None, 
             figures[f"{k}_{n}_s_max"] = round(max(ts), 3)
     if share is not None:
         figures[f"{k}_other_processes_cpu_share_during_timing"] = round(share, 3)
+    # CPU seconds per call, and their ratio: on a loaded machine the wall-clock ratio also measures
+    # how each side copes with contended cores (many small operations suffer more than a few large)
+    for n, ts in case.cpu.items():
+        figures[f"{k}_{n}_cpu_s"] = round(statistics.median(ts), 3)
+    if case.cpu.get("tl") and case.cpu.get("mechscope"):
+        pairs = list(zip(case.cpu["tl"], case.cpu["mechscope"]))
+        figures[f"{k}_speedup_cpu_time"] = round(statistics.median(a / b for a, b in pairs), 2)
     if hasattr(case, "ms_result"):
         r = case.ms_result
         figures[f"{k}_mechscope_forward_passes"] = r.forward_passes
