@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -36,6 +37,12 @@ BENCHMARKS = {
     "sae_train": (".venv-sae", "sae_train.py", ["--quick"]),
 }
 DEFAULT_OUT = HERE / "results" / "bench.json"
+
+
+def children_cpu() -> float:
+    """CPU seconds used so far by finished child processes (user + system)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def run_one(name: str, quick: bool, timeout: float) -> tuple[dict, float]:
@@ -79,8 +86,14 @@ def table(summary: dict) -> str:
             got = c["got"]
             got = f"{got:.3g}" if isinstance(got, float) else str(got)
             lines.append(f"| {r['name']} | {name} | {c['target']} | {got} | {'yes' if c['pass'] else 'no'} |")
-    secs = summary.get("seconds", {})
-    lines += ["", "Time per benchmark: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items()) + "."]
+    secs, cpu = summary.get("seconds", {}), summary.get("cpu_seconds", {})
+    lines += ["", "Time per benchmark: " + ", ".join(
+        f"{k} {v / 60:.1f} min" + (f" ({cpu[k] / 60:.1f} CPU min)" if k in cpu else "") for k, v in secs.items()) + "."]
+    load = [r.get("machine", {}).get("load_average_1min") for r in summary.get("results", [])]
+    if any(v is not None for v in load):
+        lines.append("Load average (1 min) at the end of each: "
+                     + ", ".join(f"{r['name']} {v}" for r, v in zip(summary["results"], load) if v is not None)
+                     + f" on {m.get('logical_cores', '?')} cores.")
     return "\n".join(lines)
 
 
@@ -102,10 +115,13 @@ def main() -> int:
         ap.error(f"unknown benchmark(s) {unknown}: choose from {list(BENCHMARKS)}")
     summary = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(threads=2), "quick": args.quick,
                "results": [], "seconds": {}}
+    summary["cpu_seconds"] = {}  # of each benchmark's process tree: its wall time on idle cores is at least half
     for name in names:
+        cpu0 = children_cpu()
         result, seconds = run_one(name, args.quick, args.timeout)
         summary["results"].append(result)
         summary["seconds"][name] = round(seconds, 1)
+        summary["cpu_seconds"][name] = round(children_cpu() - cpu0, 1)
         progress(f"run_all: {name} took {seconds / 60:.1f} min, pass: {result.get('pass')}")
     summary["pass"] = all(r.get("pass") for r in summary["results"])
     out = Path(args.out)
