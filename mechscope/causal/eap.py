@@ -23,10 +23,11 @@ from typing import Any
 from torch import Tensor
 
 from ..core import Intervention
+from ..core.passes import counting_passes
 from ..core.run import run
 from ..models import wrap
 from .ablation import AblationSpec
-from .edges import EdgeScores, ablated_values, differences, edge_how, metric_name, passes_how, scores_from_grads
+from .edges import EdgeScores, ablated_values, differences, edge_how, metric_name, scores_from_grads
 from .graph import Graph, graph_of
 
 
@@ -37,15 +38,16 @@ def eap(model: Any, inputs: Tensor, metric: Any, spec: AblationSpec, *, referenc
     model = wrap(model)
     graph = graph or graph_of(model)
     run_on, ref = orient(spec, inputs, reference_inputs)
-    ablated = ablated_values(model, graph, spec, run_on, ref)
     total = lambda out: metric(model.logits(out)).sum()  # noqa: E731
-    res = run(model, run_on, capture=[*graph.sender_sites, *graph.receiver_sites], grad=total,
-              interventions=list(interventions))
+    with counting_passes() as passes:
+        ablated = ablated_values(model, graph, spec, run_on, ref)
+        res = run(model, run_on, capture=[*graph.sender_sites, *graph.receiver_sites], grad=total,
+                  interventions=list(interventions))
     clean = {s: res.cache[s] for s in graph.sender_sites}
     grads = {s: res.grads[s] for s in graph.receiver_sites}
     values = scores_from_grads(graph, differences(graph, ablated, clean), grads, run_on.shape[0])
     how = {"method": "EAP (first order)", **edge_how(spec), "metric": metric_name(metric),
-           "dataset": dataset, "n": int(run_on.shape[0]), **passes_how(1 + ablated.forward_passes, 1)}
+           "dataset": dataset, "n": int(run_on.shape[0]), **passes.how()}
     return EdgeScores(graph, values.float(), how)
 
 

@@ -25,12 +25,13 @@ from torch import Tensor
 
 from ..core import Intervention, Patch
 from ..core.progress import progress_bar
+from ..core.passes import backward, counting_passes
 from ..core.run import run
 from ..models import wrap
 from .ablation import AblationSpec
 from .eap import orient
-from .edges import (EdgeScores, ablated_values, differences, edge_how, edge_run, metric_name, passes_how,
-                    receiver_grads, scores_from_grads)
+from .edges import (EdgeScores, ablated_values, differences, edge_how, edge_run, metric_name, receiver_grads,
+                    scores_from_grads)
 from .graph import INPUT, Graph, graph_of
 
 
@@ -47,32 +48,32 @@ def eap_ig(model: Any, inputs: Tensor, metric: Any, spec: AblationSpec, *, steps
     model = wrap(model)
     graph = graph or graph_of(model)
     run_on, ref = orient(spec, inputs, reference_inputs)
-    ablated = ablated_values(model, graph, spec, run_on, ref)
-    n = run_on.shape[0]
-    if interpolate == "inputs":
-        clean = dict(run(model, run_on, capture=graph.sender_sites, interventions=list(interventions)).cache.items())
-        diffs = differences(graph, ablated, clean)
-        entry = INPUT.site
-        base = clean[entry] + diffs[entry]  # the input node's ablated output (prompt, pos, d_model)
-        total: dict = {}
-        for k in progress_bar(range(1, steps + 1), desc="EAP-IG", disable=not progress):
-            point = (base - (k / steps) * diffs[entry]).detach().requires_grad_(True)
-            grads, _ = receiver_grads(model, graph, run_on, metric,
-                                      interventions=[*interventions, Patch(entry, value=point)])
-            for s, g in grads.items():
-                total[s] = g if s not in total else total[s] + g
-        mean = {s: g / steps for s, g in total.items()}
-        values = scores_from_grads(graph, diffs, mean, n)
-        passes = passes_how(1 + steps + ablated.forward_passes, steps)
-    else:
-        values = torch.zeros(graph.n_edges, dtype=torch.float64)
-        for k in progress_bar(range(1, steps + 1), desc="EAP-IG (edges)", disable=not progress):
-            masks = torch.full((graph.n_edges,), (k - 0.5) / steps, requires_grad=True)
-            res = edge_run(model, graph, run_on, masks, ablated, metric=metric, interventions=interventions)
-            (g,) = torch.autograd.grad(res.metric.sum() / n, masks)
-            values += g.double()
-        values /= steps
-        passes = passes_how(steps + ablated.forward_passes, steps)
+    with counting_passes() as passes:
+        ablated = ablated_values(model, graph, spec, run_on, ref)
+        n = run_on.shape[0]
+        if interpolate == "inputs":
+            clean = dict(run(model, run_on, capture=graph.sender_sites,
+                             interventions=list(interventions)).cache.items())
+            diffs = differences(graph, ablated, clean)
+            entry = INPUT.site
+            base = clean[entry] + diffs[entry]  # the input node's ablated output (prompt, pos, d_model)
+            total: dict = {}
+            for k in progress_bar(range(1, steps + 1), desc="EAP-IG", disable=not progress):
+                point = (base - (k / steps) * diffs[entry]).detach().requires_grad_(True)
+                grads, _ = receiver_grads(model, graph, run_on, metric,
+                                          interventions=[*interventions, Patch(entry, value=point)])
+                for s, g in grads.items():
+                    total[s] = g if s not in total else total[s] + g
+            mean = {s: g / steps for s, g in total.items()}
+            values = scores_from_grads(graph, diffs, mean, n)
+        else:
+            values = torch.zeros(graph.n_edges, dtype=torch.float64)
+            for k in progress_bar(range(1, steps + 1), desc="EAP-IG (edges)", disable=not progress):
+                masks = torch.full((graph.n_edges,), (k - 0.5) / steps, requires_grad=True)
+                res = edge_run(model, graph, run_on, masks, ablated, metric=metric, interventions=interventions)
+                (g,) = backward(res.metric.sum() / n, [masks])
+                values += g.double()
+            values /= steps
     how = {"method": f"EAP-IG ({interpolate}, {steps} steps)", **edge_how(spec), "metric": metric_name(metric),
-           "dataset": dataset, "n": int(n), **passes}
+           "dataset": dataset, "n": int(n), **passes.how()}
     return EdgeScores(graph, values.float(), how)

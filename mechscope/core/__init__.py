@@ -7,11 +7,12 @@ from . import metrics
 from .interventions import Add, Context, Intervention, Mean, Patch, Replace, Resample, Scale, Zero
 from .protocol import Adapter, Prepared, Window
 from .metrics import Metric
+from .passes import PassCount, counting_passes
 from .run import RunResult, resolve, run
 from .score import Score, bootstrap_ci
 from .site import Kind, Layout, Site
 from .weights import Weights
 
 __all__ = ["Adapter", "Add", "Cache", "Context", "FactoredMatrix", "Intervention", "InterventionError",
-           "Kind", "Layout", "LoadError", "Mean", "Metric", "MechscopeError", "Patch", "Prepared", "Replace",
-           "Resample", "RunResult", "Scale", "Score", "Site", "SiteError", "Weights", "Window", "Zero", "bootstrap_ci", "metrics", "resolve", "run"]
+           "Kind", "Layout", "LoadError", "Mean", "Metric", "MechscopeError", "PassCount", "Patch", "Prepared", "Replace",
+           "Resample", "RunResult", "Scale", "Score", "Site", "SiteError", "Weights", "Window", "Zero", "bootstrap_ci", "counting_passes", "metrics", "resolve", "run"]

@@ -30,6 +30,7 @@ from torch import Tensor
 from .cache import Cache
 from .errors import InterventionError, SiteError
 from .interventions import Context, Intervention
+from .passes import backward, forward_pass
 from .protocol import Adapter, Prepared
 from .site import Kind, Site
 from .taps import Handler, running
@@ -111,7 +112,7 @@ def run(
     grad_on = grad is not None or track_grad
     if not touched and grad is None:
         with torch.set_grad_enabled(grad_on), running(None):  # no handler of an enclosing run acts
-            out = adapter.forward(prepared)
+            out = forward_pass(adapter, prepared)
         return RunResult(out, adapter.logits(out), Cache(), prepared=prepared)
 
     owner = object()  # this call's handlers act only in its own forward pass, not in a nested run's
@@ -174,7 +175,7 @@ def run(
         for site in [s for s in adapter.sites() if s in touched]:
             handles += adapter.tap(site).install(make_handler(site))
         with adapter.session(touched), torch.set_grad_enabled(grad_on), running(owner):
-            out = adapter.forward(prepared)
+            out = forward_pass(adapter, prepared)
     finally:
         for h in handles:
             h.remove()
@@ -186,7 +187,7 @@ def run(
         metric = grad(out)
         sites = list(store)
         # (nothing captured: just the metric; autograd.grad refuses an empty list of inputs)
-        got = torch.autograd.grad(metric, [store[s] for s in sites], allow_unused=True) if sites else ()
+        got = backward(metric, [store[s] for s in sites], allow_unused=True) if sites else ()
         grads = Cache(_expand({s: (g if g is not None else torch.zeros_like(store[s]))
                                for s, g in zip(sites, got)}, capture_whole))
         store = {s: _owned(t.detach()) for s, t in store.items()}

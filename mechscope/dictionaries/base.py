@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .sparse import SparseCodes, sparse_decode
@@ -201,8 +202,11 @@ class Dictionary(nn.Module):
         """Drop the part of each decoder row's gradient along the row (it would only change its norm)."""
         if self.W_dec.grad is None:
             return
-        W, G = self.W_dec, self.W_dec.grad
-        G.sub_((G * W).sum(-1, keepdim=True) * W / (W * W).sum(-1, keepdim=True).clamp_min(1e-12))
+        W, G = self.W_dec, self.W_dec.grad  # (d_sae, d_out)
+        # row-wise dots as a batched product (no (d_sae, d_out) temporary), then one pass to update
+        dots = torch.bmm(G.unsqueeze(1), W.unsqueeze(2)).reshape(-1)
+        coef = dots / torch.linalg.vector_norm(W, dim=-1).square().clamp_min(1e-12)
+        G.addcmul_(coef.unsqueeze(-1), W, value=-1.0)
 
     @torch.no_grad()
     def fold_scale_(self, s_in: float, s_out: float) -> None:
@@ -234,8 +238,11 @@ class Dictionary(nn.Module):
 
 def mse_parts(recon: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """(mean over the batch of the squared error summed over dims, the batch's fraction of variance unexplained)."""
-    err = (recon - target).pow(2).sum(-1).mean()
-    var = (target - target.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+    # one fused pass forward and one backward (a training step's squared error over B x d_out)
+    err = F.mse_loss(recon, target, reduction="sum") / max(1, target.shape[0])
+    with torch.no_grad():  # sum ||t - mean t||^2 / B = E||t||^2 - ||mean t||^2 (two cheap reductions)
+        total = torch.linalg.vector_norm(target).square() / max(1, target.shape[0])
+        var = (total - target.mean(0).square().sum()).clamp_min(1e-12)
     return err, err.detach() / var
 
 
@@ -255,13 +262,14 @@ def aux_k_loss(dictionary: Dictionary, x: Tensor, pre: Tensor, residual: Tensor,
     if n_dead == 0:
         return None
     k = min(k_aux, n_dead)
-    masked = pre.detach().masked_fill(~dead, float("-inf"))
-    _, idx = masked.topk(k, dim=-1, sorted=False)
+    # the top k among the dead latents' columns alone (a selection over B * n_dead, not B * d_sae)
+    dead_idx = dead.nonzero().squeeze(1)
+    top, j = pre.detach().index_select(1, dead_idx).topk(k, dim=-1, sorted=False)
     B = x.shape[0]
-    lat = idx.reshape(-1)
+    lat = dead_idx[j.reshape(-1)]
     offsets = torch.arange(0, (B + 1) * k, k, device=x.device)
     # the encoder input is detached: the auxiliary loss trains dead latents, not the decoder bias
     vals = selected_preactivations(dictionary._centre(x).detach(), dictionary.W_enc, dictionary.b_enc,
-                                   pre.detach(), lat, offsets).relu()
+                                   top.reshape(-1), lat, offsets).relu()
     e_hat = sparse_decode(SparseCodes(vals, lat, offsets, dictionary.config.d_sae), dictionary.W_dec)
     return (e_hat - residual.detach()).pow(2).sum(-1).mean()

@@ -48,8 +48,8 @@ class BatchTopKSAE(TopKSAE):
         """Codes by the global threshold (inference): pre where pre > θ (not differentiable)."""
         return SparseCodes.from_dense(pre * (pre > self.threshold.clamp_min(0)))
 
-    def _training_codes(self, xc: Tensor, pre: Tensor) -> SparseCodes:
-        return batch_topk_codes(xc, self.W_enc, self.b_enc, self.config.k, pre)
+    def _training_codes(self, xc: Tensor, pre: Tensor, centre: Tensor | None = None) -> SparseCodes:
+        return batch_topk_codes(xc, self.W_enc, self.b_enc, self.config.k, pre, centre)
 
     @torch.no_grad()
     def _observe(self, codes: SparseCodes) -> None:

@@ -5,8 +5,10 @@ row b's active latents are `latents[offsets[b]:offsets[b+1]]` with values `value
 
 Costs for batch B, d_in D, latents S and nnz = B*k active entries (a dense product costs B*D*S):
 - `selected_preactivations`: the pre-activations are computed densely once (x @ W_enc, no graph);
-  the backward pass touches only the nnz selected entries: grad W_enc = x^T G with G sparse, done
-  as an embedding-bag over latents (nnz*D), grad b_enc by bincount, grad x only if asked.
+  the selection hands over the nnz values it picked, and the backward pass touches only those
+  entries: grad W_enc = x^T G with G sparse, done as an embedding-bag over latents (nnz*D), grad
+  b_enc by bincount, grad of a centre subtracted from x by one (D, S) x (S,) product, grad x only
+  if asked.
 - `sparse_decode`: forward is an embedding-bag over W_dec rows (nnz*D); backward computes
   grad values with a sampled product (only the nnz dot products) and grad W_dec with an
   embedding-bag over latents (nnz*D).
@@ -131,11 +133,12 @@ def _gather_rows_by_latent(rows: Tensor, latents: Tensor, weights: Tensor, table
 
 
 class _SelectedPre(torch.autograd.Function):
-    """values[e] = (x @ W_enc + b_enc)[row of e, latents[e]], given those values precomputed."""
+    """values[e] = ((x - centre) @ W_enc + b_enc)[row of e, latents[e]], given those values precomputed
+    (`x` is passed already centred; `centre` may be None)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, latents: Tensor, offsets: Tensor,
-                values: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, centre: Tensor | None, latents: Tensor,
+                offsets: Tensor, values: Tensor) -> Tensor:
         ctx.save_for_backward(x, W_enc, latents, offsets)
         return values.clone()
 
@@ -143,26 +146,32 @@ class _SelectedPre(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         x, W_enc, latents, offsets = ctx.saved_tensors
         d_sae = W_enc.shape[1]
-        gx = gW = gb = None
+        gx = gW = gb = gc = None
         if ctx.needs_input_grad[1]:
             rows = torch.repeat_interleave(torch.arange(x.shape[0], device=x.device), offsets.diff())
             gW = _gather_rows_by_latent(rows, latents, g, x.contiguous(), d_sae).t()  # (d_in, d_sae)
-        if ctx.needs_input_grad[2]:
-            gb = torch.bincount(latents, weights=g, minlength=d_sae).to(g.dtype)
-        if ctx.needs_input_grad[0]:  # x - b_dec: the decoder bias learns through the encoder too
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            per_latent = torch.bincount(latents, weights=g, minlength=d_sae).to(g.dtype)
+            gb = per_latent if ctx.needs_input_grad[2] else None
+            # d values / d centre = -W_enc[:, latent]: one (d_in, d_sae) x (d_sae,) product
+            gc = -(W_enc @ per_latent) if ctx.needs_input_grad[3] else None
+        if ctx.needs_input_grad[0]:
             gx = F.embedding_bag(latents, W_enc.t().contiguous(), offsets[:-1], mode="sum", per_sample_weights=g)
-        return gx, gW, gb, None, None, None
+        return gx, gW, gb, gc, None, None, None
 
 
-def selected_preactivations(x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, latents: Tensor,
-                            offsets: Tensor) -> Tensor:
-    """(nnz,) entries of pre = x @ W_enc + b_enc at compressed-row positions, differentiable in x, W_enc, b_enc.
+def selected_preactivations(x: Tensor, W_enc: Tensor, b_enc: Tensor, values: Tensor, latents: Tensor,
+                            offsets: Tensor, centre: Tensor | None = None) -> Tensor:
+    """(nnz,) entries of pre = (x - centre) @ W_enc + b_enc at compressed-row positions,
+    differentiable in x, W_enc, b_enc and centre.
 
-    `pre` is that product computed without a graph (B, S); only the chosen entries get gradients.
+    `values` are those entries computed without a graph (a top-k selection over the product returns
+    them), and `x` is passed already centred (x - centre); only the chosen entries get gradients.
+    A centre (the decoder bias an autoencoder subtracts from its input) gets its gradient from one
+    (d_in, d_sae) x (d_sae,) product, where a gradient through x would cost a (batch, d_in) one.
     Row b's entries are latents[offsets[b]:offsets[b+1]].
     """
-    rows = torch.repeat_interleave(torch.arange(pre.shape[0], device=pre.device), offsets.diff())
-    return _SelectedPre.apply(x, W_enc, b_enc, latents, offsets, pre[rows, latents])
+    return _SelectedPre.apply(x, W_enc, b_enc, centre, latents, offsets, values)
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -227,31 +236,34 @@ def sparse_decode(codes: SparseCodes, W_dec: Tensor) -> Tensor:
     return _SparseDecode.apply(codes.values, codes.latents, codes.offsets, W_dec)
 
 
-def topk_codes(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, pre: Tensor | None = None) -> SparseCodes:
-    """ReLU of the k largest pre-activations per row, as SparseCodes differentiable in the weights."""
+def topk_codes(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, pre: Tensor | None = None,
+               centre: Tensor | None = None) -> SparseCodes:
+    """ReLU of the k largest pre-activations per row, as SparseCodes differentiable in the weights
+    (and in `centre`, when x is passed centred: see `selected_preactivations`)."""
     if pre is None:
         with torch.no_grad(), dense_threads():
             pre = torch.addmm(b_enc, x, W_enc)
     with dense_threads():  # a selection over all B * S pre-activations: large enough to share
-        _, idx = pre.topk(k, dim=-1, sorted=False)  # (B, k)
+        top, idx = pre.topk(k, dim=-1, sorted=False)  # (B, k)
     latents = idx.reshape(-1)
     offsets = torch.arange(0, (x.shape[0] + 1) * k, k, device=x.device)
-    vals = selected_preactivations(x, W_enc, b_enc, pre, latents, offsets).relu()
+    vals = selected_preactivations(x, W_enc, b_enc, top.reshape(-1), latents, offsets, centre).relu()
     return SparseCodes(vals, latents, offsets, W_enc.shape[1])
 
 
-def batch_topk_codes(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, pre: Tensor | None = None
-                     ) -> SparseCodes:
-    """ReLU of the batch*k largest pre-activations over the whole batch (a row may get more or fewer)."""
+def batch_topk_codes(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, pre: Tensor | None = None,
+                     centre: Tensor | None = None) -> SparseCodes:
+    """ReLU of the batch*k largest pre-activations over the whole batch (a row may get more or fewer);
+    `centre` as for `topk_codes`."""
     if pre is None:
         with torch.no_grad(), dense_threads():
             pre = torch.addmm(b_enc, x, W_enc)
     B, S = pre.shape
     with dense_threads():
-        _, flat = pre.reshape(-1).topk(min(B * k, B * S), sorted=False)
-    flat = flat.sort().values  # row-major order groups entries by row
+        top, flat = pre.reshape(-1).topk(min(B * k, B * S), sorted=False)
+    flat, order = flat.sort()  # row-major order groups entries by row
     rows, latents = flat // S, flat % S
     counts = torch.bincount(rows, minlength=B)
     offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    vals = selected_preactivations(x, W_enc, b_enc, pre, latents, offsets).relu()
+    vals = selected_preactivations(x, W_enc, b_enc, top[order], latents, offsets, centre).relu()
     return SparseCodes(vals, latents, offsets, S)

@@ -41,9 +41,28 @@ class TopKSAE(Dictionary):
     sparse_step = True
     config: TopKConfig
 
+    _pre_buffer: Tensor | None = None
+
     def _pre_nograd(self, xc: Tensor) -> Tensor:
-        with torch.no_grad(), dense_threads():  # the one large product of a step
-            return torch.addmm(self.b_enc, xc, self.W_enc)
+        """(batch, d_sae) pre-activations without a graph: the one large product of a step.
+
+        While training, every step writes them into the same buffer: a fresh tensor this large is
+        new memory from the operating system each step, and touching it first costs about a tenth
+        of the product itself. (The caller must be done with one step's pre-activations before
+        the next; the codes and the backward pass keep only the selected entries.)"""
+        with torch.no_grad(), dense_threads():
+            if not self.training:
+                return torch.addmm(self.b_enc, xc, self.W_enc)
+            shape = (xc.shape[0], self.W_enc.shape[1])
+            buf = self._pre_buffer
+            if buf is None or buf.shape != shape or buf.dtype != xc.dtype or buf.device != xc.device:
+                buf = self._pre_buffer = torch.empty(shape, dtype=xc.dtype, device=xc.device)
+            return torch.addmm(self.b_enc, xc, self.W_enc, out=buf)
+
+    def train(self, mode: bool = True) -> "TopKSAE":
+        if not mode:
+            self._pre_buffer = None  # outside training, the buffer is not kept
+        return super().train(mode)
 
     def codes(self, x: Tensor) -> SparseCodes:
         xc = self._centre(x)
@@ -51,13 +70,16 @@ class TopKSAE(Dictionary):
 
     def loss(self, x: Tensor, target: Tensor, dead: Tensor | None = None, sparsity_scale: float = 1.0
              ) -> LossParts:
-        xc = self._centre(x)
+        with torch.no_grad():
+            xc = self._centre(x)
         pre = self._pre_nograd(xc)
-        codes = self._training_codes(xc, pre)
+        # an autoencoder's decoder bias, subtracted from the input, learns through the encoder too:
+        # the selected entries give it its gradient (see selected_preactivations)
+        codes = self._training_codes(xc, pre, self.b_dec if self.config.apply_b_dec_to_input else None)
         recon = self.decode(codes)
         mse, fvu = mse_parts(recon, target)
         total, parts = mse, {"mse": mse.detach(), "fvu": fvu}
-        if self.config.aux_coefficient > 0:
+        if self.config.aux_coefficient > 0 and dead is not None:
             aux = aux_k_loss(self, x, pre, target - recon, dead, self.config.k_aux)
             if aux is not None:
                 total = total + self.config.aux_coefficient * aux
@@ -65,9 +87,10 @@ class TopKSAE(Dictionary):
         self._observe(codes)
         return LossParts(total, parts, codes, recon)
 
-    def _training_codes(self, xc: Tensor, pre: Tensor) -> SparseCodes:
-        """The codes of a training step (differentiable in their values)."""
-        return topk_codes(xc, self.W_enc, self.b_enc, self.config.k, pre)
+    def _training_codes(self, xc: Tensor, pre: Tensor, centre: Tensor | None = None) -> SparseCodes:
+        """The codes of a training step (differentiable in their values); `xc` is the input already
+        centred on `centre`."""
+        return topk_codes(xc, self.W_enc, self.b_enc, self.config.k, pre, centre)
 
     def _observe(self, codes: SparseCodes) -> None:
         """Called with each training step's codes (running statistics of subclasses)."""

@@ -2,7 +2,7 @@
 
 Each replication is one file with a `replicate(quick) -> Replication` function. A Replication is
 a list of checks (target, what we got, pass) plus the raw figures, and prints as a table or as
-the one JSON line described in CHECKS.md (`"kind": "replication"`).
+the one JSON result line described in benchmarks/README.md (`"kind": "replication"`).
 """
 
 from __future__ import annotations

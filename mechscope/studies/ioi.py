@@ -67,8 +67,10 @@ class IOIData:
     texts: tuple[str, ...]
 
 
-def make_prompts(tokenizer: Any, n: int, seed: int) -> IOIData:
-    """`n` IOI prompts with name-swap counterfactuals, all of one token length."""
+def make_prompts(tokenizer: Any, n: int, seed: int, templates: tuple[str, ...] = (TEMPLATE,)) -> IOIData:
+    """`n` IOI prompts with name-swap counterfactuals, all of one token length; attempt i uses
+    templates[i % len(templates)] (each with the fields of TEMPLATE), and prompts whose length
+    differs from the first one's are skipped."""
     one = lambda w: len(tokenizer.encode(" " + w, add_special_tokens=False)) == 1  # noqa: E731
     names = [w for w in NAMES if one(w)]
     places = [w for w in PLACES if one(w)]
@@ -78,14 +80,17 @@ def make_prompts(tokenizer: Any, n: int, seed: int) -> IOIData:
     g = torch.Generator().manual_seed(seed)
     pick = lambda seq: seq[int(torch.randint(len(seq), (1,), generator=g))]  # noqa: E731
     clean, corrupt, io, s, texts = [], [], [], [], []
+    attempt = 0
     while len(clean) < n:
+        template = templates[attempt % len(templates)]
+        attempt += 1
         a, b = pick(names), pick(names)
         if a == b:
             continue
         place, obj = pick(places), pick(objects)
         first, second = (a, b) if int(torch.randint(2, (1,), generator=g)) else (b, a)  # ABBA or BABA
-        text = TEMPLATE.format(first=" " + first, second=" " + second, place=place, s2=" " + b, obj=obj)
-        cf = TEMPLATE.format(first=" " + first, second=" " + second, place=place, s2=" " + a, obj=obj)
+        text = template.format(first=" " + first, second=" " + second, place=place, s2=" " + b, obj=obj)
+        cf = template.format(first=" " + first, second=" " + second, place=place, s2=" " + a, obj=obj)
         ids = tokenizer.encode(text, add_special_tokens=False)
         cf_ids = tokenizer.encode(cf, add_special_tokens=False)
         if len(ids) != len(cf_ids) or (clean and len(ids) != len(clean[0])):
