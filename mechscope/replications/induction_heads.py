@@ -208,14 +208,17 @@ def _sharp(curve: list[dict[str, Any]]) -> dict[str, Any]:
             "window": [steps[i], steps[j]]}
 
 
-def replicate(quick: bool = False) -> Replication:
+def replicate(quick: bool = False, seed: int = 0) -> Replication:
     from .. import zoo
 
-    name, control = ("induction-quick", "induction-1l-quick") if quick else ("induction", "induction-1l")
+    variant = "-short" if quick else ""
+    name, control = (zoo.spec(base + variant, seed=seed).name for base in ("induction", "induction-1l"))
     need_prev = 0.15 if quick else THRESH
     zoo.train(name, progress=False)
     zoo.train(control, progress=False)
-    return build(analyse(name, control, need_prev), quick)
+    rep = build(analyse(name, control, need_prev), quick)
+    rep.seed = seed
+    return rep
 
 
 def build(f: dict[str, Any], quick: bool) -> Replication:
