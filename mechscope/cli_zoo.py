@@ -70,28 +70,55 @@ def export(name: Annotated[str, typer.Argument(help="zoo name of a finished run 
 
 
 def replicate(name: Annotated[str, typer.Argument(help="tms, grokking, induction-heads or sae-universality")],
-              quick: Annotated[bool, typer.Option("--quick", help="smaller runs (within 5 minutes); "
+              quick: Annotated[bool, typer.Option("--quick", help="smaller runs (within 5 minutes a seed); "
                                                   "says which targets it loosens")] = False,
-              as_json: Annotated[bool, typer.Option(
-                  "--json", help="end with one JSON result line (benchmarks/README.md)")] = False,
+              seeds: Annotated[Optional[str], typer.Option(
+                  "--seeds", help="run several seeds, each training its own networks, and report each check's pass "
+                  "rate: a count (3 = seeds 0, 1, 2), a list (0,1,7) or a range (0-4); a check passes only when "
+                  "it passes on every seed")] = None,
+              as_json: Annotated[bool, typer.Option("--json", help="end with one JSON result line (benchmarks/README.md)")] = False,
               threads: Annotated[Optional[int], typer.Option(help="torch threads for training and analysis "
                                                              "(default: torch's, one per core)")] = None
               ) -> None:
-    """Reproduce a published result on zoo networks: target vs ours vs pass."""
+    """Reproduce a published result on zoo networks: target vs ours vs pass (per seed with --seeds)."""
     import torch
 
+    from .replications import parse_seeds, replicate_seeds
     from .replications import replicate as run_replication
 
     if threads:
         torch.set_num_threads(threads)
-
-    rep = run_replication(name, quick)
-    t = Table("check", "target", "ours", "pass", title=f"replicate {name}" + (" --quick" if quick else ""))
-    for c in rep.checks:
-        t.add_row(c.name, c.target, str(c.got), "[green]pass[/]" if c.passed else "[red]FAIL[/]")
+    title = f"replicate {name}" + (" --quick" if quick else "")
+    if seeds is None:
+        rep = run_replication(name, quick)
+        t = Table("check", "target", "ours", "pass", title=title)
+        for c in rep.checks:
+            t.add_row(c.name, c.target, str(c.got), "[green]pass[/]" if c.passed else "[red]FAIL[/]")
+    else:
+        try:
+            seed_list = parse_seeds(seeds)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--seeds") from None
+        rep = replicate_seeds(name, seed_list, quick)
+        t = Table("check", "target", *(f"seed {s}" for s in rep.seeds), "pass rate", title=f"{title} --seeds {seeds}")
+        for n in rep.check_names():
+            cells = []
+            for s in rep.seeds:
+                c = rep.check(s, n)
+                cells.append("-" if c is None else ("[green]pass[/] " if c.passed else "[red]FAIL[/] ") + str(c.got))
+            rate = rep.pass_rate(n)
+            t.add_row(n, rep.targets(n), *cells,
+                      f"[{'green' if rate == 1 else 'red'}]{len(rep.passed_seeds(n))}/{len(rep.seeds)}[/]")
     console.print(t)
-    for note in rep.loosened:
+    first = rep if seeds is None else next(iter(rep.runs.values()))
+    for note in first.loosened:
         console.print(f"[yellow]--quick loosens:[/] {note}")
+    for seed, run in ([(None, rep)] if seeds is None else list(rep.runs.items())):
+        for note in run.reported:
+            console.print(f"[cyan]reported, no target{'' if seed is None else f' (seed {seed})'}:[/] {note}")
+    if seeds is not None:
+        console.print(f"{'[green]replicated' if rep.passed else '[red]not replicated'}[/] over seeds "
+                      f"{', '.join(map(str, rep.seeds))} ({rep.RULE})")
     if as_json:
         print(rep.json_line())
     if not rep.passed:

@@ -171,12 +171,16 @@ def analyse(name: str) -> dict[str, Any]:
     }
 
 
-def replicate(quick: bool = False) -> Replication:
+def replicate(quick: bool = False, seed: int = 0) -> Replication:
     from .. import zoo
 
-    name = "modadd-frac05" if quick else "modadd"
+    name = zoo.spec("modadd-frac05" if quick else "modadd", seed=seed).name
     zoo.train(name)
-    f = analyse(name)
+    return build(analyse(name), quick, seed)
+
+
+def build(f: dict[str, Any], quick: bool, seed: int = 0) -> Replication:
+    """The checks, figures and loosened targets from `analyse`'s figures."""
     hp_steps = f["epochs"]
     ref = f["reference_epoch"]
     grok, mem = f["test_loss_below_0.01_at"], f["memorised_at"]
@@ -224,4 +228,4 @@ def replicate(quick: bool = False) -> Replication:
                  "neurons_single_frequency: >= 0.75 of neurons instead of >= 0.85 (the clean-up after "
                  "grokking is cut short at 1500 epochs); every other target unchanged"]
                 if quick else [])
-    return Replication("grokking", checks, figures, quick, loosened)
+    return Replication("grokking", checks, figures, quick, loosened, seed)

@@ -121,10 +121,10 @@ def analyse(name: str) -> dict[str, Any]:
     }
 
 
-def replicate(quick: bool = False) -> Replication:
+def replicate(quick: bool = False, seed: int = 0) -> Replication:
     from .. import zoo
 
-    name = "tms-short" if quick else "tms"
+    name = zoo.spec("tms-short" if quick else "tms", seed=seed).name
     zoo.train(name)
     f = analyse(name)
     need_pent = 0.9
@@ -143,4 +143,4 @@ def replicate(quick: bool = False) -> Replication:
     ]
     loosened = (["no target: tms-short trains 2000 steps instead of 3000 and 24 100 -> 20 sparsities with one "
                  "instance each instead of 48 with two"] if quick else [])
-    return Replication("tms", checks, f, quick, loosened)
+    return Replication("tms", checks, f, quick, loosened, seed)
