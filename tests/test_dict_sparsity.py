@@ -12,6 +12,7 @@ import torch
 import mechscope.dictionaries as dl
 from mechscope.dictionaries.target import L0Controller
 from mechscope.dictionaries.toy import ToyFeatures
+from mechscope.dictionaries.train import _resample
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +101,32 @@ def test_a_transcoder_keeps_its_latents_when_its_input_is_far_from_centred():
     # the saved transcoder reads raw inputs: its held-out FVU is the one measured while training
     assert abs(m.fvu - res.curve[-1]["held_out_fvu"]) < 1e-4
     assert float(d.input_mean.abs().max()) == 0
+
+
+def test_the_cli_refuses_a_target_l0_for_architectures_without_a_penalty(tmp_path):
+    from typer.testing import CliRunner
+
+    from mechscope.cli import app
+
+    res = CliRunner().invoke(app, ["dict", "train", "no-such-model", "--site", "resid_post.0", "--out", str(tmp_path),
+                                   "--arch", "topk", "--target-l0", "20"])
+    assert res.exit_code != 0 and "apply to relu and jumprelu" in res.output
+
+
+def test_resampled_jumprelu_latents_get_thresholds_they_can_reach():
+    """Resampling re-points a dead latent's encoder; its θ, left where it was, would stay above
+    every new pre-activation. The trainer's resampling resets it from the batch, as at the start."""
+    x = torch.randn(2048, 16, generator=torch.Generator().manual_seed(0))
+    d = dl.build("jumprelu", d_in=16, d_sae=32, initial_l0=4)
+    d.init_from_batch_(x, x)
+    dead = torch.zeros(32, dtype=torch.bool)
+    dead[:8] = True
+    d.set_threshold_(torch.where(dead, torch.full((32,), 1e3), d.threshold))  # far above any pre-activation
+    opt = torch.optim.Adam([d.log_threshold, d.W_enc, d.W_dec, d.b_enc])
+    d.loss(x, x).total.backward()
+    opt.step()
+    _resample(d, opt, x, x, torch.zeros_like(x), dead, torch.Generator().manual_seed(1))
+    share = (d.encode(x) > 0).float().mean(0)
+    assert torch.allclose(share[:8], torch.full((8,), 4 / 32), atol=2 / 2048), share[:8]
+    assert float(opt.state[d.log_threshold]["exp_avg"][:8].abs().max()) == 0
+    assert float(opt.state[d.log_threshold]["exp_avg"][8:].abs().max()) > 0

@@ -226,6 +226,13 @@ class Dictionary(nn.Module):
         """Initialise from the first training batch (input and target rows, as trained on); after
         the decoder bias. Architectures with data-dependent initial values override it."""
 
+    @torch.no_grad()
+    def reinit_latents_(self, latents: Tensor, x: Tensor) -> list[tuple[Tensor, tuple]]:
+        """After the trainer re-pointed `latents` (resampling, on input rows x as trained on): reset
+        what else the architecture keeps per latent. Returns (parameter, index) pairs whose Adam
+        moments the trainer resets as well."""
+        return []
+
     def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
         """Adam's parameter groups, each with its learning rate before the trainer's schedule."""
         return [{"params": list(self.parameters()), "lr": lr}]

@@ -143,11 +143,23 @@ class JumpReLUSAE(Dictionary):
         if c.initial_threshold is not None:
             self.set_threshold_(torch.full_like(self.threshold, c.initial_threshold))
             return
-        pre = self.preactivations(x)
+        self.set_threshold_(self._data_thresholds(self.preactivations(x)))
+
+    def _data_thresholds(self, pre: Tensor) -> Tensor:
+        """Per column of pre (rows, latents): the value a share start_l0 / d_sae of rows exceeds."""
+        c = self.config
         q = 1.0 - c.start_l0 / c.d_sae
         k = min(pre.shape[0], max(1, math.ceil(q * pre.shape[0])))  # kthvalue: the k-th smallest per latent
-        theta = pre.kthvalue(k, dim=0).values
-        self.set_threshold_(theta.clamp_min(max(1e-3, c.bandwidth / 2)))
+        return pre.kthvalue(k, dim=0).values.clamp_min(max(1e-3, c.bandwidth / 2))
+
+    @torch.no_grad()
+    def reinit_latents_(self, latents: Tensor, x: Tensor) -> list[tuple[Tensor, tuple]]:
+        """Resampled latents get θ from the data as at the start: left at a θ above everything
+        their new encoder columns produce, they would stay dead."""
+        theta = self.threshold.clone()
+        theta[latents] = self._data_thresholds(self.preactivations(x)[:, latents])
+        self.set_threshold_(theta)
+        return [(self.log_threshold, (latents,))]
 
     def optimizer_groups(self, lr: float) -> list[dict]:
         rest = [p for n, p in self.named_parameters() if n != "log_threshold"]

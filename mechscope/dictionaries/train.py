@@ -268,8 +268,9 @@ def _resample(dictionary: Dictionary, opt: torch.optim.Optimizer, x: Tensor, y: 
 
     Rows are drawn with probability proportional to their squared error; a dead latent's decoder
     row becomes the drawn row's residual direction and its encoder column the drawn input's
-    direction at 0.2 times the mean norm of the live encoder columns; its encoder bias is zeroed
-    and Adam's moments for those entries are reset.
+    direction at 0.2 times the mean norm of the live encoder columns; its encoder bias is zeroed,
+    the architecture resets what else it keeps per latent (`Dictionary.reinit_latents_`: JumpReLU's
+    thresholds) and Adam's moments for those entries are reset.
     """
     idx = dead.nonzero().squeeze(1)
     err = (y - recon).pow(2).sum(-1)
@@ -286,7 +287,9 @@ def _resample(dictionary: Dictionary, opt: torch.optim.Optimizer, x: Tensor, y: 
     dictionary.W_dec[idx] = resid.to(dictionary.W_dec.dtype)
     dictionary.W_enc[:, idx] = (xin * scale).t().to(dictionary.W_enc.dtype)
     dictionary.b_enc[idx] = 0.0
-    for p, where in ((dictionary.W_dec, (idx,)), (dictionary.W_enc, (slice(None), idx)), (dictionary.b_enc, (idx,))):
+    more = dictionary.reinit_latents_(idx, x)
+    for p, where in ((dictionary.W_dec, (idx,)), (dictionary.W_enc, (slice(None), idx)), (dictionary.b_enc, (idx,)),
+                     *more):
         st = opt.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in st:
