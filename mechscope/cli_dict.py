@@ -56,7 +56,10 @@ def train_cmd(
     site_out: Annotated[Optional[str], typer.Option(help="a transcoder's target site, e.g. mlp_out.L")] = None,
     d_sae: Annotated[int, typer.Option(help="latents")] = 4096,
     k: Annotated[int, typer.Option("-k", help="active latents (topk, batchtopk, transcoder, crosscoder)")] = 32,
-    penalty: Annotated[Optional[float], typer.Option(help="L1 (relu) or L0 (jumprelu) coefficient")] = None,
+    penalty: Annotated[Optional[float], typer.Option(help="L1 (relu) or L0 (jumprelu) coefficient (with "
+                                                     "--target-l0: its starting value)")] = None,
+    target_l0: Annotated[Optional[float], typer.Option("--target-l0", help="relu, jumprelu: adapt the penalty "
+                                                       "during training until L0 is this")] = None,
     tokens: Annotated[int, typer.Option(help="training rows (tokens)")] = 2_000_000,
     harvest_tokens: Annotated[Optional[int], typer.Option(help="rows to harvest for training (default: --tokens; "
                                                           "the same value reuses a store in --out)")] = None,
@@ -79,6 +82,9 @@ def train_cmd(
     from .dictionaries.study import StudyConfig, study, summary
     from .models.load import load
 
+    if (penalty is not None or target_l0 is not None) and arch not in ("relu", "jumprelu"):
+        raise typer.BadParameter(f"--penalty and --target-l0 apply to relu and jumprelu; {arch} sets its "
+                                 "sparsity with -k")
     if threads:
         torch.set_num_threads(threads)
     t0 = time.monotonic()
@@ -108,6 +114,8 @@ def train_cmd(
         fields["k"] = k
     if penalty is not None:
         fields["l1_coefficient" if arch == "relu" else "l0_coefficient"] = penalty
+    if target_l0 is not None:
+        fields["target_l0"] = target_l0
     cfg = StudyConfig(architecture=arch, site=tuple(site) if arch == "crosscoder" else site[0], d_sae=d_sae,
                       dictionary=fields, site_out=site_out, held_out_fraction=held_fraction,
                       eval_sequences=eval_sequences, drop_first=drop)

@@ -112,11 +112,13 @@ def test_jumprelu_straight_through_gradients_follow_their_formulas():
         d.W_enc.copy_(torch.eye(3, 4, dtype=torch.float64))
         d.b_enc.zero_()
     x = torch.tensor([[1.1, 0.9, 2.0]], dtype=torch.float64)  # pre = (1.1, 0.9, 2.0, 0)
+    d.set_threshold_(torch.tensor([1.2, 1.0, 1.0, 3.0], dtype=torch.float64))
     codes = d.encode(x)
-    assert torch.equal(codes, torch.tensor([[1.1, 0.0, 2.0, 0.0]], dtype=torch.float64))
-    (g,) = torch.autograd.grad(codes.sum(), d.threshold)
-    # -(θ/ε) K((pre-θ)/ε): inside the window |pre-θ| < ε/2 = 0.25 for latents 0 and 1 only
-    assert torch.allclose(g, torch.tensor([-2.0, -2.0, 0.0, 0.0], dtype=torch.float64))
+    assert torch.equal(codes, torch.tensor([[0.0, 0.0, 2.0, 0.0]], dtype=torch.float64))
+    (g,) = torch.autograd.grad(codes.sum(), d.log_threshold)
+    # -(θ/ε) K((pre-θ)/ε): inside the window |pre-θ| < ε/2 = 0.25 for latents 0 and 1 only; θ is
+    # learned as log θ, so its gradient is θ times that: -(1.2 / 0.5) · 1.2 and -(1 / 0.5) · 1
+    assert torch.allclose(g, torch.tensor([-2.88, -2.0, 0.0, 0.0], dtype=torch.float64))
     # the L0 penalty's pseudo-derivative: -(1/ε) K((pre-θ)/ε), times λ
     d2 = dl.build("jumprelu", d_in=3, d_sae=4, bandwidth=0.5, initial_threshold=1.0, l0_coefficient=0.25,
                   apply_b_dec_to_input=False).double()
@@ -125,14 +127,17 @@ def test_jumprelu_straight_through_gradients_follow_their_formulas():
         d2.b_enc.zero_()
         d2.W_dec.zero_()
         d2.b_dec.zero_()
+        d2.set_threshold_(torch.tensor([0.5, 0.8, 1.0, 1.0], dtype=torch.float64))
     out = d2.loss(x, torch.zeros(1, 3, dtype=torch.float64))
-    assert float(out.parts["l0_penalty"]) == 2.0  # latents 0 and 2 are open
-    (gt,) = torch.autograd.grad(out.total, d2.threshold)
-    assert torch.allclose(gt, torch.tensor([-0.5, -0.5, 0.0, 0.0], dtype=torch.float64))
-    with torch.no_grad():
-        d.threshold.fill_(-1.0)
-        d.constrain_()
-    assert float(d.threshold.detach().min()) > 0  # θ is kept positive
+    assert float(out.parts["l0_penalty"]) == 3.0  # latents 0, 1 and 2 are open
+    (gt,) = torch.autograd.grad(out.total, d2.log_threshold)
+    # λ · -(1/ε) K((pre-θ)/ε) · θ: only latent 1 (pre 0.9, θ 0.8) is inside its window: 0.25 · -2 · 0.8
+    assert torch.allclose(gt, torch.tensor([0.0, -0.4, 0.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="positive"):
+        d.set_threshold_(torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
+    d.log_threshold.data.fill_(-30.0)
+    d.constrain_()
+    assert float(d.threshold.min()) > 0  # θ = exp(log θ) is positive
 
 
 @pytest.mark.parametrize("arch", list(ARCHS) + ["transcoder", "crosscoder"])
@@ -145,7 +150,7 @@ def test_folding_the_input_scale_is_exact_in_the_codes(arch):
         if arch == "batchtopk":
             d.threshold.fill_(0.1)
         if arch == "jumprelu":
-            d.threshold.abs_()
+            d.set_threshold_(0.3 * torch.rand(20, generator=_g(3), dtype=p.dtype) + 0.05)
     x = torch.randn(12, *d.in_shape, generator=_g(2), dtype=torch.float64)
     s_in, s_out = 3.0, (3.0 if d.config.apply_b_dec_to_input else 0.5)
     with torch.no_grad():

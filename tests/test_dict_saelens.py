@@ -27,7 +27,7 @@ def _randomised(arch: str, **kw) -> dl.Dictionary:
         if arch == "batchtopk":
             d.threshold.fill_(0.15)
         if arch == "jumprelu":
-            d.threshold.abs_()  # thresholds are positive
+            d.set_threshold_(0.3 * torch.rand(d.config.d_sae, generator=g) + 0.05)  # thresholds are positive
     return d.eval()
 
 

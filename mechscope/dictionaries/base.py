@@ -221,6 +221,26 @@ class Dictionary(nn.Module):
     def init_decoder_bias_(self, target_mean: Tensor) -> None:
         self.b_dec.copy_(target_mean)
 
+    def input_energy(self, x: Tensor) -> Tensor:
+        """E||x||² over rows of raw input, which the trainer's normalisation scales to in_width."""
+        return x.pow(2).sum(-1).mean()
+
+    @torch.no_grad()
+    def init_from_batch_(self, x: Tensor, y: Tensor) -> None:
+        """Initialise from the first training batch (input and target rows, as trained on); after
+        the decoder bias. Architectures with data-dependent initial values override it."""
+
+    @torch.no_grad()
+    def reinit_latents_(self, latents: Tensor, x: Tensor) -> list[tuple[Tensor, tuple]]:
+        """After the trainer re-pointed `latents` (resampling, on input rows x as trained on): reset
+        what else the architecture keeps per latent. Returns (parameter, index) pairs whose Adam
+        moments the trainer resets as well."""
+        return []
+
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Adam's parameter groups, each with its learning rate before the trainer's schedule."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
     # --- reading the dictionary -----------------------------------------------------------------
     def directions(self) -> Tensor:
         """(d_sae, d_out) unit decoder directions: what each latent writes."""

@@ -14,16 +14,19 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .base import DictConfig, Dictionary, LossParts, mse_parts
+from .target import check_target
 
 
 @dataclass(frozen=True)
 class ReLUConfig(DictConfig):
     l1_coefficient: float = 1.0  # λ, for inputs scaled to E||x||² = d_in (the trainer's default)
+    target_l0: float | None = None  # adapt λ during training until L0 is this (see target.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.l1_coefficient < 0:
             raise ValueError(f"ReLUConfig.l1_coefficient must be >= 0, got {self.l1_coefficient}")
+        check_target(self, "l1_coefficient")
 
 
 class ReLUSAE(Dictionary):

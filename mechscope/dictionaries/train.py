@@ -2,17 +2,22 @@
 
 Steps of `train`:
 1. take the first batch; with `normalise`, fix scales s_in, s_out so that E||x s_in||² = d_in
-   (and likewise for the target); set the decoder bias to the target's mean;
-2. per step: learning rate (linear warm-up, constant, linear decay over the last `decay_fraction`),
-   sparsity penalty ramp (`sparsity_warmup_fraction`), the architecture's loss with the current
-   dead-latent mask, backward; for unit-norm decoders the gradient along each decoder row is
-   removed; Adam step; constraints restored (`Dictionary.constrain_`);
+   (and likewise for the target); set the decoder bias to the target's mean; let the architecture
+   initialise from the batch (`Dictionary.init_from_batch_`: JumpReLU thresholds, a transcoder's
+   input mean);
+2. per step: learning rate (linear warm-up, constant, linear decay over the last `decay_fraction`;
+   each parameter group scales its own base rate, e.g. JumpReLU's thresholds), sparsity penalty
+   ramp (`sparsity_warmup_fraction`) or, for a config with `target_l0`, the factor on the penalty
+   from `target.L0Controller` (updated from each step's L0), the architecture's loss with the
+   current dead-latent mask, backward; for unit-norm decoders the gradient along each decoder row
+   is removed; Adam step; constraints restored (`Dictionary.constrain_`);
 3. dead latents: a latent is dead once it has not fired for `dead_after_tokens` rows; TopK-like
    architectures train dead latents through their auxiliary-k loss, others are resampled every
    `resample_every` steps (decoder direction: a high-error row's residual; Adam state reset);
 4. every `log_every` steps a row of the training curve (loss parts, L0, dead fraction, lr, and the
    held-out FVU every `eval_every` steps when held-out rows are given);
-5. at the end, fold the scales back into the weights, so the dictionary reads raw activations.
+5. at the end, fold the scales (and a transcoder's input mean) back into the weights, so the
+   dictionary reads raw activations.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torch import Tensor
 from ..core.progress import progress_bar
 from .base import Dictionary
 from .sparse import SparseCodes, one_thread_except_dense
+from .target import L0Controller
 
 
 @dataclass(frozen=True)
@@ -116,11 +122,13 @@ def batches_from_tensors(*tensors: Tensor, batch_size: int, seed: int = 0) -> It
 
 
 def _adam(dictionary: Dictionary, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
-    """Adam, fused into one pass over each tensor where the device and dtype allow it."""
+    """Adam over the dictionary's parameter groups (each remembers its base_lr for the schedule),
+    fused into one pass over each tensor where the device and dtype allow it."""
+    groups = [dict(g, base_lr=g["lr"]) for g in dictionary.optimizer_groups(lr)]
     try:
-        return torch.optim.Adam(dictionary.parameters(), lr=lr, betas=betas, fused=True)
+        return torch.optim.Adam(groups, lr=lr, betas=betas, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-        return torch.optim.Adam(dictionary.parameters(), lr=lr, betas=betas)
+        return torch.optim.Adam(groups, lr=lr, betas=betas)
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -135,9 +143,10 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def _scales(dictionary: Dictionary, x: Tensor, y: Tensor) -> tuple[float, float]:
-    """(s_in, s_out) with E||x s_in||² = in_width and E||y s_out||² = out_width on this batch;
-    an autoencoder's input and target share s_in."""
-    s_in = math.sqrt(dictionary.config.in_width / float(x.pow(2).sum(-1).mean().clamp_min(1e-12)))
+    """(s_in, s_out) with E||x s_in||² = in_width (x as the encoder reads it, see
+    `Dictionary.input_energy`) and E||y s_out||² = out_width on this batch; an autoencoder's input
+    and target share s_in."""
+    s_in = math.sqrt(dictionary.config.in_width / float(dictionary.input_energy(x).clamp_min(1e-12)))
     if dictionary.config.apply_b_dec_to_input:
         return s_in, s_in
     return s_in, math.sqrt(dictionary.config.out_width / float(y.pow(2).sum(-1).mean().clamp_min(1e-12)))
@@ -164,6 +173,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     x0, y0 = dictionary.split_batch(first)
     s_in, s_out = _scales(dictionary, x0, y0) if config.normalise else (1.0, 1.0)
     dictionary.init_decoder_bias_((y0 * s_out).mean(0))
+    dictionary.init_from_batch_(x0 * s_in, y0 * s_out)
     dictionary.constrain_()
     dictionary.train()
     d_sae = dictionary.config.d_sae
@@ -174,6 +184,8 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     curve: list[dict[str, float]] = []
     steps = config.steps
     ramp = max(1, int(steps * config.sparsity_warmup_fraction))
+    target_l0 = getattr(dictionary.config, "target_l0", None)
+    controller = L0Controller(target_l0) if target_l0 is not None else None  # replaces the ramp
     bar = progress_bar(total=steps, desc=description or f"train {dictionary.architecture}", unit="step",
                disable=not progress, mininterval=1.0)
     seen = 0
@@ -189,12 +201,14 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
             x = x * s_in
             y = x if same else y * s_out
         recent.append(x)
-        lr = base_lr * _lr_factor(step, config)
+        lr_factor = _lr_factor(step, config)
+        lr = base_lr * lr_factor
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["base_lr"] * lr_factor
+        sparsity_scale = controller.scale if controller is not None else min(1.0, (step + 1) / ramp)
         dead = since_fired >= config.dead_after_tokens
         with one_thread_except_dense() if dictionary.sparse_step else nullcontext():
-            out = dictionary.loss(x, y, dead if bool(dead.any()) else None, min(1.0, (step + 1) / ramp))
+            out = dictionary.loss(x, y, dead if bool(dead.any()) else None, sparsity_scale)
             opt.zero_grad(set_to_none=True)
             out.total.backward()
             if dictionary.unit_norm_decoder:
@@ -202,6 +216,8 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
             opt.step()
             dictionary.constrain_()
             fired = _fired(out.codes)
+        if controller is not None:
+            controller.update(_l0(out.codes))
         since_fired += x.shape[0]
         since_fired[fired] = 0
         seen += x.shape[0]
@@ -213,6 +229,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
         if (step + 1) % config.log_every == 0 or last or step == 0:
             row = {"step": step + 1, "tokens": seen, "loss": float(out.total.detach()), "lr": lr,
                    "l0": _l0(out.codes), "dead_fraction": float(dead.float().mean()),
+                   **({"sparsity_scale": sparsity_scale} if controller is not None else {}),
                    **{k: float(v) for k, v in out.parts.items()}}
             if held_out is not None and (last or (config.eval_every and (step + 1) % config.eval_every == 0)):
                 row["held_out_fvu"] = _held_out_fvu(dictionary, held_out, s_in, s_out)
@@ -229,7 +246,8 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
             curve[-1]["held_out_fvu"] = _held_out_fvu(dictionary, held_out, s_in, s_out)
     dictionary.eval()
     dictionary.fold_scale_(s_in, s_out)
-    return TrainResult(dictionary, curve, config, s_in, s_out, seen, seconds)
+    info = {"sparsity_scale": controller.scale} if controller is not None else {}  # λ's final factor
+    return TrainResult(dictionary, curve, config, s_in, s_out, seen, seconds, info)
 
 
 @torch.no_grad()
@@ -250,8 +268,9 @@ def _resample(dictionary: Dictionary, opt: torch.optim.Optimizer, x: Tensor, y: 
 
     Rows are drawn with probability proportional to their squared error; a dead latent's decoder
     row becomes the drawn row's residual direction and its encoder column the drawn input's
-    direction at 0.2 times the mean norm of the live encoder columns; its encoder bias is zeroed
-    and Adam's moments for those entries are reset.
+    direction at 0.2 times the mean norm of the live encoder columns; its encoder bias is zeroed,
+    the architecture resets what else it keeps per latent (`Dictionary.reinit_latents_`: JumpReLU's
+    thresholds) and Adam's moments for those entries are reset.
     """
     idx = dead.nonzero().squeeze(1)
     err = (y - recon).pow(2).sum(-1)
@@ -268,7 +287,9 @@ def _resample(dictionary: Dictionary, opt: torch.optim.Optimizer, x: Tensor, y: 
     dictionary.W_dec[idx] = resid.to(dictionary.W_dec.dtype)
     dictionary.W_enc[:, idx] = (xin * scale).t().to(dictionary.W_enc.dtype)
     dictionary.b_enc[idx] = 0.0
-    for p, where in ((dictionary.W_dec, (idx,)), (dictionary.W_enc, (slice(None), idx)), (dictionary.b_enc, (idx,))):
+    more = dictionary.reinit_latents_(idx, x)
+    for p, where in ((dictionary.W_dec, (idx,)), (dictionary.W_enc, (slice(None), idx)), (dictionary.b_enc, (idx,)),
+                     *more):
         st = opt.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in st:

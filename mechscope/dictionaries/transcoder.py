@@ -4,11 +4,22 @@ It reads one site (the MLP's input, e.g. `ln2.L`) and reconstructs another (`mlp
 latent is an input direction that triggers it and an output direction it writes: a sparse,
 readable stand-in for the MLP. The activation is TopK (with the auxiliary-k loss); the decoder
 bias is not subtracted from the input, whose space differs from the output's.
+
+The input is centred instead: during training the encoder reads x - μ, μ the mean input of the
+first batch, the trainer scales that centred input to E||(x - μ) s||² = d_in, and at the end μ is
+folded into the encoder bias (b_enc - μ W_enc), so a saved transcoder reads raw inputs. An MLP's
+input is far from centred (in SmolLM2-135M the mean of `ln2.14` carries a third of its energy):
+read raw, a latent whose encoder direction points away from the mean never reaches the top k, and
+its auxiliary-k pre-activations sit below zero too, so nothing revives it; and scaled by the raw
+energy, the varying part of the input is small next to the encoder biases Adam moves.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
+from torch import Tensor
 
 from .topk import TopKConfig, TopKSAE
 
@@ -26,3 +37,26 @@ class TranscoderConfig(TopKConfig):
 class Transcoder(TopKSAE):
     architecture = "transcoder"
     config: TranscoderConfig
+
+    def __init__(self, config: TranscoderConfig):
+        super().__init__(config)
+        # μ, subtracted from inputs during training; zero outside it (folded into b_enc), so not in files
+        self.register_buffer("input_mean", torch.zeros(config.in_width), persistent=False)
+
+    def _centre(self, x: Tensor) -> Tensor:
+        return x - self.input_mean
+
+    def input_energy(self, x: Tensor) -> Tensor:
+        """E||x - x̄||²: the trainer scales the centred input, which is what the encoder reads."""
+        return (x - x.mean(0)).pow(2).sum(-1).mean()
+
+    @torch.no_grad()
+    def init_from_batch_(self, x: Tensor, y: Tensor) -> None:
+        self.input_mean.copy_(x.mean(0))
+
+    @torch.no_grad()
+    def fold_scale_(self, s_in: float, s_out: float) -> None:
+        """Fold μ into the encoder bias ((x - μ) W + b = x W + (b - μ W)), then the scales."""
+        self.b_enc.sub_(self.input_mean @ self.W_enc)
+        self.input_mean.zero_()
+        super().fold_scale_(s_in, s_out)
