@@ -118,6 +118,7 @@ def test_interrupted_writes_are_tidied_adopted_or_redone(model, tmp_path):
     s1 = d / "shard_00001.safetensors"
     s1.write_bytes(s1.read_bytes()[:-8])  # damaged after it was listed
     (d / ".shard_00005.safetensors.tmp-999").write_bytes(b"partial")
+    (d / ".tmpX7q2Lm").write_bytes(b"partial")  # what safetensors' own temporary file looks like
     mtime3 = (d / "shard_00003.safetensors").stat().st_mtime_ns
     store = dl.harvest(model, tokens, d, cfg, progress=False)
     assert not any(p.name.startswith(".") for p in d.iterdir())

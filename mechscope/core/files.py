@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,11 @@ def tmp_path(path: Path) -> Path:
 
 
 def is_partial_write(path: Path) -> bool:
-    """Whether `path` is the temporary file of an atomic write (`tmp_path`)."""
-    return path.name.startswith(".") and ".tmp-" in path.name
+    """Whether `path` is the temporary file of an atomic write: ours (`tmp_path`), or the one
+    safetensors' `save_file` writes first beside its target (Rust's tempfile: ".tmp" and six
+    letters or digits), which a kill can leave behind too."""
+    name = path.name
+    return (name.startswith(".") and ".tmp-" in name) or re.fullmatch(r"\.tmp[A-Za-z0-9]{6}", name) is not None
 
 
 def remove_partial_writes(directory: Path) -> list[Path]:
