@@ -3,8 +3,9 @@
 Tokens 0..p-1 are numbers and p is "="; the answer is read at "=". Full-batch AdamW with weight
 decay 1.0 first memorises the training pairs, then (thousands of epochs later) generalises.
 Variants: "" (train fraction 0.3 and the paper's model and init), "frac05" (0.5: Nanda's sweep groks it at
-about 1.1k epochs; what `replicate grokking --quick` trains), "quick" (0.5, a few hundred epochs, for
-tests); the two short ones use the zoo's default init.
+about 1.1k epochs; 1500 epochs, what the demo analyses), "frac05-long" (the same run trained to 3000
+epochs, what `replicate grokking --quick` trains: the clean-up after grokking needs them), "quick" (0.5,
+a few hundred epochs, for tests); the three short ones use the zoo's default init.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class ModAdd(Recipe):
     variants = {
         "": {**_COMMON, **_PAPER_MODEL, "frac_train": 0.3, "steps": 15000},
         "frac05": {**_COMMON, "frac_train": 0.5, "steps": 1500},
+        # Grokking (test loss < 0.01) comes at 900-1000 epochs on seeds 0, 1, 2 and 7, but weight decay
+        # keeps sharpening the Fourier structure long after: at 1500 epochs seeds 1 and 7 have 0.74 and
+        # 0.44 of their neurons single-frequency and seed 7 0.77 of its embedding's power in six
+        # frequencies; at 3000 epochs 0.86, 0.70 and 0.95 (seed 0: 0.79 -> 0.86).
+        "frac05-long": {**_COMMON, "frac_train": 0.5, "steps": 3000},
         "quick": {**_COMMON, "frac_train": 0.5, "steps": 400},
     }
 
