@@ -70,7 +70,7 @@ def export(name: Annotated[str, typer.Argument(help="zoo name of a finished run 
 
 
 def replicate(name: Annotated[str, typer.Argument(help="tms, grokking, induction-heads or sae-universality")],
-              quick: Annotated[bool, typer.Option("--quick", help="smaller runs (within 5 minutes a seed); "
+              quick: Annotated[bool, typer.Option("--quick", help="smaller runs (minutes a seed); "
                                                   "says which targets it loosens")] = False,
               seeds: Annotated[Optional[str], typer.Option(
                   "--seeds", help="run several seeds, each training its own networks, and report each check's pass "

@@ -91,7 +91,7 @@ def test_command_reports_pass_rates_per_seed(fake_registry):
 
 
 @pytest.mark.parametrize("module, quick, expect", [("tms", True, "tms-short-seed2"), ("tms", False, "tms-seed2"),
-                                                    ("grokking", True, "modadd-frac05-seed2"),
+                                                    ("grokking", True, "modadd-frac05-long-seed2"),
                                                     ("grokking", False, "modadd-seed2")])
 def test_each_seed_trains_its_own_zoo_run(monkeypatch, module, quick, expect):
     import importlib

@@ -60,6 +60,19 @@ def test_the_full_modadd_recipe_builds_the_papers_model():
     assert short.unembed.bias is not None and short.blocks[0].attn.W_Q.bias is not None
 
 
+def test_the_quick_grokking_run_is_the_demo_run_trained_longer(tmp_path):
+    """modadd-frac05-long (replicate grokking --quick) differs from modadd-frac05 (the demo) in its
+    length alone: with a flat learning rate after warm-up its updates are the same ones, so its
+    checkpoint after N updates is the shorter run's after N (here N = 3, a checkpoint of both)."""
+    demo, long = zoo.spec("modadd-frac05").hp, zoo.spec("modadd-frac05-long").hp
+    assert {k: v for k, v in demo.items() if k != "steps"} == {k: v for k, v in long.items() if k != "steps"}
+    assert long["steps"] == 2 * demo["steps"]
+    a = zoo.train("modadd-frac05", seed=3, steps=3, path=tmp_path / "a", progress=False)
+    b = zoo.train("modadd-frac05-long", seed=3, steps=6, path=tmp_path / "b", progress=False)
+    wa, wb = a.weights(), b.weights(3)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any(not torch.equal(wb[k], b.weights()[k]) for k in wb)
+
 def test_mechscope_load_reads_zoo_names():
     # needs the "zoo:" prefix in mechscope.models.load.load (see the zoo's load_zoo)
     zoo.train("induction-1l-quick", steps=2, progress=False)

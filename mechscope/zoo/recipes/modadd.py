@@ -3,8 +3,9 @@
 Tokens 0..p-1 are numbers and p is "="; the answer is read at "=". Full-batch AdamW with weight
 decay 1.0 first memorises the training pairs, then (thousands of epochs later) generalises.
 Variants: "" (train fraction 0.3 and the paper's model and init), "frac05" (0.5: Nanda's sweep groks it at
-about 1.1k epochs; what `replicate grokking --quick` trains), "quick" (0.5, a few hundred epochs, for
-tests); the two short ones use the zoo's default init.
+about 1.1k epochs; 1500 epochs, what the demo analyses), "frac05-long" (the same run trained to 3000
+epochs, what `replicate grokking --quick` trains: the clean-up after grokking needs them), "quick" (0.5,
+a few hundred epochs, for tests); the three short ones use the zoo's default init.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class ModAdd(Recipe):
     variants = {
         "": {**_COMMON, **_PAPER_MODEL, "frac_train": 0.3, "steps": 15000},
         "frac05": {**_COMMON, "frac_train": 0.5, "steps": 1500},
+        # Grokking (test loss < 0.01) comes at 440, 560, 940 and 970 epochs on seeds 0, 1, 2 and 7, and
+        # weight decay keeps sharpening the Fourier structure long after: single-frequency neurons at
+        # 1500 / 3000 epochs 0.79 / 0.86, 0.74 / 0.86, 0.31 / 0.60, 0.44 / 0.70; seed 7's embedding
+        # power in six frequencies 0.77 / 0.95.
+        "frac05-long": {**_COMMON, "frac_train": 0.5, "steps": 3000},
         "quick": {**_COMMON, "frac_train": 0.5, "steps": 400},
     }
 
