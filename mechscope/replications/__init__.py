@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ..core.progress import duration, note
+
 
 @dataclass(frozen=True)
 class Check:
@@ -135,8 +137,6 @@ def _lookup(name: str) -> Callable[[bool, int], Replication]:
 
 def replicate(name: str, quick: bool = False, seed: int = 0) -> Replication:
     """Train (or reuse) the zoo networks of replication `name` for `seed`, measure, and check the targets."""
-    from ..core.progress import duration, note
-
     fn = _lookup(name)
     t0 = time.monotonic()
     label = f"replicate {name}{' --quick' if quick else ''}" + (f" --seed {seed}" if seed else "")
@@ -146,14 +146,8 @@ def replicate(name: str, quick: bool = False, seed: int = 0) -> Replication:
     return rep
 
 
-def _log(line: str) -> None:
-    from ..core.progress import note
-
-    note(line)
-
-
 def replicate_seeds(name: str, seeds: Sequence[int], quick: bool = False,
-                    log: Callable[[str], None] | None = _log) -> SeedSweep:
+                    log: Callable[[str], None] | None = note) -> SeedSweep:
     """`replicate(name, quick, seed)` for every seed, one after another (each trains or reuses its own
     networks), with a progress line before and after each seed."""
     fn = _lookup(name)
