@@ -6,6 +6,7 @@ Axis glossary used throughout mechscope (shapes are written with these names):
     kpos    key positions of an attention score head    attention heads (query heads)
     d_model residual-stream width               d_head  width of one head's q/k/v/z
     d_mlp   MLP hidden width (neurons)          vocab   vocabulary size
+    1       a kept axis of length one: a layer norm's scale is (batch, pos, 1), one number per position
 
 Every site kind has a fixed *layout*: the tensor's axes in order. Interventions use the layout to
 find the position, head and unit axes, so no code outside this file needs to know them.
@@ -35,6 +36,11 @@ class Kind(str, Enum):
     Q_IN = "attn.q_in"  #                                                  (batch, pos, head, d_model)
     K_IN = "attn.k_in"  #                                                  (batch, pos, head, d_model)
     V_IN = "attn.v_in"  #                                                  (batch, pos, head, d_model)
+    # the divisor a layer norm normalises each position by (TransformerLens's `hook_scale`):
+    # sqrt(var + eps) of the input for LayerNorm (variance over d_model, of the centred input),
+    # sqrt(mean(x^2) + eps) for RMSNorm; float32. Changing it recomputes the norm's output with the
+    # new divisor. Positions only: no head or unit axis.
+    LN1_SCALE = "ln1.scale"  # the attention-side norm's scale                (batch, pos, 1)
     LN1 = "ln1"  # output of the attention-side layer norm                   (batch, pos, d_model)
     Q = "attn.q"  # queries as they enter the score (after rotary)          (batch, pos, head, d_head)
     K = "attn.k"  # keys, one per key/value head under grouped attention    (batch, pos, head, d_head)
@@ -46,11 +52,13 @@ class Kind(str, Enum):
     ATTN_OUT = "attn_out"  # attention block output                        (batch, pos, d_model)
     RESID_MID = "resid_mid"  # residual stream between attention and MLP      (batch, pos, d_model)
     MLP_IN = "mlp_in"  # the residual the MLP alone reads (before its norm)  (batch, pos, d_model)
+    LN2_SCALE = "ln2.scale"  # the MLP-side norm's scale                     (batch, pos, 1)
     LN2 = "ln2"  # output of the MLP-side layer norm                           (batch, pos, d_model)
     MLP_PRE = "mlp.pre"  # neuron pre-activations                            (batch, pos, d_mlp)
     MLP_POST = "mlp.post"  # neuron activations (input of the out-projection) (batch, pos, d_mlp)
     MLP_OUT = "mlp_out"  # MLP block output                                  (batch, pos, d_model)
     RESID_POST = "resid_post"  # residual stream leaving a block               (batch, pos, d_model)
+    LN_FINAL_SCALE = "ln_final.scale"  # the final norm's scale              (batch, pos, 1)
     LN_FINAL = "ln_final"  # output of the final layer norm                    (batch, pos, d_model)
     LOGITS = "logits"  # unembedding output                                    (batch, pos, vocab)
     MODULE = "module"  # output of any named submodule (generic adapter)       (module-defined)
@@ -67,8 +75,8 @@ class Layout:
 
 _PER_LAYER = {
     Kind.RESID_PRE, Kind.Q_IN, Kind.K_IN, Kind.V_IN, Kind.MLP_IN,
-    Kind.LN1, Kind.Q, Kind.K, Kind.V, Kind.SCORES, Kind.PATTERN, Kind.Z,
-    Kind.RESULT, Kind.ATTN_OUT, Kind.RESID_MID, Kind.LN2, Kind.MLP_PRE, Kind.MLP_POST,
+    Kind.LN1_SCALE, Kind.LN1, Kind.Q, Kind.K, Kind.V, Kind.SCORES, Kind.PATTERN, Kind.Z,
+    Kind.RESULT, Kind.ATTN_OUT, Kind.RESID_MID, Kind.LN2_SCALE, Kind.LN2, Kind.MLP_PRE, Kind.MLP_POST,
     Kind.MLP_OUT, Kind.RESID_POST,
 }
 _PER_HEAD = {Kind.Q, Kind.K, Kind.V, Kind.SCORES, Kind.PATTERN, Kind.Z, Kind.RESULT,
@@ -80,6 +88,8 @@ for _k in (Kind.Q, Kind.K, Kind.V, Kind.Z, Kind.RESULT, Kind.Q_IN, Kind.K_IN, Ki
 for _k in (Kind.SCORES, Kind.PATTERN):
     LAYOUTS[_k] = Layout(pos=2, head=1, unit=None)  # positions select query rows
 LAYOUTS[Kind.MODULE] = Layout(pos=None, head=None, unit=None)
+for _k in (Kind.LN1_SCALE, Kind.LN2_SCALE, Kind.LN_FINAL_SCALE):
+    LAYOUTS[_k] = Layout(pos=1, head=None, unit=None)  # (batch, pos, 1): the last axis is not a unit axis
 
 # TransformerLens-style hook names <-> kinds.
 _TL_BLOCK = {
@@ -89,14 +99,17 @@ _TL_BLOCK = {
     "attn.hook_v": Kind.V, "attn.hook_attn_scores": Kind.SCORES, "attn.hook_pattern": Kind.PATTERN,
     "attn.hook_z": Kind.Z, "attn.hook_result": Kind.RESULT, "mlp.hook_pre": Kind.MLP_PRE,
     "mlp.hook_post": Kind.MLP_POST, "ln1.hook_normalized": Kind.LN1, "ln2.hook_normalized": Kind.LN2,
+    "ln1.hook_scale": Kind.LN1_SCALE, "ln2.hook_scale": Kind.LN2_SCALE,
     "hook_q_input": Kind.Q_IN, "hook_k_input": Kind.K_IN, "hook_v_input": Kind.V_IN, "hook_mlp_in": Kind.MLP_IN,
 }
 _TL_GLOBAL = {"hook_embed": Kind.EMBED, "hook_pos_embed": Kind.POS_EMBED,
-              "ln_final.hook_normalized": Kind.LN_FINAL, "unembed": Kind.LOGITS,
+              "ln_final.hook_normalized": Kind.LN_FINAL, "ln_final.hook_scale": Kind.LN_FINAL_SCALE,
+              "unembed": Kind.LOGITS,
               "logits": Kind.LOGITS}
 _TL_NAME = {v: k for k, v in _TL_BLOCK.items()} | {
     Kind.EMBED: "hook_embed", Kind.POS_EMBED: "hook_pos_embed",
-    Kind.LN_FINAL: "ln_final.hook_normalized", Kind.LOGITS: "logits"}
+    Kind.LN_FINAL: "ln_final.hook_normalized", Kind.LN_FINAL_SCALE: "ln_final.hook_scale",
+    Kind.LOGITS: "logits"}
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _SHORT_RE = re.compile(r"^([a-z_][a-z0-9_.]*?)\.(\d+)(?:\.h(\d+))?$")  # kinds may hold digits: ln1.0

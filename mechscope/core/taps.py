@@ -307,3 +307,71 @@ class HeadInput(Tap):
 
         return [self.reader.register_forward_pre_hook(pre, with_kwargs=True),
                 self.proj.register_forward_hook(post)]
+
+
+@dataclass(frozen=True, eq=False)
+class NormScale(Tap):
+    """The divisor a norm module normalises each position by (batch, pos, 1), and the norm's
+    output recomputed when a handler changes it.
+
+    `divisor(x)` is the norm's divisor for its input x (batch, pos, d_model), in float32, computed
+    as the module computes it (sqrt(var + eps) or sqrt(mean(x^2) + eps)); `output(x, d)` is the
+    module's output for input x normalised by the divisor d, with its own gain, bias and dtype
+    casts. A pure capture leaves the output alone. Where a handler changes the divisor, the
+    output is `output(x, new divisor)`; positions whose divisor came back unchanged keep the
+    module's own output bit for bit. With gradients on, the output's graph goes through
+    `output(x, d)` (its value stays the module's), so a gradient reaches the captured divisor and
+    the input gets its full gradient through both the centred input and the divisor.
+    """
+
+    module: nn.Module
+    divisor: Callable[[Tensor], Tensor]
+    output: Callable[[Tensor, Tensor], Tensor]
+
+    def install(self, handler: Handler) -> list[RemovableHandle]:
+        tap = self
+
+        def hook(_mod: nn.Module, args: tuple, kwargs: dict, out: Tensor):
+            if not handler.live:
+                return None
+            x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, Tensor))
+            d = tap.divisor(x)  # (batch, pos, 1)
+            y = handler(d)
+            if not handler.modifies and not y.requires_grad:
+                return None
+            new = tap.output(x, y)
+            own = value_of(out, new) if new.requires_grad else out
+            if not handler.modifies:
+                return own
+            return torch.where(y == d, own, new)
+
+        return [self.module.register_forward_hook(hook, with_kwargs=True)]
+
+
+def layer_norm_scale(module: nn.Module) -> NormScale | None:
+    """The scale tap of a `torch.nn.LayerNorm` over the last axis; None for any other module.
+
+    The divisor is sqrt(var + eps) of the input (the biased variance over the last axis) and the
+    output (x - mean) / divisor * weight + bias, both in float32 (as the module computes for
+    reduced-precision inputs), cast back to the input's dtype.
+    """
+    if type(module) is not nn.LayerNorm or len(module.normalized_shape) != 1:
+        return None
+    eps = module.eps
+
+    def centred(x: Tensor) -> Tensor:
+        x = x.float()
+        return x - x.mean(-1, keepdim=True)
+
+    def divisor(x: Tensor) -> Tensor:
+        return (centred(x).pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+    def output(x: Tensor, d: Tensor) -> Tensor:
+        y = centred(x) / d
+        if module.weight is not None:
+            y = y * module.weight.float()
+        if module.bias is not None:
+            y = y + module.bias.float()
+        return y.to(x.dtype)
+
+    return NormScale(module, divisor, output)

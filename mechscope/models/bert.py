@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..core.site import Kind
-from .hf import In, Out, Spec, bias, heads_in, heads_out, linear_t, ln_params
+from ..core.taps import layer_norm_scale
+from .hf import In, Norm, Out, Spec, bias, heads_in, heads_out, linear_t, ln_params
 
 
 def _block(block: nn.Module, model) -> dict:
@@ -36,11 +37,15 @@ SPEC = Spec(
     attention="attention.self",
     out_proj="attention.output.dense",
     root={Kind.EMBED: Out("embeddings.word_embeddings"), Kind.POS_EMBED: Out("embeddings.position_embeddings")},
-    block={Kind.RESID_PRE: In(""), Kind.ATTN_OUT: Out("attention.output.dense"),
+    # post-LN: ln1 normalises resid_pre + attn_out, ln2 the MLP's output plus its input (TransformerLens's
+    # names); only their scales are sites, their outputs are resid_mid and resid_post
+    block={Kind.RESID_PRE: In(""), Kind.LN1_SCALE: Norm("attention.output.LayerNorm"),
+           Kind.LN2_SCALE: Norm("output.LayerNorm"), Kind.ATTN_OUT: Out("attention.output.dense"),
            Kind.RESID_MID: Out("attention.output"), Kind.MLP_PRE: Out("intermediate.dense"),
            Kind.MLP_POST: In("output.dense"), Kind.MLP_OUT: Out("output.dense"), Kind.RESID_POST: Out("")},
     read_block=_block,
     read_root=_root,
     causal=False,
     post_ln=True,
+    norm=layer_norm_scale,
 )

@@ -23,16 +23,37 @@ What differs from Llama, and where the sites sit (Gemma 3, `gemma3.py`, adds que
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 from ..core.site import Kind
+from ..core.taps import NormScale
 from . import llama
-from .hf import HeadIn, In, Out, Spec, bias, linear_t
+from .hf import HeadIn, In, Norm, Out, Spec, bias, linear_t, rms_divisor
 
 
 def gain(norm: nn.Module) -> Tensor:
     """The multiplier of a Gemma RMSNorm: 1 + weight (computed in float32, as its forward does)."""
     return (1.0 + norm.weight.float()).to(norm.weight.dtype)
+
+
+def rms_norm(*classes: str) -> Callable[[nn.Module], NormScale | None]:
+    """The scale tap of a Gemma RMSNorm, recognised by class name (one of `classes`): divisor
+    sqrt(mean(x^2) + eps) of the float32 input, output ((x / divisor) * (1 + weight)) in float32,
+    cast back to the input's dtype after the gain (Llama casts before it)."""
+
+    def norm(module: nn.Module) -> NormScale | None:
+        if type(module).__name__ not in classes:
+            return None
+        eps = module.eps
+
+        def output(x: Tensor, d: Tensor) -> Tensor:
+            return ((x.float() / d) * (1.0 + module.weight.float())).type_as(x)
+
+        return NormScale(module, lambda x: rms_divisor(x, eps), output)
+
+    return norm
 
 
 def _block(block: nn.Module, model) -> dict:
@@ -55,10 +76,13 @@ SPEC = Spec(
     layers="layers",
     attention="self_attn",
     out_proj="self_attn.o_proj",
-    root={Kind.EMBED: Out("embed_tokens"), Kind.LN_FINAL: Out("norm"), Kind.LOGITS: Out("^lm_head")},
-    block={Kind.RESID_PRE: In(""), Kind.LN1: Out("input_layernorm"), Kind.ATTN_OUT: Out("post_attention_layernorm"),
+    root={Kind.EMBED: Out("embed_tokens"), Kind.LN_FINAL_SCALE: Norm("norm"), Kind.LN_FINAL: Out("norm"),
+          Kind.LOGITS: Out("^lm_head")},
+    block={Kind.RESID_PRE: In(""), Kind.LN1_SCALE: Norm("input_layernorm"), Kind.LN1: Out("input_layernorm"),
+           Kind.ATTN_OUT: Out("post_attention_layernorm"),
            Kind.RESID_MID: In("pre_feedforward_layernorm", inplace=True),
-           Kind.MLP_IN: In("pre_feedforward_layernorm", branch=True), Kind.LN2: Out("pre_feedforward_layernorm"),
+           Kind.MLP_IN: In("pre_feedforward_layernorm", branch=True), Kind.LN2_SCALE: Norm("pre_feedforward_layernorm"),
+           Kind.LN2: Out("pre_feedforward_layernorm"),
            Kind.MLP_PRE: Out("mlp.gate_proj"), Kind.MLP_POST: In("mlp.down_proj"),
            Kind.MLP_OUT: Out("post_feedforward_layernorm"), Kind.RESID_POST: Out("")},
     head_in={Kind.Q_IN: HeadIn("self_attn.q_proj"), Kind.K_IN: HeadIn("self_attn.k_proj"),
@@ -68,4 +92,5 @@ SPEC = Spec(
     n_kv_heads=llama.SPEC.n_kv_heads,
     d_head=llama.SPEC.d_head,
     post_norms=True,
+    norm=rms_norm("Gemma2RMSNorm"),
 )

@@ -32,4 +32,5 @@ def _block(block: nn.Module, model) -> dict:
 
 
 SPEC = replace(gemma2.SPEC, model_types=("gemma3_text",), read_block=_block,
-               causal=lambda cfg: not getattr(cfg, "use_bidirectional_attention", False))
+               causal=lambda cfg: not getattr(cfg, "use_bidirectional_attention", False),
+               norm=gemma2.rms_norm("Gemma3RMSNorm"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..core.site import Kind
-from .hf import HeadIn, In, Out, Spec, heads_in, heads_out, ln_params
+from ..core.taps import layer_norm_scale
+from .hf import HeadIn, In, Norm, Out, Spec, heads_in, heads_out, ln_params
 
 
 def _block(block: nn.Module, model) -> dict:
@@ -37,11 +38,11 @@ SPEC = Spec(
     layers="h",
     attention="attn",
     out_proj="attn.c_proj",
-    root={Kind.EMBED: Out("wte"), Kind.POS_EMBED: Out("wpe"), Kind.LN_FINAL: Out("ln_f"),
-          Kind.LOGITS: Out("^lm_head")},
-    block={Kind.RESID_PRE: In(""), Kind.LN1: Out("ln_1"), Kind.ATTN_OUT: Out("attn", 0),
+    root={Kind.EMBED: Out("wte"), Kind.POS_EMBED: Out("wpe"), Kind.LN_FINAL_SCALE: Norm("ln_f"),
+          Kind.LN_FINAL: Out("ln_f"), Kind.LOGITS: Out("^lm_head")},
+    block={Kind.RESID_PRE: In(""), Kind.LN1_SCALE: Norm("ln_1"), Kind.LN1: Out("ln_1"), Kind.ATTN_OUT: Out("attn", 0),
            Kind.RESID_MID: In("ln_2", inplace=True), Kind.MLP_IN: In("ln_2", branch=True),
-           Kind.LN2: Out("ln_2"),
+           Kind.LN2_SCALE: Norm("ln_2"), Kind.LN2: Out("ln_2"),
            Kind.MLP_PRE: Out("mlp.c_fc"), Kind.MLP_POST: In("mlp.c_proj"), Kind.MLP_OUT: Out("mlp"),
            Kind.RESID_POST: Out("")},
     head_in={Kind.Q_IN: HeadIn("attn.c_attn", 0, 3), Kind.K_IN: HeadIn("attn.c_attn", 1, 3),
@@ -49,4 +50,5 @@ SPEC = Spec(
     read_block=_block,
     read_root=_root,
     d_head=lambda cfg: cfg.n_embd // cfg.n_head,
+    norm=layer_norm_scale,
 )

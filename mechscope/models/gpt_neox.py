@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..core.site import Kind
-from .hf import HeadIn, In, Out, Spec, bias, heads_out, linear_t, ln_params
+from ..core.taps import layer_norm_scale
+from .hf import HeadIn, In, Norm, Out, Spec, bias, heads_out, linear_t, ln_params
 
 
 def _block(block: nn.Module, model) -> dict:
@@ -41,10 +42,12 @@ SPEC = Spec(
     attention="attention",
     out_proj="attention.dense",
     # the unembedding is `lm_head` in transformers 5 (it was `embed_out` before)
-    root={Kind.EMBED: Out("embed_in"), Kind.LN_FINAL: Out("final_layer_norm"), Kind.LOGITS: Out("^lm_head")},
-    block={Kind.RESID_PRE: In(""), Kind.LN1: Out("input_layernorm"), Kind.ATTN_OUT: Out("attention", 0),
+    root={Kind.EMBED: Out("embed_in"), Kind.LN_FINAL_SCALE: Norm("final_layer_norm"),
+          Kind.LN_FINAL: Out("final_layer_norm"), Kind.LOGITS: Out("^lm_head")},
+    block={Kind.RESID_PRE: In(""), Kind.LN1_SCALE: Norm("input_layernorm"), Kind.LN1: Out("input_layernorm"),
+           Kind.ATTN_OUT: Out("attention", 0),
            Kind.RESID_MID: In("post_attention_layernorm", inplace=True), Kind.MLP_IN: In("post_attention_layernorm", branch=True),
-           Kind.LN2: Out("post_attention_layernorm"),
+           Kind.LN2_SCALE: Norm("post_attention_layernorm"), Kind.LN2: Out("post_attention_layernorm"),
            Kind.MLP_PRE: Out("mlp.dense_h_to_4h"), Kind.MLP_POST: In("mlp.dense_4h_to_h"),
            Kind.MLP_OUT: Out("mlp"), Kind.RESID_POST: Out("")},
     head_in={Kind.Q_IN: HeadIn("attention.query_key_value", 0, 3, interleaved=True),
@@ -52,6 +55,7 @@ SPEC = Spec(
              Kind.V_IN: HeadIn("attention.query_key_value", 2, 3, interleaved=True)},
     read_block=_block,
     read_root=_root,
+    norm=layer_norm_scale,
     # with a parallel residual, attention and MLP both read resid_pre: there is no resid_mid
     unsupported=lambda cfg: {Kind.RESID_MID} if cfg.use_parallel_residual else set(),
 )

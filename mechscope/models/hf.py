@@ -22,7 +22,7 @@ from transformers.cache_utils import DynamicLayer
 
 from ..core.protocol import Prepared, Window
 from ..core.site import Kind, Site
-from ..core.taps import HeadInput, HeadResult, ModuleInput, ModuleOutput, Tap
+from ..core.taps import HeadInput, HeadResult, ModuleInput, ModuleOutput, NormScale, Tap
 from ..core.weights import Weights
 from . import hf_attention
 from .base import ModelBase, without_first_blocks
@@ -44,6 +44,14 @@ class In:
     path: str
     inplace: bool = False
     branch: bool = False
+
+
+@dataclass(frozen=True)
+class Norm:
+    """Site = the divisor of the norm module at `path` (a scale site: ln1.scale, ln2.scale,
+    ln_final.scale); offered only where the family's `Spec.norm` recognises the module."""
+
+    path: str
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,8 @@ class Spec:
     layers: str  # root path of the ModuleList of blocks
     attention: str  # block path of the module that calls the attention function
     out_proj: str  # block path of the attention output projection (its input is z)
-    root: dict[Kind, Out] = field(default_factory=dict)  # embed, pos_embed, ln_final, logits
-    block: dict[Kind, Out | In] = field(default_factory=dict)
+    root: dict[Kind, Out | Norm] = field(default_factory=dict)  # embed, pos_embed, ln_final(.scale), logits
+    block: dict[Kind, Out | In | Norm] = field(default_factory=dict)
     head_in: dict[Kind, HeadIn] = field(default_factory=dict)  # per-head inputs: q_in, k_in, v_in
     read_block: Callable[[nn.Module, Any], dict[str, Tensor | None]] | None = None
     read_root: Callable[[nn.Module, Any], dict[str, Tensor | None]] | None = None
@@ -83,6 +91,9 @@ class Spec:
     # the heads' results add up to the norm's input, not to what the block writes
     post_norms: bool = False
     unsupported: Callable[[Any], set[Kind]] = lambda cfg: set()  # kinds a config variant lacks
+    # the scale tap of one of the family's norm modules (see `NormScale`), None for a module the
+    # family file does not know: the `Norm` sites of such a model are not offered
+    norm: Callable[[nn.Module], NormScale | None] = lambda module: None
 
 
 class HFModel(ModelBase):
@@ -108,7 +119,8 @@ class HFModel(ModelBase):
         self.post_norms = spec.post_norms
         lacking = spec.unsupported(self.config)
         sites: list[Site] = []
-        root = {k: w for k, w in spec.root.items() if self._has(w.path)}
+        root = {k: w for k, w in spec.root.items() if self._has(w.path)
+                and (not isinstance(w, Norm) or spec.norm(self._resolve(w.path)) is not None)}
         self._root = root
         for kind in (Kind.EMBED, Kind.POS_EMBED):
             if kind in root:
@@ -117,10 +129,10 @@ class HFModel(ModelBase):
                        or k is Kind.RESULT]
         order = list(Kind)
         block_kinds.sort(key=order.index)
-        block_kinds = [k for k in block_kinds if k not in lacking]
+        block_kinds = [k for k in block_kinds if k not in lacking and self._norms_known(spec.block.get(k))]
         for layer in range(self.n_layers):
             sites += [Site(k, layer) for k in block_kinds]
-        for kind in (Kind.LN_FINAL, Kind.LOGITS):
+        for kind in (Kind.LN_FINAL_SCALE, Kind.LN_FINAL, Kind.LOGITS):
             if kind in root:
                 sites.append(Site(kind))
         self._sites = sites
@@ -130,6 +142,15 @@ class HFModel(ModelBase):
         # the key/value cache argument: `cache` in newer transformers, `past_key_values` before
         self._cache_arg = next((a for a in ("cache", "past_key_values") if a in params), None)
         self._exact_windows: bool | None = None
+
+    def _norms_known(self, where: Out | In | Norm | None) -> bool:
+        """Whether a block site's module, when it is a norm's scale, is a norm the family knows in every block."""
+        if not isinstance(where, Norm):
+            return True
+        try:
+            return all(self.spec.norm(b.get_submodule(where.path)) is not None for b in self.blocks)
+        except AttributeError:
+            return False
 
     def _has(self, path: str) -> bool:
         try:
@@ -157,7 +178,10 @@ class HFModel(ModelBase):
         site = self.check(site)
         spec = self.spec
         if site.layer is None:
-            return _tap(self._resolve(self._root[site.kind].path), self._root[site.kind], "")
+            where = self._root[site.kind]
+            if isinstance(where, Norm):
+                return spec.norm(self._resolve(where.path))
+            return _tap(self._resolve(where.path), where, "")
         block = self.blocks[site.layer]
         if site.kind in hf_attention.INTERNAL:
             return hf_attention.AttentionTap(block.get_submodule(spec.attention), site.kind)
@@ -169,6 +193,8 @@ class HFModel(ModelBase):
         if site.kind in spec.head_in:
             return self._head_input(site)
         where = spec.block[site.kind]
+        if isinstance(where, Norm):
+            return spec.norm(block.get_submodule(where.path))
         return _tap(block, where, where.path)
 
     def _head_input(self, site: Site) -> HeadInput:
@@ -433,6 +459,11 @@ def linear_t(m: nn.Module) -> Tensor:
 
 def bias(m: nn.Module) -> Tensor | None:
     return getattr(m, "bias", None)
+
+
+def rms_divisor(x: Tensor, eps: float) -> Tensor:
+    """An RMSNorm's divisor sqrt(mean(x^2) + eps) over the last axis, in float32: (..., 1)."""
+    return (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
 def ln_params(m: nn.Module | None) -> tuple[Tensor | None, Tensor | None]:

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Callable
+
+from torch import Tensor, nn
 
 from ..core.site import Kind
-from .hf import HeadIn, In, Out, Spec, bias, heads_in, heads_out, linear_t, ln_params, repeat_kv
+from ..core.taps import NormScale
+from .hf import HeadIn, In, Norm, Out, Spec, bias, heads_in, heads_out, linear_t, ln_params, repeat_kv, rms_divisor
+
+
+def rms_norm(*classes: str) -> Callable[[nn.Module], NormScale | None]:
+    """The scale tap of a Llama-style RMSNorm, recognised by class name (one of `classes`).
+
+    Such a norm computes in float32 and casts back before its gain: weight * (x / divisor).to(dtype),
+    with the divisor sqrt(mean(x^2) + eps) of the float32 input.
+    """
+
+    def norm(module: nn.Module) -> NormScale | None:
+        if type(module).__name__ not in classes:
+            return None
+        eps = module.variance_epsilon
+
+        def output(x: Tensor, d: Tensor) -> Tensor:
+            return module.weight * (x.float() / d).to(x.dtype)
+
+        return NormScale(module, lambda x: rms_divisor(x, eps), output)
+
+    return norm
 
 
 def _block(block: nn.Module, model) -> dict:
@@ -45,10 +68,12 @@ SPEC = Spec(
     layers="layers",
     attention="self_attn",
     out_proj="self_attn.o_proj",
-    root={Kind.EMBED: Out("embed_tokens"), Kind.LN_FINAL: Out("norm"), Kind.LOGITS: Out("^lm_head")},
-    block={Kind.RESID_PRE: In(""), Kind.LN1: Out("input_layernorm"), Kind.ATTN_OUT: Out("self_attn", 0),
+    root={Kind.EMBED: Out("embed_tokens"), Kind.LN_FINAL_SCALE: Norm("norm"), Kind.LN_FINAL: Out("norm"),
+          Kind.LOGITS: Out("^lm_head")},
+    block={Kind.RESID_PRE: In(""), Kind.LN1_SCALE: Norm("input_layernorm"), Kind.LN1: Out("input_layernorm"),
+           Kind.ATTN_OUT: Out("self_attn", 0),
            Kind.RESID_MID: In("post_attention_layernorm", inplace=True), Kind.MLP_IN: In("post_attention_layernorm", branch=True),
-           Kind.LN2: Out("post_attention_layernorm"),
+           Kind.LN2_SCALE: Norm("post_attention_layernorm"), Kind.LN2: Out("post_attention_layernorm"),
            Kind.MLP_PRE: Out("mlp.gate_proj"), Kind.MLP_POST: In("mlp.down_proj"), Kind.MLP_OUT: Out("mlp"),
            Kind.RESID_POST: Out("")},
     head_in={Kind.Q_IN: HeadIn("self_attn.q_proj"), Kind.K_IN: HeadIn("self_attn.k_proj"),
@@ -57,4 +82,5 @@ SPEC = Spec(
     read_root=_root,
     n_kv_heads=lambda cfg: cfg.num_key_value_heads or cfg.num_attention_heads,
     d_head=lambda cfg: getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+    norm=rms_norm("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm"),
 )

@@ -27,4 +27,4 @@ def _block(block: nn.Module, model) -> dict:
             "k_norm_w": repeat_kv(per_head(att.k_norm.weight, model.n_kv_heads), rep)}
 
 
-SPEC = replace(llama.SPEC, model_types=("qwen3",), read_block=_block)
+SPEC = replace(llama.SPEC, model_types=("qwen3",), read_block=_block, norm=llama.rms_norm("Qwen3RMSNorm"))

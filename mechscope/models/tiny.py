@@ -11,7 +11,8 @@ names in brackets):
     ln_final, unembed, hook_logits
 
 An attention-only model (`d_mlp=None`) has no resid_mid, ln2 or MLP sites; a model without layer
-norm has no ln1, ln2 or ln_final sites. The adapter, `TinyModel`, is the declarative table at the
+norm has no ln1, ln2 or ln_final sites. With layer norm, each norm's divisor is a site too
+(ln1.scale, ln2.scale, ln_final.scale), tapped on the norm module itself. The adapter, `TinyModel`, is the declarative table at the
 end of the file.
 """
 
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from ..core.protocol import Prepared
 from ..core.site import Kind, Site
-from ..core.taps import HeadInput, HeadResult, ModuleInput, ModuleOutput, Tap
+from ..core.taps import HeadInput, HeadResult, ModuleInput, ModuleOutput, Tap, layer_norm_scale
 from ..core.weights import Weights
 from .base import ModelBase, without_first_blocks
 
@@ -229,6 +230,9 @@ _BLOCK: dict[Kind, str] = {
     Kind.MLP_OUT: "hook_mlp_out", Kind.RESID_POST: "hook_resid_post",
 }
 
+# norm scale sites: the norm module each one is the divisor of
+_NORM: dict[Kind, str] = {Kind.LN1_SCALE: "ln1", Kind.LN2_SCALE: "ln2", Kind.LN_FINAL_SCALE: "ln_final"}
+
 # per-head input sites: the projection each one feeds
 _HEAD_IN: dict[Kind, str] = {Kind.Q_IN: "W_Q", Kind.K_IN: "W_K", Kind.V_IN: "W_V"}
 
@@ -253,10 +257,13 @@ class TinyModel(ModelBase):
         block0 = module.blocks[0]
         order = list(Kind)
         kinds = [k for k, p in _BLOCK.items() if _present(block0, p)] + [Kind.RESULT, *_HEAD_IN]
+        kinds += [k for k, p in _NORM.items() if k is not Kind.LN_FINAL_SCALE and _present(block0, p)]
         kinds = sorted(kinds + ([Kind.MLP_IN] if hasattr(block0, "mlp") else []), key=order.index)
         sites = [Site(k) for k in (Kind.EMBED, Kind.POS_EMBED) if _present(module, _ROOT[k])]
         for layer in range(self.n_layers):
             sites += [Site(k, layer) for k in kinds]
+        if _present(module, _NORM[Kind.LN_FINAL_SCALE]):
+            sites.append(Site(Kind.LN_FINAL_SCALE))
         sites += [Site(k) for k in (Kind.LN_FINAL, Kind.LOGITS) if _present(module, _ROOT[k])]
         self._sites = sites
 
@@ -268,6 +275,9 @@ class TinyModel(ModelBase):
 
     def tap(self, site: Site) -> Tap:
         site = self.check(site)
+        if site.kind in _NORM:
+            parent = self.module if site.layer is None else self._blocks[site.layer]
+            return layer_norm_scale(parent.get_submodule(_NORM[site.kind]))
         if site.layer is None:
             return ModuleOutput(self.module.get_submodule(_ROOT[site.kind]))
         block = self._blocks[site.layer]
