@@ -10,6 +10,8 @@ hand-written backward; and models whose norms the adapter does not know offer no
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -17,7 +19,7 @@ from torch import nn
 import mechscope as ms
 from mechscope import InterventionError, Kind, Patch, Scale, Site, SiteError
 from mechscope.models.hf import Norm
-from mechscope.models.tiny import TinyConfig, TinyTransformer
+from mechscope.models.tiny import TinyConfig, TinyModel, TinyTransformer
 
 from conftest import CAUSAL, FAMILIES, Fam, bare, build, main_output, make_family, make_ids
 
@@ -115,7 +117,7 @@ def _eps(mod: nn.Module) -> float:
     return mod.eps if hasattr(mod, "eps") else mod.variance_epsilon
 
 
-def _io(f: Fam, site: Site) -> tuple[list[Site], callable, Site]:
+def _io(f: Fam, site: Site) -> tuple[list[Site], Callable, Site]:
     """The sites whose sum is the norm's input, a reader of its (gain, bias), and its output site."""
     L, last = site.layer, f.model.n_layers - 1
     if site.kind is Kind.LN_FINAL_SCALE:
@@ -228,7 +230,7 @@ def test_patch_from_another_run_matches_hand_computation(name: str):
         torch.testing.assert_close(res.logits.double(), logits, atol=1e-4, rtol=1e-5)
 
 
-def _tiny() -> tuple[TinyTransformer, ms.ModelBase]:
+def _tiny() -> tuple[TinyTransformer, TinyModel]:
     cfg = TinyConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=10, d_vocab=23,
                      act="gelu", layer_norm=True)
     torch.manual_seed(0)
@@ -329,3 +331,26 @@ def test_frozen_divisor_gradient_matches_hand_backward():
     (g,) = torch.autograd.grad(_metric(logits), x)
     torch.testing.assert_close(res.grads[last], g, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(free.grads[last], g, atol=1e-4)  # the free norm's gradient differs
+
+
+# --- sweeps --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+def test_activation_patching_over_scales_matches_single_runs(name: str):
+    """A sweep over scale sites (windows of positions, skipped blocks) gives what one patched run
+    per site and position gives."""
+    from mechscope.causal.activation_patching import activation_patching
+
+    f = make_family(name)
+    corrupt = make_ids(seed=9)
+    sites = [Site(Kind.LN2_SCALE, 0), Site(Kind.LN1_SCALE, 1), Site(Kind.LN_FINAL_SCALE)]
+
+    def metric(logits):
+        return logits[:, -1, 3] - logits[:, -1, 5]
+
+    sweep = activation_patching(f.model, f.ids, corrupt, sites, metric, progress=False)
+    clean = ms.run(f.model, f.ids, capture=sites).cache
+    for i, s in enumerate(sites):
+        for p in range(f.ids.shape[1]):
+            out = ms.run(f.model, corrupt, interventions=[Patch(s, value=clean[s], positions=[p])]).logits
+            torch.testing.assert_close(sweep.values[i, 0, p], metric(out), atol=1e-5, rtol=0)
