@@ -46,12 +46,11 @@ def test_scale_sites_have_positions_only():
     site = Site(Kind.LN1_SCALE, 0)
     assert (site.layout.pos, site.layout.head, site.layout.unit) == (1, None, None)
     assert not site.per_head
-    with pytest.raises(SiteError, match="needs a layer"):
-        Site(Kind.LN2_SCALE)
-    with pytest.raises(SiteError, match="has no layer"):
-        Site(Kind.LN_FINAL_SCALE, 1)
-    with pytest.raises(SiteError, match="no head axis"):
-        Site(Kind.LN1_SCALE, 0, head=1)
+    bad = {"needs a layer": (Kind.LN2_SCALE, None, None), "has no layer": (Kind.LN_FINAL_SCALE, 1, None),
+           "no head axis": (Kind.LN1_SCALE, 0, 1)}
+    for message, (kind, layer, head) in bad.items():
+        with pytest.raises(SiteError, match=message):
+            Site(kind, layer, head)
     f = make_family("gpt2")
     with pytest.raises(InterventionError, match="no units axis"):
         ms.run(f.model, f.ids, interventions=[Scale(site, factor=2.0, units=[0])])

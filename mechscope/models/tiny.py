@@ -12,8 +12,8 @@ names in brackets):
 
 An attention-only model (`d_mlp=None`) has no resid_mid, ln2 or MLP sites; a model without layer
 norm has no ln1, ln2 or ln_final sites. With layer norm, each norm's divisor is a site too
-(ln1.scale, ln2.scale, ln_final.scale), tapped on the norm module itself. The adapter, `TinyModel`, is the declarative table at the
-end of the file.
+(ln1.scale, ln2.scale, ln_final.scale), tapped on the norm module itself. The adapter, `TinyModel`,
+is the declarative table at the end of the file.
 """
 
 from __future__ import annotations
