@@ -220,8 +220,8 @@ def _diagnose(losses: Tensor, stopped: tuple[int | None, ...], draws: Tensor, pe
     return tuple(out)
 
 
-def estimate_llc_components(model: Any, data: Batch, *, components: Mapping[str, Component] | Iterable[str] | None = None,
-                            loss: Loss | None = None, config: SGLDConfig = SGLDConfig(), per_head: bool = False,
+def estimate_llc_components(model: Any, data: Batch, *,
+                            components: Mapping[str, Component] | Iterable[str] | None = None, loss: Loss | None = None, config: SGLDConfig = SGLDConfig(), per_head: bool = False,
                             eval_batch_size: int = 256, progress: bool = True) -> dict[str, LLCEstimate]:
     """One LLC estimate per component (`components.components(model)`, or the names / Components given):
     SGLD moves that component's weights only, every other weight frozen at w*. L_n(w*) is computed once."""

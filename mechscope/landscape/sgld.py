@@ -205,7 +205,8 @@ def n_examples(data: Batch) -> int:
                              f"of such tensors ((x, y)), got {type(data).__name__}")
     sizes = {int(t.shape[0]) if t.dim() else -1 for t in parts}
     if len(sizes) != 1 or -1 in sizes:
-        raise LandscapeError(f"data's tensors must share their first dimension (the examples), got sizes {sorted(sizes)}")
+        raise LandscapeError("data's tensors must share their first dimension (the examples), "
+                             f"got sizes {sorted(sizes)}")
     n = sizes.pop()
     if n < 1:
         raise LandscapeError("data holds no examples")
