@@ -337,3 +337,39 @@ def test_bad_input():
             SGLDConfig(**bad)
     with pytest.raises(LandscapeError, match="n / log n"):
         SGLDConfig().nbeta_for(1)
+
+
+def test_hugging_face_components_follow_the_spec():
+    import transformers as tf
+
+    import mechscope as ms
+
+    torch.manual_seed(0)
+    gpt2 = ms.wrap(tf.GPT2LMHeadModel._from_config(
+        tf.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16),
+        attn_implementation="eager").eval())
+    llama = ms.wrap(tf.LlamaForCausalLM._from_config(
+        tf.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=64, vocab_size=50), attn_implementation="eager").eval())
+    for model, attn, mlp in ((gpt2, "attn.c_attn.weight", "mlp.c_fc.weight"),
+                             (llama, "self_attn.q_proj.weight", "mlp.gate_proj.weight")):
+        comps = components(model)
+        assert [k for k in comps if k.startswith("blocks.1")] == ["blocks.1.attn", "blocks.1.mlp", "blocks.1.norms"]
+        assert any(n.endswith("1." + attn) for n in comps["blocks.1.attn"].params)
+        assert any(n.endswith("1." + mlp) for n in comps["blocks.1.mlp"].params)
+        assert all("ln" in n or "norm" in n for n in comps["blocks.1.norms"].params)
+        names = {n for c in comps.values() for n in c.params}
+        assert names == {n for n, _ in model.module.named_parameters()}  # every parameter has a component
+    # GPT-2 ties its unembedding to the token embedding: the same parameter in both components
+    assert _shares_embedding(gpt2)
+    ids = torch.randint(0, 50, (16, 8), generator=torch.Generator().manual_seed(0))
+    before = _bits(llama.module)
+    per = estimate_llc_components(llama, ids, components=["blocks.0.mlp"], config=SGLDConfig(draws=4, chains=1),
+                                  progress=False)
+    assert math.isfinite(per["blocks.0.mlp"].llc) and per["blocks.0.mlp"].n_params == 3 * 32 * 64
+    assert _same_bits(before, _bits(llama.module))
+
+
+def _shares_embedding(model) -> bool:
+    comps = components(model)
+    return set(comps["embed"].params) & set(comps["unembed"].params) == {"transformer.wte.weight"}
