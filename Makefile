@@ -49,11 +49,13 @@ test: venv data sae-env
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Every benchmark, each against the tools it is compared with (installed into .venv-bench and
-# .venv-sae, never into .venv); one summary in benchmarks/results/bench.json (benchmarks/README.md).
+# Every benchmark, each against the tools it is compared with (installed into .venv-bench,
+# .venv-sae and .venv-devinterp, never into .venv); one summary in benchmarks/results/bench.json
+# (benchmarks/README.md).
 bench: venv sae-env
 	bash benchmarks/setup_env.sh
+	bash benchmarks/setup_env.sh devinterp
 	.venv-bench/bin/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .venv-bench .venv-sae out .pytest_cache
+	rm -rf $(VENV) .venv-bench .venv-sae .venv-devinterp out .pytest_cache

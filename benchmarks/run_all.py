@@ -2,7 +2,8 @@
 """Run every benchmark and write one summary: benchmarks/results/bench.json (what `make bench` does).
 
 Each benchmark runs in its own process with the interpreter of its environment (.venv-bench for
-the ones compared with TransformerLens and nnsight, .venv-sae for the SAE trainers); its progress
+the ones compared with TransformerLens and nnsight, .venv-sae for the SAE trainers, .venv-devinterp
+for the LLC estimate); its progress
 lines pass through to stderr, and the last line it prints (its result line) is kept. The summary
 holds every result line, the machine, the date, and how long each benchmark took. A benchmark
 that fails to produce a result line is recorded with pass: false and the reason.
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "core_overhead": (".venv-bench", "core_overhead.py", ["--quick"]),
     "patching_sweep": (".venv-bench", "patching_sweep.py", ["--quick"]),
     "sae_train": (".venv-sae", "sae_train.py", ["--quick"]),
+    "llc_devinterp": (".venv-devinterp", "llc_devinterp.py", ["--quick"]),
 }
 DEFAULT_OUT = HERE / "results" / "bench.json"
 
@@ -49,7 +51,7 @@ def run_one(name: str, quick: bool, timeout: float) -> tuple[dict, float]:
     env_dir, script, quick_args = BENCHMARKS[name]
     python = REPO / env_dir / "bin" / "python"
     if not python.exists():
-        mode = "sae" if env_dir == ".venv-sae" else ""
+        mode = {".venv-sae": "sae", ".venv-devinterp": "devinterp"}.get(env_dir, "")
         return {"name": name, "kind": "benchmark", "checks": {}, "pass": False,
                 "error": f"{python} is missing: run bash benchmarks/setup_env.sh {mode}".strip()}, 0.0
     cmd = [str(python), str(HERE / script), *(quick_args if quick else [])]

@@ -7,6 +7,8 @@
 #   bash benchmarks/setup_env.sh sae        # .venv-sae for benchmarks/sae_train.py: SAELens and
 #                                           # EleutherAI's sparsify (SAELens needs transformer-lens < 4,
 #                                           # which contradicts the pin above, hence its own environment)
+#   bash benchmarks/setup_env.sh devinterp  # .venv-devinterp for benchmarks/llc_devinterp.py: devinterp
+#                                           # 2.0.1 and the libraries its sampler imports
 #
 # Environment: PYTHON (default python3, must be >= 3.11), VENV (default <repo>/.venv-bench),
 # FORCE=1 reinstalls the pins even when the stamp says they are in place.
@@ -15,7 +17,8 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODE="${1:-bench}"
 case "$MODE" in bench) DEFAULT_VENV=.venv-bench ;; sae) DEFAULT_VENV=.venv-sae ;;
-  *) printf '[setup_env] error: unknown mode %s (bench or sae)\n' "$MODE" >&2; exit 2 ;; esac
+  devinterp) DEFAULT_VENV=.venv-devinterp ;;
+  *) printf '[setup_env] error: unknown mode %s (bench, sae or devinterp)\n' "$MODE" >&2; exit 2 ;; esac
 VENV="${VENV:-$REPO/$DEFAULT_VENV}"
 PYTHON="${PYTHON:-python3}"
 
@@ -51,6 +54,16 @@ if [[ "$MODE" == sae ]]; then
   NODEPS_PINS=("sae-lens==6.54.12" "eai-sparsify==1.3.3")
   ANCHOR_IMPORTS="torch, transformer_lens, sae_lens, sparsify, transformers"
   ANCHOR_NAMES="transformer-lens sae-lens eai-sparsify"
+fi
+if [[ "$MODE" == devinterp ]]; then
+  # devinterp goes in with --no-deps (its declared dependencies leave torch unpinned); these are the
+  # libraries its sampler and LLC code import: datasets, xarray and zarr (it writes its samples to zarr)
+  PINS=("${PINS[@]/transformer-lens==4.3.0/datasets==5.2.0}")
+  PINS=("${PINS[@]/nnsight==0.8.1/xarray==2026.9.0}")
+  PINS+=("zarr==3.1.6" "pandas==3.1.1" "pydantic==2.14.4")
+  NODEPS_PINS=("devinterp==2.0.1")
+  ANCHOR_IMPORTS="torch, devinterp.slt.sampling, devinterp.slt.llc, transformers"
+  ANCHOR_NAMES="devinterp datasets xarray zarr"
 fi
 
 log() { printf '[setup_env] %s\n' "$*" >&2; }

@@ -1,0 +1,334 @@
+"""Localised stochastic gradient Langevin dynamics (SGLD) over a chosen set of parameters.
+
+One step, for every sampled parameter entry w (Lau et al. 2023, "Quantifying degeneracy in
+singular models via the learning coefficient", eq. (11)):
+
+    w <- w - (ε/2) · (nβ · ∇L_batch(w) + γ · (w - w*)) + N(0, ε)
+
+L_batch is the mean loss over a minibatch of `batch_size` examples, nβ the inverse temperature
+times the number of examples n (default n / log n, i.e. β = 1 / log n), γ the localisation that keeps
+the chain near the point w* it started from, ε the step size. The chain samples from the tempered
+posterior exp(-nβ L_n(w) - γ/2 ||w - w*||²) around w*.
+
+Only the parameters it is given move (`select_parameters`: all, names, a predicate, a
+`Component`, or a mapping of names to boolean masks, e.g. one head's rows of a fused matrix);
+every other parameter is frozen and stays bit-identical, and so do the masked-out entries of a
+partly sampled parameter. `sample` puts every parameter and buffer of the module back exactly as
+it found them when it returns, or when anything raises.
+
+Randomness: chain c draws its noise from its own generator seeded `seed + c`; its minibatches come
+from random permutations of the n examples (a new one each epoch, the last incomplete batch of an
+epoch dropped) seeded `seed` when `shared_batches` (every chain reads the same batches and the
+chains differ by their noise alone), else `seed + c`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..core.errors import MechscopeError
+from ..core.progress import progress_bar
+
+Batch = Union[Tensor, tuple[Tensor, ...]]
+"""Examples along dim 0: one tensor (token ids) or a tuple of tensors of equal length (x, y)."""
+
+
+class LandscapeError(MechscopeError, ValueError):
+    """Bad input to the sampler or the LLC estimate (the message says what to change)."""
+
+
+@dataclass(frozen=True)
+class SGLDConfig:
+    """Settings of a localised SGLD run.
+
+    Defaults: ε = 1e-3 and γ = 100 are the values Lau et al. 2023 and devinterp's examples use for
+    small networks; nβ = n / log n (β = 1 / log n, the temperature at which the expected loss
+    estimates the learning coefficient); 4 chains of 200 draws after no burn-in, minibatches of 32.
+    They are a starting point: check `LLCEstimate.warnings` and the loss traces, and lower ε (or
+    raise γ) when a chain diverges, raise ε or the draws when the trace is still rising.
+    """
+
+    step_size: float = 1e-3  # ε: the step's drift is ε/2 times the gradient, its noise variance ε
+    localization: float = 100.0  # γ: strength of the pull back to w*
+    nbeta: float | None = None  # n·β; None: n / log n
+    chains: int = 4
+    draws: int = 200  # losses kept per chain, one per step after the burn-in
+    burn_in: int = 0  # steps per chain whose losses are left out of the estimate
+    batch_size: int = 32  # examples per step (capped at n)
+    seed: int = 0
+    shared_batches: bool = True  # every chain reads the same minibatches (they differ by noise only)
+
+    def __post_init__(self) -> None:
+        for name in ("step_size",):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise LandscapeError(f"SGLDConfig.{name} must be a positive number, got {v!r}")
+        if not (isinstance(self.localization, (int, float)) and math.isfinite(self.localization)
+                and self.localization >= 0):
+            raise LandscapeError(f"SGLDConfig.localization must be >= 0, got {self.localization!r}")
+        if self.nbeta is not None and not (math.isfinite(self.nbeta) and self.nbeta > 0):
+            raise LandscapeError(f"SGLDConfig.nbeta must be positive (or None for n / log n), got {self.nbeta!r}")
+        for name, low in (("chains", 1), ("draws", 1), ("burn_in", 0), ("batch_size", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise LandscapeError(f"SGLDConfig.{name} must be an integer >= {low}, got {v!r}")
+
+    @property
+    def steps(self) -> int:
+        """Steps per chain: burn-in and draws."""
+        return self.burn_in + self.draws
+
+    def nbeta_for(self, n: int) -> float:
+        """nβ for n examples: the configured value, else n / log n."""
+        if self.nbeta is not None:
+            return float(self.nbeta)
+        if n < 2:
+            raise LandscapeError(f"the default nβ = n / log n needs at least 2 examples, got n={n}; "
+                                 "set SGLDConfig(nbeta=...)")
+        return n / math.log(n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step_size": self.step_size, "localization": self.localization, "nbeta": self.nbeta,
+                "chains": self.chains, "draws": self.draws, "burn_in": self.burn_in,
+                "batch_size": self.batch_size, "seed": self.seed, "shared_batches": self.shared_batches}
+
+
+@dataclass(frozen=True)
+class Component:
+    """A named set of parameter entries: parameter name -> boolean mask of the entries that belong
+    to the component (None: the whole parameter). Names are the module's `named_parameters`."""
+
+    name: str
+    params: Mapping[str, Tensor | None] = field(default_factory=dict)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.params)
+
+
+@dataclass(frozen=True, eq=False)
+class Selected:
+    """One sampled parameter: its name, the parameter, and the mask of its sampled entries (None: all)."""
+
+    name: str
+    param: nn.Parameter
+    mask: Tensor | None
+
+    @property
+    def size(self) -> int:
+        return int(self.param.numel() if self.mask is None else self.mask.sum())
+
+
+ParamSelector = Union[None, Sequence[str], Callable[[str, nn.Parameter], bool], Component,
+                      Mapping[str, Union[Tensor, None]]]
+
+
+def select_parameters(module: nn.Module, params: ParamSelector = None) -> list[Selected]:
+    """The parameters SGLD moves: None (every parameter that requires grad), a list of names, a
+    predicate `(name, param) -> bool`, a `Component`, or a mapping name -> boolean mask (None: all)."""
+    named = dict(module.named_parameters())
+    if params is None:
+        chosen: dict[str, Tensor | None] = {n: None for n, p in named.items() if p.requires_grad}
+    elif isinstance(params, Component):
+        chosen = dict(params.params)
+    elif isinstance(params, Mapping):
+        chosen = dict(params)
+    elif callable(params):
+        chosen = {n: None for n, p in named.items() if params(n, p)}
+    elif isinstance(params, str):
+        raise LandscapeError(f"params={params!r} is one string: give a list of parameter names, e.g. [{params!r}]")
+    else:
+        chosen = {}
+        for n in params:
+            if not isinstance(n, str):
+                raise LandscapeError(f"params must hold parameter names (str), got {type(n).__name__}")
+            chosen[n] = None
+    unknown = [n for n in chosen if n not in named]
+    if unknown:
+        import difflib
+
+        hints = {n: difflib.get_close_matches(n, list(named), n=3) for n in unknown}
+        raise LandscapeError("no parameter named " + "; ".join(
+            f"{n!r}" + (f" (nearest: {', '.join(h)})" if h else "") for n, h in hints.items())
+            + f" in {type(module).__name__}; see module.named_parameters()")
+    out = []
+    for n, mask in chosen.items():
+        p = named[n]
+        if mask is not None:
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != p.shape:
+                raise LandscapeError(f"the mask of {n!r} must be a bool tensor of the parameter's shape "
+                                     f"{tuple(p.shape)}, got {getattr(mask, 'dtype', type(mask).__name__)} "
+                                     f"{tuple(getattr(mask, 'shape', ()))}")
+            mask = mask.to(p.device)
+            if not bool(mask.any()):
+                continue
+        if not p.dtype.is_floating_point:
+            raise LandscapeError(f"parameter {n!r} has dtype {p.dtype}; SGLD samples floating-point parameters")
+        out.append(Selected(n, p, mask))
+    if not out:
+        raise LandscapeError(f"no parameters selected for sampling in {type(module).__name__} (params={params!r}): "
+                             "name at least one parameter, or pass params=None for all of them")
+    return out
+
+
+@contextmanager
+def restored(module: nn.Module) -> Iterator[None]:
+    """Put every parameter and buffer of `module` (values and requires_grad) back as they were on exit,
+    bit for bit, also when the body raises."""
+    saved = [(t, t.detach().clone()) for t in [*module.parameters(), *module.buffers()]]
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    grads = [(p, p.grad) for p in module.parameters()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, v in saved:
+                t.copy_(v)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for p, g in grads:
+            p.grad = g
+
+
+def n_examples(data: Batch) -> int:
+    """Examples in `data` (its first dimension), checking that a tuple's tensors agree."""
+    parts = data if isinstance(data, tuple) else (data,)
+    if not parts or not all(isinstance(t, Tensor) for t in parts):
+        raise LandscapeError("data must be a tensor of examples along dim 0 (token ids, (n, pos)) or a tuple "
+                             f"of such tensors ((x, y)), got {type(data).__name__}")
+    sizes = {int(t.shape[0]) if t.dim() else -1 for t in parts}
+    if len(sizes) != 1 or -1 in sizes:
+        raise LandscapeError("data's tensors must share their first dimension (the examples), "
+                             f"got sizes {sorted(sizes)}")
+    n = sizes.pop()
+    if n < 1:
+        raise LandscapeError("data holds no examples")
+    return n
+
+
+def take(data: Batch, index: Tensor) -> Batch:
+    """The examples `index` of `data`, on the data's device."""
+    if isinstance(data, tuple):
+        return tuple(t[index.to(t.device)] for t in data)
+    return data[index.to(data.device)]
+
+
+def batch_order(n: int, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Minibatch indices: random permutations of range(n), a new one each epoch, incomplete batches dropped."""
+    gen = torch.Generator().manual_seed(seed)
+    m = min(batch_size, n)
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - m + 1, m):
+            yield perm[i:i + m]
+
+
+@dataclass(frozen=True, eq=False)
+class Chains:
+    """What `sample` returns: the minibatch loss at every step of every chain, before the step's
+    update (row c, column t: chain c at step t; step 0 is at w*), NaN after a chain stopped on a
+    non-finite loss; `stopped[c]` the step where that happened (None: ran to the end)."""
+
+    losses: Tensor  # (chains, steps), float64
+    stopped: tuple[int | None, ...]
+    nbeta: float
+    n: int
+    sampled: tuple[str, ...]  # the parameters moved
+    n_sampled: int  # entries moved
+
+
+def sample(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, config: SGLDConfig = SGLDConfig(),
+           params: ParamSelector = None, *, batches: Callable[[int], Iterable[Tensor]] | None = None,
+           progress: bool = True, desc: str = "sgld") -> Chains:
+    """Run `config.chains` localised SGLD chains from the module's current weights w*, moving only
+    the parameters `params` selects, and return the minibatch losses along the way.
+
+    `loss(batch)` returns the mean loss of a minibatch as a 0-dim tensor (it reads the module's
+    parameters). `batches(chain)`, if given, replaces the minibatch order: an iterable of index
+    tensors into `data` (to reproduce another tool's order). The module's weights are restored
+    exactly afterwards (also on an exception).
+    """
+    n = n_examples(data)
+    selected = select_parameters(module, params)
+    nbeta = config.nbeta_for(n)
+    eps, gamma = float(config.step_size), float(config.localization)
+    losses = torch.full((config.chains, config.steps), float("nan"), dtype=torch.float64)
+    stopped: list[int | None] = []
+    with restored(module):
+        chosen = {id(s.param) for s in selected}
+        for p in module.parameters():
+            p.requires_grad_(id(p) in chosen)
+            p.grad = None
+        origin = [s.param.detach().clone() for s in selected]  # w*
+        bar = progress_bar(total=config.chains * config.steps, desc=desc, unit="step", disable=not progress)
+        try:
+            for chain in range(config.chains):
+                with torch.no_grad():
+                    for s, w0 in zip(selected, origin):
+                        s.param.copy_(w0)
+                device = selected[0].param.device
+                noise_gen = torch.Generator(device=device).manual_seed(config.seed + chain)
+                order = iter(batches(chain) if batches is not None else
+                             batch_order(n, config.batch_size, config.seed if config.shared_batches
+                                         else config.seed + chain))
+                stop: int | None = None
+                for step in range(config.steps):
+                    try:
+                        index = next(order)
+                    except StopIteration:
+                        raise LandscapeError(f"the minibatch order of chain {chain} ended after {step} steps; "
+                                             f"it must give {config.steps}") from None
+                    value = loss(take(data, index))
+                    if not isinstance(value, Tensor) or value.dim() != 0:
+                        raise LandscapeError("the loss must return one mean loss per batch as a 0-dim tensor, got "
+                                             + (f"shape {tuple(value.shape)}" if isinstance(value, Tensor)
+                                                else type(value).__name__))
+                    v = float(value.detach())
+                    losses[chain, step] = v
+                    if not math.isfinite(v):
+                        stop = step
+                        bar.update(config.steps - step)
+                        break
+                    for s in selected:
+                        s.param.grad = None
+                    value.backward()
+                    _step(selected, origin, nbeta, eps, gamma, noise_gen)
+                    bar.update(1)
+                stopped.append(stop)
+                done = losses[chain][torch.isfinite(losses[chain])]
+                if len(done):
+                    bar.set_postfix_str(f"chain {chain} mean loss {float(done.mean()):.4g}")
+        finally:
+            bar.close()
+    return Chains(losses, tuple(stopped), nbeta, n, tuple(s.name for s in selected), sum(s.size for s in selected))
+
+
+@torch.no_grad()
+def _step(selected: list[Selected], origin: list[Tensor], nbeta: float, eps: float, gamma: float,
+          noise_gen: torch.Generator) -> None:
+    """One SGLD update of every selected parameter, in the order given (the noise is drawn in that order)."""
+    for s, w0 in zip(selected, origin):
+        p = s.param
+        drift = p.grad.mul(nbeta) if p.grad is not None else torch.zeros_like(p)
+        if gamma:
+            drift.add_((p - w0).mul_(gamma))
+        new = p.detach().clone()
+        new.add_(drift, alpha=-0.5 * eps)
+        noise = torch.normal(0.0, 1.0, size=p.shape, generator=noise_gen, device=p.device, dtype=p.dtype)
+        new.add_(noise, alpha=eps ** 0.5)
+        if s.mask is None:
+            p.copy_(new)
+        else:
+            p.copy_(torch.where(s.mask, new, p))  # entries outside the mask keep their bits
+        p.grad = None
+
+
+__all__ = ["Batch", "Chains", "Component", "LandscapeError", "SGLDConfig", "Selected", "batch_order",
+           "n_examples", "restored", "sample", "select_parameters", "take"]
