@@ -54,7 +54,7 @@ SIGMA_FLOOR = 1e-4
 SCALE_ROUNDS = 200
 ROUNDS = 1000
 QUANTILE = 0.999
-MIN_SUPPORT = 1.0
+MIN_SUPPORT = 0.5
 
 
 def log_axis(steps: Any) -> np.ndarray:

@@ -144,7 +144,7 @@ def token_losses(model: Any, data: HeldOut, chunk: int = 128) -> Tensor:
 
 
 def _loss_measures(rows: _Rows, i: int, model: Any, data: dict[str, HeldOut], pca_index: Tensor,
-                   token_matrix: list[Tensor]) -> None:
+                   token_matrix: list[Tensor], buckets: Tensor) -> None:
     held = data["heldout"]
     per = token_losses(model, held)
     rows.put(i, "log10_loss", "model", "", math.log10(float(per.mean())))
@@ -152,7 +152,6 @@ def _loss_measures(rows: _Rows, i: int, model: Any, data: dict[str, HeldOut], pc
     if len(torch.unique(pos)) > 1:
         for p in torch.unique(pos).tolist():
             rows.put(i, "log10_loss.position", "model", str(p), math.log10(float(per[pos == p].mean())))
-    buckets = frequency_buckets(held.targets[held.mask])
     for b in torch.unique(buckets).tolist():
         rows.put(i, "log10_loss.token_freq", "model", f"q{b + 1}", math.log10(float(per[buckets == b].mean())))
     token_matrix.append(per[pca_index])
@@ -174,6 +173,10 @@ def _role_measures(rows: _Rows, i: int, model: Any, n: int) -> None:
 def _copying_measure(rows: _Rows, i: int, model: Any) -> None:
     from ..circuits.composition import copying_scores
 
+    w = model.weights()
+    if w.W_E is not None and w.W_U is not None and w.W_E.shape[0] != w.W_U.shape[1]:
+        raise ValueError(f"the input and output vocabularies differ ({w.W_E.shape[0]} and {w.W_U.shape[1]} tokens): "
+                         "copying a token to the output is not defined")
     for (layer, h), v in np.ndenumerate(copying_scores(model).detach().numpy()):
         rows.put(i, "role.copying", head(layer, h), "", float(v))
 
@@ -241,7 +244,9 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
         unavailable["log10_loss"] = "no held-out token data (a zoo run gives it; else pass a token file)"
         unavailable["loss_pca"] = unavailable["log10_loss"]
     pca_index = torch.empty(0, dtype=torch.long)
+    buckets = torch.empty(0, dtype=torch.long)
     if "heldout" in data:
+        buckets = frequency_buckets(data["heldout"].targets[data["heldout"].mask])
         k = len(data["heldout"])
         g = torch.Generator().manual_seed(seed)
         pca_index = torch.randperm(k, generator=g)[:PCA_TOKENS].sort().values
@@ -253,7 +258,7 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
                           disable=not progress):
         model = series.load(i)
         if "heldout" in data:
-            rows.timed("loss", lambda: _loss_measures(rows, i, model, data, pca_index, token_matrix))
+            rows.timed("loss", lambda: _loss_measures(rows, i, model, data, pca_index, token_matrix, buckets))
         if probe_n is None:
             probe_n = probe_length(model)
             if probe_n < 4:
