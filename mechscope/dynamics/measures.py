@@ -132,9 +132,11 @@ class _Rows:
 
 
 @torch.no_grad()
-def token_losses(model: Any, data: HeldOut, chunk: int = 128) -> Tensor:
-    """Per-token loss (float64) at every target of `data`, in row-major order of `data.mask`."""
+def token_losses(model: Any, data: HeldOut, tokens_per_run: int = 8192) -> Tensor:
+    """Per-token loss (float64) at every target of `data`, in row-major order of `data.mask`; the rows
+    run in chunks of about `tokens_per_run` tokens."""
     out = []
+    chunk = max(1, tokens_per_run // data.ids.shape[1])
     for lo in range(0, data.ids.shape[0], chunk):
         ids, tg = data.ids[lo:lo + chunk], data.targets[lo:lo + chunk]
         logits = model.run(ids).logits

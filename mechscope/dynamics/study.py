@@ -215,7 +215,7 @@ def _steepest(steps: list[int], values: np.ndarray, span: float) -> float:
 @torch.no_grad()
 def progress_curves(series: CheckpointSeries) -> dict[str, np.ndarray]:
     """Restricted and excluded loss (Nanda et al.) at every checkpoint of a modular-addition zoo run, with
-    the key frequencies of its final checkpoint, as log10."""
+    the key frequencies of its final checkpoint, in nats."""
     from .. import zoo
     from ..circuits.explanations import key_frequencies
     from ..replications.grokking import progress_losses
@@ -236,14 +236,15 @@ def progress_curves(series: CheckpointSeries) -> dict[str, np.ndarray]:
         logits = series.load(i).run(x).logits[:, -1]
         m = progress_losses(logits, y, train_idx, p, freqs)
         for k in out:
-            out[k].append(math.log10(m[k]))
+            out[k].append(m[k])
     return {k: np.array(v) for k, v in out.items()} | {"key_frequencies": freqs}
 
 
 def modadd_checks(res: Result, series: CheckpointSeries) -> tuple[list[Check], dict[str, Any]]:
     steps = res.dynamics.steps
     span = log_checkpoint(steps)
-    curves: dict[str, np.ndarray | None] = {"train_loss": _series(res, "log10_loss.train", "model")}
+    train = _series(res, "log10_loss.train", "model")
+    curves: dict[str, np.ndarray | None] = {"train_loss": None if train is None else 10.0 ** train}
     pc = progress_curves(series)
     figures: dict[str, Any] = {"key_frequencies": pc.pop("key_frequencies")}
     curves |= pc
@@ -254,6 +255,7 @@ def modadd_checks(res: Result, series: CheckpointSeries) -> tuple[list[Check], d
             checks.append(Check(f"boundary_at_{name}_move", target, "curve not measured", False))
             continue
         move = _steepest(steps, v, span)
+        figures[f"{name}_moves_at_log10"] = round(_steepest(steps, np.log10(v), span), 1)
         nearest = min(res.dynamics.boundaries, key=lambda b: _dist(b.step, move), default=None)
         figures[f"{name}_moves_at"] = round(move, 1)
         ok = nearest is not None and _dist(nearest.step, move) <= MODADD_TOLERANCE
