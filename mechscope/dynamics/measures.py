@@ -21,8 +21,9 @@ and a label within the measure (a position, a bucket). The measures:
 - `fourier.effective_frequencies` of the embedding when the inputs are residues modulo p (a zoo run
   whose config has `p`): the participation ratio (sum P)^2 / sum P^2 of the power of W_E[:p] per
   frequency 1..(p-1)/2, low when few frequencies hold the power.
-- `llc`: the local learning coefficient from `mechscope.landscape.estimate_llc` when that module is
-  installed; otherwise listed in `unavailable` with the reason, never estimated some other way.
+- `llc`: the local learning coefficient from `mechscope.landscape.estimate_llc` (its default sampler
+  settings, on the held-out set) when that module is present; otherwise listed in `unavailable`
+  with the reason, never estimated some other way. Its warnings per checkpoint are in `info`.
 """
 
 from __future__ import annotations
@@ -215,18 +216,23 @@ def _fourier_measure(rows: _Rows, i: int, model: Any, p: int) -> None:
     rows.put(i, "fourier.effective_frequencies", "embed", "", pr)
 
 
-def _llc_measure(rows: _Rows, i: int, model: Any, data: dict[str, HeldOut]) -> None:
+def _llc_measure(rows: _Rows, i: int, model: Any, data: dict[str, HeldOut], warnings: dict[int, list[str]]) -> None:
+    """`mechscope.landscape.estimate_llc` (its default sampler settings) on the held-out set, read as
+    (ids, targets) pairs with the loss at the targets; its warnings are kept per checkpoint."""
     from ..landscape import estimate_llc  # the caller reports a missing module as unavailable
 
     held = data["heldout"]
 
-    def loss(batch: HeldOut) -> Tensor:
-        logits = model.run(batch.ids).logits
-        return F.cross_entropy(logits[batch.mask], batch.targets[batch.mask])
+    def loss(m: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
+        ids, targets = batch
+        logits = m.run(ids, track_grad=True).logits
+        keep = targets >= 0
+        return F.cross_entropy(logits[keep].float(), targets[keep])
 
-    est = estimate_llc(loss, model.module, held)
-    value = getattr(est, "llc", getattr(est, "mean", est))
-    rows.put(i, "llc", "model", "", float(value))
+    est = estimate_llc(model, (held.ids, held.targets), loss=loss, progress=False)
+    rows.put(i, "llc", "model", "", float(est.llc))
+    if getattr(est, "warnings", ()):
+        warnings[i] = list(est.warnings)
 
 
 def probe_length(model: Any) -> int:
@@ -255,6 +261,7 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
     if modulus is None:
         unavailable["fourier.effective_frequencies"] = "the inputs are not residues modulo p (no `p` in the run's config)"
     token_matrix: list[Tensor] = []
+    llc_warnings: dict[int, list[str]] = {}
     probe_n = None
     for i in progress_bar(range(n), desc=f"dynamics: measures of {series.source}", unit="checkpoint",
                           disable=not progress):
@@ -278,7 +285,7 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
             rows.timed("fourier", lambda: _fourier_measure(rows, i, model, modulus))
         if llc and "llc" not in unavailable and "heldout" in data:
             try:
-                rows.timed("llc", lambda: _llc_measure(rows, i, model, data))
+                rows.timed("llc", lambda: _llc_measure(rows, i, model, data, llc_warnings))
             except ImportError as e:
                 unavailable["llc"] = f"mechscope.landscape.estimate_llc is not available ({e})"
             except Exception as e:  # noqa: BLE001 - reported, never replaced by another estimate
@@ -290,6 +297,8 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
         unavailable.setdefault("llc", "no held-out token data to estimate it on")
     out = [Series(m, c, lab, v) for (m, c, lab), v in rows.data.items() if not np.isnan(v).any()]
     info: dict[str, Any] = {"checkpoints": n, "probe_n": probe_n}
+    if llc_warnings:
+        info["llc_warnings"] = {str(series.steps[i]): w for i, w in llc_warnings.items()}
     if token_matrix:
         t0 = time.perf_counter()
         pcs, ratio = _pca(torch.stack(token_matrix))
