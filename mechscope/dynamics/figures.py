@@ -61,9 +61,9 @@ def write_html(path: Path, full: dict[str, Any]) -> None:
         for name, _ in b["top_measures"][:3]:
             if name not in chosen:
                 chosen.append(name)
-    for name in ("log10_loss@model", "log10_loss.train@model"):
-        if name in by_name and name not in chosen:
-            chosen.insert(0, name)
+    for name in ("log10_loss.train@model", "log10_loss@model"):  # the losses first
+        if name in by_name:
+            chosen = [name] + [c for c in chosen if c != name]
     charts = "".join(_chart(by_name[n], steps, bounds) for n in chosen[:MAX_CHARTS])
     body = [f"<h1>mechscope dynamics: {html.escape(full['source'])}</h1>",
             f"<p>{len(full['series'])} series over {len(steps)} checkpoints; change-point threshold "
