@@ -192,3 +192,15 @@ def test_llc_slot_calls_the_landscape_module_and_reports_its_absence(monkeypatch
     monkeypatch.setitem(sys.modules, "mechscope.landscape", None)  # an import of it now fails
     m = measure_series(_series_of(mods, [1, 2]), held, llc=True, progress=False)
     assert not m.find("llc") and m.unavailable["llc"].startswith("mechscope.landscape.estimate_llc is not available")
+
+
+def test_from_paths_names_a_missing_checkpoint_and_an_unknown_zoo_run(tmp_path, monkeypatch):
+    from mechscope.core.errors import LoadError
+
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    with pytest.raises(SeriesError, match="ckpt/missing.safetensors does not exist"):
+        CheckpointSeries.from_paths([str(tmp_path / "ckpt" / "missing.safetensors")])
+    with pytest.raises(SeriesError, match="zoo run 'induction' has no run directory"):
+        CheckpointSeries.from_paths(["zoo:induction"])
+    with pytest.raises(LoadError, match="no zoo recipe named 'nonesuch'"):
+        CheckpointSeries.from_paths(["nonesuch"])

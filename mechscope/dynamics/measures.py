@@ -295,8 +295,12 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
         unavailable["llc"] = "not asked for (--no-llc)"
     elif "heldout" not in data:
         unavailable.setdefault("llc", "no held-out token data to estimate it on")
-    out = [Series(m, c, lab, v) for (m, c, lab), v in rows.data.items() if not np.isnan(v).any()]
+    out = [Series(m, c, lab, v) for (m, c, lab), v in rows.data.items() if np.isfinite(v).all()]
     info: dict[str, Any] = {"checkpoints": n, "probe_n": probe_n}
+    dropped = [Series(m, c, lab, v).name for (m, c, lab), v in rows.data.items()
+               if not np.isnan(v).any() and not np.isfinite(v).all()]
+    if dropped:  # an infinite loss, say: the series cannot be fitted
+        info["dropped_not_finite"] = dropped
     if llc_warnings:
         info["llc_warnings"] = {str(series.steps[i]): w for i, w in llc_warnings.items()}
     if token_matrix:

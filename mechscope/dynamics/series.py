@@ -204,7 +204,10 @@ class CheckpointSeries:
     def from_paths(cls, items: Sequence[str | Path], base: str | Path | None = None) -> "CheckpointSeries":
         """One zoo name (`zoo:NAME`), or checkpoint paths: all directories or all .safetensors files."""
         items = [str(i) for i in items]
-        if len(items) == 1 and (items[0].startswith("zoo:") or not Path(items[0]).exists()):
+        if not items:
+            raise SeriesError("no checkpoints given: name a zoo run (zoo:NAME) or checkpoint paths")
+        looks_like_path = "/" in items[0] or items[0].endswith(".safetensors") or Path(items[0]).exists()
+        if len(items) == 1 and (items[0].startswith("zoo:") or not looks_like_path):
             return cls.from_zoo(items[0])
         paths = [Path(i) for i in items]
         for p in paths:
