@@ -75,7 +75,8 @@ def write_html(path: Path, full: dict[str, Any]) -> None:
                     ", ".join(f"{n} {v:.2f}" for n, v in b["top_measures"])) for b in bounds),
                   ["boundary", "span", "support", "top components", "measures that moved most"], "boundaries"),
             table(((f"{p['steps'][0]}-{p['steps'][1]}", ", ".join(f"{c} {v:.2f}" for c, v in p["top_components"]),
-                    ", ".join(f"{n} {v:.2f}" for n, v in p["top_measures"])) for p in full["phases"]),
+                    ", ".join(f"{n} {v:.2f}" for n, v in p["top_measures"])) if p["steps"][0] != p["steps"][1]
+                   else (str(p["steps"][0]), "(one checkpoint)", "") for p in full["phases"]),
                   ["steps", "top components", "measures that moved most"], "phases"),
             table(((k, c["target"], str(c["got"]), "pass" if c["pass"] else "FAIL") for k, c in full["checks"].items()),
                   ["check", "target", "got", ""], "checks"),

@@ -340,6 +340,9 @@ def print_result(res: Result, top: int, console: Any) -> None:
     for col in ("steps", f"top {top} components", "measures that moved most"):
         t.add_column(col)
     for p in d.phases:
+        if p.start == p.end:  # between two boundaries at neighbouring checkpoints: nothing moves inside it
+            t.add_row(f"{steps[p.start]}", "(one checkpoint)", "")
+            continue
         t.add_row(f"{steps[p.start]}-{steps[p.end]}",
                   ", ".join(f"{c} {v:.2f}" for c, v in d.ranked_components(p.moves, top)),
                   ", ".join(f"{n} {v:.2f}" for n, v in d.ranked_series(p.moves, 3)))
