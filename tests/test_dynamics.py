@@ -108,8 +108,19 @@ def test_hf_directories_series_and_architecture_mismatch(tmp_path):
         CheckpointSeries.from_hf_dirs(dirs)
     series = CheckpointSeries.from_paths([str(d) for d in dirs[:2]])
     assert series.steps == [100, 200]
+    from safetensors.torch import save_file
+
+    from mechscope.core.errors import LoadError
+    from mechscope.dynamics.data import from_file
+
     ids = torch.randint(0, 30, (4, 24), generator=torch.Generator().manual_seed(0))
-    m = measure_series(series, {"heldout": HeldOut.next_token(ids)}, llc=False, progress=False)
+    save_file({"ids": ids}, str(tmp_path / "tokens.safetensors"))
+    save_file({"tokens": ids}, str(tmp_path / "bad.safetensors"))
+    held = from_file(tmp_path / "tokens.safetensors")
+    assert torch.equal(held["heldout"].targets[:, :-1], ids[:, 1:]) and bool((held["heldout"].targets[:, -1] == -1).all())
+    with pytest.raises(LoadError, match="bad.safetensors has no `ids` tensor"):
+        from_file(tmp_path / "bad.safetensors")
+    m = measure_series(series, held, llc=False, progress=False)
     assert {s.component for s in m.find("role.prefix_matching")} == {"L0H0", "L0H1", "L1H0", "L1H1"}
     assert len(m.find("norm.W_in")) == 2 and all(len(s.values) == 2 for s in m.series)
 
