@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.progress import echo, note
+from ..core.progress import echo, note, progress_bar
 from .changepoints import Dynamics, find_dynamics
 from .data import HeldOut, from_file, from_zoo_run
 from .measures import Measures, measure_series
@@ -232,7 +232,8 @@ def progress_curves(series: CheckpointSeries) -> dict[str, np.ndarray]:
     train_idx = is_train.nonzero().squeeze(1)
     freqs = key_frequencies(series.load(len(series) - 1), p)
     out: dict[str, list[float]] = {"restricted_loss": [], "excluded_loss": []}
-    for i in range(len(series)):
+    for i in progress_bar(range(len(series)), desc=f"dynamics: progress measures of {series.source}",
+                          unit="checkpoint"):
         logits = series.load(i).run(x).logits[:, -1]
         m = progress_losses(logits, y, train_idx, p, freqs)
         for k in out:
