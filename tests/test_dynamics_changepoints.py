@@ -83,3 +83,17 @@ def test_boundaries_pool_series_and_rank_components():
     assert ranked[0][1] == pytest.approx(5 / 3, rel=0.05)
     assert [c for c, _ in dyn.ranked_components(at[65].moves)] == ["C"]
     assert at[40].step == pytest.approx(np.sqrt((1 + STEPS[39]) * (1 + STEPS[40])) - 1)
+
+
+def test_chance_coverage_of_boundaries():
+    import math
+    from types import SimpleNamespace
+
+    from mechscope.dynamics.study import chance_coverage
+
+    steps = [0, 1, 10, 100, 1000]  # the axis ln(1 + step) runs from ln 2 to ln 1001
+    span = math.log(1001) - math.log(2)
+    one = [SimpleNamespace(step=30.0)]
+    assert chance_coverage(one, 0.5, steps) == pytest.approx(1.0 / span, abs=2e-3)
+    assert chance_coverage([], 0.5, steps) == 0.0
+    assert chance_coverage(one + [SimpleNamespace(step=30.0)], 0.5, steps) == chance_coverage(one, 0.5, steps)

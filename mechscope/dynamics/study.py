@@ -25,6 +25,10 @@ detect change points and phases (`changepoints.py`; the threshold from permuted 
   above; shorter spans would amplify the jitter of the dense late checkpoints), placed at the
   geometric midpoint of the two. A boundary passes within +-15% on the log scale:
   |ln((1 + boundary) / (1 + move))| <= ln(1.15).
+
+The "boundary within" checks are as strong as the boundaries are few: `boundary_chance_coverage` (a
+figure) is the share of the log-step axis within the check's tolerance of some boundary, the chance
+that a step drawn at random would pass; each check's answer also gives the boundary's support rank.
 """
 
 from __future__ import annotations
@@ -111,6 +115,18 @@ def _dist(a: float, b: float) -> float:
     return abs(math.log1p(a) - math.log1p(b))
 
 
+def chance_coverage(boundaries: list, tol: float, steps: list[int]) -> float:
+    """The share of the log-step axis, ln(1 + step) from the first nonzero checkpoint to the last, that lies
+    within `tol` of some boundary: how often a step drawn at random on that axis would pass a
+    "boundary within tol" check (the chance level of such a check)."""
+    lo = math.log1p(next((s for s in steps if s > 0), steps[-1]))
+    xs = np.linspace(lo, math.log1p(steps[-1]), 20001)
+    near = np.zeros_like(xs, dtype=bool)
+    for b in boundaries:
+        near |= np.abs(xs - math.log1p(b.step)) <= tol
+    return round(float(near.mean()), 3)
+
+
 def _series(res: Result, measure: str, component: str) -> np.ndarray | None:
     found = res.measures.find(measure, component)
     return found[0].values if found else None
@@ -166,6 +182,7 @@ def induction_checks(res: Result, top: int) -> tuple[list[Check], dict[str, Any]
     nearest = min(d.boundaries, key=lambda b: _dist(b.step, cross), default=None)
     by_support = sorted(d.boundaries, key=lambda b: -b.support)
     figures["nearest_boundary"] = None if nearest is None else round(nearest.step, 1)
+    figures["boundary_chance_coverage"] = chance_coverage(d.boundaries, tol, steps)
     checks = [Check("boundary_at_induction",
                     f"a boundary within one log-spaced checkpoint (|d ln(1+step)| <= {tol:.3f}) of step {cross}",
                     None if nearest is None else f"{nearest.step:.0f} (|d ln| {_dist(nearest.step, cross):.3f}; "
@@ -247,7 +264,9 @@ def modadd_checks(res: Result, series: CheckpointSeries) -> tuple[list[Check], d
     train = _series(res, "log10_loss.train", "model")
     curves: dict[str, np.ndarray | None] = {"train_loss": None if train is None else 10.0 ** train}
     pc = progress_curves(series)
-    figures: dict[str, Any] = {"key_frequencies": pc.pop("key_frequencies")}
+    figures: dict[str, Any] = {"key_frequencies": pc.pop("key_frequencies"),
+                               "boundary_chance_coverage": chance_coverage(res.dynamics.boundaries, MODADD_TOLERANCE,
+                                                                           steps)}
     curves |= pc
     checks = []
     for name, v in curves.items():
