@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mechscope.dynamics.changepoints import (control_flags, detect, find_dynamics, first_split_stats, log_axis,
-                                             null_threshold, permuted)
+from mechscope.dynamics.changepoints import control_flags, detect, find_dynamics, log_axis, permuted
 from mechscope.zoo.train import checkpoint_schedule
 
 STEPS = checkpoint_schedule(3000)  # the zoo's schedule: log-spaced and a linear floor, 85 checkpoints
