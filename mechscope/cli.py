@@ -156,6 +156,28 @@ def circuits(steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps
 
 
 @app.command()
+def dynamics(run: Annotated[list[str], typer.Argument(help="zoo:NAME (a trained zoo run), or checkpoints in training "
+                                                         "order: Hugging Face directories or .safetensors files")],
+             as_json: Annotated[bool, typer.Option("--json", help="end with the JSON result line")] = False,
+             out: Annotated[Optional[str], typer.Option(help="write dynamics.json and dynamics.html here")] = None,
+             threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU)")] = 1,
+             base: Annotated[Optional[str], typer.Option(help="Hugging Face directory giving the architecture of "
+                                                              "bare .safetensors files")] = None,
+             tokens: Annotated[Optional[str], typer.Option(help="held-out token ids: a .safetensors file with `ids` "
+                                                                "(batch, pos) (zoo runs bring their own)")] = None,
+             llc: Annotated[bool, typer.Option(help="estimate the local learning coefficient when "
+                                                    "mechscope.landscape is installed")] = True,
+             top: Annotated[int, typer.Option(help="components listed per boundary and phase")] = 5,
+             seed: Annotated[int, typer.Option(help="seed of the permutations and the token subset")] = 0) -> None:
+    """Phase changes across training checkpoints, found without naming a behaviour: measures of every
+    checkpoint, change points against a permutation null, phases and the components that moved."""
+    from .dynamics.study import DynamicsConfig, main as dynamics_main
+
+    dynamics_main(DynamicsConfig(sources=run, base=base, tokens=tokens, llc=llc, top=top, threads=threads, seed=seed,
+                                 out=out), console, as_json=as_json)
+
+
+@app.command()
 def view(directory: Annotated[str, typer.Argument(help="artifact directory (manifest.json)")] = "out",
          host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps it on this machine")] = "127.0.0.1",
          port: Annotated[int, typer.Option(help="port to listen on")] = 8765,

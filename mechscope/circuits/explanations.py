@@ -142,7 +142,7 @@ def previous_token(model: Any, layer: int, *, site_kind: Kind = Kind.Z) -> Expla
 
 # --- modular addition ---------------------------------------------------------------------------------
 
-def _fourier_basis(p: int) -> Tensor:
+def fourier_basis(p: int) -> Tensor:
     """(p, p) orthonormal rows: constant, then cos and sin of frequency k = 1..(p-1)/2."""
     x = torch.arange(p, dtype=torch.float64)
     rows = [torch.full((p,), 1 / math.sqrt(p), dtype=torch.float64)]
@@ -166,7 +166,7 @@ def key_frequencies(model: Any, p: int | None = None, *, share: float = 0.85, mi
     p = int(model.weights().W_U.shape[1]) if p is None else p
     site = Site(Kind.MLP_POST, layer)
     acts = run(model, _all_pairs(p), capture=[site]).cache[site][:, -1].view(p, p, -1).double()
-    Fb = _fourier_basis(p)
+    Fb = fourier_basis(p)
     power = torch.einsum("ia,jb,abn->ijn", Fb, Fb, acts) ** 2  # (p, p, d_mlp)
     power[0, 0] = 0  # the mean is not variance
     total = power.sum((0, 1)).clamp_min(1e-30)

@@ -1,0 +1,326 @@
+"""Measures of every checkpoint, none of them aimed at a behaviour named in advance.
+
+Each measure is a `Series`: one value per checkpoint, named `measure`, tagged with the component it
+belongs to (`L1H3` a head, `L0.mlp`, `embed`, `pos_embed`, `unembed`, or `model` for the whole network)
+and a label within the measure (a position, a bucket). The measures:
+
+- `log10_loss`: mean next-token (or answer) loss on the held-out set, log10 (losses span decades);
+  `log10_loss.train` on the training split when the run has one (modular addition).
+- `log10_loss.position` per predicted position; `log10_loss.token_freq` per frequency bucket of
+  the target token (the distinct targets sorted by how often they occur in the held-out set, cut
+  into four buckets holding equal shares of the occurrences): generic classes from the data only.
+- `loss_pca`: the per-token losses on a fixed subset of held-out tokens (at most 2048), one vector
+  per checkpoint, centred over checkpoints and projected on their first five principal components
+  (Olsson et al. 2022's "loss on tokens" trajectories); explained variance in `info`.
+- `role.previous_token`, `role.prefix_matching`, `role.duplicate_token`: every head's scores from
+  `circuits.head_roles` (repeated random tokens; the repeat length is min(20, (n_ctx - 1) // 2)), and
+  `role.copying`: each head's OV copying score (`circuits.composition.copying_scores`).
+- `norm.X` and `erank.X` for X in OV (W_V W_O) and QK (W_Q W_K^T) of every head, W_in, W_gate,
+  W_out of every MLP, and W_E, W_pos, W_U: the Frobenius norm and the effective rank of Roy and
+  Vetterli (2007), exp(entropy of the singular values normalised to sum to 1), from raw weights.
+- `fourier.effective_frequencies` of the embedding when the inputs are residues modulo p (a zoo run
+  whose config has `p`): the participation ratio (sum P)^2 / sum P^2 of the power of W_E[:p] per
+  frequency 1..(p-1)/2, low when few frequencies hold the power.
+- `llc`: the local learning coefficient from `mechscope.landscape.estimate_llc` (its default sampler
+  settings, on the held-out set) when that module is present; otherwise listed in `unavailable`
+  with the reason, never estimated some other way. Its warnings per checkpoint are in `info`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..core.progress import progress_bar
+from .data import HeldOut
+from .series import CheckpointSeries
+
+N_PCS = 5
+PCA_TOKENS = 2048
+FREQ_BUCKETS = 4
+
+
+@dataclass(frozen=True)
+class Series:
+    """One measure over the checkpoints."""
+
+    measure: str
+    component: str
+    label: str
+    values: np.ndarray  # (checkpoints,)
+
+    @property
+    def name(self) -> str:
+        return f"{self.measure}{f'[{self.label}]' if self.label else ''}@{self.component}"
+
+
+@dataclass
+class Measures:
+    steps: list[int]
+    series: list[Series]
+    unavailable: dict[str, str] = field(default_factory=dict)  # measure -> why it could not run
+    info: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # per measure group, summed over checkpoints
+
+    def find(self, measure: str, component: str | None = None, label: str | None = None) -> list[Series]:
+        return [s for s in self.series if s.measure == measure and (component is None or s.component == component)
+                and (label is None or s.label == label)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"steps": self.steps, "unavailable": self.unavailable, "info": self.info, "seconds": self.seconds,
+                "series": [{"name": s.name, "measure": s.measure, "component": s.component, "label": s.label,
+                            "values": [float(v) for v in s.values]} for s in self.series]}
+
+
+def head(layer: int, h: int) -> str:
+    return f"L{layer}H{h}"
+
+
+def effective_rank(s: Tensor) -> float:
+    """Roy and Vetterli's effective rank from singular values: exp(entropy of s / sum(s)); 0 for zero."""
+    s = s.double().clamp_min(0)
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def factored_singular_values(a: Tensor, b: Tensor) -> Tensor:
+    """Singular values of a @ b for a (m, r), b (r, n) with r small, without forming the product:
+    a = Qa Ra, b^T = Qb Rb, so a b = Qa (Ra Rb^T) Qb^T and the r x r middle has the same ones."""
+    ra = torch.linalg.qr(a.double(), mode="r").R
+    rb = torch.linalg.qr(b.double().T, mode="r").R
+    return torch.linalg.svdvals(ra @ rb.T)
+
+
+def frequency_buckets(targets: Tensor, n: int = FREQ_BUCKETS) -> Tensor:
+    """Bucket 0..n-1 of each target (1-D), by how often its token occurs among the targets: distinct
+    tokens sorted by count (rarest first, ties by id), cut where the cumulative share of occurrences
+    passes 1/n, 2/n, ..."""
+    ids, counts = torch.unique(targets, return_counts=True)
+    order = sorted(range(len(ids)), key=lambda i: (int(counts[i]), int(ids[i])))
+    cum, bucket_of = 0, {}
+    total = int(counts.sum())
+    for i in order:
+        bucket_of[int(ids[i])] = min(n - 1, int(n * cum / total))
+        cum += int(counts[i])
+    return torch.tensor([bucket_of[int(t)] for t in targets.tolist()])
+
+
+class _Rows:
+    """Values gathered checkpoint by checkpoint, keyed by (measure, component, label)."""
+
+    def __init__(self, n: int):
+        self.n, self.data, self.seconds = n, {}, {}
+
+    def put(self, i: int, measure: str, component: str, label: str, value: float) -> None:
+        self.data.setdefault((measure, component, label), np.full(self.n, np.nan))[i] = value
+
+    def timed(self, group: str, fn: Callable[[], None]) -> None:
+        t0 = time.perf_counter()
+        fn()
+        self.seconds[group] = self.seconds.get(group, 0.0) + time.perf_counter() - t0
+
+
+@torch.no_grad()
+def token_losses(model: Any, data: HeldOut, tokens_per_run: int = 8192) -> Tensor:
+    """Per-token loss (float64) at every target of `data`, in row-major order of `data.mask`; the rows
+    run in chunks of about `tokens_per_run` tokens."""
+    out = []
+    chunk = max(1, tokens_per_run // data.ids.shape[1])
+    for lo in range(0, data.ids.shape[0], chunk):
+        ids, tg = data.ids[lo:lo + chunk], data.targets[lo:lo + chunk]
+        logits = model.run(ids).logits
+        m = tg >= 0
+        out.append(F.cross_entropy(logits[m].double(), tg[m], reduction="none"))
+    return torch.cat(out)
+
+
+def _loss_measures(rows: _Rows, i: int, model: Any, data: dict[str, HeldOut], pca_index: Tensor,
+                   token_matrix: list[Tensor], buckets: Tensor) -> None:
+    held = data["heldout"]
+    per = token_losses(model, held)
+    rows.put(i, "log10_loss", "model", "", math.log10(float(per.mean())))
+    pos = held.mask.nonzero()[:, 1]
+    if len(torch.unique(pos)) > 1:
+        for p in torch.unique(pos).tolist():
+            rows.put(i, "log10_loss.position", "model", str(p), math.log10(float(per[pos == p].mean())))
+    for b in torch.unique(buckets).tolist():
+        rows.put(i, "log10_loss.token_freq", "model", f"q{b + 1}", math.log10(float(per[buckets == b].mean())))
+    token_matrix.append(per[pca_index])
+    if "train" in data:
+        rows.put(i, "log10_loss.train", "model", "", math.log10(float(token_losses(model, data["train"]).mean())))
+
+
+def _role_measures(rows: _Rows, i: int, model: Any, n: int) -> None:
+    from ..circuits.head_roles import head_roles
+
+    vocab = int(model.weights().W_E.shape[0])
+    roles = head_roles(model, n=n, batch=32, vocab=vocab)
+    for name, scores in (("role.previous_token", roles.previous_token), ("role.prefix_matching", roles.induction),
+                         ("role.duplicate_token", roles.duplicate_token)):
+        for (layer, h), v in np.ndenumerate(scores.detach().numpy()):
+            rows.put(i, name, head(layer, h), "", float(v))
+
+
+def _copying_measure(rows: _Rows, i: int, model: Any) -> None:
+    from ..circuits.composition import copying_scores
+
+    w = model.weights()
+    if w.W_E is not None and w.W_U is not None and w.W_E.shape[0] != w.W_U.shape[1]:
+        raise ValueError(f"the input and output vocabularies differ ({w.W_E.shape[0]} and {w.W_U.shape[1]} tokens): "
+                         "copying a token to the output is not defined")
+    for (layer, h), v in np.ndenumerate(copying_scores(model).detach().numpy()):
+        rows.put(i, "role.copying", head(layer, h), "", float(v))
+
+
+@torch.no_grad()
+def _weight_measures(rows: _Rows, i: int, model: Any) -> None:
+    w = model.weights()
+
+    def put(kind: str, component: str, s: Tensor) -> None:
+        rows.put(i, f"norm.{kind}", component, "", float(s.double().pow(2).sum().sqrt()))
+        rows.put(i, f"erank.{kind}", component, "", effective_rank(s))
+
+    for layer in range(w.W_Q.shape[0]):
+        for h in range(w.W_Q.shape[1]):
+            put("OV", head(layer, h), factored_singular_values(w.W_V[layer, h], w.W_O[layer, h]))
+            put("QK", head(layer, h), factored_singular_values(w.W_Q[layer, h], w.W_K[layer, h].T))
+        for kind in ("W_in", "W_gate", "W_out"):
+            t = getattr(w, kind)
+            if t is not None:
+                put(kind, f"L{layer}.mlp", torch.linalg.svdvals(t[layer].double()))
+    for kind, comp in (("W_E", "embed"), ("W_pos", "pos_embed"), ("W_U", "unembed")):
+        t = getattr(w, kind)
+        if t is not None:
+            put(kind, comp, torch.linalg.svdvals(t.double()))
+
+
+@torch.no_grad()
+def _fourier_measure(rows: _Rows, i: int, model: Any, p: int) -> None:
+    from ..circuits.explanations import fourier_basis
+
+    coef = fourier_basis(p) @ model.weights().W_E[:p].double()  # (p, d_model)
+    power = (coef[1:] ** 2).sum(-1).view(-1, 2).sum(-1)  # (frequency,)
+    pr = float(power.sum() ** 2 / (power ** 2).sum()) if float(power.sum()) > 0 else 0.0
+    rows.put(i, "fourier.effective_frequencies", "embed", "", pr)
+
+
+def _llc_measure(rows: _Rows, i: int, model: Any, data: dict[str, HeldOut], warnings: dict[int, list[str]]) -> None:
+    """`mechscope.landscape.estimate_llc` (its default sampler settings) on the held-out set, read as
+    (ids, targets) pairs with the loss at the targets; its warnings are kept per checkpoint."""
+    from ..landscape import estimate_llc  # the caller reports a missing module as unavailable
+
+    held = data["heldout"]
+
+    def loss(m: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
+        ids, targets = batch
+        logits = m.run(ids, track_grad=True).logits
+        keep = targets >= 0
+        return F.cross_entropy(logits[keep].float(), targets[keep])
+
+    est = estimate_llc(model, (held.ids, held.targets), loss=loss, progress=False)
+    rows.put(i, "llc", "model", "", float(est.llc))
+    if getattr(est, "warnings", ()):
+        warnings[i] = list(est.warnings)
+
+
+def probe_length(model: Any) -> int:
+    """The head-role probe's repeat length: min(20, (n_ctx - 1) // 2), 20 without learned positions."""
+    w_pos = model.weights().W_pos
+    return 20 if w_pos is None else min(20, (int(w_pos.shape[0]) - 1) // 2)
+
+
+def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = None, *, modulus: int | None = None,
+                   llc: bool = True, progress: bool = True, seed: int = 0) -> Measures:
+    """Every measure (see the module docstring) at every checkpoint, one network loaded at a time."""
+    n = len(series)
+    rows = _Rows(n)
+    unavailable: dict[str, str] = {}
+    data = data or {}
+    if "heldout" not in data:
+        unavailable["log10_loss"] = "no held-out token data (a zoo run gives it; else pass a token file)"
+        unavailable["loss_pca"] = unavailable["log10_loss"]
+    pca_index = torch.empty(0, dtype=torch.long)
+    buckets = torch.empty(0, dtype=torch.long)
+    if "heldout" in data:
+        buckets = frequency_buckets(data["heldout"].targets[data["heldout"].mask])
+        k = len(data["heldout"])
+        g = torch.Generator().manual_seed(seed)
+        pca_index = torch.randperm(k, generator=g)[:PCA_TOKENS].sort().values
+    if modulus is None:
+        unavailable["fourier.effective_frequencies"] = "the inputs are not residues modulo p (no `p` in the run's config)"
+    token_matrix: list[Tensor] = []
+    llc_warnings: dict[int, list[str]] = {}
+    probe_n = None
+    for i in progress_bar(range(n), desc=f"dynamics: measures of {series.source}", unit="checkpoint",
+                          disable=not progress):
+        model = series.load(i)
+        if "heldout" in data:
+            rows.timed("loss", lambda: _loss_measures(rows, i, model, data, pca_index, token_matrix, buckets))
+        if probe_n is None:
+            probe_n = probe_length(model)
+            if probe_n < 4:
+                unavailable["role"] = (f"a context of {2 * probe_n + 1} positions is too short for the repeated-token "
+                                       "probe (needs a repeat of >= 4 tokens)")
+        if "role" not in unavailable:
+            rows.timed("head roles", lambda: _role_measures(rows, i, model, probe_n))
+        if "role.copying" not in unavailable:
+            try:
+                rows.timed("copying", lambda: _copying_measure(rows, i, model))
+            except ValueError as e:
+                unavailable["role.copying"] = str(e)
+        rows.timed("weights", lambda: _weight_measures(rows, i, model))
+        if modulus is not None:
+            rows.timed("fourier", lambda: _fourier_measure(rows, i, model, modulus))
+        if llc and "llc" not in unavailable and "heldout" in data:
+            try:
+                rows.timed("llc", lambda: _llc_measure(rows, i, model, data, llc_warnings))
+            except ImportError as e:
+                unavailable["llc"] = f"mechscope.landscape.estimate_llc is not available ({e})"
+            except Exception as e:  # noqa: BLE001 - reported, never replaced by another estimate
+                unavailable["llc"] = f"mechscope.landscape.estimate_llc failed: {type(e).__name__}: {e}"
+        del model
+    if not llc:
+        unavailable["llc"] = "not asked for (--no-llc)"
+    elif "heldout" not in data:
+        unavailable.setdefault("llc", "no held-out token data to estimate it on")
+    out = [Series(m, c, lab, v) for (m, c, lab), v in rows.data.items() if np.isfinite(v).all()]
+    info: dict[str, Any] = {"checkpoints": n, "probe_n": probe_n}
+    dropped = [Series(m, c, lab, v).name for (m, c, lab), v in rows.data.items()
+               if not np.isnan(v).any() and not np.isfinite(v).all()]
+    if dropped:  # an infinite loss, say: the series cannot be fitted
+        info["dropped_not_finite"] = dropped
+    if llc_warnings:
+        info["llc_warnings"] = {str(series.steps[i]): w for i, w in llc_warnings.items()}
+    if token_matrix:
+        t0 = time.perf_counter()
+        pcs, ratio = _pca(torch.stack(token_matrix))
+        for k in range(pcs.shape[1]):
+            out.append(Series("loss_pca", "model", f"pc{k + 1}", pcs[:, k]))
+        info["loss_pca_explained_variance"] = [round(float(r), 4) for r in ratio]
+        info["loss_pca_tokens"] = int(pca_index.numel())
+        rows.seconds["loss"] = rows.seconds.get("loss", 0.0) + time.perf_counter() - t0
+    return Measures(list(series.steps), out, unavailable, info, {k: round(v, 2) for k, v in rows.seconds.items()})
+
+
+def _pca(m: Tensor, k: int = N_PCS) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the rows of m (checkpoints, tokens) on their first k principal components (centred over
+    checkpoints), each component's sign set so its largest loading is positive; and explained ratios."""
+    x = (m - m.mean(0, keepdim=True)).double()
+    u, s, vt = torch.linalg.svd(x, full_matrices=False)
+    k = min(k, int((s > 1e-12 * s.max()).sum()) if s.numel() else 0)
+    sign = torch.sign(vt[:k].gather(1, vt[:k].abs().argmax(1, keepdim=True))).squeeze(1)
+    scores = u[:, :k] * s[:k] * sign
+    ratio = (s[:k] ** 2) / (s ** 2).sum()
+    return scores.numpy(), ratio.numpy()
