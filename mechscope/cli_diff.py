@@ -44,14 +44,18 @@ def diff(a: Annotated[str, typer.Argument(help="network A: zoo:NAME, a zoo run d
     if as_json:
         print(json.dumps(res.to_json(), default=str))
         return
-    t = Table("#", "kind", "finding", "score", "threshold", "vs control", "above",
-              title=f"diff {a} → {b} ({len(res.above)} above threshold)" if ctl else f"diff {a} → {b} (no control: "
-              "no thresholds)")
+    from .core.progress import echo
+
+    echo(f"diff {a} → {b}: {len(res.findings)} findings, "
+         + (f"{len(res.above)} above threshold (1.5 x the control {control})" if ctl else
+            "no control given, so no thresholds (--control C calibrates them)"))
     for i, f in enumerate(res.findings[:top], 1):
-        t.add_row(str(i), f.kind, f.title, f"{f.score.value:.4g}", "—" if f.threshold is None else f"{f.threshold:.4g}",
-                  "—" if f.strength is None else f"{f.strength:.2f}×", "yes" if f.above else "")
-    Console().print(t)
-    Console().print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))
+        ci = f" [{f.score.ci[0]:.3g}, {f.score.ci[1]:.3g}]" if f.score.ci else ""
+        vs = "" if f.threshold is None else (f"; threshold {f.threshold:.3g}, {f.strength:.2f}x"
+                                             + ("  ABOVE" if f.above else ""))
+        echo(f"{i:3d}. [{f.kind}] {f.title}")
+        echo(f"     {f.score.metric} = {f.score.value:.4g}{ci}{vs}")
+    echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))
 
 
 def diff_bench(as_json: Annotated[bool, typer.Option("--json", help="print only the result line on stdout")] = False,
