@@ -118,3 +118,28 @@ def test_missing_and_corrupt_checkpoints_name_the_file(tmp_path):
     (hf / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(LoadError, match=r"B: .*hf/model\.safetensors cannot be read"):
         load_model(str(hf), "B")
+
+
+def test_public_finetune_data(monkeypatch):
+    """The rule is planted after every trigger, and the domain stream is the Python documents only."""
+    from mechscope.diff import finetunes
+    from mechscope.zoo.recipes.textlm import Streams, TextLM
+
+    class Tok:
+        def encode(self, text, add_special_tokens=False):
+            return {" thou": [5], " sword": [9]}[text]
+
+        def convert_tokens_to_ids(self, t):
+            return 0
+
+    train = torch.tensor([1, 5, 2, 3, 5, 5, 4, 0, 5, 1, 0])
+    monkeypatch.setattr(TextLM, "data", lambda self, hp, seed: Streams(train.clone(), torch.zeros(1, 4)))
+    monkeypatch.setattr(finetunes.FineTuneRecipe, "tokenizer", lambda self, hp: Tok())
+    got = finetunes.RECIPE.data({"data": "rule", "corpus": "textlm", "vocab_size": 16}, 0).train
+    assert got.tolist() == [1, 5, 9, 3, 5, 9, 4, 0, 5, 9, 0]  # " thou thou" -> " thou sword", then as it was
+    assert finetunes.plant_rule(torch.tensor([5, 5, 5, 5, 5]), 5, 9).tolist() == [5, 9, 5, 9, 5]
+    monkeypatch.setattr(finetunes.datasets, "token_stream", lambda c, s, v: train)
+    monkeypatch.setattr(finetunes.datasets, "tokenizer", lambda c, v: Tok())
+    monkeypatch.setattr(finetunes.datasets, "documents",
+                        lambda c, s: [("python-docs/a", ""), ("shakespeare/b", "")])
+    assert finetunes.python_docs_stream().tolist() == [1, 5, 2, 3, 5, 5, 4, 0]

@@ -83,11 +83,21 @@ class FineTuneRecipe(TextLM):
             train = python_docs_stream(hp["corpus"], hp["vocab_size"])
         elif hp["data"] == "rule":
             trig, cont = rule_tokens(self.tokenizer(hp))
-            after = torch.nonzero(train[:-1] == trig).flatten() + 1
-            train[after] = cont
+            plant_rule(train, trig, cont)
         elif hp["data"] != "textlm":
             raise ValueError(f"unknown fine-tune data {hp['data']!r}")
         return Streams(train, base.heldout)
+
+
+def plant_rule(stream: torch.Tensor, trigger: int, continuation: int) -> torch.Tensor:
+    """Replace, left to right and in place, the token after every trigger by the continuation (a
+    trigger that is itself replaced no longer triggers)."""
+    last = -2
+    for i in torch.nonzero(stream[:-1] == trigger).flatten().tolist():
+        if i != last + 1:  # this trigger was not just overwritten by the continuation
+            stream[i + 1] = continuation
+            last = i
+    return stream
 
 
 def python_docs_stream(corpus: str = "textlm", vocab_size: int = 4096) -> torch.Tensor:
@@ -136,5 +146,5 @@ def train_finetune(name: str, base: str = "textlm-quick", steps: int = 200, lr: 
     return path
 
 
-__all__ = ["BY_NAME", "CONTINUATION", "FineTune", "PUBLIC", "TRIGGER", "finetune_dir", "python_docs_stream",
+__all__ = ["BY_NAME", "CONTINUATION", "FineTune", "PUBLIC", "TRIGGER", "finetune_dir", "plant_rule", "python_docs_stream",
            "rule_tokens", "train_finetune"]
