@@ -22,6 +22,8 @@ def diff(a: Annotated[str, typer.Argument(help="network A: zoo:NAME, a zoo run d
          windows: Annotated[int, typer.Option(help="windows of held-out text")] = 256,
          seq_len: Annotated[int, typer.Option(help="tokens per window (at most the model's context)")] = 64,
          top: Annotated[int, typer.Option(help="findings shown")] = 15,
+         crosscoder: Annotated[bool, typer.Option(help="also train a crosscoder on both models' activations and "
+                                                       "list its most B-leaning latents with latent scaling")] = False,
          as_json: Annotated[bool, typer.Option("--json", help="print the diff as one JSON line")] = False,
          out: Annotated[Optional[str], typer.Option(help="directory to write diff.json and diff.html into "
                                                          "(written whole, or not at all)")] = None,
@@ -37,7 +39,8 @@ def diff(a: Annotated[str, typer.Argument(help="network A: zoo:NAME, a zoo run d
     ctl = None
     if control is not None:
         ctl = run_diff(a, control, corpus=corpus, n_windows=windows, seq_len=seq_len, names=(a, control))
-    res = run_diff(a, b, corpus=corpus, n_windows=windows, seq_len=seq_len, control=ctl, names=(a, b))
+    res = run_diff(a, b, corpus=corpus, n_windows=windows, seq_len=seq_len, control=ctl, names=(a, b),
+                   crosscoder=crosscoder)
     if out is not None:
         path = write_out(out, {"diff.json": res.to_json(), "diff.html": res.to_html()})
         console.print(f"wrote {path}/diff.json and {path}/diff.html")
@@ -55,6 +58,13 @@ def diff(a: Annotated[str, typer.Argument(help="network A: zoo:NAME, a zoo run d
                                              + ("  ABOVE" if f.above else ""))
         echo(f"{i:3d}. [{f.kind}] {f.title}")
         echo(f"     {f.score.metric} = {f.score.value:.4g}{ci}{vs}")
+    if res.crosscoder is not None:
+        cc = res._crosscoder_json()
+        echo(f"crosscoder at {cc['site']}: FVU {cc['fvu']:.3g}; live latents A-only {cc['shares']['A-only']:.0%}, "
+             f"shared {cc['shares']['shared']:.0%}, B-only {cc['shares']['B-only']:.0%}")
+        for x in cc["b_leaning"]:
+            echo(f"  latent {x['latent']}: relative norm {x['relative_norm']:.2f}, ν {x['nu']:.2f}, fires on "
+                 f"{x['fires_on'][:5]}, B's lens {x['lens_top'][:5]}")
     echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()))
 
 

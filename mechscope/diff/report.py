@@ -88,11 +88,7 @@ def rank(findings: list[Finding], threshold: Callable[[Finding], float] | None) 
     return out
 
 
-def _tok(decode, i: int) -> str:
-    return repr(decode(i))
-
-
-def findings_html(title: str, findings: list[Finding], decode, summary: dict[str, Any]) -> str:
+def findings_html(title: str, findings: list[Finding], summary: dict[str, Any]) -> str:
     """One HTML section: a summary table and the ranked findings with their evidence (all escaped)."""
     e = lambda x: html.escape(str(x), quote=True)  # noqa: E731
     parts = [f'<section class="diff"><h2>{e(title)}</h2>',

@@ -10,7 +10,10 @@ Steps:
 5. findings from all three (`report.Finding`), thresholds from a control pair when one is given
    (a `DiffResult` of A against A trained further, on the same corpus), ranked. With a control,
    the contexts and components picked as findings are those furthest above the control's value
-   for the same context or component, not merely the largest.
+   for the same context or component, not merely the largest;
+6. optionally (`crosscoder=True`) a crosscoder over both models' activations at one site and its
+   most B-leaning latents with latent scaling (`crosscoder_diff`): reported beside the findings, not ranked
+   among them (a control pair gives it no threshold yet).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from ..core.progress import note
 from ..core.score import Score
 from .activations import SiteDiff, activation_diff
 from .behaviour import BehaviourDiff, KeyStat, behaviour_diff
+from ..core.html import table
 from .corpus import Corpus, held_out
+from .crosscoder_diff import CrosscoderDiff, crosscoder_diff
 from .pair import load_pair
 from .report import MARGIN, Finding, findings_html, page, rank
 from .weight_diff import ComponentDiff, weight_diff
@@ -42,6 +47,7 @@ class DiffResult:
     control: str | None = None  # the control pair the thresholds come from
     seconds: dict[str, float] = field(default_factory=dict)
     decode: Any = None
+    crosscoder: CrosscoderDiff | None = None
 
     def reference(self, ref: tuple) -> float:
         """This pair's value of the measurement `ref` names (used when this pair is the control)."""
@@ -72,16 +78,33 @@ class DiffResult:
                 "control": self.control, "margin": MARGIN, "n_above_threshold": len(self.above),
                 "kl": self.behaviour.overall.describe(), "kl_by_source": self.behaviour.by_source,
                 "findings": [f.to_json() for f in self.findings],
+                "crosscoder": None if self.crosscoder is None else self._crosscoder_json(),
                 "components": [{"name": c.name, "absolute": c.absolute, "relative": c.relative, "rank": c.rank,
                                 "effective_rank": c.effective_rank} for c in self.components]}
+
+    def _crosscoder_json(self) -> dict[str, Any]:
+        cc, d = self.crosscoder, self.decode
+        return {"site": cc.site.name, "d_sae": cc.d_sae, "k": cc.k, "fvu": cc.fvu, "shares": cc.shares,
+                "seconds": cc.seconds,
+                "b_leaning": [{"latent": x.index, "relative_norm": x.relative_norm, "frequency": x.frequency,
+                            "nu": x.nu, "fires_on": [d(t) for t in x.fires_on], "next": [d(t) for t in x.next_tokens],
+                            "lens_top": [d(t) for t in x.lens_top]} for x in cc.b_leaning]}
 
     def to_html(self) -> str:
         summary = {"A": self.a, "B": self.b, "corpus": self.behaviour.corpus,
                    "KL(A‖B) per token": str(self.behaviour.overall),
                    "thresholds": f"{MARGIN} x the control pair {self.control}" if self.control else "none (no control)",
                    "findings above threshold": len(self.above)}
-        return page(findings_html(f"diff {self.a} → {self.b}", self.findings, self.decode, summary),
-                    f"mechscope diff {self.a} {self.b}")
+        body = findings_html(f"diff {self.a} → {self.b}", self.findings, summary)
+        if self.crosscoder is not None:
+            cc = self._crosscoder_json()
+            body += table([(x["latent"], f"{x['relative_norm']:.3f}", f"{x['frequency']:.4f}", f"{x['nu']:.3g}",
+                            ", ".join(map(repr, x["fires_on"][:6])), ", ".join(map(repr, x["lens_top"][:6])))
+                           for x in cc["b_leaning"]], ("latent", "relative norm", "frequency", "ν = β_A/β_B",
+                                                    "fires on", "B's lens of its direction"),
+                          caption=f"crosscoder at {cc['site']}: the most B-leaning latents (shares of live latents "
+                                  f"{cc['shares']}, FVU {cc['fvu']:.3g})")
+        return page(body, f"mechscope diff {self.a} {self.b}")
 
 
 def decoder(model: Any):
@@ -154,7 +177,7 @@ def findings_of(components: list[ComponentDiff], behaviour: BehaviourDiff, activ
 
 def diff(a: Any, b: Any, corpus: str | Corpus = "textlm", n_windows: int = 256, seq_len: int = 64,
          control: DiffResult | None = None, n_pos: int = 5, steer: bool = True,
-         progress: bool = True, names: tuple[str, str] | None = None) -> DiffResult:
+         progress: bool = True, names: tuple[str, str] | None = None, crosscoder: bool = False) -> DiffResult:
     """Diff B against A (module docstring). `control` calibrates the thresholds."""
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -180,13 +203,18 @@ def diff(a: Any, b: Any, corpus: str | Corpus = "textlm", n_windows: int = 256, 
         t = time.perf_counter()
         acts = activation_diff(ma, mb, data, n_pos=n_pos, steer=steer, progress=progress, kl=beh.kl)
         seconds["activations"] = time.perf_counter() - t
+    cc = None
+    if crosscoder:
+        t = time.perf_counter()
+        cc = crosscoder_diff(ma, mb, data, progress=progress)
+        seconds["crosscoder"] = time.perf_counter() - t
     d = decoder(mb)
     findings = rank(findings_of(components, beh, acts, d, control=control),
                     None if control is None else (lambda f: control.threshold(f.ref)))
     na, nb = names or (getattr(ma, "name", str(a)), getattr(mb, "name", str(b)))
     res = DiffResult(str(na), str(nb), components, beh, acts, findings,
                      None if control is None else f"{control.a} → {control.b}",
-                     {k: round(v, 3) for k, v in seconds.items()}, d)
+                     {k: round(v, 3) for k, v in seconds.items()}, d, cc)
     if progress:
         note(f"diff {na} → {nb}: {len(findings)} findings, {len(res.above)} above threshold, "
              f"{sum(seconds.values()):.1f} s")
