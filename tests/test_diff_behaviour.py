@@ -70,6 +70,9 @@ def test_identical_networks_differ_nowhere():
     a = tiny(3)
     res = behaviour_diff(wrap(a), wrap(copy.deepcopy(a)), from_ids(ids()), progress=False, n_boot=20)
     assert float(res.kl.abs().max()) == 0.0
+    full = diff(wrap(a), wrap(copy.deepcopy(a)), corpus=from_ids(ids()), progress=False)
+    assert not [f for f in full.findings if f.kind == "weight"]
+    assert all(s.norm == 0 and s.closed.value == 0 and s.closed.ci is None for s in full.activations)
 
 
 def test_steering_with_the_exact_difference_closes_all_of_the_kl():

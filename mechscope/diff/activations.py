@@ -109,7 +109,10 @@ def steering_kl(a: Any, b: Any, ids: Tensor, site: Site, delta: Tensor, batch: i
 def closed_fraction(before: Tensor, after: Tensor, dataset: str, how: dict, n_boot: int = 500) -> Score:
     """1 − Σ after / Σ before with a percentile bootstrap over windows (resampled in pairs)."""
     before, after = before.double(), after.double()
-    value = float(1 - after.sum() / before.sum()) if float(before.sum()) > 0 else 0.0
+    if float(before.sum()) <= 0:  # A and B agree: nothing to close
+        return Score(value=0.0, metric="fraction of KL(A‖B) closed by adding Δ to A", ci=None,
+                     aggregation="KL(A‖B) is 0 on every token", dataset=dataset, n=len(before), seed=0, how=how)
+    value = float(1 - after.sum() / before.sum())
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(len(before), (n_boot, len(before)), generator=g)
     boots = 1 - after[idx].sum(1) / before[idx].sum(1).clamp_min(1e-300)
