@@ -97,6 +97,9 @@ def test_steering_with_the_exact_difference_closes_all_of_the_kl():
     by = {s.site: s for s in sites}
     assert by[Site(Kind.RESID_PRE, 1)].closed.value == pytest.approx(1.0, abs=1e-6)
     assert by[Site(Kind.RESID_PRE, 0)].closed.value == 0.0
+    some = activation_diff(A, B, from_ids(x), n_pos=3, progress=False, steer_sites=2)  # the first and the last
+    assert [s.closed is not None for s in some] == [True, False, True]
+    assert [s.norm for s in some] == [s.norm for s in sites]
     # the lens of c is B's unembedding of B's final norm of c, less the lens of zero
     with torch.no_grad():
         want = b.unembed(b.ln_final(c)) - b.unembed(b.ln_final(torch.zeros(16)))

@@ -124,15 +124,19 @@ def closed_fraction(before: Tensor, after: Tensor, dataset: str, how: dict, n_bo
 
 def activation_diff(a: Any, b: Any, corpus: Corpus, unrelated: Tensor | None = None, n_pos: int = 5,
                     k_tokens: int = 10, steer: bool = True, batch: int = 16, progress: bool = True,
-                    kl: Tensor | None = None) -> list[SiteDiff]:
-    """Δ, its logit-lens tokens and its steering effect at every residual site (module docstring).
-    `unrelated` are the windows Δ is measured on (default: the corpus itself); `kl`, the per-token
-    KL(A‖B) on the corpus when the behaviour diff has it."""
+                    kl: Tensor | None = None, steer_sites: int | None = 8) -> list[SiteDiff]:
+    """Δ and its logit-lens tokens at every residual site, and its steering effect at `steer_sites`
+    of them evenly spaced, first and last included (None: all; each costs two passes over the
+    corpus) (module docstring). `unrelated` are the windows Δ is measured on (default: the corpus
+    itself); `kl`, the per-token KL(A‖B) on the corpus when the behaviour diff has it."""
     sites = residual_sites(a)
+    n = len(sites)
+    chosen = set(range(n)) if steer_sites is None or steer_sites >= n else \
+        {round(i * (n - 1) / max(1, steer_sites - 1)) for i in range(steer_sites)}
     deltas = mean_difference(a, b, corpus.ids if unrelated is None else unrelated, sites, n_pos)
     n_tok = corpus.ids.shape[1]
     out = []
-    for s in progress_bar(sites, desc="activation diff", unit="site", disable=not progress):
+    for j, s in enumerate(progress_bar(sites, desc="activation diff", unit="site", disable=not progress)):
         delta, base = deltas[s]
         norm = float(delta.norm())
         logit = lens(b, delta)
@@ -144,7 +148,7 @@ def activation_diff(a: Any, b: Any, corpus: Corpus, unrelated: Tensor | None = N
             bottom = tuple(zip(i.tolist(), (-v).tolist()))
         kb = ka = float("nan")
         closed = None
-        if steer:
+        if steer and j in chosen:
             before, after = steering_kl(a, b, corpus.ids, s, delta, batch, kl)
             kb, ka = float(before.sum()) / (len(before) * n_tok), float(after.sum()) / (len(after) * n_tok)
             closed = closed_fraction(before, after, corpus.name,

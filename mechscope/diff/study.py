@@ -151,7 +151,8 @@ def _activation_finding(s: SiteDiff, d) -> Finding:
                   how={"site": s.site.name, "steering": str(s.closed) if s.closed else "not run"})
     toks = ", ".join(repr(d(t)) for t, _ in s.top[:5])
     return Finding("activation", s.site.name, f"{s.site.name}: mean shift ‖Δ‖ {s.norm:.3g} ({s.relative:.2g} of ‖h_A‖) "
-                   f"reads as {toks}; adding it to A closes {frac:.0%} of KL(A‖B)", score,
+                   f"reads as {toks}; " + (f"adding it to A closes {frac:.0%} of KL(A‖B)" if s.closed is not None
+                                             else "not steered"), score,
                    {"norm": s.norm, "relative": s.relative, "lens_top": [(d(t), v) for t, v in s.top],
                     "lens_bottom": [(d(t), v) for t, v in s.bottom], "kl_before": s.kl_before,
                     "kl_after": s.kl_after, "fraction_closed": frac, "fraction_closed_ci": list(ci) if ci else None},
