@@ -11,6 +11,7 @@ import transformers as tf
 from typer.testing import CliRunner
 
 from mechscope.cli import app
+from mechscope.core.errors import LoadError
 
 CHARS = "abcdefghijklmnopqrstuvwxyz .,\n"
 
@@ -72,8 +73,7 @@ def test_cli_diff_of_different_shapes_is_one_clear_line_and_status_2(dirs):
 
 def test_cli_diff_of_a_missing_checkpoint_names_it(dirs, tmp_path):
     a, *_ = dirs
-    proc = subprocess.run([sys.executable, "-m", "mechscope.cli", "diff", str(a), str(tmp_path / "gone")],
-                          capture_output=True, text=True, timeout=300)
-    text = " ".join(proc.stdout.split())
-    assert proc.returncode == 2 and "B: " in text and "gone does not exist" in text
+    res = CliRunner().invoke(app, ["diff", str(a), str(tmp_path / "gone"), "--out", str(tmp_path / "out")])
+    assert isinstance(res.exception, LoadError)  # `main` prints it as one line with status 2
+    assert str(res.exception).startswith("B: ") and f"{tmp_path / 'gone'} does not exist" in str(res.exception)
     assert not (tmp_path / "out").exists()
