@@ -1,0 +1,163 @@
+"""Activation diff per site (Minder et al. 2025, "narrow fine-tuning leaves clearly readable traces").
+
+At each residual site (the input of every block and the output of the last), the mean difference
+Δ = mean h_B − mean h_A over the first `n_pos` positions of every window of unrelated text. Δ is
+read through the logit lens of B: lens(Δ) = U_B(N_B(Δ)) − U_B(N_B(0)) with B's own final norm N_B
+(recomputed on Δ) and unembedding U_B; subtracting the lens of the zero vector removes the norm's
+shift and the unembedding's bias, which do not depend on Δ. Its top tokens are what the shift
+writes.
+
+The steering test: add Δ to A at that site, at every position (`core.interventions.Add`), and
+measure KL(A+Δ‖B) on the corpus beside KL(A‖B). `closed` = 1 − Σ KL(A+Δ‖B) / Σ KL(A‖B), with a
+bootstrap interval over windows (1 means A steered by Δ predicts exactly as B; 0 means Δ explains
+none of the difference; below 0 it makes A further from B), and `nats_closed` the KL per token it
+removes. The score of an activation finding is the size of the shift, ‖Δ‖ / mean ‖h_A‖; the
+steering figures are its evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core.interventions import Add
+from ..core.progress import progress_bar
+from ..core.score import Score
+from ..core.site import Kind, Site
+from .behaviour import kl_per_token
+from .corpus import Corpus
+
+
+@dataclass(frozen=True)
+class SiteDiff:
+    site: Site
+    delta: Tensor  # (d_model,)
+    norm: float  # ||Δ||
+    relative: float  # ||Δ|| / mean ||h_A|| over the same positions
+    top: tuple[tuple[int, float], ...]  # logit-lens tokens of Δ (token, logit)
+    bottom: tuple[tuple[int, float], ...]
+    kl_before: float  # mean KL(A‖B) per token on the corpus
+    kl_after: float  # mean KL(A+Δ‖B) per token
+    closed: Score | None  # fraction of KL closed, CI over windows
+
+    @property
+    def nats_closed(self) -> float:
+        return self.kl_before - self.kl_after
+
+
+def residual_sites(model: Any) -> list[Site]:
+    n = model.n_layers
+    return [Site(Kind.RESID_PRE, layer) for layer in range(n)] + [Site(Kind.RESID_POST, n - 1)]
+
+
+def readout_modules(model: Any) -> tuple[Any, Any] | None:
+    """(final norm or None, unembedding) of a model, or None when it exposes no unembedding."""
+    if hasattr(model, "unembed") and callable(model.unembed):
+        u = model.unembed()
+        if u is not None:
+            return model.final_norm(), u
+    m = getattr(model, "module", None)
+    if m is not None and isinstance(getattr(m, "unembed", None), torch.nn.Module):
+        return getattr(m, "ln_final", None), m.unembed
+    return None
+
+
+@torch.no_grad()
+def lens(model: Any, delta: Tensor) -> Tensor | None:
+    """lens(Δ) = U(N(Δ)) − U(N(0)) (vocab,), or None without an unembedding."""
+    mods = readout_modules(model)
+    if mods is None:
+        return None
+    norm, unembed = mods
+    x = torch.stack([delta, torch.zeros_like(delta)])[:, None, :]  # (2, 1, d_model)
+    y = unembed(norm(x) if norm is not None else x)[:, 0]
+    return (y[0] - y[1]).float()
+
+
+@torch.no_grad()
+def mean_difference(a: Any, b: Any, ids: Tensor, sites: list[Site], n_pos: int) -> dict[Site, tuple[Tensor, float]]:
+    """Δ per site over the first `n_pos` positions of `ids`, with mean ||h_A|| there."""
+    short = ids[:, :n_pos]
+    ca = a.run(short, capture=sites).cache
+    cb = b.run(short, capture=sites).cache
+    out = {}
+    for s in sites:
+        ha, hb = ca[s].double(), cb[s].double()
+        out[s] = ((hb - ha).mean((0, 1)).float(), float(ha.norm(dim=-1).mean()))
+    return out
+
+
+@torch.no_grad()
+def steering_kl(a: Any, b: Any, ids: Tensor, site: Site, delta: Tensor, batch: int = 16,
+                before: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-window sums of KL(A‖B) and KL(A+Δ‖B) on `ids`: two (n,) tensors. `before`, the per-token
+    KL(A‖B) (n, seq_len) when already known, saves A's unsteered pass."""
+    sums_before, after = [], []
+    add = Add(site, vector=delta)
+    for s in range(0, len(ids), batch):
+        chunk = ids[s:s + batch]
+        lb = b.run(chunk).logits
+        sums_before.append(kl_per_token(a.run(chunk).logits, lb).sum(1) if before is None
+                           else before[s:s + batch].sum(1))
+        after.append(kl_per_token(a.run(chunk, interventions=[add]).logits, lb).sum(1))
+    return torch.cat(sums_before), torch.cat(after)
+
+
+def closed_fraction(before: Tensor, after: Tensor, dataset: str, how: dict, n_boot: int = 500) -> Score:
+    """1 − Σ after / Σ before with a percentile bootstrap over windows (resampled in pairs)."""
+    before, after = before.double(), after.double()
+    if float(before.sum()) <= 0:  # A and B agree: nothing to close
+        return Score(value=0.0, metric="fraction of KL(A‖B) closed by adding Δ to A", ci=None,
+                     aggregation="KL(A‖B) is 0 on every token", dataset=dataset, n=len(before), seed=0, how=how)
+    value = float(1 - after.sum() / before.sum())
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(len(before), (n_boot, len(before)), generator=g)
+    boots = 1 - after[idx].sum(1) / before[idx].sum(1).clamp_min(1e-300)
+    lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return Score(value=value, metric="fraction of KL(A‖B) closed by adding Δ to A", ci=(lo, hi),
+                 aggregation="1 − Σ KL(A+Δ‖B) / Σ KL(A‖B) over tokens; CI over windows", dataset=dataset,
+                 n=len(before), seed=0, how=how)
+
+
+def activation_diff(a: Any, b: Any, corpus: Corpus, unrelated: Tensor | None = None, n_pos: int = 5,
+                    k_tokens: int = 10, steer: bool = True, batch: int = 16, progress: bool = True,
+                    kl: Tensor | None = None, steer_sites: int | None = 8) -> list[SiteDiff]:
+    """Δ and its logit-lens tokens at every residual site, and its steering effect at `steer_sites`
+    of them evenly spaced, first and last included (None: all; each costs two passes over the
+    corpus) (module docstring). `unrelated` are the windows Δ is measured on (default: the corpus
+    itself); `kl`, the per-token KL(A‖B) on the corpus when the behaviour diff has it."""
+    sites = residual_sites(a)
+    n = len(sites)
+    chosen = set(range(n)) if steer_sites is None or steer_sites >= n else \
+        {round(i * (n - 1) / max(1, steer_sites - 1)) for i in range(steer_sites)}
+    deltas = mean_difference(a, b, corpus.ids if unrelated is None else unrelated, sites, n_pos)
+    n_tok = corpus.ids.shape[1]
+    out = []
+    for j, s in enumerate(progress_bar(sites, desc="activation diff", unit="site", disable=not progress)):
+        delta, base = deltas[s]
+        norm = float(delta.norm())
+        logit = lens(b, delta)
+        top = bottom = ()
+        if logit is not None and norm > 0:
+            v, i = logit.topk(k_tokens)
+            top = tuple(zip(i.tolist(), v.tolist()))
+            v, i = (-logit).topk(k_tokens)
+            bottom = tuple(zip(i.tolist(), (-v).tolist()))
+        kb = ka = float("nan")
+        closed = None
+        if steer and j in chosen:
+            before, after = steering_kl(a, b, corpus.ids, s, delta, batch, kl)
+            kb, ka = float(before.sum()) / (len(before) * n_tok), float(after.sum()) / (len(after) * n_tok)
+            closed = closed_fraction(before, after, corpus.name,
+                                     {"site": s.name, "delta": f"mean over the first {n_pos} positions",
+                                      "added at": "every position", "scale": 1.0})
+        out.append(SiteDiff(s, delta, norm, norm / base if base > 0 else 0.0, top, bottom, kb, ka, closed))
+    return out
+
+
+__all__ = ["SiteDiff", "activation_diff", "closed_fraction", "lens", "mean_difference", "readout_modules",
+           "residual_sites", "steering_kl"]
+

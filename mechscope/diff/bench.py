@@ -1,0 +1,136 @@
+"""`mechscope diff-bench`: diff the zoo text model against each public fine-tune and check that the
+diff names what was changed, and reports nothing above threshold for a control.
+
+Steps:
+1. train (or find cached) the four public fine-tunes of `textlm-quick` (`finetunes.py`);
+2. diff A against `control` (A trained further on its own data): the thresholds;
+3. diff A against `python-docs`, `rule` and `control-heldout`, each measured against those
+   thresholds, on the same held-out windows;
+4. checks, defined before any run and stated in the result line:
+   - `domain_in_top3`: a finding among the first three is above threshold and names the Python
+     docs: at least 60% of the tokens it says B writes or predicts more (a behaviour finding's five
+     largest rises, a weight direction's or a logit-lens reading's top ten) are Python-docs tokens,
+     i.e. at least twice as frequent (per token, add-one smoothed) in the Python docs of the training
+     split as in its Shakespeare. The share of such tokens in the held-out text is reported beside it
+     as the chance level;
+   - `rule_in_top3`: a finding among the first three is above threshold and names both the trigger
+     and the continuation among its tokens (a behaviour finding: the context and what B predicts more);
+   - `control_quiet`: the held-out control pair has no finding above threshold (the thresholds were
+     set on the other control, so this can fail).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from typing import Any
+
+import torch
+
+from ..core.progress import note
+from .corpus import held_out
+from .finetunes import CONTINUATION, PUBLIC, TRIGGER, python_docs_stream, rule_tokens, train_finetune
+from .pair import load_model
+from .report import Finding
+from .study import DiffResult, diff
+
+LEAN = 2.0  # a token is a Python-docs token when it is at least this many times as frequent there
+NAMED_SHARE = 0.6  # a finding names the domain when at least this share of its tokens are such tokens
+
+
+def python_tokens(vocab_size: int = 4096, corpus: str = "textlm") -> torch.Tensor:
+    """(vocab,) bool: tokens at least LEAN times as frequent in the Python docs as in Shakespeare
+    (training split, add-one smoothed frequencies per token)."""
+    from ..zoo import datasets
+
+    stream = datasets.token_stream(corpus, "train", vocab_size).long()
+    n_py = python_docs_stream(corpus, vocab_size).numel()
+    py = torch.bincount(stream[:n_py], minlength=vocab_size).double() + 1
+    sh = torch.bincount(stream[n_py:], minlength=vocab_size).double() + 1
+    return (py / py.sum()) / (sh / sh.sum()) >= LEAN
+
+
+def written_tokens(f: Finding) -> tuple[int, ...]:
+    """The tokens a finding says B writes or predicts more (see the module docstring)."""
+    if f.kind == "behaviour":
+        return tuple(f.tokens[len(f.key_tokens):])[:5]
+    return tuple(f.tokens)[:10]
+
+
+def names_domain(f: Finding, is_python: torch.Tensor) -> tuple[bool, float]:
+    toks = written_tokens(f)
+    if len(toks) < 3:
+        return False, 0.0
+    share = float(is_python[list(toks)].double().mean())
+    return share >= NAMED_SHARE, share
+
+
+def names_rule(f: Finding, trigger: int, continuation: int) -> bool:
+    return trigger in f.tokens and continuation in f.tokens
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    return {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "gpu": None,
+            "python": platform.python_version(), "load_average_1min": round(os.getloadavg()[0], 2),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _top(res: DiffResult, k: int = 5) -> list[dict[str, Any]]:
+    return [{"kind": f.kind, "title": f.title, "score": f.score.value, "threshold": f.threshold,
+             "above": f.above} for f in res.findings[:k]]
+
+
+def run_bench(quick: bool = False, base: str = "textlm-quick", progress: bool = True) -> dict[str, Any]:
+    steps, windows = (200, 256) if quick else (400, 512)
+    t0 = time.perf_counter()
+    dirs, train_s = {}, {}
+    for ft in PUBLIC:
+        t = time.perf_counter()
+        dirs[ft.name] = train_finetune(ft.name, base, steps=steps, progress=progress)
+        train_s[ft.name] = round(time.perf_counter() - t, 2)
+    a = f"zoo:{base}"
+    results: dict[str, DiffResult] = {}
+    control = diff(a, dirs["control"], n_windows=windows, progress=progress, names=(a, "control"))
+    for name in ("python-docs", "rule", "control-heldout"):
+        results[name] = diff(a, dirs[name], n_windows=windows, control=control, progress=progress, names=(a, name))
+    model_a = load_model(a)
+    trig, cont = rule_tokens(model_a.tokenizer)
+    is_python = python_tokens()
+
+    top3 = {k: r.findings[:3] for k, r in results.items()}
+    domain = [(f, *names_domain(f, is_python)) for f in top3["python-docs"]]
+    domain_hit = any(f.above and named for f, named, _ in domain)
+    rule_hit = any(f.above and names_rule(f, trig, cont) for f in top3["rule"])
+    quiet = len(results["control-heldout"].above)
+    corpus = held_out(model_a, "textlm", windows, 64)
+    chance = float(is_python[corpus.ids.flatten()].double().mean())
+    figures: dict[str, Any] = {
+        "steps": steps, "windows": windows, "train_s": train_s,
+        "diff_s": {k: round(sum(r.seconds.values()), 2) for k, r in {"control": control, **results}.items()},
+        "kl_per_token": {k: r.behaviour.overall.value for k, r in {"control": control, **results}.items()},
+        "above_threshold": {k: len(r.above) for k, r in results.items()},
+        "domain_top3_python_share": [round(s, 3) for _, _, s in domain],
+        "python_token_share_of_heldout_text": round(chance, 3),
+        "python_token_share_of_vocab": round(float(is_python.double().mean()), 3),
+        "rule": f"after {TRIGGER!r} always {CONTINUATION!r}",
+        "total_s": round(time.perf_counter() - t0, 2)}
+    out = {"name": "diff_bench", "kind": "benchmark", "machine": _machine(), "quick": quick, "figures": figures,
+           "top_findings": {k: _top(r) for k, r in results.items()},
+           "checks": {
+               "domain_in_top3": {"target": f"a top-3 finding above threshold with >= {NAMED_SHARE:.0%} Python-docs "
+                                            "tokens among those it says B writes", "got": domain_hit, "pass": domain_hit},
+               "rule_in_top3": {"target": "a top-3 finding above threshold naming trigger and continuation",
+                                "got": rule_hit, "pass": rule_hit},
+               "control_quiet": {"target": "0 findings above threshold on the held-out control pair", "got": quiet,
+                                 "pass": quiet == 0}}}
+    out["pass"] = all(c["pass"] for c in out["checks"].values())
+    if progress:
+        note(f"diff-bench: {'pass' if out['pass'] else 'FAIL'} in {figures['total_s']:.0f} s")
+    return out
+
+
+def json_line(result: dict[str, Any]) -> str:
+    return json.dumps(result, default=str)
