@@ -11,7 +11,11 @@ that fails to produce a result line is recorded with pass: false and the reason.
 `--table` prints the README's benchmark table from a summary file instead of running anything, so
 that the README's numbers are the summary's.
 
-Usage:  python benchmarks/run_all.py [--quick] [--only NAME,...] [--out FILE]
+`--update` runs only the `--only` benchmarks and puts their result lines into an existing summary
+in place of the old ones (the others are kept); the summary then records the date each benchmark
+was measured, and the table says so.
+
+Usage:  python benchmarks/run_all.py [--quick] [--only NAME,...] [--out FILE] [--update]
         python benchmarks/run_all.py --table [FILE]
 """
 
@@ -77,9 +81,17 @@ def run_one(name: str, quick: bool, timeout: float) -> tuple[dict, float]:
 def table(summary: dict) -> str:
     """The README's table: every check of every benchmark, with the machine and the date."""
     m = summary.get("machine", {})
-    lines = [f"Measured {summary.get('date', '?')} on {m.get('cpu', '?')} ({m.get('logical_cores', '?')} logical "
-             f"cores, {m.get('memory_gb', '?')} GB), torch {m.get('torch', '?')}, by `make bench` "
-             f"(benchmarks/results/bench.json).", "",
+    dates = summary.get("dates", {})
+    when = summary.get("date", "?")
+    if len(set(dates.values())) > 1:
+        by_date: dict[str, list[str]] = {}
+        for k, v in dates.items():
+            by_date.setdefault(v, []).append(k)
+        when = "; ".join(f"{v} ({', '.join(ks)})" for v, ks in by_date.items())
+    lines = [f"Measured {when} on {m.get('cpu', '?')} ({m.get('logical_cores', '?')} logical "
+             f"cores, {m.get('memory_gb', '?')} GB), torch {m.get('torch', '?')}, by `make bench`"
+             + (" and later `run_all.py --update` runs" if len(set(dates.values())) > 1 else "")
+             + " (benchmarks/results/bench.json).", "",
              "| benchmark | check | target | got | pass |", "|---|---|---|---|---|"]
     for r in summary.get("results", []):
         if "error" in r:
@@ -105,6 +117,8 @@ def main() -> int:
     ap.add_argument("--only", default=",".join(BENCHMARKS), help="benchmarks to run, comma-separated")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help=f"summary file (default {DEFAULT_OUT.relative_to(REPO)})")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per benchmark before it is stopped")
+    ap.add_argument("--update", action="store_true",
+                    help="replace only these benchmarks' results in the existing summary file")
     ap.add_argument("--table", nargs="?", const=str(DEFAULT_OUT), default=None,
                     help="print the README table from a summary file and exit")
     args = ap.parse_args()
@@ -115,18 +129,32 @@ def main() -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         ap.error(f"unknown benchmark(s) {unknown}: choose from {list(BENCHMARKS)}")
-    summary = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(threads=2), "quick": args.quick,
-               "results": [], "seconds": {}}
+    out = Path(args.out)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    summary = {"date": now, "machine": machine(threads=2), "quick": args.quick, "results": [], "seconds": {}}
     summary["cpu_seconds"] = {}  # of each benchmark's process tree: its wall time on idle cores is at least half
+    if args.update:
+        if not out.is_file():
+            ap.error(f"--update needs an existing summary, and {out} is not a file")
+        old = json.loads(out.read_text())
+        if old.get("quick") != args.quick:
+            ap.error(f"{out} was written with quick={old.get('quick')}; run --update with the same setting")
+        summary.update({k: old[k] for k in ("results", "seconds", "cpu_seconds") if k in old})
+        summary["dates"] = old.get("dates") or {r["name"]: old.get("date", "?") for r in old.get("results", [])}
+    summary.setdefault("dates", {})
     for name in names:
         cpu0 = children_cpu()
         result, seconds = run_one(name, args.quick, args.timeout)
-        summary["results"].append(result)
+        at = [i for i, r in enumerate(summary["results"]) if r.get("name") == name]
+        if at:
+            summary["results"][at[0]] = result
+        else:
+            summary["results"].append(result)
+        summary["dates"][name] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         summary["seconds"][name] = round(seconds, 1)
         summary["cpu_seconds"][name] = round(children_cpu() - cpu0, 1)
         progress(f"run_all: {name} took {seconds / 60:.1f} min, pass: {result.get('pass')}")
     summary["pass"] = all(r.get("pass") for r in summary["results"])
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n")
     progress(f"run_all: wrote {out}; pass: {summary['pass']}")
