@@ -216,23 +216,77 @@ def _fourier_measure(rows: _Rows, i: int, model: Any, p: int) -> None:
     rows.put(i, "fourier.effective_frequencies", "embed", "", pr)
 
 
-def _llc_measure(rows: _Rows, i: int, model: Any, data: dict[str, HeldOut], warnings: dict[int, list[str]]) -> None:
-    """`mechscope.landscape.estimate_llc` (its default sampler settings) on the held-out set, read as
-    (ids, targets) pairs with the loss at the targets; its warnings are kept per checkpoint."""
-    from ..landscape import estimate_llc  # the caller reports a missing module as unavailable
+@dataclass(frozen=True)
+class LLCSettings:
+    """The sampler settings of the `llc` measures (keyword arguments of `landscape.SGLDConfig`): `model`
+    for the whole network, `components` for each component (None: no per-component estimates), and
+    whether the components include every attention head (`per_head`). The defaults are the package's
+    settings for dynamics; see `DEFAULT_LLC` for the measurements behind them."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    components: dict[str, Any] | None = field(default_factory=dict)
+    per_head: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": dict(self.model), "components": None if self.components is None else dict(self.components),
+                "per_head": self.per_head}
+
+
+DEFAULT_LLC = LLCSettings(model={"chains": 4, "draws": 200, "batch_size": 8},
+                          components={"chains": 4, "draws": 200, "batch_size": 8})
+"""Dynamics' LLC settings (ε = 1e-3, γ = 100, nβ = n / log n as `SGLDConfig`'s defaults)."""
+
+
+def llc_component_tag(name: str) -> str:
+    """The dynamics component tag of a `landscape.components` name: blocks.L.attn -> L{L}.attn,
+    blocks.L.attn.H -> L{L}H{H}, blocks.L.mlp -> L{L}.mlp, blocks.L.norms -> L{L}.norms; others as they are."""
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit():
+        if len(parts) == 4 and parts[2] == "attn" and parts[3].isdigit():
+            return head(int(parts[1]), int(parts[3]))
+        return f"L{parts[1]}.{'.'.join(parts[2:])}"
+    return name
+
+
+def _llc_loss(m: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
+    """Mean cross-entropy at the targets of (ids, targets) held-out pairs, gradients flowing."""
+    ids, targets = batch
+    logits = m.run(ids, track_grad=True).logits
+    keep = targets >= 0
+    return F.cross_entropy(logits[keep].float(), targets[keep])
+
+
+def _llc_measure(rows: _Rows, i: int, model: Any, data: dict[str, HeldOut], warnings: dict[int, list[str]],
+                 settings: LLCSettings) -> None:
+    """`mechscope.landscape.estimate_llc` on the held-out set, read as (ids, targets) pairs with the loss at
+    the targets, for the whole model and (`estimate_llc_components`, SGLD moving that component's weights
+    only) for each component; warnings are kept per checkpoint, prefixed by the component."""
+    from ..landscape import SGLDConfig, estimate_llc, estimate_llc_components  # the caller reports a missing module
 
     held = data["heldout"]
+    pair = (held.ids, held.targets)
+    found: list[str] = []
+    est = None
 
-    def loss(m: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
-        ids, targets = batch
-        logits = m.run(ids, track_grad=True).logits
-        keep = targets >= 0
-        return F.cross_entropy(logits[keep].float(), targets[keep])
+    def whole() -> None:
+        nonlocal est
+        est = estimate_llc(model, pair, loss=_llc_loss, config=SGLDConfig(**settings.model), progress=False)
+        rows.put(i, "llc", "model", "", float(est.llc))
+        found.extend(f"model: {w}" for w in getattr(est, "warnings", ()))
 
-    est = estimate_llc(model, (held.ids, held.targets), loss=loss, progress=False)
-    rows.put(i, "llc", "model", "", float(est.llc))
-    if getattr(est, "warnings", ()):
-        warnings[i] = list(est.warnings)
+    def parts() -> None:
+        per = estimate_llc_components(model, pair, loss=_llc_loss, config=SGLDConfig(**settings.components),
+                                      per_head=settings.per_head, init_loss=est.init_loss, progress=False)
+        for name, e in per.items():
+            tag = llc_component_tag(name)
+            rows.put(i, "llc", tag, "", float(e.llc))
+            found.extend(f"{tag}: {w}" for w in getattr(e, "warnings", ()))
+
+    rows.timed("llc", whole)
+    if settings.components is not None:
+        rows.timed("llc.components", parts)
+    if found:
+        warnings[i] = found
 
 
 def probe_length(model: Any) -> int:
@@ -242,7 +296,8 @@ def probe_length(model: Any) -> int:
 
 
 def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = None, *, modulus: int | None = None,
-                   llc: bool = True, progress: bool = True, seed: int = 0) -> Measures:
+                   llc: bool = True, llc_settings: LLCSettings = DEFAULT_LLC, progress: bool = True,
+                   seed: int = 0) -> Measures:
     """Every measure (see the module docstring) at every checkpoint, one network loaded at a time."""
     n = len(series)
     rows = _Rows(n)
@@ -285,7 +340,7 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
             rows.timed("fourier", lambda: _fourier_measure(rows, i, model, modulus))
         if llc and "llc" not in unavailable and "heldout" in data:
             try:
-                rows.timed("llc", lambda: _llc_measure(rows, i, model, data, llc_warnings))
+                _llc_measure(rows, i, model, data, llc_warnings, llc_settings)
             except ImportError as e:
                 unavailable["llc"] = f"mechscope.landscape.estimate_llc is not available ({e})"
             except Exception as e:  # noqa: BLE001 - reported, never replaced by another estimate
@@ -301,6 +356,8 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
                if not np.isnan(v).any() and not np.isfinite(v).all()]
     if dropped:  # an infinite loss, say: the series cannot be fitted
         info["dropped_not_finite"] = dropped
+    if llc and "llc" not in unavailable:
+        info["llc_settings"] = llc_settings.to_json()
     if llc_warnings:
         info["llc_warnings"] = {str(series.steps[i]): w for i, w in llc_warnings.items()}
     if token_matrix:
