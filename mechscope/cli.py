@@ -167,13 +167,19 @@ def dynamics(run: Annotated[list[str], typer.Argument(help="zoo:NAME (a trained 
                                                                 "(batch, pos) (zoo runs bring their own)")] = None,
              llc: Annotated[bool, typer.Option(help="estimate the local learning coefficient when "
                                                     "mechscope.landscape is installed")] = True,
+             llc_components: Annotated[bool, typer.Option(help="per-component LLC series (SGLD moving one "
+                                                               "component's weights) beside the whole model's")] = True,
+             llc_per_head: Annotated[bool, typer.Option(help="per-component LLC of every attention head too")] = False,
+             llc_draws: Annotated[Optional[int], typer.Option(help="LLC draws per chain (default: the dynamics "
+                                                                   "default, see the README)")] = None,
              top: Annotated[int, typer.Option(help="components listed per boundary and phase")] = 5,
              seed: Annotated[int, typer.Option(help="seed of the permutations and the token subset")] = 0) -> None:
     """Phase changes across training checkpoints, found without naming a behaviour: measures of every
     checkpoint, change points against a permutation null, phases and the components that moved."""
     from .dynamics.study import DynamicsConfig, main as dynamics_main
 
-    dynamics_main(DynamicsConfig(sources=run, base=base, tokens=tokens, llc=llc, top=top, threads=threads, seed=seed,
+    dynamics_main(DynamicsConfig(sources=run, base=base, tokens=tokens, llc=llc, llc_components=llc_components,
+                                 llc_per_head=llc_per_head, llc_draws=llc_draws, top=top, threads=threads, seed=seed,
                                  out=out), console, as_json=as_json)
 
 

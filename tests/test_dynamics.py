@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mechscope.dynamics import CheckpointSeries, HeldOut, SeriesError, analyse, effective_rank, measure_series
-from mechscope.dynamics.measures import factored_singular_values, frequency_buckets
+from mechscope.dynamics.measures import DEFAULT_LLC, factored_singular_values, frequency_buckets, llc_component_tag
 from mechscope.models.tiny import TinyConfig, TinyTransformer
 
 
@@ -183,26 +183,63 @@ def test_llc_slot_calls_the_landscape_module_and_reports_its_absence(monkeypatch
     held = {"heldout": HeldOut.next_token(ids)}
     calls = []
 
-    def fake(model, data, *, loss, progress):  # the estimator's interface; returns the loss it was given
-        calls.append(data)
-        return types.SimpleNamespace(llc=float(loss(model, data).detach()), warnings=("chain 1 diverged",))
+    def fake(model, data, *, loss, config, progress):  # the estimator's interface; returns the loss it was given
+        calls.append((data, config))
+        value = float(loss(model, data).detach())
+        return types.SimpleNamespace(llc=value, init_loss=value, warnings=("chain 1 diverged",))
 
-    monkeypatch.setitem(sys.modules, "mechscope.landscape", types.SimpleNamespace(estimate_llc=fake))
+    def fake_parts(model, data, *, loss, config, per_head, init_loss, progress):
+        return {"embed": types.SimpleNamespace(llc=2 * init_loss, warnings=()),
+                "blocks.1.attn.0": types.SimpleNamespace(llc=3 * init_loss, warnings=("rising",))}
+
+    ns = types.SimpleNamespace(estimate_llc=fake, estimate_llc_components=fake_parts, SGLDConfig=lambda **k: k)
+    monkeypatch.setitem(sys.modules, "mechscope.landscape", ns)
     m = measure_series(_series_of(mods, [1, 2]), held, llc=True, progress=False)
-    assert len(calls) == 2 and torch.equal(calls[0][0], ids) and torch.equal(calls[0][1], held["heldout"].targets)
+    assert len(calls) == 2 and torch.equal(calls[0][0][0], ids) and torch.equal(calls[0][0][1], held["heldout"].targets)
+    assert calls[0][1] == DEFAULT_LLC.model
     # the loss handed to the estimator is the held-out loss the loss measure reports
-    assert np.allclose(np.log10(m.find("llc")[0].values), m.find("log10_loss")[0].values, rtol=1e-5)
-    assert m.info["llc_warnings"] == {"1": ["chain 1 diverged"], "2": ["chain 1 diverged"]}
+    whole = m.find("llc", "model")[0].values
+    assert np.allclose(np.log10(whole), m.find("log10_loss")[0].values, rtol=1e-5)
+    # per-component series, tagged with the dynamics' component names
+    assert np.allclose(m.find("llc", "embed")[0].values, 2 * whole) and np.allclose(m.find("llc", "L1H0")[0].values, 3 * whole)
+    assert m.info["llc_warnings"]["1"] == ["model: chain 1 diverged", "L1H0: rising"]
+    assert m.info["llc_settings"] == DEFAULT_LLC.to_json() and {"llc", "llc.components"} <= set(m.seconds)
 
-    def broken(model, data, *, loss, progress):
+    def broken(model, data, *, loss, config, progress):
         raise RuntimeError("no chains")
 
-    monkeypatch.setitem(sys.modules, "mechscope.landscape", types.SimpleNamespace(estimate_llc=broken))
+    monkeypatch.setitem(sys.modules, "mechscope.landscape", types.SimpleNamespace(
+        estimate_llc=broken, estimate_llc_components=fake_parts, SGLDConfig=lambda **k: k))
     m = measure_series(_series_of(mods, [1, 2]), held, llc=True, progress=False)
     assert not m.find("llc") and "RuntimeError: no chains" in m.unavailable["llc"]
     monkeypatch.setitem(sys.modules, "mechscope.landscape", None)  # an import of it now fails
     m = measure_series(_series_of(mods, [1, 2]), held, llc=True, progress=False)
     assert not m.find("llc") and m.unavailable["llc"].startswith("mechscope.landscape.estimate_llc is not available")
+
+
+def test_llc_component_tags():
+    assert [llc_component_tag(n) for n in ("embed", "blocks.0.attn", "blocks.1.attn.3", "blocks.0.mlp", "blocks.1.norms",
+                                           "ln_final", "unembed")] == \
+        ["embed", "L0.attn", "L1H3", "L0.mlp", "L1.norms", "ln_final", "unembed"]
+
+
+def test_real_llc_series_per_component_on_a_tiny_run():
+    """The real estimator, few draws: one llc series for the model and one per component, each equal to a direct
+    `estimate_llc` of that component with the same settings."""
+    from mechscope.dynamics.measures import LLCSettings, _llc_loss
+    from mechscope.landscape import SGLDConfig, components, estimate_llc
+
+    mods = [_tiny(s) for s in range(2)]
+    ids = torch.randint(0, 10, (16, 12), generator=torch.Generator().manual_seed(4))
+    held = HeldOut.next_token(ids)
+    settings = LLCSettings(model={"chains": 2, "draws": 5, "batch_size": 4}, components={"chains": 2, "draws": 4})
+    m = measure_series(_series_of(mods, [1, 2]), {"heldout": held}, llc=True, llc_settings=settings, progress=False)
+    names = components(mods[0].mechscope_adapter())
+    assert sorted(s.component for s in m.find("llc")) == sorted(["model"] + [llc_component_tag(n) for n in names])
+    model = mods[1].mechscope_adapter()
+    want = estimate_llc(model, (held.ids, held.targets), loss=_llc_loss, params=names["blocks.1.mlp"],
+                        config=SGLDConfig(chains=2, draws=4), progress=False).llc
+    assert m.find("llc", "L1.mlp")[0].values[1] == pytest.approx(want, rel=1e-6)
 
 
 def test_from_paths_names_a_missing_checkpoint_and_an_unknown_zoo_run(tmp_path, monkeypatch):

@@ -48,7 +48,7 @@ import torch
 from ..core.progress import echo, note, progress_bar
 from .changepoints import Dynamics, find_dynamics
 from .data import HeldOut, from_file, from_zoo_run
-from .measures import Measures, measure_series
+from .measures import DEFAULT_LLC, LLCSettings, Measures, measure_series
 from .series import CheckpointSeries
 
 THRESH = 0.3  # a head role's score that names the role (as in `mechscope heads` and the replication)
@@ -62,6 +62,9 @@ class DynamicsConfig:
     base: str | None = None  # architecture for bare safetensors files
     tokens: str | None = None  # held-out token file for non-zoo series
     llc: bool = True
+    llc_components: bool = True  # per-component LLC series beside the whole model's
+    llc_per_head: bool = False  # the components include every attention head
+    llc_draws: int | None = None  # draws per chain (None: `DEFAULT_LLC`'s)
     top: int = 5  # components listed per boundary and phase
     threads: int = 1
     seed: int = 0
@@ -90,10 +93,11 @@ class Result:
 
 
 def analyse(series: CheckpointSeries, data: dict[str, HeldOut] | None = None, *, modulus: int | None = None,
-            llc: bool = True, seed: int = 0, progress: bool = True) -> Result:
+            llc: bool = True, llc_settings: LLCSettings = DEFAULT_LLC, seed: int = 0, progress: bool = True) -> Result:
     """Measures, change points and phases of a checkpoint series (no checks)."""
     t0 = time.perf_counter()
-    m = measure_series(series, data, modulus=modulus, llc=llc, progress=progress, seed=seed)
+    m = measure_series(series, data, modulus=modulus, llc=llc, llc_settings=llc_settings, progress=progress,
+                       seed=seed)
     t1 = time.perf_counter()
     if progress:
         note(f"dynamics: change points of {len(m.series)} series over {len(m.steps)} checkpoints")
@@ -327,6 +331,30 @@ def to_json(res: Result, top: int) -> dict[str, Any]:
             "checks": {c.name: c.to_json() for c in res.checks}, "figures": res.figures}
 
 
+def llc_settings_of(cfg: DynamicsConfig) -> LLCSettings:
+    """The LLC settings a run asks for: `DEFAULT_LLC`, its draws replaced by `llc_draws`, components on or off."""
+    model = dict(DEFAULT_LLC.model)
+    comps = dict(DEFAULT_LLC.components or model) if cfg.llc_components else None
+    if cfg.llc_draws is not None:
+        model["draws"] = cfg.llc_draws
+        if comps is not None:
+            comps["draws"] = cfg.llc_draws
+    return LLCSettings(model, comps, cfg.llc_per_head and cfg.llc_components)
+
+
+def llc_figures(res: Result) -> dict[str, Any] | None:
+    """The LLC's settings, its series' components and its time (total and per checkpoint), or None when it did
+    not run."""
+    m = res.measures
+    if "llc_settings" not in m.info:
+        return None
+    n = max(1, len(m.steps))
+    seconds = {k: v for k, v in m.seconds.items() if k.startswith("llc")}
+    return {"settings": m.info["llc_settings"], "components": [s.component for s in m.find("llc")],
+            "seconds": seconds, "seconds_per_checkpoint": {k: round(v / n, 2) for k, v in seconds.items()},
+            "checkpoints_with_warnings": len(m.info.get("llc_warnings", {}))}
+
+
 def result_line(res: Result, cfg: DynamicsConfig) -> dict[str, Any]:
     d = res.dynamics
     figures = {"checkpoints": len(d.steps), "series": len(d.names), "threshold": round(d.threshold, 3),
@@ -334,7 +362,7 @@ def result_line(res: Result, cfg: DynamicsConfig) -> dict[str, Any]:
                "boundaries": [round(b.step, 1) for b in d.boundaries],
                "boundary_support": [round(b.support, 2) for b in d.boundaries],
                "unavailable": res.measures.unavailable, "seconds": res.seconds,
-               "seconds_per_measure": res.measures.seconds, **res.figures}
+               "seconds_per_measure": res.measures.seconds, "llc": llc_figures(res), **res.figures}
     return {"name": "dynamics", "kind": "study", "source": res.source,
             "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "gpu": None,
                         "python": platform.python_version(), "load_average_1min": round(os.getloadavg()[0], 2)},
@@ -371,6 +399,14 @@ def print_result(res: Result, top: int, console: Any) -> None:
         console.print(f"unavailable: {k}: {why}", highlight=False)
     for c in res.checks:
         console.print(f"{'PASS' if c.passed else 'FAIL'} {c.name}: {c.got} (target: {c.target})", highlight=False)
+    lf = llc_figures(res)
+    if lf is not None:
+        st = lf["settings"]
+        cfgs = "; ".join(f"{k} {v['chains']} chains x {v['draws']} draws, batch {v['batch_size']}"
+                         for k, v in (("model", st["model"]), ("components", st["components"])) if v is not None)
+        console.print(f"llc: {cfgs}; {len(lf['components'])} series; "
+                      + ", ".join(f"{k} {v:.1f} s ({lf['seconds_per_checkpoint'][k]:.2f} s per checkpoint)"
+                                  for k, v in lf["seconds"].items()), highlight=False)
     console.print(f"measures {res.seconds['measures']:.1f} s, detection {res.seconds['detection']:.1f} s "
                   f"(per measure: {res.measures.seconds})", highlight=False)
 
@@ -392,7 +428,7 @@ def main(cfg: DynamicsConfig, console: Any, as_json: bool = False) -> dict[str, 
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     series, data, modulus = build_series(cfg)
-    res = analyse(series, data, modulus=modulus, llc=cfg.llc, seed=cfg.seed)
+    res = analyse(series, data, modulus=modulus, llc=cfg.llc, llc_settings=llc_settings_of(cfg), seed=cfg.seed)
     t1 = time.perf_counter()
     run_checks(res, series, cfg.top)
     res.seconds["checks"] = round(time.perf_counter() - t1, 2)

@@ -221,10 +221,12 @@ def _diagnose(losses: Tensor, stopped: tuple[int | None, ...], draws: Tensor, pe
 
 
 def estimate_llc_components(model: Any, data: Batch, *,
-                            components: Mapping[str, Component] | Iterable[str] | None = None, loss: Loss | None = None, config: SGLDConfig = SGLDConfig(), per_head: bool = False,
+                            components: Mapping[str, Component] | Iterable[str] | None = None, loss: Loss | None = None,
+                            config: SGLDConfig = SGLDConfig(), per_head: bool = False, init_loss: float | None = None,
                             eval_batch_size: int = 256, progress: bool = True) -> dict[str, LLCEstimate]:
     """One LLC estimate per component (`components.components(model)`, or the names / Components given):
-    SGLD moves that component's weights only, every other weight frozen at w*. L_n(w*) is computed once."""
+    SGLD moves that component's weights only, every other weight frozen at w*. L_n(w*) is computed once
+    (or taken from `init_loss`, e.g. a whole-model estimate's `init_loss` on the same data)."""
     available = _components(model, per_head=per_head)
     if components is None:
         chosen = available
@@ -243,8 +245,10 @@ def estimate_llc_components(model: Any, data: Batch, *,
         raise LandscapeError("estimate_llc_components needs loss=... for a plain module")
     lossf = loss or lm_loss
     module = _module(model)
-    with restored(module):
-        init = full_loss(lambda b: lossf(model, b), data, eval_batch_size)
+    init = init_loss
+    if init is None:
+        with restored(module):
+            init = full_loss(lambda b: lossf(model, b), data, eval_batch_size)
     return {name: estimate_llc(model, data, loss=lossf, params=comp, config=config, init_loss=init,
                                eval_batch_size=eval_batch_size, progress=progress, component=name)
             for name, comp in chosen.items()}
