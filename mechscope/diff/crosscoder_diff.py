@@ -116,7 +116,8 @@ def crosscoder_diff(a: Any, b: Any, corpus: Corpus, site: Site | None = None, d_
             out.append(Latent(j, float(rel[j]), float(freq[j]), nu, tuple(flat_ids[where].tolist()),
                               tuple(t for t in nxt[where].tolist() if t >= 0),
                               tuple(logit.topk(10).indices.tolist()) if logit is not None else ()))
-    return CrosscoderDiff(site, d_sae, k, "batchtopk" if batch_topk else "topk", fvu, shares, tuple(out), time.perf_counter() - t0)
+    return CrosscoderDiff(site, d_sae, k, "batchtopk" if batch_topk else "topk", fvu, shares, tuple(out),
+                          time.perf_counter() - t0)
 
 
 __all__ = ["CrosscoderDiff", "Latent", "crosscoder_diff", "harvest"]
