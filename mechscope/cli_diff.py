@@ -60,7 +60,7 @@ def diff(a: Annotated[str, typer.Argument(help="network A: zoo:NAME, a zoo run d
         echo(f"     {f.score.metric} = {f.score.value:.4g}{ci}{vs}")
     if res.crosscoder is not None:
         cc = res._crosscoder_json()
-        echo(f"crosscoder at {cc['site']}: FVU {cc['fvu']:.3g}; live latents A-only {cc['shares']['A-only']:.0%}, "
+        echo(f"crosscoder ({cc['activation']}) at {cc['site']}: FVU {cc['fvu']:.3g}; live latents A-only {cc['shares']['A-only']:.0%}, "
              f"shared {cc['shares']['shared']:.0%}, B-only {cc['shares']['B-only']:.0%}")
         for x in cc["b_leaning"]:
             echo(f"  latent {x['latent']}: relative norm {x['relative_norm']:.2f}, ν {x['nu']:.2f}, fires on "
@@ -69,10 +69,13 @@ def diff(a: Annotated[str, typer.Argument(help="network A: zoo:NAME, a zoo run d
 
 
 def diff_bench(as_json: Annotated[bool, typer.Option("--json", help="print only the result line on stdout")] = False,
-               quick: Annotated[bool, typer.Option(help="200-step fine-tunes and 256 windows (else 400 and 512)")
-                                ] = False,
+               quick: Annotated[bool, typer.Option(help="A = textlm-quick, 200-step fine-tunes, 256 windows (else "
+                                                        "A = textlm, 200 steps, 512 windows)")] = False,
+               base: Annotated[Optional[str], typer.Option(help="zoo text model A (textlm or textlm-quick)")] = None,
+               steps: Annotated[Optional[int], typer.Option(help="fine-tune steps")] = None,
+               windows: Annotated[Optional[int], typer.Option(help="held-out windows of 64 tokens")] = None,
                threads: Annotated[int, typer.Option(help="torch threads")] = 1) -> None:
-    """Diff the zoo text model against the public fine-tunes (Python docs only, a planted rule, a
+    """Diff a zoo text model against its public fine-tunes (Python docs only, a planted rule, a
     control): the change must be named in the top 3 findings, and the control must show nothing
     above threshold. Ends with one JSON line."""
     import torch
@@ -80,7 +83,7 @@ def diff_bench(as_json: Annotated[bool, typer.Option("--json", help="print only 
     from .diff.bench import json_line, run_bench
 
     torch.set_num_threads(threads)
-    res = run_bench(quick=quick)
+    res = run_bench(quick=quick, base=base, steps=steps, windows=windows)
     if not as_json:
         for name, rows in res["top_findings"].items():
             t = Table("#", "kind", "finding", "score", "threshold", "above", title=f"{name}: top findings")

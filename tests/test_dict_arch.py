@@ -70,10 +70,13 @@ ARCHS = {  # the defaults, with k and the penalties sized for toy data with 3 ac
 }
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "transcoder", "crosscoder"])
+CROSS = dict(d_in=4, n_sources=2, d_sae=32, k=3)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "transcoder", "crosscoder", "batchtopk-crosscoder"])
 def test_whole_loss_gradients_equal_a_dense_reimplementation(arch):
     """The k-sparse training loss (with the auxiliary-k term) against a plain dense formula."""
-    kw = {"transcoder": dict(d_in=8, d_out=6, d_sae=32, k=3), "crosscoder": dict(d_in=4, n_sources=2, d_sae=32, k=3)}
+    kw = {"transcoder": dict(d_in=8, d_out=6, d_sae=32, k=3), "crosscoder": CROSS, "batchtopk-crosscoder": CROSS}
     d = dl.build(arch, **kw.get(arch, dict(d_in=8, d_sae=32, k=3)), aux_k=5).double()
     with torch.no_grad():
         for p in d.parameters():
@@ -87,7 +90,7 @@ def test_whole_loss_gradients_equal_a_dense_reimplementation(arch):
     # dense reference
     xc = x - d.b_dec if d.config.apply_b_dec_to_input else x
     pre = xc @ d.W_enc + d.b_enc
-    if arch == "batchtopk":
+    if arch in ("batchtopk", "batchtopk-crosscoder"):
         flat = pre.detach().reshape(-1)
         keep = torch.zeros_like(flat, dtype=torch.bool).scatter(0, flat.topk(10 * 3).indices, True).reshape(pre.shape)
     else:
@@ -140,14 +143,15 @@ def test_jumprelu_straight_through_gradients_follow_their_formulas():
     assert float(d.threshold.min()) > 0  # θ = exp(log θ) is positive
 
 
-@pytest.mark.parametrize("arch", list(ARCHS) + ["transcoder", "crosscoder"])
+@pytest.mark.parametrize("arch", list(ARCHS) + ["transcoder", "crosscoder", "batchtopk-crosscoder"])
 def test_folding_the_input_scale_is_exact_in_the_codes(arch):
-    kw = {"transcoder": dict(d_in=8, d_out=6, d_sae=20, k=3), "crosscoder": dict(d_in=4, n_sources=2, d_sae=20, k=3)}
+    kw = {"transcoder": dict(d_in=8, d_out=6, d_sae=20, k=3), "crosscoder": dict(d_in=4, n_sources=2, d_sae=20, k=3),
+          "batchtopk-crosscoder": dict(d_in=4, n_sources=2, d_sae=20, k=3)}
     d = dl.build(arch, **(kw[arch] if arch in kw else dict(d_in=8, d_sae=20, **ARCHS[arch]))).double().eval()
     with torch.no_grad():
         for p in d.parameters():
             p.add_(0.2 * torch.randn(p.shape, generator=_g(1), dtype=p.dtype))
-        if arch == "batchtopk":
+        if isinstance(d, dl.BatchTopKSAE):
             d.threshold.fill_(0.1)
         if arch == "jumprelu":
             d.set_threshold_(0.3 * torch.rand(20, generator=_g(3), dtype=p.dtype) + 0.05)
@@ -179,16 +183,18 @@ def test_each_architecture_recovers_known_directions(arch):
     assert res.curve[-1]["step"] == 800_000 // 512 and res.tokens == (800_000 // 512) * 512
 
 
-def test_a_crosscoder_over_two_views_finds_shared_and_exclusive_latents():
+@pytest.mark.parametrize("arch", ["crosscoder", "batchtopk-crosscoder"])
+def test_a_crosscoder_over_two_views_finds_shared_and_exclusive_latents(arch):
     """Source 1 is a rotated copy of source 0 plus directions of its own: shared latents have
-    decoder norm in both sources, exclusive ones only in source 1."""
+    decoder norm in both sources, exclusive ones only in source 1. With BatchTopK codes, rows keep
+    different numbers of latents in training and about k on average at inference."""
     tf, X, _ = _toy()
     g = _g(5)
     Q = torch.linalg.qr(torch.randn(32, 32, generator=g))[0]
     own = ToyFeatures.make(d=32, n_features=8, mean_active=0.5, decay=1, seed=9)
     X1 = X @ Q + own.sample(X.shape[0], seed=3)
     pair = torch.stack([X, X1], dim=1)
-    cc = dl.build("crosscoder", d_in=32, n_sources=2, d_sae=96, k=5, seed=2)
+    cc = dl.build(arch, d_in=32, n_sources=2, d_sae=96, k=5, seed=2)
     dl.train(cc, dl.batches_from_tensors(pair, batch_size=512), dl.TrainConfig(tokens=240_000, batch_size=512, lr=2e-3),
              progress=False)
     rel = cc.relative_norms()
@@ -196,6 +202,12 @@ def test_a_crosscoder_over_two_views_finds_shared_and_exclusive_latents():
     assert float(rel[exclusive].median()) > 0.9
     shared = dl.cosines(tf.directions[:16], cc.W_dec.detach()[:, :32]).max(1).indices
     assert 0.3 < float(rel[shared].median()) < 0.7
+    if arch == "batchtopk-crosscoder":
+        l0 = (cc.encode(pair[:4096]) > 0).float().sum(1)
+        assert 5 * 0.85 < float(l0.mean()) < 5 * 1.15 and float(l0.std()) > 0.5
+        cc.train()
+        rows = cc.loss(cc._flat(pair[:512]), cc._flat(pair[:512])).codes.l0()
+        assert int(rows.sum()) == 512 * 5 and int(rows.min()) < 5 < int(rows.max())
 
 
 def test_auxiliary_k_revives_dead_latents_and_its_absence_does_not():

@@ -24,7 +24,7 @@ def _randomised(arch: str, **kw) -> dl.Dictionary:
     with torch.no_grad():
         for p in d.parameters():
             p.copy_(0.3 * torch.randn(p.shape, generator=g) + (0.2 if p.dim() == 1 else 0.0))
-        if arch == "batchtopk":
+        if isinstance(d, dl.BatchTopKSAE):
             d.threshold.fill_(0.15)
         if arch == "jumprelu":
             d.set_threshold_(0.3 * torch.rand(d.config.d_sae, generator=g) + 0.05)  # thresholds are positive
@@ -38,6 +38,7 @@ CASES = {
     "jumprelu": dict(d_in=12, d_sae=40),
     "transcoder": dict(d_in=12, d_out=9, d_sae=40, k=4, site="ln2.1", site_out="mlp_out.1"),
     "crosscoder": dict(d_in=6, n_sources=2, d_sae=40, k=4),
+    "batchtopk-crosscoder": dict(d_in=6, n_sources=2, d_sae=40, k=4),
 }
 
 
@@ -59,7 +60,8 @@ def test_saelens_architecture_names_in_cfg(tmp_path):
         dl.save(_randomised(arch, **CASES[arch]), tmp_path / arch)
         names[arch] = json.loads((tmp_path / arch / "cfg.json").read_text())["architecture"]
     assert names == {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu",
-                     "transcoder": "mechscope.transcoder", "crosscoder": "mechscope.crosscoder"}
+                     "transcoder": "mechscope.transcoder", "crosscoder": "mechscope.crosscoder",
+                     "batchtopk-crosscoder": "mechscope.batchtopk-crosscoder"}
     cfg = json.loads((tmp_path / "relu" / "cfg.json").read_text())
     assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post" and cfg["d_in"] == 12
 

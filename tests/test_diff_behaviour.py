@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mechscope.core.site import Kind, Site
-from mechscope.diff.activations import activation_diff, lens, mean_difference, steering_kl
+from mechscope.diff.activations import activation_diff, lens, mean_difference, steering_kl, steering_kls
 from mechscope.diff.behaviour import behaviour_diff, kl_per_token
 from mechscope.diff.corpus import from_ids
 from mechscope.diff.report import write_out
@@ -64,6 +64,23 @@ def test_kl_per_token_equals_a_direct_computation():
     m = x == top.key[0]
     rise = (pb[m] - pa[m]).mean(0)
     assert top.rises[0][0] == int(rise.argmax()) and top.rises[0][1] == pytest.approx(float(rise.max()))
+    # read on fewer windows: the mean over the key's positions in those windows (its examples' and
+    # `detail_windows` evenly spaced ones)
+    few = behaviour_diff(wrap(a), wrap(b), from_ids(x), batch=5, min_count=2, progress=False, n_boot=50,
+                         detail_windows=2)
+    top = few.by_context[0]
+    ex = {e.window for k in few.by_context + few.by_bigram for e in k.examples}
+    hit = torch.zeros(x.shape[0], dtype=torch.bool)  # the windows any top key is in
+    for k in few.by_context:
+        hit |= (x == k.key[0]).any(1)
+    for k in few.by_bigram:
+        hit |= ((x[:, :-1] == k.key[0]) & (x[:, 1:] == k.key[1])).any(1)
+    rows = hit.nonzero().flatten()
+    keep = sorted(ex | {int(rows[0]), int(rows[-1])})
+    m = torch.zeros_like(x, dtype=torch.bool)
+    m[keep] = x[keep] == top.key[0]
+    rise = (pb[m] - pa[m]).mean(0)
+    assert top.rises[0][1] == pytest.approx(float(rise.max())) and len(keep) < len(rows)
 
 
 def test_identical_networks_differ_nowhere():
@@ -100,6 +117,13 @@ def test_steering_with_the_exact_difference_closes_all_of_the_kl():
     some = activation_diff(A, B, from_ids(x), n_pos=3, progress=False, steer_sites=2)  # the first and the last
     assert [s.closed is not None for s in some] == [True, False, True]
     assert [s.norm for s in some] == [s.norm for s in sites]
+    # several sites in one pass give each site's own figures
+    s0, s1 = Site(Kind.RESID_PRE, 0), Site(Kind.RESID_PRE, 1)
+    _, both = steering_kls(A, B, x, {s1: c / 2, s0: c})
+    assert torch.equal(both[s1], half) and torch.equal(both[s0], steering_kl(A, B, x, s0, c)[1])
+    few = activation_diff(A, B, from_ids(x), n_pos=3, progress=False, steer_windows=3)  # windows 0, 4 and 7
+    assert few[1].closed.n == 3 and few[1].closed.value == pytest.approx(1.0, abs=1e-6)
+    assert few[1].kl_before == pytest.approx(float(before[[0, 4, 7]].sum()) / 30)
     # the lens of c is B's unembedding of B's final norm of c, less the lens of zero
     with torch.no_grad():
         want = b.unembed(b.ln_final(c)) - b.unembed(b.ln_final(torch.zeros(16)))

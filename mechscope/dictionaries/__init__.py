@@ -14,7 +14,7 @@ Depends on mechscope.core only: any adapter (`mechscope.load`, `mechscope.wrap`)
 from .base import DictConfig, Dictionary, LossParts
 from .batchtopk import BatchTopKConfig, BatchTopKSAE
 from .compare import Comparison, Matching, compare, cosines, match, mmcs
-from .crosscoder import Crosscoder, CrosscoderConfig
+from .crosscoder import BatchTopKCrosscoder, BatchTopKCrosscoderConfig, Crosscoder, CrosscoderConfig
 from .files import DictionaryFileError
 from .jumprelu import JumpReLUConfig, JumpReLUSAE
 from .metrics import (DictMetrics, LossRecovered, density_histogram, embedding_distance, evaluate, loss_recovered,
@@ -30,7 +30,8 @@ from .topk import TopKConfig, TopKSAE
 from .train import TrainConfig, TrainResult, batches_from_tensors, train
 from .transcoder import Transcoder, TranscoderConfig
 
-__all__ = ["ARCHITECTURES", "ActivationStore", "BatchTopKConfig", "BatchTopKSAE", "Comparison", "Crosscoder",
+__all__ = ["ARCHITECTURES", "ActivationStore", "BatchTopKConfig", "BatchTopKCrosscoder",
+           "BatchTopKCrosscoderConfig", "BatchTopKSAE", "Comparison", "Crosscoder",
            "CrosscoderConfig", "DictConfig", "DictMetrics", "Dictionary", "DictionaryFileError", "Diversity",
            "HarvestConfig", "JointStore", "JumpReLUConfig", "JumpReLUSAE", "LossParts", "LossRecovered", "Matching",
            "ReLUConfig", "ReLUSAE", "ShuffleBuffer", "SparseCodes", "Spread", "TopKConfig", "TopKSAE", "TrainConfig",

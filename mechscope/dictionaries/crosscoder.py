@@ -4,13 +4,18 @@ The sources are the same token's activations in two models (model diffing) or at
 of one. Every latent has one encoder row and one decoder direction per source:
 
     pre   = Σ_s (x_s - b_dec,s) W_enc,s + b_enc          x: (batch, n_sources, d_in)
-    codes = TopK(pre)                                     shared by all sources
+    codes = TopK(pre) or BatchTopK(pre)                   shared by all sources
     x̂_s   = codes W_dec,s + b_dec,s                        W_dec: (d_sae, n_sources, d_in)
 
 Weights are stored flat (W_enc (n_sources·d_in, d_sae), W_dec (d_sae, n_sources·d_in)), so the
 TopK machinery, sparse decoding and the auxiliary-k loss apply unchanged; each decoder row (all
 sources together) has unit norm. `decoder_norms()` gives each latent's norm per source: for two
 models, a latent whose norm sits almost entirely in one of them is specific to that model.
+
+`BatchTopKCrosscoder` ("batchtopk-crosscoder") is the same crosscoder with BatchTopK's activation
+(`batchtopk.py`: the batch's B·k largest pre-activations while training, one calibrated threshold
+outside it), as Minder et al. (2025) train it: a row keeps as many latents as it needs, so tokens
+where the models differ can use more than k.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .batchtopk import BatchTopKConfig, BatchTopKSAE
 from .topk import TopKConfig, TopKSAE
 
 
@@ -72,3 +78,16 @@ class Crosscoder(TopKSAE):
         """(d_sae,) ||W_dec,b|| / (||W_dec,a|| + ||W_dec,b||): 0 only in source a, 1 only in b, 0.5 shared."""
         n = self.decoder_norms()
         return n[:, b] / (n[:, a] + n[:, b]).clamp_min(1e-12)
+
+
+@dataclass(frozen=True)
+class BatchTopKCrosscoderConfig(CrosscoderConfig, BatchTopKConfig):
+    """A crosscoder's sources with BatchTopK's threshold settings."""
+
+
+class BatchTopKCrosscoder(BatchTopKSAE, Crosscoder):
+    """A crosscoder whose codes are BatchTopK's: BatchTopKSAE's activation, threshold and
+    calibration, Crosscoder's sources and decoder norms."""
+
+    architecture = "batchtopk-crosscoder"
+    config: BatchTopKCrosscoderConfig

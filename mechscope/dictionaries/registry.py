@@ -6,7 +6,7 @@ from typing import Any
 
 from .base import DictConfig, Dictionary
 from .batchtopk import BatchTopKConfig, BatchTopKSAE
-from .crosscoder import Crosscoder, CrosscoderConfig
+from .crosscoder import BatchTopKCrosscoder, BatchTopKCrosscoderConfig, Crosscoder, CrosscoderConfig
 from .jumprelu import JumpReLUConfig, JumpReLUSAE
 from .relu import ReLUConfig, ReLUSAE
 from .topk import TopKConfig, TopKSAE
@@ -15,7 +15,8 @@ from .transcoder import Transcoder, TranscoderConfig
 ARCHITECTURES: dict[str, tuple[type[DictConfig], type[Dictionary]]] = {
     cls.architecture: (cfg, cls) for cfg, cls in [
         (ReLUConfig, ReLUSAE), (TopKConfig, TopKSAE), (BatchTopKConfig, BatchTopKSAE),
-        (JumpReLUConfig, JumpReLUSAE), (TranscoderConfig, Transcoder), (CrosscoderConfig, Crosscoder)]
+        (JumpReLUConfig, JumpReLUSAE), (TranscoderConfig, Transcoder), (CrosscoderConfig, Crosscoder),
+        (BatchTopKCrosscoderConfig, BatchTopKCrosscoder)]
 }
 
 

@@ -24,10 +24,9 @@ import torch
 from torch import Tensor
 
 from ..core.interventions import Add
-from ..core.progress import progress_bar
 from ..core.score import Score
 from ..core.site import Kind, Site
-from .behaviour import kl_per_token
+from .behaviour import kl_per_token, log_probs
 from .corpus import Corpus
 
 
@@ -91,19 +90,29 @@ def mean_difference(a: Any, b: Any, ids: Tensor, sites: list[Site], n_pos: int) 
 
 
 @torch.no_grad()
-def steering_kl(a: Any, b: Any, ids: Tensor, site: Site, delta: Tensor, batch: int = 16,
-                before: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per-window sums of KL(A‖B) and KL(A+Δ‖B) on `ids`: two (n,) tensors. `before`, the per-token
-    KL(A‖B) (n, seq_len) when already known, saves A's unsteered pass."""
-    sums_before, after = [], []
-    add = Add(site, vector=delta)
+def steering_kls(a: Any, b: Any, ids: Tensor, deltas: dict[Site, Tensor], batch: int = 16,
+                 before: Tensor | None = None) -> tuple[Tensor, dict[Site, Tensor]]:
+    """Per-window sums of KL(A‖B) and, per site, of KL(A+Δ‖B) on `ids`: (n,) and {site: (n,)}. B's
+    log-probabilities are computed once per batch for all sites; `before`, the per-token KL(A‖B)
+    (n, seq_len) when already known, saves A's unsteered pass."""
+    sums_before: list[Tensor] = []
+    after: dict[Site, list[Tensor]] = {s: [] for s in deltas}
     for s in range(0, len(ids), batch):
         chunk = ids[s:s + batch]
-        lb = b.run(chunk).logits
-        sums_before.append(kl_per_token(a.run(chunk).logits, lb).sum(1) if before is None
+        lb = log_probs(b.run(chunk).logits)
+        sums_before.append(kl_per_token(a.run(chunk).logits, lb, True).sum(1) if before is None
                            else before[s:s + batch].sum(1))
-        after.append(kl_per_token(a.run(chunk, interventions=[add]).logits, lb).sum(1))
-    return torch.cat(sums_before), torch.cat(after)
+        for site, delta in deltas.items():
+            steered = a.run(chunk, interventions=[Add(site, vector=delta)]).logits
+            after[site].append(kl_per_token(steered, lb, True).sum(1))
+    return torch.cat(sums_before), {k: torch.cat(v) for k, v in after.items()}
+
+
+def steering_kl(a: Any, b: Any, ids: Tensor, site: Site, delta: Tensor, batch: int = 16,
+                before: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-window sums of KL(A‖B) and KL(A+Δ‖B) on `ids` for one site: two (n,) tensors."""
+    sums, after = steering_kls(a, b, ids, {site: delta}, batch, before)
+    return sums, after[site]
 
 
 def closed_fraction(before: Tensor, after: Tensor, dataset: str, how: dict, n_boot: int = 500) -> Score:
@@ -124,19 +133,31 @@ def closed_fraction(before: Tensor, after: Tensor, dataset: str, how: dict, n_bo
 
 def activation_diff(a: Any, b: Any, corpus: Corpus, unrelated: Tensor | None = None, n_pos: int = 5,
                     k_tokens: int = 10, steer: bool = True, batch: int = 16, progress: bool = True,
-                    kl: Tensor | None = None, steer_sites: int | None = 8) -> list[SiteDiff]:
+                    kl: Tensor | None = None, steer_sites: int | None = 8,
+                    steer_windows: int | None = 128) -> list[SiteDiff]:
     """Δ and its logit-lens tokens at every residual site, and its steering effect at `steer_sites`
-    of them evenly spaced, first and last included (None: all; each costs two passes over the
-    corpus) (module docstring). `unrelated` are the windows Δ is measured on (default: the corpus
-    itself); `kl`, the per-token KL(A‖B) on the corpus when the behaviour diff has it."""
+    of them evenly spaced, first and last included (None: all; each costs one pass of A over the
+    steered windows) (module docstring), on `steer_windows` of the corpus windows evenly spaced
+    (None: all). `unrelated` are the windows Δ is measured on (default: the corpus itself); `kl`,
+    the per-token KL(A‖B) on the corpus when the behaviour diff has it."""
     sites = residual_sites(a)
     n = len(sites)
     chosen = set(range(n)) if steer_sites is None or steer_sites >= n else \
         {round(i * (n - 1) / max(1, steer_sites - 1)) for i in range(steer_sites)}
     deltas = mean_difference(a, b, corpus.ids if unrelated is None else unrelated, sites, n_pos)
-    n_tok = corpus.ids.shape[1]
+    n_win, n_tok = corpus.ids.shape
+    rows = torch.arange(n_win) if steer_windows is None or steer_windows >= n_win else \
+        torch.linspace(0, n_win - 1, steer_windows).round().long().unique()
+    steered = {s: deltas[s][0] for j, s in enumerate(sites) if steer and j in chosen}
+    before = after = None
+    if steered:
+        if progress:
+            from ..core.progress import note
+
+            note(f"activation diff: steering A at {len(steered)} sites on {len(rows)} windows")
+        before, after = steering_kls(a, b, corpus.ids[rows], steered, batch, None if kl is None else kl[rows])
     out = []
-    for j, s in enumerate(progress_bar(sites, desc="activation diff", unit="site", disable=not progress)):
+    for s in sites:
         delta, base = deltas[s]
         norm = float(delta.norm())
         logit = lens(b, delta)
@@ -148,16 +169,15 @@ def activation_diff(a: Any, b: Any, corpus: Corpus, unrelated: Tensor | None = N
             bottom = tuple(zip(i.tolist(), (-v).tolist()))
         kb = ka = float("nan")
         closed = None
-        if steer and j in chosen:
-            before, after = steering_kl(a, b, corpus.ids, s, delta, batch, kl)
-            kb, ka = float(before.sum()) / (len(before) * n_tok), float(after.sum()) / (len(after) * n_tok)
-            closed = closed_fraction(before, after, corpus.name,
+        if s in steered:
+            kb, ka = float(before.sum()) / (len(rows) * n_tok), float(after[s].sum()) / (len(rows) * n_tok)
+            closed = closed_fraction(before, after[s], corpus.name,
                                      {"site": s.name, "delta": f"mean over the first {n_pos} positions",
-                                      "added at": "every position", "scale": 1.0})
+                                      "added at": "every position", "scale": 1.0, "windows": len(rows)})
         out.append(SiteDiff(s, delta, norm, norm / base if base > 0 else 0.0, top, bottom, kb, ka, closed))
     return out
 
 
 __all__ = ["SiteDiff", "activation_diff", "closed_fraction", "lens", "mean_difference", "readout_modules",
-           "residual_sites", "steering_kl"]
+           "residual_sites", "steering_kl", "steering_kls"]
 

@@ -29,10 +29,31 @@ from ..core.score import Score, bootstrap_ci
 from .corpus import Corpus
 
 
-def kl_per_token(logits_a: Tensor, logits_b: Tensor) -> Tensor:
-    """KL(A‖B) of the next-token distributions at every position: (..., vocab) -> (...)."""
-    la, lb = F.log_softmax(logits_a.double(), -1), F.log_softmax(logits_b.double(), -1)
-    return (la.exp() * (la - lb)).sum(-1).clamp_min(0.0)
+ROWS = 256  # positions per slice of the vocabulary-wide KL (bounds its float64 temporaries)
+
+
+def log_probs(logits: Tensor) -> Tensor:
+    """Next-token log-probabilities in float64, over slices of ROWS positions."""
+    v = logits.shape[-1]
+    x = logits.reshape(-1, v)
+    out = torch.empty(x.shape, dtype=torch.float64)
+    for s in range(0, x.shape[0], ROWS):
+        out[s:s + ROWS] = F.log_softmax(x[s:s + ROWS].double(), -1)
+    return out.reshape(logits.shape)
+
+
+def kl_per_token(logits_a: Tensor, logits_b: Tensor, b_is_log_probs: bool = False) -> Tensor:
+    """KL(A‖B) of the next-token distributions at every position: (..., vocab) -> (...), in float64
+    over slices of ROWS positions (a large vocabulary needs no full-size float64 temporaries);
+    `b_is_log_probs`: `logits_b` are already `log_probs` (reused across several A's)."""
+    shape, v = logits_a.shape[:-1], logits_a.shape[-1]
+    xa, xb = logits_a.reshape(-1, v), logits_b.reshape(-1, v)
+    out = torch.empty(xa.shape[0], dtype=torch.float64)
+    for s in range(0, xa.shape[0], ROWS):
+        la = F.log_softmax(xa[s:s + ROWS].double(), -1)
+        lb = xb[s:s + ROWS] if b_is_log_probs else F.log_softmax(xb[s:s + ROWS].double(), -1)
+        out[s:s + ROWS] = (la.exp() * (la - lb)).sum(-1)
+    return out.reshape(shape).clamp_min(0.0)
 
 
 @dataclass(frozen=True)
@@ -107,9 +128,11 @@ def _table(keys: Tensor, kl: Tensor, min_count: int, top: int, table: str,
 
 def behaviour_diff(a: Any, b: Any, corpus: Corpus, batch: int = 16, top: int = 10, min_count: int = 4,
                    n_examples: int = 3, k_pred: int = 3, n_boot: int = 500, progress: bool = True,
-                   baseline: Callable[[str, tuple[int, ...]], float] | None = None) -> BehaviourDiff:
+                   baseline: Callable[[str, tuple[int, ...]], float] | None = None,
+                   detail_windows: int | None = 128) -> BehaviourDiff:
     """The behaviour diff on `corpus` (module docstring). `baseline(table, key)`, when given, ranks the
-    keys by mean KL / baseline (a control pair's KL there) instead of by mean KL."""
+    keys by mean KL / baseline (a control pair's KL there) instead of by mean KL. The rises and falls
+    of the top keys are read on the windows of their examples and `detail_windows` others (`_details`)."""
     ids = corpus.ids
     n, T = ids.shape
     kl = torch.zeros(n, T, dtype=torch.float64)
@@ -134,7 +157,7 @@ def behaviour_diff(a: Any, b: Any, corpus: Corpus, batch: int = 16, top: int = 1
     nx_rows, _ = _table(ids[:, 1:].reshape(-1, 1), kl[:, :-1].flatten(), min_count, top, "next", None)
     nx_rows = [(k, c, m, t, nx_flat[i]) for k, c, m, t, i in nx_rows]
 
-    detailed = _details(a, b, ids, kl, ctx_rows + bi_rows, batch, n_examples, k_pred)
+    detailed = _details(a, b, ids, kl, ctx_rows + bi_rows, batch, n_examples, k_pred, detail_windows)
 
     def stats(rows, details: list | None) -> tuple[KeyStat, ...]:
         out = []
@@ -153,32 +176,40 @@ def behaviour_diff(a: Any, b: Any, corpus: Corpus, batch: int = 16, top: int = 1
 
 
 def _details(a: Any, b: Any, ids: Tensor, kl: Tensor, rows: list, batch: int, n_examples: int,
-             k_pred: int) -> list[tuple]:
+             k_pred: int, detail_windows: int | None = 128) -> list[tuple]:
     """Per row: rises, falls and examples, from a second pass over the windows the rows' positions
-    are in."""
+    are in: those of the examples and, of the rest, `detail_windows` evenly spaced (None: all); the
+    rises and falls are means over the row's positions in these windows."""
     n, T = ids.shape
     if not rows:
         return []
-    need = torch.unique(torch.cat([where // T for *_, where in rows]))
-    sums: list[Tensor | int] = [0] * len(rows)
-    examples: list[list[Example]] = [[] for _ in rows]
     # the examples of a row: its occurrences with the largest KL
     chosen = [set(w[kl.flatten()[w].argsort(descending=True)[:n_examples]].tolist()) for *_, w in rows]
+    need = torch.unique(torch.cat([where // T for *_, where in rows]))
+    if detail_windows is not None and len(need) > detail_windows:
+        spaced = need[torch.linspace(0, len(need) - 1, detail_windows).round().long()]
+        need = torch.unique(torch.cat([spaced, torch.tensor([f // T for c in chosen for f in c], dtype=torch.long)]))
+    sums: list[Tensor | int] = [0] * len(rows)
+    counts = [0] * len(rows)
+    examples: list[list[Example]] = [[] for _ in rows]
+    local = torch.full((n * T,), -1, dtype=torch.long)  # flat position -> row in this batch's logits
     for s in range(0, len(need), batch):
         wins = need[s:s + batch]
         la = F.softmax(_logits(a, ids[wins]).double(), -1)  # (b, T, vocab)
         lb = F.softmax(_logits(b, ids[wins]).double(), -1)
         flat_here = (wins[:, None] * T + torch.arange(T)).flatten()
-        local = {int(f): i for i, f in enumerate(flat_here.tolist())}
+        local[flat_here] = torch.arange(len(flat_here))
         pa, pb = la.reshape(-1, la.shape[-1]), lb.reshape(-1, lb.shape[-1])
         for j, (*_, where) in enumerate(rows):
-            hit = [local[f] for f in where.tolist() if f in local]
-            if not hit:
+            hit = local[where]
+            hit = hit[hit >= 0]
+            if not len(hit):
                 continue
             sums[j] = sums[j] + (pb[hit] - pa[hit]).sum(0)
-            for f in where.tolist():
-                if f in chosen[j] and f in local:
-                    i = local[f]
+            counts[j] += len(hit)
+            for f in sorted(chosen[j]):
+                if local[f] >= 0:
+                    i = int(local[f])
                     w, p = divmod(f, T)
                     va, ia = pa[i].topk(k_pred)
                     vb, ib = pb[i].topk(k_pred)
@@ -186,9 +217,10 @@ def _details(a: Any, b: Any, ids: Tensor, kl: Tensor, rows: list, batch: int, n_
                         w, p, tuple(ids[w, max(0, p - 7):p + 1].tolist()),
                         tuple(zip(ia.tolist(), va.tolist())), tuple(zip(ib.tolist(), vb.tolist())),
                         float(kl[w, p])))
+        local[flat_here] = -1
     out = []
     for j, (*_, where) in enumerate(rows):
-        mean = sums[j] / len(where)
+        mean = sums[j] / max(counts[j], 1)
         up, down = mean.topk(5), (-mean).topk(5)
         out.append((tuple(zip(up.indices.tolist(), up.values.tolist())),
                     tuple(zip(down.indices.tolist(), (-down.values).tolist())),

@@ -1,8 +1,12 @@
 """`mechscope diff-bench`: diff the zoo text model against each public fine-tune and check that the
 diff names what was changed, and reports nothing above threshold for a control.
 
+A is `textlm` (the fully trained zoo text model) by default and `textlm-quick` (the 200-step one)
+with `quick=True`: `MODES` holds each mode's base, fine-tune steps and windows, and each can be
+given instead.
+
 Steps:
-1. train (or find cached) the four public fine-tunes of `textlm-quick` (`finetunes.py`);
+1. train (or find cached) the four public fine-tunes of A (`finetunes.py`);
 2. diff A against `control` (A trained further on its own data): the thresholds;
 3. diff A against `python-docs`, `rule` and `control-heldout`, each measured against those
    thresholds, on the same held-out windows;
@@ -83,8 +87,13 @@ def _top(res: DiffResult, k: int = 5) -> list[dict[str, Any]]:
              "above": f.above} for f in res.findings[:k]]
 
 
-def run_bench(quick: bool = False, base: str = "textlm-quick", progress: bool = True) -> dict[str, Any]:
-    steps, windows = (200, 256) if quick else (400, 512)
+MODES = {"quick": ("textlm-quick", 200, 256), "full": ("textlm", 200, 512)}  # base, fine-tune steps, windows
+
+
+def run_bench(quick: bool = False, base: str | None = None, steps: int | None = None, windows: int | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    d_base, d_steps, d_windows = MODES["quick" if quick else "full"]
+    base, steps, windows = base or d_base, steps or d_steps, windows or d_windows
     t0 = time.perf_counter()
     dirs, train_s = {}, {}
     for ft in PUBLIC:
@@ -108,7 +117,7 @@ def run_bench(quick: bool = False, base: str = "textlm-quick", progress: bool = 
     corpus = held_out(model_a, "textlm", windows, 64)
     chance = float(is_python[corpus.ids.flatten()].double().mean())
     figures: dict[str, Any] = {
-        "steps": steps, "windows": windows, "train_s": train_s,
+        "base": base, "steps": steps, "windows": windows, "train_s": train_s,
         "diff_s": {k: round(sum(r.seconds.values()), 2) for k, r in {"control": control, **results}.items()},
         "kl_per_token": {k: r.behaviour.overall.value for k, r in {"control": control, **results}.items()},
         "above_threshold": {k: len(r.above) for k, r in results.items()},

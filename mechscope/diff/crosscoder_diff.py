@@ -1,7 +1,9 @@
 """Crosscoder diff: one dictionary over A's and B's activations at a site, and which latents only B has.
 
-A crosscoder (`dictionaries/crosscoder.py`, TopK) is trained on the pairs (h_A, h_B) of the same
-token's residual activations at one site (by default the input of the last block), on the windows
+A crosscoder (`dictionaries/crosscoder.py`; by default with BatchTopK codes as Minder et al. 2025
+train it: k latents per token on average over a batch, one calibrated threshold after training;
+`batch_topk=False`, k per token) is trained on the pairs (h_A, h_B) of the same token's residual
+activations at one site (by default the input of the last block), on the windows
 of the corpus. Each latent j has a decoder direction per model; its relative norm
 r_j = ||d_j^B|| / (||d_j^A|| + ||d_j^B||) is near 1 for a latent only B uses, near 0 for one only A
 uses (Lindsey et al. 2024). The shares of live latents below 0.1, between and above 0.9 are
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..core.site import Kind, Site
-from ..dictionaries.crosscoder import Crosscoder, CrosscoderConfig
+from ..dictionaries.crosscoder import BatchTopKCrosscoder, BatchTopKCrosscoderConfig, Crosscoder, CrosscoderConfig
 from ..dictionaries.train import TrainConfig, batches_from_tensors, train
 from .activations import lens
 from .corpus import Corpus
@@ -52,7 +54,8 @@ class Latent:
 class CrosscoderDiff:
     site: Site
     d_sae: int
-    k: int
+    k: int  # active latents per token (BatchTopK: on average over a training batch)
+    activation: str  # "batchtopk" or "topk"
     fvu: float  # fraction of variance unexplained on the training rows, both models together
     shares: dict[str, float]  # share of live latents that are A-only (r < 0.1), shared, B-only (r > 0.9)
     b_leaning: tuple[Latent, ...]  # the live latents with the largest relative norm, largest first
@@ -72,12 +75,13 @@ def harvest(a: Any, b: Any, ids: Tensor, site: Site, batch: int = 32) -> tuple[T
 
 def crosscoder_diff(a: Any, b: Any, corpus: Corpus, site: Site | None = None, d_sae: int = 256, k: int = 8,
                     epochs: int = 20, batch_size: int = 1024, top: int = 8, seed: int = 0,
-                    progress: bool = True) -> CrosscoderDiff:
+                    batch_topk: bool = True, progress: bool = True) -> CrosscoderDiff:
     t0 = time.perf_counter()
     site = site or Site(Kind.RESID_PRE, a.n_layers - 1)
     xa, xb = harvest(a, b, corpus.ids, site)
     n, d = xa.shape
-    cc = Crosscoder(CrosscoderConfig(d_in=d, d_sae=d_sae, k=k, n_sources=2, seed=seed, site=site.name))
+    cfg_cls, cls = (BatchTopKCrosscoderConfig, BatchTopKCrosscoder) if batch_topk else (CrosscoderConfig, Crosscoder)
+    cc = cls(cfg_cls(d_in=d, d_sae=d_sae, k=k, n_sources=2, seed=seed, site=site.name))
     cfg = TrainConfig(tokens=n * epochs, batch_size=min(batch_size, n), seed=seed, dead_after_tokens=n * 4)
     train(cc, batches_from_tensors(xa, xb, batch_size=min(batch_size, n), seed=seed), cfg, progress=progress,
           description=f"crosscoder at {site.name}")
@@ -112,7 +116,8 @@ def crosscoder_diff(a: Any, b: Any, corpus: Corpus, site: Site | None = None, d_
             out.append(Latent(j, float(rel[j]), float(freq[j]), nu, tuple(flat_ids[where].tolist()),
                               tuple(t for t in nxt[where].tolist() if t >= 0),
                               tuple(logit.topk(10).indices.tolist()) if logit is not None else ()))
-    return CrosscoderDiff(site, d_sae, k, fvu, shares, tuple(out), time.perf_counter() - t0)
+    return CrosscoderDiff(site, d_sae, k, "batchtopk" if batch_topk else "topk", fvu, shares, tuple(out),
+                          time.perf_counter() - t0)
 
 
 __all__ = ["CrosscoderDiff", "Latent", "crosscoder_diff", "harvest"]

@@ -12,7 +12,8 @@ into `$MECHSCOPE_CACHE/diff/<base>-<name>-<steps>`:
   second is the pair `diff-bench` checks reports nothing above it (a threshold checked on the pair
   it was set on could not fail).
 
-All four use the same steps, learning rate schedule and batch size, so the control moves the
+All four use the same steps, learning rate schedule and batch size (the base's batch; a peak
+learning rate of a third of the base's, after 10 warm-up steps), so the control moves the
 weights about as far as the others: what separates them is where they move. The run directories
 are zoo runs whose recipe is `textlm` (the hyperparameters say what was fine-tuned from what), so
 `mechscope diff zoo:textlm-quick DIR` and `zoo.load_zoo(name, path=DIR)` load them like any zoo
@@ -119,9 +120,10 @@ def finetune_dir(base: str, name: str, steps: int) -> Path:
     return cache_dir() / "diff" / f"{base}-{name}-{steps}"
 
 
-def train_finetune(name: str, base: str = "textlm-quick", steps: int = 200, lr: float = 1e-3,
+def train_finetune(name: str, base: str = "textlm-quick", steps: int = 200, lr: float | None = None,
                    progress: bool = True) -> Path:
-    """Train (or resume, or find cached) the public fine-tune `name` of zoo network `base`; its run dir."""
+    """Train (or resume, or find cached) the public fine-tune `name` of zoo network `base`; its run dir.
+    `lr` defaults to a third of the base's peak learning rate (1e-3 for `textlm-quick`)."""
     from .. import zoo
     from ..zoo.files import load_tensors
     from ..zoo.train import RunSpec, run_training
@@ -136,6 +138,7 @@ def train_finetune(name: str, base: str = "textlm-quick", steps: int = 200, lr: 
     if cfg["recipe"] != "textlm":
         raise LoadError(f"the public fine-tunes start from a zoo text model; {base} is a {cfg['recipe']!r} network")
     _, meta = load_tensors(run.model_path)
+    lr = cfg["hparams"]["lr"] / 3 if lr is None else lr
     hp = {**cfg["hparams"], "steps": steps, "lr": lr, "warmup": 10, "eval_every": 50, "log_every": 10,
           "checkpoints_log": 4, "checkpoints_linear": 2, "data": ft.data, "init": f"zoo:{base}",
           "init_path": str(run.model_path), "init_sha256": meta["sha256"]}

@@ -84,7 +84,7 @@ class DiffResult:
 
     def _crosscoder_json(self) -> dict[str, Any]:
         cc, d = self.crosscoder, self.decode
-        return {"site": cc.site.name, "d_sae": cc.d_sae, "k": cc.k, "fvu": cc.fvu, "shares": cc.shares,
+        return {"site": cc.site.name, "d_sae": cc.d_sae, "k": cc.k, "activation": cc.activation, "fvu": cc.fvu, "shares": cc.shares,
                 "seconds": cc.seconds,
                 "b_leaning": [{"latent": x.index, "relative_norm": x.relative_norm, "frequency": x.frequency,
                             "nu": x.nu, "fires_on": [d(t) for t in x.fires_on], "next": [d(t) for t in x.next_tokens],

@@ -128,9 +128,10 @@ class Readout:
         return tuple(scores.topk(k).indices.tolist()), tuple((-scores).topk(k).indices.tolist())
 
 
-def spectrum(delta: Tensor, tol: float = TOL) -> tuple[Tensor, int, float]:
-    """Singular values of `delta` (descending), its rank at `tol` and its effective rank."""
-    s = torch.linalg.svdvals(delta.double())
+def spectrum(delta: Tensor, tol: float = TOL, s: Tensor | None = None) -> tuple[Tensor, int, float]:
+    """Singular values of `delta` (descending; `s` when already computed), its rank at `tol` and its
+    effective rank."""
+    s = torch.linalg.svdvals(delta.double()) if s is None else s
     if s.numel() == 0 or float(s[0]) == 0.0:
         return s, 0, 0.0
     rank = int((s > tol * s[0]).sum())
@@ -154,10 +155,12 @@ def diff_component(name: str, wa: Tensor, wb: Tensor, rows: str, cols: str, read
             dirs.append(Direction(absolute, "writes", rows, v, top, bottom))
         return ComponentDiff(name, tuple(delta.shape), absolute, relative, rank, float(rank), (absolute,),
                              tuple(dirs))
-    s, rank, eff = spectrum(delta, tol)
+    if absolute == 0:  # unchanged: no decomposition to compute
+        return ComponentDiff(name, tuple(delta.shape), 0.0, relative, 0, 0.0, (0.0,))
+    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)  # one decomposition for the spectrum and directions
+    s, rank, eff = spectrum(delta, tol, S)
     dirs = []
     if rank:
-        U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
         for i in range(min(n_directions, rank)):
             u, v = U[:, i], Vh[i]
             if u[u.abs().argmax()] < 0:  # the sign convention of the module docstring
