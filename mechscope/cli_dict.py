@@ -52,7 +52,7 @@ def train_cmd(
     model: Annotated[str, typer.Argument(help="smollm2-135m, minilm-l6, zoo:NAME or a local Hugging Face directory")],
     site: Annotated[list[str], typer.Option("--site", "-s", help="input site (repeat for a crosscoder's sources)")],
     out: Annotated[Path, typer.Option(help="directory for the store, the dictionary and report.json")],
-    arch: Annotated[str, typer.Option(help="relu, topk, batchtopk, jumprelu, transcoder or crosscoder")] = "topk",
+    arch: Annotated[str, typer.Option(help="relu, topk, batchtopk, jumprelu, transcoder, crosscoder or batchtopk-crosscoder")] = "topk",
     site_out: Annotated[Optional[str], typer.Option(help="a transcoder's target site, e.g. mlp_out.L")] = None,
     d_sae: Annotated[int, typer.Option(help="latents")] = 4096,
     k: Annotated[int, typer.Option("-k", help="active latents (topk, batchtopk, transcoder, crosscoder)")] = 32,
@@ -79,7 +79,7 @@ def train_cmd(
 
     from . import dictionaries as dl
     from .dictionaries.metrics import embedding_distance, next_token_ce
-    from .dictionaries.study import StudyConfig, study, summary
+    from .dictionaries.study import CROSSCODERS, StudyConfig, study, summary
     from .models.load import load
 
     if (penalty is not None or target_l0 is not None) and arch not in ("relu", "jumprelu"):
@@ -110,13 +110,13 @@ def train_cmd(
     # a seeded shuffle of the sequences: the held-out shards are then a sample of every text given
     token_ids = token_ids[torch.randperm(n_seq, generator=torch.Generator().manual_seed(0))]
     fields: dict = {}
-    if arch in ("topk", "batchtopk", "transcoder", "crosscoder"):
+    if arch in ("topk", "batchtopk", "transcoder", *CROSSCODERS):
         fields["k"] = k
     if penalty is not None:
         fields["l1_coefficient" if arch == "relu" else "l0_coefficient"] = penalty
     if target_l0 is not None:
         fields["target_l0"] = target_l0
-    cfg = StudyConfig(architecture=arch, site=tuple(site) if arch == "crosscoder" else site[0], d_sae=d_sae,
+    cfg = StudyConfig(architecture=arch, site=tuple(site) if arch in CROSSCODERS else site[0], d_sae=d_sae,
                       dictionary=fields, site_out=site_out, held_out_fraction=held_fraction,
                       eval_sequences=eval_sequences, drop_first=drop)
     rep = study(m, token_ids, cfg, dl.TrainConfig(tokens=tokens, batch_size=batch), out,

@@ -20,7 +20,9 @@ CASES = {
     "jumprelu": dict(site="resid_post.0", dictionary={"l0_coefficient": 0.5}),
     "transcoder": dict(site="ln2.1", site_out="mlp_out.1", dictionary={"k": 8}),
     "crosscoder": dict(site=("resid_post.0", "resid_post.1"), dictionary={"k": 8}),
+    "batchtopk-crosscoder": dict(site=("resid_post.0", "resid_post.1"), dictionary={"k": 8}),
 }
+MULTI_SOURCE = ("crosscoder", "batchtopk-crosscoder")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def test_every_architecture_runs_end_to_end(setup, tmp_path, arch):
     data = store.load(keys, held)
     # the report's FVU is sum ||y - y_hat||^2 / sum ||y - mean(y)||^2 over the held-out rows, recomputed
     # here from the saved dictionary's reconstruction and the stored activations (two passes)
-    x = torch.stack(data, 1) if arch == "crosscoder" else data[0]
+    x = torch.stack(data, 1) if arch in MULTI_SOURCE else data[0]
     y = data[1] if arch == "transcoder" else x
     with torch.no_grad():
         recon = saved(x).double()
@@ -57,7 +59,7 @@ def test_every_architecture_runs_end_to_end(setup, tmp_path, arch):
     assert fvu < 1  # better than predicting every held-out row by their mean (FVU exactly 1)
     assert json.loads((tmp_path / rep["name"] / "report.json").read_text())["loss_recovered"] == rep["loss_recovered"]
     assert rep["loss_recovered"]["recovered_vs_zero"]["how"]["positions"] == str(slice(1, None))
-    if arch not in ("crosscoder", "transcoder"):  # one input site: the polysemanticity measures are reported
+    if arch not in (*MULTI_SOURCE, "transcoder"):  # one input site: the polysemanticity measures are reported
         spread = rep["neuron_spread"]
         assert spread["dictionary"]["neurons"] == store.widths[keys[0]] and spread["rotated_control"]["rotated_control"]
         assert dl.neuron_spread(saved, data[0]).describe() == spread["dictionary"]

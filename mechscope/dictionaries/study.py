@@ -31,6 +31,8 @@ from .saelens import save
 from .store import ActivationStore, HarvestConfig, ShuffleBuffer, harvest
 from .train import TrainConfig, train
 
+CROSSCODERS = ("crosscoder", "batchtopk-crosscoder")  # architectures that read a tuple of sites
+
 
 @dataclass(frozen=True)
 class StudyConfig:
@@ -55,7 +57,7 @@ class StudyConfig:
             raise ValueError(f"StudyConfig.held_out_fraction must be in (0, 1), got {self.held_out_fraction}")
         if (self.architecture == "transcoder") != (self.site_out is not None):
             raise ValueError("a transcoder needs site_out (its target), and only a transcoder has one")
-        if (self.architecture == "crosscoder") != isinstance(self.site, tuple):
+        if (self.architecture in CROSSCODERS) != isinstance(self.site, tuple):
             raise ValueError("a crosscoder reads a tuple of sites (one per source); other architectures one site")
 
     @property
@@ -80,7 +82,7 @@ def study(model: Any, tokens: Tensor, config: StudyConfig, train_config: TrainCo
     train_shards, held_shards = store.split(n_held)
     widths = store.widths
     kw: dict[str, Any] = dict(c.dictionary)
-    if c.architecture == "crosscoder":
+    if c.architecture in CROSSCODERS:
         if len({widths[k] for k in keys}) != 1:
             raise ValueError(f"crosscoder sources must share one width, got {[widths[k] for k in keys]}")
         kw |= {"d_in": widths[keys[0]], "n_sources": len(keys)}
@@ -99,7 +101,7 @@ def study(model: Any, tokens: Tensor, config: StudyConfig, train_config: TrainCo
     t0 = time.perf_counter()
     held = store.load(keys + ["tokens"], held_shards)
     held_tokens = held.pop()
-    rows: Tensor | tuple[Tensor, ...] = torch.stack(held, 1) if c.architecture == "crosscoder" else tuple(held)
+    rows: Tensor | tuple[Tensor, ...] = torch.stack(held, 1) if c.architecture in CROSSCODERS else tuple(held)
     metrics = evaluate(dictionary, rows)
     report: dict[str, Any] = {
         "name": name, "model": getattr(model, "name", None), "dataset": dataset, "store": str(out / "store"),
@@ -110,7 +112,7 @@ def study(model: Any, tokens: Tensor, config: StudyConfig, train_config: TrainCo
         "train_tokens_per_second": result.tokens_per_second, "metrics": metrics.describe(),
         "curve": result.curve,
     }
-    if c.architecture not in ("crosscoder", "transcoder"):
+    if c.architecture not in (*CROSSCODERS, "transcoder"):
         x = held[0]
         report["token_diversity"] = {"latents": dictionary_diversity(dictionary, x, held_tokens).describe(),
                                      **{k: v.describe() for k, v in baseline_diversity(x, held_tokens).items()}}
