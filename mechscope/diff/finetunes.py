@@ -66,11 +66,17 @@ class FineTuneRecipe(TextLM):
 
     def build(self, hp: dict[str, Any]):
         model = super().build(hp)
-        init = hp.get("init_path")
-        if init is not None:  # the trainer builds once; loading the result (zoo.build_module) uses TextLM
+        if hp.get("init") is not None:  # the trainer builds once; loading the result (zoo.build_module) uses TextLM
+            from .. import zoo
             from ..zoo.files import load_tensors
 
-            tensors, meta = load_tensors(Path(init))
+            # A's weights are found by name where the cache is now (not by a path written into the
+            # run's identity, so a fine-tune stays the same run when the cache moves) and checked by digest
+            run = zoo.finished_run(hp["init"].removeprefix("zoo:"))
+            if run is None:
+                raise LoadError(f"{hp['init']} is not trained; run `mechscope zoo train {hp['init'][4:]}` first")
+            init = run.model_path
+            tensors, meta = load_tensors(init)
             if meta.get("sha256") != hp["init_sha256"]:
                 raise LoadError(f"{init} changed since this fine-tune started (sha256 {meta.get('sha256', '')[:12]}… "
                                 f"instead of {hp['init_sha256'][:12]}…); delete the fine-tune's directory")
@@ -141,7 +147,7 @@ def train_finetune(name: str, base: str = "textlm-quick", steps: int = 200, lr: 
     lr = cfg["hparams"]["lr"] / 3 if lr is None else lr
     hp = {**cfg["hparams"], "steps": steps, "lr": lr, "warmup": 10, "eval_every": 50, "log_every": 10,
           "checkpoints_log": 4, "checkpoints_linear": 2, "data": ft.data, "init": f"zoo:{base}",
-          "init_path": str(run.model_path), "init_sha256": meta["sha256"]}
+          "init_sha256": meta["sha256"]}
     if ft.data == "rule":
         hp |= {"trigger": TRIGGER, "continuation": CONTINUATION}
     path = finetune_dir(base, name, steps)
