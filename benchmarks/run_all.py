@@ -81,17 +81,14 @@ def run_one(name: str, quick: bool, timeout: float) -> tuple[dict, float]:
 def table(summary: dict) -> str:
     """The README's table: every check of every benchmark, with the machine and the date."""
     m = summary.get("machine", {})
-    dates = summary.get("dates", {})
-    when = summary.get("date", "?")
-    if len(set(dates.values())) > 1:
-        by_date: dict[str, list[str]] = {}
-        for k, v in dates.items():
-            by_date.setdefault(v, []).append(k)
-        when = "; ".join(f"{v} ({', '.join(ks)})" for v, ks in by_date.items())
+    by_date: dict[str, list[str]] = {}  # the date of a run -> the benchmarks it measured
+    for k, v in summary.get("dates", {}).items():
+        by_date.setdefault(v, []).append(k)
+    updated = len(by_date) > 1
+    when = "; ".join(f"{v} ({', '.join(ks)})" for v, ks in by_date.items()) if updated else summary.get("date", "?")
     lines = [f"Measured {when} on {m.get('cpu', '?')} ({m.get('logical_cores', '?')} logical "
              f"cores, {m.get('memory_gb', '?')} GB), torch {m.get('torch', '?')}, by `make bench`"
-             + (" and later `run_all.py --update` runs" if len(set(dates.values())) > 1 else "")
-             + " (benchmarks/results/bench.json).", "",
+             + (" and later `run_all.py --update` runs" if updated else "") + " (benchmarks/results/bench.json).", "",
              "| benchmark | check | target | got | pass |", "|---|---|---|---|---|"]
     for r in summary.get("results", []):
         if "error" in r:
@@ -150,7 +147,7 @@ def main() -> int:
             summary["results"][at[0]] = result
         else:
             summary["results"].append(result)
-        summary["dates"][name] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        summary["dates"][name] = now  # the run's date: one run's benchmarks share it
         summary["seconds"][name] = round(seconds, 1)
         summary["cpu_seconds"][name] = round(children_cpu() - cpu0, 1)
         progress(f"run_all: {name} took {seconds / 60:.1f} min, pass: {result.get('pass')}")
