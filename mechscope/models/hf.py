@@ -466,6 +466,21 @@ def rms_divisor(x: Tensor, eps: float) -> Tensor:
     return (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
+def rms_norm_scale(classes: tuple[str, ...], eps: str,
+                   output: Callable[[nn.Module, Tensor, Tensor], Tensor]) -> Callable[[nn.Module], NormScale | None]:
+    """A family's `Spec.norm` for its RMSNorm, recognised by class name (one of `classes`): the divisor
+    is `rms_divisor` of the input with the module's attribute `eps`; `output(module, x, d)` is the
+    module's output for input x normalised by d (where the family casts and applies its gain)."""
+
+    def norm(module: nn.Module) -> NormScale | None:
+        if type(module).__name__ not in classes:
+            return None
+        e = getattr(module, eps)
+        return NormScale(module, lambda x: rms_divisor(x, e), lambda x, d: output(module, x, d))
+
+    return norm
+
+
 def ln_params(m: nn.Module | None) -> tuple[Tensor | None, Tensor | None]:
     if m is None:
         return None, None
