@@ -22,7 +22,7 @@ from transformers.cache_utils import DynamicLayer
 
 from ..core.protocol import Prepared, Window
 from ..core.site import Kind, Site
-from ..core.taps import HeadInput, HeadResult, ModuleInput, ModuleOutput, NormScale, Tap
+from ..core.taps import HeadInput, HeadResult, ModuleInput, ModuleOutput, NormScale, Tap, rms_divisor
 from ..core.weights import Weights
 from . import hf_attention
 from .base import ModelBase, without_first_blocks
@@ -459,11 +459,6 @@ def linear_t(m: nn.Module) -> Tensor:
 
 def bias(m: nn.Module) -> Tensor | None:
     return getattr(m, "bias", None)
-
-
-def rms_divisor(x: Tensor, eps: float) -> Tensor:
-    """An RMSNorm's divisor sqrt(mean(x^2) + eps) over the last axis, in float32: (..., 1)."""
-    return (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
 def rms_norm_scale(classes: tuple[str, ...], eps: str,
