@@ -348,6 +348,11 @@ class NormScale(Tap):
         return [self.module.register_forward_hook(hook, with_kwargs=True)]
 
 
+def rms_divisor(x: Tensor, eps: float) -> Tensor:
+    """An RMSNorm's divisor sqrt(mean(x^2) + eps) over the last axis, in float32: (..., 1)."""
+    return (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
 def layer_norm_scale(module: nn.Module) -> NormScale | None:
     """The scale tap of a `torch.nn.LayerNorm` over the last axis; None for any other module.
 
@@ -364,7 +369,7 @@ def layer_norm_scale(module: nn.Module) -> NormScale | None:
         return x - x.mean(-1, keepdim=True)
 
     def divisor(x: Tensor) -> Tensor:
-        return (centred(x).pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        return rms_divisor(centred(x), eps)  # the RMS of the centred input: sqrt(var + eps)
 
     def output(x: Tensor, d: Tensor) -> Tensor:
         y = centred(x) / d

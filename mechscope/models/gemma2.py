@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..core.site import Kind
 from ..core.taps import NormScale
 from . import llama
-from .hf import HeadIn, In, Norm, Out, Spec, bias, linear_t, rms_divisor
+from .hf import HeadIn, In, Norm, Out, Spec, bias, linear_t, rms_norm_scale
 
 
 def gain(norm: nn.Module) -> Tensor:
@@ -38,22 +38,16 @@ def gain(norm: nn.Module) -> Tensor:
     return (1.0 + norm.weight.float()).to(norm.weight.dtype)
 
 
+def _rms_output(module: nn.Module, x: Tensor, d: Tensor) -> Tensor:
+    # Gemma's RMSNorm applies its gain 1 + weight in float32 and casts back after it
+    return ((x.float() / d) * (1.0 + module.weight.float())).type_as(x)
+
+
 def rms_norm(*classes: str) -> Callable[[nn.Module], NormScale | None]:
     """The scale tap of a Gemma RMSNorm, recognised by class name (one of `classes`): divisor
     sqrt(mean(x^2) + eps) of the float32 input, output ((x / divisor) * (1 + weight)) in float32,
     cast back to the input's dtype after the gain (Llama casts before it)."""
-
-    def norm(module: nn.Module) -> NormScale | None:
-        if type(module).__name__ not in classes:
-            return None
-        eps = module.eps
-
-        def output(x: Tensor, d: Tensor) -> Tensor:
-            return ((x.float() / d) * (1.0 + module.weight.float())).type_as(x)
-
-        return NormScale(module, lambda x: rms_divisor(x, eps), output)
-
-    return norm
+    return rms_norm_scale(classes, "eps", _rms_output)
 
 
 def _block(block: nn.Module, model) -> dict:

@@ -22,7 +22,7 @@ from transformers.cache_utils import DynamicLayer
 
 from ..core.protocol import Prepared, Window
 from ..core.site import Kind, Site
-from ..core.taps import HeadInput, HeadResult, ModuleInput, ModuleOutput, NormScale, Tap
+from ..core.taps import HeadInput, HeadResult, ModuleInput, ModuleOutput, NormScale, Tap, rms_divisor
 from ..core.weights import Weights
 from . import hf_attention
 from .base import ModelBase, without_first_blocks
@@ -461,9 +461,19 @@ def bias(m: nn.Module) -> Tensor | None:
     return getattr(m, "bias", None)
 
 
-def rms_divisor(x: Tensor, eps: float) -> Tensor:
-    """An RMSNorm's divisor sqrt(mean(x^2) + eps) over the last axis, in float32: (..., 1)."""
-    return (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
+def rms_norm_scale(classes: tuple[str, ...], eps: str,
+                   output: Callable[[nn.Module, Tensor, Tensor], Tensor]) -> Callable[[nn.Module], NormScale | None]:
+    """A family's `Spec.norm` for its RMSNorm, recognised by class name (one of `classes`): the divisor
+    is `rms_divisor` of the input with the module's attribute `eps`; `output(module, x, d)` is the
+    module's output for input x normalised by d (where the family casts and applies its gain)."""
+
+    def norm(module: nn.Module) -> NormScale | None:
+        if type(module).__name__ not in classes:
+            return None
+        e = getattr(module, eps)
+        return NormScale(module, lambda x: rms_divisor(x, e), lambda x, d: output(module, x, d))
+
+    return norm
 
 
 def ln_params(m: nn.Module | None) -> tuple[Tensor | None, Tensor | None]:

@@ -8,7 +8,12 @@ from torch import Tensor, nn
 
 from ..core.site import Kind
 from ..core.taps import NormScale
-from .hf import HeadIn, In, Norm, Out, Spec, bias, heads_in, heads_out, linear_t, ln_params, repeat_kv, rms_divisor
+from .hf import HeadIn, In, Norm, Out, Spec, bias, heads_in, heads_out, linear_t, ln_params, repeat_kv, rms_norm_scale
+
+
+def _rms_output(module: nn.Module, x: Tensor, d: Tensor) -> Tensor:
+    # Llama's RMSNorm computes in float32 and casts back before its gain
+    return module.weight * (x.float() / d).to(x.dtype)
 
 
 def rms_norm(*classes: str) -> Callable[[nn.Module], NormScale | None]:
@@ -17,18 +22,7 @@ def rms_norm(*classes: str) -> Callable[[nn.Module], NormScale | None]:
     Such a norm computes in float32 and casts back before its gain: weight * (x / divisor).to(dtype),
     with the divisor sqrt(mean(x^2) + eps) of the float32 input.
     """
-
-    def norm(module: nn.Module) -> NormScale | None:
-        if type(module).__name__ not in classes:
-            return None
-        eps = module.variance_epsilon
-
-        def output(x: Tensor, d: Tensor) -> Tensor:
-            return module.weight * (x.float() / d).to(x.dtype)
-
-        return NormScale(module, lambda x: rms_divisor(x, eps), output)
-
-    return norm
+    return rms_norm_scale(classes, "variance_epsilon", _rms_output)
 
 
 def _block(block: nn.Module, model) -> dict:
