@@ -207,7 +207,7 @@ def main() -> int:
                              "got": "; ".join(figures["warnings_mechscope"]) or "none",
                              "pass": not figures["warnings_mechscope"]}
         print(f"{'':24}{'LLC':>10}{'se':>8}  per chain", file=sys.stderr)
-        for label, r, se in (("devinterp 2.0.1", theirs, figures["se_devinterp"]), ("mechscope (matched)", ours, ours["se"]),
+        for label, r, se in ((f"devinterp {figures['devinterp']}", theirs, figures["se_devinterp"]), ("mechscope (matched)", ours, ours["se"]),
                              ("mechscope (independent)", independent, independent["se"])):
             print(f"{label:24}{r['llc']:>10.3f}{se:>8.3f}  " + " ".join(f"{v:.2f}" for v in r["per_chain"]),
                   file=sys.stderr)
