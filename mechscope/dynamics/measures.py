@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.factored import FactoredMatrix
 from ..core.progress import progress_bar
 from .data import HeldOut
 from .series import CheckpointSeries
@@ -100,11 +101,9 @@ def effective_rank(s: Tensor) -> float:
 
 
 def factored_singular_values(a: Tensor, b: Tensor) -> Tensor:
-    """Singular values of a @ b for a (m, r), b (r, n) with r small, without forming the product:
-    a = Qa Ra, b^T = Qb Rb, so a b = Qa (Ra Rb^T) Qb^T and the r x r middle has the same ones."""
-    ra = torch.linalg.qr(a.double(), mode="r").R
-    rb = torch.linalg.qr(b.double().T, mode="r").R
-    return torch.linalg.svdvals(ra @ rb.T)
+    """Singular values (float64) of a @ b for a (..., m, r), b (..., r, n) with r small, without forming
+    the product (`FactoredMatrix`); leading axes (layer, head) are batched."""
+    return FactoredMatrix(a.double(), b.double()).S
 
 
 def frequency_buckets(targets: Tensor, n: int = FREQ_BUCKETS) -> Tensor:
@@ -196,10 +195,12 @@ def _weight_measures(rows: _Rows, i: int, model: Any) -> None:
         rows.put(i, f"norm.{kind}", component, "", float(s.double().pow(2).sum().sqrt()))
         rows.put(i, f"erank.{kind}", component, "", effective_rank(s))
 
+    ov = factored_singular_values(w.W_V, w.W_O)  # (layer, head, d_head)
+    qk = factored_singular_values(w.W_Q, w.W_K.transpose(-1, -2))
     for layer in range(w.W_Q.shape[0]):
         for h in range(w.W_Q.shape[1]):
-            put("OV", head(layer, h), factored_singular_values(w.W_V[layer, h], w.W_O[layer, h]))
-            put("QK", head(layer, h), factored_singular_values(w.W_Q[layer, h], w.W_K[layer, h].T))
+            put("OV", head(layer, h), ov[layer, h])
+            put("QK", head(layer, h), qk[layer, h])
         for kind in ("W_in", "W_gate", "W_out"):
             t = getattr(w, kind)
             if t is not None:

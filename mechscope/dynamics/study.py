@@ -416,11 +416,12 @@ def build_series(cfg: DynamicsConfig) -> tuple[CheckpointSeries, dict[str, HeldO
     data: dict[str, HeldOut] = {}
     modulus = None
     if series.zoo_run is not None:
-        data = from_zoo_run(series.zoo_run)
         p = (series.info.get("config") or {}).get("hparams", {}).get("p")
         modulus = int(p) if p is not None else None
     if cfg.tokens:
         data = from_file(cfg.tokens)
+    elif series.zoo_run is not None:  # the token file, when given, replaces the run's data: not built then
+        data = from_zoo_run(series.zoo_run)
     return series, data, modulus
 
 

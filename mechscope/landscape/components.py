@@ -28,7 +28,7 @@ from ..models.tiny import TinyTransformer
 from .sgld import Component
 
 
-def _params_of(root: nn.Module, sub: nn.Module | None, prefix_of: dict[int, str]) -> dict[str, None]:
+def _params_of(sub: nn.Module | None, prefix_of: dict[int, str]) -> dict[str, None]:
     if sub is None:
         return {}
     return {prefix_of[id(p)]: None for p in sub.parameters() if id(p) in prefix_of}
@@ -45,7 +45,7 @@ def components(model: Any, per_head: bool = False) -> dict[str, Component]:
     else:
         out = {}
         for child_name, child in module.named_children():
-            ps = _params_of(module, child, name_of)
+            ps = _params_of(child, name_of)
             if ps:
                 out[child_name] = ps
         # parameters registered directly on the root module
@@ -57,13 +57,13 @@ def components(model: Any, per_head: bool = False) -> dict[str, Component]:
 
 def _tiny(m: nn.Module, name_of: dict[int, str], per_head: bool) -> dict[str, dict]:
     out: dict[str, dict] = {}
-    embed = _params_of(m, m.embed, name_of)
+    embed = _params_of(m.embed, name_of)
     if getattr(m, "pos_embed", None) is not None:
-        embed.update(_params_of(m, m.pos_embed, name_of))
+        embed.update(_params_of(m.pos_embed, name_of))
     out["embed"] = embed
     h, d = m.cfg.n_heads, m.cfg.d_head
     for i, block in enumerate(m.blocks):
-        out[f"blocks.{i}.attn"] = _params_of(m, block.attn, name_of)
+        out[f"blocks.{i}.attn"] = _params_of(block.attn, name_of)
         if per_head:
             for head in range(h):
                 rows = slice(head * d, (head + 1) * d)
@@ -82,13 +82,13 @@ def _tiny(m: nn.Module, name_of: dict[int, str], per_head: bool) -> dict[str, di
                 comp[name_of[id(o)]] = omask
                 out[f"blocks.{i}.attn.{head}"] = comp
         if getattr(block, "mlp", None) is not None:
-            out[f"blocks.{i}.mlp"] = _params_of(m, block.mlp, name_of)
+            out[f"blocks.{i}.mlp"] = _params_of(block.mlp, name_of)
         norms = {}
         for ln in ("ln1", "ln2"):
-            norms.update(_params_of(m, getattr(block, ln, None), name_of))
+            norms.update(_params_of(getattr(block, ln, None), name_of))
         out[f"blocks.{i}.norms"] = norms
-    out["ln_final"] = _params_of(m, m.ln_final, name_of)
-    out["unembed"] = _params_of(m, m.unembed, name_of)
+    out["ln_final"] = _params_of(m.ln_final, name_of)
+    out["unembed"] = _params_of(m.unembed, name_of)
     return out
 
 
@@ -106,23 +106,23 @@ def _spec(model: Any, name_of: dict[int, str]) -> dict[str, dict]:
             return None
 
     out: dict[str, dict] = {}
-    embed = _params_of(module, root_module(Kind.EMBED), name_of)
-    embed.update(_params_of(module, root_module(Kind.POS_EMBED), name_of))
+    embed = _params_of(root_module(Kind.EMBED), name_of)
+    embed.update(_params_of(root_module(Kind.POS_EMBED), name_of))
     out["embed"] = embed
     mlp_where = spec.block.get(Kind.MLP_OUT)
     for i, block in enumerate(model.blocks):
-        attn = _params_of(module, block.get_submodule(spec.attention), name_of)
+        attn = _params_of(block.get_submodule(spec.attention), name_of)
         mlp: dict[str, None] = {}
         if mlp_where is not None and type(mlp_where).__name__ == "Out" and mlp_where.path:
-            mlp = _params_of(module, block.get_submodule(mlp_where.path), name_of)
-        rest = {k: None for k in _params_of(module, block, name_of) if k not in attn and k not in mlp}
+            mlp = _params_of(block.get_submodule(mlp_where.path), name_of)
+        rest = {k: None for k in _params_of(block, name_of) if k not in attn and k not in mlp}
         out[f"blocks.{i}.attn"] = attn
         if mlp:
             out[f"blocks.{i}.mlp"] = mlp
         out[f"blocks.{i}.norms"] = rest
-    out["ln_final"] = _params_of(module, root_module(Kind.LN_FINAL), name_of)
+    out["ln_final"] = _params_of(root_module(Kind.LN_FINAL), name_of)
     get_out = getattr(module, "get_output_embeddings", None)
-    out["unembed"] = _params_of(module, get_out() if callable(get_out) else None, name_of)
+    out["unembed"] = _params_of(get_out() if callable(get_out) else None, name_of)
     return out
 
 

@@ -51,8 +51,12 @@ def _module(model: Any) -> nn.Module:
     return module
 
 
+def _is_adapter(model: Any) -> bool:
+    return hasattr(model, "prepare") and hasattr(model, "module")
+
+
 def _logits(model: Any, inputs: Any) -> Tensor:
-    if hasattr(model, "prepare") and hasattr(model, "module"):  # a mechscope adapter
+    if _is_adapter(model):
         return run(model, inputs, track_grad=True).logits
     out = model(inputs)
     return getattr(out, "logits", out)
@@ -160,7 +164,7 @@ def estimate_llc(model: Any, data: Batch, *, loss: Loss | None = None, params: P
     """
     module = _module(model)
     if loss is None:
-        if not (hasattr(model, "prepare") and hasattr(model, "module")):
+        if not _is_adapter(model):
             raise LandscapeError(f"estimate_llc needs loss=... for a plain {type(model).__name__}: e.g. "
                                  "mechscope.landscape.cross_entropy_loss or mse_loss for (x, y) data, or lm_loss "
                                  "for token ids")
@@ -241,7 +245,7 @@ def estimate_llc_components(model: Any, data: Batch, *,
             chosen[name] = available[name]
     if not chosen:
         raise LandscapeError("no components to estimate")
-    if loss is None and not (hasattr(model, "prepare") and hasattr(model, "module")):
+    if loss is None and not _is_adapter(model):
         raise LandscapeError("estimate_llc_components needs loss=... for a plain module")
     lossf = loss or lm_loss
     module = _module(model)

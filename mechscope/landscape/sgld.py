@@ -66,10 +66,9 @@ class SGLDConfig:
     shared_batches: bool = True  # every chain reads the same minibatches (they differ by noise only)
 
     def __post_init__(self) -> None:
-        for name in ("step_size",):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise LandscapeError(f"SGLDConfig.{name} must be a positive number, got {v!r}")
+        v = self.step_size
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise LandscapeError(f"SGLDConfig.step_size must be a positive number, got {v!r}")
         if not (isinstance(self.localization, (int, float)) and math.isfinite(self.localization)
                 and self.localization >= 0):
             raise LandscapeError(f"SGLDConfig.localization must be >= 0, got {self.localization!r}")
@@ -296,9 +295,7 @@ def sample(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, conf
                         stop = step
                         bar.update(config.steps - step)
                         break
-                    for s in selected:
-                        s.param.grad = None
-                    value.backward()
+                    value.backward()  # the selected parameters' grads are None here: `_step` clears them
                     _step(selected, origin, nbeta, eps, gamma, noise_gen)
                     bar.update(1)
                 stopped.append(stop)
@@ -319,13 +316,11 @@ def _step(selected: list[Selected], origin: list[Tensor], nbeta: float, eps: flo
         drift = p.grad.mul(nbeta) if p.grad is not None else torch.zeros_like(p)
         if gamma:
             drift.add_((p - w0).mul_(gamma))
-        new = p.detach().clone()
+        new = p if s.mask is None else p.detach().clone()  # a masked parameter changes only where masked
         new.add_(drift, alpha=-0.5 * eps)
         noise = torch.normal(0.0, 1.0, size=p.shape, generator=noise_gen, device=p.device, dtype=p.dtype)
         new.add_(noise, alpha=eps ** 0.5)
-        if s.mask is None:
-            p.copy_(new)
-        else:
+        if s.mask is not None:
             p.copy_(torch.where(s.mask, new, p))  # entries outside the mask keep their bits
         p.grad = None
 
