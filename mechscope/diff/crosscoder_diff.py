@@ -89,7 +89,6 @@ def crosscoder_diff(a: Any, b: Any, corpus: Corpus, site: Site | None = None, d_
     with torch.no_grad():
         x = torch.stack([xa, xb], 1)  # (n, 2, d)
         codes = cc.encode(x)
-        codes = codes.to_dense() if hasattr(codes, "to_dense") else codes
         recon = cc.decode(codes).reshape(n, 2, d)
         fvu = float(((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
         W = cc.W_dec.detach().reshape(d_sae, 2, d)
