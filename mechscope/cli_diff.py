@@ -32,7 +32,7 @@ def diff(a: Annotated[str, typer.Argument(help="network A: zoo:NAME, a zoo run d
     shifts read by the logit lens and tested by steering; findings ranked, measured against a control."""
     import torch
 
-    from .diff.report import write_out
+    from .diff.report import MARGIN, write_out
     from .diff.study import diff as run_diff
 
     torch.set_num_threads(threads)
@@ -50,7 +50,7 @@ def diff(a: Annotated[str, typer.Argument(help="network A: zoo:NAME, a zoo run d
     from .core.progress import echo
 
     echo(f"diff {a} → {b}: {len(res.findings)} findings, "
-         + (f"{len(res.above)} above threshold (1.5 x the control {control})" if ctl else
+         + (f"{len(res.above)} above threshold ({MARGIN} x the control {control})" if ctl else
             "no control given, so no thresholds (--control C calibrates them)"))
     for i, f in enumerate(res.findings[:top], 1):
         ci = f" [{f.score.ci[0]:.3g}, {f.score.ci[1]:.3g}]" if f.score.ci else ""

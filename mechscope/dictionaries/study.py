@@ -23,15 +23,17 @@ import torch
 from torch import Tensor
 
 from ..core.run import resolve
+from .crosscoder import CrosscoderConfig
 from .files import write_json
 from .metrics import LossFn, evaluate, loss_recovered, next_token_ce
 from .polysemanticity import baseline_diversity, dictionary_diversity, neuron_spread
-from .registry import build
+from .registry import ARCHITECTURES, build
 from .saelens import save
 from .store import ActivationStore, HarvestConfig, ShuffleBuffer, harvest
 from .train import TrainConfig, train
 
-CROSSCODERS = ("crosscoder", "batchtopk-crosscoder")  # architectures that read a tuple of sites
+# architectures that read a tuple of sites: those whose config has a crosscoder's sources
+CROSSCODERS = tuple(name for name, (cfg, _) in ARCHITECTURES.items() if issubclass(cfg, CrosscoderConfig))
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..core.interventions import Add
-from ..core.score import Score
+from ..core.score import Score, bootstrap_ci
 from ..core.site import Kind, Site
 from .behaviour import kl_per_token, log_probs
 from .corpus import Corpus
@@ -122,10 +122,9 @@ def closed_fraction(before: Tensor, after: Tensor, dataset: str, how: dict, n_bo
         return Score(value=0.0, metric="fraction of KL(A‖B) closed by adding Δ to A", ci=None,
                      aggregation="KL(A‖B) is 0 on every token", dataset=dataset, n=len(before), seed=0, how=how)
     value = float(1 - after.sum() / before.sum())
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(len(before), (n_boot, len(before)), generator=g)
-    boots = 1 - after[idx].sum(1) / before[idx].sum(1).clamp_min(1e-300)
-    lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    # the windows are resampled by index, so each window's before and after stay together
+    lo, hi = bootstrap_ci(torch.arange(len(before)), lambda i: 1 - after[i.long()].sum() / before[i.long()].sum()
+                          .clamp_min(1e-300), n_boot=n_boot)
     return Score(value=value, metric="fraction of KL(A‖B) closed by adding Δ to A", ci=(lo, hi),
                  aggregation="1 − Σ KL(A+Δ‖B) / Σ KL(A‖B) over tokens; CI over windows", dataset=dataset,
                  n=len(before), seed=0, how=how)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..core.site import Kind, Site
-from ..dictionaries.crosscoder import BatchTopKCrosscoder, BatchTopKCrosscoderConfig, Crosscoder, CrosscoderConfig
+from ..dictionaries.registry import build
 from ..dictionaries.train import TrainConfig, batches_from_tensors, train
 from .activations import lens
 from .corpus import Corpus
@@ -80,8 +80,8 @@ def crosscoder_diff(a: Any, b: Any, corpus: Corpus, site: Site | None = None, d_
     site = site or Site(Kind.RESID_PRE, a.n_layers - 1)
     xa, xb = harvest(a, b, corpus.ids, site)
     n, d = xa.shape
-    cfg_cls, cls = (BatchTopKCrosscoderConfig, BatchTopKCrosscoder) if batch_topk else (CrosscoderConfig, Crosscoder)
-    cc = cls(cfg_cls(d_in=d, d_sae=d_sae, k=k, n_sources=2, seed=seed, site=site.name))
+    cc = build("batchtopk-crosscoder" if batch_topk else "crosscoder", d_in=d, d_sae=d_sae, k=k, n_sources=2,
+               seed=seed, site=site.name)
     cfg = TrainConfig(tokens=n * epochs, batch_size=min(batch_size, n), seed=seed, dead_after_tokens=n * 4)
     train(cc, batches_from_tensors(xa, xb, batch_size=min(batch_size, n), seed=seed), cfg, progress=progress,
           description=f"crosscoder at {site.name}")
@@ -89,7 +89,6 @@ def crosscoder_diff(a: Any, b: Any, corpus: Corpus, site: Site | None = None, d_
     with torch.no_grad():
         x = torch.stack([xa, xb], 1)  # (n, 2, d)
         codes = cc.encode(x)
-        codes = codes.to_dense() if hasattr(codes, "to_dense") else codes
         recon = cc.decode(codes).reshape(n, 2, d)
         fvu = float(((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
         W = cc.W_dec.detach().reshape(d_sae, 2, d)
