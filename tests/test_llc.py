@@ -301,11 +301,13 @@ def test_health_warnings():
     assert est.llc < 0 and any("negative estimate" in w for w in est.warnings) and not est.healthy
     # a step size far past stability: the loss overflows and the chains stop
     model, x, y = _regression(500, 3)
+    # the weights before sampling, kept bit for bit (a second least-squares solve need not agree in
+    # the last bits with the first one on every machine)
+    before = {"w": model.weight.detach().clone().view(torch.int32)}
     est = estimate_llc(model, (x, y), loss=mse_loss, progress=False,
                        config=SGLDConfig(step_size=1.0, chains=2, draws=300))
     assert any("non-finite" in w or "diverging" in w for w in est.warnings), est.warnings
-    assert _same_bits({"w": model.weight.detach().clone().view(torch.int32)},
-                      {"w": torch.linalg.lstsq(x, y).solution.T.contiguous().view(torch.int32)})
+    assert _same_bits(before, {"w": model.weight.detach().clone().view(torch.int32)})
 
 
 def test_bad_input():
