@@ -88,3 +88,16 @@ class FactoredMatrix:
 
     def __repr__(self) -> str:
         return f"FactoredMatrix(shape={tuple(self.shape)}, rank<={self.rank_bound})"
+
+
+def effective_rank(s: Tensor) -> float:
+    """Roy and Vetterli's (2007) effective rank from singular values `s`: exp(entropy of s / sum(s)),
+    which counts how evenly the spectrum is spread (n for n equal values, 1 for a rank-1 matrix);
+    0 when every value is zero."""
+    s = s.double().clamp_min(0)
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))

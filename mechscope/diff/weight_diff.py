@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.factored import effective_rank
 from ..core.score import Score
 
 TOL = 1e-3  # singular values below TOL x the largest do not count towards the rank
@@ -134,10 +135,7 @@ def spectrum(delta: Tensor, tol: float = TOL, s: Tensor | None = None) -> tuple[
     s = torch.linalg.svdvals(delta.double()) if s is None else s
     if s.numel() == 0 or float(s[0]) == 0.0:
         return s, 0, 0.0
-    rank = int((s > tol * s[0]).sum())
-    p = s / s.sum()
-    p = p[p > 0]
-    return s, rank, float(torch.exp(-(p * p.log()).sum()))
+    return s, int((s > tol * s[0]).sum()), effective_rank(s)
 
 
 def diff_component(name: str, wa: Tensor, wb: Tensor, rows: str, cols: str, readout: Readout,

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.factored import FactoredMatrix
+from ..core.factored import FactoredMatrix, effective_rank
 from ..core.progress import progress_bar
 from .data import HeldOut
 from .series import CheckpointSeries
@@ -87,17 +87,6 @@ class Measures:
 
 def head(layer: int, h: int) -> str:
     return f"L{layer}H{h}"
-
-
-def effective_rank(s: Tensor) -> float:
-    """Roy and Vetterli's effective rank from singular values: exp(entropy of s / sum(s)); 0 for zero."""
-    s = s.double().clamp_min(0)
-    total = s.sum()
-    if total <= 0:
-        return 0.0
-    p = s / total
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
 
 
 def factored_singular_values(a: Tensor, b: Tensor) -> Tensor:
