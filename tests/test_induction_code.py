@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from mechscope import zoo
-from mechscope.circuits.induction_code import (MATCH_FEATURES, TRAIN_SEED, _code_lines, constant_divisor,
-                                               fit_rule, induction_parts, match_features, match_pattern,
-                                               measure_jointly, positional_patterns)
+from mechscope.circuits.head_roles import head_roles
+from mechscope.circuits.induction_code import (MATCH_FEATURES, TRAIN_SEED, _code_lines, attention_offsets,
+                                               constant_divisor, fit_rule, induction_parts, match_features,
+                                               match_pattern, measure_jointly, offset_pattern,
+                                               positional_patterns)
 from mechscope.core.interventions import Mean
 from mechscope.core.run import run
 from mechscope.core.site import Kind, Site
@@ -98,7 +100,7 @@ def test_every_part_replaced_at_once_recovers_99_percent_on_held_out_sequences(n
     model, hp = net
     parts = induction_parts(model, _batch(hp, TRAIN_SEED, 256))
     assert {p["name"] for p in parts} >= {"embed", "unembed", *(f"L{l}H{h}" for l in (0, 1) for h in range(4))}
-    assert sum(p["fitted"] for p in parts) == 21 and all(p["lines"] > 0 for p in parts)
+    assert sum(p["fitted"] for p in parts) == 4 + 4 * 2 + 1  # offsets, match weights, divisor and all(p["lines"] > 0 for p in parts)
     held, ref = _batch(hp, 4242), _batch(hp, 4243)  # neither the fits' sequences nor the command's
     joint = measure_jointly(model, parts, held, ref, n_boot=300)
     for kind in ("vs_mean", "vs_resample"):
@@ -108,3 +110,22 @@ def test_every_part_replaced_at_once_recovers_99_percent_on_held_out_sequences(n
                             held, ref, n_boot=300)
     for kind in ("vs_mean", "vs_resample"):  # matching one key too late: measurably worse, CIs apart
         assert wrong[kind].ci[1] < joint[kind].ci[0] - 0.1, (kind, wrong[kind], joint[kind])
+
+
+def test_offset_patterns_and_the_offsets_read_off_the_network(net):
+    model, hp = net
+    pat = offset_pattern(5, 2)
+    assert pat.tolist()[4] == [0, 0, 1, 0, 0] and pat.tolist()[1] == [1, 0, 0, 0, 0]
+    offsets = attention_offsets(model, _batch(hp, TRAIN_SEED, 64).ids)
+    roles = head_roles(model, n=24, batch=16, vocab=hp["d_vocab"])
+    assert offsets[int(roles.previous_token[0].argmax())] == 1  # the probe's previous-token head: one back
+    with pytest.raises(ValueError, match="unknown features"):
+        fit_rule(torch.zeros(1, 3, 3), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool),
+                 features=("match_next",))
+
+
+def test_the_positional_layer0_rule_also_recovers_99_percent(net):
+    model, hp = net
+    parts = induction_parts(model, _batch(hp, TRAIN_SEED, 256), layer0="positional")
+    joint = measure_jointly(model, parts, _batch(hp, 4242), _batch(hp, 4243), n_boot=300)
+    assert joint["vs_mean"].value >= 0.99 and joint["vs_resample"].value >= 0.99

@@ -16,26 +16,31 @@ patterns; `python -m mechscope.circuits.induction_code` prints them):
 
 The code (`induction_parts`), one part per component, all substituted in one forward pass:
 
-    embed            the token's embedding row W_E[t]: the network's own table, kept as it is. The
-                     token identity is what every later rule moves; this part is not explained further.
-    pos_embed        one constant vector, the mean of the network's position embeddings over positions:
-                     the code claims position matters only through the attention patterns, which the
-                     rules below compute from positions themselves.
-    layer-0 heads    attention by position only: pattern[q, k] = causal softmax of the head's own
-                     query and key maps applied to (mean token embedding + position embedding) through
-                     its layer norm -- the network's QK circuit restricted to positions, computed once,
-                     the same for every sequence (no fitted number).
+    embed            the token's embedding row W_E[t]: the network's own table, kept as it is (so this
+                     part recovers 1 alone by construction). The token identity is what every later
+                     rule moves; the table itself is not explained further.
+    layer-0 heads    each head attends to exactly one key a fixed offset back (0: itself, 1: the previous
+                     token, 2: two back); the offset is the one where the head's mean attention on the
+                     training sequences is largest (one number per head). `layer0="positional"` instead
+                     computes the pattern as the network's QK circuit restricted to positions: causal
+                     softmax of the head's own query and key maps applied to (mean token embedding +
+                     position embedding) through its layer norm (no fitted number).
     layer-1 heads    attention by token matches: pattern[q, k] = causal softmax over keys of
                          a * [token k-1 == token q] + b * [token k-2 == token q-1]
-                         + c * [k == 0] + d * [k == q] + e * [k == q - 1]
-                     with five numbers per head fitted on training sequences (least cross-entropy to
-                     the network's own patterns at the measured queries; `fit_rule`).
+                     with a and b per head fitted on training sequences (least cross-entropy to the
+                     network's own patterns at the measured queries; `fit_rule`). `features=` adds
+                     [k == 0], [k == q], [k == q - 1] (the network's resting places).
     every head       the head's output z[q] = sum_k pattern[q, k] v[k] with the head's own values v
                      (its W_V applied, in the same forward pass, to the residual the code has built so
-                     far); the model then applies its own W_O. What a head moves is the network's; where
-                     it looks is the code's.
-    unembedding      the final layer norm divides by one constant (the mean divisor on training
-                     sequences, 1 fitted number) instead of each position's own; W_U is the network's.
+                     far); the model then applies its own W_O. Where a head looks is the code's; what it
+                     moves is the network's (its OV circuit, as the network computes it).
+    unembedding      the final layer norm divides by one constant instead of each position's own RMS (the
+                     constant whose predictions are closest, in KL, to the network's at the measured
+                     positions of the training sequences; 1 fitted number); W_U is the network's.
+    pos_embed        kept as the network's table: it does not depend on the input, so its mean and
+                     resample ablations are itself and there is nothing to recover. `constant_position=True`
+                     replaces it by its mean over positions (the claim "position matters only through the
+                     attention patterns"); the command reports what that costs.
 
 `measure_jointly` substitutes all parts at once (core `run` with a list of `Replace`) and compares
 with the same components mean-ablated (per position over reference sequences) and resample-ablated
@@ -55,7 +60,6 @@ import platform
 import sys
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -70,6 +74,7 @@ from .explain import _losses, _recovered
 
 TRAIN_SEED, HELD_OUT_SEED, REFERENCE_SEED = 1, 777, 778
 MATCH_FEATURES = ("match_current", "match_previous", "first", "self", "previous")
+TWO_TOKEN_MATCH = ("match_current", "match_previous")  # the rule's default: the two matches alone
 
 
 # --- attention patterns by rule ------------------------------------------------------------------
@@ -121,10 +126,34 @@ def positional_patterns(model: Any, layer: int = 0) -> Tensor:
     return s.masked_fill(~_causal(x.shape[0]), float("-inf")).softmax(-1)
 
 
-def fit_rule(patterns: Tensor, ids: Tensor, query_mask: Tensor, steps: int = 200) -> Tensor:
+def offset_pattern(T: int, offset: int) -> Tensor:
+    """(q, k): every query attends to the key `offset` positions back (to position 0 when there is none)."""
+    pat = torch.zeros(T, T)
+    q = torch.arange(T)
+    pat[q, (q - offset).clamp_min(0)] = 1
+    return pat
+
+
+@torch.no_grad()
+def attention_offsets(model: Any, ids: Tensor, layer: int = 0) -> list[int]:
+    """Per head of `layer`: the offset q - k at which its mean attention on `ids` is largest."""
+    site = Site(Kind.PATTERN, layer)
+    pat = run(wrap(model), ids, capture=[site]).cache[site]  # (batch, head, q, k)
+    T = pat.shape[-1]
+    by_offset = torch.stack([pat.diagonal(-d, dim1=-2, dim2=-1).mean((0, -1)) for d in range(T)], -1)
+    return [int(d) for d in by_offset.argmax(-1)]
+
+
+def fit_rule(patterns: Tensor, ids: Tensor, query_mask: Tensor, features: Sequence[str] = MATCH_FEATURES,
+             steps: int = 200) -> Tensor:
     """The MATCH_FEATURES weights minimising the cross-entropy of the rule's pattern against `patterns`
-    (batch, q, k) of one head, over the queries in `query_mask` (batch, q). Convex; L-BFGS."""
-    feats, P, qm = match_features(ids), patterns.float(), query_mask.float()
+    (batch, q, k) of one head, over the queries in `query_mask` (batch, q); only `features` are fitted,
+    the others stay 0. Convex; L-BFGS."""
+    unknown = set(features) - set(MATCH_FEATURES)
+    if unknown:
+        raise ValueError(f"unknown features {sorted(unknown)}; choose from {MATCH_FEATURES}")
+    keep = torch.tensor([n in features for n in MATCH_FEATURES])
+    feats, P, qm = match_features(ids)[..., keep], patterns.float(), query_mask.float()
     causal = _causal(ids.shape[1])
     w = torch.zeros(feats.shape[-1], requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
@@ -138,7 +167,9 @@ def fit_rule(patterns: Tensor, ids: Tensor, query_mask: Tensor, steps: int = 200
 
     with torch.enable_grad():
         opt.step(closure)
-    return w.detach()
+    out = torch.zeros(len(MATCH_FEATURES))
+    out[keep] = w.detach()
+    return out
 
 
 # --- the parts ------------------------------------------------------------------------------------
@@ -243,13 +274,17 @@ def _code_lines(*fns) -> int:
 
 
 @torch.no_grad()
-def induction_parts(model: Any, train_data: Any, *, constant_position: bool = False,
+def induction_parts(model: Any, train_data: Any, *, layer0: str = "offset",
+                    features: Sequence[str] = TWO_TOKEN_MATCH, constant_position: bool = False,
                     induction_offset: int = 0) -> list[dict[str, Any]]:
     """The code for every component (see the module docstring), fitted on `train_data` (a zoo induction
     Batch). Dicts with name, site, heads, fn (an ExplanationFn with `needs`), lines (lines of code of
     the rule), fitted (numbers fitted on `train_data`), weights (what the code takes from the network)
     and ablate (whether the component depends on the input and so has mean and resample ablations).
 
+    layer0             "offset": each layer-0 head attends to one key, a fixed offset back (the offset of its
+                       largest mean attention on `train_data`); "positional": the network's QK on positions
+    features           the MATCH_FEATURES the layer-1 rules use (the others are 0)
     constant_position  also replace the position embedding by its mean (see the module docstring)
     induction_offset   move the layer-1 rules' matches this many keys later (a deliberately wrong rule)
     """
@@ -265,27 +300,37 @@ def induction_parts(model: Any, train_data: Any, *, constant_position: bool = Fa
                           fn=mean_position(w.W_pos.detach()), lines=_code_lines(mean_position), fitted=0,
                           rule="the mean position embedding at every position", weights="W_pos (averaged)"))
 
-    pos_pat = positional_patterns(model, 0)  # (head, q, k)
-    lines0 = _code_lines(positional_patterns, head_code)
+    if layer0 == "positional":
+        pat0 = positional_patterns(model, 0)  # (head, q, k)
+        lines0, fitted0 = _code_lines(positional_patterns, head_code), 0
+        how0 = "positional: QK on (mean token + position); mean attention at offsets 0/1/2 = {}"
+    elif layer0 == "offset":
+        offsets = attention_offsets(model, train_data.ids, 0)
+        T = train_data.ids.shape[1]
+        pat0 = torch.stack([offset_pattern(T, d) for d in offsets])
+        lines0, fitted0 = _code_lines(offset_pattern, head_code), 1
+        how0 = "attend to the key {} back"
+    else:
+        raise ValueError(f"layer0 must be 'offset' or 'positional', got {layer0!r}")
     for h in range(H):
-        fn = head_code(0, lambda t: pos_pat[:, : t.shape[1], : t.shape[1]].expand(t.shape[0], -1, -1, -1))
-        top = torch.stack([pos_pat[h].diagonal(-d)[4:].mean() for d in range(3)])  # attention at offsets 0, 1, 2
+        fn = head_code(0, lambda t: pat0[:, : t.shape[1], : t.shape[1]].expand(t.shape[0], -1, -1, -1))
+        top = torch.stack([pat0[h].diagonal(-d)[4:].mean() for d in range(3)])  # attention at offsets 0, 1, 2
+        rule = how0.format(", ".join(f"{float(v):.2f}" for v in top) if layer0 == "positional" else offsets[h])
         parts.append(dict(name=f"L0H{h}", site=Site(Kind.Z, 0), heads=[h], fn=fn, ablate=True, lines=lines0,
-                          fitted=0, rule="positional: QK on (mean token + position); mean attention at offsets "
-                          f"0/1/2 = {', '.join(f'{float(v):.2f}' for v in top)}",
-                          weights="W_E (mean), W_pos, ln1, W_Q, W_K, b_Q, b_K; values: W_V, b_V"))
+                          fitted=fitted0, rule=rule, weights="values: W_V, b_V (after ln1)" + (
+                              "; pattern: mean W_E, W_pos, ln1, W_Q, W_K, b_Q, b_K" if layer0 == "positional" else "")))
 
     pat1 = Site(Kind.PATTERN, 1)
     clean = run(model, train_data.ids, capture=[pat1]).cache[pat1]
     qm = _query_mask(train_data)
     lines1 = _code_lines(_back, match_features, match_pattern, head_code)
     for h in range(H):
-        wts = fit_rule(clean[:, h], train_data.ids, qm)
+        wts = fit_rule(clean[:, h], train_data.ids, qm, features)
         fn = head_code(1, lambda t, wts=wts: match_pattern(t, wts, induction_offset)[:, None].expand(-1, H, -1, -1))
         parts.append(dict(name=f"L1H{h}", site=Site(Kind.Z, 1), heads=[h], fn=fn, ablate=True, lines=lines1,
-                          fitted=len(MATCH_FEATURES), rule="two-token-match induction: " + ", ".join(
-                              f"{n} {float(v):+.2f}" for n, v in zip(MATCH_FEATURES, wts)),
-                          weights="values: W_V, b_V"))
+                          fitted=len(features), rule="two-token-match induction: " + ", ".join(
+                              f"{n} {float(v):+.2f}" for n, v in zip(MATCH_FEATURES, wts) if n in features),
+                          weights="values: W_V, b_V (after ln1)"))
 
     c = fit_divisor(model, train_data)
     parts.append(dict(name="unembed", site=Site(Kind.LN_FINAL_SCALE), heads=None, fn=constant_divisor(c),
@@ -380,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", default="induction", help="zoo name of the network (default: induction)")
     ap.add_argument("--n", type=int, default=256, help="sequences in the training, held-out and reference sets")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--layer0", choices=("offset", "positional"), default="offset",
+                    help="layer-0 rule of the main table: one fixed offset per head, or the QK circuit on positions")
     ap.add_argument("--json", action="store_true", help="print the whole table as JSON before the result line")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -393,14 +440,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"fitting on {args.n} training sequences (seed {TRAIN_SEED}); measuring on {args.n} held-out sequences "
           f"(seed {HELD_OUT_SEED}), ablations from {args.n} reference sequences (seed {REFERENCE_SEED})",
           file=sys.stderr)
-    parts = induction_parts(model, train)
+    parts = induction_parts(model, train, layer0=args.layer0)
     out = table(model, parts, held, ref, n_boot=args.n_boot)
-    print("extra: position embedding replaced by its mean as well", file=sys.stderr)
-    out["with_constant_position"] = _score_dict(measure_jointly(
-        model, induction_parts(model, train, constant_position=True), held, ref, n_boot=args.n_boot))
-    print("extra: the layer-1 rules offset by one key (a deliberately wrong rule)", file=sys.stderr)
-    out["induction_offset_by_one"] = _score_dict(measure_jointly(
-        model, induction_parts(model, train, induction_offset=1), held, ref, n_boot=args.n_boot))
+    other = "offset" if args.layer0 == "positional" else "positional"
+    variants = {f"layer0_{other}": (f"layer-0 patterns: {other}", dict(layer0=other)),
+                "all_match_features": ("layer-1 rules with first/self/previous", dict(features=MATCH_FEATURES)),
+                "constant_position": ("+ position embedding as its mean", dict(constant_position=True)),
+                "one_token_match": ("layer-1 rules: one-token match only", dict(features=("match_current",))),
+                "induction_offset_by_one": ("layer-1 rules offset by one (wrong)", dict(induction_offset=1))}
+    out["variants"] = {}
+    for key, (label, kw) in variants.items():
+        print(f"variant: {label}", file=sys.stderr)
+        kw = {"layer0": args.layer0, **kw}
+        out["variants"][key] = {"label": label, **_score_dict(measure_jointly(
+            model, induction_parts(model, train, **kw), held, ref, n_boot=args.n_boot))}
     if args.json:
         print(json.dumps(out, indent=1, default=str))
     print(f"{'part':8s} {'lines':>5s} {'fit':>4s}  {'alone vs mean':>26s}  {'alone vs resample':>26s}  "
@@ -415,11 +468,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{j['kl_network_to_code']:.4f} nats per measured token")
     print(f"         recovered vs mean {_fmt(j, 'vs_mean')}, vs resample {_fmt(j, 'vs_resample')}; "
           f"{fitted} fitted numbers")
-    for key, label in (("with_constant_position", "+ constant position embedding"),
-                       ("induction_offset_by_one", "layer-1 rules offset by one (wrong)")):
-        print(f"{label:38s} vs mean {_fmt(out[key], 'vs_mean')}, vs resample {_fmt(out[key], 'vs_resample')}")
+    for v in out["variants"].values():
+        print(f"{v['label']:40s} vs mean {_fmt(v, 'vs_mean')}, vs resample {_fmt(v, 'vs_resample')}, "
+              f"KL {v['kl_network_to_code']:.4f}")
     jm, jr = j["vs_mean"]["value"], j["vs_resample"]["value"]
-    wrong = out["induction_offset_by_one"]["vs_mean"]["value"]
+    wrong = out["variants"]["induction_offset_by_one"]["vs_mean"]["value"]
     checks = {"joint_vs_mean": {"target": ">= 0.99", "got": jm, "pass": jm >= 0.99},
               "joint_vs_resample": {"target": ">= 0.99", "got": jr, "pass": jr >= 0.99},
               "wrong_rule_recovers_less": {"target": "offset-by-one layer-1 rules < joint - 0.1 (vs mean)",
@@ -429,7 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "threads": torch.get_num_threads(), "platform": platform.platform()},
               "figures": {"joint_vs_mean": jm, "joint_vs_resample": jr, "joint_ci_mean": j["vs_mean"]["ci"],
                           "joint_ci_resample": j["vs_resample"]["ci"], "loss_clean": j["loss_clean"],
-                          "loss_code": j["loss_code"], "kl_network_to_code": j["kl_network_to_code"], "fitted_numbers": fitted, "wrong_rule_vs_mean": wrong},
+                          "loss_code": j["loss_code"], "kl_network_to_code": j["kl_network_to_code"], "fitted_numbers": fitted, "wrong_rule_vs_mean": wrong,
+                          **{f"{k}_vs_mean": v["vs_mean"]["value"] for k, v in out["variants"].items()}},
               "checks": checks, "pass": all(c["pass"] for c in checks.values())}
     print(json.dumps(result))
     return 0
