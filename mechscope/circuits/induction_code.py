@@ -174,20 +174,36 @@ def fit_rule(patterns: Tensor, ids: Tensor, query_mask: Tensor, features: Sequen
 
 # --- the parts ------------------------------------------------------------------------------------
 
-def head_code(layer: int, pattern_of) -> Any:
+def head_code(layer: int, pattern_of, value_table: Tensor | None = None) -> Any:
     """An ExplanationFn for attn.z of `layer`: z[q] = sum_k pattern[q, k] v[k] for every head, where
-    pattern_of(ids) -> (batch, head, q, k) is the rule and v the head's own values in this run."""
+    pattern_of(ids) -> (batch, head, q, k) is the rule and v the head's own values in this run, or,
+    with `value_table` (vocab, head, d_head), the value of the token at k read from that table."""
     vsite = Site(Kind.V, layer)
 
     def fn(x: Tensor, ctx: Context) -> Tensor:
         if ctx.input_ids is None:
             raise ValueError("the head rules read the tokens; this run has none")
-        v = ctx.cache[vsite]  # (batch, pos, head, d_head)
+        # (batch, pos, head, d_head)
+        v = ctx.cache[vsite] if value_table is None else value_table[ctx.input_ids.to(value_table.device)]
         pat = pattern_of(ctx.input_ids.to(v.device)).to(v.dtype)  # (batch, head, q, k)
         return torch.einsum("bhqk,bkhd->bqhd", pat, v).to(x.dtype)
 
-    fn.needs = (vsite,)
+    fn.needs = (vsite,) if value_table is None else ()
     return fn
+
+
+@torch.no_grad()
+def token_values(model: Any, train_data: Any, layer: int) -> Tensor:
+    """(vocab, head, d_head): each head's value of a token alone -- its layer norm and W_V applied to the
+    token's embedding plus the mean of everything else in the residual it reads (position and earlier
+    heads) on `train_data` (d_model fitted numbers)."""
+    model = wrap(model)
+    w = model.weights()
+    pre, emb = Site(Kind.RESID_PRE, layer), Site(Kind.EMBED)
+    cache = run(model, train_data.ids, capture=[pre, emb]).cache
+    rest = (cache[pre] - cache[emb]).float().mean((0, 1))  # (d_model,)
+    x = F.layer_norm(w.W_E.float() + rest, rest.shape, w.ln1_w[layer].float(), w.ln1_b[layer].float())
+    return torch.einsum("tm,hmd->thd", x, w.W_V[layer].float()) + w.b_V[layer].float()
 
 
 def token_embedding(W_E: Tensor) -> Any:
@@ -276,7 +292,7 @@ def _code_lines(*fns) -> int:
 @torch.no_grad()
 def induction_parts(model: Any, train_data: Any, *, layer0: str = "offset",
                     features: Sequence[str] = TWO_TOKEN_MATCH, constant_position: bool = False,
-                    induction_offset: int = 0) -> list[dict[str, Any]]:
+                    induction_offset: int = 0, copy_token: bool = False) -> list[dict[str, Any]]:
     """The code for every component (see the module docstring), fitted on `train_data` (a zoo induction
     Batch). Dicts with name, site, heads, fn (an ExplanationFn with `needs`), lines (lines of code of
     the rule), fitted (numbers fitted on `train_data`), weights (what the code takes from the network)
@@ -287,6 +303,8 @@ def induction_parts(model: Any, train_data: Any, *, layer0: str = "offset",
     features           the MATCH_FEATURES the layer-1 rules use (the others are 0)
     constant_position  also replace the position embedding by its mean (see the module docstring)
     induction_offset   move the layer-1 rules' matches this many keys later (a deliberately wrong rule)
+    copy_token         layer-1 heads move the value of the attended token alone (`token_values`) instead
+                       of their own values in the run
     """
     model = wrap(model)
     w = model.weights()
@@ -324,13 +342,18 @@ def induction_parts(model: Any, train_data: Any, *, layer0: str = "offset",
     clean = run(model, train_data.ids, capture=[pat1]).cache[pat1]
     qm = _query_mask(train_data)
     lines1 = _code_lines(_back, match_features, match_pattern, head_code)
+    table1 = token_values(model, train_data, 1) if copy_token else None
     for h in range(H):
         wts = fit_rule(clean[:, h], train_data.ids, qm, features)
-        fn = head_code(1, lambda t, wts=wts: match_pattern(t, wts, induction_offset)[:, None].expand(-1, H, -1, -1))
-        parts.append(dict(name=f"L1H{h}", site=Site(Kind.Z, 1), heads=[h], fn=fn, ablate=True, lines=lines1,
-                          fitted=len(features), rule="two-token-match induction: " + ", ".join(
+        fn = head_code(1, lambda t, wts=wts: match_pattern(t, wts, induction_offset)[:, None].expand(-1, H, -1, -1),
+                       table1)
+        parts.append(dict(name=f"L1H{h}", site=Site(Kind.Z, 1), heads=[h], fn=fn, ablate=True,
+                          lines=lines1 + (_code_lines(token_values) if copy_token else 0),
+                          fitted=len(features) + (0 if h or not copy_token else model.weights().W_E.shape[1]),
+                          rule="two-token-match induction: " + ", ".join(
                               f"{n} {float(v):+.2f}" for n, v in zip(MATCH_FEATURES, wts) if n in features),
-                          weights="values: W_V, b_V (after ln1)"))
+                          weights="values: " + ("ln1, W_V, b_V on W_E[token] + the mean rest of the residual"
+                                                if copy_token else "W_V, b_V (after ln1)")))
 
     c = fit_divisor(model, train_data)
     parts.append(dict(name="unembed", site=Site(Kind.LN_FINAL_SCALE), heads=None, fn=constant_divisor(c),
@@ -446,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = {f"layer0_{other}": (f"layer-0 patterns: {other}", dict(layer0=other)),
                 "all_match_features": ("layer-1 rules with first/self/previous", dict(features=MATCH_FEATURES)),
                 "constant_position": ("+ position embedding as its mean", dict(constant_position=True)),
+                "copy_token": ("layer-1 values: the attended token alone", dict(copy_token=True)),
                 "one_token_match": ("layer-1 rules: one-token match only", dict(features=("match_current",))),
                 "induction_offset_by_one": ("layer-1 rules offset by one (wrong)", dict(induction_offset=1))}
     out["variants"] = {}
