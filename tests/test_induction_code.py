@@ -100,7 +100,8 @@ def test_every_part_replaced_at_once_recovers_99_percent_on_held_out_sequences(n
     model, hp = net
     parts = induction_parts(model, _batch(hp, TRAIN_SEED, 256))
     assert {p["name"] for p in parts} >= {"embed", "unembed", *(f"L{l}H{h}" for l in (0, 1) for h in range(4))}
-    assert sum(p["fitted"] for p in parts) == 4 + 4 * 2 + 1  # offsets, match weights, divisor and all(p["lines"] > 0 for p in parts)
+    assert sum(p["fitted"] for p in parts) == 4 + 4 * 2 + 1  # offsets, match weights, divisor
+    assert all(p["lines"] > 0 for p in parts)
     held, ref = _batch(hp, 4242), _batch(hp, 4243)  # neither the fits' sequences nor the command's
     joint = measure_jointly(model, parts, held, ref, n_boot=300)
     for kind in ("vs_mean", "vs_resample"):

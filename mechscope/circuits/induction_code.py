@@ -3,7 +3,7 @@
 `zoo:induction` is a two-layer attention-only transformer (4 heads per layer, layer norms) trained on
 random tokens with a repeated segment (mechscope.zoo.recipes.induction); its loss is measured on the
 predictable part of the second copy. The tools say what each part does (head_roles, attention
-patterns; `python -m mechscope.circuits.induction_code` prints them):
+patterns, copying and K-composition scores; `python -m mechscope.circuits.induction_code` prints them):
 
     layer 0   head 2 attends to the previous token (previous-token score 0.96); heads 1 and 3 attend
               mostly two tokens back (0.51 and 0.77 of their attention at offset 2); head 0 attends to
@@ -42,11 +42,16 @@ The code (`induction_parts`), one part per component, all substituted in one for
                      replaces it by its mean over positions (the claim "position matters only through the
                      attention patterns"); the command reports what that costs.
 
+`copy_token=True` goes one step further for the layer-1 heads: each moves the value of the attended
+token alone (`token_values`: its layer norm and W_V applied to W_E[token] plus the mean of the rest of
+the residual, d_model fitted numbers), so nothing of the network's forward pass is read at all.
+
 `measure_jointly` substitutes all parts at once (core `run` with a list of `Replace`) and compares
 with the same components mean-ablated (per position over reference sequences) and resample-ablated
 (every component from the same reference sequence): loss recovered = (L_ablated - L_code) /
 (L_ablated - L_clean), token-pooled over the measured targets, with a paired bootstrap CI over
-sequences. `measure_alone` does the same for one part at a time.
+sequences. `table` also measures each part alone (only it replaced) and every part left out of the
+joint substitution (where the unexplained share sits).
 """
 
 from __future__ import annotations
@@ -377,10 +382,11 @@ def measure_jointly(model: Any, parts: Sequence[dict[str, Any]], data: Any, refe
     data, reference  zoo induction Batches (the loss is on `data.repeat`; the ablations read `reference`)
     Returns the four token-pooled losses (clean, code, mean, resample), the mean KL divergence of the
     code's next-token distributions from the network's on the measured targets (nats; 0 only when the
-    code predicts as the network does -- the loss can be recovered by more than 1 while KL > 0), and Scores vs mean and resample
-    ablation of the same components, all at once (resample takes every component from the same
-    reference sequence). Parts with ablate=False (inputs-independent, e.g. the position embedding)
-    are replaced in the code run and left as they are in the ablated runs (their ablations are themselves).
+    code predicts as the network does -- the loss can be recovered by more than 1 while KL > 0), and
+    Scores vs mean and resample ablation of the same components, all at once (resample takes every
+    component from the same reference sequence). Parts with ablate=False (independent of the input, e.g.
+    the position embedding) are replaced in the code run and left as they are in the ablated runs (their
+    ablations are themselves).
     """
     model = wrap(model)
     ids, mask = data.ids, data.repeat
@@ -434,6 +440,25 @@ def table(model: Any, parts: Sequence[dict[str, Any]], data: Any, reference: Any
     return {"rows": rows, "joint": _score_dict(joint)}
 
 
+@torch.no_grad()
+def _findings(model: Any, hp: dict[str, Any]) -> dict[str, Any]:
+    """What the tools say about each head: probe roles, OV copying and K-composition with layer 0."""
+    from .composition import composition_scores, copying_scores
+    from .head_roles import head_roles
+
+    roles = head_roles(model, n=int(hp["seg_max"]), batch=32, vocab=int(hp["d_vocab"]))
+    copy = copying_scores(model)
+    kcomp = composition_scores(model).k[0, :, 1, :]  # (layer-0 head, layer-1 head)
+    f = lambda t: " ".join(f"{float(v):.2f}" for v in t)  # noqa: E731
+    lines = [f"head roles (repeated random tokens, n={hp['seg_max']}): previous-token L0 {f(roles.previous_token[0])}; "
+             f"prefix matching L1 {f(roles.induction[1])}; position 0 L1 {f(roles.bos[1])}",
+             f"OV copying L1 {f(copy[1])}; K-composition of each L1 head with L0 heads 0-3: "
+             + "; ".join(f"L1H{h} {f(kcomp[:, h])}" for h in range(kcomp.shape[1]))]
+    return {"lines": lines, "previous_token_l0": roles.previous_token[0].tolist(),
+            "prefix_matching_l1": roles.induction[1].tolist(), "copying_l1": copy[1].tolist(),
+            "k_composition": kcomp.tolist()}
+
+
 def _fmt(score: dict[str, Any] | None, kind: str) -> str:
     if score is None:
         return "   n/a (no input-dependent part)"
@@ -463,8 +488,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"fitting on {args.n} training sequences (seed {TRAIN_SEED}); measuring on {args.n} held-out sequences "
           f"(seed {HELD_OUT_SEED}), ablations from {args.n} reference sequences (seed {REFERENCE_SEED})",
           file=sys.stderr)
+    findings = _findings(model, hp)
+    for line in findings["lines"]:
+        print(line)
     parts = induction_parts(model, train, layer0=args.layer0)
     out = table(model, parts, held, ref, n_boot=args.n_boot)
+    out["findings"] = {k: v for k, v in findings.items() if k != "lines"}
     other = "offset" if args.layer0 == "positional" else "positional"
     variants = {f"layer0_{other}": (f"layer-0 patterns: {other}", dict(layer0=other)),
                 "all_match_features": ("layer-1 rules with first/self/previous", dict(features=MATCH_FEATURES)),
@@ -480,11 +509,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             model, induction_parts(model, train, **kw), held, ref, n_boot=args.n_boot))}
     if args.json:
         print(json.dumps(out, indent=1, default=str))
+    print("alone: only this part replaced; dL: its loss minus the clean loss, and the mean ablation's (nats);\n"
+          "all but this: every other part replaced")
     print(f"{'part':8s} {'lines':>5s} {'fit':>4s}  {'alone vs mean':>26s}  {'alone vs resample':>26s}  "
-          f"{'all but this vs mean':>26s}  rule")
+          f"{'dL code / mean':>15s}  {'all but this vs mean':>26s}  rule")
     for r in out["rows"]:
-        print(f"{r['name']:8s} {r['lines']:5d} {r['fitted']:4d}  {_fmt(r['alone'], 'vs_mean'):>26s}  "
-              f"{_fmt(r['alone'], 'vs_resample'):>26s}  {_fmt(r['all_but_this'], 'vs_mean'):>26s}  {r['rule']}")
+        a = r["alone"]
+        dl = "" if a is None else (f"{a['loss_code'] - a['loss_clean']:+.3f} / "
+                                   f"{a['loss_mean_ablated'] - a['loss_clean']:+.3f}")
+        print(f"{r['name']:8s} {r['lines']:5d} {r['fitted']:4d}  {_fmt(a, 'vs_mean'):>26s}  "
+              f"{_fmt(a, 'vs_resample'):>26s}  {dl:>15s}  {_fmt(r['all_but_this'], 'vs_mean'):>26s}  {r['rule']}")
     j = out["joint"]
     fitted = sum(r["fitted"] for r in out["rows"])
     print(f"ALL      jointly: loss clean {j['loss_clean']:.4f}, code {j['loss_code']:.4f}, mean-ablated "
@@ -506,7 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "threads": torch.get_num_threads(), "platform": platform.platform()},
               "figures": {"joint_vs_mean": jm, "joint_vs_resample": jr, "joint_ci_mean": j["vs_mean"]["ci"],
                           "joint_ci_resample": j["vs_resample"]["ci"], "loss_clean": j["loss_clean"],
-                          "loss_code": j["loss_code"], "kl_network_to_code": j["kl_network_to_code"], "fitted_numbers": fitted, "wrong_rule_vs_mean": wrong,
+                          "loss_code": j["loss_code"], "kl_network_to_code": j["kl_network_to_code"],
+                          "fitted_numbers": fitted, "wrong_rule_vs_mean": wrong,
                           **{f"{k}_vs_mean": v["vs_mean"]["value"] for k, v in out["variants"].items()}},
               "checks": checks, "pass": all(c["pass"] for c in checks.values())}
     print(json.dumps(result))
