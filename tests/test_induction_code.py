@@ -130,3 +130,19 @@ def test_the_positional_layer0_rule_also_recovers_99_percent(net):
     parts = induction_parts(model, _batch(hp, TRAIN_SEED, 256), layer0="positional")
     joint = measure_jointly(model, parts, _batch(hp, 4242), _batch(hp, 4243), n_boot=300)
     assert joint["vs_mean"].value >= 0.99 and joint["vs_resample"].value >= 0.99
+
+
+def test_one_part_measured_alone_agrees_with_explain_score(net):
+    """measure_jointly on a single part is the one-component score of circuits.explain."""
+    from mechscope.circuits.explain import score
+
+    model, hp = net
+    parts = {p["name"]: p for p in induction_parts(model, _batch(hp, TRAIN_SEED, 128))}
+    data, ref = _batch(hp, 21, 64), _batch(hp, 22, 64)
+    for name in ("L1H1", "unembed"):
+        p = parts[name]
+        mine = measure_jointly(model, [p], data, ref, n_boot=100)
+        theirs = score(model, data, p["site"], p["fn"], heads=p["heads"], reference=ref.ids, n_boot=100)
+        assert mine["loss_code"] == pytest.approx(theirs.loss_explained, abs=1e-9)
+        assert mine["vs_mean"].value == pytest.approx(theirs.vs_mean.value, abs=1e-9)
+        assert mine["vs_resample"].value == pytest.approx(theirs.vs_resample.value, abs=1e-9)
