@@ -146,3 +146,13 @@ def test_one_part_measured_alone_agrees_with_explain_score(net):
         assert mine["loss_code"] == pytest.approx(theirs.loss_explained, abs=1e-9)
         assert mine["vs_mean"].value == pytest.approx(theirs.vs_mean.value, abs=1e-9)
         assert mine["vs_resample"].value == pytest.approx(theirs.vs_resample.value, abs=1e-9)
+
+
+def test_induction_parts_refuses_other_networks_and_leaves_the_model_without_grads(net):
+    from mechscope.circuits.handwritten import handwritten_induction
+
+    with pytest.raises(ValueError, match="two-layer attention-only"):
+        induction_parts(handwritten_induction(), _batch(net[1], TRAIN_SEED, 8))
+    model, hp = net
+    induction_parts(model, _batch(hp, TRAIN_SEED, 32))
+    assert all(p.grad is None for p in model.module.parameters())

@@ -260,8 +260,10 @@ def fit_divisor(model: Any, train_data: Any) -> float:
     xc = x - x.mean(-1, keepdim=True)
     target = res.logits[qm].float().log_softmax(-1)
 
+    g, beta, W_U, b_U = (t.detach().float() for t in (w.lnf_w, w.lnf_b, w.W_U, w.b_U))  # no grads into the model
+
     def kl(log_c: Tensor) -> Tensor:
-        logits = (xc / log_c.exp() * w.lnf_w.float() + w.lnf_b.float()) @ w.W_U.float() + w.b_U.float()
+        logits = (xc / log_c.exp() * g + beta) @ W_U + b_U
         return (target.exp() * (target - logits.log_softmax(-1))).sum(-1).mean()
 
     log_c = torch.zeros((), requires_grad=True)
@@ -314,6 +316,10 @@ def induction_parts(model: Any, train_data: Any, *, layer0: str = "offset",
     model = wrap(model)
     w = model.weights()
     H = model.n_heads
+    cfg = getattr(getattr(model, "module", None), "cfg", None)
+    if cfg is None or cfg.n_layers != 2 or not cfg.attn_only or not cfg.layer_norm or w.W_pos is None:
+        raise ValueError("induction_parts explains a two-layer attention-only TinyTransformer with layer norm "
+                         "and learned positions (the zoo's `induction` recipe); load one with zoo.load_zoo")
     parts: list[dict[str, Any]] = [dict(
         name="embed", site=Site(Kind.EMBED), heads=None, fn=token_embedding(w.W_E.detach()), ablate=True,
         lines=_code_lines(token_embedding), fitted=0, rule="the token's row of W_E",
