@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ..core.interventions import Context, Intervention, Mean, Replace, Resample
 from ..core.run import resolve, run
-from ..core.score import Score
+from ..core.score import Score, loss_recovered
 from ..core.site import Site
 from ..models import wrap
 
@@ -118,22 +118,8 @@ def _recovered(abl: tuple[Tensor, Tensor], expl: tuple[Tensor, Tensor], clean: t
                how: dict[str, Any], dataset: str, seed: int, n_boot: int) -> Score:
     """(L_abl - L_expl) / (L_abl - L_clean), each L pooled over the targets of the chosen prompts;
     paired percentile bootstrap over prompts."""
-    count = clean[1]
-
-    def ratio(i: Tensor) -> Tensor:
-        n = count[i].sum(-1)
-        a, e, c = abl[0][i].sum(-1) / n, expl[0][i].sum(-1) / n, clean[0][i].sum(-1) / n
-        return (a - e) / (a - c)
-
-    n = count.numel()
-    value = float(ratio(torch.arange(n)))
-    g = torch.Generator().manual_seed(seed)
-    boots = ratio(torch.randint(n, (n_boot, n), generator=g))
-    boots = boots[boots.isfinite()]
-    ci = None if boots.numel() == 0 else tuple(
-        torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=boots.dtype)).tolist())
-    return Score(value=value, metric="loss_recovered", ci=ci, aggregation="ratio of token-pooled losses",
-                 dataset=dataset, n=n, seed=seed, how=how)
+    return loss_recovered(abl, expl, clean, how=how, dataset=dataset, seed=seed, n_boot=n_boot,
+                          aggregation="ratio of token-pooled losses")
 
 
 @torch.no_grad()
