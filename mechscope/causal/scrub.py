@@ -20,9 +20,12 @@ recovers exactly 1 (its run is the bare model). Per part (`each=True`) it also r
 
     alone        the part by itself (every other component as is), against ablating that
                  component alone: the same number `circuits.explain.score` gives for one site
-    unexplained  the loss the hypothesis leaves, L_hypothesis - L_clean, and the share of it that
-                 restoring this one component to the model's own activation takes back:
-                 (L_hypothesis - L_hypothesis with the part as is) / (L_hypothesis - L_clean)
+    restored     the loss when this one component is restored to the model's own activation and
+                 every other part stays in place; its gain, (L_hypothesis - L_restored) over the
+                 ablation's gap (L_ablated - L_clean), is the share of the gap this component's
+                 explanation leaves open, and over what the hypothesis leaves (L_hypothesis -
+                 L_clean) the share of the unexplained loss it holds (None when the hypothesis
+                 leaves less than 1e-6 of the gap: nothing measurable to share out)
 
 The loss is per input: `loss(output, labels) -> (n,)` or `(n, groups)` for independent groups
 (instances of a toy model), each of which also gets its own Score. The default is cross-entropy
@@ -71,12 +74,14 @@ class PartResult:
     size: Size
     alone: Score | None
     loss_restored: float  # L with this part as is and every other part in place
-    unexplained_share: float  # (L_hypothesis - loss_restored) / (L_hypothesis - L_clean); 0 when nothing is left
+    restore_gain: float  # (L_hypothesis - loss_restored) / (L_ablated - L_clean)
+    unexplained_share: float | None  # (L_hypothesis - loss_restored) / (L_hypothesis - L_clean)
 
     def describe(self) -> dict[str, Any]:
         return {"component": self.component, "name": self.name, "kind": self.kind, "lines": self.size.lines,
                 "numbers": self.size.numbers, "alone": None if self.alone is None else self.alone.describe(),
-                "loss_restored": self.loss_restored, "unexplained_share": self.unexplained_share}
+                "loss_restored": self.loss_restored, "restore_gain": self.restore_gain,
+                "unexplained_share": self.unexplained_share}
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,9 @@ class ScrubResult:
                  f"{self.size.numbers} numbers", f"  {self.recovered}"]
         for p in self.parts:
             alone = "" if p.alone is None else f"alone {p.alone.value:.4f}, "
-            lines.append(f"  {p.component} ({p.kind} {p.name}): {alone}unexplained share {p.unexplained_share:.4f}")
+            share = "-" if p.unexplained_share is None else f"{p.unexplained_share:.4f}"
+            lines.append(f"  {p.component} ({p.kind} {p.name}): {alone}restoring it gains {p.restore_gain:.3g} of the "
+                         f"gap; share of the unexplained loss {share}")
         return "\n".join(lines)
 
 
@@ -318,7 +325,7 @@ def scrub(model: Any, hypothesis: Hypothesis, data: Any, spec: AblationSpec | st
     L = {k: float(v.mean()) for k, v in (("clean", c_t), ("hyp", h_t), ("abl", a_t))}
     parts: list[PartResult] = []
     if each:
-        left = L["hyp"] - L["clean"]
+        left, gap = L["hyp"] - L["clean"], L["abl"] - L["clean"]
         for i, p in enumerate(hypothesis.parts):
             alone = None
             if not isinstance(p, AsIs):
@@ -329,8 +336,9 @@ def scrub(model: Any, hypothesis: Hypothesis, data: Any, spec: AblationSpec | st
                 restored = float(total(s.losses(rest_ivs, rest_cap)).mean())
             else:
                 restored = L["hyp"]
-            share = (L["hyp"] - restored) / left if left != 0 else 0.0
-            parts.append(PartResult(p.component.label, p.name, _kind(p), p.size, alone, restored, share))
+            share = (L["hyp"] - restored) / left if abs(left) > 1e-6 * abs(gap) else None
+            parts.append(PartResult(p.component.label, p.name, _kind(p), p.size, alone, restored,
+                                    (L["hyp"] - restored) / gap if gap else float("nan"), share))
     return ScrubResult(hypothesis.name, spec.kind.value, L["clean"], L["hyp"], L["abl"], rec(a_t, h_t, c_t),
                        hypothesis.size, tuple(parts), group_scores)
 
