@@ -50,6 +50,28 @@ class ToyModel(nn.Module):
         return err.sum(-1).mean(1).sum()
 
 
+class BatchFirst(nn.Module):
+    """The same instances with activations laid out (batch, inst, ...), batch first, as analyses that
+    take the first axis as the batch read them; it shares the ToyModel's parameters.
+
+    Sites (through the generic adapter): `hidden` (batch, inst, n_hidden) and `out` (batch, inst,
+    n_features)."""
+
+    def __init__(self, toy: ToyModel):
+        super().__init__()
+        self.toy = toy
+        self.hidden = nn.Identity()
+        self.out = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.hidden(torch.einsum("bif,ihf->bih", x, self.toy.W))  # (batch, inst, n_hidden)
+        return self.out(torch.relu(torch.einsum("bih,ihf->bif", h, self.toy.W) + self.toy.b))
+
+    def losses(self, out: Tensor, x: Tensor) -> Tensor:
+        """(batch, inst): each instance's importance-weighted squared error on each input."""
+        return (self.toy.importance * (out - x) ** 2).sum(-1)
+
+
 def sample(batch: int, feature_prob: Tensor, n_features: int, gen: torch.Generator) -> Tensor:
     """A batch (inst, batch, n_features): each feature active with its instance's probability p,
     then uniform in [0, 1]. One uniform u per entry does both: active iff u < p, value u / p."""
