@@ -138,6 +138,17 @@ def _rows(x: Any, idx: Tensor | slice) -> Any:
     return x
 
 
+def _n(x: Any) -> int:
+    """How many inputs: the first axis of a tensor, or of the first tensor in a tuple or dict."""
+    if isinstance(x, Tensor):
+        return int(x.shape[0])
+    if isinstance(x, (tuple, list)) and x:
+        return _n(x[0])
+    if isinstance(x, dict) and x:
+        return _n(next(iter(x.values())))
+    raise ScrubError(f"cannot tell how many inputs {type(x).__name__} holds: give tensors, tuples or dicts of them")
+
+
 def _spec(spec: AblationSpec | str, reference: Any) -> AblationSpec:
     if isinstance(spec, AblationSpec):
         if spec.kind is AblationKind.PATCH:
@@ -174,7 +185,7 @@ class _Scrubber:
         """For each input, a reference row with the same key (seeded draw among the class's members)."""
         k_in = torch.as_tensor(part.key(self.ids))
         k_ref = torch.as_tensor(part.key(self.ref_ids))
-        n, m = self.ids.shape[0], self.ref_ids.shape[0]
+        n, m = _n(self.ids), _n(self.ref_ids)
         if k_in.shape[0] != n or k_ref.shape[0] != m:
             raise ScrubError(f"component {part.component.label}: the key function must return one key per input; "
                              f"it returned shape {tuple(k_in.shape)} for {n} inputs")
@@ -222,7 +233,7 @@ class _Scrubber:
                        code_only: bool = False) -> tuple[list[Intervention], list[Site]]:
         ivs: list[Intervention] = []
         capture: list[Site] = []
-        ids_rows = self.ids[rows]
+        ids_rows = _rows(self.ids, rows)
         for i, (p, site) in enumerate(zip(hyp.parts, self.sites)):
             where = p.component.where()
             if isinstance(p, Code):
@@ -237,7 +248,7 @@ class _Scrubber:
         if spec.kind is AblationKind.RESAMPLE:
             g = torch.Generator().manual_seed(spec.seed)
             n_ref = next(iter(self.ref_acts().values())).shape[0] if self.sites else 0
-            pick = torch.randint(n_ref, (self.ids.shape[0],), generator=g)
+            pick = torch.randint(n_ref, (_n(self.ids),), generator=g)
         for i in parts:
             p, site = self.hyp.parts[i], self.sites[i]
             where = p.component.where()
@@ -252,11 +263,11 @@ class _Scrubber:
 
     def losses(self, ivs: Sequence[Intervention], capture: Sequence[Site] = (), rows=slice(None)) -> Tensor:
         res = run(self.model, _rows(self.data, rows), capture=list(capture), interventions=list(ivs))
-        out = self.loss_fn(_output(res), None if self.labels is None else self.labels[rows])
+        out = self.loss_fn(_output(res), None if self.labels is None else _rows(self.labels, rows))
         return out.double()
 
     def validate(self, n: int) -> None:
-        rows = slice(0, min(n, self.ids.shape[0]))
+        rows = slice(0, min(n, _n(self.ids)))
         ivs, capture = self.hypothesis_run(self.hyp, rows, code_only=True)
         try:
             out = self.losses(ivs, capture, rows)
@@ -275,7 +286,7 @@ def scrub(model: Any, hypothesis: Hypothesis, data: Any, spec: AblationSpec | st
     """Loss recovered by `hypothesis` against `spec`'s ablation of its components (module docstring).
 
     data       the model's inputs (token ids, or a tensor / tuple / dict for a generic model)
-    ids        what code and equivalence keys see as `input_ids` (default: `data`, when a tensor)
+    ids        what code and equivalence keys see as `input_ids` (default: `data`)
     labels     passed to `loss` with the output (default loss: cross-entropy at the last position)
     reference  inputs for the mean, the resample and the Resampled parts (default: `data`);
                `reference_ids` is to `reference` what `ids` is to `data`
@@ -285,15 +296,10 @@ def scrub(model: Any, hypothesis: Hypothesis, data: Any, spec: AblationSpec | st
     if not isinstance(hypothesis, Hypothesis):
         raise TypeError(f"scrub needs a Hypothesis, got {type(hypothesis).__name__}")
     spec = _spec(spec, reference)
-    if ids is None:
-        if not isinstance(data, Tensor):
-            raise ScrubError("give ids=: what the hypothesis's code and keys see for each input")
-        ids = data
+    ids = data if ids is None else ids
     if reference is None:
         reference, reference_ids = data, ids
     elif reference_ids is None:
-        if not isinstance(reference, Tensor):
-            raise ScrubError("give reference_ids= for reference inputs that are not a tensor")
         reference_ids = reference
     loss_fn = loss or default_loss
     s = _Scrubber(model, hypothesis, data, ids, labels, loss_fn, reference, reference_ids, seed)
@@ -305,7 +311,7 @@ def scrub(model: Any, hypothesis: Hypothesis, data: Any, spec: AblationSpec | st
     hyp = s.losses(ivs, cap)
     abl = s.losses(s.ablation(spec, all_parts))
     how = {"hypothesis": hypothesis.name, **spec.describe(), "components": [p.component.label for p in hypothesis.parts],
-           "reference_n": int(reference_ids.shape[0])}
+           "reference_n": _n(reference_ids)}
 
     def rec(a: Tensor, h: Tensor, c: Tensor, extra: dict | None = None) -> Score:
         one = torch.ones(a.shape[0], dtype=torch.float64)
