@@ -201,15 +201,8 @@ def modadd_fourier(model: Any, freqs: Sequence[int] | None = None, *, train_inpu
     encoding and the answer position; `site` the component explained (default `mlp_out.{layer}`; for
     another network, e.g. its hidden layer). The fit's R² on the training inputs is in `.info["fit_r2"]`.
     """
-    model = wrap(model)
-    if layout is None:
-        layout = ModAddLayout.transformer(int(model.weights().W_U.shape[1]), layer)
+    model, layout, train_inputs, freqs = modadd_setting(model, layout, train_inputs, freqs, layer)
     p = layout.p
-    if train_inputs is None:
-        train_inputs = zoo_train_inputs(model)
-    freqs = key_frequencies(model, layout=layout) if freqs is None else [int(k) for k in freqs]
-    if not freqs:
-        raise ValueError("no key frequencies: give freqs= or train the model until it generalises")
     site = resolve(model, Site(Kind.MLP_OUT, layer) if site is None else site)
     out = layout.answer(run(model, train_inputs, capture=[site]).cache[site]).double()  # (n, d)
     X = fourier_features(torch.stack(layout.operands(train_inputs), 1), p, freqs)  # (n, 1 + 6K)
@@ -227,6 +220,22 @@ def modadd_fourier(model: Any, freqs: Sequence[int] | None = None, *, train_inpu
 
     return Explanation("modadd_fourier", site, fn, freqs=list(freqs), p=p, fit_r2=r2, n_fit=int(X.shape[0]),
                        features="[1, cos/sin w a, cos/sin w b, cos/sin w(a+b)] per key frequency, least squares")
+
+
+def modadd_setting(model: Any, layout: ModAddLayout | None, train_inputs: Any, freqs: Sequence[int] | None,
+                   layer: int = 0) -> tuple[Any, ModAddLayout, Any, list[int]]:
+    """The adapter, the layout (default: the zoo's transformer), the training inputs (default: the zoo
+    run's training split) and the key frequencies (default: found from the neurons) of a modular fit."""
+    model = wrap(model)
+    if layout is None:
+        layout = ModAddLayout.transformer(int(model.weights().W_U.shape[1]), layer)
+    if train_inputs is None:
+        train_inputs = zoo_train_inputs(model)
+    freqs = key_frequencies(model, layout=layout) if freqs is None else [int(k) for k in freqs]
+    if not freqs:
+        raise ValueError("no key frequencies were found in the network's neurons: give freqs= or train the "
+                         "model until it generalises")
+    return model, layout, train_inputs, freqs
 
 
 def zoo_train_inputs(model: Any) -> Tensor:

@@ -39,7 +39,7 @@ from ..core.hypothesis import Code, Component, Hypothesis
 from ..core.interventions import Context
 from ..core.run import resolve, run
 from ..models import wrap
-from .explanations import key_frequencies, zoo_train_inputs
+from .explanations import modadd_setting
 from .modadd_layout import ModAddLayout
 
 
@@ -79,15 +79,8 @@ def modadd_hypothesis(model: Any, layout: ModAddLayout | None = None, *, freqs: 
                       train_inputs: Any = None) -> Hypothesis:
     """The network's computation of the answer as code (module docstring); numbers fitted on
     `train_inputs` only (default: the zoo run's training split)."""
-    model = wrap(model)
-    if layout is None:
-        layout = ModAddLayout.transformer(int(model.weights().W_U.shape[1]))
+    model, layout, train_inputs, freqs = modadd_setting(model, layout, train_inputs, freqs)
     p = layout.p
-    if train_inputs is None:
-        train_inputs = zoo_train_inputs(model)
-    freqs = key_frequencies(model, layout=layout) if freqs is None else [int(k) for k in freqs]
-    if not freqs:
-        raise ValueError("no key frequencies were found in the network's neurons: give freqs=")
     sites = {name: resolve(model, name) for name in
              {layout.embeds[0][0], layout.embeds[1][0], layout.hidden, layout.logits}}
 

@@ -1,0 +1,43 @@
+"""mechscope explain-all: a zoo network as code, measured under each ablation, with its result line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mechscope.cli import app
+from mechscope.core.errors import MechscopeError
+from mechscope.studies import explain_all as ea
+
+
+def test_unregistered_recipe_names_the_known_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))  # the shipped copy of the network
+    with pytest.raises(MechscopeError, match="no explanation registered for zoo recipe 'induction'.*modadd, tms"):
+        ea.explain_all("induction-quick")
+
+
+def test_checks_need_every_ablation_and_every_instance():
+    def res(v, groups=None):
+        return {"recovered": {"value": v}, "groups": groups or {}}
+
+    out = {"results": {"mean": res(0.995), "zero": res(0.999, {"a[0]": {"value": 0.999}, "a[1]": {"value": 0.98}})}}
+    got = ea.checks(out)
+    assert got["recovered_mean"]["pass"] and got["recovered_zero"]["pass"]
+    assert not got["every_instance_zero"]["pass"] and "a[1]" in got["every_instance_zero"]["got"]
+
+
+@pytest.mark.slow
+def test_explain_all_modadd_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))  # zoo:modadd-frac05 is shipped in the package
+    result = CliRunner().invoke(app, ["explain-all", "modadd-frac05", "--n-boot", "100"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "component" in text and "resid_post.0[positions=[2]]" in text and "vs resample" in text
+    line = json.loads(text.strip().splitlines()[-1])
+    assert line["kind"] == "benchmark" and set(line["checks"]) == {"recovered_mean", "recovered_resample",
+                                                                   "recovered_zero"}
+    assert line["figures"]["numbers"] > 0 and line["figures"]["lines"] > 0
+    assert line["figures"]["restricted_loss"] < line["figures"]["excluded_loss"]
+    assert line["pass"], line["checks"]
