@@ -9,6 +9,7 @@ from torch import nn
 from mechscope.causal.scrub import ScrubError, scrub
 from mechscope.core.hypothesis import AsIs, Code, Component, Hypothesis, Resampled, code_lines
 from mechscope.core.passes import counting_passes
+from mechscope.core.site import Site
 from mechscope.models import wrap
 
 K = 5  # inputs (a, b), each in 0..K-1; the network answers a
@@ -144,5 +145,10 @@ def test_bad_hypotheses_fail_before_the_long_runs():
     assert count.forward == 0
     with pytest.raises(ScrubError, match="hidden has no units axis"):
         scrub(model, Hypothesis("units", (Code(Component("hidden", units=[0]), right_hidden),)), ids, labels=labels)
+    def reads_later(x, ctx):
+        return ctx.cache[Site.module("out")]
+
+    with pytest.raises(ScrubError, match="component ea: the code 'reads_later' reads"):
+        scrub(model, Hypothesis("order", (Code("ea", reads_later),)), ids, labels=labels)
     with pytest.raises(ValueError, match="more than once"):
         Hypothesis("twice", (AsIs("ea"), AsIs("ea")))

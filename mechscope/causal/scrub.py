@@ -217,7 +217,12 @@ class _Scrubber:
         def fn(x: Tensor, ctx: Context) -> Tensor:
             if ctx.input_ids is None:
                 ctx = dataclasses.replace(ctx, input_ids=ids_rows)
-            out = part.fn(x, ctx)
+            try:
+                out = part.fn(x, ctx)
+            except KeyError as e:
+                raise ScrubError(f"component {part.component.label}: the code {part.name!r} reads {e}, which this run "
+                                 "has not computed before it (list the sites it reads in needs=, earlier in the "
+                                 "forward pass)") from None
             out = torch.as_tensor(out)
             try:
                 ok = torch.broadcast_shapes(out.shape, x.shape) == x.shape

@@ -9,7 +9,9 @@
    holds;
 3. the explanation's size (lines of code, numbers) per component and in total;
 4. figures of the network's own (modadd: key frequencies, restricted and excluded loss as the
-   grokking replication defines them; tms: per-instance loss recovered, worst instance);
+   grokking replication defines them; tms: per-instance loss recovered, worst instance;
+   fmnist-cnn: only its first convolution is code, as per-channel polynomial detectors, and the
+   share of the loss left unexplained is 1 - loss recovered);
 5. one JSON result line with checks: >= 0.99 of the loss recovered under each ablation (tms: also
    for every instance).
 
@@ -32,6 +34,7 @@ from torch import Tensor
 from ..causal.scrub import ScrubResult, scrub
 from ..circuits.modadd_code import answer_logits, modadd_hypothesis
 from ..circuits.modadd_layout import ModAddLayout
+from ..circuits.conv_code import conv_hypothesis
 from ..circuits.tms_code import tms_hypothesis
 from ..core.errors import MechscopeError
 from ..core.hypothesis import Hypothesis
@@ -96,13 +99,34 @@ def _tms(model: Any) -> Hypothesis:
     return tms_hypothesis(BatchFirstTMS(getattr(model, "module", model)))
 
 
+def _fmnist_images(split: str, n: int) -> tuple[Tensor, Tensor]:
+    from ..zoo.recipes.fmnist_cnn import as_input, fashion_mnist
+
+    images, labels = fashion_mnist(split)
+    pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:n]
+    return as_input(images[pick]), labels[pick]
+
+
+def _fmnist_conv1(model: Any) -> Hypothesis:
+    """The first convolution only (the rest of the network stays as is), fitted on 2000 training images."""
+    return conv_hypothesis(model, "conv1", _fmnist_images("train", 2000)[0], degree=2)
+
+
+def _fmnist_eval(model: Any, hyp: Hypothesis) -> Evaluation:
+    images, labels = _fmnist_images("test", 2000)
+    return Evaluation(model, images, labels, dataset="2000 Fashion-MNIST test images (seed 0)",
+                      figures={"fit_r2_train": hyp.info["fit_r2_train"], "channels": hyp.info["channels"]})
+
+
 HYPOTHESES: dict[str, Callable[[Any], Hypothesis]] = {
     "modadd": modadd_hypothesis,
     "tms": _tms,
+    "fmnist-cnn": _fmnist_conv1,
 }
 EVALUATIONS: dict[str, Callable[[Any, Hypothesis], Evaluation]] = {
     "modadd": _modadd_eval,
     "tms": _tms_eval,
+    "fmnist-cnn": _fmnist_eval,
 }
 
 
