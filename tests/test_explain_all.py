@@ -41,3 +41,21 @@ def test_explain_all_modadd_end_to_end(tmp_path, monkeypatch):
     assert line["figures"]["numbers"] > 0 and line["figures"]["lines"] > 0
     assert line["figures"]["restricted_loss"] < line["figures"]["excluded_loss"]
     assert line["pass"], line["checks"]
+
+
+def test_induction_needs_only_its_hypothesis(tmp_path, monkeypatch):
+    """The registry's one line: a hypothesis for the induction recipe (here every head as is) runs."""
+    import torch
+
+    from mechscope.core.hypothesis import AsIs, Hypothesis
+
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))  # zoo:induction-quick is shipped
+    monkeypatch.setitem(ea.HYPOTHESES, "induction",
+                        lambda model: Hypothesis("as is", (AsIs("attn.z.0"), AsIs("attn.z.1"))))
+    out = ea.explain_all("induction-quick", ablations=("mean",), n_boot=50)
+    assert out["results"]["mean"]["recovered"]["value"] == 1.0
+    ids = torch.tensor([[1, 2, 3, 1, 2, 3]])
+    logits = torch.full((1, 6, 5), -1e4)
+    logits[0, torch.arange(5), ids[0, 1:]] = 0.0  # a perfect next-token prediction everywhere
+    repeat = torch.tensor([[False, False, False, True, True]])
+    assert ea.repeat_loss(logits, (ids, repeat)).item() < 1e-6

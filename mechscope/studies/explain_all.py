@@ -15,8 +15,9 @@
 5. one JSON result line with checks: >= 0.99 of the loss recovered under each ablation (tms: also
    for every instance).
 
-Adding a network is one line in each registry (a recipe whose evaluation exists needs only the
-hypothesis: `HYPOTHESES["induction"] = induction_hypothesis`).
+Adding a network is one line in each registry; the induction recipes' evaluation (next-token loss
+on the predictable part of the repeated segment) is here, so induction needs only its hypothesis:
+`HYPOTHESES["induction"] = induction_hypothesis`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..causal.scrub import ScrubResult, scrub
@@ -118,6 +120,26 @@ def _fmnist_eval(model: Any, hyp: Hypothesis) -> Evaluation:
                       figures={"fit_r2_train": hyp.info["fit_r2_train"], "channels": hyp.info["channels"]})
 
 
+def repeat_loss(logits: Tensor, labels: tuple[Tensor, Tensor]) -> Tensor:
+    """Per sequence: the mean next-token loss over the predictable part of the repeated segment."""
+    ids, repeat = labels
+    pred, target = logits[:, :-1].double(), ids[:, 1:]
+    ce = F.cross_entropy(pred.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
+    m = repeat.to(ce.dtype)
+    return (ce * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def _induction_eval(model: Any, hyp: Hypothesis) -> Evaluation:
+    from .. import zoo
+
+    _, cfg = _recipe(model)
+    batch = zoo.RECIPES[cfg["recipe"]].data(cfg["hparams"], cfg["seed"])  # the run's fixed evaluation batch
+    keep = batch.repeat.any(1)
+    ids, repeat = batch.ids[keep], batch.repeat[keep]
+    return Evaluation(model, ids, (ids, repeat), loss=repeat_loss,
+                      dataset=f"the recipe's evaluation batch ({len(ids)} sequences with a repeat)")
+
+
 HYPOTHESES: dict[str, Callable[[Any], Hypothesis]] = {
     "modadd": modadd_hypothesis,
     "tms": _tms,
@@ -127,6 +149,7 @@ EVALUATIONS: dict[str, Callable[[Any, Hypothesis], Evaluation]] = {
     "modadd": _modadd_eval,
     "tms": _tms_eval,
     "fmnist-cnn": _fmnist_eval,
+    "induction": _induction_eval,  # its hypothesis is registered where its rules are written
 }
 
 
