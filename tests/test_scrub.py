@@ -103,6 +103,8 @@ def test_parts_alone_and_unexplained_shares():
     # the wrong code holds all that is unexplained; the others none of it
     assert shares["hidden"] == pytest.approx(1.0, abs=1e-9)
     assert shares["ea"] == pytest.approx(0.0, abs=1e-9) and shares["eb"] == pytest.approx(0.0, abs=1e-9)
+    page = got._repr_html_()  # the notebook view: the joint score and one row per part
+    assert "loss_recovered" in page and "restore gain" in page and all(f">{c}<" in page for c in ("ea", "eb", "hidden"))
     alone = {p.component: p.alone.value for p in got.parts}
     assert alone["ea"] == pytest.approx(1.0, abs=1e-9)
     assert alone["hidden"] < 0.5

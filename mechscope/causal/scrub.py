@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.errors import MechscopeError
+from ..core.html import fmt
 from ..core.hypothesis import AsIs, Code, Component, Hypothesis, Part, Resampled, Size
 from ..core.interventions import Context, Intervention, Patch, Replace, Zero
 from ..core.run import resolve, run
@@ -102,6 +103,19 @@ class ScrubResult:
                 "recovered": self.recovered.describe(), "lines": self.size.lines, "numbers": self.size.numbers,
                 "parts": [p.describe() for p in self.parts],
                 "groups": {k: v.describe() for k, v in self.groups.items()}}
+
+    def _repr_html_(self) -> str:
+        """The joint score, then one row per part: its size, its score alone and what restoring it changes."""
+        from ..core.html import score_html, table
+
+        head = (f"{self.hypothesis} vs {self.ablation} ablation: loss clean {fmt(self.loss_clean)}, hypothesis "
+                f"{fmt(self.loss_hypothesis)}, ablated {fmt(self.loss_ablated)}; {self.size.lines} lines, "
+                f"{self.size.numbers} numbers")
+        rows = [(p.component, p.kind, p.name, p.size.lines, p.size.numbers,
+                 None if p.alone is None else p.alone.value, p.restore_gain, p.unexplained_share) for p in self.parts]
+        return score_html(self.recovered) + table(rows, ["component", "kind", "explanation", "lines", "numbers",
+                                                         "alone", "restore gain", "share of unexplained"],
+                                                  caption=head)
 
     def __str__(self) -> str:
         lines = [f"{self.hypothesis} vs {self.ablation} ablation: loss clean {self.loss_clean:.4g}, hypothesis "
