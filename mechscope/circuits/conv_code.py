@@ -69,8 +69,9 @@ def conv_hypothesis(model: Any, site: str, train_images: Tensor, degree: int = 1
 
     part = Code(site, detectors, numbers={"coefficients": weights, "biases": bias},
                 fitted_on=f"{len(train_images)} training images", name=f"polynomial detectors (degree {degree})",
+                helpers=(polynomial_filters,),
                 claim=", ".join(_TERMS[:basis.shape[0]]) + " per channel")
-    return Hypothesis(f"{site} as degree-{degree} detectors", (part,),
+    return Hypothesis(f"{site} as degree-{degree} detectors", (part,), claim=part.claim,
                       info={"degree": degree, "fit_r2_train": r2, "terms": list(_TERMS[:basis.shape[0]]),
                             "channels": describe_channels(weights)})
 
