@@ -124,8 +124,7 @@ def modadd_hypothesis(model: Any, layout: ModAddLayout | None = None, *, freqs: 
                           claim="numbers are embedded on the key frequencies only"))
 
     # 2. the answer's features from the angle-sum identities, fitted on the training split
-    train_ids = train_inputs if isinstance(train_inputs, Tensor) else None
-    a_tr, b_tr = layout.operands(train_ids)
+    a_tr, b_tr = layout.operands(train_inputs)
     s_tr = angle_sum(fourier_columns(a_tr, p, freqs), fourier_columns(b_tr, p, freqs))
     hidden_site, logits_site = sites[layout.hidden], sites[layout.logits]
     clean = run(model, train_inputs, capture=[hidden_site, logits_site]).cache
