@@ -59,3 +59,21 @@ def test_induction_needs_only_its_hypothesis(tmp_path, monkeypatch):
     logits[0, torch.arange(5), ids[0, 1:]] = 0.0  # a perfect next-token prediction everywhere
     repeat = torch.tensor([[False, False, False, True, True]])
     assert ea.repeat_loss(logits, (ids, repeat)).item() < 1e-6
+
+
+def test_the_report_shows_an_explanation_artifact(tmp_path):
+    from mechscope.report import write_report
+
+    part = {"component": "resid_post.0[positions=[2]]", "kind": "code", "name": "angle_sum_features", "lines": 17,
+            "numbers": 1408}
+    result = {"recovered": {"value": 0.9991, "ci": [0.998, 0.9995]}, "loss_clean": 1e-7, "loss_hypothesis": 2e-3,
+              "loss_ablated": 4.8, "parts": [{"alone": {"value": 0.9997}}], "groups": {}}
+    out = {"name": "modadd", "dataset": "test split", "figures": {"excluded_loss": 5.8},
+           "hypothesis": {"name": "modadd as code", "claim": "embed -> Fourier", "lines": 17, "numbers": 1408,
+                          "parts": [part]},
+           "results": {"mean": result, "zero": result}}
+    path = ea.write_artifact(out, str(tmp_path / "out"))
+    assert path.name == "explain-all.json" and path.parent.name == "explanations"
+    text = write_report(tmp_path / "out").read_text()
+    assert "Explanations as code" in text and "angle_sum_features" in text and "alone vs zero" in text
+    assert "0.9991" in text and "[0.998, 0.9995]" in text

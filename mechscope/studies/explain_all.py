@@ -213,6 +213,15 @@ def result_line(out: dict[str, Any]) -> dict[str, Any]:
             "figures": figures, "checks": c, "pass": all(v["pass"] for v in c.values())}
 
 
+def write_artifact(out: dict[str, Any], directory: str) -> Any:
+    """explanations/<name>.json under the model `zoo:NAME` of an artifact directory (the report reads it)."""
+    from ..artifacts import ArtifactWriter
+
+    name = out["name"] if out["name"].startswith("zoo:") else f"zoo:{out['name']}"
+    return ArtifactWriter(directory).model(name).explanation(
+        "explain-all", out["hypothesis"], out["results"], dataset=out["dataset"], figures=out["figures"])
+
+
 def print_tables(out: dict[str, Any], echo: Callable[[str], None] = print) -> None:
     """The component table, the joint numbers and the robustness table, as text."""
     hyp = out["hypothesis"]
