@@ -54,6 +54,7 @@ def test_induction_needs_only_its_hypothesis(tmp_path, monkeypatch):
                         lambda model: Hypothesis("as is", (AsIs("attn.z.0"), AsIs("attn.z.1"))))
     out = ea.explain_all("induction-quick", ablations=("mean",), n_boot=50)
     assert out["results"]["mean"]["recovered"]["value"] == 1.0
+    assert json.loads(json.dumps(out))["recipe"] == "induction"  # what --json prints is plain JSON
     ids = torch.tensor([[1, 2, 3, 1, 2, 3]])
     logits = torch.full((1, 6, 5), -1e4)
     logits[0, torch.arange(5), ids[0, 1:]] = 0.0  # a perfect next-token prediction everywhere
