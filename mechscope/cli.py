@@ -225,6 +225,7 @@ from .cli_dict import dict_app  # noqa: E402  (sub-commands live in their own mo
 from .cli_diff import diff as diff_command, diff_bench  # noqa: E402
 from .cli_features import features_app  # noqa: E402
 from .cli_zoo import replicate, zoo_app  # noqa: E402
+from .cli_explain import explain_all  # noqa: E402
 
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(dict_app, name="dict")
@@ -232,6 +233,7 @@ app.add_typer(features_app, name="features")
 app.command()(replicate)
 app.command(name="diff")(diff_command)
 app.command(name="diff-bench")(diff_bench)
+app.command(name="explain-all")(explain_all)
 
 
 def main() -> None:

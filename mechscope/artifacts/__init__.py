@@ -17,6 +17,8 @@ these files, never the model or the analysis code. Layout (schema version 1):
         circuits/<name>.json        nodes, edges (source, target, via, score), method, ablation,
                                     faithfulness (a Score's describe()) when given
         training.json               metric curves over steps: {"metrics": {name: [[step, value], ...]}}
+        explanations/<name>.json    a network replaced by code (`mechscope explain-all --out`): the
+                                    hypothesis's parts and sizes, and per ablation the loss recovered
         features.json + features.duckdb
                                     the FeatureStore file (mechscope.features.store) and its sets
 
@@ -27,7 +29,7 @@ up by attribute, so this package imports no analysis). Every write is atomic (te
 
 Modules: `schema` (version, names, plain values, checked JSON reads and writes), one module per
 file kind holding its writer method and its converter (`overview`, `heads` for attention and head
-roles, `patching`, `circuits`, `training`, `features`), `writer` (the manifest and `ModelWriter`,
+roles, `patching`, `circuits`, `training`, `features`, `explanations`), `writer` (the manifest and `ModelWriter`,
 which gathers the per-kind methods) and `reader` (`read_artifacts`, `load_all`).
 """
 

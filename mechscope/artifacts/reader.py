@@ -43,6 +43,12 @@ class ModelArtifacts:
     def circuit_names(self) -> list[str]:
         return self._names("circuits")
 
+    def explanation_names(self) -> list[str]:
+        return self._names("explanations")
+
+    def explanation(self, name: str) -> dict[str, Any]:
+        return read_json(self.root.safe_path(self.path / "explanations", f"{check_name(name)}.json"), "explanation")
+
     def patching(self, name: str) -> dict[str, Any]:
         return read_json(self.root.safe_path(self.path / "patching", f"{check_name(name)}.json"), "patching")
 
@@ -136,7 +142,8 @@ def load_all(root: str | Path = DEFAULT_DIR, max_feature_pages: int = 64) -> dic
                                  "attention": m.attention(), "head_roles": m.head_roles(),
                                  "training": m.training(),
                                  "patching": [m.patching(n) for n in m.patching_names()],
-                                 "circuits": [m.circuit(n) for n in m.circuit_names()], "features": None}
+                                 "circuits": [m.circuit(n) for n in m.circuit_names()], "features": None,
+                                 "explanations": [m.explanation(n) for n in m.explanation_names()]}
         if m.features_info() is not None:
             entry["features"] = features_snapshot(m, max_feature_pages)
         out["models"].append(entry)

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .circuits import CircuitWriter
+from .explanations import ExplanationWriter
 from .features import FeaturesWriter
 from .heads import HeadsWriter
 from .overview import OverviewWriter
@@ -53,7 +54,8 @@ class ArtifactWriter:
         return ModelWriter(self, name, self.root / d)
 
 
-class ModelWriter(OverviewWriter, HeadsWriter, PatchingWriter, CircuitWriter, TrainingWriter, FeaturesWriter):
+class ModelWriter(OverviewWriter, HeadsWriter, PatchingWriter, CircuitWriter, TrainingWriter, FeaturesWriter,
+                  ExplanationWriter):
     """Writes the artifacts of one model (see the package docstring for each file)."""
 
     def __init__(self, parent: ArtifactWriter, name: str, path: Path):

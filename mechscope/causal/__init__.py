@@ -15,10 +15,12 @@ from .graph import INPUT, OUTPUT, Circuit, Edge, Graph, graph_of
 from .ground_truth import edge_auc, edges_from_ids, roc_auc
 from .path_patching import PathPatchingResult, edge_patching, path_patching
 from .robustness import RobustnessReport, robustness_report
+from .scrub import ScrubError, ScrubResult, scrub
 
 __all__ = ["AblatedValues", "AblationKind", "AblationSpec", "AcdcResult", "Circuit", "CompletenessReport", "Edge",
            "EdgeScores", "FaithfulnessCurve", "Graph", "INPUT", "Node", "OUTPUT", "PatchingResult",
            "PathPatchingResult", "RobustnessReport", "ablated_values", "acdc", "acdc_sweep", "activation_patching",
            "attribution_patching", "completeness_minimality", "component_nodes", "eap", "eap_ig", "edge_auc",
            "edge_faithfulness", "edge_patching", "edge_run", "edges_from_ids", "faithfulness", "faithfulness_curve",
-           "graph_of", "path_patching", "recovery", "robustness_report", "roc_auc"]
+           "graph_of", "path_patching", "recovery", "robustness_report", "roc_auc", "ScrubError", "ScrubResult",
+           "scrub"]

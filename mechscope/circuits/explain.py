@@ -31,6 +31,7 @@ explanations in `mechscope.circuits.explanations` do).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ from torch import Tensor
 
 from ..core.interventions import Context, Intervention, Mean, Replace, Resample
 from ..core.run import resolve, run
-from ..core.score import Score
+from ..core.score import Score, loss_recovered
 from ..core.site import Site
 from ..models import wrap
 
@@ -105,8 +106,8 @@ def _target_mask(ids: Tensor, positions: Any) -> Tensor:
 
 def _losses(logits: Tensor, ids: Tensor, mask: Tensor | None, labels: Tensor | None) -> tuple[Tensor, Tensor]:
     """Per-prompt (sum of losses, number of targets) in float64."""
-    if labels is not None:  # one answer per prompt, read at the last position
-        ce = F.cross_entropy(logits[:, -1].double(), labels.long(), reduction="none")
+    if labels is not None:  # one answer per prompt, read at the last position (or (batch, classes) logits)
+        ce = F.cross_entropy((logits[:, -1] if logits.dim() == 3 else logits).double(), labels.long(), reduction="none")
         return ce, torch.ones_like(ce)
     pred, target = logits[:, :-1].double(), ids[:, 1:]
     ce = F.cross_entropy(pred.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
@@ -118,22 +119,16 @@ def _recovered(abl: tuple[Tensor, Tensor], expl: tuple[Tensor, Tensor], clean: t
                how: dict[str, Any], dataset: str, seed: int, n_boot: int) -> Score:
     """(L_abl - L_expl) / (L_abl - L_clean), each L pooled over the targets of the chosen prompts;
     paired percentile bootstrap over prompts."""
-    count = clean[1]
+    return loss_recovered(abl, expl, clean, how=how, dataset=dataset, seed=seed, n_boot=n_boot,
+                          aggregation="ratio of token-pooled losses")
 
-    def ratio(i: Tensor) -> Tensor:
-        n = count[i].sum(-1)
-        a, e, c = abl[0][i].sum(-1) / n, expl[0][i].sum(-1) / n, clean[0][i].sum(-1) / n
-        return (a - e) / (a - c)
 
-    n = count.numel()
-    value = float(ratio(torch.arange(n)))
-    g = torch.Generator().manual_seed(seed)
-    boots = ratio(torch.randint(n, (n_boot, n), generator=g))
-    boots = boots[boots.isfinite()]
-    ci = None if boots.numel() == 0 else tuple(
-        torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=boots.dtype)).tolist())
-    return Score(value=value, metric="loss_recovered", ci=ci, aggregation="ratio of token-pooled losses",
-                 dataset=dataset, n=n, seed=seed, how=how)
+def _seeing(fn: ExplanationFn, ids: Tensor) -> ExplanationFn:
+    """`fn` given the run's inputs as `context.input_ids` when the model has no tokens of its own (a
+    generic module whose inputs are ids, say)."""
+    def seeing(x: Tensor, ctx: Context) -> Tensor:
+        return fn(x, ctx if ctx.input_ids is not None else dataclasses.replace(ctx, input_ids=ids))
+    return seeing
 
 
 @torch.no_grad()
@@ -180,7 +175,7 @@ def score(model: Any, inputs: Any, site: Site | str | None, fn: ExplanationFn, h
     reads = [resolve(model, s) for s in (*getattr(fn, "needs", ()), *needs)]
     runs: dict[str, list[Intervention]] = {
         "clean": [],
-        "explained": [Replace(site, fn=fn, **where)],
+        "explained": [Replace(site, fn=_seeing(fn, ids), **where)],
         "mean": [Mean.of(site, ref, **where)],
         "resample": [Resample(site, source=ref, seed=seed, **where)],
     }

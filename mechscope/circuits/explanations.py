@@ -40,9 +40,10 @@ import torch
 from torch import Tensor
 
 from ..core.interventions import Context
-from ..core.run import run
+from ..core.run import resolve, run
 from ..core.site import Kind, Site
 from ..models import wrap
+from .modadd_layout import ModAddLayout
 
 
 class Explanation:
@@ -152,22 +153,23 @@ def fourier_basis(p: int) -> Tensor:
     return torch.stack(rows)
 
 
-def _all_pairs(p: int) -> Tensor:
-    a = torch.arange(p).repeat_interleave(p)
-    b = torch.arange(p).repeat(p)
-    return torch.stack([a, b, torch.full_like(a, p)], 1)  # (p*p, 3): "a b ="
-
 
 @torch.no_grad()
 def key_frequencies(model: Any, p: int | None = None, *, share: float = 0.85, min_neurons: int = 10,
-                    layer: int = 0) -> list[int]:
-    """The key frequencies of a modular-addition model, from its neurons at "=" over all (a, b)."""
+                    layer: int = 0, layout: ModAddLayout | None = None) -> list[int]:
+    """The key frequencies of a modular-addition model, from its neurons at the answer over all (a, b).
+
+    `layout` says where the neurons are and how (a, b) is encoded (default: the zoo's transformer,
+    `mlp.post.{layer}` at "=")."""
     model = wrap(model)
-    p = int(model.weights().W_U.shape[1]) if p is None else p
-    site = Site(Kind.MLP_POST, layer)
-    acts = run(model, _all_pairs(p), capture=[site]).cache[site][:, -1].view(p, p, -1).double()
+    if layout is None:
+        p = int(model.weights().W_U.shape[1]) if p is None else p
+        layout = ModAddLayout.transformer(p, layer)
+    p = layout.p
+    site = resolve(model, layout.neurons)
+    acts = layout.answer(run(model, layout.grid()[0], capture=[site]).cache[site]).reshape(p, p, -1).double()
     Fb = fourier_basis(p)
-    power = torch.einsum("ia,jb,abn->ijn", Fb, Fb, acts) ** 2  # (p, p, d_mlp)
+    power = torch.einsum("ia,jb,abn->ijn", Fb, Fb, acts) ** 2  # (p, p, units)
     power[0, 0] = 0  # the mean is not variance
     total = power.sum((0, 1)).clamp_min(1e-30)
     shares = torch.stack([power[idx][:, idx].sum((0, 1)) for idx in
@@ -190,37 +192,58 @@ def fourier_features(ids: Tensor, p: int, freqs: Sequence[int]) -> Tensor:
 
 @torch.no_grad()
 def modadd_fourier(model: Any, freqs: Sequence[int] | None = None, *, train_inputs: Tensor | None = None,
-                   layer: int = 0) -> Explanation:
+                   layer: int = 0, layout: ModAddLayout | None = None, site: Site | str | None = None) -> Explanation:
     """The MLP output at "=" of a modular-addition model as a linear map of Fourier features of a and b.
 
-    `freqs`: the key frequencies (found with `key_frequencies` when None). `train_inputs`: (n, 3)
-    rows "a b =" to fit on; default: the zoo run's training split when the model is a zoo network.
-    The fit's R² on the training inputs is in `.info["fit_r2"]`.
+    `freqs`: the key frequencies (found with `key_frequencies` when None). `train_inputs`: the model's
+    inputs to fit on (zoo transformer: (n, 3) rows "a b ="); default: the zoo run's training split
+    when the model is a zoo network. `layout` (default: the zoo's transformer) gives the input
+    encoding and the answer position; `site` the component explained (default `mlp_out.{layer}`; for
+    another network, e.g. its hidden layer). The fit's R² on the training inputs is in `.info["fit_r2"]`.
     """
-    model = wrap(model)
-    p = int(model.weights().W_U.shape[1])
-    if train_inputs is None:
-        zrun = getattr(model, "zoo_run", None)
-        if zrun is None:
-            raise ValueError("give train_inputs= (n, 3) rows 'a b =': this model is not a zoo run")
-        from ..zoo import RECIPES  # the zoo's own split (zoo sits beside models, below the analyses' callers)
-
-        cfg = zrun.config()
-        train_inputs = RECIPES[cfg["recipe"]].data(cfg["hparams"], cfg["seed"]).train_x
-    freqs = key_frequencies(model, p, layer=layer) if freqs is None else [int(k) for k in freqs]
-    if not freqs:
-        raise ValueError("no key frequencies: give freqs= or train the model until it generalises")
-    site = Site(Kind.MLP_OUT, layer)
-    out = run(model, train_inputs, capture=[site]).cache[site][:, -1].double()  # (n, d_model)
-    X = fourier_features(train_inputs, p, freqs)  # (n, 1 + 6K)
-    W = torch.linalg.lstsq(X, out).solution  # (1 + 6K, d_model)
+    model, layout, train_inputs, freqs = modadd_setting(model, layout, train_inputs, freqs, layer)
+    p = layout.p
+    site = resolve(model, Site(Kind.MLP_OUT, layer) if site is None else site)
+    out = layout.answer(run(model, train_inputs, capture=[site]).cache[site]).double()  # (n, d)
+    X = fourier_features(torch.stack(layout.operands(train_inputs), 1), p, freqs)  # (n, 1 + 6K)
+    W = torch.linalg.lstsq(X, out).solution  # (1 + 6K, d)
     resid = out - X @ W
     r2 = 1 - float((resid ** 2).sum() / ((out - out.mean(0)) ** 2).sum())
 
     def fn(x: Tensor, ctx: Context) -> Tensor:
+        value = (fourier_features(torch.stack(layout.operands(ctx.input_ids), 1), p, freqs) @ W).to(x.dtype)
+        if layout.answer_position is None:
+            return value
         new = x.clone()
-        new[:, -1] = (fourier_features(ctx.input_ids, p, freqs) @ W).to(x.dtype)
+        new[:, layout.answer_position] = value
         return new
 
     return Explanation("modadd_fourier", site, fn, freqs=list(freqs), p=p, fit_r2=r2, n_fit=int(X.shape[0]),
                        features="[1, cos/sin w a, cos/sin w b, cos/sin w(a+b)] per key frequency, least squares")
+
+
+def modadd_setting(model: Any, layout: ModAddLayout | None, train_inputs: Any, freqs: Sequence[int] | None,
+                   layer: int = 0) -> tuple[Any, ModAddLayout, Any, list[int]]:
+    """The adapter, the layout (default: the zoo's transformer), the training inputs (default: the zoo
+    run's training split) and the key frequencies (default: found from the neurons) of a modular fit."""
+    model = wrap(model)
+    if layout is None:
+        layout = ModAddLayout.transformer(int(model.weights().W_U.shape[1]), layer)
+    if train_inputs is None:
+        train_inputs = zoo_train_inputs(model)
+    freqs = key_frequencies(model, layout=layout) if freqs is None else [int(k) for k in freqs]
+    if not freqs:
+        raise ValueError("no key frequencies were found in the network's neurons: give freqs= or train the "
+                         "model until it generalises")
+    return model, layout, train_inputs, freqs
+
+
+def zoo_train_inputs(model: Any) -> Tensor:
+    """The training split's inputs of a zoo modular-addition network (the fits use nothing else)."""
+    zrun = getattr(model, "zoo_run", None)
+    if zrun is None:
+        raise ValueError("give train_inputs= (the model's inputs for the training pairs): this model is not a zoo run")
+    from ..zoo import RECIPES  # the zoo's own split (zoo sits beside models, below the analyses' callers)
+
+    cfg = zrun.config()
+    return RECIPES[cfg["recipe"]].data(cfg["hparams"], cfg["seed"]).train_x

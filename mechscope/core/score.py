@@ -101,3 +101,30 @@ class Score:
 
         return score_html(self)
 
+
+
+def loss_recovered(ablated: tuple[Tensor, Tensor], explained: tuple[Tensor, Tensor], clean: tuple[Tensor, Tensor],
+                   *, how: Mapping[str, Any], dataset: str, seed: int = 0, n_boot: int = 1000,
+                   aggregation: str = "ratio of pooled losses") -> Score:
+    """(L_ablated - L_explained) / (L_ablated - L_clean), each L pooled over the items' targets.
+
+    Each argument is a per-item pair (sum of losses, number of targets), both (n,). The interval is
+    a paired percentile bootstrap over items of the same ratio (resamples where it is undefined
+    are dropped).
+    """
+    count = clean[1]
+
+    def ratio(i: Tensor) -> Tensor:
+        n = count[i].sum(-1)
+        a, e, c = ablated[0][i].sum(-1) / n, explained[0][i].sum(-1) / n, clean[0][i].sum(-1) / n
+        return (a - e) / (a - c)
+
+    n = count.numel()
+    value = float(ratio(torch.arange(n)))
+    g = torch.Generator().manual_seed(seed)
+    boots = ratio(torch.randint(n, (n_boot, n), generator=g))
+    boots = boots[boots.isfinite()]
+    ci = None if boots.numel() == 0 else tuple(
+        torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=boots.dtype)).tolist())
+    return Score(value=value, metric="loss_recovered", ci=ci, aggregation=aggregation,
+                 dataset=dataset, n=n, seed=seed, how=how)

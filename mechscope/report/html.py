@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import load_all
+from ..core.html import fmt, table
 from ..core.files import write_atomically
 from .embed import csp_hash, json_for_script, script_text
 
-SECTIONS = ("overview", "attention", "head_roles", "patching", "circuits", "features", "training")
+SECTIONS = ("overview", "attention", "head_roles", "patching", "circuits", "features", "training", "explanations")
 TITLES = {"overview": "Model overview", "attention": "Attention patterns", "head_roles": "Head-role scores",
           "patching": "Activation patching", "circuits": "Circuits", "features": "Features",
-          "training": "Training dynamics"}
+          "training": "Training dynamics", "explanations": "Explanations as code"}
 
 
 def _asset(package: str, name: str) -> str:
@@ -69,8 +70,35 @@ def _model_section(i: int, m: dict[str, Any]) -> str:
         part("circuits", missing)
     part("features", box("features") if m["features"] else missing)
     part("training", box("training") if m["training"] else missing)
+    explanations = m.get("explanations") or []
+    part("explanations", "".join(_explanation_html(x) for x in explanations) if explanations else missing)
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _explanation_html(x: dict[str, Any]) -> str:
+    """One explain-all artifact: the hypothesis's parts with their sizes and scores alone, then the
+    whole hypothesis's loss recovered under each ablation (drawn here, as tables: no script needed)."""
+    hyp, results = x["hypothesis"], x["results"]
+    abls = list(results)
+    rows = []
+    for i, part in enumerate(hyp.get("parts", [])):
+        alone = [((results[a].get("parts") or [{}] * (i + 1))[i].get("alone") or {}).get("value") for a in abls]
+        rows.append((part.get("component"), part.get("kind"), part.get("name"), part.get("lines"),
+                     part.get("numbers"), *alone))
+    robust = []
+    for a in abls:
+        rec = results[a]["recovered"]
+        ci = rec.get("ci")
+        robust.append((a, rec.get("value"), "" if not ci else f"[{fmt(ci[0], 6)}, {fmt(ci[1], 6)}]",
+                       results[a].get("loss_clean"), results[a].get("loss_hypothesis"), results[a].get("loss_ablated")))
+    head = (f'<h4 id="explanation-{_esc(x["name"])}">{_esc(hyp.get("name", x["name"]))}</h4>'
+            f'<p class="small">{_esc(hyp.get("claim", ""))}; {_esc(hyp.get("lines"))} lines of code, '
+            f'{_esc(hyp.get("numbers"))} numbers; scored on {_esc(x.get("dataset", ""))}</p>')
+    return (head + table(rows, ["component", "kind", "explanation", "lines", "numbers",
+                                *(f"alone vs {a}" for a in abls)], caption="components")
+            + table(robust, ["ablation", "loss recovered", "95% CI", "loss clean", "loss code", "loss ablated"],
+                    caption="the whole hypothesis at once"))
 
 
 def render_report(data: dict[str, Any], title: str = "mechscope report") -> str:

@@ -50,6 +50,47 @@ class ToyModel(nn.Module):
         return err.sum(-1).mean(1).sum()
 
 
+class BatchFirst(nn.Module):
+    """The same instances with activations laid out (batch, inst, ...), batch first, as analyses that
+    take the first axis as the batch read them; it shares the ToyModel's parameters.
+
+    Sites (through the generic adapter): `hidden` (batch, inst, n_hidden) and `out` (batch, inst,
+    n_features)."""
+
+    def __init__(self, toy: ToyModel):
+        super().__init__()
+        self.toy = toy
+        self.hidden = nn.Identity()
+        self.out = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.hidden(torch.einsum("bif,ihf->bih", x, self.toy.W))  # (batch, inst, n_hidden)
+        return self.out(torch.relu(torch.einsum("bih,ihf->bif", h, self.toy.W) + self.toy.b))
+
+    def losses(self, out: Tensor, x: Tensor) -> Tensor:
+        """(batch, inst): each instance's importance-weighted squared error on each input."""
+        return (self.toy.importance * (out - x) ** 2).sum(-1)
+
+
+class BatchFirstTMS(nn.Module):
+    """Every group of a `TMS` batch first: `forward(dense=x, ...)` with x (batch, inst, n_features)
+    returns {group: output}; sites `groups.NAME.hidden` and `groups.NAME.out`. Shares the parameters."""
+
+    def __init__(self, tms: "TMS"):
+        super().__init__()
+        self.groups = nn.ModuleDict({name: BatchFirst(toy) for name, toy in tms.groups.items()})
+
+    def forward(self, **xs: Tensor) -> dict[str, Tensor]:
+        return {name: self.groups[name](x) for name, x in xs.items()}
+
+    def losses(self, out: dict[str, Tensor], xs: dict[str, Tensor]) -> Tensor:
+        """(batch, every instance of every group, in `instance_names` order)."""
+        return torch.cat([self.groups[name].losses(out[name], xs[name]) for name in xs], 1)
+
+    def instance_names(self, names: list[str] | None = None) -> list[str]:
+        return [f"{name}[{i}]" for name in (names or list(self.groups)) for i in range(self.groups[name].toy.b.shape[0])]
+
+
 def sample(batch: int, feature_prob: Tensor, n_features: int, gen: torch.Generator) -> Tensor:
     """A batch (inst, batch, n_features): each feature active with its instance's probability p,
     then uniform in [0, 1]. One uniform u per entry does both: active iff u < p, value u / p."""
