@@ -14,6 +14,7 @@ from mechscope.studies import explain_all as ea
 
 def test_unregistered_recipe_names_the_known_ones(tmp_path, monkeypatch):
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))  # the shipped copy of the network
+    monkeypatch.delitem(ea.HYPOTHESES, "induction")
     with pytest.raises(MechscopeError, match="no explanation registered for zoo recipe .induction..*fmnist-cnn, modadd, tms"):
         ea.explain_all("induction-quick")
 
@@ -41,6 +42,18 @@ def test_explain_all_modadd_end_to_end(tmp_path, monkeypatch):
     assert line["figures"]["numbers"] > 0 and line["figures"]["lines"] > 0
     assert line["figures"]["restricted_loss"] < line["figures"]["excluded_loss"]
     assert line["pass"], line["checks"]
+
+
+@pytest.mark.slow
+def test_explain_all_induction_clears_the_bar(tmp_path, monkeypatch):
+    """The registered rules (circuits.induction_code) on the shipped zoo:induction, scored on the recipe's
+    evaluation batch: >= 0.99 against mean and resample ablation; no zero ablation (a norm's divisor)."""
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    out = ea.explain_all("induction", n_boot=100)
+    assert set(out["results"]) == {"mean", "resample"}
+    got = ea.checks(out)
+    assert all(c["pass"] for c in got.values()), got
+    assert out["hypothesis"]["numbers"] == 13  # 4 offsets, 4 x 2 match weights, 1 divisor
 
 
 def test_induction_needs_only_its_hypothesis(tmp_path, monkeypatch):

@@ -71,6 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.hypothesis import Code, Component, Hypothesis
 from ..core.interventions import Context, Intervention, Mean, Replace, Resample
 from ..core.run import run
 from ..core.site import Kind, Site
@@ -322,11 +323,11 @@ def induction_parts(model: Any, train_data: Any, *, layer0: str = "offset",
                          "and learned positions (the zoo's `induction` recipe); load one with zoo.load_zoo")
     parts: list[dict[str, Any]] = [dict(
         name="embed", site=Site(Kind.EMBED), heads=None, fn=token_embedding(w.W_E.detach()), ablate=True,
-        lines=_code_lines(token_embedding), fitted=0, rule="the token's row of W_E",
+        lines=_code_lines(token_embedding), fitted=0, numbers={}, rule="the token's row of W_E",
         weights="W_E (the network's table, kept)")]
     if constant_position:
         parts.append(dict(name="pos_embed", site=Site(Kind.POS_EMBED), heads=None, ablate=False,
-                          fn=mean_position(w.W_pos.detach()), lines=_code_lines(mean_position), fitted=0,
+                          fn=mean_position(w.W_pos.detach()), lines=_code_lines(mean_position), fitted=0, numbers={},
                           rule="the mean position embedding at every position", weights="W_pos (averaged)"))
 
     if layer0 == "positional":
@@ -346,7 +347,8 @@ def induction_parts(model: Any, train_data: Any, *, layer0: str = "offset",
         top = torch.stack([pat0[h].diagonal(-d)[4:].mean() for d in range(3)])  # attention at offsets 0, 1, 2
         rule = how0.format(", ".join(f"{float(v):.2f}" for v in top) if layer0 == "positional" else offsets[h])
         parts.append(dict(name=f"L0H{h}", site=Site(Kind.Z, 0), heads=[h], fn=fn, ablate=True, lines=lines0,
-                          fitted=fitted0, rule=rule, weights="values: W_V, b_V (after ln1)" + (
+                          fitted=fitted0, rule=rule,
+                          numbers={"offset": torch.tensor([float(offsets[h])])} if layer0 == "offset" else {}, weights="values: W_V, b_V (after ln1)" + (
                               "; pattern: mean W_E, W_pos, ln1, W_Q, W_K, b_Q, b_K" if layer0 == "positional" else "")))
 
     pat1 = Site(Kind.PATTERN, 1)
@@ -361,6 +363,7 @@ def induction_parts(model: Any, train_data: Any, *, layer0: str = "offset",
         parts.append(dict(name=f"L1H{h}", site=Site(Kind.Z, 1), heads=[h], fn=fn, ablate=True,
                           lines=lines1 + (_code_lines(token_values) if copy_token else 0),
                           fitted=len(features) + (0 if h or not copy_token else model.weights().W_E.shape[1]),
+                          numbers={"match_weights": wts[[MATCH_FEATURES.index(f) for f in features]].detach()},
                           rule="two-token-match induction: " + ", ".join(
                               f"{n} {float(v):+.2f}" for n, v in zip(MATCH_FEATURES, wts) if n in features),
                           weights="values: " + ("ln1, W_V, b_V on W_E[token] + the mean rest of the residual"
@@ -368,10 +371,39 @@ def induction_parts(model: Any, train_data: Any, *, layer0: str = "offset",
 
     c = fit_divisor(model, train_data)
     parts.append(dict(name="unembed", site=Site(Kind.LN_FINAL_SCALE), heads=None, fn=constant_divisor(c),
-                      ablate=True, lines=_code_lines(constant_divisor), fitted=1,
+                      ablate=True, lines=_code_lines(constant_divisor), fitted=1, numbers={"divisor": torch.tensor([c])},
                       rule=f"final norm divides by the constant {c:.3f}",
                       weights="ln_final weight and bias, W_U, b_U"))
     return parts
+
+
+def induction_hypothesis(model: Any, train_data: Any = None, *, n: int = 256, **options: Any) -> Hypothesis:
+    """`induction_parts` as a `Hypothesis` (one `Code` part per component) for `causal.scrub` and
+    `mechscope explain-all induction`. The rules are fitted on `train_data`, by default `n` sequences
+    drawn from the recipe's task with the training seed (`TRAIN_SEED`), never on the data they are
+    scored on; `options` go to `induction_parts`."""
+    if train_data is None:
+        from ..zoo.recipes.induction import make_batch  # the task the network was trained on
+
+        zoo_run = getattr(model, "zoo_run", None)
+        if zoo_run is None:
+            raise ValueError("induction_hypothesis needs `train_data` (a zoo induction Batch) for a network "
+                             "that is not a zoo run")
+        train_data = make_batch(n, zoo_run.config()["hparams"], torch.Generator().manual_seed(TRAIN_SEED))
+    if options.get("copy_token"):
+        raise ValueError("induction_hypothesis: copy_token's value table is not counted as numbers of a Code "
+                         "part; measure that variant with `measure_jointly`")
+    parts = induction_parts(model, train_data, **options)
+    code = []
+    for p in parts:
+        heads = None if p["heads"] is None else tuple(p["heads"])
+        code.append(Code(Component(p["site"], heads=heads), p["fn"], needs=tuple(getattr(p["fn"], "needs", ())),
+                         lines=p["lines"], numbers=p["numbers"], name=p["name"],
+                         fitted_on=f"{len(train_data.ids)} training sequences", claim=p["rule"]))
+    return Hypothesis("zoo:induction as code", tuple(code),
+                      claim="every head attends by a positional or token-match rule and moves its own values; "
+                            "the final norm divides by a constant",
+                      info={"weights_kept": {p["name"]: p["weights"] for p in parts}})
 
 
 # --- measuring ------------------------------------------------------------------------------------

@@ -15,9 +15,9 @@
 5. one JSON result line with checks: >= 0.99 of the loss recovered under each ablation (tms: also
    for every instance).
 
-Adding a network is one line in each registry; the induction recipes' evaluation (next-token loss
-on the predictable part of the repeated segment) is here, so induction needs only its hypothesis:
-`HYPOTHESES["induction"] = induction_hypothesis`.
+Adding a network is one line in each registry (`induction`: the rules of
+`circuits.induction_code`, scored on the next-token loss of the predictable part of the repeated
+segment).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..causal.scrub import ScrubResult, scrub
+from ..circuits.induction_code import induction_hypothesis
 from ..circuits.modadd_code import answer_logits, modadd_hypothesis
 from ..circuits.modadd_layout import ModAddLayout
 from ..circuits.conv_code import conv_hypothesis
@@ -58,6 +59,7 @@ class Evaluation:
     groups: list[str] | None = None
     dataset: str = "held-out"
     figures: dict[str, Any] = field(default_factory=dict)
+    ablations: tuple[str, ...] = ABLATIONS  # the ablations that mean something for these components
 
 
 def _recipe(model: Any) -> tuple[str, dict[str, Any]]:
@@ -136,7 +138,8 @@ def _induction_eval(model: Any, hyp: Hypothesis) -> Evaluation:
     batch = zoo.RECIPES[cfg["recipe"]].data(cfg["hparams"], cfg["seed"])  # the run's fixed evaluation batch
     keep = batch.repeat.any(1)
     ids, repeat = batch.ids[keep], batch.repeat[keep]
-    return Evaluation(model, ids, (ids, repeat), loss=repeat_loss,
+    # no zero ablation: one part is the final norm's divisor, and dividing by zero is no ablation
+    return Evaluation(model, ids, (ids, repeat), loss=repeat_loss, ablations=("mean", "resample"),
                       dataset=f"the recipe's evaluation batch ({len(ids)} sequences with a repeat)")
 
 
@@ -144,17 +147,19 @@ HYPOTHESES: dict[str, Callable[[Any], Hypothesis]] = {
     "modadd": modadd_hypothesis,
     "tms": _tms,
     "fmnist-cnn": _fmnist_conv1,
+    "induction": induction_hypothesis,
 }
 EVALUATIONS: dict[str, Callable[[Any, Hypothesis], Evaluation]] = {
     "modadd": _modadd_eval,
     "tms": _tms_eval,
     "fmnist-cnn": _fmnist_eval,
-    "induction": _induction_eval,  # its hypothesis is registered where its rules are written
+    "induction": _induction_eval,
 }
 
 
-def explain_all(name: str, *, ablations: tuple[str, ...] = ABLATIONS, n_boot: int = 1000) -> dict[str, Any]:
-    """Every figure of the command (module docstring) as plain data."""
+def explain_all(name: str, *, ablations: tuple[str, ...] | None = None, n_boot: int = 1000) -> dict[str, Any]:
+    """Every figure of the command (module docstring) as plain data; `ablations` defaults to those the
+    network's evaluation names (all three unless a component has no meaningful zero)."""
     import mechscope as ms
 
     t0 = time.monotonic()
@@ -167,7 +172,7 @@ def explain_all(name: str, *, ablations: tuple[str, ...] = ABLATIONS, n_boot: in
     hyp = HYPOTHESES[recipe](model)
     ev = EVALUATIONS[recipe](model, hyp)
     results: dict[str, ScrubResult] = {}
-    for abl in ablations:
+    for abl in ablations or ev.ablations:
         note(f"explain-all {name}: scrubbing against {abl} ablation")
         results[abl] = scrub(ev.model, hyp, ev.data, abl, labels=ev.labels, loss=ev.loss, groups=ev.groups,
                              n_boot=n_boot, dataset=ev.dataset)
