@@ -119,6 +119,21 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def init_process_group(device: str | None = None, timeout: float = 300) -> tuple[ProcessGroupReducer, torch.device]:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on CUDA); the reducer and this rank's device."""
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" not in os.environ:
+        raise RuntimeError("data-parallel training runs under torchrun, which starts one process per rank: "
+                           "torchrun --nproc-per-node N -m mechscope.cli dict train ... --ddp")
+    dev = _device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
+    return ProcessGroupReducer(dev), dev
+
+
 def _device(arg: str | None) -> torch.device:
     local = int(os.environ.get("LOCAL_RANK", 0))
     if arg is None:
@@ -153,12 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = rank_batches(store, keys, args.batch, rank, world, shards, args.seed, args.buffer_rows)  # checks first
     reducer: Reducer | None = None
     if world > 1:
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=args.timeout))
-        reducer = ProcessGroupReducer(device)
+        reducer, device = init_process_group(args.device, args.timeout)
 
     def on_term(signum: int, frame: Any) -> None:  # torchrun stops the others when one rank fails
         print(_stopped(rank, world, checkpoint, "the launcher stopped it (another rank failed)"), file=sys.stderr,

@@ -20,6 +20,7 @@ a cluster).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,10 @@ def ray_harvest(load_model: Callable[..., Any], tokens: Tensor, out: str | Path,
                            unit="shard", disable=not progress)
         if todo:
             with ray_session(address, num_cpus=workers * threads) as ray:
+                ctx = ray.data.DataContext.get_current()
+                ctx.enable_progress_bars = False  # this harvest's own progress bar counts the shards
+                ctx.enable_operator_progress_bars = False
+                logging.getLogger("ray.data").setLevel(logging.WARNING)
                 items = []
                 for i in todo:
                     lo, hi = plan.bounds(i)
