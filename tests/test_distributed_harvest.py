@@ -5,7 +5,6 @@ cluster) fails clearly. One local Ray instance (2 CPUs) serves the module."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.distributed
 ray = pytest.importorskip("ray", reason="Ray is in the `distributed` extra (make test installs it)")
 
 import mechscope as ms  # noqa: E402
@@ -34,21 +34,6 @@ def tiny_gpt2(device=None):
 
 def _tokens(n: int = 23, seq: int = 10, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, VOCAB, (n, seq), generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    # the workers import this module (and conftest) to rebuild the model
-    here = str(Path(__file__).parent)
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([here, *([old] if old else [])])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
 
 
 def _same_store(a: Path, b: Path) -> None:

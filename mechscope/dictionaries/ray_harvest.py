@@ -94,7 +94,8 @@ def ray_harvest(load_model: Callable[..., Any], tokens: Tensor, out: str | Path,
                     items.append({"shard": i, "lo": lo, "tokens": tokens[lo:hi].to(torch.int64).numpy()})
                 ds = ray.data.from_items(items, override_num_blocks=len(items))
                 done = ds.map_batches(
-                    _ShardWriter, batch_size=1, batch_format="numpy", concurrency=workers, num_cpus=threads,
+                    _ShardWriter, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+                    num_cpus=threads,
                     fn_constructor_kwargs=dict(load_model=load_model, fingerprint=fingerprint, config=plan.config,
                                                config_hash=plan.config_hash, out=str(out.resolve()),
                                                threads=threads, device=device))
