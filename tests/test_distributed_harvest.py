@@ -5,8 +5,14 @@ cluster) fails clearly. One local Ray instance (2 CPUs) serves the module."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -27,9 +33,11 @@ CFG = dl.HarvestConfig(sites=("resid_post.0", "blocks.1.attn.hook_z"), batch_siz
                        drop_first=1)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
 def tiny_gpt2(device=None):
-    model = ms.wrap(build("gpt2"))
-    return model if device is None else model.to(device)
+    return ms.wrap(build("gpt2") if device is None else build("gpt2").to(device))
 
 
 def _tokens(n: int = 23, seq: int = 10, seed: int = 0) -> torch.Tensor:
@@ -49,10 +57,11 @@ def _same_store(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ray_store_equals_the_one_process_store(local_ray, tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_ray_store_equals_the_one_process_store(local_ray, tmp_path, device):
     tokens = _tokens()
-    one = dl.harvest(tiny_gpt2(), tokens, tmp_path / "one", CFG, progress=False)
-    two = ray_harvest(tiny_gpt2, tokens, tmp_path / "ray", CFG, workers=2, progress=False)
+    one = dl.harvest(tiny_gpt2(device), tokens, tmp_path / "one", CFG, progress=False)
+    two = ray_harvest(tiny_gpt2, tokens, tmp_path / "ray", CFG, workers=2, device=device, progress=False)
     assert len(two.shards) == 5 and two.n_rows == 23 * 9
     _same_store(one.path, two.path)
     two.verify()
@@ -98,3 +107,47 @@ def test_an_unreachable_cluster_fails_fast_and_clearly(tmp_path):
         ray_harvest(tiny_gpt2, _tokens(), tmp_path / "s", CFG, address=f"127.0.0.1:{port}", progress=False)
     with pytest.raises(ValueError, match="is not host:port"):
         ray_harvest(tiny_gpt2, _tokens(), tmp_path / "t", CFG, address="nowhere", progress=False)
+
+
+_KILLED_JOB = """
+import sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[2])
+from test_distributed_harvest import CFG, tiny_gpt2, _tokens
+from mechscope.dictionaries.ray_harvest import ray_harvest
+ray_harvest(tiny_gpt2, _tokens(600, seed=2), sys.argv[1], CFG, workers=2, progress=False)
+"""
+
+
+def _ray_job(out: Path) -> subprocess.Popen:
+    here = str(Path(__file__).parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([here, str(Path(here).parent), os.environ.get("PYTHONPATH", "")])}
+    # its own session: the kill reaches the driver and the Ray processes it started
+    return subprocess.Popen([sys.executable, "-c", _KILLED_JOB, str(out), here], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_killed_ray_job_resumes_with_no_shard_missing_or_duplicated():
+    with tempfile.TemporaryDirectory(prefix="mechscope-ray-kill-") as d:
+        out = Path(d) / "killed"
+        p = _ray_job(out)
+        deadline = time.monotonic() + 600
+        listed = 0
+        while p.poll() is None and time.monotonic() < deadline and listed < 5:
+            try:
+                listed = len(json.loads((out / "manifest.json").read_text())["shards"])
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                listed = 0
+            time.sleep(0.01)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert not manifest["complete"], "the job finished before it could be killed"
+        assert 5 <= len(manifest["shards"]) < 120
+        p = _ray_job(out)
+        assert p.wait(timeout=600) == 0, p.stderr.read()
+        whole = dl.harvest(tiny_gpt2(), _tokens(600, seed=2), Path(d) / "whole", CFG, progress=False).path
+        _same_store(whole, out)
+        assert sorted(q.name for q in out.iterdir()) == sorted(q.name for q in whole.iterdir())
