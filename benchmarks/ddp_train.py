@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from _machine import cpu_snapshot, machine, other_cpu_share, progress  # noqa: E402
+from _machine import cpu_snapshot, other_cpu_share, progress, result_line  # noqa: E402
 
 TARGET = 1.7
 BATCH = 1024
@@ -100,8 +100,7 @@ def run(args: argparse.Namespace) -> dict:
            "w_dec_relative_difference": max(diffs), "other_processes_cpu_share": others}
     checks = {"speedup": {"target": f">= {TARGET}x one process (torchrun 2 x 1 thread vs 1 x 1)",
                           "got": fig["speedup"], "pass": fig["speedup"] >= TARGET}}
-    return {"name": "ddp_train", "kind": "benchmark", "machine": machine(threads=2), "figures": fig,
-            "checks": checks, "pass": all(c["pass"] for c in checks.values())}
+    return result_line("ddp_train", fig, checks)
 
 
 def main() -> None:

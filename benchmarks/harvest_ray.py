@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from _machine import cpu_snapshot, machine, other_cpu_share, progress  # noqa: E402
+from _machine import cpu_snapshot, other_cpu_share, progress, result_line  # noqa: E402
 
 TARGET = 1.7
 
@@ -71,9 +71,8 @@ def run(args: argparse.Namespace) -> dict:
 
         from mechscope.dictionaries.ray_harvest import ray_harvest
     except ImportError as e:
-        return {"name": "harvest_ray", "kind": "benchmark", "machine": machine(threads=2), "figures": {},
-                "checks": {"speedup": {"target": f">= {TARGET}x", "got": f"could not run: {e}", "pass": False}},
-                "pass": False}
+        return result_line("harvest_ray", {}, {"speedup": {"target": f">= {TARGET}x", "got": f"could not run: {e}",
+                                                           "pass": False}})
     loader = functools.partial(load, "smollm2-135m")
     model = loader()
     tokens = torch.randint(0, model.module.config.vocab_size, (args.sequences, 128),
@@ -113,8 +112,7 @@ def run(args: argparse.Namespace) -> dict:
                           "got": fig["speedup"], "pass": fig["speedup"] >= TARGET},
               "same_store": {"target": "<= 1e-6", "got": fig["max_store_difference"],
                              "pass": fig["max_store_difference"] <= 1e-6}}
-    return {"name": "harvest_ray", "kind": "benchmark", "machine": machine(threads=2), "figures": fig,
-            "checks": checks, "pass": all(c["pass"] for c in checks.values())}
+    return result_line("harvest_ray", fig, checks)
 
 
 def main() -> None:
