@@ -105,6 +105,13 @@ def harvest_cmd(
 
     if address is not None and not ray:
         raise typer.BadParameter("--address joins a Ray cluster: give --ray too")
+    if address is not None:  # before the model is loaded: a wrong address fails in seconds
+        from .core.cluster import check_reachable
+
+        try:
+            check_reachable(address)
+        except (ConnectionError, ValueError) as e:
+            raise typer.BadParameter(str(e)) from None
     torch.set_num_threads(threads)
     with console.status(f"loading {model}"):
         m = load(model, device=device)
@@ -112,14 +119,18 @@ def harvest_cmd(
     cfg = dl.HarvestConfig(sites=tuple(site), batch_size=batch_size, seqs_per_shard=seqs_per_shard,
                            drop_first=drop, dtype=dtype)
     t0 = time.monotonic()
-    if ray:
-        from .dictionaries.ray_harvest import ray_harvest
+    try:
+        if ray:
+            from .dictionaries.ray_harvest import ray_harvest
 
-        del m
-        store = ray_harvest(functools.partial(load, model), token_ids, out, cfg, workers=workers, threads=threads,
-                            address=address, device=device)
-    else:
-        store = dl.harvest(m, token_ids, out, cfg)
+            del m
+            store = ray_harvest(functools.partial(load, model), token_ids, out, cfg, workers=workers,
+                                threads=threads, address=address, device=device)
+        else:
+            store = dl.harvest(m, token_ids, out, cfg)
+    except (ConnectionError, ImportError, dl.DictionaryFileError) as e:  # said plainly, no traceback
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from None
     console.print(f"{store.n_rows:,} rows of {', '.join(store.sites)} from {name} in {len(store.shards)} shards, "
                   f"{time.monotonic() - t0:.0f} s: {out}")
 

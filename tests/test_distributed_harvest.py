@@ -151,3 +151,18 @@ def test_a_killed_ray_job_resumes_with_no_shard_missing_or_duplicated():
         whole = dl.harvest(tiny_gpt2(), _tokens(600, seed=2), Path(d) / "whole", CFG, progress=False).path
         _same_store(whole, out)
         assert sorted(q.name for q in out.iterdir()) == sorted(q.name for q in whole.iterdir())
+
+
+def test_the_harvest_command_refuses_an_unreachable_cluster_before_loading_the_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from mechscope.cli import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["dict", "harvest", "no-such-model", "-s", "resid_post.0", "--out", str(tmp_path / "s")]
+    res = CliRunner().invoke(app, [*args, "--ray", "--address", f"127.0.0.1:{port}"])
+    assert res.exit_code == 2 and "no Ray cluster answers" in res.output, res.output
+    res = CliRunner().invoke(app, [*args, "--address", f"127.0.0.1:{port}"])
+    assert res.exit_code == 2 and "give --ray too" in res.output, res.output

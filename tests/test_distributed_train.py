@@ -25,6 +25,7 @@ from mechscope.dictionaries.files import read_tensors
 
 from conftest import VOCAB, build
 
+pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parent.parent
 SITE = "blocks.0.hook_resid_post"
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
