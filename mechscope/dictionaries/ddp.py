@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.files import remove_partial_writes
 from .checkpoint import Checkpointing
 from .files import DictionaryFileError, read_meta, write_json
 from .registry import build
@@ -176,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(1)
 
     signal.signal(signal.SIGTERM, on_term)
+    if rank == 0:  # the temporary file of a checkpoint write that a kill interrupted
+        remove_partial_writes(checkpoint.parent)
     fields: dict[str, Any] = {"d_in": store.widths[store._key(site)], "d_sae": args.d_sae, "seed": args.seed,
                               "site": store._key(site), "model": store.manifest.get("model")}
     if args.arch in ("topk", "batchtopk", "transcoder"):
