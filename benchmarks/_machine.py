@@ -59,3 +59,9 @@ def progress(message: str) -> None:
     import sys
 
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def result_line(name: str, figures: dict, checks: dict, threads: int = 2) -> dict:
+    """A benchmark's result line: passes when every check does."""
+    return {"name": name, "kind": "benchmark", "machine": machine(threads=threads), "figures": figures,
+            "checks": checks, "pass": all(c["pass"] for c in checks.values())}

@@ -3,7 +3,7 @@
 
 Each benchmark runs in its own process with the interpreter of its environment (.venv-bench for
 the ones compared with TransformerLens and nnsight, .venv-sae for the SAE trainers, .venv-devinterp
-for the LLC estimate); its progress
+for the LLC estimate, .venv for the scale-out ones); its progress
 lines pass through to stderr, and the last line it prints (its result line) is kept. The summary
 holds every result line, the machine, the date, and how long each benchmark took. A benchmark
 that fails to produce a result line is recorded with pass: false and the reason.
@@ -41,6 +41,9 @@ BENCHMARKS = {
     "patching_sweep": (".venv-bench", "patching_sweep.py", ["--quick"]),
     "sae_train": (".venv-sae", "sae_train.py", ["--quick"]),
     "llc_devinterp": (".venv-devinterp", "llc_devinterp.py", ["--quick"]),
+    # mechscope's own environment (make test installs its `distributed` extra, Ray)
+    "harvest_ray": (".venv", "harvest_ray.py", ["--quick"]),
+    "ddp_train": (".venv", "ddp_train.py", ["--quick"]),
 }
 DEFAULT_OUT = HERE / "results" / "bench.json"
 
@@ -56,8 +59,9 @@ def run_one(name: str, quick: bool, timeout: float) -> tuple[dict, float]:
     python = REPO / env_dir / "bin" / "python"
     if not python.exists():
         mode = {".venv-sae": "sae", ".venv-devinterp": "devinterp"}.get(env_dir, "")
+        how = "make venv" if env_dir == ".venv" else f"bash benchmarks/setup_env.sh {mode}".strip()
         return {"name": name, "kind": "benchmark", "checks": {}, "pass": False,
-                "error": f"{python} is missing: run bash benchmarks/setup_env.sh {mode}".strip()}, 0.0
+                "error": f"{python} is missing: run {how}"}, 0.0
     cmd = [str(python), str(HERE / script), *(quick_args if quick else [])]
     progress(f"run_all: {name}: {' '.join(cmd[1:])}")
     t0 = time.monotonic()

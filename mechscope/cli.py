@@ -17,21 +17,24 @@ app = typer.Typer(
 console = Console()
 
 ModelArg = Annotated[str, typer.Argument(help="smollm2-135m, minilm-l6, or a local Hugging Face directory")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="where the model runs: cpu, cuda, cuda:N, mps "
+                                                       "(default: the loader's)")]
 
 
-def _load(name: str):
+def _load(name: str, device: Optional[str] = None):
     from .models.load import load
 
     with console.status(f"loading {name}"):
-        return load(name)
+        return load(name, device=device)
 
 
 @app.command()
 def sites(model: ModelArg,
           grep: Annotated[Optional[str], typer.Option(help="only names containing this text")] = None,
-          layer: Annotated[Optional[int], typer.Option(help="only this layer")] = None) -> None:
+          layer: Annotated[Optional[int], typer.Option(help="only this layer")] = None,
+          device: DeviceOpt = None) -> None:
     """List the sites of MODEL with their TransformerLens-style and short names."""
-    m = _load(model)
+    m = _load(model, device)
     t = Table("name", "short", "kind", "layer")
     for s in m.sites():
         if (grep and grep not in s.name and grep not in s.short) or (layer is not None and s.layer != layer):
@@ -43,11 +46,11 @@ def sites(model: ModelArg,
 @app.command()
 def top(model: ModelArg, prompt: Annotated[str, typer.Argument(help="text to continue")],
         k: Annotated[int, typer.Option("-k", help="how many tokens")] = 10,
-        bos: Annotated[bool, typer.Option(help="prepend the BOS token")] = False) -> None:
+        bos: Annotated[bool, typer.Option(help="prepend the BOS token")] = False, device: DeviceOpt = None) -> None:
     """Show the top-k next tokens of a causal language model after PROMPT."""
     import torch
 
-    m = _load(model)
+    m = _load(model, device)
     res = m.run(m.to_tokens(prompt, prepend_bos=bos))
     if res.logits is None:
         raise typer.BadParameter(f"{model} has no unembedding (it is an encoder); try `mechscope sites`")
@@ -62,9 +65,10 @@ def top(model: ModelArg, prompt: Annotated[str, typer.Argument(help="text to con
 @app.command()
 def capture(model: ModelArg, prompt: Annotated[str, typer.Argument(help="input text")],
             site: Annotated[list[str], typer.Option("--site", "-s", help="site name (repeatable), e.g. blocks.3.attn.hook_pattern")],
-            as_json: Annotated[bool, typer.Option("--json", help="print shapes and norms as JSON")] = False) -> None:
+            as_json: Annotated[bool, typer.Option("--json", help="print shapes and norms as JSON")] = False,
+            device: DeviceOpt = None) -> None:
     """Run MODEL on PROMPT and summarise the activations at the given sites."""
-    m = _load(model)
+    m = _load(model, device)
     res = m.run(m.to_tokens(prompt), capture=site)
     rows = {s.name: {"shape": list(t.shape), "norm": float(t.float().norm()), "mean": float(t.float().mean())}
             for s, t in res.cache.items()}

@@ -47,6 +47,94 @@ def _text(paths: list[Path], corpus: Optional[str]) -> tuple[str, str]:
     return reader(corpus), corpus
 
 
+def _token_rows(m, paths: list[Path], corpus: Optional[str], seq_len: int, rows: int):
+    """(token ids (n_seq, seq_len) in a seeded shuffled order, positions to drop, corpus name, causal?):
+    enough sequences for `rows` stored rows. BOS (when the tokenizer has one) opens every sequence of a
+    causal model and is not stored; an encoder reads [CLS] ... [SEP]."""
+    import torch
+
+    tok = getattr(m, "tokenizer", None)
+    if tok is None:
+        raise typer.BadParameter("the model has no tokenizer")
+    body, name = _text(paths, corpus)
+    ids = tok(body, add_special_tokens=False)["input_ids"]
+    causal = m.run(torch.tensor([[ids[0]]])).logits is not None
+    if causal:
+        prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        suffix: list[int] = []
+    else:
+        prefix = [tok.cls_token_id] if tok.cls_token_id is not None else []
+        suffix = [tok.sep_token_id] if tok.sep_token_id is not None else []
+    drop = len(prefix)
+    n_seq = -(-rows // (seq_len - drop)) + 1
+    token_ids = chunk_tokens(ids, seq_len, n_seq, prefix, suffix)
+    # a seeded shuffle of the sequences: held-out shards are then a sample of every text given
+    return token_ids[torch.randperm(n_seq, generator=torch.Generator().manual_seed(0))], drop, name, causal
+
+
+@dict_app.command("harvest")
+def harvest_cmd(
+    model: Annotated[str, typer.Argument(help="smollm2-135m, minilm-l6, zoo:NAME or a local Hugging Face directory")],
+    site: Annotated[list[str], typer.Option("--site", "-s", help="site to store (repeatable)")],
+    out: Annotated[Path, typer.Option(help="the store directory (a killed harvest resumes there)")],
+    tokens: Annotated[int, typer.Option(help="rows (tokens) to store")] = 1_000_000,
+    seq_len: Annotated[int, typer.Option(help="tokens per sequence")] = 128,
+    text: Annotated[Optional[list[Path]], typer.Option(help="plain-text file(s) to read (repeatable)")] = None,
+    corpus: Annotated[Optional[str], typer.Option(help="a corpus of mechscope.zoo.datasets instead of --text")] = None,
+    batch_size: Annotated[int, typer.Option(help="sequences per forward pass")] = 8,
+    seqs_per_shard: Annotated[int, typer.Option(help="sequences per shard file")] = 256,
+    dtype: Annotated[str, typer.Option(help="storage dtype: float32, float16 or bfloat16")] = "float32",
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N, mps (default: the loader's)")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="harvest on Ray Data with a pool of model-holding actors")] = False,
+    address: Annotated[Optional[str], typer.Option(help="with --ray: a running cluster's head, host:port "
+                                                   "(default: start a local Ray)")] = None,
+    workers: Annotated[int, typer.Option(help="with --ray: actors, each holding the model")] = 2,
+    threads: Annotated[int, typer.Option(help="torch threads (per actor with --ray)")] = 1,
+) -> None:
+    """Store SITE activations of MODEL over text in an activation store (sharded safetensors + manifest).
+
+    With --ray the same store is written by a pool of Ray actors (pip install 'mechscope[distributed]');
+    on a cluster, --out must be a directory every node reads and writes at the same path.
+    """
+    import functools
+
+    import torch
+
+    from . import dictionaries as dl
+    from .models.load import load
+
+    if address is not None and not ray:
+        raise typer.BadParameter("--address joins a Ray cluster: give --ray too")
+    if address is not None:  # before the model is loaded: a wrong address fails in seconds
+        from .core.cluster import check_reachable
+
+        try:
+            check_reachable(address)
+        except (ConnectionError, ValueError) as e:
+            raise typer.BadParameter(str(e)) from None
+    torch.set_num_threads(threads)
+    with console.status(f"loading {model}"):
+        m = load(model, device=device)
+    token_ids, drop, name, _ = _token_rows(m, list(text or []), corpus, seq_len, tokens)
+    cfg = dl.HarvestConfig(sites=tuple(site), batch_size=batch_size, seqs_per_shard=seqs_per_shard,
+                           drop_first=drop, dtype=dtype)
+    t0 = time.monotonic()
+    try:
+        if ray:
+            from .dictionaries.ray_harvest import ray_harvest
+
+            del m
+            store = ray_harvest(functools.partial(load, model), token_ids, out, cfg, workers=workers,
+                                threads=threads, address=address, device=device)
+        else:
+            store = dl.harvest(m, token_ids, out, cfg)
+    except (ConnectionError, ImportError, dl.DictionaryFileError) as e:  # said plainly, no traceback
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from None
+    console.print(f"{store.n_rows:,} rows of {', '.join(store.sites)} from {name} in {len(store.shards)} shards, "
+                  f"{time.monotonic() - t0:.0f} s: {out}")
+
+
 @dict_app.command("train")
 def train_cmd(
     model: Annotated[str, typer.Argument(help="smollm2-135m, minilm-l6, zoo:NAME or a local Hugging Face directory")],
@@ -69,6 +157,10 @@ def train_cmd(
     eval_sequences: Annotated[int, typer.Option(help="held-out sequences for loss recovered")] = 64,
     batch: Annotated[int, typer.Option(help="training batch (rows)")] = 4096,
     threads: Annotated[Optional[int], typer.Option(help="torch threads")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N, mps (default: the loader's; "
+                                                  "with --ddp each rank's GPU when there is one)")] = None,
+    ddp: Annotated[bool, typer.Option("--ddp", help="train data-parallel over the processes torchrun started: "
+                                      "torchrun --nproc-per-node N -m mechscope.cli dict train ... --ddp")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="end with the report's headline numbers as JSON")] = False,
 ) -> None:
     """Harvest SITE of MODEL over text, train a dictionary, and report L0, FVU and loss recovered.
@@ -87,28 +179,17 @@ def train_cmd(
                                  "sparsity with -k")
     if threads:
         torch.set_num_threads(threads)
+    reducer = None
+    if ddp:
+        from .dictionaries.ddp import init_process_group
+
+        reducer, device = init_process_group(device, timeout=24 * 3600)  # rank 0 harvests while the others wait
     t0 = time.monotonic()
     with console.status(f"loading {model}"):
-        m = load(model)
-    tok = getattr(m, "tokenizer", None)
-    if tok is None:
-        raise typer.BadParameter(f"{model} has no tokenizer")
-    body, name = _text(list(text or []), corpus)
-    ids = tok(body, add_special_tokens=False)["input_ids"]
-    causal = m.run(torch.tensor([[ids[0]]])).logits is not None
-    if causal:  # BOS (when the tokenizer has one) opens every sequence and is not trained on
-        prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        suffix: list[int] = []
-    else:  # an encoder reads [CLS] ... [SEP]
-        prefix = [tok.cls_token_id] if tok.cls_token_id is not None else []
-        suffix = [tok.sep_token_id] if tok.sep_token_id is not None else []
-    drop = len(prefix)
+        m = load(model, device=device)
     held_fraction = 0.1
-    per_seq = seq_len - drop
-    n_seq = -(-int((harvest_tokens or tokens) / (1 - held_fraction)) // per_seq) + 1
-    token_ids = chunk_tokens(ids, seq_len, n_seq, prefix, suffix)
-    # a seeded shuffle of the sequences: the held-out shards are then a sample of every text given
-    token_ids = token_ids[torch.randperm(n_seq, generator=torch.Generator().manual_seed(0))]
+    token_ids, drop, name, causal = _token_rows(m, list(text or []), corpus, seq_len,
+                                                int((harvest_tokens or tokens) / (1 - held_fraction)))
     fields: dict = {}
     if arch in ("topk", "batchtopk", "transcoder", *CROSSCODERS):
         fields["k"] = k
@@ -120,7 +201,9 @@ def train_cmd(
                       dictionary=fields, site_out=site_out, held_out_fraction=held_fraction,
                       eval_sequences=eval_sequences, drop_first=drop)
     rep = study(m, token_ids, cfg, dl.TrainConfig(tokens=tokens, batch_size=batch), out,
-                loss=next_token_ce if causal else embedding_distance, dataset=name)
+                loss=next_token_ce if causal else embedding_distance, dataset=name, reducer=reducer)
+    if reducer is not None and reducer.rank != 0:
+        return  # rank 0 measures and reports
     rep["seconds"]["total"] = time.monotonic() - t0
     from .dictionaries.files import write_json
 

@@ -35,6 +35,8 @@ def explain_cmd(
     lm_model: Annotated[str, typer.Option(help="the language model's name at --lm-url")] = "default",
     lm_key_env: Annotated[str, typer.Option(help="environment variable holding the API key")] = "OPENAI_API_KEY",
     threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+    device: Annotated[Optional[str], typer.Option(help="where the model and the dictionary run: cpu, cuda, "
+                                                  "cuda:N, mps (default: the loader's)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="end with one JSON line of the figures")] = False,
 ) -> None:
     """Dashboards for every latent of DICTIONARY on held-out text, an executable explanation per live
@@ -48,10 +50,12 @@ def explain_cmd(
     from .zoo import datasets
 
     torch.set_num_threads(threads)
-    m = load(model)
+    m = load(model, device=device)
     if getattr(m, "tokenizer", None) is None:
         raise typer.BadParameter(f"{model} has no tokenizer; explanations need text")
     d = dl.load(dictionary)
+    if device is not None:
+        d = d.to(device)
     ids = datasets.windows(m.tokenizer, docs, seq_len, corpus, "test")
     lm = LMExplainer(lm_url, lm_model, api_key_env=lm_key_env) if lm_url else None
     figures = feature_study(m, d, ids, out, dataset=f"{corpus} held-out, {docs}x{seq_len} tokens",

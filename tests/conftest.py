@@ -320,3 +320,23 @@ def hostile_artifacts(tmp_path_factory):
     edit(m.path / "patching" / "grid.json", name=H["patch_name"])
     edit(m.path / "circuits" / "graph.json", name=H["circuit_name"])
     return root, H
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance with 2 CPUs for one test module (started once: it takes seconds), whose
+    workers import the tests' modules (the model factories they are handed live there)."""
+    import os
+    from pathlib import Path
+
+    ray = pytest.importorskip("ray", reason="Ray is in the `distributed` extra (make test installs it)")
+    here = str(Path(__file__).parent)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([here, *([old] if old else [])])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old

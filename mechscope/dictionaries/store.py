@@ -16,6 +16,9 @@ Harvest steps (`harvest`):
 3. for each missing shard, in order: run the model over its sequences (the forward pass stops
    after the last requested site), write the shard atomically, then the manifest atomically;
 4. mark the manifest complete.
+The whole harvest holds the directory's lock file (`harvest.lock`), so two harvests never write one
+store. Steps 1-2 (`plan_harvest`) and a shard's capture and write (`shard_tensors`, `write_shard`)
+are separate so that a distributed harvest (`ray_harvest`) runs step 3 on many workers.
 A shard always covers the same sequences, so a harvest killed at any moment (SIGKILL included)
 and started again writes every shard exactly once: nothing is lost and nothing is duplicated.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -148,12 +152,52 @@ def shard_name(i: int) -> str:
     return f"shard_{i:05d}.safetensors"
 
 
-def harvest(model: Any, tokens: Tensor, out: str | Path, config: HarvestConfig, *,
-            progress: bool = True) -> "ActivationStore":
-    """Harvest `config.sites` of `model` over `tokens` (n_seq, seq_len) into the store `out`.
+@dataclass
+class HarvestPlan:
+    """What is left of a harvest into `out`, after the directory was checked and tidied (steps 1-2)."""
 
-    Resumes a killed harvest of the same config; refuses a directory holding another one.
-    """
+    out: Path
+    config: HarvestConfig  # with canonical site names
+    sites: list[Site]
+    config_hash: str
+    manifest: dict[str, Any]
+    n_seq: int
+    seq_len: int
+
+    @property
+    def n_shards(self) -> int:
+        return int(self.manifest["n_shards"])
+
+    @property
+    def todo(self) -> list[int]:
+        return [i for i in range(self.n_shards) if str(i) not in self.manifest["shards"]]
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        """Sequences [lo, hi) of shard i."""
+        return i * self.config.seqs_per_shard, min(self.n_seq, (i + 1) * self.config.seqs_per_shard)
+
+    def record(self, i: int, entry: dict[str, Any], widths: dict[str, int]) -> None:
+        """List a written shard in the manifest (kept in shard order) and write the manifest atomically."""
+        if not self.manifest["widths"]:
+            self.manifest["widths"] = dict(widths)
+        shards = self.manifest["shards"]
+        shards[str(i)] = entry
+        self.manifest["shards"] = {k: shards[k] for k in sorted(shards, key=int)}
+        write_json(self.out / MANIFEST, self.manifest)
+
+    def finish(self) -> None:
+        """Step 4: mark the manifest complete."""
+        missing = self.todo
+        if missing:
+            raise DictionaryFileError(f"{self.out}: shards {missing[:5]} were not written; run the harvest again")
+        self.manifest["complete"] = True
+        self.manifest["n_rows"] = sum(v["rows"] for v in self.manifest["shards"].values())
+        write_json(self.out / MANIFEST, self.manifest)
+
+
+def plan_harvest(model: Any, tokens: Tensor, out: str | Path, config: HarvestConfig) -> HarvestPlan:
+    """Steps 1-2: check the inputs, hash the harvest's identity, and open (or resume) the store `out`.
+    Call it while holding `harvest_lock(out)`."""
     out = Path(out)
     if tokens.dim() != 2:
         raise ValueError(f"tokens must be (n_seq, seq_len) token ids, got shape {tuple(tokens.shape)}")
@@ -175,35 +219,85 @@ def harvest(model: Any, tokens: Tensor, out: str | Path, config: HarvestConfig, 
     chash = config_hash(identity)
     n_shards = -(-n_seq // config.seqs_per_shard)
     manifest = _open_for_harvest(out, identity, chash, n_shards)
-    todo = [i for i in range(n_shards) if str(i) not in manifest["shards"]]
+    return HarvestPlan(out, canonical, sites, chash, manifest, n_seq, seq_len)
+
+
+def shard_tensors(model: Any, tokens: Tensor, lo: int, sites: Sequence[Site], config: HarvestConfig
+                  ) -> dict[str, Tensor]:
+    """Step 3 for one shard: the stored columns of the sequences `tokens`, which start at sequence `lo`."""
     dtype = _DTYPES[config.dtype]
-    bar = progress_bar(total=n_shards, initial=n_shards - len(todo), desc=f"harvest {out.name}", unit="shard",
-               disable=not progress)
-    for i in todo:
-        lo, hi = i * config.seqs_per_shard, min(n_seq, (i + 1) * config.seqs_per_shard)
-        parts: dict[Site, list[Tensor]] = {s: [] for s in sites}
-        for b in range(lo, hi, config.batch_size):
-            ids = tokens[b:min(hi, b + config.batch_size)]
-            got = capture_sites(model, ids, sites)
-            for s in sites:
-                parts[s].append(_rows(got[s], config.drop_first, s).to("cpu", dtype))
-        kept = seq_len - config.drop_first
-        seq = torch.arange(lo, hi).repeat_interleave(kept)
-        pos = torch.arange(config.drop_first, seq_len).repeat(hi - lo)
-        data = {s.name: torch.cat(parts[s]) for s in sites}
-        data |= {"tokens": tokens[lo:hi, config.drop_first:].reshape(-1).to(torch.int64), "seq": seq, "pos": pos}
-        path = out / shard_name(i)
-        sha = write_tensors(path, data, {"config_hash": chash, "shard": str(i)})
-        if not manifest["widths"]:
-            manifest["widths"] = {s.name: int(data[s.name].shape[1]) for s in sites}
-        manifest["shards"][str(i)] = {"file": path.name, "rows": int(seq.numel()), "sha256": sha,
-                                      "bytes": path.stat().st_size}
-        write_json(out / MANIFEST, manifest)
-        bar.update(1)
-    bar.close()
-    manifest["complete"] = True
-    manifest["n_rows"] = sum(v["rows"] for v in manifest["shards"].values())
-    write_json(out / MANIFEST, manifest)
+    n, seq_len = map(int, tokens.shape)
+    parts: dict[Site, list[Tensor]] = {s: [] for s in sites}
+    for b in range(0, n, config.batch_size):
+        got = capture_sites(model, tokens[b:b + config.batch_size], sites)
+        for s in sites:
+            parts[s].append(_rows(got[s], config.drop_first, s).to("cpu", dtype))
+    kept = seq_len - config.drop_first
+    seq = torch.arange(lo, lo + n).repeat_interleave(kept)
+    pos = torch.arange(config.drop_first, seq_len).repeat(n)
+    data = {s.name: torch.cat(parts[s]) for s in sites}
+    return data | {"tokens": tokens[:, config.drop_first:].reshape(-1).to("cpu", torch.int64), "seq": seq, "pos": pos}
+
+
+def write_shard(out: Path, i: int, data: dict[str, Tensor], chash: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Write shard i atomically; its manifest entry and the width of each site."""
+    path = Path(out) / shard_name(i)
+    sha = write_tensors(path, data, {"config_hash": chash, "shard": str(i)})
+    widths = {k: int(v.shape[1]) for k, v in data.items() if k not in INDEX_KEYS}
+    return {"file": path.name, "rows": int(data["seq"].numel()), "sha256": sha, "bytes": path.stat().st_size}, widths
+
+
+LOCK = "harvest.lock"
+
+
+@contextmanager
+def harvest_lock(out: str | Path) -> Iterator[None]:
+    """Hold the store's lock file while harvesting into it: a second harvest into the same directory
+    is refused with a clear error. The operating system releases the lock when its process ends,
+    however it ends (SIGKILL too), so a killed harvest never leaves a stale lock behind."""
+    import fcntl
+    import os
+    import socket
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise DictionaryFileError(f"{out} is being written by another harvest ({holder}); wait for it to "
+                                      "finish, or stop it, before harvesting into this directory") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # closing the file releases the lock
+
+
+def harvest(model: Any, tokens: Tensor, out: str | Path, config: HarvestConfig, *,
+            progress: bool = True) -> "ActivationStore":
+    """Harvest `config.sites` of `model` over `tokens` (n_seq, seq_len) into the store `out`.
+
+    Resumes a killed harvest of the same config; refuses a directory holding another one, and one
+    that another harvest is writing.
+    """
+    with harvest_lock(out):
+        plan = plan_harvest(model, tokens, out, config)
+        todo = plan.todo
+        bar = progress_bar(total=plan.n_shards, initial=plan.n_shards - len(todo), desc=f"harvest {plan.out.name}",
+                           unit="shard", disable=not progress)
+        for i in todo:
+            lo, hi = plan.bounds(i)
+            data = shard_tensors(model, tokens[lo:hi], lo, plan.sites, plan.config)
+            plan.record(i, *write_shard(plan.out, i, data, plan.config_hash))
+            bar.update(1)
+        bar.close()
+        plan.finish()
     return ActivationStore(out)
 
 

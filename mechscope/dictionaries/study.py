@@ -69,16 +69,26 @@ class StudyConfig:
 
 def study(model: Any, tokens: Tensor, config: StudyConfig, train_config: TrainConfig, out: str | Path, *,
           name: str | None = None, loss: LossFn = next_token_ce, dataset: str = "unnamed",
-          progress: bool = True) -> dict[str, Any]:
-    """Run the steps in the module docstring; returns the report (also written to out/NAME/report.json)."""
+          progress: bool = True, reducer: Any = None) -> dict[str, Any]:
+    """Run the steps in the module docstring; returns the report (also written to out/NAME/report.json).
+
+    With a `reducer` of several processes (`ddp.init_process_group`, under torchrun), rank 0 harvests
+    while the others wait, every rank trains on its share of the training shards (`ddp.rank_batches`),
+    and rank 0 alone measures and reports (the other ranks return an empty report)."""
     out = Path(out)
     c = config
     sites = [resolve(model, s) for s in c.input_sites]
     out_site = resolve(model, c.site_out) if c.site_out is not None else None
     keys = [s.name for s in sites] + ([out_site.name] if out_site is not None else [])
     t0 = time.perf_counter()
-    store = harvest(model, tokens, out / "store", HarvestConfig(sites=tuple(keys), seqs_per_shard=c.seqs_per_shard,
-                    batch_size=c.harvest_batch, drop_first=c.drop_first), progress=progress)
+    rank = reducer.rank if reducer is not None else 0
+    hcfg = HarvestConfig(sites=tuple(keys), seqs_per_shard=c.seqs_per_shard, batch_size=c.harvest_batch,
+                         drop_first=c.drop_first)
+    if rank == 0:
+        store = harvest(model, tokens, out / "store", hcfg, progress=progress)
+    if reducer is not None:
+        reducer.barrier()
+        store = ActivationStore(out / "store")
     t_harvest = time.perf_counter() - t0
     n_held = max(1, round(len(store.shards) * c.held_out_fraction))
     train_shards, held_shards = store.split(n_held)
@@ -96,13 +106,25 @@ def study(model: Any, tokens: Tensor, config: StudyConfig, train_config: TrainCo
                        model=getattr(model, "name", None), **kw)
     name = name or f"{c.architecture}-{'+'.join(s.short for s in sites)}-{c.d_sae}"
     t0 = time.perf_counter()
-    result = train(dictionary, ShuffleBuffer(store, keys, train_config.batch_size, shards=train_shards, seed=c.seed),
-                   train_config, progress=progress, description=name)
+    if reducer is None:
+        batches = ShuffleBuffer(store, keys, train_config.batch_size, shards=train_shards, seed=c.seed)
+    else:
+        from .ddp import rank_batches
+
+        batches = rank_batches(store, keys, train_config.batch_size, rank, reducer.world, train_shards, c.seed)
+    if reducer is not None:
+        dictionary.to(reducer.device)  # each rank trains on its own device (its GPU under NCCL)
+    device = dictionary.W_enc.device
+    result = train(dictionary, (tuple(t.to(device) for t in b) for b in batches), train_config,
+                   progress=progress and rank == 0, description=name, reducer=reducer)
+    if rank != 0:
+        return {}
     t_train = time.perf_counter() - t0
     # held-out measurements
     t0 = time.perf_counter()
     held = store.load(keys + ["tokens"], held_shards)
     held_tokens = held.pop()
+    dictionary.to(held_tokens.device)  # measured where the store's rows are
     rows: Tensor | tuple[Tensor, ...] = torch.stack(held, 1) if c.architecture in CROSSCODERS else tuple(held)
     metrics = evaluate(dictionary, rows)
     report: dict[str, Any] = {

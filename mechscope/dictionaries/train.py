@@ -18,6 +18,16 @@ Steps of `train`:
    held-out FVU every `eval_every` steps when held-out rows are given);
 5. at the end, fold the scales (and a transcoder's input mean) back into the weights, so the
    dictionary reads raw activations.
+
+Data-parallel training (`reducer`, see `ddp`): each process trains on its own slice of every
+batch; the first batch is gathered whole so that every process initialises alike, gradients are
+averaged after each backward pass, and fired latents, L0 and row counts are combined across the
+processes, so the processes hold the same dictionary, and it is the one a single process trains on
+the concatenated batches, up to the order of floating-point sums. With `checkpointing`, the state
+is saved atomically every `every` steps before the last (`checkpoint`) and a run started again resumes from it,
+replaying the batch stream up to its step without training on it.
+
+Run as `python -m mechscope.dictionaries.train` (or under `torchrun`) it trains on a store: see `ddp.main`.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import torch
 from torch import Tensor
 
 from ..core.progress import progress_bar
+from . import checkpoint as ckpt
 from .base import Dictionary
 from .sparse import SparseCodes, one_thread_except_dense
 from .target import L0Controller
@@ -108,6 +119,29 @@ class TrainResult:
                 "scale_in": self.scale_in, "scale_out": self.scale_out, "final": self.curve[-1] if self.curve else {}}
 
 
+class Reducer:
+    """How `train` combines what several data-parallel processes computed; this one is a single process."""
+
+    world, rank = 1, 0
+
+    def gather(self, t: Tensor) -> Tensor:
+        """Every process's `t`, concatenated along rows in rank order."""
+        return t
+
+    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Replace each gradient by its mean over the processes."""
+
+    def any(self, mask: Tensor) -> Tensor:
+        """True where any process has True."""
+        return mask
+
+    def mean(self, value: float) -> float:
+        return value
+
+    def barrier(self) -> None:
+        """Wait until every process is here."""
+
+
 def batches_from_tensors(*tensors: Tensor, batch_size: int, seed: int = 0) -> Iterator[tuple[Tensor, ...]]:
     """Endless shuffled batches of rows of in-memory tensors (a new permutation each pass)."""
     n = tensors[0].shape[0]
@@ -166,11 +200,22 @@ def _l0(codes: Any) -> float:
 
 def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]], config: TrainConfig, *,
           held_out: Tensor | tuple[Tensor, ...] | None = None, progress: bool = True,
-          description: str | None = None) -> TrainResult:
-    """Train `dictionary` in place on `batches` ((x,) or (x, target) rows) for `config.tokens` rows."""
+          description: str | None = None, reducer: Reducer | None = None,
+          checkpointing: ckpt.Checkpointing | None = None) -> TrainResult:
+    """Train `dictionary` in place on `batches` ((x,) or (x, target) rows) for `config.tokens` rows.
+
+    With a `reducer` of several processes, `batches` are this process's slices and `config.tokens`
+    and `config.batch_size` count the rows of all processes together."""
+    red = reducer or Reducer()
+    if config.batch_size % red.world:
+        raise ValueError(f"the batch of {config.batch_size} rows cannot be split equally over {red.world} processes")
+    if red.world > 1 and config.resample_every and not dictionary.uses_aux_k:
+        raise ValueError("resampling dead latents (resample_every) is single-process only; train this "
+                         f"{dictionary.architecture} dictionary in one process or without resampling")
     it = iter(batches)
     first = next(it)
-    x0, y0 = dictionary.split_batch(first)
+    whole = tuple(red.gather(t) for t in (first if isinstance(first, tuple) else (first,)))
+    x0, y0 = dictionary.split_batch(whole if len(whole) > 1 else whole[0])
     s_in, s_out = _scales(dictionary, x0, y0) if config.normalise else (1.0, 1.0)
     dictionary.init_decoder_bias_((y0 * s_out).mean(0))
     dictionary.init_from_batch_(x0 * s_in, y0 * s_out)
@@ -186,13 +231,24 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     ramp = max(1, int(steps * config.sparsity_warmup_fraction))
     target_l0 = getattr(dictionary.config, "target_l0", None)
     controller = L0Controller(target_l0) if target_l0 is not None else None  # replaces the ramp
-    bar = progress_bar(total=steps, desc=description or f"train {dictionary.architecture}", unit="step",
-               disable=not progress, mininterval=1.0)
-    seen = 0
+    seen, start = 0, 0
+    ident = ckpt.identity(dictionary, config, red.world) if checkpointing else ""
+    if checkpointing is not None and checkpointing.path.is_file():
+        rest, state = ckpt.load(checkpointing.path, ident, dictionary, opt)
+        since_fired.copy_(rest["since_fired"])
+        g.set_state(rest["rng"])
+        start, seen, s_in, s_out, curve = state["step"], state["seen"], state["s_in"], state["s_out"], state["curve"]
+        if controller is not None:
+            controller.integral, controller.error = state["controller"]
+        for _ in range(start - 1):  # the batches the checkpointed steps trained on (the first is taken)
+            next(it)
+    bar = progress_bar(total=steps, initial=start, desc=description or f"train {dictionary.architecture}",
+                       unit="step", disable=not progress, mininterval=1.0)
     t0 = time.perf_counter()
     batch = first
     recent: deque[Tensor] = deque(maxlen=8)  # the last inputs, for a dictionary's end-of-training calibration
-    for step in range(steps):
+    params = [p for p in dictionary.parameters() if p.requires_grad]
+    for step in range(start, steps):
         if step > 0:
             batch = next(it)
         x, y = dictionary.split_batch(batch)
@@ -211,24 +267,27 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
             out = dictionary.loss(x, y, dead if bool(dead.any()) else None, sparsity_scale)
             opt.zero_grad(set_to_none=True)
             out.total.backward()
+            red.average_grads(params)
             if dictionary.unit_norm_decoder:
                 dictionary.remove_parallel_grads_()
             opt.step()
             dictionary.constrain_()
-            fired = _fired(out.codes)
+            fired = red.any(_fired(out.codes))
+        l0 = red.mean(_l0(out.codes))
         if controller is not None:
-            controller.update(_l0(out.codes))
-        since_fired += x.shape[0]
+            controller.update(l0)
+        rows = x.shape[0] * red.world
+        since_fired += rows
         since_fired[fired] = 0
-        seen += x.shape[0]
+        seen += rows
         if (config.resample_every and not dictionary.uses_aux_k and (step + 1) % config.resample_every == 0
                 and bool(dead.any())):
             _resample(dictionary, opt, x, y, out.recon.detach(), dead, g)
             since_fired[dead] = 0
         last = step + 1 == steps
         if (step + 1) % config.log_every == 0 or last or step == 0:
-            row = {"step": step + 1, "tokens": seen, "loss": float(out.total.detach()), "lr": lr,
-                   "l0": _l0(out.codes), "dead_fraction": float(dead.float().mean()),
+            row = {"step": step + 1, "tokens": seen, "loss": red.mean(float(out.total.detach())), "lr": lr,
+                   "l0": l0, "dead_fraction": float(dead.float().mean()),
                    **({"sparsity_scale": sparsity_scale} if controller is not None else {}),
                    **{k: float(v) for k, v in out.parts.items()}}
             if held_out is not None and (last or (config.eval_every and (step + 1) % config.eval_every == 0)):
@@ -236,12 +295,18 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
             curve.append(row)  # one row of the training curve
             bar.set_postfix(fvu=f"{row.get('fvu', float('nan')):.3f}", l0=f"{row['l0']:.1f}",
                             dead=f"{row['dead_fraction']:.2f}")
+        if checkpointing is not None and (step + 1) % checkpointing.every == 0 and not last:
+            if red.rank == 0:
+                ckpt.save(checkpointing.path, ident, dictionary, opt, {"since_fired": since_fired, "rng": g.get_state()},
+                          {"step": step + 1, "seen": seen, "s_in": s_in, "s_out": s_out, "curve": curve,
+                           "controller": [controller.integral, controller.error] if controller else None})
+            red.barrier()  # no process runs ahead of a checkpoint that is not written yet
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t0
     calibrate = getattr(dictionary, "calibrate_", None)
     if calibrate is not None:  # statistics that must match the final weights (BatchTopK's threshold)
-        calibrate(list(recent))
+        calibrate([red.gather(r) for r in recent])  # every process calibrates on the same rows
         if held_out is not None and curve and "held_out_fvu" in curve[-1]:  # measured again, calibrated
             curve[-1]["held_out_fvu"] = _held_out_fvu(dictionary, held_out, s_in, s_out)
     dictionary.eval()
@@ -294,3 +359,11 @@ def _resample(dictionary: Dictionary, opt: torch.optim.Optimizer, x: Tensor, y: 
         for key in ("exp_avg", "exp_avg_sq"):
             if key in st:
                 st[key][where] = 0.0
+
+
+if __name__ == "__main__":  # python -m mechscope.dictionaries.train, under torchrun or alone
+    import sys
+
+    from .ddp import main
+
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Data-parallel dictionary training over torch.distributed: `torchrun --nproc-per-node N -m mechscope.dictionaries.train`.
+
+Steps of `main` (one process per rank; torchrun sets RANK, WORLD_SIZE and the rendezvous):
+1. join the process group: gloo on CPU, NCCL on CUDA (the backend follows `--device`; on CUDA
+   each rank takes the GPU of its LOCAL_RANK);
+2. open the store; its training shards (all but the last `--held-out-shards`) are dealt to the
+   ranks, rank r reading shards r, r + N, ... (`rank_batches`): the number of ranks must divide
+   the number of training shards, and the global batch must split equally;
+3. build the dictionary from the same seed on every rank and `train` it with a `ProcessGroupReducer`
+   (gradients averaged after every backward pass, see `train`) and a checkpoint every
+   `--checkpoint-every` steps, written by rank 0; a run started again with the same arguments
+   resumes from it;
+4. rank 0 writes the dictionary (SAELens layout) and train.json to `--out`.
+A rank that dies makes the others fail in their next collective operation (or be stopped by
+torchrun); each prints which rank it is, that the job stopped, and the checkpoint to resume from.
+Run without torchrun, it trains in one process on the same shards and batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core.files import remove_partial_writes
+from .checkpoint import Checkpointing
+from .files import DictionaryFileError, read_meta, write_json
+from .registry import build
+from .saelens import save
+from .store import ActivationStore, ShuffleBuffer
+from .train import Reducer, TrainConfig, train
+
+
+class ProcessGroupReducer(Reducer):
+    """A `Reducer` over the default torch.distributed process group; tensors travel on `device`."""
+
+    def __init__(self, device: torch.device):
+        import torch.distributed as dist
+
+        self.dist, self.device = dist, device
+        self.world, self.rank = dist.get_world_size(), dist.get_rank()
+
+    def gather(self, t: Tensor) -> Tensor:
+        t = t.to(self.device).contiguous()
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        self.dist.all_gather(parts, t)
+        return torch.cat(parts)
+
+    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])  # one message per step
+        self.dist.all_reduce(flat)
+        flat /= self.world
+        at = 0
+        for p in params:  # copied into the gradient's own layout (a parameter may be stored transposed)
+            p.grad.copy_(flat[at:at + p.numel()].view(p.grad.shape))
+            at += p.numel()
+
+    def any(self, mask: Tensor) -> Tensor:
+        m = mask.to(self.device, torch.float32)
+        self.dist.all_reduce(m, op=self.dist.ReduceOp.MAX)
+        return m > 0
+
+    def mean(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        self.dist.all_reduce(t)
+        return float(t) / self.world
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+
+def rank_batches(store: ActivationStore, keys: list[str], batch_size: int, rank: int, world: int,
+                 shards: list[int] | None = None, seed: int = 0, buffer_rows: int = 1 << 16) -> ShuffleBuffer:
+    """Rank `rank`'s slice of every global batch of `batch_size` rows: shuffled batches of
+    batch_size / world rows from its shards (every world-th training shard, from its rank on)."""
+    shards = store.shards if shards is None else list(shards)
+    if len(shards) % world:
+        fits = [w for w in range(1, len(shards) + 1) if len(shards) % w == 0]
+        raise ValueError(f"{store.path} has {len(shards)} training shards, which {world} processes cannot share "
+                         f"equally; use a number of processes that divides {len(shards)} ({fits}), or harvest "
+                         "with another seqs_per_shard")
+    if batch_size % world:
+        raise ValueError(f"the batch of {batch_size} rows cannot be split equally over {world} processes")
+    return ShuffleBuffer(store, keys, batch_size // world, buffer_rows=buffer_rows, shards=shards[rank::world],
+                         seed=seed + rank)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m mechscope.dictionaries.train",
+                                 description="Train a dictionary on an activation store, data-parallel under torchrun.")
+    ap.add_argument("--store", type=Path, required=True, help="a finished activation store")
+    ap.add_argument("--out", type=Path, required=True, help="directory for the dictionary and train.json")
+    ap.add_argument("--site", help="the input site (default: the store's first)")
+    ap.add_argument("--site-out", help="a transcoder's target site")
+    ap.add_argument("--arch", default="topk", help="relu, topk, batchtopk, jumprelu or transcoder")
+    ap.add_argument("--d-sae", type=int, default=4096)
+    ap.add_argument("-k", type=int, default=32, help="active latents (topk, batchtopk, transcoder)")
+    ap.add_argument("--tokens", type=int, required=True, help="training rows, all processes together")
+    ap.add_argument("--batch", type=int, default=4096, help="global batch (rows, all processes together)")
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--held-out-shards", type=int, default=0, help="last shards kept out of training")
+    ap.add_argument("--buffer-rows", type=int, default=1 << 16, help="shuffle buffer of each process")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", type=Path, help="checkpoint file (default OUT/checkpoint.safetensors)")
+    ap.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    ap.add_argument("--device", help="cpu, cuda or cuda:N (default: each rank's GPU when there is one, else cpu)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds a collective waits for the other processes")
+    return ap
+
+
+def init_process_group(device: str | None = None, timeout: float = 300) -> tuple[ProcessGroupReducer, torch.device]:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on CUDA); the reducer and this rank's device."""
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" not in os.environ:
+        raise RuntimeError("data-parallel training runs under torchrun, which starts one process per rank: "
+                           "torchrun --nproc-per-node N -m mechscope.cli dict train ... --ddp")
+    dev = _device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
+    return ProcessGroupReducer(dev), dev
+
+
+def _device(arg: str | None) -> torch.device:
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if arg is None:
+        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(arg)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local}")
+    return dev
+
+
+def _stopped(rank: int, world: int, checkpoint: Path, why: str) -> str:
+    step = "none yet"
+    if checkpoint.is_file():
+        try:
+            step = f"step {json.loads(read_meta(checkpoint)['state'])['step']} in {checkpoint}"
+        except (DictionaryFileError, KeyError, ValueError):
+            step = f"{checkpoint} (unreadable)"
+    return (f"mechscope train: rank {rank} of {world} stopped: {why}. The job cannot go on with a process "
+            f"missing. Last checkpoint: {step}; run the same command again to resume from it.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    device = _device(args.device)
+    checkpoint = args.checkpoint or args.out / "checkpoint.safetensors"
+    store = ActivationStore(args.store)
+    shards = store.shards[:-args.held_out_shards] if args.held_out_shards else store.shards
+    site = args.site or store.sites[0]
+    keys = [site] + ([args.site_out] if args.site_out else [])
+    batches = rank_batches(store, keys, args.batch, rank, world, shards, args.seed, args.buffer_rows)  # checks first
+    reducer: Reducer | None = None
+    if world > 1:
+        reducer, device = init_process_group(args.device, args.timeout)
+
+    def on_term(signum: int, frame: Any) -> None:  # torchrun stops the others when one rank fails
+        print(_stopped(rank, world, checkpoint, "the launcher stopped it (another rank failed)"), file=sys.stderr,
+              flush=True)
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, on_term)
+    if rank == 0:  # the temporary file of a checkpoint write that a kill interrupted
+        remove_partial_writes(checkpoint.parent)
+    fields: dict[str, Any] = {"d_in": store.widths[store._key(site)], "d_sae": args.d_sae, "seed": args.seed,
+                              "site": store._key(site), "model": store.manifest.get("model")}
+    if args.arch in ("topk", "batchtopk", "transcoder"):
+        fields["k"] = args.k
+    if args.site_out:
+        fields |= {"d_out": store.widths[store._key(args.site_out)], "site_out": store._key(args.site_out)}
+    dictionary = build(args.arch, **fields).to(device)
+    config = TrainConfig(tokens=args.tokens, batch_size=args.batch, lr=args.lr, seed=args.seed)
+    on_device = (tuple(t.to(device) for t in b) for b in batches)
+    try:
+        result = train(dictionary, on_device, config, reducer=reducer, progress=rank == 0 and sys.stderr.isatty(),
+                       checkpointing=Checkpointing(checkpoint, args.checkpoint_every))
+    except RuntimeError as e:  # gloo/NCCL: a peer closed its connection or timed out
+        if world == 1:
+            raise
+        print(_stopped(rank, world, checkpoint, f"lost contact with another rank "
+                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"), file=sys.stderr, flush=True)
+        return 1
+    if rank == 0:
+        save(dictionary, args.out)
+        write_json(args.out / "train.json", {**result.describe(), "world": world, "device": str(device),
+                                             "store": str(args.store), "curve": result.curve})
+        print(f"mechscope train: {result.tokens:,} rows in {result.seconds:.1f} s on {world} process(es): "
+              f"{args.out}", file=sys.stderr)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
