@@ -69,7 +69,9 @@ $(DOCS_STAMP): docs/requirements.txt
 	.venv-docs/bin/python -m pip install --quiet -r docs/requirements.txt
 	touch $(DOCS_STAMP)
 
+# It also checks docstring coverage with interrogate (settings and the floor in pyproject.toml).
 docs: docs-env
+	.venv-docs/bin/interrogate mechscope
 	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict --quiet
 	@echo "docs: open site/index.html"
 
