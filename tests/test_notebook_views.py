@@ -94,5 +94,8 @@ def test_training_and_feature_page_views(tmp_path):
     assert "MS.featurePage" in h and "mlp.post.0" in h
     assert h.count("</script>") == 1
     _no_external(h)
+    style = re.search(r"<style>(.*?)</style>", h, flags=re.S).group(1)  # the viewer's CSS, scoped to the output
+    selectors = [x.strip() for rule in re.findall(r"([^{}]+)\{", style) for x in rule.split(",")]
+    assert ".ms-nb .tok" in selectors and all(x.startswith(".ms-nb") for x in selectors), selectors
     a, b = training_html(curves), training_html(curves)
     assert re.findall(r'id="(ms-[0-9a-f]+)"', a) != re.findall(r'id="(ms-[0-9a-f]+)"', b)  # unique per output

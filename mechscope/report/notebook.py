@@ -8,6 +8,7 @@ Nothing is fetched. Result objects are read by attribute; no analysis is importe
 from __future__ import annotations
 
 import html
+import re
 import uuid
 from collections.abc import Sequence
 from importlib import resources
@@ -87,6 +88,27 @@ def _renderer() -> str:
     return (resources.files("mechscope.viewer") / "static" / "mechscope.js").read_text()
 
 
+def _scoped_css(scope: str) -> str:
+    """The viewer's stylesheet, scoped to `scope`: every rule with each selector prefixed by it and
+    the page variables (`:root`) set on the scope itself, so a notebook output styles only its own
+    elements. Rules for the page's frame (`*`, body, header, nav, main) and @-rules are left out."""
+    css = (resources.files("mechscope.viewer") / "static" / "mechscope.css").read_text()
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    out = []
+    for m in re.finditer(r"([^{}]+)\{([^{}]*)\}", css):
+        selectors = [" ".join(x.split()) for x in m.group(1).split(",")]
+        body = " ".join(m.group(2).split())
+        first = selectors[0].split()[0] if selectors[0] else ""
+        if first == ":root":
+            out.insert(0, f"{scope}{{{body}}}")
+        elif first.startswith("@") or any(x.split()[0] in ("*", "body", "main") or
+                                          x.split()[0].startswith(("header", "nav")) for x in selectors):
+            continue
+        else:
+            out.append(", ".join(f"{scope} {x}" for x in selectors) + "{" + body + "}")
+    return "<style>" + "".join(out) + "</style>"
+
+
 def _js_view(function: str, data: Any, id_prefix: bool = False) -> tuple[str, str]:
     """A placeholder div and the script that draws `data` into it with the report's `MS.<function>`
     (the renderer inlined once per output, so an exported notebook shows it too). `id_prefix` passes
@@ -107,7 +129,7 @@ def training_html(training: dict[str, Any]) -> str:
     {"metrics": {name: [(step, value), ...]}, "run": ..., "checkpoints": [...], "config": {...}}.
     """
     div, script = _js_view("training", training)
-    return f'<div style="{_FONT}">{div}{script}</div>'
+    return f'<div class="ms-nb" style="{_FONT}">{_scoped_css(".ms-nb")}{div}{script}</div>'
 
 
 def feature_page_html(page: dict[str, Any]) -> str:
@@ -115,7 +137,7 @@ def feature_page_html(page: dict[str, Any]) -> str:
     quantile examples with per-token values, the activation histogram, logit effects and
     co-activating features. `page` is `FeatureStore.page(set_id, feature)`."""
     div, script = _js_view("featurePage", page)
-    return f'<div style="{_FONT}">{div}{script}</div>'
+    return f'<div class="ms-nb" style="{_FONT}">{_scoped_css(".ms-nb")}{div}{script}</div>'
 
 
 def circuit_html(circuit: Any, scores: Any = None, max_rows: int = 30) -> str:
