@@ -127,7 +127,8 @@ class Artifacts:
         return [self.model(n) for n in self.model_names()]
 
     def model(self, name: str) -> ModelArtifacts:
-        """The artifacts of one model, by its name or its directory; an unknown name raises ArtifactError listing the others."""
+        """The artifacts of one model, by its name or its directory; an unknown name raises ArtifactError listing the
+        others."""
         for m in self.manifest["models"]:
             if m["name"] == name or m["dir"] == name:
                 return ModelArtifacts(self, m["name"], self.safe_path(self.root, m["dir"]))

@@ -82,7 +82,8 @@ class Intervention:
 
     # subclasses implement this -------------------------------------------------------------
     def target(self, x: Tensor, ctx: Context) -> Tensor:  # pragma: no cover - abstract
-        """The value to write at the site for activation `x` (broadcastable to it); `apply` writes the selected entries."""
+        """The value to write at the site for activation `x` (broadcastable to it); `apply` writes the selected
+        entries."""
         raise NotImplementedError
 
     # shared machinery -----------------------------------------------------------------------

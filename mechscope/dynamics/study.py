@@ -89,7 +89,8 @@ class Check:
 
 @dataclass
 class Result:
-    """What `analyse` returns: the measures, the change points and phases, and (after `run_checks`) the checks, with figures and timings."""
+    """What `analyse` returns: the measures, the change points and phases, and (after `run_checks`) the checks, with
+    figures and timings."""
 
     source: str
     measures: Measures
@@ -172,7 +173,8 @@ def _boundary_json(res: Result, b, top: int) -> dict[str, Any]:
 
 
 def induction_checks(res: Result, top: int) -> tuple[list[Check], dict[str, Any]]:
-    """The checks of a 2-layer induction run: prefix matching rises, a boundary near its rise, and the previous-token and induction heads among that boundary's top components."""
+    """The checks of a 2-layer induction run: prefix matching rises, a boundary near its rise, and the previous-token
+    and induction heads among that boundary's top components."""
     d, steps = res.dynamics, res.dynamics.steps
     pm1 = _heads(res, "role.prefix_matching", 1)
     pt0 = _heads(res, "role.previous_token", 0)
@@ -272,7 +274,8 @@ def progress_curves(series: CheckpointSeries) -> dict[str, np.ndarray]:
 
 
 def modadd_checks(res: Result, series: CheckpointSeries) -> tuple[list[Check], dict[str, Any]]:
-    """The checks of a modular-addition run: a boundary within the tolerance of each loss curve's steepest move (train, restricted and excluded loss)."""
+    """The checks of a modular-addition run: a boundary within the tolerance of each loss curve's steepest move (train,
+    restricted and excluded loss)."""
     steps = res.dynamics.steps
     span = log_checkpoint(steps)
     train = _series(res, "log10_loss.train", "model")
@@ -426,7 +429,8 @@ def print_result(res: Result, top: int, console: Any) -> None:
 
 
 def build_series(cfg: DynamicsConfig) -> tuple[CheckpointSeries, dict[str, HeldOut], int | None]:
-    """The checkpoint series of `cfg.sources`, its held-out data (the token file, else the zoo run's) and the modulus when the run names one."""
+    """The checkpoint series of `cfg.sources`, its held-out data (the token file, else the zoo run's) and the modulus
+    when the run names one."""
     series = CheckpointSeries.from_paths(cfg.sources, cfg.base)
     data: dict[str, HeldOut] = {}
     modulus = None
@@ -441,7 +445,8 @@ def build_series(cfg: DynamicsConfig) -> tuple[CheckpointSeries, dict[str, HeldO
 
 
 def main(cfg: DynamicsConfig, console: Any, as_json: bool = False) -> dict[str, Any]:
-    """`mechscope dynamics`: measure, detect, check, print, and write dynamics.json and dynamics.html to `cfg.out`; returns the result line."""
+    """`mechscope dynamics`: measure, detect, check, print, and write dynamics.json and dynamics.html to `cfg.out`;
+    returns the result line."""
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     series, data, modulus = build_series(cfg)

@@ -37,7 +37,8 @@ class ModuleModel(ModelBase):
         return ModuleOutput(self._modules[site.path], copy=True)
 
     def prepare(self, inputs: Any) -> Prepared:
-        """A tensor (one positional argument), a tuple of positional arguments or a dict of keyword arguments, as the module's call."""
+        """A tensor (one positional argument), a tuple of positional arguments or a dict of keyword arguments, as the
+        module's call."""
         if isinstance(inputs, Prepared):
             return inputs
         if isinstance(inputs, Tensor):

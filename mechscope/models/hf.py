@@ -171,7 +171,8 @@ class HFModel(ModelBase):
         return list(self._sites)
 
     def n_heads_at(self, site: Site) -> int | None:
-        """Query heads on a per-head site, key/value heads on `attn.k` and `attn.v` (grouped-query attention), else None."""
+        """Query heads on a per-head site, key/value heads on `attn.k` and `attn.v` (grouped-query attention), else
+        None."""
         if not site.per_head:
             return None
         return self.n_kv_heads if site.kind in (Kind.K, Kind.V) else self.n_heads
@@ -235,7 +236,8 @@ class HFModel(ModelBase):
         return _tap(self._resolve(self._root[Kind.EMBED].path), self._root[Kind.EMBED], "")
 
     def prepare(self, inputs: Any) -> Prepared:
-        """Token ids (batch, pos), a dict of model inputs, or text (tokenized without special tokens), as the model's call."""
+        """Token ids (batch, pos), a dict of model inputs, or text (tokenized without special tokens), as the model's
+        call."""
         if isinstance(inputs, Prepared):
             return inputs
         if isinstance(inputs, (str, list)) and (isinstance(inputs, str) or isinstance(inputs[0], str)):

@@ -152,7 +152,8 @@ def _norm(cfg: TinyConfig) -> nn.Module | None:
 
 
 class Block(nn.Module):
-    """One transformer block: attention and (unless attention-only) an MLP, each with an optional pre-norm, added to the residual stream."""
+    """One transformer block: attention and (unless attention-only) an MLP, each with an optional pre-norm, added to
+    the residual stream."""
 
     def __init__(self, cfg: TinyConfig):
         super().__init__()

@@ -102,7 +102,8 @@ class Select:
 
 @dataclass(frozen=True, eq=False)
 class Aggregate(SOp):
-    """At each query position, the mean of `sop` over the key positions the selector selects (compiled to an attention head)."""
+    """At each query position, the mean of `sop` over the key positions the selector selects (compiled to an attention
+    head)."""
 
     selector: Select
     sop: SOp

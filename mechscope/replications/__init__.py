@@ -117,7 +117,8 @@ class SeedSweep:
         return found[0] if len(found) == 1 else " | ".join(found)
 
     def to_json(self) -> dict[str, Any]:
-        """The result line's object: per check the target, the value on each seed, the pass rate and the seeds that passed."""
+        """The result line's object: per check the target, the value on each seed, the pass rate and the seeds that
+        passed."""
         first = next(iter(self.runs.values()))
         checks = {}
         for n in self.check_names():
