@@ -72,7 +72,7 @@ $(DOCS_STAMP): docs/requirements.txt
 # It also checks docstring coverage with interrogate (settings and the floor in pyproject.toml).
 docs: docs-env
 	.venv-docs/bin/interrogate mechscope
-	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict
 	@echo "docs: open site/index.html"
 
 clean:

@@ -70,7 +70,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        """The run's zoo name: RECIPE[-VARIANT][-seedN] (no suffix for seed 0)."""
+        """The run's zoo name, `RECIPE[-VARIANT][-seedN]` (no suffix for seed 0)."""
         base = self.recipe.name + (f"-{self.variant}" if self.variant else "")
         return base if self.seed == 0 else f"{base}-seed{self.seed}"
 
