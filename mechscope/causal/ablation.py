@@ -20,6 +20,8 @@ from ..core.cache import Cache
 
 
 class AblationKind(str, Enum):
+    """What replaces a removed component's output: zero, a mean, a resampled value, or a counterfactual patch."""
+
     ZERO = "zero"  # set the component's output to zero
     MEAN = "mean"  # the component's mean output over a named reference set
     RESAMPLE = "resample"  # its output on a prompt drawn (seeded) from a named distribution
@@ -65,6 +67,7 @@ class AblationSpec:
             object.__setattr__(self, "positions", tuple(int(p) for p in self.positions))
 
     def describe(self) -> dict[str, Any]:
+        """The spec as plain key/value pairs, the `how` every Score made with it carries."""
         return {"ablation": self.kind.value, "reference": self.reference or None,
                 "level": self.granularity, "positions": "all" if self.positions is None else list(self.positions),
                 "direction": self.direction, "ablation_seed": self.seed, "ablated": self.ablate}

@@ -48,9 +48,11 @@ class CompletenessReport:
 
     @property
     def worst_gap(self) -> float:
+        """The largest incompleteness gap over the knockouts tried."""
         return max(g for *_, g in self.incompleteness)
 
     def least_needed(self, k: int = 5) -> list[tuple[Node, float]]:
+        """The `k` circuit components with the smallest minimality scores: those the circuit needs least."""
         return sorted(((v, s) for v, (s, _) in self.minimality.items()), key=lambda t: t[1])[:k]
 
     def __str__(self) -> str:

@@ -53,6 +53,7 @@ class AblatedValues:
     forward_passes: int = 0
 
     def at(self, site: Site) -> Tensor | None:
+        """The ablated output of the senders at `site`, or None (zero)."""
         return self.values.get(site)
 
 
@@ -351,6 +352,7 @@ class EdgeScores:
         return out
 
     def describe(self) -> dict[str, Any]:
+        """How the scores were measured (`how`), as plain data."""
         return dict(self.how)
 
     def __str__(self) -> str:
@@ -364,6 +366,7 @@ class EdgeScores:
 
 
 def metric_name(metric: Callable) -> str:
+    """A metric's name: its `name` attribute, else the function's name."""
     return getattr(metric, "name", getattr(metric, "__name__", "metric"))
 
 
@@ -373,6 +376,7 @@ def edge_how(spec: AblationSpec) -> dict[str, Any]:
 
 
 def passes_how(forward: int, backward: int) -> dict[str, int]:
+    """{"forward_passes", "backward_passes"}: what a method cost, for its `how`."""
     return {"forward_passes": int(forward), "backward_passes": int(backward)}
 
 

@@ -93,10 +93,12 @@ class Group:
 
     @property
     def n_recv(self) -> int:
+        """The number of receivers in the group."""
         return len(self.receivers)
 
     @property
     def size(self) -> int:
+        """The number of edges into the group: n_up senders x n_recv receivers."""
         return self.n_up * self.n_recv
 
 
@@ -126,24 +128,29 @@ class Graph:
 
     @property
     def n_edges(self) -> int:
+        """The number of edges."""
         return len(self.edges)
 
     @property
     def receivers(self) -> tuple[Node, ...]:
+        """Every receiver node, group by group."""
         return tuple(r for g in self.groups for r in g.receivers)
 
     @property
     def receiver_sites(self) -> list[Site]:
+        """The sites the receivers read at, group by group."""
         return [s for g in self.groups for s in g.sites]
 
     @property
     def sender_sites(self) -> list[Site]:
+        """The sites the senders write at, block by block."""
         return [b.site for b in self.blocks]
 
     def __contains__(self, edge: object) -> bool:
         return edge in self._index
 
     def index(self, edge: Edge) -> int:
+        """The position of `edge` in `edges` (and in every (n_edges,) mask or score vector)."""
         try:
             return self._index[edge]
         except KeyError:
@@ -167,6 +174,7 @@ class Graph:
         return dict(zip(self.edges, values.tolist()))
 
     def sender_index(self, node: Node) -> int:
+        """The position of `node` among the senders."""
         try:
             return self.senders.index(node)
         except ValueError:

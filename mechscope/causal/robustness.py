@@ -25,6 +25,8 @@ from .graph import Circuit, Graph, graph_of
 
 @dataclass(frozen=True)
 class RobustnessRow:
+    """One ablation and level of a robustness report: the circuit's faithfulness and KL under it."""
+
     kind: str
     level: str
     faithfulness: Score
@@ -33,6 +35,8 @@ class RobustnessRow:
 
 @dataclass(frozen=True)
 class RobustnessReport:
+    """How a circuit's faithfulness changes with the ablation (rows), for one circuit."""
+
     circuit: str
     rows: tuple[RobustnessRow, ...]
     how: dict[str, Any] = field(default_factory=dict)
@@ -43,6 +47,7 @@ class RobustnessReport:
         return max(v) - min(v)
 
     def table(self) -> list[dict[str, Any]]:
+        """The rows as plain dicts: ablation, level, faithfulness with its interval and worst prompt, KL."""
         return [{"ablation": r.kind, "level": r.level, "faithfulness": r.faithfulness.value,
                  "ci": r.faithfulness.ci, "worst_prompt": r.faithfulness.worst, "kl": r.kl.value}
                 for r in self.rows]

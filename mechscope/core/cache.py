@@ -62,6 +62,7 @@ class Cache(Mapping[Site, torch.Tensor]):
         return sum(seen.values())
 
     def to(self, device: torch.device | str) -> "Cache":
+        """A copy of the cache with every tensor moved to `device`."""
         return Cache({s: t.to(device) for s, t in self._data.items()})
 
     def __repr__(self) -> str:

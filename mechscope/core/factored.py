@@ -17,6 +17,16 @@ from torch import Tensor
 
 @dataclass(frozen=True, eq=False)
 class FactoredMatrix:
+    """A matrix kept as the product A @ B of two thin factors, (..., m, r) @ (..., r, n).
+
+    SVD, eigenvalues and norms are computed from r x r problems, so a d_model x d_model circuit
+    such as a head's OV (W_V W_O) is never built. Indexing and @ keep the product factored:
+
+        ov = model.weights().OV          # (layer, head, d_model, d_model), factored
+        u, s, vh = ov[3, 5].svd()
+        ov[3, 5].full()                  # the dense matrix, when it is wanted
+    """
+
     A: Tensor  # (..., m, r)
     B: Tensor  # (..., r, n)
 
@@ -27,15 +37,18 @@ class FactoredMatrix:
 
     @property
     def shape(self) -> torch.Size:
+        """The shape of the product: (..., m, n)."""
         batch = torch.broadcast_shapes(self.A.shape[:-2], self.B.shape[:-2])
         return torch.Size((*batch, self.A.shape[-2], self.B.shape[-1]))
 
     @property
     def rank_bound(self) -> int:
+        """r, the inner dimension: the product's rank is at most this."""
         return self.A.shape[-1]
 
     @property
     def T(self) -> "FactoredMatrix":
+        """The transpose, still factored: B^T A^T."""
         return FactoredMatrix(self.B.transpose(-1, -2), self.A.transpose(-1, -2))
 
     def full(self) -> Tensor:
@@ -73,6 +86,7 @@ class FactoredMatrix:
 
     @property
     def S(self) -> Tensor:
+        """The singular values (..., r), largest first."""
         return self._svd[1]
 
     def eigenvalues(self) -> Tensor:

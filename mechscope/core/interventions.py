@@ -82,11 +82,14 @@ class Intervention:
 
     # subclasses implement this -------------------------------------------------------------
     def target(self, x: Tensor, ctx: Context) -> Tensor:  # pragma: no cover - abstract
+        """The value to write at the site for activation `x` (broadcastable to it); `apply` writes the selected
+        entries."""
         raise NotImplementedError
 
     # shared machinery -----------------------------------------------------------------------
     @property
     def restricted(self) -> bool:
+        """Whether any of positions, heads, rows or units restricts where the intervention writes."""
         return any(getattr(self, n) is not None for n in ("positions", "heads", "rows", "units"))
 
     def apply(self, x: Tensor, ctx: Context) -> Tensor:
@@ -185,6 +188,7 @@ class Zero(Intervention):
     """Set the selected entries to zero (zero ablation)."""
 
     def target(self, x: Tensor, ctx: Context) -> Tensor:
+        """Zeros (a scalar that broadcasts to the activation)."""
         return x.new_zeros(())
 
 
@@ -206,6 +210,11 @@ class Mean(Intervention):
 
     @classmethod
     def of(cls, site: Site | str, reference: Tensor, *, over_positions: bool = False, **where: Any) -> "Mean":
+        """A Mean of `reference` activations (batch first, as `cache[site]` gives them) over the batch.
+
+        `over_positions=True` also averages over positions (one value for every position); `where`
+        takes the restrictions (rows, positions, heads, units).
+        """
         site = _as_site(site) if isinstance(site, str) else site
         m = reference.float().mean(0)
         if over_positions:
@@ -218,6 +227,7 @@ class Mean(Intervention):
         return cls(site, mean=m.to(reference.dtype), **where)
 
     def target(self, x: Tensor, ctx: Context) -> Tensor:
+        """The stored mean."""
         return self.mean
 
 
@@ -238,6 +248,7 @@ class Resample(Intervention):
             raise InterventionError("Resample needs source=: activations at the site from a reference run")
 
     def target(self, x: Tensor, ctx: Context) -> Tensor:
+        """Rows of `source` drawn with the intervention's seed, one per row of `x`."""
         g = torch.Generator().manual_seed(self.seed)
         pick = torch.randint(self.source.shape[0], (x.shape[0],), generator=g).to(self.source.device)
         return self.source[pick]
@@ -255,6 +266,7 @@ class Patch(Intervention):
             raise InterventionError("Patch needs value=: the activation to write, e.g. clean_cache[site]")
 
     def target(self, x: Tensor, ctx: Context) -> Tensor:
+        """The given `value`."""
         return self.value
 
 
@@ -270,6 +282,7 @@ class Add(Intervention):
             raise InterventionError("Add needs vector=")
 
     def target(self, x: Tensor, ctx: Context) -> Tensor:
+        """`x + vector`."""
         return x + self.vector.to(x.dtype)
 
 
@@ -280,6 +293,7 @@ class Scale(Intervention):
     factor: float | Tensor = 1.0
 
     def target(self, x: Tensor, ctx: Context) -> Tensor:
+        """`x * factor`."""
         return x * self.factor
 
 
@@ -299,4 +313,5 @@ class Replace(Intervention):
             raise InterventionError("Replace needs fn=: a callable (activation, context) -> tensor")
 
     def target(self, x: Tensor, ctx: Context) -> Tensor:
+        """`fn(x, ctx)`."""
         return self.fn(x, ctx)

@@ -157,6 +157,7 @@ class Lines:
         self._print(text)
 
     def update(self, n: int = 1) -> None:
+        """Advance by `n`; print a line when `every` seconds have passed since the last one."""
         self.n += n
         now = time.monotonic()
         if now - self.last >= self.every and not self.closed and (self.total is None or self.n < self.total):
@@ -164,16 +165,20 @@ class Lines:
             self._report()
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        """Text shown after the count on the next line (tqdm's method)."""
         self.postfix = s
 
     def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kwargs: Any) -> None:
+        """key=value pairs shown after the count on the next line (tqdm's method)."""
         items = {**(ordered_dict or {}), **kwargs}
         self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
 
     def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        """Change the description the lines start with (tqdm's method)."""
         self.desc = desc
 
     def close(self) -> None:
+        """Print the closing line (count and elapsed time), once."""
         if self.closed:
             return
         self.closed = True

@@ -37,6 +37,7 @@ class Prepared:
 
     @property
     def batch_size(self) -> int:
+        """The number of rows of the inputs."""
         if self.input_ids is not None:
             return int(self.input_ids.shape[0])
         first = self.args[0] if self.args else next(iter(self.kwargs.values()))
@@ -78,11 +79,17 @@ class Adapter(Protocol):
         """The tap for a whole site; raises SiteError (with nearest names) for unknown sites."""
         ...
 
-    def prepare(self, inputs: Any) -> Prepared: ...
+    def prepare(self, inputs: Any) -> Prepared:
+        """Turn inputs (token ids, a dict of model inputs, text, ...) into the model's `Prepared` call."""
+        ...
 
-    def forward(self, prepared: Prepared) -> Any: ...
+    def forward(self, prepared: Prepared) -> Any:
+        """Run the model on `prepared` (the hooks `run` installed act during this call)."""
+        ...
 
-    def logits(self, output: Any) -> Tensor | None: ...
+    def logits(self, output: Any) -> Tensor | None:
+        """The logits (batch, pos, vocab) in the model's output, or None when it has none."""
+        ...
 
     def session(self, sites: set[Site]) -> AbstractContextManager:
         """Context entered around a run that touches `sites` (e.g. to expose attention internals)."""

@@ -73,6 +73,7 @@ class Score:
                    how=how or {}, per_item=tuple(v.tolist()), confidence=confidence)
 
     def quantiles(self, qs: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> dict[float, float]:
+        """Quantiles of the per-item values, {q: value}; raises ValueError when no per-item values were kept."""
         if not self.per_item:
             raise ValueError(f"{self.metric}: no per-item values were kept")
         t = torch.tensor(self.per_item, dtype=torch.float64)
@@ -80,6 +81,7 @@ class Score:
 
     @property
     def worst(self) -> float:
+        """The smallest per-item value (the worst case for a higher-is-better metric)."""
         if not self.per_item:
             raise ValueError(f"{self.metric}: no per-item values were kept")
         return min(self.per_item)

@@ -146,9 +146,11 @@ class Site:
     # constructors -------------------------------------------------------------------------
     @staticmethod
     def module(path: str) -> "Site":
+        """The site of the output of submodule `path` of a plain module (the generic adapter's sites)."""
         return Site(Kind.MODULE, path=path)
 
     def with_head(self, head: int | None) -> "Site":
+        """The same site restricted to head `head` (None: every head)."""
         return Site(self.kind, self.layer, head, self.path)
 
     @property
@@ -158,6 +160,7 @@ class Site:
 
     @property
     def layout(self) -> Layout:
+        """Which axes of the site's tensor are positions, heads and units (a head-restricted site has no head axis)."""
         lay = LAYOUTS[self.kind]
         if self.head is None or lay.head is None:
             return lay
@@ -167,6 +170,7 @@ class Site:
 
     @property
     def per_head(self) -> bool:
+        """Whether the site's tensor has a head axis (q, k, v, scores, pattern, z, result and the per-head inputs)."""
         return self.kind in _PER_HEAD
 
     # names --------------------------------------------------------------------------------

@@ -62,10 +62,12 @@ class DictConfig:
         return self.in_width if self.d_out is None else self.d_out
 
     def to_dict(self) -> dict[str, Any]:
+        """The config's fields as a plain dict (what cfg.json stores)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DictConfig":
+        """A config from `to_dict`'s dict; an unknown field raises ValueError naming the known ones."""
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -150,6 +152,7 @@ class Dictionary(nn.Module):
 
     @property
     def out_shape(self) -> tuple[int, ...]:
+        """The trailing shape of one reconstruction: (out_width,)."""
         return (self.config.out_width,)
 
     def _lead(self, x: Tensor) -> tuple[int, ...]:
@@ -219,6 +222,7 @@ class Dictionary(nn.Module):
 
     @torch.no_grad()
     def init_decoder_bias_(self, target_mean: Tensor) -> None:
+        """Set the decoder bias to `target_mean` (d_out,), in place (training starts from the data's mean)."""
         self.b_dec.copy_(target_mean)
 
     def input_energy(self, x: Tensor) -> Tensor:

@@ -95,6 +95,7 @@ def model_fingerprint(module: torch.nn.Module) -> str:
 
 
 def tokens_digest(tokens: Tensor) -> str:
+    """A short SHA-256 digest of token ids (shape and values): a harvest checks it when it resumes."""
     t = tokens.detach().to("cpu", torch.int64).contiguous()
     h = hashlib.sha256(f"{tuple(t.shape)}|".encode())
     h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
@@ -149,6 +150,7 @@ def _rows(x: Tensor, drop_first: int, site: Site) -> Tensor:
 # --- writing ---------------------------------------------------------------------------------------
 
 def shard_name(i: int) -> str:
+    """The file name of shard `i`: shard_00000.safetensors, ..."""
     return f"shard_{i:05d}.safetensors"
 
 
@@ -360,18 +362,22 @@ class ActivationStore:
 
     @property
     def sites(self) -> list[str]:
+        """The harvested site names, as the manifest lists them."""
         return list(self.manifest["sites"])
 
     @property
     def widths(self) -> dict[str, int]:
+        """{site name: width of its vectors}, e.g. {"blocks.6.hook_resid_post": 576}."""
         return dict(self.manifest["widths"])
 
     @property
     def config_hash(self) -> str:
+        """The digest of the harvest's settings (model, tokens, config) that a resumed harvest must match."""
         return self.manifest["config_hash"]
 
     @property
     def n_rows(self) -> int:
+        """The number of stored rows (tokens) over the store's shards."""
         return sum(self.manifest["shards"][str(i)]["rows"] for i in self.shards)
 
     def _key(self, site: Site | str) -> str:
@@ -451,9 +457,11 @@ class JointStore:
 
     def load(self, keys: Sequence[tuple[int, Site | str]], shards: Sequence[int] | None = None,
              dtype: torch.dtype = torch.float32) -> list[Tensor]:
+        """One tensor per (store index, site) key, each from the same shards (default: all) and so row-aligned."""
         return [self.stores[i].load([k], shards, dtype)[0] for i, k in keys]
 
     def split(self, held_out: int) -> tuple[list[int], list[int]]:
+        """(training shards, held-out shards): the first store's split, which holds for every store."""
         return self.stores[0].split(held_out)
 
 

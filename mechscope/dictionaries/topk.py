@@ -17,6 +17,13 @@ from .sparse import SparseCodes, dense_threads, topk_codes
 
 @dataclass(frozen=True)
 class TopKConfig(DictConfig):
+    """A TopK SAE: the `k` largest pre-activations of each row are kept (Gao et al. 2024).
+
+    Dead latents are revived by an auxiliary loss: the `aux_k` largest pre-activations among
+    latents that have not fired for a while reconstruct the residual error, weighted by
+    `aux_coefficient`.
+    """
+
     k: int = 32  # active latents per row
     aux_k: int | None = None  # dead latents used by the auxiliary loss; None: d_in // 2
     aux_coefficient: float = 1 / 32  # weight of the auxiliary-k loss
@@ -32,10 +39,18 @@ class TopKConfig(DictConfig):
 
     @property
     def k_aux(self) -> int:
+        """The number of dead latents the auxiliary loss uses: `aux_k`, else d_in // 2."""
         return self.aux_k if self.aux_k is not None else max(1, self.d_in // 2)
 
 
 class TopKSAE(Dictionary):
+    """A sparse autoencoder whose codes are each row's top-k latents; decoded sparsely.
+
+        sae = dl.build("topk", d_in=576, d_sae=4608, k=32)
+        codes = sae.codes(x)          # SparseCodes: k (index, value) pairs per row
+        x_hat = sae.decode(codes)     # (rows, d_in)
+    """
+
     architecture = "topk"
     uses_aux_k = True
     sparse_step = True
@@ -60,16 +75,19 @@ class TopKSAE(Dictionary):
             return torch.addmm(self.b_enc, xc, self.W_enc, out=buf)
 
     def train(self, mode: bool = True) -> "TopKSAE":
+        """Switch training mode (nn.Module.train); leaving it drops the buffer the training steps reuse."""
         if not mode:
             self._pre_buffer = None  # outside training, the buffer is not kept
         return super().train(mode)
 
     def codes(self, x: Tensor) -> SparseCodes:
+        """The sparse codes of `x` (..., d_in): the k largest pre-activations of each row."""
         xc = self._centre(x)
         return topk_codes(xc, self.W_enc, self.b_enc, self.config.k, self._pre_nograd(xc))
 
     def loss(self, x: Tensor, target: Tensor, dead: Tensor | None = None, sparsity_scale: float = 1.0
              ) -> LossParts:
+        """The training loss of one batch: reconstruction of `target`, plus the auxiliary-k loss on `dead` latents."""
         with torch.no_grad():
             xc = self._centre(x)
         pre = self._pre_nograd(xc)

@@ -58,6 +58,8 @@ MODADD_TOLERANCE = math.log(1.15)
 
 @dataclass
 class DynamicsConfig:
+    """The settings of one `mechscope dynamics` run (its command-line options)."""
+
     sources: list[str]  # one zoo name (zoo:NAME) or checkpoint paths
     base: str | None = None  # architecture for bare safetensors files
     tokens: str | None = None  # held-out token file for non-zoo series
@@ -73,17 +75,23 @@ class DynamicsConfig:
 
 @dataclass(frozen=True)
 class Check:
+    """One check of a run: its target in words, the value measured, and whether it passes."""
+
     name: str
     target: str
     got: Any
     passed: bool
 
     def to_json(self) -> dict[str, Any]:
+        """{"target", "got", "pass"}, as in every result line."""
         return {"target": self.target, "got": self.got, "pass": bool(self.passed)}
 
 
 @dataclass
 class Result:
+    """What `analyse` returns: the measures, the change points and phases, and (after `run_checks`) the checks, with
+    figures and timings."""
+
     source: str
     measures: Measures
     dynamics: Dynamics
@@ -165,6 +173,8 @@ def _boundary_json(res: Result, b, top: int) -> dict[str, Any]:
 
 
 def induction_checks(res: Result, top: int) -> tuple[list[Check], dict[str, Any]]:
+    """The checks of a 2-layer induction run: prefix matching rises, a boundary near its rise, and the previous-token
+    and induction heads among that boundary's top components."""
     d, steps = res.dynamics, res.dynamics.steps
     pm1 = _heads(res, "role.prefix_matching", 1)
     pt0 = _heads(res, "role.previous_token", 0)
@@ -210,6 +220,7 @@ def induction_checks(res: Result, top: int) -> tuple[list[Check], dict[str, Any]
 
 
 def control_checks(res: Result, top: int) -> tuple[list[Check], dict[str, Any]]:
+    """The checks of the 1-layer control: no boundary has a head with rising prefix matching among its top components."""
     rising = {f"{b.step:.0f}": rising_prefix_heads(res, b, top) for b in res.dynamics.boundaries}
     bad = {k: v for k, v in rising.items() if v}
     best = max((float(s.values.max()) for s in res.measures.find("role.prefix_matching")), default=None)
@@ -263,6 +274,8 @@ def progress_curves(series: CheckpointSeries) -> dict[str, np.ndarray]:
 
 
 def modadd_checks(res: Result, series: CheckpointSeries) -> tuple[list[Check], dict[str, Any]]:
+    """The checks of a modular-addition run: a boundary within the tolerance of each loss curve's steepest move (train,
+    restricted and excluded loss)."""
     steps = res.dynamics.steps
     span = log_checkpoint(steps)
     train = _series(res, "log10_loss.train", "model")
@@ -292,6 +305,7 @@ def modadd_checks(res: Result, series: CheckpointSeries) -> tuple[list[Check], d
 
 
 def run_checks(res: Result, series: CheckpointSeries, top: int) -> None:
+    """Add the null control and the checks of the run's recipe (induction, its 1-layer control, modadd) to `res`."""
     d = res.dynamics
     res.checks.append(Check("null_control", f"0 of {len(d.names)} series x {d.control_rounds} permutations flagged "
                             f"at the threshold {d.threshold:.3g}", d.control_flagged, d.control_flagged == 0))
@@ -311,6 +325,7 @@ def run_checks(res: Result, series: CheckpointSeries, top: int) -> None:
 # --- output ---------------------------------------------------------------------------------------
 
 def to_json(res: Result, top: int) -> dict[str, Any]:
+    """dynamics.json's content: every series with its fit and breaks, the boundaries, phases, checks and settings."""
     d = res.dynamics
     return {"source": res.source, "steps": d.steps, "threshold": d.threshold,
             "null": {"rounds": d.settings["rounds"], "scale_rounds": d.settings["scale_rounds"],
@@ -356,6 +371,7 @@ def llc_figures(res: Result) -> dict[str, Any] | None:
 
 
 def result_line(res: Result, cfg: DynamicsConfig) -> dict[str, Any]:
+    """The result line's object: figures (counts, threshold, timings, LLC settings), checks and pass."""
     d = res.dynamics
     figures = {"checkpoints": len(d.steps), "series": len(d.names), "threshold": round(d.threshold, 3),
                "series_with_breaks": sum(1 for f in d.fits if f.breaks),
@@ -371,6 +387,7 @@ def result_line(res: Result, cfg: DynamicsConfig) -> dict[str, Any]:
 
 
 def print_result(res: Result, top: int, console: Any) -> None:
+    """Print the boundaries, phases and checks as tables on `console` (a rich Console)."""
     from rich.table import Table
 
     d = res.dynamics
@@ -412,6 +429,8 @@ def print_result(res: Result, top: int, console: Any) -> None:
 
 
 def build_series(cfg: DynamicsConfig) -> tuple[CheckpointSeries, dict[str, HeldOut], int | None]:
+    """The checkpoint series of `cfg.sources`, its held-out data (the token file, else the zoo run's) and the modulus
+    when the run names one."""
     series = CheckpointSeries.from_paths(cfg.sources, cfg.base)
     data: dict[str, HeldOut] = {}
     modulus = None
@@ -426,6 +445,8 @@ def build_series(cfg: DynamicsConfig) -> tuple[CheckpointSeries, dict[str, HeldO
 
 
 def main(cfg: DynamicsConfig, console: Any, as_json: bool = False) -> dict[str, Any]:
+    """`mechscope dynamics`: measure, detect, check, print, and write dynamics.json and dynamics.html to `cfg.out`;
+    returns the result line."""
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     series, data, modulus = build_series(cfg)

@@ -67,6 +67,7 @@ class TokenTable:
                           torch.tensor(code, dtype=torch.bool).view(ids.shape))
 
     def subset(self, docs: Tensor) -> "TokenTable":
+        """The table restricted to the documents `docs` (a 1-D tensor of document indices), in that order."""
         idx = docs.tolist()
         return TokenTable(self.ids[docs], tuple(self.texts[i] for i in idx), self.prev[docs],
                           self.in_quotes[docs], self.in_code[docs])
@@ -76,9 +77,11 @@ class Rule:
     """Where a feature fires, as code."""
 
     def mask(self, table: TokenTable) -> Tensor:  # (doc, pos) bool
+        """(doc, pos) bool: where the rule holds in `table`."""
         raise NotImplementedError
 
     def describe(self, decode: Any = None) -> str:
+        """The rule in words; `decode(token_id) -> str` shows tokens as text (ids when None)."""
         raise NotImplementedError
 
 
@@ -90,37 +93,49 @@ def _tokens(ids: frozenset[int], decode: Any) -> str:
 
 @dataclass(frozen=True)
 class CurrentToken(Rule):
+    """The token at the position is one of `ids`."""
+
     ids: frozenset[int]
 
     def mask(self, table):
+        """(doc, pos) bool: the token is one of `ids`."""
         return torch.isin(table.ids, torch.tensor(sorted(self.ids), dtype=table.ids.dtype))
 
     def describe(self, decode=None):
+        """"the token is one of {...}", tokens decoded when `decode` is given."""
         return f"the token is one of {_tokens(self.ids, decode)}"
 
 
 @dataclass(frozen=True)
 class PreviousToken(Rule):
+    """The token before the position is one of `ids` (position 0 has none)."""
+
     ids: frozenset[int]
 
     def mask(self, table):
+        """(doc, pos) bool: the previous token is one of `ids`."""
         return torch.isin(table.prev, torch.tensor(sorted(self.ids), dtype=table.prev.dtype))
 
     def describe(self, decode=None):
+        """"the previous token is one of {...}"."""
         return f"the previous token is one of {_tokens(self.ids, decode)}"
 
 
 @dataclass(frozen=True)
 class Bigram(Rule):
+    """The previous and the current token form one of the pairs `(previous, current)`."""
+
     pairs: frozenset[tuple[int, int]]
 
     def mask(self, table):
+        """(doc, pos) bool: (previous token, token) is one of `pairs`."""
         out = torch.zeros_like(table.ids, dtype=torch.bool)
         for a, b in self.pairs:
             out |= (table.prev == a) & (table.ids == b)
         return out
 
     def describe(self, decode=None):
+        """"the last two tokens are one of ...", at most six pairs shown."""
         show = sorted(self.pairs)[:6]
         words = [f"{decode(a) if decode else a!r}{decode(b) if decode else b!r}" for a, b in show]
         return "the last two tokens are one of " + ", ".join(repr(w) for w in words)
@@ -128,70 +143,94 @@ class Bigram(Rule):
 
 @dataclass(frozen=True)
 class TokenRegex(Rule):
+    """The token's text matches a regular expression; `name` says in words what it matches."""
+
     pattern: str
     name: str
 
     def mask(self, table):
+        """(doc, pos) bool: the decoded token matches `pattern` (re.search)."""
         rx = re.compile(self.pattern)
         return torch.tensor([[bool(rx.search(w)) for w in row] for row in table.texts],
                             dtype=torch.bool).view(table.ids.shape)
 
     def describe(self, decode=None):
+        """"the token <name> (regex ...)"."""
         return f"the token {self.name} (regex {self.pattern!r})"
 
 
 @dataclass(frozen=True)
 class Position(Rule):
+    """The position compares with `p` by `op`: "==", "<" or ">="."""
+
     op: str  # "==", "<", ">="
     p: int
 
     def mask(self, table):
+        """(doc, pos) bool: position `op` `p`."""
         pos = torch.arange(table.ids.shape[1]).expand_as(table.ids)
         return {"==": pos == self.p, "<": pos < self.p, ">=": pos >= self.p}[self.op]
 
     def describe(self, decode=None):
+        """"the position is <op> <p>"."""
         return f"the position is {self.op} {self.p}"
 
 
 @dataclass(frozen=True)
 class InsideQuotes(Rule):
+    """The token lies inside double quotes (counted from the start of its document)."""
+
     def mask(self, table):
+        """(doc, pos) bool: the table's `in_quotes`."""
         return table.in_quotes
 
     def describe(self, decode=None):
+        """"the token is inside double quotes"."""
         return "the token is inside double quotes"
 
 
 @dataclass(frozen=True)
 class InsideCode(Rule):
+    """The token lies inside code: backticks, or a line starting with '>>>' or indented."""
+
     def mask(self, table):
+        """(doc, pos) bool: the table's `in_code`."""
         return table.in_code
 
     def describe(self, decode=None):
+        """"the token is inside code (...)"."""
         return "the token is inside code (backticks, or a '>>>' or indented line)"
 
 
 @dataclass(frozen=True)
 class And(Rule):
+    """Both rules hold."""
+
     a: Rule
     b: Rule
 
     def mask(self, table):
+        """(doc, pos) bool: `a` and `b` both hold."""
         return self.a.mask(table) & self.b.mask(table)
 
     def describe(self, decode=None):
+        """"(a) and (b)"."""
         return f"({self.a.describe(decode)}) and ({self.b.describe(decode)})"
 
 
 @dataclass(frozen=True)
 class Or(Rule):
+    """Either rule holds."""
+
     a: Rule
     b: Rule
 
     def mask(self, table):
+        """(doc, pos) bool: `a` or `b` holds."""
         return self.a.mask(table) | self.b.mask(table)
 
     def describe(self, decode=None):
+        """"(a) or (b)"."""
         return f"({self.a.describe(decode)}) or ({self.b.describe(decode)})"
 
 
@@ -210,7 +249,9 @@ class Explanation:
     scale: float
 
     def predict(self, table: TokenTable) -> Tensor:
+        """(doc, pos) float: `scale` where the rule holds, 0 elsewhere: the feature's predicted value."""
         return self.rule.mask(table).float() * self.scale
 
     def describe(self, decode: Any = None) -> str:
+        """"<scale> where <rule>, else 0"."""
         return f"{self.scale:.3g} where {self.rule.describe(decode)}, else 0"

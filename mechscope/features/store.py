@@ -53,6 +53,8 @@ TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
 
 
 class StoreError(RuntimeError):
+    """A feature store that cannot be used: another schema version, or an unknown table."""
+
     pass
 
 
@@ -91,6 +93,7 @@ class FeatureStore:
                              f"{SCHEMA_VERSION}; rebuild it")
 
     def close(self) -> None:
+        """Close the database connection (`with FeatureStore(...)` does it on leaving)."""
         self.con.close()
 
     def __enter__(self) -> "FeatureStore":
@@ -164,9 +167,12 @@ class FeatureStore:
 
     # --- reading -----------------------------------------------------------------------------
     def sets(self) -> list[dict[str, Any]]:
+        """Every stored feature set, one row each (set id, model, site, kind, number of features and
+        tokens, dataset, build time)."""
         return self._dicts("SELECT * FROM feature_sets ORDER BY set_id")
 
     def features(self, set_id: str) -> list[dict[str, Any]]:
+        """One row per feature of set `set_id` (activity statistics and label), by feature index."""
         return self._dicts("SELECT * FROM features WHERE set_id = ? ORDER BY feature", [set_id])
 
     def page(self, set_id: str, feature: int) -> dict[str, Any]:
@@ -193,6 +199,7 @@ class FeatureStore:
         }
 
     def count(self, table: str, set_id: str | None = None) -> int:
+        """The number of rows of `table`, of one set when `set_id` is given; an unknown table raises StoreError."""
         if table not in TABLES:
             raise StoreError(f"unknown table {table!r}")
         if set_id is None:
@@ -200,6 +207,7 @@ class FeatureStore:
         return int(self.con.execute(f"SELECT count(*) FROM {table} WHERE set_id = ?", [set_id]).fetchone()[0])
 
     def export_parquet(self, out_dir: str | os.PathLike) -> list[Path]:
+        """Write every table to `out_dir/<table>.parquet` and return the paths."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = []

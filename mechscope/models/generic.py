@@ -27,14 +27,18 @@ class ModuleModel(ModelBase):
         self._sites = [Site.module(p) for p in self._modules]
 
     def sites(self) -> list[Site]:
+        """One site per named submodule, in `named_modules` order."""
         return list(self._sites)
 
     def tap(self, site: Site) -> Tap:
+        """The output of the submodule at `site.path` (copied: a module may change its input in place)."""
         site = self.check(site)
         # any module may modify its input in place (ReLU(inplace=True), `out += identity`): copy
         return ModuleOutput(self._modules[site.path], copy=True)
 
     def prepare(self, inputs: Any) -> Prepared:
+        """A tensor (one positional argument), a tuple of positional arguments or a dict of keyword arguments, as the
+        module's call."""
         if isinstance(inputs, Prepared):
             return inputs
         if isinstance(inputs, Tensor):
@@ -47,13 +51,17 @@ class ModuleModel(ModelBase):
                         "positional arguments or a dict of keyword arguments")
 
     def forward(self, prepared: Prepared) -> Any:
+        """Call the module."""
         return self.module(*prepared.args, **prepared.kwargs)
 
     def logits(self, output: Any) -> Tensor | None:
+        """The output when it is a tensor, else its `logits` attribute (None when it has none)."""
         return output if isinstance(output, Tensor) else getattr(output, "logits", None)
 
     def session(self, sites: set[Site]):
+        """Nothing to switch."""
         return nullcontext()
 
     def grad_entry(self) -> Tap | None:
+        """The module's input: gradients are switched on there for frozen weights."""
         return ModuleInput(self.module)

@@ -167,14 +167,18 @@ class HFModel(ModelBase):
 
     # --- the adapter protocol ---------------------------------------------------------------
     def sites(self) -> list[Site]:
+        """Every whole site the family's Spec offers for this model, in forward order."""
         return list(self._sites)
 
     def n_heads_at(self, site: Site) -> int | None:
+        """Query heads on a per-head site, key/value heads on `attn.k` and `attn.v` (grouped-query attention), else
+        None."""
         if not site.per_head:
             return None
         return self.n_kv_heads if site.kind in (Kind.K, Kind.V) else self.n_heads
 
     def tap(self, site: Site) -> Tap:
+        """How `run` reaches `site` in the Hugging Face module, from the family's Spec."""
         site = self.check(site)
         spec = self.spec
         if site.layer is None:
@@ -220,16 +224,20 @@ class HFModel(ModelBase):
     def session(self, sites: set[Site]):
         # per-head key/value inputs may widen grouped keys to one per query head: the tapped
         # attention function infers the grouping from shapes
+        """For attention-internal sites, the step-by-step eager attention for the call; else nothing."""
         if any(s.kind in hf_attention.INTERNAL or s.kind in self.spec.head_in for s in sites):
             return hf_attention.exposed([self.config])
         return nullcontext()
 
     def grad_entry(self) -> Tap | None:
+        """The token embedding's output: gradients are switched on there for frozen weights."""
         if Kind.EMBED not in self._root:
             return None
         return _tap(self._resolve(self._root[Kind.EMBED].path), self._root[Kind.EMBED], "")
 
     def prepare(self, inputs: Any) -> Prepared:
+        """Token ids (batch, pos), a dict of model inputs, or text (tokenized without special tokens), as the model's
+        call."""
         if isinstance(inputs, Prepared):
             return inputs
         if isinstance(inputs, (str, list)) and (isinstance(inputs, str) or isinstance(inputs[0], str)):
@@ -247,6 +255,7 @@ class HFModel(ModelBase):
                         "a dict of model inputs, or text")
 
     def forward(self, prepared: Prepared) -> Any:
+        """Call the model (a window that ends at the final block's keys stops there and returns None)."""
         cache = prepared.past
         if isinstance(cache, _KeyCache) and cache.stop_at is not None:  # a window that ends at the final keys
             try:
@@ -282,6 +291,7 @@ class HFModel(ModelBase):
             del head.forward
 
     def start_at(self, layer: int):
+        """A context in which the forward pass skips blocks 0..layer-1."""
         path, _, attr = self.spec.layers.rpartition(".")
         return without_first_blocks(self._resolve(path), attr, layer)
 
@@ -337,6 +347,7 @@ class HFModel(ModelBase):
         return self._exact_windows
 
     def logits(self, output: Any) -> Tensor | None:
+        """The output's `logits`, or None (an encoder without a head)."""
         return getattr(output, "logits", None)
 
     def final_norm(self) -> nn.Module | None:
@@ -458,6 +469,7 @@ def linear_t(m: nn.Module) -> Tensor:
 
 
 def bias(m: nn.Module) -> Tensor | None:
+    """A module's bias, or None when it has none."""
     return getattr(m, "bias", None)
 
 
@@ -477,6 +489,7 @@ def rms_norm_scale(classes: tuple[str, ...], eps: str,
 
 
 def ln_params(m: nn.Module | None) -> tuple[Tensor | None, Tensor | None]:
+    """A norm's (weight, bias), each None when missing (and both for no norm)."""
     if m is None:
         return None, None
     return getattr(m, "weight", None), getattr(m, "bias", None)

@@ -68,29 +68,37 @@ class TinyConfig:
 
     @property
     def vocab_out(self) -> int:
+        """The number of output classes: `d_vocab_out`, else `d_vocab`."""
         return self.d_vocab if self.d_vocab_out is None else self.d_vocab_out
 
     @property
     def mlp_bias(self) -> bool:
+        """Whether the MLP has biases (`bias` True or "mlp")."""
         return bool(self.bias)
 
     @property
     def other_bias(self) -> bool:  # attention and unembedding
+        """Whether attention and the unembedding have biases (`bias` True only)."""
         return self.bias is True
 
     @property
     def attn_only(self) -> bool:
+        """Whether the blocks have no MLP (`d_mlp` None)."""
         return self.d_mlp is None
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a plain dict (what a zoo run stores)."""
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "TinyConfig":
+        """A config from `to_dict`'s dict."""
         return TinyConfig(**d)
 
 
 class Attention(nn.Module):
+    """Multi-head attention with an identity hook module at every internal tensor (q, k, v, scores, pattern, z)."""
+
     def __init__(self, cfg: TinyConfig):
         super().__init__()
         inner = cfg.n_heads * cfg.d_head
@@ -123,6 +131,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """W_out(act(W_in x)), with hook modules before and after the activation function."""
+
     def __init__(self, cfg: TinyConfig):
         super().__init__()
         assert cfg.d_mlp is not None
@@ -133,6 +143,7 @@ class MLP(nn.Module):
         self.hook_post = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        """(batch, pos, d_model) -> (batch, pos, d_model)."""
         return self.W_out(self.hook_post(self.act(self.hook_pre(self.W_in(x)))))
 
 
@@ -141,6 +152,9 @@ def _norm(cfg: TinyConfig) -> nn.Module | None:
 
 
 class Block(nn.Module):
+    """One transformer block: attention and (unless attention-only) an MLP, each with an optional pre-norm, added to
+    the residual stream."""
+
     def __init__(self, cfg: TinyConfig):
         super().__init__()
         self.hook_resid_pre = nn.Identity()
@@ -268,12 +282,15 @@ class TinyModel(ModelBase):
         self._sites = sites
 
     def sites(self) -> list[Site]:
+        """Every whole site of the network, in forward order (the adapter protocol)."""
         return list(self._sites)
 
     def n_heads_at(self, site: Site) -> int | None:
+        """`n_heads` on a per-head site, else None."""
         return self.n_heads if site.per_head else None
 
     def tap(self, site: Site) -> Tap:
+        """How `run` reaches `site`: a hook module's output, a head's slice of W_O, a norm's scale, ..."""
         site = self.check(site)
         if site.kind in _NORM:
             parent = self.module if site.layer is None else self._blocks[site.layer]
@@ -298,6 +315,7 @@ class TinyModel(ModelBase):
         return ModuleOutput(block.get_submodule(_BLOCK[site.kind]))
 
     def prepare(self, inputs: Any) -> Prepared:
+        """Token ids (batch, pos), a list of them or a dict with "input_ids", as the network's call."""
         if isinstance(inputs, Prepared):
             return inputs
         if isinstance(inputs, dict):
@@ -311,18 +329,23 @@ class TinyModel(ModelBase):
         return Prepared(args=(ids,), input_ids=ids)
 
     def forward(self, prepared: Prepared) -> Any:
+        """Run the network; its output is the logits."""
         return self.module(*prepared.args)
 
     def logits(self, output: Any) -> Tensor | None:
+        """The output itself: the network returns logits."""
         return output
 
     def session(self, sites: set[Site]):
+        """Nothing to switch: every internal tensor already has a hook module."""
         return nullcontext()
 
     def start_at(self, layer: int):
+        """A context in which the forward pass skips blocks 0..layer-1 (patching sweeps start at a layer)."""
         return without_first_blocks(self.module, "blocks", layer)
 
     def grad_entry(self) -> Tap | None:
+        """The token embedding's hook: gradients are switched on there for frozen weights."""
         return ModuleOutput(self.module.hook_embed)
 
     @torch.no_grad()

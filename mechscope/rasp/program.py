@@ -48,35 +48,46 @@ class SOp:
     name: str = field(kw_only=True)
 
     def children(self) -> tuple["SOp", ...]:
+        """The operations this one reads (none for tokens and indices)."""
         return ()
 
 
 @dataclass(frozen=True, eq=False)
 class Tokens(SOp):
+    """The input tokens (the program's `tokens`)."""
+
     pass
 
 
 @dataclass(frozen=True, eq=False)
 class Indices(SOp):
+    """The positions 0..n-1 (the program's `indices`)."""
+
     pass
 
 
 @dataclass(frozen=True, eq=False)
 class Map(SOp):
+    """`fn` applied to each element of `inner` (compiled to an MLP)."""
+
     fn: Callable[[Any], Any]
     inner: SOp
 
     def children(self) -> tuple[SOp, ...]:
+        """(inner,)."""
         return (self.inner,)
 
 
 @dataclass(frozen=True, eq=False)
 class SequenceMap(SOp):
+    """`fn(a[i], b[i])` at each position (compiled to an MLP reading both)."""
+
     fn: Callable[[Any, Any], Any]
     a: SOp
     b: SOp
 
     def children(self) -> tuple[SOp, ...]:
+        """(a, b)."""
         return (self.a, self.b)
 
 
@@ -91,18 +102,25 @@ class Select:
 
 @dataclass(frozen=True, eq=False)
 class Aggregate(SOp):
+    """At each query position, the mean of `sop` over the key positions the selector selects (compiled to an attention
+    head)."""
+
     selector: Select
     sop: SOp
 
     def children(self) -> tuple[SOp, ...]:
+        """The selector's keys and queries, and the aggregated operation."""
         return (self.selector.keys, self.selector.queries, self.sop)
 
 
 @dataclass(frozen=True, eq=False)
 class SelectorWidth(SOp):
+    """At each query position, how many key positions the selector selects (compiled to a head and an MLP)."""
+
     selector: Select
 
     def children(self) -> tuple[SOp, ...]:
+        """The selector's keys and queries."""
         return (self.selector.keys, self.selector.queries)
 
 

@@ -39,6 +39,12 @@ def _machine() -> dict[str, Any]:
 
 @dataclass
 class Replication:
+    """The result of one replication on one seed: its checks (target, measured value, pass) and raw figures.
+
+    `loosened` says in words what a `--quick` run relaxes; `reported` lists figures shown without a
+    target. `json_line()` is the result line a replication prints last.
+    """
+
     name: str
     checks: list[Check]
     figures: dict[str, Any] = field(default_factory=dict)
@@ -49,15 +55,18 @@ class Replication:
 
     @property
     def passed(self) -> bool:
+        """Whether every check passes."""
         return all(c.passed for c in self.checks)
 
     def to_json(self) -> dict[str, Any]:
+        """The result line's object: name, kind, machine, checks (target, got, pass), figures and pass."""
         return {"name": self.name, "kind": "replication", "machine": _machine(), "quick": self.quick,
                 "seed": self.seed, "loosened": self.loosened, "reported": self.reported, "figures": self.figures,
                 "checks": {c.name: {"target": c.target, "got": c.got, "pass": c.passed} for c in self.checks},
                 "pass": self.passed}
 
     def json_line(self) -> str:
+        """`to_json()` as one line of JSON."""
         return json.dumps(self.to_json())
 
 
@@ -75,32 +84,41 @@ class SeedSweep:
 
     @property
     def seeds(self) -> list[int]:
+        """The seeds, in the order they ran."""
         return list(self.runs)
 
     def check_names(self) -> list[str]:
+        """Every check's name over all seeds, in first-seen order."""
         names: list[str] = []
         for rep in self.runs.values():
             names += [c.name for c in rep.checks if c.name not in names]
         return names
 
     def check(self, seed: int, name: str) -> Check | None:
+        """The check `name` on `seed`, or None when that seed did not measure it."""
         return next((c for c in self.runs[seed].checks if c.name == name), None)
 
     def passed_seeds(self, name: str) -> list[int]:
+        """The seeds on which check `name` passes."""
         return [s for s in self.runs if (c := self.check(s, name)) is not None and c.passed]
 
     def pass_rate(self, name: str) -> float:
+        """The share of seeds on which check `name` passes."""
         return len(self.passed_seeds(name)) / len(self.runs)
 
     @property
     def passed(self) -> bool:
+        """Whether every check passes on every seed."""
         return all(self.pass_rate(n) == 1.0 for n in self.check_names())
 
     def targets(self, name: str) -> str:
+        """Check `name`'s target (targets that differ between seeds are joined with " | ")."""
         found = list(dict.fromkeys(c.target for s in self.runs if (c := self.check(s, name)) is not None))
         return found[0] if len(found) == 1 else " | ".join(found)
 
     def to_json(self) -> dict[str, Any]:
+        """The result line's object: per check the target, the value on each seed, the pass rate and the seeds that
+        passed."""
         first = next(iter(self.runs.values()))
         checks = {}
         for n in self.check_names():
@@ -115,6 +133,7 @@ class SeedSweep:
                 "checks": checks, "pass": self.passed}
 
     def json_line(self) -> str:
+        """`to_json()` as one line of JSON."""
         return json.dumps(self.to_json())
 
 

@@ -8,6 +8,7 @@ Nothing is fetched. Result objects are read by attribute; no analysis is importe
 from __future__ import annotations
 
 import html
+import re
 import uuid
 from collections.abc import Sequence
 from importlib import resources
@@ -87,24 +88,71 @@ def _renderer() -> str:
     return (resources.files("mechscope.viewer") / "static" / "mechscope.js").read_text()
 
 
+def _scoped_css(scope: str) -> str:
+    """The viewer's stylesheet, scoped to `scope`: every rule with each selector prefixed by it and
+    the page variables (`:root`) set on the scope itself, so a notebook output styles only its own
+    elements. Rules for the page's frame (`*`, body, header, nav, main) and @-rules are left out."""
+    css = (resources.files("mechscope.viewer") / "static" / "mechscope.css").read_text()
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    out = []
+    for m in re.finditer(r"([^{}]+)\{([^{}]*)\}", css):
+        selectors = [" ".join(x.split()) for x in m.group(1).split(",")]
+        body = " ".join(m.group(2).split())
+        first = selectors[0].split()[0] if selectors[0] else ""
+        if first == ":root":
+            out.insert(0, f"{scope}{{{body}}}")
+        elif first.startswith("@") or any(x.split()[0] in ("*", "body", "main") or
+                                          x.split()[0].startswith(("header", "nav")) for x in selectors):
+            continue
+        else:
+            out.append(", ".join(f"{scope} {x}" for x in selectors) + "{" + body + "}")
+    return "<style>" + "".join(out) + "</style>"
+
+
+def _js_view(function: str, data: Any, id_prefix: bool = False) -> tuple[str, str]:
+    """A placeholder div and the script that draws `data` into it with the report's `MS.<function>`
+    (the renderer inlined once per output, so an exported notebook shows it too). `id_prefix` passes
+    the div's id as the renderer's `idPrefix` option (element ids stay unique among outputs)."""
+    uid = "ms-" + uuid.uuid4().hex[:12]
+    payload = json_for_script(data, default=str)
+    js = script_text(_renderer())
+    extra = f', {{idPrefix: "{uid}"}}' if id_prefix else ""
+    script = (f'<script>(function(){{if(!window.MS){{{js}}}'
+              f'window.MS.{function}(document.getElementById("{uid}"), {payload}{extra});}})();</script>')
+    return f'<div id="{uid}"></div>', script
+
+
+def training_html(training: dict[str, Any]) -> str:
+    """Training curves as the report draws them (one line chart per logged metric, a log-step switch).
+
+    `training` is what `mechscope.artifacts.training_from_run(run)` returns for a zoo run:
+    {"metrics": {name: [(step, value), ...]}, "run": ..., "checkpoints": [...], "config": {...}}.
+    """
+    div, script = _js_view("training", training)
+    return f'<div class="ms-nb" style="{_FONT}">{_scoped_css(".ms-nb")}{div}{script}</div>'
+
+
+def feature_page_html(page: dict[str, Any]) -> str:
+    """One feature's dashboard as the viewer shows it: explanations with their scores, top and
+    quantile examples with per-token values, the activation histogram, logit effects and
+    co-activating features. `page` is `FeatureStore.page(set_id, feature)`."""
+    div, script = _js_view("featurePage", page)
+    return f'<div class="ms-nb" style="{_FONT}">{_scoped_css(".ms-nb")}{div}{script}</div>'
+
+
 def circuit_html(circuit: Any, scores: Any = None, max_rows: int = 30) -> str:
     """A Circuit as the report's layered graph (inline JS, pruning slider) and a list of edges."""
     from ..artifacts import circuit_from_edges
 
     data = circuit_from_edges(scores=scores, circuit=circuit)
     data = {"name": circuit.name or "circuit", **data, "method": data["method"] or "circuit"}
-    uid = "ms-" + uuid.uuid4().hex[:12]
-    payload = json_for_script(data, default=str)
-    js = script_text(_renderer())
     rows = [(str(e),) for e in list(circuit)[:max_rows]]
     more = "" if len(circuit) <= max_rows else f"<div>… and {len(circuit) - max_rows} more</div>"
     nodes = sorted(str(n) for n in circuit.nodes)
     listing = (f'<details><summary>{len(circuit)} edges, {len(nodes)} components</summary>'
                f'{table(rows, ["edge"])}{more}</details>')
-    return (f'<div style="{_FONT}"><div><b>{html.escape(str(circuit))}</b></div>'
-            f'<div id="{uid}"></div>{listing}'
-            f'<script>(function(){{if(!window.MS){{{js}}}'
-            f'window.MS.circuit(document.getElementById("{uid}"), {payload}, {{idPrefix: "{uid}"}});}})();</script></div>')
+    div, script = _js_view("circuit", data, id_prefix=True)
+    return f'<div style="{_FONT}"><div><b>{html.escape(str(circuit))}</b></div>{div}{listing}{script}</div>'
 
 
 def feature_set_html(features: Any, n_labels: int = 12) -> str:
@@ -117,4 +165,5 @@ def feature_set_html(features: Any, n_labels: int = 12) -> str:
                "labels": labels})
 
 
-__all__ = ["circuit_html", "edge_scores_html", "feature_set_html", "head_roles_html", "heatmap_svg"]
+__all__ = ["circuit_html", "edge_scores_html", "feature_page_html", "feature_set_html", "head_roles_html", "heatmap_svg",
+           "training_html"]

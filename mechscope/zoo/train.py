@@ -70,10 +70,12 @@ class RunSpec:
 
     @property
     def name(self) -> str:
+        """The run's zoo name, `RECIPE[-VARIANT][-seedN]` (no suffix for seed 0)."""
         base = self.recipe.name + (f"-{self.variant}" if self.variant else "")
         return base if self.seed == 0 else f"{base}-seed{self.seed}"
 
     def config(self) -> dict[str, Any]:
+        """The run's config.json: schema, recipe, variant, seed, hyperparameters and the checkpoint steps."""
         return {"schema": SCHEMA, "recipe": self.recipe.name, "variant": self.variant, "seed": self.seed,
                 "hparams": self.hp,
                 "checkpoints": checkpoint_schedule(self.hp["steps"], self.hp.get("checkpoints_log", 40),
@@ -93,19 +95,24 @@ class Run:
     done_path = property(lambda self: self.path / "done.json")
 
     def checkpoint_path(self, step: int) -> Path:
+        """The weights file of the checkpoint after `step` updates."""
         return self.path / "checkpoints" / f"step_{step:07d}.safetensors"
 
     @property
     def done(self) -> bool:
+        """Whether training finished (done.json exists)."""
         return self.done_path.is_file()
 
     def config(self) -> dict[str, Any]:
+        """The run's config.json (see `RunSpec.config`)."""
         return read_json(self.config_path)
 
     def metrics(self) -> list[dict[str, Any]]:
+        """The training log, one dict per logged step (metrics.jsonl)."""
         return read_jsonl(self.metrics_path)
 
     def checkpoint_steps(self) -> list[int]:
+        """The steps of the checkpoints on disk, sorted."""
         found = []
         for p in (self.path / "checkpoints").glob("step_*.safetensors"):
             m = re.fullmatch(r"step_(\d+)\.safetensors", p.name)

@@ -1,0 +1,97 @@
+"""MkDocs hook: the benchmark page's table comes from benchmarks/results/bench.json.
+
+The table is made by `benchmarks/run_all.py`'s `table()`, the function that prints the README's
+table (`python benchmarks/run_all.py --table`), so the site and the README show the same numbers
+with the machine and date they were measured on. A page places it with the marker
+`<!-- bench-table -->`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MARKER = "<!-- bench-table -->"
+
+
+def _run_all():
+    spec = importlib.util.spec_from_file_location("_mechscope_run_all", REPO / "benchmarks" / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """Replace the marker with the table of the committed summary."""
+    if MARKER not in markdown:
+        return markdown
+    run_all = _run_all()
+    summary = json.loads(run_all.DEFAULT_OUT.read_text())
+    return markdown.replace(MARKER, run_all.table(summary))
+
+
+# The API reference: one page per package, generated at build time from the package tree so that a
+# new module appears without editing a page. Each page shows the package's docstring, then every
+# public module (files not starting with "_") with the docstrings of its public members.
+API_PACKAGES = ("core", "models", "zoo", "rasp", "causal", "circuits", "dictionaries", "features", "landscape",
+                "dynamics", "diff", "artifacts", "report", "viewer", "replications", "studies")
+
+
+def api_page(package: str) -> str:
+    """The Markdown of `api/<package>.md`: mkdocstrings directives for the package and its modules."""
+    root = REPO / "mechscope" / package
+    lines = [f"# mechscope.{package}", "", f"::: mechscope.{package}",
+             "    options:", "      members: false", "      show_root_heading: false", ""]
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if path.name == "__init__.py" or any(part.startswith("_") for part in rel.parts):
+            continue
+        dotted = ".".join((package, *rel.with_suffix("").parts))
+        lines += [f"::: mechscope.{dotted}", ""]
+    return "\n".join(lines)
+
+
+def on_files(files, config):
+    """Add the generated API pages (api/<package>.md) to the site's files."""
+    from mkdocs.structure.files import File
+
+    for package in API_PACKAGES:
+        files.append(File.generated(config, f"api/{package}.md", content=api_page(package)))
+    return files
+
+
+# Nothing may be fetched from the network when the site is read. The notebook pages carry a loader
+# for Mermaid diagrams from a public CDN (it would run only for pages with diagrams; the tutorials
+# have none): it is removed, and after the build every page is checked for anything loaded from
+# elsewhere, which fails the build.
+_MERMAID = re.compile(r'<script type="module">\s*document\.addEventListener\("DOMContentLoaded", async \(\) => \{\s*'
+                      r'const diagrams = document\.querySelectorAll\("\.jp-Mermaid.*?</script>', re.S)
+_REMOTE = re.compile(r"""(?:<script[^>]*\ssrc|<link[^>]*\shref|<img[^>]*\ssrc|<iframe[^>]*\ssrc)\s*=\s*["']?(?:https?:)?//"""
+                     r"""|@import\s+(?:url\()?["']?(?:https?:)?//|import\(\s*["'](?:https?:)?//""", re.I)
+
+
+def on_post_page(output: str, page, config) -> str:
+    """Drop the notebook template's CDN loader for Mermaid."""
+    return _MERMAID.sub("", output)
+
+
+def remote_loads(site_dir: Path) -> list[str]:
+    """Every page or stylesheet of the built site that would load something from another host."""
+    bad = []
+    for path in sorted(site_dir.rglob("*")):
+        if path.suffix in (".html", ".css") and path.is_file():
+            for m in _REMOTE.finditer(path.read_text(errors="replace")):
+                bad.append(f"{path.relative_to(site_dir)}: {m.group(0)[:120]}")
+    return bad
+
+
+def on_post_build(config) -> None:
+    """Fail the build when a page would fetch anything from the network."""
+    from mkdocs.exceptions import PluginError
+
+    bad = remote_loads(Path(config["site_dir"]))
+    if bad:
+        raise PluginError("the site would load from the network:\n  " + "\n  ".join(bad[:20]))
