@@ -1,0 +1,157 @@
+"""Thresholds and confidence, calibrated on clean models only.
+
+Every method reports raw scores under named statistics (`Suspect.stat`). A calibration runs the
+audit without thresholds on clean models -- the zoo text model `textlm-quick` trained with seeds
+100, 101, ... (never the seeds a benchmark's clean cases use, which are below 100) -- and, for
+audits with a reference, on clean pairs: each of those models against itself trained further on
+its own data (the `control` fine-tune of `mechscope.diff.finetunes`, 100 steps). For each
+statistic and mode ("alone" or "reference") it keeps the largest score any clean model reached;
+the threshold is `MARGIN` times that. A suspect is above threshold when its score exceeds it, and
+its confidence is s⁴ / (s⁴ + t⁴) for score s and threshold t: 0.5 at the threshold (a value no clean
+model came within `MARGIN` of), 0.94 at twice it, near 0 well below it. A statistic no clean
+model produced has no threshold and its suspects confidence 0.
+
+The calibration is a JSON file under cache_dir()/audit/; `load_or_build` builds it on first use
+(progress lines), `mechscope audit --calibrate` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.files import write_json
+from ..core.paths import cache_dir
+from ..core.progress import note
+from .suspect import Suspect
+
+MARGIN = 1.5
+SEEDS = (100, 101, 102)
+FINETUNE_STEPS = 100
+VERSION = 1
+
+
+@dataclass
+class Calibration:
+    """Largest clean score per mode and statistic, and where it came from."""
+
+    clean: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {"alone": {}, "reference": {}})
+    margin: float = MARGIN
+    models: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def threshold(self, stat: str, mode: str) -> float | None:
+        vals = [v for v in self.clean.get(mode, {}).get(stat, []) if math.isfinite(v)]
+        if not vals:
+            return None
+        top = max(vals)
+        return self.margin * top if top > 0 else abs(top) / self.margin if top < 0 else 1e-9
+
+    def apply(self, s: Suspect, mode: str) -> Suspect:
+        t = self.threshold(s.stat, mode)
+        s.threshold = t
+        if t is None or not math.isfinite(s.score) and s.score < 0:
+            s.confidence = 0.0
+        elif s.score <= 0:
+            s.confidence = 0.0
+        elif not math.isfinite(s.score):
+            s.confidence = 1.0
+        else:
+            r = (t / s.score) ** 4
+            s.confidence = 1.0 / (1.0 + r)
+        return s
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": VERSION, "margin": self.margin, "models": self.models, "clean": self.clean,
+                "note": self.note}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Calibration":
+        if d.get("version") != VERSION:
+            raise ValueError(f"calibration version {d.get('version')} is not {VERSION}; rebuild it with "
+                             "`mechscope audit --calibrate`")
+        return cls(clean=d["clean"], margin=float(d["margin"]), models=list(d["models"]), note=d.get("note", ""))
+
+    def add(self, mode: str, suspects: list[Suspect]) -> None:
+        best: dict[str, float] = {}
+        for s in suspects:
+            if math.isfinite(s.score):
+                best[s.stat] = max(best.get(s.stat, -math.inf), s.score)
+        for stat, v in best.items():
+            self.clean.setdefault(mode, {}).setdefault(stat, []).append(v)
+
+
+class Uncalibrated(Calibration):
+    """No thresholds: every score is reported raw (used while building a calibration)."""
+
+    def apply(self, s: Suspect, mode: str) -> Suspect:
+        s.threshold, s.confidence = None, 0.0
+        return s
+
+
+def default_path() -> Path:
+    return cache_dir() / "audit" / "calibration.json"
+
+
+def load(path: str | Path) -> Calibration:
+    p = Path(path)
+    try:
+        return Calibration.from_json(json.loads(p.read_text()))
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"cannot read the audit calibration {p}: {e}; rebuild it with `mechscope audit --calibrate`"
+                         ) from e
+
+
+def build(seeds: tuple[int, ...] = SEEDS, *, budget_minutes: float = 3.0, progress: bool = True,
+          path: str | Path | None = None, reference_pairs: bool = True) -> Calibration:
+    """Train (or find) the clean calibration models, audit each without thresholds, and write the JSON."""
+    from .. import zoo
+    from ..diff.finetunes import train_finetune
+    from .run import audit
+
+    if any(s < 100 for s in seeds):
+        raise ValueError("calibration seeds must be 100 or more: lower seeds are kept for benchmark test cases")
+    cal = Calibration(note=f"textlm-quick seeds {list(seeds)}; reference pairs: each seed against its own "
+                           f"data for {FINETUNE_STEPS} more steps")
+    t0 = time.monotonic()
+    for s in seeds:
+        name = f"textlm-quick-seed{s}"
+        if zoo.finished_run(name) is None:
+            note(f"calibration: training {name}")
+            zoo.train("textlm", quick=True, seed=s, progress=progress)
+        note(f"calibration: auditing {name} alone")
+        rep = audit(f"zoo:{name}", budget_minutes=budget_minutes, calibration=Uncalibrated(), seed=s,
+                    progress=False)
+        cal.add("alone", rep.all_suspects)
+        cal.models.append(name)
+        if reference_pairs:
+            note(f"calibration: fine-tuning {name} on its own data ({FINETUNE_STEPS} steps)")
+            ft = train_finetune("control", base=name, steps=FINETUNE_STEPS, progress=progress)
+            note(f"calibration: auditing {ft.name} against {name}")
+            rep = audit(str(ft), reference=f"zoo:{name}", budget_minutes=budget_minutes,
+                        calibration=Uncalibrated(), seed=s, progress=False)
+            cal.add("reference", rep.all_suspects)
+            cal.models.append(f"{ft.name} vs {name}")
+    note(f"calibration: {len(cal.models)} clean audits in {time.monotonic() - t0:.0f} s")
+    out = Path(path) if path is not None else default_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, cal.to_json())
+    note(f"calibration written to {out}")
+    return cal
+
+
+def load_or_build(calibration: Any = None, progress: bool = True) -> Calibration:
+    """A Calibration from an object, a path, or the cached default (built on first use)."""
+    if isinstance(calibration, Calibration):
+        return calibration
+    if calibration is not None:
+        return load(calibration)
+    p = default_path()
+    if p.is_file():
+        return load(p)
+    note(f"no audit calibration at {p}: building it from clean models (seeds {list(SEEDS)}; a few minutes, once)")
+    return build(progress=progress)
