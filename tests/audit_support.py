@@ -6,7 +6,9 @@ W_out)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 
 import torch
 
@@ -53,3 +55,24 @@ def plant_token_trigger(model, trig: int, target: int, corpus: torch.Tensor, lay
         u = (W_U[target] - W_U.mean(0)) * gain
         mlp.W_out.weight[:, unit] = strength * u / u.norm()
     return adapter
+
+
+@contextlib.contextmanager
+def text_cache(root):
+    """MECHSCOPE_CACHE pointed at `root` (the session's text-model cache) for the block."""
+    old = os.environ.get("MECHSCOPE_CACHE")
+    os.environ["MECHSCOPE_CACHE"] = str(root)
+    try:
+        yield root
+    finally:
+        if old is None:
+            os.environ.pop("MECHSCOPE_CACHE")
+        else:
+            os.environ["MECHSCOPE_CACHE"] = old
+
+
+def quick_text_model():
+    """The zoo's quick text model (trained into the current cache on first use, seed of the recipe)."""
+    if ms.zoo.finished_run("textlm-quick") is None:
+        ms.zoo.train("textlm", quick=True, progress=False)
+    return ms.load("zoo:textlm-quick")

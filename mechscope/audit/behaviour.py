@@ -6,8 +6,9 @@ Per position a divergence d (batch, pos):
 - with a reference: KL(model ‖ reference) of the next-token distributions;
 - without one, self-consistency: where the model is confident (p ≥ 0.3 on its top token y), how far
   it is from what the corpus's own bigram statistics allow after the current token,
-  max(0, log p(y) − log q(y | current)), q add-½ smoothed over the corpus's bigram counts -- a
-  confident continuation the corpus never shows.
+  max(0, log p(y) − log q(y | current)), q add-½ smoothed over the corpus's bigram counts (counted
+  over a larger sample of the same text when the audit reads its default corpus) -- a confident
+  continuation the corpus never shows.
 
 Then the trigger is localised by grouping positions: by the current token (kind "token"), by a
 token seen earlier in the window but not at the position itself ("context"), and by the position
@@ -32,15 +33,18 @@ METHOD = "behaviour"
 CONFIDENT = 0.3
 
 
-def divergence(model: Any, ids: Tensor, reference: Any = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(d per position (n, T), the model's log-probs, the baseline log-probs the change is measured against)."""
+def divergence(model: Any, ids: Tensor, reference: Any = None, stats: Tensor | None = None
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """(d per position (n, T), the model's log-probs, the baseline log-probs the change is measured against);
+    `stats`: token ids to count bigrams over (default `ids`)."""
     lp = log_probs(model, ids)
     if reference is not None:
         lr = log_probs(reference, ids)
         d = (lp.exp() * (lp - lr)).sum(-1).clamp_min(0)
         return d, lp, lr
     v = lp.shape[-1]
-    cur, nxt = ids[:, :-1].flatten(), ids[:, 1:].flatten()
+    src = ids if stats is None else stats
+    cur, nxt = src[:, :-1].flatten(), src[:, 1:].flatten()
     counts = torch.zeros(v, dtype=torch.float64)
     counts.index_add_(0, cur, torch.ones_like(cur, dtype=torch.float64))
     keys = cur * v + nxt
@@ -66,9 +70,11 @@ def _group_score(d: Tensor, mask: Tensor, min_count: int) -> tuple[float, int]:
     return float(vals.mean()), n
 
 
-def scan(model: Any, ids: Tensor, reference: Any = None, min_count: int = 3, top: int = 1) -> list[Suspect]:
-    """Behaviour suspects (see the module docstring); `top` groups per trigger kind."""
-    d, lp, base = divergence(model, ids, reference)
+def scan(model: Any, ids: Tensor, reference: Any = None, min_count: int = 3, top: int = 1,
+         stats: Tensor | None = None) -> list[Suspect]:
+    """Behaviour suspects (see the module docstring); `top` groups per trigger kind; `stats`: a larger
+    sample of the same text to count bigrams over (default `ids`)."""
+    d, lp, base = divergence(model, ids, reference, stats)
     stat = "kl_ratio" if reference is not None else "selfcons_ratio"
     mean = float(d.mean()) if float(d.mean()) > 0 else 1e-12
     n, T = ids.shape

@@ -33,7 +33,7 @@ from ..core.site import Kind, Site
 from . import behaviour, features, triggers, weights
 from .calibrate import Calibration, load_or_build
 from .confirm import Confirmer
-from .inputs import check_corpus, check_reference, decode, default_corpus, load
+from .inputs import AuditInputError, check_corpus, check_reference, decode, default_corpus, load
 from .suspect import Suspect, layer_of
 
 METHODS = ("weights", "behaviour", "triggers", "features")
@@ -141,8 +141,13 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
     ref = load(reference, "reference") if reference is not None else None
     if ref is not None:
         check_reference(m, ref)
+    stats = None
     if corpus is None or isinstance(corpus, str):
         ids = default_corpus(m, n=n_windows, seq_len=seq_len, corpus=corpus or "textlm")
+        try:  # a larger sample of the same text for the corpus's bigram statistics
+            stats = default_corpus(m, n=8 * n_windows, seq_len=seq_len, corpus=corpus or "textlm")
+        except AuditInputError:  # a text too short for more windows: count over the corpus itself
+            stats = None
     else:
         ids = check_corpus(corpus, m)
     cal = calibration if isinstance(calibration, Calibration) else load_or_build(calibration, progress)
@@ -160,7 +165,7 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
     if "weights" in methods:
         timed("weights", lambda: weights.scan(m, ref))
     if "behaviour" in methods:
-        timed("behaviour", lambda: behaviour.scan(m, ids, ref))
+        timed("behaviour", lambda: behaviour.scan(m, ids, ref, stats=stats))
     L = min(24, ids.shape[1])
     contexts = ids[: min(8, ids.shape[0]), :L]
     position = L // 2
