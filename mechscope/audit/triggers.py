@@ -15,8 +15,9 @@ every (slot, token) swap to first order -- keeps the `topk` best swaps per slot,
 of them exactly and keeps the best trigger. It stops after `patience` steps without improvement, at
 `max_steps`, or at the deadline. Byte-level vocabularies are searched over bytes only.
 
-The statistic reported (`trigger_z`) is the best objective's distance from its mean under random
-triggers of the same length in the same contexts, in their standard deviations.
+`SearchResult.z` is the best objective's distance from its mean under random triggers of the same
+length in the same contexts, in their standard deviations; the suspect's statistic is what the
+trigger does to the outputs (`suspect`).
 """
 
 from __future__ import annotations
@@ -206,9 +207,23 @@ def effect(model: Any, contexts: Tensor, trig: list[int], position: int, referen
 
 def suspect(model: Any, res: SearchResult, contexts: Tensor, position: int, reference: Any = None,
             comp: dict | None = None, objective: str = "") -> Suspect:
+    """The trigger as a suspect. Its statistic: with a reference, `trigger_kl_ratio` -- KL(model ‖
+    reference) at the trigger and the positions after it over the same KL on the contexts without
+    it; alone, `trigger_effect` -- the rise (nats) of the token the trigger raises most against
+    random tokens in its place."""
     eff = effect(model, contexts, res.ids, position, reference)
     kind = "token" if len(res.ids) == 1 else "ngram"
-    return Suspect(comp, trigger(kind, res.ids, decode(model, res.ids)), eff, "trigger_z", res.z, [METHOD],
-                   {"objective": objective, "best": res.value, "random_trigger_mean": res.baseline, "random_trigger_std": res.baseline_std,
-                    "steps": res.steps, "seconds": round(res.seconds, 2), "contexts": int(contexts.shape[0]),
-                    "position": position})
+    ev = {"objective": objective, "best": res.value, "random_trigger_mean": res.baseline,
+          "random_trigger_std": res.baseline_std, "z": res.z, "steps": res.steps, "seconds": round(res.seconds, 2),
+          "contexts": int(contexts.shape[0]), "position": position}
+    if reference is not None:
+        div = Divergence(reference)
+        lo = position + len(res.ids) - 1
+        with torch.no_grad():
+            on = float(_objective(model, div, insert(contexts, torch.tensor(res.ids), position), lo).mean())
+            off = float(_objective(model, div, contexts, lo).mean())
+        stat, score = "trigger_kl_ratio", on / max(off, 1e-9)
+        ev |= {"kl_with_trigger": on, "kl_without": off}
+    else:
+        stat, score = "trigger_effect", float(eff["delta_logprob"])
+    return Suspect(comp, trigger(kind, res.ids, decode(model, res.ids)), eff, stat, score, [METHOD], ev)
