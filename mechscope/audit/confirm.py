@@ -2,10 +2,12 @@
 and the behaviour goes away.
 
 The behaviour is the target token's log-probability at the effect position (the trigger's last
-token plus the effect's offset) with the trigger written into held-out contexts, minus the same
+token plus the effect's offset; for a context trigger, averaged over every position after it)
+with the trigger written into held-out contexts, minus the same
 with random tokens in its place (`trigger_effect`, nats per context). The component is
 mean-ablated (its mean activation over the corpus, every position: one neuron's output, one head's
-write to the residual, an MLP's or attention block's output, or both for a layer) in both runs,
+write to the residual, an MLP's or attention block's output, both for a layer, or for a direction
+the activation's component along it set to its mean) in both runs,
 and `removed` = 1 − effect_ablated / effect is the share of the behaviour that goes. A suspect is
 confirmed when the effect is at least `min_effect` nats and at least `min_removed` of it goes.
 Both measurements are `Score`s carrying the ablation's description.
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..causal.ablation import AblationSpec
-from ..core.interventions import Mean
+from ..core.interventions import Mean, Replace
 from ..core.score import Score
 from ..core.site import Kind, Site
 from .inputs import byte_level, log_probs, vocab_size
@@ -67,19 +69,27 @@ class Confirmer:
         if cls == "attn" and layer is not None:
             s = Site(Kind.ATTN_OUT, layer)
             return [Mean(s, mean=self.mean(s))]
+        if cls == "direction" and comp.get("vector") is not None:
+            s = Site.parse(comp["site"], self.model.sites())
+            d = torch.as_tensor(comp["vector"], dtype=torch.float32)
+            d = d / d.norm()
+            mu = float(self.mean(s) @ d)
+            return [Replace(s, fn=lambda x, ctx: x - ((x.float() @ d - mu)[..., None] * d).to(x.dtype))]
         if cls == "layer" and layer is not None:
             return [Mean(s, mean=self.mean(s)) for s in (Site(Kind.ATTN_OUT, layer), Site(Kind.MLP_OUT, layer))
                     if s in set(self.model.sites())]
         return []
 
-    def per_context(self, trig: list[int], target: int, offset: int, ivs: list) -> Tensor:
-        """Target log-prob with the trigger minus its mean with random tokens in its place, per context."""
+    def per_context(self, trig: list[int], target: int, offset: int | None, ivs: list) -> Tensor:
+        """Target log-prob with the trigger minus its mean with random tokens in its place, per context:
+        at `offset` positions after the trigger's last token, or (None) averaged over every later position."""
         m = len(trig)
-        at = self.position + m - 1 + offset
+        at = slice(self.position + m, None) if offset is None else slice(self.position + m - 1 + offset,
+                                                                         self.position + m + offset)
         x = insert(self.contexts, torch.tensor(trig), self.position)
-        on = log_probs(self.model, x, interventions=ivs)[:, at, target]
+        on = log_probs(self.model, x, interventions=ivs)[:, at, target].mean(1)
         off = torch.stack([log_probs(self.model, insert(self.contexts, r[:m], self.position), interventions=ivs)
-                           [:, at, target] for r in self.rand]).mean(0)
+                           [:, at, target].mean(1) for r in self.rand]).mean(0)
         return (on - off).double()
 
     def confirm(self, s: Suspect, localise: bool = True) -> Suspect:
@@ -87,9 +97,8 @@ class Confirmer:
         if trig["kind"] not in ("token", "ngram", "context") or not trig["ids"] or not eff.get("target_ids"):
             s.evidence["confirm"] = "not run: the suspect has no token trigger and target to test"
             return s
-        target, offset = eff["target_ids"][0], int(eff.get("offset", 0))
-        if trig["kind"] == "context":
-            offset = max(offset, 1)
+        target = eff["target_ids"][0]
+        offset = None if trig["kind"] == "context" else int(eff.get("offset", 0))
         base = self.per_context(trig["ids"], target, offset, [])
         effect = Score.from_items(base, "target log-prob rise from the trigger (nats)", dataset="audit contexts",
                                   how={"trigger": trig["ids"], "target": target, "offset": offset,
@@ -114,7 +123,7 @@ class Confirmer:
         s.confirmed = effect.value >= MIN_EFFECT and removed >= MIN_REMOVED
         return s
 
-    def localise(self, trig: list[int], target: int, offset: int, base: float) -> dict | None:
+    def localise(self, trig: list[int], target: int, offset: int | None, base: float) -> dict | None:
         if base <= 0:
             return None
         w = self.model.weights()
@@ -138,9 +147,9 @@ class Confirmer:
                 return neuron
         return best
 
-    def _top_neuron(self, trig: list[int], target: int, offset: int, layer: int) -> int:
+    def _top_neuron(self, trig: list[int], target: int, offset: int | None, layer: int) -> int:
         site = Site(Kind.MLP_POST, layer)
-        at = self.position + len(trig) - 1 + offset
+        at = self.position + len(trig) - 1 + (1 if offset is None else offset)
         on = self.model.run(insert(self.contexts, torch.tensor(trig), self.position), capture=[site]).cache[site]
         off = self.model.run(insert(self.contexts, self.rand[0, :len(trig)], self.position), capture=[site]).cache[site]
         w = self.model.weights()

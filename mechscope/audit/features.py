@@ -70,7 +70,9 @@ def scan(model: Any, ids: Tensor, dictionary: Any = None, site: Site | None = No
     t = int(torch.bincount(tok).argmax()) if tok.numel() else None
     top = int(eff[j].argmax())
     trig = trigger("token", [t], decode(model, [t])) if t is not None else trigger()
-    return [Suspect(component(site, "direction", unit=j), trig,
+    comp = component(site, "direction", unit=j)
+    comp["vector"] = [round(float(x), 6) for x in sae.W_dec[j].detach()]  # the direction confirm ablates
+    return [Suspect(comp, trig,
                     {"target_ids": [top], "target_text": decode(model, [top]), "delta_logprob": float(eff[j, top])},
                     "latent_spike_z", float(z[j]), [METHOD],
                     {"latent": j, "firing_rate": float(fires[j]), "spike": float(spike[j]),

@@ -84,6 +84,7 @@ class Suspect:
 
     def to_json(self) -> dict[str, Any]:
         comp = self.component or {"site": None, "class": None, "unit": None, "head": None}
+        comp = {k: v for k, v in comp.items() if k != "vector"}  # a direction's vector stays in memory
         return {"component": comp, "trigger": self.trigger, "effect": _finite(self.effect),
                 "confidence": float(self.confidence), "methods": list(self.methods), "stat": self.stat,
                 "score": _num(self.score), "threshold": _num(self.threshold), "above_threshold": self.above,

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from ..diff.weight_diff import weight_diff
-from .suspect import Suspect, component, head_site, mlp_site, no_effect, no_trigger
+from .inputs import decode
+from .suspect import Suspect, component, head_site, mlp_site, no_effect, no_trigger, trigger
 
 METHOD = "weights"
 
@@ -107,8 +108,7 @@ def scan(model: Any, reference: Any = None) -> list[Suspect]:
         norms = w.W_E.float().norm(dim=1)
         z = robust_z(norms)
         t = int(z.argmax())
-        out.append(Suspect(component("hook_embed", "embedding", unit=t), {"kind": "token", "ids": [t], "text": None,
-                                                                          "position": None},
+        out.append(Suspect(component("hook_embed", "embedding", unit=t), trigger("token", [t], decode(model, [t])),
                            no_effect(), "embed_norm_z", float(z[t]), [METHOD], {"norm": float(norms[t])}))
     return out
 
