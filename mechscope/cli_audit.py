@@ -41,7 +41,10 @@ def audit(model: Annotated[str, typer.Argument(help="the network: zoo:NAME, a zo
 
     torch.set_num_threads(threads)
     if calibrate:
-        build()
+        from .audit.calibrate import BASES, base_for
+        from .audit.inputs import load
+
+        build(base=base_for(load(model)) or BASES[0])
     rep = run_audit(model, reference=reference, corpus=corpus, budget_minutes=budget, calibration=calibration,
                     seed=seed, n_windows=windows, seq_len=seq_len)
     if out is not None:
@@ -51,6 +54,8 @@ def audit(model: Annotated[str, typer.Argument(help="the network: zoo:NAME, a zo
         print(json.dumps(rep.to_json(), default=str))
         return
     echo(f"audit {model}" + (f" against {reference}" if reference else "") + f": {rep.verdict}")
+    if rep.calibration.get("warning"):
+        echo(f"warning: {rep.calibration['warning']}")
     for i, s in enumerate(rep.suspects, 1):
         echo(f"{i:3d}. confidence {s.confidence:.2f}  {describe(s)}  ({', '.join(s.methods)}; "
              f"{s.stat} {s.score:.3g} vs threshold {s.threshold:.3g}; confirmed {s.confirmed})")

@@ -37,6 +37,7 @@ def render(rep: Any) -> str:
              kv({"reference": rep.reference or "none (self-consistency only)",
                  "corpus": f"{rep.corpus.get('windows')} windows of {rep.corpus.get('tokens_per_window')} tokens",
                  "calibration": rep.calibration.get("note") or "none",
+                 **({"calibration warning": rep.calibration["warning"]} if rep.calibration.get("warning") else {}),
                  "calibration margin": rep.calibration.get("margin"),
                  **{f"seconds: {k}": round(v, 2) for k, v in rep.timings.items()},
                  **{f"skipped: {k}": v for k, v in rep.skipped.items()}}, caption="the audit")]

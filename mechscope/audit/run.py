@@ -150,7 +150,7 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
             stats = None
     else:
         ids = check_corpus(corpus, m)
-    cal = calibration if isinstance(calibration, Calibration) else load_or_build(calibration, progress)
+    cal = calibration if isinstance(calibration, Calibration) else load_or_build(calibration, m, progress)
     mode = "reference" if ref is not None else "alone"
     timings["load"] = time.monotonic() - t
     found: dict[str, list[Suspect]] = {}
@@ -220,7 +220,8 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
                        skipped=skipped,
                        corpus={"windows": int(ids.shape[0]), "tokens_per_window": int(ids.shape[1]),
                                "example": decode(m, ids[0, :32])},
-                       calibration={"models": cal.models, "margin": cal.margin, "note": cal.note, "mode": mode})
+                       calibration={"base": cal.base, "models": cal.models, "margin": cal.margin, "note": cal.note,
+                                    "mode": mode, "warning": cal.warning})
 
 
 def _raw_types() -> tuple[type, ...]:
