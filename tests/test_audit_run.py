@@ -108,3 +108,16 @@ def test_planted_trigger_is_reported_with_component_and_trigger(calibrated, tmp_
     out = write(rep, tmp_path / "audit")
     page = (out / "audit.html").read_text()
     assert "Verdict: suspect" in page and "blocks.1.mlp.hook_post unit 17" in page
+
+
+def test_budget_is_honoured_and_skips_are_stated():
+    model = _tiny(vocab=64)
+    g = torch.Generator().manual_seed(0)
+    corpus = torch.randint(0, 64, (16, 16), generator=g)
+    rep = audit(model, corpus=corpus, calibration=Calibration(), budget_minutes=0.0, progress=False)
+    assert "features" in rep.skipped and "budget" in rep.skipped["features"]
+    assert rep.methods["triggers"] == [] and "budget" in rep.skipped["triggers"]
+    full = audit(model, corpus=corpus, calibration=Calibration(), budget_minutes=5.0, progress=False)
+    assert "features" in full.methods and not full.skipped
+    assert full.methods["triggers"] and all(s.evidence["steps"] >= 1 for s in full.methods["triggers"])
+    assert rep.verdict == full.verdict == "nothing found"  # an empty calibration sets no thresholds

@@ -176,7 +176,10 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
                            key=lambda s: -_strength(s))
             seen = set()
             for s in cands:
-                if len(seen) >= n_trigger_searches or time.monotonic() > deadline:
+                if len(seen) >= n_trigger_searches:
+                    break
+                if time.monotonic() > deadline:
+                    skipped["triggers"] = f"the time budget was spent after {len(seen)} searches"
                     break
                 if _key(s) in seen:
                     continue
@@ -186,7 +189,9 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
                 sus = triggers.suspect(m, res, contexts, position, ref, dict(s.component), what)
                 sus.evidence["searched_for"] = f"{s.stat} suspect"
                 out.append(sus)
-            if ref is not None and time.monotonic() < deadline:
+            if ref is not None and time.monotonic() > deadline:
+                skipped["triggers"] = "the time budget was spent before the search against the reference"
+            elif ref is not None:
                 res = triggers.search(m, triggers.Divergence(ref), contexts, position=position, deadline=deadline,
                                       seed=seed)
                 out.append(triggers.suspect(m, res, contexts, position, ref, None, "KL(model ‖ reference)"))

@@ -154,10 +154,11 @@ def search(model: Any, objective: Any, contexts: Tensor, *, length: int = 1, pos
     baseline, baseline_std = float(base_vals.mean()), float(base_vals.std())
     trig = rand[0].clone()
     best = float(evaluate(model, objective, contexts, trig[None], position)[0])
-    history, still, step = [best], 0, 0
-    for step in range(1, max_steps + 1):
+    history, still, steps = [best], 0, 0
+    for _ in range(max_steps):
         if deadline is not None and time.monotonic() > deadline:
             break
+        steps += 1
         grad = token_gradient(model, objective, contexts, trig, position)[:, :v]  # (m, v)
         top = grad.topk(min(topk, v), dim=-1).indices  # (m, topk)
         slots = torch.randint(0, length, (batch,), generator=g)
@@ -178,7 +179,7 @@ def search(model: Any, objective: Any, contexts: Tensor, *, length: int = 1, pos
         history.append(best)
         if still >= patience:
             break
-    return SearchResult([int(t) for t in trig], best, baseline, baseline_std, step, time.monotonic() - t0, history)
+    return SearchResult([int(t) for t in trig], best, baseline, baseline_std, steps, time.monotonic() - t0, history)
 
 
 def effect(model: Any, contexts: Tensor, trig: list[int], position: int, reference: Any = None,
