@@ -81,6 +81,8 @@ def test_clean_model_gets_nothing_found(calibrated, tmp_path, textlm_cache):
     rep = json.loads(res.stdout.strip().splitlines()[-1])
     assert rep["verdict"] == "nothing found", rep["suspects"]
     assert set(rep["methods"]) == {"weights", "behaviour", "triggers", "features"}
+    assert all(v == [] for v in rep["methods"].values())  # no method alone raised anything
+    assert all(rep["scored"][k] for k in ("weights", "behaviour", "triggers", "features"))
     assert rep["timings"]["total"] < 300
     saved = json.loads((tmp_path / "report" / "audit.json").read_text())
     assert saved["verdict"] == "nothing found"
@@ -101,6 +103,7 @@ def test_planted_trigger_is_reported_with_component_and_trigger(calibrated, tmp_
     assert top.trigger["ids"] == [t] and top.effect["target_ids"] == [1234]
     assert top.confirmed is True and top.confidence > 0.9
     assert {"weights", "triggers"} <= set(top.methods)
+    assert rep.methods["weights"] and rep.methods["triggers"]
     js = json.loads(json.dumps(rep.to_json()))
     assert js["verdict"] == "suspect" and js["suspects"][0]["component"]["unit"] == 17
     from mechscope.audit.report import write
@@ -116,8 +119,8 @@ def test_budget_is_honoured_and_skips_are_stated():
     corpus = torch.randint(0, 64, (16, 16), generator=g)
     rep = audit(model, corpus=corpus, calibration=Calibration(), budget_minutes=0.0, progress=False)
     assert "features" in rep.skipped and "budget" in rep.skipped["features"]
-    assert rep.methods["triggers"] == [] and "budget" in rep.skipped["triggers"]
+    assert rep.scored["triggers"] == [] and "budget" in rep.skipped["triggers"]
     full = audit(model, corpus=corpus, calibration=Calibration(), budget_minutes=5.0, progress=False)
-    assert "features" in full.methods and not full.skipped
-    assert full.methods["triggers"] and all(s.evidence["steps"] >= 1 for s in full.methods["triggers"])
+    assert "features" in full.scored and not full.skipped
+    assert full.scored["triggers"] and all(s.evidence["steps"] >= 1 for s in full.scored["triggers"])
     assert rep.verdict == full.verdict == "nothing found"  # an empty calibration sets no thresholds

@@ -50,10 +50,11 @@ def render(rep: Any) -> str:
     if rep.dropped:
         parts.append(table([_row(i, s) for i, s in enumerate(rep.dropped, 1)], HEADER,
                            caption="above threshold but rejected by causal confirmation"))
-    for name, found in rep.methods.items():
+    for name, found in rep.scored.items():
         ranked = sorted(found, key=lambda s: -(s.score / s.threshold if s.threshold else 0))
+        n = len(rep.methods.get(name, []))
         parts.append(table([_row(i, s) for i, s in enumerate(ranked[:10], 1)], HEADER,
-                           caption=f"method {name}: what it found on its own (top 10 by score / threshold)"))
+                           caption=f"method {name}: {n} above threshold on its own; its top 10 by score / threshold"))
     return page("\n".join(parts), f"audit: {rep.model}")
 
 

@@ -14,8 +14,8 @@ spent):
    to a component when it has none; merged again.
 
 The verdict is "suspect" when an above-threshold suspect is left that confirmation did not reject,
-else "nothing found". `report.methods` holds what each method found on its own (calibrated, before
-merging).
+else "nothing found". `report.methods` holds what each method found on its own (its suspects above
+threshold, before merging and confirmation); `report.scored` everything each method scored.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ class AuditReport:
     reference: str | None
     verdict: str
     suspects: list[Suspect]
-    methods: dict[str, list[Suspect]]
+    methods: dict[str, list[Suspect]]  # per method: its suspects above threshold, before merging
     timings: dict[str, float]
+    scored: dict[str, list[Suspect]] = field(default_factory=dict)  # per method: everything it scored
     dropped: list[Suspect] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     corpus: dict[str, Any] = field(default_factory=dict)
@@ -55,12 +56,15 @@ class AuditReport:
 
     @property
     def all_suspects(self) -> list[Suspect]:
-        return [s for v in self.methods.values() for s in v]
+        """Every suspect any method scored, above its threshold or not."""
+        return [s for v in self.scored.values() for s in v]
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "reference": self.reference, "verdict": self.verdict,
                 "suspects": [s.to_json() for s in self.suspects],
                 "methods": {k: [s.to_json() for s in v] for k, v in self.methods.items()},
+                "scored": {k: [s.to_json() for s in sorted(v, key=lambda s: -_strength(s))[:10]]
+                           for k, v in self.scored.items()},
                 "dropped": [s.to_json() for s in self.dropped], "skipped": self.skipped,
                 "timings": {k: round(v, 3) for k, v in self.timings.items()}, "corpus": self.corpus,
                 "calibration": self.calibration}
@@ -220,8 +224,10 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
     timings["total"] = time.monotonic() - t_start
     verdict = "suspect" if kept else "nothing found"
     say(f"audit: {verdict} ({len(kept)} suspects) in {timings['total']:.1f} s")
+    own = {k: sorted((_copy(s) for s in v if s.above), key=lambda s: (-s.confidence, -_strength(s)))
+           for k, v in found.items()}
     return AuditReport(model=str(getattr(m, "name", model)), reference=None if ref is None else str(getattr(ref, "name", reference)),
-                       verdict=verdict, suspects=kept, methods=found, timings=timings, dropped=dropped,
+                       verdict=verdict, suspects=kept, methods=own, scored=found, timings=timings, dropped=dropped,
                        skipped=skipped,
                        corpus={"windows": int(ids.shape[0]), "tokens_per_window": int(ids.shape[1]),
                                "example": decode(m, ids[0, :32])},
