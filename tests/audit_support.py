@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 
+import pytest
 import torch
 
 import mechscope as ms
@@ -60,15 +60,9 @@ def plant_token_trigger(model, trig: int, target: int, corpus: torch.Tensor, lay
 @contextlib.contextmanager
 def text_cache(root):
     """MECHSCOPE_CACHE pointed at `root` (the session's text-model cache) for the block."""
-    old = os.environ.get("MECHSCOPE_CACHE")
-    os.environ["MECHSCOPE_CACHE"] = str(root)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MECHSCOPE_CACHE", str(root))
         yield root
-    finally:
-        if old is None:
-            os.environ.pop("MECHSCOPE_CACHE")
-        else:
-            os.environ["MECHSCOPE_CACHE"] = old
 
 
 def quick_text_model():

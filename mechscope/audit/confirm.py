@@ -57,18 +57,12 @@ class Confirmer:
         if comp is None:
             return []
         cls, layer = comp["class"], layer_of(comp)
-        if cls == "neuron" and layer is not None:
-            s = Site(Kind.MLP_POST, layer)
-            return [Mean(s, mean=self.mean(s), units=[comp["unit"]])]
-        if cls == "mlp" and layer is not None:
-            s = Site(Kind.MLP_OUT, layer)
-            return [Mean(s, mean=self.mean(s))]
-        if cls == "head" and layer is not None:
-            s = Site(Kind.RESULT, layer)
-            return [Mean(s, mean=self.mean(s), heads=[comp["head"]])]
-        if cls == "attn" and layer is not None:
-            s = Site(Kind.ATTN_OUT, layer)
-            return [Mean(s, mean=self.mean(s))]
+        where = {"neuron": (Kind.MLP_POST, {"units": [comp.get("unit")]}), "mlp": (Kind.MLP_OUT, {}),
+                 "head": (Kind.RESULT, {"heads": [comp.get("head")]}), "attn": (Kind.ATTN_OUT, {})}
+        if cls in where and layer is not None:
+            kind, only = where[cls]
+            s = Site(kind, layer)
+            return [Mean(s, mean=self.mean(s), **only)]
         if cls == "direction" and comp.get("vector") is not None:
             s = Site.parse(comp["site"], self.model.sites())
             d = torch.as_tensor(comp["vector"], dtype=torch.float32)
