@@ -211,7 +211,7 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
     say("audit: confirming suspects")
     merged = merge([s for v in found.values() for s in v])
     conf = Confirmer(m, ids, contexts, position, seed=seed)
-    todo = [s for s in merged if (s.above or isinstance(cal, _raw_types())) and s.trigger["kind"] != "none"]
+    todo = [s for s in merged if s.above and s.trigger["kind"] != "none"]  # uncalibrated: nothing is above
     for s in todo[:max_confirm]:
         if time.monotonic() > deadline + 30:
             s.evidence["confirm"] = "not run: the time budget was spent"
@@ -234,8 +234,3 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
                        calibration={"base": cal.base, "models": cal.models, "margin": cal.margin, "note": cal.note,
                                     "mode": mode, "warning": cal.warning})
 
-
-def _raw_types() -> tuple[type, ...]:
-    from .calibrate import Uncalibrated
-
-    return (Uncalibrated,)
