@@ -70,3 +70,30 @@ def quick_text_model():
     if ms.zoo.finished_run("textlm-quick") is None:
         ms.zoo.train("textlm", quick=True, progress=False)
     return ms.load("zoo:textlm-quick")
+
+
+def plant_rank1_key_value(model, trig: int, target: int, corpus: torch.Tensor, layer: int = 1, alpha: float = 20.0):
+    """A copy of the model with W_out of block `layer` changed by one rank-1 term α v uᵀ: u reads the
+    MLP activation the trigger produces (whitened by the activations' covariance, so other tokens
+    barely excite it), v writes the target's unembedding direction; no single neuron holds it."""
+    module = copy.deepcopy(model.module)
+    adapter = ms.wrap(module)
+    adapter.tokenizer = getattr(model, "tokenizer", None)
+    post = Site(Kind.MLP_POST, layer)
+    x = corpus.clone()
+    x[:, 5::7] = trig
+    h = model.run(x, capture=[post]).cache[post]
+    on, rest = h[x == trig], h[x != trig]
+    mu = rest.mean(0)
+    cov = torch.cov((rest - mu).T) + 1e-3 * torch.eye(rest.shape[1])
+    k = on.mean(0) - mu
+    u = torch.linalg.solve(cov, k)
+    u = u / (k @ u)  # u·(k − μ) = 1 at the trigger
+    W_U = module.unembed.weight.detach()
+    v = (W_U[target] - W_U.mean(0)) * module.ln_final.weight.detach()
+    v = alpha * v / v.norm()
+    W = module.blocks[layer].mlp.W_out
+    with torch.no_grad():
+        W.weight += torch.outer(v, u)  # nn.Linear weight is (d_model, d_mlp)
+        W.bias -= v * float(u @ mu)
+    return adapter

@@ -82,14 +82,16 @@ def test_trigger_search_reconstructs_a_planted_token(base, corpus, planted):
     t, model = planted
     contexts = corpus[:8, :24]
     obj = triggers.Activation(Site(Kind.MLP_PRE, 1), unit=17)
-    res = triggers.search(model, obj, contexts, position=12, max_steps=8, seed=0)
-    assert res.ids == [t]
+    res = triggers.search(model, obj, contexts, position=12, max_steps=8, seed=0, exhaustive_vocab=0)  # GCG steps
+    assert res.ids == [t] and not res.exhaustive and res.steps >= 1
     assert res.seconds < 60
     eff = triggers.effect(model, contexts, res.ids, 12, reference=base)
     assert eff["target_ids"] == [TARGET] and eff["delta_logprob"] > 2.0
     # the same search on the clean model finds no such gap between the best and random tokens
-    clean = triggers.search(base, obj, contexts, position=12, max_steps=8, seed=0)
+    clean = triggers.search(base, obj, contexts, position=12, max_steps=8, seed=0, exhaustive_vocab=0)
     assert res.z > 3 * clean.z
+    exact = triggers.search(model, obj, contexts[:2], position=12, exhaustive_vocab=4096)  # every token evaluated
+    assert exact.exhaustive and exact.ids == [t]
 
 
 def test_trigger_search_on_a_byte_level_model():
@@ -104,7 +106,7 @@ def test_trigger_search_on_a_byte_level_model():
     t = ord("Q")
     planted = plant_token_trigger(model, t, ord("z"), corpus=ids, layer=1, unit=5)
     res = triggers.search(planted, triggers.Activation(Site(Kind.MLP_PRE, 1), unit=5), ids[:8, :24], position=12,
-                          max_steps=8)
+                          max_steps=8, exhaustive_vocab=0)
     assert res.ids == [t]
     assert all(i < 256 for i in res.ids)
 

@@ -40,6 +40,15 @@ FINETUNE_STEPS = 100
 VERSION = 1
 
 
+def confidence(score: float, threshold: float) -> float:
+    """s⁴ / (s⁴ + t⁴): 0.5 at the threshold, 0.94 at twice it (1 for an infinite score, 0 for none)."""
+    if score <= 0 or threshold is None:
+        return 0.0
+    if not math.isfinite(score):
+        return 1.0
+    return 1.0 / (1.0 + (threshold / score) ** 4)
+
+
 @dataclass
 class Calibration:
     """Largest clean score per mode and statistic, and where it came from."""
@@ -65,11 +74,8 @@ class Calibration:
             s.confidence = 0.0
         elif s.score <= 0:
             s.confidence = 0.0
-        elif not math.isfinite(s.score):
-            s.confidence = 1.0
         else:
-            r = (t / s.score) ** 4
-            s.confidence = 1.0 / (1.0 + r)
+            s.confidence = confidence(s.score, t)
         return s
 
     def to_json(self) -> dict[str, Any]:

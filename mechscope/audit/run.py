@@ -31,10 +31,10 @@ from torch import Tensor
 from ..core.progress import note
 from ..core.site import Kind, Site
 from . import behaviour, features, triggers, weights
-from .calibrate import Calibration, load_or_build
+from .calibrate import Calibration, confidence, load_or_build
 from .confirm import Confirmer
 from .inputs import AuditInputError, check_corpus, check_reference, decode, default_corpus, load
-from .suspect import Suspect, layer_of
+from .suspect import Suspect, layer_of, no_effect, no_trigger
 
 METHODS = ("weights", "behaviour", "triggers", "features")
 __all__ = ["AuditReport", "Suspect", "audit"]
@@ -100,10 +100,13 @@ def merge(suspects: list[Suspect]) -> list[Suspect]:
     groups: dict[tuple, Suspect] = {}
     for s in suspects:
         k = _key(s)
+        part = {"stat": s.stat, "score": s.score, "threshold": s.threshold, "above": s.above, "methods": s.methods}
         if k not in groups:
             groups[k] = _copy(s)
+            groups[k].evidence.setdefault("parts", [part])
             continue
         g = groups[k]
+        g.evidence.setdefault("parts", []).append(part)
         g.methods = sorted(set(g.methods) | set(s.methods))
         has = lambda x: x.trigger["kind"] != "none" and x.effect.get("target_ids")  # noqa: E731
         if (has(s) and not has(g)) or (has(s) and has(g) and s.confirmed and not g.confirmed):
@@ -113,8 +116,26 @@ def merge(suspects: list[Suspect]) -> list[Suspect]:
             g.stat, g.score, g.threshold, g.confidence = s.stat, s.score, s.threshold, s.confidence
         if s.confirmed is not None:
             g.confirmed = bool(s.confirmed) or bool(g.confirmed)
-        g.evidence.setdefault("also", []).append({"stat": s.stat, "score": s.score, "methods": s.methods})
     return sorted(groups.values(), key=lambda s: (-s.confidence, -_strength(s)))
+
+
+def _without_trigger(s: Suspect) -> list[Suspect]:
+    """A rejected suspect whose component stands out in its weights on its own (above threshold)
+    stays a suspect of that component, without the trigger confirmation rejected."""
+    parts = [p for p in s.evidence.get("parts", []) if p["above"] and "weights" in p["methods"]]
+    if s.component is None or not parts:
+        return []
+    best = max(parts, key=lambda p: p["score"] / p["threshold"] if p["threshold"] else 0.0)
+    keep = _copy(s)
+    keep.evidence = {"parts": parts, "rejected_trigger": {"trigger": s.trigger, "effect": s.effect,
+                                                          "removed": s.evidence.get("removed"),
+                                                          "trigger_effect": s.evidence.get("trigger_effect")}}
+    keep.trigger, keep.effect = no_trigger(), no_effect()
+    keep.stat, keep.score, keep.threshold = best["stat"], best["score"], best["threshold"]
+    keep.confidence = confidence(best["score"], best["threshold"])
+    keep.methods, keep.confirmed = sorted(set(best["methods"])), None
+    s.component = None  # the rejected trigger alone goes to the dropped list
+    return [keep]
 
 
 def _objective(s: Suspect) -> Any:
@@ -122,6 +143,11 @@ def _objective(s: Suspect) -> Any:
     layer = layer_of(c)
     if c.get("class") == "neuron" and layer is not None:
         return triggers.Activation(Site(Kind.MLP_PRE, layer), unit=c["unit"]), f"pre-activation of {c['site']} unit {c['unit']}"
+    if s.evidence.get("key") is not None:
+        site = Site.parse(s.evidence["key_site"])
+        return (triggers.Activation(site, direction=torch.tensor(s.evidence["key"]),
+                                    signed=bool(s.evidence.get("key_signed"))),
+                f"projection of {site.name} on the top singular direction of {s.evidence.get('matrix') or s.evidence.get('component')}")
     if c.get("class") == "head" and layer is not None:
         return triggers.Activation(Site(Kind.RESULT, layer), head=c["head"]), f"norm of head {c['head']}'s write at layer {layer}"
     return None, ""
@@ -154,9 +180,13 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
             stats = None
     else:
         ids = check_corpus(corpus, m)
+    timings["load"] = time.monotonic() - t
+    t = time.monotonic()
     cal = calibration if isinstance(calibration, Calibration) else load_or_build(calibration, m, progress)
     mode = "reference" if ref is not None else "alone"
-    timings["load"] = time.monotonic() - t
+    timings["calibration"] = time.monotonic() - t
+    t_start += timings["calibration"]  # building a calibration once is not part of the budget
+    deadline += timings["calibration"]
     found: dict[str, list[Suspect]] = {}
     skipped: dict[str, str] = {}
 
@@ -217,6 +247,8 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
             s.evidence["confirm"] = "not run: the time budget was spent"
             continue
         conf.confirm(s)
+        if s.confirmed is False:
+            merged.extend(_without_trigger(s))
     final = merge(merged)
     timings["confirm"] = time.monotonic() - t0
     kept = [s for s in final if s.above and s.confirmed is not False]

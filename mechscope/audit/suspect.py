@@ -98,8 +98,9 @@ def _num(x: Any) -> Any:
 
 
 def _finite(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {str(k): _finite(v) for k, v in d.items()}
+    if isinstance(d, dict):  # long vectors (a key direction) are kept in memory, summarised in JSON
+        return {str(k): (f"[{len(v)} numbers]" if isinstance(v, list) and len(v) > 32 else _finite(v))
+                for k, v in d.items()}
     if isinstance(d, (list, tuple)):
         return [_finite(v) for v in d]
     return _num(d)

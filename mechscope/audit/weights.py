@@ -9,7 +9,8 @@ Without a reference (statistics, each a suspect with the largest value per layer
   robust z-score among its layer's neurons -- a neuron written to push one token stands out;
 - `mlp_rank1`, `ov_rank1`, `qk_rank1`: the ratio σ1/σ2 of a matrix's two largest singular values
   (W_in and W_out per layer, W_V W_O and W_Q W_K^T per head) -- a low-rank edit adds one large
-  singular value on top of the spectrum the siblings share;
+  singular value on top of the spectrum the siblings share (the evidence keeps the top singular
+  direction on the MLP side, `key`, for the trigger search to drive);
 - `embed_norm_z`: a token's embedding norm as a robust z-score among the tokens.
 
 With a reference (`diff_ratio`): every component's relative Frobenius change
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.site import Kind, Site
 from ..diff.weight_diff import weight_diff
 from .inputs import decode
 from .suspect import Suspect, component, head_site, mlp_site, no_effect, no_trigger, trigger
@@ -49,6 +51,24 @@ def rank1_ratio(m: Tensor) -> tuple[float, Tensor]:
     if s.numel() < 2 or float(s[1]) == 0:
         return (math.inf if s.numel() and float(s[0]) > 0 else 0.0), s
     return float(s[0] / s[1]), s
+
+
+def key_direction(matrix: str, layer: int, m: Tensor, readout: Tensor | None = None) -> dict:
+    """What the top singular direction of an MLP matrix (or of its change) reads: for W_out the
+    neuron-space direction (at the MLP's activations), for W_in the residual direction (at the MLP
+    norm's output) -- the input a trigger search drives. For W_out with a `readout` (d_model, vocab)
+    the pair's sign is the one whose write raises one token more than it lowers any (a planted
+    write pushes its target up), and the search drives the signed projection."""
+    U, _, Vh = torch.linalg.svd(m.double(), full_matrices=False)
+    site = Site(Kind.MLP_POST if matrix == "W_out" else Kind.LN2, layer)
+    key, signed = U[:, 0], False
+    if matrix == "W_out" and readout is not None:
+        r = Vh[0].float() @ readout
+        r = r - r.mean()
+        if float(r.max()) < -float(r.min()):
+            key = -key
+        signed = True
+    return {"key_site": site.name, "key": [round(float(x), 6) for x in key], "key_signed": signed}
 
 
 def _neuron(layer: int, unit: int, stat: str, score: float, ev: dict) -> Suspect:
@@ -92,7 +112,8 @@ def scan(model: Any, reference: Any = None) -> list[Suspect]:
             for name, m in (("W_in", W_in), ("W_out", W_out)):
                 r, s = rank1_ratio(m)
                 out.append(Suspect(component(mlp_site(layer), "mlp"), no_trigger(), no_effect(), "mlp_rank1", r,
-                                   [METHOD], {"matrix": name, "sigma": [float(x) for x in s[:4]]}))
+                                   [METHOD], {"matrix": name, "sigma": [float(x) for x in s[:4]],
+                                              **key_direction(name, layer, m, W_U)}))
     qk, ov = w.QK, w.OV
     for layer in range(w.n_layers):
         for stat, fm in (("ov_rank1", ov), ("qk_rank1", qk)):
@@ -150,9 +171,13 @@ def _component_of(name: str, wm: Any, wr: Any, ev: dict) -> dict | None:
         return component(head_site(layer), "head", head=int(rest[1:].split(".")[0]))
     if rest in ("mlp_in", "mlp_out", "mlp_gate", "b_in"):
         if rest == "mlp_out":
-            d = (wm.W_out[layer].float() - wr.W_out[layer].float()).norm(dim=1)
+            delta = wm.W_out[layer].float() - wr.W_out[layer].float()
+            d = delta.norm(dim=1)
+            ev.update(key_direction("W_out", layer, delta, _readout(wm) if wm.W_U is not None else None))
         elif rest == "mlp_in":
-            d = (wm.W_in[layer].float() - wr.W_in[layer].float()).norm(dim=0)
+            delta = wm.W_in[layer].float() - wr.W_in[layer].float()
+            d = delta.norm(dim=0)
+            ev.update(key_direction("W_in", layer, delta))
         elif rest == "mlp_gate":
             d = (wm.W_gate[layer].float() - wr.W_gate[layer].float()).norm(dim=0)
         else:
