@@ -124,3 +124,24 @@ def test_budget_is_honoured_and_skips_are_stated():
     assert "features" in full.scored and not full.skipped
     assert full.scored["triggers"] and all(s.evidence["steps"] >= 1 for s in full.scored["triggers"])
     assert rep.verdict == full.verdict == "nothing found"  # an empty calibration sets no thresholds
+
+
+def test_audit_bench_passes_its_options_through_and_names_a_missing_bench(monkeypatch):
+    import sys
+    import types
+
+    from typer.testing import CliRunner
+
+    from mechscope.cli import app
+
+    seen = []
+    stub = types.ModuleType("mechscope.audit.bench")
+    stub.main = lambda argv: seen.append(list(argv))
+    monkeypatch.setitem(sys.modules, "mechscope.audit.bench", stub)
+    res = CliRunner().invoke(app, ["audit-bench", "--quick", "--json", "--budget-minutes", "1"])
+    assert res.exit_code == 0, res.output
+    assert seen == [["--quick", "--json", "--budget-minutes", "1"]]
+    monkeypatch.setitem(sys.modules, "mechscope.audit.bench", None)  # an installation without it
+    res = CliRunner().invoke(app, ["audit-bench", "--quick"])
+    assert res.exit_code != 0
+    assert "mechscope/audit/bench.py" in str(res.exception)
