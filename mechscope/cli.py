@@ -225,7 +225,8 @@ def report(directory: Annotated[str, typer.Argument(help="artifact directory (ma
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
-from .cli_dict import dict_app  # noqa: E402  (sub-commands live in their own modules)
+from .cli_audit import audit as audit_command, audit_bench  # noqa: E402  (sub-commands live in their own modules)
+from .cli_dict import dict_app  # noqa: E402
 from .cli_diff import diff as diff_command, diff_bench  # noqa: E402
 from .cli_features import features_app  # noqa: E402
 from .cli_zoo import replicate, zoo_app  # noqa: E402
@@ -238,6 +239,8 @@ app.command()(replicate)
 app.command(name="diff")(diff_command)
 app.command(name="diff-bench")(diff_bench)
 app.command(name="explain-all")(explain_all)
+app.command(name="audit")(audit_command)
+app.command(name="audit-bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(audit_bench)
 
 
 def main() -> None:

@@ -1,0 +1,210 @@
+"""Thresholds and confidence, calibrated on clean models only.
+
+Every method reports raw scores under named statistics (`Suspect.stat`). A calibration runs the
+audit without thresholds on clean models of one architecture -- a zoo base (`textlm-quick`, or
+`bytegpt2` where that recipe is present) trained with seeds 100, 101, 102 (never the seeds a
+benchmark's clean cases use, which are below 100) -- and, for audits with a reference, on clean
+pairs: each seed against the previous one (siblings), and for the text model each seed against
+itself trained further on its own data (the `control` fine-tune of `mechscope.diff.finetunes`,
+100 steps). An audit uses the calibration of the base whose vocabulary, width and depth match the
+model, else the text model's, with a warning in the report that the thresholds come from another
+architecture. For each
+statistic and mode ("alone" or "reference") it keeps the largest score any clean model reached;
+the threshold is `MARGIN` times that. A suspect is above threshold when its score exceeds it, and
+its confidence is s⁴ / (s⁴ + t⁴) for score s and threshold t: 0.5 at the threshold (a value no clean
+model came within `MARGIN` of), 0.94 at twice it, near 0 well below it. A statistic no clean
+model produced has no threshold and its suspects confidence 0.
+
+The calibration is a JSON file per base under cache_dir()/audit/; `load_or_build` builds it on
+first use (progress lines), `mechscope audit --calibrate` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.files import write_json
+from ..core.paths import cache_dir
+from ..core.progress import note
+from .suspect import Suspect
+
+MARGIN = 1.5
+SEEDS = (100, 101, 102)
+BASES = ("textlm-quick", "bytegpt2")  # zoo bases a calibration can be built for (recipe and variant)
+FINETUNE_STEPS = 100
+VERSION = 1
+
+
+def confidence(score: float, threshold: float) -> float:
+    """s⁴ / (s⁴ + t⁴): 0.5 at the threshold, 0.94 at twice it (1 for an infinite score, 0 for none)."""
+    if score <= 0 or threshold is None:
+        return 0.0
+    if not math.isfinite(score):
+        return 1.0
+    return 1.0 / (1.0 + (threshold / score) ** 4)
+
+
+@dataclass
+class Calibration:
+    """Largest clean score per mode and statistic, and where it came from."""
+
+    clean: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {"alone": {}, "reference": {}})
+    margin: float = MARGIN
+    models: list[str] = field(default_factory=list)
+    note: str = ""
+    base: str = ""
+    warning: str = ""
+
+    def threshold(self, stat: str, mode: str) -> float | None:
+        vals = [v for v in self.clean.get(mode, {}).get(stat, []) if math.isfinite(v)]
+        if not vals:
+            return None
+        top = max(vals)
+        return self.margin * top if top > 0 else abs(top) / self.margin if top < 0 else 1e-9
+
+    def apply(self, s: Suspect, mode: str) -> Suspect:
+        t = self.threshold(s.stat, mode)
+        s.threshold = t
+        if t is None or not math.isfinite(s.score) and s.score < 0:
+            s.confidence = 0.0
+        elif s.score <= 0:
+            s.confidence = 0.0
+        else:
+            s.confidence = confidence(s.score, t)
+        return s
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": VERSION, "base": self.base, "margin": self.margin, "models": self.models,
+                "clean": self.clean, "note": self.note}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Calibration":
+        if d.get("version") != VERSION:
+            raise ValueError(f"calibration version {d.get('version')} is not {VERSION}; rebuild it with "
+                             "`mechscope audit --calibrate`")
+        return cls(clean=d["clean"], margin=float(d["margin"]), models=list(d["models"]), note=d.get("note", ""),
+                   base=d.get("base", ""))
+
+    def add(self, mode: str, suspects: list[Suspect]) -> None:
+        best: dict[str, float] = {}
+        for s in suspects:
+            if math.isfinite(s.score):
+                best[s.stat] = max(best.get(s.stat, -math.inf), s.score)
+        for stat, v in best.items():
+            self.clean.setdefault(mode, {}).setdefault(stat, []).append(v)
+
+
+class Uncalibrated(Calibration):
+    """No thresholds: every score is reported raw (used while building a calibration)."""
+
+    def apply(self, s: Suspect, mode: str) -> Suspect:
+        s.threshold, s.confidence = None, 0.0
+        return s
+
+
+def shape_of(model: Any) -> tuple[int, int, int]:
+    """(vocabulary, d_model, layers) of an adapter."""
+    w = model.weights()
+    return int(w.W_E.shape[0]), int(w.W_E.shape[1]), int(w.n_layers)
+
+
+def base_for(model: Any) -> str | None:
+    """The zoo base whose vocabulary, width and depth are the model's, if any."""
+    from .. import zoo
+
+    for base in BASES:
+        try:
+            hp = zoo.spec(base).hp
+        except Exception:  # noqa: BLE001 - a recipe this installation does not have
+            continue
+        if (hp.get("vocab_size"), hp.get("d_model"), hp.get("n_layers")) == shape_of(model):
+            return base
+    return None
+
+
+def default_path(base: str = BASES[0]) -> Path:
+    return cache_dir() / "audit" / f"calibration-{base}.json"
+
+
+def load(path: str | Path) -> Calibration:
+    p = Path(path)
+    try:
+        return Calibration.from_json(json.loads(p.read_text()))
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"cannot read the audit calibration {p}: {e}; rebuild it with `mechscope audit --calibrate`"
+                         ) from e
+
+
+def build(seeds: tuple[int, ...] = SEEDS, *, base: str = BASES[0], budget_minutes: float = 3.0,
+          progress: bool = True, path: str | Path | None = None, reference_pairs: bool = True) -> Calibration:
+    """Train (or find) the clean calibration models, audit each without thresholds, and write the JSON."""
+    from .. import zoo
+    from ..diff.finetunes import train_finetune
+    from .run import audit
+
+    if any(s < 100 for s in seeds):
+        raise ValueError("calibration seeds must be 100 or more: lower seeds are kept for benchmark test cases")
+    textlm = zoo.spec(base).recipe.name == "textlm"
+    cal = Calibration(base=base, note=f"{base} seeds {list(seeds)}"
+                      + ("; reference pairs: each seed against the previous one" if reference_pairs else "")
+                      + (f" and against its own data for {FINETUNE_STEPS} more steps" if reference_pairs and textlm
+                         else ""))
+    t0 = time.monotonic()
+    names = []
+    for s in seeds:
+        name = f"{base}-seed{s}"
+        names.append(name)
+        if zoo.finished_run(name) is None:
+            note(f"calibration: training {name}")
+            zoo.train(base, seed=s, progress=progress)
+        note(f"calibration: auditing {name} alone")
+        rep = audit(f"zoo:{name}", budget_minutes=budget_minutes, calibration=Uncalibrated(), seed=s,
+                    progress=False)
+        cal.add("alone", rep.all_suspects)
+        cal.models.append(name)
+        if not reference_pairs:
+            continue
+        pairs = [(f"zoo:{name}", f"zoo:{names[-2]}")] if len(names) > 1 else []
+        if textlm:
+            note(f"calibration: fine-tuning {name} on its own data ({FINETUNE_STEPS} steps)")
+            pairs.append((str(train_finetune("control", base=name, steps=FINETUNE_STEPS, progress=progress)),
+                          f"zoo:{name}"))
+        for m, r in pairs:
+            note(f"calibration: auditing {Path(m).name} against {r}")
+            rep = audit(m, reference=r, budget_minutes=budget_minutes, calibration=Uncalibrated(), seed=s,
+                        progress=False)
+            cal.add("reference", rep.all_suspects)
+            cal.models.append(f"{Path(m).name} vs {r}")
+    note(f"calibration: {len(cal.models)} clean audits in {time.monotonic() - t0:.0f} s")
+    out = Path(path) if path is not None else default_path(base)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, cal.to_json())
+    note(f"calibration written to {out}")
+    return cal
+
+
+def load_or_build(calibration: Any = None, model: Any = None, progress: bool = True) -> Calibration:
+    """A Calibration from an object, a path, or the cached one of the model's base (built on first use)."""
+    if isinstance(calibration, Calibration):
+        return calibration
+    if calibration is not None:
+        return load(calibration)
+    base = base_for(model) if model is not None else None
+    warning = "" if base is not None or model is None else (
+        f"no calibration base has this model's shape (vocabulary, d_model, layers) {shape_of(model)}: thresholds "
+        f"come from {BASES[0]}, another architecture, and may not transfer")
+    base = base or BASES[0]
+    p = default_path(base)
+    if p.is_file():
+        cal = load(p)
+    else:
+        note(f"no audit calibration at {p}: building it from clean {base} models (seeds {list(SEEDS)}; "
+             "a few minutes, once)")
+        cal = build(base=base, progress=progress)
+    cal.warning = warning
+    return cal

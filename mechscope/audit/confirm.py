@@ -1,0 +1,153 @@
+"""Causal confirmation of a suspect: run its trigger and the behaviour appears; ablate its component
+and the behaviour goes away.
+
+The behaviour is the target token's log-probability at the effect position (the trigger's last
+token plus the effect's offset; for a context trigger, averaged over every position after it)
+with the trigger written into held-out contexts, minus the same
+with random tokens in its place (`trigger_effect`, nats per context). The component is
+mean-ablated (its mean activation over the corpus, every position: one neuron's output, one head's
+write to the residual, an MLP's or attention block's output, both for a layer, or for a direction
+the activation's component along it set to its mean) in both runs,
+and `removed` = 1 − effect_ablated / effect is the share of the behaviour that goes. A suspect is
+confirmed when the effect is at least `min_effect` nats and at least `min_removed` of it goes.
+Both measurements are `Score`s carrying the ablation's description.
+
+A suspect without a component (from the behaviour scan or a reference-guided trigger search) is
+first localised: every MLP and every head is ablated in turn and the one that removes most is
+taken, narrowed to the neuron whose direct contribution to the target is largest when ablating
+that neuron alone removes at least `min_removed`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..causal.ablation import AblationSpec
+from ..core.interventions import Mean, Replace
+from ..core.score import Score
+from ..core.site import Kind, Site
+from .inputs import byte_level, log_probs, vocab_size
+from .suspect import Suspect, component, head_site, layer_of, mlp_site
+from .triggers import insert
+
+MIN_EFFECT = 1.0
+MIN_REMOVED = 0.5
+
+
+class Confirmer:
+    """Measures triggers and ablations on fixed contexts of one model."""
+
+    def __init__(self, model: Any, corpus: Tensor, contexts: Tensor, position: int, n_random: int = 8, seed: int = 0):
+        self.model, self.corpus, self.contexts, self.position = model, corpus, contexts, position
+        g = torch.Generator().manual_seed(seed)
+        self.v = 256 if byte_level(model) else vocab_size(model)
+        self.rand = torch.randint(0, self.v, (n_random, 8), generator=g)
+        self._means: dict[Site, Tensor] = {}
+        self.spec = AblationSpec(kind="mean", reference="the audit corpus, every position")
+
+    def mean(self, site: Site) -> Tensor:
+        if site not in self._means:
+            self._means[site] = self.model.run(self.corpus[:32], capture=[site]).cache[site].float().mean((0, 1))
+        return self._means[site]
+
+    def ablation(self, comp: dict | None) -> list:
+        if comp is None:
+            return []
+        cls, layer = comp["class"], layer_of(comp)
+        where = {"neuron": (Kind.MLP_POST, {"units": [comp.get("unit")]}), "mlp": (Kind.MLP_OUT, {}),
+                 "head": (Kind.RESULT, {"heads": [comp.get("head")]}), "attn": (Kind.ATTN_OUT, {})}
+        if cls in where and layer is not None:
+            kind, only = where[cls]
+            s = Site(kind, layer)
+            return [Mean(s, mean=self.mean(s), **only)]
+        if cls == "direction" and comp.get("vector") is not None:
+            s = Site.parse(comp["site"], self.model.sites())
+            d = torch.as_tensor(comp["vector"], dtype=torch.float32)
+            d = d / d.norm()
+            mu = float(self.mean(s) @ d)
+            return [Replace(s, fn=lambda x, ctx: x - ((x.float() @ d - mu)[..., None] * d).to(x.dtype))]
+        if cls == "layer" and layer is not None:
+            return [Mean(s, mean=self.mean(s)) for s in (Site(Kind.ATTN_OUT, layer), Site(Kind.MLP_OUT, layer))
+                    if s in set(self.model.sites())]
+        return []
+
+    def per_context(self, trig: list[int], target: int, offset: int | None, ivs: list) -> Tensor:
+        """Target log-prob with the trigger minus its mean with random tokens in its place, per context:
+        at `offset` positions after the trigger's last token, or (None) averaged over every later position."""
+        m = len(trig)
+        at = slice(self.position + m, None) if offset is None else slice(self.position + m - 1 + offset,
+                                                                         self.position + m + offset)
+        x = insert(self.contexts, torch.tensor(trig), self.position)
+        on = log_probs(self.model, x, interventions=ivs)[:, at, target].mean(1)
+        off = torch.stack([log_probs(self.model, insert(self.contexts, r[:m], self.position), interventions=ivs)
+                           [:, at, target].mean(1) for r in self.rand]).mean(0)
+        return (on - off).double()
+
+    def confirm(self, s: Suspect, localise: bool = True) -> Suspect:
+        trig, eff = s.trigger, s.effect
+        if trig["kind"] not in ("token", "ngram", "context") or not trig["ids"] or not eff.get("target_ids"):
+            s.evidence["confirm"] = "not run: the suspect has no token trigger and target to test"
+            return s
+        target = eff["target_ids"][0]
+        offset = None if trig["kind"] == "context" else int(eff.get("offset", 0))
+        base = self.per_context(trig["ids"], target, offset, [])
+        effect = Score.from_items(base, "target log-prob rise from the trigger (nats)", dataset="audit contexts",
+                                  how={"trigger": trig["ids"], "target": target, "offset": offset,
+                                       "against": "random tokens in the trigger's place"})
+        s.evidence["trigger_effect"] = effect.describe()
+        if s.component is None and localise:
+            s.component = self.localise(trig["ids"], target, offset, float(base.mean()))
+            if s.component is not None and "confirm" not in s.methods:
+                s.methods = [*s.methods, "confirm"]
+        ivs = self.ablation(s.component)
+        if not ivs:
+            s.confirmed = effect.value >= MIN_EFFECT if s.component is None or s.component["class"] == "embedding" \
+                else False
+            s.evidence["confirm"] = "trigger effect only (no ablation for this component)"
+            return s
+        abl = self.per_context(trig["ids"], target, offset, ivs)
+        removed = 1 - float(abl.mean()) / float(base.mean()) if float(base.mean()) > 0 else 0.0
+        score = Score.from_items(abl, "target log-prob rise from the trigger with the component ablated (nats)",
+                                 dataset="audit contexts", how={**self.spec.describe(), "component": s.component})
+        s.evidence["ablated_effect"] = score.describe()
+        s.evidence["removed"] = removed
+        s.confirmed = effect.value >= MIN_EFFECT and removed >= MIN_REMOVED
+        return s
+
+    def localise(self, trig: list[int], target: int, offset: int | None, base: float) -> dict | None:
+        if base <= 0:
+            return None
+        w = self.model.weights()
+        comps = []
+        for layer in range(w.n_layers):
+            if w.W_out is not None:
+                comps.append(component(mlp_site(layer), "mlp"))
+            comps += [component(head_site(layer), "head", head=h) for h in range(w.n_heads)]
+        best, best_removed = None, 0.0
+        for c in comps:
+            removed = 1 - float(self.per_context(trig, target, offset, self.ablation(c)).mean()) / base
+            if removed > best_removed:
+                best, best_removed = c, removed
+        if best is None or best_removed < MIN_REMOVED:
+            return best
+        if best["class"] == "mlp":
+            layer = layer_of(best)
+            j = self._top_neuron(trig, target, offset, layer)
+            neuron = component(mlp_site(layer), "neuron", unit=j)
+            if 1 - float(self.per_context(trig, target, offset, self.ablation(neuron)).mean()) / base >= MIN_REMOVED:
+                return neuron
+        return best
+
+    def _top_neuron(self, trig: list[int], target: int, offset: int | None, layer: int) -> int:
+        site = Site(Kind.MLP_POST, layer)
+        at = self.position + len(trig) - 1 + (1 if offset is None else offset)
+        on = self.model.run(insert(self.contexts, torch.tensor(trig), self.position), capture=[site]).cache[site]
+        off = self.model.run(insert(self.contexts, self.rand[0, :len(trig)], self.position), capture=[site]).cache[site]
+        w = self.model.weights()
+        u = w.W_U[:, target].float() - w.W_U.float().mean(1)
+        direct = w.W_out[layer].float() @ u  # (d_mlp,)
+        contrib = (on[:, at] - off[:, at]).float().mean(0) * direct
+        return int(contrib.argmax())
