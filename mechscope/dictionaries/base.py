@@ -138,9 +138,15 @@ class Dictionary(nn.Module):
             return sparse_decode(codes, self.W_dec) + self.b_dec
         return codes @ self.W_dec + self.b_dec
 
+    def reconstruct(self, x: Tensor, codes: Codes) -> Tensor:
+        """(batch, d_out) reconstruction of rows `x` from their codes: the decoded codes, plus what an
+        architecture adds from the input itself (a transcoder's linear skip connection)."""
+        return self.decode(codes)
+
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction of x's target; leading axes (batch, pos, ...) are kept."""
-        out = self.decode(self.codes(self._flat(x)))
+        flat = self._flat(x)
+        out = self.reconstruct(flat, self.codes(flat))
         return out.reshape(*self._lead(x), *self.out_shape)
 
     @property
