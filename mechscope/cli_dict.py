@@ -47,6 +47,22 @@ def _text(paths: list[Path], corpus: Optional[str]) -> tuple[str, str]:
     return reader(corpus), corpus
 
 
+def _load_with_tokenizer(model: str, threads: Optional[int]):
+    """The model (torch on `threads` threads, if given) and its tokenizer; refuses a model without one."""
+    import torch
+
+    from .models.load import load
+
+    if threads:
+        torch.set_num_threads(threads)
+    with console.status(f"loading {model}"):
+        m = load(model)
+    tok = getattr(m, "tokenizer", None)
+    if tok is None:
+        raise typer.BadParameter(f"{model} has no tokenizer")
+    return m, tok
+
+
 @dict_app.command("train")
 def train_cmd(
     model: Annotated[str, typer.Argument(help="smollm2-135m, minilm-l6, zoo:NAME or a local Hugging Face directory")],
@@ -80,19 +96,12 @@ def train_cmd(
     from . import dictionaries as dl
     from .dictionaries.metrics import embedding_distance, next_token_ce
     from .dictionaries.study import CROSSCODERS, StudyConfig, study, summary
-    from .models.load import load
 
     if (penalty is not None or target_l0 is not None) and arch not in ("relu", "jumprelu"):
         raise typer.BadParameter(f"--penalty and --target-l0 apply to relu and jumprelu; {arch} sets its "
                                  "sparsity with -k")
-    if threads:
-        torch.set_num_threads(threads)
     t0 = time.monotonic()
-    with console.status(f"loading {model}"):
-        m = load(model)
-    tok = getattr(m, "tokenizer", None)
-    if tok is None:
-        raise typer.BadParameter(f"{model} has no tokenizer")
+    m, tok = _load_with_tokenizer(model, threads)
     body, name = _text(list(text or []), corpus)
     ids = tok(body, add_special_tokens=False)["input_ids"]
     causal = m.run(torch.tensor([[ids[0]]])).logits is not None
@@ -203,25 +212,16 @@ def transcoders_cmd(
     Resumable: run the same command again after an interruption (even kill -9); the harvest continues,
     finished layers are kept and the unfinished layer is trained again from its start.
     """
-    import torch
-
     from .dictionaries.train import TrainConfig
     from .dictionaries.transcoder_run import TranscoderRunConfig, train_transcoder_set
-    from .models.load import load
     from .zoo import datasets
 
     if clt:
         arch = "clt"
     if arch not in ("transcoder", "clt"):
         raise typer.BadParameter(f"--arch must be transcoder or clt, got {arch!r}")
-    if threads:
-        torch.set_num_threads(threads)
     t0 = time.monotonic()
-    with console.status(f"loading {model}"):
-        m = load(model)
-    tok = getattr(m, "tokenizer", None)
-    if tok is None:
-        raise typer.BadParameter(f"{model} has no tokenizer")
+    m, tok = _load_with_tokenizer(model, threads)
     n_layers = sum(1 for s in m.sites() if s.name.endswith("hook_mlp_out"))
     chosen = parse_layers(layers, n_layers)
     bos = tok.bos_token_id
@@ -238,7 +238,8 @@ def transcoders_cmd(
     lr = lr or 4e-3 * (1536 / d_latent) ** 0.5
     cfg = TranscoderRunConfig(layers=chosen, d_latent=d_latent, k=k, clt=arch == "clt",
                               skip=skip, train=TrainConfig(tokens=tokens, batch_size=batch, lr=lr),
-                              held_out_fraction=held_fraction, drop_first=drop, dtype=dtype)
+                              held_out_fraction=held_fraction, drop_first=drop, dtype=dtype,
+                              seqs_per_shard=min(128, max(1, n_seq // 10)))  # >= 10 shards: some held out
     tset = train_transcoder_set(m, train_ids, eval_ids, cfg, out, dataset=corpus)
     man = tset.manifest
     man["training"]["wall_seconds"] = time.monotonic() - t0

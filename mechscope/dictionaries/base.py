@@ -262,6 +262,20 @@ class Dictionary(nn.Module):
         return f"{c.d_in} -> {c.d_sae} latents -> {c.out_width}"
 
 
+class CentredInput:
+    """Mixin for dictionaries whose encoder reads inputs centred on a mean μ (the buffer `input_mean`,
+    set from the first batch while training and folded into b_enc at the end: see transcoder.py)."""
+
+    input_mean: Tensor
+
+    def _centre(self, x: Tensor) -> Tensor:
+        return x - self.input_mean
+
+    def input_energy(self, x: Tensor) -> Tensor:
+        """E||x - x̄||²: the trainer scales the centred input, which is what the encoder reads."""
+        return (x - x.mean(0)).pow(2).sum(-1).mean()
+
+
 def mse_parts(recon: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """(mean over the batch of the squared error summed over dims, the batch's fraction of variance unexplained)."""
     # one fused pass forward and one backward (a training step's squared error over B x d_out)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .base import _INIT_SALT, Dictionary, LossParts
+from .base import _INIT_SALT, CentredInput, Dictionary, LossParts
 from .sparse import SparseCodes, dense_threads, selected_preactivations, sparse_decode
 from .topk import TopKConfig
 
@@ -68,7 +68,7 @@ class CLTConfig(TopKConfig):
         return self.n_layers * self.d_out  # type: ignore[operator]
 
 
-class CrossLayerTranscoder(Dictionary):
+class CrossLayerTranscoder(CentredInput, Dictionary):
     architecture = "clt"
     uses_aux_k = True
     sparse_step = True
@@ -111,12 +111,6 @@ class CrossLayerTranscoder(Dictionary):
         x = self._flat(batch[0])
         y = batch[1].reshape(-1, self.config.out_width).to(self.W_enc.device, self.W_enc.dtype)
         return x, y
-
-    def _centre(self, x: Tensor) -> Tensor:
-        return x - self.input_mean
-
-    def input_energy(self, x: Tensor) -> Tensor:
-        return (x - x.mean(0)).pow(2).sum(-1).mean()
 
     @torch.no_grad()
     def init_from_batch_(self, x: Tensor, y: Tensor) -> None:

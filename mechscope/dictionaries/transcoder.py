@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .base import Codes
+from .base import CentredInput, Codes
 from .topk import TopKConfig, TopKSAE
 
 
@@ -41,7 +41,7 @@ class TranscoderConfig(TopKConfig):
         super().__post_init__()
 
 
-class Transcoder(TopKSAE):
+class Transcoder(CentredInput, TopKSAE):
     architecture = "transcoder"
     config: TranscoderConfig
 
@@ -54,13 +54,6 @@ class Transcoder(TopKSAE):
     def reconstruct(self, x: Tensor, codes: Codes) -> Tensor:
         recon = self.decode(codes)
         return recon if self.W_skip is None else torch.addmm(recon, x, self.W_skip)
-
-    def _centre(self, x: Tensor) -> Tensor:
-        return x - self.input_mean
-
-    def input_energy(self, x: Tensor) -> Tensor:
-        """E||x - x̄||²: the trainer scales the centred input, which is what the encoder reads."""
-        return (x - x.mean(0)).pow(2).sum(-1).mean()
 
     @torch.no_grad()
     def init_from_batch_(self, x: Tensor, y: Tensor) -> None:

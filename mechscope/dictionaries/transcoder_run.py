@@ -158,6 +158,14 @@ def _finished(path: Path, run_hash: str) -> dict[str, Any] | None:
     return json.loads(meta["record"]) if meta.get("run_hash") == run_hash and "record" in meta else None
 
 
+def _buffer(store: Any, keys: list[str], c: TranscoderRunConfig, shards: list[int], seed: int) -> ShuffleBuffer:
+    """Shuffled training batches; the buffer is at most the training rows (a larger one would read a
+    small store many times over before serving its first batch)."""
+    rows = sum(store.manifest["shards"][str(i)]["rows"] for i in shards)
+    return ShuffleBuffer(store, keys, c.train.batch_size, shards=shards, seed=seed,
+                         buffer_rows=max(c.train.batch_size, min(1 << 16, rows)))
+
+
 def _train_layer(model: Any, store: Any, manifest: dict[str, Any], c: TranscoderRunConfig, L: int, inp: str,
                  outp: str, train_shards: list[int], held_shards: list[int], d_model: int, d_out: int, out: Path,
                  progress: bool) -> None:
@@ -170,8 +178,8 @@ def _train_layer(model: Any, store: Any, manifest: dict[str, Any], c: Transcoder
     tc = build("transcoder", d_in=d_model, d_out=d_out, d_sae=c.d_latent, k=c.k, skip=c.skip, seed=c.seed + L,
                site=inp, site_out=outp, model=manifest["model"])
     t0 = time.perf_counter()
-    result = train(tc, ShuffleBuffer(store, [inp, outp], c.train.batch_size, shards=train_shards, seed=c.seed + L),
-                   c.train, progress=progress, description=f"transcoder layer {L}")
+    result = train(tc, _buffer(store, [inp, outp], c, train_shards, c.seed + L), c.train, progress=progress,
+                   description=f"transcoder layer {L}")
     seconds = time.perf_counter() - t0
     record = _record(evaluate(tc, tuple(store.load([inp, outp], held_shards))), seconds, result.tokens)
     write_dictionary_file(path, tc, {"layer": str(L), "run_hash": manifest["run_hash"], "record": record})
@@ -211,8 +219,8 @@ def _train_clt(model: Any, store: Any, manifest: dict[str, Any], c: TranscoderRu
         clt = build("clt", d_in=d_model, d_out=d_out, d_sae=c.d_latent * n, k=c.k, n_layers=n, seed=c.seed,
                     site=",".join(keys[:n]), site_out=",".join(keys[n:]), model=manifest["model"])
         t0 = time.perf_counter()
-        result = train(clt, ShuffleBuffer(store, keys, c.train.batch_size, shards=train_shards, seed=c.seed),
-                       c.train, progress=progress, description="cross-layer transcoder")
+        result = train(clt, _buffer(store, keys, c, train_shards, c.seed), c.train, progress=progress,
+                       description="cross-layer transcoder")
         seconds = time.perf_counter() - t0
         held = store.load(keys, held_shards)
         per = clt_layer_metrics(clt, torch.stack(held[:n], 1), torch.stack(held[n:], 1))
