@@ -14,6 +14,7 @@ Depends on mechscope.core only: any adapter (`mechscope.load`, `mechscope.wrap`)
 from .base import DictConfig, Dictionary, LossParts
 from .batchtopk import BatchTopKConfig, BatchTopKSAE
 from .compare import Comparison, Matching, compare, cosines, match, mmcs
+from .clt import CLTConfig, CrossLayerTranscoder
 from .crosscoder import BatchTopKCrosscoder, BatchTopKCrosscoderConfig, Crosscoder, CrosscoderConfig
 from .files import DictionaryFileError
 from .jumprelu import JumpReLUConfig, JumpReLUSAE
@@ -28,14 +29,19 @@ from .sparse import SparseCodes, sparse_decode
 from .store import ActivationStore, HarvestConfig, JointStore, ShuffleBuffer, capture_sites, harvest
 from .topk import TopKConfig, TopKSAE
 from .train import TrainConfig, TrainResult, batches_from_tensors, train
+from .replacement import ReplacementScores, replacement_interventions, replacement_scores
 from .transcoder import Transcoder, TranscoderConfig
+from .transcoder_run import TranscoderRunConfig, train_transcoder_set
+from .transcoder_set import TranscoderSet, load_transcoder_set
 
 __all__ = ["ARCHITECTURES", "ActivationStore", "BatchTopKConfig", "BatchTopKCrosscoder",
-           "BatchTopKCrosscoderConfig", "BatchTopKSAE", "Comparison", "Crosscoder",
+           "BatchTopKCrosscoderConfig", "BatchTopKSAE", "CLTConfig", "CrossLayerTranscoder", "Comparison", "Crosscoder",
            "CrosscoderConfig", "DictConfig", "DictMetrics", "Dictionary", "DictionaryFileError", "Diversity",
            "HarvestConfig", "JointStore", "JumpReLUConfig", "JumpReLUSAE", "LossParts", "LossRecovered", "Matching",
            "ReLUConfig", "ReLUSAE", "ShuffleBuffer", "SparseCodes", "Spread", "TopKConfig", "TopKSAE", "TrainConfig",
-           "TrainResult", "Transcoder", "TranscoderConfig", "baseline_diversity", "batches_from_tensors", "build",
+           "TrainResult", "Transcoder", "TranscoderConfig", "TranscoderRunConfig", "TranscoderSet",
+           "ReplacementScores", "replacement_interventions", "replacement_scores", "train_transcoder_set",
+           "load_transcoder_set", "baseline_diversity", "batches_from_tensors", "build",
            "capture_sites", "compare", "config_class", "cosines", "density_histogram", "dictionary_class",
            "dictionary_diversity", "embedding_distance", "evaluate", "harvest", "load", "loss_recovered", "match",
            "mmcs", "neuron_spread", "next_token_ce", "save", "sparse_decode", "token_diversity", "train",

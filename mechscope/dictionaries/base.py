@@ -140,9 +140,15 @@ class Dictionary(nn.Module):
             return sparse_decode(codes, self.W_dec) + self.b_dec
         return codes @ self.W_dec + self.b_dec
 
+    def reconstruct(self, x: Tensor, codes: Codes) -> Tensor:
+        """(batch, d_out) reconstruction of rows `x` from their codes: the decoded codes, plus what an
+        architecture adds from the input itself (a transcoder's linear skip connection)."""
+        return self.decode(codes)
+
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction of x's target; leading axes (batch, pos, ...) are kept."""
-        out = self.decode(self.codes(self._flat(x)))
+        flat = self._flat(x)
+        out = self.reconstruct(flat, self.codes(flat))
         return out.reshape(*self._lead(x), *self.out_shape)
 
     @property
@@ -258,6 +264,20 @@ class Dictionary(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return f"{c.d_in} -> {c.d_sae} latents -> {c.out_width}"
+
+
+class CentredInput:
+    """Mixin for dictionaries whose encoder reads inputs centred on a mean μ (the buffer `input_mean`,
+    set from the first batch while training and folded into b_enc at the end: see transcoder.py)."""
+
+    input_mean: Tensor
+
+    def _centre(self, x: Tensor) -> Tensor:
+        return x - self.input_mean
+
+    def input_energy(self, x: Tensor) -> Tensor:
+        """E||x - x̄||²: the trainer scales the centred input, which is what the encoder reads."""
+        return (x - x.mean(0)).pow(2).sum(-1).mean()
 
 
 def mse_parts(recon: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

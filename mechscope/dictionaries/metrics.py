@@ -81,7 +81,7 @@ def evaluate(dictionary: Dictionary, data: Tensor | tuple[Tensor, ...] | Iterabl
     for batch in data:
         x, y = dictionary.split_batch(batch)
         codes = dictionary.codes(x)
-        recon = dictionary.decode(codes)
+        recon = dictionary.reconstruct(x, codes)
         if isinstance(codes, SparseCodes):
             fired += codes.fired().double()
             active += float((codes.values != 0).sum())

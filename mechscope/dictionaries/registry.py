@@ -6,6 +6,7 @@ from typing import Any
 
 from .base import DictConfig, Dictionary
 from .batchtopk import BatchTopKConfig, BatchTopKSAE
+from .clt import CLTConfig, CrossLayerTranscoder
 from .crosscoder import BatchTopKCrosscoder, BatchTopKCrosscoderConfig, Crosscoder, CrosscoderConfig
 from .jumprelu import JumpReLUConfig, JumpReLUSAE
 from .relu import ReLUConfig, ReLUSAE
@@ -16,7 +17,7 @@ ARCHITECTURES: dict[str, tuple[type[DictConfig], type[Dictionary]]] = {
     cls.architecture: (cfg, cls) for cfg, cls in [
         (ReLUConfig, ReLUSAE), (TopKConfig, TopKSAE), (BatchTopKConfig, BatchTopKSAE),
         (JumpReLUConfig, JumpReLUSAE), (TranscoderConfig, Transcoder), (CrosscoderConfig, Crosscoder),
-        (BatchTopKCrosscoderConfig, BatchTopKCrosscoder)]
+        (BatchTopKCrosscoderConfig, BatchTopKCrosscoder), (CLTConfig, CrossLayerTranscoder)]
 }
 
 

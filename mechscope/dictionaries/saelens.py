@@ -7,7 +7,8 @@ This is also mechscope's own format. `save` writes
                               metadata.hook_name, k for topk, d_out where it applies) plus a
                               "mechscope" block holding the full config of our class
     sae_weights.safetensors   W_enc (d_in, d_sae), b_enc, W_dec (d_sae, d_out), b_dec, and
-                              threshold (d_sae,) for JumpReLU and BatchTopK
+                              threshold (d_sae,) for JumpReLU and BatchTopK, W_skip (d_in, d_out)
+                              for a transcoder with a skip connection
 
 Architectures map as: relu <-> "standard", topk <-> "topk", jumprelu <-> "jumprelu", and
 batchtopk -> "jumprelu" with its single threshold repeated per latent (how SAELens stores a
@@ -54,6 +55,8 @@ def save(dictionary: Dictionary, path: str | Path) -> Path:
         weights["threshold"] = dictionary.threshold
     if isinstance(dictionary, BatchTopKSAE):
         weights["threshold"] = dictionary.threshold.clamp_min(0).expand(c.d_sae)
+    if getattr(dictionary, "W_skip", None) is not None:  # a transcoder's skip connection
+        weights["W_skip"] = dictionary.W_skip
     weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
     dtype = str(dictionary.W_enc.dtype).removeprefix("torch.")
     cfg: dict[str, Any] = {
@@ -89,6 +92,8 @@ def load(path: str | Path, dtype: torch.dtype | None = None) -> Dictionary:
              "b_dec": weights.get("b_dec")}
     if arch == "jumprelu":
         state["threshold"] = weights.get("threshold")
+    if getattr(d, "W_skip", None) is not None:
+        state["W_skip"] = weights.get("W_skip")
     missing = [k for k, v in state.items() if v is None]
     if missing:
         raise DictionaryFileError(f"{path / WEIGHTS} lacks {missing}; it has {sorted(weights)}")

@@ -94,7 +94,7 @@ class TopKSAE(Dictionary):
         # an autoencoder's decoder bias, subtracted from the input, learns through the encoder too:
         # the selected entries give it its gradient (see selected_preactivations)
         codes = self._training_codes(xc, pre, self.b_dec if self.config.apply_b_dec_to_input else None)
-        recon = self.decode(codes)
+        recon = self.reconstruct(x, codes)
         mse, fvu = mse_parts(recon, target)
         total, parts = mse, {"mse": mse.detach(), "fvu": fvu}
         if self.config.aux_coefficient > 0 and dead is not None:

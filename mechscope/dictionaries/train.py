@@ -321,7 +321,7 @@ def _held_out_fvu(dictionary: Dictionary, held_out: Tensor | tuple[Tensor, ...],
     was = dictionary.training
     dictionary.eval()
     x, y = dictionary.split_batch(held_out)
-    recon = dictionary.decode(dictionary.codes(x * s_in)) / s_out
+    recon = dictionary.reconstruct(x * s_in, dictionary.codes(x * s_in)) / s_out
     dictionary.train(was)
     return float((recon - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12))
 

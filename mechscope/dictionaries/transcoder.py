@@ -12,6 +12,11 @@ input is far from centred (in SmolLM2-135M the mean of `ln2.14` carries a third 
 read raw, a latent whose encoder direction points away from the mean never reaches the top k, and
 its auxiliary-k pre-activations sit below zero too, so nothing revives it; and scaled by the raw
 energy, the varying part of the input is small next to the encoder biases Adam moves.
+
+With `skip=True` the transcoder also has a learned linear skip connection (Paulo et al. 2025,
+"Transcoders beat sparse autoencoders"): recon = codes W_dec + b_dec + x W_skip, W_skip (d_in, d_out)
+starting at zero and reading the raw input. The linear part of the MLP then needs no latents, and
+the latents are left for what is not linear. Scales fold into it as W_skip s_in / s_out.
 """
 
 from __future__ import annotations
@@ -19,14 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from .base import CentredInput, Codes
 from .topk import TopKConfig, TopKSAE
 
 
 @dataclass(frozen=True)
 class TranscoderConfig(TopKConfig):
     apply_b_dec_to_input: bool = False  # input and output live in different spaces
+    skip: bool = False  # a learned linear skip connection x W_skip added to the reconstruction
 
     def __post_init__(self) -> None:
         if self.d_out is None:
@@ -34,7 +41,7 @@ class TranscoderConfig(TopKConfig):
         super().__post_init__()
 
 
-class Transcoder(TopKSAE):
+class Transcoder(CentredInput, TopKSAE):
     architecture = "transcoder"
     config: TranscoderConfig
 
@@ -42,13 +49,11 @@ class Transcoder(TopKSAE):
         super().__init__(config)
         # μ, subtracted from inputs during training; zero outside it (folded into b_enc), so not in files
         self.register_buffer("input_mean", torch.zeros(config.in_width), persistent=False)
+        self.W_skip = nn.Parameter(torch.zeros(config.in_width, config.out_width)) if config.skip else None
 
-    def _centre(self, x: Tensor) -> Tensor:
-        return x - self.input_mean
-
-    def input_energy(self, x: Tensor) -> Tensor:
-        """E||x - x̄||²: the trainer scales the centred input, which is what the encoder reads."""
-        return (x - x.mean(0)).pow(2).sum(-1).mean()
+    def reconstruct(self, x: Tensor, codes: Codes) -> Tensor:
+        recon = self.decode(codes)
+        return recon if self.W_skip is None else torch.addmm(recon, x, self.W_skip)
 
     @torch.no_grad()
     def init_from_batch_(self, x: Tensor, y: Tensor) -> None:
@@ -59,4 +64,6 @@ class Transcoder(TopKSAE):
         """Fold μ into the encoder bias ((x - μ) W + b = x W + (b - μ W)), then the scales."""
         self.b_enc.sub_(self.input_mean @ self.W_enc)
         self.input_mean.zero_()
+        if self.W_skip is not None:
+            self.W_skip.mul_(s_in / s_out)
         super().fold_scale_(s_in, s_out)
