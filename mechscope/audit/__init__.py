@@ -1,0 +1,1 @@
+"""Audit a network for planted behaviours: plant labelled cases, find what was changed, score it."""
