@@ -85,6 +85,13 @@ class Arch:
 
         return datasets.token_stream("textlm", "train")
 
+    @property
+    def context_window(self) -> int:
+        """The bases' context window (n_ctx of the zoo recipe)."""
+        from .. import zoo
+
+        return int(zoo.spec(self.zoo).hp["n_ctx"])
+
     def vocab(self, module: nn.Module) -> int:
         return self.unembed(module).shape[0]
 
