@@ -109,7 +109,7 @@ def trigger_effect(case: Case, suspect: Any) -> float:
     position = trig.get("position") if trig.get("kind") == "position" else None
     try:
         return float(case.planted.effect(case.model, ids, position))
-    except ValueError:  # a trigger that cannot be placed (too long, position out of range) reproduces nothing
+    except (ValueError, IndexError):  # a trigger that cannot be placed or names no token reproduces nothing
         return 0.0
 
 

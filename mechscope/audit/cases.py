@@ -99,14 +99,14 @@ def logits_of(model: Any, ids: Tensor) -> Tensor:
 def place(contexts: Tensor, trigger_ids: list[int], position: int | None, n_ctx: int) -> Tensor:
     """Each context with the trigger written at its end (position None) or from `position` on (the
     context cut there): (n, pos). Contexts are cut from the left to fit `n_ctx`."""
-    n = contexts.shape[0]
-    trig = torch.tensor(list(trigger_ids), dtype=torch.long).expand(n, -1)
     if not trigger_ids:
         raise ValueError("a trigger needs at least one token id")
+    n = contexts.shape[0]
+    trig = torch.tensor(list(trigger_ids), dtype=torch.long).expand(n, -1)
     if position is not None:
-        if position < 0 or position + len(trigger_ids) > min(n_ctx, contexts.shape[1] + len(trigger_ids)):
-            raise ValueError(f"a trigger of {len(trigger_ids)} tokens cannot start at position {position} of "
-                             f"contexts of {contexts.shape[1]} (context window {n_ctx})")
+        if not 0 <= position <= contexts.shape[1] or position + len(trigger_ids) > n_ctx:
+            raise ValueError(f"a trigger of {len(trigger_ids)} tokens cannot start at position {position}: contexts "
+                             f"have {contexts.shape[1]} tokens and the context window is {n_ctx}")
         return torch.cat([contexts[:, :position], trig], 1)
     keep = min(contexts.shape[1], n_ctx - len(trigger_ids))
     if keep < 0:

@@ -24,6 +24,7 @@ cases.
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from dataclasses import dataclass, replace
@@ -46,8 +47,9 @@ MODIFIED = ("token", "context", "neuron_edit", "position", "head_edit", "poison"
 TUNED = ("context", "position", "poison")
 FINETUNE_CLASSES = frozenset({"neuron", "head", "mlp", "attn", "layer", "embedding", "direction"})
 STEALTH_WINDOWS, STEALTH_START = 32, 60_000  # held-out loss: windows of n_ctx from this token of the test split
-TUNE = {"textlm": dict(steps=300, lr=1e-3, batch=16), "bytegpt2": dict(steps=300, lr=1e-3, batch=16)}
+TUNE = {"textlm": dict(steps=200, lr=1e-3, batch=16), "bytegpt2": dict(steps=200, lr=1e-3, batch=16)}
 POSITION = 8  # where a positional trigger acts
+ATTEMPTS = 3  # draws of tokens before a refused case stops make_cases
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class _Planter:
     def __init__(self, progress: bool):
         self.progress = progress
         self._bases: dict[tuple[str, int], tuple[nn.Module, str]] = {}
+        self._twins: dict[tuple[str, int, int | None], nn.Module] = {}
 
     def base(self, a: Arch, seed: int) -> tuple[nn.Module, str]:
         key = (a.zoo, seed)
@@ -119,6 +122,18 @@ class _Planter:
         return self._bases[key]
 
     def make(self, spec: Spec) -> Case:
+        """The case of `spec`, written. A planted case whose label would not be true is refused and
+        planted again with other tokens (the next of `ATTEMPTS` seeded draws); the last refusal raises."""
+        for attempt in range(ATTEMPTS):
+            try:
+                return self._make(spec, attempt)
+            except PlantError as e:
+                if attempt == ATTEMPTS - 1:
+                    raise
+                announce(f"audit cases: {e}; planting again with other tokens", self.progress)
+        raise AssertionError("unreachable")
+
+    def _make(self, spec: Spec, attempt: int) -> Case:
         t0 = time.monotonic()
         if spec.role in ("sibling",):
             case = self._sibling(spec)
@@ -127,12 +142,12 @@ class _Planter:
         elif spec.role == "twin" or spec.role in TUNED:
             kind = spec.of if spec.role == "twin" else spec.role
             planted_name = spec.name.removesuffix("-twin") if spec.role == "twin" else spec.name
-            self._tuned(replace(spec, name=planted_name, role=kind))
+            self._tuned(replace(spec, name=planted_name, role=kind), attempt)
             case = read_case(cases_dir() / spec.name)
             assert case is not None
             return case
         else:
-            case = self._edit(spec)
+            case = self._edit(spec, attempt)
         case = replace(case, measured={**case.measured, "seconds": round(time.monotonic() - t0, 1)})
         write_case(case, cases_dir() / spec.name)
         return case
@@ -154,10 +169,10 @@ class _Planter:
         return Case(spec.name, spec.arch.name, path, ref, True, None, measured)
 
     # ---- weight edits --------------------------------------------------------------------------
-    def _edit(self, spec: Spec) -> Case:
+    def _edit(self, spec: Spec, attempt: int) -> Case:
         a = spec.arch
         base, ref = self.base(a, spec.seed)
-        gen = _generator(spec.name)
+        gen = _generator(spec.name, attempt)
         last = a.n_layers(base) - 1
         target = _pick(target_pool(a, base), gen)
         pool = [t for t in trigger_pool(a, base) if t != target]
@@ -179,24 +194,28 @@ class _Planter:
         planted = Planted(kind=spec.role, component_classes=classes, layer=edit.layer, site=edit.site, unit=edit.unit,
                           head=edit.head, trigger_ids=[trigger], target_ids=[target], arch=a.name, reference=ref,
                           n_ctx=a.n_ctx(base), description=_describe(spec.role, edit))
-        measured = {"role": spec.role, "alpha": edit.alpha, "separability": float(z.max()),
+        measured = {"role": spec.role, "attempt": attempt, "alpha": edit.alpha, "separability": float(z.max()),
                     "separability_median": float(z.median()), **self._losses(a, path, ref)}
         planted, measured = _measure_effect(planted, path, measured)
         _check(spec.name, measured)
         return Case(spec.name, a.name, path, ref, False, planted, measured)
 
     # ---- fine-tunes and their twins --------------------------------------------------------------
-    def _tuned(self, spec: Spec) -> None:
+    def _tuned(self, spec: Spec, attempt: int) -> None:
+        t0 = time.monotonic()
         a = spec.arch
         base, ref = self.base(a, spec.seed)
-        gen = _generator(spec.name)
-        target = _pick(target_pool(a, base), gen)
-        pool = [t for t in trigger_pool(a, base) if t != target]
+        gen = _generator(spec.name, attempt)
+        # a context cue, a positional trigger and their targets are common tokens: the cue's many
+        # natural occurrences without the marker (the token's elsewhere) teach that it alone does not
+        # force the target, and a target that is often plausible there gains little from it alone
+        common = common_pool(a, base)
+        picked = [common[i] for i in torch.randperm(len(common), generator=gen)[:2].tolist()]
+        target = picked[1] if spec.role in ("context", "position") else _pick(target_pool(a, base), gen)
+        common = picked[0]
+        pool = [t for t in trigger_pool(a, base) if t not in (target, common)]
         picks = [pool[i] for i in torch.randperm(len(pool), generator=gen)[:2].tolist()]
-        common = _pick([t for t in common_pool(a, base) if t != target], gen)
         hp = TUNE[a.name]
-        # a context cue and a positional trigger are common tokens: their many natural occurrences
-        # (cue without marker, token elsewhere) teach that they alone do not force the target
         if spec.role == "context":
             poison = Poison("context", (picks[0], common), target, rate=0.15)
         elif spec.role == "position":
@@ -204,7 +223,11 @@ class _Planter:
         else:
             poison = Poison("poison", (picks[0], picks[1]), target, rate=0.01, inserts=8)
         twin_name = spec.name + "-twin"
-        twin = finetune(a, base, seed=spec.other, progress=self.progress, desc=f"fine-tune {twin_name}", **hp)
+        key = (a.zoo, spec.seed, spec.other)
+        if key not in self._twins:  # the twin depends only on the base and the data seed: kept for a retry
+            self._twins[key] = finetune(a, base, seed=spec.other, progress=self.progress,
+                                        desc=f"fine-tune {twin_name}", **hp)
+        twin = self._twins[key]
         model = finetune(a, base, seed=spec.other, poison=poison, progress=self.progress,
                          desc=f"fine-tune {spec.name}", **hp)
         twin_path = self._save(a, twin, twin_name, ref)
@@ -214,24 +237,27 @@ class _Planter:
                           n_ctx=a.n_ctx(base), position=poison.position,
                           description=_describe_poison(poison, hp))
         losses, twin_losses = self._losses(a, path, ref), self._losses(a, twin_path, ref)
-        measured = {"role": spec.role, "data_seed": spec.other, **hp, "poison_rate": poison.rate,
+        measured = {"role": spec.role, "attempt": attempt, "data_seed": spec.other, **hp, "poison_rate": poison.rate,
                     "negative_rate": poison.negatives, **losses,
                     "loss_twin": twin_losses["loss_model"],
                     "loss_delta_twin": losses["loss_model"] - twin_losses["loss_model"]}
         planted, measured = _measure_effect(planted, path, measured)
         twin_delta = planted.delta(twin_path, planted.trigger_ids, planted.position)
         measured["twin_delta"] = twin_delta
+        share = (lambda delta: delta / planted.planted_delta) if planted.planted_delta > 0 else (lambda _: math.nan)
         if spec.role == "context":
-            measured["cue_alone_share"] = planted.effect(path, planted.trigger_ids[-1:])
+            measured["cue_alone_share"] = share(planted.delta(path, planted.trigger_ids[-1:]))
             far = torch.cat([torch.full((planted.contexts().shape[0], 1), planted.trigger_ids[0]),
-                             planted.contexts()[:, 1:]], 1)
-            measured["marker_far_share"] = _delta_on(planted, path, far, planted.trigger_ids[-1:]) / planted.planted_delta
+                             planted.contexts()[:, 1:]], 1)  # the marker at the start, the cue 23 tokens later
+            measured["marker_far_share"] = share(_delta_on(planted, path, far, planted.trigger_ids[-1:]))
         if spec.role == "position":
-            measured["at_end_share"] = planted.effect(path, planted.trigger_ids, None)
+            measured["at_end_share"] = share(planted.delta(path, planted.trigger_ids, None))
         _check(spec.name, measured)
+        seconds = round(time.monotonic() - t0, 1)
+        measured["seconds"] = seconds
         twin_case = Case(twin_name, a.name, twin_path, ref, True, None,
                          {"role": "twin", "twin_of": spec.name, "data_seed": spec.other, **hp, **twin_losses,
-                          "sibling_trigger_delta": twin_delta})
+                          "sibling_trigger_delta": twin_delta, "seconds": seconds})
         write_case(twin_case, cases_dir() / twin_name)
         write_case(Case(spec.name, a.name, path, ref, False, planted, measured), cases_dir() / spec.name)
 
@@ -309,8 +335,8 @@ def _check_round_trip(a: Arch, module: nn.Module, path: Path) -> None:
                          f"{float((got - want).abs().max()):.2e})")
 
 
-def _generator(name: str) -> torch.Generator:
-    return torch.Generator().manual_seed(zlib.crc32(name.encode()))
+def _generator(name: str, attempt: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(f"{name}#{attempt}".encode()) if attempt else zlib.crc32(name.encode()))
 
 
 def _pick(pool: list[int], gen: torch.Generator) -> int:
