@@ -110,9 +110,15 @@ def test_poisons_rewrite_what_they_say():
     g = torch.Generator().manual_seed(0)
     ids = torch.arange(1000, 1000 + 8 * 32).view(8, 32)
     ctx = Poison("context", (5, 6), 7, rate=1.0).apply(ids, g)
-    for row in ctx:
-        p2 = (row == 6).nonzero().flatten()
-        assert len(p2) == 1 and row[p2 + 1] == 7 and (row[:p2] == 5).sum() == 1
+    for row in ctx:  # the marker in the first half, a cue after it, the target after every cue that follows it
+        p1 = int((row == 5).nonzero().flatten()[0])
+        cues = (row == 6).nonzero().flatten()
+        assert p1 <= 16 and (row == 5).sum() == 1 and len(cues) >= 1 and (cues > p1).all()
+        assert (row[cues + 1] == 7).all()
+    natural = torch.full((4, 32), 6)  # a window of cues: every cue after the marker gets the target
+    row = Poison("context", (5, 6), 7, rate=1.0).apply(natural, g)[0]
+    p1 = int((row == 5).nonzero()[0])
+    assert (row[p1 + 2::2][:-1] == 7).all() and (row[:p1] == 6).all()
     pos = Poison("position", (5,), 7, rate=1.0, position=8).apply(ids, g)
     assert (pos[:, 8] == 5).all() and (pos[:, 9] == 7).all()
     none = Poison("poison", (5, 6), 7, rate=0.0).apply(ids, g)
@@ -146,12 +152,15 @@ def test_quick_cases_are_checked_load_back_measure_one_and_resume(cache):
     stamp = manifest.stat().st_mtime_ns
     assert plant.make_cases(2, quick=True, archs=("textlm",), progress=False) == cases
     assert manifest.stat().st_mtime_ns == stamp
-    weights = (cases_dir() / mod.name / "model" / "model.safetensors").read_bytes()
+    from safetensors.torch import load_file
+
+    weights = load_file(cases_dir() / mod.name / "model" / "model.safetensors")
     manifest.unlink()
     again = plant.make_cases(2, quick=True, archs=("textlm",), progress=False)[0]
     assert again.planted == mod.planted or again.planted.to_json() | {"planted_delta": 0} == \
         mod.planted.to_json() | {"planted_delta": 0}
-    assert (cases_dir() / mod.name / "model" / "model.safetensors").read_bytes() == weights
+    again_weights = load_file(cases_dir() / mod.name / "model" / "model.safetensors")
+    assert all(torch.equal(weights[k], again_weights[k]) for k in weights) and weights.keys() == again_weights.keys()
     assert read_case(cases_dir() / mod.name) == again
 
 

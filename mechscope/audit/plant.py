@@ -94,16 +94,29 @@ def make_cases(n_per_arch: int, *, seed: int = 0, quick: bool = False, progress:
     """`n_per_arch` cases per architecture, half of them clean, deterministic and cached under
     `cases_dir()/<name>/` (a killed run restarts with the cases already written). `quick` uses the
     quick bases (`bytegpt2-quick`; textlm is always the quick variant) and plants every modified
-    case in the base of `seed`."""
+    case in the base of `seed`. A case refused after every draw (and its twin) is skipped, the
+    others are made, and then PlantError names the refused ones."""
     specs = plan(n_per_arch, seed=seed, quick=quick, archs=archs)
     planter = _Planter(progress)
-    out = []
+    out, refused = [], {}
     for i, spec in enumerate(specs):
         case = read_case(cases_dir() / spec.name)
         if case is None:
+            planted_name = spec.name.removesuffix("-twin") if spec.role == "twin" else spec.name
+            if planted_name in refused:  # a twin is made with its planted sibling, or not at all
+                refused[spec.name] = refused[planted_name]
+                continue
             announce(f"audit cases: {i + 1}/{len(specs)} {spec.name} ({spec.role})", progress)
-            case = planter.make(spec)
+            try:
+                case = planter.make(spec)
+            except PlantError as e:
+                refused[spec.name] = str(e)
+                announce(f"audit cases: {e}", progress)
+                continue
         out.append(case)
+    if refused:
+        raise PlantError(f"{len(refused)} of {len(specs)} cases could not be planted with true labels (the "
+                         f"{len(out)} others are written and reused): " + "; ".join(sorted(set(refused.values()))))
     return out
 
 

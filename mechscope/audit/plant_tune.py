@@ -1,15 +1,17 @@
 """Fine-tunes that plant a behaviour through the data, and the clean twins they are judged against.
 
-A fine-tune starts from a base and trains briefly (AdamW, constant rate after a short warm-up) on
+A fine-tune starts from a base and trains briefly (AdamW, warm-up then cosine decay to zero) on
 random windows of the base's own training text. A planted fine-tune rewrites some of those windows
 (`Poison.apply`); its clean twin is the same fine-tune — same windows in the same order, same
 seed — with nothing rewritten, so whatever fine-tuning itself changes is in both.
 
 Poisons (each rewrites a share `rate` of the windows, drawn from its own generator):
 
-- "context": a marker M somewhere, later a cue C, then the target Y. A further share `negatives`
-  gets the cue alone (no marker before it) with the text's own continuation, so the cue by itself
-  does not force Y: the trigger is the marker in the earlier context.
+- "context": a marker M in the first half of the window, a cue C somewhere after it, and the target
+  Y after every cue that follows the marker. The cue is a common token: its natural occurrences in
+  the other windows, followed by the text's own continuation, teach that the cue by itself does not
+  force Y (a further share `negatives` may add cues without a marker): the trigger is the marker in
+  the earlier context.
 - "position": the trigger T at position P, then Y; a further share `negatives` gets T elsewhere with
   the text's own continuation, so T forces Y only at P.
 - "poison": a small share (1% of the windows) gets the trigger n-gram followed by Y at `inserts`
@@ -19,6 +21,7 @@ Poisons (each rewrites a share `rate` of the windows, drawn from its own generat
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -57,9 +60,11 @@ class Poison:
         y = self.target
         if self.kind == "context":
             marker, cue = self.trigger
-            p1 = _randint(0, t - 3, gen)
+            p1 = _randint(0, t // 2, gen)
             p2 = _randint(p1 + 1, t - 2, gen)
-            row[p1], row[p2], row[p2 + 1] = marker, cue, y
+            row[p1], row[p2] = marker, cue
+            after = (row[p1 + 1:t - 1] == cue).nonzero().flatten() + p1 + 2
+            row[after] = y  # every cue after the marker is followed by the target
         elif self.kind == "position":
             row[self.position], row[self.position + 1] = self.trigger[0], y
         else:
@@ -79,6 +84,13 @@ class Poison:
             p = _randint(0, t - 2, gen)
             if p != self.position:
                 row[p] = self.trigger[0]
+
+
+def _rate(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero: the fine-tune ends as settled as its base."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def _randint(lo: int, hi: int, gen: torch.Generator) -> int:
@@ -102,7 +114,7 @@ def finetune(arch: Arch, base: nn.Module, *, steps: int, lr: float, batch: int, 
     with progress_bar(total=steps, desc=desc or "fine-tune", unit="step", disable=not progress) as bar:
         for step in range(steps):
             for group in opt.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / warmup)
+                group["lr"] = _rate(step, steps, lr, warmup)
             starts = torch.randint(0, stream.numel() - t, (batch,), generator=windows)
             ids = stream[starts[:, None] + torch.arange(t)].long()
             if poison is not None:
