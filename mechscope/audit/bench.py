@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None, *, audit_fn: AuditFn | None = None) 
             line = failed_line(f"the audit is not available: {e}", quick=args.quick)
             print(json.dumps(line, default=float))
             return line
-    cases = make_cases(n, seed=args.seed, quick=args.quick, progress=progress)
+    cases = make_cases(n, seed=args.seed, quick=args.quick, progress=progress, strict=False)  # refusals: fewer cases
     ref = run_bench(cases, audit_fn, with_reference=True, budget_minutes=budget, seed=args.seed, progress=progress)
     noref = None if args.no_reference_pass else run_bench(cases, audit_fn, with_reference=False,
                                                           budget_minutes=budget, seed=args.seed, progress=progress)

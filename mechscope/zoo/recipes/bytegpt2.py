@@ -94,9 +94,17 @@ class ByteGPT2(TextLM):
 
 def export_hf(module: nn.Module, path: Path) -> Path:
     """Write a bytegpt2 network as a Hugging Face directory (config.json + model.safetensors)."""
+    from transformers.utils import logging as hf_logging
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    module.save_pretrained(path, safe_serialization=True)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its one-shard bar is noise in a log
+    try:
+        module.save_pretrained(path, safe_serialization=True)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return path
 
 
