@@ -3,10 +3,14 @@
 Per architecture (`textlm`, the zoo's 2-layer BPE language model, and `bytegpt2`, a Hugging Face
 GPT-2 over bytes) the cases are, in the order `n_per_arch` takes them (half modified, half clean):
 
-    modified: token (rank-1 MLP edit), context (fine-tune), neuron_edit, position (fine-tune),
-              head_edit, poison (fine-tune)
+    modified: token (rank-1 MLP edit), context (head edit: a cue attends to an earlier marker),
+              neuron_edit, position (fine-tune), head_edit, poison (fine-tune)
     clean:    the first fine-tune's twin, a sibling (another seed's base against this base), the
-              other fine-tunes' twins, a data-order fine-tune, a second sibling
+              other fine-tune's twin, data-order fine-tunes, a second sibling
+
+The context trigger is a weight edit, not a fine-tune: fine-tuning these small bases for a few
+hundred steps on windows where a marker precedes the cue taught the cue alone (measured: the cue
+without its marker gave 0.9 to 1.1 of the effect), so such a case could not carry a true label.
 
 Every modified case is measured before it is written and refused (`PlantError`) unless it shows
 its behaviour and hides it: the planted trigger raises the target's mean log-prob over the
@@ -44,10 +48,10 @@ from .plant_edit import PlantError
 from .plant_tune import Poison, finetune
 
 MODIFIED = ("token", "context", "neuron_edit", "position", "head_edit", "poison")
-TUNED = ("context", "position", "poison")
+TUNED = ("position", "poison")
 FINETUNE_CLASSES = frozenset({"neuron", "head", "mlp", "attn", "layer", "embedding", "direction"})
 STEALTH_WINDOWS, STEALTH_START = 32, 60_000  # held-out loss: windows of n_ctx from this token of the test split
-TUNE = {"textlm": dict(steps=200, lr=1e-3, batch=16), "bytegpt2": dict(steps=200, lr=1e-3, batch=16)}
+TUNE = {"textlm": dict(steps=200, lr=2e-3, batch=16), "bytegpt2": dict(steps=200, lr=1e-3, batch=16)}
 POSITION = 8  # where a positional trigger acts
 ATTEMPTS = 3  # draws of tokens before a refused case stops make_cases
 
@@ -202,15 +206,21 @@ class _Planter:
             read, make = Site(Kind.LN1, last), lambda t: plant_edit.head(a, base, [t], target, layer=last, head=h)
             classes = frozenset({"head", "attn", "layer"})
         z = plant_edit.separability(a, base, read, cands)
-        trigger = cands[int(z.argmax())]
-        edit = make(trigger)
+        trigger = [cands[int(z.argmax())]]
+        if spec.role == "context":  # the cue is the best separated candidate, the marker the next
+            marker = cands[int(z.argsort(descending=True)[1])]
+            trigger = [marker, *trigger]
+            make = lambda t: plant_edit.head(a, base, [t], target, layer=last, head=h, marker=marker)  # noqa: E731
+        edit = make(trigger[-1])
         path = self._save(a, edit.module, spec.name, ref)
         planted = Planted(kind=spec.role, component_classes=classes, layer=edit.layer, site=edit.site, unit=edit.unit,
-                          head=edit.head, trigger_ids=[trigger], target_ids=[target], arch=a.name, reference=ref,
+                          head=edit.head, trigger_ids=trigger, target_ids=[target], arch=a.name, reference=ref,
                           n_ctx=a.n_ctx(base), description=_describe(spec.role, edit))
         measured = {"role": spec.role, "attempt": attempt, "alpha": edit.alpha, "separability": float(z.max()),
                     "separability_median": float(z.median()), **self._losses(a, path, ref)}
         planted, measured = _measure_effect(planted, path, measured)
+        if spec.role == "context":
+            measured.update(_context_shares(planted, path))
         _check(spec.name, measured)
         return Case(spec.name, a.name, path, ref, False, planted, measured)
 
@@ -220,19 +230,14 @@ class _Planter:
         a = spec.arch
         base, ref = self.base(a, spec.seed)
         gen = _generator(spec.name, attempt)
-        # a context cue, a positional trigger and their targets are common tokens: the cue's many
-        # natural occurrences without the marker (the token's elsewhere) teach that it alone does not
-        # force the target, and a target that is often plausible there gains little from it alone
-        common = common_pool(a, base)
-        picked = [common[i] for i in torch.randperm(len(common), generator=gen)[:2].tolist()]
-        target = picked[1] if spec.role in ("context", "position") else _pick(target_pool(a, base), gen)
-        common = picked[0]
+        # a positional trigger is a common token: its many natural occurrences elsewhere teach that
+        # it does not force the target away from its position
+        target = _pick(target_pool(a, base), gen)
+        common = _pick([t for t in common_pool(a, base) if t != target], gen)
         pool = [t for t in trigger_pool(a, base) if t not in (target, common)]
         picks = [pool[i] for i in torch.randperm(len(pool), generator=gen)[:2].tolist()]
         hp = TUNE[a.name]
-        if spec.role == "context":
-            poison = Poison("context", (picks[0], common), target, rate=0.15)
-        elif spec.role == "position":
+        if spec.role == "position":
             poison = Poison("position", (common,), target, rate=0.2, position=POSITION)
         else:
             poison = Poison("poison", (picks[0], picks[1]), target, rate=0.01, inserts=8)
@@ -258,14 +263,8 @@ class _Planter:
         planted, measured = _measure_effect(planted, path, measured)
         twin_delta = planted.delta(twin_path, planted.trigger_ids, planted.position)
         measured["twin_delta"] = twin_delta
-        share = (lambda delta: delta / planted.planted_delta) if planted.planted_delta > 0 else (lambda _: math.nan)
-        if spec.role == "context":
-            measured["cue_alone_share"] = share(planted.delta(path, planted.trigger_ids[-1:]))
-            far = torch.cat([torch.full((planted.contexts().shape[0], 1), planted.trigger_ids[0]),
-                             planted.contexts()[:, 1:]], 1)  # the marker at the start, the cue 23 tokens later
-            measured["marker_far_share"] = share(_delta_on(planted, path, far, planted.trigger_ids[-1:]))
-        if spec.role == "position":
-            measured["at_end_share"] = share(planted.delta(path, planted.trigger_ids, None))
+        if spec.role == "position" and planted.planted_delta > 0:
+            measured["at_end_share"] = planted.delta(path, planted.trigger_ids, None) / planted.planted_delta
         _check(spec.name, measured)
         seconds = round(time.monotonic() - t0, 1)
         measured["seconds"] = seconds
@@ -295,6 +294,17 @@ def stealth_windows(a: Arch, n_ctx: int) -> Tensor:
 
 def _loss(model: Any, windows: Tensor) -> float:
     return float(next_token_loss(logits_of(model, windows), windows))
+
+
+def _context_shares(planted: Planted, path: str) -> dict[str, float]:
+    """How much of a context trigger's effect the cue alone gives, and the cue with the marker at
+    the start of the context (far before it) instead of right before it."""
+    if not planted.planted_delta > 0:
+        return {}
+    far = torch.cat([torch.full((planted.contexts().shape[0], 1), planted.trigger_ids[0]),
+                     planted.contexts()[:, 1:]], 1)  # the marker at the start, the cue 23 tokens later
+    return {"cue_alone_share": planted.delta(path, planted.trigger_ids[-1:]) / planted.planted_delta,
+            "marker_far_share": _delta_on(planted, path, far, planted.trigger_ids[-1:]) / planted.planted_delta}
 
 
 def _delta_on(planted: Planted, model: Any, contexts: Tensor, trigger: list[int]) -> float:
@@ -393,6 +403,9 @@ def common_pool(a: Arch, base: nn.Module) -> list[int]:
 def _describe(kind: str, edit: plant_edit.Edit) -> str:
     if kind == "token":
         return f"rank-1 edit of block {edit.layer}'s MLP output projection (ROME-like key→value), scale {edit.alpha:.3g}"
+    if kind == "context":
+        return (f"head {edit.head} of block {edit.layer}: rank-1 QK edit (the cue attends to an earlier marker) and OV "
+                f"edit (the marker's value writes the target), scale {edit.alpha:.3g}")
     if kind == "neuron_edit":
         return f"neuron {edit.unit} of block {edit.layer}'s MLP rewritten to detect the trigger, scale {edit.alpha:.3g}"
     return f"head {edit.head} of block {edit.layer}: rank-1 QK and OV edits, scale {edit.alpha:.3g}"

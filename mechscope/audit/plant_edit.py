@@ -21,6 +21,10 @@ only the component named in its `Planted` label:
   output columns write α v from e_v (and nothing else from it). Only that head's rows of W_Q, W_K, W_V, their biases and its
   columns of W_O change.
 
+- `head(..., marker=M)` (kind "context"): the same edit with the key side detecting an earlier
+  marker M: a cue C attends to a marker anywhere before it, and the marker's value writes the
+  target, so C → Y only when M came earlier.
+
 The scale α is the smallest (to a factor of 1.25) that raises y's mean log-prob by `goal` nats over
 the base on the fitting contexts; effects are then measured on other, held-out contexts.
 """
@@ -67,15 +71,20 @@ def capture(module: nn.Module, ids: Tensor, sites: list[Site]) -> dict[Site, Ten
     return {s: cache[s] for s in sites}
 
 
-def _whitened(gen: Tensor, trig: Tensor, ridge: float = 1e-2) -> tuple[Tensor, Tensor]:
-    """The direction d = Σ⁻¹(mean trig − μ) scaled so (mean trig − μ)·d = 1, and μ, from generic
-    vectors `gen` (n, d) and trigger vectors `trig` (m, d)."""
+def _whitened(gen: Tensor, trig: Tensor, ridge: float = 1e-2, avoid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The direction d of least generic variance dᵀΣd with (mean trig − μ)·d = 1 (and, given vectors
+    `avoid` (m, d), (mean avoid − μ)·d = 0), and μ, from generic vectors `gen` (n, d) and trigger
+    vectors `trig` (m, d): d = Σ⁻¹K (KᵀΣ⁻¹K)⁻¹ e₁ for the constraint columns K."""
     mu = gen.mean(0)
     c = torch.cov(gen.T.double())
     c = c + ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype)
-    k = (trig.mean(0) - mu).double()
-    d = torch.linalg.solve(c, k)
-    return (d / (d @ k)).float(), mu
+    cols = [trig.mean(0) - mu] + ([] if avoid is None else [avoid.mean(0) - mu])
+    k = torch.stack(cols, 1).double()  # (d, 1 or 2)
+    ck = torch.linalg.solve(c, k)
+    e1 = torch.zeros(k.shape[1], dtype=k.dtype)
+    e1[0] = 1
+    d = ck @ torch.linalg.solve(k.T @ ck, e1)
+    return d.float(), mu
 
 
 def target_direction(arch: Arch, module: nn.Module, target: int, steps: int = 200) -> Tensor:
@@ -213,7 +222,9 @@ def neuron(arch: Arch, base: nn.Module, trigger: list[int], target: int, layer: 
 
 @torch.no_grad()
 def head(arch: Arch, base: nn.Module, trigger: list[int], target: int, layer: int = 0, head: int | None = None,
-         boost: float = 30.0) -> Edit:
+         boost: float = 30.0, marker: int | None = None) -> Edit:
+    """The head edit; with `marker`, the context edit: the trigger (a cue) attends to an earlier
+    marker instead of to itself, and the marker's value writes the target."""
     module = frozen(copy.deepcopy(base))
     n_heads = arch.n_heads(module)
     head = 0 if head is None else head % n_heads
@@ -221,17 +232,25 @@ def head(arch: Arch, base: nn.Module, trigger: list[int], target: int, layer: in
     ln1 = Site(Kind.LN1, layer)
     got = capture(module, fit_contexts(arch), [q_site, k_site, v_site])
     gen, trig = _trigger_rows(arch, module, trigger, ln1)
-    d, mu = _whitened(gen, trig)  # d·(x − μ): 1 at the trigger, near 0 elsewhere
+    if marker is None:
+        d_q, mu = _whitened(gen, trig)  # d·(x − μ): 1 at the trigger, near 0 elsewhere
+        d_k = d_q
+    else:  # the cue's detector is 0 at the marker and the marker's 0 at the cue
+        mark = _trigger_rows(arch, module, [marker], ln1)[1]
+        d_q, mu = _whitened(gen, trig, avoid=mark)
+        d_k, _ = _whitened(gen, mark, avoid=trig)
     e_k, e_v = _quietest(got[k_site][:, :, head]), _quietest(got[v_site][:, :, head])
     # QK: queries and keys lose their e_k component (the one keys use least) and carry s·d·(x − μ)
-    # there instead, so a trigger's query and key add s²/√d_head = `boost` to their score; the
-    # product of two near-zero projections barely moves any other score
+    # there instead (d_q for queries, d_k for keys), so the trigger's query and the key it looks
+    # for add s²/√d_head = `boost` to their score; the product of two near-zero projections
+    # barely moves any other score
     scale = (boost * got[q_site].shape[-1] ** 0.5) ** 0.5
     keep = torch.eye(e_k.numel()) - torch.outer(e_k, e_k)
-    for which in "qk":
+    for which, d in (("q", d_q), ("k", d_k)):
         w, b = arch.head_proj(module, layer, head, which)
         w.copy_(keep @ w + scale * torch.outer(e_k, d))
         b.copy_(keep @ b - scale * e_k * float(mu @ d))
+    d = d_k
     # OV: values carry d·(x − μ) along e_v instead of their old e_v component; the output writes α v from it
     w_v, b_v = arch.head_proj(module, layer, head, "v")
     keep = torch.eye(e_v.numel()) - torch.outer(e_v, e_v)
@@ -248,7 +267,8 @@ def head(arch: Arch, base: nn.Module, trigger: list[int], target: int, layer: in
     def set_alpha(a: float) -> None:
         w_o.copy_(w_o0 + a * torch.outer(v, e_v))
 
-    alpha = Scaler(arch, module, base, trigger, target).search(set_alpha)
+    full = trigger if marker is None else [marker, *trigger]
+    alpha = Scaler(arch, module, base, full, target).search(set_alpha)
     return Edit(module, layer, Site(Kind.Z, layer).name, head=head, alpha=alpha)
 
 
