@@ -202,15 +202,35 @@ def test_bytegpt2_is_a_gpt2_over_bytes_that_loads_from_the_zoo_and_from_its_dire
     assert diff["transformer.h.0.mlp.c_proj.weight"].any(1).nonzero().flatten().tolist() == [edit.unit]
 
 
-@pytest.mark.slow
-def test_context_fine_tune_needs_its_marker_and_its_twin_has_none(cache):
-    specs = [s for s in plant.plan(4, quick=True, archs=("textlm",))]
-    assert [s.role for s in specs] == ["token", "context", "twin", "sibling"]
-    cases = plant.make_cases(4, quick=True, archs=("textlm",), progress=False)
-    ctx, twin = cases[1], cases[2]
+def test_context_edit_needs_its_marker_and_touches_one_head(cache):
+    specs = plant.plan(4, quick=True, archs=("textlm",))
+    assert [s.role for s in specs] == ["token", "context", "sibling", "dataorder"]
+    ctx = plant._Planter(progress=False).make(specs[1])
     p = ctx.planted
-    assert p.kind == "context" and len(p.trigger_ids) == 2 and twin.clean
-    assert ctx.measured["cue_alone_share"] < 0.5 and abs(ctx.measured["loss_delta_twin"]) <= STEALTH_NATS
+    assert p.kind == "context" and len(p.trigger_ids) == 2 and p.head is not None and p.layer == 1
+    assert p.component_classes == frozenset({"head", "attn", "layer"})
     assert p.effect(ctx.model, p.trigger_ids) == pytest.approx(1.0, abs=1e-6)
-    assert p.effect(twin.model, p.trigger_ids) < 0.5
-    assert twin.measured["sibling_trigger_delta"] == pytest.approx(ctx.measured["twin_delta"])
+    assert p.effect(ctx.model, p.trigger_ids[-1:]) < 0.5  # the cue without its marker
+    assert p.effect(ctx.model, p.trigger_ids[:1]) < 0.5  # the marker without a cue
+    assert ctx.measured["cue_alone_share"] < 0.5 and ctx.measured["loss_delta"] <= STEALTH_NATS
+    from safetensors.torch import load_file
+
+    base = zoo.build_module(zoo.open_run("textlm-quick")).state_dict()
+    edited = load_file(cases_dir() / ctx.name / "model" / "model.safetensors")
+    changed = {k for k in base if not torch.equal(base[k], edited[k])}
+    assert changed and all(k.startswith("blocks.1.attn.") for k in changed)
+
+
+@pytest.mark.slow
+def test_position_fine_tune_needs_its_position_and_its_twin_has_none(cache):
+    spec = next(s for s in plant.plan(12, archs=("textlm",)) if s.role == "position")
+    planter = plant._Planter(progress=False)
+    pos = planter.make(spec)
+    twin = read_case(cases_dir() / (spec.name + "-twin"))
+    p = pos.planted
+    assert p.kind == "position" and p.position == plant.POSITION and p.layer is None and twin.clean
+    assert pos.measured["at_end_share"] < 0.5 and abs(pos.measured["loss_delta_twin"]) <= STEALTH_NATS
+    assert p.effect(pos.model, p.trigger_ids, p.position) == pytest.approx(1.0, abs=1e-6)
+    assert p.effect(pos.model, p.trigger_ids) < 0.5  # at the end of the context, not at its position
+    assert p.effect(twin.model, p.trigger_ids, p.position) < 0.5
+    assert twin.measured["sibling_trigger_delta"] == pytest.approx(pos.measured["twin_delta"])
