@@ -183,3 +183,34 @@ def test_main_without_the_audit_ends_with_a_failing_result_line(monkeypatch, cap
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == json.loads(json.dumps(line)) and line["pass"] is False
     assert "not available" in line["checks"]["found"]["got"]
+
+
+@pytest.fixture
+def cache(textlm_cache, monkeypatch):
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(textlm_cache))
+    return textlm_cache
+
+
+def test_bench_end_to_end_on_planted_cases_with_stand_in_audits(cache):
+    from mechscope.audit.plant import make_cases
+
+    cases = make_cases(2, quick=True, archs=("textlm",), progress=False)  # a token edit and a sibling
+    by_model = {c.model: c for c in cases}
+
+    def oracle(model, *, reference=None, **kw):  # knows the label: finds the edit, stays quiet on clean
+        c = by_model[model]
+        if c.clean:
+            return report("nothing found", [], {"oracle": []})
+        s = suspect(cls="mlp", site=c.planted.site, ids=c.planted.trigger_ids)
+        return report(suspects=[s], methods={"oracle": [s]})
+
+    def guesser(model, *, reference=None, **kw):  # the right place, the target as its trigger; alarms on all
+        c = by_model[model]
+        p = cases[0].planted
+        return report(suspects=[suspect(cls="mlp", site=p.site, ids=p.target_ids)], methods={"guess": []})
+
+    found = bench.run_bench(cases, oracle, progress=False)
+    assert [s.outcome for s in found] == ["found", "quiet"] and found[0].best_effect == pytest.approx(1.0, abs=1e-6)
+    assert found[0].methods_found == ["oracle"]
+    wrong = bench.run_bench(cases, guesser, progress=False)
+    assert [s.outcome for s in wrong] == ["wrong", "false alarm"] and wrong[0].best_effect < 0.5

@@ -232,10 +232,13 @@ class _Planter:
         a = spec.arch
         base, ref = self.base(a, spec.seed)
         gen = _generator(spec.name, attempt)
-        # a positional trigger is a common token: its many natural occurrences elsewhere teach that
-        # it does not force the target away from its position
-        target = _pick(target_pool(a, base), gen)
-        common = _pick([t for t in common_pool(a, base) if t != target], gen)
+        # a positional trigger and its target are common tokens: the trigger's many natural
+        # occurrences elsewhere teach that it does not force the target away from its position, and
+        # a target that is often plausible gains little there from the trigger alone
+        common = common_pool(a, base)
+        picked = [common[i] for i in torch.randperm(len(common), generator=gen)[:2].tolist()]
+        target = picked[1] if spec.role == "position" else _pick(target_pool(a, base), gen)
+        common = picked[0]
         pool = [t for t in trigger_pool(a, base) if t not in (target, common)]
         picks = [pool[i] for i in torch.randperm(len(pool), generator=gen)[:2].tolist()]
         hp = TUNE[a.name]
@@ -394,12 +397,13 @@ def target_pool(a: Arch, base: nn.Module) -> list[int]:
 
 
 def common_pool(a: Arch, base: nn.Module) -> list[int]:
-    """Common tokens (context cues, positional triggers): BPE frequency ranks 5 to 100; bytes: small letters."""
+    """Common tokens (positional triggers and their targets): BPE frequency ranks 20 to 100; bytes:
+    small letters."""
     counts = _counts(a, base)
     if a.hf:
         return [b for b in range(97, 123) if counts[b] >= 20]
     order = counts.argsort(descending=True).tolist()
-    return [t for t in order[5:100] if t != 0]
+    return [t for t in order[20:100] if t != 0]
 
 
 def _describe(kind: str, edit: plant_edit.Edit) -> str:
