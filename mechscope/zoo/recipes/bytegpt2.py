@@ -42,13 +42,7 @@ def byte_stream(split: str = "train", corpus: str = "textlm") -> Tensor:
 def byte_windows(n: int, seq_len: int, split: str = "test", offset: int = 0, corpus: str = "textlm") -> Tensor:
     """`n` consecutive, non-overlapping windows of `seq_len` bytes of `split` from window `offset`:
     (n, seq_len) int64 token ids. Deterministic; held-out text by default."""
-    stream = byte_stream(split, corpus)
-    have = stream.numel() // seq_len - offset
-    if n > have:
-        raise ValueError(f"the {split} bytes of {corpus!r} hold {max(have, 0)} windows of {seq_len} after window "
-                         f"{offset}, {n} asked for")
-    start = offset * seq_len
-    return stream[start:start + n * seq_len].view(n, seq_len).long()
+    return datasets.stream_windows(byte_stream(split, corpus), n, seq_len, offset, f"the {split} bytes of {corpus!r}")
 
 
 class ByteGPT2(TextLM):
