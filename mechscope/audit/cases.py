@@ -72,18 +72,23 @@ def heldout(arch: str, n: int, length: int, offset: int) -> Tensor:
 
 
 @lru_cache(maxsize=8)
-def _loaded(path: str):
+def _loaded(path: str, stamp: int):
     from ..models.load import load
 
     return load(path)
 
 
 def adapter_of(model: Any):
-    """An adapter for `model`: a path or name is loaded (and kept for later calls), a module wrapped."""
+    """An adapter for `model`: a path or name is loaded (and kept for later calls while its weights
+    file is unchanged), a module wrapped."""
     from ..models import wrap
 
     if isinstance(model, (str, Path)):
-        return _loaded(str(Path(model).resolve()) if Path(model).exists() else str(model))
+        p = Path(model)
+        if not p.exists():
+            return _loaded(str(model), 0)
+        weights = p / "model.safetensors"
+        return _loaded(str(p.resolve()), weights.stat().st_mtime_ns if weights.is_file() else 0)
     return wrap(model)
 
 

@@ -28,7 +28,6 @@ cases.
 
 from __future__ import annotations
 
-import math
 import time
 import zlib
 from dataclasses import dataclass, replace
@@ -282,8 +281,7 @@ class _Planter:
     # ---- shared ----------------------------------------------------------------------------------
     def _save(self, a: Arch, module: nn.Module, name: str, ref: str) -> str:
         path = cases_dir() / name / "model"
-        base_run = ref if not a.hf else str(Path(ref))
-        a.save(module, path, base_run)
+        a.save(module, path, ref)
         _check_round_trip(a, module, path)
         return str(path)
 

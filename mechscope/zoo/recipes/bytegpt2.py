@@ -23,7 +23,6 @@ import torch
 from torch import Tensor, nn
 
 from .. import datasets
-from ..recipe import Recipe
 from .textlm import Streams, TextLM, next_token_loss
 
 SEPARATOR = 0  # the byte that joins documents
