@@ -191,6 +191,7 @@ def cache(textlm_cache, monkeypatch):
     return textlm_cache
 
 
+@pytest.mark.slow
 def test_bench_end_to_end_on_planted_cases_with_stand_in_audits(cache):
     from mechscope.audit.plant import make_cases
 

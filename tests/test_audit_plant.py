@@ -127,6 +127,7 @@ def test_poisons_rewrite_what_they_say():
     assert ((ngram[:, :-2] == 5) & (ngram[:, 1:-1] == 6) & (ngram[:, 2:] == 7)).any(1).all()
 
 
+@pytest.mark.slow
 def test_quick_cases_are_checked_load_back_measure_one_and_resume(cache):
     cases = plant.make_cases(2, quick=True, archs=("textlm",), progress=False)
     assert [c.clean for c in cases] == [False, True]
