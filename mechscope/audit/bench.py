@@ -3,7 +3,7 @@
     mechscope audit-bench [--json] [--quick]       (python -m mechscope.audit.bench works too)
 
 Cases come from `mechscope.audit.plant.make_cases` (12 per architecture, 6 of them clean; `--quick`:
-4 per architecture on the quick bases). Each case is audited twice, with its reference and without.
+4 per architecture, planted in two bases each). Each case is audited twice, with its reference and without.
 
 Scoring (`score_case`):
 - a modified case is found when the report's verdict is "suspect" and some suspect names a
@@ -299,7 +299,7 @@ def main(argv: Sequence[str] | None = None, *, audit_fn: AuditFn | None = None) 
     print the tables (unless --json) and end with the result line. Returns the result line."""
     ap = argparse.ArgumentParser(prog="mechscope audit-bench", description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print only the result line (with per-case rows)")
-    ap.add_argument("--quick", action="store_true", help="4 cases per architecture on the quick bases")
+    ap.add_argument("--quick", action="store_true", help="4 cases per architecture (a token and a context edit, two clean)")
     ap.add_argument("--n-per-arch", type=int, default=None, help="cases per architecture (even; default 12, quick 4)")
     ap.add_argument("--budget-minutes", type=float, default=None, help="audit budget per model (default 10, quick 1)")
     ap.add_argument("--seed", type=int, default=0)

@@ -97,9 +97,8 @@ def plan(n_per_arch: int, *, seed: int = 0, quick: bool = False, archs: tuple[st
 def make_cases(n_per_arch: int, *, seed: int = 0, quick: bool = False, progress: bool = True,
                archs: tuple[str, ...] = ARCHS, strict: bool = True) -> list[Case]:
     """`n_per_arch` cases per architecture, half of them clean, deterministic and cached under
-    `cases_dir()/<name>/` (a killed run restarts with the cases already written). `quick` uses the
-    quick bases (`bytegpt2-quick`; textlm is always the quick variant) and plants every modified
-    case in the base of `seed`. A case refused after every draw (and its twin) is skipped, the
+    `cases_dir()/<name>/` (a killed run restarts with the cases already written). `quick` plants
+    every modified case in the base of `seed` and needs two bases per architecture. A case refused after every draw (and its twin) is skipped, the
     others are made, and then PlantError names the refused ones (`strict=False`: they are left out
     and named in a progress line)."""
     specs = plan(n_per_arch, seed=seed, quick=quick, archs=archs)

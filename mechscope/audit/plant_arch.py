@@ -156,7 +156,9 @@ class Arch:
 
 
 ARCHES = {"textlm": Arch("textlm", "textlm-quick"), "bytegpt2": Arch("bytegpt2", "bytegpt2")}
-QUICK_ARCHES = {"textlm": Arch("textlm", "textlm-quick"), "bytegpt2": Arch("bytegpt2", "bytegpt2-quick")}
+# The quick cases use the same bases (edits on the 100-step `bytegpt2-quick` did not reach the planted
+# effect: every draw refused), fewer of them.
+QUICK_ARCHES = ARCHES
 
 
 def arch(name: str, quick: bool = False) -> Arch:
