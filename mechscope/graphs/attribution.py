@@ -103,6 +103,7 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
     rows = list(range(n_lat)) + list(range(log0, N))  # the targets, in the order of y
     leaves = [E] + [M[l] for l in range(rep.n_layers)]
     n_y = y.shape[0]
+    row_sums = torch.zeros(n_y, dtype=torch.float64)  # in the model's precision, before A is stored as float32
     for start in progress_bar(range(0, n_y, batch_size), desc="graph rows", total=-(-n_y // batch_size)):
         stop = min(start + batch_size, n_y)
         go = torch.zeros(stop - start, n_y, dtype=y.dtype)
@@ -110,7 +111,7 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
         g = torch.autograd.grad(y, leaves, go, retain_graph=True, is_grads_batched=True, allow_unused=True)
         gE = _or_zero(g[0], E)[:, 0]  # (B, pos, d)
         gM = {l: _or_zero(g[1 + l], M[l])[:, 0] for l in range(rep.n_layers)}
-        block = torch.zeros(stop - start, N, dtype=torch.float32)
+        block = torch.zeros(stop - start, N, dtype=gE.dtype)
         block[:, tok0:log0] = (gE * rep.embed.detach()).sum(-1)
         for l in range(rep.n_layers):
             block[:, err0 + l * pos: err0 + (l + 1) * pos] = (gM[l] * rep.errors[l]).sum(-1)
@@ -123,6 +124,7 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
             block[:, col:col + len(p)] = eff * a
             col += len(p)
         A[rows[start:stop]] = block.float()
+        row_sums[start:stop] = block.double().sum(1)
     del y, leaves, E, M
 
     inputs = torch.zeros(N, dtype=torch.float64)
@@ -130,7 +132,7 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
     y_val = _y_values(rep, act_at, chosen)
     inputs[rows] = y_val
     bias[rows] = y0.double()
-    lin = float((A[rows].double().sum(1) + bias[rows] - inputs[rows]).abs().max()) if rows else 0.0
+    lin = float((row_sums + bias[rows] - inputs[rows]).abs().max()) if rows else 0.0
     w = torch.zeros(N, dtype=torch.float64)
     if target is not None:
         w[log0 + chosen.index(int(target))] = 1.0
