@@ -224,6 +224,7 @@ def report(directory: Annotated[str, typer.Argument(help="artifact directory (ma
 from .cli_dict import dict_app  # noqa: E402  (sub-commands live in their own modules)
 from .cli_diff import diff as diff_command, diff_bench  # noqa: E402
 from .cli_features import features_app  # noqa: E402
+from .cli_graph import graph as graph_command  # noqa: E402
 from .cli_zoo import replicate, zoo_app  # noqa: E402
 
 app.add_typer(zoo_app, name="zoo")
@@ -231,6 +232,7 @@ app.add_typer(dict_app, name="dict")
 app.add_typer(features_app, name="features")
 app.command()(replicate)
 app.command(name="diff")(diff_command)
+app.command(name="graph")(graph_command)
 app.command(name="diff-bench")(diff_bench)
 
 

@@ -245,3 +245,79 @@ def test_intervention_check_measures_in_the_live_replacement():
     one = rep.run(frozen=False, ablate=[[(l, p, f)]]).logits[0, -1, target]
     assert float(one - rep.logits[-1, target]) == pytest.approx(float(ck.measured[0]), abs=1e-9)
     assert -1 <= ck.spearman <= 1
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+WORDS = ["<unk>", "<s>"] + [f"w{i}" for i in range(99)]
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """A tiny Llama saved as a local Hugging Face directory, with a word-level tokenizer built here."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("llama")
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>").save_pretrained(d)
+    build("llama_gqa").save_pretrained(d)
+    return d
+
+
+def save_transcoders(path, layers, d=64, model=None):
+    from mechscope.dictionaries.saelens import save
+
+    for l in layers:
+        tc = transcoder(l, d, n=48, k=6, dtype=torch.float32)
+        tc.config.__dict__["model"] = model  # frozen dataclass: the model the activations came from
+        save(tc, path / f"L{l}")
+    return path
+
+
+def invoke(*args):
+    from typer.testing import CliRunner
+
+    from mechscope.cli import app
+
+    return CliRunner().invoke(app, ["graph", *map(str, args)], env={"COLUMNS": "1000"})
+
+
+PROMPT = "w3 w5 w7 w3 w5 w9 w11 w3"
+
+
+def test_graph_command_writes_json_and_refuses_bad_input(llama_dir, tmp_path):
+    import json
+
+    tcs = save_transcoders(tmp_path / "tc", [1])
+    out = tmp_path / "out"
+    r = invoke(llama_dir, PROMPT, "--transcoders", tcs, "--out", out, "--target", "w5", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "graph.json").read_text())
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == doc
+    assert doc["scores"]["exactness"] <= 1e-4 and 0 <= doc["scores"]["replacement"] <= 1
+    kinds = {n["kind"] for n in doc["nodes"]}
+    assert {"latent", "error", "token", "logit"} <= kinds
+    assert any(n["kind"] == "logit" and n["index"] == WORDS.index("w5") for n in doc["nodes"])
+    ids = {n["id"] for n in doc["nodes"]}
+    assert doc["edges"] and all(e["source"] in ids and e["target"] in ids for e in doc["edges"])
+    before = (out / "graph.json").read_bytes()
+
+    def refused(match, *args):
+        r = invoke(llama_dir, PROMPT, "--out", out, *args)
+        text = " ".join(re.sub("[│╭╮╰╯─]", " ", r.output).split())  # the error panel's frame
+        assert r.exit_code != 0 and re.search(match, text), r.output
+        assert (out / "graph.json").read_bytes() == before  # a failed run leaves what was there
+
+    import re
+    refused(r"'zzz' is not in the vocabulary.*id:N", "--target", "zzz")
+    refused(r"'w3 w5' is not one token.*id:N", "--target", "w3 w5")
+    refused(r"'id:500' is outside the vocabulary \(ids 0..100\)", "--target", "id:500")
+    refused(r"width 32.*another model", "--transcoders", save_transcoders(tmp_path / "narrow", [0], d=32))
+    refused(r"trained on zoo:other", "--transcoders", save_transcoders(tmp_path / "other", [0], model="zoo:other"))
+    bad = save_transcoders(tmp_path / "bad", [0])
+    w = bad / "L0" / "sae_weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-50])
+    refused(r"L0 cannot be read.*train it again", "--transcoders", bad)
+    refused(r"nodes.*budget.*shorten the prompt", "--transcoders", tcs, "--memory-gb", "0.000001")
