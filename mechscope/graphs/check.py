@@ -17,11 +17,13 @@ with Spearman's rank correlation.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..core.site import Kind
 from .graph import AttributionGraph, NodeKind
 from .prune import influence, normalised
 from .replacement import LocalReplacement
@@ -71,8 +73,13 @@ def spearman(a: Tensor, b: Tensor) -> float:
 
 
 def intervention_check(rep: LocalReplacement, graph: AttributionGraph, target: int, top: int = 50,
-                       batch: int = 32) -> InterventionCheck:
-    """Predicted against measured effects on logit `target` of removing the `top` most influential latents."""
+                       batch: int = 32, hold: Collection[Kind] = ()) -> InterventionCheck:
+    """Predicted against measured effects on logit `target` of removing the `top` most influential latents.
+
+    `hold` names kinds of frozen sites (attention patterns, norm scales) to keep at their real
+    values while measuring, to see which of the live model's nonlinearities a disagreement comes
+    from; by default everything is live.
+    """
     t_node = graph.find(NodeKind.LOGIT, index=int(target))
     w = torch.zeros(len(graph.nodes), dtype=torch.float64)
     w[t_node] = 1.0
@@ -83,10 +90,11 @@ def intervention_check(rep: LocalReplacement, graph: AttributionGraph, target: i
     pred = predicted_removal(graph, t_node)[ids]
     chosen = [(graph.nodes[i].layer, graph.nodes[i].pos, graph.nodes[i].index) for i in ids.tolist()]
     measured = []
-    base = rep.run(frozen=False).logits[0, -1, target].double()
+    frozen = set(hold) if hold else False
+    base = rep.run(frozen=frozen).logits[0, -1, target].double()
     for start in range(0, len(chosen), batch):
         group = [[c] for c in chosen[start:start + batch]]
-        out = rep.run(frozen=False, ablate=group).logits[:, -1, target].double()
+        out = rep.run(frozen=frozen, ablate=group).logits[:, -1, target].double()
         measured.append(out - base)
     meas = torch.cat(measured) if measured else torch.zeros(0, dtype=torch.float64)
     return InterventionCheck(chosen, pred, meas, spearman(pred, meas))

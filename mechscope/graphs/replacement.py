@@ -19,7 +19,7 @@ there (`run(ablate=...)`) measures what removing them does, error terms held fix
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -104,15 +104,17 @@ class LocalReplacement:
         return rep
 
     # --- running the replacement -------------------------------------------------------------
-    def freeze(self) -> list:
-        """Interventions writing the real run's patterns and norm divisors back (detached)."""
-        return [Patch(s, value=v.detach()) for s, v in self.frozen.items()]
+    def freeze(self, kinds: Collection[Kind] | None = None) -> list:
+        """Interventions writing the real run's patterns and norm divisors back (detached); only
+        the sites of `kinds` when given."""
+        return [Patch(s, value=v.detach()) for s, v in self.frozen.items() if kinds is None or s.kind in kinds]
 
-    def run(self, frozen: bool = True, ablate: Sequence[Sequence[tuple[int, int, int]]] | None = None,
+    def run(self, frozen: bool | Collection[Kind] = True, ablate: Sequence[Sequence[tuple[int, int, int]]] | None = None,
             capture: Sequence[Site] = ()):
         """The replacement's forward pass on the prompt.
 
-        `ablate`, if given, is one list of latents (layer, pos, index) per batch row: the prompt
+        `frozen`: True freezes every pattern and norm divisor, False none, a collection of kinds
+        (say the three norm scales) only those. `ablate`, if given, is one list of latents (layer, pos, index) per batch row: the prompt
         runs once per row with those latents' codes set to zero; the latents downstream are
         re-encoded from their (changed) inputs, the error terms stay fixed.
         """
@@ -140,7 +142,7 @@ class LocalReplacement:
                 return _writes(self.latents, codes, layer, x) + self.errors[layer].to(x.dtype)
             return fn
 
-        ivs = self.freeze() if frozen else []
+        ivs = self.freeze(None if frozen is True else frozen) if frozen is not False else []
         ivs += [Replace(self.latents[l].reads, fn=reader(l)) for l in self.latents]
         ivs += [Replace(Site(Kind.MLP_OUT, l), fn=writer(l)) for l in range(self.n_layers)]
         return run(self.adapter, ids, capture=list(capture), interventions=ivs)
