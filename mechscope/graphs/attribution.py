@@ -59,8 +59,11 @@ def graph_bytes(n_nodes: int) -> int:
 
 def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Sequence[int] | None = None,
               batch_size: int = 64, memory_budget: float = 4e9, token_text: list[str] | None = None,
-              model_name: str = "") -> AttributionGraph:
+              model_name: str = "", demean: bool = True) -> AttributionGraph:
     """The attribution graph of `rep`'s prompt.
+
+    A logit node's input is its logit minus the mean logit over the vocabulary (`demean`, the
+    default): what moves the softmax; a write that raises every logit alike moves nothing.
 
     Logit nodes: `logits` if given, else the top ones up to 95% of the probability (at most 10),
     with `target` added when given. Their influence weights: all on `target` when given, else the
@@ -95,9 +98,9 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
     err0, tok0, log0 = n_lat, n_lat + rep.n_layers * pos, n_lat + rep.n_layers * pos + pos
 
     # --- the frozen forward pass with the sources as leaves --------------------------------------------
-    y, E, M = _frozen_inputs(rep, act_at, chosen, zero_sources=False)
+    y, E, M = _frozen_inputs(rep, act_at, chosen, demean, zero_sources=False)
     with torch.no_grad():
-        y0, _, _ = _frozen_inputs(rep, act_at, chosen, zero_sources=True)
+        y0, _, _ = _frozen_inputs(rep, act_at, chosen, demean, zero_sources=True)
 
     A = torch.zeros(N, N, dtype=torch.float32)
     rows = list(range(n_lat)) + list(range(log0, N))  # the targets, in the order of y
@@ -129,7 +132,7 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
 
     inputs = torch.zeros(N, dtype=torch.float64)
     bias = torch.zeros(N, dtype=torch.float64)
-    y_val = _y_values(rep, act_at, chosen)
+    y_val = _y_values(rep, act_at, chosen, demean)
     inputs[rows] = y_val
     bias[rows] = y0.double()
     lin = float((row_sums + bias[rows] - inputs[rows]).abs().max()) if rows else 0.0
@@ -142,25 +145,31 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
     return AttributionGraph(model_name, rep.ids[0].tolist(), nodes, A, bias.float(), inputs.float(), w.float(),
                             lin, rep.exactness, token_text,
                             meta={"n_layers": rep.n_layers, "layers_with_latents": sorted(lat),
-                                  "target": target, "batch_size": batch_size})
+                                  "target": target, "batch_size": batch_size, "demeaned_logits": demean})
 
 
 def _or_zero(g: Tensor | None, like: Tensor) -> Tensor:
     return g if g is not None else torch.zeros(1, *like.shape, dtype=like.dtype)
 
 
-def _y_values(rep: LocalReplacement, act_at, chosen: list[int]) -> Tensor:
+def logit_input(logits: Tensor, chosen: list[int], demean: bool) -> Tensor:
+    """(..., len(chosen)) the logit nodes' inputs from logits (..., vocab)."""
+    out = logits[..., chosen]
+    return out - logits.mean(-1, keepdim=True) if demean else out
+
+
+def _y_values(rep: LocalReplacement, act_at, chosen: list[int], demean: bool) -> Tensor:
     """The targets' inputs from the real run: latents' pre-activations, then the chosen logits."""
     parts = []
     for l in sorted(act_at):
         p, f, _ = act_at[l]
         pre = rep.latents[l].preactivations(rep.inputs[l])  # (pos, n)
         parts.append(pre[p, f].double())
-    parts.append(rep.logits[-1, chosen].double())
+    parts.append(logit_input(rep.logits[-1].double(), chosen, demean))
     return torch.cat(parts)
 
 
-def _frozen_inputs(rep: LocalReplacement, act_at, chosen: list[int], zero_sources: bool
+def _frozen_inputs(rep: LocalReplacement, act_at, chosen: list[int], demean: bool, zero_sources: bool
                    ) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
     """y (targets' inputs) from the frozen model, with the embeddings and MLP outputs as leaves.
 
@@ -193,5 +202,5 @@ def _frozen_inputs(rep: LocalReplacement, act_at, chosen: list[int], zero_source
         x = seen[l][0]  # (pos, d)
         W = lat[l].W_enc.to(x.dtype)
         parts.append((x[p] * W[:, f].t()).sum(-1) + lat[l].b_enc[f].to(x.dtype))
-    parts.append(res.logits[0, -1, chosen])
+    parts.append(logit_input(res.logits[0, -1], chosen, demean))
     return torch.cat(parts), E, M

@@ -8,7 +8,8 @@ the total linear effect along every path from s to the logit, each active latent
 passing on changes of its pre-activation one for one (an active TopK, ReLU or JumpReLU latent's
 code is its pre-activation). It is the graph read as the frozen replacement model's Jacobian.
 
-Measured: the local replacement model with *live* attention patterns and norms (not frozen),
+The logit is read as the graph reads it (minus the mean logit unless the graph was built
+without). Measured: the local replacement model with *live* attention patterns and norms (not frozen),
 error terms held fixed, run once per latent with that latent's code set to zero at its position;
 latents downstream are re-encoded (TopK may pick others). The change of the target logit there is
 the latent's effect. `intervention_check` compares the two over a graph's most influential latents
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..core.site import Kind
+from .attribution import logit_input
 from .graph import AttributionGraph, NodeKind
 from .prune import influence, normalised
 from .replacement import LocalReplacement
@@ -91,10 +93,11 @@ def intervention_check(rep: LocalReplacement, graph: AttributionGraph, target: i
     chosen = [(graph.nodes[i].layer, graph.nodes[i].pos, graph.nodes[i].index) for i in ids.tolist()]
     measured = []
     frozen = set(hold) if hold else False
-    base = rep.run(frozen=frozen).logits[0, -1, target].double()
+    demean = bool(graph.meta.get("demeaned_logits", False))
+    base = logit_input(rep.run(frozen=frozen).logits[0, -1].double(), [target], demean)[0]
     for start in range(0, len(chosen), batch):
         group = [[c] for c in chosen[start:start + batch]]
-        out = rep.run(frozen=frozen, ablate=group).logits[:, -1, target].double()
+        out = logit_input(rep.run(frozen=frozen, ablate=group).logits[:, -1].double(), [target], demean)[:, 0]
         measured.append(out - base)
     meas = torch.cat(measured) if measured else torch.zeros(0, dtype=torch.float64)
     return InterventionCheck(chosen, pred, meas, spearman(pred, meas))
