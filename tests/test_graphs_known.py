@@ -69,3 +69,29 @@ def test_handwritten_induction_circuit_is_recovered():
     value, n = induction_auc(model, torch.stack(prompts), first=0)
     assert n == 30
     assert value >= 0.95
+
+
+def test_compiled_reverse_graph_reads_the_reversed_token_through_exact_neuron_latents():
+    """RASP reverse (3 layers, ReLU MLPs): the MLPs' own neurons are exact latents (errors zero). The
+    last position's output is the first input token, read by the final aggregate's values: that
+    token's node must carry the most influence on the answer (length and opposite index, computed
+    by selector width and MLPs, steer the frozen pattern, not the edges)."""
+    kc = load_known("reverse", n_prompts=40)
+    m = kc.model
+    n_layers = sum(s.kind.value == "mlp_out" for s in m.sites())
+    scores, labels, n = [], [], 0
+    for ids, ans in zip(kc.inputs, kc.answers):
+        answer = int(ans[-1])
+        rep = G.LocalReplacement.build(m, ids[None], {l: G.neuron_latents(m, l) for l in range(n_layers)})
+        assert max(float(e.abs().max()) for e in rep.errors.values()) <= 1e-4  # neurons replace the MLPs exactly
+        assert rep.exactness <= 1e-4
+        g = G.attribute(rep, answer, logits=[answer])
+        p = G.prune(g)
+        assert p.scores["replacement"] >= 0.999  # no error anywhere: every path ends at a token
+        for i, node in enumerate(g.nodes):
+            if node.kind is NodeKind.TOKEN:
+                scores.append(float(p.influence[i]))
+                labels.append(node.pos == 1)
+        n += 1
+    assert n == 40
+    assert auc(scores, labels) >= 0.95

@@ -15,11 +15,11 @@ from .attribution import GraphBudgetError, attribute, top_logits
 from .check import InterventionCheck, intervention_check, predicted_removal, spearman
 from .files import load_transcoders
 from .graph import AttributionGraph, Node, NodeKind
-from .latents import LatentError, LatentLayer, latent_layers
+from .latents import LatentError, LatentLayer, latent_layers, neuron_latents
 from .prune import Pruned, graph_scores, influence, normalised, prune
 from .replacement import LocalReplacement, ReplacementError
 
 __all__ = ["AttributionGraph", "GraphBudgetError", "InterventionCheck", "LatentError", "LatentLayer",
            "LocalReplacement", "Node", "NodeKind", "Pruned", "ReplacementError", "attribute", "graph_scores",
-           "influence", "intervention_check", "latent_layers", "load_transcoders", "normalised", "predicted_removal", "prune",
+           "influence", "intervention_check", "latent_layers", "load_transcoders", "neuron_latents", "normalised", "predicted_removal", "prune",
            "spearman", "top_logits"]

@@ -131,3 +131,25 @@ def latent_layers(adapter, latents: Mapping[int, object], d_model: int) -> dict[
                                   "another model")
         out[layer] = lat
     return out
+
+
+def neuron_latents(adapter, layer: int) -> LatentLayer:
+    """A ReLU MLP's own neurons as latents: pre = x W_in + b_in, codes = ReLU(pre), decoder W_out.
+
+    For a model whose MLPs are ReLU MLPs (compiled RASP programs, say) this replacement is exact
+    (its error terms are zero up to rounding): a graph of the MLP itself. Another activation leaves
+    the difference in the error terms, which the replacement's `errors` show.
+    """
+    w = adapter.weights()
+    if getattr(w, "W_gate", None) is not None:
+        raise LatentError("a gated MLP's neurons are not latents of one input direction each; use a transcoder")
+    W_in, W_out = w.W_in[layer].detach(), w.W_out[layer].detach()
+    zeros = lambda n: torch.zeros(n, dtype=W_in.dtype)  # noqa: E731
+    b_in = w.b_in[layer].detach() if w.b_in is not None else zeros(W_in.shape[1])
+    b_out = w.b_out[layer].detach() if w.b_out is not None else zeros(W_out.shape[1])
+    reads = mlp_input_site(list(adapter.sites()), layer)
+
+    def encode(x: Tensor) -> Tensor:
+        return torch.relu(x.to(W_in.dtype) @ W_in + b_in)
+
+    return LatentLayer(layer, reads, W_in, b_in, encode, {layer: W_out}, {layer: b_out}, name="neurons")
