@@ -98,9 +98,10 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
     err0, tok0, log0 = n_lat, n_lat + rep.n_layers * pos, n_lat + rep.n_layers * pos + pos
 
     # --- the frozen forward pass with the sources as leaves --------------------------------------------
-    y, E, M = _frozen_inputs(rep, act_at, chosen, demean, zero_sources=False)
+    unembed = _unembedding(rep, chosen, demean)
+    y, E, M = _frozen_inputs(rep, act_at, chosen, demean, unembed, zero_sources=False)
     with torch.no_grad():
-        y0, _, _ = _frozen_inputs(rep, act_at, chosen, demean, zero_sources=True)
+        y0, _, _ = _frozen_inputs(rep, act_at, chosen, demean, unembed, zero_sources=True)
 
     A = torch.zeros(N, N, dtype=torch.float32)
     rows = list(range(n_lat)) + list(range(log0, N))  # the targets, in the order of y
@@ -169,12 +170,34 @@ def _y_values(rep: LocalReplacement, act_at, chosen: list[int], demean: bool) ->
     return torch.cat(parts)
 
 
-def _frozen_inputs(rep: LocalReplacement, act_at, chosen: list[int], demean: bool, zero_sources: bool
+def _unembedding(rep: LocalReplacement, chosen: list[int], demean: bool) -> tuple[Site, Tensor, Tensor] | None:
+    """(site the unembedding reads, U (d_model, n), c (n,)) with logit nodes' inputs = x[-1] @ U + c.
+
+    Reading the chosen columns of W_U at the unembedding's input keeps the whole vocabulary out of
+    the backward passes. None when the model has no unembedding weights to read (then the logits
+    themselves are differentiated).
+    """
+    sites = set(rep.adapter.sites())
+    site = Site(Kind.LN_FINAL) if Site(Kind.LN_FINAL) in sites else Site(Kind.RESID_POST, rep.n_layers - 1)
+    weights = getattr(rep.adapter, "weights", None)
+    w = weights() if weights is not None else None
+    if w is None or getattr(w, "W_U", None) is None or site not in sites:
+        return None
+    W = w.W_U.detach()
+    b = w.b_U.detach() if w.b_U is not None else torch.zeros(W.shape[1], dtype=W.dtype)
+    U, c = W[:, chosen], b[chosen]
+    if demean:
+        U, c = U - W.mean(1, keepdim=True), c - b.mean()
+    return site, U, c
+
+
+def _frozen_inputs(rep: LocalReplacement, act_at, chosen: list[int], demean: bool, unembed, zero_sources: bool
                    ) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
     """y (targets' inputs) from the frozen model, with the embeddings and MLP outputs as leaves.
 
     With `zero_sources`, embeddings, codes and errors are zero: the MLP outputs are the decoder
-    biases alone, and y is the targets' bias.
+    biases alone, and y is the targets' bias. A difference between y and the real run's values
+    (a nonlinearity after the unembedding's input, say) shows in the graph's linearity error.
     """
     lat = rep.latents
     if zero_sources:
@@ -184,17 +207,19 @@ def _frozen_inputs(rep: LocalReplacement, act_at, chosen: list[int], demean: boo
     else:
         E = rep.embed.detach().clone()[None].requires_grad_(True)
         M = {l: rep.mlp_out[l].detach().clone()[None].requires_grad_(True) for l in range(rep.n_layers)}
-    seen: dict[int, Tensor] = {}
+    seen: dict = {}
 
-    def record(layer: int):
+    def record(key):
         def fn(x: Tensor, ctx) -> Tensor:
-            seen[layer] = x
+            seen[key] = x
             return x
         return fn
 
     ivs = rep.freeze() + [Replace(Site(Kind.EMBED), fn=lambda x, ctx: E)]
     ivs += [Replace(Site(Kind.MLP_OUT, l), fn=(lambda m: lambda x, ctx: m)(M[l])) for l in range(rep.n_layers)]
     ivs += [Replace(lat[l].reads, fn=record(l)) for l in lat]
+    if unembed is not None:
+        ivs.append(Replace(unembed[0], fn=record("unembed")))
     res = run(rep.adapter, rep.ids, interventions=ivs, track_grad=not zero_sources)
     parts = []
     for l in sorted(lat):
@@ -202,5 +227,9 @@ def _frozen_inputs(rep: LocalReplacement, act_at, chosen: list[int], demean: boo
         x = seen[l][0]  # (pos, d)
         W = lat[l].W_enc.to(x.dtype)
         parts.append((x[p] * W[:, f].t()).sum(-1) + lat[l].b_enc[f].to(x.dtype))
-    parts.append(logit_input(res.logits[0, -1], chosen, demean))
+    if unembed is not None:
+        x = seen["unembed"][0, -1]
+        parts.append(x @ unembed[1].to(x.dtype) + unembed[2].to(x.dtype))
+    else:
+        parts.append(logit_input(res.logits[0, -1], chosen, demean))
     return torch.cat(parts), E, M
