@@ -229,6 +229,7 @@ from .cli_audit import audit as audit_command, audit_bench  # noqa: E402  (sub-c
 from .cli_dict import dict_app  # noqa: E402
 from .cli_diff import diff as diff_command, diff_bench  # noqa: E402
 from .cli_features import features_app  # noqa: E402
+from .cli_graph import graph as graph_command  # noqa: E402
 from .cli_zoo import replicate, zoo_app  # noqa: E402
 from .cli_explain import explain_all  # noqa: E402
 
@@ -237,6 +238,7 @@ app.add_typer(dict_app, name="dict")
 app.add_typer(features_app, name="features")
 app.command()(replicate)
 app.command(name="diff")(diff_command)
+app.command(name="graph")(graph_command)
 app.command(name="diff-bench")(diff_bench)
 app.command(name="explain-all")(explain_all)
 app.command(name="audit")(audit_command)

@@ -357,26 +357,26 @@ def layer_norm_scale(module: nn.Module) -> NormScale | None:
     """The scale tap of a `torch.nn.LayerNorm` over the last axis; None for any other module.
 
     The divisor is sqrt(var + eps) of the input (the biased variance over the last axis) and the
-    output (x - mean) / divisor * weight + bias, both in float32 (as the module computes for
-    reduced-precision inputs), cast back to the input's dtype.
+    output (x - mean) / divisor * weight + bias, both in float32 for reduced-precision inputs (as
+    the module computes them) and in float64 for float64 inputs, cast back to the input's dtype.
     """
     if type(module) is not nn.LayerNorm or len(module.normalized_shape) != 1:
         return None
     eps = module.eps
 
     def centred(x: Tensor) -> Tensor:
-        x = x.float()
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
         return x - x.mean(-1, keepdim=True)
 
-    def divisor(x: Tensor) -> Tensor:
-        return rms_divisor(centred(x), eps)  # the RMS of the centred input: sqrt(var + eps)
+    def divisor(x: Tensor) -> Tensor:  # the RMS of the centred input: sqrt(var + eps)
+        return (centred(x).pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
     def output(x: Tensor, d: Tensor) -> Tensor:
         y = centred(x) / d
         if module.weight is not None:
-            y = y * module.weight.float()
+            y = y * module.weight.to(y.dtype)
         if module.bias is not None:
-            y = y + module.bias.float()
+            y = y + module.bias.to(y.dtype)
         return y.to(x.dtype)
 
     return NormScale(module, divisor, output)

@@ -1,0 +1,108 @@
+"""`mechscope graph MODEL PROMPT`: the attribution graph of a prompt, as JSON for the viewer."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def _target_id(model, text: str, vocab: int) -> int:
+    """A target given as `id:N` or as text that is one token of the model's vocabulary."""
+    if text.startswith("id:"):
+        try:
+            i = int(text[3:])
+        except ValueError:
+            raise typer.BadParameter(f"--target {text!r}: after id: give a token id (an integer)") from None
+        if not 0 <= i < vocab:
+            raise typer.BadParameter(f"--target {text!r} is outside the vocabulary (ids 0..{vocab - 1})")
+        return i
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise typer.BadParameter(f"{model.name} has no tokenizer: give the target as id:N")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    unk = getattr(tok, "unk_token_id", None)
+    if len(ids) == 1 and unk is not None and ids[0] == unk and text != tok.unk_token:
+        raise typer.BadParameter(f"--target {text!r} is not in the vocabulary (it reads as the unknown token); "
+                                 "give one token of the vocabulary, or id:N")
+    if len(ids) != 1:
+        pieces = [tok.decode([i]) for i in ids]
+        raise typer.BadParameter(f"--target {text!r} is not one token of the vocabulary (it reads as {pieces}); "
+                                 "give one token, or id:N")
+    if not 0 <= ids[0] < vocab:
+        raise typer.BadParameter(f"--target {text!r} is token {ids[0]}, outside the model's {vocab} logits")
+    return int(ids[0])
+
+
+def graph(
+    model: Annotated[str, typer.Argument(help="smollm2-135m, zoo:NAME or a local Hugging Face directory")],
+    prompt: Annotated[str, typer.Argument(help="the text whose next token the graph explains")],
+    target: Annotated[Optional[str], typer.Option(help="the logit to explain: one token of text, or id:N "
+                                                   "(default: the top logits up to 95% of the probability)")] = None,
+    transcoders: Annotated[Optional[Path], typer.Option(help="a directory of per-layer transcoders (layers "
+                                                        "without one are error nodes)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="directory for graph.json")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the graph JSON on stdout")] = False,
+    bos: Annotated[bool, typer.Option(help="prepend the BOS token")] = False,
+    node_threshold: Annotated[float, typer.Option(help="share of the latents' influence the kept latents carry")] = 0.8,
+    edge_threshold: Annotated[float, typer.Option(help="share of the edges' influence the kept edges carry")] = 0.98,
+    memory_gb: Annotated[float, typer.Option(help="refuse graphs whose dense matrices need more")] = 4.0,
+    batch: Annotated[int, typer.Option(help="graph rows per backward pass")] = 64,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads")] = None,
+) -> None:
+    """Attribution graph of PROMPT through MODEL's local replacement (transcoders, frozen attention).
+
+    Writes OUT/graph.json (nodes, pruned edges, scores) only once the graph is complete.
+    """
+    import torch
+
+    from . import graphs as G
+    from .core.files import write_json
+    from .models.load import load
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.monotonic()
+    with console.status(f"loading {model}"):
+        m = load(model)
+    try:
+        tcs = G.load_transcoders(transcoders, model=model) if transcoders is not None else {}
+    except G.LatentError as e:
+        raise typer.BadParameter(str(e)) from None
+    if getattr(m, "tokenizer", None) is None:
+        raise typer.BadParameter(f"{model} has no tokenizer to read the prompt with")
+    ids = m.to_tokens(prompt, prepend_bos=bos)["input_ids"]
+    vocab = m.run(ids[:, :1]).logits.shape[-1]
+    tid = _target_id(m, target, vocab) if target is not None else None
+    try:
+        rep = G.LocalReplacement.build(m, ids, tcs)
+        g = G.attribute(rep, tid, memory_budget=memory_gb * 1e9, batch_size=batch,
+                        token_text=m.to_str_tokens(ids[0]), model_name=model)
+    except (G.LatentError, G.ReplacementError, G.GraphBudgetError) as e:
+        raise typer.BadParameter(str(e)) from None
+    p = G.prune(g, node_threshold, edge_threshold)
+    seconds = time.monotonic() - t0
+    scores = {**p.scores, "exactness": g.exactness, "linearity_error": g.linearity_error, "seconds": seconds}
+    doc = g.to_json(keep=p.keep, edges=p.edges, scores=scores)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "graph.json", doc)
+    t = Table("measure", "value", title=f"attribution graph of {prompt!r} on {model}")
+    for k in ("replacement", "completeness", "pruned_replacement", "pruned_completeness", "kept_latents",
+              "latents", "kept_edges", "exactness", "linearity_error", "seconds"):
+        v = scores[k]
+        t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    console.print(t)
+    logits = [n for n in doc["nodes"] if n["kind"] == "logit"]
+    console.print("logits: " + ", ".join(f"{m.to_str_tokens([n['index']])[0]!r} {n['prob']:.3f}" for n in logits))
+    if out is not None:
+        console.print(f"graph: {out / 'graph.json'}")
+    if as_json:
+        print(json.dumps(doc))

@@ -1,0 +1,46 @@
+"""Reading the transcoders of a graph from a directory, with errors that name the file at fault.
+
+A transcoder directory holds one dictionary per layer in mechscope's (SAELens) layout, each in a
+folder of its own at any depth (`cfg.json` + `sae_weights.safetensors`, as `mechscope dict train
+--arch transcoder` writes); each one's layer is read from the site its config names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.site import Site
+from ..dictionaries.saelens import load
+from .latents import LatentError
+
+
+def load_transcoders(path: str | Path, model: str | None = None) -> dict:
+    """layer -> transcoder, from every dictionary under `path` (see the module)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise LatentError(f"{path} is not a directory of transcoders (folders with cfg.json and "
+                          "sae_weights.safetensors, as `mechscope dict train --arch transcoder` writes)")
+    out: dict = {}
+    for cfg in sorted(path.rglob("cfg.json")):
+        where = cfg.parent
+        try:
+            d = load(where)
+        except Exception as e:  # a truncated or corrupt file: the reader's own error names what it found
+            raise LatentError(f"the transcoder in {where} cannot be read ({type(e).__name__}: {e}); "
+                              "train it again or remove that folder") from None
+        c = d.config
+        if c.site is None or getattr(c, "d_out", None) is None:
+            raise LatentError(f"{where} holds a {d.architecture} that names no input site or has no output "
+                              "width: not a transcoder of an MLP")
+        if model is not None and c.model is not None and c.model != model:
+            raise LatentError(f"the transcoder in {where} was trained on {c.model}, not {model}: give the "
+                              f"transcoders of {model}")
+        layer = Site.parse(c.site).layer
+        if layer is None:
+            raise LatentError(f"the transcoder in {where} reads {c.site}, which has no layer")
+        if layer in out:
+            raise LatentError(f"two transcoders for layer {layer} under {path} ({where} and another); keep one")
+        out[layer] = d
+    if not out:
+        raise LatentError(f"no transcoder under {path} (no cfg.json found)")
+    return out
