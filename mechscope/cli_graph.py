@@ -46,7 +46,7 @@ def graph(
     prompt: Annotated[str, typer.Argument(help="the text whose next token the graph explains")],
     target: Annotated[Optional[str], typer.Option(help="the logit to explain: one token of text, or id:N "
                                                    "(default: the top logits up to 95% of the probability)")] = None,
-    transcoders: Annotated[Optional[Path], typer.Option(help="a directory of per-layer transcoders (layers "
+    transcoders: Annotated[Optional[Path], typer.Option(help="a transcoder set (mechscope dict transcoders) or a directory of per-layer transcoders (layers "
                                                         "without one are error nodes)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="directory for graph.json")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the graph JSON on stdout")] = False,
@@ -73,7 +73,7 @@ def graph(
     with console.status(f"loading {model}"):
         m = load(model)
     try:
-        tcs = G.load_transcoders(transcoders, model=model) if transcoders is not None else {}
+        tcs = G.load_transcoders(transcoders, model=model, adapter=m) if transcoders is not None else {}
     except G.LatentError as e:
         raise typer.BadParameter(str(e)) from None
     if getattr(m, "tokenizer", None) is None:

@@ -348,3 +348,43 @@ def test_textlm_quick_replacement_is_exact_and_checkable(textlm_cache, monkeypat
                                     hold=(Kind.PATTERN, Kind.LN1_SCALE, Kind.LN2_SCALE, Kind.LN_FINAL_SCALE))
         assert held.spearman >= 0.7
         assert len(ck.latents) == 20
+
+
+def test_a_transcoder_set_on_disk_is_read_and_checked(tmp_path):
+    """A per-layer set written as `mechscope dict transcoders` writes it (manifest + layer files) is
+    what the graph reads: transcoders equal to a ReLU GPT-2's MLPs leave error nodes at zero; the
+    same set with another model is refused by fingerprint; a skip connection is refused by name."""
+    import transformers as tf
+
+    import mechscope.dictionaries as dl
+    from mechscope.dictionaries.store import model_fingerprint
+    from mechscope.dictionaries.transcoder_set import FORMAT, layer_file, write_dictionary_file, write_manifest
+
+    cfg = tf.GPT2Config(n_layer=2, n_embd=32, n_head=4, n_inner=48, vocab_size=61, n_positions=32,
+                        activation_function="relu")
+    torch.manual_seed(3)
+    model = ms.wrap(tf.GPT2LMHeadModel(cfg).eval())
+    for L, blk in enumerate(model.module.transformer.h):
+        tc = dl.build("transcoder", d_in=32, d_out=32, d_sae=48, k=48)  # every unit kept, then ReLU: the MLP
+        tc.load_state_dict({"W_enc": blk.mlp.c_fc.weight, "b_enc": blk.mlp.c_fc.bias,
+                            "W_dec": blk.mlp.c_proj.weight, "b_dec": blk.mlp.c_proj.bias})
+        write_dictionary_file(tmp_path / layer_file(L), tc, {"layer": L})
+    write_manifest(tmp_path, {"format": FORMAT, "kind": "per-layer", "model": "relu-gpt2",
+                              "model_fingerprint": model_fingerprint(model.module), "layers": [0, 1],
+                              "sites": {str(L): {"input": f"blocks.{L}.ln2.hook_normalized",
+                                                 "output": f"blocks.{L}.hook_mlp_out"} for L in (0, 1)},
+                              "d_model": 32, "d_out": 32, "trained": True})
+    tcs = G.load_transcoders(tmp_path, adapter=model)
+    assert sorted(tcs) == [0, 1]
+    ids = torch.randint(0, 61, (1, 9), generator=torch.Generator().manual_seed(1))
+    rep = G.LocalReplacement.build(model, ids, tcs)
+    assert rep.exactness < 1e-4
+    assert max(float(e.abs().max()) for e in rep.errors.values()) < 1e-4  # the latents are the MLP
+
+    torch.manual_seed(4)
+    other = ms.wrap(tf.GPT2LMHeadModel(cfg).eval())
+    with pytest.raises(G.LatentError, match="fingerprint"):
+        G.load_transcoders(tmp_path, adapter=other)
+    skip = dl.build("transcoder", d_in=32, d_out=32, d_sae=48, k=48, skip=True)
+    with pytest.raises(G.LatentError, match="skip connection"):
+        G.LocalReplacement.build(model, ids, {0: skip})

@@ -77,6 +77,9 @@ class LatentLayer:
         if getattr(c, "apply_b_dec_to_input", False) or (mean is not None and bool(mean.abs().max() > 0)):
             raise LatentError(f"the dictionary for layer {layer} subtracts something from its input before "
                               "encoding; a transcoder for graphs reads raw MLP inputs (save it after training)")
+        if getattr(dictionary, "W_skip", None) is not None:
+            raise LatentError(f"the transcoder for layer {layer} has a skip connection (x W_skip), a path the "
+                              "graph does not draw yet; use transcoders trained without --skip")
         W_enc, b_enc = dictionary.W_enc.detach(), dictionary.b_enc.detach()
 
         @torch.no_grad()
