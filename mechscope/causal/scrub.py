@@ -88,7 +88,8 @@ class PartResult:
 
 @dataclass(frozen=True)
 class ScrubResult:
-    """A scrubbed hypothesis: the three losses, the loss recovered, the size, each part's result and any groups' scores."""
+    """A scrubbed hypothesis: the three losses, the loss recovered, the size, each part's result and any groups'
+    scores."""
 
     hypothesis: str
     ablation: str

@@ -33,7 +33,8 @@ def digest(tensors: dict[str, Tensor]) -> str:
 
 
 def tmp_path(path: Path) -> Path:
-    """The temporary file beside `path` that an atomic write fills before the rename (hidden, named by this process' id)."""
+    """The temporary file beside `path` that an atomic write fills before the rename (hidden, named by this
+    process' id)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 

@@ -146,7 +146,8 @@ class Code:
         return Size(lines, sum(int(t.numel()) for t in self.numbers.values()))
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-ready record of the part: component, name, claim, size, fitted numbers' shapes and the sites it reads."""
+        """A JSON-ready record of the part: component, name, claim, size, fitted numbers' shapes and the sites it
+        reads."""
         s = self.size
         return {"component": self.component.label, "kind": "code", "name": self.name, "claim": self.claim,
                 "lines": s.lines, "numbers": s.numbers, "fitted_on": self.fitted_on,

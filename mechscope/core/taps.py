@@ -198,7 +198,8 @@ class HeadResult(Tap):
     bias: Callable[[], Tensor | None]
 
     def install(self, handler: Handler) -> list[RemovableHandle]:
-        """Hook the output projection for `handler`: keep its input z, hand the per-head results over; returns both handles."""
+        """Hook the output projection for `handler`: keep its input z, hand the per-head results over; returns
+        both handles."""
         saved: dict[str, Tensor] = {}
 
         def pre(_mod: nn.Module, args: tuple):
