@@ -96,7 +96,10 @@ MODES = {"quick": ("textlm-quick", 200, 256), "full": ("textlm", 200, 512)}  # b
 def run_bench(quick: bool = False, base: str | None = None, steps: int | None = None, windows: int | None = None,
               progress: bool = True) -> dict[str, Any]:
     """Train (or find) the fine-tunes, diff A against each and check the findings (see the module docstring);
-    returns the JSON-ready result line."""
+    returns the JSON-ready result line.
+
+    Example: `run_bench(quick=True)`, or `mechscope diff-bench --quick`.
+    """
     d_base, d_steps, d_windows = MODES["quick" if quick else "full"]
     base, steps, windows = base or d_base, steps or d_steps, windows or d_windows
     t0 = time.perf_counter()

@@ -215,7 +215,10 @@ def _sharp(curve: list[dict[str, Any]]) -> dict[str, Any]:
 
 def replicate(quick: bool = False, seed: int = 0) -> Replication:
     """Train (or reuse) the 2-layer induction network and its 1-layer control for `seed` (the short variants when
-    `quick`), measure them and check the targets."""
+    `quick`), measure them and check the targets.
+
+    Example: `replicate(quick=True)`, or `mechscope replicate induction-heads --quick`.
+    """
     from .. import zoo
 
     variant = "-short" if quick else ""

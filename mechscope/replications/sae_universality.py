@@ -202,7 +202,10 @@ def text_part(plan: Plan, seed: int = 0) -> dict[str, Any]:
 
 def replicate(quick: bool = False, seed: int = 0) -> Replication:
     """Train (or reuse) the replication's dictionaries for `seed` (the quick plan when `quick`), measure them and
-    check the targets."""
+    check the targets.
+
+    Example: `replicate(quick=True)`, or `mechscope replicate sae-universality --quick`.
+    """
     plan = QUICK if quick else FULL
     t = time.monotonic()
     f: dict[str, Any] = {"plan": asdict(plan)}

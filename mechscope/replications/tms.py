@@ -124,7 +124,10 @@ def analyse(name: str) -> dict[str, Any]:
 
 def replicate(quick: bool = False, seed: int = 0) -> Replication:
     """Train (or reuse) the tms network for `seed` (`tms-short` when `quick`), measure it with `analyse` and check
-    the targets."""
+    the targets.
+
+    Example: `replicate(quick=True)`, or `mechscope replicate tms --quick`.
+    """
     from .. import zoo
 
     name = zoo.spec("tms-short" if quick else "tms", seed=seed).name

@@ -226,7 +226,10 @@ def run_ioi(config: IOIConfig = IOIConfig(), progress: bool = True, log: Any = e
 
 
 def main(config: IOIConfig = IOIConfig(), progress: bool = True) -> dict[str, Any]:
-    """Run the IOI study (`run_ioi`), print its figures as one JSON line and return them."""
+    """Run the IOI study (`run_ioi`), print its figures as one JSON line and return them.
+
+    Example: `main(IOIConfig(n_prompts=32))`, or `mechscope ioi --prompts 32`.
+    """
     out = run_ioi(config, progress=progress)
     print(json.dumps(out, default=float))
     return out
