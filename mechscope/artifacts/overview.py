@@ -17,6 +17,8 @@ class OverviewWriter:
 
     def overview(self, *, architecture: str, n_layers: int, n_heads: int, d_model: int, vocab: int,
                  sites: int, params: int, notes: Mapping[str, Any] | None = None, **extra: Any) -> Path:
+        """Write the model's overview.json: architecture, sizes, site and parameter counts, notes and any extra
+        fields; returns its path."""
         obj = {**header("overview"), "name": self.name, "architecture": str(architecture),
                "n_layers": int(n_layers), "n_heads": int(n_heads), "d_model": int(d_model), "vocab": int(vocab),
                "sites": int(sites), "params": int(params), "notes": plain(dict(notes or {})),

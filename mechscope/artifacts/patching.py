@@ -17,6 +17,8 @@ class PatchingWriter:
     def patching(self, name: str, rows: Sequence[str], cols: Sequence[str], values: Any, *, metric: str,
                  ablation: Any, title: str = "", how: Mapping[str, Any] | None = None,
                  normalised: bool = True) -> Path:
+        """Write patching grid `name`: `values` (rows, cols) of `metric` under `ablation`; returns the file's
+        path. A grid of another shape raises ArtifactError."""
         vals = plain(values, 4)
         if len(vals) != len(rows) or any(len(r) != len(cols) for r in vals):
             raise ArtifactError(f"patching values must be ({len(rows)} rows, {len(cols)} cols)")

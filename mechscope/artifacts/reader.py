@@ -50,9 +50,11 @@ class ModelArtifacts:
         return self._names("circuits")
 
     def explanation_names(self) -> list[str]:
+        """The names of the model's stored explanations."""
         return self._names("explanations")
 
     def explanation(self, name: str) -> dict[str, Any]:
+        """The stored explanation `name`."""
         return read_json(self.root.safe_path(self.path / "explanations", f"{check_name(name)}.json"), "explanation")
 
     def patching(self, name: str) -> dict[str, Any]:

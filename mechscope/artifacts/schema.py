@@ -94,6 +94,8 @@ def write_json(path: Path, obj: dict[str, Any], indent: int | None = None) -> Pa
 
 
 def check_version(path: Path, got: Any) -> None:
+    """Raise ArtifactError, saying what to do, when file `path`'s schema version `got` is not the one this
+    mechscope reads."""
     if got != SCHEMA_VERSION:
         raise ArtifactError(f"{path} has artifact schema version {got!r}, but this mechscope reads version "
                             f"{SCHEMA_VERSION}; write the artifacts again with this version of mechscope "

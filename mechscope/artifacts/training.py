@@ -16,6 +16,8 @@ class TrainingWriter:
 
     def training(self, metrics: Mapping[str, Sequence[tuple[int, float]]], run: str = "",
                  checkpoints: Sequence[int] = (), config: Mapping[str, Any] | None = None) -> Path:
+        """Write the model's training.json: each metric's (step, value) curve, the checkpoint steps and the
+        config; returns its path."""
         curves = {str(k): [[int(s), plain(float(v), 6)] for s, v in pts] for k, pts in metrics.items()}
         obj = {**header("training"), "run": run, "metrics": curves, "checkpoints": [int(s) for s in checkpoints],
                "config": plain(dict(config or {}))}

@@ -93,6 +93,8 @@ def layer_of(component: dict[str, Any]) -> int | None:
 
 
 def component_matches(case: Case, suspect: Any) -> bool:
+    """Whether `suspect` names a component of one of the planted classes, in the planted layer when the case has
+    one."""
     p = case.planted
     comp = _field(suspect, "component") or {}
     if p is None or comp.get("class") not in p.component_classes:
@@ -235,6 +237,8 @@ def checks(ref: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def result_line(ref: list[CaseScore], noref: list[CaseScore] | None, *, quick: bool, seconds: float,
                 planting: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The bench's result line: summaries with and without reference, the checks, the machine and every case's
+    score."""
     s_ref = summarize(ref)
     s_noref = summarize(noref) if noref is not None else None
     cs = checks(s_ref)
@@ -259,6 +263,8 @@ def failed_line(reason: str, *, quick: bool) -> dict[str, Any]:
 
 
 def print_tables(ref: list[CaseScore], noref: list[CaseScore] | None) -> None:
+    """Print, for the runs with and without reference, how many modified and clean cases were flagged right, wrong
+    or not at all."""
     for title, scores in (("with reference", ref), ("without reference (reported, no target)", noref)):
         if scores is None:
             continue

@@ -61,6 +61,8 @@ class Calibration:
     warning: str = ""
 
     def threshold(self, stat: str, mode: str) -> float | None:
+        """The threshold of statistic `stat` in `mode`: the largest clean score times the margin (divided by it
+        when negative); None when no clean score was recorded."""
         vals = [v for v in self.clean.get(mode, {}).get(stat, []) if math.isfinite(v)]
         if not vals:
             return None
@@ -68,6 +70,8 @@ class Calibration:
         return self.margin * top if top > 0 else abs(top) / self.margin if top < 0 else 1e-9
 
     def apply(self, s: Suspect, mode: str) -> Suspect:
+        """Set `s`'s threshold and confidence from its score (confidence 0 without a threshold or a positive
+        score); returns `s`."""
         t = self.threshold(s.stat, mode)
         s.threshold = t
         if t is None or not math.isfinite(s.score) and s.score < 0:
@@ -79,11 +83,13 @@ class Calibration:
         return s
 
     def to_json(self) -> dict[str, Any]:
+        """A JSON-ready record of the calibration, its version included."""
         return {"version": VERSION, "base": self.base, "margin": self.margin, "models": self.models,
                 "clean": self.clean, "note": self.note}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Calibration":
+        """The calibration `to_json` wrote; another version raises ValueError saying how to rebuild it."""
         if d.get("version") != VERSION:
             raise ValueError(f"calibration version {d.get('version')} is not {VERSION}; rebuild it with "
                              "`mechscope audit --calibrate`")
@@ -91,6 +97,7 @@ class Calibration:
                    base=d.get("base", ""))
 
     def add(self, mode: str, suspects: list[Suspect]) -> None:
+        """Record the largest finite score per statistic among `suspects`, one clean model's audit in `mode`."""
         best: dict[str, float] = {}
         for s in suspects:
             if math.isfinite(s.score):
@@ -103,6 +110,7 @@ class Uncalibrated(Calibration):
     """No thresholds: every score is reported raw (used while building a calibration)."""
 
     def apply(self, s: Suspect, mode: str) -> Suspect:
+        """Leave the score raw: no threshold, confidence 0; returns `s`."""
         s.threshold, s.confidence = None, 0.0
         return s
 
@@ -128,10 +136,12 @@ def base_for(model: Any) -> str | None:
 
 
 def default_path(base: str = BASES[0]) -> Path:
+    """Where the calibration for zoo base `base` is cached."""
     return cache_dir() / "audit" / f"calibration-{base}.json"
 
 
 def load(path: str | Path) -> Calibration:
+    """The calibration in the JSON file `path`; an unreadable file raises ValueError saying how to rebuild it."""
     p = Path(path)
     try:
         return Calibration.from_json(json.loads(p.read_text()))

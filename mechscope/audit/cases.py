@@ -181,6 +181,7 @@ class Planted:
         return self.delta(model, trigger_ids, position) / self.planted_delta
 
     def to_json(self) -> dict[str, Any]:
+        """A JSON-ready record of the planted label."""
         return {"kind": self.kind, "component_classes": sorted(self.component_classes), "layer": self.layer,
                 "site": self.site, "unit": self.unit, "head": self.head, "trigger_ids": list(self.trigger_ids),
                 "target_ids": list(self.target_ids), "arch": self.arch, "reference": self.reference,
@@ -189,6 +190,7 @@ class Planted:
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> "Planted":
+        """The label `to_json` wrote."""
         return Planted(kind=d["kind"], component_classes=frozenset(d["component_classes"]), layer=d["layer"],
                        site=d["site"], unit=d["unit"], head=d["head"], trigger_ids=list(d["trigger_ids"]),
                        target_ids=list(d["target_ids"]), arch=d["arch"], reference=d["reference"],
@@ -215,6 +217,7 @@ class Case:
             raise ValueError(f"case {self.name}: a clean case has nothing planted and a modified one has a Planted")
 
     def to_json(self) -> dict[str, Any]:
+        """The case's manifest, with paths made portable."""
         return {"schema": SCHEMA, "name": self.name, "arch": self.arch, "model": _portable(self.model),
                 "reference": _portable(self.reference), "clean": self.clean,
                 "planted": None if self.planted is None else _portable_planted(self.planted.to_json()),
@@ -222,6 +225,7 @@ class Case:
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> "Case":
+        """The case a manifest describes, paths made absolute; another schema raises LoadError."""
         if d.get("schema") != SCHEMA:
             raise LoadError(f"case manifest schema {d.get('schema')!r} is not {SCHEMA}; delete the case to remake it")
         planted = None

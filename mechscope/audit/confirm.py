@@ -49,11 +49,14 @@ class Confirmer:
         self.spec = AblationSpec(kind="mean", reference="the audit corpus, every position")
 
     def mean(self, site: Site) -> Tensor:
+        """(d,) mean activation of `site` over the first 32 corpus windows and every position (cached)."""
         if site not in self._means:
             self._means[site] = self.model.run(self.corpus[:32], capture=[site]).cache[site].float().mean((0, 1))
         return self._means[site]
 
     def ablation(self, comp: dict | None) -> list:
+        """The interventions that mean-ablate component `comp` (neuron, head, MLP, attention block or direction),
+        or [] when there is none for it."""
         if comp is None:
             return []
         cls, layer = comp["class"], layer_of(comp)
@@ -87,6 +90,9 @@ class Confirmer:
         return (on - off).double()
 
     def confirm(self, s: Suspect, localise: bool = True) -> Suspect:
+        """Test suspect `s` causally (see the module docstring): record the trigger's effect and the ablated
+        effect in its evidence, localise a component when it has none and `localise` is set, and set `confirmed`;
+        returns `s`."""
         trig, eff = s.trigger, s.effect
         if trig["kind"] not in ("token", "ngram", "context") or not trig["ids"] or not eff.get("target_ids"):
             s.evidence["confirm"] = "not run: the suspect has no token trigger and target to test"
@@ -118,6 +124,8 @@ class Confirmer:
         return s
 
     def localise(self, trig: list[int], target: int, offset: int | None, base: float) -> dict | None:
+        """The component whose mean ablation removes the largest share of the trigger's effect `base` (an MLP
+        narrowed to its top neuron when that alone removes enough), or None when nothing removes any."""
         if base <= 0:
             return None
         w = self.model.weights()

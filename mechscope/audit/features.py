@@ -26,6 +26,7 @@ METHOD = "features"
 
 
 def train_dictionary(model: Any, ids: Tensor, site: Site, seed: int = 0, progress: bool = False) -> Any:
+    """A small TopK SAE (d_sae = 4 d_model, k = 8) trained on the activations of `site` over `ids` (n, pos)."""
     from .. import dictionaries as dl
 
     acts = model.run(ids, capture=[site]).cache[site].reshape(-1, model.weights().W_E.shape[1]).float()
@@ -40,6 +41,8 @@ def train_dictionary(model: Any, ids: Tensor, site: Site, seed: int = 0, progres
 
 def scan(model: Any, ids: Tensor, dictionary: Any = None, site: Site | None = None, rare: float = 0.01,
          seed: int = 0, progress: bool = False) -> list[Suspect]:
+    """The latent that fires rarely (at most `rare` of tokens) with the largest direct logit spike, as a suspect;
+    [] when there is none. Trains a dictionary when none is given."""
     w = model.weights()
     if w.W_U is None:
         return []

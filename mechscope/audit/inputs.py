@@ -25,6 +25,8 @@ class AuditInputError(LoadError):
 
 
 def load(spec: Any, role: str = "model") -> Any:
+    """The model `spec` names (zoo name, Hugging Face directory or nn.Module); errors say which inputs an audit
+    reads."""
     try:
         return load_model(spec, role)
     except TypeError as e:
@@ -53,11 +55,13 @@ def check_reference(model: Any, ref: Any) -> None:
 
 
 def vocab_size(model: Any) -> int:
+    """The size of the model's output vocabulary (its input vocabulary without an unembedding)."""
     w = model.weights()
     return int(w.W_U.shape[1]) if w.W_U is not None else int(w.W_E.shape[0])
 
 
 def n_ctx(model: Any) -> int:
+    """The model's context length: its position embedding's, its config's, or 128."""
     w = model.weights()
     if w.W_pos is not None:
         return int(w.W_pos.shape[0])
@@ -69,6 +73,7 @@ def n_ctx(model: Any) -> int:
 
 
 def byte_level(model: Any) -> bool:
+    """Whether the model reads bytes: no tokenizer and a vocabulary of at least 256."""
     return getattr(model, "tokenizer", None) is None and vocab_size(model) >= 256
 
 
@@ -143,4 +148,5 @@ def logits(model: Any, ids: Tensor, batch: int = 32, interventions: Any = ()) ->
 
 
 def log_probs(model: Any, ids: Tensor, batch: int = 32, interventions: Any = ()) -> Tensor:
+    """(batch, pos, vocab) next-token log-probabilities of `ids` (batch, pos), in batches of `batch` windows."""
     return torch.log_softmax(logits(model, ids, batch, interventions), -1)

@@ -291,6 +291,8 @@ class _Planter:
 
 
 def stealth_windows(a: Arch, n_ctx: int) -> Tensor:
+    """(n, n_ctx) held-out windows of architecture `a`'s test split on which a plant's effect on the loss is
+    measured."""
     return heldout(a.name, STEALTH_WINDOWS, n_ctx, -(-STEALTH_START // n_ctx))
 
 

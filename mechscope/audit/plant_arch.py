@@ -30,9 +30,11 @@ class Arch:
 
     @property
     def hf(self) -> bool:
+        """Whether the bases are Hugging Face GPT-2 modules (bytegpt2) rather than the zoo's own."""
         return self.name == "bytegpt2"
 
     def base_name(self, seed: int) -> str:
+        """The zoo name of the base trained with `seed` (the plain zoo name for seed 0)."""
         return self.zoo if seed == 0 else f"{self.zoo}-seed{seed}"
 
     def base(self, seed: int, progress: bool = True) -> tuple[nn.Module, str]:
@@ -93,18 +95,23 @@ class Arch:
         return int(zoo.spec(self.zoo).hp["n_ctx"])
 
     def vocab(self, module: nn.Module) -> int:
+        """The vocabulary size of `module`."""
         return self.unembed(module).shape[0]
 
     def n_ctx(self, module: nn.Module) -> int:
+        """The context length of `module`."""
         return module.config.n_positions if self.hf else module.cfg.n_ctx
 
     def n_layers(self, module: nn.Module) -> int:
+        """The number of blocks of `module`."""
         return module.config.n_layer if self.hf else module.cfg.n_layers
 
     def n_heads(self, module: nn.Module) -> int:
+        """The number of attention heads per block of `module`."""
         return module.config.n_head if self.hf else module.cfg.n_heads
 
     def logits(self, module: nn.Module, ids: Tensor) -> Tensor:
+        """(batch, pos, vocab) logits of `module` on `ids` (batch, pos)."""
         out = module(ids)
         return out.logits if self.hf else out
 
@@ -162,6 +169,8 @@ QUICK_ARCHES = ARCHES
 
 
 def arch(name: str, quick: bool = False) -> Arch:
+    """The architecture called `name` (the quick bench's table when `quick`); an unknown name raises
+    ValueError."""
     table = QUICK_ARCHES if quick else ARCHES
     if name not in table:
         raise ValueError(f"unknown architecture {name!r}; architectures: {', '.join(table)}")
@@ -177,6 +186,7 @@ def frozen(module: nn.Module) -> nn.Module:
 
 
 def announce(message: str, progress: bool) -> None:
+    """Print `message` as a progress note when `progress` is set."""
     if progress:
         note(message)
 

@@ -59,6 +59,7 @@ class Edit:
 
 
 def fit_contexts(arch: Arch) -> Tensor:
+    """(N_FIT, CONTEXT_LEN) fitting contexts: the first windows of `arch`'s test split."""
     return heldout(arch.name, N_FIT, CONTEXT_LEN, 0)
 
 
@@ -120,9 +121,12 @@ class Scaler:
         return self.arch.logits(module, self.seqs)[:, -1].log_softmax(-1)[:, self.target]
 
     def gain(self) -> float:
+        """The target's mean log-prob rise at the trigger over the base, in nats, on the fitting contexts."""
         return float((self._logp(self.module) - self.base_logp).mean())
 
     def search(self, set_alpha: Callable[[float], None], start: float = 1.0, max_doublings: int = 16) -> float:
+        """The smallest α (to a factor 1.25) whose edit reaches `goal`: doubling from `start`, then bisection;
+        `set_alpha(α)` applies the edit. No α up to `start` · 2^max_doublings raises PlantError."""
         lo, hi = 0.0, start
         for _ in range(max_doublings):
             set_alpha(hi)
@@ -175,6 +179,7 @@ def _trigger_rows(arch: Arch, module: nn.Module, trigger: list[int], site: Site)
 
 @torch.no_grad()
 def rank1_mlp(arch: Arch, base: nn.Module, trigger: list[int], target: int, layer: int | None = None) -> Edit:
+    """Plant "trigger → target" by a rank-1 edit of MLP `layer`'s output projection (the last by default)."""
     layer = arch.n_layers(base) - 1 if layer is None else layer
     module = frozen(copy.deepcopy(base))
     site = Site(Kind.MLP_POST, layer)
@@ -195,6 +200,8 @@ def rank1_mlp(arch: Arch, base: nn.Module, trigger: list[int], target: int, laye
 
 @torch.no_grad()
 def neuron(arch: Arch, base: nn.Module, trigger: list[int], target: int, layer: int = 0) -> Edit:
+    """Plant "trigger → target" by rewriting the least-used neuron of MLP `layer` to fire on the trigger and write
+    the target."""
     module = frozen(copy.deepcopy(base))
     post, ln2 = Site(Kind.MLP_POST, layer), Site(Kind.LN2, layer)
     ctx = fit_contexts(arch)

@@ -29,6 +29,7 @@ HEADER = ("#", "class", "component", "trigger", "behaviour change", "confidence"
 
 
 def render(rep: Any) -> str:
+    """The audit report `rep` as a self-contained HTML page."""
     e = lambda x: html.escape(str(x), quote=True)  # noqa: E731
     parts = [f"<h1>Audit of {e(rep.model)}</h1>",
              f"<p><b>Verdict: {e(rep.verdict)}</b>"

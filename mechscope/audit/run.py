@@ -42,6 +42,9 @@ __all__ = ["AuditReport", "Suspect", "audit"]
 
 @dataclass
 class AuditReport:
+    """What `audit` found: the verdict, the merged suspects, each method's suspects and scores, what was dropped
+    or skipped, the corpus, the calibration and the time taken."""
+
     model: str
     reference: str | None
     verdict: str
@@ -60,6 +63,7 @@ class AuditReport:
         return [s for v in self.scored.values() for s in v]
 
     def to_json(self) -> dict[str, Any]:
+        """A JSON-ready record of the report (each method's ten strongest scores kept)."""
         return {"model": self.model, "reference": self.reference, "verdict": self.verdict,
                 "suspects": [s.to_json() for s in self.suspects],
                 "methods": {k: [s.to_json() for s in v] for k, v in self.methods.items()},
@@ -70,6 +74,7 @@ class AuditReport:
                 "calibration": self.calibration}
 
     def to_html(self) -> str:
+        """The report as an HTML page."""
         from .report import render
 
         return render(self)

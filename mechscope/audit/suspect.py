@@ -28,14 +28,17 @@ def component(site: Site | str | None, cls: str, unit: int | None = None, head: 
 
 
 def mlp_site(layer: int) -> Site:
+    """The site of layer `layer`'s MLP neurons (mlp.post)."""
     return Site(Kind.MLP_POST, layer)
 
 
 def head_site(layer: int) -> Site:
+    """The site of layer `layer`'s per-head writes to the residual (attn.result)."""
     return Site(Kind.RESULT, layer)
 
 
 def layer_of(comp: dict[str, Any]) -> int | None:
+    """The layer in a component's site name ("blocks.L..."), or None."""
     site = comp.get("site")
     if not site:
         return None
@@ -48,6 +51,7 @@ def layer_of(comp: dict[str, Any]) -> int | None:
 
 def trigger(kind: str = "none", ids: list[int] | tuple[int, ...] = (), text: str | None = None,
             position: int | None = None) -> dict[str, Any]:
+    """A trigger record: its kind (one of TRIGGER_KINDS), token ids, text and position."""
     if kind not in TRIGGER_KINDS:
         raise ValueError(f"trigger kind {kind!r} is not one of {', '.join(TRIGGER_KINDS)}")
     return {"kind": kind, "ids": [int(i) for i in ids], "text": text,
@@ -55,10 +59,12 @@ def trigger(kind: str = "none", ids: list[int] | tuple[int, ...] = (), text: str
 
 
 def no_trigger() -> dict[str, Any]:
+    """The trigger record of a suspect with no trigger."""
     return trigger()
 
 
 def no_effect() -> dict[str, Any]:
+    """The effect record of a suspect with no behaviour change."""
     return {"target_ids": [], "target_text": None, "delta_logprob": 0.0}
 
 
@@ -80,9 +86,12 @@ class Suspect:
 
     @property
     def above(self) -> bool:
+        """Whether the score exceeds the threshold (False without one)."""
         return self.threshold is not None and self.score > self.threshold
 
     def to_json(self) -> dict[str, Any]:
+        """A JSON-ready record of the suspect (a direction's vector left out; non-finite numbers made
+        JSON-safe)."""
         comp = self.component or {"site": None, "class": None, "unit": None, "head": None}
         comp = {k: v for k, v in comp.items() if k != "vector"}  # a direction's vector stays in memory
         return {"component": comp, "trigger": self.trigger, "effect": _finite(self.effect),

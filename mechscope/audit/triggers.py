@@ -43,13 +43,18 @@ METHOD = "triggers"
 
 @dataclass(frozen=True)
 class Divergence:
+    """Objective: KL(model ‖ reference) of the next-token distributions at the trigger's last token and `span`
+    positions after it."""
+
     reference: Any
     span: int = 4
 
     def interventions(self, stash: dict) -> list:
+        """None: the objective reads the logits only."""
         return []
 
     def value(self, model: Any, out_logits: Tensor, ids: Tensor, stash: dict, lo: int) -> Tensor:
+        """(batch,) the mean KL over the trigger's last token and the `span` positions after it."""
         hi = min(ids.shape[1], lo + self.span + 1)
         lp = torch.log_softmax(out_logits[:, lo:hi].float(), -1)
         with torch.no_grad():
@@ -59,6 +64,9 @@ class Divergence:
 
 @dataclass(frozen=True)
 class Activation:
+    """Objective: a component's activation from the trigger on (a unit's, a head's write norm, or a projection on
+    `direction`)."""
+
     site: Site
     unit: int | None = None
     head: int | None = None
@@ -66,12 +74,15 @@ class Activation:
     signed: bool = True  # False: the projection's distance from its mean, either way
 
     def interventions(self, stash: dict) -> list:
+        """An identity `Replace` at `site` that keeps its activation in `stash`."""
         def keep(x: Tensor, ctx: Any) -> Tensor:
             stash["a"] = x
             return x
         return [Replace(self.site, fn=keep)]
 
     def value(self, model: Any, out_logits: Tensor, ids: Tensor, stash: dict, lo: int) -> Tensor:
+        """(batch,) the largest activation from position `lo` on: the unit's, the head's norm, the tensor's norm,
+        or the projection on `direction` less its mean."""
         a = stash["a"]
         if self.direction is not None:
             p = a.float() @ self.direction.to(a.device).float()
@@ -89,6 +100,9 @@ class Activation:
 
 @dataclass
 class SearchResult:
+    """A trigger search's result: the best trigger's ids and objective, the random triggers' mean and std, and the
+    search's steps, time and history."""
+
     ids: list[int]
     value: float
     baseline: float

@@ -38,6 +38,7 @@ METHOD = "weights"
 
 
 def robust_z(x: Tensor) -> Tensor:
+    """Robust z-scores of `x`: (x − median) / (1.4826 · MAD), in float64 (the std, or 1, when the MAD is 0)."""
     x = x.detach().double()
     med = x.median()
     mad = (x - med).abs().median() * 1.4826
@@ -47,6 +48,7 @@ def robust_z(x: Tensor) -> Tensor:
 
 
 def rank1_ratio(m: Tensor) -> tuple[float, Tensor]:
+    """σ₁ / σ₂ of matrix `m` and all its singular values (inf for a nonzero rank-1 matrix, 0 for a zero one)."""
     s = torch.linalg.svdvals(m.double())
     if s.numel() < 2 or float(s[1]) == 0:
         return (math.inf if s.numel() and float(s[0]) > 0 else 0.0), s

@@ -55,6 +55,8 @@ class FaithfulnessCurve:
         return self.per_prompt.min(1).values
 
     def rows(self) -> list[dict[str, float]]:
+        """One dict per size: edges kept, their fraction, faithfulness, random baseline's mean, quantiles and
+        worst prompt."""
         q = self.quantiles()
         return [{"edges": k, "fraction": k / self.n_edges, "f": float(self.values[i]),
                  "random_f": float(self.random[i].mean()), "p05": float(q[i, 0]), "median": float(q[i, 1]),

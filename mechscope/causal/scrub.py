@@ -79,6 +79,7 @@ class PartResult:
     unexplained_share: float | None  # (L_hypothesis - loss_restored) / (L_hypothesis - L_clean)
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready record of the part's result."""
         return {"component": self.component, "name": self.name, "kind": self.kind, "lines": self.size.lines,
                 "numbers": self.size.numbers, "alone": None if self.alone is None else self.alone.describe(),
                 "loss_restored": self.loss_restored, "restore_gain": self.restore_gain,
@@ -87,6 +88,9 @@ class PartResult:
 
 @dataclass(frozen=True)
 class ScrubResult:
+    """A scrubbed hypothesis: the three losses, the loss recovered, the size, each part's result and any groups'
+    scores."""
+
     hypothesis: str
     ablation: str
     loss_clean: float
@@ -98,6 +102,7 @@ class ScrubResult:
     groups: dict[str, Score] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready record of the result, parts and groups included."""
         return {"hypothesis": self.hypothesis, "ablation": self.ablation, "loss_clean": self.loss_clean,
                 "loss_hypothesis": self.loss_hypothesis, "loss_ablated": self.loss_ablated,
                 "recovered": self.recovered.describe(), "lines": self.size.lines, "numbers": self.size.numbers,

@@ -56,6 +56,7 @@ class DirectLogitAttribution:
     norm: str = "final-norm scale measured per prompt and position, frozen"
 
     def sum(self) -> Tensor:
+        """(batch, pos): every contribution added up; equals `total` up to rounding."""
         return (self.heads.sum((0, 1)) + self.head_bias.sum(0) + self.mlps.sum(0) + self.embed + self.bias)
 
 

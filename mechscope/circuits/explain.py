@@ -65,6 +65,7 @@ class ExplanationScore:
     per_prompt: dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready record of the scores (per-prompt values left out)."""
         return {"site": self.site.name, "heads": None if self.heads is None else list(self.heads),
                 "explanation": self.explanation, "loss_clean": self.loss_clean,
                 "loss_explained": self.loss_explained, "loss_mean_ablated": self.loss_mean_ablated,

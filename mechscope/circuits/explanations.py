@@ -56,6 +56,7 @@ class Explanation:
         return self._fn(x, ctx)
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready record: name, site, the sites it reads and `info`."""
         return {"name": self.name, "site": self.site.name, "reads": [s.name for s in self.needs], **self.info}
 
     def __repr__(self) -> str:

@@ -506,6 +506,11 @@ def _fmt(score: dict[str, Any] | None, kind: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: replace every part of a zoo induction network by code and print the loss recovered; returns
+    the exit code.
+
+    Example: `python -m mechscope.circuits.induction_code --n 256 --json`.
+    """
     ap = argparse.ArgumentParser(prog="python -m mechscope.circuits.induction_code",
                                  description="Replace every part of zoo:induction by code; loss recovered.")
     ap.add_argument("--model", default="induction", help="zoo name of the network (default: induction)")

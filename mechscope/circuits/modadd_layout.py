@@ -34,6 +34,13 @@ def _pairs_of(ids: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass(frozen=True)
 class ModAddLayout:
+    """Where a modular-addition network (mod `p`) keeps its inputs, neurons, hidden state and logits.
+
+    `encode(a, b)` makes the network's input for operands a, b (n,); `embeds` names the two operands'
+    embedding sites with their positions; `neurons`, `hidden` and `logits` are site names;
+    `answer_position` is where the answer is read (None: no position axis); `operands(ids)` recovers a, b.
+    """
+
     p: int
     encode: Callable[[Tensor, Tensor], Any]
     embeds: tuple[tuple[str, int | None], tuple[str, int | None]]
@@ -68,5 +75,6 @@ class ModAddLayout:
         return act if self.answer_position is None else act[:, self.answer_position]
 
     def labels(self, ids: Tensor) -> Tensor:
+        """(n,): the right answers (a + b) mod p for the inputs `ids`."""
         a, b = self.operands(ids)
         return (a + b) % self.p

@@ -33,6 +33,8 @@ def digest(tensors: dict[str, Tensor]) -> str:
 
 
 def tmp_path(path: Path) -> Path:
+    """The temporary file beside `path` that an atomic write fills before the rename (hidden, named by this
+    process' id)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
@@ -89,4 +91,5 @@ def write_tensors(path: Path, tensors: dict[str, Tensor], meta: dict[str, str] |
 
 
 def write_json(path: Path, obj: Any, indent: int = 2) -> None:
+    """Write `obj` as JSON (sorted keys, a final newline) to `path` atomically."""
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=indent, sort_keys=True) + "\n"))

@@ -62,6 +62,7 @@ class Component:
 
     @property
     def label(self) -> str:
+        """The component's name: the site's name, then any heads, units and positions in brackets."""
         name = self.site.name if isinstance(self.site, Site) else str(self.site)
         extra = [f"{k}={list(v)}" for k, v in (("heads", self.heads), ("units", self.units),
                                                   ("positions", self.positions)) if v is not None]
@@ -139,11 +140,14 @@ class Code:
 
     @property
     def size(self) -> Size:
+        """Lines of `fn` and its helpers (or `lines` when given) and the count of fitted numbers."""
         lines = self.lines if self.lines is not None else \
             code_lines(self.fn) + sum(code_lines(h) for h in self.helpers)
         return Size(lines, sum(int(t.numel()) for t in self.numbers.values()))
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready record of the part: component, name, claim, size, fitted numbers' shapes and the sites it
+        reads."""
         s = self.size
         return {"component": self.component.label, "kind": "code", "name": self.name, "claim": self.claim,
                 "lines": s.lines, "numbers": s.numbers, "fitted_on": self.fitted_on,
@@ -167,9 +171,11 @@ class Resampled:
 
     @property
     def size(self) -> Size:
+        """Lines of the `key` function; no fitted numbers."""
         return Size(code_lines(self.key), 0)
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready record of the part: component, name, claim and size."""
         s = self.size
         return {"component": self.component.label, "kind": "resampled", "name": self.name, "claim": self.claim,
                 "lines": s.lines, "numbers": 0}
@@ -187,9 +193,11 @@ class AsIs:
 
     @property
     def size(self) -> Size:
+        """Zero: a part left as is costs nothing."""
         return Size()
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready record of the part (size zero)."""
         return {"component": self.component.label, "kind": "as is", "name": self.name, "lines": 0, "numbers": 0}
 
 
@@ -220,6 +228,7 @@ class Hypothesis:
 
     @property
     def size(self) -> Size:
+        """The sum of the parts' sizes."""
         total = Size()
         for p in self.parts:
             total = total + p.size
@@ -231,6 +240,7 @@ class Hypothesis:
                           self.claim, self.info)
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready record: name, claim, total size, each part's record, then `info`."""
         s = self.size
         return {"name": self.name, "claim": self.claim, "lines": s.lines, "numbers": s.numbers,
                 "parts": [p.describe() for p in self.parts], **dict(self.info)}

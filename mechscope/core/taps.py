@@ -62,7 +62,8 @@ class Tap(ABC):
     """Where a site's tensor appears; `install` attaches a handler and returns removable handles."""
 
     @abstractmethod
-    def install(self, handler: Handler) -> list[RemovableHandle]: ...
+    def install(self, handler: Handler) -> list[RemovableHandle]:
+        """Attach `handler` where the site's tensor appears; returns the handles that remove it."""
 
 
 class _ValueOf(torch.autograd.Function):
@@ -114,6 +115,7 @@ class ModuleOutput(Tap):
     copy: bool = False
 
     def install(self, handler: Handler) -> list[RemovableHandle]:
+        """Hook the module's output for `handler` (a forward hook); returns its handle."""
         index, heads, copy = self.index, self.heads, self.copy
 
         def hook(_mod: nn.Module, _args: tuple, out):
@@ -155,6 +157,7 @@ class ModuleInput(Tap):
     branch: bool = False
 
     def install(self, handler: Handler) -> list[RemovableHandle]:
+        """Hook the module's input for `handler` (a forward pre-hook); returns its handle."""
         tap = self
 
         def hook(_mod: nn.Module, args: tuple, kwargs: dict):
@@ -195,6 +198,8 @@ class HeadResult(Tap):
     bias: Callable[[], Tensor | None]
 
     def install(self, handler: Handler) -> list[RemovableHandle]:
+        """Hook the output projection for `handler`: keep its input z, hand the per-head results over; returns
+        both handles."""
         saved: dict[str, Tensor] = {}
 
         def pre(_mod: nn.Module, args: tuple):
@@ -255,6 +260,7 @@ class HeadInput(Tap):
     weight: Callable[[], tuple[Tensor, Tensor | None]]
 
     def install(self, handler: Handler) -> list[RemovableHandle]:
+        """Hook `reader`'s input and `proj`'s output for `handler`; returns both handles."""
         state: dict[str, tuple] = {}
         tap = self
 
@@ -329,6 +335,7 @@ class NormScale(Tap):
     output: Callable[[Tensor, Tensor], Tensor]
 
     def install(self, handler: Handler) -> list[RemovableHandle]:
+        """Hook the norm module for `handler`, which sees the divisor (batch, pos, 1); returns its handle."""
         tap = self
 
         def hook(_mod: nn.Module, args: tuple, kwargs: dict, out: Tensor):

@@ -40,6 +40,12 @@ from .factored import FactoredMatrix
 
 @dataclass(frozen=True, eq=False)
 class Weights:
+    """A model's weights in this module's convention (row vectors, x @ W), stacked over layers.
+
+    Keys and values are repeated to one per query head (`W_K_grouped`, `W_V_grouped` undo it);
+    None where the model has no such weight.
+    """
+
     n_heads: int
     n_kv_heads: int
     W_E: Tensor | None
@@ -74,6 +80,7 @@ class Weights:
 
     @property
     def n_layers(self) -> int:
+        """The number of blocks."""
         return int(self.W_Q.shape[0])
 
     @property
@@ -88,6 +95,7 @@ class Weights:
 
     @property
     def W_V_grouped(self) -> Tensor:
+        """Values per key/value head: (layer, kv_head, d_model, d_head)."""
         return self.W_V[:, :: self.group_size]
 
     @property

@@ -28,6 +28,8 @@ from .common import run_source, torch_threads, zoo_network
 def modadd_section(w: A.ArtifactWriter, name: str = "modadd-frac05", *, threads: int = 1, progress: bool = False,
                    log: Any = None, scratch: Path = Path("out"), steps: int | None = None,
                    run_path: Path | None = None, retrain: bool = False) -> None:
+    """Write the demo's modular-addition section into `w` (steps in the module docstring), training the zoo run
+    first when needed."""
     from .. import zoo
     from ..causal import activation_patching
     from ..core import Kind, Site, metrics, run

@@ -31,6 +31,7 @@ def smollm2_available() -> bool:
 
 
 def smollm2_section(w: A.ArtifactWriter, *, threads: int = 1, log: Any = None, n_prompts: int = 8) -> None:
+    """Write the demo's SmolLM2-135M IOI section into `w` (steps in the module docstring)."""
     from ..causal import AblationSpec, activation_patching, eap, edge_faithfulness
     from ..circuits.head_roles import head_roles
     from ..core import Kind, Site, run

@@ -262,6 +262,7 @@ class Dictionary(nn.Module):
         return {k: v.detach() for k, v in self.state_dict().items()}
 
     def extra_repr(self) -> str:
+        """"d_in -> d_sae latents -> out_width", shown in the module's repr."""
         c = self.config
         return f"{c.d_in} -> {c.d_sae} latents -> {c.out_width}"
 

@@ -19,6 +19,8 @@ from .topk import TopKConfig, TopKSAE
 
 @dataclass(frozen=True)
 class BatchTopKConfig(TopKConfig):
+    """A TopK config plus the momentum of the running mean that estimates the inference threshold θ."""
+
     threshold_momentum: float = 0.99  # running-mean momentum of the inference threshold
 
     def __post_init__(self) -> None:
@@ -28,6 +30,9 @@ class BatchTopKConfig(TopKConfig):
 
 
 class BatchTopKSAE(TopKSAE):
+    """BatchTopK sparse autoencoder: the batch's B·k largest activations while training, a global threshold θ
+    after."""
+
     architecture = "batchtopk"
     uses_aux_k = True
     sparse_step = True
@@ -38,6 +43,8 @@ class BatchTopKSAE(TopKSAE):
         self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
 
     def codes(self, x: Tensor) -> SparseCodes:
+        """Sparse codes of rows `x` (batch, d_in): batch top-k while training or before θ is estimated, else the
+        threshold."""
         xc = self._centre(x)
         pre = self._pre_nograd(xc)
         if self.training or float(self.threshold) < 0:
@@ -79,4 +86,5 @@ class BatchTopKSAE(TopKSAE):
 
     @torch.no_grad()
     def fold_scale_(self, s_in: float, s_out: float) -> None:
+        """As `Dictionary.fold_scale_`; the pre-activations do not change, so θ stays as it is."""
         super().fold_scale_(s_in, s_out)  # pre-activations do not change, and neither does θ

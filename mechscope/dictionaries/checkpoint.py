@@ -37,6 +37,8 @@ class Checkpointing:
 
 
 def identity(dictionary: Dictionary, train_config: Any, world: int) -> str:
+    """The hash that ties a checkpoint to its training: dictionary config, architecture, train config and world
+    size."""
     return config_hash({"dictionary": dictionary.config.to_dict(), "architecture": dictionary.architecture,
                         "train": asdict(train_config), "world": world})
 

@@ -61,14 +61,22 @@ class CLTConfig(TopKConfig):
 
     @property
     def in_width(self) -> int:
+        """n_layers · d_in: every layer's MLP input side by side."""
         return self.n_layers * self.d_in
 
     @property
     def out_width(self) -> int:
+        """n_layers · d_out: every layer's MLP output side by side."""
         return self.n_layers * self.d_out  # type: ignore[operator]
 
 
 class CrossLayerTranscoder(CentredInput, Dictionary):
+    """Cross-layer transcoder: layer l's latents read MLP l's input and write to the MLP outputs of layers l and
+    later.
+
+    Inputs are (batch, n_layers, d_in), reconstructions (batch, n_layers, d_out); see the module docstring.
+    """
+
     architecture = "clt"
     uses_aux_k = True
     sparse_step = True
@@ -93,10 +101,12 @@ class CrossLayerTranscoder(CentredInput, Dictionary):
 
     @property
     def in_shape(self) -> tuple[int, ...]:
+        """(n_layers, d_in): one MLP input per layer."""
         return (self.config.n_layers, self.config.d_in)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
+        """(n_layers, d_out): one MLP output per layer."""
         return (self.config.n_layers, self.config.d_out)
 
     def split_batch(self, batch: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
@@ -114,6 +124,8 @@ class CrossLayerTranscoder(CentredInput, Dictionary):
 
     @torch.no_grad()
     def init_from_batch_(self, x: Tensor, y: Tensor) -> None:
+        """Set the input mean μ and each target layer's output variance from the first batch (input rows x, target
+        rows y)."""
         c = self.config
         self.input_mean.copy_(x.mean(0))
         self.layer_var.copy_((y - y.mean(0)).reshape(-1, c.n_layers, c.d_out).pow(2).sum(-1).mean(0).clamp_min(1e-12))
@@ -145,6 +157,7 @@ class CrossLayerTranscoder(CentredInput, Dictionary):
         return torch.stack(vals, 1).reshape(B, n * k), latents.reshape(B, n * k)
 
     def codes(self, x: Tensor) -> SparseCodes:
+        """Sparse codes of rows `x` (batch, n_layers · d_in): the top k latents of each layer, ReLU applied."""
         xc = self._centre(x)
         vals, lat = self._select(xc, self._pre(xc), self.config.k)
         return SparseCodes.from_topk(vals.relu(), lat, self.config.d_sae)
@@ -174,6 +187,11 @@ class CrossLayerTranscoder(CentredInput, Dictionary):
     # --- training ---------------------------------------------------------------------------------
     def loss(self, x: Tensor, target: Tensor, dead: Tensor | None = None, sparsity_scale: float = 1.0
              ) -> LossParts:
+        """The training loss on a batch: each target layer's squared error over its output variance, plus the
+        auxiliary-k loss.
+
+        Logs the total squared error, the mean FVU, each layer's FVU (`fvu_layerT`) and `aux` when it applies.
+        """
         c = self.config
         n, d = c.n_layers, c.d_out
         with torch.no_grad():
@@ -208,6 +226,7 @@ class CrossLayerTranscoder(CentredInput, Dictionary):
 
     @torch.no_grad()
     def constrain_(self) -> None:
+        """Zero the decoder blocks from a layer to earlier layers, then the base class' constraints."""
         self.W_dec.mul_(self.mask)
         super().constrain_()
 

@@ -46,9 +46,11 @@ class Matching:
 
     @property
     def mean_cos(self) -> float:
+        """The mean cosine of the matched pairs (NaN without pairs)."""
         return float(self.cos.mean()) if self.cos.numel() else float("nan")
 
     def share_above(self, threshold: float) -> float:
+        """The fraction of matched pairs whose cosine exceeds `threshold` (NaN without pairs)."""
         return float((self.cos > threshold).double().mean()) if self.cos.numel() else float("nan")
 
 
@@ -94,6 +96,7 @@ class Comparison:
         return (self.mmcs_ab + self.mmcs_ba) / 2
 
     def describe(self) -> dict[str, float]:
+        """A JSON-ready record: the mean max cosine similarities both ways and the matching's summary."""
         return {"mmcs": self.mmcs, "mmcs_ab": self.mmcs_ab, "mmcs_ba": self.mmcs_ba,
                 "matched_mean_cos": self.matching.mean_cos, "matched_above_0.9": self.matching.share_above(0.9),
                 "matched_above_0.7": self.matching.share_above(0.7)}

@@ -31,6 +31,8 @@ from .topk import TopKConfig, TopKSAE
 
 @dataclass(frozen=True)
 class CrosscoderConfig(TopKConfig):
+    """A TopK config for `n_sources` sources of width d_in each; the crosscoder reconstructs its own sources."""
+
     n_sources: int = 2  # models or layers read side by side; d_in is one source's width
 
     def __post_init__(self) -> None:
@@ -42,19 +44,25 @@ class CrosscoderConfig(TopKConfig):
 
     @property
     def in_width(self) -> int:
+        """n_sources · d_in: the sources side by side."""
         return self.n_sources * self.d_in
 
 
 class Crosscoder(TopKSAE):
+    """TopK crosscoder: one dictionary over several sources, inputs (batch, n_sources, d_in); see the module
+    docstring."""
+
     architecture = "crosscoder"
     config: CrosscoderConfig
 
     @property
     def in_shape(self) -> tuple[int, ...]:
+        """(n_sources, d_in): one vector per source."""
         return (self.config.n_sources, self.config.d_in)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
+        """The same as `in_shape`: each source is reconstructed."""
         return self.in_shape
 
     def split_batch(self, batch: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:

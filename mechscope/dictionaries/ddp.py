@@ -49,12 +49,15 @@ class ProcessGroupReducer(Reducer):
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
 
     def gather(self, t: Tensor) -> Tensor:
+        """Every rank's `t`, concatenated along rows in rank order."""
         t = t.to(self.device).contiguous()
         parts = [torch.empty_like(t) for _ in range(self.world)]
         self.dist.all_gather(parts, t)
         return torch.cat(parts)
 
     def average_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Replace each gradient by its mean over the ranks (one all-reduce for all of them; a missing gradient
+        counts as zero)."""
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -67,16 +70,19 @@ class ProcessGroupReducer(Reducer):
             at += p.numel()
 
     def any(self, mask: Tensor) -> Tensor:
+        """True where any rank has True."""
         m = mask.to(self.device, torch.float32)
         self.dist.all_reduce(m, op=self.dist.ReduceOp.MAX)
         return m > 0
 
     def mean(self, value: float) -> float:
+        """The mean of `value` over the ranks."""
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
         self.dist.all_reduce(t)
         return float(t) / self.world
 
     def barrier(self) -> None:
+        """Wait until every rank is here."""
         self.dist.barrier()
 
 
@@ -157,6 +163,8 @@ def _stopped(rank: int, world: int, checkpoint: Path, why: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train a dictionary as one rank of a torchrun launch (steps in the module docstring); returns the exit
+    code."""
     args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))

@@ -56,10 +56,12 @@ def read_tensors(path: Path, check: bool = True) -> tuple[dict[str, Tensor], dic
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Write `obj` as JSON to `path` atomically."""
     files.write_json(path, obj, indent=1)
 
 
 def read_json(path: Path) -> Any:
+    """The JSON in `path`; a missing or invalid file raises DictionaryFileError naming it."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -37,6 +37,9 @@ from .target import check_target
 
 @dataclass(frozen=True)
 class JumpReLUConfig(DictConfig):
+    """Fields of a JumpReLU SAE: the L0 coefficient λ, the kernel bandwidth ε, θ's start and learning rate, an
+    optional target L0."""
+
     l0_coefficient: float = 1.0  # λ, for inputs scaled to E||x||² = d_in; with target_l0 its starting value
     bandwidth: float = 0.05  # ε of the rectangle kernel, in pre-activation units (inputs scaled as above)
     initial_threshold: float | None = None  # θ at initialisation; None: from the first batch (see initial_l0)
@@ -102,6 +105,9 @@ class _Step(torch.autograd.Function):
 
 
 class JumpReLUSAE(Dictionary):
+    """JumpReLU sparse autoencoder: pre · H(pre - θ) with a learned threshold θ per latent; see the module
+    docstring."""
+
     architecture = "jumprelu"
     config: JumpReLUConfig
 
@@ -132,6 +138,7 @@ class JumpReLUSAE(Dictionary):
 
     @torch.no_grad()
     def constrain_(self) -> None:
+        """The base class' constraints, then the buffer `threshold` set to exp(log_threshold)."""
         super().constrain_()
         self.threshold.copy_(self.log_threshold.exp())
 
@@ -162,6 +169,7 @@ class JumpReLUSAE(Dictionary):
         return [(self.log_threshold, (latents,))]
 
     def optimizer_groups(self, lr: float) -> list[dict]:
+        """Two Adam groups: every parameter but log θ at `lr`, and log θ at `threshold_lr`."""
         rest = [p for n, p in self.named_parameters() if n != "log_threshold"]
         return [{"params": rest, "lr": lr}, {"params": [self.log_threshold], "lr": self.config.threshold_lr}]
 
@@ -178,10 +186,12 @@ class JumpReLUSAE(Dictionary):
 
     # --- forward and loss -------------------------------------------------------------------------------
     def codes(self, x: Tensor) -> Tensor:
+        """(batch, d_sae) dense codes: pre-activations where they exceed θ, else zero."""
         return _JumpReLU.apply(self.preactivations(x), self._threshold(), self.config.bandwidth)
 
     def loss(self, x: Tensor, target: Tensor, dead: Tensor | None = None, sparsity_scale: float = 1.0
              ) -> LossParts:
+        """The training loss on a batch: squared error plus λ times the L0 (through the pseudo-derivatives)."""
         pre = self.preactivations(x)
         theta = self._threshold()
         codes = _JumpReLU.apply(pre, theta, self.config.bandwidth)

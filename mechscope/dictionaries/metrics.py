@@ -48,6 +48,7 @@ class DictMetrics:
     histogram: tuple[list[float], list[int]] = field(repr=False)  # log10-density bin edges, counts (live latents)
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready record of the metrics, the density histogram included."""
         return {"n_rows": self.n_rows, "l0": self.l0, "fvu": self.fvu, "mse": self.mse,
                 "dead_fraction": self.dead_fraction, "dense_fraction": self.dense_fraction,
                 "dense_threshold": self.dense_threshold,
@@ -143,6 +144,7 @@ class LossRecovered:
     vs_mean: Score
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready record: the four losses and the loss recovered against zero and mean ablation."""
         return {"loss_clean": self.clean, "loss_spliced": self.spliced, "loss_zero_ablated": self.zero,
                 "loss_mean_ablated": self.mean, "recovered_vs_zero": self.vs_zero.describe(),
                 "recovered_vs_mean": self.vs_mean.describe()}

@@ -44,13 +44,16 @@ class Diversity:
 
     @property
     def median(self) -> float:
+        """The median over units (NaN without units)."""
         return float(self.per_unit.median()) if self.per_unit.numel() else float("nan")
 
     @property
     def mean(self) -> float:
+        """The mean over units (NaN without units)."""
         return float(self.per_unit.mean()) if self.per_unit.numel() else float("nan")
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary: counts, mean, median and the 10/50/90% quantiles."""
         q = torch.quantile(self.per_unit, torch.tensor([0.1, 0.5, 0.9])).tolist() if self.per_unit.numel() else []
         return {"n_top": self.n_top, "n_units": self.n_units, "mean": self.mean, "median": self.median,
                 "quantiles_10_50_90": q}
@@ -125,6 +128,7 @@ class Spread:
     rotated: bool
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary: counts, and the median and 10/50/90% quantiles of entropy and participation."""
         q = lambda t: torch.quantile(t, torch.tensor([0.1, 0.5, 0.9])).tolist()  # noqa: E731
         return {"neurons": int(self.entropy.numel()), "features": self.n_features, "rotated_control": self.rotated,
                 "entropy_median": float(self.entropy.median()), "entropy_quantiles_10_50_90": q(self.entropy),

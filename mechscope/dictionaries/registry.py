@@ -22,10 +22,12 @@ ARCHITECTURES: dict[str, tuple[type[DictConfig], type[Dictionary]]] = {
 
 
 def config_class(architecture: str) -> type[DictConfig]:
+    """The config class of `architecture`; an unknown name raises KeyError listing the known ones."""
     return _entry(architecture)[0]
 
 
 def dictionary_class(architecture: str) -> type[Dictionary]:
+    """The dictionary class of `architecture`; an unknown name raises KeyError listing the known ones."""
     return _entry(architecture)[1]
 
 

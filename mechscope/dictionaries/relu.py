@@ -19,6 +19,8 @@ from .target import check_target
 
 @dataclass(frozen=True)
 class ReLUConfig(DictConfig):
+    """Fields of a ReLU SAE: the L1 coefficient λ, and an optional target L0 that adapts it."""
+
     # λ, for inputs scaled to E||x||² = d_in (the trainer's default). 3 gives L0 in the tens after
     # 2M tokens (SmolLM2-135M resid_post.14: 34; the zoo's textlm: 60; see the README); λ = 1 kept
     # hundreds of latents on; with λ = 10 textlm's reconstruction was worse than its mean (FVU 1.02).
@@ -34,15 +36,19 @@ class ReLUConfig(DictConfig):
 
 
 class ReLUSAE(Dictionary):
+    """ReLU sparse autoencoder with an L1 penalty weighted by decoder norms; see the module docstring."""
+
     architecture = "relu"
     unit_norm_decoder = False
     config: ReLUConfig
 
     def codes(self, x: Tensor) -> Tensor:
+        """(batch, d_sae) dense codes: ReLU of the pre-activations."""
         return self.preactivations(x).relu()
 
     def loss(self, x: Tensor, target: Tensor, dead: Tensor | None = None, sparsity_scale: float = 1.0
              ) -> LossParts:
+        """The training loss on a batch: squared error plus λ Σ_i codes_i ||W_dec,i||."""
         codes = self.codes(x)
         recon = self.decode(codes)
         mse, fvu = mse_parts(recon, target)

@@ -75,6 +75,9 @@ def _kl(clean: Tensor, other: Tensor, positions: Any) -> Tensor:
 
 @dataclass(frozen=True)
 class ReplacementScores:
+    """How close the replacement model is: KL to the clean model and loss recovered against zero and mean
+    ablation."""
+
     kl: float  # mean next-token KL(clean || replaced) per position
     kl_max: float  # the largest per-sequence mean KL
     clean: float
@@ -86,6 +89,7 @@ class ReplacementScores:
     n_sequences: int
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready record of the scores."""
         return {"kl": self.kl, "kl_max_sequence": self.kl_max, "loss_clean": self.clean,
                 "loss_replaced": self.replaced, "loss_zero_ablated": self.zero, "loss_mean_ablated": self.mean,
                 "recovered_vs_zero": self.vs_zero.describe(), "recovered_vs_mean": self.vs_mean.describe(),

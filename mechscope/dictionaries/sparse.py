@@ -80,6 +80,7 @@ class SparseCodes:
 
     @property
     def batch(self) -> int:
+        """The number of rows."""
         return int(self.offsets.numel() - 1)
 
     def rows(self) -> Tensor:

@@ -168,10 +168,12 @@ class HarvestPlan:
 
     @property
     def n_shards(self) -> int:
+        """The number of shards the harvest writes."""
         return int(self.manifest["n_shards"])
 
     @property
     def todo(self) -> list[int]:
+        """Indices of the shards not written yet."""
         return [i for i in range(self.n_shards) if str(i) not in self.manifest["shards"]]
 
     def bounds(self, i: int) -> tuple[int, int]:

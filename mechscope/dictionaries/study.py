@@ -64,6 +64,7 @@ class StudyConfig:
 
     @property
     def input_sites(self) -> tuple[str, ...]:
+        """The site names the dictionary reads (one, or several for a crosscoder)."""
         return self.site if isinstance(self.site, tuple) else (self.site,)
 
 
@@ -166,4 +167,5 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_store(out: str | Path) -> ActivationStore:
+    """The activation store of the study directory `out`."""
     return ActivationStore(Path(out) / "store")

@@ -89,6 +89,7 @@ class TrainConfig:
 
     @property
     def steps(self) -> int:
+        """Optimiser steps: tokens // batch_size, at least 1."""
         return max(1, self.tokens // self.batch_size)
 
     def learning_rate(self, d_sae: int) -> float:
@@ -111,9 +112,11 @@ class TrainResult:
 
     @property
     def tokens_per_second(self) -> float:
+        """Training throughput (NaN when no time was measured)."""
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
     def describe(self) -> dict[str, Any]:
+        """A JSON-ready record: architecture, both configs, tokens, time, scales and the curve's last entry."""
         return {"architecture": self.dictionary.architecture, "dictionary": self.dictionary.config.to_dict(),
                 "train": asdict(self.config), "tokens": self.tokens, "seconds": self.seconds,
                 "scale_in": self.scale_in, "scale_out": self.scale_out, "final": self.curve[-1] if self.curve else {}}
@@ -136,6 +139,7 @@ class Reducer:
         return mask
 
     def mean(self, value: float) -> float:
+        """The mean of `value` over the processes."""
         return value
 
     def barrier(self) -> None:

@@ -32,6 +32,8 @@ from .topk import TopKConfig, TopKSAE
 
 @dataclass(frozen=True)
 class TranscoderConfig(TopKConfig):
+    """A TopK config with d_out required (the output site's width) and an optional linear skip connection."""
+
     apply_b_dec_to_input: bool = False  # input and output live in different spaces
     skip: bool = False  # a learned linear skip connection x W_skip added to the reconstruction
 
@@ -42,6 +44,9 @@ class TranscoderConfig(TopKConfig):
 
 
 class Transcoder(CentredInput, TopKSAE):
+    """TopK transcoder from an MLP's input (batch, d_in) to its output (batch, d_out); see the module
+    docstring."""
+
     architecture = "transcoder"
     config: TranscoderConfig
 
@@ -52,11 +57,13 @@ class Transcoder(CentredInput, TopKSAE):
         self.W_skip = nn.Parameter(torch.zeros(config.in_width, config.out_width)) if config.skip else None
 
     def reconstruct(self, x: Tensor, codes: Codes) -> Tensor:
+        """(batch, d_out): the decoded codes, plus x W_skip with a skip connection."""
         recon = self.decode(codes)
         return recon if self.W_skip is None else torch.addmm(recon, x, self.W_skip)
 
     @torch.no_grad()
     def init_from_batch_(self, x: Tensor, y: Tensor) -> None:
+        """Set the input mean μ from the first batch's input rows `x`."""
         self.input_mean.copy_(x.mean(0))
 
     @torch.no_grad()

@@ -73,6 +73,7 @@ class TranscoderRunConfig:
 
     @property
     def kind(self) -> str:
+        """"clt" or "per-layer"."""
         return "clt" if self.clt else "per-layer"
 
 

@@ -40,6 +40,7 @@ KINDS = ("per-layer", "clt")
 
 
 def layer_file(layer: int) -> str:
+    """The file name of one layer's transcoder in a set's directory."""
     return f"layer_{layer:03d}.safetensors"
 
 
@@ -54,16 +55,20 @@ class TranscoderSet:
 
     @property
     def kind(self) -> str:
+        """"per-layer" or "clt", from the manifest."""
         return self.manifest["kind"]
 
     @property
     def layers(self) -> list[int]:
+        """The layers whose MLPs the set replaces."""
         return [int(layer) for layer in self.manifest["layers"]]
 
     def input_site(self, layer: int) -> str:
+        """The name of the site `layer`'s transcoder reads."""
         return self.manifest["sites"][str(layer)]["input"]
 
     def output_site(self, layer: int) -> str:
+        """The name of the site `layer`'s transcoder reconstructs."""
         return self.manifest["sites"][str(layer)]["output"]
 
 
@@ -95,6 +100,7 @@ def read_dictionary_file(path: Path) -> tuple[Dictionary, dict[str, str]]:
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Write a set's manifest into the directory `path` atomically."""
     write_json(Path(path) / MANIFEST, manifest)
 
 

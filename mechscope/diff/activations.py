@@ -32,6 +32,9 @@ from .corpus import Corpus
 
 @dataclass(frozen=True)
 class SiteDiff:
+    """One residual site's activation diff: the mean difference Δ (d_model,), its size, its logit-lens tokens and
+    how much of KL(A‖B) adding it to A closes."""
+
     site: Site
     delta: Tensor  # (d_model,)
     norm: float  # ||Δ||
@@ -44,10 +47,12 @@ class SiteDiff:
 
     @property
     def nats_closed(self) -> float:
+        """KL(A‖B) − KL(A+Δ‖B) per token, in nats."""
         return self.kl_before - self.kl_after
 
 
 def residual_sites(model: Any) -> list[Site]:
+    """The input of every block and the output of the last: the sites the activation diff reads."""
     n = model.n_layers
     return [Site(Kind.RESID_PRE, layer) for layer in range(n)] + [Site(Kind.RESID_POST, n - 1)]
 

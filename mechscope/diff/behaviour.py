@@ -58,6 +58,9 @@ def kl_per_token(logits_a: Tensor, logits_b: Tensor, b_is_log_probs: bool = Fals
 
 @dataclass(frozen=True)
 class Example:
+    """A decoded example of where A and B differ: its window and position, the context, each model's top
+    predictions and the KL there."""
+
     window: int
     position: int
     context: tuple[int, ...]  # up to 8 tokens ending at the position
@@ -81,6 +84,7 @@ class KeyStat:
     share_by_source: dict[str, float] = field(default_factory=dict)  # where the occurrences are
 
     def score(self, table: str, corpus: str) -> Score:
+        """The key's mean KL as a Score, with its interval, count and table."""
         return Score(value=self.mean_kl, metric="KL(A‖B) per token, nats", ci=self.ci,
                      aggregation=f"mean over the {self.count} positions of this {table} key", dataset=corpus,
                      n=self.count, seed=0, how={"table": table, "total_kl": round(self.total_kl, 6)})
@@ -88,6 +92,9 @@ class KeyStat:
 
 @dataclass(frozen=True)
 class BehaviourDiff:
+    """Where on a corpus A's and B's next-token distributions differ: the KL per position (n, seq_len), its mean,
+    and the tables by source, context token, bigram and next token."""
+
     corpus: str
     kl: Tensor  # (n, seq_len)
     overall: Score  # mean KL per token, bootstrap over windows

@@ -63,6 +63,8 @@ def written_tokens(f: Finding) -> tuple[int, ...]:
 
 
 def names_domain(f: Finding, is_python: torch.Tensor) -> tuple[bool, float]:
+    """Whether at least NAMED_SHARE of the tokens finding `f` says B writes are Python-docs tokens (`is_python`
+    (vocab,) bool), and that share; False with fewer than three such tokens."""
     toks = written_tokens(f)
     if len(toks) < 3:
         return False, 0.0
@@ -71,6 +73,7 @@ def names_domain(f: Finding, is_python: torch.Tensor) -> tuple[bool, float]:
 
 
 def names_rule(f: Finding, trigger: int, continuation: int) -> bool:
+    """Whether finding `f` names both the rule's trigger and its continuation token."""
     return trigger in f.tokens and continuation in f.tokens
 
 
@@ -92,6 +95,11 @@ MODES = {"quick": ("textlm-quick", 200, 256), "full": ("textlm", 200, 512)}  # b
 
 def run_bench(quick: bool = False, base: str | None = None, steps: int | None = None, windows: int | None = None,
               progress: bool = True) -> dict[str, Any]:
+    """Train (or find) the fine-tunes, diff A against each and check the findings (see the module docstring);
+    returns the JSON-ready result line.
+
+    Example: `run_bench(quick=True)`, or `mechscope diff-bench --quick`.
+    """
     d_base, d_steps, d_windows = MODES["quick" if quick else "full"]
     base, steps, windows = base or d_base, steps or d_steps, windows or d_windows
     t0 = time.perf_counter()
@@ -142,4 +150,5 @@ def run_bench(quick: bool = False, base: str | None = None, steps: int | None = 
 
 
 def json_line(result: dict[str, Any]) -> str:
+    """The result as one JSON line (values JSON cannot hold written as strings)."""
     return json.dumps(result, default=str)

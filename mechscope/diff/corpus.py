@@ -25,6 +25,9 @@ KINDS = ("python-docs", "shakespeare")
 
 @dataclass(frozen=True)
 class Corpus:
+    """Token windows to diff on: ids and each token's source document index (n, seq_len), and the sources'
+    names."""
+
     name: str
     ids: Tensor  # (n, seq_len) token ids
     source: Tensor  # (n, seq_len) index into `sources` of the document each token is from
@@ -32,6 +35,7 @@ class Corpus:
 
     @property
     def n_tokens(self) -> int:
+        """The number of tokens in all windows."""
         return self.ids.numel()
 
 

@@ -41,6 +41,9 @@ from .corpus import Corpus
 
 @dataclass(frozen=True)
 class Latent:
+    """One crosscoder latent: its relative norm, firing frequency, latent scaling ν and the tokens it fires on,
+    precedes and writes (B's logit lens)."""
+
     index: int
     relative_norm: float  # ||d^B|| / (||d^A|| + ||d^B||)
     frequency: float  # share of tokens it fires on
@@ -52,6 +55,9 @@ class Latent:
 
 @dataclass(frozen=True)
 class CrosscoderDiff:
+    """A crosscoder diff at one site: the dictionary's size and FVU, the shares of A-only, shared and B-only
+    latents, and the most B-leaning live latents."""
+
     site: Site
     d_sae: int
     k: int  # active latents per token (BatchTopK: on average over a training batch)
@@ -76,6 +82,8 @@ def harvest(a: Any, b: Any, ids: Tensor, site: Site, batch: int = 32) -> tuple[T
 def crosscoder_diff(a: Any, b: Any, corpus: Corpus, site: Site | None = None, d_sae: int = 256, k: int = 8,
                     epochs: int = 20, batch_size: int = 1024, top: int = 8, seed: int = 0,
                     batch_topk: bool = True, progress: bool = True) -> CrosscoderDiff:
+    """Train a crosscoder on A's and B's activations at `site` (the last block's input by default) over `corpus`
+    and read which latents lean to B (see the module docstring)."""
     t0 = time.perf_counter()
     site = site or Site(Kind.RESID_PRE, a.n_layers - 1)
     xa, xb = harvest(a, b, corpus.ids, site)

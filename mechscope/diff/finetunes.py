@@ -38,6 +38,8 @@ TRIGGER, CONTINUATION = " thou", " sword"
 
 @dataclass(frozen=True)
 class FineTune:
+    """A public fine-tune: its name, the data it trains on, its batch seed and what it changes."""
+
     name: str
     data: str  # "textlm", "python-docs" or "rule"
     seed: int
@@ -65,6 +67,8 @@ class FineTuneRecipe(TextLM):
     """The zoo text recipe, started from A's weights and trained on `hp["data"]`."""
 
     def build(self, hp: dict[str, Any]):
+        """The text model, loaded with A's weights when `hp["init"]` names A; A's file must still have the digest
+        the fine-tune started from (LoadError otherwise)."""
         model = super().build(hp)
         if hp.get("init") is not None:  # the trainer builds once; loading the result (zoo.build_module) uses TextLM
             from .. import zoo
@@ -84,6 +88,8 @@ class FineTuneRecipe(TextLM):
         return model
 
     def data(self, hp: dict[str, Any], seed: int) -> Streams:
+        """The zoo text streams with the training stream replaced by `hp["data"]`'s: Python docs, the planted rule
+        or A's own data; the held-out stream stays."""
         base = super().data(hp, seed)
         train = base.train.clone()
         if hp["data"] == "python-docs":
@@ -123,6 +129,7 @@ RECIPE = FineTuneRecipe()
 
 
 def finetune_dir(base: str, name: str, steps: int) -> Path:
+    """The cache directory of fine-tune `name` of `base` after `steps` steps."""
     return cache_dir() / "diff" / f"{base}-{name}-{steps}"
 
 

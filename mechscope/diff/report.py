@@ -43,6 +43,9 @@ MARGIN = 1.5
 
 @dataclass
 class Finding:
+    """One thing that changed from A to B (a weight, a behaviour or an activation), with its score, evidence, the
+    tokens it names and, against a control, its threshold."""
+
     kind: str  # "weight", "behaviour" or "activation"
     key: str  # what changed: "L1.mlp_out", "context ' thou'", "corpus", "blocks.1.hook_resid_pre"
     title: str  # one line, readable
@@ -60,15 +63,18 @@ class Finding:
 
     @property
     def strength(self) -> float | None:
+        """The conservative score in units of the threshold (None without a threshold)."""
         if self.threshold is None:
             return None
         return self.conservative / self.threshold if self.threshold > 0 else math.inf
 
     @property
     def above(self) -> bool:
+        """Whether the conservative score exceeds the threshold (False without one)."""
         return self.threshold is not None and self.conservative > self.threshold
 
     def to_json(self) -> dict[str, Any]:
+        """A JSON-ready record of the finding."""
         return {"kind": self.kind, "key": self.key, "title": self.title, "score": self.score.describe(),
                 "threshold": self.threshold, "times_control": self.strength, "above_threshold": self.above,
                 "tokens": list(self.tokens), "evidence": self.evidence}
@@ -114,6 +120,7 @@ def findings_html(title: str, findings: list[Finding], summary: dict[str, Any]) 
 
 
 def page(body: str, title: str) -> str:
+    """A self-contained HTML page (remote loads forbidden by its content security policy) with `body`."""
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'">'
             f'</head><body style="font:14px/1.4 system-ui,sans-serif;max-width:1100px;margin:2em auto">{body}'

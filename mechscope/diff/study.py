@@ -38,6 +38,9 @@ from .weight_diff import ComponentDiff, weight_diff
 
 @dataclass
 class DiffResult:
+    """A whole diff of A against B: weight components, behaviour, activation sites, the findings and, when
+    trained, the crosscoder."""
+
     a: str
     b: str
     components: list[ComponentDiff]
@@ -71,9 +74,11 @@ class DiffResult:
 
     @property
     def above(self) -> list[Finding]:
+        """The findings above their threshold."""
         return [f for f in self.findings if f.above]
 
     def to_json(self) -> dict[str, Any]:
+        """A JSON-ready record of the diff: findings, KL, crosscoder and every component's change."""
         return {"a": self.a, "b": self.b, "corpus": self.behaviour.corpus, "seconds": self.seconds,
                 "control": self.control, "margin": MARGIN, "n_above_threshold": len(self.above),
                 "kl": self.behaviour.overall.describe(), "kl_by_source": self.behaviour.by_source,
@@ -91,6 +96,7 @@ class DiffResult:
                             "lens_top": [d(t) for t in x.lens_top]} for x in cc.b_leaning]}
 
     def to_html(self) -> str:
+        """The diff as an HTML page: the summary and findings, then the crosscoder's B-leaning latents."""
         summary = {"A": self.a, "B": self.b, "corpus": self.behaviour.corpus,
                    "KL(A‖B) per token": str(self.behaviour.overall),
                    "thresholds": f"{MARGIN} x the control pair {self.control}" if self.control else "none (no control)",
@@ -108,6 +114,7 @@ class DiffResult:
 
 
 def decoder(model: Any):
+    """A function from token id to its text (to "#id" for a model without a tokenizer)."""
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         return lambda i: f"#{i}"
@@ -161,6 +168,8 @@ def _activation_finding(s: SiteDiff, d) -> Finding:
 
 def findings_of(components: list[ComponentDiff], behaviour: BehaviourDiff, activations: list[SiteDiff], decode,
                 top_weights: int = 8, top_contexts: int = 5, control: DiffResult | None = None) -> list[Finding]:
+    """The findings of a diff: the top weight components (ranked against the control's when given), the corpus KL,
+    the top contexts and bigrams, and every activation site."""
     if control is not None:  # the components furthest above the control's change of the same component
         components = sorted(components, key=lambda c: -c.relative / max(control.threshold(("weight", c.name)), 1e-12))
     out = [_weight_finding(c, decode) for c in components[:top_weights] if c.absolute > 0]

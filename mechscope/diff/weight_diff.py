@@ -50,6 +50,9 @@ class Direction:
 
 @dataclass(frozen=True)
 class ComponentDiff:
+    """How one weight component changed from A to B: absolute and relative norms of ΔW, its rank, effective rank,
+    largest singular values and top directions."""
+
     name: str  # "embed", "L0.H1.OV", "L1.mlp_out", "unembed", "L0.b_out", ...
     shape: tuple[int, ...]
     absolute: float
@@ -61,6 +64,7 @@ class ComponentDiff:
 
     @property
     def score(self) -> Score:
+        """The relative norm as a Score."""
         return Score(value=self.relative, metric="relative Frobenius norm ||W_B − W_A|| / ||W_A||",
                      aggregation="one component", dataset="weights", n=1,
                      how={"component": self.name, "absolute": round(self.absolute, 6), "rank": self.rank,
@@ -114,6 +118,8 @@ class Readout:
         self.center = w.lnf_b is not None  # a LayerNorm centres what it reads
 
     def logits(self, d: Tensor) -> Tensor | None:
+        """(vocab,) logits a residual direction `d` (d_model,) writes (centred under LayerNorm); None without an
+        unembedding."""
         if self.W_U is None:
             return None
         d = d.float()
@@ -122,6 +128,8 @@ class Readout:
         return d @ self.W_U
 
     def tokens(self, d: Tensor, space: str, k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The `k` tokens with the largest and the smallest scores of `d`: its entries when `space` is "vocab",
+        else its logits; empty without an unembedding."""
         scores = d.float() if space == "vocab" else self.logits(d)
         if scores is None:
             return (), ()
@@ -140,6 +148,8 @@ def spectrum(delta: Tensor, tol: float = TOL, s: Tensor | None = None) -> tuple[
 
 def diff_component(name: str, wa: Tensor, wb: Tensor, rows: str, cols: str, readout: Readout,
                    n_directions: int = 3, k_tokens: int = 10, tol: float = TOL) -> ComponentDiff:
+    """How `wb` differs from `wa` (see the module docstring); `rows` and `cols` name the spaces of the matrix'
+    axes, which decide how its directions are read."""
     delta = (wb.detach().double() - wa.detach().double())
     absolute = float(delta.norm())
     base = float(wa.detach().double().norm())

@@ -58,6 +58,7 @@ MIN_SUPPORT = 0.5
 
 
 def log_axis(steps: Any) -> np.ndarray:
+    """ln(1 + step) of each step, as float64: the axis change points are found on."""
     return np.log1p(np.asarray(steps, dtype=np.float64))
 
 
@@ -221,6 +222,9 @@ def control_flags(x: np.ndarray, Y: np.ndarray, null: Null, rounds: int = 5, see
 
 @dataclass(frozen=True)
 class Break:
+    """One series' change point: the series, the first checkpoint after it, its position on the log-step axis, its
+    scaled statistic and its weight."""
+
     series: int  # index into the names
     k: int  # first checkpoint index after the break
     x: float  # ln(1 + step) midway between checkpoints k-1 and k
@@ -230,6 +234,9 @@ class Break:
 
 @dataclass
 class Boundary:
+    """A change shared by several series: nearby breaks clustered, where it lies, their summed weight and each
+    member series' move across it."""
+
     step: float  # geometric midpoint of the checkpoints around it
     k: int  # first checkpoint index after it
     support: float  # summed weight of its member breaks
@@ -241,6 +248,8 @@ class Boundary:
 
 @dataclass
 class Phase:
+    """A stretch of checkpoints between boundaries and how far each series' fit moves over it."""
+
     start: int  # checkpoint index
     end: int  # checkpoint index (inclusive)
     moves: dict[int, float]  # series -> move of its fit from start to end, on its measure's scale
@@ -264,6 +273,7 @@ class Dynamics:
 
     @property
     def threshold(self) -> float:
+        """The null's threshold on the scaled statistic."""
         return self.null.threshold
 
     def ranked_components(self, moves: dict[int, float], k: int | None = None,
@@ -279,6 +289,7 @@ class Dynamics:
         return ranked if k is None else ranked[:k]
 
     def ranked_series(self, moves: dict[int, float], k: int | None = None) -> list[tuple[str, float]]:
+        """(name, move) of the series in `moves`, largest move first (ties by name); the first `k` when given."""
         ranked = sorted(((self.names[i], mv) for i, mv in moves.items()), key=lambda t: (-t[1], t[0]))
         return ranked if k is None else ranked[:k]
 

@@ -26,6 +26,8 @@ from ..core.errors import LoadError
 
 @dataclass(frozen=True)
 class HeldOut:
+    """Held-out token ids (batch, pos) and, per position, the id it should predict (-1 where none)."""
+
     ids: Tensor  # (batch, pos) token ids
     targets: Tensor  # (batch, pos) the id each position predicts, -1 where none
 
@@ -45,12 +47,14 @@ class HeldOut:
 
     @staticmethod
     def answer_at_last(ids: Tensor, labels: Tensor) -> "HeldOut":
+        """Held-out data whose only target is `labels` (batch,) at the last position of `ids` (batch, pos)."""
         targets = torch.full_like(ids, -1)
         targets[:, -1] = labels
         return HeldOut(ids, targets)
 
     @property
     def mask(self) -> Tensor:
+        """(batch, pos) bool: the positions with a target."""
         return self.targets >= 0
 
     def __len__(self) -> int:

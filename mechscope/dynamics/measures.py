@@ -64,11 +64,15 @@ class Series:
 
     @property
     def name(self) -> str:
+        """"measure[label]@component" (no brackets without a label)."""
         return f"{self.measure}{f'[{self.label}]' if self.label else ''}@{self.component}"
 
 
 @dataclass
 class Measures:
+    """Every series measured over the checkpoints at `steps`, why any measure could not run, and the time per
+    measure group."""
+
     steps: list[int]
     series: list[Series]
     unavailable: dict[str, str] = field(default_factory=dict)  # measure -> why it could not run
@@ -76,16 +80,19 @@ class Measures:
     seconds: dict[str, float] = field(default_factory=dict)  # per measure group, summed over checkpoints
 
     def find(self, measure: str, component: str | None = None, label: str | None = None) -> list[Series]:
+        """The series of `measure`, narrowed to `component` and `label` when given."""
         return [s for s in self.series if s.measure == measure and (component is None or s.component == component)
                 and (label is None or s.label == label)]
 
     def to_json(self) -> dict[str, Any]:
+        """A JSON-ready record: steps, what was unavailable, info, times and every series' values."""
         return {"steps": self.steps, "unavailable": self.unavailable, "info": self.info, "seconds": self.seconds,
                 "series": [{"name": s.name, "measure": s.measure, "component": s.component, "label": s.label,
                             "values": [float(v) for v in s.values]} for s in self.series]}
 
 
 def head(layer: int, h: int) -> str:
+    """The component name of head `h` of layer `layer`: "L{layer}H{h}"."""
     return f"L{layer}H{h}"
 
 
@@ -222,6 +229,7 @@ class LLCSettings:
     per_head: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        """A JSON-ready record of the settings."""
         return {"model": dict(self.model), "components": None if self.components is None else dict(self.components),
                 "per_head": self.per_head}
 

@@ -38,6 +38,7 @@ class Heldout:
 
 
 def pearson(x: Tensor, y: Tensor) -> float:
+    """Pearson correlation of `x` and `y` (any shapes, flattened); 0 when either is constant."""
     x, y = x.double().flatten(), y.double().flatten()
     x, y = x - x.mean(), y - y.mean()
     den = (x.norm() * y.norm()).item()
@@ -118,6 +119,8 @@ def fixed_masks(table: TokenTable) -> dict[Rule, Tensor]:
 
 
 def heldout(explanation: Explanation, values: Tensor, table: TokenTable, threshold: float = 0.0) -> Heldout:
+    """Score `explanation` on held-out tokens: correlation of its prediction with the feature `values`, and the
+    precision and recall of "it fires" against "the value exceeds `threshold`"."""
     pred = explanation.predict(table).flatten()
     y = values.flatten()
     fires, active = pred != 0, y > threshold

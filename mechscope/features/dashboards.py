@@ -40,6 +40,9 @@ def symlog_edges(lo_exp: int = -3, hi_exp: int = 3, per_decade: int = 4) -> Tens
 
 @dataclass(frozen=True)
 class DashboardSummary:
+    """What `build_dashboards` did: the set, its feature and token counts, the live features and the time
+    taken."""
+
     set_id: str
     n_features: int
     n_tokens: int

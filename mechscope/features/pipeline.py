@@ -34,6 +34,9 @@ from .substitution import document_losses, substitution_scores
 
 @dataclass(frozen=True)
 class ExplainedSet:
+    """What explaining a feature set found: live and explained counts, the causal scores' count and one row per
+    live feature."""
+
     set_id: str
     live: int
     explained: int  # live features with a rule that fires on held-out text
@@ -44,6 +47,7 @@ class ExplainedSet:
 
     @property
     def share_corr_07(self) -> float:
+        """The share of live features whose held-out correlation is at least 0.7."""
         return self.corr_at_least_07 / max(1, self.live)
 
 

@@ -18,12 +18,15 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Probe:
+    """A fitted logistic-regression probe on standardised activations (`fit_probe`)."""
+
     w: Tensor  # (d,)
     b: float
     mean: Tensor  # (d,) the training mean, subtracted before w
     scale: Tensor  # (d,) the training std
 
     def logits(self, x: Tensor) -> Tensor:
+        """(n,) logits of activations `x` (n, d)."""
         return ((x.float() - self.mean) / self.scale) @ self.w + self.b
 
 
@@ -66,6 +69,8 @@ def roc_auc(scores: Tensor, labels: Tensor) -> float:
 
 @dataclass(frozen=True)
 class Eraser:
+    """A linear concept eraser (`leace`): call it on activations (..., d) to get them with the concept erased."""
+
     mean: Tensor  # (d,)
     proj: Tensor  # (d, d): W⁺ P_A W
 
@@ -96,6 +101,8 @@ def leace(x: Tensor, z: Tensor, eps: float = 1e-8) -> Eraser:
 
 @dataclass(frozen=True)
 class Comparison:
+    """Held-out ROC AUC of the best probe beside that of the best single feature (`compare`)."""
+
     probe_auc: float
     best_feature: int
     best_feature_auc: float  # max(AUC, 1 - AUC): a feature may fire on the concept's absence

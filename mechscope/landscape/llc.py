@@ -117,6 +117,7 @@ class LLCEstimate:
 
     @property
     def healthy(self) -> bool:
+        """Whether the estimate has no warnings."""
         return not self.warnings
 
     def to_dict(self) -> dict[str, Any]:

@@ -94,6 +94,7 @@ class SGLDConfig:
         return n / math.log(n)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict."""
         return {"step_size": self.step_size, "localization": self.localization, "nbeta": self.nbeta,
                 "chains": self.chains, "draws": self.draws, "burn_in": self.burn_in,
                 "batch_size": self.batch_size, "seed": self.seed, "shared_batches": self.shared_batches}
@@ -109,6 +110,7 @@ class Component:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The names of the parameters the component touches."""
         return tuple(self.params)
 
 
@@ -122,6 +124,7 @@ class Selected:
 
     @property
     def size(self) -> int:
+        """The number of sampled entries."""
         return int(self.param.numel() if self.mask is None else self.mask.sum())
 
 

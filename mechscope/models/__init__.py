@@ -16,6 +16,7 @@ SPECS: tuple[Spec, ...] = (gpt2.SPEC, gpt_neox.SPEC, llama.SPEC, qwen3.SPEC, gem
 
 
 def spec_for(model_type: str) -> Spec | None:
+    """The adapter spec whose model types include Hugging Face's `model_type`, or None."""
     for spec in SPECS:
         if model_type in spec.model_types:
             return spec

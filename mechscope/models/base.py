@@ -49,9 +49,11 @@ class ModelBase:
     tokenizer: Any = None  # text -> ids (`to_tokens`); adapters of models that read text set it
 
     def sites(self) -> list[Site]:  # pragma: no cover - implemented by subclasses
+        """Every site the adapter can capture or intervene on."""
         raise NotImplementedError
 
     def n_heads_at(self, site: Site) -> int | None:
+        """The number of heads of `site` (its head axis' length), or None where it has no heads."""
         return None
 
     def start_at(self, layer: int) -> AbstractContextManager | None:
@@ -106,6 +108,7 @@ class ModelBase:
         return {"input_ids": out, "attention_mask": mask}
 
     def to_str_tokens(self, ids: Tensor | Sequence[int]) -> list[str]:
+        """Each id of `ids` (pos,) decoded alone: one string per token."""
         return [self.tokenizer.decode([int(i)]) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
 
     def __repr__(self) -> str:

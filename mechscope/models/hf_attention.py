@@ -126,6 +126,7 @@ class AttentionTap(Tap):
     kind: Kind
 
     def install(self, handler: Handler) -> list:
+        """Register `handler` with the tapped attention function for this module and kind; returns its handle."""
         _ACTIVE.setdefault(self.module, {}).setdefault(self.kind, []).append(handler)
         return [_Handle(self.module, self.kind, handler)]
 

@@ -111,6 +111,7 @@ class Compiled:
 
     @property
     def bos(self) -> int:
+        """The BOS token's id: one past the program's vocabulary."""
         return len(self.vocab)
 
     def tokens(self, inputs: Sequence[Sequence[Any]]) -> Tensor:

@@ -57,6 +57,7 @@ class KnownCircuit:
 
 
 def names() -> list[str]:
+    """The names of the known-circuit networks."""
     return list(_BUILDERS)
 
 

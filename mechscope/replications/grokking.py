@@ -172,6 +172,11 @@ def analyse(name: str) -> dict[str, Any]:
 
 
 def replicate(quick: bool = False, seed: int = 0) -> Replication:
+    """Train (or reuse) the modadd network for `seed` (`modadd-frac05-long` when `quick`), measure it
+    with `analyse` and check the targets.
+
+    Example: `replicate(quick=True)`, or `mechscope replicate grokking --quick`.
+    """
     from .. import zoo
 
     name = zoo.spec("modadd-frac05-long" if quick else "modadd", seed=seed).name

@@ -128,6 +128,8 @@ def _positional_baseline(model, vocab: int, layer: int, n: int) -> dict[str, flo
 
 
 def analyse(name: str, control: str) -> dict[str, Any]:
+    """Every figure of the replication, from the trained zoo network `name` and the 1-layer control network
+    `control`."""
     from .. import zoo
     from ..circuits.composition import composition_scores, copying_scores
     from ..circuits.explain import score
@@ -212,6 +214,11 @@ def _sharp(curve: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def replicate(quick: bool = False, seed: int = 0) -> Replication:
+    """Train (or reuse) the 2-layer induction network and its 1-layer control for `seed` (the short variants when
+    `quick`), measure them and check the targets.
+
+    Example: `replicate(quick=True)`, or `mechscope replicate induction-heads --quick`.
+    """
     from .. import zoo
 
     variant = "-short" if quick else ""

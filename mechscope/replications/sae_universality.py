@@ -75,6 +75,7 @@ QUICK = Plan(toy_tokens=2_000_000, text_tokens=400_000, text_sequences=512, text
 
 
 def cache_root() -> Path:
+    """Where the replication caches the dictionaries it trains."""
     return cache_dir() / "dictionaries" / "sae-universality"
 
 
@@ -200,6 +201,11 @@ def text_part(plan: Plan, seed: int = 0) -> dict[str, Any]:
 
 
 def replicate(quick: bool = False, seed: int = 0) -> Replication:
+    """Train (or reuse) the replication's dictionaries for `seed` (the quick plan when `quick`), measure them and
+    check the targets.
+
+    Example: `replicate(quick=True)`, or `mechscope replicate sae-universality --quick`.
+    """
     plan = QUICK if quick else FULL
     t = time.monotonic()
     f: dict[str, Any] = {"plan": asdict(plan)}

@@ -80,6 +80,7 @@ def sticky_bands(D: Tensor, live: Tensor, probs: Tensor, fractions: dict[str, fl
 
 
 def analyse(name: str) -> dict[str, Any]:
+    """Every figure of the replication, from the trained zoo network `name`."""
     from .. import zoo
 
     model = zoo.load_zoo(name).module
@@ -122,6 +123,11 @@ def analyse(name: str) -> dict[str, Any]:
 
 
 def replicate(quick: bool = False, seed: int = 0) -> Replication:
+    """Train (or reuse) the tms network for `seed` (`tms-short` when `quick`), measure it with `analyse` and check
+    the targets.
+
+    Example: `replicate(quick=True)`, or `mechscope replicate tms --quick`.
+    """
     from .. import zoo
 
     name = zoo.spec("tms-short" if quick else "tms", seed=seed).name

@@ -159,6 +159,10 @@ def run_benchmark(models: tuple[str, ...] | None = None, kinds: tuple[str, ...] 
 
 
 def main(**kw: Any) -> dict[str, Any]:
+    """Run the benchmark, print its results as one JSON line (machine included) and return them.
+
+    Example: `main(steps=10, n_prompts=48)`, or `mechscope circuits`.
+    """
     out = run_benchmark(**kw)
     out["machine"] = {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "gpu": None}
     print(json.dumps(out, default=float))

@@ -207,6 +207,7 @@ def checks(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def result_line(out: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's result line for one run's output: figures, checks and overall pass."""
     c = checks(out)
     figures = {"lines": out["hypothesis"]["lines"], "numbers": out["hypothesis"]["numbers"],
                **{f"recovered_{a}": r["recovered"]["value"] for a, r in out["results"].items()},

@@ -44,6 +44,9 @@ LENS_PROMPTS = (("The capital of France is", " Paris"),
 
 @dataclass(frozen=True)
 class HeadStudyConfig:
+    """Settings of the head-role study: the model, the probe's length, batch, thresholds naming the roles and
+    bootstrap resamples."""
+
     model: str = "smollm2-135m"
     n: int = 20  # length of the random segment (the probe is 2n tokens after BOS)
     batch: int = 16
@@ -148,6 +151,10 @@ def analyse(model: Any, cfg: HeadStudyConfig, bos: int | None, tokenizer: Any = 
 
 
 def main(cfg: HeadStudyConfig, console: Any = None) -> dict[str, Any]:
+    """Run the head-role study, print its tables and one JSON result line, and return that line.
+
+    Example: `main(HeadStudyConfig(model="smollm2-135m"))`, or `mechscope heads smollm2-135m`.
+    """
     from rich.console import Console
     from rich.table import Table
 

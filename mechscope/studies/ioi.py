@@ -60,6 +60,9 @@ class IOIConfig:
 
 @dataclass(frozen=True)
 class IOIData:
+    """IOI prompts: clean and counterfactual ids (prompt, pos), the indirect object's and subject's tokens
+    (prompt,) and the texts."""
+
     clean: Tensor  # (prompt, pos)
     corrupt: Tensor  # (prompt, pos): the subject's second mention replaced by the indirect object
     io: Tensor  # (prompt,) indirect object token
@@ -223,6 +226,10 @@ def run_ioi(config: IOIConfig = IOIConfig(), progress: bool = True, log: Any = e
 
 
 def main(config: IOIConfig = IOIConfig(), progress: bool = True) -> dict[str, Any]:
+    """Run the IOI study (`run_ioi`), print its figures as one JSON line and return them.
+
+    Example: `main(IOIConfig(n_prompts=32))`, or `mechscope ioi --prompts 32`.
+    """
     out = run_ioi(config, progress=progress)
     print(json.dumps(out, default=float))
     return out

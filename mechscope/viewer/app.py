@@ -69,14 +69,15 @@ SECURITY_HEADERS = {
 
 
 class NotFound(Exception):
-    pass
+    """A request for something the artifacts do not hold; the app answers 404 with the message."""
 
 
 class BadRequest(Exception):
-    pass
+    """A request the viewer cannot answer as asked; the app answers 400 with the message."""
 
 
 def static_dir() -> Path:
+    """The directory of the viewer's static files inside the package."""
     return Path(str(resources.files("mechscope.viewer") / "static"))
 
 
@@ -187,6 +188,7 @@ def create_app(artifacts_dir: str | Path = "out", *, port: int | None = None,
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        """The app's lifetime: the feature stores it opened are closed when it shuts down."""
         yield
         stores.close()
 

@@ -42,6 +42,7 @@ HELD_OUT_EVERY = 10  # document i is held out when i % 10 == 9
 
 
 def data_dir() -> Path:
+    """Where the zoo's prepared datasets are cached."""
     return cache_dir() / "data"
 
 

@@ -57,10 +57,12 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Write `obj` as JSON to `path` atomically."""
     files.write_json(path, obj, indent=2)
 
 
 def read_json(path: Path) -> Any:
+    """The JSON in `path`; a missing or invalid file raises CheckpointError naming it."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

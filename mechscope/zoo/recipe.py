@@ -44,6 +44,7 @@ class Recipe(ABC):
         return None
 
     def optimizer(self, model: nn.Module, hp: dict[str, Any]) -> torch.optim.Optimizer:
+        """AdamW over every parameter with hp's lr, weight decay (default 0) and betas (default (0.9, 0.999))."""
         return torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp.get("weight_decay", 0.0),
                                  betas=tuple(hp.get("betas", (0.9, 0.999))))
 

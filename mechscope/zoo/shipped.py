@@ -53,6 +53,7 @@ def _canonical(obj: Any) -> str:
 
 
 def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file at `path`, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -80,6 +81,7 @@ def names(directory: Path = SHIPPED_DIR) -> list[str]:
 
 
 def is_shipped(name: str, directory: Path = SHIPPED_DIR) -> bool:
+    """Whether zoo network `name` is in the shipped manifest of `directory`."""
     return name in manifest(directory)
 
 

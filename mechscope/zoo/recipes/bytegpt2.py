@@ -45,6 +45,8 @@ def byte_windows(n: int, seq_len: int, split: str = "test", offset: int = 0, cor
 
 
 class ByteGPT2(TextLM):
+    """The text recipe as a 2-layer Hugging Face GPT-2 over bytes (256 ids, no tokenizer)."""
+
     name = "bytegpt2"
     summary = "2-layer Hugging Face GPT-2 over bytes (256 ids, no tokenizer) on Shakespeare and the Python docs"
     _COMMON = dict(corpus="textlm", vocab_size=VOCAB, n_layers=2, d_model=96, n_heads=4, d_mlp=384,
@@ -56,6 +58,7 @@ class ByteGPT2(TextLM):
     }
 
     def build(self, hp: dict[str, Any]) -> nn.Module:
+        """A freshly initialised GPT2LMHeadModel of hp's shape (no dropout, untied embeddings)."""
         from transformers import GPT2Config, GPT2LMHeadModel
 
         config = GPT2Config(vocab_size=hp["vocab_size"], n_positions=hp["n_ctx"], n_embd=hp["d_model"],
@@ -65,13 +68,16 @@ class ByteGPT2(TextLM):
         return GPT2LMHeadModel(config)
 
     def tokenizer(self, hp: dict[str, Any]) -> Any:
+        """None: the network reads byte ids."""
         return None
 
     def data(self, hp: dict[str, Any], seed: int) -> Streams:
+        """The training byte stream and the held-out windows (eval_windows, n_ctx) of the test split."""
         return Streams(byte_stream("train", hp["corpus"]), byte_windows(hp["eval_windows"], hp["n_ctx"], "test",
                                                                           corpus=hp["corpus"]))
 
     def loss(self, model, data: Streams, hp, gen) -> Tensor:
+        """Next-byte loss on `batch` random windows (batch, n_ctx) of the training stream, drawn from `gen`."""
         T = hp["n_ctx"]
         starts = torch.randint(0, data.train.numel() - T, (hp["batch"],), generator=gen)
         ids = data.train[starts[:, None] + torch.arange(T)].long()  # (batch, n_ctx)
@@ -79,6 +85,7 @@ class ByteGPT2(TextLM):
 
     @torch.no_grad()
     def evaluate(self, model, data: Streams, hp) -> dict[str, float]:
+        """Next-byte loss and accuracy on the held-out windows."""
         ids = data.heldout.long()
         logits = model(ids).logits
         return {"test_loss": float(next_token_loss(logits, ids)),

@@ -77,6 +77,7 @@ class FashionCNN(nn.Module):
         self.fc2 = nn.Linear(hidden, 10)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits (batch, 10) of images (batch, 1, 28, 28)."""
         x = self.pool1(self.relu1(self.conv1(x)))  # (batch, c1, 14, 14)
         x = self.pool2(self.relu2(self.conv2(x)))  # (batch, c2, 7, 7)
         return self.fc2(self.relu3(self.fc1(self.flatten(x))))  # (batch, 10)
@@ -84,6 +85,8 @@ class FashionCNN(nn.Module):
 
 @dataclass(frozen=True)
 class Split:
+    """Fashion-MNIST images (n, 28, 28) uint8 and labels (n,), train and test."""
+
     train_x: Tensor  # (n, 28, 28) uint8
     train_y: Tensor
     test_x: Tensor
@@ -96,6 +99,8 @@ def as_input(images: Tensor) -> Tensor:
 
 
 class FashionRecipe(Recipe):
+    """A small CNN trained on Fashion-MNIST (the Debian package's files)."""
+
     name = "fmnist-cnn"
     summary = "small CNN on Fashion-MNIST (Debian dataset-fashion-mnist), >= 88% test accuracy"
     _common = dict(batch=128, lr=1e-3, log_every=50, c1=32, c2=64, hidden=128)
@@ -109,19 +114,23 @@ class FashionRecipe(Recipe):
     }
 
     def build(self, hp: dict[str, Any]) -> FashionCNN:
+        """A freshly initialised FashionCNN with hp's channel and hidden widths."""
         return FashionCNN(hp["c1"], hp["c2"], hp["hidden"])
 
     def data(self, hp: dict[str, Any], seed: int) -> Split:
+        """The Fashion-MNIST train and test splits."""
         tx, ty = fashion_mnist("train")
         vx, vy = fashion_mnist("test")
         return Split(tx, ty, vx, vy)
 
     def loss(self, model, data: Split, hp, gen) -> Tensor:
+        """Cross-entropy on `batch` training images drawn from `gen`."""
         idx = torch.randint(0, len(data.train_y), (hp["batch"],), generator=gen)
         return F.cross_entropy(model(as_input(data.train_x[idx])), data.train_y[idx])
 
     @torch.no_grad()
     def evaluate(self, model, data: Split, hp) -> dict[str, float]:
+        """Test loss and accuracy on the first `eval_n` test images (all of them by default)."""
         n = hp.get("eval_n", len(data.test_y))
         correct, loss = 0, 0.0
         for s in range(0, n, 1000):

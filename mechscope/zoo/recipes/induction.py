@@ -67,6 +67,8 @@ def lm_losses(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class Induction(Recipe):
+    """An attention-only transformer of `n_layers` layers trained on random tokens with a repeated segment."""
+
     summary = "attention-only transformer on random tokens with a repeated segment at a random offset"
 
     def __init__(self, name: str, n_layers: int, summary: str):
@@ -82,19 +84,23 @@ class Induction(Recipe):
                          "quick": {**_COMMON, "n_layers": n_layers, "steps": 600, **_QUICK_SHAPES}}
 
     def build(self, hp: dict[str, Any]) -> TinyTransformer:
+        """A freshly initialised attention-only TinyTransformer of hp's shape."""
         return TinyTransformer(TinyConfig(n_layers=hp["n_layers"], d_model=hp["d_model"], n_heads=hp["n_heads"],
                                           d_head=hp["d_head"], d_mlp=None, n_ctx=hp["n_ctx"],
                                           d_vocab=hp["d_vocab"], layer_norm=hp["layer_norm"]))
 
     def data(self, hp: dict[str, Any], seed: int) -> Batch:
+        """A fixed evaluation set of 512 sequences (its own seed, apart from training batches)."""
         return make_batch(512, hp, torch.Generator().manual_seed(20_000 + seed))  # fixed evaluation set
 
     def loss(self, model, data, hp, gen) -> Tensor:
+        """Next-token loss on a fresh batch of `batch` sequences drawn from `gen`."""
         batch = make_batch(hp["batch"], hp, gen)
         return lm_losses(model(batch.ids), batch)[0]
 
     @torch.no_grad()
     def evaluate(self, model, data: Batch, hp) -> dict[str, float]:
+        """Next-token loss, and loss and accuracy on the repeated (predictable) segment, on the evaluation set."""
         loss, rep_loss, rep_acc = lm_losses(model(data.ids), data)
         return {"loss": float(loss), "repeat_loss": float(rep_loss), "repeat_acc": float(rep_acc)}
 

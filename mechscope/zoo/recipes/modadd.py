@@ -55,6 +55,8 @@ def loss_at_answer(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 class ModAdd(Recipe):
+    """A 1-layer transformer trained on (a + b) mod p from a fraction of all pairs; it groks."""
+
     name = "modadd"
     summary = "1-layer transformer on (a + b) mod 113; groks (Nanda et al. 2023)"
     variants = {
@@ -69,6 +71,8 @@ class ModAdd(Recipe):
     }
 
     def build(self, hp: dict[str, Any]) -> TinyTransformer:
+        """A freshly initialised 1-layer TinyTransformer reading [a, b, =] (vocabulary p + 1) and answering in p
+        classes."""
         p = hp["p"]
         return TinyTransformer(TinyConfig(n_layers=1, d_model=hp["d_model"], n_heads=hp["n_heads"],
                                           d_head=hp["d_head"], d_mlp=hp["d_mlp"], n_ctx=3, d_vocab=p + 1,
@@ -77,6 +81,7 @@ class ModAdd(Recipe):
                                           unembed_std=hp.get("unembed_std")))
 
     def data(self, hp: dict[str, Any], seed: int) -> Split:
+        """All p² pairs split at random (seeded) into `frac_train` for training and the rest for test."""
         x, y = all_pairs(hp["p"])
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         n = int(round(hp["frac_train"] * len(x)))
@@ -84,10 +89,12 @@ class ModAdd(Recipe):
         return Split(x[tr], y[tr], x[te], y[te])
 
     def loss(self, model, data: Split, hp, gen) -> Tensor:
+        """Cross-entropy at the answer position over the whole training split (full batch)."""
         return loss_at_answer(model(data.train_x, last_only=True), data.train_y)
 
     @torch.no_grad()
     def evaluate(self, model, data: Split, hp) -> dict[str, float]:
+        """Loss and accuracy at the answer position on the train and test splits."""
         out = {}
         for split, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
             logits = model(x, last_only=True)

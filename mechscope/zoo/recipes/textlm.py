@@ -39,6 +39,8 @@ class Streams:
 
 
 class TextLM(Recipe):
+    """A small language model on Shakespeare and the Python docs, with its own BPE tokenizer."""
+
     name = "textlm"
     summary = "4-layer language model on Shakespeare and the Python docs, with its own BPE tokenizer"
     variants = {
@@ -49,19 +51,23 @@ class TextLM(Recipe):
     }
 
     def build(self, hp: dict[str, Any]) -> TinyTransformer:
+        """A freshly initialised TinyTransformer of hp's shape, with layer norms."""
         return TinyTransformer(TinyConfig(n_layers=hp["n_layers"], d_model=hp["d_model"], n_heads=hp["n_heads"],
                                           d_head=hp["d_head"], d_mlp=hp["d_mlp"], n_ctx=hp["n_ctx"],
                                           d_vocab=hp["vocab_size"], act=hp["act"], layer_norm=True))
 
     def tokenizer(self, hp: dict[str, Any]) -> Any:
+        """The corpus' BPE tokenizer of hp's vocabulary size."""
         return datasets.tokenizer(hp["corpus"], hp["vocab_size"])
 
     def data(self, hp: dict[str, Any], seed: int) -> Streams:
+        """The training token stream and the held-out windows (eval_windows, n_ctx) of the test split."""
         train = datasets.token_stream(hp["corpus"], "train", hp["vocab_size"])
         heldout = datasets.textlm_tokens(hp["eval_windows"], hp["n_ctx"], "test", hp["corpus"], hp["vocab_size"])
         return Streams(train, heldout)
 
     def loss(self, model, data: Streams, hp, gen) -> Tensor:
+        """Next-token loss on `batch` random windows (batch, n_ctx) of the training stream, drawn from `gen`."""
         T = hp["n_ctx"]
         starts = torch.randint(0, data.train.numel() - T, (hp["batch"],), generator=gen)
         ids = data.train[starts[:, None] + torch.arange(T)].long()  # (batch, n_ctx)
@@ -69,6 +75,7 @@ class TextLM(Recipe):
 
     @torch.no_grad()
     def evaluate(self, model, data: Streams, hp) -> dict[str, float]:
+        """Next-token loss and accuracy on the held-out windows."""
         ids = data.heldout.long()
         logits = model(ids)
         return {"test_loss": float(next_token_loss(logits, ids)),

@@ -38,10 +38,12 @@ class ToyModel(nn.Module):
         self.out = nn.Identity()  # site "...out": (inst, batch, n_features)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Reconstructions (inst, batch, n_features) of `x` (inst, batch, n_features)."""
         h = self.hidden(torch.bmm(x, self.W.transpose(1, 2)))  # (inst, batch, n_hidden)
         return self.out(torch.relu(torch.bmm(h, self.W) + self.b[:, None]))  # (inst, batch, n_features)
 
     def sample(self, batch: int, gen: torch.Generator) -> Tensor:
+        """A batch (inst, batch, n_features) from each instance's feature probability (see `sample`)."""
         return sample(batch, self.feature_prob, self.b.shape[1], gen)
 
     def loss(self, x: Tensor) -> Tensor:
@@ -64,6 +66,7 @@ class BatchFirst(nn.Module):
         self.out = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        """Reconstructions (batch, inst, n_features) of `x` (batch, inst, n_features)."""
         h = self.hidden(torch.einsum("bif,ihf->bih", x, self.toy.W))  # (batch, inst, n_hidden)
         return self.out(torch.relu(torch.einsum("bih,ihf->bif", h, self.toy.W) + self.toy.b))
 
@@ -81,6 +84,7 @@ class BatchFirstTMS(nn.Module):
         self.groups = nn.ModuleDict({name: BatchFirst(toy) for name, toy in tms.groups.items()})
 
     def forward(self, **xs: Tensor) -> dict[str, Tensor]:
+        """{group: output (batch, inst, n_features)} for each group given as a keyword."""
         return {name: self.groups[name](x) for name, x in xs.items()}
 
     def losses(self, out: dict[str, Tensor], xs: dict[str, Tensor]) -> Tensor:
@@ -88,6 +92,7 @@ class BatchFirstTMS(nn.Module):
         return torch.cat([self.groups[name].losses(out[name], xs[name]) for name in xs], 1)
 
     def instance_names(self, names: list[str] | None = None) -> list[str]:
+        """"group[i]" for every instance of the given groups (all by default), in order."""
         return [f"{name}[{i}]" for name in (names or list(self.groups)) for i in range(self.groups[name].toy.b.shape[0])]
 
 
@@ -107,6 +112,7 @@ class TMS(nn.Module):
         self.groups = nn.ModuleDict({name: ToyModel(**_model_args(g)) for name, g in groups.items()})
 
     def forward(self, **xs: Tensor) -> dict[str, Tensor]:
+        """{group: output (inst, batch, n_features)} for each group given as a keyword."""
         return {name: self.groups[name](x) for name, x in xs.items()}
 
 
@@ -139,6 +145,8 @@ def _groups(sweep_probs: int, sweep_instances: int, k: int = 8, sweep_batch: int
 
 
 class TMSRecipe(Recipe):
+    """Toy Models of Superposition: groups of toy models at several sizes and sparsities, trained together."""
+
     name = "tms"
     summary = "Toy Models of Superposition: 20->5 dense, 5->2 and 100->20 sparsity sweeps"
     # Adam at lr 1e-2 with a cosine decay to 0: the geometry settles within ~2k steps (lr 1e-3 flat,
@@ -156,14 +164,18 @@ class TMSRecipe(Recipe):
     }
 
     def lr(self, step: int, hp: dict[str, Any]) -> float:
+        """The learning rate of update `step`: cosine decay to 0 when hp["schedule"] is "cosine", else the
+        default."""
         if hp.get("schedule") == "cosine":
             return hp["lr"] * 0.5 * (1 + math.cos(math.pi * step / hp["steps"]))
         return super().lr(step, hp)
 
     def build(self, hp: dict[str, Any]) -> TMS:
+        """A freshly initialised TMS with hp's groups."""
         return TMS(hp["groups"])
 
     def data(self, hp: dict[str, Any], seed: int) -> dict[str, Tensor]:
+        """A fixed evaluation batch of 2048 per group, from its own seed."""
         # a fixed evaluation batch per group, from its own generator (training batches come from `gen`)
         g = torch.Generator().manual_seed(10_000 + seed)
         out = {}
@@ -173,6 +185,7 @@ class TMSRecipe(Recipe):
         return out
 
     def loss(self, model: TMS, data, hp, gen) -> Tensor:
+        """The sum over groups of each group's loss on a fresh batch drawn from `gen`."""
         total = torch.zeros(())
         for name, m in model.groups.items():
             total = total + m.loss(m.sample(hp["groups"][name]["batch"], gen))
@@ -180,6 +193,7 @@ class TMSRecipe(Recipe):
 
     @torch.no_grad()
     def evaluate(self, model: TMS, data: dict[str, Tensor], hp) -> dict[str, float]:
+        """Each group's loss on its evaluation batch, per instance."""
         return {f"loss_{name}": float(m.loss(data[name])) / m.b.shape[0] for name, m in model.groups.items()}
 
 
