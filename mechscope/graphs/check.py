@@ -33,6 +33,9 @@ from .replacement import LocalReplacement
 
 @dataclass
 class InterventionCheck:
+    """The intervention check of a graph: the latents tested (layer, pos, index), most influential first, the
+    predicted and measured changes of the target logit (n,), and their Spearman rank correlation."""
+
     latents: list[tuple[int, int, int]]  # (layer, pos, index), most influential first
     predicted: Tensor  # (n,) predicted change of the target logit
     measured: Tensor  # (n,) measured change

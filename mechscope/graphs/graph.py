@@ -26,6 +26,8 @@ from torch import Tensor
 
 
 class NodeKind(str, Enum):
+    """The kinds of graph node (see the module docstring); the value is the name used in JSON."""
+
     LATENT = "latent"
     ERROR = "error"
     TOKEN = "token"
@@ -34,6 +36,9 @@ class NodeKind(str, Enum):
 
 @dataclass(frozen=True)
 class Node:
+    """One node of an attribution graph: its kind, layer, position, index and value (a logit's probability
+    too)."""
+
     kind: NodeKind
     layer: int | None = None
     pos: int | None = None
@@ -42,6 +47,8 @@ class Node:
     prob: float | None = None  # a logit's probability
 
     def label(self) -> str:
+        """A short readable name: "L{layer}/{index}@{pos}", "err L{layer}@{pos}", "tok {index}@{pos}" or "logit
+        {index}"."""
         k = self.kind
         if k is NodeKind.LATENT:
             return f"L{self.layer}/{self.index}@{self.pos}"
@@ -69,9 +76,11 @@ class AttributionGraph:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def of_kind(self, kind: NodeKind) -> Tensor:
+        """(N,) bool: which nodes are of `kind`."""
         return torch.tensor([n.kind is kind for n in self.nodes], dtype=torch.bool)
 
     def index(self, node: Node) -> int:
+        """The id (position in `nodes`) of `node`."""
         return self.nodes.index(node)
 
     def find(self, kind: NodeKind, **fields: int) -> int:

@@ -64,9 +64,11 @@ class LatentLayer:
 
     @property
     def n(self) -> int:
+        """The number of latents."""
         return self.W_enc.shape[1]
 
     def preactivations(self, x: Tensor) -> Tensor:
+        """(rows, n) pre-activations x @ W_enc + b_enc of MLP inputs `x` (rows, d_in)."""
         return x.to(self.W_enc.dtype) @ self.W_enc + self.b_enc
 
     @staticmethod

@@ -77,6 +77,9 @@ class LocalReplacement:
 
     @staticmethod
     def build(adapter, ids: Tensor, latents: Mapping[int, object]) -> "LocalReplacement":
+        """The local replacement of `adapter` on prompt `ids` (pos,) or (1, pos), with `latents` (layer ->
+        transcoder or latent layer): runs the model once, keeps the frozen values, codes and error terms, and
+        measures `exactness`."""
         ids = torch.as_tensor(ids)
         if ids.dim() == 1:
             ids = ids[None]
