@@ -188,6 +188,7 @@ def train_cmd(
     from . import dictionaries as dl
     from .dictionaries.metrics import embedding_distance, next_token_ce
     from .dictionaries.study import CROSSCODERS, StudyConfig, study, summary
+    from .models.load import load
 
     if (penalty is not None or target_l0 is not None) and arch not in ("relu", "jumprelu"):
         raise typer.BadParameter(f"--penalty and --target-l0 apply to relu and jumprelu; {arch} sets its "
