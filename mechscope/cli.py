@@ -115,12 +115,13 @@ def ioi_console(prompt: Annotated[str, typer.Option(help="IOI prompt to study")]
 def ioi(prompts: Annotated[int, typer.Option(help="IOI prompts (and name-swap counterfactuals)")] = 32,
         steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps")] = 5,
         seed: Annotated[int, typer.Option(help="seed of the prompts, random circuits and resampling")] = 0,
-        threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU)")] = 1) -> None:
+        threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU)")] = 1,
+        device: DeviceOpt = None) -> None:
     """IOI on SmolLM2-135M: EAP-IG circuit, exact patching of its top heads, faithfulness curve,
     robustness table; ends with one JSON line."""
     from .studies.ioi import IOIConfig, main as ioi_main
 
-    ioi_main(IOIConfig(n_prompts=prompts, steps=steps, seed=seed, threads=threads))
+    ioi_main(IOIConfig(n_prompts=prompts, steps=steps, seed=seed, threads=threads, device=device))
 
 
 @app.command()
@@ -134,29 +135,32 @@ def heads(model: Annotated[str, typer.Argument(help="smollm2-135m, zoo:NAME, or 
           top: Annotated[int, typer.Option(help="heads listed (and ablated one by one) per role")] = 5,
           low: Annotated[int, typer.Option(help="random tokens are drawn from ids >= LOW")] = 1000,
           seed: Annotated[int, typer.Option(help="seed of the probe")] = 0,
-          threads: Annotated[int, typer.Option(help="torch threads")] = 1) -> None:
+          threads: Annotated[int, typer.Option(help="torch threads")] = 1, device: DeviceOpt = None) -> None:
     """Previous-token, duplicate-token, induction, copy-suppression and resting (BOS) heads with
     scores and a causal check each, and the logit lens on factual prompts; ends with one JSON line."""
     from .studies.heads import HeadStudyConfig, main as heads_main
 
     heads_main(HeadStudyConfig(model=model, n=n, batch=batch, threshold=threshold, bos_threshold=bos_threshold,
-                               top=top, low=low, seed=seed, threads=threads), console)
+                               top=top, low=low, seed=seed, threads=threads, device=device), console)
 
 
 @app.command()
 def circuits(steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps")] = 10,
              prompts: Annotated[int, typer.Option(help="prompts per network")] = 48,
              zoo: Annotated[bool, typer.Option(help="include the zoo induction model if trained")] = True,
-             threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU)")] = 1
-             ) -> None:
+             threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU)")] = 1,
+             device: DeviceOpt = None) -> None:
     """ROC AUC of EAP, EAP-IG, ACDC (and exact patching) against circuits known by construction;
     ends with one JSON line."""
     import torch
 
     from .studies.circuit_discovery import main as bench_main
 
+    from .models.load import check_device
+
+    check_device(device)  # a bad --device fails before the benchmark starts
     torch.set_num_threads(threads)
-    bench_main(steps=steps, n_prompts=prompts, zoo="induction" if zoo else None)
+    bench_main(steps=steps, n_prompts=prompts, zoo="induction" if zoo else None, device=device)
 
 
 @app.command()
