@@ -92,23 +92,23 @@ def demo(out: Annotated[str, typer.Option(help="artifact directory (report.html 
                                                    "threads spin against other jobs)")] = 1,
          fresh: Annotated[bool, typer.Option(help="recompute sections whose artifacts are already there")] = False,
          retrain: Annotated[bool, typer.Option(help="train the zoo networks here instead of using the copies "
-                                                    "shipped in the package (tens of minutes)")] = False
-         ) -> None:
+                                                    "shipped in the package (tens of minutes)")] = False,
+         device: DeviceOpt = None) -> None:
     """The main job: zoo induction and modular-addition models (shipped in the package, or trained here)
     and SmolLM2-135M, analysed end to end into out/ and out/report.html, then the viewer on 127.0.0.1."""
     from .demo import run_demo
 
     run_demo(out, quick=quick, smollm2=smollm2, serve=serve, port=port, threads=threads, console=console,
-             fresh=fresh, retrain=retrain)
+             fresh=fresh, retrain=retrain, device=device)
 
 
 @app.command(hidden=True)
 def ioi_console(prompt: Annotated[str, typer.Option(help="IOI prompt to study")] =
-                "When Mary and John went to the store, John gave a drink to") -> None:
+                "When Mary and John went to the store, John gave a drink to", device: DeviceOpt = None) -> None:
     """A console-only look inside SmolLM2-135M on one IOI prompt (the first demo)."""
     from .demo.smollm2_console import run_demo as console_demo
 
-    console_demo(console, prompt)
+    console_demo(console, prompt, device=device)
 
 
 @app.command()
