@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import DeviceOpt
+
 app = typer.Typer(
     help="mechscope: look inside neural networks, intervene on them, and measure what an "
          "explanation explains.\n\nMODEL is a name (smollm2-135m, minilm-l6) or a local Hugging Face "
@@ -17,8 +19,6 @@ app = typer.Typer(
 console = Console()
 
 ModelArg = Annotated[str, typer.Argument(help="smollm2-135m, minilm-l6, or a local Hugging Face directory")]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="where the model runs: cpu, cuda, cuda:N, mps "
-                                                       "(default: the loader's)")]
 
 
 def _load(name: str, device: Optional[str] = None):
@@ -181,14 +181,15 @@ def dynamics(run: Annotated[list[str], typer.Argument(help="zoo:NAME (a trained 
              llc_draws: Annotated[Optional[int], typer.Option(help="LLC draws per chain (default: the dynamics "
                                                                    "default, see the README)")] = None,
              top: Annotated[int, typer.Option(help="components listed per boundary and phase")] = 5,
-             seed: Annotated[int, typer.Option(help="seed of the permutations and the token subset")] = 0) -> None:
+             seed: Annotated[int, typer.Option(help="seed of the permutations and the token subset")] = 0,
+             device: DeviceOpt = None) -> None:
     """Phase changes across training checkpoints, found without naming a behaviour: measures of every
     checkpoint, change points against a permutation null, phases and the components that moved."""
     from .dynamics.study import DynamicsConfig, main as dynamics_main
 
     dynamics_main(DynamicsConfig(sources=run, base=base, tokens=tokens, llc=llc, llc_components=llc_components,
                                  llc_per_head=llc_per_head, llc_draws=llc_draws, top=top, threads=threads, seed=seed,
-                                 out=out), console, as_json=as_json)
+                                 out=out, device=device), console, as_json=as_json)
 
 
 @app.command()

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from .cli_options import DeviceOpt
+
 console = Console(stderr=True)
 
 

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import DeviceOpt
+
 console = Console(stderr=True)
 
 
@@ -27,7 +29,7 @@ def diff(a: Annotated[str, typer.Argument(help="network A: zoo:NAME, a zoo run d
          as_json: Annotated[bool, typer.Option("--json", help="print the diff as one JSON line")] = False,
          out: Annotated[Optional[str], typer.Option(help="directory to write diff.json and diff.html into "
                                                          "(written whole, or not at all)")] = None,
-         threads: Annotated[int, typer.Option(help="torch threads")] = 1) -> None:
+         threads: Annotated[int, typer.Option(help="torch threads")] = 1, device: DeviceOpt = None) -> None:
     """What changed from A to B: weights per component, behaviour (KL) on held-out text, activation
     shifts read by the logit lens and tested by steering; findings ranked, measured against a control."""
     import torch
@@ -38,9 +40,10 @@ def diff(a: Annotated[str, typer.Argument(help="network A: zoo:NAME, a zoo run d
     torch.set_num_threads(threads)
     ctl = None
     if control is not None:
-        ctl = run_diff(a, control, corpus=corpus, n_windows=windows, seq_len=seq_len, names=(a, control))
+        ctl = run_diff(a, control, corpus=corpus, n_windows=windows, seq_len=seq_len, names=(a, control),
+                       device=device)
     res = run_diff(a, b, corpus=corpus, n_windows=windows, seq_len=seq_len, control=ctl, names=(a, b),
-                   crosscoder=crosscoder)
+                   crosscoder=crosscoder, device=device)
     if out is not None:
         path = write_out(out, {"diff.json": res.to_json(), "diff.html": res.to_html()})
         console.print(f"wrote {path}/diff.json and {path}/diff.html")

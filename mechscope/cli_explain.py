@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_options import DeviceOpt
+
 
 def explain_all(name: Annotated[str, typer.Argument(help="zoo name: modadd, modadd-frac05, tms, ...")],
                 as_json: Annotated[bool, typer.Option("--json", help="print the whole result as JSON before "

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import DeviceOpt
+
 console = Console(stderr=True)
 
 
