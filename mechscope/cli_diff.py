@@ -77,7 +77,7 @@ def diff_bench(as_json: Annotated[bool, typer.Option("--json", help="print only 
                base: Annotated[Optional[str], typer.Option(help="zoo text model A (textlm or textlm-quick)")] = None,
                steps: Annotated[Optional[int], typer.Option(help="fine-tune steps")] = None,
                windows: Annotated[Optional[int], typer.Option(help="held-out windows of 64 tokens")] = None,
-               threads: Annotated[int, typer.Option(help="torch threads")] = 1) -> None:
+               threads: Annotated[int, typer.Option(help="torch threads")] = 1, device: DeviceOpt = None) -> None:
     """Diff a zoo text model against its public fine-tunes (Python docs only, a planted rule, a
     control): the change must be named in the top 3 findings, and the control must show nothing
     above threshold. Ends with one JSON line."""
@@ -85,8 +85,11 @@ def diff_bench(as_json: Annotated[bool, typer.Option("--json", help="print only 
 
     from .diff.bench import json_line, run_bench
 
+    from .models.load import check_device
+
+    check_device(device)  # a bad --device fails before any fine-tune is trained
     torch.set_num_threads(threads)
-    res = run_bench(quick=quick, base=base, steps=steps, windows=windows)
+    res = run_bench(quick=quick, base=base, steps=steps, windows=windows, device=device)
     if not as_json:
         for name, rows in res["top_findings"].items():
             t = Table("#", "kind", "finding", "score", "threshold", "above", title=f"{name}: top findings")
