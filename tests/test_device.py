@@ -30,6 +30,7 @@ COMMANDS = {
     "diff-bench": ["diff-bench", "--quick"],
     "explain-all": ["explain-all", "modadd-quick"],
     "audit": ["audit", "zoo:induction-quick"],
+    "dict transcoders": ["dict", "transcoders", "zoo:induction-quick", "--out", "tc"],
     "graph": ["graph", "zoo:induction-quick", "1 2"],
     "features explain": ["features", "explain", "zoo:induction-quick", "--dictionary", "nowhere"],
 }
