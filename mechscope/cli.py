@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import DeviceOpt
+
 app = typer.Typer(
     help="mechscope: look inside neural networks, intervene on them, and measure what an "
          "explanation explains.\n\nMODEL is a name (smollm2-135m, minilm-l6) or a local Hugging Face "
@@ -17,8 +19,6 @@ app = typer.Typer(
 console = Console()
 
 ModelArg = Annotated[str, typer.Argument(help="smollm2-135m, minilm-l6, or a local Hugging Face directory")]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="where the model runs: cpu, cuda, cuda:N, mps "
-                                                       "(default: the loader's)")]
 
 
 def _load(name: str, device: Optional[str] = None):
@@ -92,35 +92,36 @@ def demo(out: Annotated[str, typer.Option(help="artifact directory (report.html 
                                                    "threads spin against other jobs)")] = 1,
          fresh: Annotated[bool, typer.Option(help="recompute sections whose artifacts are already there")] = False,
          retrain: Annotated[bool, typer.Option(help="train the zoo networks here instead of using the copies "
-                                                    "shipped in the package (tens of minutes)")] = False
-         ) -> None:
+                                                    "shipped in the package (tens of minutes)")] = False,
+         device: DeviceOpt = None) -> None:
     """The main job: zoo induction and modular-addition models (shipped in the package, or trained here)
     and SmolLM2-135M, analysed end to end into out/ and out/report.html, then the viewer on 127.0.0.1."""
     from .demo import run_demo
 
     run_demo(out, quick=quick, smollm2=smollm2, serve=serve, port=port, threads=threads, console=console,
-             fresh=fresh, retrain=retrain)
+             fresh=fresh, retrain=retrain, device=device)
 
 
 @app.command(hidden=True)
 def ioi_console(prompt: Annotated[str, typer.Option(help="IOI prompt to study")] =
-                "When Mary and John went to the store, John gave a drink to") -> None:
+                "When Mary and John went to the store, John gave a drink to", device: DeviceOpt = None) -> None:
     """A console-only look inside SmolLM2-135M on one IOI prompt (the first demo)."""
     from .demo.smollm2_console import run_demo as console_demo
 
-    console_demo(console, prompt)
+    console_demo(console, prompt, device=device)
 
 
 @app.command()
 def ioi(prompts: Annotated[int, typer.Option(help="IOI prompts (and name-swap counterfactuals)")] = 32,
         steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps")] = 5,
         seed: Annotated[int, typer.Option(help="seed of the prompts, random circuits and resampling")] = 0,
-        threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU)")] = 1) -> None:
+        threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU)")] = 1,
+        device: DeviceOpt = None) -> None:
     """IOI on SmolLM2-135M: EAP-IG circuit, exact patching of its top heads, faithfulness curve,
     robustness table; ends with one JSON line."""
     from .studies.ioi import IOIConfig, main as ioi_main
 
-    ioi_main(IOIConfig(n_prompts=prompts, steps=steps, seed=seed, threads=threads))
+    ioi_main(IOIConfig(n_prompts=prompts, steps=steps, seed=seed, threads=threads, device=device))
 
 
 @app.command()
@@ -134,29 +135,32 @@ def heads(model: Annotated[str, typer.Argument(help="smollm2-135m, zoo:NAME, or 
           top: Annotated[int, typer.Option(help="heads listed (and ablated one by one) per role")] = 5,
           low: Annotated[int, typer.Option(help="random tokens are drawn from ids >= LOW")] = 1000,
           seed: Annotated[int, typer.Option(help="seed of the probe")] = 0,
-          threads: Annotated[int, typer.Option(help="torch threads")] = 1) -> None:
+          threads: Annotated[int, typer.Option(help="torch threads")] = 1, device: DeviceOpt = None) -> None:
     """Previous-token, duplicate-token, induction, copy-suppression and resting (BOS) heads with
     scores and a causal check each, and the logit lens on factual prompts; ends with one JSON line."""
     from .studies.heads import HeadStudyConfig, main as heads_main
 
     heads_main(HeadStudyConfig(model=model, n=n, batch=batch, threshold=threshold, bos_threshold=bos_threshold,
-                               top=top, low=low, seed=seed, threads=threads), console)
+                               top=top, low=low, seed=seed, threads=threads, device=device), console)
 
 
 @app.command()
 def circuits(steps: Annotated[int, typer.Option(help="EAP-IG interpolation steps")] = 10,
              prompts: Annotated[int, typer.Option(help="prompts per network")] = 48,
              zoo: Annotated[bool, typer.Option(help="include the zoo induction model if trained")] = True,
-             threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU)")] = 1
-             ) -> None:
+             threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU)")] = 1,
+             device: DeviceOpt = None) -> None:
     """ROC AUC of EAP, EAP-IG, ACDC (and exact patching) against circuits known by construction;
     ends with one JSON line."""
     import torch
 
     from .studies.circuit_discovery import main as bench_main
 
+    from .models.load import check_device
+
+    check_device(device)  # a bad --device fails before the benchmark starts
     torch.set_num_threads(threads)
-    bench_main(steps=steps, n_prompts=prompts, zoo="induction" if zoo else None)
+    bench_main(steps=steps, n_prompts=prompts, zoo="induction" if zoo else None, device=device)
 
 
 @app.command()
@@ -177,14 +181,15 @@ def dynamics(run: Annotated[list[str], typer.Argument(help="zoo:NAME (a trained 
              llc_draws: Annotated[Optional[int], typer.Option(help="LLC draws per chain (default: the dynamics "
                                                                    "default, see the README)")] = None,
              top: Annotated[int, typer.Option(help="components listed per boundary and phase")] = 5,
-             seed: Annotated[int, typer.Option(help="seed of the permutations and the token subset")] = 0) -> None:
+             seed: Annotated[int, typer.Option(help="seed of the permutations and the token subset")] = 0,
+             device: DeviceOpt = None) -> None:
     """Phase changes across training checkpoints, found without naming a behaviour: measures of every
     checkpoint, change points against a permutation null, phases and the components that moved."""
     from .dynamics.study import DynamicsConfig, main as dynamics_main
 
     dynamics_main(DynamicsConfig(sources=run, base=base, tokens=tokens, llc=llc, llc_components=llc_components,
                                  llc_per_head=llc_per_head, llc_draws=llc_draws, top=top, threads=threads, seed=seed,
-                                 out=out), console, as_json=as_json)
+                                 out=out, device=device), console, as_json=as_json)
 
 
 @app.command()

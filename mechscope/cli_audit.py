@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from .cli_options import DeviceOpt
+
 console = Console(stderr=True)
 
 
@@ -28,7 +30,7 @@ def audit(model: Annotated[str, typer.Argument(help="the network: zoo:NAME, a zo
           seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
           as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON line")] = False,
           out: Annotated[Optional[str], typer.Option(help="directory to write audit.json and audit.html into")] = None,
-          threads: Annotated[int, typer.Option(help="torch threads")] = 1) -> None:
+          threads: Annotated[int, typer.Option(help="torch threads")] = 1, device: DeviceOpt = None) -> None:
     """Rank suspects -- component, trigger, behaviour change, calibrated confidence -- or say
     "nothing found" when nothing passes the thresholds calibrated on clean models."""
     import torch
@@ -46,7 +48,7 @@ def audit(model: Annotated[str, typer.Argument(help="the network: zoo:NAME, a zo
 
         build(base=base_for(load(model)) or BASES[0])
     rep = run_audit(model, reference=reference, corpus=corpus, budget_minutes=budget, calibration=calibration,
-                    seed=seed, n_windows=windows, seq_len=seq_len)
+                    seed=seed, n_windows=windows, seq_len=seq_len, device=device)
     if out is not None:
         path = write(rep, out)
         console.print(f"wrote {path}/audit.json and {path}/audit.html")

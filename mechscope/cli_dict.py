@@ -293,6 +293,9 @@ def transcoders_cmd(
     = "float16",
     threads: Annotated[Optional[int], typer.Option(help="torch threads")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="end with the manifest's scores as JSON")] = False,
+    device: Annotated[Optional[str], typer.Option(help="where the model runs for the harvest and the replacement "
+                                                  "scores: cpu, cuda, cuda:N, mps (default: the loader's; the "
+                                                  "transcoders train on the CPU)")] = None,
 ) -> None:
     """Transcoders for every chosen layer of MODEL: harvest every MLP's input and output once, train
     layer by layer (each layer checkpointed), then replace every MLP at once and measure the
@@ -311,7 +314,7 @@ def transcoders_cmd(
     if arch not in ("transcoder", "clt"):
         raise typer.BadParameter(f"--arch must be transcoder or clt, got {arch!r}")
     t0 = time.monotonic()
-    m, tok = _load_with_tokenizer(model, threads)
+    m, tok = _load_with_tokenizer(model, threads, device)
     n_layers = sum(1 for s in m.sites() if s.name.endswith("hook_mlp_out"))
     chosen = parse_layers(layers, n_layers)
     bos = tok.bos_token_id

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import DeviceOpt
+
 console = Console(stderr=True)
 
 
@@ -27,7 +29,7 @@ def diff(a: Annotated[str, typer.Argument(help="network A: zoo:NAME, a zoo run d
          as_json: Annotated[bool, typer.Option("--json", help="print the diff as one JSON line")] = False,
          out: Annotated[Optional[str], typer.Option(help="directory to write diff.json and diff.html into "
                                                          "(written whole, or not at all)")] = None,
-         threads: Annotated[int, typer.Option(help="torch threads")] = 1) -> None:
+         threads: Annotated[int, typer.Option(help="torch threads")] = 1, device: DeviceOpt = None) -> None:
     """What changed from A to B: weights per component, behaviour (KL) on held-out text, activation
     shifts read by the logit lens and tested by steering; findings ranked, measured against a control."""
     import torch
@@ -38,9 +40,10 @@ def diff(a: Annotated[str, typer.Argument(help="network A: zoo:NAME, a zoo run d
     torch.set_num_threads(threads)
     ctl = None
     if control is not None:
-        ctl = run_diff(a, control, corpus=corpus, n_windows=windows, seq_len=seq_len, names=(a, control))
+        ctl = run_diff(a, control, corpus=corpus, n_windows=windows, seq_len=seq_len, names=(a, control),
+                       device=device)
     res = run_diff(a, b, corpus=corpus, n_windows=windows, seq_len=seq_len, control=ctl, names=(a, b),
-                   crosscoder=crosscoder)
+                   crosscoder=crosscoder, device=device)
     if out is not None:
         path = write_out(out, {"diff.json": res.to_json(), "diff.html": res.to_html()})
         console.print(f"wrote {path}/diff.json and {path}/diff.html")
@@ -74,7 +77,7 @@ def diff_bench(as_json: Annotated[bool, typer.Option("--json", help="print only 
                base: Annotated[Optional[str], typer.Option(help="zoo text model A (textlm or textlm-quick)")] = None,
                steps: Annotated[Optional[int], typer.Option(help="fine-tune steps")] = None,
                windows: Annotated[Optional[int], typer.Option(help="held-out windows of 64 tokens")] = None,
-               threads: Annotated[int, typer.Option(help="torch threads")] = 1) -> None:
+               threads: Annotated[int, typer.Option(help="torch threads")] = 1, device: DeviceOpt = None) -> None:
     """Diff a zoo text model against its public fine-tunes (Python docs only, a planted rule, a
     control): the change must be named in the top 3 findings, and the control must show nothing
     above threshold. Ends with one JSON line."""
@@ -82,8 +85,11 @@ def diff_bench(as_json: Annotated[bool, typer.Option("--json", help="print only 
 
     from .diff.bench import json_line, run_bench
 
+    from .models.load import check_device
+
+    check_device(device)  # a bad --device fails before any fine-tune is trained
     torch.set_num_threads(threads)
-    res = run_bench(quick=quick, base=base, steps=steps, windows=windows)
+    res = run_bench(quick=quick, base=base, steps=steps, windows=windows, device=device)
     if not as_json:
         for name, rows in res["top_findings"].items():
             t = Table("#", "kind", "finding", "score", "threshold", "above", title=f"{name}: top findings")

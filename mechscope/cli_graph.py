@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import DeviceOpt
+
 console = Console(stderr=True)
 
 
@@ -56,6 +58,7 @@ def graph(
     memory_gb: Annotated[float, typer.Option(help="refuse graphs whose dense matrices need more")] = 4.0,
     batch: Annotated[int, typer.Option(help="graph rows per backward pass")] = 64,
     threads: Annotated[Optional[int], typer.Option(help="torch threads")] = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Attribution graph of PROMPT through MODEL's local replacement (transcoders, frozen attention).
 
@@ -71,11 +74,14 @@ def graph(
         torch.set_num_threads(threads)
     t0 = time.monotonic()
     with console.status(f"loading {model}"):
-        m = load(model)
+        m = load(model, device=device)
     try:
         tcs = G.load_transcoders(transcoders, model=model, adapter=m) if transcoders is not None else {}
     except G.LatentError as e:
         raise typer.BadParameter(str(e)) from None
+    if device is not None:
+        for tc in tcs.values():  # the transcoders run beside the model
+            tc.to(device)
     if getattr(m, "tokenizer", None) is None:
         raise typer.BadParameter(f"{model} has no tokenizer to read the prompt with")
     ids = m.to_tokens(prompt, prepend_bos=bos)["input_ids"]

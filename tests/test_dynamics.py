@@ -174,6 +174,28 @@ def test_cli_json_line_and_files(tiny_run, tmp_path, monkeypatch):
     assert "<svg" in (out / "dynamics.html").read_text()
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA"))])
+def test_cli_runs_the_checkpoints_on_the_device_asked_for(tiny_run, tmp_path, monkeypatch, device):
+    from typer.testing import CliRunner
+
+    from mechscope.cli import app
+
+    cache = tmp_path / "cache"
+    (cache / "zoo").mkdir(parents=True)
+    (cache / "zoo" / "induction-quick").symlink_to(tiny_run)
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(cache))
+    monkeypatch.setenv("MECHSCOPE_PROGRESS", "off")
+    args = ["dynamics", "zoo:induction-quick", "--json", "--no-llc"]
+    ref = json.loads(CliRunner().invoke(app, args).output.strip().splitlines()[-1])
+    r = CliRunner().invoke(app, [*args, "--device", device])
+    assert r.exit_code == 0, r.output
+    line = json.loads(r.output.strip().splitlines()[-1])
+    assert line["checks"]["null_control"]["pass"]
+    assert line["figures"]["checkpoints"] == ref["figures"]["checkpoints"]
+    assert line["figures"]["boundaries"] == ref["figures"]["boundaries"]
+
+
 def test_llc_slot_calls_the_landscape_module_and_reports_its_absence(monkeypatch):
     import sys
     import types

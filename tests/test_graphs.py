@@ -324,6 +324,22 @@ def test_graph_command_writes_json_and_refuses_bad_input(llama_dir, tmp_path):
     refused(r"nodes.*budget.*shorten the prompt", "--transcoders", tcs, "--memory-gb", "0.000001")
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA"))])
+def test_graph_command_runs_on_the_device_asked_for(llama_dir, tmp_path, device):
+    import json
+
+    tcs = save_transcoders(tmp_path / "tc", [1])
+    args = [llama_dir, PROMPT, "--transcoders", tcs, "--target", "w5", "--json"]
+    ref, r = invoke(*args), invoke(*args, "--device", device)
+    assert r.exit_code == 0, r.output
+    got, want = json.loads(r.stdout.strip().splitlines()[-1]), json.loads(ref.stdout.strip().splitlines()[-1])
+    assert [n["id"] for n in got["nodes"]] == [n["id"] for n in want["nodes"]]
+    assert got["scores"]["replacement"] == pytest.approx(want["scores"]["replacement"], abs=1e-4)
+    bad = invoke(*args, "--device", "nonsense")
+    assert "unknown device 'nonsense'" in str(bad.exception)
+
+
 @pytest.mark.slow
 def test_textlm_quick_replacement_is_exact_and_checkable(textlm_cache, monkeypatch):
     """The zoo's text model (trained here in the session's cache if no test trained it yet), with

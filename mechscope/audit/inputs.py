@@ -24,11 +24,11 @@ class AuditInputError(LoadError):
     """Input an audit cannot use (the message says what to give instead)."""
 
 
-def load(spec: Any, role: str = "model") -> Any:
-    """The model `spec` names (zoo name, Hugging Face directory or nn.Module); errors say which inputs an audit
-    reads."""
+def load(spec: Any, role: str = "model", device: str | None = None) -> Any:
+    """The model `spec` names (zoo name, Hugging Face directory or nn.Module), on `device` when one is given;
+    errors say which inputs an audit reads."""
     try:
-        return load_model(spec, role)
+        return load_model(spec, role, device)
     except TypeError as e:
         raise AuditInputError(f"{role}: {e}; give a zoo name (zoo:textlm-quick), a Hugging Face directory "
                               "(config.json + model.safetensors) or an nn.Module") from e

@@ -160,9 +160,11 @@ def _objective(s: Suspect) -> Any:
 
 def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minutes: float = 10.0,
           calibration: Any = None, seed: int = 0, progress: bool = True, methods: tuple[str, ...] = METHODS,
-          n_windows: int = 48, seq_len: int = 64, n_trigger_searches: int = 3, max_confirm: int = 8) -> AuditReport:
-    """Audit `model` (see the module docstring); `corpus` is token ids (n_seq, n_tokens), a corpus
-    name or text file, or None for the held-out zoo text."""
+          n_windows: int = 48, seq_len: int = 64, n_trigger_searches: int = 3, max_confirm: int = 8,
+          device: str | None = None) -> AuditReport:
+    """Audit `model` (see the module docstring), it and the reference on `device` (None: where they are, the CPU
+    when loaded here); `corpus` is token ids (n_seq, n_tokens), a corpus name or text file, or None for the
+    held-out zoo text."""
     t_start = time.monotonic()
     deadline = t_start + 60.0 * budget_minutes
     say = note if progress else (lambda *a, **k: None)
@@ -172,8 +174,8 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
     t = time.monotonic()
-    m = load(model, "model")
-    ref = load(reference, "reference") if reference is not None else None
+    m = load(model, "model", device)
+    ref = load(reference, "reference", device) if reference is not None else None
     if ref is not None:
         check_reference(m, ref)
     stats = None

@@ -168,7 +168,8 @@ def key_frequencies(model: Any, p: int | None = None, *, share: float = 0.85, mi
         layout = ModAddLayout.transformer(p, layer)
     p = layout.p
     site = resolve(model, layout.neurons)
-    acts = layout.answer(run(model, layout.grid()[0], capture=[site]).cache[site]).reshape(p, p, -1).double()
+    # float64 Fourier power on the CPU, where the basis is (MPS has no float64)
+    acts = layout.answer(run(model, layout.grid()[0], capture=[site]).cache[site]).reshape(p, p, -1).cpu().double()
     Fb = fourier_basis(p)
     power = torch.einsum("ia,jb,abn->ijn", Fb, Fb, acts) ** 2  # (p, p, units)
     power[0, 0] = 0  # the mean is not variance

@@ -283,7 +283,7 @@ class Add(Intervention):
 
     def target(self, x: Tensor, ctx: Context) -> Tensor:
         """`x + vector`."""
-        return x + self.vector.to(x.dtype)
+        return x + self.vector.to(device=x.device, dtype=x.dtype)
 
 
 @dataclass(frozen=True, eq=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from itertools import chain
 from typing import Any
 
 import torch
@@ -69,6 +70,32 @@ def resolve(adapter: Adapter, site: Site | str, valid: set[Site] | None = None) 
     return site
 
 
+def model_device(adapter: Adapter) -> torch.device:
+    """The device of the adapter's module (its first parameter or buffer; CPU when it has neither)."""
+    module = getattr(adapter, "module", None)
+    if module is not None:
+        for t in chain(module.parameters(), module.buffers()):
+            return t.device
+    return torch.device("cpu")
+
+
+def on_model_device(adapter: Adapter, prepared: Prepared) -> Prepared:
+    """`prepared` with its tensors on the model's device: token ids made on the CPU (the tokenizer's,
+    a dataset's) run on a model placed elsewhere. Unchanged (no copy) when they are there already."""
+    dev = model_device(adapter)
+
+    def move(x: Any) -> Any:
+        return x.to(dev) if isinstance(x, Tensor) and x.device != dev else x
+
+    tensors = [*prepared.args, *prepared.kwargs.values(), prepared.input_ids, prepared.attention_mask]
+    if all(not isinstance(x, Tensor) or x.device == dev for x in tensors):
+        return prepared
+    return replace(prepared, args=tuple(move(x) for x in prepared.args),
+                   kwargs={k: move(v) for k, v in prepared.kwargs.items()},
+                   input_ids=move(prepared.input_ids), attention_mask=move(prepared.attention_mask),
+                   logit_columns=move(prepared.logit_columns))
+
+
 def run(
     adapter: Adapter,
     inputs: Any,
@@ -108,7 +135,7 @@ def run(
     for s in wanted:
         capture_whole[s.whole].append(s)
     touched = set(by_site) | set(capture_whole)
-    prepared = adapter.prepare(inputs)
+    prepared = on_model_device(adapter, adapter.prepare(inputs))
     grad_on = grad is not None or track_grad
     if not touched and grad is None:
         with torch.set_grad_enabled(grad_on), running(None):  # no handler of an enclosing run acts

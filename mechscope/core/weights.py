@@ -30,7 +30,7 @@ direction read off them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -77,6 +77,12 @@ class Weights:
     ln2_post_w: Tensor | None = None
     ln_folded: bool = False
     foldable: bool = True  # False for post-LN models (BERT), where norms sit after the residual add
+
+    def to(self, device: str | torch.device) -> "Weights":
+        """These weights with every tensor on `device` (the same object when they are all there)."""
+        moved = {f.name: v.to(device) for f in fields(self)
+                 if isinstance(v := getattr(self, f.name), Tensor) and v.device != torch.device(device)}
+        return replace(self, **moved) if moved else self
 
     @property
     def n_layers(self) -> int:

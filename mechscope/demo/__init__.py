@@ -30,6 +30,7 @@ from rich.console import Console
 
 from .. import artifacts as A
 from ..core.progress import duration, note, progress_bar
+from ..models.load import check_device
 from .induction import build_demo_artifacts, induction_section
 from .modadd import modadd_section
 from .smollm2 import smollm2_available, smollm2_section
@@ -56,8 +57,10 @@ def _stamp(out: Path, key: str) -> Path:
 
 
 def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | None = None, threads: int = 1,
-               fresh: bool = False, retrain: bool = False) -> dict[str, Any]:
-    """Write the demo's artifacts and report to `out`; returns what was built and how long it took."""
+               fresh: bool = False, retrain: bool = False, device: str | None = None) -> dict[str, Any]:
+    """Write the demo's artifacts and report to `out`, the networks run on `device` (None: the CPU); returns
+    what was built and how long it took."""
+    check_device(device)  # a bad device fails before any section starts
     out = Path(out)
     if smollm2 is None:
         smollm2 = not quick and smollm2_available()
@@ -83,12 +86,12 @@ def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | 
                 stamp.unlink(missing_ok=True)
                 if key == "induction":
                     induction_section(w, names[key], threads=threads, log=say, scratch=out, progress=True,
-                                      retrain=retrain)
+                                      retrain=retrain, device=device)
                 elif key == "modadd":
                     modadd_section(w, names[key], threads=threads, log=say, scratch=out, progress=True,
-                                   retrain=retrain)
+                                   retrain=retrain, device=device)
                 else:
-                    smollm2_section(w, threads=threads, log=say)
+                    smollm2_section(w, threads=threads, log=say, device=device)
                 stamp.write_text(json.dumps(_identity(key, names[key], retrain)))
             seconds[key] = round(time.monotonic() - t0, 1)
             say(f"done in {duration(seconds[key])}")
@@ -107,11 +110,12 @@ def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | 
 
 def run_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | None = None, serve: bool = True,
              port: int = 8765, threads: int = 1, console: Console | None = None, fresh: bool = False,
-             retrain: bool = False) -> dict[str, Any]:
+             retrain: bool = False, device: str | None = None) -> dict[str, Any]:
     """Build the demo, then serve the viewer on 127.0.0.1 (until Ctrl-C) unless `serve` is False."""
     console = console or Console()
     console.rule("[bold]mechscope demo")
-    info = build_demo(out, quick=quick, smollm2=smollm2, threads=threads, fresh=fresh, retrain=retrain)
+    info = build_demo(out, quick=quick, smollm2=smollm2, threads=threads, fresh=fresh, retrain=retrain,
+                      device=device)
     console.print(f"artifacts: {info['out']}/   report (opens offline): {info['report']}")
     console.print("seconds: " + ", ".join(f"{k} {v}" for k, v in info["seconds"].items()))
     if serve:

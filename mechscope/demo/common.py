@@ -22,19 +22,23 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def zoo_network(name: str, steps: int | None = None, run_path: Path | None = None, progress: bool = False,
-                retrain: bool = False) -> tuple[Any, Any, dict[str, Any]]:
-    """The zoo network `name`: its finished run, its adapter and its hyperparameters. The cache's run
+                retrain: bool = False, device: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """The zoo network `name`: its finished run, its adapter (on `device`, None: the CPU) and its hyperparameters. The cache's run
     when it is trained, else the copy shipped in the package, else (or with `retrain`) trained here.
     `steps` shortens training (tests); the run then lives in its own directory (`run_path`, default
     beside the zoo's runs) so it never clashes with a full run of the same name."""
     from .. import zoo
+    from ..models.load import check_device
 
     if steps is None and run_path is None:
         run = zoo.network(name, retrain=retrain, progress=progress)
     else:
         run_path = run_path or zoo.zoo_dir() / f"{name}-{steps}steps"
         run = zoo.train(name, steps=steps, path=run_path, progress=progress)
-    return run, zoo.load_zoo(name, path=run.path), run.config()["hparams"]
+    model = zoo.load_zoo(name, path=run.path)
+    if device is not None:
+        model.module.to(check_device(device))
+    return run, model, run.config()["hparams"]
 
 
 def run_source(run: Any) -> str:

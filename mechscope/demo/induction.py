@@ -61,7 +61,7 @@ def build_demo_artifacts(out: str | Path = "out", *, steps: int | None = None, r
 
 def induction_section(w: A.ArtifactWriter, name: str = QUICK, *, steps: int | None = None,
                       run_path: Path | None = None, threads: int = 1, progress: bool = False, log: Any = None,
-                      scratch: Path = Path("out"), retrain: bool = False) -> None:
+                      scratch: Path = Path("out"), retrain: bool = False, device: str | None = None) -> None:
     """Write the artifacts of the zoo induction model `name` through `w`: the cache's run, else the
     copy shipped in the package, else (or with `retrain`) trained here.
 
@@ -78,7 +78,7 @@ def induction_section(w: A.ArtifactWriter, name: str = QUICK, *, steps: int | No
     say = log or (lambda *_: None)
     t0 = time.monotonic()
     with torch_threads(threads):
-        zrun, model, hp = zoo_network(name, steps, run_path, progress, retrain)
+        zrun, model, hp = zoo_network(name, steps, run_path, progress, retrain, device)
         say(f"{name}: {run_source(zrun)} ({time.monotonic() - t0:.1f} s)")
         V, n_layers, n_heads = hp["d_vocab"], hp["n_layers"], hp["n_heads"]
         m = w.model(f"zoo:{name}")

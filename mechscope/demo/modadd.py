@@ -27,7 +27,7 @@ from .common import run_source, torch_threads, zoo_network
 
 def modadd_section(w: A.ArtifactWriter, name: str = "modadd-frac05", *, threads: int = 1, progress: bool = False,
                    log: Any = None, scratch: Path = Path("out"), steps: int | None = None,
-                   run_path: Path | None = None, retrain: bool = False) -> None:
+                   run_path: Path | None = None, retrain: bool = False, device: str | None = None) -> None:
     """Write the demo's modular-addition section into `w` (steps in the module docstring), training the zoo run
     first when needed."""
     from .. import zoo
@@ -39,7 +39,7 @@ def modadd_section(w: A.ArtifactWriter, name: str = "modadd-frac05", *, threads:
     say = log or (lambda *_: None)
     t0 = time.monotonic()
     with torch_threads(threads):
-        zrun, model, hp = zoo_network(name, steps, run_path, progress, retrain)
+        zrun, model, hp = zoo_network(name, steps, run_path, progress, retrain, device)
         p = hp["p"]
         say(f"{name}: {run_source(zrun)} ({time.monotonic() - t0:.1f} s)")
         # neurons over every (a, b): key frequencies, found without being told

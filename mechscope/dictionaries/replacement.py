@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..core.interventions import Context, Intervention, Mean, Replace, Zero
 from ..core.progress import progress_bar
-from ..core.run import resolve, run
+from ..core.run import model_device, resolve, run
 from ..core.score import Score
 from ..core.site import Site
 from .base import Dictionary
@@ -69,7 +69,7 @@ def replacement_interventions(model: Any, tset: TranscoderSet, positions: Any = 
 def _kl(clean: Tensor, other: Tensor, positions: Any) -> Tensor:
     """(batch,) mean over positions of KL(softmax(clean) || softmax(other))."""
     lp, lq = clean.float().log_softmax(-1), other.float().log_softmax(-1)
-    kl = (lp.exp() * (lp - lq)).sum(-1).double()  # (batch, pos)
+    kl = (lp.exp() * (lp - lq)).sum(-1).cpu().double()  # (batch, pos); float64 on the CPU (MPS has none)
     return (kl[:, positions] if positions is not None else kl).mean(-1)
 
 
@@ -100,9 +100,11 @@ class ReplacementScores:
 def replacement_scores(model: Any, tset: TranscoderSet, tokens: Tensor, *, positions: Any = None,
                        batch_size: int = 8, dataset: str = "unnamed", seed: int = 0,
                        progress: bool = False) -> ReplacementScores:
-    """KL and loss recovered of the replacement model on `tokens` (n_seq, seq_len); module docstring."""
+    """KL and loss recovered of the replacement model on `tokens` (n_seq, seq_len); module docstring. The
+    transcoders are moved to the model's device; the sums are gathered in float64 on the CPU (MPS has none)."""
+    device = model_device(model)
     for d in ([tset.clt] if tset.clt is not None else list(tset.transcoders.values())):
-        d.eval()
+        d.eval().to(device)
     outs = [resolve(model, tset.output_site(layer)) for layer in tset.layers]
     batches = [tokens[s:s + batch_size] for s in range(0, tokens.shape[0], batch_size)]
     sums: list[Tensor] = [torch.zeros(())] * len(outs)
@@ -111,7 +113,7 @@ def replacement_scores(model: Any, tset: TranscoderSet, tokens: Tensor, *, posit
         got = capture_sites(model, ids, outs)
         for j, s in enumerate(outs):
             a = got[s][:, positions] if positions is not None else got[s]
-            sums[j] = sums[j] + a.double().sum((0, 1))
+            sums[j] = sums[j] + a.cpu().double().sum((0, 1))
         count += (got[outs[0]][:, positions] if positions is not None else got[outs[0]]).shape[:2].numel()
     means = [(m / count).float() for m in sums]
     where = {} if positions is None else {"positions": positions}
@@ -119,14 +121,14 @@ def replacement_scores(model: Any, tset: TranscoderSet, tokens: Tensor, *, posit
     L: dict[str, list[Tensor]] = {"clean": [], "replaced": [], "zero": [], "mean": [], "kl": []}
     for ids in progress_bar(batches, desc="replacement model", unit="batch", disable=not progress):
         clean = run(model, ids)
-        L["clean"].append(next_token_ce(clean, clean).double())
+        L["clean"].append(next_token_ce(clean, clean).cpu().double())
         rep = run(model, ids, capture=capture, interventions=replace)
-        L["replaced"].append(next_token_ce(rep, clean).double())
+        L["replaced"].append(next_token_ce(rep, clean).cpu().double())
         L["kl"].append(_kl(clean.logits, rep.logits, positions))
         del rep
         for name, ivs in (("zero", [Zero(s, **where) for s in outs]),
                           ("mean", [Mean(s, mean=m, **where) for s, m in zip(outs, means)])):
-            L[name].append(next_token_ce(run(model, ids, interventions=ivs), clean).double())
+            L[name].append(next_token_ce(run(model, ids, interventions=ivs), clean).cpu().double())
         del clean
     T = {k: torch.cat(v) for k, v in L.items()}
     how = {"layers": tset.layers, "kind": tset.kind, "positions": str(positions) if positions is not None else "all",

@@ -89,7 +89,7 @@ def mean_difference(a: Any, b: Any, ids: Tensor, sites: list[Site], n_pos: int) 
     cb = b.run(short, capture=sites).cache
     out = {}
     for s in sites:
-        ha, hb = ca[s].double(), cb[s].double()
+        ha, hb = ca[s].cpu().double(), cb[s].cpu().double()  # float64 on the CPU (MPS has none)
         out[s] = ((hb - ha).mean((0, 1)).float(), float(ha.norm(dim=-1).mean()))
     return out
 

@@ -37,8 +37,8 @@ def log_probs(logits: Tensor) -> Tensor:
     v = logits.shape[-1]
     x = logits.reshape(-1, v)
     out = torch.empty(x.shape, dtype=torch.float64)
-    for s in range(0, x.shape[0], ROWS):
-        out[s:s + ROWS] = F.log_softmax(x[s:s + ROWS].double(), -1)
+    for s in range(0, x.shape[0], ROWS):  # float64 on the CPU (MPS has none), one slice of a model's logits at a time
+        out[s:s + ROWS] = F.log_softmax(x[s:s + ROWS].cpu().double(), -1)
     return out.reshape(logits.shape)
 
 
@@ -49,9 +49,9 @@ def kl_per_token(logits_a: Tensor, logits_b: Tensor, b_is_log_probs: bool = Fals
     shape, v = logits_a.shape[:-1], logits_a.shape[-1]
     xa, xb = logits_a.reshape(-1, v), logits_b.reshape(-1, v)
     out = torch.empty(xa.shape[0], dtype=torch.float64)
-    for s in range(0, xa.shape[0], ROWS):
-        la = F.log_softmax(xa[s:s + ROWS].double(), -1)
-        lb = xb[s:s + ROWS] if b_is_log_probs else F.log_softmax(xb[s:s + ROWS].double(), -1)
+    for s in range(0, xa.shape[0], ROWS):  # float64 on the CPU (MPS has none), one slice of the logits at a time
+        la = F.log_softmax(xa[s:s + ROWS].cpu().double(), -1)
+        lb = xb[s:s + ROWS].cpu() if b_is_log_probs else F.log_softmax(xb[s:s + ROWS].cpu().double(), -1)
         out[s:s + ROWS] = (la.exp() * (la - lb)).sum(-1)
     return out.reshape(shape).clamp_min(0.0)
 
@@ -202,8 +202,9 @@ def _details(a: Any, b: Any, ids: Tensor, kl: Tensor, rows: list, batch: int, n_
     local = torch.full((n * T,), -1, dtype=torch.long)  # flat position -> row in this batch's logits
     for s in range(0, len(need), batch):
         wins = need[s:s + batch]
-        la = F.softmax(_logits(a, ids[wins]).double(), -1)  # (b, T, vocab)
-        lb = F.softmax(_logits(b, ids[wins]).double(), -1)
+        # float64 on the CPU (MPS has none), like the rest of the KL tables
+        la = F.softmax(_logits(a, ids[wins]).cpu().double(), -1)  # (b, T, vocab)
+        lb = F.softmax(_logits(b, ids[wins]).cpu().double(), -1)
         flat_here = (wins[:, None] * T + torch.arange(T)).flatten()
         local[flat_here] = torch.arange(len(flat_here))
         pa, pb = la.reshape(-1, la.shape[-1]), lb.reshape(-1, lb.shape[-1])

@@ -94,9 +94,9 @@ MODES = {"quick": ("textlm-quick", 200, 256), "full": ("textlm", 200, 512)}  # b
 
 
 def run_bench(quick: bool = False, base: str | None = None, steps: int | None = None, windows: int | None = None,
-              progress: bool = True) -> dict[str, Any]:
-    """Train (or find) the fine-tunes, diff A against each and check the findings (see the module docstring);
-    returns the JSON-ready result line.
+              progress: bool = True, device: str | None = None) -> dict[str, Any]:
+    """Train (or find) the fine-tunes (on the CPU), diff A against each with both networks on `device` and check
+    the findings (see the module docstring); returns the JSON-ready result line.
 
     Example: `run_bench(quick=True)`, or `mechscope diff-bench --quick`.
     """
@@ -110,9 +110,10 @@ def run_bench(quick: bool = False, base: str | None = None, steps: int | None = 
         train_s[ft.name] = round(time.perf_counter() - t, 2)
     a = f"zoo:{base}"
     results: dict[str, DiffResult] = {}
-    control = diff(a, dirs["control"], n_windows=windows, progress=progress, names=(a, "control"))
+    control = diff(a, dirs["control"], n_windows=windows, progress=progress, names=(a, "control"), device=device)
     for name in ("python-docs", "rule", "control-heldout"):
-        results[name] = diff(a, dirs[name], n_windows=windows, control=control, progress=progress, names=(a, name))
+        results[name] = diff(a, dirs[name], n_windows=windows, control=control, progress=progress, names=(a, name),
+                             device=device)
     model_a = load_model(a)
     trig, cont = rule_tokens(model_a.tokenizer)
     is_python = python_tokens()

@@ -74,8 +74,9 @@ def harvest(a: Any, b: Any, ids: Tensor, site: Site, batch: int = 32) -> tuple[T
     xa, xb = [], []
     for s in range(0, len(ids), batch):
         chunk = ids[s:s + batch]
-        xa.append(a.run(chunk, capture=[site]).cache[site].flatten(0, 1).float())
-        xb.append(b.run(chunk, capture=[site]).cache[site].flatten(0, 1).float())
+        # gathered on the CPU: the whole harvest is held at once, beside the corpus' CPU tensors
+        xa.append(a.run(chunk, capture=[site]).cache[site].flatten(0, 1).float().cpu())
+        xb.append(b.run(chunk, capture=[site]).cache[site].flatten(0, 1).float().cpu())
     return torch.cat(xa), torch.cat(xb)
 
 

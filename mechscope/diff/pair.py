@@ -35,8 +35,19 @@ def _zoo_run_dir(path: Path) -> bool:
     return isinstance(data, dict) and "recipe" in data and "hparams" in data
 
 
-def load_model(spec: Any, role: str = "model") -> Any:
-    """The adapter of `spec` (see the module docstring); `role` ("A" or "B") goes into error messages."""
+def load_model(spec: Any, role: str = "model", device: str | None = None) -> Any:
+    """The adapter of `spec` (see the module docstring), moved to `device` when one is given; `role` ("A" or "B")
+    goes into error messages."""
+    from ..models.load import check_device
+
+    device = check_device(device)  # before anything is read
+    model = _load_model(spec, role)
+    if device is not None:
+        model.module.to(device)
+    return model
+
+
+def _load_model(spec: Any, role: str) -> Any:
     if isinstance(spec, nn.Module):
         return wrap(spec)
     if not isinstance(spec, (str, os.PathLike)):
@@ -98,8 +109,8 @@ def check_same_architecture(a: Any, b: Any) -> None:
                                        "A and B are not the same architecture")
 
 
-def load_pair(a: Any, b: Any) -> tuple[Any, Any]:
-    """Both adapters, checked to be one architecture."""
-    ma, mb = load_model(a, "A"), load_model(b, "B")
+def load_pair(a: Any, b: Any, device: str | None = None) -> tuple[Any, Any]:
+    """Both adapters (on `device` when one is given), checked to be one architecture."""
+    ma, mb = load_model(a, "A", device), load_model(b, "B", device)
     check_same_architecture(ma, mb)
     return ma, mb

@@ -187,11 +187,13 @@ def findings_of(components: list[ComponentDiff], behaviour: BehaviourDiff, activ
 
 def diff(a: Any, b: Any, corpus: str | Corpus = "textlm", n_windows: int = 256, seq_len: int = 64,
          control: DiffResult | None = None, n_pos: int = 5, steer: bool = True,
-         progress: bool = True, names: tuple[str, str] | None = None, crosscoder: bool = False) -> DiffResult:
-    """Diff B against A (module docstring). `control` calibrates the thresholds."""
+         progress: bool = True, names: tuple[str, str] | None = None, crosscoder: bool = False,
+         device: str | None = None) -> DiffResult:
+    """Diff B against A (module docstring), both run on `device` (None: where they are, the CPU when loaded
+    here). `control` calibrates the thresholds."""
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    ma, mb = load_pair(a, b)
+    ma, mb = load_pair(a, b, device)
     seconds["load"] = time.perf_counter() - t
     n_ctx = getattr(getattr(ma, "cfg", None), "n_ctx", None)
     if n_ctx is not None and seq_len > n_ctx:

@@ -190,7 +190,7 @@ def weight_diff(a: Any, b: Any, n_directions: int = 3, k_tokens: int = 10, tol: 
     """Every component's change from A to B, largest relative change first."""
     from ..core.progress import progress_bar
 
-    wa, wb = a.weights(), b.weights()
+    wa, wb = a.weights().to("cpu"), b.weights().to("cpu")  # float64 statistics on the CPU (MPS has none)
     readout = Readout(wb)
     comps_a, comps_b = _components(wa), _components(wb)
     out = []

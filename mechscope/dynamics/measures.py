@@ -141,7 +141,8 @@ def token_losses(model: Any, data: HeldOut, tokens_per_run: int = 8192) -> Tenso
         ids, tg = data.ids[lo:lo + chunk], data.targets[lo:lo + chunk]
         logits = model.run(ids).logits
         m = tg >= 0
-        out.append(F.cross_entropy(logits[m].double(), tg[m], reduction="none"))
+        # per-token losses in float64 on the CPU (MPS has no float64; the measures index them with CPU tensors)
+        out.append(F.cross_entropy(logits[m.to(logits.device)].cpu().double(), tg[m], reduction="none"))
     return torch.cat(out)
 
 
@@ -168,7 +169,7 @@ def _role_measures(rows: _Rows, i: int, model: Any, n: int) -> None:
     roles = head_roles(model, n=n, batch=32, vocab=vocab)
     for name, scores in (("role.previous_token", roles.previous_token), ("role.prefix_matching", roles.induction),
                          ("role.duplicate_token", roles.duplicate_token)):
-        for (layer, h), v in np.ndenumerate(scores.detach().numpy()):
+        for (layer, h), v in np.ndenumerate(scores.detach().cpu().numpy()):
             rows.put(i, name, head(layer, h), "", float(v))
 
 
@@ -179,13 +180,13 @@ def _copying_measure(rows: _Rows, i: int, model: Any) -> None:
     if w.W_E is not None and w.W_U is not None and w.W_E.shape[0] != w.W_U.shape[1]:
         raise ValueError(f"the input and output vocabularies differ ({w.W_E.shape[0]} and {w.W_U.shape[1]} tokens): "
                          "copying a token to the output is not defined")
-    for (layer, h), v in np.ndenumerate(copying_scores(model).detach().numpy()):
+    for (layer, h), v in np.ndenumerate(copying_scores(model).detach().cpu().numpy()):
         rows.put(i, "role.copying", head(layer, h), "", float(v))
 
 
 @torch.no_grad()
 def _weight_measures(rows: _Rows, i: int, model: Any) -> None:
-    w = model.weights()
+    w = model.weights().to("cpu")  # float64 spectra on the CPU (MPS has no float64)
 
     def put(kind: str, component: str, s: Tensor) -> None:
         rows.put(i, f"norm.{kind}", component, "", float(s.double().pow(2).sum().sqrt()))
@@ -211,7 +212,8 @@ def _weight_measures(rows: _Rows, i: int, model: Any) -> None:
 def _fourier_measure(rows: _Rows, i: int, model: Any, p: int) -> None:
     from ..circuits.explanations import fourier_basis
 
-    coef = fourier_basis(p) @ model.weights().W_E[:p].double()  # (p, d_model)
+    # float64 on the CPU, where the Fourier basis is (MPS has no float64)
+    coef = fourier_basis(p) @ model.weights().W_E[:p].cpu().double()  # (p, d_model)
     power = (coef[1:] ** 2).sum(-1).view(-1, 2).sum(-1)  # (frequency,)
     pr = float(power.sum() ** 2 / (power ** 2).sum()) if float(power.sum()) > 0 else 0.0
     rows.put(i, "fourier.effective_frequencies", "embed", "", pr)
@@ -271,8 +273,8 @@ def _llc_loss(m: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
     """Mean cross-entropy at the targets of (ids, targets) held-out pairs, gradients flowing."""
     ids, targets = batch
     logits = m.run(ids, track_grad=True).logits
-    keep = targets >= 0
-    return F.cross_entropy(logits[keep].float(), targets[keep])
+    keep = targets.to(logits.device) >= 0
+    return F.cross_entropy(logits[keep].float(), targets.to(logits.device)[keep])
 
 
 def _llc_measure(rows: _Rows, i: int, model: Any, data: dict[str, HeldOut], warnings: dict[int, list[str]],

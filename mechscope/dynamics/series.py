@@ -91,7 +91,8 @@ class CheckpointSeries:
     """Checkpoints in training order: `steps[i]` and a loader of checkpoint i as an adapter.
 
     `zoo_run` is the zoo run directory when the series comes from one (its config and data give the
-    held-out set); `source` says where the checkpoints came from, for reports."""
+    held-out set); `source` says where the checkpoints came from, for reports. `device` is where each
+    checkpoint runs once loaded (None: where its loader puts it, the CPU)."""
 
     steps: list[int]
     loaders: list[Callable[[], Any]]
@@ -99,6 +100,7 @@ class CheckpointSeries:
     source: str
     zoo_run: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if not self.steps:
@@ -118,8 +120,11 @@ class CheckpointSeries:
         return len(self.steps)
 
     def load(self, i: int) -> Any:
-        """Checkpoint i as a mechscope adapter (read from disk now)."""
-        return self.loaders[i]()
+        """Checkpoint i as a mechscope adapter (read from disk now), on `device`."""
+        model = self.loaders[i]()
+        if self.device is not None:
+            model.module.to(self.device)
+        return model
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         """(step, adapter) pairs, one network loaded at a time."""

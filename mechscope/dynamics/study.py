@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ..core.progress import echo, note, progress_bar
+from ..models.load import check_device
 from .changepoints import Dynamics, find_dynamics
 from .data import HeldOut, from_file, from_zoo_run
 from .measures import DEFAULT_LLC, LLCSettings, Measures, measure_series
@@ -71,6 +72,7 @@ class DynamicsConfig:
     threads: int = 1
     seed: int = 0
     out: str | None = None
+    device: str | None = None  # where the checkpoints run (cpu, cuda, cuda:N, mps); None: the CPU
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,7 @@ def progress_curves(series: CheckpointSeries) -> dict[str, np.ndarray]:
     out: dict[str, list[float]] = {"restricted_loss": [], "excluded_loss": []}
     for i in progress_bar(range(len(series)), desc=f"dynamics: progress measures of {series.source}",
                           unit="checkpoint"):
-        logits = series.load(i).run(x).logits[:, -1]
+        logits = series.load(i).run(x).logits[:, -1].cpu()  # the progress measures index it with CPU tensors
         m = progress_losses(logits, y, train_idx, p, freqs)
         for k in out:
             out[k].append(m[k])
@@ -431,7 +433,9 @@ def print_result(res: Result, top: int, console: Any) -> None:
 def build_series(cfg: DynamicsConfig) -> tuple[CheckpointSeries, dict[str, HeldOut], int | None]:
     """The checkpoint series of `cfg.sources`, its held-out data (the token file, else the zoo run's) and the modulus
     when the run names one."""
+    check_device(cfg.device)  # a bad device fails before any checkpoint is read
     series = CheckpointSeries.from_paths(cfg.sources, cfg.base)
+    series.device = cfg.device
     data: dict[str, HeldOut] = {}
     modulus = None
     if series.zoo_run is not None:

@@ -78,7 +78,7 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
     chosen = list(logits) if logits is not None else top_logits(rep.logits[-1])
     if target is not None and target not in chosen:
         chosen.append(int(target))
-    probs = torch.softmax(rep.logits[-1].double(), -1)
+    probs = torch.softmax(rep.logits[-1].cpu().double(), -1)  # float64 on the CPU (MPS has none), like the graph
 
     # --- nodes ------------------------------------------------------------------------------------
     act_at: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # layer -> (pos, index, activation)
@@ -114,23 +114,24 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
     row_sums = torch.zeros(n_y, dtype=torch.float64)  # in the model's precision, before A is stored as float32
     for start in progress_bar(range(0, n_y, batch_size), desc="graph rows", total=-(-n_y // batch_size)):
         stop = min(start + batch_size, n_y)
-        go = torch.zeros(stop - start, n_y, dtype=y.dtype)
-        go[torch.arange(stop - start), torch.arange(start, stop)] = 1
+        go = torch.zeros(stop - start, n_y, dtype=y.dtype, device=y.device)
+        go[torch.arange(stop - start, device=y.device), torch.arange(start, stop, device=y.device)] = 1
         g = torch.autograd.grad(y, leaves, go, retain_graph=True, is_grads_batched=True, allow_unused=True)
         gE = _or_zero(g[0], E)[:, 0]  # (B, pos, d)
         gM = {l: _or_zero(g[1 + l], M[l])[:, 0] for l in range(rep.n_layers)}
-        block = torch.zeros(stop - start, N, dtype=gE.dtype)
+        block = torch.zeros(stop - start, N, dtype=gE.dtype, device=gE.device)
         block[:, tok0:log0] = (gE * rep.embed.detach()).sum(-1)
         for l in range(rep.n_layers):
             block[:, err0 + l * pos: err0 + (l + 1) * pos] = (gM[l] * rep.errors[l]).sum(-1)
         col = 0
         for l in sorted(lat):
             p, f, a = act_at[l]
-            eff = torch.zeros(stop - start, len(p), dtype=gE.dtype)
+            eff = torch.zeros(stop - start, len(p), dtype=gE.dtype, device=gE.device)
             for t, W in lat[l].W_dec.items():
-                eff += torch.einsum("bnd,nd->bn", gM[t][:, p], W[f].to(gE.dtype))
+                eff += torch.einsum("bnd,nd->bn", gM[t][:, p], W[f].to(gE))
             block[:, col:col + len(p)] = eff * a
             col += len(p)
+        block = block.cpu()  # the dense graph and its float64 sums live on the CPU (MPS has no float64)
         A[rows[start:stop]] = block.float()
         row_sums[start:stop] = block.double().sum(1)
     del y, leaves, E, M
@@ -139,7 +140,7 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
     bias = torch.zeros(N, dtype=torch.float64)
     y_val = _y_values(rep, act_at, chosen, demean)
     inputs[rows] = y_val
-    bias[rows] = y0.double()
+    bias[rows] = y0.cpu().double()
     lin = float((row_sums + bias[rows] - inputs[rows]).abs().max()) if rows else 0.0
     w = torch.zeros(N, dtype=torch.float64)
     if target is not None:
@@ -154,7 +155,7 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
 
 
 def _or_zero(g: Tensor | None, like: Tensor) -> Tensor:
-    return g if g is not None else torch.zeros(1, *like.shape, dtype=like.dtype)
+    return g if g is not None else torch.zeros(1, *like.shape, dtype=like.dtype, device=like.device)
 
 
 def logit_input(logits: Tensor, chosen: list[int], demean: bool) -> Tensor:
@@ -164,13 +165,14 @@ def logit_input(logits: Tensor, chosen: list[int], demean: bool) -> Tensor:
 
 
 def _y_values(rep: LocalReplacement, act_at, chosen: list[int], demean: bool) -> Tensor:
-    """The targets' inputs from the real run: latents' pre-activations, then the chosen logits."""
+    """The targets' inputs from the real run: latents' pre-activations, then the chosen logits (float64, on the
+    CPU: MPS has no float64)."""
     parts = []
     for l in sorted(act_at):
         p, f, _ = act_at[l]
         pre = rep.latents[l].preactivations(rep.inputs[l])  # (pos, n)
-        parts.append(pre[p, f].double())
-    parts.append(logit_input(rep.logits[-1].double(), chosen, demean))
+        parts.append(pre[p, f].cpu().double())
+    parts.append(logit_input(rep.logits[-1].cpu().double(), chosen, demean))
     return torch.cat(parts)
 
 
@@ -188,7 +190,7 @@ def _unembedding(rep: LocalReplacement, chosen: list[int], demean: bool) -> tupl
     if w is None or getattr(w, "W_U", None) is None or site not in sites:
         return None
     W = w.W_U.detach()
-    b = w.b_U.detach() if w.b_U is not None else torch.zeros(W.shape[1], dtype=W.dtype)
+    b = w.b_U.detach() if w.b_U is not None else torch.zeros(W.shape[1], dtype=W.dtype, device=W.device)
     U, c = W[:, chosen], b[chosen]
     if demean:
         U, c = U - W.mean(1, keepdim=True), c - b.mean()
@@ -229,11 +231,11 @@ def _frozen_inputs(rep: LocalReplacement, act_at, chosen: list[int], demean: boo
     for l in sorted(lat):
         p, f, _ = act_at[l]
         x = seen[l][0]  # (pos, d)
-        W = lat[l].W_enc.to(x.dtype)
-        parts.append((x[p] * W[:, f].t()).sum(-1) + lat[l].b_enc[f].to(x.dtype))
+        W = lat[l].W_enc.to(x)
+        parts.append((x[p] * W[:, f].t()).sum(-1) + lat[l].b_enc[f].to(x))
     if unembed is not None:
         x = seen["unembed"][0, -1]
-        parts.append(x @ unembed[1].to(x.dtype) + unembed[2].to(x.dtype))
+        parts.append(x @ unembed[1].to(x) + unembed[2].to(x))
     else:
         parts.append(logit_input(res.logits[0, -1], chosen, demean))
     return torch.cat(parts), E, M

@@ -149,7 +149,7 @@ def neuron_latents(adapter, layer: int) -> LatentLayer:
     if getattr(w, "W_gate", None) is not None:
         raise LatentError("a gated MLP's neurons are not latents of one input direction each; use a transcoder")
     W_in, W_out = w.W_in[layer].detach(), w.W_out[layer].detach()
-    zeros = lambda n: torch.zeros(n, dtype=W_in.dtype)  # noqa: E731
+    zeros = lambda n: torch.zeros(n, dtype=W_in.dtype, device=W_in.device)  # noqa: E731
     b_in = w.b_in[layer].detach() if w.b_in is not None else zeros(W_in.shape[1])
     b_out = w.b_out[layer].detach() if w.b_out is not None else zeros(W_out.shape[1])
     reads = mlp_input_site(list(adapter.sites()), layer)

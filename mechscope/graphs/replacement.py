@@ -124,7 +124,8 @@ class LocalReplacement:
         rows = 1 if ablate is None else len(ablate)
         ids = self.ids.expand(rows, -1)
         codes: dict[int, Tensor] = {}
-        masks = {l: torch.ones(rows, *self.codes[l].shape, dtype=self.codes[l].dtype) for l in self.latents}
+        masks = {l: torch.ones(rows, *self.codes[l].shape, dtype=self.codes[l].dtype, device=self.codes[l].device)
+                 for l in self.latents}
         for r, group in enumerate(ablate or []):
             for (l, p, f) in group:
                 if l not in masks:
@@ -142,7 +143,7 @@ class LocalReplacement:
 
         def writer(layer: int):
             def fn(x: Tensor, ctx) -> Tensor:
-                return _writes(self.latents, codes, layer, x) + self.errors[layer].to(x.dtype)
+                return _writes(self.latents, codes, layer, x) + self.errors[layer].to(x)
             return fn
 
         ivs = self.freeze(None if frozen is True else frozen) if frozen is not False else []
@@ -156,5 +157,5 @@ def _writes(latents: Mapping[int, LatentLayer], codes: Mapping[int, Tensor], lay
     out = torch.zeros_like(like)
     for l, lat in latents.items():
         if layer in lat.W_dec and l in codes:
-            out = out + (codes[l] @ lat.W_dec[layer].to(like.dtype) + lat.b_dec[layer].to(like.dtype))
+            out = out + (codes[l] @ lat.W_dec[layer].to(like) + lat.b_dec[layer].to(like))
     return out

@@ -161,10 +161,11 @@ def load(name: str | os.PathLike, *, device: str | torch.device | None = None,
 
     from . import wrap
 
+    device = check_device(device)
     key = str(name)
     prefix, colon, rest = key.partition(":")
     if colon and prefix in SOURCES:
-        return SOURCES[prefix](rest)
+        return _placed(SOURCES[prefix](rest), device)
     if key in NAMED:
         path = NAMED[key]()
     else:
@@ -174,7 +175,7 @@ def load(name: str | os.PathLike, *, device: str | torch.device | None = None,
             raise LoadError(f"cannot load {key!r}: not a known name ({known}) and not a "
                             f"directory with a config.json")
         if "zoo" in SOURCES and _is_zoo_run(path):
-            return SOURCES["zoo"](str(path.resolve()))
+            return _placed(SOURCES["zoo"](str(path.resolve())), device)
     with _offline(), _hf_bars():
         try:
             config = AutoConfig.from_pretrained(path)
@@ -188,6 +189,31 @@ def load(name: str | os.PathLike, *, device: str | torch.device | None = None,
     if device is not None:
         module.to(device)
     return wrap(module, tokenizer=tokenizer, name=key)
+
+
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """`device` as a torch.device, or a LoadError naming it when torch does not know it or this machine
+    lacks it (checked before any weights are read)."""
+    if device is None or isinstance(device, torch.device):
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise LoadError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LoadError(f"device {device!r} is not available: torch sees no CUDA GPU here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LoadError(f"device {device!r} is not available: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise LoadError(f"device {device!r} is not available: torch sees no Apple MPS device here; use --device cpu")
+    return dev
+
+
+def _placed(adapter: ModelBase, device: str | torch.device | None) -> ModelBase:
+    """`adapter` with its module moved to `device` (None: where its loader put it)."""
+    if device is not None:
+        adapter.module.to(device)
+    return adapter
 
 
 def _is_zoo_run(path: Path) -> bool:

@@ -45,21 +45,23 @@ from ..circuits import head_roles
 from ..core import metrics
 from ..core.progress import echo
 from ..core.site import Kind, Site
+from ..models.load import check_device, load
 from ..rasp.known_circuits import KINDS, load_known, names
 
 THRESHOLDS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 TARGET_KINDS = ("mean", "resample", "patch")
 
 
-def zoo_induction(n_prompts: int = 48, seed: int = 0, name: str = "induction") -> dict[str, Any] | None:
-    """The trained zoo induction model (the cache's run, else the copy shipped in the package) with
-    data and mechanism-hypothesis ground truth, or None when neither is there."""
+def zoo_induction(n_prompts: int = 48, seed: int = 0, name: str = "induction",
+                  device: str | None = None) -> dict[str, Any] | None:
+    """The trained zoo induction model (the cache's run, else the copy shipped in the package) on `device`
+    with data and mechanism-hypothesis ground truth, or None when neither is there."""
     from .. import zoo
     from ..core.errors import LoadError
     from ..zoo.recipes.induction import make_batch
 
     try:
-        model = zoo.load_zoo(name)
+        model = load(f"zoo:{name}", device=device)
     except LoadError:
         return None
     hp = zoo.spec(name).hp
@@ -75,7 +77,7 @@ def zoo_induction(n_prompts: int = 48, seed: int = 0, name: str = "induction") -
     # queries the previous-token heads)
     site = Site(Kind.PATTERN, 0)
     pattern = model.run(batch.ids, capture=[site]).cache[site]  # (batch, head, q, k)
-    q = torch.arange(2, batch.ids.shape[1])
+    q = torch.arange(2, batch.ids.shape[1], device=pattern.device)
     back2 = [h for h in range(pattern.shape[1]) if h not in prev and float(pattern[:, h, q, q - 2].mean()) > 0.4]
     port = lambda kind, layer, h: Node(Site(kind, layer), h)  # noqa: E731
     layer0 = prev + back2
@@ -116,19 +118,23 @@ def _score_all(model, inputs, counterfactuals, answers, truth, kind: str, steps:
 
 
 def run_benchmark(models: tuple[str, ...] | None = None, kinds: tuple[str, ...] = KINDS, steps: int = 10,
-                  n_prompts: int = 48, zoo: str | None = "induction", log: Any = echo) -> dict[str, Any]:
-    """The ROC AUC table (see the module docstring); returns JSON-ready results."""
+                  n_prompts: int = 48, zoo: str | None = "induction", log: Any = echo,
+                  device: str | None = None) -> dict[str, Any]:
+    """The ROC AUC table (see the module docstring), every network run on `device` (None: the CPU);
+    returns JSON-ready results."""
     t0 = time.time()
     torch.manual_seed(0)
     rows = []
     nets = []
     for name in models or names():
         kc = load_known(name, n_prompts)
+        if device is not None:
+            kc.model.module.to(check_device(device))
         nets.append((name, kc.model, kc.inputs, kc.counterfactuals, kc.answers,
                      {k: edges_from_ids(v) for k, v in kc.truth.items()}, True))
     notes = []
     if zoo:
-        z = zoo_induction(n_prompts, name=zoo)
+        z = zoo_induction(n_prompts, name=zoo, device=device)
         if z is None:
             notes.append(f"zoo:{zoo} is not trained (mechscope zoo train {zoo}); left out")
         elif not z["previous_token_heads"] or not z["induction_heads"]:

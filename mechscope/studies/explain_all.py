@@ -157,13 +157,15 @@ EVALUATIONS: dict[str, Callable[[Any, Hypothesis], Evaluation]] = {
 }
 
 
-def explain_all(name: str, *, ablations: tuple[str, ...] | None = None, n_boot: int = 1000) -> dict[str, Any]:
-    """Every figure of the command (module docstring) as plain data; `ablations` defaults to those the
-    network's evaluation names (all three unless a component has no meaningful zero)."""
+def explain_all(name: str, *, ablations: tuple[str, ...] | None = None, n_boot: int = 1000,
+                device: str | None = None) -> dict[str, Any]:
+    """Every figure of the command (module docstring) as plain data, the network run on `device` (None: the
+    CPU); `ablations` defaults to those the network's evaluation names (all three unless a component has no
+    meaningful zero)."""
     import mechscope as ms
 
     t0 = time.monotonic()
-    model = ms.load(name if name.startswith("zoo:") else f"zoo:{name}")
+    model = ms.load(name if name.startswith("zoo:") else f"zoo:{name}", device=device)
     recipe, _ = _recipe(model)
     if recipe not in HYPOTHESES or recipe not in EVALUATIONS:
         raise MechscopeError(f"no explanation registered for zoo recipe {recipe!r}; explain-all knows "

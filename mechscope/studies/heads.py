@@ -57,6 +57,7 @@ class HeadStudyConfig:
     top: int = 5  # heads listed per role
     n_boot: int = 500
     threads: int = 1
+    device: str | None = None  # where the model runs (cpu, cuda, cuda:N, mps); None: the loader's default
 
 
 def _pick(scores: torch.Tensor, threshold: float, min_layer: int = 0) -> tuple[list[tuple[int, int]], bool]:
@@ -164,7 +165,7 @@ def main(cfg: HeadStudyConfig, console: Any = None) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     t0 = time.monotonic()
     note(f"heads {cfg.model}: loading, then head-role probes, ablations and the logit lens")
-    model = load(cfg.model)
+    model = load(cfg.model, device=cfg.device)
     tok = getattr(model, "tokenizer", None)
     bos = None if tok is None else tok.bos_token_id
     f = analyse(model, cfg, bos, tok)

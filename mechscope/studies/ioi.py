@@ -56,6 +56,7 @@ class IOIConfig:
     reference_prompts: int = 64  # the distribution for mean and resample ablations
     model: str = "smollm2-135m"
     threads: int = 1  # torch threads: on a shared CPU one thread avoids OpenMP contention (10x faster here)
+    device: str | None = None  # where the model runs (cpu, cuda, cuda:N, mps); None: the loader's default
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def run_ioi(config: IOIConfig = IOIConfig(), progress: bool = True, log: Any = e
 
     t0 = time.time()
     torch.set_num_threads(config.threads)
-    model = load(config.model)
+    model = load(config.model, device=config.device)
     data = make_prompts(model.tokenizer, config.n_prompts, config.seed)
     ref = make_prompts(model.tokenizer, config.reference_prompts, config.seed + 1)
     if ref.clean.shape[1] != data.clean.shape[1]:
@@ -166,7 +167,8 @@ def run_ioi(config: IOIConfig = IOIConfig(), progress: bool = True, log: Any = e
     exact = activation_patching(model, data.clean, data.corrupt, z_sites, ld, direction="noising",
                                 each_position=False, progress=progress)
     figures["patching_seconds"] = time.time() - t
-    real = (exact.values[:, :, 0].mean(-1) - exact.baseline.mean()).flatten()  # (layer * head,)
+    # the per-head tables compare with head_est on the CPU (float64 statistics): move the patching figures there
+    real = (exact.values[:, :, 0].mean(-1) - exact.baseline.mean()).flatten().cpu()  # (layer * head,)
     order = head_est.abs().argsort(descending=True)[: config.top_heads].tolist()
     rows = []
     log(f"{'head':>8} {'EAP-IG (sum of out-edges)':>26} {'exact patching':>15}")
