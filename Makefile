@@ -44,7 +44,7 @@ $(SAE_STAMP): benchmarks/setup_env.sh
 	touch $(SAE_STAMP)
 
 test: venv data sae-env
-	MECHSCOPE_REQUIRE_SAE_VENV=1 $(BIN)/python -m pytest -q -rs
+	MECHSCOPE_REQUIRE_SAE_VENV=1 $(BIN)/python -m pytest -q -rs --durations=25
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
