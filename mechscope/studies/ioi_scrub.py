@@ -7,13 +7,15 @@ Steps:
    set (another seed: other names, places and objects) is the reference the resamples draw from;
 2. heads found on the selection prompts only:
    - every head's effect on the logit difference (IO minus S at the last position) when its output
-     is patched from the name-swap counterfactual, per position (attribution patching: the first-
-     order estimate of per-head activation patching), ranked by the absolute effect summed over
-     positions;
-   - classes: a head whose effect sits at the last position is a name mover when it attends from
+     is patched, at every position at once, from the name-swap counterfactual (exact activation
+     patching, one run per head; `--rank-by resample` patches from other IOI prompts instead,
+     `--first-order` uses attribution patching's estimate), ranked by the absolute effect
+     (`--order raises`: only the heads whose removal lowers the logit difference, most first);
+   - classes: a head whose effect (first-order, per position) sits at the last position is a name mover when it attends from
      the last position to the indirect object more than to the subject's second mention and raises
      the logit difference, a negative (or backup) name mover when it attends to IO but lowers it,
-     and an S-inhibition head when it attends to S2 more than to IO; a head whose effect sits at
+     an S-inhibition head when it attends to S2 more than to IO, "other" when it attends to
+     neither (< 0.2); a head whose effect sits at
      S2 (or before) is a duplicate-token or an induction head, whichever of `head_roles`' scores
      (on repeated random tokens) is higher;
 3. the hypothesis, for the top k heads (k = 5, 10, 20, 40): the circuit's heads as is, every other
@@ -71,9 +73,12 @@ class ScrubConfig:
     seed: int = 0
     target: float = 0.8
     n_boot: int = 1000
+    baselines: bool = True  # also score no head kept and every head kept (which must give exactly 1)
     model: str = "smollm2-135m"
     threads: int = 1
     exact: bool = True  # rank heads by exact per-head patching (else its first-order estimate)
+    rank_by: str = "name-swap"  # patch from the name swaps ("name-swap") or other IOI prompts ("resample")
+    order: str = "abs"  # rank by the effect's size ("abs") or keep only heads that raise the logit difference
 
 
 def _rows(d: IOIData, sl: slice) -> IOIData:
@@ -113,13 +118,16 @@ def circuit_hypothesis(n_layers: int, n_heads: int, heads: list[tuple[int, int]]
                       info={"heads": [f"L{layer}H{h}" for layer, h in heads]})
 
 
-def find_heads(model: Any, data: IOIData, exact: bool = True, progress: bool = False) -> list[dict[str, Any]]:
+def find_heads(model: Any, data: IOIData, exact: bool = True, progress: bool = False,
+               source: Tensor | None = None) -> list[dict[str, Any]]:
     """Every head with its patching effect, where it acts, its attention at the last position and role scores,
     ranked by the absolute effect; each gets a class (module docstring).
 
     The ranking effect is exact activation patching of the head's output at every position at once
     (`exact`, one patched run per head) or the first-order estimate; where the effect sits (the last
-    position or earlier) always comes from the first-order estimate per position.
+    position or earlier) always comes from the first-order estimate per position. The ranking
+    patches from the name-swap counterfactuals, or from `source` (other IOI prompts, as the
+    resample ablation does) when given.
     """
     n_layers = model.n_layers
     z = [Site(Kind.Z, layer) for layer in range(n_layers)]
@@ -128,11 +136,14 @@ def find_heads(model: Any, data: IOIData, exact: bool = True, progress: bool = F
     eff = (res.values - res.baseline).mean(-1)  # (layer, head, pos): change of the logit difference
     n_heads = eff.shape[1]
     if exact:
-        ex = activation_patching(model, data.clean, data.corrupt, z, ld, direction="noising", each_position=False,
+        ex = activation_patching(model, data.clean, data.corrupt if source is None else source, z, ld, direction="noising", each_position=False,
                                  progress=progress)
         total_eff = (ex.values[:, :, 0] - ex.baseline).mean(-1)  # (layer, head)
-    else:
+    elif source is None:
         total_eff = eff.sum(-1)
+    else:
+        first = attribution_patching(model, data.clean, source, z, ld, direction="noising", each_position=False)
+        total_eff = (first.values[:, :, 0] - first.baseline).mean(-1)
     rows = torch.arange(data.clean.shape[0])
     s2 = (data.clean != data.corrupt).float().argmax(1)
     io_pos = (data.clean == data.io[:, None]).float().argmax(1)
@@ -180,28 +191,33 @@ def run_study(config: ScrubConfig = ScrubConfig(), log: Any = echo, progress: bo
         f"prompts over {len(TEMPLATES)} templates, {allp.clean.shape[1]} tokens, e.g. {test.texts[0]!r}")
 
     t = time.time()
-    heads = find_heads(model, sel, exact=config.exact, progress=progress)
+    source = None
+    if config.rank_by == "resample":
+        source = make_prompts(model.tokenizer, config.select, config.seed + 2, TEMPLATES).clean
+    heads = find_heads(model, sel, exact=config.exact, progress=progress, source=source)
     select_s = time.time() - t
     log(f"heads ranked on the selection prompts ({select_s:.0f} s):")
-    for r in heads[: max(config.sizes)]:
+    for r in heads[: max(config.sizes)]:  # by the size of the effect
         log(f"  {r['head']:>7} {r['class']:<27} effect {r['effect']:+.3f} (at end {r['effect_at_end']:+.3f}) "
             f"attn IO {r['attn_io']:.2f} S2 {r['attn_s2']:.2f} dup {r['duplicate_token']:.2f} "
             f"ind {r['induction']:.2f}")
 
     n_heads = len(heads) // model.n_layers
+    ranked = heads if config.order == "abs" else sorted([r for r in heads if r["effect"] < 0],
+                                                        key=lambda r: r["effect"])
     labels = torch.stack([test.io, test.s], 1)
     spec = AblationSpec("resample", reference=f"ioi-{config.reference} (seed {config.seed + 1})", seed=config.seed)
     table = []
-    sizes = list(config.sizes) + [0, len(heads)]
+    sizes = list(config.sizes) + ([0, len(heads)] if config.baselines else [])
     for k in sizes:
         t = time.time()
-        chosen = [(r["layer"], r["index"]) for r in heads[:k]]
+        chosen = [(r["layer"], r["index"]) for r in (heads if k == len(heads) else ranked)[:k]]
         hyp = circuit_hypothesis(model.n_layers, n_heads, chosen)
         res = scrub(model, hyp, test.clean, spec, labels=labels, loss=neg_logit_diff, reference=ref.clean,
                     each=False, n_boot=config.n_boot, seed=config.seed, dataset=f"ioi-held-out-{config.measure}")
         sc = res.recovered
         classes: dict[str, int] = {}
-        for r in heads[:k]:
+        for r in (heads if k == len(heads) else ranked)[:k]:
             classes[r["class"]] = classes.get(r["class"], 0) + 1
         row = {"heads": k, "recovered": sc.value, "ci": list(sc.ci), "n": config.measure,
                "ld_clean": -res.loss_clean, "ld_hypothesis": -res.loss_hypothesis, "ld_ablated": -res.loss_ablated,
@@ -222,10 +238,12 @@ def run_study(config: ScrubConfig = ScrubConfig(), log: Any = echo, progress: bo
                       f"at most {max(config.sizes)} heads)",
             "got": best["recovered"] if smallest is None else smallest["recovered"],
             "pass": smallest is not None},
-        "all_as_is_is_exact": {"target": "hypothesis with every head kept recovers 1",
-                               "got": table[-1]["recovered"], "pass": abs(table[-1]["recovered"] - 1) < 1e-6},
     }
-    figures = {"heads": heads[: max(config.sizes)], "table": table, "select_seconds": select_s, "wall_seconds": wall,
+    if config.baselines:
+        checks["all_as_is_is_exact"] = {"target": "hypothesis with every head kept recovers 1",
+                                        "got": table[-1]["recovered"], "pass": abs(table[-1]["recovered"] - 1) < 1e-6}
+    figures = {"heads": heads[: max(config.sizes)], "kept_order": [r["head"] for r in ranked[: max(config.sizes)]],
+               "table": table, "select_seconds": select_s, "wall_seconds": wall,
                "smallest_circuit_at_target": None if smallest is None else smallest["heads"],
                "templates": list(TEMPLATES)}
     return {"name": "ioi_scrub_smollm2", "kind": "replication", "config": asdict(config),
@@ -243,9 +261,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--measure", type=int, default=ScrubConfig.measure)
     p.add_argument("--reference", type=int, default=ScrubConfig.reference)
     p.add_argument("--sizes", default=",".join(map(str, ScrubConfig.sizes)))
+    p.add_argument("--rank-by", choices=("resample", "name-swap"), default=ScrubConfig.rank_by)
+    p.add_argument("--order", choices=("abs", "raises"), default=ScrubConfig.order,
+                   help="rank heads by the size of their effect, or only those that raise the logit difference")
+    p.add_argument("--no-baselines", action="store_true", help="skip the no-head and every-head hypotheses")
+    p.add_argument("--first-order", action="store_true", help="rank heads by the first-order estimate")
     a = p.parse_args(argv)
     cfg = ScrubConfig(select=a.select, measure=a.measure, reference=a.reference,
-                      sizes=tuple(int(x) for x in a.sizes.split(",")))
+                      sizes=tuple(int(x) for x in a.sizes.split(",")), rank_by=a.rank_by, exact=not a.first_order,
+                      order=a.order, baselines=not a.no_baselines)
     out = run_study(cfg, log=(lambda *_: None) if a.json else echo)
     print(json.dumps(out, default=float))
     return out
