@@ -11,7 +11,8 @@ Steps:
      patching, one run per head; `--rank-by resample` patches from other IOI prompts instead,
      `--first-order` uses attribution patching's estimate), ranked by the absolute effect
      (`--order raises`: only the heads whose removal lowers the logit difference, most first);
-   - classes: a head whose effect (first-order, per position) sits at the last position is a name mover when it attends from
+   - classes: a head whose effect (first-order, per position) sits at the last position is a
+     name mover when it attends from
      the last position to the indirect object more than to the subject's second mention and raises
      the logit difference, a negative (or backup) name mover when it attends to IO but lowers it,
      an S-inhibition head when it attends to S2 more than to IO, "other" when it attends to
@@ -136,7 +137,8 @@ def find_heads(model: Any, data: IOIData, exact: bool = True, progress: bool = F
     eff = (res.values - res.baseline).mean(-1)  # (layer, head, pos): change of the logit difference
     n_heads = eff.shape[1]
     if exact:
-        ex = activation_patching(model, data.clean, data.corrupt if source is None else source, z, ld, direction="noising", each_position=False,
+        ex = activation_patching(model, data.clean, data.corrupt if source is None else source, z, ld,
+                                 direction="noising", each_position=False,
                                  progress=progress)
         total_eff = (ex.values[:, :, 0] - ex.baseline).mean(-1)  # (layer, head)
     elif source is None:
@@ -169,7 +171,8 @@ def find_heads(model: Any, data: IOIData, exact: bool = True, progress: bool = F
             dup, ind = float(roles.duplicate_token[layer, h]), float(roles.induction[layer, h])
             cls = "duplicate-token" if dup >= ind else "induction"
         out.append({"head": f"L{layer}H{h}", "layer": layer, "index": h, "class": cls,
-                    "effect": float(total_eff[layer, h]), "first_order": float(e.sum()), "effect_at_end": float(e[-1]), "attn_io": float(att_io[layer, h]),
+                    "effect": float(total_eff[layer, h]), "first_order": float(e.sum()),
+                    "effect_at_end": float(e[-1]), "attn_io": float(att_io[layer, h]),
                     "attn_s2": float(att_s2[layer, h]), "duplicate_token": float(roles.duplicate_token[layer, h]),
                     "induction": float(roles.induction[layer, h])})
     return out
