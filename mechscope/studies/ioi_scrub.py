@@ -9,8 +9,9 @@ Steps:
    - every head's effect on the logit difference (IO minus S at the last position) when its output
      is patched, at every position at once, from the name-swap counterfactual (exact activation
      patching, one run per head; `--rank-by resample` patches from other IOI prompts instead,
-     `--first-order` uses attribution patching's estimate), ranked by the absolute effect
-     (`--order raises`: only the heads whose removal lowers the logit difference, most first);
+     `--first-order` uses attribution patching's estimate); the circuit of k heads is the k heads
+     whose removal lowers the logit difference most (`--order abs`: the k largest effects of
+     either sign);
    - classes: a head whose effect (first-order, per position) sits at the last position is a
      name mover when it attends from
      the last position to the indirect object more than to the subject's second mention and raises
@@ -79,7 +80,7 @@ class ScrubConfig:
     threads: int = 1
     exact: bool = True  # rank heads by exact per-head patching (else its first-order estimate)
     rank_by: str = "name-swap"  # patch from the name swaps ("name-swap") or other IOI prompts ("resample")
-    order: str = "abs"  # rank by the effect's size ("abs") or keep only heads that raise the logit difference
+    order: str = "raises"  # keep only heads that raise the logit difference, most first, or rank by size ("abs")
 
 
 def _rows(d: IOIData, sl: slice) -> IOIData:
