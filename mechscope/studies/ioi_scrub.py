@@ -7,8 +7,9 @@ Steps:
    set (another seed: other names, places and objects) is the reference the resamples draw from;
 2. heads found on the selection prompts only:
    - every head's effect on the logit difference (IO minus S at the last position) when its output
-     is patched, at every position at once, from the name-swap counterfactual (exact activation
-     patching, one run per head; `--rank-by resample` patches from other IOI prompts instead,
+     is patched, at every position at once, from other IOI prompts (seed 2; what the resample
+     ablation does) by exact activation patching, one run per head (`--rank-by name-swap` patches
+     from the name-swap counterfactuals instead,
      `--first-order` uses attribution patching's estimate); the circuit of k heads is the k heads
      whose removal lowers the logit difference most (`--order abs`: the k largest effects of
      either sign);
@@ -79,7 +80,7 @@ class ScrubConfig:
     model: str = "smollm2-135m"
     threads: int = 1
     exact: bool = True  # rank heads by exact per-head patching (else its first-order estimate)
-    rank_by: str = "name-swap"  # patch from the name swaps ("name-swap") or other IOI prompts ("resample")
+    rank_by: str = "resample"  # patch from other IOI prompts, as the ablation does ("resample"), or the name swaps
     order: str = "raises"  # keep only heads that raise the logit difference, most first, or rank by size ("abs")
 
 
