@@ -28,7 +28,8 @@ def setup(llama):
 def test_loss_is_minus_the_logit_difference(setup):
     model, _, ids, _, labels = setup
     logits = run(model, ids).logits
-    want = torch.tensor([-(float(logits[i, -1, a]) - float(logits[i, -1, b])) for i, (a, b) in enumerate(labels.tolist())])
+    want = torch.tensor([-(float(logits[i, -1, a]) - float(logits[i, -1, b]))
+                         for i, (a, b) in enumerate(labels.tolist())])
     torch.testing.assert_close(neg_logit_diff(logits, labels).float(), want, rtol=1e-5, atol=1e-5)
 
 
