@@ -47,15 +47,21 @@ def _text(paths: list[Path], corpus: Optional[str]) -> tuple[str, str]:
     return reader(corpus), corpus
 
 
+def _tokenizer(m, model: str = "the model"):
+    """The model's tokenizer; refuses a model without one, naming it."""
+    tok = getattr(m, "tokenizer", None)
+    if tok is None:
+        raise typer.BadParameter(f"{model} has no tokenizer")
+    return tok
+
+
 def _token_rows(m, paths: list[Path], corpus: Optional[str], seq_len: int, rows: int):
     """(token ids (n_seq, seq_len) in a seeded shuffled order, positions to drop, corpus name, causal?):
     enough sequences for `rows` stored rows. BOS (when the tokenizer has one) opens every sequence of a
     causal model and is not stored; an encoder reads [CLS] ... [SEP]."""
     import torch
 
-    tok = getattr(m, "tokenizer", None)
-    if tok is None:
-        raise typer.BadParameter("the model has no tokenizer")
+    tok = _tokenizer(m)
     body, name = _text(paths, corpus)
     ids = tok(body, add_special_tokens=False)["input_ids"]
     causal = m.run(torch.tensor([[ids[0]]])).logits is not None
@@ -145,10 +151,7 @@ def _load_with_tokenizer(model: str, threads: Optional[int], device: Optional[st
         torch.set_num_threads(threads)
     with console.status(f"loading {model}"):
         m = load(model, device=device)
-    tok = getattr(m, "tokenizer", None)
-    if tok is None:
-        raise typer.BadParameter(f"{model} has no tokenizer")
-    return m, tok
+    return m, _tokenizer(m, model)
 
 
 @dict_app.command("train")
