@@ -87,7 +87,8 @@ def on_model_device(adapter: Adapter, prepared: Prepared) -> Prepared:
     def move(x: Any) -> Any:
         return x.to(dev) if isinstance(x, Tensor) and x.device != dev else x
 
-    tensors = [*prepared.args, *prepared.kwargs.values(), prepared.input_ids, prepared.attention_mask]
+    tensors = [*prepared.args, *prepared.kwargs.values(), prepared.input_ids, prepared.attention_mask,
+               prepared.logit_columns]
     if all(not isinstance(x, Tensor) or x.device == dev for x in tensors):
         return prepared
     return replace(prepared, args=tuple(move(x) for x in prepared.args),
