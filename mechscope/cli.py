@@ -237,6 +237,7 @@ from .cli_features import features_app  # noqa: E402
 from .cli_graph import graph as graph_command  # noqa: E402
 from .cli_zoo import replicate, zoo_app  # noqa: E402
 from .cli_explain import explain_all  # noqa: E402
+from .cli_vis import vis as vis_command  # noqa: E402
 
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(dict_app, name="dict")
@@ -246,6 +247,7 @@ app.command(name="diff")(diff_command)
 app.command(name="graph")(graph_command)
 app.command(name="diff-bench")(diff_bench)
 app.command(name="explain-all")(explain_all)
+app.command(name="vis")(vis_command)
 app.command(name="audit")(audit_command)
 app.command(name="audit-bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(audit_bench)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from .features import features_snapshot
 from .schema import DEFAULT_DIR, NAME, ArtifactError, check_name, read_json, read_manifest
+from .vision import image_paths, png_data_uri, png_size
 
 
 class ModelArtifacts:
@@ -65,6 +66,34 @@ class ModelArtifacts:
         """The circuit `name`; a name that is not a plain file name is refused."""
         return read_json(self.root.safe_path(self.path / "circuits", f"{check_name(name)}.json"), "circuit")
 
+    def vision_names(self) -> list[str]:
+        """The names of the saved vision artifacts (vision/NAME.json), sorted."""
+        return self._names("vision")
+
+    def vision(self, name: str) -> dict[str, Any]:
+        """The vision artifact `name` (a channel's or a layer's image grids, curves and tables)."""
+        return read_json(self.root.safe_path(self.path / "vision", f"{check_name(name)}.json"), "vision")
+
+    def vision_image(self, name: str, panel: int, index: int) -> Path:
+        """The PNG file of image `index` of panel `panel` of vision artifact `name`, checked to be a PNG
+        inside the artifact directory; ArtifactError when there is no such image."""
+        files = image_paths(self.vision(name))
+        if not 0 <= panel < len(files) or not 0 <= index < len(files[panel]):
+            raise ArtifactError(f"vision artifact {name!r} has no image {index} in panel {panel}")
+        p = self.root.safe_path(self.path, files[panel][index])
+        if p.suffix != ".png" or not p.is_file():
+            raise ArtifactError(f"the image {files[panel][index]!r} of vision artifact {name!r} is missing")
+        png_size(p)
+        return p
+
+    def vision_with_images(self, name: str) -> dict[str, Any]:
+        """The vision artifact `name` with each image's PNG inline as a data: URI ("src"), for the report."""
+        v = self.vision(name)
+        for pi, files in enumerate(image_paths(v)):
+            for ii, _ in enumerate(files):
+                v["panels"][pi]["images"][ii]["src"] = png_data_uri(self.vision_image(name, pi, ii))
+        return v
+
     def features_info(self) -> dict[str, Any] | None:
         """features.json (where the model's FeatureStore is and what it holds), or None."""
         return self._opt("features.json", "features")
@@ -104,7 +133,8 @@ class ModelArtifacts:
                 "head_roles": (self.path / "head_roles.json").is_file(),
                 "training": (self.path / "training.json").is_file(),
                 "features": (self.path / "features.json").is_file(),
-                "patching": self.patching_names(), "circuits": self.circuit_names()}
+                "patching": self.patching_names(), "circuits": self.circuit_names(),
+                "vision": self.vision_names()}
 
 
 class Artifacts:
@@ -158,7 +188,8 @@ def load_all(root: str | Path = DEFAULT_DIR, max_feature_pages: int = 64) -> dic
                                  "training": m.training(),
                                  "patching": [m.patching(n) for n in m.patching_names()],
                                  "circuits": [m.circuit(n) for n in m.circuit_names()], "features": None,
-                                 "explanations": [m.explanation(n) for n in m.explanation_names()]}
+                                 "explanations": [m.explanation(n) for n in m.explanation_names()],
+                                 "vision": [m.vision_with_images(n) for n in m.vision_names()]}
         if m.features_info() is not None:
             entry["features"] = features_snapshot(m, max_feature_pages)
         out["models"].append(entry)

@@ -16,7 +16,7 @@ SCHEMA_VERSION = 1
 FORMAT = "mechscope-artifacts"
 DEFAULT_DIR = "out"
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:+-]{0,127}$")
-KINDS = ("overview", "attention", "head_roles", "patching", "circuit", "training", "features", "explanation")
+KINDS = ("overview", "attention", "head_roles", "patching", "circuit", "training", "features", "explanation", "vision")
 
 REQUIRED: dict[str, tuple[str, ...]] = {
     "overview": ("name", "architecture", "n_layers", "n_heads", "d_model", "vocab", "sites", "params"),
@@ -27,6 +27,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "training": ("metrics",),
     "features": ("store",),
     "explanation": ("name", "hypothesis", "results"),
+    "vision": ("name", "layer", "panels"),
 }
 
 

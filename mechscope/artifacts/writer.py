@@ -14,6 +14,7 @@ from .overview import OverviewWriter
 from .patching import PatchingWriter
 from .schema import DEFAULT_DIR, FORMAT, SCHEMA_VERSION, ArtifactError, check_name, read_manifest, slug, write_json
 from .training import TrainingWriter
+from .vision import VisionWriter
 
 
 class ArtifactWriter:
@@ -55,7 +56,7 @@ class ArtifactWriter:
 
 
 class ModelWriter(OverviewWriter, HeadsWriter, PatchingWriter, CircuitWriter, TrainingWriter, FeaturesWriter,
-                  ExplanationWriter):
+                  ExplanationWriter, VisionWriter):
     """Writes the artifacts of one model (see the package docstring for each file)."""
 
     def __init__(self, parent: ArtifactWriter, name: str, path: Path):

@@ -24,10 +24,12 @@ from ..core.html import fmt, table
 from ..core.files import write_atomically
 from .embed import csp_hash, json_for_script, script_text
 
-SECTIONS = ("overview", "attention", "head_roles", "patching", "circuits", "features", "training", "explanations")
+SECTIONS = ("overview", "attention", "head_roles", "patching", "circuits", "features", "training", "explanations",
+            "vision")
 TITLES = {"overview": "Model overview", "attention": "Attention patterns", "head_roles": "Head-role scores",
           "patching": "Activation patching", "circuits": "Circuits", "features": "Features",
-          "training": "Training dynamics", "explanations": "Explanations as code"}
+          "training": "Training dynamics", "explanations": "Explanations as code",
+          "vision": "Vision: what channels respond to"}
 
 
 def _asset(package: str, name: str) -> str:
@@ -72,6 +74,10 @@ def _model_section(i: int, m: dict[str, Any]) -> str:
     part("training", box("training") if m["training"] else missing)
     explanations = m.get("explanations") or []
     part("explanations", "".join(_explanation_html(x) for x in explanations) if explanations else missing)
+    vision = m.get("vision") or []
+    part("vision", "".join(f'<div class="vision-view" id="m{i}-vision-{e(v["name"])}"><h4>{e(v["name"])}</h4>'
+                           f'{box("vision", f" data-index={j}")}</div>' for j, v in enumerate(vision))
+         if vision else missing)
     parts.append("</section>")
     return "\n".join(parts)
 

@@ -14,6 +14,9 @@ and answered with a generic 500 message, never a stack trace):
     /api/models/{model}/circuits[/{name}]         names, or one circuit (?threshold= prunes edges)
     /api/models/{model}/features                  feature sets with their features (?set=, ?limit=)
     /api/models/{model}/features/{set}/{feature}  one feature's page
+    /api/models/{model}/vision[/{name}]           names, or one vision artifact (image grids, curves)
+    /api/models/{model}/vision/{name}/image/{panel}/{index}
+                                                  one of its PNG images (image/png, checked)
     /artifacts/{path}                             a raw artifact file, contained in the directory
                                                   (JSON as application/json, anything else as a download)
 
@@ -347,6 +350,30 @@ def create_app(artifacts_dir: str | Path = "out", *, port: int | None = None,
                 raise NotFound(f"no feature {feature} in set {set_id!r} (it has features 0..{n - 1})") from None
 
         return _clean(stores.query(m, read))
+
+    @app.get("/api/models/{name}/vision")
+    def vision_list(name: NameParam) -> dict[str, Any]:
+        return {"names": model(name).vision_names()}
+
+    def vision_item(m: ModelArtifacts, item: str) -> str:
+        if item not in m.vision_names():
+            raise NotFound(f"model {m.name!r} has no vision artifact {_shown(item)}; it has {m.vision_names()}")
+        return item
+
+    @app.get("/api/models/{name}/vision/{item}")
+    def vision(name: NameParam, item: NameParam) -> dict[str, Any]:
+        m = model(name)
+        return m.vision(vision_item(m, item))
+
+    @app.get("/api/models/{name}/vision/{item}/image/{panel}/{index}")
+    def vision_image(name: NameParam, item: NameParam, panel: int = PathParam(ge=0, le=10_000),
+                     index: int = PathParam(ge=0, le=100_000)) -> FileResponse:
+        m = model(name)
+        try:
+            p = m.vision_image(vision_item(m, item), panel, index)
+        except ArtifactError as e:
+            raise NotFound(str(e)) from None
+        return FileResponse(p, media_type="image/png")
 
     @app.get("/artifacts/{path:path}")
     def raw(path: str = PathParam(max_length=1000)):

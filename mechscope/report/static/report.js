@@ -34,6 +34,7 @@
       else if (kind === 'circuit') MS.circuit(box, m.circuits[Number(box.getAttribute('data-index'))], { idPrefix: `m${mi}-circuit${box.getAttribute('data-index')}` });
       else if (kind === 'features') features(box, m.features, mi);
       else if (kind === 'training') MS.training(box, m.training);
+      else if (kind === 'vision') MS.vision(box, m.vision[Number(box.getAttribute('data-index'))]);
     } catch (err) {
       box.appendChild(el('div', { class: 'err', text: `could not draw this section: ${err.message}` }));
     }

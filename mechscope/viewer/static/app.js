@@ -1,11 +1,12 @@
 /* mechscope viewer: a hash-routed single page over the JSON API (see mechscope/viewer/app.py).
- * Routes: #/m/MODEL/overview | attention | roles | patching[/NAME] | circuits[/NAME] | features[/SET/FEATURE] | training */
+ * Routes: #/m/MODEL/overview | attention | roles | patching[/NAME] | circuits[/NAME] | features[/SET/FEATURE] | training
+ *         | vision[/NAME] */
 (function () {
   'use strict';
   const MS = window.MS, el = MS.el;
   const main = document.getElementById('main'), tabs = document.getElementById('tabs'), select = document.getElementById('model-select');
   const TABS = [['overview', 'Overview'], ['attention', 'Attention'], ['roles', 'Head roles'], ['patching', 'Patching'],
-    ['circuits', 'Circuits'], ['features', 'Features'], ['training', 'Training']];
+    ['circuits', 'Circuits'], ['features', 'Features'], ['training', 'Training'], ['vision', 'Vision']];
   let models = [];
   const enc = encodeURIComponent;
 
@@ -106,6 +107,18 @@
         sec.appendChild(el('p', { class: 'small muted', text: `${s.set.n_features} features over ${Number(s.set.n_tokens).toLocaleString('en-US')} tokens of ${s.set.dataset}. Click a row to open its page; click a header to sort.` }));
         MS.featureTable(sec, s.features, (f) => go(route.model, 'features', s.set.set_id, f));
       }
+      return sec;
+    },
+    async vision(route) {
+      const { names } = await api(base(route.dir) + '/vision');
+      const sec = el('section', { class: 'part', id: 'vision' }, [el('h2', { text: 'Vision: what channels respond to' })]);
+      if (!names.length) { sec.appendChild(el('p', { class: 'muted', text: 'No vision artifacts (mechscope vis writes them).' })); return sec; }
+      const name = route.rest[0] || names[0];
+      sec.appendChild(el('div', {}, names.map((n) => el('a', { href: '#/m/' + enc(route.model) + '/vision/' + enc(n), class: 'pill', text: n }))));
+      const d = await api(base(route.dir) + '/vision/' + enc(name));
+      const box = el('div', { class: 'vision-view', 'data-name': name }); sec.appendChild(box);
+      const url = base(route.dir) + '/vision/' + enc(name) + '/image/';
+      MS.vision(box, d, { src: (pi, ii) => url + pi + '/' + ii });
       return sec;
     },
     async training(route) {

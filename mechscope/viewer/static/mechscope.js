@@ -129,6 +129,7 @@
       for (const k of ['attention', 'head_roles', 'training', 'features']) if (summary[k]) have.push(k.replace('_', ' '));
       if ((summary.patching || []).length) have.push(`patching (${summary.patching.length})`);
       if ((summary.circuits || []).length) have.push(`circuits (${summary.circuits.length})`);
+      if ((summary.vision || []).length) have.push(`vision (${summary.vision.length})`);
       root.appendChild(el('p', {}, ['Artifacts: ', ...have.map((h) => el('span', { class: 'pill', text: h }))]));
     }
   };
@@ -569,6 +570,98 @@
       row.appendChild(co);
     }
     root.appendChild(row);
+  };
+
+  // ---- vision: image grids, tuning curves, tables ----------------------------------------
+  const PALETTE = ['#2f6fbf', '#d9534f', '#3c9a48', '#e08a1e', '#8e44ad', '#16a085', '#7f8c8d', '#b5338a'];
+  const finite = (x) => x !== null && x !== undefined && x !== '' && isFinite(Number(x));
+
+  // several (x, y) series on shared axes, as SVG; a legend names them
+  MS.curves = function (root, panel, opts) {
+    const o = Object.assign({ width: 520, height: 260 }, opts || {});
+    const series = (panel.series || []).map((s) => ({
+      name: str(s.name),
+      pts: (s.x || []).map((x, i) => [x, (s.y || [])[i]]).filter((p) => finite(p[0]) && finite(p[1])).map((p) => [Number(p[0]), Number(p[1])]),
+    }));
+    const all = series.flatMap((s) => s.pts);
+    const wrap = el('div', { class: 'card chart vision-curves', 'data-series': String(series.length) });
+    if (!all.length) { wrap.appendChild(el('p', { class: 'muted', text: 'no values' })); root.appendChild(wrap); return wrap; }
+    const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
+    const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1e-9), y0 = Math.min(...ys, 0), y1 = Math.max(...ys, y0 + 1e-9);
+    const W = o.width, H = o.height, ml = 56, mr = 10, mt = 8, mb = 34;
+    const X = (x) => ml + (x - x0) / (x1 - x0) * (W - ml - mr), Y = (y) => mt + (1 - (y - y0) / (y1 - y0)) * (H - mt - mb);
+    const g = svgRoot('line curves', W, H);
+    g.appendChild(svg('line', { x1: ml, y1: H - mb, x2: W - mr, y2: H - mb, stroke: '#999' }));
+    g.appendChild(svg('line', { x1: ml, y1: mt, x2: ml, y2: H - mb, stroke: '#999' }));
+    for (let k = 0; k <= 4; k++) {
+      const yv = y0 + (y1 - y0) * k / 4, xv = x0 + (x1 - x0) * k / 4;
+      g.appendChild(svg('text', { x: ml - 4, y: Y(yv) + 4, 'font-size': 10, 'text-anchor': 'end' }, fmt(yv, 3)));
+      g.appendChild(svg('text', { x: X(xv), y: H - mb + 14, 'font-size': 10, 'text-anchor': 'middle' }, fmt(xv, 3)));
+    }
+    g.appendChild(svg('text', { x: (W + ml) / 2, y: H - 4, 'font-size': 10, 'text-anchor': 'middle', fill: '#666' }, str(panel.x_label)));
+    g.appendChild(svg('text', { x: 10, y: mt + (H - mt - mb) / 2, 'font-size': 10, 'text-anchor': 'middle', fill: '#666',
+      transform: `rotate(-90 10 ${mt + (H - mt - mb) / 2})` }, str(panel.y_label)));
+    const legend = el('div', { class: 'legend' });
+    series.forEach((s, i) => {
+      const colour = PALETTE[i % PALETTE.length];
+      if (s.pts.length) {
+        const d = s.pts.map((p, j) => `${j ? 'L' : 'M'}${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(' ');
+        g.appendChild(svg('path', { class: 'series', d, fill: 'none', stroke: colour, 'stroke-width': 1.6, 'data-name': s.name }));
+        if (s.pts.length <= 200) {
+          for (const p of s.pts) g.appendChild(svg('circle', { cx: X(p[0]).toFixed(1), cy: Y(p[1]).toFixed(1), r: 2, fill: colour, 'data-tip': `${s.name}: ${fmt(p[0], 4)} → ${fmt(p[1], 4)}` }));
+        }
+      }
+      legend.appendChild(el('span', { style: `color: ${colour}; margin-right: 12px`, text: `■ ${s.name}` }));
+    });
+    const box = el('div', {}, [g]);
+    wireTips(box);
+    wrap.appendChild(box);
+    if (series.length > 1 || series.some((s) => s.name)) wrap.appendChild(legend);
+    root.appendChild(wrap);
+    return wrap;
+  };
+
+  // an image grid: each PNG shown enlarged (pixelated) with its caption; `src(i, image)` gives its URL
+  MS.imageGrid = function (root, panel, src) {
+    const images = panel.images || [];
+    const grid = el('div', { class: 'image-grid', 'data-images': String(images.length) });
+    images.forEach((im, i) => {
+      const w = count(im.width) || 28, h = count(im.height) || 28;
+      const scale = Math.max(1, Math.floor(112 / Math.max(w, h)));
+      const url = src(i, im);
+      const fig = el('figure', { class: 'vis-image' });
+      if (url) fig.appendChild(el('img', { src: url, width: w * scale, height: h * scale, alt: str(im.caption), title: str(im.caption) }));
+      else fig.appendChild(el('p', { class: 'muted small', text: 'image not included' }));
+      fig.appendChild(el('figcaption', { class: 'small', text: str(im.caption) }));
+      grid.appendChild(fig);
+    });
+    root.appendChild(grid);
+    return grid;
+  };
+
+  // a vision artifact (mechscope vis): its panels in order; opts.src(panel, index, image) gives each
+  // image's URL (the viewer's API); by default an inline PNG data URI (the report), nothing else
+  MS.vision = function (root, v, opts) {
+    root.replaceChildren();
+    const inline = (pi, ii, im) => (typeof im.src === 'string' && im.src.startsWith('data:image/png;base64,') ? im.src : null);
+    const src = (opts && opts.src) || inline;
+    const net = v.network || {};
+    const what = v.channel === null || v.channel === undefined ? `layer ${str(v.layer)}` : `channel ${str(v.channel)} of ${str(v.layer)}`;
+    root.appendChild(el('p', { class: 'small muted', text: `${what}${net.name ? ` in ${str(net.name)}` : ''}${net.image ? `, images ${[].concat(net.image).map(str).join('×')}` : ''}` }));
+    (v.panels || []).forEach((p, pi) => {
+      const sec = el('div', { class: 'vision-panel', 'data-type': str(p.type), 'data-panel': String(pi) }, [el('h4', { text: str(p.title) })]);
+      if (p.note) sec.appendChild(el('p', { class: 'small muted', text: str(p.note) }));
+      if (p.type === 'images') MS.imageGrid(sec, p, (ii, im) => src(pi, ii, im));
+      else if (p.type === 'curves') MS.curves(sec, p);
+      else if (p.type === 'table') {
+        const t = el('table', { class: 'data vision-table' });
+        t.appendChild(el('thead', {}, [el('tr', {}, (p.columns || []).map((c) => el('th', { text: str(c) })))]));
+        t.appendChild(el('tbody', {}, (p.rows || []).map((r) => el('tr', {}, [].concat(r).map((c) => el('td', { text: typeof c === 'number' ? fmt(c, 4) : (c === null ? '—' : str(c)) }))))));
+        sec.appendChild(t);
+      } else if (p.type === 'figures') sec.appendChild(kvTable(Object.entries(p.values || {}).map(([k, x]) => [k, typeof x === 'number' ? fmt(x, 4) : (typeof x === 'object' ? JSON.stringify(x) : str(x))])));
+      root.appendChild(sec);
+    });
+    if (v.settings && Object.keys(v.settings).length) root.appendChild(el('details', {}, [el('summary', { text: 'settings' }), el('pre', { class: 'spec', text: JSON.stringify(v.settings, null, 1) })]));
   };
 
   global.MS = MS;
