@@ -59,7 +59,7 @@ def vis(model: Annotated[str, typer.Argument(help="a zoo image network (fmnist-c
     import torch
 
     from .core.progress import duration, echo, note
-    from .vision.layers import VisionInputError, check_channel, feature_layer, feature_layers, parse_target
+    from .vision.layers import VisionInputError, check_channel, feature_layer, parse_target
     from .vision.networks import load_network
 
     if steps < 1 or channels < 1 or examples < 1 or threads < 1:
@@ -75,8 +75,7 @@ def vis(model: Annotated[str, typer.Argument(help="a zoo image network (fmnist-c
     name = model if module else net.name
     note(f"{name}: {'channel %d of ' % channel if channel is not None else ''}{layer.path} "
          f"({layer.channels} channels, {layer.height}x{layer.width}); writing into {out}")
-    written = run_vis(net, name, layer, channel, out, steps=steps, channels=channels, examples=examples, seed=seed,
-                      all_layers=[fl.path for fl in feature_layers(net.module, net.spec)])
+    written = run_vis(net, name, layer, channel, out, steps=steps, channels=channels, examples=examples, seed=seed)
     if report:
         from .report import write_report
 
@@ -88,12 +87,250 @@ def vis(model: Annotated[str, typer.Argument(help="a zoo image network (fmnist-c
         echo(json.dumps(written))
 
 
+class _Pieces:
+    """Collects the panels of one vision artifact: PNG files written into its directory, results saved
+    beside them (`data/PIECE/`), and the pieces skipped with the reason."""
+
+    def __init__(self, directory: Path, spec: Any):
+        self.dir, self.spec = directory, spec
+        self.panels: list[dict[str, Any]] = []
+        self.skipped: dict[str, str] = {}
+        self.images = 0
+
+    def grid(self, title: str, stem: str, images: Any, captions: list[str], note: str = "", spec: Any = None) -> None:
+        """One PNG per image (n, C, H, W) in `spec`'s range (the network's by default), as an image panel."""
+        from .vision.featvis import write_png
+
+        files = []
+        for i in range(len(images)):
+            write_png(self.dir / f"{stem}-{i}.png", images[i:i + 1], spec or self.spec)
+            files.append({"file": f"{stem}-{i}.png", "caption": captions[i]})
+        self.images += len(files)
+        self.panels.append({"type": "images", "title": title, "note": note, "images": files})
+
+    def save(self, piece: str, result: Any) -> None:
+        """The analysis result as safetensors + JSON under data/PIECE (its own `save`)."""
+        result.save(self.dir / "data" / piece)
+
+
+def _device(module: Any) -> Any:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else "cpu"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _source_layer(module: Any, spec: Any, layer: str) -> str:
+    """The layer whose channels feed `layer`'s channel circuit: the last activation (a leaf feature layer
+    that is no convolution, normalisation or pooling) before `layer` in module order, or "" (the image)."""
+    from torch import nn
+
+    from .vision.layers import feature_layers
+
+    skip = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    source = ""
+    for fl in feature_layers(module, spec):
+        if fl.path == layer:
+            return source
+        if not any(True for _ in fl.module.children()) and not isinstance(fl.module, skip):
+            source = fl.path
+    return source
+
+
+def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int, examples: int, seed: int) -> None:
+    from .core.progress import note
+    from .vision import expanded, tuning
+    from .vision.examples import dataset_examples
+    from .vision.featvis import visualize
+    from .vision.objectives import channel, diversity
+
+    import torch
+
+    from .vision.layers import channel_activations
+
+    module, spec, L = net.module, net.spec, layer.path
+    note(f"feature visualisation of {L}:{c} ({steps} steps, 4 images with a diversity term)")
+    fv = visualize(module, channel(L, c) + 0.5 * diversity(L), spec, batch=4, steps=steps, seed=seed)
+    pieces.save("featvis", fv)
+    with torch.no_grad():
+        means = channel_activations(module, fv.images.to(_device(module)), layer, c).mean((1, 2))
+    pieces.grid("Feature visualisation", "featvis", fv.images, [f"mean {_fmt(float(a))}" for a in means],
+                note=f"images that maximise the channel's mean activation (plus a diversity term), found by "
+                     f"gradient ascent in a Fourier parameterisation with Lucid's transforms; {steps} steps, seed {seed}")
+    if net.has_dataset:
+        data = net.dataset()
+        for which in ("top", "bottom"):
+            note(f"dataset examples ({which}) of {L}:{c} over {len(data.images)} images of {data.name}")
+            ex = dataset_examples(module, spec, L, c, data.images, k=examples, which=which)
+            pieces.save(f"examples-{which}", ex)
+            caps = [f"{data.caption(int(i))} {_fmt(float(v))}".strip() for i, v in zip(ex.indices, ex.values)]
+            pieces.grid(f"Dataset examples: {which} {examples}", f"examples-{which}", ex.images, caps,
+                        note=f"the images of {data.name} whose {'largest' if which == 'top' else 'smallest'} value "
+                             f"of the channel (over positions) is {'highest' if which == 'top' else 'lowest'}")
+            pieces.grid(f"Dataset examples: {which} {examples}, receptive-field crops", f"crops-{which}", ex.crops,
+                        caps, note="each image cut to the receptive field of the position that gave its value")
+    else:
+        pieces.skipped["dataset examples"] = "no dataset images for this network (--images gives them)"
+    note("first-layer filters and the channel's circuit")
+    filt = expanded.first_layer_filters(module, spec)
+    pieces.save("filters", filt)
+    fspec = type(spec)(filt.images.shape[1], filt.images.shape[2], filt.images.shape[3])
+    if filt.images.shape[1] in (1, 3):
+        pieces.grid(f"First-layer filters ({filt.layer})", "filters", filt.images,
+                    [f"{filt.layer}:{i}" for i in range(len(filt.images))], spec=fspec,
+                    note="each filter as the layer applies it to the image; grey is zero, light positive, dark negative")
+    source = _source_layer(module, spec, L)
+    circ = expanded.channel_circuit(module, spec, source, L, c, k=8)
+    pieces.save("circuit", circ)
+    maps = expanded.display(circ.maps).unsqueeze(1)  # (k, 1, kh, kw) in [0, 1]
+    pieces.grid(f"Circuit: the strongest inputs from {source or 'the image'}", "circuit", maps,
+                [f"{source or 'image'}:{int(i)} (norm {_fmt(float(n))})" for i, n in zip(circ.inputs, circ.norms)],
+                spec=type(spec)(1, maps.shape[2], maps.shape[3]),
+                note=f"expanded weights from each input channel to {L}:{c} at the centre of its map (through the "
+                     "layers between, linearised); grey is zero, light excites, dark inhibits")
+    note(f"tuning curves of {L}:{c} on synthetic edges, curves and gratings")
+    series = []
+    edge = tuning.edge_tuning(module, spec, L, channels=[c])
+    pieces.save("tuning-edges", edge)
+    series.append({"name": "edges (bright side towards the angle)", "x": edge.values["angle"], "y": edge.curve(c)})
+    summary = tuning.orientation_summary(edge)
+    grat = tuning.grating_tuning(module, spec, L, channels=[c])
+    pieces.save("tuning-gratings", grat)
+    curv = tuning.curve_tuning(module, spec, L, channels=[c])
+    pieces.save("tuning-curves", curv)
+    pieces.panels.append({"type": "curves", "title": "Tuning: oriented edges", "x_label": "angle (degrees)",
+                          "y_label": "activation at the map's centre", "series": series,
+                          "note": "each value the best over small shifts of the stimulus; on a blank image the "
+                                  f"channel reads {_fmt(float(edge.baseline[0]))}"})
+    g = grat.curve(c)  # (angles, frequencies)
+    pieces.panels.append({"type": "curves", "title": "Tuning: gratings", "x_label": "angle (degrees)",
+                          "y_label": "activation (best phase)",
+                          "series": [{"name": f"{float(f):g} cycles/pixel", "x": grat.values["angle"], "y": g[:, j]}
+                                     for j, f in enumerate(grat.values["frequency"])]})
+    r = curv.curve(c)  # (angles, radii)
+    pieces.panels.append({"type": "curves", "title": "Tuning: curves by radius (inf: a straight line)",
+                          "x_label": "bulge direction (degrees)", "y_label": "activation",
+                          "series": [{"name": f"radius {float(v):g}", "x": curv.values["angle"], "y": r[:, j]}
+                                     for j, v in enumerate(curv.values["radius"])]})
+    pieces.panels.append({"type": "figures", "title": "Orientation", "values": {
+        "preferred edge direction (degrees)": float(summary.preferred[0]), "peak above baseline": float(summary.peak[0]),
+        "orientation selectivity index": float(summary.osi[0]),
+        "circular variance": float(summary.circular_variance[0])}})
+
+
+def _layer_pieces(net: Any, layer: Any, pieces: _Pieces, *, steps: int, channels: int, seed: int) -> None:
+    from .core.progress import note
+    from .vision import equivariance as eqv
+    from .vision import modularity as mod
+    from .vision import tuning
+    from .vision.featvis import visualize
+    from .vision.layers import VisionInputError
+
+    module, spec, L = net.module, net.spec, layer.path
+    n = min(channels, layer.channels)
+    imgs, caps = [], []
+    for c in range(n):
+        note(f"feature visualisation of {L}:{c} ({c + 1}/{n}, {steps} steps)")
+        fv = visualize(module, f"{L}:{c}", spec, steps=steps, seed=seed)
+        imgs.append(fv.images)
+        caps.append(f"{L}:{c} mean {_fmt(float(fv.activation[0]))}")
+    import torch
+
+    pieces.grid(f"Feature visualisation of channels 0 to {n - 1}", "featvis", torch.cat(imgs), caps,
+                note=f"one image per channel maximising its mean activation; {steps} steps, seed {seed}")
+    note(f"orientation tuning of every channel of {L}")
+    edge = tuning.edge_tuning(module, spec, L)
+    s = tuning.orientation_summary(edge)
+    pieces.save("tuning-edges", edge)
+    order = torch.argsort(s.osi, descending=True, stable=True)[:16]
+    pieces.panels.append({"type": "table", "title": "Most orientation-selective channels (edges)",
+                          "columns": ["channel", "preferred direction (degrees)", "OSI", "peak above baseline"],
+                          "rows": [[int(s.channels[i]), float(s.preferred[i]), float(s.osi[i]), float(s.peak[i])]
+                                   for i in order]})
+    pieces.panels.append({"type": "curves", "title": f"Tuning to oriented edges: the {min(4, len(order))} most selective",
+                          "x_label": "angle (degrees)", "y_label": "activation at the map's centre",
+                          "series": [{"name": f"channel {int(s.channels[i])}", "x": edge.values["angle"],
+                                      "y": edge.responses[i]} for i in order[:4]]})
+    data = net.dataset().images[:200] if net.has_dataset else None
+    try:
+        note(f"equivariance families of {L}")
+        eq = eqv.equivariance(module, L, spec, data, seed=seed)
+        pieces.save("equivariance", eq)
+        rows = []
+        for kind, sym in (("weights", eq.weights), ("responses", eq.responses)):
+            for fam in (sym.families if sym is not None else ()):
+                rows.append([kind, ", ".join(map(str, fam.members)), ", ".join(fam.transforms),
+                             min(fam.strengths) if fam.strengths else None])
+        pieces.panels.append({"type": "table", "title": "Equivariance families", "columns":
+                              ["evidence", "channels", "transformations (from the first)", "weakest link"],
+                              "rows": rows, "note": f"threshold {eq.threshold}, margin {eq.margin}; "
+                                                    f"{len(rows)} families"})
+        pieces.panels.append({"type": "figures", "title": "Equivariance: parameters the symmetry accounts for", "values": {
+            "weights determined by a family": eq.params_determined, "of the convolution's weights": eq.params_total,
+            "fraction": eq.params_fraction, "families on shuffled weights (null)": eq.null_families}})
+    except VisionInputError as e:
+        pieces.skipped["equivariance"] = str(e)
+        note(f"equivariance skipped: {e}")
+    try:
+        chain = conv_chain(module, L)
+        note(f"modularity of {', '.join(chain)}")
+        res = mod.modularity(module, chain, data, k=4, n_shuffles=20, seed=seed)
+        pieces.save("modularity", res)
+        vals = {"layers": ", ".join(chain), "weight graph n-cut": res.weights.ncut,
+                "shuffled n-cut (mean)": float(res.weights.shuffled.mean()), "p-value": res.weights.p_value,
+                "z-score": res.weights.z_score}
+        if res.coactivation is not None:
+            vals.update({"co-activation n-cut": res.coactivation.ncut, "co-activation p-value": res.coactivation.p_value})
+        pieces.panels.append({"type": "figures", "title": "Modularity (spectral clustering into 4, 20 shuffled networks)",
+                              "values": vals, "note": "the weight graph of the convolutions up to this layer "
+                                                      "(shortcut connections are not edges)"})
+    except VisionInputError as e:
+        pieces.skipped["modularity"] = str(e)
+        note(f"modularity skipped: {e}")
+
+
+def conv_chain(module: Any, layer: str) -> list[str]:
+    """The Conv2d layers of `module` in module order up to `layer`, each kept when it reads as many channels as
+    the last one kept gives (a ResNet's main path: its 1x1 shortcut convolutions are left out)."""
+    from torch import nn
+
+    out: list[Any] = []
+    for path, m in module.named_modules():
+        if path and isinstance(m, nn.Conv2d) and m.groups == 1 and (not out or m.in_channels == out[-1][1].out_channels):
+            out.append((path, m))
+        if path == layer:
+            break
+    return [p for p, _ in out]
+
+
 def run_vis(net: Any, name: str, layer: Any, channel: int | None, out: Path, *, steps: int = 256, channels: int = 8,
-            examples: int = 9, seed: int = 0, all_layers: list[str] | None = None) -> dict[str, Any]:
+            examples: int = 9, seed: int = 0) -> dict[str, Any]:
     """Run the pieces for `layer` (and `channel`) of the VisionNetwork `net` and write them as the vision
-    artifact of model `name` into the artifact directory `out`; returns what was written."""
+    artifact of model `name` into the artifact directory `out`; returns what was written.
+
+    Example::
+
+        net = load_network("fmnist-cnn")
+        run_vis(net, net.name, feature_layer(net.module, "conv2", net.spec), 3, Path("out/vis"), steps=64)
+    """
     from .artifacts import ArtifactWriter
+    from .vision.networks import describe
 
     writer = ArtifactWriter(out).model(name)
     target = _target_name(layer.path, channel)
-    raise NotImplementedError(f"{writer} {target}")
+    pieces = _Pieces(writer.vision_dir(target), net.spec)
+    settings = {"steps": steps, "seed": seed, "examples": examples}
+    if channel is None:
+        settings["channels"] = channels
+        _layer_pieces(net, layer, pieces, steps=steps, channels=channels, seed=seed)
+    else:
+        _channel_pieces(net, layer, channel, pieces, steps=steps, examples=examples, seed=seed)
+    if pieces.skipped:
+        pieces.panels.append({"type": "table", "title": "Skipped", "columns": ["piece", "why"],
+                              "rows": [[k, v] for k, v in pieces.skipped.items()]})
+    path = writer.vision(target, pieces.panels, layer=layer.path, channel=channel, network=describe(net),
+                         settings=settings)
+    return {"artifact": str(path), "images": pieces.images, "panels": len(pieces.panels),
+            "skipped": sorted(pieces.skipped)}
