@@ -48,6 +48,8 @@ def vis(model: Annotated[str, typer.Argument(help="a zoo image network (fmnist-c
         steps: Annotated[int, typer.Option(help="optimisation steps of each feature visualisation")] = 256,
         channels: Annotated[int, typer.Option(help="for a whole layer: visualise its first N channels")] = 8,
         examples: Annotated[int, typer.Option(help="dataset examples shown at each end")] = 9,
+        dataset: Annotated[Optional[int], typer.Option(help="search the first N dataset images for examples "
+                                                            "(default: all of them)")] = None,
         seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
         threads: Annotated[int, typer.Option(help="torch threads")] = 1,
         report: Annotated[bool, typer.Option(help="also write DIR/report.html")] = True,
@@ -62,8 +64,8 @@ def vis(model: Annotated[str, typer.Argument(help="a zoo image network (fmnist-c
     from .vision.layers import VisionInputError, check_channel, feature_layer, parse_target
     from .vision.networks import load_network
 
-    if steps < 1 or channels < 1 or examples < 1 or threads < 1:
-        raise VisionInputError("--steps, --channels, --examples and --threads must be whole numbers >= 1")
+    if min(steps, channels, examples, threads, 1 if dataset is None else dataset) < 1:
+        raise VisionInputError("--steps, --channels, --examples, --dataset and --threads must be whole numbers >= 1")
     torch.set_num_threads(threads)
     t0 = time.monotonic()
     path, channel = parse_target(target)
@@ -75,7 +77,8 @@ def vis(model: Annotated[str, typer.Argument(help="a zoo image network (fmnist-c
     name = model if module else net.name
     note(f"{name}: {'channel %d of ' % channel if channel is not None else ''}{layer.path} "
          f"({layer.channels} channels, {layer.height}x{layer.width}); writing into {out}")
-    written = run_vis(net, name, layer, channel, out, steps=steps, channels=channels, examples=examples, seed=seed)
+    written = run_vis(net, name, layer, channel, out, steps=steps, channels=channels, examples=examples, seed=seed,
+                      dataset=dataset)
     if report:
         from .report import write_report
 
@@ -139,7 +142,8 @@ def _source_layer(module: Any, spec: Any, layer: str) -> str:
     return source
 
 
-def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int, examples: int, seed: int) -> None:
+def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int, examples: int, seed: int,
+                    dataset: int | None) -> None:
     from .core.progress import note
     from .vision import expanded, tuning
     from .vision.examples import dataset_examples
@@ -161,6 +165,9 @@ def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int
                      f"gradient ascent in a Fourier parameterisation with Lucid's transforms; {steps} steps, seed {seed}")
     if net.has_dataset:
         data = net.dataset()
+        if dataset is not None:
+            data = type(data)(data.name, data.images[:dataset], None if data.labels is None else data.labels[:dataset],
+                              data.classes)
         for which in ("top", "bottom"):
             note(f"dataset examples ({which}) of {L}:{c} over {len(data.images)} images of {data.name}")
             ex = dataset_examples(module, spec, L, c, data.images, k=examples, which=which)
@@ -184,7 +191,7 @@ def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int
     source = _source_layer(module, spec, L)
     circ = expanded.channel_circuit(module, spec, source, L, c, k=8)
     pieces.save("circuit", circ)
-    maps = expanded.display(circ.maps).unsqueeze(1)  # (k, 1, kh, kw) in [0, 1]
+    maps = expanded.weights_as_images(circ.maps).unsqueeze(1)  # (k, 1, kh, kw) in [0, 1]
     pieces.grid(f"Circuit: the strongest inputs from {source or 'the image'}", "circuit", maps,
                 [f"{source or 'image'}:{int(i)} (norm {_fmt(float(n))})" for i, n in zip(circ.inputs, circ.norms)],
                 spec=type(spec)(1, maps.shape[2], maps.shape[3]),
@@ -244,7 +251,7 @@ def _layer_pieces(net: Any, layer: Any, pieces: _Pieces, *, steps: int, channels
     edge = tuning.edge_tuning(module, spec, L)
     s = tuning.orientation_summary(edge)
     pieces.save("tuning-edges", edge)
-    order = torch.argsort(s.osi, descending=True, stable=True)[:16]
+    order = sorted(range(len(s.channels)), key=lambda i: (-float(s.osi[i]), -float(s.peak[i])))[:16]
     pieces.panels.append({"type": "table", "title": "Most orientation-selective channels (edges)",
                           "columns": ["channel", "preferred direction (degrees)", "OSI", "peak above baseline"],
                           "rows": [[int(s.channels[i]), float(s.preferred[i]), float(s.osi[i]), float(s.peak[i])]
@@ -253,7 +260,7 @@ def _layer_pieces(net: Any, layer: Any, pieces: _Pieces, *, steps: int, channels
                           "x_label": "angle (degrees)", "y_label": "activation at the map's centre",
                           "series": [{"name": f"channel {int(s.channels[i])}", "x": edge.values["angle"],
                                       "y": edge.responses[i]} for i in order[:4]]})
-    data = net.dataset().images[:200] if net.has_dataset else None
+    data = net.dataset().images[:200] if net.has_dataset else None  # equivariance's responses, co-activations
     try:
         note(f"equivariance families of {L}")
         eq = eqv.equivariance(module, L, spec, data, seed=seed)
@@ -306,7 +313,7 @@ def conv_chain(module: Any, layer: str) -> list[str]:
 
 
 def run_vis(net: Any, name: str, layer: Any, channel: int | None, out: Path, *, steps: int = 256, channels: int = 8,
-            examples: int = 9, seed: int = 0) -> dict[str, Any]:
+            examples: int = 9, seed: int = 0, dataset: int | None = None) -> dict[str, Any]:
     """Run the pieces for `layer` (and `channel`) of the VisionNetwork `net` and write them as the vision
     artifact of model `name` into the artifact directory `out`; returns what was written.
 
@@ -321,12 +328,12 @@ def run_vis(net: Any, name: str, layer: Any, channel: int | None, out: Path, *, 
     writer = ArtifactWriter(out).model(name)
     target = _target_name(layer.path, channel)
     pieces = _Pieces(writer.vision_dir(target), net.spec)
-    settings = {"steps": steps, "seed": seed, "examples": examples}
+    settings = {"steps": steps, "seed": seed, "examples": examples, "dataset": dataset}
     if channel is None:
         settings["channels"] = channels
         _layer_pieces(net, layer, pieces, steps=steps, channels=channels, seed=seed)
     else:
-        _channel_pieces(net, layer, channel, pieces, steps=steps, examples=examples, seed=seed)
+        _channel_pieces(net, layer, channel, pieces, steps=steps, examples=examples, seed=seed, dataset=dataset)
     if pieces.skipped:
         pieces.panels.append({"type": "table", "title": "Skipped", "columns": ["piece", "why"],
                               "rows": [[k, v] for k, v in pieces.skipped.items()]})

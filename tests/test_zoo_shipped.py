@@ -35,7 +35,7 @@ def test_the_demos_networks_are_shipped_small_and_match_their_recipes():
         module = zoo.spec(name).recipe.build(record["config"]["hparams"])
         module.load_state_dict(tensors)  # strict: raises unless every weight fits
         assert record["metrics"][-1]["step"] == record["config"]["hparams"]["steps"]
-    assert total < 4_000_000
+    assert total < 5_000_000
 
 
 def test_load_uses_the_shipped_copy_when_the_cache_has_no_run():
