@@ -75,6 +75,7 @@ def test_bad_input_exits_with_status_2_naming_the_choices(monkeypatch, capsys, o
         (["mine", "conv1", *mine], ["needs --module FILE.py:ClassName, --weights", "--image CxHxW"]),
         (["mine", "conv1", *mine, "--image", "3x16"], ["CHANNELSxHEIGHTxWIDTH"]),
         (["fmnist-cnn-quick", "conv2", "--steps", "0"], ["must be whole numbers >= 1"]),
+        (["fmnist-cnn-quick", "conv2", "--device", "cuda:7"], ["device 'cuda:7' is not available"]),
     ]
     for args, words in cases:
         code, text = _main(monkeypatch, capsys, "vis", *args, "--out", str(tmp_path / "out"))

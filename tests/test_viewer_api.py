@@ -247,6 +247,13 @@ def test_no_answer_holds_an_absolute_path(demo_dir, tmp_path):
     (broken.path / "attention.json").write_text(json.dumps({"kind": "attention", "schema_version": 9}))
     (broken.path / "features.json").write_text(json.dumps({"kind": "features", "schema_version": 1,
                                                            "store": "gone.duckdb"}))
+    from test_vision_artifacts import write_example
+
+    write_example(root)  # a vision artifact with images
+    (broken.path / "vision").mkdir()
+    (broken.path / "vision" / "bad.json").write_text(json.dumps({"kind": "vision", "schema_version": 1, "name": "bad",
+                                                                 "layer": "x", "panels": [{"type": "images", "images": [
+                                                                     {"file": "vision/bad/gone.png"}]}]}))
     app = create_app(root)
     api = {r.path for r in app.routes if getattr(r, "path", "").startswith("/api/")}
     seen, answers = set(), []
@@ -270,6 +277,14 @@ def test_no_answer_holds_an_absolute_path(demo_dir, tmp_path):
                     get("/api/models/{name}/features", f"{base}/features", set=sid, limit=3)
                     for f in s["features"][:5]:
                         get("/api/models/{name}/features/{set_id}/{feature}", f"{base}/features/{sid}/{f['feature']}")
+            for item in get("/api/models/{name}/vision", f"{base}/vision")["names"]:
+                v = get("/api/models/{name}/vision/{item}", f"{base}/vision/{item}")
+                for pi, panel in enumerate(v.get("panels", [])):
+                    for ii, _ in enumerate(panel.get("images", [])):
+                        r = c.get(f"{base}/vision/{item}/image/{pi}/{ii}")
+                        assert r.status_code in (200, 404), r.text
+                        seen.add("/api/models/{name}/vision/{item}/image/{panel}/{index}")
+                        answers.append((item, r.status_code, r.text if r.status_code != 200 else ""))
         for p in sorted(root.rglob("*.json")):
             r = c.get(f"/artifacts/{p.relative_to(root).as_posix()}")
             answers.append((p.name, r.status_code, r.text))

@@ -15,6 +15,7 @@ from mechscope.zoo import shipped
 from mechscope.zoo.files import CheckpointError
 
 DEMO_NETWORKS = ("induction", "modadd-frac05", "induction-quick", "modadd-quick")
+VISION_NETWORKS = {"fmnist-cnn": 0.88, "fmnist-resnet": 0.90, "fmnist-cnn-quick": 0.6, "fmnist-resnet-quick": 0.5}
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +37,29 @@ def test_the_demos_networks_are_shipped_small_and_match_their_recipes():
         module.load_state_dict(tensors)  # strict: raises unless every weight fits
         assert record["metrics"][-1]["step"] == record["config"]["hparams"]["steps"]
     assert total < 5_000_000
+
+
+@pytest.mark.slow
+def test_the_vision_networks_are_shipped_and_reach_their_targets():
+    """`mechscope vis` works on a fresh clone: the image networks are shipped, and their weights give the
+    test accuracy their run logged (recomputed here on all 10 000 test images), at least each target."""
+    from mechscope.zoo.recipes.fmnist_cnn import as_input, fashion_mnist
+
+    x, y = fashion_mnist("test")
+    images = as_input(x)
+    for name, target in VISION_NETWORKS.items():
+        tensors, record = shipped.read(name, expected_config=zoo.spec(name).config())
+        module = zoo.spec(name).recipe.build(record["config"]["hparams"])
+        module.load_state_dict(tensors)
+        module.eval()
+        with torch.no_grad():
+            acc = float(torch.cat([module(images[s:s + 2000]).argmax(-1) for s in range(0, 10000, 2000)]).eq(y)
+                        .float().mean())
+        logged = record["metrics"][-1]["test_acc"]
+        n = record["config"]["hparams"].get("eval_n", 10000)
+        if n == 10000:
+            assert acc == pytest.approx(logged, abs=2e-4), name
+        assert acc >= target, (name, acc)
 
 
 def test_load_uses_the_shipped_copy_when_the_cache_has_no_run():

@@ -303,6 +303,9 @@ def load_network(model: str | None = None, *, module: str | None = None, weights
         load_network("fmnist-resnet-quick")
         load_network(module="net.py:Net", weights=Path("net.safetensors"), image="3x32x32", pixel_range="-1,1")
     """
+    from ..models.load import check_device
+
+    device = check_device(device)  # an unknown or absent device stops here, before anything is read
     if module is None:
         if weights is not None or image is not None or images is not None:
             raise VisionInputError("--weights, --image and --images describe a network of your own: give "

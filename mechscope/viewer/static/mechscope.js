@@ -621,14 +621,14 @@
     return wrap;
   };
 
-  // an image grid: each PNG shown enlarged (pixelated) with its caption; `src(i, image)` gives its URL
-  MS.imageGrid = function (root, panel, src) {
+  // an image grid: each PNG shown enlarged (pixelated) with its caption; `urlOf(i, image)` gives its URL
+  MS.imageGrid = function (root, panel, urlOf) {
     const images = panel.images || [];
     const grid = el('div', { class: 'image-grid', 'data-images': String(images.length) });
     images.forEach((im, i) => {
       const w = count(im.width) || 28, h = count(im.height) || 28;
       const scale = Math.max(1, Math.floor(112 / Math.max(w, h)));
-      const url = src(i, im);
+      const url = urlOf(i, im);
       const fig = el('figure', { class: 'vis-image' });
       if (url) fig.appendChild(el('img', { src: url, width: w * scale, height: h * scale, alt: str(im.caption), title: str(im.caption) }));
       else fig.appendChild(el('p', { class: 'muted small', text: 'image not included' }));
@@ -643,15 +643,15 @@
   // image's URL (the viewer's API); by default an inline PNG data URI (the report), nothing else
   MS.vision = function (root, v, opts) {
     root.replaceChildren();
-    const inline = (pi, ii, im) => (typeof im.src === 'string' && im.src.startsWith('data:image/png;base64,') ? im.src : null);
-    const src = (opts && opts.src) || inline;
+    const inline = (pi, ii, im) => { const d = im.src; return typeof d === 'string' && d.startsWith('data:image/png;base64,') ? d : null; };
+    const urlOf = (opts && opts.src) || inline;
     const net = v.network || {};
     const what = v.channel === null || v.channel === undefined ? `layer ${str(v.layer)}` : `channel ${str(v.channel)} of ${str(v.layer)}`;
     root.appendChild(el('p', { class: 'small muted', text: `${what}${net.name ? ` in ${str(net.name)}` : ''}${net.image ? `, images ${[].concat(net.image).map(str).join('×')}` : ''}` }));
     (v.panels || []).forEach((p, pi) => {
       const sec = el('div', { class: 'vision-panel', 'data-type': str(p.type), 'data-panel': String(pi) }, [el('h4', { text: str(p.title) })]);
       if (p.note) sec.appendChild(el('p', { class: 'small muted', text: str(p.note) }));
-      if (p.type === 'images') MS.imageGrid(sec, p, (ii, im) => src(pi, ii, im));
+      if (p.type === 'images') MS.imageGrid(sec, p, (ii, im) => urlOf(pi, ii, im));
       else if (p.type === 'curves') MS.curves(sec, p);
       else if (p.type === 'table') {
         const t = el('table', { class: 'data vision-table' });
