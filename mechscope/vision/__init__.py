@@ -16,3 +16,9 @@ from .layers import (FeatureLayer, ImageSpec, VisionInputError, channel_activati
 
 __all__ = ["FeatureLayer", "ImageSpec", "VisionInputError", "channel_activations", "check_channel",
            "feature_layer", "feature_layers", "parse_target"]
+
+# feature visualisation by optimisation
+from . import objectives, param, transforms  # noqa: E402
+from .featvis import FeatureReader, FeatureVis, visualize, write_png  # noqa: E402
+
+__all__ += ["FeatureReader", "FeatureVis", "objectives", "param", "transforms", "visualize", "write_png"]
