@@ -66,14 +66,16 @@ def linearised(model: Any, ones: bool = False) -> nn.Module:
     """An eval-mode copy of the network with its nonlinear submodules replaced by linear ones (and, with
     `ones`, every parameter set positive); the original is untouched."""
     net = copy.deepcopy(network(model)).eval()
+    done: dict[int, nn.Module | None] = {}  # a module used in several places gets one counterpart
 
     def swap(parent: nn.Module) -> None:
         for name, child in list(parent.named_children()):
-            new = _linear_counterpart(child)
-            if new is not None:
-                setattr(parent, name, new)
-            else:
-                swap(child)
+            if id(child) not in done:
+                done[id(child)] = _linear_counterpart(child)
+                if done[id(child)] is None:
+                    swap(child)
+            if done[id(child)] is not None:
+                setattr(parent, name, done[id(child)])
     swap(net)
     with torch.no_grad():
         for p in net.parameters():

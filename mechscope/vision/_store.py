@@ -2,7 +2,8 @@
 
 `result.save(directory)` writes `tensors.safetensors` (every tensor field, and every tensor of a
 field that is a dict of tensors, named "field" or "field/key") and `result.json` (the type's name and
-every other field: numbers, strings, tuples, an `ImageSpec`). `Type.load(directory)` reads them back
+every other field: numbers, strings, tuples, an `ImageSpec`); a field that is itself a saved result goes
+into a subdirectory of its name. `Type.load(directory)` reads them back
 into an equal object: tensors bit for bit, numbers exactly (JSON keeps a float's shortest exact form).
 Nothing is unpickled.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,6 +61,9 @@ class Saved:
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
                 tensors[f.name] = value
+            elif isinstance(value, Saved):
+                value.save(directory / f.name)
+                settings[f.name] = {"__saved__": type(value).__name__}
             elif isinstance(value, dict) and value and all(isinstance(v, Tensor) for v in value.values()):
                 tensors.update({f"{f.name}/{k}": v for k, v in value.items()})
                 settings[f.name] = {"__tensors__": list(value)}
@@ -84,11 +89,15 @@ class Saved:
             raise LoadError(f"{directory} holds a {meta.get('type')}, not a {cls.__name__}; load it with "
                             f"{meta.get('type')}.load")
         values: dict[str, Any] = {}
+        kinds = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            saved = meta["fields"].get(f.name)
             if f.name in tensors:
                 values[f.name] = tensors[f.name]
-            elif isinstance(meta["fields"].get(f.name), dict) and "__tensors__" in meta["fields"][f.name]:
-                values[f.name] = {k: tensors[f"{f.name}/{k}"] for k in meta["fields"][f.name]["__tensors__"]}
+            elif isinstance(saved, dict) and "__saved__" in saved:
+                values[f.name] = kinds[f.name].load(directory / f.name)
+            elif isinstance(saved, dict) and "__tensors__" in saved:
+                values[f.name] = {k: tensors[f"{f.name}/{k}"] for k in saved["__tensors__"]}
             elif f.name in meta["fields"]:
                 values[f.name] = _from_json(meta["fields"][f.name])
         return cls(**values)
