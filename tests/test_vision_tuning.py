@@ -111,9 +111,21 @@ def test_curve_search_finds_the_curve_channel_and_not_the_edge_or_line():
     assert float(d.ratio[0]) >= 1.25 and float(d.selectivity[0]) > 0.9
     assert float(d.ratio[1]) < 1.1 and float(d.selectivity[1]) < 0.2  # the edge answers both bulges alike
     assert float(d.selectivity[2]) < 0.2
+    assert d.field == (13, 13) and bool(d.resolvable[0])
+    assert d.largest_gap == 360.0 - (float(d.preferred[3]) - 60.0)  # the two found angles split the circle
     # the criteria are thresholds on the reported figures
     strict = find_curve_detectors(net, SPEC, "relu", length=12.0, margin=float(d.ratio[0]), progress=False)
     assert 0 not in strict.found.tolist()
+
+
+def test_a_three_by_three_channel_cannot_see_curvature():
+    # an off-centre kernel (like some of fmnist-cnn's conv1): a small arc shifted by a pixel puts more ink
+    # on its positive corner than a line does, so it passes the first three criteria
+    k = torch.tensor([[-0.25, -0.03, 0.48], [-0.62, -1.06, -0.35], [-0.73, -1.11, -0.03]])
+    d = find_curve_detectors(OneConv([k]), SPEC, "relu", progress=False)
+    assert d.field == (3, 3)
+    assert float(d.selectivity[0]) >= 0.5 and float(d.ratio[0]) >= 1.25 and bool(d.smooth[0])
+    assert not bool(d.resolvable[0]) and d.found.tolist() == [] and d.largest_gap == 360.0
 
 
 def test_curve_tuning_has_the_line_as_infinite_radius():

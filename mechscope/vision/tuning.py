@@ -21,9 +21,13 @@ positive peak: the response to curves must (1) be tuned to the side the curve bu
 best radius, the direction selectivity DSI = (R_pref - R_opposite) / (R_pref + R_opposite) >=
 `min_selectivity`, R_opposite the curve bulging the other way with the same tangent at the centre (a
 line or edge detector answers both alike), (2) exceed the response to the
-straight line of the same orientation and length by `margin` (curve peak >= (1 + margin) x line), and
+straight line of the same orientation and length by `margin` (curve peak >= (1 + margin) x line),
 (3) rotate smoothly: over angle, the responses at the best radius stay above half their peak on one
-contiguous arc only.
+contiguous arc only, and (4) be a curvature the channel can see: within its receptive field (half-width
+h, the smaller side of the structural field of `_linear`) the preferred arc leaves its tangent by at
+least one pixel (r - sqrt(r^2 - h^2) >= 1, or r <= h). Without (4) a 3 x 3 channel "prefers" a tiny
+arc, shifted by a pixel, for the extra ink it puts in its field, not for its shape.
+The search also reports how the found channels' preferred angles cover the circle (`largest_gap`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 from torch import Tensor
 
 from ..core.progress import progress_bar
-from ._linear import model_device
+from ._linear import model_device, receptive_boxes
 from ._store import Saved
 from .layers import ImageSpec, VisionInputError, channel_activations, check_channel, feature_layer
 from .stimuli import Stimuli, curves, edges, gratings
@@ -257,7 +261,7 @@ class CurveDetectors(Saved):
     Per channel: `preferred` bulge angle and `best_radius` of the strongest curve, `curve_peak` its response,
     `line_response` the straight line of the same orientation (maxed over both bulge sides, which draw the
     same line), `ratio` = curve_peak / line_response, `selectivity` (DSI) and `direction_variance` over angle
-    at the best radius,
+    at the best radius, `resolvable` (the best radius bends by a pixel within `field` (rows, columns) pixels),
     `smooth` (one bump over angle), `qualifies`; `tuning` the curve tuning curves they came from.
 
     Example::
@@ -278,8 +282,11 @@ class CurveDetectors(Saved):
     selectivity: Tensor
     direction_variance: Tensor
     smooth: Tensor
+    resolvable: Tensor
+    field: tuple[int, int]
     qualifies: Tensor
     found: Tensor
+    largest_gap: float
     tuning: TuningCurves
 
 
@@ -318,8 +325,16 @@ def find_curve_detectors(model: Any, spec: ImageSpec, layer: str, *, channels: S
     smooth = torch.tensor([_one_bump(at_r[c]) for c in range(k)])
     opposite = at_r[torch.arange(k), (best_angle + half) % n_angles]
     dsi = (peak - opposite) / (peak + opposite).clamp_min(1e-30)
-    ok = (peak > 0) & (dsi >= min_selectivity) & (ratio >= 1 + margin) & smooth
+    box = receptive_boxes(model, spec, layer, torch.tensor([t.position]))[0].tolist()
+    field = (box[2] - box[0], box[3] - box[1])
+    h = min(field) / 2
+    rad = t.values["radius"][best_r].double()
+    resolvable = (rad <= h) | (rad - torch.sqrt((rad ** 2 - h ** 2).clamp_min(0)) >= 1)
+    ok = (peak > 0) & (dsi >= min_selectivity) & (ratio >= 1 + margin) & smooth & resolvable
+    prefs = sorted(float(a) for a in t.values["angle"][best_angle][ok])
+    gaps = [(prefs[(i + 1) % len(prefs)] - prefs[i]) % 360.0 or 360.0 for i in range(len(prefs))]
     return CurveDetectors(layer=layer, margin=float(margin), min_selectivity=float(min_selectivity), channels=t.channels,
                           preferred=t.values["angle"][best_angle], best_radius=t.values["radius"][best_r],
                           curve_peak=peak, line_response=same_line, ratio=ratio, selectivity=dsi, direction_variance=dvar,
-                          smooth=smooth, qualifies=ok, found=t.channels[ok], tuning=t)
+                          smooth=smooth, resolvable=resolvable, field=(int(field[0]), int(field[1])), qualifies=ok,
+                          found=t.channels[ok], largest_gap=max(gaps) if gaps else 360.0, tuning=t)
