@@ -103,7 +103,8 @@ def test_round_trip_is_exact(tmp_path):
     back = DatasetExamples.load(ex.save(tmp_path / "ex"))
     assert back.layer == ex.layer and back.spec == ex.spec and back.position == (6, 7) and back.which == "top"
     for name in ("indices", "values", "positions", "images", "boxes", "crops", "quantiles"):
-        assert torch.equal(getattr(back, name), getattr(ex, name)) and getattr(back, name).dtype == getattr(ex, name).dtype
+        got, want = getattr(back, name), getattr(ex, name)
+        assert torch.equal(got, want) and got.dtype == want.dtype
 
 
 @pytest.mark.parametrize("kwargs, words", [

@@ -10,8 +10,9 @@ from torch import nn
 
 from mechscope.vision import ImageSpec, VisionInputError
 from mechscope.vision.stimuli import curves, edges, gratings, lines
-from mechscope.vision.tuning import (JITTER, CurveDetectors, OrientationSummary, TuningCurves, curve_tuning, edge_tuning,
-                                     find_curve_detectors, grating_tuning, orientation_summary, tuning_curves)
+from mechscope.vision.tuning import (JITTER, CurveDetectors, OrientationSummary, TuningCurves, curve_tuning,
+                                     edge_tuning, find_curve_detectors, grating_tuning, orientation_summary,
+                                     tuning_curves)
 
 SPEC = ImageSpec(1, 28, 28)
 

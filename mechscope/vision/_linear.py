@@ -8,8 +8,8 @@ scale and drops its shift; so does every bias). What it cannot replace (a `F.rel
 
 `ones=True` also sets every parameter positive (1, or 1 / fan-in for a weight tensor): the copy then
 has no cancellations, so an input pixel has a nonzero gradient exactly when some path of the network
-connects it to the output: this gives the *structural receptive field* of a position (a superset of the pixels with a nonzero gradient in
-the real network, whatever its weights and input).
+connects it to the output: this gives the *structural receptive field* of a position (a superset of
+the pixels with a nonzero gradient in the real network, whatever its weights and input).
 
 `position_gradients` is the one workhorse: d B[s, channel_s, y_s, x_s] / d A for a batch of
 (channel, position) targets, where A is a feature layer's output (replaced by a leaf tensor, so only

@@ -76,13 +76,19 @@ def _coords(spec: ImageSpec, p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
 def _paint(spec: ImageSpec, cover: Tensor, contrast: Tensor, colour: Sequence[float] | None, noise: float,
            seed: int) -> Tensor:
     """Images (n, C, H, W) from coverage (n, H, W) in [0, 1]: colour on black (inverted where contrast < 0)."""
-    col = torch.ones(spec.channels, dtype=torch.float64) if colour is None else torch.tensor(colour, dtype=torch.float64)
-    if col.shape != (spec.channels,) or bool(((col < 0) | (col > 1)).any()):
-        raise VisionInputError(f"colour must give {spec.channels} fractions in [0, 1] (one per channel), got "
-                               f"{colour!r}")
+    col = _colour(spec, colour)
     cover = torch.where(contrast.view(-1, 1, 1) < 0, 1 - cover, cover)
     frac = cover.unsqueeze(1) * col.view(1, -1, 1, 1)
     return _finish(spec, frac, noise, seed)
+
+
+def _colour(spec: ImageSpec, colour: Sequence[float] | None) -> Tensor:
+    """The colour (C,) as fractions of the pixel range, white by default."""
+    col = torch.tensor([1.0] * spec.channels if colour is None else list(colour), dtype=torch.float64)
+    if col.shape != (spec.channels,) or bool(((col < 0) | (col > 1)).any()):
+        raise VisionInputError(f"colour must give {spec.channels} fractions in [0, 1] (one per channel), got "
+                               f"{colour!r}")
+    return col
 
 
 def _finish(spec: ImageSpec, frac: Tensor, noise: float, seed: int) -> Tensor:
@@ -209,9 +215,7 @@ def gratings(spec: ImageSpec, angles: Sequence[float], frequencies: Sequence[flo
     a = torch.deg2rad(p["angle"]).view(-1, 1, 1)
     wave = torch.cos(2 * math.pi * p["frequency"].view(-1, 1, 1) * (x * torch.cos(a) + y * torch.sin(a))
                      + torch.deg2rad(p["phase"]).view(-1, 1, 1))
-    col = torch.ones(spec.channels, dtype=torch.float64) if colour is None else torch.tensor(colour, dtype=torch.float64)
-    if col.shape != (spec.channels,):
-        raise VisionInputError(f"colour must give {spec.channels} fractions (one per channel), got {colour!r}")
+    col = _colour(spec, colour)
     frac = 0.5 + 0.5 * contrast * wave.unsqueeze(1) * col.view(1, -1, 1, 1)
     n = len(p["angle"])
     return Stimuli("grating", spec, _finish(spec, frac, noise, seed),

@@ -16,18 +16,20 @@ reduced by their maximum):
   only, 1 = untuned), and direction variance with e^{i a} (a and a + 180 apart: edge polarity, the side
   a curve bulges to).
 
-Curve detectors (after Cammarata et al., "Curve Detectors", Distill 2020), among the channels with a
-positive peak: the response to curves must (1) be tuned to the side the curve bulges towards: at the
-best radius, the direction selectivity DSI = (R_pref - R_opposite) / (R_pref + R_opposite) >=
-`min_selectivity`, R_opposite the curve bulging the other way with the same tangent at the centre (a
-line or edge detector answers both alike), (2) exceed the response to the
-straight line of the same orientation and length by `margin` (curve peak >= (1 + margin) x line),
+Curve detectors (after Cammarata et al., "Curve Detectors", Distill 2020), among the channels whose
+curve peak is positive and at least `min_peak` times the largest among the channels searched: the
+response to curves must (1) be tuned to the side the curve bulges towards: at the best radius, the
+direction selectivity DSI = (R_pref - R_opposite) / (R_pref + R_opposite) >= `min_selectivity`,
+R_opposite the curve bulging the other way with the same tangent at the centre (a line or edge
+detector answers both alike), (2) exceed the response to the straight line of the same orientation
+and length by `margin` (curve peak >= (1 + margin) x line),
 (3) rotate smoothly: over angle, the responses at the best radius stay above half their peak on one
 contiguous arc only, and (4) be a curvature the channel can see: within its receptive field (half-width
 h, the smaller side of the structural field of `_linear`) the preferred arc leaves its tangent by at
 least one pixel (r - sqrt(r^2 - h^2) >= 1, or r <= h). Without (4) a 3 x 3 channel "prefers" a tiny
 arc, shifted by a pixel, for the extra ink it puts in its field, not for its shape.
-The search also reports how the found channels' preferred angles cover the circle (`largest_gap`).
+The search also reports how the found channels' preferred angles cover the circle (`largest_gap`, the
+widest empty arc between them in degrees; 360 with fewer than two).
 """
 
 from __future__ import annotations
@@ -273,6 +275,7 @@ class CurveDetectors(Saved):
     layer: str
     margin: float
     min_selectivity: float
+    min_peak: float
     channels: Tensor
     preferred: Tensor
     best_radius: Tensor
@@ -291,11 +294,12 @@ class CurveDetectors(Saved):
 
 
 def find_curve_detectors(model: Any, spec: ImageSpec, layer: str, *, channels: Sequence[int] | None = None,
-                         margin: float = 0.25, min_selectivity: float = 0.5, step: float = 15.0,
+                         margin: float = 0.25, min_selectivity: float = 0.5, min_peak: float = 0.1,
+                         step: float = 15.0,
                          radii: Sequence[float] = (2.0, 3.0, 4.0, 6.0, 9.0), width: float = 1.5,
                          length: float = 8.0, shifts: Sequence[tuple[float, float]] = JITTER,
                          position: tuple[int, int] | None = None, progress: bool = True) -> CurveDetectors:
-    """Which channels of `layer` behave like curve detectors (see the module docstring for the three
+    """Which channels of `layer` behave like curve detectors (see the module docstring for the
     criteria); every channel's figures are kept, so "none qualify" comes with the evidence.
 
     Example::
@@ -330,11 +334,14 @@ def find_curve_detectors(model: Any, spec: ImageSpec, layer: str, *, channels: S
     h = min(field) / 2
     rad = t.values["radius"][best_r].double()
     resolvable = (rad <= h) | (rad - torch.sqrt((rad ** 2 - h ** 2).clamp_min(0)) >= 1)
-    ok = (peak > 0) & (dsi >= min_selectivity) & (ratio >= 1 + margin) & smooth & resolvable
-    prefs = sorted(float(a) for a in t.values["angle"][best_angle][ok])
-    gaps = [(prefs[(i + 1) % len(prefs)] - prefs[i]) % 360.0 or 360.0 for i in range(len(prefs))]
-    return CurveDetectors(layer=layer, margin=float(margin), min_selectivity=float(min_selectivity), channels=t.channels,
+    strong = peak >= min_peak * peak.max() if len(peak) else peak > 0
+    ok = (peak > 0) & strong & (dsi >= min_selectivity) & (ratio >= 1 + margin) & smooth & resolvable
+    prefs = sorted({float(a) for a in t.values["angle"][best_angle][ok]})
+    gaps = [(prefs[(i + 1) % len(prefs)] - prefs[i]) % 360.0 for i in range(len(prefs))] if len(prefs) > 1 else []
+    return CurveDetectors(layer=layer, margin=float(margin), min_selectivity=float(min_selectivity),
+                          min_peak=float(min_peak), channels=t.channels,
                           preferred=t.values["angle"][best_angle], best_radius=t.values["radius"][best_r],
-                          curve_peak=peak, line_response=same_line, ratio=ratio, selectivity=dsi, direction_variance=dvar,
+                          curve_peak=peak, line_response=same_line, ratio=ratio, selectivity=dsi,
+                          direction_variance=dvar,
                           smooth=smooth, resolvable=resolvable, field=(int(field[0]), int(field[1])), qualifies=ok,
                           found=t.channels[ok], largest_gap=max(gaps) if gaps else 360.0, tuning=t)
