@@ -105,9 +105,11 @@ def test_tuning_curves_equal_a_brute_force_maximum():
 def test_curve_search_finds_the_curve_channel_and_not_the_edge_or_line():
     line = curves(ImageSpec(1, 13, 13), [150.0], [math.inf], length=12.0).images[0, 0]
     net = OneConv([arc_kernel(60.0, 4.0, 12.0), pad(edge_kernel(60.0), 13), line - line.mean(),
-                   arc_kernel(200.0, 4.0, 12.0)])
+                   arc_kernel(200.0, 4.0, 12.0), arc_kernel(300.0, 4.0, 12.0) * 0.05])
     d = find_curve_detectors(net, SPEC, "relu", length=12.0, progress=False)
     assert d.found.tolist() == [0, 3]
+    assert bool(d.selectivity[4] > 0.9) and bool(d.ratio[4] > 1.25) and bool(d.smooth[4])  # a curve shape,
+    assert float(d.curve_peak[4]) < 0.1 * float(d.curve_peak.max())  # but too weak to count
     assert d.preferred[0] == 60.0 and _circular_gap(float(d.preferred[3]), 200.0) <= 15 / 2
     assert float(d.ratio[0]) >= 1.25 and float(d.selectivity[0]) > 0.9
     assert float(d.ratio[1]) < 1.1 and float(d.selectivity[1]) < 0.2  # the edge answers both bulges alike
