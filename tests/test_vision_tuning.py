@@ -170,3 +170,29 @@ def test_bad_input_is_named(call, words):
         call(OneConv([edge_kernel(0.0)]))
     for w in words:
         assert w in str(err.value)
+
+
+@pytest.mark.slow
+def test_on_the_trained_quick_zoo_network():
+    import mechscope as ms
+    from mechscope.vision.examples import dataset_examples
+    from mechscope.vision.expanded import first_layer_filters
+    from mechscope.zoo.recipes.fmnist_cnn import as_input, fashion_mnist
+
+    ms.zoo.train("fmnist-cnn", quick=True, progress=False)
+    model = ms.load("zoo:fmnist-cnn-quick")
+    net = ms.wrap(model).module
+    assert torch.equal(first_layer_filters(model, SPEC).weights, net.conv1.weight.detach())
+    x = as_input(fashion_mnist("test")[0][:1000])
+    ex = dataset_examples(model, SPEC, "relu2", 3, x, k=5, progress=False)
+    with torch.no_grad():
+        best = torch.relu(net.conv2(net.pool1(torch.relu(net.conv1(x)))))[:, 3].flatten(1).amax(dim=1)
+    assert torch.equal(ex.indices, torch.sort(best, descending=True, stable=True).indices[:5])
+    for layer in ("relu1", "relu2"):
+        d = find_curve_detectors(model, SPEC, layer, step=30, progress=False)
+        want = ((d.curve_peak > 0) & (d.curve_peak >= 0.1 * d.curve_peak.max()) & (d.selectivity >= 0.5)
+                & (d.ratio >= 1.25) & d.smooth & d.resolvable)
+        assert torch.equal(d.qualifies, want) and torch.equal(d.found, d.channels[want])
+        assert d.field == {"relu1": (3, 3), "relu2": (8, 8)}[layer]
+        if layer == "relu1":
+            assert not bool(d.resolvable.any())  # no arc bends by a pixel within 3 x 3
