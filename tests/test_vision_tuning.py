@@ -112,6 +112,9 @@ def test_curve_search_finds_the_curve_channel_and_not_the_edge_or_line():
     assert float(d.curve_peak[4]) < 0.1 * float(d.curve_peak.max())  # but too weak to count
     assert d.preferred[0] == 60.0 and _circular_gap(float(d.preferred[3]), 200.0) <= 15 / 2
     assert float(d.ratio[0]) >= 1.25 and float(d.selectivity[0]) > 0.9
+    r = (d.tuning.responses - d.tuning.baseline.view(-1, 1, 1)).clamp_min(0)[0, 4]  # channel 0 at 60 degrees
+    torch.testing.assert_close(d.radius_ratios[0], (r[:-1] / r[-1]).double())
+    assert float(d.radius_ratios[0].max()) == float(d.ratio[0])
     assert float(d.ratio[1]) < 1.1 and float(d.selectivity[1]) < 0.2  # the edge answers both bulges alike
     assert float(d.selectivity[2]) < 0.2
     assert d.field == (13, 13) and bool(d.resolvable[0])
@@ -146,7 +149,7 @@ def test_round_trips_are_exact(tmp_path):
     d = find_curve_detectors(net, SPEC, "relu", length=12.0, step=30, progress=False)
     back = CurveDetectors.load(d.save(tmp_path / "d"))
     assert back.layer == d.layer and back.margin == d.margin and back.min_selectivity == d.min_selectivity
-    for name in ("channels", "preferred", "ratio", "selectivity", "smooth", "qualifies", "found"):
+    for name in ("channels", "preferred", "ratio", "radius_ratios", "selectivity", "smooth", "qualifies", "found"):
         assert torch.equal(getattr(back, name), getattr(d, name))
     assert back.tuning.axes == d.tuning.axes and torch.equal(back.tuning.responses, d.tuning.responses)
     assert all(torch.equal(back.tuning.values[k], v) for k, v in d.tuning.values.items())

@@ -264,6 +264,8 @@ class CurveDetectors(Saved):
     `line_response` the straight line of the same orientation (maxed over both bulge sides, which draw the
     same line), `ratio` = curve_peak / line_response, `selectivity` (DSI) and `direction_variance` over angle
     at the best radius, `resolvable` (the best radius bends by a pixel within `field` (rows, columns) pixels),
+    `radius_ratios` (k, n_radii) the curve at the preferred angle over the line, radius by radius (a curve
+    detector in the strict sense prefers curves over a range of radii, not only the tightest),
     `smooth` (one bump over angle), `qualifies`; `tuning` the curve tuning curves they came from.
 
     Example::
@@ -282,6 +284,7 @@ class CurveDetectors(Saved):
     curve_peak: Tensor
     line_response: Tensor
     ratio: Tensor
+    radius_ratios: Tensor
     selectivity: Tensor
     direction_variance: Tensor
     smooth: Tensor
@@ -324,6 +327,9 @@ def find_curve_detectors(model: Any, spec: ImageSpec, layer: str, *, channels: S
     ratio = torch.where(same_line > 0, peak / same_line.clamp_min(1e-30),
                         torch.where(peak > 0, torch.full_like(peak, math.inf), torch.zeros_like(peak)))
     at_r = torch.stack([curve[c, :, best_r[c]] for c in range(k)])  # (k, angles)
+    at_a = curve[torch.arange(k), best_angle]  # (k, radii)
+    radius_ratios = torch.where(same_line.unsqueeze(1) > 0, at_a / same_line.clamp_min(1e-30).unsqueeze(1),
+                                torch.where(at_a > 0, math.inf, 0.0))
     angles = torch.deg2rad(t.values["angle"].double())
     dvar = _variance(angles, at_r, 1)
     smooth = torch.tensor([_one_bump(at_r[c]) for c in range(k)])
@@ -341,7 +347,8 @@ def find_curve_detectors(model: Any, spec: ImageSpec, layer: str, *, channels: S
     return CurveDetectors(layer=layer, margin=float(margin), min_selectivity=float(min_selectivity),
                           min_peak=float(min_peak), channels=t.channels,
                           preferred=t.values["angle"][best_angle], best_radius=t.values["radius"][best_r],
-                          curve_peak=peak, line_response=same_line, ratio=ratio, selectivity=dsi,
+                          curve_peak=peak, line_response=same_line, ratio=ratio,
+                          radius_ratios=radius_ratios, selectivity=dsi,
                           direction_variance=dvar,
                           smooth=smooth, resolvable=resolvable, field=(int(field[0]), int(field[1])), qualifies=ok,
                           found=t.channels[ok], largest_gap=max(gaps) if gaps else 360.0, tuning=t)
