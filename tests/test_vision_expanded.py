@@ -143,3 +143,48 @@ def test_bad_input_is_named(call, words):
         call()
     for w in words:
         assert w in str(err.value)
+
+
+class BasicBlock(nn.Module):
+    """A ResNet basic block: one in-place ReLU module used twice, batch-norm, an identity shortcut."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + x)
+
+
+def test_a_resnet_block_equals_its_linear_map_written_by_hand():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), BasicBlock(4)).eval()
+    block = net[3]
+    with torch.no_grad():
+        for bn in (block.bn1, block.bn2):
+            bn.weight.uniform_(0.5, 2), bn.bias.normal_(), bn.running_var.uniform_(0.5, 2), bn.running_mean.normal_()
+    spec = ImageSpec(3, 16, 16)
+    ew = expanded_weights(net, spec, "2", "3")
+
+    def scale(bn):
+        return (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(1, -1, 1, 1)
+
+    def linear(a):  # the block with ReLUs as identities, batch-norm as its scale, biases and shifts dropped
+        h = F.conv2d(a, block.conv1.weight, padding=1) * scale(block.bn1)
+        return F.conv2d(h, block.conv2.weight, padding=1) * scale(block.bn2) + a
+
+    jac = torch.autograd.functional.jacobian(lambda a: linear(a)[0, :, 4, 4], torch.zeros(1, 4, 8, 8))[:, 0]
+    t, left, b, r = ew.box
+    assert ew.position == (4, 4) and ew.box == (2, 2, 7, 7)  # two 3 x 3 convs: 5 x 5
+    torch.testing.assert_close(ew.weights, jac[:, :, t:b, left:r], rtol=1e-5, atol=1e-6)
+    assert float(jac.abs().sum()) == pytest.approx(float(ew.weights.abs().sum()), rel=1e-5)  # nothing outside
+
+
+def test_colour_first_layer_filters_keep_their_channels():
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv2d(3, 6, 5, padding=2), nn.ReLU())
+    f = first_layer_filters(net, ImageSpec(3, 12, 12, low=-1.0))
+    assert f.images.shape == (6, 3, 5, 5) and torch.equal(f.weights, net[0].weight.detach())
