@@ -64,7 +64,7 @@ def test_first_layer_filters_are_the_first_kernels_exactly():
 
 def test_adjacent_convolutions_with_a_relu_give_the_kernel_exactly():
     torch.manual_seed(1)
-    net = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 6, 3, padding=1))
+    net = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 70, 3, padding=1))  # 2 chunks
     for source in ("0", "1"):
         ew = expanded_weights(net, ImageSpec(1, 12, 12), source, "2")
         assert ew.position == (6, 6) and ew.box == (5, 5, 8, 8)

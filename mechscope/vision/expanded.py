@@ -27,6 +27,8 @@ from ._linear import check_linear, linearised, network, position_gradients, supp
 from ._store import Saved
 from .layers import ImageSpec, VisionInputError, check_channel, feature_layer, feature_layers
 
+CHUNK = 64  # target channels per backward pass (each is one image of the batch)
+
 
 @dataclass(frozen=True)
 class ExpandedWeights(Saved):
@@ -132,7 +134,8 @@ def expanded_weights(model: Any, spec: ImageSpec, source: str, target: str, chan
     check_linear(net, spec, target)
     ch = torch.tensor(chans, dtype=torch.long)
     where = torch.tensor([pos]).expand(len(chans), 2)
-    grads = position_gradients(net, spec, source or None, target, ch, where)
+    grads = torch.cat([position_gradients(net, spec, source or None, target, ch[s:s + CHUNK], where[s:s + CHUNK])
+                       for s in range(0, len(chans), CHUNK)])  # a batch of images per chunk of targets
     box = support_boxes(position_gradients(linearised(model, ones=True), spec, source or None, target, ch[:1],
                                            where[:1]))[0].tolist()
     if box[2] == box[0]:
