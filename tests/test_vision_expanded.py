@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mechscope.vision import ImageSpec, VisionInputError
-from mechscope.vision.expanded import (ChannelCircuit, ExpandedWeights, FirstLayerFilters, channel_circuit, display,
-                                       expanded_weights, first_layer_filters)
+from mechscope.vision.expanded import (ChannelCircuit, ExpandedWeights, FirstLayerFilters, channel_circuit,
+                                       expanded_weights, first_layer_filters, weights_as_images)
 from mechscope.zoo.recipes.fmnist_cnn import FashionCNN
 
 SPEC = ImageSpec(channels=1, height=28, width=28)
@@ -59,7 +59,7 @@ def test_first_layer_filters_are_the_first_kernels_exactly():
     assert float(f.images.min()) >= 0 and float(f.images.max()) <= 1
     assert torch.allclose(f.images - 0.5, net.conv1.weight.detach() / (2 * net.conv1.weight.detach().flatten(1)
                                                                          .abs().amax(1).view(-1, 1, 1, 1)))
-    assert display(torch.tensor([[[-2.0, 1.0]]])).tolist() == [[[0.0, 0.75]]]
+    assert weights_as_images(torch.tensor([[[-2.0, 1.0]]])).tolist() == [[[0.0, 0.75]]]
 
 
 def test_adjacent_convolutions_with_a_relu_give_the_kernel_exactly():

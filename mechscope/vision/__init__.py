@@ -20,12 +20,13 @@ __all__ = ["FeatureLayer", "ImageSpec", "VisionInputError", "channel_activations
 # dataset examples, weight visualisation, synthetic stimuli and tuning curves
 from .examples import DatasetExamples, channel_values, dataset_examples  # noqa: E402
 from .expanded import (ChannelCircuit, ExpandedWeights, FirstLayerFilters, channel_circuit,  # noqa: E402
-                       expanded_weights, first_layer_filters)
+                       expanded_weights, first_layer_filters, weights_as_images)
 from .stimuli import Stimuli, curves, edges, gratings, lines  # noqa: E402
 from .tuning import (CurveDetectors, OrientationSummary, TuningCurves, curve_tuning, edge_tuning,  # noqa: E402
                      find_curve_detectors, grating_tuning, orientation_summary, tuning_curves)
 
 __all__ += ["DatasetExamples", "channel_values", "dataset_examples", "ChannelCircuit", "ExpandedWeights",
-            "FirstLayerFilters", "channel_circuit", "expanded_weights", "first_layer_filters", "Stimuli", "curves",
-            "edges", "gratings", "lines", "CurveDetectors", "OrientationSummary", "TuningCurves", "curve_tuning",
-            "edge_tuning", "find_curve_detectors", "grating_tuning", "orientation_summary", "tuning_curves"]
+            "FirstLayerFilters", "channel_circuit", "expanded_weights", "first_layer_filters", "weights_as_images",
+            "Stimuli", "curves", "edges", "gratings", "lines", "CurveDetectors", "OrientationSummary",
+            "TuningCurves", "curve_tuning", "edge_tuning", "find_curve_detectors", "grating_tuning",
+            "orientation_summary", "tuning_curves"]

@@ -175,12 +175,12 @@ def first_feature_layer(model: Any, spec: ImageSpec) -> str:
                            "(a convolution); name the first layer explicitly")
 
 
-def display(weights: Tensor) -> Tensor:
+def weights_as_images(weights: Tensor) -> Tensor:
     """Weights (n, ..., kh, kw) rescaled per leading index to [0, 1] with zero at 0.5 (n, ..., kh, kw).
 
     Example::
 
-        display(torch.tensor([[[-2.0, 1.0]]]))   # [[[0.0, 0.75]]]
+        weights_as_images(torch.tensor([[[-2.0, 1.0]]]))   # [[[0.0, 0.75]]]
     """
     peak = weights.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (weights.dim() - 1)))
     return (0.5 + weights / (2 * peak)).clamp(0, 1)
@@ -196,4 +196,4 @@ def first_layer_filters(model: Any, spec: ImageSpec, layer: str | None = None) -
     """
     layer = layer or first_feature_layer(model, spec)
     w = expanded_weights(model, spec, "", layer).weights
-    return FirstLayerFilters(layer=layer, spec=spec, weights=w, images=display(w))
+    return FirstLayerFilters(layer=layer, spec=spec, weights=w, images=weights_as_images(w))
