@@ -22,3 +22,17 @@ from . import objectives, param, transforms  # noqa: E402
 from .featvis import FeatureReader, FeatureVis, visualize, write_png  # noqa: E402
 
 __all__ += ["FeatureReader", "FeatureVis", "objectives", "param", "transforms", "visualize", "write_png"]
+
+# dataset examples, weight visualisation, synthetic stimuli and tuning curves
+from .examples import DatasetExamples, channel_values, dataset_examples  # noqa: E402
+from .expanded import (ChannelCircuit, ExpandedWeights, FirstLayerFilters, channel_circuit,  # noqa: E402
+                       expanded_weights, first_layer_filters, weights_as_images)
+from .stimuli import Stimuli, curves, edges, gratings, lines  # noqa: E402
+from .tuning import (CurveDetectors, OrientationSummary, TuningCurves, curve_tuning, edge_tuning,  # noqa: E402
+                     find_curve_detectors, grating_tuning, orientation_summary, tuning_curves)
+
+__all__ += ["DatasetExamples", "channel_values", "dataset_examples", "ChannelCircuit", "ExpandedWeights",
+            "FirstLayerFilters", "channel_circuit", "expanded_weights", "first_layer_filters", "weights_as_images",
+            "Stimuli", "curves", "edges", "gratings", "lines", "CurveDetectors", "OrientationSummary",
+            "TuningCurves", "curve_tuning", "edge_tuning", "find_curve_detectors", "grating_tuning",
+            "orientation_summary", "tuning_curves"]
