@@ -16,3 +16,11 @@ from .layers import (FeatureLayer, ImageSpec, VisionInputError, channel_activati
 
 __all__ = ["FeatureLayer", "ImageSpec", "VisionInputError", "channel_activations", "check_channel",
            "feature_layer", "feature_layers", "parse_target"]
+
+# equivariance (channel families under rotations, reflections, colour changes) and modularity (n-cut of the
+# weight and co-activation graphs against shuffled networks)
+from .equivariance import EquivarianceResult, Family, Symmetry, Transform, equivariance  # noqa: E402
+from .modularity import GraphClustering, ModularityResult, modularity  # noqa: E402
+
+__all__ += ["EquivarianceResult", "Family", "Symmetry", "Transform", "equivariance", "GraphClustering",
+            "ModularityResult", "modularity"]

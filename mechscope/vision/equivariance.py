@@ -490,7 +490,8 @@ def equivariance(model: Any, layer: str, spec: ImageSpec, images: Tensor | None 
     non-square maps), left-right and up-down reflections, and for 3-channel images the colour permutations
     and inversion. `threshold`: the correlation / cosine a relation needs; `margin`: how far above the two
     channels' plain similarity it must be (see the module's notes). `previous`: this analysis at the
-    feature layer `conv` reads, to move its input channels (see the module's notes).
+    feature layer `conv` reads, to move its input channels (see the module's notes). `null`: also analyse
+    the network with `conv`'s weight entries shuffled (seeded by `seed`). `batch`: images per forward pass.
 
     Example::
 
@@ -524,6 +525,11 @@ def equivariance(model: Any, layer: str, spec: ImageSpec, images: Tensor | None 
     names = [g.name for g in gs]
     conv_path = _find_conv(module, layer, conv)
     cmod = dict(module.named_modules())[conv_path] if conv_path is not None else None
+    if cmod is not None and cmod.groups != 1:
+        raise VisionInputError(f"{conv_path!r} is a grouped convolution (groups={cmod.groups}); the weight "
+                               "comparison reads ordinary convolutions (groups=1) only: pass conv= another layer")
+    if cmod is not None and cmod.kernel_size[0] != cmod.kernel_size[1] and any(g.quarter % 2 for g in gs):
+        raise VisionInputError(f"quarter turns need square kernels; {conv_path!r} has {tuple(cmod.kernel_size)}")
     if images is not None and (images.dim() != 4 or tuple(images.shape[1:]) != spec.shape):
         raise VisionInputError(f"images must be (n, {', '.join(map(str, spec.shape))}) for this spec, "
                                f"got {tuple(images.shape)}")
@@ -579,8 +585,8 @@ def equivariance(model: Any, layer: str, spec: ImageSpec, images: Tensor | None 
                     dict(twin.named_modules())[conv_path].weight.copy_(shuffled)
             null_resp, null_w, null_params = analyse(twin, shuffled)
     total = int(cmod.weight.numel()) if cmod is not None else 0
-    return EquivarianceResult(layer, conv_path, tuple(names), threshold, margin, seed, input_map, resp, wsym, params, total,
-                              null_resp, null_w, null_params)
+    return EquivarianceResult(layer, conv_path, tuple(names), threshold, margin, seed, input_map, resp, wsym, params,
+                              total, null_resp, null_w, null_params)
 
 
 def _reads_image(module: nn.Module, conv_path: str, spec: ImageSpec) -> bool:
