@@ -313,7 +313,7 @@ def _correlations(a: Tensor, b: Tensor) -> Tensor:
         x = x - x.mean(1, keepdim=True)
         n = x.norm(dim=1, keepdim=True)
         return torch.where(n > 0, x / n.clamp_min(1e-300), torch.zeros_like(x))
-    return (unit(a) @ unit(b).T).float()
+    return (unit(a) @ unit(b).T).float().cpu()
 
 
 def _input_map(g: Transform, conv: nn.Conv2d, reads_image: bool, previous: Symmetry | None

@@ -172,7 +172,7 @@ def weight_layers(model: Any, layers: Sequence[str]) -> list[nn.Module]:
 
 def _edges(w: Tensor, norm: str) -> Tensor:
     """|w| aggregated to (out units, in units): a kernel's L1 or L2 norm, a linear weight's |w|."""
-    flat = w.detach().float().reshape(w.shape[0], w.shape[1], -1)
+    flat = w.detach().float().cpu().reshape(w.shape[0], w.shape[1], -1)
     return flat.abs().sum(-1) if norm == "l1" else flat.pow(2).sum(-1).sqrt()
 
 
