@@ -17,7 +17,8 @@ equivariance"). Two kinds of evidence, both measured for every ordered pair (i, 
     feature layer, the input channels are moved by that layer's own channel map under g (`previous`: the
     result of this analysis at the layer the convolution reads): W_j[sigma(a)] = g W_i[a]. Only the input
     channels with a partner under g take part (the others have no prediction; `coverage` says how much
-    of the weights that is). Without `previous`, the input channels are compared in place, which assumes
+    of the weights that is; a transformation whose comparison covers less than `min_coverage` of them
+    forms no relations, a match on a small part of the filters being weak evidence). Without `previous`, the input channels are compared in place, which assumes
     each of them is g-invariant (this is recorded in the result's `input_map`).
 
 A relation between two different channels needs a score >= `threshold` and a score at least `margin`
@@ -205,6 +206,7 @@ class Symmetry:
     plain: Tensor
     threshold: float
     margin: float
+    min_coverage: float
     families: tuple[Family, ...]
     invariant: tuple[tuple[int, str], ...]
 
@@ -213,6 +215,8 @@ class Symmetry:
         when no relation of i under g passes the threshold and margin."""
         scores = self.scores[self.transforms.index(Transform.parse(transform).name)]
         ok = _related(scores[None], self.plain, self.threshold, self.margin)[0]
+        if float(self.coverage[self.transforms.index(Transform.parse(transform).name)]) < self.min_coverage:
+            ok = torch.zeros_like(ok)
         best, j = torch.where(ok, scores, torch.full_like(scores, -torch.inf)).max(1)
         return torch.where(ok.any(1), j, torch.full_like(j, -1))
 
@@ -224,13 +228,16 @@ def _related(scores: Tensor, plain: Tensor, threshold: float, margin: float) -> 
     return (scores >= threshold) & ~(other & (scores - plain < margin))
 
 
-def _families(scores: Tensor, plain: Tensor, names: Sequence[str], threshold: float, margin: float
-              ) -> tuple[tuple[Family, ...], tuple[tuple[int, str], ...]]:
-    """Orbits of the relations (`_related`, i != j), by union-find; and the invariant channels (i == j)."""
+def _families(scores: Tensor, plain: Tensor, names: Sequence[str], threshold: float, margin: float,
+              usable: Sequence[bool]) -> tuple[tuple[Family, ...], tuple[tuple[int, str], ...]]:
+    """Orbits of the relations (`_related`, i != j, under the `usable` transforms), by union-find; and the
+    invariant channels (i == j)."""
     k = scores.shape[1]
     edges: dict[tuple[int, int], tuple[float, str]] = {}  # (i, j) -> the best g with j ~ g i
     invariant = []
     for gi, name in enumerate(names):
+        if not usable[gi]:
+            continue
         for i, j in torch.nonzero(_related(scores[gi:gi + 1], plain, threshold, margin)[0]).tolist():
             s = float(scores[gi, i, j])
             if i == j:
@@ -416,7 +423,7 @@ class EquivarianceResult:
             tensors[f"{name}.coverage"] = s.coverage
             tensors[f"{name}.plain"] = s.plain
             syms[name] = {"kind": s.kind, "transforms": list(s.transforms), "threshold": s.threshold,
-                          "margin": s.margin,
+                          "margin": s.margin, "min_coverage": s.min_coverage,
                           "families": [[list(f.members), list(f.transforms), list(f.strengths), list(f.parents),
                                         list(f.links)] for f in s.families],
                           "invariant": [list(v) for v in s.invariant]}
@@ -437,7 +444,8 @@ class EquivarianceResult:
                 return None
             fams = tuple(Family(*(tuple(v) for v in fam)) for fam in s["families"])
             return Symmetry(s["kind"], tuple(s["transforms"]), tensors[f"{name}.scores"],
-                            tensors[f"{name}.coverage"], tensors[f"{name}.plain"], s["threshold"], s["margin"], fams,
+                            tensors[f"{name}.coverage"], tensors[f"{name}.plain"], s["threshold"], s["margin"],
+                            s["min_coverage"], fams,
                             tuple((int(c), str(g)) for c, g in s["invariant"]))
         return cls(f["layer"], f["conv"], tuple(f["transforms"]), f["threshold"], f["margin"], f["seed"],
                    f["input_map"],
@@ -480,7 +488,7 @@ def _default_transforms(spec: ImageSpec, square: bool) -> list[str]:
 
 def equivariance(model: Any, layer: str, spec: ImageSpec, images: Tensor | None = None, *,
                  conv: str | None = None, transforms: Sequence[str] | None = None, threshold: float = 0.9,
-                 margin: float = 0.2,
+                 margin: float = 0.2, min_coverage: float = 0.5,
                  previous: EquivarianceResult | None = None, null: bool = True, seed: int = 0,
                  batch: int = 128, progress: bool = True) -> EquivarianceResult:
     """Channel families at `layer` related by `transforms`, by responses to `images` (n, C, H, W) (skipped
@@ -489,7 +497,8 @@ def equivariance(model: Any, layer: str, spec: ImageSpec, images: Tensor | None 
     `transforms`: names (see `Transform`); default rotations by 90/180/270 degrees (180 only for
     non-square maps), left-right and up-down reflections, and for 3-channel images the colour permutations
     and inversion. `threshold`: the correlation / cosine a relation needs; `margin`: how far above the two
-    channels' plain similarity it must be (see the module's notes). `previous`: this analysis at the
+    channels' plain similarity it must be (see the module's notes); `min_coverage`: the fraction of the
+    conv's weights (squared norm) a transformation's weight comparison must cover to form relations. `previous`: this analysis at the
     feature layer `conv` reads, to move its input channels (see the module's notes). `null`: also analyse
     the network with `conv`'s weight entries shuffled (seeded by `seed`). `batch`: images per forward pass.
 
@@ -507,6 +516,8 @@ def equivariance(model: Any, layer: str, spec: ImageSpec, images: Tensor | None 
     """
     if not 0 < threshold <= 1:
         raise VisionInputError(f"threshold must be in (0, 1], got {threshold}")
+    if not 0 <= min_coverage <= 1:
+        raise VisionInputError(f"min_coverage must be in [0, 1], got {min_coverage}")
     if not 0 <= margin <= 2:
         raise VisionInputError(f"margin must be in [0, 2], got {margin}")
     module = _module(model)
@@ -559,14 +570,17 @@ def equivariance(model: Any, layer: str, spec: ImageSpec, images: Tensor | None 
         resp = wsym = None
         if images is not None:
             sc = response_scores(net, feature_layer(net, layer, spec), spec, images, [Transform(), *gs], batch)
-            fam, inv = _families(sc[1:], sc[0], names, threshold, margin)
-            resp = Symmetry("responses", tuple(names), sc[1:], torch.ones(len(gs)), sc[0], threshold, margin, fam, inv)
+            fam, inv = _families(sc[1:], sc[0], names, threshold, margin, [True] * len(gs))
+            resp = Symmetry("responses", tuple(names), sc[1:], torch.ones(len(gs)), sc[0], threshold, margin,
+                            min_coverage, fam, inv)
             bar.update(1)
         params = 0
         if cmod is not None:
             sc, cov = weight_scores(cmod, [Transform(), *gs], reads_image, prev_sym, weight)
-            fam, inv = _families(sc[1:], sc[0], names, threshold, margin)
-            wsym = Symmetry("weights", tuple(names), sc[1:], cov[1:], sc[0], threshold, margin, fam, inv)
+            usable = (cov[1:] >= min_coverage).tolist()
+            fam, inv = _families(sc[1:], sc[0], names, threshold, margin, usable)
+            wsym = Symmetry("weights", tuple(names), sc[1:], cov[1:], sc[0], threshold, margin, min_coverage, fam,
+                            inv)
             params = _determined(wsym, cmod, reads_image, prev_sym)
             bar.update(1)
         return resp, wsym, params
