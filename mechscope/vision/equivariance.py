@@ -18,8 +18,9 @@ equivariance"). Two kinds of evidence, both measured for every ordered pair (i, 
     result of this analysis at the layer the convolution reads): W_j[sigma(a)] = g W_i[a]. Only the input
     channels with a partner under g take part (the others have no prediction; `coverage` says how much
     of the weights that is; a transformation whose comparison covers less than `min_coverage` of them
-    forms no relations, a match on a small part of the filters being weak evidence). Without `previous`, the input channels are compared in place, which assumes
-    each of them is g-invariant (this is recorded in the result's `input_map`).
+    forms no relations, a match on a small part of the filters being weak evidence). Without `previous`,
+    the input channels are compared in place, which assumes each of them is g-invariant (this is recorded
+    in the result's `input_map`).
 
 A relation between two different channels needs a score >= `threshold` and a score at least `margin`
 above the two channels' *plain* similarity (the same score without g: the correlation of A_i(x) with
@@ -498,9 +499,10 @@ def equivariance(model: Any, layer: str, spec: ImageSpec, images: Tensor | None 
     non-square maps), left-right and up-down reflections, and for 3-channel images the colour permutations
     and inversion. `threshold`: the correlation / cosine a relation needs; `margin`: how far above the two
     channels' plain similarity it must be (see the module's notes); `min_coverage`: the fraction of the
-    conv's weights (squared norm) a transformation's weight comparison must cover to form relations. `previous`: this analysis at the
-    feature layer `conv` reads, to move its input channels (see the module's notes). `null`: also analyse
-    the network with `conv`'s weight entries shuffled (seeded by `seed`). `batch`: images per forward pass.
+    conv's weights (squared norm) a transformation's weight comparison must cover to form relations.
+    `previous`: this analysis at the feature layer `conv` reads, to move its input channels (see the
+    module's notes). `null`: also analyse the network with `conv`'s weight entries shuffled (seeded by
+    `seed`). `batch`: images per forward pass.
 
     Example::
 
