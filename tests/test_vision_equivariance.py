@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from mechscope.vision import ImageSpec, VisionInputError
-from mechscope.vision.equivariance import SPATIAL, EquivarianceResult, Transform, equivariance
+from mechscope.vision import ImageSpec, VisionInputError, feature_layer
+from mechscope.vision.equivariance import SPATIAL, EquivarianceResult, Transform, equivariance, response_scores
 from mechscope.zoo.recipes.fmnist_cnn import FashionCNN
 
 GREY = ImageSpec(1, 16, 16)
@@ -151,6 +151,22 @@ def test_a_random_network_has_no_families():
     for res in (first, second):
         assert res.responses.families == () and res.weights.families == ()
         assert res.params_determined == 0
+
+
+def test_response_scores_are_correlations_over_images_and_positions_whatever_the_batch():
+    net, x = Planted(), _noise(GREY, 20)
+    layer = feature_layer(net, "relu1", GREY)
+    g = Transform.parse("rot90")
+    got = response_scores(net, layer, GREY, x, [g], batch=6)[0]
+    with torch.no_grad():
+        a = torch.rot90(net.relu1(net.conv1(x)), 1, (-2, -1)).transpose(0, 1).reshape(6, -1)
+        b = net.relu1(net.conv1(torch.rot90(x, 1, (-2, -1)))).transpose(0, 1).reshape(6, -1)
+    want = torch.corrcoef(torch.cat([a, b]).double())[:6, 6:].float()
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(got, response_scores(net, layer, GREY, x, [g], batch=128)[0], atol=1e-6)
+    with torch.no_grad():
+        net.conv1.weight[2] = 0  # channel 2 is now the constant relu(bias): no correlation with anything
+    assert response_scores(net, layer, GREY, x, [g], batch=6)[0][2].abs().max() == 0
 
 
 def test_save_load_round_trip_is_exact(tmp_path):

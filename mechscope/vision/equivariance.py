@@ -303,25 +303,46 @@ def response_scores(model: Any, layer: FeatureLayer, spec: ImageSpec, images: Te
         layer = feature_layer(model, "relu1", spec)
         response_scores(model, layer, spec, images, [Transform.parse("rot90")]).shape   # (1, K, K)
     """
-    out = []
-    with torch.no_grad():
-        base = torch.cat([channel_activations(model, images[s:s + batch], layer)
-                          for s in range(0, len(images), batch)]).float()
-        for g in transforms:
-            moved = torch.cat([channel_activations(model, g.image(images[s:s + batch], spec), layer)
-                               for s in range(0, len(images), batch)]).float()
-            out.append(_correlations(g.map(base), moved))
-    return torch.stack(out)
+    stats = [_Moments() for _ in transforms]
+    with torch.no_grad():  # one batch at a time, so a large layer never holds every image's maps at once
+        for s in range(0, len(images), batch):
+            x = images[s:s + batch]
+            base = channel_activations(model, x, layer)
+            for g, m in zip(transforms, stats):
+                m.add(g.map(base), channel_activations(model, g.image(x, spec), layer))
+    return torch.stack([m.correlations() for m in stats])
 
 
-def _correlations(a: Tensor, b: Tensor) -> Tensor:
-    """(K, K) correlation of a[:, i] and b[:, j] (n, K, h, w) over images and positions; 0 for a constant one."""
-    def unit(x: Tensor) -> Tensor:
-        x = x.transpose(0, 1).reshape(x.shape[1], -1).double()
-        x = x - x.mean(1, keepdim=True)
-        n = x.norm(dim=1, keepdim=True)
-        return torch.where(n > 0, x / n.clamp_min(1e-300), torch.zeros_like(x))
-    return (unit(a) @ unit(b).T).float().cpu()
+class _Moments:
+    """Running sums for the (K, K) correlation of a[:, i] with b[:, j], maps (n, K, h, w), over images and
+    positions (values shifted by the first batch's channel means, in float64, against cancellation)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shift: tuple[Tensor, Tensor] | None = None
+        self.sums: list[Tensor] = []
+
+    def add(self, a: Tensor, b: Tensor) -> None:
+        a = a.transpose(0, 1).reshape(a.shape[1], -1).double()
+        b = b.transpose(0, 1).reshape(b.shape[1], -1).double()
+        if self.shift is None:
+            self.shift = (a.mean(1, keepdim=True), b.mean(1, keepdim=True))
+        a, b = a - self.shift[0], b - self.shift[1]
+        parts = [a.sum(1), b.sum(1), a.pow(2).sum(1), b.pow(2).sum(1), a @ b.T]
+        self.sums = parts if not self.sums else [t + p for t, p in zip(self.sums, parts)]
+        self.n += a.shape[1]
+
+    def correlations(self) -> Tensor:
+        """(K, K) float32 on the CPU; 0 for a channel that never varies."""
+        sa, sb, saa, sbb, sab = self.sums
+        n = self.n
+        va, vb = saa - sa * sa / n, sbb - sb * sb / n
+        # a variance that is rounding error of the sum of squares means a constant channel
+        va = torch.where(va > 1e-12 * saa.clamp_min(1e-300), va, torch.zeros_like(va))
+        vb = torch.where(vb > 1e-12 * sbb.clamp_min(1e-300), vb, torch.zeros_like(vb))
+        cov = sab - sa[:, None] * sb[None, :] / n
+        den = (va[:, None] * vb[None, :]).sqrt()
+        return torch.where(den > 0, cov / den.clamp_min(1e-300), torch.zeros_like(cov)).float().cpu()
 
 
 def _input_map(g: Transform, conv: nn.Conv2d, reads_image: bool, previous: Symmetry | None
