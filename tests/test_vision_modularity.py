@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mechscope.vision import VisionInputError
+from mechscope.vision import ImageSpec, VisionInputError
 from mechscope.vision.modularity import (ModularityResult, coactivation_affinity, modularity, normalised_cut,
                                          weight_layers)
 
@@ -133,3 +133,9 @@ def test_bad_layers_are_named(layers, words):
         modularity(Halves(), layers, k=2, n_shuffles=1, progress=False)
     for w in words:
         assert w in str(err.value)
+
+
+def test_images_of_another_format_are_refused():
+    with pytest.raises(VisionInputError, match=r"images \(n, 2, 8, 8\) for this spec, got \(5, 2, 9, 9\)"):
+        modularity(Halves(), LAYERS, torch.zeros(5, 2, 9, 9), spec=ImageSpec(2, 8, 8), k=2, n_shuffles=1,
+                   progress=False)

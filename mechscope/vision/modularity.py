@@ -49,7 +49,7 @@ from ..core.run import run
 from ..core.site import Site
 from ..models import wrap
 from ._saved import load_result, save_result
-from .layers import VisionInputError
+from .layers import ImageSpec, VisionInputError
 
 NORMS = ("l1", "l2")
 
@@ -300,14 +300,15 @@ def coactivation_affinity(acts: Tensor) -> Tensor:
 
 def modularity(model: Any, layers: Sequence[str], data: Tensor | None = None, *, k: int = 4, norm: str = "l1",
                n_shuffles: int = 50, seed: int = 0, act_layers: Sequence[str] | None = None, batch: int = 256,
-               progress: bool = True) -> ModularityResult:
+               spec: ImageSpec | None = None, progress: bool = True) -> ModularityResult:
     """Spectral clustering of the network's weight graph (and, given `data`, its co-activation graph) into
     `k` clusters, each n-cut compared with `n_shuffles` networks whose named layers' weights are shuffled.
 
     `layers`: Conv2d / Linear submodule paths in forward order, each reading the previous one's output.
     `data`: inputs (n, ...) the network takes (images (n, C, H, W) for a vision network), for the
     co-activation graph over the outputs of `act_layers` (default: `layers`). `norm`: "l1" or "l2", how a
-    kernel's weights add up to one edge. The network itself is not changed.
+    kernel's weights add up to one edge. `spec`: when given, `data` must be images of that format. The
+    network itself is not changed.
 
     Example::
 
@@ -323,6 +324,9 @@ def modularity(model: Any, layers: Sequence[str], data: Tensor | None = None, *,
         raise VisionInputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if n_shuffles < 1:
         raise VisionInputError(f"n_shuffles must be at least 1, got {n_shuffles}")
+    if data is not None and spec is not None and (data.dim() != 4 or tuple(data.shape[1:]) != spec.shape):
+        raise VisionInputError(f"data must be images (n, {', '.join(map(str, spec.shape))}) for this spec, "
+                               f"got {tuple(data.shape)}")
     layers = tuple(layers)
     mods = weight_layers(model, layers)
     weights = [m.weight.detach() for m in mods]
