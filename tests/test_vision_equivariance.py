@@ -3,12 +3,15 @@ with the right families, transformations and parameter counts; random and shuffl
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from mechscope.vision import ImageSpec, VisionInputError, feature_layer
-from mechscope.vision.equivariance import SPATIAL, EquivarianceResult, Transform, equivariance, response_scores
+from mechscope.vision.equivariance import (SPATIAL, EquivarianceResult, Transform, disc, equivariance,
+                                           response_scores)
 from mechscope.zoo.recipes.fmnist_cnn import FashionCNN
 
 GREY = ImageSpec(1, 16, 16)
@@ -139,6 +142,36 @@ def test_the_weight_rule_agrees_with_the_responses(name):
     for sym in (res.responses, res.weights):
         assert sym.scores[0, 0, 1].item() > 0.999, sym.kind
         assert [(f.members, f.transforms) for f in sym.families] == [((0, 1), ("identity", Transform.parse(name).name))]
+
+
+def _gabor(theta, size=9, sigma=2.0, freq=0.15):
+    """An oriented filter drawn at angle theta (counter-clockwise as displayed, rows going down)."""
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    y, x = torch.meshgrid(r, r, indexing="ij")
+    u = x * math.cos(theta) - y * math.sin(theta)
+    return (torch.exp(-(x ** 2 + y ** 2) / (2 * sigma ** 2)) * torch.cos(2 * math.pi * freq * u)).float()
+
+
+def test_45_degree_turns_are_approximate_and_found_by_responses():
+    assert Transform.parse("rot45").compose(Transform.parse("rot45")).name == "rot90"
+    assert Transform.parse("flip_h+rot45+flip_h").name == "rot315"
+    assert not Transform.parse("rot135").exact and Transform.parse("rot180").exact
+    spec = ImageSpec(1, 32, 32)
+    smooth = torch.nn.functional.interpolate(_noise(ImageSpec(1, 16, 16), 64, seed=0), size=(32, 32),
+                                             mode="bilinear", align_corners=False)
+    twice = Transform.parse("rot45").image(Transform.parse("rot45").image(smooth, spec), spec)
+    inside = disc(32, 32)
+    assert torch.corrcoef(torch.stack([twice[..., inside].flatten(),
+                                       torch.rot90(smooth, 1, (-2, -1))[..., inside].flatten()]))[0, 1] > 0.98
+    # three filters drawn at 0, 45 and -45 degrees: the second is the first turned by 45, the first the third
+    net = nn.Sequential(nn.Conv2d(1, 3, 9, padding=4), nn.ReLU())
+    with torch.no_grad():
+        net[0].weight.copy_(torch.stack([_gabor(0.0), _gabor(math.pi / 4), _gabor(-math.pi / 4)])[:, None])
+        net[0].bias.zero_()
+    res = equivariance(net, "1", spec, smooth, transforms=["rot45"], progress=False)
+    assert [(f.members, f.transforms) for f in res.responses.families] == [((0, 1, 2), ("identity", "rot45", "rot315"))]
+    assert res.responses.scores[0, 0, 1] > 0.93 and res.responses.scores[0, 2, 0] > 0.93
+    assert res.weights.coverage.tolist() == [0.0] and res.weights.families == ()  # not compared
 
 
 def test_a_random_network_has_no_families():

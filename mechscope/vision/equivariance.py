@@ -40,7 +40,9 @@ Null: the same analysis on the network with the conv's weight entries shuffled a
 keeps their distribution and destroys any structure; the result reports its families and parameters.
 
 Transformations: "rot90", "rot180", "rot270" (counter-clockwise, as torch.rot90 on (height, width)),
-"flip_h" (left-right), "flip_v" (up-down), "flip_diag", "flip_antidiag" (the diagonal reflections), and
+"flip_h" (left-right), "flip_v" (up-down), "flip_diag", "flip_antidiag" (the diagonal reflections),
+approximately "rot45", "rot135", "rot225", "rot315" (resampled bilinearly; responses compared inside the
+maps' inscribed disc, weights not compared, since a small kernel turned by 45 degrees is not on the grid), and
 for colour images "perm:2,1,0" (x -> x[:, (2, 1, 0)]) and "invert" (x -> low + high - x), or a
 composition "rot90+perm:1,0,2+invert". Rotations need square feature maps and kernels.
 
@@ -68,29 +70,59 @@ from .layers import FeatureLayer, ImageSpec, VisionInputError, channel_activatio
 SPATIAL = ("identity", "rot90", "rot180", "rot270", "flip_h", "flip_diag", "flip_v", "flip_antidiag")
 # SPATIAL[4 * flip + k]: reflect left-right when flip, then rotate k quarter turns counter-clockwise;
 # flip_diag is the transpose (height <-> width), flip_antidiag the reflection in the other diagonal
+EIGHTHS = {1: "rot45", 3: "rot135", 5: "rot225", 7: "rot315"}  # approximate: resampled, see `Transform.map`
+
+
+def _rotate(x: Tensor, degrees: float, fill: float) -> Tensor:
+    """`x` (..., h, w) turned counter-clockwise about its centre (bilinear; `fill` outside the original)."""
+    shape = x.shape
+    flat = x.reshape(-1, 1, shape[-2], shape[-1]).double() - fill
+    a = torch.tensor(degrees * torch.pi / 180, dtype=torch.float64)
+    c, s = float(torch.cos(a)), float(torch.sin(a))
+    theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=torch.float64, device=x.device)
+    grid = torch.nn.functional.affine_grid(theta.expand(flat.shape[0], 2, 3), list(flat.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (out + fill).reshape(shape).to(x.dtype)
+
+
+def disc(h: int, w: int) -> Tensor:
+    """(h, w) bool: the positions of an h x w map that stay inside it under any rotation about its centre
+    (the inscribed disc less a pixel's margin), where 45-degree turns are compared.
+
+    Example::
+
+        disc(28, 28).sum()   # the positions inside a 13-pixel radius
+    """
+    ys = torch.arange(h, dtype=torch.float64) - (h - 1) / 2
+    xs = torch.arange(w, dtype=torch.float64) - (w - 1) / 2
+    return ys[:, None] ** 2 + xs[None, :] ** 2 <= (min(h, w) / 2 - 1) ** 2
 
 
 @dataclass(frozen=True)
 class Transform:
-    """An element g of (square symmetries) x (colour permutations) x (inversion), acting on images
-    (n, C, H, W) and feature maps (n, K, h, w): first the left-right reflection (`flip`), then `quarter`
-    counter-clockwise quarter turns, with the colour channels permuted x -> x[:, perm] and inverted.
+    """An element g of (symmetries of the square, plus approximate 45-degree turns) x (colour permutations)
+    x (inversion), acting on images (n, C, H, W) and feature maps (n, K, h, w): first the left-right
+    reflection (`flip`), then `turn` counter-clockwise eighth turns (an even number: exact quarter turns; an
+    odd one: quarter turns and a 45-degree turn resampled bilinearly, approximate), with the colour
+    channels permuted x -> x[:, perm] and inverted.
 
     Example::
 
         g = Transform.parse("rot90")
         g.image(x, spec)          # torch.rot90(x, 1, (-2, -1))
         g.compose(g).name         # 'rot180'
+        Transform.parse("flip_h+rot45").exact   # False
     """
 
-    quarter: int = 0
+    turn: int = 0
     flip: bool = False
     perm: tuple[int, ...] | None = None
     invert: bool = False
 
     @property
     def name(self) -> str:
-        """"rot90", "flip_h", "perm:2,1,0", "invert", or parts joined by "+"; "identity" for none."""
+        """"rot90", "flip_h", "rot45", "flip_h+rot45", "perm:2,1,0", "invert", or parts joined by "+"
+        (spatial parts applied in the order written); "identity" for none."""
         parts = [] if self.spatial == "identity" else [self.spatial]
         if self.perm is not None:
             parts.append("perm:" + ",".join(map(str, self.perm)))
@@ -101,7 +133,14 @@ class Transform:
     @property
     def spatial(self) -> str:
         """The name of the spatial part."""
-        return SPATIAL[4 * self.flip + self.quarter]
+        if self.turn % 2 == 0:
+            return SPATIAL[4 * self.flip + self.turn // 2]
+        return ("flip_h+" if self.flip else "") + EIGHTHS[self.turn]
+
+    @property
+    def exact(self) -> bool:
+        """Whether the spatial part moves pixels onto pixels (no 45-degree turn)."""
+        return self.turn % 2 == 0
 
     @property
     def colour(self) -> bool:
@@ -111,13 +150,14 @@ class Transform:
     @classmethod
     def parse(cls, text: str) -> Transform:
         """The transform named `text` (see `name`); an error listing the valid names otherwise."""
-        quarter, flip, perm, invert = 0, False, None, False
+        g = cls()
+        named = {**{n: (2 * (i % 4), bool(i // 4)) for i, n in enumerate(SPATIAL)},
+                 **{n: (t, False) for t, n in EIGHTHS.items()}}
         for part in text.strip().split("+"):
-            if part in SPATIAL:
-                i = SPATIAL.index(part)
-                quarter, flip = i % 4, bool(i // 4)
+            if part in named:
+                g = cls(*named[part]).compose(g)
             elif part == "invert":
-                invert = True
+                g = cls(invert=True).compose(g)
             elif part.startswith("perm:"):
                 try:
                     perm = tuple(int(v) for v in part[5:].split(","))
@@ -125,38 +165,41 @@ class Transform:
                     perm = ()
                 if sorted(perm) != list(range(len(perm))) or len(perm) < 2:
                     raise VisionInputError(f"{part!r} is not a permutation of the colour channels, e.g. perm:2,1,0")
+                g = cls(perm=perm if perm != tuple(range(len(perm))) else None).compose(g)
             else:
                 raise VisionInputError(f"unknown transformation {part!r} in {text!r}; use {', '.join(SPATIAL[1:])}, "
-                                       "perm:I,J,K (colour channels) or invert, joined by '+'")
-        if perm == tuple(range(len(perm or ()))):
-            perm = None
-        return cls(quarter, flip, perm, invert)
+                                       f"{', '.join(EIGHTHS.values())} (approximate), perm:I,J,K (colour channels) "
+                                       "or invert, joined by '+'")
+        return g
 
-    def map(self, x: Tensor) -> Tensor:
-        """The spatial part applied to the last two dims (height, width) of `x`."""
+    def map(self, x: Tensor, fill: float = 0.0) -> Tensor:
+        """The spatial part applied to the last two dims (height, width) of `x`; a 45-degree turn resamples
+        bilinearly and puts `fill` where the turned map does not reach (the corners)."""
         if self.flip:
             x = x.flip(-1)
-        return torch.rot90(x, self.quarter, (-2, -1)) if self.quarter else x
+        quarters, odd = divmod(self.turn, 2)
+        if quarters:
+            x = torch.rot90(x, quarters, (-2, -1))
+        return _rotate(x, 45.0, fill) if odd else x
 
     def image(self, x: Tensor, spec: ImageSpec) -> Tensor:
-        """g(x) for images (n, C, H, W) of `spec`."""
-        x = self.map(x)
+        """g(x) for images (n, C, H, W) of `spec` (corners a 45-degree turn leaves empty are mid-grey)."""
+        x = self.map(x, (spec.low + spec.high) / 2)
         if self.perm is not None:
             x = x[:, list(self.perm)]
         return spec.low + spec.high - x if self.invert else x
 
     def compose(self, first: Transform) -> Transform:
-        """The transform `self` after `first` (apply `first`, then `self`)."""
-        probe = torch.arange(9.0).reshape(3, 3)
-        target = self.map(first.map(probe))
-        i = next(i for i in range(8) if torch.equal(Transform(i % 4, bool(i // 4)).map(probe), target))
+        """The transform `self` after `first` (apply `first`, then `self`): with R a turn and F the
+        reflection, R^a F^b R^c F^d = R^(a + (-1)^b c) F^(b xor d)."""
+        turn = (self.turn + (-first.turn if self.flip else first.turn)) % 8
         if self.perm is None or first.perm is None:
             perm = self.perm or first.perm
         else:
             perm = tuple(first.perm[p] for p in self.perm)  # (x[:, f])[:, s] = x[:, f[s]]
         if perm == tuple(range(len(perm or ()))):
             perm = None
-        return Transform(i % 4, bool(i // 4), perm, self.invert != first.invert)
+        return Transform(turn, self.flip != first.flip, perm, self.invert != first.invert)
 
 
 def _channel_perm(perm: tuple[int, ...]) -> list[int]:
@@ -281,12 +324,12 @@ def _families(scores: Tensor, plain: Tensor, names: Sequence[str], threshold: fl
 
 
 def _is_identity(g: Transform) -> bool:
-    return g.quarter == 0 and not g.flip and g.perm is None and not g.invert
+    return g.turn == 0 and not g.flip and g.perm is None and not g.invert
 
 
 def _group(colours: int) -> list[Transform]:
     perms = [None] + [p for p in itertools.permutations(range(colours)) if p != tuple(range(colours))]
-    return [Transform(q, f, p, inv) for f in (False, True) for q in range(4) for p in perms for inv in (False, True)]
+    return [Transform(t, f, p, inv) for f in (False, True) for t in range(8) for p in perms for inv in (False, True)]
 
 
 def _inverse(g: Transform) -> Transform:
@@ -296,7 +339,8 @@ def _inverse(g: Transform) -> Transform:
 
 def response_scores(model: Any, layer: FeatureLayer, spec: ImageSpec, images: Tensor,
                     transforms: Sequence[Transform], batch: int = 128) -> Tensor:
-    """Scores (G, K, K): [g, i, j] = correlation over images and positions of g(A_i(x)) and A_j(g(x)).
+    """Scores (G, K, K): [g, i, j] = correlation over images and positions of g(A_i(x)) and A_j(g(x))
+    (for a 45-degree turn, over the positions of `disc`: the turned map's corners are not data).
 
     Example::
 
@@ -308,8 +352,9 @@ def response_scores(model: Any, layer: FeatureLayer, spec: ImageSpec, images: Te
         for s in range(0, len(images), batch):
             x = images[s:s + batch]
             base = channel_activations(model, x, layer)
+            inside = disc(base.shape[-2], base.shape[-1]).to(base.device)
             for g, m in zip(transforms, stats):
-                m.add(g.map(base), channel_activations(model, g.image(x, spec), layer))
+                m.add(g.map(base), channel_activations(model, g.image(x, spec), layer), None if g.exact else inside)
     return torch.stack([m.correlations() for m in stats])
 
 
@@ -322,7 +367,9 @@ class _Moments:
         self.shift: tuple[Tensor, Tensor] | None = None
         self.sums: list[Tensor] = []
 
-    def add(self, a: Tensor, b: Tensor) -> None:
+    def add(self, a: Tensor, b: Tensor, where: Tensor | None = None) -> None:
+        if where is not None:  # only these positions (h, w) count
+            a, b = a[..., where], b[..., where]
         a = a.transpose(0, 1).reshape(a.shape[1], -1).double()
         b = b.transpose(0, 1).reshape(b.shape[1], -1).double()
         if self.shift is None:
@@ -366,7 +413,8 @@ def _input_map(g: Transform, conv: nn.Conv2d, reads_image: bool, previous: Symme
 def weight_scores(conv: nn.Conv2d, transforms: Sequence[Transform], reads_image: bool,
                   previous: Symmetry | None = None, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Scores (G, K, K): [g, i, j] = cosine of g applied to W_i and W_j over the input channels with a partner
-    under g; and coverage (G,): the fraction of the weights' squared norm on those channels.
+    under g; and coverage (G,): the fraction of the weights' squared norm on those channels (45-degree
+    turns are not compared: scores 0, coverage 0).
 
     Example::
 
@@ -375,6 +423,10 @@ def weight_scores(conv: nn.Conv2d, transforms: Sequence[Transform], reads_image:
     w = (conv.weight if weight is None else weight).detach().float().cpu()  # (K, in, kh, kw)
     out, cover = [], []
     for g in transforms:
+        if not g.exact:  # a 45-degree turn of a small kernel is no filter of the network: not compared
+            out.append(torch.zeros(w.shape[0], w.shape[0]))
+            cover.append(0.0)
+            continue
         sigma, sign = _input_map(g, conv, reads_image, previous)
         src = [a for a, b in enumerate(sigma) if b >= 0]
         dst = [sigma[a] for a in src]
@@ -549,7 +601,7 @@ def equivariance(model: Any, layer: str, spec: ImageSpec, images: Tensor | None 
     names = list(transforms) if transforms is not None else _default_transforms(spec, square)
     gs = [Transform.parse(n) for n in names]
     for g in gs:
-        if g.quarter % 2 and not square:
+        if g.turn % 4 and not square:
             raise VisionInputError(f"{g.name} needs square images and feature maps; {layer!r} is "
                                    f"{feat.height} x {feat.width} on {spec.height} x {spec.width} images")
         if g.perm is not None and len(g.perm) != spec.channels:
@@ -562,8 +614,9 @@ def equivariance(model: Any, layer: str, spec: ImageSpec, images: Tensor | None 
     if cmod is not None and cmod.groups != 1:
         raise VisionInputError(f"{conv_path!r} is a grouped convolution (groups={cmod.groups}); the weight "
                                "comparison reads ordinary convolutions (groups=1) only: pass conv= another layer")
-    if cmod is not None and cmod.kernel_size[0] != cmod.kernel_size[1] and any(g.quarter % 2 for g in gs):
-        raise VisionInputError(f"quarter turns need square kernels; {conv_path!r} has {tuple(cmod.kernel_size)}")
+    if cmod is not None and cmod.kernel_size[0] != cmod.kernel_size[1] and any(g.turn % 4 for g in gs):
+        raise VisionInputError(f"turns other than 180 degrees need square kernels; {conv_path!r} has "
+                               f"{tuple(cmod.kernel_size)}")
     if images is not None and (images.dim() != 4 or tuple(images.shape[1:]) != spec.shape):
         raise VisionInputError(f"images must be (n, {', '.join(map(str, spec.shape))}) for this spec, "
                                f"got {tuple(images.shape)}")
