@@ -27,14 +27,15 @@ above the two channels' *plain* similarity (the same score without g: the correl
 A_j(x), or the cosine of W_i with W_j), so two near-copies of one channel are not taken for a symmetry
 (on dataset images, first-layer channels all follow the local brightness and correlate under every g;
 noise images avoid that, and the null below shows how much of it remains). Relations are joined into
-*families* (orbits, by union-find); each family lists its
-members, the transformation taking the first member's channel to each member's, and the strength of the
-weakest relation on that path. A channel related to itself under g is g-*invariant* (listed apart; it is
+*families* (orbits, by union-find); each family lists its members, the transformation taking the first
+member's channel to each member's, and the strength of the weakest relation on that path. A channel related to itself under g is g-*invariant* (listed apart; it is
 part of the layer's channel map but forms no family with others).
 
-"How many parameters the symmetry accounts for": in each weight family of m members, m - 1 members'
-incoming weights (the compared entries) are predicted by the first member and g: (m - 1) x in x kh x kw
-parameters (biases not counted), reported as a count and a fraction of the conv's weights.
+"How many parameters the symmetry accounts for": in each weight family of m members, each of the m - 1
+members after the first is predicted by the member it joined from and that relation's g (`Family.links`):
+its compared entries, (input channels with a partner under g) x kh x kw, are counted (all in x kh x kw for
+a convolution reading the image; biases not counted); reported as a count and a fraction of the conv's
+weights.
 
 Null: the same analysis on the network with the conv's weight entries shuffled at random (seeded), which
 keeps their distribution and destroys any structure; the result reports its families and parameters.
@@ -42,9 +43,9 @@ keeps their distribution and destroys any structure; the result reports its fami
 Transformations: "rot90", "rot180", "rot270" (counter-clockwise, as torch.rot90 on (height, width)),
 "flip_h" (left-right), "flip_v" (up-down), "flip_diag", "flip_antidiag" (the diagonal reflections),
 approximately "rot45", "rot135", "rot225", "rot315" (resampled bilinearly; responses compared inside the
-maps' inscribed disc, weights not compared, since a small kernel turned by 45 degrees is not on the grid), and
+maps' inscribed disc; weights not compared, a small kernel turned by 45 degrees being off the grid), and
 for colour images "perm:2,1,0" (x -> x[:, (2, 1, 0)]) and "invert" (x -> low + high - x), or a
-composition "rot90+perm:1,0,2+invert". Rotations need square feature maps and kernels.
+composition "rot90+perm:1,0,2+invert". Turns other than 180 degrees need square feature maps and kernels.
 
 Shapes: images (n, C, H, W); response scores and weight scores (G, K, K) with [g, i, j] = how well j
 matches g applied to i, for K channels and G transformations.
