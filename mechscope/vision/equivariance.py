@@ -28,8 +28,9 @@ A_j(x), or the cosine of W_i with W_j), so two near-copies of one channel are no
 (on dataset images, first-layer channels all follow the local brightness and correlate under every g;
 noise images avoid that, and the null below shows how much of it remains). Relations are joined into
 *families* (orbits, by union-find); each family lists its members, the transformation taking the first
-member's channel to each member's, and the strength of the weakest relation on that path. A channel related to itself under g is g-*invariant* (listed apart; it is
-part of the layer's channel map but forms no family with others).
+member's channel to each member's, and the strength of the weakest relation on that path. A channel
+related to itself under g is g-*invariant* (listed apart; it is part of the layer's channel map but forms
+no family with others).
 
 "How many parameters the symmetry accounts for": in each weight family of m members, each of the m - 1
 members after the first is predicted by the member it joined from and that relation's g (`Family.links`):
