@@ -229,8 +229,8 @@ def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int
 
 def _layer_pieces(net: Any, layer: Any, pieces: _Pieces, *, steps: int, channels: int, seed: int) -> None:
     from .core.progress import note
-    from .vision import equivariance as eqv
-    from .vision import modularity as mod
+    from .vision.equivariance import equivariance
+    from .vision.modularity import modularity
     from .vision import tuning
     from .vision.featvis import visualize
     from .vision.layers import VisionInputError
@@ -263,7 +263,7 @@ def _layer_pieces(net: Any, layer: Any, pieces: _Pieces, *, steps: int, channels
     data = net.dataset().images[:200] if net.has_dataset else None  # equivariance's responses, co-activations
     try:
         note(f"equivariance families of {L}")
-        eq = eqv.equivariance(module, L, spec, data, seed=seed)
+        eq = equivariance(module, L, spec, data, seed=seed)
         pieces.save("equivariance", eq)
         rows = []
         for kind, sym in (("weights", eq.weights), ("responses", eq.responses)):
@@ -283,7 +283,7 @@ def _layer_pieces(net: Any, layer: Any, pieces: _Pieces, *, steps: int, channels
     try:
         chain = conv_chain(module, L)
         note(f"modularity of {', '.join(chain)}")
-        res = mod.modularity(module, chain, data, k=4, n_shuffles=20, seed=seed)
+        res = modularity(module, chain, data, k=4, n_shuffles=20, seed=seed)
         pieces.save("modularity", res)
         vals = {"layers": ", ".join(chain), "weight graph n-cut": res.weights.ncut,
                 "shuffled n-cut (mean)": float(res.weights.shuffled.mean()), "p-value": res.weights.p_value,
