@@ -79,3 +79,49 @@ def test_the_report_draws_them_offline(vision_dir, browser, tmp_path):
     ctx.close()
     assert pg.errors == []
     assert [u for u in pg.requests if not u.startswith(("file:", "data:"))] == []
+
+
+@pytest.fixture(scope="module")
+def vis_dir(tmp_path_factory):
+    """What `mechscope vis fmnist-cnn-quick conv2:1` writes (short settings), report included."""
+    from mechscope.cli_vis import run_vis
+    from mechscope.report import write_report
+    from mechscope.vision import feature_layer
+    from mechscope.vision.networks import load_network
+
+    root = tmp_path_factory.mktemp("vis")
+    net = load_network("fmnist-cnn-quick", progress=False)
+    run_vis(net, net.name, feature_layer(net.module, "conv2", net.spec), 1, root, steps=8, examples=3, dataset=300)
+    write_report(root)
+    return root
+
+
+ALL_DRAWN = """() => { const s = [...document.querySelectorAll('.vision-panel[data-type=images] img')];
+  return s.length > 0 && s.every((i) => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0); }"""
+
+
+def _check_vis(pg, expected_images: int) -> None:
+    pg.wait_for_function(ALL_DRAWN)
+    assert pg.locator(".vision-panel[data-type=images] img").count() == expected_images
+    assert pg.locator(".vision-panel[data-type=curves] svg.curves").count() == 3  # edges, gratings, curves
+    assert pg.locator(".vision-panel[data-type=curves] svg.curves path.series").count() >= 1 + 6 + 6
+
+
+def test_the_vis_commands_output_draws_in_the_report_and_the_viewer(vis_dir, browser):
+    from mechscope import artifacts as A
+
+    v = A.read_artifacts(vis_dir).model("zoo:fmnist-cnn-quick").vision("conv2-ch1")
+    n = sum(len(p.get("images", [])) for p in v["panels"])
+    ctx, pg = _page(browser, offline=True)
+    pg.goto((vis_dir / "report.html").as_uri())
+    _check_vis(pg, n)
+    SHOTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(SHOTS / "report-vis.png"), full_page=True)
+    ctx.close()
+    assert pg.errors == []
+    with serving(vis_dir) as port:
+        ctx, pg = _page(browser)
+        pg.goto(f"http://127.0.0.1:{port}/#/m/zoo%3Afmnist-cnn-quick/vision/conv2-ch1")
+        _check_vis(pg, n)
+        ctx.close()
+    assert pg.errors == []
