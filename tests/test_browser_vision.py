@@ -3,9 +3,11 @@ page and the report draw the image grid with every PNG decoded, and the tuning c
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from test_browser import CHROMIUM, SHOTS, playwright_api, serving  # noqa: F401  (the shared set-up)
+from test_browser import SHOTS, browser, serving  # noqa: F401  (the shared set-up: Chromium, the viewer)
 from test_vision_artifacts import NAME, write_example
 
 pytestmark = [pytest.mark.browser]
@@ -18,14 +20,6 @@ def vision_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("vision-artifacts")
     write_example(root)
     return root
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield b
-        b.close()
 
 
 def _page(browser, **kw):
