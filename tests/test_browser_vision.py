@@ -7,10 +7,11 @@ import os
 
 import pytest
 
-from test_browser import SHOTS, browser, serving  # noqa: F401  (the shared set-up: Chromium, the viewer)
+from test_browser import CHROMIUM, SHOTS, browser, serving  # noqa: F401  (the shared set-up: Chromium, the viewer)
 from test_vision_artifacts import NAME, write_example
 
-pytestmark = [pytest.mark.browser]
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (Debian package `chromium`)")]
 
 LOADED = """(sel) => [...document.querySelectorAll(sel)].map((i) => [i.complete, i.naturalWidth, i.naturalHeight])"""
 
