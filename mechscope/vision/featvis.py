@@ -110,11 +110,13 @@ class _RedirectedReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
+        """max(x, 0), keeping x for the backward pass."""
         ctx.save_for_backward(x)
         return x.clamp_min(0)
 
     @staticmethod
     def backward(ctx, g):
+        """The ReLU's gradient, or for an image to which it passes none, the redirected one."""
         (x,) = ctx.saved_tensors
         relu = torch.where(x > 0, g, torch.zeros_like(g))
         # g is the gradient of the loss (minus the objective): g < 0 asks for a larger input
