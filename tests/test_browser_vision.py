@@ -116,7 +116,8 @@ def test_the_vis_commands_output_draws_in_the_report_and_the_viewer(vis_dir, bro
     assert pg.errors == []
     with serving(vis_dir) as port:
         ctx, pg = _page(browser)
-        pg.goto(f"http://127.0.0.1:{port}/#/m/zoo%3Afmnist-cnn-quick/vision/conv2-ch1")
+        pg.goto(f"http://127.0.0.1:{port}/")  # a directory of vis output opens on its Vision tab
         _check_vis(pg, n)
+        assert pg.locator("#tabs a[data-tab=vision].active").count() == 1
         ctx.close()
     assert pg.errors == []

@@ -136,7 +136,9 @@
     try {
       if (!models.length) models = (await api('/api/models')).models;
       if (!models.length) { showError('This artifact directory has no models.'); return; }
-      if (!route.model) { go(models[0].name, 'overview'); return; }
+      // a directory of `mechscope vis` output has no overview: its first page is then the Vision tab
+      const first = models[0];
+      if (!route.model) { go(first.name, !first.overview && (first.vision || []).length ? 'vision' : 'overview'); return; }
       const entry = models.find((m) => m.name === route.model);
       if (!entry) { header(route); showError(`No model named ${route.model}.`); return; }
       route.dir = entry.dir;  // the API is addressed by directory name: a model's name may hold any character
