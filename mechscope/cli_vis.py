@@ -6,10 +6,10 @@ view DIR` shows the same pages. The pieces (each skipped with a note when it doe
 
     channel (LAYER:CHANNEL)               whole layer (LAYER)
     feature visualisation                 feature visualisations of the first --channels channels
-    dataset examples (top, bottom, crops) equivariance families
-    first-layer filters                   modularity of the layer's channels
-    the channel's circuit (expanded weights from the feature layer before)
-    tuning curves on synthetic stimuli
+    dataset examples (top, bottom, crops) first-layer filters
+    first-layer filters                   orientation tuning of every channel
+    the channel's circuit                 equivariance families
+    tuning curves on synthetic stimuli    modularity of the convolutions up to the layer
 
 MODEL is a zoo image network (fmnist-cnn, fmnist-resnet, their -quick variants) or, with --module,
 --weights and --image, a name for a network of your own.
@@ -18,6 +18,7 @@ MODEL is a zoo image network (fmnist-cnn, fmnist-resnet, their -quick variants) 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -142,17 +143,32 @@ def _source_layer(module: Any, spec: Any, layer: str) -> str:
     return source
 
 
+def _filters(module: Any, spec: Any, pieces: _Pieces) -> None:
+    """The first convolution's filters as an image grid (grey images for one input channel, colour for
+    three; other input counts are skipped with the reason)."""
+    from .vision import expanded
+
+    filt = expanded.first_layer_filters(module, spec)
+    pieces.save("filters", filt)
+    _, c_in, kh, kw = filt.images.shape
+    if c_in not in (1, 3):
+        pieces.skipped["first-layer filters"] = f"{filt.layer} reads {c_in} channels; a PNG shows 1 (grey) or 3 (colour)"
+        return
+    pieces.grid(f"First-layer filters ({filt.layer})", "filters", filt.images,
+                [f"{filt.layer}:{i}" for i in range(len(filt.images))], spec=type(spec)(c_in, kh, kw),
+                note="each filter as the layer applies it to the image; grey is zero, light positive, dark negative")
+
+
 def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int, examples: int, seed: int,
                     dataset: int | None) -> None:
+    import torch
+
     from .core.progress import note
     from .vision import expanded, tuning
     from .vision.examples import dataset_examples
     from .vision.featvis import visualize
-    from .vision.objectives import channel, diversity
-
-    import torch
-
     from .vision.layers import channel_activations
+    from .vision.objectives import channel, diversity
 
     module, spec, L = net.module, net.spec, layer.path
     note(f"feature visualisation of {L}:{c} ({steps} steps, 4 images with a diversity term)")
@@ -181,13 +197,7 @@ def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int
     else:
         pieces.skipped["dataset examples"] = "no dataset images for this network (--images gives them)"
     note("first-layer filters and the channel's circuit")
-    filt = expanded.first_layer_filters(module, spec)
-    pieces.save("filters", filt)
-    fspec = type(spec)(filt.images.shape[1], filt.images.shape[2], filt.images.shape[3])
-    if filt.images.shape[1] in (1, 3):
-        pieces.grid(f"First-layer filters ({filt.layer})", "filters", filt.images,
-                    [f"{filt.layer}:{i}" for i in range(len(filt.images))], spec=fspec,
-                    note="each filter as the layer applies it to the image; grey is zero, light positive, dark negative")
+    _filters(module, spec, pieces)
     source = _source_layer(module, spec, L)
     circ = expanded.channel_circuit(module, spec, source, L, c, k=8)
     pieces.save("circuit", circ)
@@ -228,12 +238,14 @@ def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int
 
 
 def _layer_pieces(net: Any, layer: Any, pieces: _Pieces, *, steps: int, channels: int, seed: int) -> None:
+    import torch
+
     from .core.progress import note
-    from .vision.equivariance import equivariance
-    from .vision.modularity import modularity
     from .vision import tuning
+    from .vision.equivariance import equivariance
     from .vision.featvis import visualize
     from .vision.layers import VisionInputError
+    from .vision.modularity import modularity
 
     module, spec, L = net.module, net.spec, layer.path
     n = min(channels, layer.channels)
@@ -243,10 +255,9 @@ def _layer_pieces(net: Any, layer: Any, pieces: _Pieces, *, steps: int, channels
         fv = visualize(module, f"{L}:{c}", spec, steps=steps, seed=seed)
         imgs.append(fv.images)
         caps.append(f"{L}:{c} mean {_fmt(float(fv.activation[0]))}")
-    import torch
-
     pieces.grid(f"Feature visualisation of channels 0 to {n - 1}", "featvis", torch.cat(imgs), caps,
                 note=f"one image per channel maximising its mean activation; {steps} steps, seed {seed}")
+    _filters(module, spec, pieces)
     note(f"orientation tuning of every channel of {L}")
     edge = tuning.edge_tuning(module, spec, L)
     s = tuning.orientation_summary(edge)
@@ -327,6 +338,7 @@ def run_vis(net: Any, name: str, layer: Any, channel: int | None, out: Path, *, 
 
     writer = ArtifactWriter(out).model(name)
     target = _target_name(layer.path, channel)
+    shutil.rmtree(writer.vision_dir(target))  # a run again replaces the target's files, none left over
     pieces = _Pieces(writer.vision_dir(target), net.spec)
     settings = {"steps": steps, "seed": seed, "examples": examples, "dataset": dataset}
     if channel is None:

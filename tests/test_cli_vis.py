@@ -115,6 +115,13 @@ def test_a_channel_of_the_zoo_cnn(monkeypatch, capsys, tmp_path):
     assert top.endswith(f"{float(peak.max()):.3g}"), (top, float(peak.max()))
     assert (out / "report.html").is_file() and "conv2-ch5" in (out / "report.html").read_text()
     assert (m.path / "vision" / "conv2-ch5" / "data" / "featvis").is_dir()  # the results themselves, reloadable
+    # run again with fewer examples: the target's files are replaced, none is left over
+    code, text = _main(monkeypatch, capsys, "vis", "fmnist-cnn-quick", "conv2:5", "--out", str(out), "--steps", "8",
+                       "--examples", "2", "--dataset", "600", "--no-report")
+    assert code == 0, text
+    v = m.vision("conv2-ch5")
+    listed = {im["file"].rsplit("/", 1)[1] for p in v["panels"] for im in p.get("images", [])}
+    assert listed == {p.name for p in (m.path / "vision" / "conv2-ch5").glob("*.png")} and len(listed) == 4 + 4 * 2 + 8 + 8
 
 
 def test_a_whole_layer_of_the_zoo_resnet(monkeypatch, capsys, tmp_path):
@@ -129,6 +136,7 @@ def test_a_whole_layer_of_the_zoo_resnet(monkeypatch, capsys, tmp_path):
                                                                    "layer1.0.conv2:2"]
     titles = [p["title"] for p in v["panels"]]
     assert "Most orientation-selective channels (edges)" in titles and "Equivariance families" in titles
+    assert "First-layer filters (conv1)" in titles
     mod = next(p for p in v["panels"] if p["title"].startswith("Modularity"))
     assert mod["values"]["layers"] == "conv1, layer1.0.conv1, layer1.0.conv2"
     assert not (out / "report.html").exists()
