@@ -216,15 +216,20 @@ def _import_class(target: str) -> tuple[type, Path]:
     return cls, path
 
 
-def _load_weights(module: nn.Module, weights: Path, label: str) -> None:
-    weights = Path(weights).expanduser()
-    if not weights.is_file():
-        raise VisionInputError(f"{weights} does not exist (the safetensors state dict of {label})")
+def _read_tensors(path: Path, what: str, hint: str = "") -> tuple[Path, dict[str, Tensor]]:
+    """The tensors of the safetensors file at `path` (`what` it should be, for the errors)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise VisionInputError(f"{path} does not exist ({what})")
     try:
-        state = load_file(str(weights))
+        return path, load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise VisionInputError(f"{weights} is not a safetensors file ({e}); save the state dict with "
-                               "safetensors.torch.save_file(model.state_dict(), PATH)") from e
+        raise VisionInputError(f"{path} is not a safetensors file ({e}){hint}") from e
+
+
+def _load_weights(module: nn.Module, weights: Path, label: str) -> None:
+    weights, state = _read_tensors(weights, f"the safetensors state dict of {label}",
+                                   "; save the state dict with safetensors.torch.save_file(model.state_dict(), PATH)")
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -248,13 +253,7 @@ def image_set_file(path: Path, spec: ImageSpec) -> ImageSet:
         save_file({"images": torch.rand(100, 3, 32, 32)}, "my_images.safetensors")
         image_set_file(Path("my_images.safetensors"), ImageSpec(3, 32, 32)).images.shape   # (100, 3, 32, 32)
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise VisionInputError(f"{path} does not exist (a safetensors file of dataset images)")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise VisionInputError(f"{path} is not a safetensors file ({e})") from e
+    path, tensors = _read_tensors(path, "a safetensors file of dataset images")
     if "images" not in tensors:
         raise VisionInputError(f"{path} holds no tensor 'images' (it holds: {', '.join(sorted(tensors)) or 'none'})")
     images = tensors["images"].float()

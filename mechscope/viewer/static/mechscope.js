@@ -375,6 +375,17 @@
   };
 
   // ---- line charts and training ----------------------------------------------------------
+  // the two axes of a chart in box {W, H, ml, mr, mt, mb} with 5 ticks each over [x0, x1] and [y0, y1]
+  function axes(g, b, X, Y, [x0, x1, y0, y1], xText) {
+    g.appendChild(svg('line', { x1: b.ml, y1: b.H - b.mb, x2: b.W - b.mr, y2: b.H - b.mb, stroke: '#999' }));
+    g.appendChild(svg('line', { x1: b.ml, y1: b.mt, x2: b.ml, y2: b.H - b.mb, stroke: '#999' }));
+    for (let k = 0; k <= 4; k++) {
+      const yv = y0 + (y1 - y0) * k / 4, xv = x0 + (x1 - x0) * k / 4;
+      g.appendChild(svg('text', { x: b.ml - 4, y: Y(yv) + 4, 'font-size': 10, 'text-anchor': 'end' }, fmt(yv, 3)));
+      g.appendChild(svg('text', { x: X(xv), y: b.H - b.mb + 14, 'font-size': 10, 'text-anchor': 'middle' }, xText(xv)));
+    }
+  }
+
   MS.lineChart = function (root, pts, opts) {
     const o = Object.assign({ title: '', logx: false, width: 460, height: 220 }, opts || {});
     const data = pts.filter((p) => typeof p[0] === 'number' && typeof p[1] === 'number' && isFinite(p[0]) && isFinite(p[1]));
@@ -387,14 +398,8 @@
     const W = o.width, H = o.height, ml = 52, mr = 10, mt = 8, mb = 30;
     const X = (x) => ml + (x - x0) / (x1 - x0) * (W - ml - mr), Y = (y) => mt + (1 - (y - y0) / (y1 - y0)) * (H - mt - mb);
     const g = svgRoot('line', W, H);
-    g.appendChild(svg('line', { x1: ml, y1: H - mb, x2: W - mr, y2: H - mb, stroke: '#999' }));
-    g.appendChild(svg('line', { x1: ml, y1: mt, x2: ml, y2: H - mb, stroke: '#999' }));
-    for (let k = 0; k <= 4; k++) {
-      const yv = y0 + (y1 - y0) * k / 4, xv = x0 + (x1 - x0) * k / 4;
-      g.appendChild(svg('text', { x: ml - 4, y: Y(yv) + 4, 'font-size': 10, 'text-anchor': 'end' }, fmt(yv, 3)));
-      const step = o.logx ? Math.round(Math.pow(10, xv) - 1) : Math.round(xv);
-      g.appendChild(svg('text', { x: X(xv), y: H - mb + 14, 'font-size': 10, 'text-anchor': 'middle' }, step));
-    }
+    axes(g, { W, H, ml, mr, mt, mb }, X, Y, [x0, x1, y0, y1],
+      (xv) => (o.logx ? Math.round(Math.pow(10, xv) - 1) : Math.round(xv)));
     g.appendChild(svg('text', { x: (W + ml) / 2, y: H - 2, 'font-size': 10, 'text-anchor': 'middle', fill: '#666' }, 'step' + (o.logx ? ' (log)' : '')));
     const d = data.map((p, i) => `${i ? 'L' : 'M'}${X(fx(p[0])).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(' ');
     g.appendChild(svg('path', { class: 'series', d, fill: 'none', stroke: '#2f6fbf', 'stroke-width': 1.6 }));
@@ -591,13 +596,7 @@
     const W = o.width, H = o.height, ml = 56, mr = 10, mt = 8, mb = 34;
     const X = (x) => ml + (x - x0) / (x1 - x0) * (W - ml - mr), Y = (y) => mt + (1 - (y - y0) / (y1 - y0)) * (H - mt - mb);
     const g = svgRoot('line curves', W, H);
-    g.appendChild(svg('line', { x1: ml, y1: H - mb, x2: W - mr, y2: H - mb, stroke: '#999' }));
-    g.appendChild(svg('line', { x1: ml, y1: mt, x2: ml, y2: H - mb, stroke: '#999' }));
-    for (let k = 0; k <= 4; k++) {
-      const yv = y0 + (y1 - y0) * k / 4, xv = x0 + (x1 - x0) * k / 4;
-      g.appendChild(svg('text', { x: ml - 4, y: Y(yv) + 4, 'font-size': 10, 'text-anchor': 'end' }, fmt(yv, 3)));
-      g.appendChild(svg('text', { x: X(xv), y: H - mb + 14, 'font-size': 10, 'text-anchor': 'middle' }, fmt(xv, 3)));
-    }
+    axes(g, { W, H, ml, mr, mt, mb }, X, Y, [x0, x1, y0, y1], (xv) => fmt(xv, 3));
     g.appendChild(svg('text', { x: (W + ml) / 2, y: H - 4, 'font-size': 10, 'text-anchor': 'middle', fill: '#666' }, str(panel.x_label)));
     g.appendChild(svg('text', { x: 10, y: mt + (H - mt - mb) / 2, 'font-size': 10, 'text-anchor': 'middle', fill: '#666',
       transform: `rotate(-90 10 ${mt + (H - mt - mb) / 2})` }, str(panel.y_label)));
