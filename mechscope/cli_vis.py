@@ -45,7 +45,7 @@ def vis(model: Annotated[str, typer.Argument(help="a zoo image network (fmnist-c
         pixel_range: Annotated[Optional[str], typer.Option("--range", help="its pixel range LOW,HIGH (default 0,1)")
                                ] = None,
         images: Annotated[Optional[Path], typer.Option(help="dataset images for your network: a safetensors file "
-                                                            "with 'images' (n, C, H, W) [and 'labels' (n,)]")] = None,
+                                                            "with 'images' (n, C, H, W), optionally 'labels' (n,)")] = None,
         steps: Annotated[int, typer.Option(help="optimisation steps of each feature visualisation")] = 256,
         channels: Annotated[int, typer.Option(help="for a whole layer: visualise its first N channels")] = 8,
         examples: Annotated[int, typer.Option(help="dataset examples shown at each end")] = 9,
