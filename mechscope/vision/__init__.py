@@ -44,3 +44,10 @@ from .modularity import GraphClustering, ModularityResult, modularity  # noqa: E
 
 __all__ += ["EquivarianceResult", "Family", "Symmetry", "Transform", "equivariance", "GraphClustering",
             "ModularityResult", "modularity"]
+
+# vision networks by zoo name or from a local file, with their image format and dataset images
+from .networks import (ImageSet, VisionNetwork, file_network, image_set_file, load_network,  # noqa: E402
+                       parse_image_shape, parse_range, vision_zoo_names, zoo_network)
+
+__all__ += ["ImageSet", "VisionNetwork", "file_network", "image_set_file", "load_network", "parse_image_shape",
+            "parse_range", "vision_zoo_names", "zoo_network"]
