@@ -30,3 +30,11 @@ __all__ += ["DatasetExamples", "channel_values", "dataset_examples", "ChannelCir
             "Stimuli", "curves", "edges", "gratings", "lines", "CurveDetectors", "OrientationSummary",
             "TuningCurves", "curve_tuning", "edge_tuning", "find_curve_detectors", "grating_tuning",
             "orientation_summary", "tuning_curves"]
+
+# equivariance (channel families under rotations, reflections, colour changes) and modularity (n-cut of the
+# weight and co-activation graphs against shuffled networks)
+from .equivariance import EquivarianceResult, Family, Symmetry, Transform, equivariance  # noqa: E402
+from .modularity import GraphClustering, ModularityResult, modularity  # noqa: E402
+
+__all__ += ["EquivarianceResult", "Family", "Symmetry", "Transform", "equivariance", "GraphClustering",
+            "ModularityResult", "modularity"]
