@@ -1,4 +1,7 @@
-"""MkDocs hook: the benchmark page's table comes from benchmarks/results/bench.json.
+"""MkDocs hooks: the benchmark page's table, the generated API pages, the tutorials' executed copies
+and the check that no page loads anything from the network.
+
+The benchmark page's table comes from benchmarks/results/bench.json.
 
 The table is made by `benchmarks/run_all.py`'s `table()`, the function that prints the README's
 table (`python benchmarks/run_all.py --table`), so the site and the README show the same numbers
@@ -14,6 +17,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
 MARKER = "<!-- bench-table -->"
 
 
@@ -54,12 +58,39 @@ def api_page(package: str) -> str:
     return "\n".join(lines)
 
 
+def _notebooks():
+    spec = importlib.util.spec_from_file_location("_mechscope_execute_notebooks",
+                                                  REPO / "scripts" / "execute_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def executed_tutorials(files) -> None:
+    """Point every tutorial page at its executed copy (build/notebooks/, written by
+    `scripts/execute_notebooks.py`, which `make docs` runs first), so the page shows the cells'
+    outputs; the committed notebooks have none. A missing or stale copy fails the build."""
+    from mkdocs.exceptions import PluginError
+
+    notebooks = _notebooks()
+    for f in files:
+        if f.src_uri.startswith("tutorials/") and f.src_uri.endswith(".ipynb"):
+            source = DOCS / f.src_uri
+            why = notebooks.stale_for_site(source)
+            if why:
+                raise PluginError(f"{f.src_uri}: the site shows its executed copy, but {why}; execute the "
+                                  "notebooks first (`make docs` does: .venv/bin/python scripts/execute_notebooks.py)")
+            f.abs_src_path = str(notebooks.executed_path(source))
+
+
 def on_files(files, config):
-    """Add the generated API pages (api/<package>.md) to the site's files."""
+    """Add the generated API pages (api/<package>.md) to the site's files and show the tutorials'
+    executed copies."""
     from mkdocs.structure.files import File
 
     for package in API_PACKAGES:
         files.append(File.generated(config, f"api/{package}.md", content=api_page(package)))
+    executed_tutorials(files)
     return files
 
 
