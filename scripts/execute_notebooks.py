@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import sysconfig
 import tempfile
 import time
 from importlib import metadata
@@ -55,7 +56,10 @@ def _package_digest() -> str:
 
 
 def _environment_digest() -> str:
-    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
+    # the interpreter's own site-packages only: the same for the script and for pytest, whatever
+    # the working directory or PYTHONPATH put first on sys.path
+    where = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions(path=where))
     return hashlib.sha256("\n".join([sys.executable, sys.version, *dists]).encode()).hexdigest()
 
 
