@@ -104,9 +104,14 @@ _REMOTE = re.compile(r"""(?:<script[^>]*\ssrc|<link[^>]*\shref|<img[^>]*\ssrc|<i
                      r"""|@import\s+(?:url\()?["']?(?:https?:)?//|import\(\s*["'](?:https?:)?//""", re.I)
 
 
+# The template's MathJax loader has an empty address (no MathJax URL is configured): an element that
+# loads nothing and only fires an error event.
+_EMPTY_SCRIPT = re.compile(r'<!-- Load mathjax -->\s*<script src="">\s*</script>')
+
+
 def on_post_page(output: str, page, config) -> str:
-    """Drop the notebook template's CDN loader for Mermaid."""
-    return _MERMAID.sub("", output)
+    """Drop the notebook template's CDN loader for Mermaid and its empty MathJax loader."""
+    return _EMPTY_SCRIPT.sub("", _MERMAID.sub("", output))
 
 
 def remote_loads(site_dir: Path) -> list[str]:

@@ -77,6 +77,7 @@ def test_tutorial_pages_carry_the_executed_outputs(nav_title, name):
     assert len(re.findall(r'class="[^"]*\bjp-OutputArea-output\b', page)) >= 3
     assert len(re.findall(r"<svg[\s>]", page)) >= shown["svg"]
     assert len(re.findall(r"window\.MS\.\w+\(", page)) == shown["views"]
+    assert '<script src=""' not in page  # the template's empty MathJax loader is removed
 
 
 # ---- in the browser ------------------------------------------------------------------------------
