@@ -89,6 +89,7 @@ docs: $(SITE_STAMP)
 	@echo "docs: open site/index.html"
 
 $(SITE_STAMP): $(DOCS_STAMP) $(STAMP) $(SITE_SOURCES)
+	rm -f $(SITE_STAMP)
 	.venv-docs/bin/interrogate -vv mechscope
 	$(BIN)/python scripts/execute_notebooks.py
 	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict

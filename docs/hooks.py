@@ -21,11 +21,16 @@ DOCS = REPO / "docs"
 MARKER = "<!-- bench-table -->"
 
 
-def _run_all():
-    spec = importlib.util.spec_from_file_location("_mechscope_run_all", REPO / "benchmarks" / "run_all.py")
+def _script(path: Path):
+    """A script of the repository loaded as a module (benchmarks/ and scripts/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(f"_mechscope_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _run_all():
+    return _script(REPO / "benchmarks" / "run_all.py")
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
@@ -58,21 +63,13 @@ def api_page(package: str) -> str:
     return "\n".join(lines)
 
 
-def _notebooks():
-    spec = importlib.util.spec_from_file_location("_mechscope_execute_notebooks",
-                                                  REPO / "scripts" / "execute_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def executed_tutorials(files) -> None:
     """Point every tutorial page at its executed copy (build/notebooks/, written by
     `scripts/execute_notebooks.py`, which `make docs` runs first), so the page shows the cells'
     outputs; the committed notebooks have none. A missing or stale copy fails the build."""
     from mkdocs.exceptions import PluginError
 
-    notebooks = _notebooks()
+    notebooks = _script(REPO / "scripts" / "execute_notebooks.py")
     for f in files:
         if f.src_uri.startswith("tutorials/") and f.src_uri.endswith(".ipynb"):
             source = DOCS / f.src_uri
