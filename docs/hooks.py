@@ -46,7 +46,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 # new module appears without editing a page. Each page shows the package's docstring, then every
 # public module (files not starting with "_") with the docstrings of its public members.
 API_PACKAGES = ("core", "models", "zoo", "rasp", "causal", "circuits", "dictionaries", "features", "landscape",
-                "vision", "dynamics", "diff", "audit", "graphs", "artifacts", "report", "viewer", "replications", "studies")
+                "vision", "dynamics", "diff", "audit", "graphs", "artifacts", "report", "viewer", "replications",
+                "studies")
 
 
 def api_page(package: str) -> str:

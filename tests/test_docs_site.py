@@ -66,7 +66,8 @@ def test_the_built_site_loads_nothing_from_the_network():
     assert HOOKS.remote_loads(SITE) == []
     # and no page names a script or stylesheet elsewhere in any other way (e.g. a loader in inline JS)
     remote = re.compile(r"""["'](?:https?:)?//[^"']+\.(?:m?js|css)(?:\?[^"']*)?["']""", re.I)
-    found = [f"{p.relative_to(SITE)}: {m.group(0)}" for p in SITE.rglob("*.html") for m in remote.finditer(p.read_text())]
+    found = [f"{p.relative_to(SITE)}: {m.group(0)}"
+             for p in SITE.rglob("*.html") for m in remote.finditer(p.read_text())]
     assert found == []
 
 
