@@ -86,3 +86,9 @@ def test_docstring_check_lists_every_missing_name():
     assert settings["fail-under"] == 100 and settings["omit-covered-files"] is True
     recipe = (REPO / "Makefile").read_text().split("\n$(SITE_STAMP): ", 1)[1].split("\n\n", 1)[0]
     assert re.search(r"interrogate -vv mechscope$", recipe, flags=re.M), recipe
+
+
+def test_executed_notebooks_and_the_built_site_are_never_committed():
+    # `make docs` writes the executed tutorials to build/notebooks/ and the site to site/
+    ignored = {line.strip() for line in (REPO / ".gitignore").read_text().splitlines()}
+    assert {"build/", "site/"} <= ignored
