@@ -220,6 +220,23 @@ def textlm_cache(tmp_path_factory, isolated_cache):
     return root
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium (/usr/bin/chromium) driven by Playwright, for the `browser` tests."""
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is absent (Debian package `chromium`; `sudo apt-get install -y chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield b
+        b.close()
+
+
 @pytest.fixture(scope="session")
 def demo_artifacts(tmp_path_factory):
     """The induction section of the demo (a 40-step induction-quick run in its own cache), built once

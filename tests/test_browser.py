@@ -66,14 +66,6 @@ def server(demo_dir):
         yield f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser):
     SHOTS.mkdir(exist_ok=True)
