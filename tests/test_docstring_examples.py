@@ -1,0 +1,251 @@
+"""Every public function and class carries a usage example, and states its shapes when tensors pass.
+
+*Public* is what a user imports: each function or class named in the `__all__` of `mechscope` or of
+any of its subpackages (found by walking the package, so a new subpackage is covered the day it
+appears). Each such docstring must have:
+
+- an example block: a line ending in `Example::`, a blank line, then a code block indented below it
+  (mkdocstrings renders it as a code block). The block must parse as Python, and every
+  `ms.NAME...` / `mechscope.X.Y` path and every `from mechscope... import NAME` in it must exist
+  (`import mechscope as ms` is taken as read);
+- when its signature (parameters or return value; for a class, its constructor) mentions `Tensor`:
+  a parenthesised shape such as `(batch, pos, d_model)` or `(n,)` in its prose or in a comment of
+  its example (code itself does not count: a call `f(a, b)` is not a shape).
+
+The failure message lists every offender with file:line and what is missing.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pkgutil
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import mechscope
+
+REPO = Path(__file__).resolve().parent.parent
+
+# a parenthesised shape: two or more comma-separated dimensions, or one with a trailing comma;
+# a dimension is a name or number, optionally with an arithmetic suffix (n_heads * d_head, pos - 1)
+_DIM = r"(?:\w+(?:\s*[-+*/]\s*\w+)*|\.\.\.)"
+SHAPE = re.compile(rf"\(\s*{_DIM}(?:\s*,\s*{_DIM})+\s*,?\s*\)|\(\s*{_DIM}\s*,\s*\)")
+MARKER = re.compile(r"^(?P<indent>[ \t]*)(?:.*\s)?Example::\s*$")
+
+
+def public_objects() -> list[tuple[str, object]]:
+    """(exported name, object) for every function and class in an `__all__` of the package tree."""
+
+    def fail(name: str) -> None:
+        raise ImportError(f"cannot import {name} while listing the public API")
+
+    packages = ["mechscope"] + sorted(m.name for m in pkgutil.walk_packages(mechscope.__path__, "mechscope.", onerror=fail)
+                                      if m.ispkg)
+    seen: dict[tuple[str, str], tuple[str, object]] = {}
+    for package in packages:
+        module = importlib.import_module(package)
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                seen.setdefault((obj.__module__, obj.__qualname__), (f"{package}.{name}", obj))
+    return sorted(seen.values(), key=lambda item: item[0])
+
+
+def _blocks(doc: str) -> list[tuple[int, int, str]]:
+    """(first line, end line, dedented code) of every `Example::` block of a (cleaned) docstring;
+    the code is "" when the marker is not followed by a blank line (not a code block once rendered)."""
+    lines = doc.splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        match = MARKER.match(line)
+        if not match:
+            continue
+        depth = len(match["indent"].expandtabs())
+        j = i + 1
+        if j >= len(lines) or lines[j].strip():
+            blocks.append((j, j, ""))
+            continue
+        while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > depth):
+            j += 1
+        blocks.append((i + 1, j, textwrap.dedent("\n".join(lines[i + 1:j])).strip("\n")))
+    return blocks
+
+
+def _resolve(path: list[str]) -> bool:
+    """Whether mechscope.<path> exists, importing submodules on the way."""
+    obj: object = mechscope
+    for part in path:
+        if hasattr(obj, part):
+            obj = getattr(obj, part)
+        elif inspect.ismodule(obj):
+            try:
+                obj = importlib.import_module(f"{obj.__name__}.{part}")
+            except ImportError:
+                return False
+        else:
+            return False
+    return True
+
+
+def _chain(node: ast.Attribute) -> list[str] | None:
+    """["ms", "core", "Site"] for ms.core.Site; None when the chain does not start at a name."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return [node.id, *reversed(parts)]
+
+
+def missing_paths(tree: ast.AST) -> list[str]:
+    """Every mechscope path an example names that does not exist."""
+    missing = []
+    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and id(node) not in inner:  # the whole chain, once
+            chain = _chain(node)
+            if chain and chain[0] in ("ms", "mechscope") and not _resolve(chain[1:]):
+                missing.append(".".join(chain))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mechscope":
+            base = node.module.split(".")[1:]
+            if not _resolve(base):
+                missing.append(node.module)
+            missing += [f"{node.module}.{a.name}" for a in node.names if a.name != "*" and not _resolve([*base, a.name])]
+        elif isinstance(node, ast.Import):
+            missing += [a.name for a in node.names
+                        if a.name.split(".")[0] == "mechscope" and not _resolve(a.name.split(".")[1:])]
+    return missing
+
+
+def _mentions_tensor(obj: object) -> bool:
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):  # a class whose constructor is built in (an exception): no tensors
+        return False
+    annotations = [p.annotation for p in signature.parameters.values()] + [signature.return_annotation]
+    return any("Tensor" in (a if isinstance(a, str) else repr(a)) for a in annotations
+               if a is not inspect.Parameter.empty)
+
+
+def _prose_and_comments(doc: str) -> str:
+    """The docstring with the code of its example blocks reduced to their comments."""
+    lines = doc.splitlines()
+    for start, end, _ in reversed(_blocks(doc)):
+        lines[start:end] = [line.split("#", 1)[1] for line in lines[start:end] if "#" in line]
+    return "\n".join(lines)
+
+
+def problems(obj: object) -> list[str]:
+    """What the docstring of one public object lacks (empty when it is complete)."""
+    doc = inspect.cleandoc(obj.__doc__ or "")
+    blocks = [code for _, _, code in _blocks(doc)]
+    if not blocks:
+        return ["no `Example::` block"]
+    found = []
+    for block in blocks:
+        if not block:
+            found.append("`Example::` not followed by a blank line and an indented code block")
+            continue
+        try:
+            tree = ast.parse(block)
+        except SyntaxError as err:
+            found.append(f"example does not parse: {err.msg} (example line {err.lineno})")
+            continue
+        found += [f"example names {path}, which does not exist" for path in missing_paths(tree)]
+    if _mentions_tensor(obj) and not SHAPE.search(_prose_and_comments(doc)):
+        found.append("takes or returns a Tensor but states no shape such as (batch, pos, d_model)")
+    return found
+
+
+def _where(obj: object) -> str:
+    try:
+        file = Path(inspect.getsourcefile(obj)).resolve()
+        line = inspect.getsourcelines(obj)[1]
+    except (TypeError, OSError):
+        return "?"
+    return f"{file.relative_to(REPO) if file.is_relative_to(REPO) else file}:{line}"
+
+
+def test_the_rules_catch_what_they_should():
+    def good(x):
+        """Add one.
+
+        Shapes: x (batch, d) in, the same out.
+
+        Example::
+
+            y = ms.run(model, "hi").logits       # (batch, pos, vocab)
+        """
+
+    def bad(x):
+        """No example here; f(a, b) is not a shape."""
+
+    def no_blank(x):
+        """Summary.
+
+        Example::
+            x = 1
+        """
+
+    def broken(x):
+        """Summary.
+
+        Example::
+
+            x = (
+        """
+
+    def wrong_path(x):
+        """Summary.
+
+        Example::
+
+            ms.no_such_function(1)
+            from mechscope.core import NotAThing
+        """
+
+    def no_shape(x: Tensor) -> Tensor:  # noqa: F821 - the annotation stays a string
+        """Summary.
+
+        Example::
+
+            y = f(a, b)
+        """
+
+    def shape(x: Tensor) -> Tensor:  # noqa: F821
+        """Summary.
+
+        Example::
+
+            y = f(a, b)   # (n,)
+        """
+
+    assert problems(good) == []
+    assert problems(bad) == ["no `Example::` block"]
+    assert "blank line" in problems(no_blank)[0]
+    assert "does not parse" in problems(broken)[0]
+    assert sorted(problems(wrong_path)) == ["example names mechscope.core.NotAThing, which does not exist",
+                                            "example names ms.no_such_function, which does not exist"]
+    assert problems(no_shape) == ["takes or returns a Tensor but states no shape such as (batch, pos, d_model)"]
+    assert problems(shape) == []
+    assert _resolve(["causal", "acdc"]) and _resolve(["Site"]) and not _resolve(["Site", "nope"])
+
+
+def test_public_api_is_found():
+    names = {name for name, _ in public_objects()}
+    assert {"mechscope.run", "mechscope.Site", "mechscope.causal.acdc", "mechscope.zoo.train"} <= names
+    assert len(names) > 250  # every subpackage's __all__ is walked, not only the top level
+
+
+def test_every_public_name_has_an_example_and_its_shapes():
+    offenders = []
+    for name, obj in public_objects():
+        for problem in problems(obj):
+            offenders.append(f"{_where(obj)}: {name}: {problem}")
+    assert not offenders, f"{len(offenders)} docstring problems:\n" + "\n".join(offenders)
