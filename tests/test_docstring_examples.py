@@ -164,6 +164,7 @@ def problems(obj: object) -> list[str]:
 
 
 def _where(obj: object) -> str:
+    obj = inspect.unwrap(obj)  # a decorated function's own file, not the decorator's
     try:
         file = Path(inspect.getsourcefile(obj)).resolve()
         line = inspect.getsourcelines(obj)[1]

@@ -20,7 +20,9 @@ class FactoredMatrix:
     """A matrix kept as the product A @ B of two thin factors, (..., m, r) @ (..., r, n).
 
     SVD, eigenvalues and norms are computed from r x r problems, so a d_model x d_model circuit
-    such as a head's OV (W_V W_O) is never built. Indexing and @ keep the product factored:
+    such as a head's OV (W_V W_O) is never built. Indexing and @ keep the product factored.
+
+    Example::
 
         ov = model.weights().OV          # (layer, head, d_model, d_model), factored
         u, s, vh = ov[3, 5].svd()

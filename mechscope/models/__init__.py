@@ -27,6 +27,12 @@ def wrap(module: Any, tokenizer: Any = None, name: str | None = None) -> ModelBa
     """An adapter for `module`: a family adapter for known Hugging Face models, else the generic one.
 
     An adapter passes through unchanged.
+
+    Example::
+
+        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        model = ms.wrap(net)
+        ms.run(model, torch.randn(16, 4), capture=["1"]).cache["1"]  # (16, 8): submodule "1"'s output
     """
     if isinstance(module, ModelBase):
         return module
