@@ -63,6 +63,12 @@ class PatchingResult:
     `blocks_skipped`, `shared_prefix` (leading positions where source and target agree, read from
     the target run), `unchanged_patches` (patches there: their value is `baseline`, without a run)
     and `last_position_split` (chunks whose final block ran the last position alone).
+
+    Example::
+
+        res = mechscope.causal.activation_patching(model, clean, corrupt, ["attn.z.0", "attn.z.1"], ld)
+        res.values                               # (site, head, position, prompt)
+        res.normalised()                         # (site, head, position): share of the effect restored
     """
 
     sites: tuple[Site, ...]
@@ -117,6 +123,14 @@ def activation_patching(
 
     `clean` and `corrupt` are token ids (prompt, pos) of equal shape; `metric` maps logits
     (rows, pos, vocab) to one value per row. At most `max_rows` rows run in one forward pass.
+
+    Example::
+
+        from mechscope.causal import activation_patching
+        from mechscope.core import metrics
+        ld = metrics.logit_diff(torch.tensor([5099]), torch.tensor([2322]))
+        res = activation_patching(model, clean, corrupt, [ms.Site(ms.Kind.Z, l) for l in range(2)], ld)
+        res.normalised()                         # (site, head, position)
     """
     model, sites, source, target, heads = prepare_sweep(model, clean, corrupt, sites, direction, each_head)
     n_prompts, n_pos = target.shape
