@@ -78,7 +78,15 @@ def _value(act: Tensor, position: int | None) -> Tensor:
 def modadd_hypothesis(model: Any, layout: ModAddLayout | None = None, *, freqs: Sequence[int] | None = None,
                       train_inputs: Any = None) -> Hypothesis:
     """The network's computation of the answer as code (module docstring); numbers fitted on
-    `train_inputs` only (default: the zoo run's training split)."""
+    `train_inputs` only (default: the zoo run's training split).
+
+    Example::
+
+        from mechscope.circuits import modadd_hypothesis
+        model = ms.load("zoo:modadd")
+        hyp = modadd_hypothesis(model)           # numbers fitted on the training split
+        mechscope.causal.scrub(model, hyp, test_inputs, "mean", labels=test_labels)
+    """
     model, layout, train_inputs, freqs = modadd_setting(model, layout, train_inputs, freqs)
     p = layout.p
     sites = {name: resolve(model, name) for name in
