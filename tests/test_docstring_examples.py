@@ -6,8 +6,9 @@ appears). Each such docstring must have:
 
 - an example block: a line ending in `Example::`, a blank line, then a code block indented below it
   (mkdocstrings renders it as a code block). The block must parse as Python, and every
-  `ms.NAME...` / `mechscope.X.Y` path and every `from mechscope... import NAME` in it must exist
-  (`import mechscope as ms` is taken as read);
+  `ms.NAME...` / `mechscope.X.Y` path, every `from mechscope... import NAME` and every attribute of
+  a name such an import binds (`dl.build` after `from mechscope import dictionaries as dl`) must
+  exist (`import mechscope as ms` is taken as read);
 - when its signature (parameters or return value; for a class, its constructor) mentions `Tensor`:
   a parenthesised shape such as `(batch, pos, d_model)` or `(n,)` in its prose or in a comment of
   its example (code itself does not count: a call `f(a, b)` is not a shape).
@@ -104,22 +105,33 @@ def _chain(node: ast.Attribute) -> list[str] | None:
 
 
 def missing_paths(tree: ast.AST) -> list[str]:
-    """Every mechscope path an example names that does not exist."""
+    """Every mechscope path an example names that does not exist: imports from mechscope, and
+    attribute chains on `ms`, `mechscope` or a name an import in the example bound to a part of it."""
+    roots: dict[str, list[str]] = {"ms": [], "mechscope": []}
     missing = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mechscope":
+            base = node.module.split(".")[1:]
+            if not _resolve(base):
+                missing.append(node.module)
+            for alias in node.names:
+                if alias.name != "*" and not _resolve([*base, alias.name]):
+                    missing.append(f"{node.module}.{alias.name}")
+                roots[alias.asname or alias.name] = [*base, alias.name]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "mechscope":
+                    if not _resolve(parts[1:]):
+                        missing.append(alias.name)
+                    if alias.asname:
+                        roots[alias.asname] = parts[1:]
     inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and id(node) not in inner:  # the whole chain, once
             chain = _chain(node)
-            if chain and chain[0] in ("ms", "mechscope") and not _resolve(chain[1:]):
+            if chain and chain[0] in roots and not _resolve([*roots[chain[0]], *chain[1:]]):
                 missing.append(".".join(chain))
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mechscope":
-            base = node.module.split(".")[1:]
-            if not _resolve(base):
-                missing.append(node.module)
-            missing += [f"{node.module}.{a.name}" for a in node.names if a.name != "*" and not _resolve([*base, a.name])]
-        elif isinstance(node, ast.Import):
-            missing += [a.name for a in node.names
-                        if a.name.split(".")[0] == "mechscope" and not _resolve(a.name.split(".")[1:])]
     return missing
 
 
@@ -209,6 +221,9 @@ def test_the_rules_catch_what_they_should():
 
             ms.no_such_function(1)
             from mechscope.core import NotAThing
+            from mechscope import causal as c
+            c.AblationSpec("zero")
+            c.no_such_name
         """
 
     def no_shape(x: Tensor) -> Tensor:  # noqa: F821 - the annotation stays a string
@@ -231,7 +246,8 @@ def test_the_rules_catch_what_they_should():
     assert problems(bad) == ["no `Example::` block"]
     assert "blank line" in problems(no_blank)[0]
     assert "does not parse" in problems(broken)[0]
-    assert sorted(problems(wrong_path)) == ["example names mechscope.core.NotAThing, which does not exist",
+    assert sorted(problems(wrong_path)) == ["example names c.no_such_name, which does not exist",
+                                            "example names mechscope.core.NotAThing, which does not exist",
                                             "example names ms.no_such_function, which does not exist"]
     assert problems(no_shape) == ["takes or returns a Tensor but states no shape such as (batch, pos, d_model)"]
     assert problems(shape) == []
