@@ -42,7 +42,7 @@ class CompletenessReport:
     Example::
 
         rep = mechscope.causal.completeness_minimality(model, clean, circuit, ld, spec, reference_inputs=corrupt)
-        rep.worst_gap()                          # largest |F(C \ K) - F(M \ K)| over the knockouts K
+        rep.worst_gap()                          # the largest completeness gap over the knockouts K
         rep.least_needed(k=3)                    # the components the circuit could lose
     """
 
