@@ -50,7 +50,7 @@ def conv_hypothesis(model: Any, site: str, train_images: Tensor, degree: int = 1
 
         from mechscope.circuits import conv_hypothesis
         model = ms.load("zoo:fmnist-cnn")
-        hyp = conv_hypothesis(model, "features.0", train_images)   # train_images (n, 1, 28, 28)
+        hyp = conv_hypothesis(model, "conv1", train_images)   # train_images (n, 1, 28, 28)
         mechscope.causal.scrub(model, hyp, test_images, "mean", labels=test_labels)
     """
     model = wrap(model)

@@ -16,7 +16,14 @@ SPECS: tuple[Spec, ...] = (gpt2.SPEC, gpt_neox.SPEC, llama.SPEC, qwen3.SPEC, gem
 
 
 def spec_for(model_type: str) -> Spec | None:
-    """The adapter spec whose model types include Hugging Face's `model_type`, or None."""
+    """The adapter spec whose model types include Hugging Face's `model_type`, or None.
+
+    Example::
+
+        from mechscope.models import spec_for
+        spec_for("gpt2").model_types             # ("gpt2",)
+        spec_for("t5")                           # None: no adapter for that family
+    """
     for spec in SPECS:
         if model_type in spec.model_types:
             return spec
