@@ -42,7 +42,7 @@ class AcdcResult:
 
         res = mechscope.causal.acdc(model, clean, spec, threshold=0.01, reference_inputs=corrupt)
         res.present.sum()                        # present (n_edges,) bool: edges kept
-        res.circuit.nodes()
+        res.circuit.nodes
     """
 
     graph: Graph

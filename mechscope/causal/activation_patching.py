@@ -128,7 +128,10 @@ def activation_patching(
 
         from mechscope.causal import activation_patching
         from mechscope.core import metrics
-        ld = metrics.logit_diff(torch.tensor([5099]), torch.tensor([2322]))
+        model = ms.load("smollm2-135m")
+        clean = model.to_tokens(["When Mary and John went to the store, John gave a drink to"])["input_ids"]
+        corrupt = model.to_tokens(["When John and Mary went to the store, Mary gave a drink to"])["input_ids"]
+        ld = metrics.logit_diff(torch.tensor([5099]), torch.tensor([2322]))   # " Mary" - " John"
         res = activation_patching(model, clean, corrupt, [ms.Site(ms.Kind.Z, l) for l in range(2)], ld)
         res.normalised()                         # (site, head, position)
     """

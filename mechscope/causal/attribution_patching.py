@@ -41,6 +41,7 @@ def attribution_patching(
     Example::
 
         from mechscope.causal import attribution_patching
+        model = ms.load("smollm2-135m")          # clean, corrupt: its token ids (prompt, pos)
         est = attribution_patching(model, clean, corrupt, ["attn.z.0", "attn.z.1"], ld, each_position=False)
         est.values                               # (site, head, 1, prompt): a linear estimate
     """

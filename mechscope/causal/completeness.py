@@ -42,7 +42,7 @@ class CompletenessReport:
     Example::
 
         rep = mechscope.causal.completeness_minimality(model, clean, circuit, ld, spec, reference_inputs=corrupt)
-        rep.worst_gap()                          # the largest completeness gap over the knockouts K
+        rep.worst_gap                            # the largest completeness gap over the knockouts K
         rep.least_needed(k=3)                    # the components the circuit could lose
     """
 
@@ -82,7 +82,7 @@ def completeness_minimality(model: Any, inputs: Tensor, circuit: Circuit, metric
         from mechscope.causal import AblationSpec, completeness_minimality
         rep = completeness_minimality(model, clean, circuit, ld, AblationSpec("mean", reference="ref"),
                                       reference_inputs=ref)           # clean, ref (prompt, pos)
-        rep.worst_gap()
+        rep.worst_gap
     """
     if spec.direction != "noising":
         raise ValueError("completeness and minimality knock components out: use a noising ablation")

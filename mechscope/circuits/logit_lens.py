@@ -25,9 +25,10 @@ class LogitLens:
 
     Example::
 
-        lens = mechscope.circuits.logit_lens(model, tokens)
+        model = ms.load("smollm2-135m")
+        lens = mechscope.circuits.logit_lens(model, model.to_tokens(["The capital of France is"]))
         lens.logits                              # (layer + 1, batch, pos, vocab)
-        lens.rank_of(5099)                       # (layer + 1,): the token's rank at the last position
+        lens.rank_of(7042)                       # (layer + 1,): a token's rank at the last position
     """
 
     logits: Tensor

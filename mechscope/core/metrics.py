@@ -25,7 +25,7 @@ class Metric:
 
         from mechscope.core import metrics
         ld = metrics.logit_diff(torch.tensor([5099]), torch.tensor([2322]))  # a Metric
-        ld(logits)                               # logits (batch, pos, vocab) -> (batch,)
+        ld(logits)                               # SmolLM2's logits (batch, pos, vocab) -> (batch,)
     """
 
     name: str

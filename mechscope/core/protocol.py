@@ -22,6 +22,7 @@ class Prepared:
 
     Example::
 
+        model = ms.load("smollm2-135m")
         prepared = model.prepare(model.to_tokens(["hello"]))
         prepared.input_ids                       # (batch, pos)
         model.forward(prepared)

@@ -43,6 +43,8 @@ class RunResult:
 
     Example::
 
+        model = ms.load("smollm2-135m")
+        tokens = model.to_tokens(["The capital of France is"])
         res = ms.run(model, tokens, capture=["resid_post.1"], grad=lambda out: out.logits[0, -1].max())
         res.logits                               # (batch, pos, vocab)
         res.cache["resid_post.1"]                # (batch, pos, d_model)

@@ -53,7 +53,7 @@ class Score:
 
         s = ms.Score.from_items([0.91, 0.88, 0.95], "logit_diff recovered", dataset="ioi-abc")
         s.value, s.ci, s.n                       # mean, bootstrap interval, 3
-        s.worst()
+        s.worst
         print(s)
     """
 

@@ -68,8 +68,8 @@ def density_histogram(density: Tensor, lo: float = -7.0, hi: float = 0.0, bins: 
 
     Example::
 
-        from mechscope.dictionaries import density_histogram
-        edges, counts = density_histogram(metrics.density)       # density (d_sae,)
+        from mechscope.dictionaries import density_histogram, evaluate
+        edges, counts = density_histogram(evaluate(sae, x).density)   # density (d_sae,)
     """
     live = density[density > 0].double().log10().clamp(lo, hi - 1e-9)
     counts = torch.histc(live, bins=bins, min=lo, max=hi).long().tolist()

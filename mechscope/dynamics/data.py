@@ -32,7 +32,7 @@ class HeldOut:
 
         from mechscope.dynamics import HeldOut
         data = HeldOut.next_token(ids)           # ids (batch, pos): each position predicts the next
-        data.mask()                              # (batch, pos): where a target exists
+        data.mask                                # (batch, pos): where a target exists
     """
 
     ids: Tensor  # (batch, pos) token ids

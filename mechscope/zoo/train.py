@@ -106,8 +106,8 @@ class Run:
 
     Example::
 
-        from mechscope.zoo import open_run
-        run = open_run("induction-quick")
+        from mechscope.zoo import network
+        run = network("induction-quick")         # a finished Run
         run.done, run.checkpoint_steps()[:3]
         run.weights()                            # {name: tensor} of the final weights
     """
