@@ -26,8 +26,6 @@ import re
 import textwrap
 from pathlib import Path
 
-import pytest
-
 import mechscope
 
 REPO = Path(__file__).resolve().parent.parent
