@@ -230,9 +230,11 @@ def modadd_fourier(model: Any, freqs: Sequence[int] | None = None, *, train_inpu
     Example::
 
         from mechscope.circuits import explain_score, modadd_fourier
-        model = ms.load("zoo:modadd")
+        model = ms.load("zoo:modadd-frac05")     # the grokked network shipped in the package
         expl = modadd_fourier(model)             # key frequencies found from the weights
-        explain_score(model, inputs, expl.site, expl)          # inputs (batch, 3): a, b, "="
+        a, b = torch.randint(0, 113, (2, 256))
+        x = torch.stack([a, b, torch.full_like(a, 113)], 1)     # (256, 3): a, b, "="
+        explain_score(model, x, None, expl, labels=(a + b) % 113, reference=x).vs_mean
     """
     model, layout, train_inputs, freqs = modadd_setting(model, layout, train_inputs, freqs, layer)
     p = layout.p

@@ -44,7 +44,7 @@ class ModAddLayout:
 
         from mechscope.circuits import ModAddLayout, modadd_hypothesis
         layout = ModAddLayout.transformer(113)   # the zoo's one-layer transformer on "a b =", mod 113
-        hyp = modadd_hypothesis(ms.load("zoo:modadd"), layout)
+        hyp = modadd_hypothesis(ms.load("zoo:modadd-frac05"), layout)
     """
 
     p: int

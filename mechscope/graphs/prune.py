@@ -57,7 +57,7 @@ def influence(An: Tensor, w: Tensor, max_terms: int | None = None) -> Tensor:
     Example::
 
         from mechscope.graphs import influence, normalised
-        inf = influence(normalised(g.adjacency), w)   # w (N,): weights on the logit nodes
+        inf = influence(normalised(g.adjacency), g.logit_weights)   # (N,); logit_weights (N,)
     """
     v = w.double()
     total = torch.zeros_like(v)
@@ -91,8 +91,9 @@ def graph_scores(A: Tensor, w: Tensor, error: Tensor, token: Tensor) -> dict[str
 
     Example::
 
-        from mechscope.graphs import graph_scores
-        graph_scores(A, w, error, token)         # A (N, N), w (N,), error and token (N,) masks
+        from mechscope.graphs import NodeKind, graph_scores
+        error, token = g.of_kind(NodeKind.ERROR), g.of_kind(NodeKind.TOKEN)   # (N,) bool each
+        graph_scores(g.adjacency, g.logit_weights, error, token)              # A (N, N), w (N,)
     """
     An = normalised(A)
     inf = influence(An, w)
