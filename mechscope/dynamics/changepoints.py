@@ -141,7 +141,7 @@ def detect(x: np.ndarray, y: np.ndarray, threshold: float, min_size: int = MIN_S
         from mechscope.dynamics import detect
         x = np.arange(20.0)
         y = np.where(x < 10, 0.0, 1.0) + 0.01 * np.random.default_rng(0).standard_normal(20)  # (checkpoints,)
-        fit = detect(x, y, threshold=3.0)        # one break near step 10
+        detect(x, y, threshold=100.0).breaks      # [10]: the level jumps at step 10
     """
     y = np.asarray(y, dtype=np.float64)
     z = normalise(y)
