@@ -55,7 +55,7 @@ def roles_from_head_roles(roles: Any) -> dict[str, Any]:
     Example::
 
         from mechscope.artifacts import roles_from_head_roles
-        roles = mechscope.circuits.head_roles(model)
+        roles = mechscope.circuits.head_roles(ms.load("zoo:induction-quick"), n=12)
         writer.model("zoo:induction-quick").head_roles(**roles_from_head_roles(roles))
     """
     names = ("previous_token", "duplicate_token", "induction", "bos")

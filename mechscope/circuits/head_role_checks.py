@@ -181,7 +181,7 @@ class RoleCheck:
 
     Example::
 
-        check = mechscope.circuits.causal_check(model, "induction", [(1, 1), (1, 3)])
+        check = mechscope.circuits.causal_check(model, "induction", [(1, 1), (1, 3)], n=12)
         check.clean, check.ablated, check.effect             # effect: Score of the per-prompt change
         check.passed
     """
@@ -236,7 +236,7 @@ def causal_check(model: Any, role: str, heads: Sequence[tuple[int, int]], *, n: 
     Example::
 
         from mechscope.circuits import causal_check
-        check = causal_check(ms.load("zoo:induction-quick"), "previous_token", [(0, 2)])
+        check = causal_check(ms.load("zoo:induction-quick"), "previous_token", [(0, 2)], n=12)
         print(check.expect, check.passed)
     """
     if role not in ROLES:

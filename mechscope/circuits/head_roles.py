@@ -31,7 +31,7 @@ class HeadRoles:
 
     Example::
 
-        roles = mechscope.circuits.head_roles(ms.load("zoo:induction-quick"))
+        roles = mechscope.circuits.head_roles(ms.load("zoo:induction-quick"), n=12)
         roles.induction                          # (layer, head)
         roles.top("previous_token", k=2)         # [(layer, head, score), ...]
     """
@@ -67,7 +67,7 @@ def repeated_tokens(vocab: int, n: int, batch: int, seed: int = 0, bos: int | No
     Example::
 
         from mechscope.circuits import repeated_tokens
-        ids = repeated_tokens(vocab=48, n=20, batch=16, bos=0)   # (16, 41)
+        ids = repeated_tokens(vocab=48, n=12, batch=16, bos=0)   # (16, 25)
         ms.run(ms.load("zoo:induction-quick"), ids, capture=["attn.pattern.1"])
     """
     g = torch.Generator().manual_seed(seed)
@@ -87,7 +87,7 @@ def head_roles(model: Any, n: int = 20, batch: int = 16, seed: int = 0, bos: int
     Example::
 
         from mechscope.circuits import head_roles
-        roles = head_roles(ms.load("zoo:induction-quick"), n=20, batch=16)
+        roles = head_roles(ms.load("zoo:induction-quick"), n=12, batch=16)   # 2n + 1 <= n_ctx 32
         roles.top("induction")                   # [(layer, head, score), ...]
     """
     model = wrap(model)

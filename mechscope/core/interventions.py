@@ -313,7 +313,11 @@ class Add(Intervention):
 
     Example::
 
-        d = cache["resid_pre.6"][0, -1] - cache2["resid_pre.6"][0, -1]     # (d_model,) steering vector
+        model = ms.load("smollm2-135m")
+        love = ms.run(model, model.to_tokens(["I love it"]), capture=["resid_pre.6"]).cache["resid_pre.6"]
+        hate = ms.run(model, model.to_tokens(["I hate it"]), capture=["resid_pre.6"]).cache["resid_pre.6"]
+        d = love[0, -1] - hate[0, -1]            # (d_model,) steering vector
+        tokens = model.to_tokens(["The movie was"])
         steered = ms.run(model, tokens, interventions=ms.Add("resid_pre.6", 4.0 * d, positions=[-1]))
     """
 

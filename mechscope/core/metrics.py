@@ -25,7 +25,9 @@ class Metric:
 
         from mechscope.core import metrics
         ld = metrics.logit_diff(torch.tensor([5099]), torch.tensor([2322]))  # a Metric
-        ld(logits)                               # SmolLM2's logits (batch, pos, vocab) -> (batch,)
+        model = ms.load("smollm2-135m")
+        logits = ms.run(model, model.to_tokens(["When Mary and John went out, John gave it to"])).logits
+        ld(logits)                               # logits (batch, pos, vocab) -> (batch,)
     """
 
     name: str
