@@ -101,7 +101,8 @@ def build_module(run: Run, step: int | None = None) -> nn.Module:
 
         from mechscope.zoo import build_module, network
         net = build_module(network("induction-quick"))          # the final weights, in eval mode
-        net = build_module(network("induction"), step=500)      # after 500 updates (a run trained here)
+        run = network("induction")
+        net = build_module(run, step=run.checkpoint_steps()[10])   # an early checkpoint (a run trained here)
     """
     if not run.done and step is None:
         if run.state_path.is_file() or run.config_path.is_file():
