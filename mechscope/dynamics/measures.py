@@ -82,7 +82,7 @@ class Measures:
     Example::
 
         m = mechscope.dynamics.measure_series(series, llc=False)
-        m.steps, [s.name for s in m.find("loss")]
+        m.steps, [s.name for s in m.find("log10_loss.position")]
     """
 
     steps: list[int]
