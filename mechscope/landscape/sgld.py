@@ -300,7 +300,7 @@ def sample(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, conf
 
         from mechscope.landscape import SGLDConfig, mse_loss, sample
         chains = sample(lambda b: mse_loss(net, b), net, (x, y), SGLDConfig(chains=2, draws=100))
-        chains.losses                            # (chains, draws + 1)
+        chains.losses                            # (chains, burn_in + draws)
     """
     n = n_examples(data)
     selected = select_parameters(module, params)
