@@ -50,7 +50,8 @@ def public_objects() -> list[tuple[str, object]]:
         module = importlib.import_module(package)
         for name in getattr(module, "__all__", ()):
             obj = getattr(module, name)
-            if inspect.isfunction(obj) or inspect.isclass(obj):
+            # a re-export of another library's class or function is documented there
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__.split(".")[0] == "mechscope":
                 seen.setdefault((obj.__module__, obj.__qualname__), (f"{package}.{name}", obj))
     return sorted(seen.values(), key=lambda item: item[0])
 
