@@ -110,7 +110,7 @@ def check_same_architecture(a: Any, b: Any) -> None:
     Example::
 
         from mechscope.diff import check_same_architecture, load_model
-        check_same_architecture(load_model("zoo:textlm-quick"), load_model("runs/textlm-b"))  # or raises
+        check_same_architecture(load_model("zoo:modadd-quick"), load_model("zoo:modadd-frac05"))  # or raises
     """
     ma, mb = a.module, b.module
     if type(ma) is not type(mb):
@@ -136,7 +136,7 @@ def load_pair(a: Any, b: Any, device: str | None = None) -> tuple[Any, Any]:
     Example::
 
         from mechscope.diff import load_pair
-        a, b = load_pair("zoo:textlm-quick", "runs/textlm-b")
+        a, b = load_pair("zoo:modadd-quick", "zoo:modadd-frac05")   # or run directories, HF directories
     """
     ma, mb = load_model(a, "A", device), load_model(b, "B", device)
     check_same_architecture(ma, mb)

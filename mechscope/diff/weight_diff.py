@@ -42,9 +42,11 @@ class Direction:
 
     Example::
 
-        d = mechscope.diff.weight_diff(a, b)[0].directions[0]
-        d.sigma, d.side, d.space                 # its singular value, and which side was read
-        d.vector                                 # (d,) unit vector in that space
+        a, b = mechscope.diff.load_pair("zoo:modadd-quick", "zoo:modadd-frac05")
+        d = next(c for c in mechscope.diff.weight_diff(a, b) if c.directions).directions[0]
+        d.sigma, d.side, d.space                 # its singular value, "writes", "d_model"
+        d.vector                                 # (d_model,): a unit vector in that space
+        d.top                                    # the token ids it reads out highest
     """
 
     sigma: float
@@ -62,10 +64,11 @@ class ComponentDiff:
 
     Example::
 
+        a, b = mechscope.diff.load_pair("zoo:modadd-quick", "zoo:modadd-frac05")
         diffs = mechscope.diff.weight_diff(a, b)
-        top = diffs[0]                           # the largest relative change
-        top.name, top.shape, top.relative, top.effective_rank
-        top.directions[0].top                    # token ids its first direction reads or writes most
+        top = diffs[0]                           # the largest relative change, e.g. "L0.b_V"
+        top.name, top.shape, top.relative, top.rank
+        [c.name for c in diffs if c.directions]  # matrices, each with its top directions
     """
 
     name: str  # "embed", "L0.H1.OV", "L1.mlp_out", "unembed", "L0.b_out", ...
@@ -207,7 +210,7 @@ def weight_diff(a: Any, b: Any, n_directions: int = 3, k_tokens: int = 10, tol: 
     Example::
 
         from mechscope.diff import load_pair, weight_diff
-        a, b = load_pair("zoo:textlm-quick", "runs/textlm-b")
+        a, b = load_pair("zoo:modadd-quick", "zoo:modadd-frac05")   # or run directories, HF directories
         for c in weight_diff(a, b)[:5]:
             print(c.name, c.relative, c.rank)
     """
