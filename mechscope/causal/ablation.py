@@ -60,7 +60,7 @@ class AblationSpec:
 
         from mechscope.causal import AblationSpec
         spec = AblationSpec("patch", reference="name swaps", granularity="edge")
-        spec.describe()                          # {"kind": "patch", "reference": "name swaps", ...}
+        spec.describe()                          # {"ablation": "patch", "reference": "name swaps", "level": "edge", ...}
     """
 
     kind: AblationKind = AblationKind.MEAN
