@@ -58,7 +58,7 @@ class ExplanationScore:
         s = mechscope.circuits.explain_score(model, tokens, "attn.z.1", strict, heads=[1])
         s.vs_mean, s.vs_resample                 # Scores: loss recovered against each ablation
         s.describe()                             # a JSON-ready record
-        s.per_prompt                             # {run: (prompt,) losses}
+        s.per_prompt["explained"]                # (prompt,) losses; also "clean", "mean", "resample"
     """
 
     site: Site

@@ -74,7 +74,7 @@ def from_zoo_run(run: Any) -> dict[str, HeldOut]:
     Example::
 
         from mechscope.dynamics import from_zoo_run
-        data = from_zoo_run(mechscope.zoo.open_run("induction"))   # {"heldout": ..., "train": ...}
+        data = from_zoo_run(mechscope.zoo.network("modadd-frac05"))   # {"heldout": ..., "train": ...}
     """
     from .. import zoo
 
