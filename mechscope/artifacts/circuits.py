@@ -53,7 +53,8 @@ def circuit_from_edges(scores: Any = None, circuit: Any = None, k: int = 100, fa
     Example::
 
         from mechscope.artifacts import circuit_from_edges
-        scores = mechscope.causal.eap(model, clean, ld, spec, reference_inputs=corrupt)   # EdgeScores
+        from mechscope.causal import eap
+        scores = eap(model, clean, ld, spec, reference_inputs=corrupt)   # EdgeScores
         writer.model("zoo:induction-quick").circuit("eap", **circuit_from_edges(scores, k=50))
     """
     if scores is None and circuit is None:

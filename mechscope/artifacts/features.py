@@ -53,7 +53,8 @@ def feature_rows(store: Any, set_id: str, limit: int | None = None) -> list[dict
     Example::
 
         from mechscope.artifacts import feature_rows
-        with mechscope.features.FeatureStore("out/features.duckdb") as store:
+        from mechscope.features import FeatureStore
+        with FeatureStore("out/features.duckdb") as store:
             rows = feature_rows(store, "mlp.post.1", limit=20)
     """
     feats = store.features(set_id)[:limit]

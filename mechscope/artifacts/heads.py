@@ -55,7 +55,8 @@ def roles_from_head_roles(roles: Any) -> dict[str, Any]:
     Example::
 
         from mechscope.artifacts import roles_from_head_roles
-        roles = mechscope.circuits.head_roles(ms.load("zoo:induction-quick"), n=12)
+        from mechscope.circuits import head_roles
+        roles = head_roles(ms.load("zoo:induction-quick"), n=12)
         writer.model("zoo:induction-quick").head_roles(**roles_from_head_roles(roles))
     """
     names = ("previous_token", "duplicate_token", "induction", "bos")

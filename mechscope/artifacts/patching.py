@@ -37,7 +37,8 @@ def heatmap_from_patching(result: Any, tokens: Sequence[str] | None = None, norm
     Example::
 
         from mechscope.artifacts import heatmap_from_patching
-        result = mechscope.causal.activation_patching(model, clean, corrupt, sites, ld, each_position=False)
+        from mechscope.causal import activation_patching
+        result = activation_patching(model, clean, corrupt, sites, ld, each_position=False)
         writer.model("zoo:induction-quick").patching("heads", **heatmap_from_patching(result))
     """
     grid = result.normalised() if normalised else result.mean()  # (site, head, position)

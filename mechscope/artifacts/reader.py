@@ -14,7 +14,8 @@ class ModelArtifacts:
 
     Example::
 
-        m = mechscope.artifacts.read_artifacts("out").model("zoo:induction-quick")
+        from mechscope.artifacts import read_artifacts
+        m = read_artifacts("out").model("zoo:induction-quick")
         m.attention()["patterns"]                # [layer][head][query][key]
         [m.circuit(name) for name in m.circuit_names()]
     """

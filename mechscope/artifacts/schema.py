@@ -102,7 +102,8 @@ def spec_text(spec: Any) -> str:
     Example::
 
         from mechscope.artifacts import spec_text
-        spec_text(mechscope.causal.AblationSpec("mean", reference="ioi-abc"))
+        from mechscope.causal import AblationSpec
+        spec_text(AblationSpec("mean", reference="ioi-abc"))
     """
     if spec is None:
         return "unspecified"

@@ -30,7 +30,8 @@ def training_from_run(run: Any) -> dict[str, Any]:
     Example::
 
         from mechscope.artifacts import training_from_run
-        run = mechscope.zoo.finished_run("induction-quick")
+        from mechscope.zoo import finished_run
+        run = finished_run("induction-quick")
         writer.model("zoo:induction-quick").training(**training_from_run(run))
     """
     curves: dict[str, list[tuple[int, float]]] = {}

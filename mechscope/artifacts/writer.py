@@ -67,7 +67,8 @@ class ModelWriter(OverviewWriter, HeadsWriter, PatchingWriter, CircuitWriter, Tr
 
     Example::
 
-        m = mechscope.artifacts.ArtifactWriter("out").model("zoo:induction-quick")
+        from mechscope.artifacts import ArtifactWriter
+        m = ArtifactWriter("out").model("zoo:induction-quick")
         m.attention(["a", "b", "a"], patterns)   # patterns (layer, head, query, key) of one prompt
         m.head_roles({"induction": scores})      # scores (layer, head)
     """

@@ -40,7 +40,8 @@ class AcdcResult:
 
     Example::
 
-        res = mechscope.causal.acdc(model, clean, spec, threshold=0.01, reference_inputs=corrupt)
+        from mechscope.causal import acdc
+        res = acdc(model, clean, spec, threshold=0.01, reference_inputs=corrupt)
         res.present.sum()                        # present (n_edges,) bool: edges kept
         res.circuit.nodes
     """

@@ -66,7 +66,8 @@ class PatchingResult:
 
     Example::
 
-        res = mechscope.causal.activation_patching(model, clean, corrupt, ["attn.z.0", "attn.z.1"], ld)
+        from mechscope.causal import activation_patching
+        res = activation_patching(model, clean, corrupt, ["attn.z.0", "attn.z.1"], ld)
         res.values                               # (site, head, position, prompt)
         res.normalised()                         # (site, head, position): share of the effect restored
     """

@@ -41,7 +41,8 @@ class CompletenessReport:
 
     Example::
 
-        rep = mechscope.causal.completeness_minimality(model, clean, circuit, ld, spec, reference_inputs=corrupt)
+        from mechscope.causal import completeness_minimality
+        rep = completeness_minimality(model, clean, circuit, ld, spec, reference_inputs=corrupt)
         rep.worst_gap                            # the largest completeness gap over the knockouts K
         rep.least_needed(k=3)                    # the components the circuit could lose
     """

@@ -340,7 +340,8 @@ class EdgeScores:
 
     Example::
 
-        scores = mechscope.causal.eap(model, clean, ld, spec, reference_inputs=corrupt)
+        from mechscope.causal import eap
+        scores = eap(model, clean, ld, spec, reference_inputs=corrupt)
         scores.values                            # (n_edges,)
         scores.top(10)                           # [(Edge, score), ...] by |score|
         circuit = scores.circuit(k=200)

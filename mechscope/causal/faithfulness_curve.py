@@ -37,7 +37,8 @@ class FaithfulnessCurve:
 
     Example::
 
-        curve = mechscope.causal.faithfulness_curve(model, clean, scores, ld, spec, reference_inputs=corrupt)
+        from mechscope.causal import faithfulness_curve
+        curve = faithfulness_curve(model, clean, scores, ld, spec, reference_inputs=corrupt)
         curve.values                             # (size,) f(k); curve.per_prompt (size, prompt)
         curve.cpr, curve.random_cpr              # area under it, and for random circuits
     """

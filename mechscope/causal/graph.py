@@ -126,9 +126,10 @@ class Graph:
 
     Example::
 
-        graph = mechscope.causal.graph_of(ms.load("zoo:induction-quick"))
+        from mechscope.causal import OUTPUT, graph_of
+        graph = graph_of(ms.load("zoo:induction-quick"))
         graph.n_edges
-        mask = graph.mask(graph.into([mechscope.causal.OUTPUT]))   # (n_edges,): 1 on every edge into the logits
+        mask = graph.mask(graph.into([OUTPUT]))   # (n_edges,): 1 on every edge into the logits
     """
 
     senders: tuple[Node, ...]

@@ -42,7 +42,8 @@ class PathPatchingResult:
 
     Example::
 
-        res = mechscope.causal.path_patching(model, clean, corrupt, senders, receivers, ld)
+        from mechscope.causal import path_patching
+        res = path_patching(model, clean, corrupt, senders, receivers, ld)
         res.values                               # (sender, receiver-set, prompt)
         res.effect()                             # (sender, receiver-set)
     """

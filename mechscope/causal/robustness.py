@@ -39,7 +39,8 @@ class RobustnessReport:
 
     Example::
 
-        rep = mechscope.causal.robustness_report(model, clean, circuit, ld, reference_inputs=other,
+        from mechscope.causal import robustness_report
+        rep = robustness_report(model, clean, circuit, ld, reference_inputs=other,
                                                  reference="other prompts", dataset="induction")
         rep.table()                              # one row per ablation kind x level
         rep.spread()                             # how far apart the faithfulness values lie

@@ -66,9 +66,10 @@ class ScrubError(MechscopeError, ValueError):
 
     Example::
 
+        from mechscope.causal import ScrubError, scrub
         try:
-            mechscope.causal.scrub(model, hypothesis, ids, "mean", labels=labels)
-        except mechscope.causal.ScrubError as err:
+            scrub(model, hypothesis, ids, "mean", labels=labels)
+        except ScrubError as err:
             print(err)                           # names the component (and both shapes)
     """
 
@@ -101,7 +102,8 @@ class ScrubResult:
 
     Example::
 
-        res = mechscope.causal.scrub(model, hypothesis, ids, "mean", labels=labels)
+        from mechscope.causal import scrub
+        res = scrub(model, hypothesis, ids, "mean", labels=labels)
         res.recovered                            # Score: share of the loss recovered
         [(p.name, p.alone) for p in res.parts]
     """

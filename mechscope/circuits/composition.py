@@ -32,7 +32,8 @@ class Composition:
 
     Example::
 
-        comp = mechscope.circuits.composition_scores(ms.load("zoo:induction-quick"))
+        from mechscope.circuits import composition_scores
+        comp = composition_scores(ms.load("zoo:induction-quick"))
         comp.k[0, 2, 1, 1]                       # K-composition of L0H2 into L1H1; q, k, v (layer1, head1, layer2, head2)
     """
 

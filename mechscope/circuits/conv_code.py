@@ -49,9 +49,10 @@ def conv_hypothesis(model: Any, site: str, train_images: Tensor, degree: int = 1
     Example::
 
         from mechscope.circuits import conv_hypothesis
+        from mechscope.causal import scrub
         model = ms.load("zoo:fmnist-cnn")
         hyp = conv_hypothesis(model, "conv1", train_images)   # train_images (n, 1, 28, 28)
-        mechscope.causal.scrub(model, hyp, test_images, "mean", labels=test_labels)
+        scrub(model, hyp, test_images, "mean", labels=test_labels)
     """
     model = wrap(model)
     s = resolve(model, site)

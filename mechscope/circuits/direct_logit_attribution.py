@@ -46,9 +46,10 @@ class DirectLogitAttribution:
 
     Example::
 
+        from mechscope.circuits import direct_logit_attribution
         model = ms.load("smollm2-135m")
         tokens = model.to_tokens(["When Mary and John went to the store, John gave a drink to"])
-        dla = mechscope.circuits.direct_logit_attribution(model, tokens, token=5099, minus=2322)
+        dla = direct_logit_attribution(model, tokens, token=5099, minus=2322)
         dla.heads[:, :, 0, -1]                   # heads (layer, head, batch, pos): each head at the last position
         dla.total                                # (batch, pos): the sum, equal to the logit difference
     """

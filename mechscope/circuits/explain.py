@@ -55,7 +55,8 @@ class ExplanationScore:
 
     Example::
 
-        s = mechscope.circuits.explain_score(model, tokens, "attn.z.1", strict, heads=[1])
+        from mechscope.circuits import explain_score
+        s = explain_score(model, tokens, "attn.z.1", strict, heads=[1])
         s.vs_mean, s.vs_resample                 # Scores: loss recovered against each ablation
         s.describe()                             # a JSON-ready record
         s.per_prompt["explained"]                # (prompt,) losses; also "clean", "mean", "resample"

@@ -61,7 +61,8 @@ class CopySuppression:
 
     Example::
 
-        cs = mechscope.circuits.copy_suppression_scores(model)
+        from mechscope.circuits import copy_suppression_scores
+        cs = copy_suppression_scores(model)
         cs.suppression                           # (layer, head)
         cs.heads(suppression=0.3)                # [(layer, head), ...] above the threshold
     """
@@ -181,7 +182,8 @@ class RoleCheck:
 
     Example::
 
-        check = mechscope.circuits.causal_check(model, "induction", [(1, 1), (1, 3)], n=12)
+        from mechscope.circuits import causal_check
+        check = causal_check(model, "induction", [(1, 1), (1, 3)], n=12)
         check.clean, check.ablated, check.effect             # effect: Score of the per-prompt change
         check.passed
     """

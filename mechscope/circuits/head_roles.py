@@ -31,7 +31,8 @@ class HeadRoles:
 
     Example::
 
-        roles = mechscope.circuits.head_roles(ms.load("zoo:induction-quick"), n=12)
+        from mechscope.circuits import head_roles
+        roles = head_roles(ms.load("zoo:induction-quick"), n=12)
         roles.induction                          # (layer, head)
         roles.top("previous_token", k=2)         # [(layer, head, score), ...]
     """

@@ -25,8 +25,9 @@ class LogitLens:
 
     Example::
 
+        from mechscope.circuits import logit_lens
         model = ms.load("smollm2-135m")
-        lens = mechscope.circuits.logit_lens(model, model.to_tokens(["The capital of France is"]))
+        lens = logit_lens(model, model.to_tokens(["The capital of France is"]))
         lens.logits                              # (layer + 1, batch, pos, vocab)
         lens.rank_of(7042)                       # (layer + 1,): a token's rank at the last position
     """

@@ -83,11 +83,12 @@ def modadd_hypothesis(model: Any, layout: ModAddLayout | None = None, *, freqs: 
     Example::
 
         from mechscope.circuits import modadd_hypothesis
+        from mechscope.causal import scrub
         model = ms.load("zoo:modadd-frac05")
         hyp = modadd_hypothesis(model)           # numbers fitted on the training split
         a, b = torch.randint(0, 113, (2, 256))
         x = torch.stack([a, b, torch.full_like(a, 113)], 1)     # (256, 3): a, b, "="
-        mechscope.causal.scrub(model, hyp, x, "mean", labels=(a + b) % 113).recovered
+        scrub(model, hyp, x, "mean", labels=(a + b) % 113).recovered
     """
     model, layout, train_inputs, freqs = modadd_setting(model, layout, train_inputs, freqs)
     p = layout.p

@@ -58,8 +58,9 @@ def build_demo_artifacts(out: str | Path = "out", *, steps: int | None = None, r
     Example::
 
         from mechscope.demo import build_demo_artifacts
+        from mechscope.artifacts import read_artifacts
         root = build_demo_artifacts("out", steps=200)   # a short induction-quick run's artifacts
-        mechscope.artifacts.read_artifacts(root).model_names()
+        read_artifacts(root).model_names()
     """
     induction_section(A.ArtifactWriter(out), QUICK, steps=steps, run_path=run_path, threads=threads,
                       progress=progress, log=log, scratch=Path(out))

@@ -54,7 +54,8 @@ class Matching:
 
     Example::
 
-        m = mechscope.dictionaries.match(sae_a, sae_b)
+        from mechscope.dictionaries import match
+        m = match(sae_a, sae_b)
         m.a, m.b, m.cos                          # (pairs,) each: a's latent, b's latent, their cosine
         m.mean_cos, m.share_above(0.7)
     """
@@ -114,7 +115,8 @@ class Comparison:
 
     Example::
 
-        c = mechscope.dictionaries.compare(sae_a, sae_b)
+        from mechscope.dictionaries import compare
+        c = compare(sae_a, sae_b)
         c.mmcs                                   # both directions' mean max cosine, averaged
         c.matching.share_above(0.9)
     """

@@ -39,7 +39,8 @@ class DictMetrics:
 
     Example::
 
-        m = mechscope.dictionaries.evaluate(sae, x)   # x (rows, d_in)
+        from mechscope.dictionaries import evaluate
+        m = evaluate(sae, x)   # x (rows, d_in)
         m.l0, m.fvu, m.dead_fraction
         m.density                                # (d_sae,): how often each latent fires
     """
@@ -172,7 +173,8 @@ class LossRecovered:
 
     Example::
 
-        lr = mechscope.dictionaries.loss_recovered(model, sae, tokens[:64], "resid_post.14")
+        from mechscope.dictionaries import loss_recovered
+        lr = loss_recovered(model, sae, tokens[:64], "resid_post.14")
         lr.vs_zero, lr.vs_mean                   # Scores
         lr.clean, lr.spliced
     """

@@ -40,7 +40,8 @@ class Diversity:
 
     Example::
 
-        d = mechscope.dictionaries.dictionary_diversity(sae, x, toks)   # x (rows, d_in), toks (rows,)
+        from mechscope.dictionaries import dictionary_diversity
+        d = dictionary_diversity(sae, x, toks)   # x (rows, d_in), toks (rows,)
         d.median, d.mean
         d.per_unit                               # (units measured,): effective number of tokens
     """
@@ -150,7 +151,8 @@ class Spread:
 
     Example::
 
-        s = mechscope.dictionaries.neuron_spread(sae, x)   # x (rows, d_in)
+        from mechscope.dictionaries import neuron_spread
+        s = neuron_spread(sae, x)   # x (rows, d_in)
         s.participation                          # (d_in,): effective number of features per neuron
     """
 

@@ -87,7 +87,8 @@ class ReplacementScores:
 
     Example::
 
-        s = mechscope.dictionaries.replacement_scores(model, tset, tokens[:32])
+        from mechscope.dictionaries import replacement_scores
+        s = replacement_scores(model, tset, tokens[:32])
         s.kl, s.vs_mean                          # KL to the model, loss recovered against mean ablation
     """
 

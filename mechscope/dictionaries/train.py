@@ -110,7 +110,8 @@ class TrainResult:
 
     Example::
 
-        res = mechscope.dictionaries.train(sae, batches, mechscope.dictionaries.TrainConfig(tokens=1_000_000))
+        from mechscope.dictionaries import TrainConfig, train
+        res = train(sae, batches, TrainConfig(tokens=1_000_000))
         res.dictionary, res.curve[-1]            # the trained SAE and its last logged losses
         res.tokens_per_second
     """

@@ -51,7 +51,8 @@ class TranscoderSet:
 
     Example::
 
-        tset = mechscope.dictionaries.load_transcoder_set("runs/textlm-tc", model=ms.load("zoo:textlm"))
+        from mechscope.dictionaries import load_transcoder_set
+        tset = load_transcoder_set("runs/textlm-tc", model=ms.load("zoo:textlm"))
         tset.kind, tset.layers                   # "per-layer" or "clt", and the layers it covers
         tset.transcoders[0]                      # layer 0's Transcoder
     """

@@ -42,8 +42,9 @@ class Direction:
 
     Example::
 
-        a, b = mechscope.diff.load_pair("zoo:modadd-quick", "zoo:modadd-frac05")
-        d = next(c for c in mechscope.diff.weight_diff(a, b) if c.directions).directions[0]
+        from mechscope.diff import load_pair, weight_diff
+        a, b = load_pair("zoo:modadd-quick", "zoo:modadd-frac05")
+        d = next(c for c in weight_diff(a, b) if c.directions).directions[0]
         d.sigma, d.side, d.space                 # its singular value, "writes", "d_model"
         d.vector                                 # (d_model,): a unit vector in that space
         d.top                                    # the token ids it reads out highest
@@ -64,8 +65,9 @@ class ComponentDiff:
 
     Example::
 
-        a, b = mechscope.diff.load_pair("zoo:modadd-quick", "zoo:modadd-frac05")
-        diffs = mechscope.diff.weight_diff(a, b)
+        from mechscope.diff import load_pair, weight_diff
+        a, b = load_pair("zoo:modadd-quick", "zoo:modadd-frac05")
+        diffs = weight_diff(a, b)
         top = diffs[0]                           # the largest relative change, e.g. "L0.b_V"
         top.name, top.shape, top.relative, top.rank
         [c.name for c in diffs if c.directions]  # matrices, each with its top directions

@@ -275,7 +275,8 @@ class Dynamics:
 
     Example::
 
-        res = mechscope.dynamics.analyse(series)
+        from mechscope.dynamics import analyse
+        res = analyse(series)
         for b in res.dynamics.boundaries:
             print(b.step, res.dynamics.ranked_components(b.moves, 5))
     """

@@ -74,7 +74,8 @@ def from_zoo_run(run: Any) -> dict[str, HeldOut]:
     Example::
 
         from mechscope.dynamics import from_zoo_run
-        data = from_zoo_run(mechscope.zoo.network("modadd-frac05"))   # {"heldout": ..., "train": ...}
+        from mechscope.zoo import network
+        data = from_zoo_run(network("modadd-frac05"))   # {"heldout": ..., "train": ...}
     """
     from .. import zoo
 

@@ -59,7 +59,8 @@ class Series:
 
     Example::
 
-        s = mechscope.dynamics.measure_series(series, llc=False).series[0]
+        from mechscope.dynamics import measure_series
+        s = measure_series(series, llc=False).series[0]
         s.name, s.values                         # values (checkpoint,)
     """
 
@@ -81,7 +82,8 @@ class Measures:
 
     Example::
 
-        m = mechscope.dynamics.measure_series(series, llc=False)
+        from mechscope.dynamics import measure_series
+        m = measure_series(series, llc=False)
         m.steps, [s.name for s in m.find("log10_loss.position")]
     """
 

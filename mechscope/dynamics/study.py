@@ -102,7 +102,8 @@ class Result:
 
     Example::
 
-        res = mechscope.dynamics.analyse(series, llc=False)
+        from mechscope.dynamics import analyse
+        res = analyse(series, llc=False)
         res.measures.steps, res.dynamics.boundaries, res.seconds
     """
 

@@ -45,7 +45,8 @@ class DashboardSummary:
 
     Example::
 
-        summary = mechscope.features.build_dashboards(model, features, docs, store, dataset="textlm")
+        from mechscope.features import build_dashboards
+        summary = build_dashboards(model, features, docs, store, dataset="textlm")
         summary.live, summary.n_features, summary.seconds
     """
 

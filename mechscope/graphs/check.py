@@ -38,7 +38,8 @@ class InterventionCheck:
 
     Example::
 
-        chk = mechscope.graphs.intervention_check(rep, g, target=token_id, top=20)
+        from mechscope.graphs import intervention_check
+        chk = intervention_check(rep, g, target=token_id, top=20)
         chk.predicted, chk.measured              # (n,) each
         chk.spearman
     """

@@ -77,9 +77,10 @@ class AttributionGraph:
 
     Example::
 
-        g = mechscope.graphs.attribute(rep, target=token_id)
+        from mechscope.graphs import NodeKind, attribute
+        g = attribute(rep, target=token_id)
         g.adjacency                              # (N, N): [target, source]
-        g.of_kind(mechscope.graphs.NodeKind.LATENT)
+        g.of_kind(NodeKind.LATENT)
         g.to_json()
     """
 

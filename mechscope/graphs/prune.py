@@ -75,7 +75,8 @@ class Pruned:
 
     Example::
 
-        p = mechscope.graphs.prune(g, node_threshold=0.8, edge_threshold=0.98)
+        from mechscope.graphs import prune
+        p = prune(g, node_threshold=0.8, edge_threshold=0.98)
         p.keep                                   # (N,) bool
         p.scores                                 # replacement and completeness, before and after
     """

@@ -120,7 +120,8 @@ class LLCEstimate:
 
     Example::
 
-        est = mechscope.landscape.estimate_llc(model, ids)   # ids (batch, pos)
+        from mechscope.landscape import estimate_llc
+        est = estimate_llc(model, ids)   # ids (batch, pos)
         est.llc, est.std_error, est.interval
         est.traces                               # (chains, steps)
     """
