@@ -10,7 +10,15 @@ from .schema import DEFAULT_DIR, NAME, ArtifactError, check_name, read_json, rea
 
 
 class ModelArtifacts:
-    """Read access to one model's artifacts (each file read, checked and parsed on demand)."""
+    """Read access to one model's artifacts (each file read, checked and parsed on demand).
+
+    Example::
+
+        from mechscope.artifacts import read_artifacts
+        m = read_artifacts("out").model("zoo:induction-quick")
+        m.attention()["patterns"]                # [layer][head][query][key]
+        [m.circuit(name) for name in m.circuit_names()]
+    """
 
     def __init__(self, root: "Artifacts", name: str, path: Path):
         self.root, self.name, self.path = root, name, path
@@ -108,7 +116,15 @@ class ModelArtifacts:
 
 
 class Artifacts:
-    """A checked artifact directory: `models()` and `model(name)`."""
+    """A checked artifact directory: `models()` and `model(name)`.
+
+    Example::
+
+        from mechscope.artifacts import read_artifacts
+        arts = read_artifacts("out")             # an Artifacts
+        arts.model_names()
+        arts.model("zoo:induction-quick").overview()
+    """
 
     def __init__(self, root: str | Path = DEFAULT_DIR):
         self.root = Path(root).resolve()
@@ -144,12 +160,25 @@ class Artifacts:
 
 
 def read_artifacts(root: str | Path = DEFAULT_DIR) -> Artifacts:
-    """Open an artifact directory, checking its manifest and schema version."""
+    """Open an artifact directory, checking its manifest and schema version.
+
+    Example::
+
+        from mechscope.artifacts import read_artifacts
+        for m in read_artifacts("out").models():
+            print(m.name, m.summary())
+    """
     return Artifacts(root)
 
 
 def load_all(root: str | Path = DEFAULT_DIR, max_feature_pages: int = 64) -> dict[str, Any]:
-    """Every artifact as one plain dict (what the static report embeds); features as page data."""
+    """Every artifact as one plain dict (what the static report embeds); features as page data.
+
+    Example::
+
+        from mechscope.artifacts import load_all
+        data = load_all("out")                   # plain dicts and lists, ready for json.dumps
+    """
     arts = read_artifacts(root)
     out = {"manifest": arts.manifest, "models": []}
     for m in arts.models():

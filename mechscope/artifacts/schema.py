@@ -31,11 +31,27 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 
 
 class ArtifactError(MechscopeError):
-    """An artifact directory or file that is missing, of another schema version, or malformed."""
+    """An artifact directory or file that is missing, of another schema version, or malformed.
+
+    Example::
+
+        from mechscope.artifacts import ArtifactError, read_artifacts
+        try:
+            read_artifacts("out")
+        except ArtifactError as err:
+            print(err)                           # names the file and what to do
+    """
 
 
 def check_name(name: str, what: str = "name") -> str:
-    """A name usable as one path component: letters, digits and _ . @ : + -, not starting with '.'."""
+    """A name usable as one path component: letters, digits and _ . @ : + -, not starting with '.'.
+
+    Example::
+
+        from mechscope.artifacts import check_name
+        check_name("ioi-heads")                  # "ioi-heads"
+        check_name("../x", "patching name")      # raises ArtifactError
+    """
     if not isinstance(name, str) or not NAME.match(name) or ".." in name:
         raise ArtifactError(f"invalid {what} {name!r}: use letters, digits and _ . @ : + - "
                             "(at most 128 characters, not starting with '.' and without '..')")
@@ -43,13 +59,25 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 def slug(name: str) -> str:
-    """A directory name for a model name ("zoo:induction-quick" -> "zoo_induction-quick")."""
+    """A directory name for a model name ("zoo:induction-quick" -> "zoo_induction-quick").
+
+    Example::
+
+        from mechscope.artifacts import slug
+        slug("zoo:induction-quick")              # "zoo_induction-quick"
+    """
     s = re.sub(r"[^A-Za-z0-9_.+-]", "_", name).strip(".") or "model"
     return check_name(s.replace("..", "_")[:128])
 
 
 def plain(x: Any, digits: int | None = None) -> Any:
-    """Tensors, numpy arrays and numbers as nested lists of Python floats/ints; NaN/inf -> None."""
+    """Tensors, numpy arrays and numbers as nested lists of Python floats/ints; NaN/inf -> None.
+
+    Example::
+
+        from mechscope.artifacts import plain
+        plain(torch.tensor([[0.12345, float("nan")]]), digits=2)    # (1, 2) -> [[0.12, None]]
+    """
     if hasattr(x, "detach"):  # torch tensor
         x = x.detach().to("cpu")
         x = x.float().tolist() if x.is_floating_point() else x.tolist()
@@ -69,7 +97,14 @@ def plain(x: Any, digits: int | None = None) -> Any:
 
 
 def spec_text(spec: Any) -> str:
-    """An ablation specification as one line: an AblationSpec, its describe() dict, or text."""
+    """An ablation specification as one line: an AblationSpec, its describe() dict, or text.
+
+    Example::
+
+        from mechscope.artifacts import spec_text
+        from mechscope.causal import AblationSpec
+        spec_text(AblationSpec("mean", reference="ioi-abc"))
+    """
     if spec is None:
         return "unspecified"
     if isinstance(spec, str):

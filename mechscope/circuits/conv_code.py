@@ -44,7 +44,16 @@ def polynomial_filters(k: int, degree: int) -> Tensor:
 
 @torch.no_grad()
 def conv_hypothesis(model: Any, site: str, train_images: Tensor, degree: int = 1) -> Hypothesis:
-    """Every channel of the convolution at `site` as a fitted polynomial detector (module docstring)."""
+    """Every channel of the convolution at `site` as a fitted polynomial detector (module docstring).
+
+    Example::
+
+        from mechscope.circuits import conv_hypothesis
+        from mechscope.causal import scrub
+        model = ms.load("zoo:fmnist-cnn")
+        hyp = conv_hypothesis(model, "conv1", train_images)   # train_images (n, 1, 28, 28)
+        scrub(model, hyp, test_images, "mean", labels=test_labels)
+    """
     model = wrap(model)
     s = resolve(model, site)
     conv = dict(model.module.named_modules()).get(s.path)

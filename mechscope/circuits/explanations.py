@@ -47,7 +47,17 @@ from .modadd_layout import ModAddLayout
 
 
 class Explanation:
-    """A callable explanation: `fn(activation, context)` plus its site, its reads and its claim."""
+    """A callable explanation: `fn(activation, context)` plus its site, its reads and its claim.
+
+    Example::
+
+        from mechscope.circuits import Explanation
+        def zero_mlp(x, ctx):                    # x (batch, pos, d_model)
+            return torch.zeros_like(x)
+
+        expl = Explanation("mlp 0 does nothing", ms.Site(ms.Kind.MLP_OUT, 0), zero_mlp)
+        mechscope.circuits.explain_score(model, tokens, expl.site, expl)
+    """
 
     def __init__(self, name: str, site: Site, fn, needs: Sequence[Site] = (), **info: Any):
         self.name, self.site, self._fn, self.needs, self.info = name, site, fn, tuple(needs), info
@@ -128,7 +138,14 @@ def _head_from_pattern(model: Any, name: str, layer: int, pattern_of, site_kind:
 def strict_induction(model: Any, layer: int, *, which: str = "all", fallback: str = "uniform",
                      site_kind: Kind = Kind.Z) -> Explanation:
     """Induction by rule: attend to the token after earlier occurrences of the current token and move its
-    value through the head's own OV (see the module docstring). Use with heads=[...] in `score`."""
+    value through the head's own OV (see the module docstring). Use with heads=[...] in `score`.
+
+    Example::
+
+        from mechscope.circuits import explain_score, strict_induction
+        model = ms.load("zoo:induction-quick")
+        explain_score(model, tokens, "attn.z.1", strict_induction(model, 1), heads=[1, 3])
+    """
     return _head_from_pattern(model, "strict_induction", layer,
                               lambda ids: induction_pattern(ids, which, fallback), site_kind,
                               rule="attend to k = j + 1 for each earlier j with token[j] == token[q]",
@@ -136,7 +153,14 @@ def strict_induction(model: Any, layer: int, *, which: str = "all", fallback: st
 
 
 def previous_token(model: Any, layer: int, *, site_kind: Kind = Kind.Z) -> Explanation:
-    """Previous-token attention by rule: attend to q - 1 and move its value through the head's own OV."""
+    """Previous-token attention by rule: attend to q - 1 and move its value through the head's own OV.
+
+    Example::
+
+        from mechscope.circuits import explain_score, previous_token
+        model = ms.load("zoo:induction-quick")
+        explain_score(model, tokens, "attn.z.0", previous_token(model, 0), heads=[2])
+    """
     return _head_from_pattern(model, "previous_token", layer, previous_token_pattern, site_kind,
                               rule="attend to k = q - 1 (position 0 to itself)",
                               values="the model's own (captured attn.v)")
@@ -202,6 +226,15 @@ def modadd_fourier(model: Any, freqs: Sequence[int] | None = None, *, train_inpu
     when the model is a zoo network. `layout` (default: the zoo's transformer) gives the input
     encoding and the answer position; `site` the component explained (default `mlp_out.{layer}`; for
     another network, e.g. its hidden layer). The fit's R² on the training inputs is in `.info["fit_r2"]`.
+
+    Example::
+
+        from mechscope.circuits import explain_score, modadd_fourier
+        model = ms.load("zoo:modadd-frac05")     # the grokked network shipped in the package
+        expl = modadd_fourier(model)             # key frequencies found from the weights
+        a, b = torch.randint(0, 113, (2, 256))
+        x = torch.stack([a, b, torch.full_like(a, 113)], 1)     # (256, 3): a, b, "="
+        explain_score(model, x, None, expl, labels=(a + b) % 113, reference=x).vs_mean
     """
     model, layout, train_inputs, freqs = modadd_setting(model, layout, train_inputs, freqs, layer)
     p = layout.p

@@ -52,7 +52,14 @@ from .target import L0Controller
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How a dictionary is trained."""
+    """How a dictionary is trained.
+
+    Example::
+
+        from mechscope.dictionaries import TrainConfig
+        cfg = TrainConfig(tokens=2_000_000, batch_size=4096)
+        cfg.steps, cfg.learning_rate(4608)
+    """
 
     tokens: int  # rows (tokens) to train on
     batch_size: int = 4096  # rows per step
@@ -99,7 +106,15 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """A trained dictionary (already reading raw activations) and how its training went."""
+    """A trained dictionary (already reading raw activations) and how its training went.
+
+    Example::
+
+        from mechscope.dictionaries import TrainConfig, train
+        res = train(sae, batches, TrainConfig(tokens=1_000_000))
+        res.dictionary, res.curve[-1]            # the trained SAE and its last logged losses
+        res.tokens_per_second
+    """
 
     dictionary: Dictionary
     curve: list[dict[str, float]]
@@ -147,7 +162,14 @@ class Reducer:
 
 
 def batches_from_tensors(*tensors: Tensor, batch_size: int, seed: int = 0) -> Iterator[tuple[Tensor, ...]]:
-    """Endless shuffled batches of rows of in-memory tensors (a new permutation each pass)."""
+    """Endless shuffled batches of rows of in-memory tensors (a new permutation each pass).
+
+    Example::
+
+        from mechscope.dictionaries import batches_from_tensors
+        batches = batches_from_tensors(x, y, batch_size=4096)   # x (rows, d_in), y (rows, d_out)
+        xb, yb = next(batches)                                   # (4096, d_in), (4096, d_out)
+    """
     n = tensors[0].shape[0]
     if any(t.shape[0] != n for t in tensors):
         raise ValueError(f"tensors must have the same number of rows, got {[t.shape[0] for t in tensors]}")
@@ -209,7 +231,15 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     """Train `dictionary` in place on `batches` ((x,) or (x, target) rows) for `config.tokens` rows.
 
     With a `reducer` of several processes, `batches` are this process's slices and `config.tokens`
-    and `config.batch_size` count the rows of all processes together."""
+    and `config.batch_size` count the rows of all processes together.
+
+    Example::
+
+        from mechscope.dictionaries import ShuffleBuffer, TrainConfig, build, train
+        sae = build("topk", d_in=576, d_sae=4608, k=32)
+        res = train(sae, ShuffleBuffer(store, ["resid_post.14"], 4096), TrainConfig(tokens=2_000_000))
+        # batches: x (batch, d_in) rows, or (x, target) rows for a transcoder
+    """
     red = reducer or Reducer()
     if config.batch_size % red.world:
         raise ValueError(f"the batch of {config.batch_size} rows cannot be split equally over {red.world} processes")

@@ -102,7 +102,14 @@ def _explanation_html(x: dict[str, Any]) -> str:
 
 
 def render_report(data: dict[str, Any], title: str = "mechscope report") -> str:
-    """The report's HTML text for `data` as returned by `mechscope.artifacts.load_all`."""
+    """The report's HTML text for `data` as returned by `mechscope.artifacts.load_all`.
+
+    Example::
+
+        from mechscope.artifacts import load_all
+        from mechscope.report import render_report
+        html = render_report(load_all("out"), title="induction-quick")
+    """
     e = _esc
     css = _asset("mechscope.viewer", "mechscope.css")
     js = script_text(_asset("mechscope.viewer", "mechscope.js"))
@@ -144,7 +151,13 @@ written {e(str(man.get("created", "")))}; report made {made}</span></header>
 def write_report(artifacts_dir: str | Path = "out", out_path: str | Path | None = None,
                  title: str = "mechscope report", max_feature_pages: int = 64) -> Path:
     """Write one self-contained HTML report of every artifact in `artifacts_dir` (default
-    `artifacts_dir/report.html`); returns its path."""
+    `artifacts_dir/report.html`); returns its path.
+
+    Example::
+
+        from mechscope.report import write_report
+        path = write_report("out")               # out/report.html, one self-contained file
+    """
     data = load_all(artifacts_dir, max_feature_pages=max_feature_pages)
     out = Path(out_path) if out_path is not None else Path(artifacts_dir) / "report.html"
     text = render_report(data, title)

@@ -17,7 +17,14 @@ from torch import Tensor, nn
 
 class Recipe(ABC):
     """One family of zoo networks; `variants` maps a variant name ("" is the full recipe) to its
-    hyperparameters. The zoo name of a variant is `name` or `name-variant`."""
+    hyperparameters. The zoo name of a variant is `name` or `name-variant`.
+
+    Example::
+
+        from mechscope.zoo import spec
+        recipe = spec("induction").recipe        # the family's Recipe
+        net = recipe.build(spec("induction").hp)
+    """
 
     name: str
     summary: str

@@ -44,13 +44,25 @@ from .recipe import Recipe
 
 
 def zoo_dir() -> Path:
-    """Where zoo runs live: `cache_dir()/zoo`."""
+    """Where zoo runs live: `cache_dir()/zoo`.
+
+    Example::
+
+        from mechscope.zoo import zoo_dir
+        zoo_dir()                                # $MECHSCOPE_CACHE/zoo, default ~/.cache/mechscope/zoo
+    """
     return cache_dir() / "zoo"
 
 
 def checkpoint_schedule(steps: int, n_log: int = 40, n_linear: int = 50) -> list[int]:
     """Log-spaced steps from 1 to `steps` (dense early, where features form), plus a linear floor of
-    `n_linear` evenly spaced steps so late phase changes are sampled too; always 0 and `steps`."""
+    `n_linear` evenly spaced steps so late phase changes are sampled too; always 0 and `steps`.
+
+    Example::
+
+        from mechscope.zoo import checkpoint_schedule
+        checkpoint_schedule(3000)                # [0, 1, 2, ..., 3000]: log-spaced plus a linear floor
+    """
     out = {0, steps}
     for i in range(n_log):
         out.add(int(round(math.exp(math.log(steps) * i / (n_log - 1)))))
@@ -61,7 +73,14 @@ def checkpoint_schedule(steps: int, n_log: int = 40, n_linear: int = 50) -> list
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What to train: a recipe variant, a seed and its hyperparameters."""
+    """What to train: a recipe variant, a seed and its hyperparameters.
+
+    Example::
+
+        from mechscope.zoo import spec
+        s = spec("induction", quick=True, seed=1)
+        s.name, s.hp
+    """
 
     recipe: Recipe
     variant: str
@@ -83,7 +102,15 @@ class RunSpec:
 
 
 class Run:
-    """A run directory: its config, metrics, checkpoints and weights."""
+    """A run directory: its config, metrics, checkpoints and weights.
+
+    Example::
+
+        from mechscope.zoo import network
+        run = network("induction-quick")         # a finished Run
+        run.done, run.checkpoint_steps()[:3]
+        run.weights()                            # {name: tensor} of the final weights
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
