@@ -47,7 +47,7 @@ def attribution_patching(
     """
     model, sites, source, target, heads = prepare_sweep(model, clean, corrupt, sites, direction, each_head)
     with counting_passes() as passes:
-        tgt = run(model, target, capture=sites, grad=lambda out: metric(out.logits).sum())
+        tgt = run(model, target, capture=sites, grad=lambda out: metric(model.logits(out)).sum())
         src = run(model, source, capture=sites)
     base = metric(tgt.logits).detach().float()
     n_prompts, n_pos = target.shape

@@ -173,6 +173,8 @@ def batches_from_tensors(*tensors: Tensor, batch_size: int, seed: int = 0) -> It
     n = tensors[0].shape[0]
     if any(t.shape[0] != n for t in tensors):
         raise ValueError(f"tensors must have the same number of rows, got {[t.shape[0] for t in tensors]}")
+    if not 1 <= batch_size <= n:  # a batch larger than the rows would never be yielded
+        raise ValueError(f"batch_size must be between 1 and the number of rows ({n}), got {batch_size}")
     g = torch.Generator().manual_seed(seed)
     while True:
         perm = torch.randperm(n, generator=g)
