@@ -9,6 +9,8 @@
 #                                           # which contradicts the pin above, hence its own environment)
 #   bash benchmarks/setup_env.sh devinterp  # .venv-devinterp for benchmarks/llc_devinterp.py: devinterp
 #                                           # 2.0.1 and the libraries its sampler imports
+#   bash benchmarks/setup_env.sh lucent     # .venv-lucent for benchmarks/featvis_lucent.py: torch-lucent
+#                                           # 0.1.8 with kornia 0.4.1 and torchvision (see below)
 #
 # Environment: PYTHON (default python3, must be >= 3.11), VENV (default <repo>/.venv-bench),
 # FORCE=1 reinstalls the pins even when the stamp says they are in place.
@@ -17,8 +19,8 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODE="${1:-bench}"
 case "$MODE" in bench) DEFAULT_VENV=.venv-bench ;; sae) DEFAULT_VENV=.venv-sae ;;
-  devinterp) DEFAULT_VENV=.venv-devinterp ;;
-  *) printf '[setup_env] error: unknown mode %s (bench, sae or devinterp)\n' "$MODE" >&2; exit 2 ;; esac
+  devinterp) DEFAULT_VENV=.venv-devinterp ;; lucent) DEFAULT_VENV=.venv-lucent ;;
+  *) printf '[setup_env] error: unknown mode %s (bench, sae, devinterp or lucent)\n' "$MODE" >&2; exit 2 ;; esac
 VENV="${VENV:-$REPO/$DEFAULT_VENV}"
 PYTHON="${PYTHON:-python3}"
 
@@ -66,6 +68,22 @@ if [[ "$MODE" == devinterp ]]; then
   ANCHOR_NAMES="devinterp datasets xarray zarr"
 fi
 
+CPU_TORCH=1
+if [[ "$MODE" == lucent ]]; then
+  # Lucent's transform module imports torchvision (and kornia <= 0.4.1, which goes in with --no-deps
+  # with torch-lucent: their declared extras pull test and notebook tools the render loop never uses).
+  # PyPI's torchvision does not import beside the CPU wheel of torch 2.13.0, so this environment takes
+  # the pair torch 2.14.1 / torchvision 0.29.1 (a CUDA build of about 5.5 GB, run on the CPU).
+  TORCH_PIN="torch==2.14.1"
+  CPU_TORCH=0
+  PINS=("${PINS[@]/transformer-lens==4.3.0/torchvision==0.29.1}")
+  PINS=("${PINS[@]/nnsight==0.8.1/pillow==12.3.0}")
+  PINS+=("decorator==5.3.1" "ipython==9.18.1")
+  NODEPS_PINS=("kornia==0.4.1" "torch-lucent==0.1.8")
+  ANCHOR_IMPORTS="torch, torchvision, kornia, lucent.optvis.render, transformers"
+  ANCHOR_NAMES="torch-lucent kornia torchvision"
+fi
+
 log() { printf '[setup_env] %s\n' "$*" >&2; }
 die() { printf '[setup_env] error: %s\n' "$*" >&2; exit 1; }
 
@@ -91,10 +109,10 @@ else
   # A local CPU wheel (this machine keeps one in /opt/wheels) wins over any index.
   FIND_LINKS=()
   [[ -d /opt/wheels ]] && FIND_LINKS=(--find-links /opt/wheels)
-  log "installing $TORCH_PIN (CPU)"
+  log "installing $TORCH_PIN"
   "${PIP[@]}" install "${FIND_LINKS[@]}" "$TORCH_PIN"
   TV="$("$PY" -c 'import torch; print(torch.__version__)')"
-  [[ "$TV" == *+cpu ]] || die "installed torch is $TV, not a +cpu build; put the CPU wheel of $TORCH_PIN in /opt/wheels"
+  [[ "$CPU_TORCH" == 0 || "$TV" == *+cpu ]] || die "installed torch is $TV, not a +cpu build; put the CPU wheel of $TORCH_PIN in /opt/wheels"
   # Hold torch where it is while the rest resolves.
   CONSTRAINTS="$(mktemp)"
   trap 'rm -f "$CONSTRAINTS"' EXIT
@@ -122,15 +140,15 @@ else
 fi
 
 # Checks: a CPU torch, no CUDA wheels, and the versions the benchmark reports.
-if "${PIP[@]}" list 2>/dev/null | grep -i -E '^nvidia-' >&2; then
+if [[ "$CPU_TORCH" == 1 ]] && "${PIP[@]}" list 2>/dev/null | grep -i -E '^nvidia-' >&2; then
   die "nvidia-* packages found in $VENV: a CUDA build of torch was pulled in"
 fi
-(cd / && "$PY" -I - $ANCHOR_NAMES <<'EOF'
+(cd / && "$PY" -I - "$CPU_TORCH" $ANCHOR_NAMES <<'EOF'
 import importlib.metadata as m
 import sys
 import torch
-assert torch.__version__.endswith("+cpu"), torch.__version__
-names = ["torch", "transformers", *sys.argv[1:], "numpy", "safetensors", "accelerate", "mechscope"]
+assert sys.argv[1] == "0" or torch.__version__.endswith("+cpu"), torch.__version__
+names = ["torch", "transformers", *sys.argv[2:], "numpy", "safetensors", "accelerate", "mechscope"]
 got = []
 for n in names:
     try:

@@ -38,3 +38,9 @@ from .modularity import GraphClustering, ModularityResult, modularity  # noqa: E
 
 __all__ += ["EquivarianceResult", "Family", "Symmetry", "Transform", "equivariance", "GraphClustering",
             "ModularityResult", "modularity"]
+
+# feature visualisation by optimisation
+from . import objectives, param, transforms  # noqa: E402
+from .featvis import FeatureReader, FeatureVis, visualize, write_png  # noqa: E402
+
+__all__ += ["FeatureReader", "FeatureVis", "objectives", "param", "transforms", "visualize", "write_png"]
