@@ -116,6 +116,8 @@ def _probe(model: Any, spec: ImageSpec) -> tuple[Any, dict[str, tuple[int, ...]]
             if isinstance(out, Tensor):
                 shapes.setdefault(path, tuple(out.shape[1:]))
         hooks.append(sub.register_forward_hook(hook))
+    modes = {m: m.training for m in module.modules()}
+    module.eval()  # the probe must not move batch-norm statistics or draw dropout masks
     try:
         with torch.no_grad():
             module(spec.blank(2, _device(module)))
@@ -126,6 +128,8 @@ def _probe(model: Any, spec: ImageSpec) -> tuple[Any, dict[str, tuple[int, ...]]
     finally:
         for h in hooks:
             h.remove()
+        for m, training in modes.items():
+            m.train(training)
     return adapter, shapes
 
 
