@@ -298,7 +298,7 @@ def test_a_hostile_artifact_runs_nothing_in_the_viewer(hostile, browser):
     pg.wait_for_selector(".err")
     assert pg.locator(".err").text_content() == f"No model named {H['prompt']}."
     pg.screenshot(path=str(SHOTS / "viewer-hostile.png"), full_page=True)
-    _assert_inert(pg, "mechscope viewer", scripts=2)
+    _assert_inert(pg, "mechscope viewer", scripts=3)
     ctx.close()
 
 

@@ -73,6 +73,15 @@ class ModelArtifacts:
         """The circuit `name`; a name that is not a plain file name is refused."""
         return read_json(self.root.safe_path(self.path / "circuits", f"{check_name(name)}.json"), "circuit")
 
+    def graph_names(self) -> list[str]:
+        """The names of the saved attribution graphs (graphs/NAME.json), sorted."""
+        return self._names("graphs")
+
+    def graph(self, name: str) -> dict[str, Any]:
+        """The attribution graph `name` (nodes, edges, scores, feature_sets); a name that is not a plain file
+        name is refused."""
+        return read_json(self.root.safe_path(self.path / "graphs", f"{check_name(name)}.json"), "graph")
+
     def features_info(self) -> dict[str, Any] | None:
         """features.json (where the model's FeatureStore is and what it holds), or None."""
         return self._opt("features.json", "features")
@@ -112,7 +121,7 @@ class ModelArtifacts:
                 "head_roles": (self.path / "head_roles.json").is_file(),
                 "training": (self.path / "training.json").is_file(),
                 "features": (self.path / "features.json").is_file(),
-                "patching": self.patching_names(), "circuits": self.circuit_names()}
+                "patching": self.patching_names(), "circuits": self.circuit_names(), "graphs": self.graph_names()}
 
 
 class Artifacts:

@@ -16,7 +16,8 @@ SCHEMA_VERSION = 1
 FORMAT = "mechscope-artifacts"
 DEFAULT_DIR = "out"
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:+-]{0,127}$")
-KINDS = ("overview", "attention", "head_roles", "patching", "circuit", "training", "features", "explanation")
+KINDS = ("overview", "attention", "head_roles", "patching", "circuit", "training", "features", "explanation",
+         "graph")
 
 REQUIRED: dict[str, tuple[str, ...]] = {
     "overview": ("name", "architecture", "n_layers", "n_heads", "d_model", "vocab", "sites", "params"),
@@ -27,6 +28,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "training": ("metrics",),
     "features": ("store",),
     "explanation": ("name", "hypothesis", "results"),
+    "graph": ("name", "tokens", "nodes", "edges", "feature_sets"),
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from .circuits import CircuitWriter
 from .explanations import ExplanationWriter
 from .features import FeaturesWriter
+from .graphs import GraphWriter
 from .heads import HeadsWriter
 from .overview import OverviewWriter
 from .patching import PatchingWriter
@@ -62,7 +63,7 @@ class ArtifactWriter:
 
 
 class ModelWriter(OverviewWriter, HeadsWriter, PatchingWriter, CircuitWriter, TrainingWriter, FeaturesWriter,
-                  ExplanationWriter):
+                  ExplanationWriter, GraphWriter):
     """Writes the artifacts of one model (see the package docstring for each file).
 
     Example::

@@ -112,8 +112,9 @@ class AttributionGraph:
         raise KeyError(f"no {kind.value} node with {fields}")
 
     def to_json(self, keep: Tensor | None = None, edges: Tensor | None = None, min_weight: float = 0.0,
-                scores: dict | None = None) -> dict[str, Any]:
-        """Plain JSON for the viewer: nodes (kept ones), edges (kept, |w| > min_weight), scores."""
+                scores: dict | None = None, influence: Tensor | None = None) -> dict[str, Any]:
+        """Plain JSON for the viewer: nodes (kept ones, each with its `influence` when given: (N,),
+        e.g. `Pruned.influence`), edges (kept, |w| > min_weight), scores."""
         N = len(self.nodes)
         keep = torch.ones(N, dtype=torch.bool) if keep is None else keep
         ids = keep.nonzero().flatten().tolist()
@@ -127,6 +128,8 @@ class AttributionGraph:
                  "value": n.value, "label": n.label()}
             if n.prob is not None:
                 d["prob"] = n.prob
+            if influence is not None:
+                d["influence"] = float(influence[i])
             if n.kind in (NodeKind.LATENT, NodeKind.LOGIT):
                 d["bias"] = float(self.bias[i])
             if n.kind is NodeKind.TOKEN and self.token_text is not None:

@@ -1,11 +1,12 @@
 /* mechscope viewer: a hash-routed single page over the JSON API (see mechscope/viewer/app.py).
- * Routes: #/m/MODEL/overview | attention | roles | patching[/NAME] | circuits[/NAME] | features[/SET/FEATURE] | training */
+ * Routes: #/m/MODEL/overview | attention | roles | patching[/NAME] | circuits[/NAME] | graphs[/NAME] | features[/SET/FEATURE]
+ *         | training */
 (function () {
   'use strict';
   const MS = window.MS, el = MS.el;
   const main = document.getElementById('main'), tabs = document.getElementById('tabs'), select = document.getElementById('model-select');
   const TABS = [['overview', 'Overview'], ['attention', 'Attention'], ['roles', 'Head roles'], ['patching', 'Patching'],
-    ['circuits', 'Circuits'], ['features', 'Features'], ['training', 'Training']];
+    ['circuits', 'Circuits'], ['graphs', 'Graphs'], ['features', 'Features'], ['training', 'Training']];
   let models = [];
   const enc = encodeURIComponent;
 
@@ -87,6 +88,19 @@
       const d = await api(base(route.dir) + '/circuits/' + enc(name));
       const box = el('div', { class: 'circuit-view', 'data-name': name }); sec.appendChild(box);
       MS.circuit(box, d);
+      return sec;
+    },
+    async graphs(route) {
+      const { names } = await api(base(route.dir) + '/graphs');
+      const sec = el('section', { class: 'part', id: 'graphs' }, [el('h2', { text: 'Attribution graphs' })]);
+      if (!names.length) { sec.appendChild(el('p', { class: 'muted', text: 'No attribution graphs (save one with `mechscope graph ... --artifacts DIR`).' })); return sec; }
+      const name = route.rest[0] || names[0];
+      sec.appendChild(el('div', {}, names.map((n) => el('a', { href: '#/m/' + enc(route.model) + '/graphs/' + enc(n), class: 'pill', text: n }))));
+      const url = base(route.dir) + '/graphs/' + enc(name);
+      const d = await api(url);
+      const box = el('div', { class: 'graph-view', 'data-name': name }); sec.appendChild(box);
+      MS.attributionGraph(box, d, { fetchNode: (id) => api(url + '/nodes/' + enc(id)),
+        storageKey: 'mechscope.graph:' + route.dir + '/' + name });
       return sec;
     },
     async features(route) {

@@ -484,6 +484,8 @@
     line.appendChild(toks);
     return line;
   }
+  MS.tokenLine = tokenLine;
+  MS.wireTips = wireTips;
 
   MS.histogram = function (root, bins) {
     if (!bins || !bins.length) { root.appendChild(el('p', { class: 'muted', text: 'no histogram' })); return; }
