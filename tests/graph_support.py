@@ -45,5 +45,5 @@ def build_graph_artifacts(root: Path) -> tuple[Path, dict]:
         st.replace_set({"set_id": "tc.0", "model": MODEL, "site": "ln2.0", "kind": "latent", "n_features": N_LATENTS,
                         "n_tokens": 100, "dataset": "hand-made", "built_at": "now"}, dashboard_rows("tc.0", N_LATENTS))
     m = A.ArtifactWriter(root).model(MODEL)
-    m.graph("tiny", doc, prompt="w w w w w", feature_sets={0: "tc.0"}, store=store)
+    m.graph("tiny", doc, prompt=" ".join(doc["token_text"]), feature_sets={0: "tc.0"}, store=store)
     return root, doc

@@ -179,6 +179,68 @@ def test_the_report_opens_offline_with_every_section_drawn(demo_dir, browser, tm
     assert [u for u in requests if not u.startswith("file:")] == []
 
 
+@pytest.fixture(scope="module")
+def graph_site(tmp_path_factory):
+    from graph_support import build_graph_artifacts
+
+    root, doc = build_graph_artifacts(tmp_path_factory.mktemp("graph") / "out")
+    with serving(root) as port:
+        yield f"http://127.0.0.1:{port}", doc
+
+
+def test_the_graph_page_draws_hovers_pins_and_groups(graph_site, page):
+    from graph_support import MODEL
+
+    url, doc = graph_site
+    page.goto(f"{url}/#/m/{MODEL}/graphs")
+    page.wait_for_selector("svg.attribution-graph g.node")
+    nodes, view = page.locator("svg.attribution-graph g.node"), page.locator(".graph-view")
+    n = len(doc["nodes"])
+    assert nodes.count() == n and view.get_attribute("data-nodes") == str(n)
+    assert sorted(int(i) for i in _attrs(page, "svg.attribution-graph g.node", "data-node")) == sorted(
+        x["id"] for x in doc["nodes"])
+    shown = page.locator("svg.attribution-graph path.edge").count()
+    assert 0 < shown <= 120 < len(doc["edges"])  # the strongest edges by default
+    page.locator("input.graph-threshold").evaluate("(e) => { e.value = 0; e.dispatchEvent(new Event('input')); }")
+    assert page.locator("svg.attribution-graph path.edge").count() == len(doc["edges"])
+    assert _texts(page, "svg.attribution-graph text.col-label") == doc["token_text"]
+    # rows: token embeddings at the bottom, logits at the top
+    ys = {k: [float(nodes.nth(i).locator("rect, circle").first.evaluate(
+        "(e) => e.getBBox().y + e.getBBox().height / 2")) for i in range(n) if doc["nodes"][i]["kind"] == k]
+        for k in ("token", "latent", "logit")}
+    assert min(ys["token"]) > max(ys["latent"]) > min(ys["latent"]) > max(ys["logit"])
+
+    lat0 = next(x for x in doc["nodes"] if x["kind"] == "latent" and x["layer"] == 0)
+    page.locator(f'g.node[data-node="{lat0["id"]}"]').hover()
+    page.wait_for_selector(".graph-dashboard .examples-top .example")
+    assert page.locator(".graph-detail .node-title").inner_text() == lat0["label"]
+    assert page.locator(".graph-dashboard .explanation").inner_text().startswith(f"fires on t{lat0['index']}")
+    lat1 = next(x for x in doc["nodes"] if x["kind"] == "latent" and x["layer"] == 1)
+    page.locator(f'g.node[data-node="{lat1["id"]}"]').hover()
+    page.wait_for_selector(".graph-dashboard .no-dashboard")
+    assert "no feature store" in page.locator(".graph-dashboard").inner_text()
+
+    page.locator(f'g.node[data-node="{lat0["id"]}"]').click()  # pin: listed, its edges highlighted
+    assert page.locator(".graph-pins .pin").count() == 1
+    assert "pinned" in page.locator(f'g.node[data-node="{lat0["id"]}"]').get_attribute("class")
+    touching = [e for e in doc["edges"] if lat0["id"] in (e["source"], e["target"])]
+    assert page.locator("svg.attribution-graph path.edge.hl").count() == len(touching) > 0
+
+    a, b = [x["id"] for x in doc["nodes"] if x["kind"] == "latent" and x["id"] != lat0["id"]][:2]
+    page.locator(f'g.node[data-node="{a}"]').click(modifiers=["Shift"])
+    page.locator(f'g.node[data-node="{b}"]').click(modifiers=["Shift"])
+    page.locator("button.group-btn").click()
+    assert nodes.count() == n - 1 and page.locator("g.node.supernode").count() == 1
+    assert page.locator(".graph-groups .group").count() == 1
+    page.reload()  # pins and groups are kept
+    page.wait_for_selector("g.node.supernode")
+    assert nodes.count() == n - 1 and page.locator(".graph-pins .pin").count() == 1
+    page.screenshot(path=str(SHOTS / "viewer-graph.png"), full_page=True)
+    page.locator(".graph-groups button.ungroup").click()
+    assert nodes.count() == n and page.locator("g.node.supernode").count() == 0
+    assert page.errors == []
+
+
 # ---- hostile artifacts: every string a renderer shows is data, never markup -------------------
 
 INERT = """() => ({

@@ -36,15 +36,19 @@ class FeaturesWriter:
         else:
             raise ArtifactError(f"{src} is outside the model directory {self.path}; pass copy=True to copy it in "
                                 "(the viewer and the report read only files inside the artifact directory)")
-        sets = []
-        try:
-            from ..features.store import FeatureStore
-            with FeatureStore(self.path / ref, read_only=True) as st:
-                sets = [s["set_id"] for s in st.sets()]
-        except Exception as e:  # noqa: BLE001 - the file is checked again by readers
-            raise ArtifactError(f"{src} is not a readable feature store: {e}") from e
+        sets = store_sets(self.path / ref, shown=src)
         obj = {**header("features"), "store": ref, "sets": sets}
         return write_json(self.path / "features.json", obj, indent=2)
+
+
+def store_sets(path: str | Path, shown: str | Path | None = None) -> list[str]:
+    """The names of the feature sets in the FeatureStore file at `path` (named as `shown` in errors)."""
+    try:
+        from ..features.store import FeatureStore
+        with FeatureStore(path, read_only=True) as st:
+            return [s["set_id"] for s in st.sets()]
+    except Exception as e:  # noqa: BLE001 - the file is checked again by readers
+        raise ArtifactError(f"{shown or path} is not a readable feature store: {e}") from e
 
 
 def feature_rows(store: Any, set_id: str, limit: int | None = None) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .features import store_sets
 from .schema import ArtifactError, check_name, header, plain, read_json, write_json
 
 GRAPH_SCHEMA = "mechscope.attribution_graph/1"
@@ -74,15 +75,18 @@ class GraphWriter:
         else:
             what = f"graph {name!r}"
         _check_graph(graph, what)
-        if store is not None:
-            self.features(store)  # type: ignore[attr-defined]
         sets: dict[str, str] = {}
-        if feature_sets:
+        if feature_sets:  # checked before anything is written
             info = self.path / "features.json"
-            if not info.is_file():
+            if store is not None:
+                if not Path(store).is_file():
+                    raise ArtifactError(f"{store} does not exist; build a FeatureStore there first")
+                have = store_sets(store)
+            elif info.is_file():
+                have = read_json(info, "features").get("sets", [])
+            else:
                 raise ArtifactError(f"graph {name!r} names feature sets but model directory {self.path} has no "
                                     "feature store; pass store= (the FeatureStore holding those sets)")
-            have = read_json(info, "features").get("sets", [])
             for layer, set_id in feature_sets.items():
                 if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
                     raise ArtifactError(f"graph {name!r}: feature_sets keys are layers (integers >= 0), got {layer!r}")
@@ -90,6 +94,8 @@ class GraphWriter:
                     raise ArtifactError(f"graph {name!r}: feature set {set_id!r} (layer {layer}) is not in the "
                                         f"model's feature store; it holds {have}")
                 sets[str(layer)] = set_id
+        if store is not None:
+            self.features(store)  # type: ignore[attr-defined]
         body = {k: v for k, v in graph.items() if k != "schema"}
         obj = {**plain(body), **header("graph"), "name": name, "prompt": prompt, "graph_schema": GRAPH_SCHEMA,
                "feature_sets": sets}

@@ -9,7 +9,7 @@
   const MS = global.MS, el = MS.el, svg = MS.svg, fmt = MS.fmt;
   const str = (x) => (x === null || x === undefined ? '' : String(x));
   const num = (x) => { const n = Number(x); return Number.isFinite(n) ? n : 0; };
-  const SLOT = 26, ROW = 74, LEFT = 70, TOP = 16, BOTTOM = 44, GAP = 14, DEFAULT_EDGES = 120;
+  const SLOT = 26, ROW = 74, LEFT = 70, TOP = 16, BOTTOM = 44, GAP = 14, DEFAULT_EDGES = 120, STEPS = 10000;
   const FILL = { error: '#c9ced6', token: '#cfe8cf', logit: '#fbd9a8' };
 
   // ---- layout: rows by layer, columns by position, nodes of one cell side by side ------------
@@ -104,7 +104,7 @@
 
     // controls
     const ctl = el('div', { class: 'slider graph-controls' });
-    const slider = el('input', { type: 'range', min: 0, max: 1000, value: 0, step: 1, class: 'threshold graph-threshold' });
+    const slider = el('input', { type: 'range', min: 0, max: STEPS, value: 0, step: 1, class: 'threshold graph-threshold' });
     const count = el('span', { class: 'edge-count' });
     const selMode = el('input', { type: 'checkbox', class: 'select-mode' });
     const groupBtn = el('button', { type: 'button', class: 'group-btn', text: 'Group selected' });
@@ -126,11 +126,11 @@
     root.appendChild(layoutRow);
     MS.wireTips(box);
 
-    // the strongest DEFAULT_EDGES are shown at first
+    // at most the strongest DEFAULT_EDGES are shown at first
     const maxAbs0 = Math.max(1e-12, ...edges.map((e) => Math.abs(e.weight)));
     if (edges.length > DEFAULT_EDGES) {
       const w = edges.map((e) => Math.abs(e.weight)).sort((a, b) => b - a)[DEFAULT_EDGES - 1];
-      slider.value = String(Math.floor(1000 * w / maxAbs0));
+      slider.value = String(Math.min(STEPS, Math.ceil(STEPS * w / maxAbs0)));
     }
 
     // the view: nodes outside groups, one supernode per group, edges summed between them
@@ -180,7 +180,7 @@
       const { vnodes, vedges } = view();
       const pins = new Set(st.pins);
       const maxAbs = Math.max(1e-12, ...vedges.map((e) => Math.abs(e.w)));
-      const thr = (Number(slider.value) / 1000) * maxAbs;
+      const thr = (Number(slider.value) / STEPS) * maxAbs;
       const shown = vedges.filter((e) => Math.abs(e.w) >= thr || pins.has(e.a) || pins.has(e.b));
       const g = svg('svg', { class: 'attribution-graph', width: L.W, height: L.H, viewBox: `0 0 ${L.W} ${L.H}` });
       L.rowNames.forEach((name, r) => g.appendChild(svg('text', { class: 'row-label', x: 6, y: TOP + (L.nRows - 1 - r) * ROW + ROW / 2 + 4, 'font-size': 11, fill: '#5f6b7a' }, name)));
