@@ -247,6 +247,10 @@ def test_no_answer_holds_an_absolute_path(demo_dir, tmp_path):
     (broken.path / "attention.json").write_text(json.dumps({"kind": "attention", "schema_version": 9}))
     (broken.path / "features.json").write_text(json.dumps({"kind": "features", "schema_version": 1,
                                                            "store": "gone.duckdb"}))
+    graph = {"schema": "mechscope.attribution_graph/1", "tokens": [1], "edges": [{"source": 0, "target": 1, "weight": 1.0}],
+             "nodes": [{"id": 0, "kind": "token", "pos": 0}, {"id": 1, "kind": "latent", "layer": 0, "pos": 0, "index": 3}]}
+    g = broken.graph("g", graph)  # its layer's feature set lives in the missing store
+    g.write_text(g.read_text().replace('"feature_sets":{}', '"feature_sets":{"0":"s"}'))
     app = create_app(root)
     api = {r.path for r in app.routes if getattr(r, "path", "").startswith("/api/")}
     seen, answers = set(), []
@@ -261,10 +265,13 @@ def test_no_answer_holds_an_absolute_path(demo_dir, tmp_path):
         models = get("/api/models", "/api/models")["models"]
         for m in models:
             base = f"/api/models/{m['dir']}"
-            for section in ("overview", "attention", "head_roles", "training", "patching", "circuits", "features"):
+            for section in ("overview", "attention", "head_roles", "training", "patching", "circuits", "graphs",
+                            "features"):
                 got = get(f"/api/models/{{name}}/{section}", f"{base}/{section}")
-                for item in got.get("names", []) if section in ("patching", "circuits") else []:
-                    get(f"/api/models/{{name}}/{section}/{{item}}", f"{base}/{section}/{item}")
+                for item in got.get("names", []) if section in ("patching", "circuits", "graphs") else []:
+                    doc = get(f"/api/models/{{name}}/{section}/{{item}}", f"{base}/{section}/{item}")
+                    for n in doc["nodes"] if section == "graphs" else []:
+                        get("/api/models/{name}/graphs/{item}/nodes/{node}", f"{base}/graphs/{item}/nodes/{n['id']}")
                 for s in got.get("sets", []) if section == "features" else []:
                     sid = s["set"]["set_id"]
                     get("/api/models/{name}/features", f"{base}/features", set=sid, limit=3)
