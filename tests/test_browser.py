@@ -407,3 +407,56 @@ def test_a_name_rebound_to_this_machine_is_refused(hostile, browser):
             assert r.status == 200 and r.json()["models"], host
     finally:
         b.close()
+
+
+def test_a_hostile_graph_runs_nothing_in_the_viewer(browser, tmp_path):
+    from urllib.parse import quote
+
+    from conftest import hostile_text
+    from graph_support import dashboard_rows
+    from mechscope import artifacts as A
+    from mechscope.features.store import FeatureStore
+
+    H = {k: hostile_text(k) for k in ("gmodel", "gtok", "glabel", "gprompt", "gexpl", "gex", "gflabel")}
+    sid = hostile_text("gset", slash=False)
+    rows = dashboard_rows(sid, 4)
+    for r in rows["features"]:
+        r["label"] = H["gflabel"]
+    for r in rows["examples"]:
+        r["tokens"], r["acts"] = [H["gex"], "plain"], [1.0, 0.5]
+    for r in rows["explanations"]:
+        r["explanation"] = H["gexpl"]
+    store = tmp_path / "f.duckdb"
+    with FeatureStore(store) as st:
+        st.replace_set({"set_id": sid, "model": "m", "site": "s", "kind": "latent", "n_features": 4, "n_tokens": 1,
+                        "dataset": "d", "built_at": "now"}, rows)
+    node = lambda i, kind, **kw: {"id": i, "kind": kind, "value": 1.0, "label": H["glabel"], **kw}  # noqa: E731
+    doc = {"schema": "mechscope.attribution_graph/1", "model": H["gmodel"], "tokens": [1, 2],
+           "token_text": [H["gtok"], "plain"], "scores": {}, "meta": {},
+           "nodes": [node(0, "token", pos=0, index=1), node(1, "token", pos=1, index=2),
+                     node(2, "latent", layer=0, pos=1, index=2, influence=0.5), node(3, "logit", pos=1, index=0, prob=0.9)],
+           "edges": [{"source": 0, "target": 2, "weight": 0.5}, {"source": 2, "target": 3, "weight": -0.3},
+                     {"source": 1, "target": 3, "weight": 0.2}]}
+    root = tmp_path / "out"
+    A.ArtifactWriter(root).model(H["gmodel"]).graph("g", doc, prompt=H["gprompt"], feature_sets={0: sid}, store=store)
+    with serving(root) as port:
+        ctx, pg = _hostile_page(browser)
+        pg.goto(f"http://127.0.0.1:{port}/#/m/{quote(H['gmodel'], safe='')}/graphs")
+        pg.wait_for_selector("svg.attribution-graph g.node")
+        assert pg.locator(".graph-view h3").first.text_content() == f"g — {H['gprompt']}"
+        assert f"position 0: {H['gtok']}" in _attrs(pg, "text.col-label", "data-tip")
+        pg.locator('g.node[data-node="2"]').hover()
+        pg.wait_for_selector(".graph-dashboard .examples-top .example")
+        assert pg.locator(".graph-detail .node-title").text_content() == H["glabel"]
+        assert pg.locator(".graph-dashboard .explanation").text_content().startswith(H["gexpl"])
+        assert _texts(pg, ".graph-dashboard .examples-top .tok") == [H["gex"], "plain"]
+        assert H["gflabel"] in pg.locator(".graph-dashboard .dashboard-title").text_content()
+        pg.locator('g.node[data-node="2"]').click()
+        pg.locator('g.node[data-node="0"]').click(modifiers=["Shift"])
+        pg.locator('g.node[data-node="1"]').click(modifiers=["Shift"])
+        pg.locator("button.group-btn").click()
+        assert pg.locator("g.node").count() == 3
+        assert H["glabel"] in pg.locator(".graph-groups .group").text_content()
+        assert pg.locator(".graph-pins .pin").text_content().startswith(H["glabel"])
+        _assert_inert(pg, "mechscope viewer", scripts=3)
+        ctx.close()
