@@ -53,6 +53,9 @@ def test_the_writer_refuses_what_is_not_a_graph_or_names_missing_sets(saved, tmp
     with pytest.raises(A.ArtifactError, match="does not exist"):
         m.graph("g", tmp_path / "missing.json")
     path = tmp_path / "graph.json"
+    path.write_text("{cut")
+    with pytest.raises(A.ArtifactError, match="is not valid JSON.*write it again with `mechscope graph"):
+        m.graph("g", path)
     path.write_text(json.dumps(doc))
     m.graph("from-file", path)  # a graph.json as `mechscope graph --out` writes it
     assert A.read_artifacts(tmp_path / "out").model(MODEL).graph("from-file")["feature_sets"] == {}

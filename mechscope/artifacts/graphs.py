@@ -9,13 +9,12 @@ index)`. Layers without an entry (or a model without a store) have no dashboards
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .features import store_sets
-from .schema import ArtifactError, check_name, header, plain, read_json, write_json
+from .schema import ArtifactError, check_name, header, load_json, plain, read_json, write_json
 
 GRAPH_SCHEMA = "mechscope.attribution_graph/1"
 NODE_KINDS = ("latent", "error", "token", "logit")
@@ -65,12 +64,8 @@ class GraphWriter:
         check_name(name, "graph name")
         if isinstance(graph, (str, Path)):
             src = Path(graph)
-            try:
-                graph = json.loads(src.read_text())
-            except FileNotFoundError:
-                raise ArtifactError(f"{src} does not exist; write it with `mechscope graph ... --out DIR`") from None
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ArtifactError(f"{src} is not valid JSON ({e})") from None
+            graph = load_json(src, missing="write it with `mechscope graph ... --out DIR`",
+                              invalid="write it again with `mechscope graph ... --out DIR`")
             what = str(src)
         else:
             what = f"graph {name!r}"

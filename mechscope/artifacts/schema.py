@@ -139,14 +139,20 @@ def check_version(path: Path, got: Any) -> None:
                             "(or open them with the version that wrote them)")
 
 
+def load_json(path: Path, missing: str = "", invalid: str = "write the artifacts again") -> Any:
+    """The JSON in file `path`; ArtifactError when it is absent or not JSON (`missing` and `invalid`
+    say what to do then)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} does not exist" + (f"; {missing}" if missing else "")) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e}); {invalid}") from e
+
+
 def read_json(path: Path, kind: str) -> dict[str, Any]:
     """An artifact file of `kind`, checked: valid JSON object, this schema version, the kind's fields."""
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is not valid JSON ({e}); write the artifacts again") from e
+    obj = load_json(path)
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path} holds a {type(obj).__name__}, expected a JSON object")
     check_version(path, obj.get("schema_version"))
