@@ -94,13 +94,11 @@
       `${L.nodes.length} nodes, ${edges.length} edges kept; replacement ${fmt(sc.pruned_replacement)} (full ${fmt(sc.replacement)}), ` +
       `completeness ${fmt(sc.pruned_completeness)} (full ${fmt(sc.completeness)}); model ${str(doc.model)}.` +
       (doc.dashboards ? '' : ' No feature store: hovering a latent shows no dashboard.')]));
-    const size = (n) => {
-      const same = L.nodes.filter((m) => m.kind === n.kind);
-      const v = (m) => (m.influence !== null ? Math.abs(m.influence) : Math.abs(m.value));
-      const top = Math.max(1e-12, ...same.map(v));
-      return 5 + 7 * Math.sqrt(v(n) / top);
-    };
-    L.nodes.forEach((n) => { n.r = size(n); n.shade = (n.r - 5) / 7; });
+    // size and shade: influence (else |value|) against the largest among nodes of the same kind
+    const mag = (m) => (m.influence !== null ? Math.abs(m.influence) : Math.abs(m.value));
+    const top = new Map();
+    for (const n of L.nodes) top.set(n.kind, Math.max(top.get(n.kind) || 1e-12, mag(n)));
+    L.nodes.forEach((n) => { n.shade = Math.sqrt(mag(n) / top.get(n.kind)); n.r = 5 + 7 * n.shade; });
 
     // controls
     const ctl = el('div', { class: 'slider graph-controls' });
