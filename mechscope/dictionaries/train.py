@@ -21,8 +21,8 @@ Steps of `train`:
 
 Data-parallel training (`reducer`, see `ddp`): each process trains on its own slice of every
 batch; the first batch is gathered whole so that every process initialises alike, gradients are
-averaged after each backward pass, and fired latents, L0 and row counts are combined across the
-processes, so the processes hold the same dictionary, and it is the one a single process trains on
+averaged after each backward pass, and fired latents and L0 are combined across the processes (one
+exchange per step, started before the backward pass so that it overlaps it), so the processes hold the same dictionary, and it is the one a single process trains on
 the concatenated batches, up to the order of floating-point sums. With `checkpointing`, the state
 is saved atomically every `every` steps before the last (`checkpoint`) and a run started again resumes from it,
 replaying the batch stream up to its step without training on it.
@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -141,6 +141,12 @@ class Reducer:
     def mean(self, value: float) -> float:
         """The mean of `value` over the processes."""
         return value
+
+    def start_step_stats(self, fired: Tensor, l0: float) -> Callable[[], tuple[Tensor, float]]:
+        """Begin combining a step's fired-latent mask (any process) and L0 (mean over processes);
+        the returned function waits for the result. Started before the backward pass, the exchange
+        overlaps it."""
+        return lambda: (fired, l0)
 
     def barrier(self) -> None:
         """Wait until every process is here."""
@@ -269,6 +275,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
         dead = since_fired >= config.dead_after_tokens
         with one_thread_except_dense() if dictionary.sparse_step else nullcontext():
             out = dictionary.loss(x, y, dead if bool(dead.any()) else None, sparsity_scale)
+            step_stats = red.start_step_stats(_fired(out.codes), _l0(out.codes))  # overlaps the backward pass
             opt.zero_grad(set_to_none=True)
             out.total.backward()
             red.average_grads(params)
@@ -276,8 +283,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
                 dictionary.remove_parallel_grads_()
             opt.step()
             dictionary.constrain_()
-            fired = red.any(_fired(out.codes))
-        l0 = red.mean(_l0(out.codes))
+            fired, l0 = step_stats()
         if controller is not None:
             controller.update(l0)
         rows = x.shape[0] * red.world
