@@ -176,10 +176,12 @@ def test_the_harvest_command_refuses_an_unreachable_cluster_before_loading_the_m
     assert res.exit_code == 2 and "give --ray too" in res.output, res.output
 
 
-def test_the_pool_rate_sums_each_workers_rows_over_its_own_working_time():
+def test_the_pool_rate_is_all_rows_over_the_time_any_worker_was_working():
     from mechscope.dictionaries.ray_harvest import _pool_rate
 
-    # worker a: 300 rows from t=10 to t=13 (100/s); worker b (another clock): 200 rows over 4 s with a gap (50/s)
-    spans = {"a": [(10.0, 11.0, 100), (11.0, 13.0, 200)], "b": [(500.0, 501.0, 100), (503.0, 504.0, 100)]}
-    assert _pool_rate(spans) == pytest.approx(150.0)
+    # a: 300 rows from t=10 to t=13; b: 200 rows from t=11 to t=15, idle from 12 to 14: 500 rows in 5 s
+    spans = {"a": [(10.0, 11.0, 100), (11.0, 13.0, 200)], "b": [(11.0, 12.0, 100), (14.0, 15.0, 100)]}
+    assert _pool_rate(spans) == pytest.approx(100.0)
+    # workers one after the other are no faster than one worker (summing per-worker rates would say 2x)
+    assert _pool_rate({"a": [(0.0, 10.0, 1000)], "b": [(10.0, 20.0, 1000)]}) == pytest.approx(100.0)
     assert _pool_rate({}) == 0.0

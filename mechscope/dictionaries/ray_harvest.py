@@ -61,20 +61,22 @@ class _ShardWriter:
             began = time.time()
             data = shard_tensors(self.model, torch.as_tensor(ids, dtype=torch.long), int(lo), self.sites, self.config)
             entry, widths = write_shard(self.out, int(i), data, self.config_hash)
-            rows["shard"].append(int(i))  # the worker and its own clock's times: how long the shard took
+            rows["shard"].append(int(i))  # the worker, and when (its clock) the shard began and ended
             rows["entry"].append(json.dumps({"entry": entry, "widths": widths, "worker": self.worker,
                                              "began": began, "ended": time.time()}))
         return rows
 
 
 def _pool_rate(spans: dict[str, list[tuple[float, float, int]]]) -> float:
-    """Rows per second of the pool while working: each worker's rows over the time from the start of
-    its first shard to the end of its last (its own clock), summed over the workers."""
-    rate = 0.0
-    for shards in spans.values():
-        took = max(e for _, e, _ in shards) - min(b for b, _, _ in shards)
-        rate += sum(r for _, _, r in shards) / took if took > 0 else 0.0
-    return rate
+    """Rows per second of the pool while working: all rows over the time from the first shard's start
+    to the last shard's end, whichever workers wrote them (a worker that started late, or sat idle,
+    counts against the rate). The workers' clocks must agree: one machine's, or a cluster's
+    synchronised clocks (a long harvest makes their offsets negligible)."""
+    shards = [s for v in spans.values() for s in v]
+    if not shards:
+        return 0.0
+    took = max(e for _, e, _ in shards) - min(b for b, _, _ in shards)
+    return sum(r for _, _, r in shards) / took if took > 0 else 0.0
 
 
 def ray_harvest(load_model: Callable[..., Any], tokens: Tensor, out: str | Path, config: HarvestConfig, *,
