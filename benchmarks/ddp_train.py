@@ -13,7 +13,9 @@ of 4096 rows, trained two ways on the same global batches, beside each other:
 Each repeat runs both, in alternating order. Tokens per second are rank 0's: rows trained / the
 seconds of its training loop (train.json), which include every collective operation but not the
 start of the processes or the reading of the first shards. Reported: median tokens/s of each,
-their ratio, the share of rank 0's loop spent in (or waiting for) exchanges, the largest
+their ratio, the share of rank 0's loop spent in (or waiting for) exchanges, the ratio of the
+loop's CPU seconds (one process / rank 0; the speedup two cores would give if nothing else ran
+and no rank waited, a figure load disturbs less than wall time), the largest
 difference between the two dictionaries' weights relative to the largest weight (the same global
 batches, so the same dictionary up to the order of floating-point sums), the load average and the
 share of the CPUs other processes used.
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> dict:
     from mechscope.dictionaries.files import read_tensors
 
     work = Path(tempfile.mkdtemp(prefix="ddp-train-"))
-    one, two, comm, diffs = [], [], [], {"W_dec": [], "W_enc": []}
+    one, two, comm, cpu, diffs = [], [], [], {1: [], 2: []}, {"W_dec": [], "W_enc": []}
     try:
         _store(work / "store")
         snap = cpu_snapshot()
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> dict:
             for n in ((1, 2) if r % 2 == 0 else (2, 1)):
                 rep = _train(work / "store", work / f"d{n}-{r}", n, args.steps)
                 (one if n == 1 else two).append(rep["tokens"] / rep["seconds"])
+                cpu[n].append(rep["cpu_seconds"])
                 if n == 2:
                     comm.append(rep["collective_seconds"] / rep["seconds"])
                 progress(f"ddp_train: repeat {r + 1}/{args.repeats}, {n} process(es): "
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace) -> dict:
            "one_process_tokens_per_s": statistics.median(one), "two_processes_tokens_per_s": statistics.median(two),
            "speedup": statistics.median(two) / statistics.median(one), "one_all": one, "two_all": two,
            "collective_share_of_rank0_loop": statistics.median(comm),
+           "cpu_seconds_ratio": statistics.median(cpu[1]) / statistics.median(cpu[2]),
            "w_dec_relative_difference": max(diffs["W_dec"]), "w_enc_relative_difference": max(diffs["W_enc"]),
            "other_processes_cpu_share": others}
     checks = {"speedup": {"target": f">= {TARGET}x one process (torchrun 2 x 1 thread vs 1 x 1)",

@@ -16,8 +16,11 @@ weights. So two Ray figures are reported: the whole job (rows / wall seconds of 
 pool's steady rate (all rows over the time from the first shard's start to the last shard's end,
 `ray_harvest(timing=...)`; a worker that starts late counts against it), with the start-up cost apart
 (whole seconds minus rows / steady rate) and the harvest size at which the whole job reaches the
-target. Also: the largest difference between the two stores' tensors (they must be the same
-store), the load average and the share of the CPUs other processes used during the run.
+target. Also: the ratio of CPU seconds the one-process harvest and the actors spent on the same
+shards (1 when a worker does a shard's work at one process's cost; load disturbs it less than wall
+time; the one-process figure includes fingerprinting the model once), the largest difference
+between the two stores' tensors (they must be the same store), the load average and the share of
+the CPUs other processes used during the run.
 
 Targets: the pool's steady rate with 2 workers >= 1.7 x the one-process tokens/s (a harvest of
 billions of tokens runs at that rate), with stores equal to 1e-6. The whole job's ratio at this
@@ -88,16 +91,18 @@ def run(args: argparse.Namespace) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     snap = cpu_snapshot()
     one, two, steady, start, first, diffs = [], [], [], [], [], []
+    one_cpu, ray_cpu = [], []
     work = Path(tempfile.mkdtemp(prefix="harvest-ray-"))
     try:
         for r in range(args.repeats):
             order = ("one", "ray") if r % 2 == 0 else ("ray", "one")
             for way in order:
                 out = work / f"{way}-{r}"
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 if way == "one":
                     dl.harvest(model, tokens, out, cfg, progress=False)
                     one.append(rows / (time.perf_counter() - t0))
+                    one_cpu.append(time.process_time() - c0)
                     progress(f"harvest_ray: repeat {r + 1}/{args.repeats} one process: {one[-1]:,.0f} tokens/s")
                 else:
                     timing: dict = {}
@@ -107,6 +112,7 @@ def run(args: argparse.Namespace) -> dict:
                     steady.append(timing["pool_rows_per_second"])
                     start.append(timing["seconds"] - rows / timing["pool_rows_per_second"])
                     first.append(timing["first_shard_seconds"])
+                    ray_cpu.append(timing["worker_cpu_seconds"])
                     progress(f"harvest_ray: repeat {r + 1}/{args.repeats} Ray 2x1: {two[-1]:,.0f} tokens/s whole job, "
                              f"{steady[-1]:,.0f} steady, start-up {start[-1]:.1f} s "
                              f"(first shard listed after {timing['first_shard_seconds']:.1f} s)")
@@ -125,6 +131,7 @@ def run(args: argparse.Namespace) -> dict:
            "ray_2x1_whole_job_tokens_per_s": statistics.median(two),
            "whole_job_speedup": statistics.median(two) / r1, "ray_start_up_seconds": fixed,
            "ray_first_shard_listed_seconds": statistics.median(first),
+           "cpu_seconds_ratio": statistics.median(one_cpu) / statistics.median(ray_cpu),
            "tokens_for_whole_job_target": TARGET * fixed / gap if gap > 0 else None,
            "one_process_all": one, "ray_whole_job_all": two, "ray_steady_all": steady,
            "max_store_difference": max(diffs), "other_processes_cpu_share": others}

@@ -58,12 +58,13 @@ class _ShardWriter:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         rows: dict[str, list[Any]] = {"shard": [], "entry": []}
         for i, lo, ids in zip(batch["shard"], batch["lo"], batch["tokens"]):
-            began = time.time()
+            began, cpu = time.time(), time.process_time()
             data = shard_tensors(self.model, torch.as_tensor(ids, dtype=torch.long), int(lo), self.sites, self.config)
             entry, widths = write_shard(self.out, int(i), data, self.config_hash)
             rows["shard"].append(int(i))  # the worker, and when (its clock) the shard began and ended
             rows["entry"].append(json.dumps({"entry": entry, "widths": widths, "worker": self.worker,
-                                             "began": began, "ended": time.time()}))
+                                             "began": began, "ended": time.time(),
+                                             "cpu": time.process_time() - cpu}))
         return rows
 
 
@@ -94,8 +95,9 @@ def ray_harvest(load_model: Callable[..., Any], tokens: Tensor, out: str | Path,
     A dict passed as `timing` is filled with where the time went: `seconds` (the whole call),
     `first_shard_seconds` (until the first shard was listed: planning, starting the actors, each
     loading and fingerprinting the model, the first shard), `pool_rows_per_second` (the workers'
-    rate while working, see `_pool_rate`), `rows` and `workers`. A long harvest runs at the pool's
-    rate; the start is paid once.
+    rate while working, see `_pool_rate`), `rows`, `workers` and `worker_cpu_seconds` (the CPU time
+    the workers spent on the shards, all their threads). A long harvest runs at the pool's rate; the
+    start is paid once.
     """
     if workers < 1 or threads < 1:
         raise ValueError(f"workers and threads must be positive, got {workers} and {threads}")
@@ -103,7 +105,7 @@ def ray_harvest(load_model: Callable[..., Any], tokens: Tensor, out: str | Path,
     out = Path(out)
     model = load_model() if model is None else model
     spans: dict[str, list[tuple[float, float, int]]] = {}
-    first = float("nan")
+    first, cpu = float("nan"), 0.0
     with harvest_lock(out):
         plan = plan_harvest(model, tokens, out, config)
         fingerprint = plan.manifest["model_fingerprint"]
@@ -132,6 +134,7 @@ def ray_harvest(load_model: Callable[..., Any], tokens: Tensor, out: str | Path,
                     got = json.loads(row["entry"])
                     plan.record(int(row["shard"]), got["entry"], got["widths"])
                     spans.setdefault(got["worker"], []).append((got["began"], got["ended"], got["entry"]["rows"]))
+                    cpu += got["cpu"]
                     if not first == first:  # still NaN: this is the first shard
                         first = time.perf_counter() - t0
                     bar.update(1)
@@ -139,5 +142,5 @@ def ray_harvest(load_model: Callable[..., Any], tokens: Tensor, out: str | Path,
         plan.finish()
     if timing is not None:
         timing.update(seconds=time.perf_counter() - t0, first_shard_seconds=first, pool_rows_per_second=_pool_rate(spans),
-                      rows=sum(r for v in spans.values() for _, _, r in v), workers=len(spans))
+                      rows=sum(r for v in spans.values() for _, _, r in v), workers=len(spans), worker_cpu_seconds=cpu)
     return ActivationStore(out)

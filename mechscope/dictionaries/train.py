@@ -109,6 +109,7 @@ class TrainResult:
     tokens: int = 0
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: float = 0.0  # CPU time of this process (all its threads) over the same loop as `seconds`
 
     @property
     def tokens_per_second(self) -> float:
@@ -119,6 +120,7 @@ class TrainResult:
         """A JSON-ready record: architecture, both configs, tokens, time, scales and the curve's last entry."""
         return {"architecture": self.dictionary.architecture, "dictionary": self.dictionary.config.to_dict(),
                 "train": asdict(self.config), "tokens": self.tokens, "seconds": self.seconds,
+                "cpu_seconds": self.cpu_seconds,
                 "scale_in": self.scale_in, "scale_out": self.scale_out, "final": self.curve[-1] if self.curve else {}}
 
 
@@ -254,7 +256,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
             next(it)
     bar = progress_bar(total=steps, initial=start, desc=description or f"train {dictionary.architecture}",
                        unit="step", disable=not progress, mininterval=1.0)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     batch = first
     recent: deque[Tensor] = deque(maxlen=8)  # the last inputs, for a dictionary's end-of-training calibration
     params = [p for p in dictionary.parameters() if p.requires_grad]
@@ -313,7 +315,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
             red.barrier()  # no process runs ahead of a checkpoint that is not written yet
         bar.update(1)
     bar.close()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     calibrate = getattr(dictionary, "calibrate_", None)
     if calibrate is not None:  # statistics that must match the final weights (BatchTopK's threshold)
         calibrate([red.gather(r) for r in recent])  # every process calibrates on the same rows
@@ -322,7 +324,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     dictionary.eval()
     dictionary.fold_scale_(s_in, s_out)
     info = {"sparsity_scale": controller.scale} if controller is not None else {}  # λ's final factor
-    return TrainResult(dictionary, curve, config, s_in, s_out, seen, seconds, info)
+    return TrainResult(dictionary, curve, config, s_in, s_out, seen, seconds, info, cpu_seconds)
 
 
 @torch.no_grad()
