@@ -63,7 +63,7 @@ def angle_sum(fa: Tensor, fb: Tensor) -> Tensor:
 
 
 def _with_one(x: Tensor) -> Tensor:
-    return torch.cat([torch.ones(x.shape[0], 1, dtype=x.dtype), x], 1)
+    return torch.cat([torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device), x], 1)
 
 
 def _lstsq(X: Tensor, Y: Tensor) -> Tensor:

@@ -21,8 +21,8 @@ Steps of `train`:
 
 Data-parallel training (`reducer`, see `ddp`): each process trains on its own slice of every
 batch; the first batch is gathered whole so that every process initialises alike, gradients are
-averaged after each backward pass, and fired latents, L0 and row counts are combined across the
-processes, so the processes hold the same dictionary, and it is the one a single process trains on
+averaged after each backward pass, and fired latents and L0 are combined across the processes (one
+exchange per step, started before the backward pass so that it overlaps it), so the processes hold the same dictionary, and it is the one a single process trains on
 the concatenated batches, up to the order of floating-point sums. With `checkpointing`, the state
 is saved atomically every `every` steps before the last (`checkpoint`) and a run started again resumes from it,
 replaying the batch stream up to its step without training on it.
@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -124,6 +124,7 @@ class TrainResult:
     tokens: int = 0
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: float = 0.0  # CPU time of this process (all its threads) over the same loop as `seconds`
 
     @property
     def tokens_per_second(self) -> float:
@@ -134,6 +135,7 @@ class TrainResult:
         """A JSON-ready record: architecture, both configs, tokens, time, scales and the curve's last entry."""
         return {"architecture": self.dictionary.architecture, "dictionary": self.dictionary.config.to_dict(),
                 "train": asdict(self.config), "tokens": self.tokens, "seconds": self.seconds,
+                "cpu_seconds": self.cpu_seconds,
                 "scale_in": self.scale_in, "scale_out": self.scale_out, "final": self.curve[-1] if self.curve else {}}
 
 
@@ -156,6 +158,12 @@ class Reducer:
     def mean(self, value: float) -> float:
         """The mean of `value` over the processes."""
         return value
+
+    def start_step_stats(self, fired: Tensor, l0: float) -> Callable[[], tuple[Tensor, float]]:
+        """Begin combining a step's fired-latent mask (any process) and L0 (mean over processes);
+        the returned function waits for the result. Started before the backward pass, the exchange
+        overlaps it."""
+        return lambda: (fired, l0)
 
     def barrier(self) -> None:
         """Wait until every process is here."""
@@ -280,7 +288,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
             next(it)
     bar = progress_bar(total=steps, initial=start, desc=description or f"train {dictionary.architecture}",
                        unit="step", disable=not progress, mininterval=1.0)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     batch = first
     recent: deque[Tensor] = deque(maxlen=8)  # the last inputs, for a dictionary's end-of-training calibration
     params = [p for p in dictionary.parameters() if p.requires_grad]
@@ -301,6 +309,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
         dead = since_fired >= config.dead_after_tokens
         with one_thread_except_dense() if dictionary.sparse_step else nullcontext():
             out = dictionary.loss(x, y, dead if bool(dead.any()) else None, sparsity_scale)
+            step_stats = red.start_step_stats(_fired(out.codes), _l0(out.codes))  # overlaps the backward pass
             opt.zero_grad(set_to_none=True)
             out.total.backward()
             red.average_grads(params)
@@ -308,8 +317,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
                 dictionary.remove_parallel_grads_()
             opt.step()
             dictionary.constrain_()
-            fired = red.any(_fired(out.codes))
-        l0 = red.mean(_l0(out.codes))
+            fired, l0 = step_stats()
         if controller is not None:
             controller.update(l0)
         rows = x.shape[0] * red.world
@@ -339,7 +347,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
             red.barrier()  # no process runs ahead of a checkpoint that is not written yet
         bar.update(1)
     bar.close()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     calibrate = getattr(dictionary, "calibrate_", None)
     if calibrate is not None:  # statistics that must match the final weights (BatchTopK's threshold)
         calibrate([red.gather(r) for r in recent])  # every process calibrates on the same rows
@@ -348,7 +356,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     dictionary.eval()
     dictionary.fold_scale_(s_in, s_out)
     info = {"sparsity_scale": controller.scale} if controller is not None else {}  # λ's final factor
-    return TrainResult(dictionary, curve, config, s_in, s_out, seen, seconds, info)
+    return TrainResult(dictionary, curve, config, s_in, s_out, seen, seconds, info, cpu_seconds)
 
 
 @torch.no_grad()

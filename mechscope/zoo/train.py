@@ -40,7 +40,7 @@ from ..core.paths import cache_dir
 from ..core.progress import progress_bar
 from .files import (SCHEMA, CheckpointError, load_tensors, read_json, read_jsonl, save_tensors, write_json,
                     write_jsonl)
-from .recipe import Recipe
+from .recipe import Recipe, to_device
 
 
 def zoo_dir() -> Path:
@@ -211,10 +211,14 @@ class _Log:
 
 
 def run_training(spec: RunSpec, path: Path | None = None, progress: bool = True,
-                 state_every_s: float = 30.0, state_every: int | None = None) -> Run:
+                 state_every_s: float = 30.0, state_every: int | None = None,
+                 device: torch.device | str | None = None) -> Run:
     """Train `spec` into its run directory, resuming from its state if one is there.
 
-    `state_every` (updates) additionally writes the resume state on a fixed step interval.
+    `state_every` (updates) additionally writes the resume state on a fixed step interval. `device`
+    (default the CPU) holds the model, its optimiser state and the fixed data; batches are still
+    drawn from CPU generators, so every device sees the same batches (files are written from CPU
+    copies, and a run may resume on another device).
     """
     run = Run(path or zoo_dir() / spec.name)
     config = spec.config()
@@ -241,6 +245,8 @@ def run_training(spec: RunSpec, path: Path | None = None, progress: bool = True,
     gen = torch.Generator().manual_seed(spec.seed + 1)
     data = recipe.data(hp, spec.seed)
     model = recipe.build(hp)
+    if device is not None:
+        model, data = model.to(device), to_device(data, device)
     opt = recipe.optimizer(model, hp)
     start = _restore(run, model, opt, gen) if run.state_path.is_file() else 0
 
