@@ -187,6 +187,34 @@ def test_the_report_opens_offline_with_every_section_drawn(demo_dir, browser, tm
     assert [u for u in requests if not u.startswith("file:")] == []
 
 
+def test_an_explanation_page_shows_the_joint_numbers(browser, tmp_path):
+    """An explain-all artifact in the viewer: the joint loss recovered with its interval and the explanation's
+    size, the component table and the robustness table, with no console error."""
+    from mechscope.studies import explain_all as ea
+    from test_explain_all import sample_explanation
+
+    ea.write_artifact(sample_explanation(), str(tmp_path / "out"))
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    errors = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(10_000)
+    with serving(tmp_path / "out") as port:
+        pg.goto(f"http://127.0.0.1:{port}/#/m/zoo%3Amodadd/explanations")
+        pg.wait_for_selector(".explanation-view table.robustness")
+        assert pg.locator('.joint-number[data-ablation="mean"]').text_content() == "0.9991 [0.998, 0.9995]"
+        assert pg.locator('.joint-number[data-ablation="zero"]').text_content() == "0.9876 [0.9811, 0.9902]"
+        assert "17 lines of code, 1,408 numbers" in pg.locator(".explanation-view .joint").inner_text()
+        row = pg.locator("table.components tr").nth(1).all_text_contents()[0]
+        assert "angle_sum_features" in row and "0.9997" in row and "0.4321" in row
+        assert "inst[1]: 0.9712" in pg.locator('table.robustness tr[data-ablation="zero"]').inner_text()
+        assert pg.locator('#tabs a[data-tab="explanations"]').get_attribute("class") == "active"
+        pg.screenshot(path=str(SHOTS / "viewer-explanations.png"), full_page=True)
+    ctx.close()
+    assert errors == []
+
+
 # ---- hostile artifacts: every string a renderer shows is data, never markup -------------------
 
 INERT = """() => ({

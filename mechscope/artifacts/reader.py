@@ -104,7 +104,8 @@ class ModelArtifacts:
                 "head_roles": (self.path / "head_roles.json").is_file(),
                 "training": (self.path / "training.json").is_file(),
                 "features": (self.path / "features.json").is_file(),
-                "patching": self.patching_names(), "circuits": self.circuit_names()}
+                "patching": self.patching_names(), "circuits": self.circuit_names(),
+                "explanations": self.explanation_names()}
 
 
 class Artifacts:

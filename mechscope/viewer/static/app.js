@@ -1,11 +1,12 @@
 /* mechscope viewer: a hash-routed single page over the JSON API (see mechscope/viewer/app.py).
- * Routes: #/m/MODEL/overview | attention | roles | patching[/NAME] | circuits[/NAME] | features[/SET/FEATURE] | training */
+ * Routes: #/m/MODEL/overview | attention | roles | patching[/NAME] | circuits[/NAME] | features[/SET/FEATURE] | training
+ *         | explanations[/NAME] */
 (function () {
   'use strict';
   const MS = window.MS, el = MS.el;
   const main = document.getElementById('main'), tabs = document.getElementById('tabs'), select = document.getElementById('model-select');
   const TABS = [['overview', 'Overview'], ['attention', 'Attention'], ['roles', 'Head roles'], ['patching', 'Patching'],
-    ['circuits', 'Circuits'], ['features', 'Features'], ['training', 'Training']];
+    ['circuits', 'Circuits'], ['features', 'Features'], ['training', 'Training'], ['explanations', 'Explanations']];
   let models = [];
   const enc = encodeURIComponent;
 
@@ -113,6 +114,17 @@
       const sec = el('section', { class: 'part', id: 'training' }, [el('h2', { text: 'Training dynamics' })]);
       const box = el('div'); sec.appendChild(box);
       MS.training(box, d);
+      return sec;
+    },
+    async explanations(route) {
+      const { names } = await api(base(route.dir) + '/explanations');
+      const sec = el('section', { class: 'part', id: 'explanations' }, [el('h2', { text: 'Explanations as code' })]);
+      if (!names.length) { sec.appendChild(el('p', { class: 'muted', text: 'No explanations (mechscope explain-all NAME --out DIR writes one).' })); return sec; }
+      const name = route.rest[0] || names[0];
+      sec.appendChild(el('div', {}, names.map((n) => el('a', { href: '#/m/' + enc(route.model) + '/explanations/' + enc(n), class: 'pill', text: n }))));
+      const d = await api(base(route.dir) + '/explanations/' + enc(name));
+      const box = el('div', { class: 'explanation-view', 'data-name': name }); sec.appendChild(box);
+      MS.explanation(box, d);
       return sec;
     },
   };
