@@ -83,11 +83,12 @@ def test_own_pattern_recovers_exactly_one_and_uniform_less(llama, loss):
 
 
 def test_study_end_to_end_on_a_tiny_model(llama):
-    cfg = InductionScrubConfig(select=4, measure=6, reference=4, half=5, sizes=(1, 2), threshold=0.0, low=0,
+    cfg = InductionScrubConfig(select=4, measure=6, reference=4, half=5, sizes=(1, 2, 8), threshold=-1.0, low=0,
                                n_boot=20)
     out = run_study(cfg, log=lambda *_: None, model=llama.model)
     table = out["figures"]["table"]
-    assert [t["heads"] for t in table] == ["top 1", "top 2", "score > 0.0"]
+    assert [t["heads"] for t in table] == ["top 1", "top 2", "top 8", "score > -1.0"]
+    assert table[-1]["which"] == table[2]["which"] and table[-1]["rows"] is table[2]["rows"]  # measured once
     assert {(r["code"], r["ablation"]) for r in table[0]["rows"]} == {
         (c, a) for c in ("strict_induction", "uniform_causal") for a in ("mean", "resample")}
     assert set(out["checks"]) == {"rule_beats_uniform_mean", "rule_beats_uniform_resample"}

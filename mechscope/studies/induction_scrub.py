@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -52,6 +50,7 @@ from ..circuits.head_roles import head_roles, repeated_tokens
 from ..core.hypothesis import Code, Component, Hypothesis
 from ..core.progress import echo
 from ..core.site import Kind, Site
+from . import result_line
 from .explain_all import repeat_loss
 
 ExplainFn = Callable[[Any, int], Explanation]  # (model, layer) -> code for that layer's heads' outputs
@@ -174,8 +173,13 @@ def run_study(config: InductionScrubConfig = InductionScrubConfig(), log: Any = 
             table.append({"heads": label, "k": 0, "which": [], "rows": []})
             continue
         t = time.time()
-        rows = measure(model, heads, explain, data, repeat, ref, n_boot=config.n_boot, seed=config.seed,
-                       dataset=f"repeated random tokens, {config.measure} held-out sequences (seed {config.seed + 1})")
+        same = next((done for done in table if done["which"] == [f"L{layer}H{h}" for layer, h in heads]), None)
+        if same is not None:  # the same heads as an earlier set: the same runs, measured once
+            log(f"{label:<14}the same {len(heads)} heads as {same['heads']}")
+            rows = same["rows"]
+        else:
+            rows = measure(model, heads, explain, data, repeat, ref, n_boot=config.n_boot, seed=config.seed,
+                           dataset=f"repeated random tokens, {config.measure} held-out sequences (seed {config.seed + 1})")
         for r in rows:
             ci = "-" if r["ci"] is None else f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
             log(f"{label:<14}{r['code']:<18}{r['ablation']:<10}{r['recovered']:>10.3f}  {ci:<18}"
@@ -201,11 +205,7 @@ def run_study(config: InductionScrubConfig = InductionScrubConfig(), log: Any = 
                "table": table, "wall_seconds": time.time() - t0,
                "rule_lines": explain["strict_induction"](model, 0).lines,
                "uniform_lines": explain["uniform_causal"](model, 0).lines}
-    return {"name": "induction_scrub_smollm2", "kind": "replication", "config": asdict(config),
-            "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "gpu": None,
-                        "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-                        "python": platform.python_version()},
-            "figures": figures, "checks": checks, "pass": all(c["pass"] for c in checks.values())}
+    return result_line("induction_scrub_smollm2", "replication", asdict(config), figures, checks)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
