@@ -247,6 +247,9 @@ def test_no_answer_holds_an_absolute_path(demo_dir, tmp_path):
     (broken.path / "attention.json").write_text(json.dumps({"kind": "attention", "schema_version": 9}))
     (broken.path / "features.json").write_text(json.dumps({"kind": "features", "schema_version": 1,
                                                            "store": "gone.duckdb"}))
+    broken.explanation("explain-all", {"name": "h", "lines": 1, "numbers": 0, "parts": []},
+                       {"mean": {"recovered": {"value": 0.5, "ci": None}}})
+    (broken.path / "explanations" / "bad.json").write_text("{not json")
     app = create_app(root)
     api = {r.path for r in app.routes if getattr(r, "path", "").startswith("/api/")}
     seen, answers = set(), []
@@ -261,9 +264,10 @@ def test_no_answer_holds_an_absolute_path(demo_dir, tmp_path):
         models = get("/api/models", "/api/models")["models"]
         for m in models:
             base = f"/api/models/{m['dir']}"
-            for section in ("overview", "attention", "head_roles", "training", "patching", "circuits", "features"):
+            for section in ("overview", "attention", "head_roles", "training", "patching", "circuits", "features",
+                            "explanations"):
                 got = get(f"/api/models/{{name}}/{section}", f"{base}/{section}")
-                for item in got.get("names", []) if section in ("patching", "circuits") else []:
+                for item in got.get("names", []) if section in ("patching", "circuits", "explanations") else []:
                     get(f"/api/models/{{name}}/{section}/{{item}}", f"{base}/{section}/{item}")
                 for s in got.get("sets", []) if section == "features" else []:
                     sid = s["set"]["set_id"]
