@@ -330,6 +330,14 @@ def test_a_hostile_artifact_runs_nothing_in_the_viewer(hostile, browser):
     assert pg.locator("#training .chart h3").text_content() == H["curve"]
     assert H["run"] in pg.locator("#training").text_content()
 
+    pg.goto(f"{hash_}/explanations")
+    pg.wait_for_selector(".explanation-view table.robustness")
+    assert pg.locator(".explanation-title").text_content() == H["expl_hyp"]
+    view = pg.locator(".explanation-view").text_content()
+    assert all(H[k] in view for k in ("expl_claim", "expl_component", "expl_part", "expl_dataset", "expl_fig"))
+    assert f"{H['expl_group']}: 0.125" in view and H["expl_ablation"] in view
+    assert _attrs(pg, ".explanation-view .joint-number", "data-ablation") == [H["expl_ablation"]]
+
     pg.goto(f"{url}/#/m/{quote(H['prompt'], safe='')}/overview")  # an address naming no model
     pg.wait_for_selector(".err")
     assert pg.locator(".err").text_content() == f"No model named {H['prompt']}."
@@ -359,6 +367,10 @@ def test_a_hostile_artifact_runs_nothing_in_the_report(hostile_artifacts, browse
     assert pg.locator("#m0-features .feature-title").text_content() == f"{H['set']} / feature 0 ({H['label']})"
     assert _texts(pg, "#m0-features .examples-top .tok") == [H["ex_tok"], "plain"]
     assert pg.locator("#m0-training .chart h3").text_content() == H["curve"]
+    expl = pg.locator("#m0-explanations").text_content()
+    assert all(H[k] in expl for k in ("expl_hyp", "expl_claim", "expl_component", "expl_part", "expl_dataset",
+                                      "expl_ablation"))
+    assert f"{H['expl_group']}: 0.125" in expl
     _assert_inert(pg, title, scripts=3)
     assert [u for u in pg.requests if not u.startswith("file:")] == []
     ctx.close()
