@@ -61,8 +61,8 @@ class InductionScrubConfig:
     """Settings of the study (all seeded)."""
 
     select: int = 32  # sequences that choose the heads
-    measure: int = 48  # held-out sequences the hypotheses are scored on
-    reference: int = 32  # sequences the ablations draw from
+    measure: int = 24  # held-out sequences the hypotheses are scored on
+    reference: int = 16  # sequences the ablations draw from
     half: int = 20  # random tokens in each copy
     sizes: tuple[int, ...] = (1, 2, 4, 8)  # top-k heads by induction score
     threshold: float = 0.3  # also: every head whose induction score is above this
