@@ -241,6 +241,34 @@ def test_the_graph_page_draws_hovers_pins_and_groups(graph_site, page):
     assert page.errors == []
 
 
+def test_an_explanation_page_shows_the_joint_numbers(browser, tmp_path):
+    """An explain-all artifact in the viewer: the joint loss recovered with its interval and the explanation's
+    size, the component table and the robustness table, with no console error."""
+    from mechscope.studies import explain_all as ea
+    from test_explain_all import sample_explanation
+
+    ea.write_artifact(sample_explanation(), str(tmp_path / "out"))
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    errors = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(10_000)
+    with serving(tmp_path / "out") as port:
+        pg.goto(f"http://127.0.0.1:{port}/#/m/zoo%3Amodadd/explanations")
+        pg.wait_for_selector(".explanation-view table.robustness")
+        assert pg.locator('.joint-number[data-ablation="mean"]').text_content() == "0.9991 [0.998, 0.9995]"
+        assert pg.locator('.joint-number[data-ablation="zero"]').text_content() == "0.9876 [0.9811, 0.9902]"
+        assert "17 lines of code, 1,408 numbers" in pg.locator(".explanation-view .joint").inner_text()
+        row = pg.locator("table.components tr").nth(1).all_text_contents()[0]
+        assert "angle_sum_features" in row and "0.9997" in row and "0.4321" in row
+        assert "inst[1]: 0.9712" in pg.locator('table.robustness tr[data-ablation="zero"]').inner_text()
+        assert pg.locator('#tabs a[data-tab="explanations"]').get_attribute("class") == "active"
+        pg.screenshot(path=str(SHOTS / "viewer-explanations.png"), full_page=True)
+    ctx.close()
+    assert errors == []
+
+
 # ---- hostile artifacts: every string a renderer shows is data, never markup -------------------
 
 INERT = """() => ({
@@ -356,6 +384,14 @@ def test_a_hostile_artifact_runs_nothing_in_the_viewer(hostile, browser):
     assert pg.locator("#training .chart h3").text_content() == H["curve"]
     assert H["run"] in pg.locator("#training").text_content()
 
+    pg.goto(f"{hash_}/explanations")
+    pg.wait_for_selector(".explanation-view table.robustness")
+    assert pg.locator(".explanation-title").text_content() == H["expl_hyp"]
+    view = pg.locator(".explanation-view").text_content()
+    assert all(H[k] in view for k in ("expl_claim", "expl_component", "expl_part", "expl_dataset", "expl_fig"))
+    assert f"{H['expl_group']}: 0.125" in view and H["expl_ablation"] in view
+    assert _attrs(pg, ".explanation-view .joint-number", "data-ablation") == [H["expl_ablation"]]
+
     pg.goto(f"{url}/#/m/{quote(H['prompt'], safe='')}/overview")  # an address naming no model
     pg.wait_for_selector(".err")
     assert pg.locator(".err").text_content() == f"No model named {H['prompt']}."
@@ -385,6 +421,10 @@ def test_a_hostile_artifact_runs_nothing_in_the_report(hostile_artifacts, browse
     assert pg.locator("#m0-features .feature-title").text_content() == f"{H['set']} / feature 0 ({H['label']})"
     assert _texts(pg, "#m0-features .examples-top .tok") == [H["ex_tok"], "plain"]
     assert pg.locator("#m0-training .chart h3").text_content() == H["curve"]
+    expl = pg.locator("#m0-explanations").text_content()
+    assert all(H[k] in expl for k in ("expl_hyp", "expl_claim", "expl_component", "expl_part", "expl_dataset",
+                                      "expl_ablation"))
+    assert f"{H['expl_group']}: 0.125" in expl
     _assert_inert(pg, title, scripts=3)
     assert [u for u in pg.requests if not u.startswith("file:")] == []
     ctx.close()

@@ -251,6 +251,9 @@ def test_no_answer_holds_an_absolute_path(demo_dir, tmp_path):
              "nodes": [{"id": 0, "kind": "token", "pos": 0}, {"id": 1, "kind": "latent", "layer": 0, "pos": 0, "index": 3}]}
     g = broken.graph("g", graph)  # its layer's feature set lives in the missing store
     g.write_text(g.read_text().replace('"feature_sets":{}', '"feature_sets":{"0":"s"}'))
+    broken.explanation("explain-all", {"name": "h", "lines": 1, "numbers": 0, "parts": []},
+                       {"mean": {"recovered": {"value": 0.5, "ci": None}}})
+    (broken.path / "explanations" / "bad.json").write_text("{not json")
     app = create_app(root)
     api = {r.path for r in app.routes if getattr(r, "path", "").startswith("/api/")}
     seen, answers = set(), []
@@ -266,9 +269,10 @@ def test_no_answer_holds_an_absolute_path(demo_dir, tmp_path):
         for m in models:
             base = f"/api/models/{m['dir']}"
             for section in ("overview", "attention", "head_roles", "training", "patching", "circuits", "graphs",
-                            "features"):
+                            "features", "explanations"):
                 got = get(f"/api/models/{{name}}/{section}", f"{base}/{section}")
-                for item in got.get("names", []) if section in ("patching", "circuits", "graphs") else []:
+                named = ("patching", "circuits", "graphs", "explanations")
+                for item in got.get("names", []) if section in named else []:
                     doc = get(f"/api/models/{{name}}/{section}/{{item}}", f"{base}/{section}/{item}")
                     for n in doc["nodes"] if section == "graphs" else []:
                         get("/api/models/{name}/graphs/{item}/nodes/{node}", f"{base}/graphs/{item}/nodes/{n['id']}")

@@ -121,7 +121,8 @@ class ModelArtifacts:
                 "head_roles": (self.path / "head_roles.json").is_file(),
                 "training": (self.path / "training.json").is_file(),
                 "features": (self.path / "features.json").is_file(),
-                "patching": self.patching_names(), "circuits": self.circuit_names(), "graphs": self.graph_names()}
+                "patching": self.patching_names(), "circuits": self.circuit_names(), "graphs": self.graph_names(),
+                "explanations": self.explanation_names()}
 
 
 class Artifacts:

@@ -17,6 +17,8 @@ and answered with a generic 500 message, never a stack trace):
                                                   layer has a feature set, its dashboard
     /api/models/{model}/features                  feature sets with their features (?set=, ?limit=)
     /api/models/{model}/features/{set}/{feature}  one feature's page
+    /api/models/{model}/explanations[/{name}]     names, or one explain-all result (component table,
+                                                  joint numbers, robustness across ablations)
     /artifacts/{path}                             a raw artifact file, contained in the directory
                                                   (JSON as application/json, anything else as a download)
 
@@ -311,6 +313,17 @@ def create_app(artifacts_dir: str | Path = "out", *, port: int | None = None,
         if threshold > 0:
             c = dict(c, edges=[e for e in c["edges"] if e["score"] is None or abs(e["score"]) >= threshold])
         return c
+
+    @app.get("/api/models/{name}/explanations")
+    def explanation_list(name: NameParam) -> dict[str, Any]:
+        return {"names": model(name).explanation_names()}
+
+    @app.get("/api/models/{name}/explanations/{item}")
+    def explanation(name: NameParam, item: NameParam) -> dict[str, Any]:
+        m = model(name)
+        if item not in m.explanation_names():
+            raise NotFound(f"model {m.name!r} has no explanation {_shown(item)}; it has {m.explanation_names()}")
+        return _clean(m.explanation(item))
 
     def _sets(st) -> list[str]:
         return [s["set_id"] for s in st.sets()]
