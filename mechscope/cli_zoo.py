@@ -8,7 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_options import DeviceOpt
 
 zoo_app = typer.Typer(help="Reference networks trained here, with their checkpoints.", no_args_is_help=True,
                       add_completion=False, pretty_exceptions_show_locals=False)

@@ -26,7 +26,7 @@ embeddings) is its bias: measured by a second frozen forward pass with every sou
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
