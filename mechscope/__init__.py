@@ -41,6 +41,12 @@ def run(model: Any, inputs: Any, capture: Iterable[Site | str] | Site | str = ()
 
     `model` is an adapter from `load`/`wrap` or any nn.Module (wrapped on the fly). See
     `mechscope.core.run.run` for the full contract.
+
+    Example::
+
+        model = ms.load("zoo:induction-quick")
+        res = ms.run(model, tokens, capture=["attn.pattern.1"])     # tokens (batch, pos)
+        res.cache["attn.pattern.1"]              # (batch, head, pos, kpos)
     """
     return _core_run(wrap(model), inputs, capture=capture, interventions=interventions, grad=grad,
                      track_grad=track_grad)

@@ -129,9 +129,9 @@ def harvest_cmd(
         if ray:
             from .dictionaries.ray_harvest import ray_harvest
 
-            del m
             store = ray_harvest(functools.partial(load, model), token_ids, out, cfg, workers=workers,
-                                threads=threads, address=address, device=device)
+                                threads=threads, address=address, device=device, model=m)  # m: the driver's copy
+            del m
         else:
             store = dl.harvest(m, token_ids, out, cfg)
     except (ConnectionError, ImportError, dl.DictionaryFileError) as e:  # said plainly, no traceback

@@ -43,6 +43,19 @@ def _target_id(model, text: str, vocab: int) -> int:
     return int(ids[0])
 
 
+def _feature_sets(items: list[str]) -> dict[int, str]:
+    """layer -> feature set, from --feature-set LAYER=SET options."""
+    sets: dict[int, str] = {}
+    for item in items:
+        layer, eq, set_id = item.partition("=")
+        if not eq or not layer.strip().isdigit() or not set_id.strip():
+            raise typer.BadParameter(f"--feature-set {item!r}: give LAYER=SET, e.g. 1=tc.1")
+        if int(layer) in sets:
+            raise typer.BadParameter(f"--feature-set names layer {int(layer)} twice")
+        sets[int(layer)] = set_id.strip()
+    return sets
+
+
 def graph(
     model: Annotated[str, typer.Argument(help="smollm2-135m, zoo:NAME or a local Hugging Face directory")],
     prompt: Annotated[str, typer.Argument(help="the text whose next token the graph explains")],
@@ -51,6 +64,13 @@ def graph(
     transcoders: Annotated[Optional[Path], typer.Option(help="a transcoder set (mechscope dict transcoders) or a directory of per-layer transcoders (layers "
                                                         "without one are error nodes)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="directory for graph.json")] = None,
+    artifacts: Annotated[Optional[Path], typer.Option(help="also save the graph in this artifact directory "
+                                                      "(for `mechscope view`), under MODEL")] = None,
+    name: Annotated[str, typer.Option(help="the graph's name in --artifacts")] = "graph",
+    store: Annotated[Optional[Path], typer.Option(help="a FeatureStore with the transcoder latents' dashboards, "
+                                                  "registered with MODEL in --artifacts")] = None,
+    feature_set: Annotated[Optional[list[str]], typer.Option(help="LAYER=SET: the feature set of a layer's latents "
+                                                             "in the model's store (repeat per layer)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the graph JSON on stdout")] = False,
     bos: Annotated[bool, typer.Option(help="prepend the BOS token")] = False,
     node_threshold: Annotated[float, typer.Option(help="share of the latents' influence the kept latents carry")] = 0.8,
@@ -62,7 +82,8 @@ def graph(
 ) -> None:
     """Attribution graph of PROMPT through MODEL's local replacement (transcoders, frozen attention).
 
-    Writes OUT/graph.json (nodes, pruned edges, scores) only once the graph is complete.
+    Writes OUT/graph.json (nodes, pruned edges, scores) only once the graph is complete; with
+    --artifacts, also saves it in that artifact directory (graphs/NAME.json under MODEL) for the viewer.
     """
     import torch
 
@@ -72,6 +93,16 @@ def graph(
 
     if threads:
         torch.set_num_threads(threads)
+    sets = _feature_sets(feature_set or [])
+    if (sets or store is not None) and artifacts is None:
+        raise typer.BadParameter("--store and --feature-set describe the graph saved with --artifacts; give "
+                                 "--artifacts DIR too")
+    if artifacts is not None:
+        from .artifacts import ArtifactError, check_name
+        try:
+            check_name(name, "graph name")
+        except ArtifactError as e:
+            raise typer.BadParameter(str(e)) from None
     t0 = time.monotonic()
     with console.status(f"loading {model}"):
         m = load(model, device=device)
@@ -96,10 +127,17 @@ def graph(
     p = G.prune(g, node_threshold, edge_threshold)
     seconds = time.monotonic() - t0
     scores = {**p.scores, "exactness": g.exactness, "linearity_error": g.linearity_error, "seconds": seconds}
-    doc = g.to_json(keep=p.keep, edges=p.edges, scores=scores)
+    doc = g.to_json(keep=p.keep, edges=p.edges, scores=scores, influence=p.influence)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "graph.json", doc)
+    if artifacts is not None:
+        from .artifacts import ArtifactError, ArtifactWriter
+        try:
+            saved = ArtifactWriter(artifacts).model(model).graph(name, doc, prompt=prompt, feature_sets=sets,
+                                                                 store=store)
+        except ArtifactError as e:
+            raise typer.BadParameter(str(e)) from None
     t = Table("measure", "value", title=f"attribution graph of {prompt!r} on {model}")
     for k in ("replacement", "completeness", "pruned_replacement", "pruned_completeness", "kept_latents",
               "latents", "kept_edges", "exactness", "linearity_error", "seconds"):
@@ -110,5 +148,7 @@ def graph(
     console.print("logits: " + ", ".join(f"{m.to_str_tokens([n['index']])[0]!r} {n['prob']:.3f}" for n in logits))
     if out is not None:
         console.print(f"graph: {out / 'graph.json'}")
+    if artifacts is not None:
+        console.print(f"saved as {saved} (view it with `mechscope view {artifacts}`)")
     if as_json:
         print(json.dumps(doc))

@@ -8,7 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_options import DeviceOpt
 
 zoo_app = typer.Typer(help="Reference networks trained here, with their checkpoints.", no_args_is_help=True,
                       add_completion=False, pretty_exceptions_show_locals=False)
@@ -20,18 +19,23 @@ def train(name: Annotated[str, typer.Argument(help="zoo name, e.g. modadd, tms, 
           quick: Annotated[bool, typer.Option("--quick", help="the variant that trains within a minute")] = False,
           seed: Annotated[Optional[int], typer.Option(help="seed (the run is named NAME-seedN)")] = None,
           threads: Annotated[Optional[int], typer.Option(help="torch threads (resume with the same number "
-                                                         "for bit-identical results)")] = None) -> None:
+                                                         "for bit-identical results)")] = None,
+          device: Annotated[Optional[str], typer.Option(help="where the network trains: cpu, cuda, cuda:N, mps "
+                                                        "(default cpu; batches are drawn on the CPU either way)")] = None
+          ) -> None:
     """Train a zoo network, or resume it where a killed run stopped."""
     import time
 
     import torch
 
     from . import zoo
+    from .models.load import check_device
 
+    check_device(device)  # a bad --device fails before any training
     if threads:
         torch.set_num_threads(threads)
     t = time.monotonic()
-    run = zoo.train(name, quick=quick, seed=seed)
+    run = zoo.train(name, quick=quick, seed=seed, device=device)
     last = run.metrics()[-1] if run.metrics() else {}
     console.print(f"[bold]{run.path.name}[/] trained ({time.monotonic() - t:.1f} s this session): {run.path}")
     console.print("  ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)))
@@ -80,19 +84,24 @@ def replicate(name: Annotated[str, typer.Argument(help="tms, grokking, induction
                   "it passes on every seed")] = None,
               as_json: Annotated[bool, typer.Option("--json", help="end with one JSON result line (benchmarks/README.md)")] = False,
               threads: Annotated[Optional[int], typer.Option(help="torch threads for training and analysis "
-                                                             "(default: torch's, one per core)")] = None
+                                                             "(default: torch's, one per core)")] = None,
+              device: Annotated[Optional[str], typer.Option(help="where zoo networks not trained yet are trained: "
+                                                            "cpu, cuda, cuda:N, mps (default cpu; the measurements "
+                                                            "read the saved weights)")] = None
               ) -> None:
     """Reproduce a published result on zoo networks: target vs ours vs pass (per seed with --seeds)."""
     import torch
 
+    from .models.load import check_device
     from .replications import parse_seeds, replicate_seeds
     from .replications import replicate as run_replication
 
+    check_device(device)  # a bad --device fails before any training
     if threads:
         torch.set_num_threads(threads)
     title = f"replicate {name}" + (" --quick" if quick else "")
     if seeds is None:
-        rep = run_replication(name, quick)
+        rep = run_replication(name, quick, device=device)
         t = Table("check", "target", "ours", "pass", title=title)
         for c in rep.checks:
             t.add_row(c.name, c.target, str(c.got), "[green]pass[/]" if c.passed else "[red]FAIL[/]")
@@ -101,7 +110,7 @@ def replicate(name: Annotated[str, typer.Argument(help="tms, grokking, induction
             seed_list = parse_seeds(seeds)
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--seeds") from None
-        rep = replicate_seeds(name, seed_list, quick)
+        rep = replicate_seeds(name, seed_list, quick, device=device)
         t = Table("check", "target", *(f"seed {s}" for s in rep.seeds), "pass rate", title=f"{title} --seeds {seeds}")
         for n in rep.check_names():
             cells = []

@@ -220,6 +220,23 @@ def textlm_cache(tmp_path_factory, isolated_cache):
     return root
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium (/usr/bin/chromium) driven by Playwright, for the `browser` tests."""
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is absent (Debian package `chromium`; `sudo apt-get install -y chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield b
+        b.close()
+
+
 @pytest.fixture(scope="session")
 def demo_artifacts(tmp_path_factory):
     """The induction section of the demo (a 40-step induction-quick run in its own cache), built once
@@ -270,7 +287,8 @@ def hostile_artifacts(tmp_path_factory):
         "causal_metric", "causal_ablation", "patch_title", "patch_name", "row", "col", "metric", "ablation", "how",
         "circuit_name", "method", "circuit_ablation", "node", "node_type", "via", "faith_metric", "aggregation",
         "dataset_name", "faith_n", "run", "curve", "config", "site", "kind", "set_dataset", "label", "explanation",
-        "spec", "ex_tok", "logit_tok")}
+        "spec", "ex_tok", "logit_tok", "expl_hyp", "expl_claim", "expl_component", "expl_part", "expl_dataset",
+        "expl_ablation", "expl_group", "expl_fig")}
     H["set"] = hostile_text("set", slash=False)
     w = A.ArtifactWriter(root)
     m = w.model(H["model"])
@@ -310,6 +328,14 @@ def hostile_artifacts(tmp_path_factory):
         st.replace_set({"set_id": sid, "model": H["model"], "site": H["site"], "kind": H["kind"], "n_features": 2,
                         "n_tokens": 10, "dataset": H["set_dataset"], "built_at": "now"}, rows)
     m.features(store)
+    part = {"component": H["expl_component"], "kind": "code", "name": H["expl_part"], "lines": 3, "numbers": 0}
+    m.explanation("explain-all", {"name": H["expl_hyp"], "claim": H["expl_claim"], "lines": 3, "numbers": 0,
+                                  "parts": [part]},
+                  {H["expl_ablation"]: {"recovered": {"value": 0.75, "ci": [0.5, 0.9]}, "loss_clean": 1.0,
+                                        "loss_hypothesis": 1.5, "loss_ablated": 3.0,
+                                        "parts": [{"alone": {"value": 0.25}, "unexplained_share": 0.5}],
+                                        "groups": {H["expl_group"]: {"value": 0.125}}}},
+                  dataset=H["expl_dataset"], figures={H["expl_fig"]: H["expl_fig"]})
 
     def edit(path, **fields):  # what a writer refuses, a file may still hold
         obj = json.loads(path.read_text())

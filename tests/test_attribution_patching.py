@@ -47,3 +47,15 @@ def test_pass_counts_are_the_passes_that_ran(family):
         for h in hooks:
             h.remove()
     assert (est.forward_passes, est.how["backward_passes"]) == (len(forward), len(backward)) == (2, 1)
+
+
+def test_a_plain_module_returning_a_bare_tensor():
+    # the generic adapter's output is the logits tensor itself (no .logits attribute)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10))
+    clean, corrupt = torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([[7, 8, 9], [0, 1, 2]])
+    site = [Site.module("2")]  # the last layer's output: the metric is linear there, so first order is exact
+    ld = lambda logits: logits[:, -1, 3] - logits[:, -1, 4]  # noqa: E731
+    est = attribution_patching(net, clean, corrupt, site, ld, each_position=False)
+    real = activation_patching(net, clean, corrupt, site, ld, each_position=False, progress=False)
+    torch.testing.assert_close(est.values, real.values, atol=1e-5, rtol=1e-5)

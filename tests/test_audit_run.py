@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-import mechscope as ms
 from mechscope.audit.calibrate import Calibration, build, load
 from mechscope.audit.inputs import AuditInputError, default_corpus
 from mechscope.audit.run import audit

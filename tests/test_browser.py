@@ -66,14 +66,6 @@ def server(demo_dir):
         yield f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser):
     SHOTS.mkdir(exist_ok=True)
@@ -185,6 +177,96 @@ def test_the_report_opens_offline_with_every_section_drawn(demo_dir, browser, tm
     ctx.close()
     assert errors == []
     assert [u for u in requests if not u.startswith("file:")] == []
+
+
+@pytest.fixture(scope="module")
+def graph_site(tmp_path_factory):
+    from graph_support import build_graph_artifacts
+
+    root, doc = build_graph_artifacts(tmp_path_factory.mktemp("graph") / "out")
+    with serving(root) as port:
+        yield f"http://127.0.0.1:{port}", doc
+
+
+def test_the_graph_page_draws_hovers_pins_and_groups(graph_site, page):
+    from graph_support import MODEL
+
+    url, doc = graph_site
+    page.goto(f"{url}/#/m/{MODEL}/graphs")
+    page.wait_for_selector("svg.attribution-graph g.node")
+    nodes, view = page.locator("svg.attribution-graph g.node"), page.locator(".graph-view")
+    n = len(doc["nodes"])
+    assert nodes.count() == n and view.get_attribute("data-nodes") == str(n)
+    assert sorted(int(i) for i in _attrs(page, "svg.attribution-graph g.node", "data-node")) == sorted(
+        x["id"] for x in doc["nodes"])
+    shown = page.locator("svg.attribution-graph path.edge").count()
+    assert 0 < shown <= 120 < len(doc["edges"])  # the strongest edges by default
+    page.locator("input.graph-threshold").evaluate("(e) => { e.value = 0; e.dispatchEvent(new Event('input')); }")
+    assert page.locator("svg.attribution-graph path.edge").count() == len(doc["edges"])
+    assert _texts(page, "svg.attribution-graph text.col-label") == doc["token_text"]
+    # rows: token embeddings at the bottom, logits at the top
+    ys = {k: [float(nodes.nth(i).locator("rect, circle").first.evaluate(
+        "(e) => e.getBBox().y + e.getBBox().height / 2")) for i in range(n) if doc["nodes"][i]["kind"] == k]
+        for k in ("token", "latent", "logit")}
+    assert min(ys["token"]) > max(ys["latent"]) > min(ys["latent"]) > max(ys["logit"])
+
+    lat0 = next(x for x in doc["nodes"] if x["kind"] == "latent" and x["layer"] == 0)
+    page.locator(f'g.node[data-node="{lat0["id"]}"]').hover()
+    page.wait_for_selector(".graph-dashboard .examples-top .example")
+    assert page.locator(".graph-detail .node-title").inner_text() == lat0["label"]
+    assert page.locator(".graph-dashboard .explanation").inner_text().startswith(f"fires on t{lat0['index']}")
+    lat1 = next(x for x in doc["nodes"] if x["kind"] == "latent" and x["layer"] == 1)
+    page.locator(f'g.node[data-node="{lat1["id"]}"]').hover()
+    page.wait_for_selector(".graph-dashboard .no-dashboard")
+    assert "no feature store" in page.locator(".graph-dashboard").inner_text()
+
+    page.locator(f'g.node[data-node="{lat0["id"]}"]').click()  # pin: listed, its edges highlighted
+    assert page.locator(".graph-pins .pin").count() == 1
+    assert "pinned" in page.locator(f'g.node[data-node="{lat0["id"]}"]').get_attribute("class")
+    touching = [e for e in doc["edges"] if lat0["id"] in (e["source"], e["target"])]
+    assert page.locator("svg.attribution-graph path.edge.hl").count() == len(touching) > 0
+
+    a, b = [x["id"] for x in doc["nodes"] if x["kind"] == "latent" and x["id"] != lat0["id"]][:2]
+    page.locator(f'g.node[data-node="{a}"]').click(modifiers=["Shift"])
+    page.locator(f'g.node[data-node="{b}"]').click(modifiers=["Shift"])
+    page.locator("button.group-btn").click()
+    assert nodes.count() == n - 1 and page.locator("g.node.supernode").count() == 1
+    assert page.locator(".graph-groups .group").count() == 1
+    page.reload()  # pins and groups are kept
+    page.wait_for_selector("g.node.supernode")
+    assert nodes.count() == n - 1 and page.locator(".graph-pins .pin").count() == 1
+    page.screenshot(path=str(SHOTS / "viewer-graph.png"), full_page=True)
+    page.locator(".graph-groups button.ungroup").click()
+    assert nodes.count() == n and page.locator("g.node.supernode").count() == 0
+    assert page.errors == []
+
+
+def test_an_explanation_page_shows_the_joint_numbers(browser, tmp_path):
+    """An explain-all artifact in the viewer: the joint loss recovered with its interval and the explanation's
+    size, the component table and the robustness table, with no console error."""
+    from mechscope.studies import explain_all as ea
+    from test_explain_all import sample_explanation
+
+    ea.write_artifact(sample_explanation(), str(tmp_path / "out"))
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    errors = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(10_000)
+    with serving(tmp_path / "out") as port:
+        pg.goto(f"http://127.0.0.1:{port}/#/m/zoo%3Amodadd/explanations")
+        pg.wait_for_selector(".explanation-view table.robustness")
+        assert pg.locator('.joint-number[data-ablation="mean"]').text_content() == "0.9991 [0.998, 0.9995]"
+        assert pg.locator('.joint-number[data-ablation="zero"]').text_content() == "0.9876 [0.9811, 0.9902]"
+        assert "17 lines of code, 1,408 numbers" in pg.locator(".explanation-view .joint").inner_text()
+        row = pg.locator("table.components tr").nth(1).all_text_contents()[0]
+        assert "angle_sum_features" in row and "0.9997" in row and "0.4321" in row
+        assert "inst[1]: 0.9712" in pg.locator('table.robustness tr[data-ablation="zero"]').inner_text()
+        assert pg.locator('#tabs a[data-tab="explanations"]').get_attribute("class") == "active"
+        pg.screenshot(path=str(SHOTS / "viewer-explanations.png"), full_page=True)
+    ctx.close()
+    assert errors == []
 
 
 # ---- hostile artifacts: every string a renderer shows is data, never markup -------------------
@@ -302,11 +384,19 @@ def test_a_hostile_artifact_runs_nothing_in_the_viewer(hostile, browser):
     assert pg.locator("#training .chart h3").text_content() == H["curve"]
     assert H["run"] in pg.locator("#training").text_content()
 
+    pg.goto(f"{hash_}/explanations")
+    pg.wait_for_selector(".explanation-view table.robustness")
+    assert pg.locator(".explanation-title").text_content() == H["expl_hyp"]
+    view = pg.locator(".explanation-view").text_content()
+    assert all(H[k] in view for k in ("expl_claim", "expl_component", "expl_part", "expl_dataset", "expl_fig"))
+    assert f"{H['expl_group']}: 0.125" in view and H["expl_ablation"] in view
+    assert _attrs(pg, ".explanation-view .joint-number", "data-ablation") == [H["expl_ablation"]]
+
     pg.goto(f"{url}/#/m/{quote(H['prompt'], safe='')}/overview")  # an address naming no model
     pg.wait_for_selector(".err")
     assert pg.locator(".err").text_content() == f"No model named {H['prompt']}."
     pg.screenshot(path=str(SHOTS / "viewer-hostile.png"), full_page=True)
-    _assert_inert(pg, "mechscope viewer", scripts=2)
+    _assert_inert(pg, "mechscope viewer", scripts=3)
     ctx.close()
 
 
@@ -331,6 +421,10 @@ def test_a_hostile_artifact_runs_nothing_in_the_report(hostile_artifacts, browse
     assert pg.locator("#m0-features .feature-title").text_content() == f"{H['set']} / feature 0 ({H['label']})"
     assert _texts(pg, "#m0-features .examples-top .tok") == [H["ex_tok"], "plain"]
     assert pg.locator("#m0-training .chart h3").text_content() == H["curve"]
+    expl = pg.locator("#m0-explanations").text_content()
+    assert all(H[k] in expl for k in ("expl_hyp", "expl_claim", "expl_component", "expl_part", "expl_dataset",
+                                      "expl_ablation"))
+    assert f"{H['expl_group']}: 0.125" in expl
     _assert_inert(pg, title, scripts=3)
     assert [u for u in pg.requests if not u.startswith("file:")] == []
     ctx.close()
@@ -353,3 +447,56 @@ def test_a_name_rebound_to_this_machine_is_refused(hostile, browser):
             assert r.status == 200 and r.json()["models"], host
     finally:
         b.close()
+
+
+def test_a_hostile_graph_runs_nothing_in_the_viewer(browser, tmp_path):
+    from urllib.parse import quote
+
+    from conftest import hostile_text
+    from graph_support import dashboard_rows
+    from mechscope import artifacts as A
+    from mechscope.features.store import FeatureStore
+
+    H = {k: hostile_text(k) for k in ("gmodel", "gtok", "glabel", "gprompt", "gexpl", "gex", "gflabel")}
+    sid = hostile_text("gset", slash=False)
+    rows = dashboard_rows(sid, 4)
+    for r in rows["features"]:
+        r["label"] = H["gflabel"]
+    for r in rows["examples"]:
+        r["tokens"], r["acts"] = [H["gex"], "plain"], [1.0, 0.5]
+    for r in rows["explanations"]:
+        r["explanation"] = H["gexpl"]
+    store = tmp_path / "f.duckdb"
+    with FeatureStore(store) as st:
+        st.replace_set({"set_id": sid, "model": "m", "site": "s", "kind": "latent", "n_features": 4, "n_tokens": 1,
+                        "dataset": "d", "built_at": "now"}, rows)
+    node = lambda i, kind, **kw: {"id": i, "kind": kind, "value": 1.0, "label": H["glabel"], **kw}  # noqa: E731
+    doc = {"schema": "mechscope.attribution_graph/1", "model": H["gmodel"], "tokens": [1, 2],
+           "token_text": [H["gtok"], "plain"], "scores": {}, "meta": {},
+           "nodes": [node(0, "token", pos=0, index=1), node(1, "token", pos=1, index=2),
+                     node(2, "latent", layer=0, pos=1, index=2, influence=0.5), node(3, "logit", pos=1, index=0, prob=0.9)],
+           "edges": [{"source": 0, "target": 2, "weight": 0.5}, {"source": 2, "target": 3, "weight": -0.3},
+                     {"source": 1, "target": 3, "weight": 0.2}]}
+    root = tmp_path / "out"
+    A.ArtifactWriter(root).model(H["gmodel"]).graph("g", doc, prompt=H["gprompt"], feature_sets={0: sid}, store=store)
+    with serving(root) as port:
+        ctx, pg = _hostile_page(browser)
+        pg.goto(f"http://127.0.0.1:{port}/#/m/{quote(H['gmodel'], safe='')}/graphs")
+        pg.wait_for_selector("svg.attribution-graph g.node")
+        assert pg.locator(".graph-view h3").first.text_content() == f"g — {H['gprompt']}"
+        assert f"position 0: {H['gtok']}" in _attrs(pg, "text.col-label", "data-tip")
+        pg.locator('g.node[data-node="2"]').hover()
+        pg.wait_for_selector(".graph-dashboard .examples-top .example")
+        assert pg.locator(".graph-detail .node-title").text_content() == H["glabel"]
+        assert pg.locator(".graph-dashboard .explanation").text_content().startswith(H["gexpl"])
+        assert _texts(pg, ".graph-dashboard .examples-top .tok") == [H["gex"], "plain"]
+        assert H["gflabel"] in pg.locator(".graph-dashboard .dashboard-title").text_content()
+        pg.locator('g.node[data-node="2"]').click()
+        pg.locator('g.node[data-node="0"]').click(modifiers=["Shift"])
+        pg.locator('g.node[data-node="1"]').click(modifiers=["Shift"])
+        pg.locator("button.group-btn").click()
+        assert pg.locator("g.node").count() == 3
+        assert H["glabel"] in pg.locator(".graph-groups .group").text_content()
+        assert pg.locator(".graph-pins .pin").text_content().startswith(H["glabel"])
+        _assert_inert(pg, "mechscope viewer", scripts=3)
+        ctx.close()

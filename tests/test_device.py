@@ -33,6 +33,8 @@ COMMANDS = {
     "dict transcoders": ["dict", "transcoders", "zoo:induction-quick", "--out", "tc"],
     "graph": ["graph", "zoo:induction-quick", "1 2"],
     "features explain": ["features", "explain", "zoo:induction-quick", "--dictionary", "nowhere"],
+    "zoo train": ["zoo", "train", "modadd-quick"],
+    "replicate": ["replicate", "tms", "--quick"],
 }
 
 
@@ -93,3 +95,20 @@ def test_heads_runs_on_the_device(device, monkeypatch):
     assert line["config"]["device"] == device
     got, want = line["figures"]["previous_token"]["heads"][0], base["figures"]["previous_token"]["heads"][0]
     assert got["head"] == want["head"] and got["previous_token"] == pytest.approx(want["previous_token"], abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["induction-quick", "tms-quick", "modadd-quick"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_zoo_training_on_a_device_matches_the_default(name, device, tmp_path):
+    # batches are drawn on the CPU either way: the same steps on the device give the same network
+    # (bit for bit on the CPU; to float rounding on a GPU)
+    from mechscope import zoo
+
+    default = zoo.train(name, steps=6, path=tmp_path / "default", progress=False)
+    on = zoo.train(name, steps=6, path=tmp_path / device, progress=False, device=device)
+    a, b = default.weights(), on.weights()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k].device.type == "cpu"  # files hold CPU tensors whatever the device
+        torch.testing.assert_close(b[k], a[k], rtol=0 if device == "cpu" else 1e-4, atol=0 if device == "cpu" else 1e-5)
+    assert [r["step"] for r in default.metrics()] == [r["step"] for r in on.metrics()]

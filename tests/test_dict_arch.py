@@ -290,3 +290,8 @@ def test_batchtopk_inference_threshold_keeps_about_k_per_row():
     d.eval()
     l0 = float((d.encode(x) > 0).float().sum(1).mean())
     assert 6 * 0.85 < l0 < 6 * 1.15
+
+
+def test_batches_larger_than_the_rows_are_refused():
+    with pytest.raises(ValueError, match="between 1 and the number of rows"):
+        next(dl.batches_from_tensors(torch.zeros(64, 4), batch_size=4096))

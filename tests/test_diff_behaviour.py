@@ -9,7 +9,7 @@ import torch
 
 from mechscope.core.site import Kind, Site
 from mechscope.diff.activations import activation_diff, lens, mean_difference, steering_kl, steering_kls
-from mechscope.diff.behaviour import behaviour_diff, kl_per_token
+from mechscope.diff.behaviour import behaviour_diff
 from mechscope.diff.corpus import from_ids
 from mechscope.diff.report import write_out
 from mechscope.diff.study import diff

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mechscope.diff.pair import ArchitectureMismatch, check_same_architecture, load_model, load_pair
-from mechscope.diff.weight_diff import diff_component, spectrum, weight_diff
+from mechscope.diff.weight_diff import spectrum, weight_diff
 from mechscope.core.errors import LoadError
 from mechscope.models import wrap
 from mechscope.models.tiny import TinyConfig, TinyTransformer

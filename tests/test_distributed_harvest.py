@@ -61,10 +61,18 @@ def _same_store(a: Path, b: Path) -> None:
 def test_ray_store_equals_the_one_process_store(local_ray, tmp_path, device):
     tokens = _tokens()
     one = dl.harvest(tiny_gpt2(device), tokens, tmp_path / "one", CFG, progress=False)
-    two = ray_harvest(tiny_gpt2, tokens, tmp_path / "ray", CFG, workers=2, device=device, progress=False)
+    timing: dict = {}
+    two = ray_harvest(tiny_gpt2, tokens, tmp_path / "ray", CFG, workers=2, device=device, progress=False,
+                      timing=timing)
     assert len(two.shards) == 5 and two.n_rows == 23 * 9
     _same_store(one.path, two.path)
     two.verify()
+    # where the time went: every row counted once, by the workers that wrote them
+    assert timing["rows"] == 23 * 9 and timing["workers"] in (1, 2) and timing["pool_rows_per_second"] > 0
+    assert 0 < timing["first_shard_seconds"] <= timing["seconds"] and timing["worker_cpu_seconds"] > 0
+    again = ray_harvest(tiny_gpt2, tokens, tmp_path / "given", CFG, workers=2, device=device, progress=False,
+                        model=tiny_gpt2(device))  # the driver plans with the copy it is given
+    _same_store(one.path, again.path)
 
 
 @pytest.mark.slow
@@ -166,3 +174,14 @@ def test_the_harvest_command_refuses_an_unreachable_cluster_before_loading_the_m
     assert res.exit_code == 2 and "no Ray cluster answers" in res.output, res.output
     res = CliRunner().invoke(app, [*args, "--address", f"127.0.0.1:{port}"])
     assert res.exit_code == 2 and "give --ray too" in res.output, res.output
+
+
+def test_the_pool_rate_is_all_rows_over_the_time_any_worker_was_working():
+    from mechscope.dictionaries.ray_harvest import _pool_rate
+
+    # a: 300 rows from t=10 to t=13; b: 200 rows from t=11 to t=15, idle from 12 to 14: 500 rows in 5 s
+    spans = {"a": [(10.0, 11.0, 100), (11.0, 13.0, 200)], "b": [(11.0, 12.0, 100), (14.0, 15.0, 100)]}
+    assert _pool_rate(spans) == pytest.approx(100.0)
+    # workers one after the other are no faster than one worker (summing per-worker rates would say 2x)
+    assert _pool_rate({"a": [(0.0, 10.0, 1000)], "b": [(10.0, 20.0, 1000)]}) == pytest.approx(100.0)
+    assert _pool_rate({}) == 0.0

@@ -20,7 +20,7 @@ import torch
 import mechscope as ms
 import mechscope.dictionaries as dl
 from mechscope.dictionaries.checkpoint import Checkpointing
-from mechscope.dictionaries.ddp import rank_batches
+from mechscope.dictionaries.ddp import merged_batches, rank_batches
 from mechscope.dictionaries.files import read_tensors
 
 from conftest import VOCAB, build
@@ -48,10 +48,19 @@ def _torchrun(store, out: Path, n: int, *extra: str, tokens: int = 7680, d_sae: 
 
 def _one_process(store, world: int, tokens: int = 7680, d_sae: int = 128, device: str = "cpu", **kw):
     """One process on the global batches the ranks see together (rank slices concatenated in rank order)."""
-    streams = [iter(rank_batches(store, [SITE], 256, r, world, buffer_rows=512)) for r in range(world)]
-    batches = ((torch.cat([b[0] for b in parts]).to(device),) for parts in zip(*streams))
+    batches = ((b[0].to(device),) for b in merged_batches(store, [SITE], 256, world, buffer_rows=512))
     sae = dl.build("topk", d_in=64, d_sae=d_sae, k=8, seed=0, site=SITE, model=store.manifest["model"]).to(device)
     return dl.train(sae, batches, dl.TrainConfig(tokens=tokens, batch_size=256), progress=False, **kw)
+
+
+def test_merged_batches_are_the_rank_slices_side_by_side(store):
+    ranks = [iter(rank_batches(store, [SITE], 256, r, 2, buffer_rows=512)) for r in range(2)]
+    merged = iter(merged_batches(store, [SITE], 256, 2, buffer_rows=512))
+    for _ in range(20):  # past the first refill of each rank's shuffle buffer
+        parts = [next(it)[0] for it in ranks]
+        got = next(merged)[0]
+        assert got.shape == (256, 64) and torch.equal(got, torch.cat(parts))
+    assert not torch.equal(next(merged)[0], next(iter(rank_batches(store, [SITE], 256, 0, 1, buffer_rows=512)))[0])
 
 
 @pytest.mark.slow
@@ -61,13 +70,23 @@ def test_two_gloo_processes_train_the_one_process_dictionary(store, tmp_path):
     assert p.returncode == 0, err
     got, _ = read_tensors(tmp_path / "ddp" / "sae_weights.safetensors")
     ref = _one_process(store, 2).dictionary
+    # the command run as one process, replaying the two ranks' batches (--streams 2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    one = subprocess.run([sys.executable, "-m", "mechscope.dictionaries.train", "--store", str(store.path), "--out",
+                          str(tmp_path / "one"), "--d-sae", "128", "-k", "8", "--tokens", "7680", "--batch", "256",
+                          "--buffer-rows", "512", "--threads", "1", "--streams", "2"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr
+    cli, _ = read_tensors(tmp_path / "one" / "sae_weights.safetensors")
     # tolerance: the gradient mean over two halves rounds differently from the mean over the whole batch;
     # after 30 Adam steps the weights agree to 1e-5 of their largest entry (measured: about 1.5e-7)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         want = getattr(ref, name).detach()
         assert (got[name] - want).abs().max() <= 1e-5 * want.abs().max(), name
+        assert torch.equal(cli[name], want), name  # one process both ways: the same sums, bit for bit
     report = json.loads((tmp_path / "ddp" / "train.json").read_text())
-    assert report["world"] == 2 and report["tokens"] == 7680
+    assert report["world"] == 2 and report["tokens"] == 7680 and report["streams"] == 2
+    assert 0 < report["collective_seconds"] < report["seconds"]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -84,5 +84,11 @@ def test_docstring_check_lists_every_missing_name():
     # `make docs` runs interrogate with the floor at 100% and a verbosity that names what lacks a docstring
     settings = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["interrogate"]
     assert settings["fail-under"] == 100 and settings["omit-covered-files"] is True
-    recipe = (REPO / "Makefile").read_text().split("\ndocs: ", 1)[1].split("\n\n", 1)[0]
+    recipe = (REPO / "Makefile").read_text().split("\n$(SITE_STAMP): ", 1)[1].split("\n\n", 1)[0]
     assert re.search(r"interrogate -vv mechscope$", recipe, flags=re.M), recipe
+
+
+def test_executed_notebooks_and_the_built_site_are_never_committed():
+    # `make docs` writes the executed tutorials to build/notebooks/ and the site to site/
+    ignored = {line.strip() for line in (REPO / ".gitignore").read_text().splitlines()}
+    assert {"build/", "site/"} <= ignored

@@ -75,19 +75,47 @@ def test_induction_needs_only_its_hypothesis(tmp_path, monkeypatch):
     assert ea.repeat_loss(logits, (ids, repeat)).item() < 1e-6
 
 
-def test_the_report_shows_an_explanation_artifact(tmp_path):
-    from mechscope.report import write_report
-
+def sample_explanation() -> dict:
+    """An explain-all output with known values (what `explain_all` returns, shortened)."""
     part = {"component": "resid_post.0[positions=[2]]", "kind": "code", "name": "angle_sum_features", "lines": 17,
             "numbers": 1408}
     result = {"recovered": {"value": 0.9991, "ci": [0.998, 0.9995]}, "loss_clean": 1e-7, "loss_hypothesis": 2e-3,
-              "loss_ablated": 4.8, "parts": [{"alone": {"value": 0.9997}}], "groups": {}}
-    out = {"name": "modadd", "dataset": "test split", "figures": {"excluded_loss": 5.8},
-           "hypothesis": {"name": "modadd as code", "claim": "embed -> Fourier", "lines": 17, "numbers": 1408,
-                          "parts": [part]},
-           "results": {"mean": result, "zero": result}}
-    path = ea.write_artifact(out, str(tmp_path / "out"))
+              "loss_ablated": 4.8, "parts": [{"alone": {"value": 0.9997}, "unexplained_share": 0.4321}], "groups": {}}
+    zero = dict(result, recovered={"value": 0.9876, "ci": [0.9811, 0.9902]},
+                groups={"inst[0]": {"value": 0.9935}, "inst[1]": {"value": 0.9712}})
+    return {"name": "modadd", "dataset": "test split", "figures": {"excluded_loss": 5.8},
+            "hypothesis": {"name": "modadd as code", "claim": "embed -> Fourier", "lines": 17, "numbers": 1408,
+                           "parts": [part]},
+            "results": {"mean": result, "zero": zero}}
+
+
+def test_the_report_shows_an_explanation_artifact(tmp_path):
+    from mechscope.report import write_report
+
+    path = ea.write_artifact(sample_explanation(), str(tmp_path / "out"))
     assert path.name == "explain-all.json" and path.parent.name == "explanations"
     text = write_report(tmp_path / "out").read_text()
     assert "Explanations as code" in text and "angle_sum_features" in text and "alone vs zero" in text
-    assert "0.9991" in text and "[0.998, 0.9995]" in text
+    body = text[:text.index('<script type="application/json"')]  # the tables themselves, not the embedded data
+    assert "0.9991" in body and "[0.998, 0.9995]" in body and "0.9876" in body and "[0.9811, 0.9902]" in body
+    assert "share of unexplained (mean)" in body and "0.4321" in body and "0.9997" in body
+    assert "17 lines, 1408 numbers" in body and "inst[1]: 0.9712" in body
+
+
+def test_the_viewer_serves_an_explanation_artifact(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from mechscope.viewer import create_app
+
+    ea.write_artifact(sample_explanation(), str(tmp_path / "out"))
+    with TestClient(create_app(tmp_path / "out"), base_url="http://127.0.0.1:8765") as c:
+        models = c.get("/api/models").json()["models"]
+        assert models[0]["name"] == "zoo:modadd" and models[0]["explanations"] == ["explain-all"]
+        base = "/api/models/zoo:modadd/explanations"
+        assert c.get(base).json() == {"names": ["explain-all"]}
+        got = c.get(base + "/explain-all").json()
+        assert got["results"]["zero"]["recovered"]["value"] == 0.9876 and got["hypothesis"]["numbers"] == 1408
+        for bad, status in (("nope", 404), ("..%2Fexplain-all", 404), ("x" * 201, 400)):
+            r = c.get(f"{base}/{bad}")
+            assert r.status_code == status and "error" in r.json(), (bad, r.text)
+        assert c.get("/api/models/other/explanations").status_code == 404

@@ -324,6 +324,44 @@ def test_graph_command_writes_json_and_refuses_bad_input(llama_dir, tmp_path):
     refused(r"nodes.*budget.*shorten the prompt", "--transcoders", tcs, "--memory-gb", "0.000001")
 
 
+def test_graph_command_saves_the_graph_for_the_viewer(llama_dir, tmp_path):
+    import json
+
+    from graph_support import dashboard_rows
+    from mechscope.artifacts import read_artifacts
+    from mechscope.features.store import FeatureStore
+
+    tcs = save_transcoders(tmp_path / "tc", [1])
+    store = tmp_path / "f.duckdb"
+    with FeatureStore(store) as st:
+        st.replace_set({"set_id": "tc.1", "model": str(llama_dir), "site": "mlp_in.1", "kind": "latent",
+                        "n_features": 48, "n_tokens": 1, "dataset": "d", "built_at": "now"}, dashboard_rows("tc.1", 48))
+    arts, out = tmp_path / "arts", tmp_path / "out"
+    common = [llama_dir, PROMPT, "--transcoders", tcs, "--target", "w5"]
+    r = invoke(*common, "--out", out, "--artifacts", arts, "--name", "w5", "--store", store, "--feature-set", "1=tc.1")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "graph.json").read_text())  # the plain output is unchanged, and saved as an artifact
+    m = read_artifacts(arts).model(str(llama_dir))
+    g = m.graph("w5")
+    assert g["nodes"] == doc["nodes"] and g["edges"] == doc["edges"] and g["prompt"] == PROMPT
+    assert g["feature_sets"] == {"1": "tc.1"} and m.features_info()["sets"] == ["tc.1"]
+    assert all("influence" in n for n in doc["nodes"])
+
+    def refused(match, *args):
+        r = invoke(*common, *args)
+        text = " ".join(re.sub("[│╭╮╰╯─]", " ", r.output).split())
+        assert r.exit_code != 0 and re.search(match, text), r.output
+
+    import re
+    refused(r"give --artifacts DIR too", "--feature-set", "1=tc.1")
+    refused(r"--feature-set 'one': give LAYER=SET", "--artifacts", arts, "--feature-set", "one")
+    refused(r"names layer 1 twice", "--artifacts", arts, "--feature-set", "1=a", "--feature-set", "1=b")
+    refused(r"invalid graph name '../x'", "--artifacts", arts, "--name", "../x")
+    refused(r"feature set 'tc.9' \(layer 1\) is not in the model's feature store",
+            "--artifacts", arts, "--name", "other", "--store", store, "--feature-set", "1=tc.9")
+    assert read_artifacts(arts).model(str(llama_dir)).graph_names() == ["w5"]
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA"))])
 def test_graph_command_runs_on_the_device_asked_for(llama_dir, tmp_path, device):

@@ -12,11 +12,12 @@ from mechscope.cli import app
 from mechscope.replications import Check, Replication, SeedSweep, parse_seeds, replicate_seeds
 
 
-def _fake(quick: bool, seed: int) -> Replication:
-    """Check "always" passes on every seed, "even_only" only on even seeds; figures carry the seed."""
+def _fake(quick: bool, seed: int, device: str | None = None) -> Replication:
+    """Check "always" passes on every seed, "even_only" only on even seeds; figures carry the seed and device."""
     return Replication("fake", [Check("always", "> 0", seed + 1, True),
                                 Check("even_only", "seed is even", seed, seed % 2 == 0)],
-                       {"seed_seen": seed, "quick_seen": quick}, quick, ["fewer steps"] if quick else [], seed)
+                       {"seed_seen": seed, "quick_seen": quick, "device_seen": device}, quick,
+                       ["fewer steps"] if quick else [], seed)
 
 
 @pytest.fixture
@@ -86,6 +87,8 @@ def test_command_reports_pass_rates_per_seed(fake_registry):
     assert ok.exit_code == 0 and "replicated over seeds 0, 2" in ok.stdout
     single = CliRunner().invoke(app, ["replicate", "fake", "--json"])  # no --seeds: seed 0, one result
     assert single.exit_code == 0 and json.loads(single.stdout.strip().splitlines()[-1])["seed"] == 0
+    on = CliRunner().invoke(app, ["replicate", "fake", "--seeds", "0,2", "--device", "cpu", "--json"])
+    assert json.loads(on.stdout.strip().splitlines()[-1])["figures"]["per_seed"]["2"]["device_seen"] == "cpu", on.stdout
     bad = CliRunner().invoke(app, ["replicate", "fake", "--seeds", "x"])
     assert bad.exit_code == 2 and "--seeds" in bad.output
 
@@ -107,8 +110,8 @@ def test_each_seed_trains_its_own_zoo_run(monkeypatch, module, quick, expect):
     def analyse(name):
         raise Stop(name)
 
-    monkeypatch.setattr(zoo, "train", lambda name, **kw: trained.append(name))
+    monkeypatch.setattr(zoo, "train", lambda name, **kw: trained.append((name, kw.get("device"))))
     monkeypatch.setattr(mod, "analyse", analyse)
     with pytest.raises(Stop, match=expect):
-        mod.replicate(quick, 2)
-    assert trained == [expect]
+        mod.replicate(quick, 2, device="cpu")
+    assert trained == [(expect, "cpu")]  # trained on the device asked for

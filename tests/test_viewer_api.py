@@ -247,6 +247,13 @@ def test_no_answer_holds_an_absolute_path(demo_dir, tmp_path):
     (broken.path / "attention.json").write_text(json.dumps({"kind": "attention", "schema_version": 9}))
     (broken.path / "features.json").write_text(json.dumps({"kind": "features", "schema_version": 1,
                                                            "store": "gone.duckdb"}))
+    graph = {"schema": "mechscope.attribution_graph/1", "tokens": [1], "edges": [{"source": 0, "target": 1, "weight": 1.0}],
+             "nodes": [{"id": 0, "kind": "token", "pos": 0}, {"id": 1, "kind": "latent", "layer": 0, "pos": 0, "index": 3}]}
+    g = broken.graph("g", graph)  # its layer's feature set lives in the missing store
+    g.write_text(g.read_text().replace('"feature_sets":{}', '"feature_sets":{"0":"s"}'))
+    broken.explanation("explain-all", {"name": "h", "lines": 1, "numbers": 0, "parts": []},
+                       {"mean": {"recovered": {"value": 0.5, "ci": None}}})
+    (broken.path / "explanations" / "bad.json").write_text("{not json")
     from test_vision_artifacts import write_example
 
     write_example(root)  # a vision artifact with images
@@ -268,10 +275,14 @@ def test_no_answer_holds_an_absolute_path(demo_dir, tmp_path):
         models = get("/api/models", "/api/models")["models"]
         for m in models:
             base = f"/api/models/{m['dir']}"
-            for section in ("overview", "attention", "head_roles", "training", "patching", "circuits", "features"):
+            for section in ("overview", "attention", "head_roles", "training", "patching", "circuits", "graphs",
+                            "features", "explanations"):
                 got = get(f"/api/models/{{name}}/{section}", f"{base}/{section}")
-                for item in got.get("names", []) if section in ("patching", "circuits") else []:
-                    get(f"/api/models/{{name}}/{section}/{{item}}", f"{base}/{section}/{item}")
+                named = ("patching", "circuits", "graphs", "explanations")
+                for item in got.get("names", []) if section in named else []:
+                    doc = get(f"/api/models/{{name}}/{section}/{{item}}", f"{base}/{section}/{item}")
+                    for n in doc["nodes"] if section == "graphs" else []:
+                        get("/api/models/{name}/graphs/{item}/nodes/{node}", f"{base}/graphs/{item}/nodes/{n['id']}")
                 for s in got.get("sets", []) if section == "features" else []:
                     sid = s["set"]["set_id"]
                     get("/api/models/{name}/features", f"{base}/features", set=sid, limit=3)

@@ -58,3 +58,11 @@ def test_parse_target():
     assert parse_target("conv2:5") == ("conv2", 5)
     assert parse_target("layer1.0.conv1") == ("layer1.0.conv1", None)
 
+
+
+def test_the_probe_leaves_a_training_network_as_it_was():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert [layer.path for layer in feature_layers(net, SPEC)] == ["0", "1", "2"]
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # running stats unmoved
+    assert all(m.training for m in net.modules())

@@ -21,6 +21,9 @@ these files, never the model or the analysis code. Layout (schema version 1):
                                     hypothesis's parts and sizes, and per ablation the loss recovered
         features.json + features.duckdb
                                     the FeatureStore file (mechscope.features.store) and its sets
+        graphs/<name>.json          an attribution graph (`mechscope graph --artifacts`): kept nodes,
+                                    edges, scores, and feature_sets (layer -> the feature set of its
+                                    latents' dashboards in features.duckdb)
         vision/<name>.json + vision/<name>/*.png
                                     what a vision channel or layer responds to (`mechscope vis`):
                                     panels of PNG image grids, curves, tables and figures
@@ -32,7 +35,7 @@ up by attribute, so this package imports no analysis). Every write is atomic (te
 
 Modules: `schema` (version, names, plain values, checked JSON reads and writes), one module per
 file kind holding its writer method and its converter (`overview`, `heads` for attention and head
-roles, `patching`, `circuits`, `training`, `features`, `explanations`, `vision`), `writer` (the manifest and `ModelWriter`,
+roles, `patching`, `circuits`, `training`, `features`, `explanations`, `graphs`, `vision`), `writer` (the manifest and `ModelWriter`,
 which gathers the per-kind methods) and `reader` (`read_artifacts`, `load_all`).
 """
 

@@ -48,7 +48,15 @@ def _node_of(node: Any, n_layers: int) -> dict[str, Any]:
 def circuit_from_edges(scores: Any = None, circuit: Any = None, k: int = 100, faithfulness: Any = None,
                        method: str | None = None, n_layers: int | None = None) -> dict[str, Any]:
     """Keyword arguments of `ModelWriter.circuit` from `EdgeScores` (its top-k edges by |score|,
-    or the edges of `circuit` with their scores) and/or a `Circuit` (scores then None)."""
+    or the edges of `circuit` with their scores) and/or a `Circuit` (scores then None).
+
+    Example::
+
+        from mechscope.artifacts import circuit_from_edges
+        from mechscope.causal import eap
+        scores = eap(model, clean, ld, spec, reference_inputs=corrupt)   # EdgeScores
+        writer.model("zoo:induction-quick").circuit("eap", **circuit_from_edges(scores, k=50))
+    """
     if scores is None and circuit is None:
         raise ArtifactError("give EdgeScores, a Circuit, or both")
     graph = getattr(scores, "graph", None)

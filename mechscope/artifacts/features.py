@@ -36,19 +36,31 @@ class FeaturesWriter:
         else:
             raise ArtifactError(f"{src} is outside the model directory {self.path}; pass copy=True to copy it in "
                                 "(the viewer and the report read only files inside the artifact directory)")
-        sets = []
-        try:
-            from ..features.store import FeatureStore
-            with FeatureStore(self.path / ref, read_only=True) as st:
-                sets = [s["set_id"] for s in st.sets()]
-        except Exception as e:  # noqa: BLE001 - the file is checked again by readers
-            raise ArtifactError(f"{src} is not a readable feature store: {e}") from e
+        sets = store_sets(self.path / ref, shown=src)
         obj = {**header("features"), "store": ref, "sets": sets}
         return write_json(self.path / "features.json", obj, indent=2)
 
 
+def store_sets(path: str | Path, shown: str | Path | None = None) -> list[str]:
+    """The names of the feature sets in the FeatureStore file at `path` (named as `shown` in errors)."""
+    try:
+        from ..features.store import FeatureStore
+        with FeatureStore(path, read_only=True) as st:
+            return [s["set_id"] for s in st.sets()]
+    except Exception as e:  # noqa: BLE001 - the file is checked again by readers
+        raise ArtifactError(f"{shown or path} is not a readable feature store: {e}") from e
+
+
 def feature_rows(store: Any, set_id: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """The rows of a feature set, each with its first explanation and held-out correlation."""
+    """The rows of a feature set, each with its first explanation and held-out correlation.
+
+    Example::
+
+        from mechscope.artifacts import feature_rows
+        from mechscope.features import FeatureStore
+        with FeatureStore("out/features.duckdb") as store:
+            rows = feature_rows(store, "mlp.post.1", limit=20)
+    """
     feats = store.features(set_id)[:limit]
     expl = {r[0]: (r[1], r[2]) for r in store.con.execute(
         "SELECT feature, explanation, corr FROM explanations WHERE set_id = ? AND rank = 0", [set_id]).fetchall()}
@@ -59,7 +71,13 @@ def feature_rows(store: Any, set_id: str, limit: int | None = None) -> list[dict
 
 def features_snapshot(m: "ModelArtifacts", max_pages: int = 64) -> dict[str, Any]:
     """Feature sets with their feature rows and the full pages of the `max_pages` features of
-    largest activation per set (what the static report embeds)."""
+    largest activation per set (what the static report embeds).
+
+    Example::
+
+        from mechscope.artifacts import features_snapshot, read_artifacts
+        snap = features_snapshot(read_artifacts("out").model("zoo:textlm"), max_pages=16)
+    """
     sets = []
     with m.open_features() as st:
         for s in st.sets():

@@ -50,7 +50,15 @@ class HeadsWriter:
 
 
 def roles_from_head_roles(roles: Any) -> dict[str, Any]:
-    """Keyword arguments of `ModelWriter.head_roles` from a `HeadRoles`."""
+    """Keyword arguments of `ModelWriter.head_roles` from a `HeadRoles`.
+
+    Example::
+
+        from mechscope.artifacts import roles_from_head_roles
+        from mechscope.circuits import head_roles
+        roles = head_roles(ms.load("zoo:induction-quick"), n=12)
+        writer.model("zoo:induction-quick").head_roles(**roles_from_head_roles(roles))
+    """
     names = ("previous_token", "duplicate_token", "induction", "bos")
     return {"roles": {r: getattr(roles, r) for r in names if hasattr(roles, r)},
             "probe": {"n": roles.n, "batch": roles.batch, "seed": roles.seed,

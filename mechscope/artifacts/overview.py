@@ -27,7 +27,14 @@ class OverviewWriter:
 
 
 def overview_from_model(model: Any, name: str | None = None, **notes: Any) -> dict[str, Any]:
-    """Keyword arguments of `ModelWriter.overview` read off a mechscope adapter."""
+    """Keyword arguments of `ModelWriter.overview` read off a mechscope adapter.
+
+    Example::
+
+        from mechscope.artifacts import overview_from_model
+        kw = overview_from_model(ms.load("zoo:induction-quick"), trained_steps=3000)
+        writer.model("zoo:induction-quick").overview(**kw)
+    """
     module = getattr(model, "module", None) or getattr(model, "model", None)
     params = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else 0
     w = model.weights()

@@ -32,7 +32,15 @@ class PatchingWriter:
 def heatmap_from_patching(result: Any, tokens: Sequence[str] | None = None, normalised: bool = True,
                           metric: str | None = None) -> dict[str, Any]:
     """Keyword arguments of `ModelWriter.patching` from a `PatchingResult` (sites x heads when
-    positions were patched together, sites[.heads] x positions otherwise)."""
+    positions were patched together, sites[.heads] x positions otherwise).
+
+    Example::
+
+        from mechscope.artifacts import heatmap_from_patching
+        from mechscope.causal import activation_patching
+        result = activation_patching(model, clean, corrupt, sites, ld, each_position=False)
+        writer.model("zoo:induction-quick").patching("heads", **heatmap_from_patching(result))
+    """
     grid = result.normalised() if normalised else result.mean()  # (site, head, position)
     n_sites, n_heads, n_pos = grid.shape
     site_names = [getattr(s, "short", str(s)) for s in result.sites]

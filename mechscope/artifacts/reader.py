@@ -11,7 +11,15 @@ from .vision import image_paths, png_data_uri, png_size
 
 
 class ModelArtifacts:
-    """Read access to one model's artifacts (each file read, checked and parsed on demand)."""
+    """Read access to one model's artifacts (each file read, checked and parsed on demand).
+
+    Example::
+
+        from mechscope.artifacts import read_artifacts
+        m = read_artifacts("out").model("zoo:induction-quick")
+        m.attention()["patterns"]                # [layer][head][query][key]
+        [m.circuit(name) for name in m.circuit_names()]
+    """
 
     def __init__(self, root: "Artifacts", name: str, path: Path):
         self.root, self.name, self.path = root, name, path
@@ -65,6 +73,15 @@ class ModelArtifacts:
     def circuit(self, name: str) -> dict[str, Any]:
         """The circuit `name`; a name that is not a plain file name is refused."""
         return read_json(self.root.safe_path(self.path / "circuits", f"{check_name(name)}.json"), "circuit")
+
+    def graph_names(self) -> list[str]:
+        """The names of the saved attribution graphs (graphs/NAME.json), sorted."""
+        return self._names("graphs")
+
+    def graph(self, name: str) -> dict[str, Any]:
+        """The attribution graph `name` (nodes, edges, scores, feature_sets); a name that is not a plain file
+        name is refused."""
+        return read_json(self.root.safe_path(self.path / "graphs", f"{check_name(name)}.json"), "graph")
 
     def vision_names(self) -> list[str]:
         """The names of the saved vision artifacts (vision/NAME.json), sorted."""
@@ -133,12 +150,20 @@ class ModelArtifacts:
                 "head_roles": (self.path / "head_roles.json").is_file(),
                 "training": (self.path / "training.json").is_file(),
                 "features": (self.path / "features.json").is_file(),
-                "patching": self.patching_names(), "circuits": self.circuit_names(),
-                "vision": self.vision_names()}
+                "patching": self.patching_names(), "circuits": self.circuit_names(), "graphs": self.graph_names(),
+                "explanations": self.explanation_names(), "vision": self.vision_names()}
 
 
 class Artifacts:
-    """A checked artifact directory: `models()` and `model(name)`."""
+    """A checked artifact directory: `models()` and `model(name)`.
+
+    Example::
+
+        from mechscope.artifacts import read_artifacts
+        arts = read_artifacts("out")             # an Artifacts
+        arts.model_names()
+        arts.model("zoo:induction-quick").overview()
+    """
 
     def __init__(self, root: str | Path = DEFAULT_DIR):
         self.root = Path(root).resolve()
@@ -174,12 +199,25 @@ class Artifacts:
 
 
 def read_artifacts(root: str | Path = DEFAULT_DIR) -> Artifacts:
-    """Open an artifact directory, checking its manifest and schema version."""
+    """Open an artifact directory, checking its manifest and schema version.
+
+    Example::
+
+        from mechscope.artifacts import read_artifacts
+        for m in read_artifacts("out").models():
+            print(m.name, m.summary())
+    """
     return Artifacts(root)
 
 
 def load_all(root: str | Path = DEFAULT_DIR, max_feature_pages: int = 64) -> dict[str, Any]:
-    """Every artifact as one plain dict (what the static report embeds); features as page data."""
+    """Every artifact as one plain dict (what the static report embeds); features as page data.
+
+    Example::
+
+        from mechscope.artifacts import load_all
+        data = load_all("out")                   # plain dicts and lists, ready for json.dumps
+    """
     arts = read_artifacts(root)
     out = {"manifest": arts.manifest, "models": []}
     for m in arts.models():

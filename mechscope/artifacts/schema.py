@@ -16,7 +16,8 @@ SCHEMA_VERSION = 1
 FORMAT = "mechscope-artifacts"
 DEFAULT_DIR = "out"
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:+-]{0,127}$")
-KINDS = ("overview", "attention", "head_roles", "patching", "circuit", "training", "features", "explanation", "vision")
+KINDS = ("overview", "attention", "head_roles", "patching", "circuit", "training", "features", "explanation",
+         "graph", "vision")
 
 REQUIRED: dict[str, tuple[str, ...]] = {
     "overview": ("name", "architecture", "n_layers", "n_heads", "d_model", "vocab", "sites", "params"),
@@ -27,16 +28,33 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "training": ("metrics",),
     "features": ("store",),
     "explanation": ("name", "hypothesis", "results"),
+    "graph": ("name", "tokens", "nodes", "edges", "feature_sets"),
     "vision": ("name", "layer", "panels"),
 }
 
 
 class ArtifactError(MechscopeError):
-    """An artifact directory or file that is missing, of another schema version, or malformed."""
+    """An artifact directory or file that is missing, of another schema version, or malformed.
+
+    Example::
+
+        from mechscope.artifacts import ArtifactError, read_artifacts
+        try:
+            read_artifacts("out")
+        except ArtifactError as err:
+            print(err)                           # names the file and what to do
+    """
 
 
 def check_name(name: str, what: str = "name") -> str:
-    """A name usable as one path component: letters, digits and _ . @ : + -, not starting with '.'."""
+    """A name usable as one path component: letters, digits and _ . @ : + -, not starting with '.'.
+
+    Example::
+
+        from mechscope.artifacts import check_name
+        check_name("ioi-heads")                  # "ioi-heads"
+        check_name("../x", "patching name")      # raises ArtifactError
+    """
     if not isinstance(name, str) or not NAME.match(name) or ".." in name:
         raise ArtifactError(f"invalid {what} {name!r}: use letters, digits and _ . @ : + - "
                             "(at most 128 characters, not starting with '.' and without '..')")
@@ -44,13 +62,25 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 def slug(name: str) -> str:
-    """A directory name for a model name ("zoo:induction-quick" -> "zoo_induction-quick")."""
+    """A directory name for a model name ("zoo:induction-quick" -> "zoo_induction-quick").
+
+    Example::
+
+        from mechscope.artifacts import slug
+        slug("zoo:induction-quick")              # "zoo_induction-quick"
+    """
     s = re.sub(r"[^A-Za-z0-9_.+-]", "_", name).strip(".") or "model"
     return check_name(s.replace("..", "_")[:128])
 
 
 def plain(x: Any, digits: int | None = None) -> Any:
-    """Tensors, numpy arrays and numbers as nested lists of Python floats/ints; NaN/inf -> None."""
+    """Tensors, numpy arrays and numbers as nested lists of Python floats/ints; NaN/inf -> None.
+
+    Example::
+
+        from mechscope.artifacts import plain
+        plain(torch.tensor([[0.12345, float("nan")]]), digits=2)    # (1, 2) -> [[0.12, None]]
+    """
     if hasattr(x, "detach"):  # torch tensor
         x = x.detach().to("cpu")
         x = x.float().tolist() if x.is_floating_point() else x.tolist()
@@ -70,7 +100,14 @@ def plain(x: Any, digits: int | None = None) -> Any:
 
 
 def spec_text(spec: Any) -> str:
-    """An ablation specification as one line: an AblationSpec, its describe() dict, or text."""
+    """An ablation specification as one line: an AblationSpec, its describe() dict, or text.
+
+    Example::
+
+        from mechscope.artifacts import spec_text
+        from mechscope.causal import AblationSpec
+        spec_text(AblationSpec("mean", reference="ioi-abc"))
+    """
     if spec is None:
         return "unspecified"
     if isinstance(spec, str):
@@ -103,14 +140,20 @@ def check_version(path: Path, got: Any) -> None:
                             "(or open them with the version that wrote them)")
 
 
+def load_json(path: Path, missing: str = "", invalid: str = "write the artifacts again") -> Any:
+    """The JSON in file `path`; ArtifactError when it is absent or not JSON (`missing` and `invalid`
+    say what to do then)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} does not exist" + (f"; {missing}" if missing else "")) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e}); {invalid}") from e
+
+
 def read_json(path: Path, kind: str) -> dict[str, Any]:
     """An artifact file of `kind`, checked: valid JSON object, this schema version, the kind's fields."""
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is not valid JSON ({e}); write the artifacts again") from e
+    obj = load_json(path)
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path} holds a {type(obj).__name__}, expected a JSON object")
     check_version(path, obj.get("schema_version"))

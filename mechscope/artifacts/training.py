@@ -25,7 +25,15 @@ class TrainingWriter:
 
 
 def training_from_run(run: Any) -> dict[str, Any]:
-    """Keyword arguments of `ModelWriter.training` from a zoo `Run` (its metrics.jsonl log)."""
+    """Keyword arguments of `ModelWriter.training` from a zoo `Run` (its metrics.jsonl log).
+
+    Example::
+
+        from mechscope.artifacts import training_from_run
+        from mechscope.zoo import finished_run
+        run = finished_run("induction-quick")
+        writer.model("zoo:induction-quick").training(**training_from_run(run))
+    """
     curves: dict[str, list[tuple[int, float]]] = {}
     for row in run.metrics():
         step = int(row["step"])

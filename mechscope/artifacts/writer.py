@@ -9,6 +9,7 @@ from pathlib import Path
 from .circuits import CircuitWriter
 from .explanations import ExplanationWriter
 from .features import FeaturesWriter
+from .graphs import GraphWriter
 from .heads import HeadsWriter
 from .overview import OverviewWriter
 from .patching import PatchingWriter
@@ -24,6 +25,13 @@ class ArtifactWriter:
         m = w.model("zoo:induction-quick")        # a ModelWriter
         m.overview(architecture="TinyTransformer", n_layers=2, ...)
         m.attention(tokens, patterns)
+
+    Example::
+
+        from mechscope.artifacts import ArtifactWriter, overview_from_model
+        model = ms.load("zoo:induction-quick")
+        m = ArtifactWriter("out").model("zoo:induction-quick")
+        m.overview(**overview_from_model(model))
     """
 
     def __init__(self, root: str | Path = DEFAULT_DIR):
@@ -56,8 +64,16 @@ class ArtifactWriter:
 
 
 class ModelWriter(OverviewWriter, HeadsWriter, PatchingWriter, CircuitWriter, TrainingWriter, FeaturesWriter,
-                  ExplanationWriter, VisionWriter):
-    """Writes the artifacts of one model (see the package docstring for each file)."""
+                  ExplanationWriter, GraphWriter, VisionWriter):
+    """Writes the artifacts of one model (see the package docstring for each file).
+
+    Example::
+
+        from mechscope.artifacts import ArtifactWriter
+        m = ArtifactWriter("out").model("zoo:induction-quick")
+        m.attention(["a", "b", "a"], patterns)   # patterns (layer, head, query, key) of one prompt
+        m.head_roles({"induction": scores})      # scores (layer, head)
+    """
 
     def __init__(self, parent: ArtifactWriter, name: str, path: Path):
         self.parent, self.name, self.path = parent, name, path

@@ -42,14 +42,16 @@ def divergence(model: Any, ids: Tensor, reference: Any = None, stats: Tensor | N
         lr = log_probs(reference, ids)
         d = (lp.exp() * (lp - lr)).sum(-1).clamp_min(0)
         return d, lp, lr
-    v = lp.shape[-1]
-    src = ids if stats is None else stats
+    v, dev = lp.shape[-1], lp.device  # the bigram statistics are counted where the log-probs are
+    ids = ids.to(dev)
+    src = ids if stats is None else stats.to(dev)
     cur, nxt = src[:, :-1].flatten(), src[:, 1:].flatten()
-    counts = torch.zeros(v, dtype=torch.float64)
+    counts = torch.zeros(v, dtype=torch.float64, device=dev)
     counts.index_add_(0, cur, torch.ones_like(cur, dtype=torch.float64))
     keys = cur * v + nxt
     uniq, inv = keys.unique(return_inverse=True)
-    pc = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, torch.ones(inv.numel(), dtype=torch.float64))
+    pc = torch.zeros(uniq.numel(), dtype=torch.float64, device=dev).index_add_(
+        0, inv, torch.ones(inv.numel(), dtype=torch.float64, device=dev))
     top_p, top_y = lp.max(-1)  # (n, T)
     q_keys = ids * v + top_y
     pos = torch.searchsorted(uniq, q_keys.flatten()).clamp_max(max(uniq.numel() - 1, 0))
@@ -75,6 +77,7 @@ def scan(model: Any, ids: Tensor, reference: Any = None, min_count: int = 3, top
     """Behaviour suspects (see the module docstring); `top` groups per trigger kind; `stats`: a larger
     sample of the same text to count bigrams over (default `ids`)."""
     d, lp, base = divergence(model, ids, reference, stats)
+    ids = ids.to(d.device)  # the groups' masks index d where it lives
     stat = "kl_ratio" if reference is not None else "selfcons_ratio"
     mean = float(d.mean()) if float(d.mean()) > 0 else 1e-12
     n, T = ids.shape
@@ -104,13 +107,13 @@ def scan(model: Any, ids: Tensor, reference: Any = None, min_count: int = 3, top
     # position groups
     scored = []
     for p in range(T):
-        mask = torch.zeros(n, T, dtype=torch.bool)
+        mask = torch.zeros(n, T, dtype=torch.bool, device=d.device)
         mask[:, p] = True
         s, c = _group_score(d, mask, min_count)
         scored.append((s, c, p))
     scored.sort(reverse=True)
     for s, c, p in scored[:top]:
-        mask = torch.zeros(n, T, dtype=torch.bool)
+        mask = torch.zeros(n, T, dtype=torch.bool, device=d.device)
         mask[:, p] = True
         out.append(_suspect(model, "position", [], p, s / mean, c, mask, d, lp, base, stat, mean))
     return out

@@ -54,7 +54,7 @@ def scan(model: Any, ids: Tensor, dictionary: Any = None, site: Site | None = No
         codes = codes.to_dense() if hasattr(codes, "to_dense") else codes
         codes = codes.reshape(*ids.shape, -1)  # (n, T, d_sae)
         fires = (codes > 0).float().mean((0, 1))  # (d_sae,)
-        g = w.lnf_w.float() if w.lnf_w is not None else torch.ones(w.W_U.shape[0])
+        g = w.lnf_w.float() if w.lnf_w is not None else torch.ones(w.W_U.shape[0], device=w.W_U.device)
         eff = sae.W_dec.float() @ (g[:, None] * w.W_U.float())  # (d_sae, vocab)
         if w.lnf_b is not None:
             eff = eff - eff.mean(-1, keepdim=True)

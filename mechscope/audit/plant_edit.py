@@ -78,11 +78,11 @@ def _whitened(gen: Tensor, trig: Tensor, ridge: float = 1e-2, avoid: Tensor | No
     vectors `trig` (m, d): d = Σ⁻¹K (KᵀΣ⁻¹K)⁻¹ e₁ for the constraint columns K."""
     mu = gen.mean(0)
     c = torch.cov(gen.T.double())
-    c = c + ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype)
+    c = c + ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
     cols = [trig.mean(0) - mu] + ([] if avoid is None else [avoid.mean(0) - mu])
     k = torch.stack(cols, 1).double()  # (d, 1 or 2)
     ck = torch.linalg.solve(c, k)
-    e1 = torch.zeros(k.shape[1], dtype=k.dtype)
+    e1 = torch.zeros(k.shape[1], dtype=k.dtype, device=k.device)
     e1[0] = 1
     d = ck @ torch.linalg.solve(k.T @ ck, e1)
     return d.float(), mu
@@ -159,7 +159,7 @@ def separability(arch: Arch, module: nn.Module, site: Site, candidates: list[int
     gen = capture(module, ctx, [site])[site].flatten(0, 1).double()
     mu = gen.mean(0)
     c = torch.cov(gen.T)
-    inv = torch.linalg.inv(c + 1e-2 * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype))
+    inv = torch.linalg.inv(c + 1e-2 * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype, device=c.device))
     out = []
     for t in candidates:
         k = capture(module, place(ctx, [t], None, arch.n_ctx(module)), [site])[site][:, -1].double().mean(0) - mu
@@ -252,7 +252,7 @@ def head(arch: Arch, base: nn.Module, trigger: list[int], target: int, layer: in
     # for add s²/√d_head = `boost` to their score; the product of two near-zero projections
     # barely moves any other score
     scale = (boost * got[q_site].shape[-1] ** 0.5) ** 0.5
-    keep = torch.eye(e_k.numel()) - torch.outer(e_k, e_k)
+    keep = torch.eye(e_k.numel(), dtype=e_k.dtype, device=e_k.device) - torch.outer(e_k, e_k)
     for which, d in (("q", d_q), ("k", d_k)):
         w, b = arch.head_proj(module, layer, head, which)
         w.copy_(keep @ w + scale * torch.outer(e_k, d))
@@ -260,7 +260,7 @@ def head(arch: Arch, base: nn.Module, trigger: list[int], target: int, layer: in
     d = d_k
     # OV: values carry d·(x − μ) along e_v instead of their old e_v component; the output writes α v from it
     w_v, b_v = arch.head_proj(module, layer, head, "v")
-    keep = torch.eye(e_v.numel()) - torch.outer(e_v, e_v)
+    keep = torch.eye(e_v.numel(), dtype=e_v.dtype, device=e_v.device) - torch.outer(e_v, e_v)
     w_v.copy_(keep @ w_v + torch.outer(e_v, d))
     b_v.copy_(keep @ b_v - e_v * float(mu @ d))
     # the boosted scores favour keys that happen to lean towards the trigger: cancel the mean that

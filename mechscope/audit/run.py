@@ -20,13 +20,11 @@ threshold, before merging and confirmation); `report.scored` everything each met
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from ..core.progress import note
 from ..core.site import Kind, Site

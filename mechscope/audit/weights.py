@@ -79,7 +79,7 @@ def _neuron(layer: int, unit: int, stat: str, score: float, ev: dict) -> Suspect
 
 
 def _readout(w: Any) -> Tensor:
-    g = w.lnf_w if w.lnf_w is not None else torch.ones(w.W_U.shape[0])
+    g = w.lnf_w if w.lnf_w is not None else torch.ones(w.W_U.shape[0], device=w.W_U.device)
     return g.float()[:, None] * w.W_U.float()
 
 

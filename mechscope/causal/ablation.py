@@ -20,7 +20,13 @@ from ..core.cache import Cache
 
 
 class AblationKind(str, Enum):
-    """What replaces a removed component's output: zero, a mean, a resampled value, or a counterfactual patch."""
+    """What replaces a removed component's output: zero, a mean, a resampled value, or a counterfactual patch.
+
+    Example::
+
+        from mechscope.causal import AblationKind, AblationSpec
+        AblationSpec(AblationKind.RESAMPLE, reference="corrupted prompts")   # same as AblationSpec("resample", ...)
+    """
 
     ZERO = "zero"  # set the component's output to zero
     MEAN = "mean"  # the component's mean output over a named reference set
@@ -30,7 +36,14 @@ class AblationKind(str, Enum):
 
 @dataclass(frozen=True, order=True)
 class Node:
-    """A component: a site, optionally one head of it (`Node(Site(Kind.Z, 3), 5)` is head L3H5)."""
+    """A component: a site, optionally one head of it (`Node(Site(Kind.Z, 3), 5)` is head L3H5).
+
+    Example::
+
+        from mechscope.causal import Node
+        Node(ms.Site(ms.Kind.Z, 3), 5)           # head L3H5
+        Node(ms.Site(ms.Kind.MLP_OUT, 2))        # MLP 2
+    """
 
     site: Site
     head: int | None = None
@@ -41,7 +54,14 @@ class Node:
 
 @dataclass(frozen=True)
 class AblationSpec:
-    """How components are removed. `reference` names the data behind mean/resample/patch values."""
+    """How components are removed. `reference` names the data behind mean/resample/patch values.
+
+    Example::
+
+        from mechscope.causal import AblationSpec
+        spec = AblationSpec("patch", reference="name swaps", granularity="edge")
+        spec.describe()                          # {"ablation": "patch", "reference": "name swaps", "level": "edge", ...}
+    """
 
     kind: AblationKind = AblationKind.MEAN
     reference: str = ""

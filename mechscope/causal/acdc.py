@@ -36,7 +36,15 @@ from .graph import Circuit, Graph, graph_of, owner
 @dataclass(frozen=True)
 class AcdcResult:
     """The pruned circuit, which edges are left (`present`, (n_edges,) bool), the loss change
-    measured when each edge was tested (NaN for edges removed without a test), and how."""
+    measured when each edge was tested (NaN for edges removed without a test), and how.
+
+    Example::
+
+        from mechscope.causal import acdc
+        res = acdc(model, clean, spec, threshold=0.01, reference_inputs=corrupt)
+        res.present.sum()                        # present (n_edges,) bool: edges kept
+        res.circuit.nodes
+    """
 
     graph: Graph
     circuit: Circuit
@@ -53,7 +61,15 @@ class AcdcResult:
 def acdc(model: Any, inputs: Tensor, spec: AblationSpec, *, threshold: float, metric: Any = None,
          reference_inputs: Tensor | None = None, graph: Graph | None = None, dataset: str = "unnamed",
          progress: bool = True) -> AcdcResult:
-    """Prune the edge graph of `model` on `inputs` (prompt, pos) under `spec` (noising)."""
+    """Prune the edge graph of `model` on `inputs` (prompt, pos) under `spec` (noising).
+
+    Example::
+
+        from mechscope.causal import AblationSpec, acdc
+        spec = AblationSpec("patch", reference="corrupted", granularity="edge")
+        res = acdc(model, clean, spec, threshold=0.02, reference_inputs=corrupt)   # clean, corrupt (prompt, pos)
+        res.circuit
+    """
     if spec.direction != "noising":
         raise ValueError("ACDC removes edges from the intact model: use a noising ablation")
     model = wrap(model)
@@ -106,7 +122,14 @@ def acdc(model: Any, inputs: Tensor, spec: AblationSpec, *, threshold: float, me
 def acdc_sweep(model: Any, inputs: Tensor, spec: AblationSpec, thresholds: Sequence[float], *, metric: Any = None,
                reference_inputs: Tensor | None = None, graph: Graph | None = None, dataset: str = "unnamed",
                progress: bool = False) -> EdgeScores:
-    """Per edge, the largest threshold at which ACDC keeps it (0 if it never does)."""
+    """Per edge, the largest threshold at which ACDC keeps it (0 if it never does).
+
+    Example::
+
+        from mechscope.causal import acdc_sweep
+        scores = acdc_sweep(model, clean, spec, [0.001, 0.01, 0.1], reference_inputs=corrupt)   # (prompt, pos)
+        scores.values                            # (n_edges,): largest threshold keeping each edge
+    """
     model = wrap(model)
     graph = graph or graph_of(model)
     score = torch.zeros(graph.n_edges)

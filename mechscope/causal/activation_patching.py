@@ -63,6 +63,13 @@ class PatchingResult:
     `blocks_skipped`, `shared_prefix` (leading positions where source and target agree, read from
     the target run), `unchanged_patches` (patches there: their value is `baseline`, without a run)
     and `last_position_split` (chunks whose final block ran the last position alone).
+
+    Example::
+
+        from mechscope.causal import activation_patching
+        res = activation_patching(model, clean, corrupt, ["attn.z.0", "attn.z.1"], ld)
+        res.values                               # (site, head, position, prompt)
+        res.normalised()                         # (site, head, position): share of the effect restored
     """
 
     sites: tuple[Site, ...]
@@ -117,6 +124,17 @@ def activation_patching(
 
     `clean` and `corrupt` are token ids (prompt, pos) of equal shape; `metric` maps logits
     (rows, pos, vocab) to one value per row. At most `max_rows` rows run in one forward pass.
+
+    Example::
+
+        from mechscope.causal import activation_patching
+        from mechscope.core import metrics
+        model = ms.load("smollm2-135m")
+        clean = model.to_tokens(["When Mary and John went to the store, John gave a drink to"])["input_ids"]
+        corrupt = model.to_tokens(["When John and Mary went to the store, Mary gave a drink to"])["input_ids"]
+        ld = metrics.logit_diff(torch.tensor([5099]), torch.tensor([2322]))   # " Mary" - " John"
+        res = activation_patching(model, clean, corrupt, [ms.Site(ms.Kind.Z, l) for l in range(2)], ld)
+        res.normalised()                         # (site, head, position)
     """
     model, sites, source, target, heads = prepare_sweep(model, clean, corrupt, sites, direction, each_head)
     n_prompts, n_pos = target.shape

@@ -36,10 +36,18 @@ def attribution_patching(
     each_head: bool = True,
     each_position: bool = True,
 ) -> PatchingResult:
-    """Estimated metric after each patch, shaped like `activation_patching`'s result."""
+    """Estimated metric after each patch, shaped like `activation_patching`'s result.
+
+    Example::
+
+        from mechscope.causal import attribution_patching
+        model = ms.load("smollm2-135m")          # clean, corrupt: its token ids (prompt, pos)
+        est = attribution_patching(model, clean, corrupt, ["attn.z.0", "attn.z.1"], ld, each_position=False)
+        est.values                               # (site, head, 1, prompt): a linear estimate
+    """
     model, sites, source, target, heads = prepare_sweep(model, clean, corrupt, sites, direction, each_head)
     with counting_passes() as passes:
-        tgt = run(model, target, capture=sites, grad=lambda out: metric(out.logits).sum())
+        tgt = run(model, target, capture=sites, grad=lambda out: metric(model.logits(out)).sum())
         src = run(model, source, capture=sites)
     base = metric(tgt.logits).detach().float()
     n_prompts, n_pos = target.shape

@@ -37,7 +37,15 @@ from .path_patching import run_masks
 @dataclass(frozen=True)
 class CompletenessReport:
     """`incompleteness`: (K, F(C\\K), F(M\\K), gap) per knockout tried; `minimality`: per component,
-    (relative score, the K that gave it); F(M), F(C), F(empty) and how it was measured."""
+    (relative score, the K that gave it); F(M), F(C), F(empty) and how it was measured.
+
+    Example::
+
+        from mechscope.causal import completeness_minimality
+        rep = completeness_minimality(model, clean, circuit, ld, spec, reference_inputs=corrupt)
+        rep.worst_gap                            # the largest completeness gap over the knockouts K
+        rep.least_needed(k=3)                    # the components the circuit could lose
+    """
 
     incompleteness: tuple[tuple[tuple[Node, ...], float, float, float], ...]
     minimality: dict[Node, tuple[float, tuple[Node, ...]]]
@@ -68,7 +76,15 @@ def completeness_minimality(model: Any, inputs: Tensor, circuit: Circuit, metric
                             dataset: str = "unnamed") -> CompletenessReport:
     """Completeness gaps and per-component minimality of `circuit` (node level: its components).
     A circuit of at most `exhaustive` components is measured over every subset K (2^n knockouts:
-    exact); a larger one over sampled knockouts (`n_random`, `seed`)."""
+    exact); a larger one over sampled knockouts (`n_random`, `seed`).
+
+    Example::
+
+        from mechscope.causal import AblationSpec, completeness_minimality
+        rep = completeness_minimality(model, clean, circuit, ld, AblationSpec("mean", reference="ref"),
+                                      reference_inputs=ref)           # clean, ref (prompt, pos)
+        rep.worst_gap
+    """
     if spec.direction != "noising":
         raise ValueError("completeness and minimality knock components out: use a noising ablation")
     model = wrap(model)

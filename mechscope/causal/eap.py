@@ -34,7 +34,15 @@ from .graph import Graph, graph_of
 def eap(model: Any, inputs: Tensor, metric: Any, spec: AblationSpec, *, reference_inputs: Tensor | None = None,
         graph: Graph | None = None, dataset: str = "unnamed", interventions: Sequence[Intervention] = ()) -> EdgeScores:
     """EAP scores of every edge for `metric` (logits -> one value per prompt) on `inputs` (prompt, pos).
-    `interventions` apply to the prompts' run (e.g. attention patterns held fixed)."""
+    `interventions` apply to the prompts' run (e.g. attention patterns held fixed).
+
+    Example::
+
+        from mechscope.causal import AblationSpec, eap
+        spec = AblationSpec("patch", reference="corrupted", granularity="edge")
+        scores = eap(model, clean, ld, spec, reference_inputs=corrupt)   # clean, corrupt (prompt, pos)
+        scores.top(20)
+    """
     model = wrap(model)
     graph = graph or graph_of(model)
     run_on, ref = orient(spec, inputs, reference_inputs)

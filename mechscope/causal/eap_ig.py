@@ -40,7 +40,14 @@ def eap_ig(model: Any, inputs: Tensor, metric: Any, spec: AblationSpec, *, steps
            graph: Graph | None = None, dataset: str = "unnamed", progress: bool = False,
            interventions: Sequence[Intervention] = ()) -> EdgeScores:
     """EAP-IG scores of every edge for `metric` on `inputs` (prompt, pos), with `steps` steps.
-    `interventions` apply to every run (e.g. attention patterns held fixed)."""
+    `interventions` apply to every run (e.g. attention patterns held fixed).
+
+    Example::
+
+        from mechscope.causal import eap_ig
+        scores = eap_ig(model, clean, ld, spec, steps=5, reference_inputs=corrupt)   # (prompt, pos)
+        circuit = scores.circuit(k=500)
+    """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if interpolate not in ("inputs", "edges"):

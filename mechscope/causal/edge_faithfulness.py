@@ -98,7 +98,15 @@ def edge_faithfulness(model: Any, inputs: Tensor, circuit: Circuit, metric: Call
                       aggregation: Aggregation = "mean-then-normalise", seed: int = 0, n_boot: int = 1000,
                       graph: Graph | None = None) -> Score:
     """Normalised faithfulness of `circuit` on `inputs` (prompt, pos) under `spec`, as a Score that
-    carries the ablation, metric, aggregation, dataset, n, seed, CI and per-prompt values."""
+    carries the ablation, metric, aggregation, dataset, n, seed, CI and per-prompt values.
+
+    Example::
+
+        from mechscope.causal import edge_faithfulness
+        score = edge_faithfulness(model, clean, circuit, ld, spec, reference_inputs=corrupt,
+                                  dataset="ioi")  # clean, corrupt (prompt, pos)
+        print(score)                             # value, CI, ablation, n ...
+    """
     model = wrap(model)
     graph = graph or graph_of(model)
     values, _, passes = _three_runs(model, graph, inputs, circuit, spec, reference_inputs, {"m": metric},
@@ -115,7 +123,16 @@ def recovery(model: Any, inputs: Tensor, circuit: Circuit, metrics: Mapping[str,
              seed: int = 0, n_boot: int = 1000, graph: Graph | None = None) -> dict[str, Score]:
     """From one set of runs: "<name> recovered" (the normalised faithfulness) for each metric, e.g.
     {"logit_diff": ..., "loss": ...}, and "kl": KL(model || circuit) of the next-token
-    distribution (mean over prompts; at the last position or averaged over all)."""
+    distribution (mean over prompts; at the last position or averaged over all).
+
+    Example::
+
+        from mechscope.causal import recovery
+        from mechscope.core import metrics
+        got = recovery(model, clean, circuit, {"logit_diff": ld, "loss": metrics.next_token_loss(clean)},
+                       spec, reference_inputs=corrupt, dataset="ioi")   # clean, corrupt (prompt, pos)
+        got["logit_diff recovered"], got["kl"]
+    """
     model = wrap(model)
     graph = graph or graph_of(model)
     values, logits, passes = _three_runs(model, graph, inputs, circuit, spec, reference_inputs, metrics,

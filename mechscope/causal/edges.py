@@ -44,7 +44,14 @@ from .graph import Circuit, Edge, Graph, Group, SenderBlock, graph_of
 class AblatedValues:
     """Each sender's output under an ablation, keyed by the sender block's site: tensors
     broadcastable to the run's (batch, pos, [head,] d_model). An absent site means zero.
-    `positions` (pos,) is 1 where edges are ablated (the spec's positions), else None for all."""
+    `positions` (pos,) is 1 where edges are ablated (the spec's positions), else None for all.
+
+    Example::
+
+        from mechscope.causal import ablated_values, graph_of
+        vals = ablated_values(model, graph_of(model), spec, clean, reference_inputs=corrupt)
+        vals.at(ms.Site(ms.Kind.Z, 0))           # broadcastable to (batch, pos, head, d_model), or None for zero
+    """
 
     spec: AblationSpec
     values: dict[Site, Tensor]
@@ -64,6 +71,12 @@ def ablated_values(model: Any, graph: Graph, spec: AblationSpec, inputs: Tensor,
     zero: nothing to compute. mean: the mean over `reference_inputs` per position. resample: for
     each prompt a reference row drawn with `spec.seed` (the same row for every sender). patch:
     the outputs on `reference_inputs`, each prompt's own counterfactual (same shape as `inputs`).
+
+    Example::
+
+        from mechscope.causal import AblationSpec, ablated_values, graph_of
+        spec = AblationSpec("mean", reference="random tokens", granularity="edge")
+        vals = ablated_values(model, graph_of(model), spec, clean, reference_inputs=ref)   # clean, ref (prompt, pos)
     """
     model = wrap(model)
     n, n_pos = inputs.shape[0], inputs.shape[-1]
@@ -239,6 +252,14 @@ def edge_run(model: Any, graph: Graph | None, inputs: Tensor, masks: Tensor, abl
 
     `interventions` are applied too, on every row. `last_only`: only the last position's logits are
     needed (the adapter may skip the rest of the unembedding).
+
+    Example::
+
+        from mechscope.causal import ablated_values, edge_run, graph_of
+        graph = graph_of(model)
+        vals = ablated_values(model, graph, spec, clean, reference_inputs=corrupt)
+        masks = torch.eye(graph.n_edges)[:4]     # (configs, n_edges): each row ablates one edge
+        out = edge_run(model, graph, clean, masks, vals, metric=ld)
     """
     model = wrap(model)
     graph = graph or graph_of(model)
@@ -315,7 +336,16 @@ def differences(graph: Graph, ablated: AblatedValues, clean: dict[Site, Tensor])
 @dataclass(frozen=True)
 class EdgeScores:
     """A score per edge of `graph` (an estimate or a measurement of the metric's change when the
-    edge alone is ablated), with how it was made: method, ablation, metric, prompts, passes."""
+    edge alone is ablated), with how it was made: method, ablation, metric, prompts, passes.
+
+    Example::
+
+        from mechscope.causal import eap
+        scores = eap(model, clean, ld, spec, reference_inputs=corrupt)
+        scores.values                            # (n_edges,)
+        scores.top(10)                           # [(Edge, score), ...] by |score|
+        circuit = scores.circuit(k=200)
+    """
 
     graph: Graph
     values: Tensor  # (n_edges,)

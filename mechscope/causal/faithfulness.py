@@ -42,7 +42,15 @@ def faithfulness(
     seed: int = 0,
     n_boot: int = 1000,
 ) -> Score:
-    """Faithfulness of `circuit` (a subset of `nodes`) on `inputs` under `spec`."""
+    """Faithfulness of `circuit` (a subset of `nodes`) on `inputs` under `spec`.
+
+    Example::
+
+        from mechscope.causal import AblationSpec, component_nodes, faithfulness
+        nodes = component_nodes(model)
+        circuit = [n for n in nodes if n.site.layer == 1]
+        faithfulness(model, clean, circuit, nodes, ld, AblationSpec("zero"), dataset="induction")  # clean (prompt, pos)
+    """
     if aggregation not in ("mean-then-normalise", "normalise-then-mean"):
         raise ValueError(f"unknown aggregation {aggregation!r}")
     model = wrap(model)
@@ -82,7 +90,14 @@ def faithfulness(
 
 
 def component_nodes(model: Any) -> list[Node]:
-    """Every attention head (at attn.z) and every MLP (at mlp_out) of a transformer adapter."""
+    """Every attention head (at attn.z) and every MLP (at mlp_out) of a transformer adapter.
+
+    Example::
+
+        from mechscope.causal import component_nodes
+        nodes = component_nodes(ms.load("zoo:induction-quick"))   # every head and MLP
+        [n for n in nodes if n.site.layer == 1]
+    """
     model = wrap(model)
     valid = set(model.sites())
     out: list[Node] = []

@@ -33,7 +33,15 @@ from .path_patching import run_masks
 @dataclass(frozen=True)
 class FaithfulnessCurve:
     """f(k) per size (`values`), per prompt (`per_prompt`, (size, prompt)), and for random circuits
-    (`random`, (size, draw)); the areas and how it was measured."""
+    (`random`, (size, draw)); the areas and how it was measured.
+
+    Example::
+
+        from mechscope.causal import faithfulness_curve
+        curve = faithfulness_curve(model, clean, scores, ld, spec, reference_inputs=corrupt)
+        curve.values                             # (size,) f(k); curve.per_prompt (size, prompt)
+        curve.cpr, curve.random_cpr              # area under it, and for random circuits
+    """
 
     sizes: tuple[int, ...]
     n_edges: int
@@ -91,7 +99,14 @@ def faithfulness_curve(model: Any, inputs: Tensor, scores: EdgeScores, metric: C
                        spec: AblationSpec, *, sizes: Sequence[int] | None = None,
                        reference_inputs: Tensor | None = None, n_random: int = 5, seed: int = 0,
                        dataset: str = "unnamed", max_rows: int = 256, progress: bool = False) -> FaithfulnessCurve:
-    """f(k) of the top-k edges of `scores` for each size k, against random circuits of the same sizes."""
+    """f(k) of the top-k edges of `scores` for each size k, against random circuits of the same sizes.
+
+    Example::
+
+        from mechscope.causal import faithfulness_curve
+        curve = faithfulness_curve(model, clean, scores, ld, spec, sizes=[10, 50, 200], reference_inputs=corrupt)
+        curve.values                             # (size,)
+    """
     model = wrap(model)
     graph: Graph = scores.graph
     n = graph.n_edges

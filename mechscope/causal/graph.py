@@ -43,7 +43,14 @@ HEAD_INPUTS = (Kind.Q_IN, Kind.K_IN, Kind.V_IN)
 
 @dataclass(frozen=True, order=True)
 class Edge:
-    """sender -> receiver: the sender's write as the receiver reads it."""
+    """sender -> receiver: the sender's write as the receiver reads it.
+
+    Example::
+
+        from mechscope.causal import OUTPUT, Edge, Node
+        e = Edge(Node(ms.Site(ms.Kind.Z, 1), 3), OUTPUT)     # head L1H3 -> the logits
+        graph.index(e)                                       # its column in masks (n_edges,)
+    """
 
     sender: Node
     receiver: Node
@@ -115,7 +122,15 @@ class SenderBlock:
 
 @dataclass(frozen=True, eq=False)
 class Graph:
-    """Senders, receiver groups and edges of one model (see the module docstring for the layout)."""
+    """Senders, receiver groups and edges of one model (see the module docstring for the layout).
+
+    Example::
+
+        from mechscope.causal import OUTPUT, graph_of
+        graph = graph_of(ms.load("zoo:induction-quick"))
+        graph.n_edges
+        mask = graph.mask(graph.into([OUTPUT]))   # (n_edges,): 1 on every edge into the logits
+    """
 
     senders: tuple[Node, ...]
     blocks: tuple[SenderBlock, ...]
@@ -198,7 +213,14 @@ class Graph:
 def graph_of(model: Any) -> Graph:
     """The edge graph of a transformer adapter with per-head input sites (TinyTransformer, GPT-2,
     GPT-NeoX, Llama/Qwen2/Qwen3/Mistral); other adapters fail with the sites they lack, and models
-    with post-norms (Gemma) with the reason."""
+    with post-norms (Gemma) with the reason.
+
+    Example::
+
+        from mechscope.causal import graph_of
+        graph = graph_of(ms.load("zoo:induction-quick"))
+        graph.n_edges, len(graph.receivers)
+    """
     model = wrap(model)
     valid = set(model.sites())
     n_layers, n_heads = getattr(model, "n_layers", None), getattr(model, "n_heads", None)
@@ -242,7 +264,15 @@ def graph_of(model: Any) -> Graph:
 
 @dataclass(frozen=True)
 class Circuit:
-    """A set of edges (everything not in it is what an ablation of the complement removes)."""
+    """A set of edges (everything not in it is what an ablation of the complement removes).
+
+    Example::
+
+        from mechscope.causal import Circuit, Node, graph_of
+        graph = graph_of(model)
+        heads = [Node(ms.Site(ms.Kind.Z, 0), 2), Node(ms.Site(ms.Kind.Z, 1), 1)]
+        circuit = Circuit.from_nodes(graph, heads, name="induction")   # the edges among those nodes
+    """
 
     edges: frozenset[Edge]
     name: str = ""

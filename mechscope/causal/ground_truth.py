@@ -20,7 +20,13 @@ from .graph import Circuit, Edge, Graph
 
 
 def roc_auc(scores: Sequence[float] | Tensor, truth: Sequence[bool] | Tensor) -> float:
-    """Area under the ROC curve of `scores` for the binary labels `truth` (ties count 1/2)."""
+    """Area under the ROC curve of `scores` for the binary labels `truth` (ties count 1/2).
+
+    Example::
+
+        from mechscope.causal import roc_auc
+        roc_auc(torch.tensor([0.9, 0.1, 0.5]), torch.tensor([True, False, False]))   # (n,) each: 1.0
+    """
     s = torch.as_tensor(scores, dtype=torch.float64).flatten()
     y = torch.as_tensor(truth, dtype=torch.bool).flatten()
     if s.shape != y.shape:
@@ -42,12 +48,25 @@ def roc_auc(scores: Sequence[float] | Tensor, truth: Sequence[bool] | Tensor) ->
 
 
 def edges_from_ids(pairs: Iterable[tuple[Any, Any]]) -> frozenset[Edge]:
-    """Ground truth given as ((site, head), (site, head)) pairs, as Edges."""
+    """Ground truth given as ((site, head), (site, head)) pairs, as Edges.
+
+    Example::
+
+        from mechscope.causal import edges_from_ids
+        z0, k1 = ms.Site(ms.Kind.Z, 0), ms.Site(ms.Kind.K_IN, 1)
+        truth = edges_from_ids([((z0, 2), (k1, 1))])   # previous-token head -> induction head's key
+    """
     return frozenset(Edge(Node(*s), Node(*r)) for s, r in pairs)
 
 
 def edge_auc(scores: EdgeScores, truth: Iterable[Edge] | Circuit, absolute: bool = True) -> float:
-    """ROC AUC of an edge ranking against the true edges (by |score| unless `absolute=False`)."""
+    """ROC AUC of an edge ranking against the true edges (by |score| unless `absolute=False`).
+
+    Example::
+
+        from mechscope.causal import edge_auc
+        edge_auc(scores, true_circuit)           # 1.0: every true edge ranked above every other
+    """
     graph: Graph = scores.graph
     true = set(truth.edges if isinstance(truth, Circuit) else truth)
     missing = [str(e) for e in true if e not in graph]

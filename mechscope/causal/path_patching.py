@@ -38,7 +38,15 @@ from .graph import Edge, Graph, graph_of
 class PathPatchingResult:
     """Metric after each path patch: `values` (sender, receiver-set, prompt); `baseline` (prompt,)
     is the unpatched run. `receivers` names the second axis (one entry, all of R, unless
-    `each_receiver`)."""
+    `each_receiver`).
+
+    Example::
+
+        from mechscope.causal import path_patching
+        res = path_patching(model, clean, corrupt, senders, receivers, ld)
+        res.values                               # (sender, receiver-set, prompt)
+        res.effect()                             # (sender, receiver-set)
+    """
 
     senders: tuple[Node, ...]
     receivers: tuple[tuple[Node, ...], ...]
@@ -72,7 +80,15 @@ def path_patching(model: Any, clean: Tensor, corrupt: Tensor, senders: Sequence[
                   graph: Graph | None = None, max_rows: int = 256, progress: bool = False) -> PathPatchingResult:
     """Patch each sender through `receivers` only (receiver inputs, or heads/MLPs/OUTPUT standing
     for all their inputs). The default ablation is the counterfactual patch, noising: the clean
-    run with each path carrying the corrupted sender output."""
+    run with each path carrying the corrupted sender output.
+
+    Example::
+
+        from mechscope.causal import OUTPUT, Node, path_patching
+        senders = [Node(ms.Site(ms.Kind.Z, 0), h) for h in range(4)]
+        res = path_patching(model, clean, corrupt, senders, [OUTPUT], ld)   # clean, corrupt (prompt, pos)
+        res.effect()                             # (sender, 1): each head's direct path to the logits
+    """
     model = wrap(model)
     graph = graph or graph_of(model)
     spec = spec or AblationSpec("patch", reference="counterfactual prompts")
@@ -100,7 +116,14 @@ def edge_patching(model: Any, inputs: Tensor, metric: Callable[[Tensor], Tensor]
                   progress: bool = False, interventions: Sequence[Intervention] = ()) -> EdgeScores:
     """The exact effect of ablating each edge alone: mean over prompts of m(edge ablated) - m(intact).
     Edges not listed get NaN. `interventions` apply to every run (they must fit any number of rows
-    that repeat the prompts, e.g. a Replace that tiles its value)."""
+    that repeat the prompts, e.g. a Replace that tiles its value).
+
+    Example::
+
+        from mechscope.causal import edge_patching
+        exact = edge_patching(model, clean, ld, spec, reference_inputs=corrupt, edges=scores.circuit(k=50).edges)
+        exact.values                             # (n_edges,): NaN for edges not listed
+    """
     model = wrap(model)
     graph = graph or graph_of(model)
     run_on, ref = orient(spec, inputs, reference_inputs)

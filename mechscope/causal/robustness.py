@@ -35,7 +35,16 @@ class RobustnessRow:
 
 @dataclass(frozen=True)
 class RobustnessReport:
-    """How a circuit's faithfulness changes with the ablation (rows), for one circuit."""
+    """How a circuit's faithfulness changes with the ablation (rows), for one circuit.
+
+    Example::
+
+        from mechscope.causal import robustness_report
+        rep = robustness_report(model, clean, circuit, ld, reference_inputs=other,
+                                                 reference="other prompts", dataset="induction")
+        rep.table()                              # one row per ablation kind x level
+        rep.spread()                             # how far apart the faithfulness values lie
+    """
 
     circuit: str
     rows: tuple[RobustnessRow, ...]
@@ -70,7 +79,15 @@ def robustness_report(model: Any, inputs: Tensor, circuit: Circuit, metric: Call
                       kl_positions: Literal["last", "all"] = "last", seed: int = 0, n_boot: int = 1000,
                       graph: Graph | None = None) -> RobustnessReport:
     """Re-score `circuit` under every kind x level. `reference_inputs` (named `reference`) feed mean
-    and resample ablations; `counterfactuals`, when given, add the counterfactual patch."""
+    and resample ablations; `counterfactuals`, when given, add the counterfactual patch.
+
+    Example::
+
+        from mechscope.causal import robustness_report
+        rep = robustness_report(model, clean, circuit, ld, reference_inputs=ref, reference="random tokens",
+                                counterfactuals=corrupt, dataset="ioi")   # each (prompt, pos)
+        rep.table()
+    """
     model = wrap(model)
     graph = graph or graph_of(model)
     kinds = list(kinds) + (["patch"] if counterfactuals is not None and "patch" not in kinds else [])

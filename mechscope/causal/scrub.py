@@ -62,7 +62,16 @@ LossFn = Callable[[Tensor, Any], Tensor]
 
 
 class ScrubError(MechscopeError, ValueError):
-    """A hypothesis that cannot be tested on this model and data (the message names the component)."""
+    """A hypothesis that cannot be tested on this model and data (the message names the component).
+
+    Example::
+
+        from mechscope.causal import ScrubError, scrub
+        try:
+            scrub(model, hypothesis, ids, "mean", labels=labels)
+        except ScrubError as err:
+            print(err)                           # names the component (and both shapes)
+    """
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,15 @@ class PartResult:
 @dataclass(frozen=True)
 class ScrubResult:
     """A scrubbed hypothesis: the three losses, the loss recovered, the size, each part's result and any groups'
-    scores."""
+    scores.
+
+    Example::
+
+        from mechscope.causal import scrub
+        res = scrub(model, hypothesis, ids, "mean", labels=labels)
+        res.recovered                            # Score: share of the loss recovered
+        [(p.name, p.alone) for p in res.parts]
+    """
 
     hypothesis: str
     ablation: str
@@ -315,6 +332,14 @@ def scrub(model: Any, hypothesis: Hypothesis, data: Any, spec: AblationSpec | st
     reference  inputs for the mean, the resample and the Resampled parts (default: `data`);
                `reference_ids` is to `reference` what `ids` is to `data`
     groups     names of the loss's columns when it returns (inputs, groups)
+
+    Example::
+
+        from mechscope.causal import scrub
+        from mechscope.core.hypothesis import AsIs, Hypothesis, Resampled
+        hyp = Hypothesis("first token only", (Resampled("resid_pre.1", key=lambda ids: ids[:, 0]),))
+        res = scrub(model, hyp, ids, "mean", labels=labels)   # ids (n, pos), labels (n,)
+        res.recovered
     """
     model = wrap(model)
     if not isinstance(hypothesis, Hypothesis):

@@ -28,7 +28,14 @@ from ..models import wrap
 
 @dataclass(frozen=True)
 class Composition:
-    """Scores (layer1, head1, layer2, head2); entries with layer1 >= layer2 are NaN."""
+    """Scores (layer1, head1, layer2, head2); entries with layer1 >= layer2 are NaN.
+
+    Example::
+
+        from mechscope.circuits import composition_scores
+        comp = composition_scores(ms.load("zoo:induction-quick"))
+        comp.k[0, 2, 1, 1]                       # K-composition of L0H2 into L1H1; q, k, v (layer1, head1, layer2, head2)
+    """
 
     q: Tensor
     k: Tensor
@@ -36,7 +43,14 @@ class Composition:
 
 
 def composition_scores(model: Any, fold_ln: bool = True) -> Composition:
-    """Q-, K- and V-composition between every pair of heads in different layers."""
+    """Q-, K- and V-composition between every pair of heads in different layers.
+
+    Example::
+
+        from mechscope.circuits import composition_scores
+        comp = composition_scores(ms.load("zoo:induction-quick"))
+        comp.k[0, :, 1, :]                       # (head1, head2): layer 0 -> layer 1 K-composition
+    """
     w = wrap(model).weights(fold_ln=fold_ln)
     L, H = w.n_layers, w.n_heads
     qk, ov = w.QK, w.OV  # (layer, head, d_model, d_model), factored
@@ -63,6 +77,12 @@ def virtual_weights(model: Any, sender: tuple[int, int], receiver: tuple[int, in
     OV_sender^T (rows the receiver's query residual, columns the sender's attended residual);
     "v": OV_sender OV_receiver. Kept factored; the composition score is its norm over the two
     factors' norms (`composition_scores`).
+
+    Example::
+
+        from mechscope.circuits import virtual_weights
+        vw = virtual_weights(model, sender=(0, 2), receiver=(1, 1), kind="k")   # FactoredMatrix
+        vw.norm()
     """
     (l1, h1), (l2, h2) = sender, receiver
     if l1 >= l2:
@@ -85,6 +105,11 @@ def copying_scores(model: Any, fold_ln: bool = True) -> Tensor:
     The eigenvalues come from the d_head x d_head matrix W_O W_U W_E W_V. A head whose circuit is
     zero (all eigenvalues 0, e.g. a pruned head with W_O = 0) neither copies nor suppresses: its
     score is 0.
+
+    Example::
+
+        from mechscope.circuits import copying_scores
+        copying_scores(ms.load("zoo:induction-quick"))   # (layer, head), in [-1, 1]
     """
     w = wrap(model).weights(fold_ln=fold_ln)
     if w.W_E is None or w.W_U is None:

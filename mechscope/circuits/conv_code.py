@@ -44,20 +44,29 @@ def polynomial_filters(k: int, degree: int) -> Tensor:
 
 @torch.no_grad()
 def conv_hypothesis(model: Any, site: str, train_images: Tensor, degree: int = 1) -> Hypothesis:
-    """Every channel of the convolution at `site` as a fitted polynomial detector (module docstring)."""
+    """Every channel of the convolution at `site` as a fitted polynomial detector (module docstring).
+
+    Example::
+
+        from mechscope.circuits import conv_hypothesis
+        from mechscope.causal import scrub
+        model = ms.load("zoo:fmnist-cnn")
+        hyp = conv_hypothesis(model, "conv1", train_images)   # train_images (n, 1, 28, 28)
+        scrub(model, hyp, test_images, "mean", labels=test_labels)
+    """
     model = wrap(model)
     s = resolve(model, site)
     conv = dict(model.module.named_modules()).get(s.path)
     if not isinstance(conv, nn.Conv2d) or conv.in_channels != 1 or conv.groups != 1:
         raise ValueError(f"{site} must be an nn.Conv2d with one input channel; it is {type(conv).__name__}")
     k = conv.kernel_size[0]
-    basis = polynomial_filters(k, degree).to(torch.float32)  # (terms, k, k)
+    basis = polynomial_filters(k, degree).to(train_images.device, torch.float32)  # (terms, k, k)
     stride, padding = conv.stride, conv.padding
     target = run(model, train_images, capture=[s]).cache[s]  # (n, channels, H, W): the layer's own output
     feats = F.conv2d(train_images, basis[:, None], stride=stride, padding=padding)  # (n, terms, H, W)
     X = feats.permute(0, 2, 3, 1).reshape(-1, basis.shape[0]).double()
-    X = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype)], 1)
-    Y = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]).double()
+    X = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1)
+    Y = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]).to(X.device, torch.float64)
     coef = torch.linalg.lstsq(X, Y).solution.to(torch.float32)  # (terms + 1, channels): weights, then bias
     weights, bias = coef[:-1], coef[-1]
     r2 = 1 - float(((Y - X @ coef.double()) ** 2).sum() / ((Y - Y.mean(0)) ** 2).sum())

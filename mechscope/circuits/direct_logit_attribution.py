@@ -43,6 +43,15 @@ class DirectLogitAttribution:
     mlp_bias (layer, batch, pos) split it (neurons summed plus mlp_bias equal mlps); embed
     (batch, pos) includes position embeddings; bias (batch, pos): the final norm's shift and the
     unembedding bias. `sum()` adds up to `total`.
+
+    Example::
+
+        from mechscope.circuits import direct_logit_attribution
+        model = ms.load("smollm2-135m")
+        tokens = model.to_tokens(["When Mary and John went to the store, John gave a drink to"])
+        dla = direct_logit_attribution(model, tokens, token=5099, minus=2322)
+        dla.heads[:, :, 0, -1]                   # heads (layer, head, batch, pos): each head at the last position
+        dla.total                                # (batch, pos): the sum, equal to the logit difference
     """
 
     heads: Tensor
@@ -94,7 +103,16 @@ def _post_norm(x: Tensor, y: Tensor, gain: Tensor) -> _FrozenNorm:
 
 def direct_logit_attribution(model: Any, inputs: Any, token: int, minus: int | None = None,
                              neurons: bool = False) -> DirectLogitAttribution:
-    """DLA of every component to logit[token] (minus logit[minus]) at every position."""
+    """DLA of every component to logit[token] (minus logit[minus]) at every position.
+
+    Example::
+
+        from mechscope.circuits import direct_logit_attribution
+        model = ms.load("smollm2-135m")
+        tokens = model.to_tokens(["When Mary and John went to the store, John gave a drink to"])
+        dla = direct_logit_attribution(model, tokens, token=5099, minus=2322)   # " Mary" - " John"
+        dla.heads[..., 0, -1]                    # (layer, head) at the last position
+    """
     model = wrap(model)
     w = model.weights()
     if w.W_U is None or w.lnf_w is None:

@@ -51,7 +51,16 @@ ExplanationFn = Callable[[Tensor, Context], Tensor]
 
 @dataclass(frozen=True)
 class ExplanationScore:
-    """Losses of the four runs (token-pooled means over the selected targets) and the two scores."""
+    """Losses of the four runs (token-pooled means over the selected targets) and the two scores.
+
+    Example::
+
+        from mechscope.circuits import explain_score
+        s = explain_score(model, tokens, "attn.z.1", strict, heads=[1])
+        s.vs_mean, s.vs_resample                 # Scores: loss recovered against each ablation
+        s.describe()                             # a JSON-ready record
+        s.per_prompt["explained"]                # (prompt,) losses; also "clean", "mean", "resample"
+    """
 
     site: Site
     heads: tuple[int, ...] | None
@@ -149,6 +158,13 @@ def score(model: Any, inputs: Any, site: Site | str | None, fn: ExplanationFn, h
                with logits[:, :-1], or target indices (a slice or a list)
     labels     (batch,) answers read at the last position instead of next tokens (e.g. modadd)
     needs      sites `fn` reads from the context's cache (added to `fn.needs`)
+
+    Example::
+
+        from mechscope.circuits import explain_score, strict_induction
+        model = ms.load("zoo:induction-quick")
+        s = explain_score(model, tokens, "attn.z.1", strict_induction(model, 1), heads=[1, 3])  # tokens (batch, pos)
+        print(s.vs_mean)
     """
     model = wrap(model)
     site = getattr(fn, "site", None) if site is None else site

@@ -20,6 +20,11 @@ multiplied by the head's W_O and the explanation stands in for attn.result inste
                       output, close to a mean of its values), `"self"` attends to q itself, `"first"`
                       to position 0.
     previous_token    query q attends to q - 1 (position 0 to itself).
+    uniform_causal    query q attends evenly to positions 0..q (a control: the same value path with no
+                      rule of where to look).
+
+`Explanation.lines` counts the lines of the explanation's code (the function and the pattern rule
+it applies), as `core.hypothesis.code_lines` counts them; these head explanations fit no numbers.
 
 Modular addition (`modadd_fourier`): the MLP output at "=" predicted from the Fourier features of
 the key frequencies, [1, cos w a, sin w a, cos w b, sin w b, cos w(a+b), sin w(a+b)] per key
@@ -33,12 +38,13 @@ held by >= 10 neurons are key. Positions other than "=" keep the model's own out
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..core.hypothesis import code_lines
 from ..core.interventions import Context
 from ..core.run import resolve, run
 from ..core.site import Kind, Site
@@ -47,10 +53,27 @@ from .modadd_layout import ModAddLayout
 
 
 class Explanation:
-    """A callable explanation: `fn(activation, context)` plus its site, its reads and its claim."""
+    """A callable explanation: `fn(activation, context)` plus its site, its reads and its claim.
 
-    def __init__(self, name: str, site: Site, fn, needs: Sequence[Site] = (), **info: Any):
+    Example::
+
+        from mechscope.circuits import Explanation
+        def zero_mlp(x, ctx):                    # x (batch, pos, d_model)
+            return torch.zeros_like(x)
+
+        expl = Explanation("mlp 0 does nothing", ms.Site(ms.Kind.MLP_OUT, 0), zero_mlp)
+        mechscope.circuits.explain_score(model, tokens, expl.site, expl)
+    """
+
+    def __init__(self, name: str, site: Site, fn, needs: Sequence[Site] = (), helpers: Sequence[Callable] = (),
+                 **info: Any):
         self.name, self.site, self._fn, self.needs, self.info = name, site, fn, tuple(needs), info
+        self.helpers = tuple(helpers)  # functions `fn` calls that are part of the explanation (their lines count)
+
+    @property
+    def lines(self) -> int:
+        """Lines of the explanation's code: `fn` and its helpers (blank lines, comments, docstrings left out)."""
+        return code_lines(self._fn) + sum(code_lines(h) for h in self.helpers)
 
     def __call__(self, x: Tensor, ctx: Context) -> Tensor:
         return self._fn(x, ctx)
@@ -101,8 +124,16 @@ def previous_token_pattern(ids: Tensor) -> Tensor:
     return pat.expand(b, T, T).clone()
 
 
-def _head_from_pattern(model: Any, name: str, layer: int, pattern_of, site_kind: Kind, **info: Any) -> Explanation:
-    """An explanation of heads at `layer`: z = pattern(ids) @ v with the run's own values."""
+def uniform_causal_pattern(ids: Tensor) -> Tensor:
+    """(batch, pos, kpos): q attends evenly to 0..q."""
+    b, T = ids.shape
+    return (torch.ones(T, T).tril() / torch.arange(1, T + 1)[:, None]).expand(b, T, T).clone()
+
+
+def _head_from_pattern(model: Any, name: str, layer: int, pattern_of, site_kind: Kind,
+                       helpers: Sequence[Callable] = (), **info: Any) -> Explanation:
+    """An explanation of heads at `layer`: z = pattern(ids) @ v with the run's own values; `helpers` are the
+    functions `pattern_of` calls (counted in the explanation's lines)."""
     model = wrap(model)
     if site_kind not in (Kind.Z, Kind.RESULT):
         raise ValueError(f"site_kind must be Kind.Z or Kind.RESULT, got {site_kind}")
@@ -122,23 +153,44 @@ def _head_from_pattern(model: Any, name: str, layer: int, pattern_of, site_kind:
             return z.to(x.dtype)
         return torch.einsum("bqhd,hdm->bqhm", z, W_O.to(z.dtype)).to(x.dtype)
 
-    return Explanation(name, Site(site_kind, layer), fn, needs=[vsite], layer=layer, **info)
+    return Explanation(name, Site(site_kind, layer), fn, needs=[vsite], helpers=helpers, layer=layer, **info)
 
 
 def strict_induction(model: Any, layer: int, *, which: str = "all", fallback: str = "uniform",
                      site_kind: Kind = Kind.Z) -> Explanation:
     """Induction by rule: attend to the token after earlier occurrences of the current token and move its
-    value through the head's own OV (see the module docstring). Use with heads=[...] in `score`."""
+    value through the head's own OV (see the module docstring). Use with heads=[...] in `score`.
+
+    Example::
+
+        from mechscope.circuits import explain_score, strict_induction
+        model = ms.load("zoo:induction-quick")
+        explain_score(model, tokens, "attn.z.1", strict_induction(model, 1), heads=[1, 3])
+    """
     return _head_from_pattern(model, "strict_induction", layer,
                               lambda ids: induction_pattern(ids, which, fallback), site_kind,
-                              rule="attend to k = j + 1 for each earlier j with token[j] == token[q]",
+                              helpers=(induction_pattern,), rule="attend to k = j + 1 for each earlier j with token[j] == token[q]",
                               which=which, fallback=fallback, values="the model's own (captured attn.v)")
 
 
 def previous_token(model: Any, layer: int, *, site_kind: Kind = Kind.Z) -> Explanation:
-    """Previous-token attention by rule: attend to q - 1 and move its value through the head's own OV."""
+    """Previous-token attention by rule: attend to q - 1 and move its value through the head's own OV.
+
+    Example::
+
+        from mechscope.circuits import explain_score, previous_token
+        model = ms.load("zoo:induction-quick")
+        explain_score(model, tokens, "attn.z.0", previous_token(model, 0), heads=[2])
+    """
     return _head_from_pattern(model, "previous_token", layer, previous_token_pattern, site_kind,
-                              rule="attend to k = q - 1 (position 0 to itself)",
+                              helpers=(previous_token_pattern,), rule="attend to k = q - 1 (position 0 to itself)",
+                              values="the model's own (captured attn.v)")
+
+
+def uniform_causal(model: Any, layer: int, *, site_kind: Kind = Kind.Z) -> Explanation:
+    """The control for a pattern rule: attend evenly to every position up to q, moving the head's own values."""
+    return _head_from_pattern(model, "uniform_causal", layer, uniform_causal_pattern, site_kind,
+                              helpers=(uniform_causal_pattern,), rule="attend evenly to k = 0..q",
                               values="the model's own (captured attn.v)")
 
 
@@ -202,6 +254,15 @@ def modadd_fourier(model: Any, freqs: Sequence[int] | None = None, *, train_inpu
     when the model is a zoo network. `layout` (default: the zoo's transformer) gives the input
     encoding and the answer position; `site` the component explained (default `mlp_out.{layer}`; for
     another network, e.g. its hidden layer). The fit's R² on the training inputs is in `.info["fit_r2"]`.
+
+    Example::
+
+        from mechscope.circuits import explain_score, modadd_fourier
+        model = ms.load("zoo:modadd-frac05")     # the grokked network shipped in the package
+        expl = modadd_fourier(model)             # key frequencies found from the weights
+        a, b = torch.randint(0, 113, (2, 256))
+        x = torch.stack([a, b, torch.full_like(a, 113)], 1)     # (256, 3): a, b, "="
+        explain_score(model, x, None, expl, labels=(a + b) % 113, reference=x).vs_mean
     """
     model, layout, train_inputs, freqs = modadd_setting(model, layout, train_inputs, freqs, layer)
     p = layout.p

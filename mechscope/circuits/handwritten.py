@@ -124,7 +124,14 @@ def handwritten_induction_module(d_vocab: int = VOCAB, n_ctx: int = N_CTX, *, ma
 
 def handwritten_induction(d_vocab: int = VOCAB, n_ctx: int = N_CTX, *, match: int = 1, **gains: float) -> TinyModel:
     """The hand-written induction model wrapped in the zoo's adapter (like `mechscope.load("zoo:...")`);
-    `match=2` compares the two tokens before each earlier position (module docstring)."""
+    `match=2` compares the two tokens before each earlier position (module docstring).
+
+    Example::
+
+        from mechscope.circuits import handwritten_induction
+        model = handwritten_induction(d_vocab=48, n_ctx=64)
+        mechscope.circuits.head_roles(model).top("induction", k=1)
+    """
     module = handwritten_induction_module(d_vocab, n_ctx, match=match, **gains)
     return module.mechscope_adapter(name="handwritten:induction" + ("" if match == 1 else "-2"))
 

@@ -57,7 +57,15 @@ ROLES = ("induction", "previous_token", "duplicate_token", "bos", "copy_suppress
 
 @dataclass(frozen=True)
 class CopySuppression:
-    """(layer, head) scores; see the module docstring."""
+    """(layer, head) scores; see the module docstring.
+
+    Example::
+
+        from mechscope.circuits import copy_suppression_scores
+        cs = copy_suppression_scores(model)
+        cs.suppression                           # (layer, head)
+        cs.heads(suppression=0.3)                # [(layer, head), ...] above the threshold
+    """
 
     ov_eigen: Tensor
     ov_diag: Tensor
@@ -145,7 +153,14 @@ def _direct_on_predicted(model, ids: Tensor, interventions: Sequence[Interventio
 @torch.no_grad()
 def copy_suppression_scores(model: Any, n: int = 20, batch: int = 16, seed: int = 0, bos: int | None = None,
                             vocab: int | None = None, fold_ln: bool = True) -> CopySuppression:
-    """OV eigenvalue and diagonal scores and the attention-based suppression score of every head."""
+    """OV eigenvalue and diagonal scores and the attention-based suppression score of every head.
+
+    Example::
+
+        from mechscope.circuits import copy_suppression_scores
+        cs = copy_suppression_scores(ms.load("smollm2-135m"), n=10, batch=8)
+        cs.heads()
+    """
     model = wrap(model)
     vocab = int(model.weights().W_E.shape[0]) if vocab is None else vocab
     ids = repeated_tokens(vocab, n, batch, seed, bos)
@@ -163,7 +178,15 @@ def copy_suppression_scores(model: Any, n: int = 20, batch: int = 16, seed: int 
 
 @dataclass(frozen=True)
 class RoleCheck:
-    """A role's behaviour with and without its heads. `effect` is per prompt (ablated - clean)."""
+    """A role's behaviour with and without its heads. `effect` is per prompt (ablated - clean).
+
+    Example::
+
+        from mechscope.circuits import causal_check
+        check = causal_check(model, "induction", [(1, 1), (1, 3)], n=12)
+        check.clean, check.ablated, check.effect             # effect: Score of the per-prompt change
+        check.passed
+    """
 
     role: str
     heads: tuple[tuple[int, int], ...]
@@ -210,7 +233,14 @@ def causal_check(model: Any, role: str, heads: Sequence[tuple[int, int]], *, n: 
 
     `roles`: `head_roles` of the unablated model on this probe (same n, batch, seed, bos, vocab), when
     the caller has it; previous- and duplicate-token checks otherwise compute it to find the
-    downstream induction heads."""
+    downstream induction heads.
+
+    Example::
+
+        from mechscope.circuits import causal_check
+        check = causal_check(ms.load("zoo:induction-quick"), "previous_token", [(0, 2)], n=12)
+        print(check.expect, check.passed)
+    """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     heads = tuple((int(l), int(h)) for l, h in heads)

@@ -27,7 +27,15 @@ from ..models import wrap
 
 @dataclass(frozen=True)
 class HeadRoles:
-    """Each score is (layer, head); `n`, `batch` and `seed` describe the probe."""
+    """Each score is (layer, head); `n`, `batch` and `seed` describe the probe.
+
+    Example::
+
+        from mechscope.circuits import head_roles
+        roles = head_roles(ms.load("zoo:induction-quick"), n=12)
+        roles.induction                          # (layer, head)
+        roles.top("previous_token", k=2)         # [(layer, head, score), ...]
+    """
 
     previous_token: Tensor
     duplicate_token: Tensor
@@ -55,7 +63,14 @@ def top_heads(scores: Tensor, k: int = 5) -> list[tuple[int, int, float]]:
 
 def repeated_tokens(vocab: int, n: int, batch: int, seed: int = 0, bos: int | None = None,
                     low: int = 0) -> Tensor:
-    """(batch, [1 +] 2n) token ids: random r_1..r_n twice, with `bos` first when given."""
+    """(batch, [1 +] 2n) token ids: random r_1..r_n twice, with `bos` first when given.
+
+    Example::
+
+        from mechscope.circuits import repeated_tokens
+        ids = repeated_tokens(vocab=48, n=12, batch=16, bos=0)   # (16, 25)
+        ms.run(ms.load("zoo:induction-quick"), ids, capture=["attn.pattern.1"])
+    """
     g = torch.Generator().manual_seed(seed)
     half = torch.randint(low, vocab, (batch, n), generator=g)
     ids = torch.cat([half, half], 1)
@@ -69,6 +84,12 @@ def head_roles(model: Any, n: int = 20, batch: int = 16, seed: int = 0, bos: int
     """Score every head on a repeated-random-token probe (see the module docstring).
 
     `interventions` apply during the probe run (e.g. ablate an earlier head to see a role vanish).
+
+    Example::
+
+        from mechscope.circuits import head_roles
+        roles = head_roles(ms.load("zoo:induction-quick"), n=12, batch=16)   # 2n + 1 <= n_ctx 32
+        roles.top("induction")                   # [(layer, head, score), ...]
     """
     model = wrap(model)
     if vocab is None:

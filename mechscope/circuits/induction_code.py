@@ -85,8 +85,8 @@ TWO_TOKEN_MATCH = ("match_current", "match_previous")  # the rule's default: the
 
 # --- attention patterns by rule ------------------------------------------------------------------
 
-def _causal(T: int) -> Tensor:
-    return torch.ones(T, T, dtype=torch.bool).tril()
+def _causal(T: int, device: torch.device | None = None) -> Tensor:
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 
 def _back(ids: Tensor, n: int) -> Tensor:
@@ -103,7 +103,7 @@ def match_features(ids: Tensor, offset: int = 0) -> Tensor:
     b, T = ids.shape
     prev_q = _back(ids, 1)  # the query's previous token
     key1, key2 = _back(ids, 1 + offset), _back(ids, 2 + offset)  # the key's previous two tokens
-    q, k = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    q, k = torch.arange(T, device=ids.device)[:, None], torch.arange(T, device=ids.device)[None, :]
     feats = [ids[:, :, None] == key1[:, None, :],
              prev_q[:, :, None] == key2[:, None, :],
              (k == 0).expand(b, T, T), (k == q).expand(b, T, T), (k == q - 1).expand(b, T, T)]
@@ -112,8 +112,8 @@ def match_features(ids: Tensor, offset: int = 0) -> Tensor:
 
 def match_pattern(ids: Tensor, weights: Tensor, offset: int = 0) -> Tensor:
     """(batch, q, k): causal softmax over keys of match_features(ids, offset) @ weights."""
-    s = match_features(ids, offset) @ weights.float()
-    return s.masked_fill(~_causal(ids.shape[1]), float("-inf")).softmax(-1)
+    s = match_features(ids, offset) @ weights.float().to(ids.device)
+    return s.masked_fill(~_causal(ids.shape[1], s.device), float("-inf")).softmax(-1)
 
 
 @torch.no_grad()
@@ -129,7 +129,7 @@ def positional_patterns(model: Any, layer: int = 0) -> Tensor:
     q = torch.einsum("pm,hmd->hpd", x, w.W_Q[layer].float()) + w.b_Q[layer].float()[:, None]
     k = torch.einsum("pm,hmd->hpd", x, w.W_K[layer].float()) + w.b_K[layer].float()[:, None]
     s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    return s.masked_fill(~_causal(x.shape[0]), float("-inf")).softmax(-1)
+    return s.masked_fill(~_causal(x.shape[0], s.device), float("-inf")).softmax(-1)
 
 
 def offset_pattern(T: int, offset: int) -> Tensor:
@@ -158,10 +158,11 @@ def fit_rule(patterns: Tensor, ids: Tensor, query_mask: Tensor, features: Sequen
     unknown = set(features) - set(MATCH_FEATURES)
     if unknown:
         raise ValueError(f"unknown features {sorted(unknown)}; choose from {MATCH_FEATURES}")
-    keep = torch.tensor([n in features for n in MATCH_FEATURES])
-    feats, P, qm = match_features(ids)[..., keep], patterns.float(), query_mask.float()
-    causal = _causal(ids.shape[1])
-    w = torch.zeros(feats.shape[-1], requires_grad=True)
+    dev = patterns.device  # fitted where the patterns are
+    keep = torch.tensor([n in features for n in MATCH_FEATURES], device=dev)
+    feats, P, qm = match_features(ids.to(dev))[..., keep], patterns.float(), query_mask.to(dev).float()
+    causal = _causal(ids.shape[1], dev)
+    w = torch.zeros(feats.shape[-1], device=dev, requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
@@ -173,7 +174,7 @@ def fit_rule(patterns: Tensor, ids: Tensor, query_mask: Tensor, features: Sequen
 
     with torch.enable_grad():
         opt.step(closure)
-    out = torch.zeros(len(MATCH_FEATURES))
+    out = torch.zeros(len(MATCH_FEATURES), device=dev)
     out[keep] = w.detach()
     return out
 
@@ -243,7 +244,7 @@ def constant_divisor(c: float) -> Any:
 
 def _query_mask(batch: Any) -> Tensor:
     """(batch, pos) queries whose next-token target is measured (the Batch's mask is over targets)."""
-    qm = torch.zeros(batch.ids.shape, dtype=torch.bool)
+    qm = torch.zeros(batch.ids.shape, dtype=torch.bool, device=batch.ids.device)
     qm[:, :-1] = batch.repeat
     return qm
 
@@ -256,7 +257,7 @@ def fit_divisor(model: Any, train_data: Any) -> float:
     w = model.weights()
     last = Site(Kind.RESID_POST, model.n_layers - 1)
     res = run(model, train_data.ids, capture=[last])
-    qm = _query_mask(train_data)
+    qm = _query_mask(train_data).to(res.logits.device)
     x = res.cache[last][qm].float()
     xc = x - x.mean(-1, keepdim=True)
     target = res.logits[qm].float().log_softmax(-1)
@@ -267,7 +268,7 @@ def fit_divisor(model: Any, train_data: Any) -> float:
         logits = (xc / log_c.exp() * g + beta) @ W_U + b_U
         return (target.exp() * (target - logits.log_softmax(-1))).sum(-1).mean()
 
-    log_c = torch.zeros((), requires_grad=True)
+    log_c = torch.zeros((), device=x.device, requires_grad=True)
     opt = torch.optim.LBFGS([log_c], max_iter=100, line_search_fn="strong_wolfe")
 
     def closure():

@@ -21,7 +21,16 @@ from ..models import wrap
 @dataclass(frozen=True)
 class LogitLens:
     """logits (layer, batch, pos, vocab): row 0 reads the embeddings (resid_pre 0), row l+1 the
-    output of block l; the last row equals the model's logits."""
+    output of block l; the last row equals the model's logits.
+
+    Example::
+
+        from mechscope.circuits import logit_lens
+        model = ms.load("smollm2-135m")
+        lens = logit_lens(model, model.to_tokens(["The capital of France is"]))
+        lens.logits                              # (layer + 1, batch, pos, vocab)
+        lens.rank_of(7042)                       # (layer + 1,): a token's rank at the last position
+    """
 
     logits: Tensor
     norm: str = "final norm recomputed per layer"
@@ -37,7 +46,15 @@ class LogitLens:
 
 
 def logit_lens(model: Any, inputs: Any) -> LogitLens:
-    """Logits of every layer's residual stream on `inputs` (any input the model's adapter takes)."""
+    """Logits of every layer's residual stream on `inputs` (any input the model's adapter takes).
+
+    Example::
+
+        from mechscope.circuits import logit_lens
+        model = ms.load("smollm2-135m")
+        lens = logit_lens(model, model.to_tokens(["The capital of France is"]))
+        lens.top(k=3)                            # (layer + 1, 3) token ids at the last position
+    """
     model = wrap(model)
     norm = getattr(model, "final_norm", lambda: None)()
     unembed = getattr(model, "unembed", lambda: None)()

@@ -63,7 +63,7 @@ def angle_sum(fa: Tensor, fb: Tensor) -> Tensor:
 
 
 def _with_one(x: Tensor) -> Tensor:
-    return torch.cat([torch.ones(x.shape[0], 1, dtype=x.dtype), x], 1)
+    return torch.cat([torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device), x], 1)
 
 
 def _lstsq(X: Tensor, Y: Tensor) -> Tensor:
@@ -78,7 +78,18 @@ def _value(act: Tensor, position: int | None) -> Tensor:
 def modadd_hypothesis(model: Any, layout: ModAddLayout | None = None, *, freqs: Sequence[int] | None = None,
                       train_inputs: Any = None) -> Hypothesis:
     """The network's computation of the answer as code (module docstring); numbers fitted on
-    `train_inputs` only (default: the zoo run's training split)."""
+    `train_inputs` only (default: the zoo run's training split).
+
+    Example::
+
+        from mechscope.circuits import modadd_hypothesis
+        from mechscope.causal import scrub
+        model = ms.load("zoo:modadd-frac05")
+        hyp = modadd_hypothesis(model)           # numbers fitted on the training split
+        a, b = torch.randint(0, 113, (2, 256))
+        x = torch.stack([a, b, torch.full_like(a, 113)], 1)     # (256, 3): a, b, "="
+        scrub(model, hyp, x, "mean", labels=(a + b) % 113).recovered
+    """
     model, layout, train_inputs, freqs = modadd_setting(model, layout, train_inputs, freqs)
     p = layout.p
     sites = {name: resolve(model, name) for name in

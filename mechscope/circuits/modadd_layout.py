@@ -39,6 +39,12 @@ class ModAddLayout:
     `encode(a, b)` makes the network's input for operands a, b (n,); `embeds` names the two operands'
     embedding sites with their positions; `neurons`, `hidden` and `logits` are site names;
     `answer_position` is where the answer is read (None: no position axis); `operands(ids)` recovers a, b.
+
+    Example::
+
+        from mechscope.circuits import ModAddLayout, modadd_hypothesis
+        layout = ModAddLayout.transformer(113)   # the zoo's one-layer transformer on "a b =", mod 113
+        hyp = modadd_hypothesis(ms.load("zoo:modadd-frac05"), layout)
     """
 
     p: int

@@ -62,7 +62,15 @@ def _group_parts(name: str, prefix: str, toy: Any, threshold: float) -> tuple[li
 
 @torch.no_grad()
 def tms_hypothesis(module: Any, *, threshold: float = 0.02, name: str = "tms as code") -> Hypothesis:
-    """`module`: a `BatchFirstTMS` (every group) or a `BatchFirst` (one group), or an adapter wrapping one."""
+    """`module`: a `BatchFirstTMS` (every group) or a `BatchFirst` (one group), or an adapter wrapping one.
+
+    Example::
+
+        from mechscope.circuits import tms_hypothesis
+        model = ms.load("zoo:tms")
+        hyp = tms_hypothesis(model, threshold=0.02)          # each group's hidden and output as code
+        [part.name for part in hyp.parts]
+    """
     module = getattr(module, "module", module)
     groups = dict(module.groups) if hasattr(module, "groups") else {"": module}
     parts: list[Code] = []

@@ -15,6 +15,13 @@ class Cache(Mapping[Site, torch.Tensor]):
 
     Lookup accepts a Site or any name `Site.parse` understands. A head-restricted Site returns
     that head's slice of the whole-site tensor when only the whole site was captured.
+
+    Example::
+
+        res = ms.run(model, tokens, capture=["attn.z.3", "resid_post.3"])
+        res.cache["attn.z.3"]                    # (batch, pos, head, d_head)
+        res.cache["blocks.3.attn.hook_z[5]"]     # head 5 only, (batch, pos, d_head)
+        res.cache.nbytes                         # memory held by the captures
     """
 
     __slots__ = ("_data",)

@@ -20,7 +20,9 @@ class FactoredMatrix:
     """A matrix kept as the product A @ B of two thin factors, (..., m, r) @ (..., r, n).
 
     SVD, eigenvalues and norms are computed from r x r problems, so a d_model x d_model circuit
-    such as a head's OV (W_V W_O) is never built. Indexing and @ keep the product factored:
+    such as a head's OV (W_V W_O) is never built. Indexing and @ keep the product factored.
+
+    Example::
 
         ov = model.weights().OV          # (layer, head, d_model, d_model), factored
         u, s, vh = ov[3, 5].svd()
@@ -107,7 +109,14 @@ class FactoredMatrix:
 def effective_rank(s: Tensor) -> float:
     """Roy and Vetterli's (2007) effective rank from singular values `s`: exp(entropy of s / sum(s)),
     which counts how evenly the spectrum is spread (n for n equal values, 1 for a rank-1 matrix);
-    0 when every value is zero."""
+    0 when every value is zero.
+
+    Example::
+
+        from mechscope.dynamics import effective_rank
+        effective_rank(torch.tensor([1.0, 1.0, 1.0]))   # s (n,): 3.0
+        effective_rank(torch.tensor([1.0, 0.0, 0.0]))   # 1.0
+    """
     s = s.double().clamp_min(0)
     total = s.sum()
     if total <= 0:

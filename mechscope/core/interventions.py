@@ -30,6 +30,14 @@ class Context:
 
     `input_ids` (batch, pos) and `attention_mask` are the run's tokens when the model has them;
     `cache` holds the activations captured so far in this run (sites earlier in the forward pass).
+
+    Example::
+
+        def copy_previous(x, ctx):               # x (batch, pos, d_model)
+            ids = ctx.input_ids                  # (batch, pos)
+            return x.roll(1, dims=1)
+
+        ms.run(model, tokens, interventions=ms.Replace("resid_pre.1", copy_previous))
     """
 
     site: Site
@@ -58,7 +66,14 @@ def _norm_index(ix: Index) -> Index:
 
 @dataclass(frozen=True, eq=False)
 class Intervention:
-    """Base class: where (site and restrictions); subclasses say what (the target)."""
+    """Base class: where (site and restrictions); subclasses say what (the target).
+
+    Example::
+
+        ivs = [ms.Zero("attn.z.3", heads=[5]),                       # subclasses say what is written
+               ms.Scale("mlp.post.1", 0.5, positions=[-1], rows=[0])]
+        ms.run(model, tokens, interventions=ivs).logits              # (batch, pos, vocab)
+    """
 
     site: Site
     positions: Index = field(default=None, kw_only=True)
@@ -185,7 +200,12 @@ class Intervention:
 
 @dataclass(frozen=True, eq=False)
 class Zero(Intervention):
-    """Set the selected entries to zero (zero ablation)."""
+    """Set the selected entries to zero (zero ablation).
+
+    Example::
+
+        ms.run(model, tokens, interventions=ms.Zero("attn.z.1", heads=[0, 2], positions=[-1]))
+    """
 
     def target(self, x: Tensor, ctx: Context) -> Tensor:
         """Zeros (a scalar that broadcasts to the activation)."""
@@ -199,6 +219,12 @@ class Mean(Intervention):
     `mean` broadcasts to one prompt's activation, e.g. (d_model,) or (pos, d_model); build it from
     a reference set with `Mean.of(site, activations)`, which averages over the batch axis (and
     over positions too with `over_positions=True`).
+
+    Example::
+
+        ref = ms.run(model, reference_tokens, capture=["attn.z.1"]).cache["attn.z.1"]  # (n, pos, head, d_head)
+        mean = ms.Mean.of("attn.z.1", ref, heads=[2])            # mean over the n reference prompts
+        ms.run(model, tokens, interventions=mean)
     """
 
     mean: Tensor | None = None
@@ -237,6 +263,11 @@ class Resample(Intervention):
 
     `source` is (n, ...) activations at the same site on a reference distribution, e.g. a
     Cache entry from a run on corrupted prompts.
+
+    Example::
+
+        ref = ms.run(model, corrupt, capture=["mlp_out.0"]).cache["mlp_out.0"]   # (n, pos, d_model)
+        ms.run(model, clean, interventions=ms.Resample("mlp_out.0", ref, seed=0))
     """
 
     source: Tensor | None = None
@@ -256,7 +287,13 @@ class Resample(Intervention):
 
 @dataclass(frozen=True, eq=False)
 class Patch(Intervention):
-    """Write `value` (the activation from another run, same shape or broadcastable) in place."""
+    """Write `value` (the activation from another run, same shape or broadcastable) in place.
+
+    Example::
+
+        src = ms.run(model, corrupt, capture=["resid_pre.4"]).cache["resid_pre.4"]   # (batch, pos, d_model)
+        patched = ms.run(model, clean, interventions=ms.Patch("resid_pre.4", src, positions=[3]))
+    """
 
     value: Tensor | None = None
 
@@ -272,7 +309,17 @@ class Patch(Intervention):
 
 @dataclass(frozen=True, eq=False)
 class Add(Intervention):
-    """Add a vector (steering) or tensor broadcastable to the activation."""
+    """Add a vector (steering) or tensor broadcastable to the activation.
+
+    Example::
+
+        model = ms.load("smollm2-135m")
+        love = ms.run(model, model.to_tokens(["I love it"]), capture=["resid_pre.6"]).cache["resid_pre.6"]
+        hate = ms.run(model, model.to_tokens(["I hate it"]), capture=["resid_pre.6"]).cache["resid_pre.6"]
+        d = love[0, -1] - hate[0, -1]            # (d_model,) steering vector
+        tokens = model.to_tokens(["The movie was"])
+        steered = ms.run(model, tokens, interventions=ms.Add("resid_pre.6", 4.0 * d, positions=[-1]))
+    """
 
     vector: Tensor | None = None
 
@@ -288,7 +335,12 @@ class Add(Intervention):
 
 @dataclass(frozen=True, eq=False)
 class Scale(Intervention):
-    """Multiply the selected entries by `factor`."""
+    """Multiply the selected entries by `factor`.
+
+    Example::
+
+        ms.run(model, tokens, interventions=ms.Scale("attn.pattern.1", 0.0, heads=[3]))  # (batch, head, pos, kpos)
+    """
 
     factor: float | Tensor = 1.0
 
@@ -303,6 +355,13 @@ class Replace(Intervention):
 
     `fn` receives the current activation and a Context (tokens, attention mask, activations
     captured earlier in the run) and returns a tensor broadcastable to the activation.
+
+    Example::
+
+        def flip(x, ctx):                        # x (batch, pos, head, d_head)
+            return -x
+
+        ms.run(model, tokens, interventions=ms.Replace("attn.z.1", flip, heads=[0]))
     """
 
     fn: Callable[[Tensor, Context], Tensor] | None = None

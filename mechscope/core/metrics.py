@@ -19,7 +19,16 @@ from torch import Tensor
 class Metric:
     """A named metric. `higher_is_better` tells how to read it (loss and KL: False);
     `last_position_only` says it reads nothing but the last position's logits, so a sweep may
-    compute only those (they arrive as (batch, 1, vocab))."""
+    compute only those (they arrive as (batch, 1, vocab)).
+
+    Example::
+
+        from mechscope.core import metrics
+        ld = metrics.logit_diff(torch.tensor([5099]), torch.tensor([2322]))  # a Metric
+        model = ms.load("smollm2-135m")
+        logits = ms.run(model, model.to_tokens(["When Mary and John went out, John gave it to"])).logits
+        ld(logits)                               # logits (batch, pos, vocab) -> (batch,)
+    """
 
     name: str
     fn: Callable[[Tensor], Tensor]

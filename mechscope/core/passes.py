@@ -25,7 +25,14 @@ from .protocol import Adapter, Prepared
 
 @dataclass
 class PassCount:
-    """Forward and backward passes seen while the counter was open."""
+    """Forward and backward passes seen while the counter was open.
+
+    Example::
+
+        with mechscope.core.counting_passes() as count:
+            ms.run(model, tokens)
+        count.forward, count.how()               # 1, {"forward_passes": 1, "backward_passes": 0}
+    """
 
     forward: int = 0
     backward: int = 0
@@ -40,7 +47,15 @@ _OPEN: ContextVar[tuple[PassCount, ...]] = ContextVar("mechscope_pass_counters",
 
 @contextmanager
 def counting_passes() -> Iterator[PassCount]:
-    """Count the passes run inside the block."""
+    """Count the passes run inside the block.
+
+    Example::
+
+        from mechscope.core import counting_passes
+        with counting_passes() as count:
+            ms.run(model, tokens)
+        count.forward                            # 1
+    """
     count = PassCount()
     token = _OPEN.set((*_OPEN.get(), count))
     try:

@@ -19,6 +19,13 @@ class Prepared:
 
     `input_ids` (batch, pos) and `attention_mask` are kept for interventions and metrics when the
     model reads tokens; both are None for models of other inputs (images, vectors).
+
+    Example::
+
+        model = ms.load("smollm2-135m")
+        prepared = model.prepare(model.to_tokens(["hello"]))
+        prepared.input_ids                       # (batch, pos)
+        model.forward(prepared)
     """
 
     args: tuple = ()
@@ -53,6 +60,12 @@ class Window:
     `Prepared.past`; row i of this run reads row `rows[i]` of it, all rows when None) and
     computes only its own positions: where the earlier run's earlier positions are what this
     run would have computed, the result is the same as one pass over every position.
+
+    Example::
+
+        from mechscope.core import Window
+        Window(start=5)                          # positions 5.. of the inputs, run on their own
+        Window(start=5, past=first.past, rows=torch.tensor([0, 0]))   # rows (batch,): the past's row per row
     """
 
     start: int = 0
@@ -67,7 +80,14 @@ class Window:
 
 @runtime_checkable
 class Adapter(Protocol):
-    """How one model exposes its sites. Adapters live in `mechscope.models`."""
+    """How one model exposes its sites. Adapters live in `mechscope.models`.
+
+    Example::
+
+        model = ms.load("zoo:induction-quick")   # every adapter satisfies this protocol
+        isinstance(model, mechscope.core.Adapter)
+        model.sites()[:3]                        # the Sites it exposes
+    """
 
     module: nn.Module
 

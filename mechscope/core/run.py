@@ -39,7 +39,17 @@ from .taps import Handler, running
 
 @dataclass
 class RunResult:
-    """What `run` returns: the model output, its logits when it has them, and the captures."""
+    """What `run` returns: the model output, its logits when it has them, and the captures.
+
+    Example::
+
+        model = ms.load("smollm2-135m")
+        tokens = model.to_tokens(["The capital of France is"])
+        res = ms.run(model, tokens, capture=["resid_post.1"], grad=lambda out: out.logits[0, -1].max())
+        res.logits                               # (batch, pos, vocab)
+        res.cache["resid_post.1"]                # (batch, pos, d_model)
+        res.grads["resid_post.1"]                # the metric's gradient there, same shape
+    """
 
     output: Any
     logits: Tensor | None
@@ -53,7 +63,13 @@ class RunResult:
 
 
 def resolve(adapter: Adapter, site: Site | str, valid: set[Site] | None = None) -> Site:
-    """Parse `site` against the model and check its head; SiteError names the nearest valid sites."""
+    """Parse `site` against the model and check its head; SiteError names the nearest valid sites.
+
+    Example::
+
+        from mechscope.core import resolve
+        resolve(model, "blocks.1.attn.hook_z[3]")   # Site(attn.z.1.h3), checked against the model
+    """
     valid = set(adapter.sites()) if valid is None else valid
     site = Site.parse(site, list(valid)) if isinstance(site, str) else site
     if site.whole not in valid and site.kind is not Kind.MODULE and site.head is None:
@@ -111,6 +127,12 @@ def run(
     every captured site are returned in `result.grads`, from one backward pass (activations and
     gradients together, as attribution methods need). Without `grad`, the forward pass runs under
     `torch.no_grad()` unless `track_grad=True`.
+
+    Example::
+
+        from mechscope.core import run
+        res = run(ms.wrap(net), inputs, capture=["resid_post.0"])   # an adapter, not a bare module
+        res.cache["resid_post.0"]                # (batch, pos, d_model)
     """
     if isinstance(capture, (Site, str)):
         capture = [capture]

@@ -21,6 +21,11 @@ def bootstrap_ci(values: Tensor | Sequence[float], statistic: Callable[[Tensor],
     """Percentile bootstrap interval of `statistic` (default: mean) over resampled items.
 
     Resamples are drawn in one batch: values (n,) -> indices (n_boot, n) -> statistic per row.
+
+    Example::
+
+        from mechscope.core import bootstrap_ci
+        lo, hi = bootstrap_ci(torch.tensor([0.9, 0.8, 1.0, 0.7]))   # values (n,): interval of the mean
     """
     v = torch.as_tensor(values, dtype=torch.float64).flatten()
     if v.numel() == 0:
@@ -43,6 +48,13 @@ class Score:
     `per_item` keeps the per-prompt values when the score is an average, for quantiles and the
     worst case. `how` is the measurement setting, e.g. {"ablation": "mean", "reference":
     "ioi-abc", "level": "edge", "direction": "noising"}.
+
+    Example::
+
+        s = ms.Score.from_items([0.91, 0.88, 0.95], "logit_diff recovered", dataset="ioi-abc")
+        s.value, s.ci, s.n                       # mean, bootstrap interval, 3
+        s.worst
+        print(s)
     """
 
     value: float

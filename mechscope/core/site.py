@@ -26,7 +26,13 @@ from .errors import SiteError
 
 
 class Kind(str, Enum):
-    """The kinds of site. The value is mechscope's short name."""
+    """The kinds of site. The value is mechscope's short name.
+
+    Example::
+
+        ms.Kind.RESID_PRE.value                  # "resid_pre", the short name
+        ms.Site(ms.Kind.PATTERN, 1)              # (batch, head, pos, kpos) of block 1
+    """
 
     EMBED = "embed"  # token embedding output                       (batch, pos, d_model)
     POS_EMBED = "pos_embed"  # learned absolute position embedding       (batch, pos, d_model)
@@ -66,7 +72,12 @@ class Kind(str, Enum):
 
 @dataclass(frozen=True)
 class Layout:
-    """Which axis of a site's tensor holds positions, heads and units (None: no such axis)."""
+    """Which axis of a site's tensor holds positions, heads and units (None: no such axis).
+
+    Example::
+
+        ms.Site(ms.Kind.Z, 3).layout             # Layout(pos=1, head=2, unit=-1): (batch, pos, head, d_head)
+    """
 
     pos: int | None = 1
     head: int | None = None
@@ -123,6 +134,12 @@ class Site:
     `Site(Kind.Z, 3)` is the per-head output of block 3's attention, shape
     (batch, pos, head, d_head); `Site(Kind.Z, 3, head=5)` is head 5 only, (batch, pos, d_head).
     `Site.module("features.3")` is the output of submodule `features.3` of any nn.Module.
+
+    Example::
+
+        ms.Site(ms.Kind.Z, 3, head=5).name       # "blocks.3.attn.hook_z[5]"
+        ms.Site.parse("resid_pre.2")             # Site(resid_pre.2)
+        ms.Site.module("features.3")             # any nn.Module's submodule output
     """
 
     kind: Kind

@@ -44,6 +44,13 @@ class Weights:
 
     Keys and values are repeated to one per query head (`W_K_grouped`, `W_V_grouped` undo it);
     None where the model has no such weight.
+
+    Example::
+
+        w = model.weights()
+        w.W_Q.shape                              # (layer, head, d_model, d_head)
+        w.OV[1, 3].svd()                         # head L1H3's OV circuit, kept factored
+        w.fold_layer_norm().W_in                 # (layer, d_model, d_mlp)
     """
 
     n_heads: int

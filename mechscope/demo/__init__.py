@@ -59,7 +59,13 @@ def _stamp(out: Path, key: str) -> Path:
 def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | None = None, threads: int = 1,
                fresh: bool = False, retrain: bool = False, device: str | None = None) -> dict[str, Any]:
     """Write the demo's artifacts and report to `out`, the networks run on `device` (None: the CPU); returns
-    what was built and how long it took."""
+    what was built and how long it took.
+
+    Example::
+
+        from mechscope.demo import build_demo
+        built = build_demo("out", quick=True)    # artifacts and report.html under out/, no server
+    """
     check_device(device)  # a bad device fails before any section starts
     out = Path(out)
     if smollm2 is None:
@@ -111,7 +117,13 @@ def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | 
 def run_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | None = None, serve: bool = True,
              port: int = 8765, threads: int = 1, console: Console | None = None, fresh: bool = False,
              retrain: bool = False, device: str | None = None) -> dict[str, Any]:
-    """Build the demo, then serve the viewer on 127.0.0.1 (until Ctrl-C) unless `serve` is False."""
+    """Build the demo, then serve the viewer on 127.0.0.1 (until Ctrl-C) unless `serve` is False.
+
+    Example::
+
+        from mechscope.demo import run_demo
+        run_demo("out", quick=True, serve=False)     # what `mechscope demo --quick --no-serve` does
+    """
     console = console or Console()
     console.rule("[bold]mechscope demo")
     info = build_demo(out, quick=quick, smollm2=smollm2, threads=threads, fresh=fresh, retrain=retrain,

@@ -53,7 +53,15 @@ def tiled_answer_logprob(answers: torch.Tensor):
 
 def build_demo_artifacts(out: str | Path = "out", *, steps: int | None = None, run_path: Path | None = None,
                          threads: int = 1, progress: bool = False, log: Any = None) -> Path:
-    """The induction section alone for `induction-quick`, written to `out` (the tests' fixture)."""
+    """The induction section alone for `induction-quick`, written to `out` (the tests' fixture).
+
+    Example::
+
+        from mechscope.demo import build_demo_artifacts
+        from mechscope.artifacts import read_artifacts
+        root = build_demo_artifacts("out", steps=200)   # a short induction-quick run's artifacts
+        read_artifacts(root).model_names()
+    """
     induction_section(A.ArtifactWriter(out), QUICK, steps=steps, run_path=run_path, threads=threads,
                       progress=progress, log=log, scratch=Path(out))
     return Path(out)

@@ -30,7 +30,14 @@ _INIT_SALT = 0x5AE_D1C7  # added to DictConfig.seed to seed the initial weights
 
 @dataclass(frozen=True)
 class DictConfig:
-    """Fields every architecture has. Subclasses add their own (k, penalty coefficients, ...)."""
+    """Fields every architecture has. Subclasses add their own (k, penalty coefficients, ...).
+
+    Example::
+
+        from mechscope.dictionaries import TopKConfig
+        cfg = TopKConfig(d_in=576, d_sae=4608, k=32, site="resid_post.14", model="smollm2-135m")
+        TopKConfig.from_dict(cfg.to_dict()) == cfg
+    """
 
     d_in: int  # width of the activations read
     d_sae: int  # number of latents
@@ -77,7 +84,14 @@ class DictConfig:
 
 @dataclass
 class LossParts:
-    """One training step's loss: the total to differentiate, named parts to log, and the codes."""
+    """One training step's loss: the total to differentiate, named parts to log, and the codes.
+
+    Example::
+
+        out = sae.loss(x, x)                     # x (batch, d_in): input and target rows
+        out.total.backward()
+        {k: float(v) for k, v in out.parts.items()}
+    """
 
     total: Tensor
     parts: dict[str, Tensor] = field(default_factory=dict)  # detached scalars: mse, sparsity, aux, ...
@@ -86,7 +100,16 @@ class LossParts:
 
 
 class Dictionary(nn.Module):
-    """Base class of the architectures. `architecture` names it in files and in the registry."""
+    """Base class of the architectures. `architecture` names it in files and in the registry.
+
+    Example::
+
+        from mechscope.dictionaries import build
+        sae = build("topk", d_in=576, d_sae=4608, k=32)
+        z = sae.encode(x)                        # x (batch, 576) -> (batch, 4608)
+        x_hat = sae(x)                           # (batch, 576)
+        sae.directions()                         # (4608, 576) decoder rows
+    """
 
     architecture: ClassVar[str] = ""
     unit_norm_decoder: ClassVar[bool] = True  # decoder rows kept at norm 1 during training

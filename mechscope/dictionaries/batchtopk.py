@@ -19,7 +19,13 @@ from .topk import TopKConfig, TopKSAE
 
 @dataclass(frozen=True)
 class BatchTopKConfig(TopKConfig):
-    """A TopK config plus the momentum of the running mean that estimates the inference threshold θ."""
+    """A TopK config plus the momentum of the running mean that estimates the inference threshold θ.
+
+    Example::
+
+        from mechscope.dictionaries import BatchTopKConfig, build
+        sae = build(BatchTopKConfig(d_in=576, d_sae=4608, k=32))
+    """
 
     threshold_momentum: float = 0.99  # running-mean momentum of the inference threshold
 
@@ -31,7 +37,14 @@ class BatchTopKConfig(TopKConfig):
 
 class BatchTopKSAE(TopKSAE):
     """BatchTopK sparse autoencoder: the batch's B·k largest activations while training, a global threshold θ
-    after."""
+    after.
+
+    Example::
+
+        from mechscope.dictionaries import build
+        sae = build("batchtopk", d_in=576, d_sae=4608, k=32)   # a BatchTopKSAE
+        codes = sae.codes(x)                     # x (batch, 576): SparseCodes, the threshold after training
+    """
 
     architecture = "batchtopk"
     uses_aux_k = True

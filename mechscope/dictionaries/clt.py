@@ -37,7 +37,13 @@ from .topk import TopKConfig
 @dataclass(frozen=True)
 class CLTConfig(TopKConfig):
     """d_in and d_out are one layer's widths; d_sae counts the latents of all layers together (a
-    multiple of n_layers); k is the active latents per layer and token."""
+    multiple of n_layers); k is the active latents per layer and token.
+
+    Example::
+
+        from mechscope.dictionaries import CLTConfig, build
+        clt = build(CLTConfig(d_in=128, d_sae=2048, d_out=128, k=16, n_layers=4))   # 512 latents per layer
+    """
 
     n_layers: int = 2
     apply_b_dec_to_input: bool = False  # inputs and outputs live in different spaces
@@ -75,6 +81,12 @@ class CrossLayerTranscoder(CentredInput, Dictionary):
     later.
 
     Inputs are (batch, n_layers, d_in), reconstructions (batch, n_layers, d_out); see the module docstring.
+
+    Example::
+
+        from mechscope.dictionaries import build
+        clt = build("clt", d_in=128, d_sae=2048, d_out=128, k=16, n_layers=4)
+        y = clt(x)                               # x (batch, 4, d_in) MLP inputs -> (batch, 4, d_out) MLP outputs
     """
 
     architecture = "clt"

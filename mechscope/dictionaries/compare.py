@@ -24,7 +24,13 @@ def _unit(d: Dictionary | Tensor) -> Tensor:
 
 
 def cosines(a: Dictionary | Tensor, b: Dictionary | Tensor) -> Tensor:
-    """(n_a, n_b) cosine similarities between the latents' decoder directions (or rows of tensors)."""
+    """(n_a, n_b) cosine similarities between the latents' decoder directions (or rows of tensors).
+
+    Example::
+
+        from mechscope.dictionaries import cosines
+        cosines(sae_a, sae_b)                    # (n_a, n_b)
+    """
     A, B = _unit(a), _unit(b)
     if A.shape[1] != B.shape[1]:
         raise ValueError(f"directions of different widths cannot be compared: {A.shape[1]} and {B.shape[1]}")
@@ -32,13 +38,27 @@ def cosines(a: Dictionary | Tensor, b: Dictionary | Tensor) -> Tensor:
 
 
 def mmcs(a: Dictionary | Tensor, b: Dictionary | Tensor) -> float:
-    """Mean over a's latents of the best cosine with any of b's."""
+    """Mean over a's latents of the best cosine with any of b's.
+
+    Example::
+
+        from mechscope.dictionaries import mmcs
+        mmcs(sae_a, sae_b)                       # or two (n, d) direction tensors
+    """
     return float(cosines(a, b).max(dim=1).values.mean())
 
 
 @dataclass(frozen=True)
 class Matching:
-    """One-to-one pairs (a_index, b_index) with their cosines, best first."""
+    """One-to-one pairs (a_index, b_index) with their cosines, best first.
+
+    Example::
+
+        from mechscope.dictionaries import match
+        m = match(sae_a, sae_b)
+        m.a, m.b, m.cos                          # (pairs,) each: a's latent, b's latent, their cosine
+        m.mean_cos, m.share_above(0.7)
+    """
 
     a: Tensor  # (n_pairs,) int64
     b: Tensor  # (n_pairs,) int64
@@ -55,7 +75,14 @@ class Matching:
 
 
 def match(a: Dictionary | Tensor, b: Dictionary | Tensor) -> Matching:
-    """Greedy one-to-one matching by descending cosine, as rounds of mutual best matches."""
+    """Greedy one-to-one matching by descending cosine, as rounds of mutual best matches.
+
+    Example::
+
+        from mechscope.dictionaries import match
+        m = match(sae_a, sae_b)
+        m.share_above(0.9)                       # share of the (pairs,) cosines above 0.9
+    """
     return _match(cosines(a, b))
 
 
@@ -84,7 +111,15 @@ def _match(C: Tensor) -> Matching:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Both MMCS directions and the matching of two dictionaries."""
+    """Both MMCS directions and the matching of two dictionaries.
+
+    Example::
+
+        from mechscope.dictionaries import compare
+        c = compare(sae_a, sae_b)
+        c.mmcs                                   # both directions' mean max cosine, averaged
+        c.matching.share_above(0.9)
+    """
 
     mmcs_ab: float
     mmcs_ba: float
@@ -103,6 +138,13 @@ class Comparison:
 
 
 def compare(a: Dictionary | Tensor, b: Dictionary | Tensor) -> Comparison:
-    """MMCS both ways and a one-to-one latent matching between two dictionaries (or direction sets)."""
+    """MMCS both ways and a one-to-one latent matching between two dictionaries (or direction sets).
+
+    Example::
+
+        from mechscope.dictionaries import compare
+        c = compare(sae_a, sae_b)                # or two (n, d) direction tensors
+        c.mmcs, c.matching.mean_cos
+    """
     C = cosines(a, b)
     return Comparison(float(C.max(1).values.mean()), float(C.max(0).values.mean()), _match(C))

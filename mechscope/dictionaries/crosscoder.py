@@ -31,7 +31,13 @@ from .topk import TopKConfig, TopKSAE
 
 @dataclass(frozen=True)
 class CrosscoderConfig(TopKConfig):
-    """A TopK config for `n_sources` sources of width d_in each; the crosscoder reconstructs its own sources."""
+    """A TopK config for `n_sources` sources of width d_in each; the crosscoder reconstructs its own sources.
+
+    Example::
+
+        from mechscope.dictionaries import CrosscoderConfig, build
+        cc = build(CrosscoderConfig(d_in=128, d_sae=1024, k=16, n_sources=2))
+    """
 
     n_sources: int = 2  # models or layers read side by side; d_in is one source's width
 
@@ -50,7 +56,14 @@ class CrosscoderConfig(TopKConfig):
 
 class Crosscoder(TopKSAE):
     """TopK crosscoder: one dictionary over several sources, inputs (batch, n_sources, d_in); see the module
-    docstring."""
+    docstring.
+
+    Example::
+
+        from mechscope.dictionaries import build
+        cc = build("crosscoder", d_in=128, d_sae=1024, k=16, n_sources=2)
+        cc.relative_norms()                      # (d_sae,): how much each latent decodes to source 1
+    """
 
     architecture = "crosscoder"
     config: CrosscoderConfig
@@ -90,12 +103,25 @@ class Crosscoder(TopKSAE):
 
 @dataclass(frozen=True)
 class BatchTopKCrosscoderConfig(CrosscoderConfig, BatchTopKConfig):
-    """A crosscoder's sources with BatchTopK's threshold settings."""
+    """A crosscoder's sources with BatchTopK's threshold settings.
+
+    Example::
+
+        from mechscope.dictionaries import BatchTopKCrosscoderConfig, build
+        cc = build(BatchTopKCrosscoderConfig(d_in=128, d_sae=1024, k=16, n_sources=2))
+    """
 
 
 class BatchTopKCrosscoder(BatchTopKSAE, Crosscoder):
     """A crosscoder whose codes are BatchTopK's: BatchTopKSAE's activation, threshold and
-    calibration, Crosscoder's sources and decoder norms."""
+    calibration, Crosscoder's sources and decoder norms.
+
+    Example::
+
+        from mechscope.dictionaries import build
+        cc = build("batchtopk-crosscoder", d_in=128, d_sae=1024, k=16, n_sources=2)
+        x_hat = cc(x)                            # x (batch, 2, d_in) -> (batch, 2, d_in)
+    """
 
     architecture = "batchtopk-crosscoder"
     config: BatchTopKCrosscoderConfig

@@ -13,7 +13,9 @@ Steps of `main` (one process per rank; torchrun sets RANK, WORLD_SIZE and the re
 4. rank 0 writes the dictionary (SAELens layout) and train.json to `--out`.
 A rank that dies makes the others fail in their next collective operation (or be stopped by
 torchrun); each prints which rank it is, that the job stopped, and the checkpoint to resume from.
-Run without torchrun, it trains in one process on the same shards and batches.
+Run without torchrun, it trains in one process; with `--streams N` on the global batches an N-rank
+run trains on (each rank's slice, concatenated), so its dictionary can be compared with that run's.
+train.json records `collective_seconds`: the time rank 0 spent in (or waiting for) exchanges.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import json
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,7 @@ class ProcessGroupReducer(Reducer):
 
         self.dist, self.device = dist, device
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
+        self.seconds = 0.0  # time this rank spent in (or waiting for) gradient and statistics exchanges
 
     def gather(self, t: Tensor) -> Tensor:
         """Every rank's `t`, concatenated along rows in rank order."""
@@ -62,7 +67,9 @@ class ProcessGroupReducer(Reducer):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         flat = torch.cat([p.grad.reshape(-1) for p in params])  # one message per step
+        t = time.perf_counter()
         self.dist.all_reduce(flat)
+        self.seconds += time.perf_counter() - t
         flat /= self.world
         at = 0
         for p in params:  # copied into the gradient's own layout (a parameter may be stored transposed)
@@ -80,6 +87,20 @@ class ProcessGroupReducer(Reducer):
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
         self.dist.all_reduce(t)
         return float(t) / self.world
+
+    def start_step_stats(self, fired: Tensor, l0: float) -> Callable[[], tuple[Tensor, float]]:
+        """One asynchronous all-reduce (a sum) of the fired mask and L0 together; the returned function waits."""
+        packed = torch.cat([fired.to(self.device, torch.float64).reshape(-1),
+                            torch.tensor([l0], dtype=torch.float64, device=self.device)])
+        work = self.dist.all_reduce(packed, async_op=True)
+
+        def wait() -> tuple[Tensor, float]:
+            t = time.perf_counter()
+            work.wait()
+            self.seconds += time.perf_counter() - t
+            return packed[:-1] > 0, float(packed[-1]) / self.world
+
+        return wait
 
     def barrier(self) -> None:
         """Wait until every rank is here."""
@@ -102,6 +123,16 @@ def rank_batches(store: ActivationStore, keys: list[str], batch_size: int, rank:
                          seed=seed + rank)
 
 
+def merged_batches(store: ActivationStore, keys: list[str], batch_size: int, streams: int,
+                   shards: list[int] | None = None, seed: int = 0, buffer_rows: int = 1 << 16
+                   ) -> Iterator[tuple[Tensor, ...]]:
+    """In one process, the global batches that `streams` ranks train on together: each rank's
+    `rank_batches` slice, concatenated in rank order. Trained on these, one process gets the
+    dictionary of a `streams`-rank run (up to the order of floating-point sums)."""
+    parts = [rank_batches(store, keys, batch_size, r, streams, shards, seed, buffer_rows) for r in range(streams)]
+    return (tuple(torch.cat(cols) for cols in zip(*slices)) for slices in zip(*parts))
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mechscope.dictionaries.train",
                                  description="Train a dictionary on an activation store, data-parallel under torchrun.")
@@ -118,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--held-out-shards", type=int, default=0, help="last shards kept out of training")
     ap.add_argument("--buffer-rows", type=int, default=1 << 16, help="shuffle buffer of each process")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--streams", type=int, help="read the store as this many ranks do (default: the number of "
+                    "processes); one process with --streams N trains on the global batches of an N-rank run")
     ap.add_argument("--checkpoint", type=Path, help="checkpoint file (default OUT/checkpoint.safetensors)")
     ap.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     ap.add_argument("--device", help="cpu, cuda or cuda:N (default: each rank's GPU when there is one, else cpu)")
@@ -174,7 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     shards = store.shards[:-args.held_out_shards] if args.held_out_shards else store.shards
     site = args.site or store.sites[0]
     keys = [site] + ([args.site_out] if args.site_out else [])
-    batches = rank_batches(store, keys, args.batch, rank, world, shards, args.seed, args.buffer_rows)  # checks first
+    streams = args.streams or world
+    if world > 1 and streams != world:
+        raise SystemExit(f"--streams {streams} under torchrun with {world} processes: each process reads one "
+                         "stream, so leave --streams out (it is for one process replaying an N-rank run)")
+    if world > 1 or streams == 1:
+        batches: Any = rank_batches(store, keys, args.batch, rank, world, shards, args.seed, args.buffer_rows)
+    else:
+        batches = merged_batches(store, keys, args.batch, streams, shards, args.seed, args.buffer_rows)
     reducer: Reducer | None = None
     if world > 1:
         reducer, device = init_process_group(args.device, args.timeout)
@@ -207,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if rank == 0:
         save(dictionary, args.out)
-        write_json(args.out / "train.json", {**result.describe(), "world": world, "device": str(device),
-                                             "store": str(args.store), "curve": result.curve})
+        comm = reducer.seconds if isinstance(reducer, ProcessGroupReducer) else 0.0
+        write_json(args.out / "train.json", {**result.describe(), "world": world, "streams": streams,
+                                             "device": str(device), "store": str(args.store),
+                                             "collective_seconds": comm, "curve": result.curve})
         print(f"mechscope train: {result.tokens:,} rows in {result.seconds:.1f} s on {world} process(es): "
               f"{args.out}", file=sys.stderr)
     if world > 1:

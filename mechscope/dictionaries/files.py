@@ -20,7 +20,16 @@ from ..core.files import digest
 
 
 class DictionaryFileError(LoadError):
-    """A store shard, manifest or dictionary file that is missing, truncated or corrupt."""
+    """A store shard, manifest or dictionary file that is missing, truncated or corrupt.
+
+    Example::
+
+        from mechscope.dictionaries import DictionaryFileError, load
+        try:
+            load("sae/")
+        except DictionaryFileError as err:
+            print(err)                           # names the file and what is wrong
+    """
 
 
 def write_tensors(path: Path, tensors: dict[str, Tensor], meta: dict[str, str] | None = None) -> str:

@@ -38,7 +38,13 @@ from .target import check_target
 @dataclass(frozen=True)
 class JumpReLUConfig(DictConfig):
     """Fields of a JumpReLU SAE: the L0 coefficient λ, the kernel bandwidth ε, θ's start and learning rate, an
-    optional target L0."""
+    optional target L0.
+
+    Example::
+
+        from mechscope.dictionaries import JumpReLUConfig, build
+        sae = build(JumpReLUConfig(d_in=576, d_sae=4608, target_l0=40.0))
+    """
 
     l0_coefficient: float = 1.0  # λ, for inputs scaled to E||x||² = d_in; with target_l0 its starting value
     bandwidth: float = 0.05  # ε of the rectangle kernel, in pre-activation units (inputs scaled as above)
@@ -106,7 +112,14 @@ class _Step(torch.autograd.Function):
 
 class JumpReLUSAE(Dictionary):
     """JumpReLU sparse autoencoder: pre · H(pre - θ) with a learned threshold θ per latent; see the module
-    docstring."""
+    docstring.
+
+    Example::
+
+        from mechscope.dictionaries import build
+        sae = build("jumprelu", d_in=576, d_sae=4608, l0_coefficient=1.0)
+        z = sae.codes(x)                         # x (batch, 576) -> (batch, 4608), zero below each θ
+    """
 
     architecture = "jumprelu"
     config: JumpReLUConfig

@@ -35,7 +35,15 @@ from .store import capture_sites
 
 @dataclass(frozen=True)
 class DictMetrics:
-    """Measured on `n_rows` rows (tokens)."""
+    """Measured on `n_rows` rows (tokens).
+
+    Example::
+
+        from mechscope.dictionaries import evaluate
+        m = evaluate(sae, x)   # x (rows, d_in)
+        m.l0, m.fvu, m.dead_fraction
+        m.density                                # (d_sae,): how often each latent fires
+    """
 
     n_rows: int
     l0: float  # mean number of active latents per row
@@ -57,7 +65,13 @@ class DictMetrics:
 
 def density_histogram(density: Tensor, lo: float = -7.0, hi: float = 0.0, bins: int = 28
                       ) -> tuple[list[float], list[int]]:
-    """Bin edges of log10(density) from lo to hi and the counts of live latents in each bin."""
+    """Bin edges of log10(density) from lo to hi and the counts of live latents in each bin.
+
+    Example::
+
+        from mechscope.dictionaries import density_histogram, evaluate
+        edges, counts = density_histogram(evaluate(sae, x).density)   # density (d_sae,)
+    """
     live = density[density > 0].double().log10().clamp(lo, hi - 1e-9)
     counts = torch.histc(live, bins=bins, min=lo, max=hi).long().tolist()
     edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
@@ -67,7 +81,14 @@ def density_histogram(density: Tensor, lo: float = -7.0, hi: float = 0.0, bins: 
 @torch.no_grad()
 def evaluate(dictionary: Dictionary, data: Tensor | tuple[Tensor, ...] | Iterable[Any], *,
              batch_size: int = 4096, dense_threshold: float = 0.1) -> DictMetrics:
-    """Metrics of `dictionary` on `data`: rows in memory ((x,) or (x, target)) or an iterable of batches."""
+    """Metrics of `dictionary` on `data`: rows in memory ((x,) or (x, target)) or an iterable of batches.
+
+    Example::
+
+        from mechscope.dictionaries import evaluate
+        m = evaluate(sae, x)                     # x (rows, d_in), or (x, target) for a transcoder
+        m.describe()
+    """
     was = dictionary.training
     dictionary.eval()
     if isinstance(data, Tensor):
@@ -112,7 +133,14 @@ LossFn = Callable[[RunResult, RunResult], Tensor]  # (this run, the clean run) -
 
 
 def next_token_ce(result: RunResult, clean: RunResult) -> Tensor:
-    """(batch,) mean next-token cross-entropy of each sequence (padding excluded)."""
+    """(batch,) mean next-token cross-entropy of each sequence (padding excluded).
+
+    Example::
+
+        from mechscope.dictionaries import loss_recovered, next_token_ce
+        loss_recovered(model, sae, tokens, "resid_post.14", loss=next_token_ce)   # the default
+        # next_token_ce(result, clean) -> (batch,)
+    """
     if result.logits is None:
         raise ValueError("this model has no logits (an encoder?): pass loss=embedding_distance to loss_recovered")
     p = result.prepared
@@ -120,7 +148,14 @@ def next_token_ce(result: RunResult, clean: RunResult) -> Tensor:
 
 
 def embedding_distance(result: RunResult, clean: RunResult) -> Tensor:
-    """(batch,) 1 - cos between the mean-pooled final hidden states and the clean run's (encoders)."""
+    """(batch,) 1 - cos between the mean-pooled final hidden states and the clean run's (encoders).
+
+    Example::
+
+        from mechscope.dictionaries import embedding_distance, loss_recovered
+        lr = loss_recovered(ms.load("minilm-l6"), sae, tokens, "resid_post.3", loss=embedding_distance)
+        # embedding_distance(result, clean) -> (batch,)
+    """
     def pooled(r: RunResult) -> Tensor:
         h = getattr(r.output, "last_hidden_state", None)
         if h is None:
@@ -134,7 +169,15 @@ def embedding_distance(result: RunResult, clean: RunResult) -> Tensor:
 
 @dataclass(frozen=True)
 class LossRecovered:
-    """Mean per-sequence losses and the share of the loss recovered, against both ablations."""
+    """Mean per-sequence losses and the share of the loss recovered, against both ablations.
+
+    Example::
+
+        from mechscope.dictionaries import loss_recovered
+        lr = loss_recovered(model, sae, tokens[:64], "resid_post.14")
+        lr.vs_zero, lr.vs_mean                   # Scores
+        lr.clean, lr.spliced
+    """
 
     clean: float
     spliced: float
@@ -187,6 +230,12 @@ def loss_recovered(model: Any, dictionary: Dictionary, tokens: Tensor, site: Sit
     `positions` restricts splicing and ablation (e.g. slice(1, None) to leave the BOS position
     alone, as a dictionary trained without it should). The mean for mean ablation is the site's
     mean activation over the same tokens and positions.
+
+    Example::
+
+        from mechscope.dictionaries import loss_recovered
+        lr = loss_recovered(model, sae, tokens[:64], "resid_post.14", positions=slice(1, None))  # (n_seq, seq_len)
+        print(lr.vs_mean)
     """
     sites = [resolve(model, s) for s in (site if isinstance(site, (list, tuple)) else [site])]
     if isinstance(dictionary, Crosscoder) != (len(sites) > 1):

@@ -36,7 +36,15 @@ from .base import Dictionary
 
 @dataclass(frozen=True)
 class Diversity:
-    """Per-unit token diversity of top activations, and its summary."""
+    """Per-unit token diversity of top activations, and its summary.
+
+    Example::
+
+        from mechscope.dictionaries import dictionary_diversity
+        d = dictionary_diversity(sae, x, toks)   # x (rows, d_in), toks (rows,)
+        d.median, d.mean
+        d.per_unit                               # (units measured,): effective number of tokens
+    """
 
     per_unit: Tensor = field(repr=False)  # (n_units_measured,) effective number of tokens
     n_top: int
@@ -60,7 +68,13 @@ class Diversity:
 
 
 def token_diversity(acts: Tensor, tokens: Tensor, n_top: int = 32) -> Diversity:
-    """Token diversity of each column of `acts` (rows, units) given each row's token (rows,)."""
+    """Token diversity of each column of `acts` (rows, units) given each row's token (rows,).
+
+    Example::
+
+        from mechscope.dictionaries import token_diversity
+        d = token_diversity(acts, toks)          # acts (rows, units), toks (rows,)
+    """
     if acts.shape[0] != tokens.shape[0]:
         raise ValueError(f"acts has {acts.shape[0]} rows but tokens has {tokens.shape[0]}")
     n_top = min(n_top, acts.shape[0])
@@ -91,6 +105,12 @@ def dictionary_diversity(dictionary: Dictionary, x: Tensor, tokens: Tensor, n_to
 
     The top activations are kept as a running top-n over batches, so memory stays at
     (n_top + batch_size) x d_sae whatever the number of rows.
+
+    Example::
+
+        from mechscope.dictionaries import dictionary_diversity
+        d = dictionary_diversity(sae, x, toks)   # x (rows, d_in), toks (rows,)
+        d.median
     """
     was = dictionary.training
     dictionary.eval()
@@ -109,7 +129,14 @@ def dictionary_diversity(dictionary: Dictionary, x: Tensor, tokens: Tensor, n_to
 
 def baseline_diversity(x: Tensor, tokens: Tensor, n_top: int = 32, n_random: int = 512, seed: int = 0
                        ) -> dict[str, Diversity]:
-    """The same measure for the site's basis directions (both signs) and for random unit directions."""
+    """The same measure for the site's basis directions (both signs) and for random unit directions.
+
+    Example::
+
+        from mechscope.dictionaries import baseline_diversity
+        base = baseline_diversity(x, toks)       # x (rows, d_in), toks (rows,)
+        {name: d.median for name, d in base.items()}
+    """
     g = torch.Generator().manual_seed(seed)
     xc = (x - x.mean(0)).float()
     R = torch.randn(x.shape[1], n_random, generator=g)
@@ -120,7 +147,14 @@ def baseline_diversity(x: Tensor, tokens: Tensor, n_top: int = 32, n_random: int
 
 @dataclass(frozen=True)
 class Spread:
-    """Per neuron: the effective number of dictionary features its activation is spread over."""
+    """Per neuron: the effective number of dictionary features its activation is spread over.
+
+    Example::
+
+        from mechscope.dictionaries import neuron_spread
+        s = neuron_spread(sae, x)   # x (rows, d_in)
+        s.participation                          # (d_in,): effective number of features per neuron
+    """
 
     entropy: Tensor = field(repr=False)  # (d,) exp(H(p_j))
     participation: Tensor = field(repr=False)  # (d,) 1 / Σ p_j(f)²
@@ -140,7 +174,14 @@ class Spread:
 def neuron_spread(dictionary: Dictionary, x: Tensor, batch_size: int = 4096, rotate_seed: int | None = None
                   ) -> Spread:
     """How many of `dictionary`'s features each neuron (dimension) of its site is spread over, on
-    rows `x` (see the module docstring); `rotate_seed` gives the rotated-basis control."""
+    rows `x` (see the module docstring); `rotate_seed` gives the rotated-basis control.
+
+    Example::
+
+        from mechscope.dictionaries import neuron_spread
+        s = neuron_spread(sae, x)                # x (rows, d_in)
+        control = neuron_spread(sae, x, rotate_seed=0)
+    """
     was = dictionary.training
     dictionary.eval()
     power = None

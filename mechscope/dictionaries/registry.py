@@ -22,12 +22,24 @@ ARCHITECTURES: dict[str, tuple[type[DictConfig], type[Dictionary]]] = {
 
 
 def config_class(architecture: str) -> type[DictConfig]:
-    """The config class of `architecture`; an unknown name raises KeyError listing the known ones."""
+    """The config class of `architecture`; an unknown name raises KeyError listing the known ones.
+
+    Example::
+
+        from mechscope.dictionaries import config_class
+        config_class("jumprelu")                 # JumpReLUConfig
+    """
     return _entry(architecture)[0]
 
 
 def dictionary_class(architecture: str) -> type[Dictionary]:
-    """The dictionary class of `architecture`; an unknown name raises KeyError listing the known ones."""
+    """The dictionary class of `architecture`; an unknown name raises KeyError listing the known ones.
+
+    Example::
+
+        from mechscope.dictionaries import dictionary_class
+        dictionary_class("topk")                 # TopKSAE
+    """
     return _entry(architecture)[1]
 
 
@@ -38,7 +50,13 @@ def _entry(architecture: str) -> tuple[type[DictConfig], type[Dictionary]]:
 
 
 def build(architecture: str | DictConfig, **fields: Any) -> Dictionary:
-    """A freshly initialised dictionary from an architecture name and config fields, or from a config."""
+    """A freshly initialised dictionary from an architecture name and config fields, or from a config.
+
+    Example::
+
+        from mechscope.dictionaries import build
+        sae = build("topk", d_in=576, d_sae=4608, k=32)
+    """
     if isinstance(architecture, DictConfig):
         if fields:
             raise TypeError("give either a config or an architecture name with fields, not both")

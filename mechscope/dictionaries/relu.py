@@ -19,7 +19,13 @@ from .target import check_target
 
 @dataclass(frozen=True)
 class ReLUConfig(DictConfig):
-    """Fields of a ReLU SAE: the L1 coefficient λ, and an optional target L0 that adapts it."""
+    """Fields of a ReLU SAE: the L1 coefficient λ, and an optional target L0 that adapts it.
+
+    Example::
+
+        from mechscope.dictionaries import ReLUConfig, build
+        sae = build(ReLUConfig(d_in=576, d_sae=4608, l1_coefficient=3.0))
+    """
 
     # λ, for inputs scaled to E||x||² = d_in (the trainer's default). 3 gives L0 in the tens after
     # 2M tokens (SmolLM2-135M resid_post.14: 34; the zoo's textlm: 60; see the README); λ = 1 kept
@@ -36,7 +42,14 @@ class ReLUConfig(DictConfig):
 
 
 class ReLUSAE(Dictionary):
-    """ReLU sparse autoencoder with an L1 penalty weighted by decoder norms; see the module docstring."""
+    """ReLU sparse autoencoder with an L1 penalty weighted by decoder norms; see the module docstring.
+
+    Example::
+
+        from mechscope.dictionaries import build
+        sae = build("relu", d_in=576, d_sae=4608, l1_coefficient=3.0)
+        z = sae.codes(x)                         # x (batch, 576) -> (batch, 4608)
+    """
 
     architecture = "relu"
     unit_norm_decoder = False

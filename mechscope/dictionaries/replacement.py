@@ -36,7 +36,14 @@ from .transcoder_set import TranscoderSet
 def replacement_interventions(model: Any, tset: TranscoderSet, positions: Any = None
                               ) -> tuple[list[Intervention], list[Site]]:
     """(interventions, sites to capture) that run `model` as its replacement model: each MLP output
-    replaced by the set's transcoder(s) reading the MLP inputs of the same pass."""
+    replaced by the set's transcoder(s) reading the MLP inputs of the same pass.
+
+    Example::
+
+        from mechscope.dictionaries import replacement_interventions
+        ivs, sites = replacement_interventions(model, tset)
+        ms.run(model, tokens, capture=sites, interventions=ivs).logits   # (batch, pos, vocab)
+    """
     where = {} if positions is None else {"positions": positions}
     ins = {layer: resolve(model, tset.input_site(layer)) for layer in tset.layers}
     outs = {layer: resolve(model, tset.output_site(layer)) for layer in tset.layers}
@@ -76,7 +83,14 @@ def _kl(clean: Tensor, other: Tensor, positions: Any) -> Tensor:
 @dataclass(frozen=True)
 class ReplacementScores:
     """How close the replacement model is: KL to the clean model and loss recovered against zero and mean
-    ablation."""
+    ablation.
+
+    Example::
+
+        from mechscope.dictionaries import replacement_scores
+        s = replacement_scores(model, tset, tokens[:32])
+        s.kl, s.vs_mean                          # KL to the model, loss recovered against mean ablation
+    """
 
     kl: float  # mean next-token KL(clean || replaced) per position
     kl_max: float  # the largest per-sequence mean KL
@@ -101,7 +115,14 @@ def replacement_scores(model: Any, tset: TranscoderSet, tokens: Tensor, *, posit
                        batch_size: int = 8, dataset: str = "unnamed", seed: int = 0,
                        progress: bool = False) -> ReplacementScores:
     """KL and loss recovered of the replacement model on `tokens` (n_seq, seq_len); module docstring. The
-    transcoders are moved to the model's device; the sums are gathered in float64 on the CPU (MPS has none)."""
+    transcoders are moved to the model's device; the sums are gathered in float64 on the CPU (MPS has none).
+
+    Example::
+
+        from mechscope.dictionaries import replacement_scores
+        s = replacement_scores(model, tset, tokens[:32])         # tokens (n_seq, seq_len)
+        s.describe()
+    """
     device = model_device(model)
     for d in ([tset.clt] if tset.clt is not None else list(tset.transcoders.values())):
         d.eval().to(device)

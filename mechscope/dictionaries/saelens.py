@@ -44,7 +44,14 @@ _DTYPES = {"float32": torch.float32, "torch.float32": torch.float32, "float64": 
 
 
 def save(dictionary: Dictionary, path: str | Path) -> Path:
-    """Write `dictionary` to the directory `path` (created) in the SAELens layout; returns the path."""
+    """Write `dictionary` to the directory `path` (created) in the SAELens layout; returns the path.
+
+    Example::
+
+        from mechscope.dictionaries import load, save
+        save(sae, "sae/")
+        load("sae/")
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     c = dictionary.config
@@ -76,7 +83,13 @@ def save(dictionary: Dictionary, path: str | Path) -> Path:
 
 
 def load(path: str | Path, dtype: torch.dtype | None = None) -> Dictionary:
-    """A dictionary from a directory in the SAELens layout, written by mechscope or by SAELens."""
+    """A dictionary from a directory in the SAELens layout, written by mechscope or by SAELens.
+
+    Example::
+
+        from mechscope.dictionaries import load
+        sae = load("sae/")                       # cfg.json + sae_weights.safetensors
+    """
     path = Path(path)
     cfg = read_json(path / CFG)
     # our files carry a digest of their tensors (checked); SAELens's do not
@@ -141,7 +154,14 @@ def _from_saelens(cfg: dict[str, Any], path: Path) -> tuple[str, Any]:
 
 
 def weights_equal(a: Dictionary, b: Dictionary) -> bool:
-    """Exactly the same tensors under the same names (a round-trip check)."""
+    """Exactly the same tensors under the same names (a round-trip check).
+
+    Example::
+
+        from mechscope.dictionaries import load, save, weights_equal
+        save(sae, "sae/")
+        weights_equal(sae, load("sae/"))         # True
+    """
     sa, sb = a.state(), b.state()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 

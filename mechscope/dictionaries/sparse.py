@@ -71,6 +71,12 @@ class SparseCodes:
 
     values (nnz,) float, latents (nnz,) int64, offsets (batch + 1,) int64 with offsets[0] = 0 and
     offsets[-1] = nnz; row b holds entries offsets[b]:offsets[b+1]. Values may be zero.
+
+    Example::
+
+        codes = sae.codes(x)                     # a TopKSAE's codes of x (batch, d_in)
+        codes.dense()                            # (batch, d_sae), zeros elsewhere
+        sae.decode(codes)                        # (batch, d_in)
     """
 
     values: Tensor
@@ -233,7 +239,13 @@ def _sort_within_rows(latents: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor 
 
 
 def sparse_decode(codes: SparseCodes, W_dec: Tensor) -> Tensor:
-    """(batch, d_out) = codes @ W_dec, touching only the active rows of W_dec (no bias)."""
+    """(batch, d_out) = codes @ W_dec, touching only the active rows of W_dec (no bias).
+
+    Example::
+
+        from mechscope.dictionaries import sparse_decode
+        x_hat = sparse_decode(sae.codes(x), sae.W_dec)           # (batch, d_in), without the bias
+    """
     return _SparseDecode.apply(codes.values, codes.latents, codes.offsets, W_dec)
 
 

@@ -57,7 +57,14 @@ INDEX_KEYS = ("tokens", "seq", "pos")  # per-row provenance stored next to the a
 
 @dataclass(frozen=True)
 class HarvestConfig:
-    """What a harvest stores and how it is cut into shards."""
+    """What a harvest stores and how it is cut into shards.
+
+    Example::
+
+        from mechscope.dictionaries import HarvestConfig, harvest
+        cfg = HarvestConfig(sites=("resid_post.14", "mlp.post.3"), batch_size=8, drop_first=1)
+        harvest(model, tokens, "acts/", cfg)
+    """
 
     sites: tuple[str, ...]  # site names as the model's adapter understands them, e.g. ("resid_post.6",)
     batch_size: int = 8  # sequences per forward pass
@@ -114,6 +121,12 @@ def capture_sites(model: Any, inputs: Any, sites: Sequence[Site | str], stop_ear
 
     Layers after the last site are never computed: harvesting a middle layer costs half a forward pass.
     The hooks are `run`'s own, removed in its `finally` whatever happens.
+
+    Example::
+
+        from mechscope.dictionaries import capture_sites
+        acts = capture_sites(model, tokens, ["resid_post.1"])    # tokens (batch, pos)
+        acts[ms.Site.parse("resid_post.1")]                      # (batch, pos, d_model)
     """
     valid = set(model.sites())
     asked = [resolve(model, s, valid) for s in sites]
@@ -289,6 +302,12 @@ def harvest(model: Any, tokens: Tensor, out: str | Path, config: HarvestConfig, 
 
     Resumes a killed harvest of the same config; refuses a directory holding another one, and one
     that another harvest is writing.
+
+    Example::
+
+        from mechscope.dictionaries import HarvestConfig, harvest
+        model = ms.load("smollm2-135m")
+        store = harvest(model, tokens, "acts/", HarvestConfig(sites=("resid_post.14",)))   # tokens (n_seq, seq_len)
     """
     with harvest_lock(out):
         plan = plan_harvest(model, tokens, out, config)
@@ -349,7 +368,15 @@ def _open_for_harvest(out: Path, identity: dict[str, Any], chash: str, n_shards:
 # --- reading ---------------------------------------------------------------------------------------
 
 class ActivationStore:
-    """A finished harvest: its sites, row widths and shards, read lazily."""
+    """A finished harvest: its sites, row widths and shards, read lazily.
+
+    Example::
+
+        from mechscope import dictionaries as dl
+        store = dl.ActivationStore("acts/")      # a finished harvest
+        train_shards, held = store.split(held_out=4)
+        x, toks = store.load(["resid_post.1", "tokens"], held)   # x (rows, d_model), toks (rows,)
+    """
 
     def __init__(self, path: str | Path, allow_partial: bool = False):
         self.path = Path(path)
@@ -439,6 +466,12 @@ class JointStore:
 
     Keys are (store index, site) pairs; row r of every store is the same token, because the stores
     share their tokens, sequence length, sharding and dropped positions (checked on creation).
+
+    Example::
+
+        from mechscope.dictionaries import ActivationStore, JointStore
+        joint = JointStore([ActivationStore("acts_a/"), ActivationStore("acts_b/")])
+        xa, xb = joint.load([(0, "resid_post.2"), (1, "resid_post.2")])   # row-aligned (rows, d_model) each
     """
 
     def __init__(self, stores: Sequence[ActivationStore]):
@@ -475,6 +508,12 @@ class ShuffleBuffer:
     batches; the rest stays, mixed with the next shards. Yields a tuple with one float32 tensor
     (batch_size, width) per key (a JointStore's keys are (store index, site) pairs). With `loop`, passes repeat forever; otherwise the last rows are
     served in a final, possibly shorter, batch. Deterministic for a given seed.
+
+    Example::
+
+        from mechscope.dictionaries import ShuffleBuffer
+        buf = ShuffleBuffer(store, ["resid_post.14"], 4096, shards=train_shards)
+        x, = next(iter(buf))                     # (4096, d_model)
     """
 
     def __init__(self, store: "ActivationStore | JointStore", keys: Sequence[Any], batch_size: int, *,

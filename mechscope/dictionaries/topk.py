@@ -22,6 +22,11 @@ class TopKConfig(DictConfig):
     Dead latents are revived by an auxiliary loss: the `aux_k` largest pre-activations among
     latents that have not fired for a while reconstruct the residual error, weighted by
     `aux_coefficient`.
+
+    Example::
+
+        from mechscope.dictionaries import TopKConfig, build
+        sae = build(TopKConfig(d_in=576, d_sae=4608, k=32))
     """
 
     k: int = 32  # active latents per row
@@ -49,6 +54,12 @@ class TopKSAE(Dictionary):
         sae = dl.build("topk", d_in=576, d_sae=4608, k=32)
         codes = sae.codes(x)          # SparseCodes: k (index, value) pairs per row
         x_hat = sae.decode(codes)     # (rows, d_in)
+
+    Example::
+
+        from mechscope.dictionaries import build
+        sae = build("topk", d_in=576, d_sae=4608, k=32)
+        codes = sae.codes(x)                     # x (batch, 576): 32 latents per row
     """
 
     architecture = "topk"

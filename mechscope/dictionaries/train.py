@@ -21,8 +21,8 @@ Steps of `train`:
 
 Data-parallel training (`reducer`, see `ddp`): each process trains on its own slice of every
 batch; the first batch is gathered whole so that every process initialises alike, gradients are
-averaged after each backward pass, and fired latents, L0 and row counts are combined across the
-processes, so the processes hold the same dictionary, and it is the one a single process trains on
+averaged after each backward pass, and fired latents and L0 are combined across the processes (one
+exchange per step, started before the backward pass so that it overlaps it), so the processes hold the same dictionary, and it is the one a single process trains on
 the concatenated batches, up to the order of floating-point sums. With `checkpointing`, the state
 is saved atomically every `every` steps before the last (`checkpoint`) and a run started again resumes from it,
 replaying the batch stream up to its step without training on it.
@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -52,7 +52,14 @@ from .target import L0Controller
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How a dictionary is trained."""
+    """How a dictionary is trained.
+
+    Example::
+
+        from mechscope.dictionaries import TrainConfig
+        cfg = TrainConfig(tokens=2_000_000, batch_size=4096)
+        cfg.steps, cfg.learning_rate(4608)
+    """
 
     tokens: int  # rows (tokens) to train on
     batch_size: int = 4096  # rows per step
@@ -99,7 +106,15 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """A trained dictionary (already reading raw activations) and how its training went."""
+    """A trained dictionary (already reading raw activations) and how its training went.
+
+    Example::
+
+        from mechscope.dictionaries import TrainConfig, train
+        res = train(sae, batches, TrainConfig(tokens=1_000_000))
+        res.dictionary, res.curve[-1]            # the trained SAE and its last logged losses
+        res.tokens_per_second
+    """
 
     dictionary: Dictionary
     curve: list[dict[str, float]]
@@ -109,6 +124,7 @@ class TrainResult:
     tokens: int = 0
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: float = 0.0  # CPU time of this process (all its threads) over the same loop as `seconds`
 
     @property
     def tokens_per_second(self) -> float:
@@ -119,6 +135,7 @@ class TrainResult:
         """A JSON-ready record: architecture, both configs, tokens, time, scales and the curve's last entry."""
         return {"architecture": self.dictionary.architecture, "dictionary": self.dictionary.config.to_dict(),
                 "train": asdict(self.config), "tokens": self.tokens, "seconds": self.seconds,
+                "cpu_seconds": self.cpu_seconds,
                 "scale_in": self.scale_in, "scale_out": self.scale_out, "final": self.curve[-1] if self.curve else {}}
 
 
@@ -142,15 +159,30 @@ class Reducer:
         """The mean of `value` over the processes."""
         return value
 
+    def start_step_stats(self, fired: Tensor, l0: float) -> Callable[[], tuple[Tensor, float]]:
+        """Begin combining a step's fired-latent mask (any process) and L0 (mean over processes);
+        the returned function waits for the result. Started before the backward pass, the exchange
+        overlaps it."""
+        return lambda: (fired, l0)
+
     def barrier(self) -> None:
         """Wait until every process is here."""
 
 
 def batches_from_tensors(*tensors: Tensor, batch_size: int, seed: int = 0) -> Iterator[tuple[Tensor, ...]]:
-    """Endless shuffled batches of rows of in-memory tensors (a new permutation each pass)."""
+    """Endless shuffled batches of rows of in-memory tensors (a new permutation each pass).
+
+    Example::
+
+        from mechscope.dictionaries import batches_from_tensors
+        batches = batches_from_tensors(x, y, batch_size=4096)   # x (rows, d_in), y (rows, d_out)
+        xb, yb = next(batches)                                   # (4096, d_in), (4096, d_out)
+    """
     n = tensors[0].shape[0]
     if any(t.shape[0] != n for t in tensors):
         raise ValueError(f"tensors must have the same number of rows, got {[t.shape[0] for t in tensors]}")
+    if not 1 <= batch_size <= n:  # a batch larger than the rows would never be yielded
+        raise ValueError(f"batch_size must be between 1 and the number of rows ({n}), got {batch_size}")
     g = torch.Generator().manual_seed(seed)
     while True:
         perm = torch.randperm(n, generator=g)
@@ -209,7 +241,15 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     """Train `dictionary` in place on `batches` ((x,) or (x, target) rows) for `config.tokens` rows.
 
     With a `reducer` of several processes, `batches` are this process's slices and `config.tokens`
-    and `config.batch_size` count the rows of all processes together."""
+    and `config.batch_size` count the rows of all processes together.
+
+    Example::
+
+        from mechscope.dictionaries import ShuffleBuffer, TrainConfig, build, train
+        sae = build("topk", d_in=576, d_sae=4608, k=32)
+        res = train(sae, ShuffleBuffer(store, ["resid_post.14"], 4096), TrainConfig(tokens=2_000_000))
+        # batches: x (batch, d_in) rows, or (x, target) rows for a transcoder
+    """
     red = reducer or Reducer()
     if config.batch_size % red.world:
         raise ValueError(f"the batch of {config.batch_size} rows cannot be split equally over {red.world} processes")
@@ -248,7 +288,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
             next(it)
     bar = progress_bar(total=steps, initial=start, desc=description or f"train {dictionary.architecture}",
                        unit="step", disable=not progress, mininterval=1.0)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     batch = first
     recent: deque[Tensor] = deque(maxlen=8)  # the last inputs, for a dictionary's end-of-training calibration
     params = [p for p in dictionary.parameters() if p.requires_grad]
@@ -269,6 +309,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
         dead = since_fired >= config.dead_after_tokens
         with one_thread_except_dense() if dictionary.sparse_step else nullcontext():
             out = dictionary.loss(x, y, dead if bool(dead.any()) else None, sparsity_scale)
+            step_stats = red.start_step_stats(_fired(out.codes), _l0(out.codes))  # overlaps the backward pass
             opt.zero_grad(set_to_none=True)
             out.total.backward()
             red.average_grads(params)
@@ -276,8 +317,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
                 dictionary.remove_parallel_grads_()
             opt.step()
             dictionary.constrain_()
-            fired = red.any(_fired(out.codes))
-        l0 = red.mean(_l0(out.codes))
+            fired, l0 = step_stats()
         if controller is not None:
             controller.update(l0)
         rows = x.shape[0] * red.world
@@ -307,7 +347,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
             red.barrier()  # no process runs ahead of a checkpoint that is not written yet
         bar.update(1)
     bar.close()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     calibrate = getattr(dictionary, "calibrate_", None)
     if calibrate is not None:  # statistics that must match the final weights (BatchTopK's threshold)
         calibrate([red.gather(r) for r in recent])  # every process calibrates on the same rows
@@ -316,7 +356,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     dictionary.eval()
     dictionary.fold_scale_(s_in, s_out)
     info = {"sparsity_scale": controller.scale} if controller is not None else {}  # λ's final factor
-    return TrainResult(dictionary, curve, config, s_in, s_out, seen, seconds, info)
+    return TrainResult(dictionary, curve, config, s_in, s_out, seen, seconds, info, cpu_seconds)
 
 
 @torch.no_grad()

@@ -32,7 +32,13 @@ from .topk import TopKConfig, TopKSAE
 
 @dataclass(frozen=True)
 class TranscoderConfig(TopKConfig):
-    """A TopK config with d_out required (the output site's width) and an optional linear skip connection."""
+    """A TopK config with d_out required (the output site's width) and an optional linear skip connection.
+
+    Example::
+
+        from mechscope.dictionaries import TranscoderConfig, build
+        tc = build(TranscoderConfig(d_in=576, d_sae=4608, d_out=576, k=32, skip=True))
+    """
 
     apply_b_dec_to_input: bool = False  # input and output live in different spaces
     skip: bool = False  # a learned linear skip connection x W_skip added to the reconstruction
@@ -45,7 +51,14 @@ class TranscoderConfig(TopKConfig):
 
 class Transcoder(CentredInput, TopKSAE):
     """TopK transcoder from an MLP's input (batch, d_in) to its output (batch, d_out); see the module
-    docstring."""
+    docstring.
+
+    Example::
+
+        from mechscope.dictionaries import build
+        tc = build("transcoder", d_in=576, d_sae=4608, d_out=576, k=32)
+        y = tc(x)                                # MLP input x (batch, 576) -> MLP output (batch, 576)
+    """
 
     architecture = "transcoder"
     config: TranscoderConfig

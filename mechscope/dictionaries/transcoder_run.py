@@ -42,7 +42,13 @@ from .transcoder_set import (CLT_FILE, FORMAT, MANIFEST, TranscoderSet, layer_fi
 
 @dataclass(frozen=True)
 class TranscoderRunConfig:
-    """What `train_transcoder_set` trains."""
+    """What `train_transcoder_set` trains.
+
+    Example::
+
+        from mechscope.dictionaries import TrainConfig, TranscoderRunConfig
+        cfg = TranscoderRunConfig(layers=(0, 1, 2, 3), d_latent=2048, k=32, train=TrainConfig(tokens=1_000_000))
+    """
 
     layers: tuple[int, ...]  # the layers whose MLPs get a transcoder
     d_latent: int  # latents per layer
@@ -85,7 +91,14 @@ def _record(metrics: Any, seconds: float, tokens: int) -> dict[str, float]:
 
 def train_transcoder_set(model: Any, tokens: Tensor, eval_tokens: Tensor, config: TranscoderRunConfig,
                          out: str | Path, *, dataset: str = "unnamed", progress: bool = True) -> TranscoderSet:
-    """Run the steps in the module docstring; returns the finished set (also on disk in `out`)."""
+    """Run the steps in the module docstring; returns the finished set (also on disk in `out`).
+
+    Example::
+
+        from mechscope.dictionaries import TranscoderRunConfig, train_transcoder_set
+        cfg = TranscoderRunConfig(layers=(0, 1, 2, 3), d_latent=2048)
+        tset = train_transcoder_set(model, tokens, eval_tokens, cfg, "runs/tc")   # (n_seq, seq_len) each
+    """
     from .transcoder_set import load_transcoder_set
 
     out = Path(out)

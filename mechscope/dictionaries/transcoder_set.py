@@ -47,7 +47,15 @@ def layer_file(layer: int) -> str:
 @dataclass
 class TranscoderSet:
     """Per-layer transcoders (`transcoders`, layer -> Transcoder) or one cross-layer transcoder
-    (`clt`) of one model, with the manifest they were saved with."""
+    (`clt`) of one model, with the manifest they were saved with.
+
+    Example::
+
+        from mechscope.dictionaries import load_transcoder_set
+        tset = load_transcoder_set("runs/textlm-tc", model=ms.load("zoo:textlm"))
+        tset.kind, tset.layers                   # "per-layer" or "clt", and the layers it covers
+        tset.transcoders[0]                      # layer 0's Transcoder
+    """
 
     manifest: dict[str, Any]
     transcoders: dict[int, Dictionary] = field(default_factory=dict)
@@ -106,7 +114,13 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
 
 def load_transcoder_set(path: str | Path, model: Any = None) -> TranscoderSet:
     """The transcoder set in directory `path`; with `model`, checked against it (weights fingerprint,
-    sites and widths). Every tensor file's digest is checked."""
+    sites and widths). Every tensor file's digest is checked.
+
+    Example::
+
+        from mechscope.dictionaries import load_transcoder_set
+        tset = load_transcoder_set("runs/textlm-tc", model=ms.load("zoo:textlm"))
+    """
     path = Path(path)
     manifest = read_json(path / MANIFEST)
     if manifest.get("format") != FORMAT or manifest.get("kind") not in KINDS:

@@ -21,7 +21,16 @@ from ..models import wrap
 
 
 class ArchitectureMismatch(LoadError):
-    """A and B are not the same architecture (the message names the parameter and both shapes)."""
+    """A and B are not the same architecture (the message names the parameter and both shapes).
+
+    Example::
+
+        from mechscope.diff import ArchitectureMismatch, load_pair
+        try:
+            load_pair("zoo:textlm-quick", "zoo:induction-quick")
+        except ArchitectureMismatch as err:
+            print(err)                           # names the parameter and both shapes
+    """
 
 
 def _zoo_run_dir(path: Path) -> bool:
@@ -37,7 +46,13 @@ def _zoo_run_dir(path: Path) -> bool:
 
 def load_model(spec: Any, role: str = "model", device: str | None = None) -> Any:
     """The adapter of `spec` (see the module docstring), moved to `device` when one is given; `role` ("A" or "B")
-    goes into error messages."""
+    goes into error messages.
+
+    Example::
+
+        from mechscope.diff import load_model
+        a = load_model("zoo:textlm-quick", role="A")   # a zoo name, a run directory or a checkpoint
+    """
     from ..models.load import check_device
 
     device = check_device(device)  # before anything is read
@@ -90,7 +105,13 @@ def _unreadable_weights(directory: Path) -> Path | None:
 
 
 def check_same_architecture(a: Any, b: Any) -> None:
-    """Raise ArchitectureMismatch unless A and B are the same class with the same parameter shapes."""
+    """Raise ArchitectureMismatch unless A and B are the same class with the same parameter shapes.
+
+    Example::
+
+        from mechscope.diff import check_same_architecture, load_model
+        check_same_architecture(load_model("zoo:modadd-quick"), load_model("zoo:modadd-frac05"))  # or raises
+    """
     ma, mb = a.module, b.module
     if type(ma) is not type(mb):
         raise ArchitectureMismatch(f"A is a {type(ma).__name__} and B a {type(mb).__name__}: a diff needs two "
@@ -110,7 +131,13 @@ def check_same_architecture(a: Any, b: Any) -> None:
 
 
 def load_pair(a: Any, b: Any, device: str | None = None) -> tuple[Any, Any]:
-    """Both adapters (on `device` when one is given), checked to be one architecture."""
+    """Both adapters (on `device` when one is given), checked to be one architecture.
+
+    Example::
+
+        from mechscope.diff import load_pair
+        a, b = load_pair("zoo:modadd-quick", "zoo:modadd-frac05")   # or run directories, HF directories
+    """
     ma, mb = load_model(a, "A", device), load_model(b, "B", device)
     check_same_architecture(ma, mb)
     return ma, mb

@@ -38,7 +38,17 @@ TOL = 1e-3  # singular values below TOL x the largest do not count towards the r
 
 @dataclass(frozen=True)
 class Direction:
-    """One singular direction of a component's change: σ, which side was read, and its tokens."""
+    """One singular direction of a component's change: σ, which side was read, and its tokens.
+
+    Example::
+
+        from mechscope.diff import load_pair, weight_diff
+        a, b = load_pair("zoo:modadd-quick", "zoo:modadd-frac05")
+        d = next(c for c in weight_diff(a, b) if c.directions).directions[0]
+        d.sigma, d.side, d.space                 # its singular value, "writes", "d_model"
+        d.vector                                 # (d_model,): a unit vector in that space
+        d.top                                    # the token ids it reads out highest
+    """
 
     sigma: float
     side: str  # "writes" (output side) or "reads" (input side)
@@ -51,7 +61,17 @@ class Direction:
 @dataclass(frozen=True)
 class ComponentDiff:
     """How one weight component changed from A to B: absolute and relative norms of ΔW, its rank, effective rank,
-    largest singular values and top directions."""
+    largest singular values and top directions.
+
+    Example::
+
+        from mechscope.diff import load_pair, weight_diff
+        a, b = load_pair("zoo:modadd-quick", "zoo:modadd-frac05")
+        diffs = weight_diff(a, b)
+        top = diffs[0]                           # the largest relative change, e.g. "L0.b_V"
+        top.name, top.shape, top.relative, top.rank
+        [c.name for c in diffs if c.directions]  # matrices, each with its top directions
+    """
 
     name: str  # "embed", "L0.H1.OV", "L1.mlp_out", "unembed", "L0.b_out", ...
     shape: tuple[int, ...]
@@ -187,7 +207,15 @@ def diff_component(name: str, wa: Tensor, wb: Tensor, rows: str, cols: str, read
 
 def weight_diff(a: Any, b: Any, n_directions: int = 3, k_tokens: int = 10, tol: float = TOL,
                 progress: bool = True) -> list[ComponentDiff]:
-    """Every component's change from A to B, largest relative change first."""
+    """Every component's change from A to B, largest relative change first.
+
+    Example::
+
+        from mechscope.diff import load_pair, weight_diff
+        a, b = load_pair("zoo:modadd-quick", "zoo:modadd-frac05")   # or run directories, HF directories
+        for c in weight_diff(a, b)[:5]:
+            print(c.name, c.relative, c.rank)
+    """
     from ..core.progress import progress_bar
 
     wa, wb = a.weights().to("cpu"), b.weights().to("cpu")  # float64 statistics on the CPU (MPS has none)

@@ -134,7 +134,15 @@ class SeriesFit:
 def detect(x: np.ndarray, y: np.ndarray, threshold: float, min_size: int = MIN_SIZE,
            max_breaks: int = MAX_BREAKS, scale: float = 1.0) -> SeriesFit:
     """Binary segmentation of one series (see the module docstring); the statistic is divided by
-    `scale` (the series' own null scale) before it is compared with `threshold`."""
+    `scale` (the series' own null scale) before it is compared with `threshold`.
+
+    Example::
+
+        from mechscope.dynamics import detect
+        x = np.arange(20.0)
+        y = np.where(x < 10, 0.0, 1.0) + 0.01 * np.random.default_rng(0).standard_normal(20)  # (checkpoints,)
+        detect(x, y, threshold=100.0).breaks      # [10]: the level jumps at step 10
+    """
     y = np.asarray(y, dtype=np.float64)
     z = normalise(y)
     sigma = float(noise_scale(x, z)[0])
@@ -200,7 +208,13 @@ def null_threshold(x: np.ndarray, Y: np.ndarray, rounds: int = ROUNDS, quantile:
                    min_size: int = MIN_SIZE, scale_rounds: int = SCALE_ROUNDS) -> Null:
     """Calibrate on permutations of each row of Y (see the module docstring): `scale_rounds` rounds set
     each series' scale (the median of its statistic over them), `rounds` more give the maximum of the
-    scaled statistic over all series per round, and the threshold is their `quantile`."""
+    scaled statistic over all series per round, and the threshold is their `quantile`.
+
+    Example::
+
+        from mechscope.dynamics import null_threshold
+        null = null_threshold(np.asarray(steps, float), Y, rounds=200)   # Y (series, checkpoints)
+    """
     rng = np.random.default_rng(seed)
     T = np.array([first_split_stats(x, permuted(Y, rng), min_size) for _ in range(scale_rounds + rounds)])
     scales = np.median(T[:scale_rounds], 0)
@@ -257,7 +271,15 @@ class Phase:
 
 @dataclass
 class Dynamics:
-    """The detector's result over many named series."""
+    """The detector's result over many named series.
+
+    Example::
+
+        from mechscope.dynamics import analyse
+        res = analyse(series)
+        for b in res.dynamics.boundaries:
+            print(b.step, res.dynamics.ranked_components(b.moves, 5))
+    """
 
     steps: list[int]
     names: list[str]
@@ -312,7 +334,14 @@ def find_dynamics(steps: list[int], names: list[str], components: list[str], Y: 
                   min_size: int = MIN_SIZE, max_breaks: int = MAX_BREAKS, seed: int = 0,
                   control_rounds: int = 5) -> Dynamics:
     """Breaks of every row of Y (series, checkpoints), the null threshold, boundaries and phases.
-    `measures` names each series' measure (its scale group); by default every series is its own."""
+    `measures` names each series' measure (its scale group); by default every series is its own.
+
+    Example::
+
+        from mechscope.dynamics import find_dynamics
+        dyn = find_dynamics(steps, names, components, Y, rounds=200)   # Y (series, checkpoints)
+        dyn.boundaries, dyn.phases
+    """
     Y = np.asarray(Y, dtype=np.float64)
     if Y.ndim != 2 or Y.shape[1] != len(steps) or Y.shape[0] != len(names) or len(components) != len(names):
         raise ValueError(f"Y must be (series, checkpoints) = ({len(names)}, {len(steps)}) with a component per "

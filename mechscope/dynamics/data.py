@@ -26,7 +26,14 @@ from ..core.errors import LoadError
 
 @dataclass(frozen=True)
 class HeldOut:
-    """Held-out token ids (batch, pos) and, per position, the id it should predict (-1 where none)."""
+    """Held-out token ids (batch, pos) and, per position, the id it should predict (-1 where none).
+
+    Example::
+
+        from mechscope.dynamics import HeldOut
+        data = HeldOut.next_token(ids)           # ids (batch, pos): each position predicts the next
+        data.mask                                # (batch, pos): where a target exists
+    """
 
     ids: Tensor  # (batch, pos) token ids
     targets: Tensor  # (batch, pos) the id each position predicts, -1 where none
@@ -62,7 +69,14 @@ class HeldOut:
 
 
 def from_zoo_run(run: Any) -> dict[str, HeldOut]:
-    """Named evaluation sets of a zoo run: "heldout" and, when the recipe has a training split, "train"."""
+    """Named evaluation sets of a zoo run: "heldout" and, when the recipe has a training split, "train".
+
+    Example::
+
+        from mechscope.dynamics import from_zoo_run
+        from mechscope.zoo import network
+        data = from_zoo_run(network("modadd-frac05"))   # {"heldout": ..., "train": ...}
+    """
     from .. import zoo
 
     cfg = run.config()
@@ -77,7 +91,13 @@ def from_zoo_run(run: Any) -> dict[str, HeldOut]:
 
 
 def from_file(path: str | Path) -> dict[str, HeldOut]:
-    """A safetensors file with `ids` (batch, pos), next-token data; `targets` beside it overrides that."""
+    """A safetensors file with `ids` (batch, pos), next-token data; `targets` beside it overrides that.
+
+    Example::
+
+        from mechscope.dynamics import from_file
+        data = from_file("heldout.safetensors")  # {"heldout": HeldOut}, ids (batch, pos)
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -55,7 +55,14 @@ FREQ_BUCKETS = 4
 
 @dataclass(frozen=True)
 class Series:
-    """One measure over the checkpoints."""
+    """One measure over the checkpoints.
+
+    Example::
+
+        from mechscope.dynamics import measure_series
+        s = measure_series(series, llc=False).series[0]
+        s.name, s.values                         # values (checkpoint,)
+    """
 
     measure: str
     component: str
@@ -71,7 +78,14 @@ class Series:
 @dataclass
 class Measures:
     """Every series measured over the checkpoints at `steps`, why any measure could not run, and the time per
-    measure group."""
+    measure group.
+
+    Example::
+
+        from mechscope.dynamics import measure_series
+        m = measure_series(series, llc=False)
+        m.steps, [s.name for s in m.find("log10_loss.position")]
+    """
 
     steps: list[int]
     series: list[Series]
@@ -319,7 +333,13 @@ def probe_length(model: Any) -> int:
 def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = None, *, modulus: int | None = None,
                    llc: bool = True, llc_settings: LLCSettings = DEFAULT_LLC, progress: bool = True,
                    seed: int = 0) -> Measures:
-    """Every measure (see the module docstring) at every checkpoint, one network loaded at a time."""
+    """Every measure (see the module docstring) at every checkpoint, one network loaded at a time.
+
+    Example::
+
+        from mechscope.dynamics import CheckpointSeries, measure_series
+        m = measure_series(CheckpointSeries.from_zoo("induction"), llc=False)
+    """
     n = len(series)
     rows = _Rows(n)
     unavailable: dict[str, str] = {}

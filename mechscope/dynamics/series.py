@@ -25,7 +25,16 @@ from ..core.errors import LoadError
 
 
 class SeriesError(LoadError):
-    """A checkpoint that is missing, unreadable, or of another architecture than the series' first."""
+    """A checkpoint that is missing, unreadable, or of another architecture than the series' first.
+
+    Example::
+
+        from mechscope.dynamics import CheckpointSeries, SeriesError
+        try:
+            CheckpointSeries.from_paths(["ckpt/step100.safetensors", "ckpt/other.safetensors"])
+        except SeriesError as err:
+            print(err)                           # names the checkpoint and the problem
+    """
 
 
 Signature = dict[str, tuple[int, ...]]  # tensor name -> shape
@@ -92,7 +101,15 @@ class CheckpointSeries:
 
     `zoo_run` is the zoo run directory when the series comes from one (its config and data give the
     held-out set); `source` says where the checkpoints came from, for reports. `device` is where each
-    checkpoint runs once loaded (None: where its loader puts it, the CPU)."""
+    checkpoint runs once loaded (None: where its loader puts it, the CPU).
+
+    Example::
+
+        from mechscope.dynamics import CheckpointSeries
+        series = CheckpointSeries.from_zoo("induction")
+        series.steps[:3]
+        model = series.loaders[0]()              # the first checkpoint as an adapter
+    """
 
     steps: list[int]
     loaders: list[Callable[[], Any]]

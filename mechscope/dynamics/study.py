@@ -59,7 +59,13 @@ MODADD_TOLERANCE = math.log(1.15)
 
 @dataclass
 class DynamicsConfig:
-    """The settings of one `mechscope dynamics` run (its command-line options)."""
+    """The settings of one `mechscope dynamics` run (its command-line options).
+
+    Example::
+
+        from mechscope.dynamics import DynamicsConfig
+        cfg = DynamicsConfig(sources=["zoo:induction"], llc=False, out="out/dyn")   # `mechscope dynamics` options
+    """
 
     sources: list[str]  # one zoo name (zoo:NAME) or checkpoint paths
     base: str | None = None  # architecture for bare safetensors files
@@ -92,7 +98,14 @@ class Check:
 @dataclass
 class Result:
     """What `analyse` returns: the measures, the change points and phases, and (after `run_checks`) the checks, with
-    figures and timings."""
+    figures and timings.
+
+    Example::
+
+        from mechscope.dynamics import analyse
+        res = analyse(series, llc=False)
+        res.measures.steps, res.dynamics.boundaries, res.seconds
+    """
 
     source: str
     measures: Measures
@@ -104,7 +117,14 @@ class Result:
 
 def analyse(series: CheckpointSeries, data: dict[str, HeldOut] | None = None, *, modulus: int | None = None,
             llc: bool = True, llc_settings: LLCSettings = DEFAULT_LLC, seed: int = 0, progress: bool = True) -> Result:
-    """Measures, change points and phases of a checkpoint series (no checks)."""
+    """Measures, change points and phases of a checkpoint series (no checks).
+
+    Example::
+
+        from mechscope.dynamics import CheckpointSeries, analyse, from_zoo_run
+        series = CheckpointSeries.from_zoo("induction")
+        res = analyse(series, from_zoo_run(series.zoo_run), llc=False)
+    """
     t0 = time.perf_counter()
     m = measure_series(series, data, modulus=modulus, llc=llc, llc_settings=llc_settings, progress=progress,
                        seed=seed)

@@ -41,7 +41,14 @@ def symlog_edges(lo_exp: int = -3, hi_exp: int = 3, per_decade: int = 4) -> Tens
 @dataclass(frozen=True)
 class DashboardSummary:
     """What `build_dashboards` did: the set, its feature and token counts, the live features and the time
-    taken."""
+    taken.
+
+    Example::
+
+        from mechscope.features import build_dashboards
+        summary = build_dashboards(model, features, docs, store, dataset="textlm")
+        summary.live, summary.n_features, summary.seconds
+    """
 
     set_id: str
     n_features: int
@@ -54,7 +61,15 @@ def build_dashboards(model: Any, features: FeatureSet, docs: Tensor, store: Feat
                      batch_size: int = 16, k: int = 20, reservoir: int = 64, bands: int = 5, per_band: int = 2,
                      context: tuple[int, int] = (8, 3), threshold: float = 0.0, n_logits: int = 10,
                      n_coact: int = 8, seed: int = 0, progress: bool = True) -> DashboardSummary:
-    """Build every dashboard of `features` over `docs` (n_docs, pos) and write them to `store`."""
+    """Build every dashboard of `features` over `docs` (n_docs, pos) and write them to `store`.
+
+    Example::
+
+        from mechscope.features import FeatureSet, FeatureStore, build_dashboards
+        feats = FeatureSet.neurons(ms.Site(ms.Kind.MLP_POST, 1), d=512)
+        with FeatureStore("out/features.duckdb") as store:
+            build_dashboards(model, feats, docs, store, dataset="textlm")   # docs (n_docs, pos)
+    """
     t0 = time.monotonic()
     model = wrap(model)
     if docs.dim() != 2 or docs.dtype not in (torch.long, torch.int32, torch.int64):
@@ -180,7 +195,14 @@ def build_dashboards(model: Any, features: FeatureSet, docs: Tensor, store: Feat
 def logit_effects(model: Any, features: FeatureSet) -> Tensor | None:
     """(n_features, vocab): each feature's write direction in the residual stream times W_U (the
     direct path to the logits, final norm ignored); None when the model has no unembedding or the
-    features' write directions are unknown."""
+    features' write directions are unknown.
+
+    Example::
+
+        from mechscope.features import logit_effects
+        effects = logit_effects(model, feats)    # (n_features, vocab), or None
+        effects[0].topk(5).indices               # tokens feature 0 promotes most
+    """
     try:
         w = model.weights()
     except (AttributeError, NotImplementedError):

@@ -23,7 +23,14 @@ Kind = Literal["neuron", "direction", "latent"]
 
 @dataclass(frozen=True, eq=False)
 class FeatureSet:
-    """Features over one site. `name` identifies the set in a feature store."""
+    """Features over one site. `name` identifies the set in a feature store.
+
+    Example::
+
+        from mechscope.features import FeatureSet
+        feats = FeatureSet.neurons(ms.Site(ms.Kind.MLP_POST, 1), units=range(64), name="mlp.post.1")
+        feats.encode(acts)                       # acts (batch, pos, d_mlp) -> (batch, pos, 64)
+    """
 
     name: str
     site: Site

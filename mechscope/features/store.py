@@ -53,13 +53,30 @@ TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
 
 
 class StoreError(RuntimeError):
-    """A feature store that cannot be used: another schema version, or an unknown table."""
+    """A feature store that cannot be used: another schema version, or an unknown table.
+
+    Example::
+
+        from mechscope.features import FeatureStore, StoreError
+        try:
+            FeatureStore("missing.duckdb", read_only=True)
+        except StoreError as err:
+            print(err)
+    """
 
     pass
 
 
 class FeatureStore:
-    """An open DuckDB feature store at `path` (created with the current schema if missing)."""
+    """An open DuckDB feature store at `path` (created with the current schema if missing).
+
+    Example::
+
+        from mechscope.features import FeatureStore
+        with FeatureStore("out/features.duckdb", read_only=True) as store:
+            store.sets()
+            store.page("mlp.post.1", 7)          # one feature's dashboard data
+    """
 
     def __init__(self, path: str | os.PathLike, read_only: bool = False):
         import duckdb

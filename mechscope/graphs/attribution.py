@@ -26,7 +26,7 @@ embeddings) is its bias: measured by a second frozen forward pass with every sou
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -40,11 +40,26 @@ from .replacement import LocalReplacement, _writes
 
 
 class GraphBudgetError(MemoryError):
-    """A graph whose dense matrices would not fit the memory budget (says how big, and what to do)."""
+    """A graph whose dense matrices would not fit the memory budget (says how big, and what to do).
+
+    Example::
+
+        from mechscope.graphs import GraphBudgetError, attribute
+        try:
+            g = attribute(rep, memory_budget=1e8)
+        except GraphBudgetError as err:
+            print(err)                           # how big, and what to do
+    """
 
 
 def top_logits(logits: Tensor, mass: float = 0.95, most: int = 10) -> list[int]:
-    """The most probable tokens at the last position until their probability reaches `mass` (≤ `most`)."""
+    """The most probable tokens at the last position until their probability reaches `mass` (≤ `most`).
+
+    Example::
+
+        from mechscope.graphs import top_logits
+        top_logits(logits[0, -1], mass=0.95, most=10)   # the last position's (vocab,) logits -> token ids
+    """
     p = torch.softmax(logits.double(), -1)
     order = p.argsort(descending=True)[:most]
     cum = p[order].cumsum(0)
@@ -72,6 +87,12 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
     Logit nodes: `logits` if given, else the top ones up to 95% of the probability (at most 10),
     with `target` added when given. Their influence weights: all on `target` when given, else the
     logits' probabilities (renormalised).
+
+    Example::
+
+        from mechscope.graphs import LocalReplacement, attribute
+        rep = LocalReplacement.build(model, ids, {1: tc1, 3: tc3})   # ids (1, pos)
+        g = attribute(rep, target=token_id)
     """
     lat = rep.latents
     pos = rep.ids.shape[1]

@@ -34,7 +34,15 @@ from .replacement import LocalReplacement
 @dataclass
 class InterventionCheck:
     """The intervention check of a graph: the latents tested (layer, pos, index), most influential first, the
-    predicted and measured changes of the target logit (n,), and their Spearman rank correlation."""
+    predicted and measured changes of the target logit (n,), and their Spearman rank correlation.
+
+    Example::
+
+        from mechscope.graphs import intervention_check
+        chk = intervention_check(rep, g, target=token_id, top=20)
+        chk.predicted, chk.measured              # (n,) each
+        chk.spearman
+    """
 
     latents: list[tuple[int, int, int]]  # (layer, pos, index), most influential first
     predicted: Tensor  # (n,) predicted change of the target logit
@@ -43,7 +51,13 @@ class InterventionCheck:
 
 
 def predicted_removal(graph: AttributionGraph, target_node: int) -> Tensor:
-    """(N,) the linearised change of node `target_node`'s input when each latent is removed (0 elsewhere)."""
+    """(N,) the linearised change of node `target_node`'s input when each latent is removed (0 elsewhere).
+
+    Example::
+
+        from mechscope.graphs import predicted_removal
+        change = predicted_removal(g, target_node=len(g.nodes) - 1)   # (N,)
+    """
     latent = graph.of_kind(NodeKind.LATENT)
     act = torch.tensor([n.value for n in graph.nodes], dtype=torch.float64)
     J = graph.adjacency.double().clone()
@@ -60,7 +74,13 @@ def predicted_removal(graph: AttributionGraph, target_node: int) -> Tensor:
 
 
 def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
+    """Spearman's rank correlation (average ranks for ties).
+
+    Example::
+
+        from mechscope.graphs import spearman
+        spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 30.0, 20.0]))   # (n,) each: 0.5
+    """
     def ranks(x: Tensor) -> Tensor:
         x = x.double()
         order = x.argsort()
@@ -84,6 +104,12 @@ def intervention_check(rep: LocalReplacement, graph: AttributionGraph, target: i
     `hold` names kinds of frozen sites (attention patterns, norm scales) to keep at their real
     values while measuring, to see which of the live model's nonlinearities a disagreement comes
     from; by default everything is live.
+
+    Example::
+
+        from mechscope.graphs import intervention_check
+        chk = intervention_check(rep, g, target=token_id, top=50)
+        print(chk.spearman)
     """
     t_node = graph.find(NodeKind.LOGIT, index=int(target))
     w = torch.zeros(len(graph.nodes), dtype=torch.float64)

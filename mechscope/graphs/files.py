@@ -37,7 +37,13 @@ def _from_set(path: Path, adapter: Any) -> dict:
 def load_transcoders(path: str | Path, model: str | None = None, adapter: Any = None) -> dict:
     """layer -> transcoder, from the transcoder set at `path` or every dictionary under it (see the
     module). `model` is the model's name (checked against a dictionary's config); `adapter`, the
-    wrapped model, is checked against a set's fingerprint and widths."""
+    wrapped model, is checked against a set's fingerprint and widths.
+
+    Example::
+
+        from mechscope.graphs import load_transcoders
+        tcs = load_transcoders("runs/textlm-tc", adapter=ms.load("zoo:textlm"))   # {layer: transcoder}
+    """
     path = Path(path)
     if (path / MANIFEST).is_file():
         return _from_set(path, adapter)

@@ -26,7 +26,13 @@ from torch import Tensor
 
 
 class NodeKind(str, Enum):
-    """The kinds of graph node (see the module docstring); the value is the name used in JSON."""
+    """The kinds of graph node (see the module docstring); the value is the name used in JSON.
+
+    Example::
+
+        from mechscope.graphs import NodeKind
+        [n for n in g.nodes if n.kind is NodeKind.LOGIT]
+    """
 
     LATENT = "latent"
     ERROR = "error"
@@ -37,7 +43,13 @@ class NodeKind(str, Enum):
 @dataclass(frozen=True)
 class Node:
     """One node of an attribution graph: its kind, layer, position, index and value (a logit's probability
-    too)."""
+    too).
+
+    Example::
+
+        from mechscope.graphs import Node, NodeKind
+        Node(NodeKind.LATENT, layer=2, pos=5, index=317).label()     # "L2/317@5"
+    """
 
     kind: NodeKind
     layer: int | None = None
@@ -61,7 +73,16 @@ class Node:
 
 @dataclass(eq=False)
 class AttributionGraph:
-    """A prompt's attribution graph through its local replacement model (see attribution.py)."""
+    """A prompt's attribution graph through its local replacement model (see attribution.py).
+
+    Example::
+
+        from mechscope.graphs import NodeKind, attribute
+        g = attribute(rep, target=token_id)
+        g.adjacency                              # (N, N): [target, source]
+        g.of_kind(NodeKind.LATENT)
+        g.to_json()
+    """
 
     model: str
     tokens: list[int]
@@ -91,8 +112,9 @@ class AttributionGraph:
         raise KeyError(f"no {kind.value} node with {fields}")
 
     def to_json(self, keep: Tensor | None = None, edges: Tensor | None = None, min_weight: float = 0.0,
-                scores: dict | None = None) -> dict[str, Any]:
-        """Plain JSON for the viewer: nodes (kept ones), edges (kept, |w| > min_weight), scores."""
+                scores: dict | None = None, influence: Tensor | None = None) -> dict[str, Any]:
+        """Plain JSON for the viewer: nodes (kept ones, each with its `influence` when given: (N,),
+        e.g. `Pruned.influence`), edges (kept, |w| > min_weight), scores."""
         N = len(self.nodes)
         keep = torch.ones(N, dtype=torch.bool) if keep is None else keep
         ids = keep.nonzero().flatten().tolist()
@@ -106,6 +128,8 @@ class AttributionGraph:
                  "value": n.value, "label": n.label()}
             if n.prob is not None:
                 d["prob"] = n.prob
+            if influence is not None:
+                d["influence"] = float(influence[i])
             if n.kind in (NodeKind.LATENT, NodeKind.LOGIT):
                 d["bias"] = float(self.bias[i])
             if n.kind is NodeKind.TOKEN and self.token_text is not None:

@@ -29,12 +29,29 @@ from ..core.site import Kind, Site
 
 
 class LatentError(ValueError):
-    """A transcoder that does not fit the model or layer it was given for (names which and why)."""
+    """A transcoder that does not fit the model or layer it was given for (names which and why).
+
+    Example::
+
+        from mechscope.graphs import LatentError, LocalReplacement
+        try:
+            LocalReplacement.build(model, ids, {0: transcoder_of_another_model})
+        except LatentError as err:
+            print(err)
+    """
 
 
 @dataclass(frozen=True, eq=False)
 class LatentLayer:
-    """Latents reading layer `layer`'s MLP input (`reads`) and writing MLP outputs (`W_dec` keys)."""
+    """Latents reading layer `layer`'s MLP input (`reads`) and writing MLP outputs (`W_dec` keys).
+
+    Example::
+
+        from mechscope.graphs import neuron_latents
+        lay = neuron_latents(model, 1)           # a LatentLayer of MLP 1's own neurons
+        lay.W_enc                                # (d_model, n)
+        lay.preactivations(x)                    # x (batch, d_model) -> (batch, n)
+    """
 
     layer: int
     reads: Site  # the site the encoder reads: the MLP's input (ln2.L with a norm, else mlp_in.L)
@@ -102,7 +119,13 @@ def mlp_input_site(sites: list[Site], layer: int) -> Site:
 
 
 def latent_layers(adapter, latents: Mapping[int, object], d_model: int) -> dict[int, LatentLayer]:
-    """Check and convert a mapping layer -> transcoder (Dictionary or LatentLayer) for `adapter`."""
+    """Check and convert a mapping layer -> transcoder (Dictionary or LatentLayer) for `adapter`.
+
+    Example::
+
+        from mechscope.graphs import latent_layers
+        layers = latent_layers(model, {0: tc0, 1: tc1}, d_model=128)   # {layer: LatentLayer}
+    """
     sites = list(adapter.sites())
     n_layers = sum(1 for s in sites if s.kind is Kind.MLP_OUT)
     out: dict[int, LatentLayer] = {}
@@ -144,6 +167,12 @@ def neuron_latents(adapter, layer: int) -> LatentLayer:
     For a model whose MLPs are ReLU MLPs (compiled RASP programs, say) this replacement is exact
     (its error terms are zero up to rounding): a graph of the MLP itself. Another activation leaves
     the difference in the error terms, which the replacement's `errors` show.
+
+    Example::
+
+        from mechscope.graphs import LocalReplacement, neuron_latents
+        model = ms.load("zoo:induction-quick")
+        rep = LocalReplacement.build(model, ids, {1: neuron_latents(model, 1)})
     """
     w = adapter.weights()
     if getattr(w, "W_gate", None) is not None:

@@ -39,14 +39,26 @@ from .graph import AttributionGraph, NodeKind
 
 
 def normalised(A: Tensor) -> Tensor:
-    """Each row of |A| divided by its sum (rows without inputs stay zero)."""
+    """Each row of |A| divided by its sum (rows without inputs stay zero).
+
+    Example::
+
+        from mechscope.graphs import normalised
+        normalised(torch.tensor([[1.0, -3.0], [0.0, 0.0]]))   # (N, N): [[0.25, 0.75], [0, 0]]
+    """
     a = A.abs().double()
     s = a.sum(1, keepdim=True)
     return torch.where(s > 0, a / s.clamp_min(1e-300), torch.zeros_like(a))
 
 
 def influence(An: Tensor, w: Tensor, max_terms: int | None = None) -> Tensor:
-    """w Â + w Â² + ... (N,): each node's indirect influence on the weighted targets."""
+    """w Â + w Â² + ... (N,): each node's indirect influence on the weighted targets.
+
+    Example::
+
+        from mechscope.graphs import influence, normalised
+        inf = influence(normalised(g.adjacency), g.logit_weights)   # (N,); logit_weights (N,)
+    """
     v = w.double()
     total = torch.zeros_like(v)
     for _ in range(max_terms or An.shape[0] + 1):
@@ -59,7 +71,15 @@ def influence(An: Tensor, w: Tensor, max_terms: int | None = None) -> Tensor:
 
 @dataclass
 class Pruned:
-    """Which nodes and edges a pruning kept, with the graph's scores before and after."""
+    """Which nodes and edges a pruning kept, with the graph's scores before and after.
+
+    Example::
+
+        from mechscope.graphs import prune
+        p = prune(g, node_threshold=0.8, edge_threshold=0.98)
+        p.keep                                   # (N,) bool
+        p.scores                                 # replacement and completeness, before and after
+    """
 
     keep: Tensor  # (N,) bool
     edges: Tensor  # (N, N) bool, edges[t, s]
@@ -68,7 +88,14 @@ class Pruned:
 
 
 def graph_scores(A: Tensor, w: Tensor, error: Tensor, token: Tensor) -> dict[str, float]:
-    """Replacement and completeness scores of adjacency A with logit weights w (see the module)."""
+    """Replacement and completeness scores of adjacency A with logit weights w (see the module).
+
+    Example::
+
+        from mechscope.graphs import NodeKind, graph_scores
+        error, token = g.of_kind(NodeKind.ERROR), g.of_kind(NodeKind.TOKEN)   # (N,) bool each
+        graph_scores(g.adjacency, g.logit_weights, error, token)              # A (N, N), w (N,)
+    """
     An = normalised(A)
     inf = influence(An, w)
     tok, err = float(inf[token].sum()), float(inf[error].sum())
@@ -81,7 +108,14 @@ def graph_scores(A: Tensor, w: Tensor, error: Tensor, token: Tensor) -> dict[str
 
 
 def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:
-    """Keep the latents and edges that carry most of the influence on the chosen logits."""
+    """Keep the latents and edges that carry most of the influence on the chosen logits.
+
+    Example::
+
+        from mechscope.graphs import prune
+        p = prune(g, node_threshold=0.8, edge_threshold=0.98)
+        p.keep.sum(), p.scores
+    """
     A, w = graph.adjacency, graph.logit_weights
     latent, error, token = (graph.of_kind(k) for k in (NodeKind.LATENT, NodeKind.ERROR, NodeKind.TOKEN))
     full = graph_scores(A, w, error, token)

@@ -35,7 +35,16 @@ _NORMS = {Kind.LN1: Kind.LN1_SCALE, Kind.LN2: Kind.LN2_SCALE}
 
 
 class ReplacementError(ValueError):
-    """A model the local replacement cannot freeze exactly (names the part and what to do)."""
+    """A model the local replacement cannot freeze exactly (names the part and what to do).
+
+    Example::
+
+        from mechscope.graphs import LocalReplacement, ReplacementError
+        try:
+            LocalReplacement.build(ms.load("minilm-l6"), ids, tcs)
+        except ReplacementError as err:
+            print(err)                           # names the part and what to do
+    """
 
 
 def frozen_sites(adapter) -> list[Site]:
@@ -59,7 +68,16 @@ def frozen_sites(adapter) -> list[Site]:
 
 @dataclass(eq=False)
 class LocalReplacement:
-    """The replacement of `adapter` on the prompt `ids` (1, pos): frozen values, codes and errors."""
+    """The replacement of `adapter` on the prompt `ids` (1, pos): frozen values, codes and errors.
+
+    Example::
+
+        from mechscope.graphs import LocalReplacement, load_transcoders
+        model = ms.load("zoo:textlm-quick")
+        ids = model.to_tokens(["ROMEO. But soft"])["input_ids"]                 # (1, pos)
+        rep = LocalReplacement.build(model, ids, load_transcoders("runs/textlm-tc", adapter=model))
+        rep.exactness                            # how well it reproduces the model's logits
+    """
 
     adapter: object
     ids: Tensor  # (1, pos)

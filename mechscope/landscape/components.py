@@ -35,7 +35,14 @@ def _params_of(sub: nn.Module | None, prefix_of: dict[int, str]) -> dict[str, No
 
 
 def components(model: Any, per_head: bool = False) -> dict[str, Component]:
-    """The named components of `model` (an adapter or an nn.Module), in forward order."""
+    """The named components of `model` (an adapter or an nn.Module), in forward order.
+
+    Example::
+
+        from mechscope.landscape import components
+        comps = components(ms.load("zoo:induction-quick"), per_head=True)
+        list(comps)                              # in forward order
+    """
     module: nn.Module = getattr(model, "module", model)
     name_of = {id(p): n for n, p in module.named_parameters()}
     if isinstance(module, TinyTransformer):

@@ -64,21 +64,39 @@ def _logits(model: Any, inputs: Any) -> Tensor:
 
 def lm_loss(model: Any, batch: Batch) -> Tensor:
     """Mean next-token cross-entropy of token ids (batch, pos), over every position and sequence,
-    through `mechscope.run` for an adapter (else the module's own forward)."""
+    through `mechscope.run` for an adapter (else the module's own forward).
+
+    Example::
+
+        from mechscope.landscape import lm_loss
+        lm_loss(ms.load("zoo:induction-quick"), ids)   # ids (batch, pos) -> a scalar tensor
+    """
     ids = batch[0] if isinstance(batch, tuple) else batch
     logits = _logits(model, ids)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten().to(logits.device))
 
 
 def cross_entropy_loss(model: Any, batch: Batch) -> Tensor:
-    """Mean cross-entropy of class labels: batch = (x, y) with y integer classes."""
+    """Mean cross-entropy of class labels: batch = (x, y) with y integer classes.
+
+    Example::
+
+        from mechscope.landscape import cross_entropy_loss, estimate_llc
+        estimate_llc(net, (x, y), loss=cross_entropy_loss)   # x (n, ...), y (n,) integer classes
+    """
     x, y = _pair(batch)
     return F.cross_entropy(_logits(model, x).float(), y)
 
 
 def mse_loss(model: Any, batch: Batch) -> Tensor:
     """Half the mean squared error summed over outputs, ½·mean_i ||f(x_i) - y_i||²: the negative
-    log-likelihood (up to a constant) of a unit-variance Gaussian regression. batch = (x, y)."""
+    log-likelihood (up to a constant) of a unit-variance Gaussian regression. batch = (x, y).
+
+    Example::
+
+        from mechscope.landscape import mse_loss
+        mse_loss(net, (x, y))                    # x (n, d_in), y (n, d_out) -> a scalar tensor
+    """
     x, y = _pair(batch)
     out = _logits(model, x).float()
     return 0.5 * (out - y.to(out)).pow(2).reshape(out.shape[0], -1).sum(1).mean()
@@ -99,6 +117,13 @@ class LLCEstimate:
     standard error of the mean over chains (NaN with one chain), `interval` a 95% Student-t interval.
     `traces` holds every chain's minibatch loss at every step, burn-in included (chains, steps).
     `warnings` names what makes the number suspect (empty when none): read it.
+
+    Example::
+
+        from mechscope.landscape import estimate_llc
+        est = estimate_llc(model, ids)   # ids (batch, pos)
+        est.llc, est.std_error, est.interval
+        est.traces                               # (chains, steps)
     """
 
     llc: float
@@ -142,7 +167,13 @@ class LLCEstimate:
 
 @torch.no_grad()
 def full_loss(loss: Callable[[Batch], Tensor], data: Batch, batch_size: int) -> float:
-    """L_n: the example-weighted mean of the batch losses over all of `data`, in batches of `batch_size`."""
+    """L_n: the example-weighted mean of the batch losses over all of `data`, in batches of `batch_size`.
+
+    Example::
+
+        from mechscope.landscape import full_loss, lm_loss
+        L_n = full_loss(lambda b: lm_loss(model, b), ids, batch_size=64)   # ids (batch, pos)
+    """
     n = n_examples(data)
     total = 0.0
     for start in range(0, n, batch_size):
@@ -162,6 +193,12 @@ def estimate_llc(model: Any, data: Batch, *, loss: Loss | None = None, params: P
     overrides L_n(w*) (default: computed over all of `data` in batches of `eval_batch_size`).
     `batches(chain)` replaces the minibatch order (see `sgld.sample`). The weights are restored
     exactly afterwards. Raises LandscapeError for an empty parameter set or a non-finite L_n(w*).
+
+    Example::
+
+        from mechscope.landscape import SGLDConfig, estimate_llc, mse_loss
+        est = estimate_llc(ms.load("zoo:induction-quick"), ids, config=SGLDConfig(draws=200))   # ids (batch, pos)
+        estimate_llc(net, (x, y), loss=mse_loss)  # a plain module on regression data
     """
     module = _module(model)
     if loss is None:
@@ -231,7 +268,15 @@ def estimate_llc_components(model: Any, data: Batch, *,
                             eval_batch_size: int = 256, progress: bool = True) -> dict[str, LLCEstimate]:
     """One LLC estimate per component (`components.components(model)`, or the names / Components given):
     SGLD moves that component's weights only, every other weight frozen at w*. L_n(w*) is computed once
-    (or taken from `init_loss`, e.g. a whole-model estimate's `init_loss` on the same data)."""
+    (or taken from `init_loss`, e.g. a whole-model estimate's `init_loss` on the same data).
+
+    Example::
+
+        from mechscope.landscape import estimate_llc, estimate_llc_components
+        whole = estimate_llc(model, ids)         # ids (batch, pos)
+        per = estimate_llc_components(model, ids, init_loss=whole.init_loss)
+        {name: e.llc for name, e in per.items()}
+    """
     available = _components(model, per_head=per_head)
     if components is None:
         chosen = available

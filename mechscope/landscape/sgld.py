@@ -41,7 +41,16 @@ Batch = Union[Tensor, tuple[Tensor, ...]]
 
 
 class LandscapeError(MechscopeError, ValueError):
-    """Bad input to the sampler or the LLC estimate (the message says what to change)."""
+    """Bad input to the sampler or the LLC estimate (the message says what to change).
+
+    Example::
+
+        from mechscope.landscape import LandscapeError, SGLDConfig, estimate_llc
+        try:
+            estimate_llc(model, ids, config=SGLDConfig(step_size=-1.0))
+        except LandscapeError as err:
+            print(err)                           # says what to change
+    """
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,12 @@ class SGLDConfig:
     estimates the learning coefficient); 4 chains of 200 draws after no burn-in, minibatches of 32.
     They are a starting point: check `LLCEstimate.warnings` and the loss traces, and lower ε (or
     raise γ) when a chain diverges, raise ε or the draws when the trace is still rising.
+
+    Example::
+
+        from mechscope.landscape import SGLDConfig, estimate_llc
+        cfg = SGLDConfig(step_size=1e-3, localization=100.0, chains=4, draws=200, batch_size=32)
+        estimate_llc(model, ids, config=cfg)
     """
 
     step_size: float = 1e-3  # ε: the step's drift is ε/2 times the gradient, its noise variance ε
@@ -103,7 +118,16 @@ class SGLDConfig:
 @dataclass(frozen=True)
 class Component:
     """A named set of parameter entries: parameter name -> boolean mask of the entries that belong
-    to the component (None: the whole parameter). Names are the module's `named_parameters`."""
+    to the component (None: the whole parameter). Names are the module's `named_parameters`.
+
+    Example::
+
+        from mechscope.landscape import Component, components, estimate_llc
+        comps = components(model)                # {"blocks.0.attn": Component, ...}
+        comps["blocks.0.attn"].names             # the parameter names it covers
+        Component("head 0", {"0.weight": mask})  # mask (out, in) bool: the entries it owns
+        estimate_llc(model, ids, params=comps["blocks.0.attn"])
+    """
 
     name: str
     params: Mapping[str, Tensor | None] = field(default_factory=dict)
@@ -134,7 +158,14 @@ ParamSelector = Union[None, Sequence[str], Callable[[str, nn.Parameter], bool], 
 
 def select_parameters(module: nn.Module, params: ParamSelector = None) -> list[Selected]:
     """The parameters SGLD moves: None (every parameter that requires grad), a list of names, a
-    predicate `(name, param) -> bool`, a `Component`, or a mapping name -> boolean mask (None: all)."""
+    predicate `(name, param) -> bool`, a `Component`, or a mapping name -> boolean mask (None: all).
+
+    Example::
+
+        from mechscope.landscape import select_parameters
+        sel = select_parameters(net, ["0.weight"])          # or a predicate, a Component, or masks
+        sel = select_parameters(net, lambda name, p: name.startswith("2."))
+    """
     named = dict(module.named_parameters())
     if params is None:
         chosen: dict[str, Tensor | None] = {n: None for n, p in named.items() if p.requires_grad}
@@ -236,7 +267,15 @@ def batch_order(n: int, batch_size: int, seed: int) -> Iterator[Tensor]:
 class Chains:
     """What `sample` returns: the minibatch loss at every step of every chain, before the step's
     update (row c, column t: chain c at step t; step 0 is at w*), NaN after a chain stopped on a
-    non-finite loss; `stopped[c]` the step where that happened (None: ran to the end)."""
+    non-finite loss; `stopped[c]` the step where that happened (None: ran to the end).
+
+    Example::
+
+        from mechscope.landscape import SGLDConfig, lm_loss, sample
+        chains = sample(lambda b: lm_loss(model, b), model.module, ids, SGLDConfig(chains=2, draws=100))
+        chains.losses                            # (chain, step): row c, column t
+        chains.stopped                           # (None, None): both ran to the end
+    """
 
     losses: Tensor  # (chains, steps), float64
     stopped: tuple[int | None, ...]
@@ -256,6 +295,12 @@ def sample(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, conf
     parameters). `batches(chain)`, if given, replaces the minibatch order: an iterable of index
     tensors into `data` (to reproduce another tool's order). The module's weights are restored
     exactly afterwards (also on an exception).
+
+    Example::
+
+        from mechscope.landscape import SGLDConfig, mse_loss, sample
+        chains = sample(lambda b: mse_loss(net, b), net, (x, y), SGLDConfig(chains=2, draws=100))
+        chains.losses                            # (chains, burn_in + draws)
     """
     n = n_examples(data)
     selected = select_parameters(module, params)

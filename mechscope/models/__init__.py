@@ -16,7 +16,14 @@ SPECS: tuple[Spec, ...] = (gpt2.SPEC, gpt_neox.SPEC, llama.SPEC, qwen3.SPEC, gem
 
 
 def spec_for(model_type: str) -> Spec | None:
-    """The adapter spec whose model types include Hugging Face's `model_type`, or None."""
+    """The adapter spec whose model types include Hugging Face's `model_type`, or None.
+
+    Example::
+
+        from mechscope.models import spec_for
+        spec_for("gpt2").model_types             # ("gpt2",)
+        spec_for("t5")                           # None: no adapter for that family
+    """
     for spec in SPECS:
         if model_type in spec.model_types:
             return spec
@@ -27,6 +34,12 @@ def wrap(module: Any, tokenizer: Any = None, name: str | None = None) -> ModelBa
     """An adapter for `module`: a family adapter for known Hugging Face models, else the generic one.
 
     An adapter passes through unchanged.
+
+    Example::
+
+        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        model = ms.wrap(net)
+        ms.run(model, torch.randn(16, 4), capture=["1"]).cache["1"]  # (16, 8): submodule "1"'s output
     """
     if isinstance(module, ModelBase):
         return module

@@ -42,7 +42,14 @@ def without_first_blocks(parent: nn.Module, attr: str, layer: int):
 
 
 class ModelBase:
-    """Shared behaviour of adapters. Subclasses set `module`, `name` and implement the protocol."""
+    """Shared behaviour of adapters. Subclasses set `module`, `name` and implement the protocol.
+
+    Example::
+
+        model = ms.load("zoo:induction-quick")   # every adapter is a ModelBase
+        model.sites()[:4]
+        model.run(ids, capture=["resid_post.0"]).cache["resid_post.0"]   # ids (batch, pos) -> (batch, pos, d_model)
+    """
 
     module: nn.Module
     name: str

@@ -18,6 +18,12 @@ class ModuleModel(ModelBase):
 
     Inputs: a tensor (passed positionally), a tuple of positional arguments, or a dict of keyword
     arguments. The model's output counts as logits when it is a tensor.
+
+    Example::
+
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU())
+        model = ms.wrap(net)                     # a ModuleModel: sites "0" and "1"
+        ms.run(model, torch.rand(2, 1, 28, 28), capture=["1"]).cache["1"]   # (2, 8, 26, 26)
     """
 
     def __init__(self, module: nn.Module, name: str | None = None):

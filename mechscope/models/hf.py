@@ -72,6 +72,13 @@ class Spec:
 
     Root paths are relative to the loaded model; block paths are relative to one block
     (`layers[i]`). `""` is the block itself. A missing entry means the family has no such site.
+
+    Example::
+
+        from mechscope.models import spec_for
+        spec = spec_for("qwen2")                 # the Llama family's Spec
+        spec.layers, spec.attention              # where the blocks and their attention live
+        spec.read_block(block, model)["W_Q"]     # one block's weights: W_Q (head, d_model, d_head)
     """
 
     model_types: tuple[str, ...]
@@ -100,6 +107,12 @@ class HFModel(ModelBase):
     """A Hugging Face model seen through one family Spec.
 
     `tokenizer` is optional (tests use token ids); BOS and padding are explicit, see `to_tokens`.
+
+    Example::
+
+        model = ms.load("smollm2-135m")          # an HFModel with the Llama family's Spec
+        model.spec.model_types
+        ms.run(model, model.to_tokens(["Hello"]), capture=["attn.q.0"]).cache["attn.q.0"]  # (batch, pos, head, d_head)
     """
 
     def __init__(self, module: nn.Module, spec: Spec, tokenizer: Any = None, name: str | None = None):

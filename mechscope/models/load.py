@@ -156,6 +156,11 @@ def load(name: str | os.PathLike, *, device: str | torch.device | None = None,
 
     `name` is one of "smollm2-135m", "minilm-l6", "PREFIX:NAME" of a registered source ("zoo:NAME"),
     or a local Hugging Face directory.
+
+    Example::
+
+        model = ms.load("smollm2-135m")          # or "minilm-l6", "zoo:induction-quick", a local HF directory
+        tokens = model.to_tokens(["The capital of France is"])
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 

@@ -62,7 +62,13 @@ OUTPUT_ID: NodeId = (Site(Kind.LOGITS), None)
 @dataclass(frozen=True, eq=False)
 class Leak:
     """A distractor head: uniform attention, writing `scale` x the one-hot of `sop` into the output
-    block (values that are not outputs are dropped)."""
+    block (values that are not outputs are dropped).
+
+    Example::
+
+        from mechscope.rasp import Leak, compile_program, tokens
+        c = compile_program(program, "ab", 5, leaks=[Leak(tokens, scale=0.02)])   # a distractor head
+    """
 
     sop: SOp
     scale: float = 0.02
@@ -93,7 +99,15 @@ def _sorted(values: Iterable[Any]) -> list[Any]:
 
 @dataclass(frozen=True, eq=False)
 class Compiled:
-    """A compiled program: the module, its residual layout, where each op sits, and the domain."""
+    """A compiled program: the module, its residual layout, where each op sits, and the domain.
+
+    Example::
+
+        from mechscope.rasp import EQ, Select, SelectorWidth, compile_program, tokens
+        c = compile_program(SelectorWidth(Select(tokens, tokens, EQ), name="hist"), "abc", 4)
+        c.verify()                               # inputs checked against the program
+        ms.run(ms.wrap(c.module), c.tokens(["abca"])).logits   # (batch, pos, outputs)
+    """
 
     module: TinyTransformer
     program: SOp
@@ -251,7 +265,14 @@ def compile_program(program: SOp, vocab: Sequence[Any], max_len: int, *, causal:
                     distractors: Sequence[SOp] = (), leaks: Sequence[Leak] = (), beta: float = 12.0,
                     logit_scale: float = 5.0, step_slope: float = 10.0, min_heads: int = 1,
                     valid: Callable[[tuple], bool] | None = None, name: str = "") -> Compiled:
-    """Compile `program` (and distractors) into a TinyTransformer; see the module docstring."""
+    """Compile `program` (and distractors) into a TinyTransformer; see the module docstring.
+
+    Example::
+
+        from mechscope.rasp import EQ, Select, SelectorWidth, compile_program, tokens
+        c = compile_program(SelectorWidth(Select(tokens, tokens, EQ), name="hist"), "abc", max_len=4)
+        model = ms.wrap(c.module)                # a TinyTransformer: sites, weights, interventions
+    """
     vocab = tuple(vocab)
     programs = (program, *distractors)
     order: list[SOp] = [tokens, indices]  # the input writes both, whether or not a program reads them

@@ -25,7 +25,14 @@ from typing import Any
 
 @dataclass(frozen=True, eq=False)
 class Predicate:
-    """A named comparison of a key value and a query value."""
+    """A named comparison of a key value and a query value.
+
+    Example::
+
+        from mechscope.rasp import Predicate, Select, indices
+        NEXT = Predicate("k == q + 1", lambda k, q: k == q + 1)
+        Select(indices, indices, NEXT)
+    """
 
     name: str
     fn: Callable[[Any, Any], bool]
@@ -43,7 +50,14 @@ TRUE = Predicate("true", lambda k, q: True)
 
 @dataclass(frozen=True, eq=False)
 class SOp:
-    """A sequence operation; `name` (keyword, unique within a program) labels its residual block."""
+    """A sequence operation; `name` (keyword, unique within a program) labels its residual block.
+
+    Example::
+
+        from mechscope.rasp import SequenceMap, indices, tokens
+        program = SequenceMap(lambda t, i: (t, i), tokens, indices, name="pair")   # every s-op is an SOp
+        program.children()
+    """
 
     name: str = field(kw_only=True)
 
@@ -54,21 +68,39 @@ class SOp:
 
 @dataclass(frozen=True, eq=False)
 class Tokens(SOp):
-    """The input tokens (the program's `tokens`)."""
+    """The input tokens (the program's `tokens`).
+
+    Example::
+
+        from mechscope.rasp import run_program, tokens
+        run_program(tokens, "abc")               # ["a", "b", "c"]
+    """
 
     pass
 
 
 @dataclass(frozen=True, eq=False)
 class Indices(SOp):
-    """The positions 0..n-1 (the program's `indices`)."""
+    """The positions 0..n-1 (the program's `indices`).
+
+    Example::
+
+        from mechscope.rasp import indices, run_program
+        run_program(indices, "abc")              # [0, 1, 2]
+    """
 
     pass
 
 
 @dataclass(frozen=True, eq=False)
 class Map(SOp):
-    """`fn` applied to each element of `inner` (compiled to an MLP)."""
+    """`fn` applied to each element of `inner` (compiled to an MLP).
+
+    Example::
+
+        from mechscope.rasp import Map, run_program, tokens
+        run_program(Map(lambda t: t.upper(), tokens, name="upper"), "ab")   # ["A", "B"]
+    """
 
     fn: Callable[[Any], Any]
     inner: SOp
@@ -80,7 +112,14 @@ class Map(SOp):
 
 @dataclass(frozen=True, eq=False)
 class SequenceMap(SOp):
-    """`fn(a[i], b[i])` at each position (compiled to an MLP reading both)."""
+    """`fn(a[i], b[i])` at each position (compiled to an MLP reading both).
+
+    Example::
+
+        from mechscope.rasp import TRUE, Select, SelectorWidth, SequenceMap, indices, tokens
+        length = SelectorWidth(Select(tokens, tokens, TRUE), name="length")
+        opp = SequenceMap(lambda n, i: n - i - 1, length, indices, name="opp")
+    """
 
     fn: Callable[[Any, Any], Any]
     a: SOp
@@ -93,7 +132,13 @@ class SequenceMap(SOp):
 
 @dataclass(frozen=True, eq=False)
 class Select:
-    """Which key positions each query position selects: predicate(keys[k], queries[q])."""
+    """Which key positions each query position selects: predicate(keys[k], queries[q]).
+
+    Example::
+
+        from mechscope.rasp import LT, Select, SelectorWidth, tokens
+        smaller = SelectorWidth(Select(tokens, tokens, LT), name="smaller")   # keys < query
+    """
 
     keys: SOp
     queries: SOp
@@ -103,7 +148,13 @@ class Select:
 @dataclass(frozen=True, eq=False)
 class Aggregate(SOp):
     """At each query position, the mean of `sop` over the key positions the selector selects (compiled to an attention
-    head)."""
+    head).
+
+    Example::
+
+        from mechscope.rasp import EQ, Aggregate, Map, Select, indices, tokens
+        prev = Aggregate(Select(indices, Map(lambda i: i - 1, indices, name="pi"), EQ), tokens, name="prev")
+    """
 
     selector: Select
     sop: SOp
@@ -115,7 +166,13 @@ class Aggregate(SOp):
 
 @dataclass(frozen=True, eq=False)
 class SelectorWidth(SOp):
-    """At each query position, how many key positions the selector selects (compiled to a head and an MLP)."""
+    """At each query position, how many key positions the selector selects (compiled to a head and an MLP).
+
+    Example::
+
+        from mechscope.rasp import EQ, Select, SelectorWidth, run_program, tokens
+        run_program(SelectorWidth(Select(tokens, tokens, EQ), name="hist"), "aba")   # [2, 1, 2]
+    """
 
     selector: Select
 
@@ -154,6 +211,12 @@ def evaluate(program: SOp, xs: Sequence[Any], causal: bool = False) -> dict[SOp,
 
     With `causal`, a query position selects only among keys at or before it (as a causal
     transformer attends).
+
+    Example::
+
+        from mechscope.rasp import EQ, Select, SelectorWidth, evaluate, tokens
+        hist = SelectorWidth(Select(tokens, tokens, EQ), name="hist")
+        evaluate(hist, "aba")[hist]              # [2, 1, 2]; every s-op's values are in the dict
     """
     vals: dict[SOp, list[Any]] = {}
     n = len(xs)
@@ -187,5 +250,11 @@ def evaluate(program: SOp, xs: Sequence[Any], causal: bool = False) -> dict[SOp,
 
 
 def run_program(program: SOp, xs: Sequence[Any], causal: bool = False) -> list[Any]:
-    """The program's output at every position of `xs`."""
+    """The program's output at every position of `xs`.
+
+    Example::
+
+        from mechscope.rasp import EQ, Select, SelectorWidth, run_program, tokens
+        run_program(SelectorWidth(Select(tokens, tokens, EQ), name="hist"), "abb")   # [1, 2, 2]
+    """
     return evaluate(program, xs, causal)[program]

@@ -137,7 +137,7 @@ class SeedSweep:
         return json.dumps(self.to_json())
 
 
-def _registry() -> dict[str, Callable[[bool, int], Replication]]:
+def _registry() -> dict[str, Callable[..., Replication]]:
     from . import grokking, induction_heads, sae_universality, tms
 
     return {"tms": tms.replicate, "grokking": grokking.replicate, "sae-universality": sae_universality.replicate,
@@ -147,27 +147,29 @@ def _registry() -> dict[str, Callable[[bool, int], Replication]]:
 NAMES = ("tms", "grokking", "sae-universality", "induction-heads")
 
 
-def _lookup(name: str) -> Callable[[bool, int], Replication]:
+def _lookup(name: str) -> Callable[..., Replication]:
     reg = _registry()
     if name not in reg:
         raise KeyError(f"no replication named {name!r}; available: {', '.join(reg)}")
     return reg[name]
 
 
-def replicate(name: str, quick: bool = False, seed: int = 0) -> Replication:
-    """Train (or reuse) the zoo networks of replication `name` for `seed`, measure, and check the targets."""
+def replicate(name: str, quick: bool = False, seed: int = 0, device: str | None = None) -> Replication:
+    """Train (or reuse) the zoo networks of replication `name` for `seed`, measure, and check the targets.
+    `device` is where networks not trained yet are trained (default the CPU; see `zoo.train`); the
+    measurements read the saved weights."""
     fn = _lookup(name)
     t0 = time.monotonic()
     label = f"replicate {name}{' --quick' if quick else ''}" + (f" --seed {seed}" if seed else "")
     note(f"{label}: training (or reusing) its zoo networks, then measuring")
-    rep = fn(quick, seed)
+    rep = fn(quick, seed, device=device)
     note(f"{label}: measured in {duration(time.monotonic() - t0)}")
     return rep
 
 
 def replicate_seeds(name: str, seeds: Sequence[int], quick: bool = False,
-                    log: Callable[[str], None] | None = note) -> SeedSweep:
-    """`replicate(name, quick, seed)` for every seed, one after another (each trains or reuses its own
+                    log: Callable[[str], None] | None = note, device: str | None = None) -> SeedSweep:
+    """`replicate(name, quick, seed, device)` for every seed, one after another (each trains or reuses its own
     networks), with a progress line before and after each seed."""
     fn = _lookup(name)
     seeds = list(dict.fromkeys(int(s) for s in seeds))
@@ -181,7 +183,7 @@ def replicate_seeds(name: str, seeds: Sequence[int], quick: bool = False,
         if log:
             log(f"{label}: seed {s} ({i}/{len(seeds)}): training or reusing its networks, then measuring")
         t = time.monotonic()
-        rep = fn(quick, s)
+        rep = fn(quick, s, device=device)
         sweep.runs[s] = rep
         sweep.seconds[s] = time.monotonic() - t
         if log:

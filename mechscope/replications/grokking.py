@@ -171,7 +171,7 @@ def analyse(name: str) -> dict[str, Any]:
     }
 
 
-def replicate(quick: bool = False, seed: int = 0) -> Replication:
+def replicate(quick: bool = False, seed: int = 0, device: str | None = None) -> Replication:
     """Train (or reuse) the modadd network for `seed` (`modadd-frac05-long` when `quick`), measure it
     with `analyse` and check the targets.
 
@@ -180,7 +180,7 @@ def replicate(quick: bool = False, seed: int = 0) -> Replication:
     from .. import zoo
 
     name = zoo.spec("modadd-frac05-long" if quick else "modadd", seed=seed).name
-    zoo.train(name)
+    zoo.train(name, device=device)
     return build(analyse(name), quick, seed)
 
 

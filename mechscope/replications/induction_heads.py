@@ -213,7 +213,7 @@ def _sharp(curve: list[dict[str, Any]]) -> dict[str, Any]:
             "window": [steps[i], steps[j]]}
 
 
-def replicate(quick: bool = False, seed: int = 0) -> Replication:
+def replicate(quick: bool = False, seed: int = 0, device: str | None = None) -> Replication:
     """Train (or reuse) the 2-layer induction network and its 1-layer control for `seed` (the short variants when
     `quick`), measure them and check the targets.
 
@@ -223,8 +223,8 @@ def replicate(quick: bool = False, seed: int = 0) -> Replication:
 
     variant = "-short" if quick else ""
     name, control = (zoo.spec(base + variant, seed=seed).name for base in ("induction", "induction-1l"))
-    zoo.train(name)
-    zoo.train(control)
+    zoo.train(name, device=device)
+    zoo.train(control, device=device)
     rep = build(analyse(name, control), quick)
     rep.seed = seed
     return rep

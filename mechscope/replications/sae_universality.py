@@ -146,7 +146,7 @@ def toy_part(plan: Plan, seed: int = 0) -> dict[str, Any]:
     return out
 
 
-def text_part(plan: Plan, seed: int = 0) -> dict[str, Any]:
+def text_part(plan: Plan, seed: int = 0, device: str | None = None) -> dict[str, Any]:
     """Seed-vs-seed MMCS on the zoo text model and on its randomised twin (reported, not targeted).
     Replication seed `seed` trains dictionaries with seeds `dictionary_seeds(seed)`; the text model and
     its randomised twin are the same for every seed (they are what is studied)."""
@@ -154,7 +154,7 @@ def text_part(plan: Plan, seed: int = 0) -> dict[str, Any]:
     from ..core.site import Kind, Site
     from ..zoo import datasets
 
-    zoo.train(plan.text_model)
+    zoo.train(plan.text_model, device=device)  # the measurements below read its saved weights
     trained = zoo.load_zoo(plan.text_model)
     run = zoo.open_run(plan.text_model)
     cfg_json = run.config()
@@ -200,7 +200,7 @@ def text_part(plan: Plan, seed: int = 0) -> dict[str, Any]:
     return out
 
 
-def replicate(quick: bool = False, seed: int = 0) -> Replication:
+def replicate(quick: bool = False, seed: int = 0, device: str | None = None) -> Replication:
     """Train (or reuse) the replication's dictionaries for `seed` (the quick plan when `quick`), measure them and
     check the targets.
 
@@ -221,7 +221,7 @@ def replicate(quick: bool = False, seed: int = 0) -> Replication:
               f"toy {f['seed_mmcs_toy']:.3f}, control {f['seed_mmcs_gaussian']:.3f}"),
     ]
     try:
-        text = text_part(plan, seed)
+        text = text_part(plan, seed, device)
     except (ImportError, LoadError) as e:  # the zoo text model or its corpus could not be loaded here
         text = {"error": f"zoo text model unavailable: {e}"}
     f["text"] = text

@@ -122,7 +122,7 @@ def analyse(name: str) -> dict[str, Any]:
     }
 
 
-def replicate(quick: bool = False, seed: int = 0) -> Replication:
+def replicate(quick: bool = False, seed: int = 0, device: str | None = None) -> Replication:
     """Train (or reuse) the tms network for `seed` (`tms-short` when `quick`), measure it with `analyse` and check
     the targets.
 
@@ -131,7 +131,7 @@ def replicate(quick: bool = False, seed: int = 0) -> Replication:
     from .. import zoo
 
     name = zoo.spec("tms-short" if quick else "tms", seed=seed).name
-    zoo.train(name)
+    zoo.train(name, device=device)
     f = analyse(name)
     need_pent = 0.9
     checks = [

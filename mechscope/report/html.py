@@ -83,32 +83,49 @@ def _model_section(i: int, m: dict[str, Any]) -> str:
 
 
 def _explanation_html(x: dict[str, Any]) -> str:
-    """One explain-all artifact: the hypothesis's parts with their sizes and scores alone, then the
-    whole hypothesis's loss recovered under each ablation (drawn here, as tables: no script needed)."""
+    """One explain-all artifact: the explanation's size and the joint loss recovered under each ablation, the
+    parts with their sizes, scores alone and share of the unexplained loss (jointly), then the robustness
+    table (drawn here, as tables: no script needed)."""
     hyp, results = x["hypothesis"], x["results"]
     abls = list(results)
     rows = []
     for i, part in enumerate(hyp.get("parts", [])):
-        alone = [((results[a].get("parts") or [{}] * (i + 1))[i].get("alone") or {}).get("value") for a in abls]
+        per = [(results[a].get("parts") or [{}] * (i + 1))[i] or {} for a in abls]
         rows.append((part.get("component"), part.get("kind"), part.get("name"), part.get("lines"),
-                     part.get("numbers"), *alone))
-    robust = []
+                     part.get("numbers"), *((r.get("alone") or {}).get("value") for r in per),
+                     *(r.get("unexplained_share") for r in per)))
+    robust, joint = [], []
     for a in abls:
         rec = results[a]["recovered"]
         ci = rec.get("ci")
-        robust.append((a, rec.get("value"), "" if not ci else f"[{fmt(ci[0], 6)}, {fmt(ci[1], 6)}]",
-                       results[a].get("loss_clean"), results[a].get("loss_hypothesis"), results[a].get("loss_ablated")))
+        ci_text = "" if not ci else f"[{fmt(ci[0], 6)}, {fmt(ci[1], 6)}]"
+        groups = results[a].get("groups") or {}
+        worst = min(groups.items(), key=lambda kv: kv[1].get("value", float("inf"))) if groups else None
+        robust.append((a, rec.get("value"), ci_text, results[a].get("loss_clean"), results[a].get("loss_hypothesis"),
+                       results[a].get("loss_ablated"),
+                       "" if worst is None else f"{worst[0]}: {fmt(worst[1].get('value'), 6)}"))
+        joint.append(f"{_esc(a)} <b>{_esc(fmt(rec.get('value'), 6))}</b> {_esc(ci_text)}")
     head = (f'<h4 id="explanation-{_esc(x["name"])}">{_esc(hyp.get("name", x["name"]))}</h4>'
             f'<p class="small">{_esc(hyp.get("claim", ""))}; {_esc(hyp.get("lines"))} lines of code, '
-            f'{_esc(hyp.get("numbers"))} numbers; scored on {_esc(x.get("dataset", ""))}</p>')
+            f'{_esc(hyp.get("numbers"))} numbers; scored on {_esc(x.get("dataset", ""))}</p>'
+            f'<p class="joint">loss recovered by the whole explanation ({_esc(hyp.get("lines"))} lines, '
+            f'{_esc(hyp.get("numbers"))} numbers), against each ablation: {"; ".join(joint)}</p>')
     return (head + table(rows, ["component", "kind", "explanation", "lines", "numbers",
-                                *(f"alone vs {a}" for a in abls)], caption="components")
-            + table(robust, ["ablation", "loss recovered", "95% CI", "loss clean", "loss code", "loss ablated"],
-                    caption="the whole hypothesis at once"))
+                                *(f"alone vs {a}" for a in abls), *(f"share of unexplained ({a})" for a in abls)],
+                         caption="components: alone, and the share of the unexplained loss each holds jointly")
+            + table(robust, ["ablation", "loss recovered", "95% CI", "loss clean", "loss code", "loss ablated",
+                             "worst group"], caption="the whole hypothesis at once"))
 
 
 def render_report(data: dict[str, Any], title: str = "mechscope report") -> str:
-    """The report's HTML text for `data` as returned by `mechscope.artifacts.load_all`."""
+    """The report's HTML text for `data` as returned by `mechscope.artifacts.load_all`.
+
+    Example::
+
+        from mechscope.artifacts import load_all
+        from mechscope.report import render_report
+        html = render_report(load_all("out"), title="induction-quick")
+    """
     e = _esc
     css = _asset("mechscope.viewer", "mechscope.css")
     js = script_text(_asset("mechscope.viewer", "mechscope.js"))
@@ -150,7 +167,13 @@ written {e(str(man.get("created", "")))}; report made {made}</span></header>
 def write_report(artifacts_dir: str | Path = "out", out_path: str | Path | None = None,
                  title: str = "mechscope report", max_feature_pages: int = 64) -> Path:
     """Write one self-contained HTML report of every artifact in `artifacts_dir` (default
-    `artifacts_dir/report.html`); returns its path."""
+    `artifacts_dir/report.html`); returns its path.
+
+    Example::
+
+        from mechscope.report import write_report
+        path = write_report("out")               # out/report.html, one self-contained file
+    """
     data = load_all(artifacts_dir, max_feature_pages=max_feature_pages)
     out = Path(out_path) if out_path is not None else Path(artifacts_dir) / "report.html"
     text = render_report(data, title)

@@ -21,8 +21,6 @@ Steps:
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,6 +32,7 @@ from ..causal import AblationSpec, activation_patching, eap_ig, faithfulness_cur
 from ..core import metrics
 from ..core.progress import echo
 from ..core.site import Kind, Site
+from . import result_line
 
 NAMES = ("Mary John Alice Bob Tom James Sarah Emma David Michael Anna Lisa Paul Mark Kate Jack Laura Peter "
          "Susan Daniel Rachel Chris Emily Jane Tim Sam Max Ben Amy Adam Eric Ryan Kevin Steve Helen Linda "
@@ -220,11 +219,7 @@ def run_ioi(config: IOIConfig = IOIConfig(), progress: bool = True, log: Any = e
                                  "pass": curve.cpr > curve.random_cpr},
         "wall_time": {"target": "<= 1800 s", "got": wall, "pass": wall <= 1800},
     }
-    return {"name": "ioi_smollm2", "kind": "study", "config": asdict(config),
-            "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "gpu": None,
-                        "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-                        "python": platform.python_version()},
-            "figures": figures, "checks": checks, "pass": all(c["pass"] for c in checks.values())}
+    return result_line("ioi_smollm2", "study", asdict(config), figures, checks)
 
 
 def main(config: IOIConfig = IOIConfig(), progress: bool = True) -> dict[str, Any]:

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -53,6 +51,7 @@ from ..core.hypothesis import AsIs, Component, Hypothesis, Resampled
 from ..core.progress import echo
 from ..core.run import run
 from ..core.site import Kind, Site
+from . import result_line
 from .ioi import IOIData, logit_diff, make_prompts
 
 TEMPLATES = (
@@ -251,11 +250,7 @@ def run_study(config: ScrubConfig = ScrubConfig(), log: Any = echo, progress: bo
                "table": table, "select_seconds": select_s, "wall_seconds": wall,
                "smallest_circuit_at_target": None if smallest is None else smallest["heads"],
                "templates": list(TEMPLATES)}
-    return {"name": "ioi_scrub_smollm2", "kind": "replication", "config": asdict(config),
-            "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "gpu": None,
-                        "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-                        "python": platform.python_version()},
-            "figures": figures, "checks": checks, "pass": all(c["pass"] for c in checks.values())}
+    return result_line("ioi_scrub_smollm2", "replication", asdict(config), figures, checks)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

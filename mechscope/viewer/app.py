@@ -12,8 +12,13 @@ and answered with a generic 500 message, never a stack trace):
     /api/models/{model}/overview|attention|head_roles|training
     /api/models/{model}/patching[/{name}]         names, or one heatmap
     /api/models/{model}/circuits[/{name}]         names, or one circuit (?threshold= prunes edges)
+    /api/models/{model}/graphs[/{name}]           names, or one attribution graph (nodes, edges, scores)
+    /api/models/{model}/graphs/{name}/nodes/{id}  one node, its strongest edges and, for a latent whose
+                                                  layer has a feature set, its dashboard
     /api/models/{model}/features                  feature sets with their features (?set=, ?limit=)
     /api/models/{model}/features/{set}/{feature}  one feature's page
+    /api/models/{model}/explanations[/{name}]     names, or one explain-all result (component table,
+                                                  joint numbers, robustness across ablations)
     /api/models/{model}/vision[/{name}]           names, or one vision artifact (image grids, curves)
     /api/models/{model}/vision/{name}/image/{panel}/{index}
                                                   one of its PNG images (image/png, checked)
@@ -312,8 +317,73 @@ def create_app(artifacts_dir: str | Path = "out", *, port: int | None = None,
             c = dict(c, edges=[e for e in c["edges"] if e["score"] is None or abs(e["score"]) >= threshold])
         return c
 
+    @app.get("/api/models/{name}/explanations")
+    def explanation_list(name: NameParam) -> dict[str, Any]:
+        return {"names": model(name).explanation_names()}
+
+    @app.get("/api/models/{name}/explanations/{item}")
+    def explanation(name: NameParam, item: NameParam) -> dict[str, Any]:
+        m = model(name)
+        if item not in m.explanation_names():
+            raise NotFound(f"model {m.name!r} has no explanation {_shown(item)}; it has {m.explanation_names()}")
+        return _clean(m.explanation(item))
+
     def _sets(st) -> list[str]:
         return [s["set_id"] for s in st.sets()]
+
+    def saved_graph(m: ModelArtifacts, item: str) -> dict[str, Any]:
+        if item not in m.graph_names():
+            raise NotFound(f"model {m.name!r} has no graph {_shown(item)}; it has {m.graph_names()}")
+        return m.graph(item)
+
+    @app.get("/api/models/{name}/graphs")
+    def graph_list(name: NameParam) -> dict[str, Any]:
+        return {"names": model(name).graph_names()}
+
+    @app.get("/api/models/{name}/graphs/{item}")
+    def graph(name: NameParam, item: NameParam) -> dict[str, Any]:
+        m = model(name)
+        g = saved_graph(m, item)
+        return _clean(dict(g, dashboards=bool(g["feature_sets"]) and m.features_info() is not None))
+
+    @app.get("/api/models/{name}/graphs/{item}/nodes/{node}")
+    def graph_node(name: NameParam, item: NameParam, node: int = PathParam(ge=0, le=MAX_FEATURE),
+                   top: int = Query(8, ge=0, le=1000)) -> dict[str, Any]:
+        m = model(name)
+        g = saved_graph(m, item)
+        found = [n for n in g["nodes"] if isinstance(n, dict) and n.get("id") == node]
+        if not found:
+            ids = [n.get("id") for n in g["nodes"] if isinstance(n, dict)]
+            raise NotFound(f"graph {item!r} keeps no node {node} (it keeps {len(ids)} nodes: "
+                           f"{ids[:20]}{' …' if len(ids) > 20 else ''})")
+        n = found[0]
+        edges = [e for e in g["edges"] if isinstance(e, dict) and isinstance(e.get("weight"), (int, float))]
+        strongest = lambda es: sorted(es, key=lambda e: -abs(e["weight"]))[:top]  # noqa: E731
+        out: dict[str, Any] = {"node": n, "incoming": strongest([e for e in edges if e.get("target") == node]),
+                               "outgoing": strongest([e for e in edges if e.get("source") == node]),
+                               "feature_set": None, "dashboard": None}
+        if n.get("kind") != "latent":
+            out["note"] = f"a {n.get('kind')} node has no dashboard (only latents do)"
+            return _clean(out)
+        set_id = g["feature_sets"].get(str(n.get("layer"))) if isinstance(g["feature_sets"], dict) else None
+        if set_id is None or m.features_info() is None:
+            out["note"] = (f"no feature store holds the dashboards of layer {n.get('layer')}'s latents (save the "
+                           "graph with --store and --feature-set to show them)")
+            return _clean(out)
+        out["feature_set"] = set_id
+
+        def read(st):
+            if set_id not in _sets(st):
+                return None, f"the graph names feature set {set_id!r}, which the model's store does not hold"
+            try:
+                return st.page(set_id, int(n["index"])), None
+            except (KeyError, TypeError, ValueError):
+                return None, f"feature set {set_id!r} has no feature {n.get('index')!r}"
+
+        out["dashboard"], note = stores.query(m, read)
+        if note:
+            out["note"] = note
+        return _clean(out)
 
     @app.get("/api/models/{name}/features")
     def features(name: NameParam, set_id: str | None = Query(None, alias="set", min_length=1, max_length=MAX_NAME),

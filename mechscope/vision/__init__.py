@@ -17,12 +17,6 @@ from .layers import (FeatureLayer, ImageSpec, VisionInputError, channel_activati
 __all__ = ["FeatureLayer", "ImageSpec", "VisionInputError", "channel_activations", "check_channel",
            "feature_layer", "feature_layers", "parse_target"]
 
-# feature visualisation by optimisation
-from . import objectives, param, transforms  # noqa: E402
-from .featvis import FeatureReader, FeatureVis, visualize, write_png  # noqa: E402
-
-__all__ += ["FeatureReader", "FeatureVis", "objectives", "param", "transforms", "visualize", "write_png"]
-
 # dataset examples, weight visualisation, synthetic stimuli and tuning curves
 from .examples import DatasetExamples, channel_values, dataset_examples  # noqa: E402
 from .expanded import (ChannelCircuit, ExpandedWeights, FirstLayerFilters, channel_circuit,  # noqa: E402
@@ -44,6 +38,12 @@ from .modularity import GraphClustering, ModularityResult, modularity  # noqa: E
 
 __all__ += ["EquivarianceResult", "Family", "Symmetry", "Transform", "equivariance", "GraphClustering",
             "ModularityResult", "modularity"]
+
+# feature visualisation by optimisation
+from . import objectives, param, transforms  # noqa: E402
+from .featvis import FeatureReader, FeatureVis, visualize, write_png  # noqa: E402
+
+__all__ += ["FeatureReader", "FeatureVis", "objectives", "param", "transforms", "visualize", "write_png"]
 
 # vision networks by zoo name or from a local file, with their image format and dataset images
 from .networks import (ImageSet, VisionNetwork, file_network, image_set_file, load_network,  # noqa: E402

@@ -5,6 +5,10 @@ field that is a dict of tensors, named "field" or "field/key") and `result.json`
 every other field: numbers, strings, tuples, an `ImageSpec`); a field that is itself a saved result goes
 into a subdirectory of its name. `Type.load(directory)` reads them back
 into an equal object: tensors bit for bit, numbers exactly (JSON keeps a float's shortest exact form).
+
+Underneath, `save_result` / `load_result` (also used directly by the equivariance and modularity
+results): the tensors file carries the kind of result and a SHA-256 digest of its tensors, checked on
+reading, so a result is never read as another kind and a corrupt file is an error; writes are atomic.
 Nothing is unpickled.
 """
 
@@ -16,15 +20,18 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ..core.errors import LoadError
-from ..core.files import write_json, write_tensors
+from ..core.files import digest, write_json, write_tensors
 from .layers import ImageSpec
 
 T = TypeVar("T", bound="Saved")
 TENSORS = "tensors.safetensors"
 SETTINGS = "result.json"
+FIELDS = SETTINGS
 
 
 def _to_json(value: Any) -> Any:
@@ -49,6 +56,38 @@ def _from_json(value: Any) -> Any:
     return value
 
 
+def save_result(path: str | Path, kind: str, tensors: dict[str, Tensor], fields: dict[str, Any]) -> Path:
+    """Write `tensors` and the JSON-able `fields` of a result of `kind` into directory `path`; returns it."""
+    out = Path(path)
+    write_tensors(out / TENSORS, tensors, {"kind": kind}, clone=True)
+    write_json(out / FIELDS, {"kind": kind, **fields})
+    return out
+
+
+def load_result(path: str | Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors and fields `save_result` wrote into `path`; an error naming the file when it is missing,
+    corrupt or holds another kind of result."""
+    d = Path(path)
+    try:
+        fields = json.loads((d / FIELDS).read_text())
+    except FileNotFoundError:
+        raise LoadError(f"{d / FIELDS} does not exist: give the directory a result was saved into") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LoadError(f"{d / FIELDS} is not valid JSON ({e})") from e
+    got = fields.pop("kind", None)
+    if got != kind:
+        raise LoadError(f"{d} holds a saved {got!r} result, not {kind!r}")
+    try:
+        with safe_open(str(d / TENSORS), "pt") as f:
+            want = (f.metadata() or {}).get("sha256")
+        tensors = load_file(str(d / TENSORS))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise LoadError(f"{d / TENSORS} is missing, truncated or not safetensors ({e})") from e
+    if want != digest(tensors):
+        raise LoadError(f"{d / TENSORS} is corrupt (its tensors do not match the digest it carries); save again")
+    return tensors, fields
+
+
 class Saved:
     """Mixin of the frozen result dataclasses: `save(directory)` and `load(directory)`."""
 
@@ -69,25 +108,13 @@ class Saved:
                 settings[f.name] = {"__tensors__": list(value)}
             else:
                 settings[f.name] = _to_json(value)
-        write_tensors(directory / TENSORS, tensors, clone=True)
-        write_json(directory / SETTINGS, {"type": type(self).__name__, "fields": settings})
-        return directory
+        return save_result(directory, type(self).__name__, tensors, {"fields": settings})
 
     @classmethod
     def load(cls: type[T], directory: str | Path) -> T:
         """The result saved in `directory` by `save`."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / SETTINGS).read_text())
-            tensors = load_file(str(directory / TENSORS))
-        except (OSError, ValueError) as e:
-            raise LoadError(f"{directory} does not hold a saved {cls.__name__} ({e}); save one with "
-                            f"result.save(directory)") from e
-        if meta.get("type") != cls.__name__:
-            raise LoadError(f"{directory} holds a {meta.get('type')}, not a {cls.__name__}; load it with "
-                            f"{meta.get('type')}.load")
+        tensors, meta = load_result(directory, cls.__name__)
         values: dict[str, Any] = {}
         kinds = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]

@@ -66,7 +66,7 @@ from torch import Tensor, nn
 
 from ..core.progress import progress_bar
 from ..models import wrap
-from ._saved import load_result, save_result
+from ._store import load_result, save_result
 from .layers import FeatureLayer, ImageSpec, VisionInputError, channel_activations, feature_layer
 
 SPATIAL = ("identity", "rot90", "rot180", "rot270", "flip_h", "flip_diag", "flip_v", "flip_antidiag")

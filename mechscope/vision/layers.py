@@ -26,7 +26,16 @@ from ..models import wrap
 
 class VisionInputError(MechscopeError, ValueError):
     """A layer that is not a feature map, a channel out of range, or images the network cannot take
-    (the message names the valid choices)."""
+    (the message names the valid choices).
+
+    Example::
+
+        from mechscope.vision import VisionInputError, check_channel
+        try:
+            check_channel(layer, 999)
+        except VisionInputError as err:
+            print(err)                           # names the valid channels
+    """
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,14 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class FeatureLayer:
-    """A submodule whose output is a feature map: its path, site and (channels, height, width)."""
+    """A submodule whose output is a feature map: its path, site and (channels, height, width).
+
+    Example::
+
+        from mechscope.vision import ImageSpec, feature_layers
+        layers = feature_layers(ms.load("zoo:fmnist-cnn"), ImageSpec(channels=1, height=28, width=28))
+        layers[0].path, layers[0].channels, layers[0].site   # (channels, height, width) of its output too
+    """
 
     path: str
     channels: int
@@ -100,6 +116,8 @@ def _probe(model: Any, spec: ImageSpec) -> tuple[Any, dict[str, tuple[int, ...]]
             if isinstance(out, Tensor):
                 shapes.setdefault(path, tuple(out.shape[1:]))
         hooks.append(sub.register_forward_hook(hook))
+    modes = {m: m.training for m in module.modules()}
+    module.eval()  # the probe must not move batch-norm statistics or draw dropout masks
     try:
         with torch.no_grad():
             module(spec.blank(2, _device(module)))
@@ -110,18 +128,33 @@ def _probe(model: Any, spec: ImageSpec) -> tuple[Any, dict[str, tuple[int, ...]]
     finally:
         for h in hooks:
             h.remove()
+        for m, training in modes.items():
+            m.train(training)
     return adapter, shapes
 
 
 def feature_layers(model: Any, spec: ImageSpec) -> list[FeatureLayer]:
-    """Every submodule whose output on images of `spec` is a feature map, in `named_modules` order."""
+    """Every submodule whose output on images of `spec` is a feature map, in `named_modules` order.
+
+    Example::
+
+        from mechscope.vision import ImageSpec, feature_layers
+        for layer in feature_layers(ms.load("zoo:fmnist-cnn"), ImageSpec(channels=1, height=28, width=28)):
+            print(layer.path, layer.channels, layer.height, layer.width)
+    """
     adapter, shapes = _probe(model, spec)
     mods = dict(adapter.module.named_modules())
     return [FeatureLayer(p, s[0], s[1], s[2], mods[p]) for p, s in shapes.items() if len(s) == 3]
 
 
 def feature_layer(model: Any, path: str, spec: ImageSpec) -> FeatureLayer:
-    """The feature layer at submodule `path`; an error naming the valid layers when it is not one."""
+    """The feature layer at submodule `path`; an error naming the valid layers when it is not one.
+
+    Example::
+
+        from mechscope.vision import ImageSpec, feature_layer
+        layer = feature_layer(ms.load("zoo:fmnist-cnn"), "relu1", ImageSpec(channels=1, height=28, width=28))
+    """
     adapter, shapes = _probe(model, spec)
     layers = [p for p, s in shapes.items() if len(s) == 3]
     if path not in shapes:
@@ -138,7 +171,13 @@ def feature_layer(model: Any, path: str, spec: ImageSpec) -> FeatureLayer:
 
 
 def check_channel(layer: FeatureLayer, channel: int) -> int:
-    """`channel` when it is one of the layer's channels, else an error naming the range."""
+    """`channel` when it is one of the layer's channels, else an error naming the range.
+
+    Example::
+
+        from mechscope.vision import check_channel
+        check_channel(layer, 3)                  # 3, or an error naming 0..channels-1
+    """
     if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < layer.channels:
         raise VisionInputError(f"channel {channel!r} is out of range for {layer.path!r}, which has "
                                f"{layer.channels} channels (0 to {layer.channels - 1})")
@@ -146,7 +185,14 @@ def check_channel(layer: FeatureLayer, channel: int) -> int:
 
 
 def parse_target(text: str) -> tuple[str, int | None]:
-    """"LAYER" or "LAYER:CHANNEL" (the command line's form) -> (layer path, channel or None)."""
+    """"LAYER" or "LAYER:CHANNEL" (the command line's form) -> (layer path, channel or None).
+
+    Example::
+
+        from mechscope.vision import parse_target
+        parse_target("conv2:12")                 # ("conv2", 12)
+        parse_target("conv2")                    # ("conv2", None)
+    """
     path, colon, rest = text.strip().rpartition(":")
     if not colon:
         path, rest = rest, ""
@@ -164,6 +210,14 @@ def channel_activations(model: Any, images: Tensor, layer: FeatureLayer, channel
     """The layer's activations (batch, C, H, W) on `images`, or one channel's (batch, H, W).
 
     Gradients flow when `images` requires them (for optimisation); otherwise call it under no_grad.
+
+    Example::
+
+        from mechscope.vision import ImageSpec, channel_activations, feature_layer
+        model = ms.load("zoo:fmnist-cnn")
+        layer = feature_layer(model, "relu1", ImageSpec(channels=1, height=28, width=28))
+        channel_activations(model, images, layer)              # images (batch, 1, 28, 28) -> (batch, C, H, W)
+        channel_activations(model, images, layer, channel=3)   # (batch, H, W)
     """
     adapter = wrap(model)
     if images.dim() != 4:

@@ -48,7 +48,7 @@ from ..core.progress import progress_bar
 from ..core.run import run
 from ..core.site import Site
 from ..models import wrap
-from ._saved import load_result, save_result
+from ._store import load_result, save_result
 from .layers import ImageSpec, VisionInputError
 
 NORMS = ("l1", "l2")

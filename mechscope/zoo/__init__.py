@@ -34,7 +34,13 @@ _SEED = re.compile(r"^(.*)-seed(\d+)$")
 
 
 def spec(name: str, quick: bool = False, seed: int | None = None, steps: int | None = None) -> RunSpec:
-    """The RunSpec of a zoo name; `quick` picks the quick variant, `steps` shortens a run (tests)."""
+    """The RunSpec of a zoo name; `quick` picks the quick variant, `steps` shortens a run (tests).
+
+    Example::
+
+        from mechscope.zoo import spec
+        spec("modadd", quick=True).hp
+    """
     m = _SEED.match(name)
     if m:
         name, parsed = m.group(1), int(m.group(2))
@@ -67,17 +73,37 @@ def _split(name: str) -> tuple[Recipe, str]:
 
 def train(name: str, quick: bool = False, seed: int | None = None, *, steps: int | None = None,
           path: Path | None = None, progress: bool = True, **kw: Any) -> Run:
-    """Train a zoo network (or resume it, or return it at once if it is already trained)."""
+    """Train a zoo network (or resume it, or return it at once if it is already trained).
+
+    Example::
+
+        from mechscope.zoo import train
+        run = train("induction", quick=True)     # what `mechscope zoo train induction --quick` does
+    """
     return run_training(spec(name, quick, seed, steps), path, progress=progress, **kw)
 
 
 def open_run(name: str, path: Path | None = None) -> Run:
-    """The run directory of a zoo name (trained or not)."""
+    """The run directory of a zoo name (trained or not).
+
+    Example::
+
+        from mechscope.zoo import open_run
+        open_run("induction").done
+    """
     return Run(path or zoo_dir() / spec(name).name)
 
 
 def build_module(run: Run, step: int | None = None) -> nn.Module:
-    """The run's network with its final weights (or those after `step` updates), in eval mode."""
+    """The run's network with its final weights (or those after `step` updates), in eval mode.
+
+    Example::
+
+        from mechscope.zoo import build_module, network
+        net = build_module(network("induction-quick"))          # the final weights, in eval mode
+        run = network("induction")
+        net = build_module(run, step=run.checkpoint_steps()[10])   # an early checkpoint (a run trained here)
+    """
     if not run.done and step is None:
         if run.state_path.is_file() or run.config_path.is_file():
             raise LoadError(f"{run.path.name} was not trained to the end; run `mechscope zoo train "
@@ -100,7 +126,13 @@ def _shipped_instead(name: str, retrain: bool = False) -> bool:
 
 def finished_run(name: str, *, retrain: bool = False) -> Run | None:
     """The finished run `network` would return without training, or None: the cache's run when it is
-    trained, else (unless `retrain`) the copy shipped in the package, checked and unpacked."""
+    trained, else (unless `retrain`) the copy shipped in the package, checked and unpacked.
+
+    Example::
+
+        from mechscope.zoo import finished_run
+        run = finished_run("induction-quick")    # None when it would have to be trained
+    """
     if _shipped_instead(name, retrain):
         return shipped.unpack(spec(name).name, spec(name).config())
     run = open_run(name)
@@ -111,7 +143,13 @@ def network(name: str, *, retrain: bool = False, progress: bool = True) -> Run:
     """The finished run of a zoo name: the cache's when it is trained (checked against the recipe's
     current settings), else the copy shipped in the package (checked and unpacked, see
     `zoo/shipped.py`), else trained here now. `retrain` leaves the shipped copy out: the network is
-    trained here, or a run trained here before is reused."""
+    trained here, or a run trained here before is reused.
+
+    Example::
+
+        from mechscope.zoo import network
+        run = network("induction-quick")         # trained, shipped, or trained now
+    """
     if _shipped_instead(name, retrain):
         return shipped.unpack(spec(name).name, spec(name).config())
     return train(name, progress=progress)
@@ -120,7 +158,13 @@ def network(name: str, *, retrain: bool = False, progress: bool = True) -> Run:
 def load_zoo(name: str, step: int | None = None, path: Path | None = None):
     """A trained zoo network wrapped in its adapter (`mechscope.load("zoo:NAME")`): the cache's run,
     else the copy shipped in the package (final weights only). An absolute path as NAME is a finished
-    run directory anywhere (`mechscope.load(path)` of such a directory comes here)."""
+    run directory anywhere (`mechscope.load(path)` of such a directory comes here).
+
+    Example::
+
+        from mechscope.zoo import load_zoo
+        model = load_zoo("induction-quick")      # the same as ms.load("zoo:induction-quick")
+    """
     from ..models import wrap
 
     name = name.removeprefix("zoo:")
@@ -149,7 +193,13 @@ register_source("zoo", load_zoo)
 
 
 def names() -> list[str]:
-    """Every zoo name the recipes define (seed 0)."""
+    """Every zoo name the recipes define (seed 0).
+
+    Example::
+
+        from mechscope.zoo import names
+        names()                                  # ["modadd", ..., "induction-quick", ...]
+    """
     return [r.name + (f"-{v}" if v else "") for r in RECIPES.values() for v in r.variants]
 
 

@@ -24,7 +24,16 @@ SCHEMA = 1  # version of the zoo's file layout (config.json, checkpoints, state,
 
 
 class CheckpointError(LoadError):
-    """A zoo file that is missing, truncated or corrupt (the message names the file)."""
+    """A zoo file that is missing, truncated or corrupt (the message names the file).
+
+    Example::
+
+        from mechscope.zoo import CheckpointError, load_zoo
+        try:
+            load_zoo("induction-quick")
+        except CheckpointError as err:
+            print(err)                           # names the file
+    """
 
 
 def save_tensors(path: Path, tensors: dict[str, Tensor], meta: dict[str, str] | None = None) -> None:

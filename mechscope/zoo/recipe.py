@@ -3,11 +3,15 @@
 A recipe is a small class in `mechscope/zoo/recipes/`: hyperparameters per variant (JSON-able),
 how to build the model and its fixed data from a seed, the loss of one training step and the
 evaluation metrics logged along the way. The trainer (`mechscope.zoo.train`) owns seeds,
-checkpoints, resumption and progress bars, so a recipe never touches files.
+checkpoints, resumption, progress bars and the device, so a recipe never touches files: on a
+device, the trainer moves the model and the fixed data there (`to_device`), and a recipe moves the
+batches it draws from the CPU generator `gen` to the model's device, so every device trains on the
+same batches.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -17,7 +21,14 @@ from torch import Tensor, nn
 
 class Recipe(ABC):
     """One family of zoo networks; `variants` maps a variant name ("" is the full recipe) to its
-    hyperparameters. The zoo name of a variant is `name` or `name-variant`."""
+    hyperparameters. The zoo name of a variant is `name` or `name-variant`.
+
+    Example::
+
+        from mechscope.zoo import spec
+        recipe = spec("induction").recipe        # the family's Recipe
+        net = recipe.build(spec("induction").hp)
+    """
 
     name: str
     summary: str
@@ -52,3 +63,18 @@ class Recipe(ABC):
         """Learning rate of update `step` (0-based): linear warm-up over hp["warmup"] steps, then flat."""
         warm = hp.get("warmup", 0)
         return hp["lr"] * (min(1.0, (step + 1) / warm) if warm else 1.0)
+
+
+def to_device(x: Any, device: torch.device | str) -> Any:
+    """`x` with every tensor in it (inside dicts, lists, tuples and dataclasses too) on `device`."""
+    if isinstance(x, Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: to_device(getattr(x, f.name), device)
+                                         for f in dataclasses.fields(x) if f.init})
+    return x
+

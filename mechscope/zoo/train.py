@@ -40,17 +40,29 @@ from ..core.paths import cache_dir
 from ..core.progress import progress_bar
 from .files import (SCHEMA, CheckpointError, load_tensors, read_json, read_jsonl, save_tensors, write_json,
                     write_jsonl)
-from .recipe import Recipe
+from .recipe import Recipe, to_device
 
 
 def zoo_dir() -> Path:
-    """Where zoo runs live: `cache_dir()/zoo`."""
+    """Where zoo runs live: `cache_dir()/zoo`.
+
+    Example::
+
+        from mechscope.zoo import zoo_dir
+        zoo_dir()                                # $MECHSCOPE_CACHE/zoo, default ~/.cache/mechscope/zoo
+    """
     return cache_dir() / "zoo"
 
 
 def checkpoint_schedule(steps: int, n_log: int = 40, n_linear: int = 50) -> list[int]:
     """Log-spaced steps from 1 to `steps` (dense early, where features form), plus a linear floor of
-    `n_linear` evenly spaced steps so late phase changes are sampled too; always 0 and `steps`."""
+    `n_linear` evenly spaced steps so late phase changes are sampled too; always 0 and `steps`.
+
+    Example::
+
+        from mechscope.zoo import checkpoint_schedule
+        checkpoint_schedule(3000)                # [0, 1, 2, ..., 3000]: log-spaced plus a linear floor
+    """
     out = {0, steps}
     for i in range(n_log):
         out.add(int(round(math.exp(math.log(steps) * i / (n_log - 1)))))
@@ -61,7 +73,14 @@ def checkpoint_schedule(steps: int, n_log: int = 40, n_linear: int = 50) -> list
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What to train: a recipe variant, a seed and its hyperparameters."""
+    """What to train: a recipe variant, a seed and its hyperparameters.
+
+    Example::
+
+        from mechscope.zoo import spec
+        s = spec("induction", quick=True, seed=1)
+        s.name, s.hp
+    """
 
     recipe: Recipe
     variant: str
@@ -83,7 +102,15 @@ class RunSpec:
 
 
 class Run:
-    """A run directory: its config, metrics, checkpoints and weights."""
+    """A run directory: its config, metrics, checkpoints and weights.
+
+    Example::
+
+        from mechscope.zoo import network
+        run = network("induction-quick")         # a finished Run
+        run.done, run.checkpoint_steps()[:3]
+        run.weights()                            # {name: tensor} of the final weights
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -184,10 +211,14 @@ class _Log:
 
 
 def run_training(spec: RunSpec, path: Path | None = None, progress: bool = True,
-                 state_every_s: float = 30.0, state_every: int | None = None) -> Run:
+                 state_every_s: float = 30.0, state_every: int | None = None,
+                 device: torch.device | str | None = None) -> Run:
     """Train `spec` into its run directory, resuming from its state if one is there.
 
-    `state_every` (updates) additionally writes the resume state on a fixed step interval.
+    `state_every` (updates) additionally writes the resume state on a fixed step interval. `device`
+    (default the CPU) holds the model, its optimiser state and the fixed data; batches are still
+    drawn from CPU generators, so every device sees the same batches (files are written from CPU
+    copies, and a run may resume on another device).
     """
     run = Run(path or zoo_dir() / spec.name)
     config = spec.config()
@@ -214,6 +245,8 @@ def run_training(spec: RunSpec, path: Path | None = None, progress: bool = True,
     gen = torch.Generator().manual_seed(spec.seed + 1)
     data = recipe.data(hp, spec.seed)
     model = recipe.build(hp)
+    if device is not None:
+        model, data = model.to(device), to_device(data, device)
     opt = recipe.optimizer(model, hp)
     start = _restore(run, model, opt, gen) if run.state_path.is_file() else 0
 

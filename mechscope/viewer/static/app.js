@@ -1,12 +1,13 @@
 /* mechscope viewer: a hash-routed single page over the JSON API (see mechscope/viewer/app.py).
- * Routes: #/m/MODEL/overview | attention | roles | patching[/NAME] | circuits[/NAME] | features[/SET/FEATURE] | training
- *         | vision[/NAME] */
+ * Routes: #/m/MODEL/overview | attention | roles | patching[/NAME] | circuits[/NAME] | graphs[/NAME] | features[/SET/FEATURE]
+ *         | training | explanations[/NAME] | vision[/NAME] */
 (function () {
   'use strict';
   const MS = window.MS, el = MS.el;
   const main = document.getElementById('main'), tabs = document.getElementById('tabs'), select = document.getElementById('model-select');
   const TABS = [['overview', 'Overview'], ['attention', 'Attention'], ['roles', 'Head roles'], ['patching', 'Patching'],
-    ['circuits', 'Circuits'], ['features', 'Features'], ['training', 'Training'], ['vision', 'Vision']];
+    ['circuits', 'Circuits'], ['graphs', 'Graphs'], ['features', 'Features'], ['training', 'Training'],
+    ['explanations', 'Explanations'], ['vision', 'Vision']];
   let models = [];
   const enc = encodeURIComponent;
 
@@ -45,6 +46,19 @@
 
   const base = (dir) => '/api/models/' + enc(dir);
 
+  // a section of named results: links to each, then the one the address names (else the first) drawn by `draw`
+  async function named(route, section, title, none, boxClass, draw) {
+    const { names } = await api(base(route.dir) + '/' + section);
+    const sec = el('section', { class: 'part', id: section }, [el('h2', { text: title })]);
+    if (!names.length) { sec.appendChild(el('p', { class: 'muted', text: none })); return sec; }
+    const name = route.rest[0] || names[0];
+    sec.appendChild(el('div', {}, names.map((n) => el('a', { href: '#/m/' + enc(route.model) + '/' + section + '/' + enc(n), class: 'pill', text: n }))));
+    const d = await api(base(route.dir) + '/' + section + '/' + enc(name));
+    const box = el('div', { class: boxClass, 'data-name': name }); sec.appendChild(box);
+    draw(box, d);
+    return sec;
+  }
+
   const pages = {
     async overview(route) {
       const d = await api(base(route.dir) + '/overview');
@@ -68,28 +82,14 @@
       MS.headRoles(box, d);
       return sec;
     },
-    async patching(route) {
-      const { names } = await api(base(route.dir) + '/patching');
-      const sec = el('section', { class: 'part', id: 'patching' }, [el('h2', { text: 'Activation patching' })]);
-      if (!names.length) { sec.appendChild(el('p', { class: 'muted', text: 'No patching results.' })); return sec; }
-      const name = route.rest[0] || names[0];
-      sec.appendChild(el('div', {}, names.map((n) => el('a', { href: '#/m/' + enc(route.model) + '/patching/' + enc(n), class: 'pill', text: n }))));
-      const d = await api(base(route.dir) + '/patching/' + enc(name));
-      const box = el('div', { class: 'patching', 'data-name': name }); sec.appendChild(box);
-      MS.patching(box, d);
-      return sec;
-    },
-    async circuits(route) {
-      const { names } = await api(base(route.dir) + '/circuits');
-      const sec = el('section', { class: 'part', id: 'circuits' }, [el('h2', { text: 'Circuits' })]);
-      if (!names.length) { sec.appendChild(el('p', { class: 'muted', text: 'No circuits.' })); return sec; }
-      const name = route.rest[0] || names[0];
-      sec.appendChild(el('div', {}, names.map((n) => el('a', { href: '#/m/' + enc(route.model) + '/circuits/' + enc(n), class: 'pill', text: n }))));
-      const d = await api(base(route.dir) + '/circuits/' + enc(name));
-      const box = el('div', { class: 'circuit-view', 'data-name': name }); sec.appendChild(box);
-      MS.circuit(box, d);
-      return sec;
-    },
+    patching: (route) => named(route, 'patching', 'Activation patching', 'No patching results.', 'patching', MS.patching),
+    circuits: (route) => named(route, 'circuits', 'Circuits', 'No circuits.', 'circuit-view', MS.circuit),
+    graphs: (route) => named(route, 'graphs', 'Attribution graphs',
+      'No attribution graphs (save one with `mechscope graph ... --artifacts DIR`).', 'graph-view', (box, d) => {
+        const url = base(route.dir) + '/graphs/' + enc(box.dataset.name);
+        MS.attributionGraph(box, d, { fetchNode: (id) => api(url + '/nodes/' + enc(id)),
+          storageKey: 'mechscope.graph:' + route.dir + '/' + box.dataset.name });
+      }),
     async features(route) {
       if (route.rest.length >= 2) {
         const [set, feat] = route.rest;
@@ -128,6 +128,8 @@
       MS.training(box, d);
       return sec;
     },
+    explanations: (route) => named(route, 'explanations', 'Explanations as code',
+      'No explanations (mechscope explain-all NAME --out DIR writes one).', 'explanation-view', MS.explanation),
   };
 
   let renderSeq = 0;

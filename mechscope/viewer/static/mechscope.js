@@ -490,6 +490,8 @@
     line.appendChild(toks);
     return line;
   }
+  MS.tokenLine = tokenLine;
+  MS.wireTips = wireTips;
 
   MS.histogram = function (root, bins) {
     if (!bins || !bins.length) { root.appendChild(el('p', { class: 'muted', text: 'no histogram' })); return; }
@@ -661,6 +663,50 @@
       root.appendChild(sec);
     });
     if (v.settings && Object.keys(v.settings).length) root.appendChild(el('details', {}, [el('summary', { text: 'settings' }), el('pre', { class: 'spec', text: JSON.stringify(v.settings, null, 1) })]));
+  // an explain-all artifact: the explanation's size, the joint number per ablation with its interval,
+  // each component alone and the share of the unexplained loss it holds, and the robustness table
+  MS.explanation = function (root, x) {
+    root.replaceChildren();
+    const hyp = x.hypothesis || {}, results = x.results || {}, abls = Object.keys(results);
+    root.setAttribute('data-explanation', str(x.name));
+    root.appendChild(el('h3', { class: 'explanation-title', text: str(hyp.name || x.name) }));
+    if (hyp.claim) root.appendChild(el('p', { class: 'small', text: str(hyp.claim) }));
+    const ci = (r) => (r && r.ci && r.ci.length === 2 ? `[${fmt(r.ci[0], 6)}, ${fmt(r.ci[1], 6)}]` : '');
+    const joint = el('div', { class: 'card joint' });
+    joint.appendChild(kvTable([
+      ['explanation size', `${intfmt(hyp.lines)} lines of code, ${intfmt(hyp.numbers)} numbers`],
+      ['scored on', str(x.dataset)],
+      ...abls.map((a) => [`loss recovered vs ${a} ablation`,
+        el('span', { class: 'joint-number', 'data-ablation': a, text: `${fmt((results[a].recovered || {}).value, 6)} ${ci(results[a].recovered)}` })])]));
+    root.appendChild(joint);
+    // components: alone (each ablation) and, jointly, the share of the unexplained loss each holds
+    root.appendChild(el('h3', { text: 'Components: alone and jointly' }));
+    const head = ['component', 'kind', 'explanation', 'lines', 'numbers', ...abls.map((a) => `alone vs ${a}`),
+      ...abls.map((a) => `share of unexplained (${a})`)];
+    const ct = el('table', { class: 'data components' });
+    ct.appendChild(el('tr', {}, head.map((h, i) => el('th', { class: i < 3 ? 'l' : null, text: h }))));
+    (hyp.parts || []).forEach((p, i) => {
+      const per = abls.map((a) => ((results[a].parts || [])[i]) || {});
+      ct.appendChild(el('tr', {}, [el('td', { class: 'l', text: str(p.component) }), el('td', { class: 'l', text: str(p.kind) }),
+        el('td', { class: 'l', text: str(p.name) }), el('td', { text: intfmt(p.lines) }), el('td', { text: intfmt(p.numbers) }),
+        ...per.map((r) => el('td', { text: r.alone ? fmt(r.alone.value, 6) : '—' })),
+        ...per.map((r) => el('td', { text: fmt(r.unexplained_share, 4) }))]));
+    });
+    root.appendChild(ct);
+    root.appendChild(el('h3', { text: 'Robustness: the whole hypothesis under each ablation' }));
+    const rt = el('table', { class: 'data robustness' });
+    rt.appendChild(el('tr', {}, ['ablation', 'loss recovered', '95% CI', 'loss clean', 'loss code', 'loss ablated', 'worst group']
+      .map((h, i) => el('th', { class: i === 0 ? 'l' : null, text: h }))));
+    for (const a of abls) {
+      const r = results[a], groups = Object.entries(r.groups || {});
+      const worst = groups.length ? groups.reduce((b, g) => ((g[1] || {}).value < (b[1] || {}).value ? g : b)) : null;
+      rt.appendChild(el('tr', { 'data-ablation': a }, [el('td', { class: 'l', text: a }), el('td', { text: fmt((r.recovered || {}).value, 6) }),
+        el('td', { text: ci(r.recovered) }), el('td', { text: fmt(r.loss_clean, 4) }), el('td', { text: fmt(r.loss_hypothesis, 4) }),
+        el('td', { text: fmt(r.loss_ablated, 4) }), el('td', { text: worst ? `${worst[0]}: ${fmt((worst[1] || {}).value, 6)}` : '—' })]));
+    }
+    root.appendChild(rt);
+    const figs = Object.entries(x.figures || {}).filter(([, v]) => v === null || typeof v !== 'object');
+    if (figs.length) { root.appendChild(el('h3', { text: 'Figures' })); root.appendChild(kvTable(figs.map(([k, v]) => [k, typeof v === 'number' ? fmt(v, 6) : str(v)]))); }
   };
 
   global.MS = MS;

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...models.tiny import TinyConfig, TinyTransformer
-from ..recipe import Recipe
+from ..recipe import Recipe, to_device
 
 # A 64-token context with segments of 4 to 24 tokens. With 32 tokens and segments of at most 12 (the
 # first recipe) the first copy always sat early, so the previous-token heads served only positions up
@@ -95,7 +95,7 @@ class Induction(Recipe):
 
     def loss(self, model, data, hp, gen) -> Tensor:
         """Next-token loss on a fresh batch of `batch` sequences drawn from `gen`."""
-        batch = make_batch(hp["batch"], hp, gen)
+        batch = to_device(make_batch(hp["batch"], hp, gen), data.ids.device)  # where the trainer put the data
         return lm_losses(model(batch.ids), batch)[0]
 
     @torch.no_grad()

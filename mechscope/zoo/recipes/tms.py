@@ -100,7 +100,7 @@ def sample(batch: int, feature_prob: Tensor, n_features: int, gen: torch.Generat
     """A batch (inst, batch, n_features): each feature active with its instance's probability p,
     then uniform in [0, 1]. One uniform u per entry does both: active iff u < p, value u / p."""
     p = feature_prob[:, None, None]  # (inst, 1, 1)
-    u = torch.rand(len(feature_prob), batch, n_features, generator=gen)
+    u = torch.rand(len(feature_prob), batch, n_features, generator=gen).to(feature_prob.device)  # drawn on the CPU
     return torch.where(u < p, u / p, torch.zeros(()))
 
 
