@@ -663,6 +663,8 @@
       root.appendChild(sec);
     });
     if (v.settings && Object.keys(v.settings).length) root.appendChild(el('details', {}, [el('summary', { text: 'settings' }), el('pre', { class: 'spec', text: JSON.stringify(v.settings, null, 1) })]));
+  };
+
   // an explain-all artifact: the explanation's size, the joint number per ablation with its interval,
   // each component alone and the share of the unexplained loss it holds, and the robustness table
   MS.explanation = function (root, x) {
