@@ -7,8 +7,12 @@ import os
 
 import pytest
 
-from test_browser import CHROMIUM, SHOTS, browser, serving  # noqa: F401  (the shared set-up: Chromium, the viewer)
+import test_browser
+from test_browser import CHROMIUM, SHOTS, serving  # the shared set-up: Chromium, the viewer
 from test_vision_artifacts import NAME, write_example
+
+if hasattr(test_browser, "browser"):  # the viewer tests' Chromium fixture, where conftest.py does not hold it
+    browser = test_browser.browser
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (Debian package `chromium`)")]
