@@ -11,7 +11,7 @@ PACKAGE = ROOT / "mechscope"
 # ARCHITECTURE.md's layers, bottom up; analyses sit side by side and do not import each other
 LAYERS = {"core": 0, "models": 1, "zoo": 2, "rasp": 2, "causal": 3, "circuits": 3, "dictionaries": 3,
           "features": 3, "artifacts": 4, "report": 4, "viewer": 4, "cli": 5, "cli_dict": 5, "cli_features": 5,
-          "cli_zoo": 5, "cli_diff": 5, "cli_audit": 5, "cli_explain": 5, "cli_graph": 5, "cli_options": 5, "demo": 5, "studies": 5,
+          "cli_zoo": 5, "cli_diff": 5, "cli_audit": 5, "cli_explain": 5, "cli_graph": 5, "cli_options": 5, "cli_vis": 5, "demo": 5, "studies": 5,
           "replications": 5, "dynamics": 5, "diff": 5, "audit": 5, "graphs": 5, "landscape": 3, "vision": 3}
 SIDE_BY_SIDE = {2, 3}  # reference networks and analyses: one part does not import another of its layer
 

@@ -188,7 +188,17 @@ def previous_token(model: Any, layer: int, *, site_kind: Kind = Kind.Z) -> Expla
 
 
 def uniform_causal(model: Any, layer: int, *, site_kind: Kind = Kind.Z) -> Explanation:
-    """The control for a pattern rule: attend evenly to every position up to q, moving the head's own values."""
+    """The control for a pattern rule: attend evenly to every position up to q, moving the head's own values.
+
+    The pattern it writes is (batch, head, pos, kpos) with row q equal to 1 / (q + 1) on k = 0..q.
+
+    Example::
+
+        from mechscope.circuits import explain_score, strict_induction, uniform_causal
+        model = ms.load("zoo:induction-quick")
+        rule = explain_score(model, tokens, "attn.z.1", strict_induction(model, 1), heads=[1, 3])
+        control = explain_score(model, tokens, "attn.z.1", uniform_causal(model, 1), heads=[1, 3])
+    """
     return _head_from_pattern(model, "uniform_causal", layer, uniform_causal_pattern, site_kind,
                               helpers=(uniform_causal_pattern,), rule="attend evenly to k = 0..q",
                               values="the model's own (captured attn.v)")
