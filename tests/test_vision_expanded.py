@@ -11,6 +11,7 @@ from mechscope.vision import ImageSpec, VisionInputError
 from mechscope.vision.expanded import (ChannelCircuit, ExpandedWeights, FirstLayerFilters, channel_circuit,
                                        expanded_weights, first_layer_filters, weights_as_images)
 from mechscope.zoo.recipes.fmnist_cnn import FashionCNN
+from vision_support import BasicBlock
 
 SPEC = ImageSpec(channels=1, height=28, width=28)
 
@@ -143,20 +144,6 @@ def test_bad_input_is_named(call, words):
         call()
     for w in words:
         assert w in str(err.value)
-
-
-class BasicBlock(nn.Module):
-    """A ResNet basic block: one in-place ReLU module used twice, batch-norm, an identity shortcut."""
-
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + x)
 
 
 def test_a_resnet_block_equals_its_linear_map_written_by_hand():

@@ -16,6 +16,7 @@ from mechscope.vision.objectives import channel, direction, diversity, latent, n
 from mechscope.vision.param import FourierParam, MacoParam, color_correlation, frequencies, mean_spectrum
 from mechscope.vision.transforms import Compose, Jitter, Pad, RandomRotate, RandomScale, standard_transforms
 from mechscope.zoo.recipes.fmnist_cnn import FashionCNN
+from vision_support import BasicBlock
 
 GREY = ImageSpec(1, 15, 15)
 
@@ -323,23 +324,9 @@ def test_save_and_load_round_trip_and_the_png(tmp_path):
     assert _decode_png((tmp_path / "rgb.png").read_bytes())[:3] == (5, 4, 2)
 
 
-class _Block(nn.Module):
-    """A residual block with batch norm and one in-place ReLU module called twice (as torchvision's ResNets do)."""
-
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + x)
-
-
 def test_a_resnet_style_network_with_in_place_relus_and_batch_norm():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), _Block(8), _Block(8),
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), BasicBlock(8), BasicBlock(8),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
     net.train()
     stats = net[2].bn1.running_mean.clone()
@@ -355,7 +342,7 @@ def test_a_resnet_style_network_with_in_place_relus_and_batch_norm():
 
 def test_a_module_called_twice_is_read_at_its_last_call_as_mechscope_run_does():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _Block(8)).eval()
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), BasicBlock(8)).eval()
     spec = ImageSpec(3, 8, 8)
     x = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
