@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mechscope.vision import ImageSpec, VisionInputError
+from mechscope.vision._linear import receptive_boxes
 from mechscope.vision.expanded import (ChannelCircuit, ExpandedWeights, FirstLayerFilters, channel_circuit,
                                        expanded_weights, first_layer_filters, weights_as_images)
 from mechscope.zoo.recipes.fmnist_cnn import FashionCNN
@@ -168,6 +169,34 @@ def test_a_resnet_block_equals_its_linear_map_written_by_hand():
     assert ew.position == (4, 4) and ew.box == (2, 2, 7, 7)  # two 3 x 3 convs: 5 x 5
     torch.testing.assert_close(ew.weights, jac[:, :, t:b, left:r], rtol=1e-5, atol=1e-6)
     assert float(jac.abs().sum()) == pytest.approx(float(ew.weights.abs().sum()), rel=1e-5)  # nothing outside
+
+
+def test_a_module_called_twice_is_read_at_its_last_call():
+    # the block's one ReLU module runs twice; its output is read at the last call (the block's output), as
+    # mechscope.run and FeatureReader read it, so its field holds bn2's and the linear map is the block's
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), BasicBlock(4)).eval()
+    block = net[3]
+    spec = ImageSpec(3, 16, 16)
+    whole, relu = expanded_weights(net, spec, "2", "3"), expanded_weights(net, spec, "2", "3.relu")
+    assert relu.box == whole.box == (2, 2, 7, 7)
+    torch.testing.assert_close(relu.weights, whole.weights, rtol=0, atol=0)
+    bn2 = expanded_weights(net, spec, "2", "3.bn2")
+    assert relu.box == bn2.box
+    # the shared ReLU's (last) output comes after bn2: bn2 does not depend on it
+    with pytest.raises(VisionInputError, match="does not depend"):
+        expanded_weights(net, spec, "3.relu", "3.bn2")
+    # the receptive field in the image, against the real network's gradient with all-positive weights
+    one = BasicBlock(2).eval()
+    with torch.no_grad():
+        for conv in (one.conv1, one.conv2):
+            conv.weight.uniform_(0.1, 1)
+    image = torch.rand(1, 2, 11, 11, requires_grad=True)
+    one(image)[0, 0, 5, 5].backward()
+    rows, cols = image.grad.ne(0).any(1)[0].any(1).nonzero(), image.grad.ne(0).any(1)[0].any(0).nonzero()
+    truth = [int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1]
+    assert truth == [3, 3, 8, 8]
+    assert receptive_boxes(one, ImageSpec(2, 11, 11), "relu", torch.tensor([[5, 5]]))[0].tolist() == truth
 
 
 def test_colour_first_layer_filters_keep_their_channels():

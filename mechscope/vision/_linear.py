@@ -91,18 +91,52 @@ def model_device(model: Any) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _call_counts(net: nn.Module, images: Tensor, paths: list[str]) -> dict[str, int]:
+    """How many times each submodule at `paths` runs in one forward pass of `images` (a probe pass)."""
+    mods = dict(net.named_modules())
+    counts = dict.fromkeys(paths, 0)
+
+    def count(path: str):
+        def hook(_m, _i, _o):
+            counts[path] += 1
+        return hook
+    hooks = [mods[p].register_forward_hook(count(p)) for p in dict.fromkeys(paths)]
+    try:
+        with torch.no_grad():
+            net(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
+
+
 def _forward_to(net: nn.Module, images: Tensor, layer_b: str, layer_a: str | None = None,
                 replace_a: Tensor | None = None) -> Tensor:
-    """B's output on `images`, stopping the forward pass there; A's output replaced by `replace_a` if given."""
+    """B's output on `images`, stopping the forward pass there; A's output replaced by `replace_a` if given.
+
+    A submodule called several times in one pass (a ResNet block's shared ReLU) is read at its last call,
+    as `mechscope.run` and `FeatureReader` read it; only the last call of A is replaced."""
     mods = dict(net.named_modules())
+    replacing = layer_a is not None and replace_a is not None
+    counts = _call_counts(net, images, [layer_b] + ([layer_a] if replacing else []))
+    if counts[layer_b] == 0:
+        raise VisionInputError(f"{layer_b!r} did not run in the forward pass")
     got: dict[str, Tensor] = {}
+    seen = {"a": 0, "b": 0}
 
     def grab(_m, _i, out):
-        got["b"] = out
-        raise _Stop
-    hooks = [mods[layer_b].register_forward_hook(grab)]
-    if layer_a is not None and replace_a is not None:
-        hooks.append(mods[layer_a].register_forward_hook(lambda _m, _i, _o: replace_a))
+        seen["b"] += 1
+        if seen["b"] == counts[layer_b]:
+            got["b"] = out
+            raise _Stop
+
+    def replace(_m, _i, out):
+        seen["a"] += 1
+        return replace_a if seen["a"] == counts[layer_a] else out
+    hooks = []
+    if replacing:  # registered first: when A is B, B's hook sees the replacement
+        hooks.append(mods[layer_a].register_forward_hook(replace))
+    hooks.append(mods[layer_b].register_forward_hook(grab))
     try:
         net(images)
     except _Stop:
