@@ -12,6 +12,8 @@ Shapes: images (batch, channels, height, width) in the spec's pixel range; activ
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +100,26 @@ def _device(module: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` in eval mode for the block, each submodule's own mode restored after it (a frozen batch-norm
+    inside a training network stays frozen): reading a network must not move batch-norm statistics, use the
+    stimulus batch's statistics, or draw dropout masks.
+
+    Example::
+
+        with evaluating(net):
+            out = net(images)        # net.training is False here, and back as it was after
+    """
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
 def _probe(model: Any, spec: ImageSpec) -> tuple[Any, dict[str, tuple[int, ...]]]:
     """The wrapped model and the output shape (without batch) of every submodule on a blank batch."""
     adapter = wrap(model)
@@ -116,10 +138,8 @@ def _probe(model: Any, spec: ImageSpec) -> tuple[Any, dict[str, tuple[int, ...]]
             if isinstance(out, Tensor):
                 shapes.setdefault(path, tuple(out.shape[1:]))
         hooks.append(sub.register_forward_hook(hook))
-    modes = {m: m.training for m in module.modules()}
-    module.eval()  # the probe must not move batch-norm statistics or draw dropout masks
     try:
-        with torch.no_grad():
+        with evaluating(module), torch.no_grad():  # the probe must not move batch-norm statistics
             module(spec.blank(2, _device(module)))
     except Exception as e:  # the network's own error says why; we say what was tried
         raise VisionInputError(f"{adapter.name} cannot take images of shape {spec.shape} "
@@ -128,8 +148,6 @@ def _probe(model: Any, spec: ImageSpec) -> tuple[Any, dict[str, tuple[int, ...]]
     finally:
         for h in hooks:
             h.remove()
-        for m, training in modes.items():
-            m.train(training)
     return adapter, shapes
 
 
@@ -207,7 +225,8 @@ def parse_target(text: str) -> tuple[str, int | None]:
 
 
 def channel_activations(model: Any, images: Tensor, layer: FeatureLayer, channel: int | None = None) -> Tensor:
-    """The layer's activations (batch, C, H, W) on `images`, or one channel's (batch, H, W).
+    """The layer's activations (batch, C, H, W) on `images`, or one channel's (batch, H, W), read in eval mode
+    (each submodule's mode is restored after).
 
     Gradients flow when `images` requires them (for optimisation); otherwise call it under no_grad.
 
@@ -222,7 +241,9 @@ def channel_activations(model: Any, images: Tensor, layer: FeatureLayer, channel
     adapter = wrap(model)
     if images.dim() != 4:
         raise VisionInputError(f"images must be (batch, channels, height, width), got shape {tuple(images.shape)}")
-    acts = run(adapter, images, capture=[layer.site], track_grad=images.requires_grad).cache[layer.site]
+    module = getattr(adapter, "module", None)
+    with evaluating(module) if isinstance(module, nn.Module) else nullcontext():
+        acts = run(adapter, images, capture=[layer.site], track_grad=images.requires_grad).cache[layer.site]
     if channel is None:
         return acts
     return acts[:, check_channel(layer, channel)]

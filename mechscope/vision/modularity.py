@@ -49,7 +49,7 @@ from ..core.run import run
 from ..core.site import Site
 from ..models import wrap
 from ._store import load_result, save_result
-from .layers import ImageSpec, VisionInputError
+from .layers import ImageSpec, VisionInputError, evaluating
 
 NORMS = ("l1", "l2")
 
@@ -262,12 +262,14 @@ def _compare(ours: float, shuffled: list[float]) -> tuple[float, float]:
 
 
 def _activations(module: nn.Module, data: Tensor, paths: Sequence[str], batch: int) -> Tensor:
-    """Units' activations (n_samples, n_units) at `paths`: a feature map's channel means over positions."""
+    """Units' activations (n_samples, n_units) at `paths`, read in eval mode: a feature map's channel means
+    over positions."""
     adapter = wrap(module)
     sites = [Site.module(p) for p in paths]
     chunks = []
     for s in range(0, data.shape[0], batch):
-        cache = run(adapter, data[s:s + batch], capture=sites).cache
+        with evaluating(module):
+            cache = run(adapter, data[s:s + batch], capture=sites).cache
         cols = []
         for site, path in zip(sites, paths):
             a = cache[site]
