@@ -135,6 +135,20 @@ def test_the_result_activation_is_the_objective_read_through_mechscope_run():
     assert r.values.shape == (10,) and net.training  # the network's mode is restored
 
 
+def test_each_submodules_mode_is_restored_and_statistics_stay():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.BatchNorm2d(4), nn.ReLU())
+    net.train()
+    net[4].eval()  # a frozen batch norm inside a training network
+    modes = [m.training for m in net.modules()]
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    visualize(net, channel("5", 1), GREY, steps=3, batch=2, progress=False)
+    assert [m.training for m in net.modules()] == modes == [True, True, True, True, True, False, True]
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+
+
 def test_same_seed_same_images_other_seed_other_images():
     torch.manual_seed(0)
     net = FashionCNN(8, 16, 32).eval()

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ..core.files import write_json, write_tensors
 from ..core.progress import progress_bar
 from ..models import wrap
-from .layers import ImageSpec, VisionInputError, feature_layer, parse_target
+from .layers import ImageSpec, VisionInputError, evaluating, feature_layer, parse_target
 from .objectives import Objective, channel
 from .param import (PARAMS, FourierParam, ImageParam, MacoParam, PixelParam, color_correlation, decorrelate,
                     mean_spectrum)
@@ -286,12 +286,7 @@ def visualize(model: Any, objective: Objective | str, spec: ImageSpec, *, param:
     if not isinstance(steps, int) or steps < 1 or not isinstance(batch, int) or batch < 1:
         raise VisionInputError(f"steps and batch must be whole numbers >= 1, got steps={steps!r}, batch={batch!r}")
     obj = _as_objective(objective)
-    was_training = module.training
-    module.eval()  # before the probe pass too: batch norm's running statistics must not move
-    try:
-        layers = {p: feature_layer(adapter, p, spec) for p in obj.layers()}
-    finally:
-        module.train(was_training)
+    layers = {p: feature_layer(adapter, p, spec) for p in obj.layers()}  # its probe runs in eval mode
     obj = obj.bind(layers)
     if device is None:
         p0 = next(module.parameters(), None)
@@ -303,9 +298,8 @@ def visualize(model: Any, objective: Objective | str, spec: ImageSpec, *, param:
     fill = (spec.low + spec.high) / 2
     opt = torch.optim.Adam(image.params, lr=lr)
     values = torch.empty(steps)
-    module.eval()
     t0 = time.perf_counter()
-    try:
+    with evaluating(module):  # batch norm's running statistics must not move; each submodule's mode comes back
         with FeatureReader(module, list(layers), probe=spec.blank(1, device)) as read, \
                 progress_bar(total=steps, desc=f"visualise {obj.describe()}", unit="step", disable=not progress) as bar:
             for step in range(steps):
@@ -328,8 +322,6 @@ def visualize(model: Any, objective: Objective | str, spec: ImageSpec, *, param:
             with torch.no_grad():
                 final = image().detach()
                 activation = obj.value(read(final)).detach().cpu()
-    finally:
-        module.train(was_training)
     seconds = time.perf_counter() - t0
     settings = {"objective": obj.describe(), "layers": list(layers), **image.settings(),
                 "transforms": transform.settings() if transform is not None else None, "steps": steps, "lr": lr,
