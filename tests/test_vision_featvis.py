@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from mechscope.vision import FeatureVis, ImageSpec, VisionInputError, channel_activations, feature_layer, visualize
+from mechscope.vision import (FeatureLayer, FeatureVis, ImageSpec, VisionInputError, channel_activations,
+                              feature_layer, visualize)
 from mechscope.vision.featvis import FeatureReader, write_png
 from mechscope.vision.objectives import channel, direction, diversity, latent, neuron
 from mechscope.vision.param import FourierParam, MacoParam, color_correlation, frequencies, mean_spectrum
@@ -234,6 +235,39 @@ class _TinyDictionary:
 
     def encode(self, x):
         return torch.relu(x @ self.w)
+
+
+class _MetaDictionary(nn.Module):
+    """A dictionary whose parameters live on the meta device: encode checks its input was moved there and
+    returns, on the CPU, a known function of the input's shape (meta tensors hold no values)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(c, 3, device="meta"))
+
+    def encode(self, x):
+        assert x.device == self.w.device, f"encode got a tensor on {x.device}, its parameters are on {self.w.device}"
+        return torch.full((*x.shape[:-1], 3), float(x.shape[-1]))
+
+
+def test_a_latent_objective_encodes_on_the_dictionarys_device():
+    a = torch.randn(2, 4, 3, 3, requires_grad=True)
+    obj = latent("A", _MetaDictionary(4), 1).bind({"A": FeatureLayer("A", 4, 3, 3, nn.Identity())})
+    got = obj.value({"A": a})
+    assert got.device == a.device
+    torch.testing.assert_close(got, torch.full((2,), 4.0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device beside the CPU")
+def test_a_cpu_dictionary_drives_a_cuda_network():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()).cuda()
+    d = nn.Linear(4, 3)
+    d.encode = d.forward  # a dictionary on the CPU
+    r = visualize(net, latent("1", d, 2), GREY, steps=3, progress=False)
+    with torch.no_grad():
+        want = d(net(r.images.cuda()).permute(0, 2, 3, 1).cpu())[..., 2].mean(dim=(1, 2))
+    torch.testing.assert_close(r.activation, want, rtol=1e-5, atol=1e-6)
 
 
 def test_objectives_equal_their_definitions():

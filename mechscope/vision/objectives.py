@@ -254,9 +254,7 @@ class Latent(Objective):
             raise VisionInputError(f"{type(self.dictionary).__name__} has no encode(x) method; a dictionary "
                                    "objective needs encode: (..., channels) -> (..., n_latents)")
         fl = layers[self.layer]
-        p = next(iter(getattr(self.dictionary, "parameters", lambda: iter(()))()), None)
-        probe = torch.zeros(1, fl.channels, device=p.device if p is not None else None,
-                            dtype=p.dtype if p is not None and p.is_floating_point() else None)
+        probe = self._to_dictionary(torch.zeros(1, fl.channels))
         try:
             with torch.no_grad():
                 n = self.dictionary.encode(probe).shape[-1]
@@ -268,10 +266,19 @@ class Latent(Objective):
                                    f"(0 to {n - 1})")
         return self
 
+    def _to_dictionary(self, x: Tensor) -> Tensor:
+        """`x` on the device (and in the floating dtype) of the dictionary's parameters, if it has any."""
+        p = next(iter(getattr(self.dictionary, "parameters", lambda: iter(()))()), None)
+        if p is None:
+            return x
+        return x.to(device=p.device, dtype=p.dtype if p.is_floating_point() else None)
+
     def value(self, acts: Mapping[str, Tensor]) -> Tensor:
-        """The value (batch,) of each image, from the feature maps {path: (batch, C, H, W)}."""
+        """The value (batch,) of each image, from the feature maps {path: (batch, C, H, W)}: encoded on the
+        dictionary's device, returned on the feature maps'."""
         a = acts[self.layer].permute(0, 2, 3, 1)  # (batch, H, W, C)
-        return self.dictionary.encode(a)[..., self.latent].mean(dim=(1, 2))
+        v = self.dictionary.encode(self._to_dictionary(a))[..., self.latent].mean(dim=(1, 2))
+        return v.to(device=a.device, dtype=a.dtype)
 
     def describe(self) -> str:
         """A short readable form of the objective."""
