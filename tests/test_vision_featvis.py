@@ -150,6 +150,26 @@ def test_each_submodules_mode_is_restored_and_statistics_stay():
         torch.testing.assert_close(v, state[k], rtol=0, atol=0)
 
 
+def test_a_map_read_before_an_in_place_relu_keeps_its_values():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                        nn.Conv2d(4, 4, 3, padding=1)).eval()
+    x = torch.randn(2, 1, 15, 15)
+    with torch.no_grad():
+        bn = net[1](net[0](x))
+        out = net[3](torch.relu(bn))
+    assert bool((bn < 0).any())  # the in-place ReLU would change it
+    with torch.no_grad(), FeatureReader(net, ["1", "3"], probe=GREY.blank(1)) as read:
+        maps = read(x)
+    torch.testing.assert_close(maps["1"], bn, rtol=0, atol=0)
+    torch.testing.assert_close(maps["3"], out, rtol=0, atol=0)
+    r = visualize(net, channel("1", 0) + neuron("3", 1), GREY, steps=4, batch=2, progress=False)
+    with torch.no_grad():
+        bn = net[1](net[0](r.images))
+        want = bn[:, 0].mean(dim=(1, 2)) + net[3](torch.relu(bn))[:, 1, 7, 7]
+    torch.testing.assert_close(r.activation, want)
+
+
 def test_same_seed_same_images_other_seed_other_images():
     torch.manual_seed(0)
     net = FashionCNN(8, 16, 32).eval()

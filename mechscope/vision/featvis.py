@@ -83,7 +83,8 @@ class FeatureReader:
     def __enter__(self) -> FeatureReader:
         for path, mod in zip(self.paths, self._mods):
             def hook(_m, _inp, out, path=path):
-                self._store[path] = out
+                # with several layers read, a later in-place op (ReLU(inplace=True)) would overwrite this map
+                self._store[path] = out.clone() if len(self.paths) > 1 and isinstance(out, Tensor) else out
                 self._seen[path] = self._seen.get(path, 0) + 1
                 if not self._counting and all(self._seen.get(p, 0) >= n for p, n in self._calls.items()):
                     raise _Stop
