@@ -229,3 +229,22 @@ def test_orientation_summary_of_cos_squared_channels(kind, period, direction):
         assert bool(s.direction_variance.isnan().all())  # direction is undefined over 180 degrees
     else:
         assert bool((s.direction_variance < 0.5).all()) and bool(s.circular_variance.isfinite().all())
+
+
+def test_curve_search_with_repeated_radii_matches_the_search_without():
+    # the tuning tensor has one column per distinct radius, whatever the repeats in `radii`
+    net = OneConv([arc_kernel(60.0, 4.0, 12.0), arc_kernel(200.0, 6.0, 12.0)])
+    once = find_curve_detectors(net, SPEC, "relu", radii=(3.0, 4.0, 6.0), length=12.0, step=30, progress=False)
+    twice = find_curve_detectors(net, SPEC, "relu", radii=(3.0, 4.0, 4.0, 6.0), length=12.0, step=30,
+                                 progress=False)
+    assert once.preferred.tolist() == [60.0, 210.0] and once.best_radius.tolist() == [4.0, 6.0]
+    for name in ("preferred", "best_radius", "curve_peak", "line_response", "ratio", "radius_ratios", "selectivity",
+                 "qualifies"):
+        assert torch.equal(getattr(twice, name), getattr(once, name)), name
+
+
+def test_curve_search_needs_the_opposite_bulge_among_its_angles():
+    # step 40 gives 9 angles over 360: no angle lies 180 degrees from another, so no opposite bulge
+    with pytest.raises(VisionInputError) as err:
+        find_curve_detectors(OneConv([arc_kernel(60.0, 4.0, 12.0)]), SPEC, "relu", step=40, progress=False)
+    assert "step" in str(err.value) and "180" in str(err.value) and "45" in str(err.value)

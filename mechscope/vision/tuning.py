@@ -319,7 +319,8 @@ def find_curve_detectors(model: Any, spec: ImageSpec, layer: str, *, channels: S
                          length: float = 8.0, shifts: Sequence[tuple[float, float]] = JITTER,
                          position: tuple[int, int] | None = None, progress: bool = True) -> CurveDetectors:
     """Which channels of `layer` behave like curve detectors (see the module docstring for the
-    criteria); every channel's figures are kept, so "none qualify" comes with the evidence.
+    criteria); every channel's figures are kept, so "none qualify" comes with the evidence. `step` must split
+    360 degrees into an even number of angles, so every bulge angle has its opposite among them.
 
     Example::
 
@@ -329,15 +330,20 @@ def find_curve_detectors(model: Any, spec: ImageSpec, layer: str, *, channels: S
     finite = [float(r) for r in radii if not math.isinf(float(r))]
     if not finite:
         raise VisionInputError("radii must include finite radii (the straight line is added)")
+    n_steps = len(_angles(step, 360.0))
+    if n_steps % 2:
+        raise VisionInputError(f"step {step} gives {n_steps} angles over 360 degrees, so no angle has its opposite "
+                               f"(180 degrees away) to compare with; use a step giving an even number of angles, "
+                               f"e.g. 15, 18, 20, 22.5, 30, 36, 45, 60 or 90")
     t = curve_tuning(model, spec, layer, channels=channels, step=step, radii=[*finite, INF], width=width,
                      length=length, shifts=shifts, position=position, progress=progress)
     r = (t.responses.double() - t.baseline.double().view(-1, 1, 1)).clamp_min(0)  # (k, angles, radii + line)
     curve, line = r[:, :, :-1], r[:, :, -1]
-    k, n_angles, _ = curve.shape
+    k, n_angles, n_radii = curve.shape  # n_radii: the distinct finite radii
     flat = curve.reshape(k, -1)
     peak, where = flat.max(dim=1)
-    best_angle, best_r = where // len(finite), where % len(finite)
-    half = n_angles // 2
+    best_angle, best_r = where // n_radii, where % n_radii
+    half = n_angles // 2  # n_angles is even, so angle index i + half is the bulge 180 degrees away
     same_line = torch.stack([torch.maximum(line[c, best_angle[c]], line[c, (best_angle[c] + half) % n_angles])
                              for c in range(k)])
     ratio = torch.where(same_line > 0, peak / same_line.clamp_min(1e-30),
