@@ -86,6 +86,12 @@ def test_gratings_find_orientation_and_frequency():
     assert torch.equal(t.responses[1].amax(dim=0).argmax(), torch.tensor(2))
     s = orientation_summary(t)
     assert s.preferred.tolist() == [30.0, 120.0]
+    # a Gabor and its copy turned by 90 degrees (the pixel grid's own symmetry) are equally selective: the
+    # orthogonal of 0 is 90 (and -90 = 90 modulo 180), not the peak at 0 again
+    s = orientation_summary(grating_tuning(OneConv([gabor(0.0, 0.1), gabor(90.0, 0.1)]), SPEC, "relu", step=15,
+                                           frequencies=(0.1,), progress=False))
+    assert s.preferred.tolist() == [0.0, 90.0] and float(s.osi[0]) > 0.5
+    assert abs(float(s.osi[0]) - float(s.osi[1])) < 1e-6
 
 
 def test_tuning_curves_equal_a_brute_force_maximum():
