@@ -9,8 +9,9 @@ sigmoid, its transforms through kornia, `preprocess=False` because the network t
 `fixed_image_size=28` so it does not upsample to 224), and `mechscope.vision.visualize` (Fourier image,
 its own transforms). Two settings:
 
-    recipe   Lucid's robustness recipe with pixel sizes scaled from 224 to 28 pixels, in each tool's
-             own transforms: pad 2 (grey), jitter 2, scale 0.9..1.1, rotate -10..10 degrees, jitter 1
+    recipe   mechscope's `standard_transforms` at 28 pixels (Lucid's robustness recipe, its jitters twice
+             Lucid's proportions), in each tool's own transforms: pad 2 (grey), jitter 2, scale 0.9..1.1,
+             rotate -10..10 degrees, jitter 1
              (Lucent's jitter(d) shifts by 0..d-1 pixels, so it gets jitter(3) and jitter(2))
     plain    no transforms
 

@@ -116,6 +116,13 @@ class _Pieces:
         """The analysis result as safetensors + JSON under data/PIECE (its own `save`)."""
         result.save(self.dir / "data" / piece)
 
+    def skip(self, piece: str, reason: Exception) -> None:
+        """Record that `piece` does not apply to this network, with the reason, and say so."""
+        from .core.progress import note
+
+        self.skipped[piece] = str(reason)
+        note(f"{piece} skipped: {reason}")
+
 
 def _device(module: Any) -> Any:
     p = next(module.parameters(), None)
@@ -145,10 +152,16 @@ def _source_layer(module: Any, spec: Any, layer: str) -> str:
 
 def _filters(module: Any, spec: Any, pieces: _Pieces) -> None:
     """The first convolution's filters as an image grid (grey images for one input channel, colour for
-    three; other input counts are skipped with the reason)."""
+    three; other input counts, and networks whose first convolution has no expanded weights from the image,
+    are skipped with the reason)."""
     from .vision import expanded
+    from .vision.layers import VisionInputError
 
-    filt = expanded.first_layer_filters(module, spec)
+    try:
+        filt = expanded.first_layer_filters(module, spec)
+    except VisionInputError as e:  # no convolution, or a nonlinearity before it that cannot be linearised
+        pieces.skip("first-layer filters", e)
+        return
     pieces.save("filters", filt)
     _, c_in, kh, kw = filt.images.shape
     if c_in not in (1, 3):
@@ -167,7 +180,7 @@ def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int
     from .vision import expanded, tuning
     from .vision.examples import dataset_examples
     from .vision.featvis import visualize
-    from .vision.layers import channel_activations
+    from .vision.layers import VisionInputError, channel_activations
     from .vision.objectives import channel, diversity
 
     module, spec, L = net.module, net.spec, layer.path
@@ -199,24 +212,31 @@ def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int
     note("first-layer filters and the channel's circuit")
     _filters(module, spec, pieces)
     source = _source_layer(module, spec, L)
-    circ = expanded.channel_circuit(module, spec, source, L, c, k=8)
-    pieces.save("circuit", circ)
-    maps = expanded.weights_as_images(circ.maps).unsqueeze(1)  # (k, 1, kh, kw) in [0, 1]
-    pieces.grid(f"Circuit: the strongest inputs from {source or 'the image'}", "circuit", maps,
-                [f"{source or 'image'}:{int(i)} (norm {_fmt(float(n))})" for i, n in zip(circ.inputs, circ.norms)],
-                spec=type(spec)(1, maps.shape[2], maps.shape[3]),
-                note=f"expanded weights from each input channel to {L}:{c} at the centre of its map (through the "
-                     "layers between, linearised); grey is zero, light excites, dark inhibits")
+    try:
+        circ = expanded.channel_circuit(module, spec, source, L, c, k=8)
+    except VisionInputError as e:  # e.g. tanh or F.relu between: no expanded weights
+        pieces.skip("the channel's circuit", e)
+    else:
+        pieces.save("circuit", circ)
+        maps = expanded.weights_as_images(circ.maps).unsqueeze(1)  # (k, 1, kh, kw) in [0, 1]
+        pieces.grid(f"Circuit: the strongest inputs from {source or 'the image'}", "circuit", maps,
+                    [f"{source or 'image'}:{int(i)} (norm {_fmt(float(n))})" for i, n in zip(circ.inputs, circ.norms)],
+                    spec=type(spec)(1, maps.shape[2], maps.shape[3]),
+                    note=f"expanded weights from each input channel to {L}:{c} at the centre of its map (through "
+                         "the layers between, linearised); grey is zero, light excites, dark inhibits")
     note(f"tuning curves of {L}:{c} on synthetic edges, curves and gratings")
-    series = []
-    edge = tuning.edge_tuning(module, spec, L, channels=[c])
+    try:
+        edge = tuning.edge_tuning(module, spec, L, channels=[c])
+        summary = tuning.orientation_summary(edge)
+        grat = tuning.grating_tuning(module, spec, L, channels=[c])
+        curv = tuning.curve_tuning(module, spec, L, channels=[c])
+    except VisionInputError as e:
+        pieces.skip("tuning curves", e)
+        return
     pieces.save("tuning-edges", edge)
-    series.append({"name": "edges (bright side towards the angle)", "x": edge.values["angle"], "y": edge.curve(c)})
-    summary = tuning.orientation_summary(edge)
-    grat = tuning.grating_tuning(module, spec, L, channels=[c])
     pieces.save("tuning-gratings", grat)
-    curv = tuning.curve_tuning(module, spec, L, channels=[c])
     pieces.save("tuning-curves", curv)
+    series = [{"name": "edges (bright side towards the angle)", "x": edge.values["angle"], "y": edge.curve(c)}]
     pieces.panels.append({"type": "curves", "title": "Tuning: oriented edges", "x_label": "angle (degrees)",
                           "y_label": "activation at the map's centre", "series": series,
                           "note": "each value the best over small shifts of the stimulus; on a blank image the "
@@ -259,18 +279,23 @@ def _layer_pieces(net: Any, layer: Any, pieces: _Pieces, *, steps: int, channels
                 note=f"one image per channel maximising its mean activation; {steps} steps, seed {seed}")
     _filters(module, spec, pieces)
     note(f"orientation tuning of every channel of {L}")
-    edge = tuning.edge_tuning(module, spec, L)
-    s = tuning.orientation_summary(edge)
-    pieces.save("tuning-edges", edge)
-    order = sorted(range(len(s.channels)), key=lambda i: (-float(s.osi[i]), -float(s.peak[i])))[:16]
-    pieces.panels.append({"type": "table", "title": "Most orientation-selective channels (edges)",
-                          "columns": ["channel", "preferred direction (degrees)", "OSI", "peak above baseline"],
-                          "rows": [[int(s.channels[i]), float(s.preferred[i]), float(s.osi[i]), float(s.peak[i])]
-                                   for i in order]})
-    pieces.panels.append({"type": "curves", "title": f"Tuning to oriented edges: the {min(4, len(order))} most selective",
-                          "x_label": "angle (degrees)", "y_label": "activation at the map's centre",
-                          "series": [{"name": f"channel {int(s.channels[i])}", "x": edge.values["angle"],
-                                      "y": edge.responses[i]} for i in order[:4]]})
+    try:
+        edge = tuning.edge_tuning(module, spec, L)
+        s = tuning.orientation_summary(edge)
+    except VisionInputError as e:
+        pieces.skip("orientation tuning", e)
+    else:
+        pieces.save("tuning-edges", edge)
+        order = sorted(range(len(s.channels)), key=lambda i: (-float(s.osi[i]), -float(s.peak[i])))[:16]
+        pieces.panels.append({"type": "table", "title": "Most orientation-selective channels (edges)",
+                              "columns": ["channel", "preferred direction (degrees)", "OSI", "peak above baseline"],
+                              "rows": [[int(s.channels[i]), float(s.preferred[i]), float(s.osi[i]), float(s.peak[i])]
+                                       for i in order]})
+        pieces.panels.append({"type": "curves",
+                              "title": f"Tuning to oriented edges: the {min(4, len(order))} most selective",
+                              "x_label": "angle (degrees)", "y_label": "activation at the map's centre",
+                              "series": [{"name": f"channel {int(s.channels[i])}", "x": edge.values["angle"],
+                                          "y": edge.responses[i]} for i in order[:4]]})
     data = net.dataset().images[:200] if net.has_dataset else None  # equivariance's responses, co-activations
     try:
         note(f"equivariance families of {L}")
@@ -289,8 +314,7 @@ def _layer_pieces(net: Any, layer: Any, pieces: _Pieces, *, steps: int, channels
             "weights determined by a family": eq.params_determined, "of the convolution's weights": eq.params_total,
             "fraction": eq.params_fraction, "families on shuffled weights (null)": eq.null_families}})
     except VisionInputError as e:
-        pieces.skipped["equivariance"] = str(e)
-        note(f"equivariance skipped: {e}")
+        pieces.skip("equivariance", e)
     try:
         chain = conv_chain(module, L)
         note(f"modularity of {', '.join(chain)}")
@@ -305,8 +329,7 @@ def _layer_pieces(net: Any, layer: Any, pieces: _Pieces, *, steps: int, channels
                               "values": vals, "note": "the weight graph of the convolutions up to this layer "
                                                       "(shortcut connections are not edges)"})
     except VisionInputError as e:
-        pieces.skipped["modularity"] = str(e)
-        note(f"modularity skipped: {e}")
+        pieces.skip("modularity", e)
 
 
 def conv_chain(module: Any, layer: str) -> list[str]:

@@ -163,3 +163,48 @@ def test_a_network_from_a_local_file(monkeypatch, capsys, own, tmp_path):
     circuit = next(p for p in v["panels"] if p["title"].startswith("Circuit"))
     assert circuit["title"] == "Circuit: the strongest inputs from relu" and len(circuit["images"]) == 4
     assert "Skipped" not in [p["title"] for p in v["panels"]]
+
+
+SMOOTH = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class Smooth(nn.Module):
+        """tanh on the image and between the convolutions: nothing here has expanded weights"""
+        def __init__(self):
+            super().__init__()
+            self.squash = nn.Tanh()
+            self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+            self.act = nn.Tanh()
+            self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(self.conv2(self.act(self.conv1(self.squash(x))))), 1))
+''')
+
+
+def test_pieces_a_tanh_network_does_not_allow_are_skipped_with_the_reason(monkeypatch, capsys, tmp_path):
+    (tmp_path / "smooth.py").write_text(SMOOTH)
+    ns: dict = {}
+    exec(SMOOTH, ns)
+    torch.manual_seed(0)
+    save_file(ns["Smooth"]().state_dict(), str(tmp_path / "smooth.safetensors"))
+    mine = ["--module", f"{tmp_path / 'smooth.py'}:Smooth", "--weights", str(tmp_path / "smooth.safetensors"),
+            "--image", "1x16x16", "--steps", "2", "--out", str(tmp_path / "vis"), "--no-report", "--json"]
+    for target, name in (("conv2:1", "conv2-ch1"), ("conv2", "conv2")):
+        code, text = _main(monkeypatch, capsys, "vis", "smooth", target, *mine, "--channels", "1")
+        assert code == 0 and "Traceback" not in text, text
+        written = json.loads(text.strip().splitlines()[-1])
+        v = A.read_artifacts(tmp_path / "vis").model("smooth").vision(name)
+        why = dict(next(p for p in v["panels"] if p["title"] == "Skipped")["rows"])
+        assert "first-layer filters" in written["skipped"] and "nonlinear" in why["first-layer filters"]
+        titles = [p["title"] for p in v["panels"]]
+        assert titles[0].startswith("Feature visualisation") and not any(t.startswith("First-layer") for t in titles)
+        if target == "conv2:1":
+            assert "the channel's circuit" in written["skipped"] and "tanh" in why["the channel's circuit"]
+            assert not any(t.startswith("Circuit") for t in titles)
+            assert {"Tuning: oriented edges", "Tuning: gratings", "Orientation"} <= set(titles)  # they do apply
+        else:
+            assert "Most orientation-selective channels (edges)" in titles

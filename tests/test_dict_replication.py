@@ -39,7 +39,7 @@ def test_toy_part_trains_caches_and_reuses(tmp_path, monkeypatch):
 def test_replication_json_line_has_the_checks_md_shape(tmp_path, monkeypatch):
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
     monkeypatch.setattr(su, "QUICK", su.Plan(toy_tokens=4 * 1024, toy_batch=1024))
-    monkeypatch.setattr(su, "text_part", lambda plan, seed: {"error": "not in this test"})
+    monkeypatch.setattr(su, "text_part", lambda plan, seed, device=None: {"error": "not in this test"})
     rep = su.replicate(quick=True)
     line = json.loads(rep.json_line())
     assert line["kind"] == "replication" and line["name"] == "sae-universality" and line["quick"]

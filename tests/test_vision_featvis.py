@@ -247,6 +247,15 @@ def test_transforms():
     assert torch.equal(a, b) and isinstance(t, Compose)
 
 
+def test_standard_transforms_have_the_documented_pixel_sizes():
+    # pad size/16, jitter size/14, jitter size/28 (each at least 1): at 224 pixels Pad(14), Jitter(16),
+    # Jitter(8) against Lucid's pad 12, jitter 8, jitter 4
+    for size, want in ((28, (2, 2, 1)), (224, (14, 16, 8)), (8, (1, 1, 1))):
+        s = standard_transforms(ImageSpec(1, size, size)).settings()["transforms"]
+        assert [x["transform"] for x in s] == ["Pad", "Jitter", "RandomScale", "RandomRotate", "Jitter"]
+        assert (s[0]["width"], s[1]["d"], s[4]["d"]) == want
+
+
 class _TinyDictionary:
     """encode: (..., C) -> (..., 3): relu of a fixed linear map."""
 

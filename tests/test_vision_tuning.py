@@ -86,6 +86,12 @@ def test_gratings_find_orientation_and_frequency():
     assert torch.equal(t.responses[1].amax(dim=0).argmax(), torch.tensor(2))
     s = orientation_summary(t)
     assert s.preferred.tolist() == [30.0, 120.0]
+    # a Gabor and its copy turned by 90 degrees (the pixel grid's own symmetry) are equally selective: the
+    # orthogonal of 0 is 90 (and -90 = 90 modulo 180), not the peak at 0 again
+    s = orientation_summary(grating_tuning(OneConv([gabor(0.0, 0.1), gabor(90.0, 0.1)]), SPEC, "relu", step=15,
+                                           frequencies=(0.1,), progress=False))
+    assert s.preferred.tolist() == [0.0, 90.0] and float(s.osi[0]) > 0.5
+    assert abs(float(s.osi[0]) - float(s.osi[1])) < 1e-6
 
 
 def test_tuning_curves_equal_a_brute_force_maximum():
@@ -199,3 +205,52 @@ def test_on_the_trained_quick_zoo_network():
         assert d.field == {"relu1": (3, 3), "relu2": (8, 8)}[layer]
         if layer == "relu1":
             assert not bool(d.resolvable.any())  # no arc bends by a pixel within 3 x 3
+
+
+def _synthetic(kind: str, angles: list[float], prefs: list[float], direction: bool) -> TuningCurves:
+    """Tuning curves (k, n) of cos^2 channels (direction: only the half facing the preferred angle)."""
+    a = torch.deg2rad(torch.tensor(angles, dtype=torch.float64)).view(1, -1)
+    p = torch.deg2rad(torch.tensor(prefs, dtype=torch.float64)).view(-1, 1)
+    c = torch.cos(a - p)
+    r = (c.clamp_min(0) if direction else c) ** 2
+    return TuningCurves(layer="relu", kind=kind, spec=SPEC, position=(0, 0), axes=("angle",),
+                        values={"angle": torch.tensor(angles, dtype=torch.float64)},
+                        channels=torch.arange(len(prefs)), responses=r.float(), baseline=torch.zeros(len(prefs)))
+
+
+@pytest.mark.parametrize("kind, period, direction", [("grating", 180.0, False), ("line", 180.0, False),
+                                                     ("edge", 360.0, True), ("curve", 360.0, True)])
+def test_orientation_summary_of_cos_squared_channels(kind, period, direction):
+    # gratings and lines repeat every 180 degrees, so their orthogonal angle is found modulo 180 (not 360,
+    # which would put pref - 90 on the peak itself); edges and curves are directions over 360
+    step = 15.0
+    angles = [i * step for i in range(int(period / step))]
+    prefs = [0.0, 45.0, 90.0, 120.0, 165.0] + ([210.0, 300.0] if period == 360.0 else [])
+    s = orientation_summary(_synthetic(kind, angles, prefs, direction))
+    assert s.preferred.tolist() == prefs
+    torch.testing.assert_close(s.osi, torch.ones(len(prefs), dtype=torch.float64), atol=1e-6, rtol=0)
+    # sum cos^2(a - p) e^{2ia} over a full period = n/4 e^{2ip}, sum cos^2 = n/2: circular variance 1/2
+    if period == 180.0:
+        torch.testing.assert_close(s.circular_variance, torch.full((len(prefs),), 0.5, dtype=torch.float64))
+        assert bool(s.direction_variance.isnan().all())  # direction is undefined over 180 degrees
+    else:
+        assert bool((s.direction_variance < 0.5).all()) and bool(s.circular_variance.isfinite().all())
+
+
+def test_curve_search_with_repeated_radii_matches_the_search_without():
+    # the tuning tensor has one column per distinct radius, whatever the repeats in `radii`
+    net = OneConv([arc_kernel(60.0, 4.0, 12.0), arc_kernel(200.0, 6.0, 12.0)])
+    once = find_curve_detectors(net, SPEC, "relu", radii=(3.0, 4.0, 6.0), length=12.0, step=30, progress=False)
+    twice = find_curve_detectors(net, SPEC, "relu", radii=(3.0, 4.0, 4.0, 6.0), length=12.0, step=30,
+                                 progress=False)
+    assert once.preferred.tolist() == [60.0, 210.0] and once.best_radius.tolist() == [4.0, 6.0]
+    for name in ("preferred", "best_radius", "curve_peak", "line_response", "ratio", "radius_ratios", "selectivity",
+                 "qualifies"):
+        assert torch.equal(getattr(twice, name), getattr(once, name)), name
+
+
+def test_curve_search_needs_the_opposite_bulge_among_its_angles():
+    # step 40 gives 9 angles over 360: no angle lies 180 degrees from another, so no opposite bulge
+    with pytest.raises(VisionInputError) as err:
+        find_curve_detectors(OneConv([arc_kernel(60.0, 4.0, 12.0)]), SPEC, "relu", step=40, progress=False)
+    assert "step" in str(err.value) and "180" in str(err.value) and "45" in str(err.value)

@@ -12,6 +12,7 @@ Shapes: images (batch, channels, height, width) in the spec's pixel range; activ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ class ImageSpec:
     def __post_init__(self) -> None:
         if min(self.channels, self.height, self.width) < 1:
             raise VisionInputError(f"an image needs at least 1 channel and 1 x 1 pixels, got {self.shape}")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise VisionInputError(f"the pixel range must be finite, e.g. [0, 1] or [-1, 1], got "
+                                   f"[{self.low}, {self.high}]")
         if not self.high > self.low:
             raise VisionInputError(f"the pixel range must have high > low, got [{self.low}, {self.high}]")
 

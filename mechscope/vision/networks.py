@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,8 @@ def parse_range(text: str) -> tuple[float, float]:
         low, high = (float(p) for p in parts)
     except ValueError:
         raise VisionInputError(f"the pixel range must be LOW,HIGH, e.g. 0,1 or -1,1, got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise VisionInputError(f"the pixel range must be finite numbers LOW,HIGH, e.g. 0,1 or -1,1, got {text!r}")
     if not high > low:
         raise VisionInputError(f"the pixel range must have HIGH > LOW, got {text!r}")
     return low, high

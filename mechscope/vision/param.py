@@ -13,7 +13,8 @@ it can produce is a valid input:
   for deeper networks with MAgnitude Constrained Optimization"): only the phase of the spectrum is
   optimised; its magnitude is fixed to the average magnitude spectrum of the network's own training
   images (`mean_spectrum`), so the image keeps the power spectrum of natural inputs. The image is
-  standardised before it is squashed into the pixel range.
+  not standardised: it goes, in pixel units, through a soft clip into the pixel range that is close
+  to the identity around the range's middle.
 
 Colour decorrelation (`color_correlation`): the optimiser works in a space where the three colour
 channels are uncorrelated; a 3 x 3 matrix, the square root of the colour covariance, maps it to RGB.

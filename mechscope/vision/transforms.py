@@ -182,11 +182,15 @@ class Compose(Transform):
 
 
 def standard_transforms(spec: ImageSpec) -> Compose:
-    """Lucid's standard robustness recipe with its pixel sizes scaled to the image (Lucid's are for 224 pixels).
+    """Lucid's standard robustness recipe (pad, jitter, scale, rotate, jitter), with pixel sizes for any image.
 
     Pad by size/16, jitter by size/14, scale by 0.9 to 1.1 in steps of 0.02, rotate by -10 to 10 degrees
     (no rotation 5 times as likely as each other angle), jitter by size/28 (size = the smaller side;
-    each at least 1 pixel).
+    each at least 1 pixel). The scales and angles are Lucid's; the pixel sizes are not Lucid's
+    proportions: Lucid pads by 12 and jitters by 8, then 4, at 224 pixels (size/18.7, size/28,
+    size/56), so both jitters here are twice Lucid's and the padding slightly larger (at 224 pixels:
+    Pad(14), Jitter(16), Jitter(8); at 28 pixels Lucid's proportions would give Pad(2), Jitter(1),
+    Jitter(1)).
 
     Example::
 

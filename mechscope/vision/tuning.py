@@ -11,10 +11,12 @@ Orientation summary per channel (angles in degrees, R the floored responses over
 reduced by their maximum):
 - preferred angle: argmax R; peak: max R;
 - orientation selectivity index OSI = (R_pref - R_orth) / (R_pref + R_orth), R_orth the response 90
-  degrees away (the larger of the two sides);
+  degrees away (the larger of the two sides), the angles taken modulo the family's period: 180 degrees
+  for gratings and lines (a and a + 180 are the same stimulus; their angles cover [0, 180)), 360 for
+  edges (bright side) and curves (bulge side), which are directions;
 - circular variance 1 - |sum R e^{2i a}| / sum R (orientation: a and a + 180 alike; 0 = one orientation
   only, 1 = untuned), and direction variance with e^{i a} (a and a + 180 apart: edge polarity, the side
-  a curve bulges to).
+  a curve bulges to); direction variance is NaN for gratings and lines, which have no direction.
 
 Curve detectors (after Cammarata et al., "Curve Detectors", Distill 2020), among the channels whose
 curve peak is positive and at least `min_peak` times the largest among the channels searched: the
@@ -192,7 +194,8 @@ def _angles(step: float, period: float) -> list[float]:
 @dataclass(frozen=True)
 class OrientationSummary(Saved):
     """Per channel (k,): `preferred` angle (degrees), `peak` response, `osi`, `circular_variance`
-    (orientation) and `direction_variance` (direction), from responses minus the baseline floored at 0.
+    (orientation) and `direction_variance` (direction; NaN for gratings and lines, which repeat every 180
+    degrees), from responses minus the baseline floored at 0.
 
     Example::
 
@@ -219,6 +222,16 @@ def _over_angle(t: TuningCurves) -> tuple[Tensor, Tensor]:
     return torch.deg2rad(t.values["angle"].double()), (r.double() - t.baseline.double().unsqueeze(1)).clamp_min(0)
 
 
+ORIENTATION_KINDS = frozenset({"grating", "line"})
+
+
+def _period(kind: str) -> float:
+    """The period in degrees of a stimulus family over angle: 180 for orientations (a grating or line at a
+    and a + 180 is the same stimulus), 360 for directions (edges with their contrast sign, curves with the
+    side they bulge to, and any other family)."""
+    return 180.0 if kind in ORIENTATION_KINDS else 360.0
+
+
 def _variance(angles: Tensor, r: Tensor, harmonic: int) -> Tensor:
     total = r.sum(dim=1)
     z = (r * torch.exp(1j * harmonic * angles)).sum(dim=1).abs()
@@ -235,17 +248,20 @@ def orientation_summary(t: TuningCurves) -> OrientationSummary:
     """
     angles, r = _over_angle(t)
     peak, best = r.max(dim=1)
+    period = math.radians(_period(t.kind))
     orth = []
     for c in range(len(r)):
         pref = angles[best[c]]
-        sides = [int(torch.argmin(torch.remainder(angles - pref - d + math.pi, 2 * math.pi).sub(math.pi).abs()))
+        sides = [int(torch.argmin(torch.remainder(angles - pref - d + period / 2, period).sub(period / 2).abs()))
                  for d in (math.pi / 2, -math.pi / 2)]
         orth.append(max(float(r[c, i]) for i in sides))
     orth_t = torch.tensor(orth, dtype=torch.float64)
     osi = torch.where(peak + orth_t > 0, (peak - orth_t) / (peak + orth_t).clamp_min(1e-30), torch.zeros_like(peak))
+    direction = (_variance(angles, r, 1) if period > math.pi
+                 else torch.full_like(peak, math.nan))  # a and a + 180 are one stimulus: no direction to measure
     return OrientationSummary(layer=t.layer, kind=t.kind, channels=t.channels, preferred=t.values["angle"][best],
                               peak=peak, osi=osi, circular_variance=_variance(angles, r, 2),
-                              direction_variance=_variance(angles, r, 1))
+                              direction_variance=direction)
 
 
 def _one_bump(r: Tensor) -> bool:
@@ -303,7 +319,8 @@ def find_curve_detectors(model: Any, spec: ImageSpec, layer: str, *, channels: S
                          length: float = 8.0, shifts: Sequence[tuple[float, float]] = JITTER,
                          position: tuple[int, int] | None = None, progress: bool = True) -> CurveDetectors:
     """Which channels of `layer` behave like curve detectors (see the module docstring for the
-    criteria); every channel's figures are kept, so "none qualify" comes with the evidence.
+    criteria); every channel's figures are kept, so "none qualify" comes with the evidence. `step` must split
+    360 degrees into an even number of angles, so every bulge angle has its opposite among them.
 
     Example::
 
@@ -313,15 +330,20 @@ def find_curve_detectors(model: Any, spec: ImageSpec, layer: str, *, channels: S
     finite = [float(r) for r in radii if not math.isinf(float(r))]
     if not finite:
         raise VisionInputError("radii must include finite radii (the straight line is added)")
+    n_steps = len(_angles(step, 360.0))
+    if n_steps % 2:
+        raise VisionInputError(f"step {step} gives {n_steps} angles over 360 degrees, so no angle has its opposite "
+                               f"(180 degrees away) to compare with; use a step giving an even number of angles, "
+                               f"e.g. 15, 18, 20, 22.5, 30, 36, 45, 60 or 90")
     t = curve_tuning(model, spec, layer, channels=channels, step=step, radii=[*finite, INF], width=width,
                      length=length, shifts=shifts, position=position, progress=progress)
     r = (t.responses.double() - t.baseline.double().view(-1, 1, 1)).clamp_min(0)  # (k, angles, radii + line)
     curve, line = r[:, :, :-1], r[:, :, -1]
-    k, n_angles, _ = curve.shape
+    k, n_angles, n_radii = curve.shape  # n_radii: the distinct finite radii
     flat = curve.reshape(k, -1)
     peak, where = flat.max(dim=1)
-    best_angle, best_r = where // len(finite), where % len(finite)
-    half = n_angles // 2
+    best_angle, best_r = where // n_radii, where % n_radii
+    half = n_angles // 2  # n_angles is even, so angle index i + half is the bulge 180 degrees away
     same_line = torch.stack([torch.maximum(line[c, best_angle[c]], line[c, (best_angle[c] + half) % n_angles])
                              for c in range(k)])
     ratio = torch.where(same_line > 0, peak / same_line.clamp_min(1e-30),
