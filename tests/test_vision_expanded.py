@@ -176,7 +176,6 @@ def test_a_module_called_twice_is_read_at_its_last_call():
     # mechscope.run and FeatureReader read it, so its field holds bn2's and the linear map is the block's
     torch.manual_seed(4)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), BasicBlock(4)).eval()
-    block = net[3]
     spec = ImageSpec(3, 16, 16)
     whole, relu = expanded_weights(net, spec, "2", "3"), expanded_weights(net, spec, "2", "3.relu")
     assert relu.box == whole.box == (2, 2, 7, 7)

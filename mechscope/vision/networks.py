@@ -241,7 +241,7 @@ def _load_weights(module: nn.Module, weights: Path, label: str) -> None:
             return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
         parts = ([f"missing from the file: {few(missing)}"] if missing else []) + \
             ([f"not in {label}: {few(unexpected)}"] if unexpected else []) + \
-            ([f"other shape: " + ", ".join(f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in "
+            (["other shape: " + ", ".join(f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in "
                                            f"the network" for k in wrong[:8])] if wrong else [])
         raise VisionInputError(f"the weights in {weights} do not fit {label}: " + "; ".join(parts))
     module.load_state_dict(state)
