@@ -124,9 +124,6 @@ class _Pieces:
         note(f"{piece} skipped: {reason}")
 
 
-def _device(module: Any) -> Any:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else "cpu"
 
 
 def _fmt(x: float) -> str:
@@ -177,6 +174,8 @@ def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int
     import torch
 
     from .core.progress import note
+    from .core.run import model_device
+    from .models import wrap
     from .vision import expanded, tuning
     from .vision.examples import dataset_examples
     from .vision.featvis import visualize
@@ -188,7 +187,7 @@ def _channel_pieces(net: Any, layer: Any, c: int, pieces: _Pieces, *, steps: int
     fv = visualize(module, channel(L, c) + 0.5 * diversity(L), spec, batch=4, steps=steps, seed=seed)
     pieces.save("featvis", fv)
     with torch.no_grad():
-        means = channel_activations(module, fv.images.to(_device(module)), layer, c).mean((1, 2))
+        means = channel_activations(module, fv.images.to(model_device(wrap(module))), layer, c).mean((1, 2))
     pieces.grid("Feature visualisation", "featvis", fv.images, [f"mean {_fmt(float(a))}" for a in means],
                 note=f"images that maximise the channel's mean activation (plus a diversity term), found by "
                      f"gradient ascent in a Fourier parameterisation with Lucid's transforms; {steps} steps, seed {seed}")

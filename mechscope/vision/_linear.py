@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.run import model_device as core_model_device
 from ..models import wrap
-from .layers import ImageSpec, VisionInputError, feature_layer
+from .layers import ImageSpec, VisionInputError, call_counts, feature_layer, network
 
 _RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
               nn.Hardswish, nn.Softplus)
@@ -37,15 +38,6 @@ _ADAPTIVE = {nn.AdaptiveMaxPool1d: nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool2d: n
 
 class _Stop(Exception):
     """Raised by the hook on the last layer needed, to skip the rest of the forward pass."""
-
-
-def network(model: Any) -> nn.Module:
-    """The nn.Module behind an adapter or a plain module."""
-    module = getattr(wrap(model), "module", None)
-    if not isinstance(module, nn.Module):
-        raise VisionInputError(f"{type(model).__name__} is not a plain nn.Module network; wrap it with "
-                               "ms.wrap(module)")
-    return module
 
 
 def _linear_counterpart(sub: nn.Module) -> nn.Module | None:
@@ -87,27 +79,7 @@ def linearised(model: Any, ones: bool = False) -> nn.Module:
 
 def model_device(model: Any) -> torch.device:
     """The device of the network's parameters (the CPU when it has none)."""
-    p = next(network(model).parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _call_counts(net: nn.Module, images: Tensor, paths: list[str]) -> dict[str, int]:
-    """How many times each submodule at `paths` runs in one forward pass of `images` (a probe pass)."""
-    mods = dict(net.named_modules())
-    counts = dict.fromkeys(paths, 0)
-
-    def count(path: str):
-        def hook(_m, _i, _o):
-            counts[path] += 1
-        return hook
-    hooks = [mods[p].register_forward_hook(count(p)) for p in dict.fromkeys(paths)]
-    try:
-        with torch.no_grad():
-            net(images)
-    finally:
-        for h in hooks:
-            h.remove()
-    return counts
+    return core_model_device(wrap(model))
 
 
 def _forward_to(net: nn.Module, images: Tensor, layer_b: str, layer_a: str | None = None,
@@ -118,7 +90,7 @@ def _forward_to(net: nn.Module, images: Tensor, layer_b: str, layer_a: str | Non
     as `mechscope.run` and `FeatureReader` read it; only the last call of A is replaced."""
     mods = dict(net.named_modules())
     replacing = layer_a is not None and replace_a is not None
-    counts = _call_counts(net, images, [layer_b] + ([layer_a] if replacing else []))
+    counts = call_counts(net, images, [layer_b] + ([layer_a] if replacing else []))
     if counts[layer_b] == 0:
         raise VisionInputError(f"{layer_b!r} did not run in the forward pass")
     got: dict[str, Tensor] = {}

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._linear import check_linear, linearised, network, position_gradients, support_boxes
+from ._linear import check_linear, linearised, position_gradients, support_boxes
 from ._store import Saved
-from .layers import ImageSpec, VisionInputError, check_channel, feature_layer, feature_layers
+from .layers import ImageSpec, VisionInputError, check_channel, feature_layer, feature_layers, network
 
 CHUNK = 64  # target channels per backward pass (each is one image of the batch)
 

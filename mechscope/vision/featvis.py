@@ -36,9 +36,10 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..core.files import write_json, write_tensors
+from ..core.run import model_device
 from ..core.progress import progress_bar
 from ..models import wrap
-from .layers import ImageSpec, VisionInputError, evaluating, feature_layer, parse_target
+from .layers import ImageSpec, VisionInputError, call_counts, evaluating, feature_layer, network, parse_target
 from .objectives import Objective, channel
 from .param import (PARAMS, FourierParam, ImageParam, MacoParam, PixelParam, color_correlation, decorrelate,
                     mean_spectrum)
@@ -78,25 +79,18 @@ class FeatureReader:
         self._store: dict[str, Tensor] = {}
         self._seen: dict[str, int] = {}
         self._calls = dict.fromkeys(self.paths, 1)
-        self._counting = False
 
     def __enter__(self) -> FeatureReader:
+        if self._probe is not None:  # counted before the reading hooks exist, so the probe runs to its end
+            self._calls = {p: max(1, n) for p, n in call_counts(self.module, self._probe, self.paths).items()}
         for path, mod in zip(self.paths, self._mods):
             def hook(_m, _inp, out, path=path):
                 # with several layers read, a later in-place op (ReLU(inplace=True)) would overwrite this map
                 self._store[path] = out.clone() if len(self.paths) > 1 and isinstance(out, Tensor) else out
                 self._seen[path] = self._seen.get(path, 0) + 1
-                if not self._counting and all(self._seen.get(p, 0) >= n for p, n in self._calls.items()):
+                if all(self._seen.get(p, 0) >= n for p, n in self._calls.items()):
                     raise _Stop
             self._handles.append(mod.register_forward_hook(hook))
-        if self._probe is not None:
-            self._counting, self._seen = True, {}
-            try:
-                with torch.no_grad():
-                    self.module(self._probe)
-            finally:
-                self._counting = False
-            self._calls = {p: max(1, self._seen.get(p, 0)) for p in self.paths}
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -281,18 +275,13 @@ def visualize(model: Any, objective: Objective | str, spec: ImageSpec, *, param:
         r.activation     # (4,): the channel's mean on each untransformed image
     """
     adapter = wrap(model)
-    module = getattr(adapter, "module", None)
-    if not isinstance(module, nn.Module):
-        raise VisionInputError(f"{getattr(adapter, 'name', type(model).__name__)} is not a plain nn.Module network")
+    module = network(adapter)
     if not isinstance(steps, int) or steps < 1 or not isinstance(batch, int) or batch < 1:
         raise VisionInputError(f"steps and batch must be whole numbers >= 1, got steps={steps!r}, batch={batch!r}")
     obj = _as_objective(objective)
     layers = {p: feature_layer(adapter, p, spec) for p in obj.layers()}  # its probe runs in eval mode
     obj = obj.bind(layers)
-    if device is None:
-        p0 = next(module.parameters(), None)
-        device = p0.device if p0 is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = model_device(adapter) if device is None else torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     image = _param(param, spec, batch, gen, device, images)
     transform = _as_transform(transforms, spec)

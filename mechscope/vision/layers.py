@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.errors import MechscopeError
-from ..core.run import run
+from ..core.run import model_device, run
 from ..core.site import Site
 from ..models import wrap
 
@@ -99,9 +99,35 @@ class FeatureLayer:
         return Site.module(self.path)
 
 
-def _device(module: nn.Module) -> torch.device:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+def network(model: Any) -> nn.Module:
+    """The nn.Module behind an adapter or a plain module; an error for a model that is not one."""
+    adapter = wrap(model)
+    module = getattr(adapter, "module", None)
+    if not isinstance(module, nn.Module):
+        raise VisionInputError(f"{getattr(adapter, 'name', type(model).__name__)} is not a plain nn.Module "
+                               "network; the vision tools read feature maps through the generic adapter "
+                               "(ms.wrap(module))")
+    return module
+
+
+def call_counts(module: nn.Module, images: Tensor, paths: Any) -> dict[str, int]:
+    """How many times each submodule at `paths` runs in one forward pass of `images` (a probe pass, no
+    gradients): a submodule called several times (a ResNet block's shared ReLU) is read at its last call."""
+    mods = dict(module.named_modules())
+    counts = dict.fromkeys(paths, 0)
+
+    def count(path: str):
+        def hook(_m, _i, _o):
+            counts[path] += 1
+        return hook
+    hooks = [mods[p].register_forward_hook(count(p)) for p in counts]
+    try:
+        with torch.no_grad():
+            module(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
 
 
 @contextmanager
@@ -127,11 +153,7 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
 def _probe(model: Any, spec: ImageSpec) -> tuple[Any, dict[str, tuple[int, ...]]]:
     """The wrapped model and the output shape (without batch) of every submodule on a blank batch."""
     adapter = wrap(model)
-    module = getattr(adapter, "module", None)
-    if not isinstance(module, nn.Module):
-        raise VisionInputError(f"{getattr(adapter, 'name', type(model).__name__)} is not a plain nn.Module "
-                               "network; the vision tools read feature maps through the generic adapter "
-                               "(ms.wrap(module))")
+    module = network(adapter)
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = []
     for path, sub in module.named_modules():
@@ -144,7 +166,7 @@ def _probe(model: Any, spec: ImageSpec) -> tuple[Any, dict[str, tuple[int, ...]]
         hooks.append(sub.register_forward_hook(hook))
     try:
         with evaluating(module), torch.no_grad():  # the probe must not move batch-norm statistics
-            module(spec.blank(2, _device(module)))
+            module(spec.blank(2, model_device(adapter)))
     except Exception as e:  # the network's own error says why; we say what was tried
         raise VisionInputError(f"{adapter.name} cannot take images of shape {spec.shape} "
                                f"(channels, height, width): {type(e).__name__}: {e}. Give the ImageSpec "
