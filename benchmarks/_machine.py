@@ -65,3 +65,23 @@ def result_line(name: str, figures: dict, checks: dict, threads: int = 2) -> dic
     """A benchmark's result line: passes when every check does."""
     return {"name": name, "kind": "benchmark", "machine": machine(threads=threads), "figures": figures,
             "checks": checks, "pass": all(c["pass"] for c in checks.values())}
+
+
+def main(run, doc: str, arguments: dict[str, dict], quick: dict, quick_help: str, prepare=None) -> None:
+    """A benchmark's command line: the options `arguments` ({flag: argparse keywords}) and --quick (a
+    smoke test that sets the values `quick` names), then the result line of `run(args)` printed as
+    JSON. `prepare(args, parser)` checks or converts options before the run (parser.error to refuse)."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    for flag, kwargs in arguments.items():
+        ap.add_argument(flag, **kwargs)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    a = ap.parse_args()
+    if prepare is not None:
+        prepare(a, ap)
+    if a.quick:
+        for name, value in quick.items():
+            setattr(a, name, value)
+    print(json.dumps(run(a)))

@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from _machine import cpu_snapshot, other_cpu_share, progress, result_line  # noqa: E402
+from _machine import main as _main  # noqa: E402
 
 TARGET = 1.7
 TOLERANCE = 1e-4
@@ -118,14 +119,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=30, help="training steps of the global batch")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="8 steps, 1 repeat (a smoke test)")
-    a = ap.parse_args()
-    if a.quick:
-        a.steps, a.repeats = 8, 1
-    print(json.dumps(run(a)))
+    """Parse the options and print the result line."""
+    _main(run, __doc__, {"--steps": dict(type=int, default=30, help="training steps of the global batch"),
+                         "--repeats": dict(type=int, default=3)},
+          quick={"steps": 8, "repeats": 1}, quick_help="8 steps, 1 repeat (a smoke test)")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ Usage:  bash benchmarks/setup_env.sh lucent
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -49,6 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from _machine import cpu_snapshot, other_cpu_share, progress, result_line  # noqa: E402
+from _machine import main as _main  # noqa: E402
 
 NAME = "featvis_lucent"
 SCALES = [1 + (i - 5) / 50 for i in range(11)]
@@ -173,21 +173,21 @@ def run(args: argparse.Namespace) -> dict:
     return result_line(NAME, fig, checks, threads=1)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=256)
-    ap.add_argument("--seeds", type=int, default=3, help="repeats (seeds) per channel and setting")
-    ap.add_argument("--every", type=int, default=8, help="every N-th channel of relu2's 64")
-    ap.add_argument("--settings", default="recipe,plain")
-    ap.add_argument("--quick", action="store_true", help="64 steps, 1 seed, 4 channels (a smoke test)")
-    a = ap.parse_args()
+def _settings(a, ap) -> None:
     a.settings = [s for s in a.settings.split(",") if s]
     bad = [s for s in a.settings if s not in ("recipe", "plain")]
     if bad:
         ap.error(f"unknown settings {bad}: recipe, plain")
-    if a.quick:
-        a.steps, a.seeds, a.every = 64, 1, 16
-    print(json.dumps(run(a)))
+
+
+def main() -> None:
+    """Parse the options and print the result line."""
+    _main(run, __doc__, {"--steps": dict(type=int, default=256),
+                         "--seeds": dict(type=int, default=3, help="repeats (seeds) per channel and setting"),
+                         "--every": dict(type=int, default=8, help="every N-th channel of relu2's 64"),
+                         "--settings": dict(default="recipe,plain")},
+          quick={"steps": 64, "seeds": 1, "every": 16}, quick_help="64 steps, 1 seed, 4 channels (a smoke test)",
+          prepare=_settings)
 
 
 if __name__ == "__main__":

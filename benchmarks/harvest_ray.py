@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from _machine import cpu_snapshot, other_cpu_share, progress, result_line  # noqa: E402
+from _machine import main as _main  # noqa: E402
 
 TARGET = 1.7
 
@@ -143,14 +144,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sequences", type=int, default=1024, help="sequences of 128 tokens per harvest")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="64 sequences, 1 repeat (a smoke test)")
-    a = ap.parse_args()
-    if a.quick:
-        a.sequences, a.repeats = 64, 1
-    print(json.dumps(run(a)))
+    """Parse the options and print the result line."""
+    _main(run, __doc__, {"--sequences": dict(type=int, default=1024, help="sequences of 128 tokens per harvest"),
+                         "--repeats": dict(type=int, default=3)},
+          quick={"sequences": 64, "repeats": 1}, quick_help="64 sequences, 1 repeat (a smoke test)")
 
 
 if __name__ == "__main__":
