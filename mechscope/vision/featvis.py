@@ -13,7 +13,7 @@ objective reads, and only the image's parameters get gradients.
     model = ms.load("zoo:fmnist-cnn")
     result = visualize(model, "relu2:5", ImageSpec(1, 28, 28), steps=256, seed=0)
     result.images.shape          # (1, 1, 28, 28), in the spec's pixel range
-    result.save("out/relu2-5")   # featvis.safetensors, featvis.json, featvis.png
+    result.save("out/relu2-5")   # tensors.safetensors, result.json, featvis.png
 
 The result (`FeatureVis`) keeps the images, the objective's value at every step (on the transformed
 image the step optimised), the final value of each image measured on the untransformed image, and
@@ -22,7 +22,6 @@ the settings that produced it. Same seed, same settings, same network: the same 
 
 from __future__ import annotations
 
-import json
 import struct
 import time
 import zlib
@@ -32,20 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..core.files import write_json, write_tensors
 from ..core.run import model_device
 from ..core.progress import progress_bar
 from ..models import wrap
+from ._store import load_result, save_result
 from .layers import ImageSpec, VisionInputError, call_counts, evaluating, feature_layer, network, parse_target
 from .objectives import Objective, channel
 from .param import (PARAMS, FourierParam, ImageParam, MacoParam, PixelParam, color_correlation, decorrelate,
                     mean_spectrum)
 from .transforms import Compose, Transform, standard_transforms
 
-TENSORS_FILE, SETTINGS_FILE, PNG_FILE = "featvis.safetensors", "featvis.json", "featvis.png"
+PNG_FILE = "featvis.png"
 
 
 class _Stop(Exception):
@@ -187,22 +185,18 @@ class FeatureVis:
         return ImageSpec(**self.settings["spec"])
 
     def save(self, directory: str | Path, png_scale: int = 4) -> Path:
-        """Write featvis.safetensors, featvis.json and featvis.png (the images side by side) into `directory`."""
-        d = Path(directory)
-        write_tensors(d / TENSORS_FILE, {"images": self.images, "values": self.values, "activation": self.activation})
-        write_json(d / SETTINGS_FILE, {"settings": self.settings, "seconds": self.seconds})
+        """Write the result (`_store`'s format: tensors.safetensors and result.json) and featvis.png (the
+        images side by side) into `directory`."""
+        d = save_result(directory, "FeatureVis", {"images": self.images, "values": self.values,
+                                                  "activation": self.activation},
+                        {"settings": self.settings, "seconds": self.seconds})
         write_png(d / PNG_FILE, self.images, self.spec, scale=png_scale)
         return d
 
     @classmethod
     def load(cls, directory: str | Path) -> FeatureVis:
         """The result saved in `directory` by `save`."""
-        d = Path(directory)
-        for f in (TENSORS_FILE, SETTINGS_FILE):
-            if not (d / f).is_file():
-                raise VisionInputError(f"{d / f} is missing: {d} is not a saved feature visualisation")
-        t = load_file(str(d / TENSORS_FILE))
-        meta = json.loads((d / SETTINGS_FILE).read_text())
+        t, meta = load_result(directory, "FeatureVis")
         return cls(t["images"], t["values"], t["activation"], meta["settings"], meta["seconds"])
 
 
