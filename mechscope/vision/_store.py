@@ -7,8 +7,9 @@ into a subdirectory of its name. `Type.load(directory)` reads them back
 into an equal object: tensors bit for bit, numbers exactly (JSON keeps a float's shortest exact form).
 
 Underneath, `save_result` / `load_result` (also used directly by the equivariance, modularity and
-feature-visualisation results): the tensors file carries the kind of result and a SHA-256 digest of its tensors, checked on
-reading, so a result is never read as another kind and a corrupt file is an error; writes are atomic.
+feature-visualisation results): the tensors file carries the kind of result and a SHA-256 digest of its
+tensors, checked on reading, so a result is never read as another kind and a corrupt file is an error;
+writes are atomic.
 Nothing is unpickled.
 """
 
