@@ -256,8 +256,8 @@ def visualize(model: Any, objective: Objective | str, spec: ImageSpec, *, param:
     rotation, jitter, sized from the image), None, or Transform objects. images: the network's
     training images (n, C, H, W) in the pixel range: the colour correlation of 3-channel images and MACO's
     magnitude spectrum come from them. Adam with learning rate `lr` for `steps` steps; `seed` fixes the
-    start and every random transform. For the first `redirect_relu_steps` steps the network's nn.ReLU modules pass gradient to negative inputs
-    that the objective wants raised, for images whose ReLUs pass none (Lucid's trick: a unit silent on
+    start and every random transform. For the first `redirect_relu_steps` steps the network's nn.ReLU
+    modules pass gradient to negative inputs that the objective wants raised, for images whose ReLUs pass none (Lucid's trick: a unit silent on
     the grey starting image is reached). The network runs in eval mode (its mode is restored) on
     `device` (the model's by default).
 
