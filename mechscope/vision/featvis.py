@@ -250,16 +250,16 @@ def visualize(model: Any, objective: Objective | str, spec: ImageSpec, *, param:
               device: torch.device | str | None = None, progress: bool = True) -> FeatureVis:
     """Images (batch, C, H, W) that maximise `objective` on `model`, found by gradient ascent.
 
-    model: an nn.Module or adapter taking images of `spec`. objective: an `Objective` or
-    "LAYER:CHANNEL" (the channel's mean activation). param: "fourier" (Lucid's), "pixel" or "maco"
-    (needs `images`). transforms: "standard" (`transforms.standard_transforms`: pad, jitter, scale,
-    rotation, jitter, sized from the image), None, or Transform objects. images: the network's
-    training images (n, C, H, W) in the pixel range: the colour correlation of 3-channel images and MACO's
-    magnitude spectrum come from them. Adam with learning rate `lr` for `steps` steps; `seed` fixes the
-    start and every random transform. For the first `redirect_relu_steps` steps the network's nn.ReLU
-    modules pass gradient to negative inputs that the objective wants raised, for images whose ReLUs pass none (Lucid's trick: a unit silent on
-    the grey starting image is reached). The network runs in eval mode (its mode is restored) on
-    `device` (the model's by default).
+    model: an nn.Module or adapter taking images of `spec`. objective: an `Objective` or "LAYER:CHANNEL"
+    (the channel's mean activation). param: "fourier" (Lucid's), "pixel" or "maco" (needs `images`).
+    transforms: "standard" (`transforms.standard_transforms`: pad, jitter, scale, rotation, jitter, sized
+    from the image), None, or Transform objects. images: the network's training images (n, C, H, W) in the
+    pixel range: the colour correlation of 3-channel images and MACO's magnitude spectrum come from them.
+    Adam with learning rate `lr` for `steps` steps; `seed` fixes the start and every random transform. For
+    the first `redirect_relu_steps` steps the network's nn.ReLU modules pass gradient to negative inputs
+    that the objective wants raised, for images whose ReLUs pass none (Lucid's trick: a unit silent on the
+    grey starting image is reached). The network runs in eval mode (its mode is restored) on `device` (the
+    model's by default).
 
     Example::
 
