@@ -83,14 +83,15 @@ def model_device(model: Any) -> torch.device:
 
 
 def _forward_to(net: nn.Module, images: Tensor, layer_b: str, layer_a: str | None = None,
-                replace_a: Tensor | None = None) -> Tensor:
+                replace_a: Tensor | None = None, counts: dict[str, int] | None = None) -> Tensor:
     """B's output on `images`, stopping the forward pass there; A's output replaced by `replace_a` if given.
 
     A submodule called several times in one pass (a ResNet block's shared ReLU) is read at its last call,
     as `mechscope.run` and `FeatureReader` read it; only the last call of A is replaced."""
     mods = dict(net.named_modules())
     replacing = layer_a is not None and replace_a is not None
-    counts = call_counts(net, images, [layer_b] + ([layer_a] if replacing else []))
+    if counts is None:  # a caller running several passes of one network counts once
+        counts = call_counts(net, images, [layer_b] + ([layer_a] if replacing else []))
     if counts[layer_b] == 0:
         raise VisionInputError(f"{layer_b!r} did not run in the forward pass")
     got: dict[str, Tensor] = {}
@@ -129,7 +130,8 @@ def check_linear(net: nn.Module, spec: ImageSpec, layer_b: str, seed: int = 0) -
     x, y = (torch.randn(2, *spec.shape, generator=gen).to(dev) for _ in range(2))
     zero = torch.zeros_like(x)
     with torch.no_grad():
-        f = [_forward_to(net, v, layer_b) for v in (x + y, x, y, zero)]
+        counts = call_counts(net, x, [layer_b])
+        f = [_forward_to(net, v, layer_b, counts=counts) for v in (x + y, x, y, zero)]
     gap = (f[0] - f[1] - f[2] + f[3]).abs().max()
     scale = max(float(f[1].abs().max()), float(f[2].abs().max()), 1e-12)
     if float(gap) > 1e-4 * scale:
