@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import mechscope as ms
 import mechscope.dictionaries as dl
 from mechscope.dictionaries.checkpoint import Checkpointing
 from mechscope.dictionaries.ddp import merged_batches, rank_batches
+from mechscope.dictionaries.exchange import GradBucket, SharedMemorySum
 from mechscope.dictionaries.files import read_tensors
 
 from conftest import VOCAB, build
@@ -64,8 +66,9 @@ def test_merged_batches_are_the_rank_slices_side_by_side(store):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_the_one_process_dictionary(store, tmp_path):
-    p = _torchrun(store, tmp_path / "ddp", 2)
+@pytest.mark.parametrize("exchange", ["shared memory", "all-reduce"])
+def test_two_gloo_processes_train_the_one_process_dictionary(store, tmp_path, exchange):
+    p = _torchrun(store, tmp_path / "ddp", 2, *(["--all-reduce"] if exchange == "all-reduce" else []))
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
     got, _ = read_tensors(tmp_path / "ddp" / "sae_weights.safetensors")
@@ -86,6 +89,7 @@ def test_two_gloo_processes_train_the_one_process_dictionary(store, tmp_path):
         assert torch.equal(cli[name], want), name  # one process both ways: the same sums, bit for bit
     report = json.loads((tmp_path / "ddp" / "train.json").read_text())
     assert report["world"] == 2 and report["tokens"] == 7680 and report["streams"] == 2
+    assert report["gradient_exchange"] == exchange
     assert 0 < report["collective_seconds"] < report["seconds"]
 
 
@@ -116,6 +120,80 @@ def test_a_checkpointed_run_resumes_to_the_same_dictionary(store, tmp_path, devi
     with pytest.raises(dl.files.DictionaryFileError, match="checkpoint of another training"):
         dl.train(other, ((b[0].to(device),) for b in rank_batches(store, [SITE], 256, 0, 1, buffer_rows=512)),
                  dl.TrainConfig(tokens=7680, batch_size=256), progress=False, checkpointing=ck)
+
+
+def _topk_grads(sae, x):
+    sae.zero_grad(set_to_none=True)
+    sae.loss(x, x).total.backward()
+    return {n: p.grad for n, p in sae.named_parameters()}
+
+
+def test_the_gradient_bucket_holds_the_scaled_gradients_in_the_parameters_layout():
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    sae = dl.build("topk", d_in=8, d_sae=32, k=4, seed=0)
+    assert sae.W_enc.stride() == (1, 8)  # stored transposed: the bucket keeps that layout
+    want = {n: g.clone() for n, g in _topk_grads(sae, x).items()}
+    params = list(sae.parameters())
+    flat = torch.full((sum(p.numel() for p in params),), float("nan"))
+    bucket = GradBucket(params, flat, 0.25)
+    base = flat.untyped_storage().data_ptr()
+    for n, p in sae.named_parameters():  # adopted by autograd, not cloned: the gradient is the bucket
+        p.grad = None
+    got = _topk_grads(sae, x)
+    for n, p in sae.named_parameters():
+        assert base <= got[n].data_ptr() < base + flat.numel() * 4, n
+        assert got[n].stride() == p.stride(), n
+        assert torch.equal(got[n], want[n] * 0.25), n
+    bucket.settle()
+    assert not torch.isnan(flat).any()  # every value written, in place
+    sae.zero_grad(set_to_none=True)
+    sae.W_dec.sum().backward()  # reaches W_dec only: the others must read zero, not last step's values
+    bucket.settle()
+    assert torch.equal(sae.W_dec.grad, torch.full_like(sae.W_dec, 0.25))
+    for p in (sae.W_enc, sae.b_enc, sae.b_dec):
+        assert torch.equal(p.grad, torch.zeros_like(p)) and base <= p.grad.data_ptr() < base + flat.numel() * 4
+    bucket.remove()
+    got = _topk_grads(sae, x)
+    assert torch.equal(got["W_enc"], want["W_enc"]) and not base <= got["W_enc"].data_ptr() < base + flat.numel() * 4
+
+
+def test_shared_memory_sum_gives_every_rank_the_sum_in_rank_order():
+    world, numel = 3, 1001  # chunks of 333, 334, 334 values
+    barrier, names = threading.Barrier(world, timeout=60), {}
+    share_lock = threading.Lock()
+
+    def share(name: str) -> str:  # rank 0's name to every rank, as the process group's broadcast does
+        with share_lock:
+            if name:
+                names[0] = name
+        barrier.wait()
+        return names[0]
+
+    values = torch.randn(world, numel, generator=torch.Generator().manual_seed(2)) * 1e3
+    want = (values[0] + values[1]) + values[2]
+    got, errors = {}, []
+
+    def rank(r: int) -> None:
+        try:
+            s = SharedMemorySum(numel, torch.float32, r, world, barrier.wait, share)
+            for step in range(2):  # the slots are reused: the second sum must not see the first's values
+                s.slot().copy_(values[r] * (step + 1))
+                s.sum_()
+                got[r, step] = s.slot().clone()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for r in range(world):
+        assert torch.equal(got[r, 0], want), r
+        assert torch.equal(got[r, 1], (values[0] * 2 + values[1] * 2) + values[2] * 2), r
+    assert not list(Path("/dev/shm").glob(f"mechscope-grads-{os.getpid()}-*"))  # the file's name is gone
 
 
 def test_a_world_size_that_does_not_divide_the_shards_is_refused(store):

@@ -7,7 +7,9 @@ Steps of `main` (one process per rank; torchrun sets RANK, WORLD_SIZE and the re
    ranks, rank r reading shards r, r + N, ... (`rank_batches`): the number of ranks must divide
    the number of training shards, and the global batch must split equally;
 3. build the dictionary from the same seed on every rank and `train` it with a `ProcessGroupReducer`
-   (gradients averaged after every backward pass, see `train`) and a checkpoint every
+   (gradients averaged after every backward pass, see `train`: summed in shared memory when every
+   rank is on this host's CPU, else by the process group's all-reduce, `--all-reduce` forces it;
+   see `exchange`) and a checkpoint every
    `--checkpoint-every` steps, written by rank 0; a run started again with the same arguments
    resumes from it;
 4. rank 0 writes the dictionary (SAELens layout) and train.json to `--out`.
@@ -15,7 +17,8 @@ A rank that dies makes the others fail in their next collective operation (or be
 torchrun); each prints which rank it is, that the job stopped, and the checkpoint to resume from.
 Run without torchrun, it trains in one process; with `--streams N` on the global batches an N-rank
 run trains on (each rank's slice, concatenated), so its dictionary can be compared with that run's.
-train.json records `collective_seconds`: the time rank 0 spent in (or waiting for) exchanges.
+train.json records `collective_seconds`: the time rank 0 spent in (or waiting for) exchanges, and
+`gradient_exchange` ("shared memory" or "all-reduce").
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from torch import Tensor
 
 from ..core.files import remove_partial_writes
 from .checkpoint import Checkpointing
+from .exchange import BucketExchange, SharedMemorySum
 from .files import DictionaryFileError, read_meta, write_json
 from .registry import build
 from .saelens import save
@@ -44,14 +48,21 @@ from .train import Reducer, TrainConfig, train
 
 
 class ProcessGroupReducer(Reducer):
-    """A `Reducer` over the default torch.distributed process group; tensors travel on `device`."""
+    """A `Reducer` over the default torch.distributed process group; tensors travel on `device`.
 
-    def __init__(self, device: torch.device):
+    Gradients go into one flat bucket during the backward pass (`attach`, see `exchange`); with
+    `shared_memory` and every rank on this host's CPU, the bucket is summed through shared memory,
+    else by an all-reduce."""
+
+    def __init__(self, device: torch.device, shared_memory: bool = True):
         import torch.distributed as dist
 
         self.dist, self.device = dist, device
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
         self.seconds = 0.0  # time this rank spent in (or waiting for) gradient and statistics exchanges
+        self.shared_memory = shared_memory  # sum gradients through shared memory when all ranks are on this CPU
+        self.exchange: BucketExchange | None = None
+        self.uses_shared_memory = False
 
     def gather(self, t: Tensor) -> Tensor:
         """Every rank's `t`, concatenated along rows in rank order."""
@@ -60,21 +71,48 @@ class ProcessGroupReducer(Reducer):
         self.dist.all_gather(parts, t)
         return torch.cat(parts)
 
+    def attach(self, params: list[torch.nn.Parameter]) -> Callable[[], None]:
+        """Give the gradients of `params` one flat bucket the backward pass writes into (see `exchange`):
+        in shared memory when every rank is on this host's CPU, else summed by an all-reduce. Returns
+        the function that takes the hooks off."""
+        numel = sum(p.numel() for p in params)
+        dtype = params[0].dtype
+        here = (self.shared_memory and self.device.type == "cpu"
+                and os.environ.get("LOCAL_WORLD_SIZE") == str(self.world)
+                and SharedMemorySum.fits(numel, dtype, self.world))
+        agree = torch.tensor([int(here)], device=self.device)
+        self.dist.all_reduce(agree, op=self.dist.ReduceOp.MIN)  # every rank takes the same way
+        shared = bool(agree)
+        self.exchange = BucketExchange(params, self.rank, self.world, shared=shared, all_reduce=self.dist.all_reduce,
+                                       barrier=self.dist.barrier, share=self._share)
+        self.uses_shared_memory = shared
+
+        def detach() -> None:
+            self.exchange.close()
+            self.exchange = None
+        return detach
+
+    def _share(self, text: str) -> str:
+        """Rank 0's `text` (up to 255 bytes), on every rank."""
+        raw = text.encode()
+        if len(raw) > 255:
+            raise ValueError(f"cannot share {len(raw)} bytes (at most 255): {text[:80]}...")
+        buf = torch.zeros(256, dtype=torch.uint8, device=self.device)
+        if self.rank == 0:
+            buf[0] = len(raw)
+            buf[1:1 + len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+        self.dist.broadcast(buf, 0)
+        n = int(buf[0])
+        return bytes(buf[1:1 + n].tolist()).decode()
+
     def average_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """Replace each gradient by its mean over the ranks (one all-reduce for all of them; a missing gradient
-        counts as zero)."""
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])  # one message per step
+        """Replace each gradient by its mean over the ranks (one in-place sum of the bucket `attach` set up;
+        a missing gradient counts as zero)."""
+        if self.exchange is None:
+            raise RuntimeError("ProcessGroupReducer.average_grads: call attach(params) before the first backward pass")
         t = time.perf_counter()
-        self.dist.all_reduce(flat)
+        self.exchange.average()
         self.seconds += time.perf_counter() - t
-        flat /= self.world
-        at = 0
-        for p in params:  # copied into the gradient's own layout (a parameter may be stored transposed)
-            p.grad.copy_(flat[at:at + p.numel()].view(p.grad.shape))
-            at += p.numel()
 
     def any(self, mask: Tensor) -> Tensor:
         """True where any rank has True."""
@@ -156,11 +194,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", help="cpu, cuda or cuda:N (default: each rank's GPU when there is one, else cpu)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--timeout", type=float, default=300, help="seconds a collective waits for the other processes")
+    ap.add_argument("--all-reduce", action="store_true", help="sum gradients with the process group's all-reduce "
+                    "even when every rank is on this host's CPU (there the default is shared memory)")
     return ap
 
 
-def init_process_group(device: str | None = None, timeout: float = 300) -> tuple[ProcessGroupReducer, torch.device]:
-    """Join the process group torchrun set up (gloo on CPU, NCCL on CUDA); the reducer and this rank's device."""
+def init_process_group(device: str | None = None, timeout: float = 300, shared_memory: bool = True
+                       ) -> tuple[ProcessGroupReducer, torch.device]:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on CUDA); the reducer and this rank's device
+    (`shared_memory`: see `ProcessGroupReducer`)."""
     import torch.distributed as dist
 
     if "WORLD_SIZE" not in os.environ:
@@ -171,7 +213,7 @@ def init_process_group(device: str | None = None, timeout: float = 300) -> tuple
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
-    return ProcessGroupReducer(dev), dev
+    return ProcessGroupReducer(dev, shared_memory), dev
 
 
 def _device(arg: str | None) -> torch.device:
@@ -217,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         batches = merged_batches(store, keys, args.batch, streams, shards, args.seed, args.buffer_rows)
     reducer: Reducer | None = None
     if world > 1:
-        reducer, device = init_process_group(args.device, args.timeout)
+        reducer, device = init_process_group(args.device, args.timeout, shared_memory=not args.all_reduce)
 
     def on_term(signum: int, frame: Any) -> None:  # torchrun stops the others when one rank fails
         print(_stopped(rank, world, checkpoint, "the launcher stopped it (another rank failed)"), file=sys.stderr,
@@ -248,9 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         save(dictionary, args.out)
         comm = reducer.seconds if isinstance(reducer, ProcessGroupReducer) else 0.0
+        exchange = ("shared memory" if reducer.uses_shared_memory else "all-reduce") \
+            if isinstance(reducer, ProcessGroupReducer) else None
         write_json(args.out / "train.json", {**result.describe(), "world": world, "streams": streams,
                                              "device": str(device), "store": str(args.store),
-                                             "collective_seconds": comm, "curve": result.curve})
+                                             "collective_seconds": comm, "gradient_exchange": exchange,
+                                             "curve": result.curve})
         print(f"mechscope train: {result.tokens:,} rows in {result.seconds:.1f} s on {world} process(es): "
               f"{args.out}", file=sys.stderr)
     if world > 1:

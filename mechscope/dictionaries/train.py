@@ -148,8 +148,13 @@ class Reducer:
         """Every process's `t`, concatenated along rows in rank order."""
         return t
 
+    def attach(self, params: list[torch.nn.Parameter]) -> Callable[[], None]:
+        """Prepare to average the gradients of `params` (called before the first backward pass);
+        returns the function to call when training ends."""
+        return lambda: None
+
     def average_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """Replace each gradient by its mean over the processes."""
+        """Replace each gradient by its mean over the processes (after the backward pass)."""
 
     def any(self, mask: Tensor) -> Tensor:
         """True where any process has True."""
@@ -292,60 +297,65 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     batch = first
     recent: deque[Tensor] = deque(maxlen=8)  # the last inputs, for a dictionary's end-of-training calibration
     params = [p for p in dictionary.parameters() if p.requires_grad]
-    for step in range(start, steps):
-        if step > 0:
-            batch = next(it)
-        x, y = dictionary.split_batch(batch)
-        if config.normalise:
-            same = y is x
-            x = x * s_in
-            y = x if same else y * s_out
-        recent.append(x)
-        lr_factor = _lr_factor(step, config)
-        lr = base_lr * lr_factor
-        for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * lr_factor
-        sparsity_scale = controller.scale if controller is not None else min(1.0, (step + 1) / ramp)
-        dead = since_fired >= config.dead_after_tokens
-        with one_thread_except_dense() if dictionary.sparse_step else nullcontext():
-            out = dictionary.loss(x, y, dead if bool(dead.any()) else None, sparsity_scale)
-            step_stats = red.start_step_stats(_fired(out.codes), _l0(out.codes))  # overlaps the backward pass
-            opt.zero_grad(set_to_none=True)
-            out.total.backward()
-            red.average_grads(params)
-            if dictionary.unit_norm_decoder:
-                dictionary.remove_parallel_grads_()
-            opt.step()
-            dictionary.constrain_()
-            fired, l0 = step_stats()
-        if controller is not None:
-            controller.update(l0)
-        rows = x.shape[0] * red.world
-        since_fired += rows
-        since_fired[fired] = 0
-        seen += rows
-        if (config.resample_every and not dictionary.uses_aux_k and (step + 1) % config.resample_every == 0
-                and bool(dead.any())):
-            _resample(dictionary, opt, x, y, out.recon.detach(), dead, g)
-            since_fired[dead] = 0
-        last = step + 1 == steps
-        if (step + 1) % config.log_every == 0 or last or step == 0:
-            row = {"step": step + 1, "tokens": seen, "loss": red.mean(float(out.total.detach())), "lr": lr,
-                   "l0": l0, "dead_fraction": float(dead.float().mean()),
-                   **({"sparsity_scale": sparsity_scale} if controller is not None else {}),
-                   **{k: float(v) for k, v in out.parts.items()}}
-            if held_out is not None and (last or (config.eval_every and (step + 1) % config.eval_every == 0)):
-                row["held_out_fvu"] = _held_out_fvu(dictionary, held_out, s_in, s_out)
-            curve.append(row)  # one row of the training curve
-            bar.set_postfix(fvu=f"{row.get('fvu', float('nan')):.3f}", l0=f"{row['l0']:.1f}",
-                            dead=f"{row['dead_fraction']:.2f}")
-        if checkpointing is not None and (step + 1) % checkpointing.every == 0 and not last:
-            if red.rank == 0:
-                ckpt.save(checkpointing.path, ident, dictionary, opt, {"since_fired": since_fired, "rng": g.get_state()},
-                          {"step": step + 1, "seen": seen, "s_in": s_in, "s_out": s_out, "curve": curve,
-                           "controller": [controller.integral, controller.error] if controller else None})
-            red.barrier()  # no process runs ahead of a checkpoint that is not written yet
-        bar.update(1)
+    detach = red.attach(params)
+    try:
+        for step in range(start, steps):
+            if step > 0:
+                batch = next(it)
+            x, y = dictionary.split_batch(batch)
+            if config.normalise:
+                same = y is x
+                x = x * s_in
+                y = x if same else y * s_out
+            recent.append(x)
+            lr_factor = _lr_factor(step, config)
+            lr = base_lr * lr_factor
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * lr_factor
+            sparsity_scale = controller.scale if controller is not None else min(1.0, (step + 1) / ramp)
+            dead = since_fired >= config.dead_after_tokens
+            with one_thread_except_dense() if dictionary.sparse_step else nullcontext():
+                out = dictionary.loss(x, y, dead if bool(dead.any()) else None, sparsity_scale)
+                step_stats = red.start_step_stats(_fired(out.codes), _l0(out.codes))  # overlaps the backward pass
+                opt.zero_grad(set_to_none=True)
+                out.total.backward()
+                red.average_grads(params)
+                if dictionary.unit_norm_decoder:
+                    dictionary.remove_parallel_grads_()
+                opt.step()
+                dictionary.constrain_()
+                fired, l0 = step_stats()
+            if controller is not None:
+                controller.update(l0)
+            rows = x.shape[0] * red.world
+            since_fired += rows
+            since_fired[fired] = 0
+            seen += rows
+            if (config.resample_every and not dictionary.uses_aux_k and (step + 1) % config.resample_every == 0
+                    and bool(dead.any())):
+                _resample(dictionary, opt, x, y, out.recon.detach(), dead, g)
+                since_fired[dead] = 0
+            last = step + 1 == steps
+            if (step + 1) % config.log_every == 0 or last or step == 0:
+                row = {"step": step + 1, "tokens": seen, "loss": red.mean(float(out.total.detach())), "lr": lr,
+                       "l0": l0, "dead_fraction": float(dead.float().mean()),
+                       **({"sparsity_scale": sparsity_scale} if controller is not None else {}),
+                       **{k: float(v) for k, v in out.parts.items()}}
+                if held_out is not None and (last or (config.eval_every and (step + 1) % config.eval_every == 0)):
+                    row["held_out_fvu"] = _held_out_fvu(dictionary, held_out, s_in, s_out)
+                curve.append(row)  # one row of the training curve
+                bar.set_postfix(fvu=f"{row.get('fvu', float('nan')):.3f}", l0=f"{row['l0']:.1f}",
+                                dead=f"{row['dead_fraction']:.2f}")
+            if checkpointing is not None and (step + 1) % checkpointing.every == 0 and not last:
+                if red.rank == 0:
+                    ckpt.save(checkpointing.path, ident, dictionary, opt,
+                              {"since_fired": since_fired, "rng": g.get_state()},
+                              {"step": step + 1, "seen": seen, "s_in": s_in, "s_out": s_out, "curve": curve,
+                               "controller": [controller.integral, controller.error] if controller else None})
+                red.barrier()  # no process runs ahead of a checkpoint that is not written yet
+            bar.update(1)
+    finally:
+        detach()
     bar.close()
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     calibrate = getattr(dictionary, "calibrate_", None)
