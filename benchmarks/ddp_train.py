@@ -8,7 +8,8 @@ of 4096 rows, trained two ways on the same global batches, beside each other:
     1 x 1   python -m mechscope.dictionaries.train --threads 1 --streams 2
             (one process replaying the two ranks' batches: rank 0's and rank 1's slices, concatenated)
     2 x 1   torchrun --standalone --nproc-per-node 2 -m mechscope.dictionaries.train --threads 1
-            (gloo: each rank trains on its half of every batch, gradients averaged every step)
+            (gloo: each rank trains on its half of every batch, gradients averaged every step,
+            summed through shared memory: both ranks are on this host)
 
 Each repeat runs both, in alternating order. Tokens per second are rank 0's: rows trained / the
 seconds of its training loop (train.json), which include every collective operation but not the
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="ddp-train-"))
     one, two, comm, cpu, diffs = [], [], [], {1: [], 2: []}, {"W_dec": [], "W_enc": []}
+    exchange = set()
     try:
         _store(work / "store")
         snap = cpu_snapshot()
@@ -94,6 +96,7 @@ def run(args: argparse.Namespace) -> dict:
                 cpu[n].append(rep["cpu_seconds"])
                 if n == 2:
                     comm.append(rep["collective_seconds"] / rep["seconds"])
+                    exchange.add(rep.get("gradient_exchange"))
                 progress(f"ddp_train: repeat {r + 1}/{args.repeats}, {n} process(es): "
                          f"{(one if n == 1 else two)[-1]:,.0f} tokens/s")
             a, _ = read_tensors(work / f"d1-{r}" / "sae_weights.safetensors")
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
     fig = {"steps": args.steps, "batch": BATCH, "d_in": 576, "d_sae": D_SAE, "k": 32, "repeats": args.repeats,
            "one_process_tokens_per_s": statistics.median(one), "two_processes_tokens_per_s": statistics.median(two),
            "speedup": statistics.median(two) / statistics.median(one), "one_all": one, "two_all": two,
-           "collective_share_of_rank0_loop": statistics.median(comm),
+           "collective_share_of_rank0_loop": statistics.median(comm), "gradient_exchange": sorted(map(str, exchange)),
            "cpu_seconds_ratio": statistics.median(cpu[1]) / statistics.median(cpu[2]),
            "w_dec_relative_difference": max(diffs["W_dec"]), "w_enc_relative_difference": max(diffs["W_enc"]),
            "other_processes_cpu_share": others}
