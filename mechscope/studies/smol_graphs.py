@@ -1,0 +1,588 @@
+"""Two SmolLM2-135M behaviours read from attribution graphs and tested by interventions in the real model.
+
+The behaviours (`BEHAVIOURS`), each a template filled with 24 words, the answer one token:
+- `antonyms`: `The opposite of "hot" is "` -> `cold`;
+- `capitals`: `The capital of France is` -> ` Paris`.
+
+Steps, per behaviour:
+1. behaviour: the model's top-1 next token on every variant against the expected answer (accuracy);
+2. graph: `graphs.attribute` on one variant (the first, "hot" / "France") through the transcoders
+   given (layers without one are error nodes), pruned with `graphs.prune`; CPU seconds measured;
+3. supernodes: the kept latents grouped by role (the prompt position they sit at, counted from the
+   end: the word, the last token, ...) and layer band (`band` layers each); each supernode's
+   influence on the target is the sum of its latents' (the pruned graph's influence), and what it
+   writes is read through the unembedding (its latents' decoder rows, weighted by activation, times
+   W_U: the tokens it promotes). The hypothesis is read off the strongest supernodes (printed,
+   and saved with the result);
+4. interventions, in the real model (not the replacement; every MLP and attention pattern live),
+   on every variant, each latent edit written into the MLP output it belongs to (`code x W_dec` is
+   added or removed at one position, the layer's error term untouched):
+   - ablate a supernode: at its role position and layers, the `m` latents with the largest positive
+     attribution to the target on that variant (activation x gradient, one backward pass: what
+     removing each would lower the target by, to first order; `m` is the supernode's size in the
+     graph) are set to zero; the drop of the target's logit (minus the mean logit) is compared with
+     the drop from `m` other active latents at the same position and layers drawn at random
+     (seeded): the control;
+   - patch the word: every latent at the word position in layers 0..`patch_to` takes its value on a
+     contrasting variant (the next variant in the list, another word), the rest of the prompt as is;
+     the shift of logit(contrast's answer) - logit(own answer), and how often the top-1 token
+     becomes the contrast's answer.
+   Means over variants with 95% bootstrap intervals (`core.bootstrap_ci`).
+
+The checks' targets are fixed in `targets()` before any measurement (they are the same for both
+behaviours); a refuted hypothesis fails its check, and the result line says so.
+
+    python -m mechscope.studies.smol_graphs --transcoders /work/runs/smollm2-tc [--json] [--artifacts out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core.interventions import Replace
+from ..core.progress import echo
+from ..core.run import run
+from ..core.score import bootstrap_ci
+from ..core.site import Kind, Site
+from . import result_line
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """A template with one slot `{x}`, the variants (x, answer) and the roles of its positions.
+
+    `roles` maps a role to its position counted from the end of the prompt (-1 the last token), so
+    variants whose words take different numbers of tokens keep their roles aligned; `word` is the
+    role whose latents the patching experiment swaps between variants.
+    """
+
+    name: str
+    template: str
+    pairs: tuple[tuple[str, str], ...]
+    answer_prefix: str
+    roles: tuple[tuple[str, int], ...]
+    word: str = "word"
+
+    def variants(self) -> list[tuple[str, str]]:
+        """(prompt, answer text) of every variant."""
+        return [(self.template.format(x=x), self.answer_prefix + a) for x, a in self.pairs]
+
+
+ANTONYMS = Behaviour(
+    "antonyms", 'The opposite of "{x}" is "',
+    (("hot", "cold"), ("big", "small"), ("up", "down"), ("left", "right"), ("black", "white"), ("fast", "slow"),
+     ("open", "closed"), ("happy", "sad"), ("old", "new"), ("good", "bad"), ("high", "low"), ("long", "short"),
+     ("hard", "soft"), ("light", "dark"), ("rich", "poor"), ("early", "late"), ("true", "false"), ("in", "out"),
+     ("wet", "dry"), ("heavy", "light"), ("strong", "weak"), ("full", "empty"), ("thick", "thin"), ("love", "hate")),
+    "", (("last", -1), ("is", -2), ("quote", -3), ("word", -4), ("opposite", -6)))
+
+CAPITALS = Behaviour(
+    "capitals", "The capital of {x} is",
+    (("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
+     ("China", "Beijing"), ("Russia", "Moscow"), ("Egypt", "Cairo"), ("England", "London"), ("Greece", "Athens"),
+     ("Canada", "Ottawa"), ("Austria", "Vienna"), ("Poland", "Warsaw"), ("Ireland", "Dublin"),
+     ("Portugal", "Lisbon"), ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Turkey", "Ankara"),
+     ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Cuba", "Havana"), ("Thailand", "Bangkok"), ("Iran", "Tehran"),
+     ("Belgium", "Brussels")),
+    " ", (("last", -1), ("word", -2), ("capital", -4)))
+
+BEHAVIOURS = {b.name: b for b in (ANTONYMS, CAPITALS)}
+
+
+@dataclass(frozen=True)
+class SmolGraphsConfig:
+    """Settings of the study (all seeded)."""
+
+    studies: tuple[str, ...] = ("antonyms", "capitals")
+    model: str = "smollm2-135m"
+    graph_variant: int = 0  # the variant whose graph is built
+    band: int = 6  # layers per supernode band
+    top_supernodes: int = 4  # supernodes ablated (by influence)
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+    memory_gb: float = 4.0
+    batch: int = 64
+    patch_to: int | None = None  # the word's latents are patched in layers 0..patch_to (None: every layer)
+    n_boot: int = 1000
+    seed: int = 0
+    threads: int = 1
+
+
+def targets() -> dict[str, str]:
+    """The checks' targets, fixed before measuring (the same for every behaviour)."""
+    return {"accuracy": "top-1 accuracy >= 0.6 over the variants (the behaviour exists)",
+            "ablation": "ablating the strongest supernode lowers the target logit more than ablating as many "
+                        "random active latents at the same place (paired difference > 0, 95% CI above 0)",
+            "patch_shift": "patching the word's latents from a contrasting variant raises logit(contrast answer) "
+                           "- logit(own answer) (mean shift > 0, 95% CI above 0)",
+            "patch_flip": "the patched top-1 token is the contrast's answer in >= 50% of the variants"}
+
+
+# --- the model and its latents ---------------------------------------------------------------------------
+
+@dataclass
+class Latents:
+    """The model with its transcoder latents (`graphs.latent_layers`), and the three operations the
+    experiments need: codes, attribution, and edited runs."""
+
+    model: Any
+    layers: dict  # layer -> graphs.LatentLayer
+    W_U: Tensor  # (d_model, vocab)
+    n_layers: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @staticmethod
+    def of(model: Any, transcoders: dict) -> "Latents":
+        from ..graphs import latent_layers
+
+        w = model.weights()
+        d_model = int(w.W_E.shape[1])
+        n_layers = sum(1 for s in model.sites() if s.kind is Kind.MLP_OUT)
+        return Latents(model, latent_layers(model, transcoders, d_model), w.W_U.detach(), n_layers)
+
+    def ids(self, text: str) -> Tensor:
+        return self.model.to_tokens(text)["input_ids"]
+
+    def codes(self, ids: Tensor) -> dict[int, Tensor]:
+        """layer -> (pos, n) codes of the clean run."""
+        res = run(self.model, ids, capture=[lat.reads for lat in self.layers.values()])
+        return {l: lat.encode(res.cache[lat.reads][0]).to(lat.W_enc.dtype) for l, lat in self.layers.items()}
+
+    def attribution(self, ids: Tensor, target: int) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+        """(codes, scores): layer -> (pos, n); scores[l][p, f] = code x <W_dec[f], d metric / d mlp_out[l][p]>,
+        the first-order effect of the latent on the target's logit minus the mean logit (what removing it
+        would lower that by, to first order)."""
+        sites = [Site(Kind.MLP_OUT, l) for l in self.layers]
+        res = run(self.model, ids, capture=sites + [lat.reads for lat in self.layers.values()],
+                  grad=lambda out: demeaned(_logits(out)[0, -1], target))
+        codes, scores = {}, {}
+        for l, lat in self.layers.items():
+            c = lat.encode(res.cache[lat.reads][0].detach()).to(lat.W_enc.dtype)
+            g = res.grads[Site(Kind.MLP_OUT, l)][0].to(c.dtype)  # (pos, d)
+            codes[l] = c
+            scores[l] = c * (g @ lat.W_dec[l].to(c.dtype).t())
+        return codes, scores
+
+    def edited(self, ids: Tensor, edit: Callable[[int, Tensor], Tensor | None]) -> Tensor:
+        """Last-position logits with each transcoded layer's MLP output changed by `delta @ W_dec`, where
+        delta (pos, n) = edit(layer, live codes (pos, n)) (None: no change). Codes are read live, so an
+        earlier edit changes later layers' codes."""
+        live: dict[int, Tensor] = {}
+
+        def reader(l: int):
+            def fn(x: Tensor, ctx) -> Tensor:
+                live[l] = self.layers[l].encode(x[0]).to(self.layers[l].W_enc.dtype)
+                return x
+            return fn
+
+        def writer(l: int):
+            def fn(x: Tensor, ctx) -> Tensor:
+                d = edit(l, live[l])
+                if d is None:
+                    return x
+                return x + (d @ self.layers[l].W_dec[l].to(d.dtype)).to(x)[None]
+            return fn
+
+        ivs = [Replace(lat.reads, fn=reader(l)) for l, lat in self.layers.items()]
+        ivs += [Replace(Site(Kind.MLP_OUT, l), fn=writer(l)) for l in self.layers]
+        return _logits(run(self.model, ids, interventions=ivs).logits)[0, -1].double()
+
+    def clean(self, ids: Tensor) -> Tensor:
+        return _logits(run(self.model, ids).logits)[0, -1].double()
+
+
+def _logits(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else x.logits
+
+
+def demeaned(logits: Tensor, token: int) -> Tensor:
+    """The logit of `token` minus the mean logit (what the graph's logit nodes measure)."""
+    return logits[..., token] - logits.mean(-1)
+
+
+def answer_id(model: Any, answer: str) -> int:
+    """The first token of `answer` (the token the model must put first)."""
+    ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"answer {answer!r} has no tokens")
+    return int(ids[0])
+
+
+def study_transcoders(path: str | Path, model: Any, partial: bool = False, log: Any = echo) -> dict:
+    """layer -> transcoder from `path` (`graphs.load_transcoders`). With `partial`, a transcoder set still being
+    trained gives the layers it has finished (each file's digest checked, the set's model fingerprint against
+    `model`'s); the other layers are error nodes in the graphs and untouched by the interventions."""
+    from ..dictionaries.files import DictionaryFileError, read_json
+    from ..dictionaries.store import model_fingerprint
+    from ..dictionaries.transcoder_set import MANIFEST, layer_file, read_dictionary_file
+    from ..graphs import load_transcoders
+
+    path = Path(path)
+    man = path / MANIFEST
+    if not (partial and man.is_file()):
+        return load_transcoders(path, adapter=model)
+    m = read_json(man)
+    if m.get("trained"):
+        return load_transcoders(path, adapter=model)
+    if m.get("model_fingerprint") != model_fingerprint(model.module):
+        raise DictionaryFileError(f"{path} was trained on another model (fingerprint {m.get('model_fingerprint')})")
+    done = [int(layer) for layer in m.get("layers", []) if (path / layer_file(int(layer))).is_file()]
+    if not done:
+        raise DictionaryFileError(f"{path}: no layer is trained yet; wait for `mechscope dict transcoders` to write one")
+    log(f"{path} is still being trained: using its finished layers {done}")
+    return {layer: read_dictionary_file(path / layer_file(layer))[0] for layer in done}
+
+
+# --- 1. behaviour -------------------------------------------------------------------------------------
+
+def behaviour(lat: Latents, beh: Behaviour) -> list[dict[str, Any]]:
+    """Per variant: prompt, answer, target id, top-1 token, whether it is right, the answer's probability."""
+    rows = []
+    for prompt, ans in beh.variants():
+        ids = lat.ids(prompt)
+        logits = lat.clean(ids)
+        t = answer_id(lat.model, ans)
+        top = int(logits.argmax())
+        rows.append({"prompt": prompt, "answer": ans, "target": t, "top1": lat.model.tokenizer.decode([top]),
+                     "correct": top == t, "prob": float(torch.softmax(logits, -1)[t]), "n_tokens": int(ids.shape[1])})
+    return rows
+
+
+# --- 2./3. graph and supernodes -----------------------------------------------------------------------
+
+def role_of(beh: Behaviour, pos: int, n_tokens: int) -> str:
+    """The role of absolute position `pos` in a prompt of `n_tokens` tokens ("other" when none)."""
+    for role, off in beh.roles:
+        if pos == n_tokens + off:
+            return role
+    return "other"
+
+
+def graph_of(lat: Latents, transcoders: dict, beh: Behaviour, variant: int, cfg: SmolGraphsConfig,
+             name: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(graph, pruned, json doc) of one variant, targeted at its answer; the doc's scores hold the CPU seconds."""
+    from .. import graphs as G
+
+    prompt, ans = beh.variants()[variant]
+    ids = lat.ids(prompt)
+    c0, w0 = time.process_time(), time.monotonic()
+    rep = G.LocalReplacement.build(lat.model, ids, transcoders)
+    g = G.attribute(rep, answer_id(lat.model, ans), memory_budget=cfg.memory_gb * 1e9, batch_size=cfg.batch,
+                    token_text=lat.model.to_str_tokens(ids[0]), model_name=name)
+    p = G.prune(g, cfg.node_threshold, cfg.edge_threshold)
+    cpu, wall = time.process_time() - c0, time.monotonic() - w0
+    scores = {**p.scores, "exactness": g.exactness, "linearity_error": g.linearity_error, "cpu_seconds": cpu,
+              "seconds": wall, "threads": torch.get_num_threads()}
+    return g, p, g.to_json(keep=p.keep, edges=p.edges, scores=scores, influence=p.influence)
+
+
+def supernodes(lat: Latents, beh: Behaviour, g: Any, p: Any, band: int, top_tokens: int = 5) -> list[dict[str, Any]]:
+    """The kept latents grouped by (role, layer band), strongest influence first; each with its latents,
+    summed influence, the edges' weight it sends to the target logit and to other supernodes, and the
+    tokens its decoder writes promote most (activation-weighted decoder rows through W_U)."""
+    from ..graphs import NodeKind
+
+    n_tok = len(g.tokens)
+    groups: dict[tuple[str, int], dict[str, Any]] = {}
+    member: dict[int, tuple[str, int]] = {}
+    for i in p.keep.nonzero().flatten().tolist():
+        n = g.nodes[i]
+        if n.kind is not NodeKind.LATENT:
+            continue
+        key = (role_of(beh, n.pos, n_tok), n.layer // band)
+        s = groups.setdefault(key, {"role": key[0], "pos": n.pos if key[0] != "other" else None,
+                                    "layers": [key[1] * band, key[1] * band + band - 1], "latents": [],
+                                    "influence": 0.0})
+        s["latents"].append([n.layer, n.pos, n.index, round(n.value, 4)])
+        s["influence"] += float(p.influence[i])
+        member[i] = key
+    A = g.adjacency * p.edges
+    logit = [i for i, n in enumerate(g.nodes) if n.kind is NodeKind.LOGIT and n.index == g.meta.get("target")]
+    out = []
+    for key, s in groups.items():
+        ids = [i for i, k in member.items() if k == key]
+        s["to_target"] = float(A[logit][:, ids].sum()) if logit else 0.0
+        s["to"] = {}
+        for j, k in member.items():
+            if k != key:
+                w = float(A[j, ids].sum())
+                if w:
+                    s["to"][f"{k[0]}@L{k[1] * band}-{k[1] * band + band - 1}"] = s["to"].get(
+                        f"{k[0]}@L{k[1] * band}-{k[1] * band + band - 1}", 0.0) + w
+        write = sum(float(a) * lat.layers[l].W_dec[l][f].double() for l, _, f, a in s["latents"])
+        promo = (write @ lat.W_U.double()).topk(top_tokens).indices.tolist()
+        s["promotes"] = [lat.model.tokenizer.decode([t]) for t in promo]
+        s["name"] = f"{key[0]}@L{s['layers'][0]}-{s['layers'][1]}"
+        s["size"] = len(s["latents"])
+        out.append(s)
+    return sorted(out, key=lambda s: -s["influence"])
+
+
+# --- 4. interventions ---------------------------------------------------------------------------------
+
+def _mean_ci(values: Sequence[float], n_boot: int, seed: int) -> dict[str, Any]:
+    v = [float(x) for x in values]
+    return {"mean": sum(v) / len(v), "ci": list(bootstrap_ci(v, n_boot=n_boot, seed=seed)), "n": len(v)}
+
+
+def ablate_supernode(lat: Latents, beh: Behaviour, sn: dict[str, Any], cfg: SmolGraphsConfig) -> dict[str, Any]:
+    """Per variant, zero the supernode's `size` most attributed latents at its role position and layers, and as
+    many random other active latents there (the control); the drops of the target's demeaned logit."""
+    rng = random.Random(cfg.seed)
+    lo, hi = sn["layers"]
+    layers = [l for l in lat.layers if lo <= l <= hi]
+    off = dict(beh.roles)[sn["role"]]
+    drops, ctrl, kept, predicted = [], [], [], []
+    for prompt, ans in beh.variants():
+        ids = lat.ids(prompt)
+        t = answer_id(lat.model, ans)
+        pos = ids.shape[1] + off
+        codes, scores = lat.attribution(ids, t)
+        cand = [(float(scores[l][pos, f]), l, int(f)) for l in layers for f in codes[l][pos].nonzero().flatten()]
+        cand.sort(reverse=True)
+        m = min(sn["size"], sum(1 for s, _, _ in cand if s > 0))  # only latents that support the target
+        chosen = [(l, f) for _, l, f in cand[:m]]
+        predicted.append(sum(s for s, _, _ in cand[:m]))
+        rest = [(l, f) for _, l, f in cand[m:]]
+        control = rng.sample(rest, min(m, len(rest)))
+        base = float(demeaned(lat.clean(ids), t))
+
+        def zero(which: list[tuple[int, int]]) -> Callable[[int, Tensor], Tensor | None]:
+            def edit(l: int, c: Tensor) -> Tensor | None:
+                fs = [f for ll, f in which if ll == l]
+                if not fs:
+                    return None
+                d = torch.zeros_like(c)
+                d[pos, fs] = -c[pos, fs]
+                return d
+            return edit
+
+        after = lat.edited(ids, zero(chosen))
+        drops.append(base - float(demeaned(after, t)))
+        ctrl.append(base - float(demeaned(lat.edited(ids, zero(control)), t)))
+        kept.append(int(after.argmax()) == t)
+    diff = [a - b for a, b in zip(drops, ctrl)]
+    return {"supernode": sn["name"], "latents_per_variant": sn["size"], "drop": _mean_ci(drops, cfg.n_boot, cfg.seed),
+            "control_drop": _mean_ci(ctrl, cfg.n_boot, cfg.seed), "difference": _mean_ci(diff, cfg.n_boot, cfg.seed),
+            "predicted_drop": _mean_ci(predicted, cfg.n_boot, cfg.seed), "top1_kept": sum(kept) / len(kept),
+            "per_variant": [round(x, 4) for x in drops]}
+
+
+def patch_word(lat: Latents, beh: Behaviour, cfg: SmolGraphsConfig) -> dict[str, Any]:
+    """Per variant i, the word position's latents (layers 0..patch_to) take their values on variant i+1 (its
+    contrast); the shift of logit(contrast answer) - logit(own answer), and the top-1 flips to the contrast."""
+    var = beh.variants()
+    off = dict(beh.roles)[beh.word]
+    last = cfg.patch_to if cfg.patch_to is not None else lat.n_layers - 1
+    shifts, flips, pairs = [], [], 0
+    for i, (prompt, ans) in enumerate(var):
+        j = (i + 1) % len(var)
+        t, u = answer_id(lat.model, ans), answer_id(lat.model, var[j][1])
+        if t == u:
+            continue
+        ids, cids = lat.ids(prompt), lat.ids(var[j][0])
+        pos, cpos = ids.shape[1] + off, cids.shape[1] + off
+        theirs = lat.codes(cids)
+
+        def edit(l: int, c: Tensor) -> Tensor | None:
+            if l > last:
+                return None
+            d = torch.zeros_like(c)
+            d[pos] = theirs[l][cpos].to(c) - c[pos]
+            return d
+
+        clean = lat.clean(ids)
+        after = lat.edited(ids, edit)
+        shifts.append(float((after[u] - after[t]) - (clean[u] - clean[t])))
+        flips.append(int(after.argmax()) == u)
+        pairs += 1
+    return {"layers": [0, last], "pairs": pairs, "shift": _mean_ci(shifts, cfg.n_boot, cfg.seed),
+            "flip_rate": sum(flips) / max(pairs, 1), "per_variant": [round(x, 4) for x in shifts]}
+
+
+# --- the study ----------------------------------------------------------------------------------------
+
+def study_behaviour(lat: Latents, transcoders: dict, beh: Behaviour, cfg: SmolGraphsConfig, name: str,
+                    log: Any = echo) -> dict[str, Any]:
+    """Steps 1-4 for one behaviour; returns its figures (graph doc under "graph")."""
+    rows = behaviour(lat, beh)
+    acc = sum(r["correct"] for r in rows) / len(rows)
+    log(f"[{beh.name}] accuracy {acc:.2f} over {len(rows)} variants; wrong: " +
+        ", ".join(f"{r['prompt']!r}->{r['top1']!r}" for r in rows if not r["correct"]))
+    g, p, doc = graph_of(lat, transcoders, beh, cfg.graph_variant, cfg, name)
+    sc = doc["scores"]
+    log(f"[{beh.name}] graph of {rows[cfg.graph_variant]['prompt']!r}: {len(g.nodes)} nodes, kept "
+        f"{sc['kept_latents']} latents; replacement {sc['replacement']:.3f}, completeness {sc['completeness']:.3f}; "
+        f"{sc['cpu_seconds']:.0f} CPU s")
+    sns = supernodes(lat, beh, g, p, cfg.band)
+    for s in sns[:8]:
+        log(f"  supernode {s['name']:<22} {s['size']:>3} latents  influence {s['influence']:.3f}  "
+            f"to target {s['to_target']:+.3f}  promotes {s['promotes']}")
+    ablations = []
+    for s in sns[:cfg.top_supernodes]:
+        a = ablate_supernode(lat, beh, s, cfg)
+        log(f"  ablate {a['supernode']:<22} drop {a['drop']['mean']:+.3f} {_ci(a['drop'])}  control "
+            f"{a['control_drop']['mean']:+.3f} {_ci(a['control_drop'])}  top-1 kept {a['top1_kept']:.2f}")
+        ablations.append(a)
+    patch = patch_word(lat, beh, cfg)
+    log(f"  patch {beh.word} latents from the contrast (layers {patch['layers']}): shift "
+        f"{patch['shift']['mean']:+.3f} {_ci(patch['shift'])}, flips {patch['flip_rate']:.2f} of {patch['pairs']}")
+    return {"behaviour": beh.name, "template": beh.template, "word": beh.word, "accuracy": acc, "variants": rows,
+            "graph_prompt": rows[cfg.graph_variant]["prompt"], "graph_scores": sc, "supernodes": sns,
+            "hypothesis": hypothesis(beh, sns), "ablations": ablations, "patch": patch, "graph": doc}
+
+
+def _ci(x: dict[str, Any]) -> str:
+    return f"[{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}]"
+
+
+def hypothesis(beh: Behaviour, sns: list[dict[str, Any]]) -> str:
+    """The mechanism the graph suggests, in words, from its strongest supernodes."""
+    if not sns:
+        return "the pruned graph keeps no latent: the path runs through error nodes"
+    parts = [f"{s['name']} ({s['size']} latents, influence {s['influence']:.2f}, promotes {', '.join(s['promotes'][:3])})"
+             for s in sns[:3]]
+    return (f"the answer is carried by {parts[0]}" + (", fed by " + "; ".join(parts[1:]) if len(parts) > 1 else "")
+            + f"; the {beh.word} position's latents decide which answer")
+
+
+def checks_of(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The checks of one behaviour's figures against `targets()`."""
+    tg, b = targets(), res["behaviour"]
+    out = {f"{b}_accuracy": {"target": tg["accuracy"], "got": res["accuracy"], "pass": res["accuracy"] >= 0.6}}
+    if res["ablations"]:
+        a = res["ablations"][0]
+        out[f"{b}_ablation"] = {"target": tg["ablation"] + f" ({a['supernode']})",
+                                "got": f"{a['difference']['mean']:+.4f} {a['difference']['ci']}",
+                                "pass": a["difference"]["ci"][0] > 0}
+    else:
+        out[f"{b}_ablation"] = {"target": tg["ablation"], "got": "no supernode kept", "pass": False}
+    s = res["patch"]["shift"]
+    out[f"{b}_patch_shift"] = {"target": tg["patch_shift"], "got": f"{s['mean']:+.4f} {s['ci']}", "pass": s["ci"][0] > 0}
+    out[f"{b}_patch_flip"] = {"target": tg["patch_flip"], "got": res["patch"]["flip_rate"],
+                              "pass": res["patch"]["flip_rate"] >= 0.5}
+    return out
+
+
+def run_study(transcoders: str | Any, config: SmolGraphsConfig = SmolGraphsConfig(), log: Any = echo,
+              model: Any = None, artifacts: str | None = None,
+              behaviours: Sequence[Behaviour] | None = None, partial: bool = False) -> dict[str, Any]:
+    """The whole study; `transcoders` is a directory (`graphs.load_transcoders`) or a dict layer -> transcoder.
+    With `artifacts`, each graph and the study's tables are saved there under the model's name.
+    `behaviours` replaces `config.studies` (another model's own behaviours, say); `partial` accepts a transcoder
+    set still being trained (`study_transcoders`)."""
+    torch.set_num_threads(config.threads)
+    t0 = time.process_time()
+    if model is None:
+        from ..models.load import load
+
+        model = load(config.model)
+    name = getattr(model, "name", config.model)
+    tcs = transcoders if isinstance(transcoders, dict) else study_transcoders(transcoders, model, partial, log)
+    lat = Latents.of(model, tcs)
+    log(f"{name}: transcoders at layers {sorted(lat.layers)} of {lat.n_layers}")
+    results, checks = {}, {}
+    if behaviours is None:
+        unknown = [k for k in config.studies if k not in BEHAVIOURS]
+        if unknown:
+            raise ValueError(f"unknown studies {unknown}; choose from {sorted(BEHAVIOURS)}")
+        behaviours = [BEHAVIOURS[k] for k in config.studies]
+    for beh in behaviours:
+        res = study_behaviour(lat, tcs, beh, config, name, log)
+        results[beh.name] = res
+        checks.update(checks_of(res))
+    figures = {"transcoded_layers": sorted(lat.layers), "targets": targets(), "cpu_seconds": time.process_time() - t0,
+               "studies": {k: {kk: vv for kk, vv in v.items() if kk != "graph"} for k, v in results.items()}}
+    out = result_line("smol_graphs", "replication", {**asdict(config), "transcoders": str(transcoders)
+                                                     if not isinstance(transcoders, dict) else "given"}, figures, checks)
+    if artifacts is not None:
+        save_artifacts(artifacts, name, results, out)
+    return out
+
+
+COMMAND = "python -m mechscope.studies.smol_graphs --transcoders DIR --artifacts OUT"
+
+
+def sections(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """One behaviour's figures as report sections: behaviour, graph and supernodes, interventions."""
+    b, sc = res["behaviour"], res["graph_scores"]
+    wrong = [[r["prompt"], r["answer"], r["top1"], round(r["prob"], 3)] for r in res["variants"] if not r["correct"]]
+    abl = [[a["supernode"], a["latents_per_variant"], _fmt(a["drop"]), _fmt(a["control_drop"]), _fmt(a["difference"]),
+            round(a["top1_kept"], 3)] for a in res["ablations"]]
+    p = res["patch"]
+    return [
+        {"heading": f"{b}: behaviour", "text": f"template {res['template']!r}; top-1 accuracy {res['accuracy']:.3f} over "
+         f"{len(res['variants'])} variants", "tables": [{"caption": "variants the model gets wrong",
+                                                           "columns": ["prompt", "answer", "top-1", "p(answer)"],
+                                                           "rows": wrong}]},
+        {"heading": f"{b}: attribution graph and hypothesis",
+         "text": f"graph of {res['graph_prompt']!r} (graphs/smol-{b}): replacement {sc['replacement']:.3f}, "
+                 f"completeness {sc['completeness']:.3f}, {sc['kept_latents']} latents kept of {sc['latents']}, "
+                 f"{sc['cpu_seconds']:.0f} CPU seconds. Hypothesis: {res['hypothesis']}",
+         "tables": [{"caption": "supernodes (kept latents by role and layer band), strongest first",
+                     "columns": ["supernode", "latents", "influence", "edge weight to target", "promotes"],
+                     "rows": [[s["name"], s["size"], round(s["influence"], 4), round(s["to_target"], 4),
+                               " ".join(s["promotes"])] for s in res["supernodes"][:10]]}]},
+        {"heading": f"{b}: interventions in the real model",
+         "text": "ablation: a supernode's most attributed latents zeroed on every variant against as many random "
+                 "active latents at the same place (drops of the answer's logit minus the mean logit); patching: "
+                 f"the {res.get('word', 'word')} position's latents (layers {p['layers'][0]}-{p['layers'][1]}) taken "
+                 "from the next variant; means with 95% bootstrap intervals",
+         "tables": [{"caption": "ablations", "columns": ["supernode", "latents", "drop", "control drop",
+                                                         "difference", "top-1 kept"], "rows": abl},
+                    {"caption": "patching the word from a contrasting variant",
+                     "columns": ["pairs", "shift of logit(contrast) - logit(own)", "top-1 becomes the contrast's"],
+                     "rows": [[p["pairs"], _fmt(p["shift"]), round(p["flip_rate"], 3)]]}]}]
+
+
+def _fmt(x: dict[str, Any]) -> str:
+    return f"{x['mean']:+.3f} [{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}]"
+
+
+def save_artifacts(root: str, name: str, results: dict[str, dict[str, Any]], line: dict[str, Any]) -> None:
+    """Each behaviour's graph (graphs/smol-<behaviour>.json) and the study's tables (studies/smol-graphs.json)."""
+    from ..artifacts import ArtifactWriter
+
+    m = ArtifactWriter(root).model(name)
+    for key, res in results.items():
+        m.graph(f"smol-{key}", res["graph"], prompt=res["graph_prompt"])
+    m.study("smol-graphs", f"{name}: attribution graphs of {', '.join(results)}, tested by interventions",
+            [sec for res in results.values() for sec in sections(res)], checks=line["checks"],
+            graphs=[f"smol-{k}" for k in results], command=COMMAND)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """`python -m mechscope.studies.smol_graphs --transcoders DIR [--json] [--artifacts DIR] [--study NAME]`."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--transcoders", required=True, help="SmolLM2 transcoders (a transcoder set or a directory)")
+    p.add_argument("--json", action="store_true", help="print only the result line")
+    p.add_argument("--artifacts", help="save the graphs and tables in this artifact directory")
+    p.add_argument("--study", action="append", choices=sorted(BEHAVIOURS), help="one behaviour (repeatable)")
+    d = SmolGraphsConfig
+    p.add_argument("--band", type=int, default=d.band)
+    p.add_argument("--memory-gb", type=float, default=d.memory_gb)
+    p.add_argument("--patch-to", type=int, default=None)
+    p.add_argument("--n-boot", type=int, default=d.n_boot)
+    p.add_argument("--partial", action="store_true", help="accept a transcoder set still being trained (its finished "
+                   "layers)")
+    a = p.parse_args(argv)
+    cfg = SmolGraphsConfig(studies=tuple(a.study) if a.study else d.studies, band=a.band, memory_gb=a.memory_gb,
+                           patch_to=a.patch_to, n_boot=a.n_boot)
+    out = run_study(a.transcoders, cfg, log=(lambda *_: None) if a.json else echo, artifacts=a.artifacts,
+                    partial=a.partial)
+    print(json.dumps(out, default=float))
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
