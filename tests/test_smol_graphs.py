@@ -72,7 +72,7 @@ def test_the_study_runs_end_to_end_and_saves_its_graph_and_tables(setup, tmp_pat
     model, tc_dir, _ = setup
     cfg = S.SmolGraphsConfig(band=1, top_supernodes=2, n_boot=50, memory_gb=1.0)
     out = S.run_study(str(tc_dir), cfg, log=lambda *_: None, model=model, artifacts=str(tmp_path / "out"),
-                      behaviours=[WORDS])
+                      behaviours=[WORDS], save=tmp_path / "saved.json.gz")
     json.dumps(out)  # the result line is plain JSON
     assert set(out["checks"]) == {"words_accuracy", "words_ablation", "words_patch_shift", "words_patch_flip"}
     assert out["pass"] == all(c["pass"] for c in out["checks"].values())
@@ -96,6 +96,13 @@ def test_the_study_runs_end_to_end_and_saves_its_graph_and_tables(setup, tmp_pat
     assert study["graphs"] == ["smol-words"] and set(study["checks"]) == set(out["checks"])
     html = open(write_report(tmp_path / "out")).read()
     assert "words: interventions in the real model" in html and "supernode" in html
+
+    line, graphs = S.load_result(tmp_path / "saved.json.gz")  # the saved copy makes the same artifacts
+    assert line == json.loads(json.dumps(out)) and set(graphs) == {"words"}
+    S.save_artifacts(tmp_path / "again", line, graphs)
+    again = read_artifacts(tmp_path / "again").model(model.name)
+    assert again.study("smol-graphs")["sections"] == study["sections"]
+    assert again.graph("smol-words")["nodes"] == m.graph("smol-words")["nodes"]
 
 
 def test_unknown_studies_are_named(setup):

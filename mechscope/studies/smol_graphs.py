@@ -17,12 +17,13 @@ Steps, per behaviour:
 4. interventions, in the real model (not the replacement; every MLP and attention pattern live),
    on every variant, each latent edit written into the MLP output it belongs to (`code x W_dec` is
    added or removed at one position, the layer's error term untouched):
-   - ablate a supernode: at its role position and layers, the `m` latents with the largest positive
-     attribution to the target on that variant (activation x gradient, one backward pass: what
-     removing each would lower the target by, to first order; `m` is the supernode's size in the
-     graph) are set to zero; the drop of the target's logit (minus the mean logit) is compared with
-     the drop from `m` other active latents at the same position and layers drawn at random
-     (seeded): the control;
+   - ablate a supernode: its own latents (the graph's layer and index pairs) are set to zero at
+     its role position wherever they are active on the variant (the share active is reported:
+     latents of one word do not fire on another); the drop of the target's logit (minus the mean
+     logit) is compared with the drop from as many other active latents at the same position and
+     layers drawn at random (seeded): the control; the first-order drop predicted by attribution
+     (activation x gradient, one backward pass) is reported beside it, and the drop on the graph's
+     own prompt alone;
    - patch the word: every latent at the word position in layers 0..`patch_to` takes its value on a
      contrasting variant (the next variant in the list, another word), the rest of the prompt as is;
      the shift of logit(contrast's answer) - logit(own answer), and how often the top-1 token
@@ -84,7 +85,8 @@ ANTONYMS = Behaviour(
      ("open", "closed"), ("happy", "sad"), ("old", "new"), ("good", "bad"), ("high", "low"), ("long", "short"),
      ("hard", "soft"), ("light", "dark"), ("rich", "poor"), ("early", "late"), ("true", "false"), ("in", "out"),
      ("wet", "dry"), ("heavy", "light"), ("strong", "weak"), ("full", "empty"), ("thick", "thin"), ("love", "hate")),
-    "", (("last", -1), ("is", -2), ("quote", -3), ("word", -4), ("opposite", -6)))
+    "", (("last", -1), ("is", -2), ("close-quote", -3), ("word", -4), ("open-quote", -5), ("of", -6),
+         ("opposite", -7), ("the", -8)))
 
 CAPITALS = Behaviour(
     "capitals", "The capital of {x} is",
@@ -94,7 +96,7 @@ CAPITALS = Behaviour(
      ("Portugal", "Lisbon"), ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Turkey", "Ankara"),
      ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Cuba", "Havana"), ("Thailand", "Bangkok"), ("Iran", "Tehran"),
      ("Belgium", "Brussels")),
-    " ", (("last", -1), ("word", -2), ("capital", -4)))
+    " ", (("last", -1), ("word", -2), ("of", -3), ("capital", -4), ("the", -5)))
 
 BEHAVIOURS = {b.name: b for b in (ANTONYMS, CAPITALS)}
 
@@ -113,6 +115,7 @@ class SmolGraphsConfig:
     memory_gb: float = 4.0
     batch: int = 64
     patch_to: int | None = None  # the word's latents are patched in layers 0..patch_to (None: every layer)
+    layers: tuple[int, ...] | None = None  # the transcoded layers used (None: every one given)
     n_boot: int = 1000
     seed: int = 0
     threads: int = 1
@@ -121,8 +124,9 @@ class SmolGraphsConfig:
 def targets() -> dict[str, str]:
     """The checks' targets, fixed before measuring (the same for every behaviour)."""
     return {"accuracy": "top-1 accuracy >= 0.6 over the variants (the behaviour exists)",
-            "ablation": "ablating the strongest supernode lowers the target logit more than ablating as many "
-                        "random active latents at the same place (paired difference > 0, 95% CI above 0)",
+            "ablation": "ablating the strongest supernode's latents (where active) lowers the target logit more "
+                        "than ablating as many random active latents at the same place, over the variants (paired "
+                        "difference > 0, 95% CI above 0)",
             "patch_shift": "patching the word's latents from a contrasting variant raises logit(contrast answer) "
                            "- logit(own answer) (mean shift > 0, 95% CI above 0)",
             "patch_flip": "the patched top-1 token is the contrast's answer in >= 50% of the variants"}
@@ -261,11 +265,11 @@ def behaviour(lat: Latents, beh: Behaviour) -> list[dict[str, Any]]:
 # --- 2./3. graph and supernodes -----------------------------------------------------------------------
 
 def role_of(beh: Behaviour, pos: int, n_tokens: int) -> str:
-    """The role of absolute position `pos` in a prompt of `n_tokens` tokens ("other" when none)."""
+    """The role of absolute position `pos` in a prompt of `n_tokens` tokens ("pos{pos}" when it has none)."""
     for role, off in beh.roles:
         if pos == n_tokens + off:
             return role
-    return "other"
+    return f"pos{pos}"
 
 
 def graph_of(lat: Latents, transcoders: dict, beh: Behaviour, variant: int, cfg: SmolGraphsConfig,
@@ -300,7 +304,7 @@ def supernodes(lat: Latents, beh: Behaviour, g: Any, p: Any, band: int, top_toke
         if n.kind is not NodeKind.LATENT:
             continue
         key = (role_of(beh, n.pos, n_tok), n.layer // band)
-        s = groups.setdefault(key, {"role": key[0], "pos": n.pos if key[0] != "other" else None,
+        s = groups.setdefault(key, {"role": key[0], "pos": n.pos,
                                     "layers": [key[1] * band, key[1] * band + band - 1], "latents": [],
                                     "influence": 0.0})
         s["latents"].append([n.layer, n.pos, n.index, round(n.value, 4)])
@@ -336,25 +340,28 @@ def _mean_ci(values: Sequence[float], n_boot: int, seed: int) -> dict[str, Any]:
 
 
 def ablate_supernode(lat: Latents, beh: Behaviour, sn: dict[str, Any], cfg: SmolGraphsConfig) -> dict[str, Any]:
-    """Per variant, zero the supernode's `size` most attributed latents at its role position and layers, and as
-    many random other active latents there (the control); the drops of the target's demeaned logit."""
+    """Per variant, zero the supernode's own latents (the graph's (layer, index) pairs) where they are active at
+    its role position, and as many other active latents there drawn at random (the control); the drops of the
+    target's demeaned logit, and the first-order drop the attribution predicts for the supernode's latents."""
     rng = random.Random(cfg.seed)
     lo, hi = sn["layers"]
     layers = [l for l in lat.layers if lo <= l <= hi]
-    off = dict(beh.roles)[sn["role"]]
-    drops, ctrl, kept, predicted = [], [], [], []
-    for prompt, ans in beh.variants():
+    own = {(l, f) for l, _, f, _ in sn["latents"]}
+    off = dict(beh.roles).get(sn["role"])  # None: a position without a role
+    drops, ctrl, kept, predicted, active = [], [], [], [], []
+    for v, (prompt, ans) in enumerate(beh.variants()):
         ids = lat.ids(prompt)
         t = answer_id(lat.model, ans)
-        pos = ids.shape[1] + off
+        if off is None and v != cfg.graph_variant:
+            continue  # a supernode at a position without a role is tested on the graph's own prompt only
+        pos = ids.shape[1] + off if off is not None else sn["pos"]
         codes, scores = lat.attribution(ids, t)
-        cand = [(float(scores[l][pos, f]), l, int(f)) for l in layers for f in codes[l][pos].nonzero().flatten()]
-        cand.sort(reverse=True)
-        m = min(sn["size"], sum(1 for s, _, _ in cand if s > 0))  # only latents that support the target
-        chosen = [(l, f) for _, l, f in cand[:m]]
-        predicted.append(sum(s for s, _, _ in cand[:m]))
-        rest = [(l, f) for _, l, f in cand[m:]]
-        control = rng.sample(rest, min(m, len(rest)))
+        here = [(l, int(f)) for l in layers for f in codes[l][pos].nonzero().flatten()]
+        chosen = [x for x in here if x in own]
+        rest = [x for x in here if x not in own]
+        control = rng.sample(rest, min(len(chosen), len(rest)))
+        predicted.append(sum(float(scores[l][pos, f]) for l, f in chosen))
+        active.append(len(chosen) / len(own))
         base = float(demeaned(lat.clean(ids), t))
 
         def zero(which: list[tuple[int, int]]) -> Callable[[int, Tensor], Tensor | None]:
@@ -372,7 +379,10 @@ def ablate_supernode(lat: Latents, beh: Behaviour, sn: dict[str, Any], cfg: Smol
         ctrl.append(base - float(demeaned(lat.edited(ids, zero(control)), t)))
         kept.append(int(after.argmax()) == t)
     diff = [a - b for a, b in zip(drops, ctrl)]
-    return {"supernode": sn["name"], "latents_per_variant": sn["size"], "drop": _mean_ci(drops, cfg.n_boot, cfg.seed),
+    return {"supernode": sn["name"], "latents": sn["size"], "active_share": sum(active) / len(active),
+            "graph_prompt_drop": drops[0 if off is None else cfg.graph_variant],
+            "graph_prompt_control": ctrl[0 if off is None else cfg.graph_variant],
+            "drop": _mean_ci(drops, cfg.n_boot, cfg.seed),
             "control_drop": _mean_ci(ctrl, cfg.n_boot, cfg.seed), "difference": _mean_ci(diff, cfg.n_boot, cfg.seed),
             "predicted_drop": _mean_ci(predicted, cfg.n_boot, cfg.seed), "top1_kept": sum(kept) / len(kept),
             "per_variant": [round(x, 4) for x in drops]}
@@ -431,8 +441,10 @@ def study_behaviour(lat: Latents, transcoders: dict, beh: Behaviour, cfg: SmolGr
     ablations = []
     for s in sns[:cfg.top_supernodes]:
         a = ablate_supernode(lat, beh, s, cfg)
-        log(f"  ablate {a['supernode']:<22} drop {a['drop']['mean']:+.3f} {_ci(a['drop'])}  control "
-            f"{a['control_drop']['mean']:+.3f} {_ci(a['control_drop'])}  top-1 kept {a['top1_kept']:.2f}")
+        log(f"  ablate {a['supernode']:<22} active {a['active_share']:.2f}  drop {a['drop']['mean']:+.3f} "
+            f"{_ci(a['drop'])}  control {a['control_drop']['mean']:+.3f} {_ci(a['control_drop'])}  predicted "
+            f"{a['predicted_drop']['mean']:+.3f}  on the graph's prompt {a['graph_prompt_drop']:+.3f} (control "
+            f"{a['graph_prompt_control']:+.3f})  top-1 kept {a['top1_kept']:.2f}")
         ablations.append(a)
     patch = patch_word(lat, beh, cfg)
     log(f"  patch {beh.word} latents from the contrast (layers {patch['layers']}): shift "
@@ -476,9 +488,11 @@ def checks_of(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def run_study(transcoders: str | Any, config: SmolGraphsConfig = SmolGraphsConfig(), log: Any = echo,
               model: Any = None, artifacts: str | None = None,
-              behaviours: Sequence[Behaviour] | None = None, partial: bool = False) -> dict[str, Any]:
+              behaviours: Sequence[Behaviour] | None = None, partial: bool = False,
+              save: str | Path | None = None) -> dict[str, Any]:
     """The whole study; `transcoders` is a directory (`graphs.load_transcoders`) or a dict layer -> transcoder.
-    With `artifacts`, each graph and the study's tables are saved there under the model's name.
+    With `artifacts`, each graph and the study's tables are saved there under the model's name; with `save`,
+    the result line and graphs go into that file (`save_result`: what the demo ships).
     `behaviours` replaces `config.studies` (another model's own behaviours, say); `partial` accepts a transcoder
     set still being trained (`study_transcoders`)."""
     torch.set_num_threads(config.threads)
@@ -489,6 +503,11 @@ def run_study(transcoders: str | Any, config: SmolGraphsConfig = SmolGraphsConfi
         model = load(config.model)
     name = getattr(model, "name", config.model)
     tcs = transcoders if isinstance(transcoders, dict) else study_transcoders(transcoders, model, partial, log)
+    if config.layers is not None:
+        missing = sorted(set(config.layers) - set(tcs))
+        if missing:
+            raise ValueError(f"layers {missing} have no transcoder (given: {sorted(tcs)})")
+        tcs = {l: tcs[l] for l in config.layers}
     lat = Latents.of(model, tcs)
     log(f"{name}: transcoders at layers {sorted(lat.layers)} of {lat.n_layers}")
     results, checks = {}, {}
@@ -503,10 +522,13 @@ def run_study(transcoders: str | Any, config: SmolGraphsConfig = SmolGraphsConfi
         checks.update(checks_of(res))
     figures = {"transcoded_layers": sorted(lat.layers), "targets": targets(), "cpu_seconds": time.process_time() - t0,
                "studies": {k: {kk: vv for kk, vv in v.items() if kk != "graph"} for k, v in results.items()}}
-    out = result_line("smol_graphs", "replication", {**asdict(config), "transcoders": str(transcoders)
+    out = result_line("smol_graphs", "replication", {**asdict(config), "model": name, "transcoders": str(transcoders)
                                                      if not isinstance(transcoders, dict) else "given"}, figures, checks)
+    graphs = {k: v["graph"] for k, v in results.items()}
     if artifacts is not None:
-        save_artifacts(artifacts, name, results, out)
+        save_artifacts(artifacts, out, graphs)
+    if save is not None:
+        save_result(save, out, graphs)
     return out
 
 
@@ -517,8 +539,9 @@ def sections(res: dict[str, Any]) -> list[dict[str, Any]]:
     """One behaviour's figures as report sections: behaviour, graph and supernodes, interventions."""
     b, sc = res["behaviour"], res["graph_scores"]
     wrong = [[r["prompt"], r["answer"], r["top1"], round(r["prob"], 3)] for r in res["variants"] if not r["correct"]]
-    abl = [[a["supernode"], a["latents_per_variant"], _fmt(a["drop"]), _fmt(a["control_drop"]), _fmt(a["difference"]),
-            round(a["top1_kept"], 3)] for a in res["ablations"]]
+    abl = [[a["supernode"], a["latents"], round(a["active_share"], 3), round(a["graph_prompt_drop"], 4),
+            round(a["graph_prompt_control"], 4), _fmt(a["drop"]), _fmt(a["control_drop"]), _fmt(a["difference"]),
+            _fmt(a["predicted_drop"]), round(a["top1_kept"], 3)] for a in res["ablations"]]
     p = res["patch"]
     return [
         {"heading": f"{b}: behaviour", "text": f"template {res['template']!r}; top-1 accuracy {res['accuracy']:.3f} over "
@@ -534,12 +557,13 @@ def sections(res: dict[str, Any]) -> list[dict[str, Any]]:
                      "rows": [[s["name"], s["size"], round(s["influence"], 4), round(s["to_target"], 4),
                                " ".join(s["promotes"])] for s in res["supernodes"][:10]]}]},
         {"heading": f"{b}: interventions in the real model",
-         "text": "ablation: a supernode's most attributed latents zeroed on every variant against as many random "
+         "text": "ablation: a supernode's own latents zeroed where active on every variant, against as many random "
                  "active latents at the same place (drops of the answer's logit minus the mean logit); patching: "
                  f"the {res.get('word', 'word')} position's latents (layers {p['layers'][0]}-{p['layers'][1]}) taken "
                  "from the next variant; means with 95% bootstrap intervals",
-         "tables": [{"caption": "ablations", "columns": ["supernode", "latents", "drop", "control drop",
-                                                         "difference", "top-1 kept"], "rows": abl},
+         "tables": [{"caption": "ablations", "columns": ["supernode", "latents", "share active", "drop (graph's prompt)",
+                                                         "control (graph's prompt)", "drop", "control drop", "difference",
+                                                         "predicted drop", "top-1 kept"], "rows": abl},
                     {"caption": "patching the word from a contrasting variant",
                      "columns": ["pairs", "shift of logit(contrast) - logit(own)", "top-1 becomes the contrast's"],
                      "rows": [[p["pairs"], _fmt(p["shift"]), round(p["flip_rate"], 3)]]}]}]
@@ -549,16 +573,50 @@ def _fmt(x: dict[str, Any]) -> str:
     return f"{x['mean']:+.3f} [{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}]"
 
 
-def save_artifacts(root: str, name: str, results: dict[str, dict[str, Any]], line: dict[str, Any]) -> None:
-    """Each behaviour's graph (graphs/smol-<behaviour>.json) and the study's tables (studies/smol-graphs.json)."""
+def save_artifacts(root: str | Path, line: dict[str, Any], graphs: dict[str, dict[str, Any]]) -> None:
+    """Each behaviour's graph (graphs/smol-<behaviour>.json) and the study's tables (studies/smol-graphs.json),
+    under the study's model, from its result line and graph documents (behaviour -> `to_json` dict)."""
     from ..artifacts import ArtifactWriter
 
+    name = line["config"]["model"]
+    studies = line["figures"]["studies"]
     m = ArtifactWriter(root).model(name)
-    for key, res in results.items():
-        m.graph(f"smol-{key}", res["graph"], prompt=res["graph_prompt"])
-    m.study("smol-graphs", f"{name}: attribution graphs of {', '.join(results)}, tested by interventions",
-            [sec for res in results.values() for sec in sections(res)], checks=line["checks"],
-            graphs=[f"smol-{k}" for k in results], command=COMMAND)
+    for key, res in studies.items():
+        m.graph(f"smol-{key}", graphs[key], prompt=res["graph_prompt"])
+    m.study("smol-graphs", f"{name}: attribution graphs of {', '.join(studies)}, tested by interventions",
+            [sec for res in studies.values() for sec in sections(res)], checks=line["checks"],
+            graphs=[f"smol-{k}" for k in studies], command=COMMAND)
+
+
+SHIPPED = Path(__file__).parent / "shipped" / "smol_graphs.json.gz"
+
+
+def save_result(path: str | Path, line: dict[str, Any], graphs: dict[str, dict[str, Any]]) -> Path:
+    """The result line and the graphs in one gzipped JSON file (what the demo shows without the transcoders)."""
+    import gzip
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"schema": "mechscope.smol_graphs/1", "line": line, "graphs": graphs}, default=float)
+    tmp = path.with_suffix(".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+        fh.write(text)
+    tmp.replace(path)
+    return path
+
+
+def load_result(path: str | Path = SHIPPED) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(result line, graphs) from a file `save_result` wrote (default: the results shipped in the package)."""
+    import gzip
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `{COMMAND} --save {path}` to make it")
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        doc = json.load(fh)
+    if doc.get("schema") != "mechscope.smol_graphs/1":
+        raise ValueError(f"{path} is not a saved SmolLM2 graph study (schema {doc.get('schema')!r})")
+    return doc["line"], doc["graphs"]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -572,14 +630,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--band", type=int, default=d.band)
     p.add_argument("--memory-gb", type=float, default=d.memory_gb)
     p.add_argument("--patch-to", type=int, default=None)
+    p.add_argument("--layers", help="the transcoded layers to use, e.g. 0,2,4 (default: every one given)")
     p.add_argument("--n-boot", type=int, default=d.n_boot)
+    p.add_argument("--save", help="also write the result line and graphs to this .json.gz file (the demo's "
+                   f"saved copy is {SHIPPED.name} in the package)")
     p.add_argument("--partial", action="store_true", help="accept a transcoder set still being trained (its finished "
                    "layers)")
     a = p.parse_args(argv)
     cfg = SmolGraphsConfig(studies=tuple(a.study) if a.study else d.studies, band=a.band, memory_gb=a.memory_gb,
-                           patch_to=a.patch_to, n_boot=a.n_boot)
+                           patch_to=a.patch_to, n_boot=a.n_boot,
+                           layers=tuple(int(x) for x in a.layers.split(",")) if a.layers else None)
     out = run_study(a.transcoders, cfg, log=(lambda *_: None) if a.json else echo, artifacts=a.artifacts,
-                    partial=a.partial)
+                    partial=a.partial, save=a.save)
     print(json.dumps(out, default=float))
     return out
 
