@@ -104,6 +104,34 @@ def test_the_study_runs_end_to_end_and_saves_its_graph_and_tables(setup, tmp_pat
     assert again.study("smol-graphs")["sections"] == study["sections"]
     assert again.graph("smol-words")["nodes"] == m.graph("smol-words")["nodes"]
 
+    from fastapi.testclient import TestClient
+
+    from mechscope.viewer import create_app
+
+    with TestClient(create_app(tmp_path / "out"), base_url="http://127.0.0.1:8765") as c:
+        d = m.path.name
+        assert c.get(f"/api/models/{d}/studies").json() == {"names": ["smol-graphs"]}
+        got = c.get(f"/api/models/{d}/studies/smol-graphs").json()
+        assert got["sections"] == study["sections"] and got["graphs"] == ["smol-words"]
+        assert c.get(f"/api/models/{d}/studies/nope").status_code == 404
+
+
+def test_the_demo_section_writes_the_saved_results(setup, tmp_path, monkeypatch):
+    model, tc_dir, _ = setup
+    saved = tmp_path / "saved.json.gz"
+    S.run_study(str(tc_dir), S.SmolGraphsConfig(band=1, top_supernodes=1, n_boot=20), log=lambda *_: None,
+                model=model, behaviours=[WORDS], save=saved)
+    monkeypatch.setattr(S, "SHIPPED", saved)
+    from mechscope import artifacts as A
+    from mechscope.demo.smol_studies import smol_studies_available, smol_studies_section
+
+    assert smol_studies_available()
+    said = []
+    smol_studies_section(A.ArtifactWriter(tmp_path / "out"), log=said.append)
+    m = A.read_artifacts(tmp_path / "out").model(model.name)
+    assert m.study_names() == ["smol-graphs"] and m.graph_names() == ["smol-words"]
+    assert "words_accuracy" in said[0]
+
 
 def test_unknown_studies_are_named(setup):
     model, tc_dir, _ = setup
