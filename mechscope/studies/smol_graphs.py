@@ -12,8 +12,9 @@ Steps, per behaviour:
    end: the word, the last token, ...) and layer band (`band` layers each); each supernode's
    influence on the target is the sum of its latents' (the pruned graph's influence), and what it
    writes is read through the unembedding (its latents' decoder rows, weighted by activation, times
-   W_U: the tokens it promotes). The hypothesis is read off the strongest supernodes (printed,
-   and saved with the result);
+   W_U: the tokens it promotes), and its top contexts among the prompts of both behaviours (a
+   quick dashboard). The hypothesis is read off the strongest supernodes (printed, and saved with
+   the result);
 4. interventions, in the real model (not the replacement; every MLP and attention pattern live),
    on every variant, each latent edit written into the MLP output it belongs to (`code x W_dec` is
    added or removed at one position, the layer's error term untouched):
@@ -332,6 +333,28 @@ def supernodes(lat: Latents, beh: Behaviour, g: Any, p: Any, band: int, top_toke
     return sorted(out, key=lambda s: -s["influence"])
 
 
+def top_contexts(lat: Latents, sns: list[dict[str, Any]], texts: Sequence[str], top: int = 3) -> None:
+    """Add to each supernode its `top` contexts among `texts` (the prompts of every behaviour: a quick dashboard
+    of what it stands for): where the sum of its latents' codes is largest, the token marked [like this] after
+    the text before it."""
+    if not sns or not texts:
+        return
+    tok = lat.model.tokenizer
+    layers = sorted({l for s in sns for l, _, _, _ in s["latents"]})
+    found: list[list[tuple[float, str]]] = [[] for _ in sns]
+    for text in texts:
+        ids = lat.ids(text)
+        res = run(lat.model, ids, capture=[lat.layers[l].reads for l in layers])
+        codes = {l: lat.layers[l].encode(res.cache[lat.layers[l].reads][0]) for l in layers}
+        for s, acc in zip(sns, found):
+            act = sum(codes[l][:, f].double() for l, f in {(l, f) for l, _, f, _ in s["latents"]})
+            p = int(act.argmax())
+            if float(act[p]) > 0:
+                acc.append((float(act[p]), tok.decode(ids[0, :p].tolist()) + f"[{tok.decode([int(ids[0, p])])}]"))
+    for s, acc in zip(sns, found):
+        s["contexts"] = [[c, round(a, 3)] for a, c in sorted(acc, reverse=True)[:top]]
+
+
 # --- 4. interventions ---------------------------------------------------------------------------------
 
 def _mean_ci(values: Sequence[float], n_boot: int, seed: int) -> dict[str, Any]:
@@ -339,7 +362,8 @@ def _mean_ci(values: Sequence[float], n_boot: int, seed: int) -> dict[str, Any]:
     return {"mean": sum(v) / len(v), "ci": list(bootstrap_ci(v, n_boot=n_boot, seed=seed)), "n": len(v)}
 
 
-def ablate_supernode(lat: Latents, beh: Behaviour, sn: dict[str, Any], cfg: SmolGraphsConfig) -> dict[str, Any]:
+def ablate_supernode(lat: Latents, beh: Behaviour, sn: dict[str, Any], cfg: SmolGraphsConfig,
+                     cache: dict[int, Any] | None = None) -> dict[str, Any]:
     """Per variant, zero the supernode's own latents (the graph's (layer, index) pairs) where they are active at
     its role position, and as many other active latents there drawn at random (the control); the drops of the
     target's demeaned logit, and the first-order drop the attribution predicts for the supernode's latents."""
@@ -355,14 +379,17 @@ def ablate_supernode(lat: Latents, beh: Behaviour, sn: dict[str, Any], cfg: Smol
         if off is None and v != cfg.graph_variant:
             continue  # a supernode at a position without a role is tested on the graph's own prompt only
         pos = ids.shape[1] + off if off is not None else sn["pos"]
-        codes, scores = lat.attribution(ids, t)
+        cache = {} if cache is None else cache
+        if v not in cache:  # (codes, scores, clean demeaned logit): the same for every supernode
+            codes, scores = lat.attribution(ids, t)
+            cache[v] = (codes, scores, float(demeaned(lat.clean(ids), t)))
+        codes, scores, base = cache[v]
         here = [(l, int(f)) for l in layers for f in codes[l][pos].nonzero().flatten()]
         chosen = [x for x in here if x in own]
         rest = [x for x in here if x not in own]
         control = rng.sample(rest, min(len(chosen), len(rest)))
         predicted.append(sum(float(scores[l][pos, f]) for l, f in chosen))
         active.append(len(chosen) / len(own))
-        base = float(demeaned(lat.clean(ids), t))
 
         def zero(which: list[tuple[int, int]]) -> Callable[[int, Tensor], Tensor | None]:
             def edit(l: int, c: Tensor) -> Tensor | None:
@@ -435,12 +462,15 @@ def study_behaviour(lat: Latents, transcoders: dict, beh: Behaviour, cfg: SmolGr
         f"{sc['kept_latents']} latents; replacement {sc['replacement']:.3f}, completeness {sc['completeness']:.3f}; "
         f"{sc['cpu_seconds']:.0f} CPU s")
     sns = supernodes(lat, beh, g, p, cfg.band)
+    top_contexts(lat, sns[:8], [p for b in BEHAVIOURS.values() for p, _ in b.variants()] + [p for p, _ in beh.variants()
+                                                                                        if beh.name not in BEHAVIOURS])
     for s in sns[:8]:
         log(f"  supernode {s['name']:<22} {s['size']:>3} latents  influence {s['influence']:.3f}  "
-            f"to target {s['to_target']:+.3f}  promotes {s['promotes']}")
-    ablations = []
+            f"to target {s['to_target']:+.3f}  promotes {s['promotes']}  top contexts "
+            f"{[c[0] for c in s.get('contexts', [])]}")
+    ablations, cache = [], {}
     for s in sns[:cfg.top_supernodes]:
-        a = ablate_supernode(lat, beh, s, cfg)
+        a = ablate_supernode(lat, beh, s, cfg, cache)
         log(f"  ablate {a['supernode']:<22} active {a['active_share']:.2f}  drop {a['drop']['mean']:+.3f} "
             f"{_ci(a['drop'])}  control {a['control_drop']['mean']:+.3f} {_ci(a['control_drop'])}  predicted "
             f"{a['predicted_drop']['mean']:+.3f}  on the graph's prompt {a['graph_prompt_drop']:+.3f} (control "
@@ -553,9 +583,11 @@ def sections(res: dict[str, Any]) -> list[dict[str, Any]]:
                  f"completeness {sc['completeness']:.3f}, {sc['kept_latents']} latents kept of {sc['latents']}, "
                  f"{sc['cpu_seconds']:.0f} CPU seconds. Hypothesis: {res['hypothesis']}",
          "tables": [{"caption": "supernodes (kept latents by role and layer band), strongest first",
-                     "columns": ["supernode", "latents", "influence", "edge weight to target", "promotes"],
+                     "columns": ["supernode", "latents", "influence", "edge weight to target", "promotes",
+                                 "top contexts (the studies' prompts)"],
                      "rows": [[s["name"], s["size"], round(s["influence"], 4), round(s["to_target"], 4),
-                               " ".join(s["promotes"])] for s in res["supernodes"][:10]]}]},
+                               " ".join(s["promotes"]), " | ".join(c[0] for c in s.get("contexts", []))]
+                              for s in res["supernodes"][:10]]}]},
         {"heading": f"{b}: interventions in the real model",
          "text": "ablation: a supernode's own latents zeroed where active on every variant, against as many random "
                  "active latents at the same place (drops of the answer's logit minus the mean logit); patching: "
@@ -619,10 +651,36 @@ def load_result(path: str | Path = SHIPPED) -> tuple[dict[str, Any], dict[str, d
     return doc["line"], doc["graphs"]
 
 
+def merge_results(paths: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """One result line and graph set from several `save_result` files of the same model (behaviours run in
+    separate processes): studies and checks joined, CPU seconds added; a behaviour in two files is refused."""
+    lines, graphs = [], {}
+    for p in paths:
+        line, g = load_result(p)
+        twice = sorted(set(g) & set(graphs))
+        if twice:
+            raise ValueError(f"{p} repeats the studies {twice}")
+        lines.append(line)
+        graphs.update(g)
+    models = {ln["config"]["model"] for ln in lines}
+    if len(models) != 1:
+        raise ValueError(f"the files hold studies of different models: {sorted(models)}")
+    first = lines[0]
+    figures = {**first["figures"], "studies": {k: v for ln in lines for k, v in ln["figures"]["studies"].items()},
+               "cpu_seconds": sum(ln["figures"]["cpu_seconds"] for ln in lines)}
+    checks = {k: v for ln in lines for k, v in ln["checks"].items()}
+    config = {**first["config"], "studies": list(figures["studies"])}
+    line = {**first, "config": config, "figures": figures, "checks": checks,
+            "pass": all(c["pass"] for c in checks.values())}
+    return line, graphs
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """`python -m mechscope.studies.smol_graphs --transcoders DIR [--json] [--artifacts DIR] [--study NAME]`."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--transcoders", required=True, help="SmolLM2 transcoders (a transcoder set or a directory)")
+    p.add_argument("--transcoders", help="SmolLM2 transcoders (a transcoder set or a directory)")
+    p.add_argument("--merge", nargs="+", help="instead of running: join these --save files (behaviours run in "
+                   "separate processes) into --save and --artifacts")
     p.add_argument("--json", action="store_true", help="print only the result line")
     p.add_argument("--artifacts", help="save the graphs and tables in this artifact directory")
     p.add_argument("--study", action="append", choices=sorted(BEHAVIOURS), help="one behaviour (repeatable)")
@@ -637,6 +695,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--partial", action="store_true", help="accept a transcoder set still being trained (its finished "
                    "layers)")
     a = p.parse_args(argv)
+    if a.merge:
+        line, graphs = merge_results(a.merge)
+        if a.artifacts:
+            save_artifacts(a.artifacts, line, graphs)
+        if a.save:
+            save_result(a.save, line, graphs)
+        print(json.dumps(line, default=float))
+        return line
+    if not a.transcoders:
+        p.error("give --transcoders DIR (or --merge FILES)")
     cfg = SmolGraphsConfig(studies=tuple(a.study) if a.study else d.studies, band=a.band, memory_gb=a.memory_gb,
                            patch_to=a.patch_to, n_boot=a.n_boot,
                            layers=tuple(int(x) for x in a.layers.split(",")) if a.layers else None)
