@@ -98,7 +98,10 @@ def test_the_study_runs_end_to_end_and_saves_its_graph_and_tables(setup, tmp_pat
     assert "words: interventions in the real model" in html and "supernode" in html
 
     line, graphs = S.load_result(tmp_path / "saved.json.gz")  # the saved copy makes the same artifacts
-    assert line == json.loads(json.dumps(out)) and set(graphs) == {"words"}
+    want = json.loads(json.dumps(out))
+    assert want["config"]["transcoders"] == str(tc_dir) and line["config"]["transcoders"] == tc_dir.name  # no path
+    want["config"]["transcoders"] = tc_dir.name
+    assert line == want and set(graphs) == {"words"}
     S.save_artifacts(tmp_path / "again", line, graphs)
     again = read_artifacts(tmp_path / "again").model(model.name)
     assert again.study("smol-graphs")["sections"] == study["sections"]

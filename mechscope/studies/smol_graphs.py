@@ -494,21 +494,48 @@ def study_behaviour(lat: Latents, transcoders: dict, beh: Behaviour, cfg: SmolGr
         f"{patch['shift']['mean']:+.3f} {_ci(patch['shift'])}, flips {patch['flip_rate']:.2f} of {patch['pairs']}")
     return {"behaviour": beh.name, "template": beh.template, "word": beh.word, "accuracy": acc, "variants": rows,
             "graph_prompt": rows[cfg.graph_variant]["prompt"], "graph_scores": sc, "supernodes": sns,
-            "hypothesis": hypothesis(beh, sns), "ablations": ablations, "patch": patch, "graph": doc}
+            "hypothesis": hypothesis(beh.word, sns), "ablations": ablations, "patch": patch, "graph": doc}
 
 
 def _ci(x: dict[str, Any]) -> str:
     return f"[{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}]"
 
 
-def hypothesis(beh: Behaviour, sns: list[dict[str, Any]]) -> str:
-    """The mechanism the graph suggests, in words, from its strongest supernodes."""
+def hypothesis(word: str, sns: list[dict[str, Any]], top: int = 4) -> str:
+    """The mechanism the graph suggests, in words, from its strongest supernodes (before any intervention)."""
     if not sns:
         return "the pruned graph keeps no latent: the path runs through error nodes"
-    parts = [f"{s['name']} ({s['size']} latents, influence {s['influence']:.2f}, promotes {', '.join(s['promotes'][:3])})"
-             for s in sns[:3]]
-    return (f"the answer is carried by {parts[0]}" + (", fed by " + "; ".join(parts[1:]) if len(parts) > 1 else "")
-            + f"; the {beh.word} position's latents decide which answer")
+    first = [s for s in sns if s["pos"] == 0][:1]
+    rest = [s for s in sns if s["pos"] != 0][:top]
+    text = ""
+    if first:
+        text += (f"the first position's supernode {first[0]['name']} has the most influence (influence "
+                 f"{first[0]['influence']:.3f}; the same on every variant, not tested); ")
+    parts = [f"{s['name']} ({s['size']} latents, influence {s['influence']:.3f}, edge weight to the answer "
+             f"{s['to_target']:+.3f})" for s in rest]
+    return (text + "the answer is supported by " + "; ".join(parts) + " (each tested by ablation); the "
+            f"{word} position's latents carry which answer it is (tested by patching them from another variant)")
+
+
+def verdict(res: dict[str, Any]) -> list[str]:
+    """What the interventions say of the hypothesis, one sentence per test, from the measured numbers."""
+    out = []
+    for a in res["ablations"]:
+        d, c = a["difference"], a["control_drop"]
+        ok = d["ci"][0] > 0
+        out.append(f"{a['supernode']}: ablating its latents lowers the answer's logit by {a['drop']['mean']:+.3f} against "
+                   f"{c['mean']:+.3f} for as many random latents (difference {d['mean']:+.3f}, 95% CI "
+                   f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]): " + ("supports the answer (confirmed)" if ok else
+                                                                 "no more than random latents (refuted)"))
+    p = res["patch"]
+    s = p["shift"]
+    out.append(f"patching the {res.get('word', 'word')} position's latents from another variant moves logit(other "
+               f"answer) - logit(own answer) by {s['mean']:+.3f} (95% CI [{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}]) and "
+               f"makes the other answer the top token in {p['flip_rate']:.0%} of {p['pairs']} variants: " +
+               ("they carry which answer it is (confirmed)" if s["ci"][0] > 0 and p["flip_rate"] >= 0.5 else
+                "they carry part of it, not enough to change the answer (the strong claim refuted)"
+                if s["ci"][0] > 0 else "they do not carry which answer it is (refuted)"))
+    return out
 
 
 def checks_of(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -594,7 +621,8 @@ def sections(res: dict[str, Any]) -> list[dict[str, Any]]:
         {"heading": f"{b}: attribution graph and hypothesis",
          "text": f"graph of {res['graph_prompt']!r} (graphs/smol-{b}): replacement {sc['replacement']:.3f}, "
                  f"completeness {sc['completeness']:.3f}, {sc['kept_latents']} latents kept of {sc['latents']}, "
-                 f"{sc['cpu_seconds']:.0f} CPU seconds. Hypothesis: {res['hypothesis']}",
+                 f"{sc['cpu_seconds']:.0f} CPU seconds. Hypothesis (read from the graph before any intervention): "
+                 f"{hypothesis(res.get('word', 'word'), res['supernodes'])}",
          "tables": [{"caption": "supernodes (kept latents by role and layer band), strongest first",
                      "columns": ["supernode", "latents", "influence", "edge weight to target", "promotes",
                                  "top contexts (the studies' prompts)"],
@@ -606,7 +634,8 @@ def sections(res: dict[str, Any]) -> list[dict[str, Any]]:
                  "active latents at the same place (drops of the answer's logit minus the mean logit); patching: "
                  f"the {res.get('word', 'word')} position's latents (layers {p['layers'][0]}-{p['layers'][1]}) taken "
                  "from the next variant; means with 95% bootstrap intervals",
-         "tables": [{"caption": "ablations", "columns": ["supernode", "latents", "share active", "drop (graph's prompt)",
+         "tables": [{"caption": "verdict", "columns": ["test and result"], "rows": [[v] for v in verdict(res)]},
+                    {"caption": "ablations", "columns": ["supernode", "latents", "share active", "drop (graph's prompt)",
                                                          "control (graph's prompt)", "drop", "control drop", "difference",
                                                          "predicted drop", "top-1 kept"], "rows": abl},
                     {"caption": "patching the word from a contrasting variant",
@@ -642,6 +671,9 @@ def save_result(path: str | Path, line: dict[str, Any], graphs: dict[str, dict[s
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tc = line["config"].get("transcoders")
+    if tc:  # the transcoders' folder name only: the saved file names no path of the machine it was made on
+        line = {**line, "config": {**line["config"], "transcoders": Path(str(tc)).name}}
     text = json.dumps({"schema": "mechscope.smol_graphs/1", "line": line, "graphs": graphs}, default=float)
     tmp = path.with_suffix(".tmp")
     with gzip.open(tmp, "wt", encoding="utf-8") as fh:
