@@ -513,7 +513,8 @@ def hypothesis(word: str, sns: list[dict[str, Any]], top: int = 4) -> str:
                  f"{first[0]['influence']:.3f}; the same on every variant, not tested); ")
     parts = [f"{s['name']} ({s['size']} latents, influence {s['influence']:.3f}, edge weight to the answer "
              f"{s['to_target']:+.3f})" for s in rest]
-    return (text + "the answer is supported by " + "; ".join(parts) + " (each tested by ablation); the "
+    return (text + "the strongest supernodes off it, each taken to support the answer (tested by ablation): " +
+            "; ".join(parts) + "; the "
             f"{word} position's latents carry which answer it is (tested by patching them from another variant)")
 
 
@@ -522,11 +523,12 @@ def verdict(res: dict[str, Any]) -> list[str]:
     out = []
     for a in res["ablations"]:
         d, c = a["difference"], a["control_drop"]
-        ok = d["ci"][0] > 0
-        out.append(f"{a['supernode']}: ablating its latents lowers the answer's logit by {a['drop']['mean']:+.3f} against "
-                   f"{c['mean']:+.3f} for as many random latents (difference {d['mean']:+.3f}, 95% CI "
-                   f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]): " + ("supports the answer (confirmed)" if ok else
-                                                                 "no more than random latents (refuted)"))
+        said = ("supports the answer (confirmed)" if d["ci"][0] > 0 else
+                "works against the answer: removing it raises the answer more than random latents do (refuted)"
+                if d["ci"][1] < 0 else "no different from random latents (refuted)")
+        out.append(f"{a['supernode']}: ablating its latents moves the answer's logit by {-a['drop']['mean']:+.3f}, as many "
+                   f"random latents by {-c['mean']:+.3f} (drop minus control {d['mean']:+.3f}, 95% CI "
+                   f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]): {said}")
     p = res["patch"]
     s = p["shift"]
     out.append(f"patching the {res.get('word', 'word')} position's latents from another variant moves logit(other "
