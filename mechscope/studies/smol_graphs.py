@@ -1,6 +1,7 @@
 """Two SmolLM2-135M behaviours read from attribution graphs and tested by interventions in the real model.
 
-The behaviours (`BEHAVIOURS`), each a template filled with 24 words, the answer one token:
+The behaviours (`BEHAVIOURS`), each a template filled with 24 words (the answer's first token is
+scored; prompts open with BOS, as the transcoders' training text did):
 - `antonyms`: `The opposite of "hot" is "` -> `cold`;
 - `capitals`: `The capital of France is` -> ` Paris`.
 
@@ -18,7 +19,8 @@ Steps, per behaviour:
 4. interventions, in the real model (not the replacement; every MLP and attention pattern live),
    on every variant, each latent edit written into the MLP output it belongs to (`code x W_dec` is
    added or removed at one position, the layer's error term untouched):
-   - ablate a supernode: its own latents (the graph's layer and index pairs) are set to zero at
+   - ablate a supernode (the `top_supernodes` strongest off the first position, which is the same
+     on every variant): its own latents (the graph's layer and index pairs) are set to zero at
      its role position wherever they are active on the variant (the share active is reported:
      latents of one word do not fire on another); the drop of the target's logit (minus the mean
      logit) is compared with the drop from as many other active latents at the same position and
@@ -34,7 +36,8 @@ Steps, per behaviour:
 The checks' targets are fixed in `targets()` before any measurement (they are the same for both
 behaviours); a refuted hypothesis fails its check, and the result line says so.
 
-    python -m mechscope.studies.smol_graphs --transcoders /work/runs/smollm2-tc [--json] [--artifacts out]
+    python -m mechscope.studies.smol_graphs --transcoders runs/smollm2-tc [--layers 2,7,12,17,22,27] [--json]
+        [--artifacts out] [--save FILE.json.gz]
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +156,6 @@ class Latents:
     W_U: Tensor  # (d_model, vocab)
     n_layers: int = 0
     bos: bool = False  # prompts open with the tokenizer's BOS token
-    extra: dict = field(default_factory=dict)
 
     @staticmethod
     def of(model: Any, transcoders: dict, bos: bool = False) -> "Latents":
