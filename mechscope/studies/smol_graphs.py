@@ -386,7 +386,7 @@ def ablate_supernode(lat: Latents, beh: Behaviour, sn: dict[str, Any], cfg: Smol
     layers = [l for l in lat.layers if lo <= l <= hi]
     own = {(l, f) for l, _, f, _ in sn["latents"]}
     off = dict(beh.roles).get(sn["role"])  # None: a position without a role
-    drops, ctrl, kept, predicted, active = [], [], [], [], []
+    drops, ctrl, kept, predicted, active, sizes = [], [], [], [], [], []
     for v, (prompt, ans) in enumerate(beh.variants()):
         ids = lat.ids(prompt)
         t = answer_id(lat.model, ans)
@@ -401,7 +401,8 @@ def ablate_supernode(lat: Latents, beh: Behaviour, sn: dict[str, Any], cfg: Smol
         here = [(l, int(f)) for l in layers for f in codes[l][pos].nonzero().flatten()]
         chosen = [x for x in here if x in own]
         rest = [x for x in here if x not in own]
-        control = rng.sample(rest, min(len(chosen), len(rest)))
+        control = rng.sample(rest, min(len(chosen), len(rest)))  # fewer when the supernode holds most active latents
+        sizes.append((len(chosen), len(control)))
         predicted.append(sum(float(scores[l][pos, f]) for l, f in chosen))
         active.append(len(chosen) / len(own))
 
@@ -426,6 +427,7 @@ def ablate_supernode(lat: Latents, beh: Behaviour, sn: dict[str, Any], cfg: Smol
             "drop": _mean_ci(drops, cfg.n_boot, cfg.seed),
             "control_drop": _mean_ci(ctrl, cfg.n_boot, cfg.seed), "difference": _mean_ci(diff, cfg.n_boot, cfg.seed),
             "predicted_drop": _mean_ci(predicted, cfg.n_boot, cfg.seed), "top1_kept": sum(kept) / len(kept),
+            "ablated_mean": sum(a for a, _ in sizes) / len(sizes), "control_mean": sum(c for _, c in sizes) / len(sizes),
             "per_variant": [round(x, 4) for x in drops]}
 
 
@@ -528,9 +530,12 @@ def verdict(res: dict[str, Any]) -> list[str]:
         said = ("supports the answer (confirmed)" if d["ci"][0] > 0 else
                 "works against the answer: removing it raises the answer more than random latents do (refuted)"
                 if d["ci"][1] < 0 else "no different from random latents (refuted)")
+        small = ("control_mean" in a and a["control_mean"] < a["ablated_mean"])
+        size = (f" (the control is smaller: {a['control_mean']:.1f} random latents for {a['ablated_mean']:.1f}: the "
+                "supernode holds most active latents there)" if small else "")
         out.append(f"{a['supernode']}: ablating its latents moves the answer's logit by {-a['drop']['mean']:+.3f}, as many "
                    f"random latents by {-c['mean']:+.3f} (drop minus control {d['mean']:+.3f}, 95% CI "
-                   f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]): {said}")
+                   f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]){size}: {said}")
     p = res["patch"]
     s = p["shift"]
     out.append(f"patching the {res.get('word', 'word')} position's latents from another variant moves logit(other "
@@ -615,7 +620,9 @@ def sections(res: dict[str, Any]) -> list[dict[str, Any]]:
     wrong = [[r["prompt"], r["answer"], r["top1"], round(r["prob"], 3)] for r in res["variants"] if not r["correct"]]
     abl = [[a["supernode"], a["latents"], round(a["active_share"], 3), round(a["graph_prompt_drop"], 4),
             round(a["graph_prompt_control"], 4), _fmt(a["drop"]), _fmt(a["control_drop"]), _fmt(a["difference"]),
-            _fmt(a["predicted_drop"]), round(a["top1_kept"], 3)] for a in res["ablations"]]
+            _fmt(a["predicted_drop"]), round(a["top1_kept"], 3),
+            f"{a['ablated_mean']:.1f} / {a['control_mean']:.1f}" if "control_mean" in a else "not recorded"]
+           for a in res["ablations"]]
     p = res["patch"]
     return [
         {"heading": f"{b}: behaviour", "text": f"template {res['template']!r}; top-1 accuracy {res['accuracy']:.3f} over "
@@ -641,7 +648,8 @@ def sections(res: dict[str, Any]) -> list[dict[str, Any]]:
          "tables": [{"caption": "verdict", "columns": ["test and result"], "rows": [[v] for v in verdict(res)]},
                     {"caption": "ablations", "columns": ["supernode", "latents", "share active", "drop (graph's prompt)",
                                                          "control (graph's prompt)", "drop", "control drop", "difference",
-                                                         "predicted drop", "top-1 kept"], "rows": abl},
+                                                         "predicted drop", "top-1 kept",
+                                                         "latents ablated / in the control (mean)"], "rows": abl},
                     {"caption": "patching the word from a contrasting variant",
                      "columns": ["pairs", "shift of logit(contrast) - logit(own)", "top-1 becomes the contrast's"],
                      "rows": [[p["pairs"], _fmt(p["shift"]), round(p["flip_rate"], 3)]]}]}]
