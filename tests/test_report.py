@@ -55,8 +55,8 @@ def test_every_section_of_every_model_is_present(report):
     for kind in ("overview", "attention", "head_roles", "patching", "circuit", "features", "training"):
         assert f'data-kind="{kind}" data-model="0"' in text, kind
     assert 'id="m0-patching-heads"' in text and 'id="m0-patching-resid_pre"' in text and 'id="m0-circuit-eap"' in text
-    # the partial model has only its overview; no explanation; neither model has vision artifacts
-    assert text.count("Not in the artifacts.") == 7 + 1 + 2
+    # the partial model has only its overview; no explanation; neither model has vision artifacts or studies
+    assert text.count("Not in the artifacts.") == 7 + 1 + 2 + 2
 
 
 def test_embedded_data_round_trips_and_is_script_safe(report):

@@ -254,6 +254,9 @@ def test_no_answer_holds_an_absolute_path(demo_dir, tmp_path):
     broken.explanation("explain-all", {"name": "h", "lines": 1, "numbers": 0, "parts": []},
                        {"mean": {"recovered": {"value": 0.5, "ci": None}}})
     (broken.path / "explanations" / "bad.json").write_text("{not json")
+    broken.study("study", "a study", [{"heading": "h", "text": "t", "tables": [{"caption": "c", "columns": ["a"],
+                                                                                "rows": [[1]]}]}], graphs=["g"])
+    (broken.path / "studies" / "bad.json").write_text("{not json")
     from test_vision_artifacts import write_example
 
     write_example(root)  # a vision artifact with images
@@ -276,9 +279,9 @@ def test_no_answer_holds_an_absolute_path(demo_dir, tmp_path):
         for m in models:
             base = f"/api/models/{m['dir']}"
             for section in ("overview", "attention", "head_roles", "training", "patching", "circuits", "graphs",
-                            "features", "explanations"):
+                            "features", "explanations", "studies"):
                 got = get(f"/api/models/{{name}}/{section}", f"{base}/{section}")
-                named = ("patching", "circuits", "graphs", "explanations")
+                named = ("patching", "circuits", "graphs", "explanations", "studies")
                 for item in got.get("names", []) if section in named else []:
                     doc = get(f"/api/models/{{name}}/{section}/{{item}}", f"{base}/{section}/{item}")
                     for n in doc["nodes"] if section == "graphs" else []:

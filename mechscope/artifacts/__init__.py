@@ -27,6 +27,8 @@ these files, never the model or the analysis code. Layout (schema version 1):
         vision/<name>.json + vision/<name>/*.png
                                     what a vision channel or layer responds to (`mechscope vis`):
                                     panels of PNG image grids, curves, tables and figures
+        studies/<name>.json         a study's findings (`mechscope.studies`): sections of text and
+                                    tables, its checks, and the names of the graphs saved with it
 
 Every JSON file carries {"kind": ..., "schema_version": 1}. `read_artifacts(dir)` checks the
 manifest's version and fails with an `ArtifactError` naming the file and what to do. Writers take
@@ -35,7 +37,7 @@ up by attribute, so this package imports no analysis). Every write is atomic (te
 
 Modules: `schema` (version, names, plain values, checked JSON reads and writes), one module per
 file kind holding its writer method and its converter (`overview`, `heads` for attention and head
-roles, `patching`, `circuits`, `training`, `features`, `explanations`, `graphs`, `vision`), `writer` (the manifest and `ModelWriter`,
+roles, `patching`, `circuits`, `training`, `features`, `explanations`, `graphs`, `vision`, `studies`), `writer` (the manifest and `ModelWriter`,
 which gathers the per-kind methods) and `reader` (`read_artifacts`, `load_all`).
 """
 

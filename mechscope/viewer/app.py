@@ -17,6 +17,7 @@ and answered with a generic 500 message, never a stack trace):
                                                   layer has a feature set, its dashboard
     /api/models/{model}/features                  feature sets with their features (?set=, ?limit=)
     /api/models/{model}/features/{set}/{feature}  one feature's page
+    /api/models/{model}/studies[/{name}]          names, or one study (sections of text and tables, checks)
     /api/models/{model}/explanations[/{name}]     names, or one explain-all result (component table,
                                                   joint numbers, robustness across ablations)
     /api/models/{model}/vision[/{name}]           names, or one vision artifact (image grids, curves)
@@ -327,6 +328,17 @@ def create_app(artifacts_dir: str | Path = "out", *, port: int | None = None,
         if item not in m.explanation_names():
             raise NotFound(f"model {m.name!r} has no explanation {_shown(item)}; it has {m.explanation_names()}")
         return _clean(m.explanation(item))
+
+    @app.get("/api/models/{name}/studies")
+    def study_list(name: NameParam) -> dict[str, Any]:
+        return {"names": model(name).study_names()}
+
+    @app.get("/api/models/{name}/studies/{item}")
+    def study(name: NameParam, item: NameParam) -> dict[str, Any]:
+        m = model(name)
+        if item not in m.study_names():
+            raise NotFound(f"model {m.name!r} has no study {_shown(item)}; it has {m.study_names()}")
+        return _clean(m.study(item))
 
     def _sets(st) -> list[str]:
         return [s["set_id"] for s in st.sets()]

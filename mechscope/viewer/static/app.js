@@ -1,13 +1,13 @@
 /* mechscope viewer: a hash-routed single page over the JSON API (see mechscope/viewer/app.py).
  * Routes: #/m/MODEL/overview | attention | roles | patching[/NAME] | circuits[/NAME] | graphs[/NAME] | features[/SET/FEATURE]
- *         | training | explanations[/NAME] | vision[/NAME] */
+ *         | training | explanations[/NAME] | vision[/NAME] | studies[/NAME] */
 (function () {
   'use strict';
   const MS = window.MS, el = MS.el;
   const main = document.getElementById('main'), tabs = document.getElementById('tabs'), select = document.getElementById('model-select');
   const TABS = [['overview', 'Overview'], ['attention', 'Attention'], ['roles', 'Head roles'], ['patching', 'Patching'],
     ['circuits', 'Circuits'], ['graphs', 'Graphs'], ['features', 'Features'], ['training', 'Training'],
-    ['explanations', 'Explanations'], ['vision', 'Vision']];
+    ['explanations', 'Explanations'], ['vision', 'Vision'], ['studies', 'Studies']];
   let models = [];
   const enc = encodeURIComponent;
 
@@ -130,6 +130,9 @@
     },
     explanations: (route) => named(route, 'explanations', 'Explanations as code',
       'No explanations (mechscope explain-all NAME --out DIR writes one).', 'explanation-view', MS.explanation),
+    studies: (route) => named(route, 'studies', 'Studies',
+      'No studies (python -m mechscope.studies.smol_graphs --artifacts DIR writes one).', 'study-view',
+      (box, d) => MS.study(box, d, { graphLink: (g) => '#/m/' + enc(route.model) + '/graphs/' + enc(g) })),
   };
 
   let renderSeq = 0;

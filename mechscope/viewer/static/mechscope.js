@@ -711,5 +711,37 @@
     if (figs.length) { root.appendChild(el('h3', { text: 'Figures' })); root.appendChild(kvTable(figs.map(([k, v]) => [k, typeof v === 'number' ? fmt(v, 6) : str(v)]))); }
   };
 
+  // a study artifact: sections of text and tables, the checks (targets fixed before measuring), its graphs
+  MS.study = function (root, s, opts) {
+    root.replaceChildren();
+    root.setAttribute('data-study', str(s.name));
+    root.appendChild(el('h3', { text: str(s.title || s.name) }));
+    if (s.command) root.appendChild(el('p', { class: 'small' }, [el('span', { text: 're-create: ' }), el('code', { text: str(s.command) })]));
+    const cell = (v) => (typeof v === 'number' ? fmt(v, 4) : str(v));
+    const grid = (cols, rows) => {
+      const t = el('table', { class: 'data' });
+      t.appendChild(el('tr', {}, cols.map((h) => el('th', { class: 'l', text: str(h) }))));
+      for (const r of rows) t.appendChild(el('tr', {}, r.map((v) => el('td', { class: typeof v === 'number' ? null : 'l', text: cell(v) }))));
+      return t;
+    };
+    for (const sec of s.sections || []) {
+      root.appendChild(el('h3', { text: str(sec.heading) }));
+      if (sec.text) root.appendChild(el('p', { text: str(sec.text) }));
+      for (const t of sec.tables || []) {
+        if (t.caption) root.appendChild(el('p', { class: 'small muted', text: str(t.caption) }));
+        root.appendChild(grid(t.columns || [], t.rows || []));
+      }
+    }
+    const checks = Object.entries(s.checks || {});
+    if (checks.length) {
+      root.appendChild(el('h3', { text: 'Checks (targets fixed before measuring)' }));
+      root.appendChild(grid(['check', 'target', 'got', ''], checks.map(([k, c]) => [k, c.target, c.got, c.pass ? 'pass' : 'FAIL'])));
+    }
+    if ((s.graphs || []).length) {
+      root.appendChild(el('p', {}, [el('span', { text: 'attribution graphs: ' }),
+        ...s.graphs.map((g) => el('a', { class: 'pill', href: opts && opts.graphLink ? opts.graphLink(g) : '#', text: g }))]));
+    }
+  };
+
   global.MS = MS;
 })(window);
