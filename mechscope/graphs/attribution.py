@@ -190,11 +190,13 @@ def _unembedding(rep: LocalReplacement, chosen: list[int], demean: bool) -> tupl
     return site, U, c
 
 
-def _frozen_run(rep: LocalReplacement, E: Tensor, M: dict[int, Tensor], unembed) -> tuple[dict, Tensor]:
-    """The frozen model on a batch of copies of the prompt, embeddings `E` and MLP outputs `M` (batch, pos, d)
-    written in: the latents' inputs (layer -> (batch, pos, d)), the unembedding's input ("unembed") when read,
-    and the logits."""
-    rows = E.shape[0]
+def _frozen_run(rep: LocalReplacement, E: Tensor, M: dict[int, Tensor], unembed, length: int | None = None
+                ) -> tuple[dict, Tensor]:
+    """The frozen model on the prompt's first `length` tokens (all by default), embeddings `E` and MLP outputs
+    `M` (1, pos, d) written in: the latents' inputs (layer -> (1, length, d)), the unembedding's input
+    ("unembed") when read, and the logits. In a causal model the first tokens' values do not depend on
+    later ones, so a prefix gives them exactly, with the frozen values cut to the prefix."""
+    n = rep.ids.shape[1] if length is None else length
     seen: dict = {}
 
     def record(key):
@@ -203,14 +205,30 @@ def _frozen_run(rep: LocalReplacement, E: Tensor, M: dict[int, Tensor], unembed)
             return x
         return fn
 
-    ivs = [Patch(s, value=v.detach().expand(rows, *v.shape[1:])) for s, v in rep.frozen.items()]
-    ivs += [Replace(Site(Kind.EMBED), fn=lambda x, ctx: E)]
-    ivs += [Replace(Site(Kind.MLP_OUT, l), fn=(lambda m: lambda x, ctx: m)(M[l])) for l in range(rep.n_layers)]
+    ivs = [Patch(s, value=_prefix(s, v.detach(), n)) for s, v in rep.frozen.items()]
+    ivs += [Replace(Site(Kind.EMBED), fn=lambda x, ctx: E[:, :n])]
+    ivs += [Replace(Site(Kind.MLP_OUT, l), fn=(lambda m: lambda x, ctx: m[:, :n])(M[l])) for l in range(rep.n_layers)]
     ivs += [Replace(rep.latents[l].reads, fn=record(l)) for l in rep.latents]
     if unembed is not None:
         ivs.append(Replace(unembed[0], fn=record("unembed")))
-    res = run(rep.adapter, rep.ids.expand(rows, -1), interventions=ivs, track_grad=E.requires_grad)
+    res = run(rep.adapter, rep.ids[:, :n], interventions=ivs, track_grad=E.requires_grad)
     return seen, res.logits
+
+
+def _prefix(site: Site, value: Tensor, n: int) -> Tensor:
+    """A frozen value (a pattern (1, head, pos, kpos) or a norm divisor (1, pos, 1)) for the first n tokens."""
+    if site.kind is Kind.PATTERN:
+        return value[..., :n, :n]
+    return value.narrow(site.layout.pos % value.dim(), 0, n)
+
+
+def _causal(rep: LocalReplacement) -> bool:
+    """Whether every frozen attention pattern is causal (no weight on a later position): then a target at
+    position p depends on the first p + 1 tokens only."""
+    for s, v in rep.frozen.items():
+        if s.kind is Kind.PATTERN and bool(v.detach().triu(1).ne(0).any()):
+            return False
+    return True
 
 
 def _zero_source_inputs(rep: LocalReplacement, act_at, chosen: list[int], demean: bool, unembed) -> Tensor:
@@ -272,51 +290,58 @@ def _rows(rep: LocalReplacement, act_at, chosen: list[int], demean: bool, unembe
           batch_size: int, offsets: tuple[int, int, int]) -> Tensor:
     """Fill the target rows of A (in place); returns their sums in float64 (before A stores them as float32).
 
-    The frozen forward pass runs once on `batch_size` copies of the prompt, embeddings and MLP outputs
-    as leaves; each block of targets is then one backward pass with a real batch dimension: copy i
-    seeded with target i's read vector at its site and position. A backward pass from a layer's reads
-    goes through the layers below it only. The effect of each source is a dot product of the gradient
-    at its site with its write.
+    Targets are taken position by position. For the targets at position p, the frozen model runs on the
+    prompt's first p + 1 tokens (a causal model's values there do not depend on later tokens), with the
+    embeddings and MLP outputs as leaves; each block of `batch_size` targets is then one vectorised
+    backward pass (`is_grads_batched`), target i's read vector seeding its read at p. A block's
+    backward pass starts at its highest layer and covers p + 1 positions, so its cost falls with both.
+    The effect of each source is a dot product of the gradient at its site with its write.
     """
     err0, tok0, log0 = offsets
     lat, pos = rep.latents, rep.ids.shape[1]
     n_y = len(rows)
-    B = max(1, min(batch_size, n_y))
-    E = rep.embed.detach()[None].repeat(B, 1, 1).requires_grad_(True)
-    M = {l: rep.mlp_out[l].detach()[None].repeat(B, 1, 1).requires_grad_(True) for l in range(rep.n_layers)}
+    dev = rep.embed.device
+    E = rep.embed.detach().clone()[None].requires_grad_(True)
+    M = {l: rep.mlp_out[l].detach().clone()[None].requires_grad_(True) for l in range(rep.n_layers)}
     leaves = [E] + [M[l] for l in range(rep.n_layers)]
-    seen, logits = _frozen_run(rep, E, M, unembed)
-    outs = {**seen, "logits": logits}
-    del seen, logits
-    targets = _targets(rep, act_at, chosen, demean, unembed, outs["logits"].shape[-1])
-    if unembed is not None:
-        del outs["logits"]  # (batch, pos, vocab): not read
+    targets = _targets(rep, act_at, chosen, demean, unembed, rep.logits.shape[-1])
+    # each target's place: (its group's index, its position); taken in order of position, then group
+    which = torch.cat([torch.full((len(tg.pos),), k, dtype=torch.long) for k, tg in enumerate(targets)])
+    where = torch.cat([tg.pos.cpu() for tg in targets])
+    by_prefix = where + 1 if _causal(rep) else torch.full_like(where, pos)
+    order = torch.argsort(by_prefix * len(targets) + which, stable=True)
     # each source layer's active latents: decoder rows per written layer, and their span per position
     writes = {l: {t: W[act_at[l][1]] for t, W in lat[l].W_dec.items()} for l in sorted(lat)}
     spans = {l: _spans(act_at[l][0], pos) for l in sorted(lat)}
     row_sums = torch.zeros(n_y, dtype=torch.float64)
-    dev = rep.embed.device
-    for start in progress_bar(range(0, n_y, B), desc="graph rows", total=-(-n_y // B)):
-        stop = min(start + B, n_y)
-        b = stop - start
+    blocks = []
+    for n in by_prefix.unique().tolist():
+        ids = order[by_prefix[order] == n]
+        blocks += [(n, ids[s:s + batch_size]) for s in range(0, len(ids), batch_size)]
+    outs, outs_n = None, 0
+    for n, ids in progress_bar(blocks, desc="graph rows"):
+        if n != outs_n:
+            outs = None  # free the previous prefix's graph before building the next
+            seen, logits = _frozen_run(rep, E, M, unembed, n)
+            outs, outs_n = {**seen, "logits": logits}, n
+        b = len(ids)
         outputs, seeds = [], []
-        for tg in targets:
-            lo, hi = max(start, tg.first), min(stop, tg.first + len(tg.pos))
-            if lo >= hi:
-                continue
-            x = outs[tg.key]
-            seed = torch.zeros_like(x)
-            i = torch.arange(lo, hi, device=dev)
-            seed[i - start, tg.pos[i - tg.first].to(dev)] = tg.vectors[i - tg.first].to(x)
+        for k in which[ids].unique().tolist():
+            tg = targets[k]
+            mine = (which[ids] == k).nonzero().flatten()
+            local = ids[mine] - tg.first
+            x = outs[tg.key]  # (1, n, d)
+            seed = torch.zeros(b, *x.shape, dtype=x.dtype, device=dev)
+            seed[mine.to(dev), 0, tg.pos[local].to(dev)] = tg.vectors[local.to(tg.vectors.device)].to(x)
             outputs.append(x)
             seeds.append(seed)
-        g = torch.autograd.grad(outputs, leaves, seeds, retain_graph=True, allow_unused=True)
-        gE = g[0][:b] if g[0] is not None else torch.zeros_like(E[:b])  # (b, pos, d)
-        gM = {l: g[1 + l][:b] for l in range(rep.n_layers) if g[1 + l] is not None}
+        g = torch.autograd.grad(outputs, leaves, seeds, retain_graph=True, is_grads_batched=True, allow_unused=True)
+        gE = g[0][:, 0, :n] if g[0] is not None else torch.zeros(b, n, E.shape[-1], dtype=E.dtype, device=dev)
+        gM = {l: g[1 + l][:, 0, :n] for l in range(rep.n_layers) if g[1 + l] is not None}
         block = torch.zeros(b, A.shape[1], dtype=gE.dtype, device=dev)
-        block[:, tok0:log0] = (gE * rep.embed.detach()).sum(-1)
+        block[:, tok0:tok0 + n] = (gE * rep.embed[:n].detach()).sum(-1)
         for t, gt in gM.items():
-            block[:, err0 + t * pos: err0 + (t + 1) * pos] = (gt * rep.errors[t]).sum(-1)
+            block[:, err0 + t * pos: err0 + t * pos + n] = (gt * rep.errors[t][:n]).sum(-1)
         col = 0
         for l in sorted(lat):
             p, _, a = act_at[l]
@@ -324,12 +349,13 @@ def _rows(rep: LocalReplacement, act_at, chosen: list[int], demean: bool, unembe
                 if t not in gM:
                     continue
                 for q, (s0, s1) in spans[l]:
-                    block[:, col + s0:col + s1] += gM[t][:, q] @ W[s0:s1].to(gE).t()
+                    if q < n:
+                        block[:, col + s0:col + s1] += gM[t][:, q] @ W[s0:s1].to(gE).t()
             block[:, col:col + len(p)] *= a.to(gE)
             col += len(p)
         block = block.cpu()  # the dense graph and its float64 sums live on the CPU (MPS has no float64)
-        A[rows[start:stop]] = block.float()
-        row_sums[start:stop] = block.double().sum(1)
+        A[[rows[i] for i in ids.tolist()]] = block.float()
+        row_sums[ids] = block.double().sum(1)
     return row_sums
 
 

@@ -232,7 +232,7 @@ def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: 
                                               "pruned_completeness": pruned["completeness"],
                                               "node_threshold": node_threshold, "edge_threshold": edge_threshold,
                                               "kept_latents": int((keep & latent).sum()),
-                                              "latents": int(latent.sum()), "kept_edges": int(edges.sum())})
+                                              "latents": int(latent.sum()), "kept_edges": int(edges.count_nonzero())})
 
 
 def _edge_score_rows(A: Tensor, kept: _Flow, w: Tensor, keep: Tensor):
