@@ -75,7 +75,7 @@ def graph(
     bos: Annotated[bool, typer.Option(help="prepend the BOS token")] = False,
     node_threshold: Annotated[float, typer.Option(help="share of the latents' influence the kept latents carry")] = 0.8,
     edge_threshold: Annotated[float, typer.Option(help="share of the edges' influence the kept edges carry")] = 0.98,
-    memory_gb: Annotated[float, typer.Option(help="refuse graphs whose dense matrices need more")] = 4.0,
+    memory_gb: Annotated[float, typer.Option(help="refuse graphs whose matrix and pruning need more GB (beside the model and transcoders)")] = 4.0,
     batch: Annotated[int, typer.Option(help="graph rows per backward pass")] = 64,
     threads: Annotated[Optional[int], typer.Option(help="torch threads")] = None,
     device: DeviceOpt = None,

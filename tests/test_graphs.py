@@ -442,3 +442,46 @@ def test_a_transcoder_set_on_disk_is_read_and_checked(tmp_path):
     skip = dl.build("transcoder", d_in=32, d_out=32, d_sae=48, k=48, skip=True)
     with pytest.raises(G.LatentError, match="skip connection"):
         G.LocalReplacement.build(model, ids, {0: skip})
+
+
+def test_prefix_rows_and_lean_pruning_equal_the_plain_computations(monkeypatch):
+    """Rows from prefix passes equal rows from full-length passes; pruning's one sweep, log-bin edge choice
+    and block-wise scores equal the power series, a full sort of the edge scores and dense copies."""
+    import importlib
+
+    At = importlib.import_module("mechscope.graphs.attribution")
+    P = importlib.import_module("mechscope.graphs.prune")  # the package's `prune` is the function
+
+    m = tiny()
+    rep = G.LocalReplacement.build(m, ids_for(40), {0: transcoder(0, 16), 1: transcoder(1, 16, seed=1)})
+    graph = G.attribute(rep, batch_size=5)
+    monkeypatch.setattr(At, "_causal", lambda rep: False)  # every block runs the whole prompt
+    full = G.attribute(rep, batch_size=64)
+    assert torch.allclose(graph.adjacency, full.adjacency, rtol=1e-6, atol=1e-9)
+    assert torch.equal(graph.adjacency != 0, full.adjacency != 0)
+
+    A, w = graph.adjacency, graph.logit_weights.double()
+    error, token = graph.of_kind(NodeKind.ERROR), graph.of_kind(NodeKind.TOKEN)
+    flow = P._flow(A, w, error, P._levels(graph))
+    assert flow.ordered
+    series = G.influence(G.normalised(A), w)
+    assert torch.allclose(flow.influence, series, rtol=1e-12, atol=1e-15)
+    assert torch.allclose(P._flow(A, w, error).influence, series, rtol=1e-12, atol=1e-15)  # no levels: series
+    An = G.normalised(A)
+    dense_clean = 1 - An[:, error].sum(1)
+    has = An.sum(1) > 0
+    weight = (series + w)[has]
+    want = float((dense_clean[has] * weight).sum() / weight.sum())
+    assert G.graph_scores(A, w, error, token)["completeness"] == pytest.approx(want, rel=1e-12)
+
+    keep = ~graph.of_kind(NodeKind.LATENT)
+    keep[P._top_share(series, ~keep, 0.8)] = True
+    kept = P._flow(A, w, error, P._levels(graph), rows=keep, cols=keep)
+    for share in (0.5, 0.9, 0.98):
+        got = P._top_edges(A, kept, w, keep, share)
+        score = (G.normalised(A * (keep[:, None] & keep[None, :])) * (kept.influence + w)[:, None]).flatten()
+        order = score.argsort(descending=True)
+        cum = score[order].cumsum(0) / score.sum()
+        want = torch.zeros_like(score, dtype=torch.bool)
+        want[order[:int((cum < share).sum()) + 1]] = True
+        assert torch.equal(got.flatten(), want)

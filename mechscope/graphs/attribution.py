@@ -27,11 +27,12 @@ embeddings) is its bias: measured by a second frozen forward pass with every sou
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..core.interventions import Replace
+from ..core.interventions import Patch, Replace
 from ..core.progress import progress_bar
 from ..core.run import run
 from ..core.site import Kind, Site
@@ -68,12 +69,14 @@ def top_logits(logits: Tensor, mass: float = 0.95, most: int = 10) -> list[int]:
 
 
 def graph_bytes(n_nodes: int) -> int:
-    """Memory the dense graph and its pruning need: about 80 bytes per matrix entry.
+    """Memory a graph of `n_nodes` needs beside the model and its transcoders: 5 bytes per matrix entry
+    and 40 kB per node.
 
-    Measured: a SmolLM2-135M graph of 8,186 nodes peaked 4.4 GB above the same model's graph of
-    2,426 nodes, 73 bytes per added entry (the float32 matrix, pruning's float64 normalised copies,
-    edge scores and their sort order over every entry)."""
-    return 80 * n_nodes * n_nodes
+    The float32 adjacency (4 bytes an entry) and pruning's bool edge mask (1 byte); everything else
+    works a block of rows at a time: pruning's float64 blocks of 512 rows (about 8 copies of 8 bytes,
+    32 kB per node) and a block of gradients. Measured on a 15,866-node SmolLM2-135M layout:
+    pruning peaked 0.76 GB above the adjacency, the estimate's non-adjacency part is 0.9 GB."""
+    return 5 * n_nodes * n_nodes + 40_000 * n_nodes
 
 
 def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Sequence[int] | None = None,
@@ -122,40 +125,15 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
             "shorten the prompt, give transcoders for fewer layers (or with a smaller k), or raise the budget")
     err0, tok0, log0 = n_lat, n_lat + rep.n_layers * pos, n_lat + rep.n_layers * pos + pos
 
-    # --- the frozen forward pass with the sources as leaves --------------------------------------------
+    # --- the bias: the frozen model with every source zero -----------------------------------------
     unembed = _unembedding(rep, chosen, demean)
-    y, E, M = _frozen_inputs(rep, act_at, chosen, demean, unembed, zero_sources=False)
     with torch.no_grad():
-        y0, _, _ = _frozen_inputs(rep, act_at, chosen, demean, unembed, zero_sources=True)
+        y0 = _zero_source_inputs(rep, act_at, chosen, demean, unembed)
 
+    # --- the rows: one backward pass per block of targets, the block a real batch ---------------------
     A = torch.zeros(N, N, dtype=torch.float32)
     rows = list(range(n_lat)) + list(range(log0, N))  # the targets, in the order of y
-    leaves = [E] + [M[l] for l in range(rep.n_layers)]
-    n_y = y.shape[0]
-    row_sums = torch.zeros(n_y, dtype=torch.float64)  # in the model's precision, before A is stored as float32
-    for start in progress_bar(range(0, n_y, batch_size), desc="graph rows", total=-(-n_y // batch_size)):
-        stop = min(start + batch_size, n_y)
-        go = torch.zeros(stop - start, n_y, dtype=y.dtype, device=y.device)
-        go[torch.arange(stop - start, device=y.device), torch.arange(start, stop, device=y.device)] = 1
-        g = torch.autograd.grad(y, leaves, go, retain_graph=True, is_grads_batched=True, allow_unused=True)
-        gE = _or_zero(g[0], E)[:, 0]  # (B, pos, d)
-        gM = {l: _or_zero(g[1 + l], M[l])[:, 0] for l in range(rep.n_layers)}
-        block = torch.zeros(stop - start, N, dtype=gE.dtype, device=gE.device)
-        block[:, tok0:log0] = (gE * rep.embed.detach()).sum(-1)
-        for l in range(rep.n_layers):
-            block[:, err0 + l * pos: err0 + (l + 1) * pos] = (gM[l] * rep.errors[l]).sum(-1)
-        col = 0
-        for l in sorted(lat):
-            p, f, a = act_at[l]
-            eff = torch.zeros(stop - start, len(p), dtype=gE.dtype, device=gE.device)
-            for t, W in lat[l].W_dec.items():
-                eff += torch.einsum("bnd,nd->bn", gM[t][:, p], W[f].to(gE))
-            block[:, col:col + len(p)] = eff * a
-            col += len(p)
-        block = block.cpu()  # the dense graph and its float64 sums live on the CPU (MPS has no float64)
-        A[rows[start:stop]] = block.float()
-        row_sums[start:stop] = block.double().sum(1)
-    del y, leaves, E, M
+    row_sums = _rows(rep, act_at, chosen, demean, unembed, A, rows, batch_size, (err0, tok0, log0))
 
     inputs = torch.zeros(N, dtype=torch.float64)
     bias = torch.zeros(N, dtype=torch.float64)
@@ -173,10 +151,6 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
                             lin, rep.exactness, token_text,
                             meta={"n_layers": rep.n_layers, "layers_with_latents": sorted(lat),
                                   "target": target, "batch_size": batch_size, "demeaned_logits": demean})
-
-
-def _or_zero(g: Tensor | None, like: Tensor) -> Tensor:
-    return g if g is not None else torch.zeros(1, *like.shape, dtype=like.dtype, device=like.device)
 
 
 def logit_input(logits: Tensor, chosen: list[int], demean: bool) -> Tensor:
@@ -218,22 +192,13 @@ def _unembedding(rep: LocalReplacement, chosen: list[int], demean: bool) -> tupl
     return site, U, c
 
 
-def _frozen_inputs(rep: LocalReplacement, act_at, chosen: list[int], demean: bool, unembed, zero_sources: bool
-                   ) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
-    """y (targets' inputs) from the frozen model, with the embeddings and MLP outputs as leaves.
-
-    With `zero_sources`, embeddings, codes and errors are zero: the MLP outputs are the decoder
-    biases alone, and y is the targets' bias. A difference between y and the real run's values
-    (a nonlinearity after the unembedding's input, say) shows in the graph's linearity error.
-    """
-    lat = rep.latents
-    if zero_sources:
-        zero_codes = {l: torch.zeros_like(c) for l, c in rep.codes.items()}
-        E = torch.zeros_like(rep.embed)[None]
-        M = {l: _writes(lat, zero_codes, l, rep.mlp_out[l])[None] for l in range(rep.n_layers)}
-    else:
-        E = rep.embed.detach().clone()[None].requires_grad_(True)
-        M = {l: rep.mlp_out[l].detach().clone()[None].requires_grad_(True) for l in range(rep.n_layers)}
+def _frozen_run(rep: LocalReplacement, E: Tensor, M: dict[int, Tensor], unembed, length: int | None = None
+                ) -> tuple[dict, Tensor]:
+    """The frozen model on the prompt's first `length` tokens (all by default), embeddings `E` and MLP outputs
+    `M` (1, pos, d) written in: the latents' inputs (layer -> (1, length, d)), the unembedding's input
+    ("unembed") when read, and the logits. In a causal model the first tokens' values do not depend on
+    later ones, so a prefix gives them exactly, with the frozen values cut to the prefix."""
+    n = rep.ids.shape[1] if length is None else length
     seen: dict = {}
 
     def record(key):
@@ -242,21 +207,167 @@ def _frozen_inputs(rep: LocalReplacement, act_at, chosen: list[int], demean: boo
             return x
         return fn
 
-    ivs = rep.freeze() + [Replace(Site(Kind.EMBED), fn=lambda x, ctx: E)]
-    ivs += [Replace(Site(Kind.MLP_OUT, l), fn=(lambda m: lambda x, ctx: m)(M[l])) for l in range(rep.n_layers)]
-    ivs += [Replace(lat[l].reads, fn=record(l)) for l in lat]
+    ivs = [Patch(s, value=_prefix(s, v.detach(), n)) for s, v in rep.frozen.items()]
+    ivs += [Replace(Site(Kind.EMBED), fn=lambda x, ctx: E[:, :n])]
+    ivs += [Replace(Site(Kind.MLP_OUT, l), fn=(lambda m: lambda x, ctx: m[:, :n])(M[l])) for l in range(rep.n_layers)]
+    ivs += [Replace(rep.latents[l].reads, fn=record(l)) for l in rep.latents]
     if unembed is not None:
         ivs.append(Replace(unembed[0], fn=record("unembed")))
-    res = run(rep.adapter, rep.ids, interventions=ivs, track_grad=not zero_sources)
+    res = run(rep.adapter, rep.ids[:, :n], interventions=ivs, track_grad=E.requires_grad)
+    return seen, res.logits
+
+
+def _prefix(site: Site, value: Tensor, n: int) -> Tensor:
+    """A frozen value (a pattern (1, head, pos, kpos) or a norm divisor (1, pos, 1)) for the first n tokens."""
+    if site.kind is Kind.PATTERN:
+        return value[..., :n, :n]
+    return value.narrow(site.layout.pos % value.dim(), 0, n)
+
+
+def _causal(rep: LocalReplacement) -> bool:
+    """Whether every frozen attention pattern is causal (no weight on a later position): then a target at
+    position p depends on the first p + 1 tokens only."""
+    for s, v in rep.frozen.items():
+        if s.kind is Kind.PATTERN and bool(v.detach().triu(1).ne(0).any()):
+            return False
+    return True
+
+
+def _zero_source_inputs(rep: LocalReplacement, act_at, chosen: list[int], demean: bool, unembed) -> Tensor:
+    """The targets' bias: their inputs in the frozen model with embeddings, codes and errors zero (the MLP
+    outputs are the decoder biases alone). A difference from the real run's values not made up by the
+    edges (a nonlinearity after the unembedding's input, say) shows in the graph's linearity error."""
+    lat = rep.latents
+    zero_codes = {l: torch.zeros_like(c) for l, c in rep.codes.items()}
+    E = torch.zeros_like(rep.embed)[None]
+    M = {l: _writes(lat, zero_codes, l, rep.mlp_out[l])[None] for l in range(rep.n_layers)}
+    seen, logits = _frozen_run(rep, E, M, unembed)
     parts = []
     for l in sorted(lat):
         p, f, _ = act_at[l]
         x = seen[l][0]  # (pos, d)
-        W = lat[l].W_enc.to(x)
-        parts.append((x[p] * W[:, f].t()).sum(-1) + lat[l].b_enc[f].to(x))
+        parts.append((x[p] * lat[l].W_enc.to(x)[:, f].t()).sum(-1) + lat[l].b_enc[f].to(x))
     if unembed is not None:
         x = seen["unembed"][0, -1]
         parts.append(x @ unembed[1].to(x) + unembed[2].to(x))
     else:
-        parts.append(logit_input(res.logits[0, -1], chosen, demean))
-    return torch.cat(parts), E, M
+        parts.append(logit_input(logits[0, -1], chosen, demean))
+    return torch.cat(parts)
+
+
+@dataclass
+class _Targets:
+    """Targets reading one tensor of the frozen run: rows `first`.. of y, each the dot product of `vectors[i]`
+    (n, d) with that tensor at position `pos[i]`."""
+
+    key: object  # a latent layer, "unembed" or "logits"
+    first: int
+    pos: Tensor  # (n,)
+    vectors: Tensor  # (n, d)
+
+
+def _targets(rep: LocalReplacement, act_at, chosen: list[int], demean: bool, unembed, vocab: int) -> list[_Targets]:
+    """The targets in the order of y: each latent layer's active latents (W_enc columns at their positions),
+    then the logits (W_U's chosen columns, or the logits themselves, at the last position)."""
+    out, first = [], 0
+    last = rep.ids.shape[1] - 1
+    for l in sorted(act_at):
+        p, f, _ = act_at[l]
+        out.append(_Targets(l, first, p, rep.latents[l].W_enc[:, f].t()))
+        first += len(p)
+    if unembed is not None:
+        vec = unembed[1].t()
+        key = "unembed"
+    else:
+        vec = torch.zeros(len(chosen), vocab, dtype=rep.logits.dtype, device=rep.logits.device)
+        vec[torch.arange(len(chosen)), torch.as_tensor(chosen)] = 1
+        if demean:
+            vec -= 1 / vocab
+        key = "logits"
+    out.append(_Targets(key, first, torch.full((len(chosen),), last, dtype=torch.long), vec))
+    return out
+
+
+def _rows(rep: LocalReplacement, act_at, chosen: list[int], demean: bool, unembed, A: Tensor, rows: list[int],
+          batch_size: int, offsets: tuple[int, int, int]) -> Tensor:
+    """Fill the target rows of A (in place); returns their sums in float64 (before A stores them as float32).
+
+    Targets are taken position by position. For the targets at position p, the frozen model runs on the
+    prompt's first p + 1 tokens (a causal model's values there do not depend on later tokens), with the
+    embeddings and MLP outputs as leaves; each block of `batch_size` targets is then one vectorised
+    backward pass (`is_grads_batched`), target i's read vector seeding its read at p. A block's
+    backward pass starts at its highest layer and covers p + 1 positions, so its cost falls with both.
+    The effect of each source is a dot product of the gradient at its site with its write.
+    """
+    err0, tok0, log0 = offsets
+    lat, pos = rep.latents, rep.ids.shape[1]
+    n_y = len(rows)
+    dev = rep.embed.device
+    E = rep.embed.detach().clone()[None].requires_grad_(True)
+    M = {l: rep.mlp_out[l].detach().clone()[None].requires_grad_(True) for l in range(rep.n_layers)}
+    leaves = [E] + [M[l] for l in range(rep.n_layers)]
+    targets = _targets(rep, act_at, chosen, demean, unembed, rep.logits.shape[-1])
+    # each target's place: (its group's index, its position); taken in order of position, then group
+    which = torch.cat([torch.full((len(tg.pos),), k, dtype=torch.long) for k, tg in enumerate(targets)])
+    where = torch.cat([tg.pos.cpu() for tg in targets])
+    by_prefix = where + 1 if _causal(rep) else torch.full_like(where, pos)
+    order = torch.argsort(by_prefix * len(targets) + which, stable=True)
+    # each source layer's active latents: decoder rows per written layer, and their span per position
+    writes = {l: {t: W[act_at[l][1]] for t, W in lat[l].W_dec.items()} for l in sorted(lat)}
+    spans = {l: _spans(act_at[l][0], pos) for l in sorted(lat)}
+    row_sums = torch.zeros(n_y, dtype=torch.float64)
+    blocks = []
+    for n in by_prefix.unique().tolist():
+        ids = order[by_prefix[order] == n]
+        blocks += [(n, ids[s:s + batch_size]) for s in range(0, len(ids), batch_size)]
+    outs, outs_n = None, 0
+    for n, ids in progress_bar(blocks, desc="graph rows"):
+        if n != outs_n:
+            outs = None  # free the previous prefix's graph before building the next
+            seen, logits = _frozen_run(rep, E, M, unembed, n)
+            outs, outs_n = {**seen, "logits": logits}, n
+        b = len(ids)
+        outputs, seeds = [], []
+        for k in which[ids].unique().tolist():
+            tg = targets[k]
+            mine = (which[ids] == k).nonzero().flatten()
+            local = ids[mine] - tg.first
+            x = outs[tg.key]  # (1, n, d)
+            seed = torch.zeros(b, *x.shape, dtype=x.dtype, device=dev)
+            seed[mine.to(dev), 0, tg.pos[local].to(dev)] = tg.vectors[local.to(tg.vectors.device)].to(x)
+            outputs.append(x)
+            seeds.append(seed)
+        g = torch.autograd.grad(outputs, leaves, seeds, retain_graph=True, is_grads_batched=True, allow_unused=True)
+        gE = g[0][:, 0, :n] if g[0] is not None else torch.zeros(b, n, E.shape[-1], dtype=E.dtype, device=dev)
+        gM = {l: g[1 + l][:, 0, :n] for l in range(rep.n_layers) if g[1 + l] is not None}
+        block = torch.zeros(b, A.shape[1], dtype=gE.dtype, device=dev)
+        block[:, tok0:tok0 + n] = (gE * rep.embed[:n].detach()).sum(-1)
+        for t, gt in gM.items():
+            block[:, err0 + t * pos: err0 + t * pos + n] = (gt * rep.errors[t][:n]).sum(-1)
+        col = 0
+        for l in sorted(lat):
+            p, _, a = act_at[l]
+            for t, W in writes[l].items():
+                if t not in gM:
+                    continue
+                for q, (s0, s1) in spans[l]:
+                    if q < n:
+                        block[:, col + s0:col + s1] += gM[t][:, q] @ W[s0:s1].to(gE).t()
+            block[:, col:col + len(p)] *= a.to(gE)
+            col += len(p)
+        block = block.cpu()  # the dense graph and its float64 sums live on the CPU (MPS has no float64)
+        A[[rows[i] for i in ids.tolist()]] = block.float()
+        row_sums[ids] = block.double().sum(1)
+    return row_sums
+
+
+def _spans(p: Tensor, pos: int) -> list[tuple[int, tuple[int, int]]]:
+    """(position, (start, stop)) of each position's run in `p`, the positions of a layer's active latents in
+    ascending order (as `nonzero` gives them)."""
+    counts = torch.bincount(p.cpu(), minlength=pos).tolist()
+    out, s = [], 0
+    for q, c in enumerate(counts):
+        if c:
+            out.append((q, (s, s + c)))
+        s += c
+    return out

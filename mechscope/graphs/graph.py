@@ -118,8 +118,9 @@ class AttributionGraph:
         N = len(self.nodes)
         keep = torch.ones(N, dtype=torch.bool) if keep is None else keep
         ids = keep.nonzero().flatten().tolist()
-        A = self.adjacency if edges is None else self.adjacency * edges
-        sub = A[keep][:, keep]
+        sub = self.adjacency[keep][:, keep]  # the kept nodes' block only: no copy of the whole matrix
+        if edges is not None:
+            sub = sub * edges[keep][:, keep]
         t, s = (sub.abs() > min_weight).nonzero(as_tuple=True)
         nodes = []
         for i in ids:
