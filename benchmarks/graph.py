@@ -252,7 +252,8 @@ def autograd_check() -> tuple[dict, dict]:
     from mechscope import graphs as G
 
     model, tcs, ids = tiny_case()
-    real_logits = model(ids)[0]
+    with torch.no_grad():
+        real_logits = model(ids)[0]
     rep = G.LocalReplacement.build(model.mechscope_adapter(), ids, tcs)
     g = G.attribute(rep, batch_size=16)
     keys = our_keys(g)
