@@ -34,6 +34,8 @@ plus `attribute` against circuit-tracer's `attribute`, both with 64 rows per bac
 (circuit-tracer's default of 512 runs its forward pass on 512 copies of the prompt), model loading
 excluded, the two back to back in an order that alternates per round; the median of the per-round
 ratios ours / circuit-tracer. The requirement asks for the ratio, so it is a figure, not a check.
+Memory: after the timed rounds, one more graph each, the peak RSS (VmHWM, reset before the call)
+above the RSS at the call's start, while the result is held.
 
 Checks (targets set before measuring): adjacency on the common nodes, max |A_ours - A_ct| / max |A_ct|
 <= 1e-3, in both conventions; the same node sets when position 0 is kept; adjacency against the
@@ -47,6 +49,7 @@ Usage:  bash benchmarks/setup_env.sh ct
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import statistics
@@ -65,6 +68,7 @@ from torch import Tensor  # noqa: E402
 
 from _machine import cpu_snapshot, other_cpu_share, progress, result_line  # noqa: E402
 from _machine import main as _main  # noqa: E402
+from core_overhead import current_rss_bytes, peak_rss_bytes, reset_peak_rss  # noqa: E402
 
 NAME = "graph"
 TOLERANCE_CT = 1e-3
@@ -398,6 +402,20 @@ def ct_comparison(args) -> tuple[dict, dict]:
     progress(f"position 0 dropped (circuit-tracer's default): {bos['common_nodes']} common nodes, "
              f"relative error {bos['rel_error']:.2e}")
 
+    # peak memory of one more graph each, above the RSS before the call (position 0 kept)
+    ct.zero_positions = slice(0, 0)
+    del cg0
+    memory = {}
+    for who, build in (("ours", ours_graph), ("ct", ct_graph)):
+        gc.collect()
+        reset_peak_rss()
+        base = current_rss_bytes()
+        held = build()
+        memory[who] = (peak_rss_bytes() - base) / 2**20
+        del held
+    progress(f"peak memory above the call's start: ours {memory['ours']:.0f} MiB, "
+             f"circuit-tracer {memory['ct']:.0f} MiB")
+
     acts = {k: n.value for k, n in zip(ok, g.nodes) if k[0] == "latent"}
     ct_acts = dict(zip(ck, cg.activation_values.tolist()))
     act_err = max((abs(acts[k] - ct_acts[k]) / max(abs(ct_acts[k]), 1e-30) for k in acts if k in ct_acts), default=0.0)
@@ -413,6 +431,7 @@ def ct_comparison(args) -> tuple[dict, dict]:
         "cpu_s_ct_min": min(t[0] for t in times["ct"]), "cpu_s_ct_max": max(t[0] for t in times["ct"]),
         "wall_s_ours": med(t[1] for t in times["ours"]), "wall_s_ct": med(t[1] for t in times["ct"]),
         "time_ratio_ours_over_ct": med(ratios), "time_ratios": ratios, "rounds": args.rounds,
+        "peak_mib_ours": memory["ours"], "peak_mib_ct": memory["ct"],
         "other_cpu_share": busy}
     equal_sets = same["only_ours"] == 0 and same["only_reference"] == 0
     checks = {
