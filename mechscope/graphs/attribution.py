@@ -16,7 +16,9 @@ The gradients come from one forward pass and batched backward passes: the inputs
 (latent pre-activations `x @ W_enc[:, f] + b_enc[f]` at their positions, the chosen logits at the
 last position) are one vector y, and each backward pass sends a block of one-hot rows through
 `torch.autograd.grad(..., is_grads_batched=True)`, so a block of targets costs one vectorised
-backward pass; every source's effect is then a dot product with the gradient at its site.
+backward pass; every source's effect is then a dot product with the gradient at its site. A block
+is differentiated from the targets it holds only (y is kept in parts, one per layer and the logits),
+so a block of layer-l latents runs the backward pass through layers 0..l and no further.
 
 The rest of each target's input (norm gains' biases, attention biases, decoder biases, position
 embeddings) is its bias: measured by a second frozen forward pass with every source set to zero
@@ -124,20 +126,30 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
 
     # --- the frozen forward pass with the sources as leaves --------------------------------------------
     unembed = _unembedding(rep, chosen, demean)
-    y, E, M = _frozen_inputs(rep, act_at, chosen, demean, unembed, zero_sources=False)
+    parts, E, M = _frozen_inputs(rep, act_at, chosen, demean, unembed, zero_sources=False)
     with torch.no_grad():
-        y0, _, _ = _frozen_inputs(rep, act_at, chosen, demean, unembed, zero_sources=True)
+        y0 = torch.cat(_frozen_inputs(rep, act_at, chosen, demean, unembed, zero_sources=True)[0])
+    # y is the concatenation of `parts` (each layer's latents, then the logits); a block of rows is
+    # differentiated from the parts it overlaps only, so its backward pass stops at their layers
+    ends = torch.tensor([len(q) for q in parts]).cumsum(0).tolist()
+    spans = list(zip([0, *ends[:-1]], ends))
 
     A = torch.zeros(N, N, dtype=torch.float32)
     rows = list(range(n_lat)) + list(range(log0, N))  # the targets, in the order of y
     leaves = [E] + [M[l] for l in range(rep.n_layers)]
-    n_y = y.shape[0]
+    n_y = ends[-1]
     row_sums = torch.zeros(n_y, dtype=torch.float64)  # in the model's precision, before A is stored as float32
     for start in progress_bar(range(0, n_y, batch_size), desc="graph rows", total=-(-n_y // batch_size)):
         stop = min(start + batch_size, n_y)
-        go = torch.zeros(stop - start, n_y, dtype=y.dtype, device=y.device)
-        go[torch.arange(stop - start, device=y.device), torch.arange(start, stop, device=y.device)] = 1
-        g = torch.autograd.grad(y, leaves, go, retain_graph=True, is_grads_batched=True, allow_unused=True)
+        outs, gos = [], []
+        for (a, b), q in zip(spans, parts):
+            lo, hi = max(a, start), min(b, stop)
+            if lo < hi:
+                go = torch.zeros(stop - start, b - a, dtype=q.dtype, device=q.device)
+                go[torch.arange(lo - start, hi - start), torch.arange(lo - a, hi - a)] = 1
+                outs.append(q)
+                gos.append(go)
+        g = torch.autograd.grad(outs, leaves, gos, retain_graph=True, is_grads_batched=True, allow_unused=True)
         gE = _or_zero(g[0], E)[:, 0]  # (B, pos, d)
         gM = {l: _or_zero(g[1 + l], M[l])[:, 0] for l in range(rep.n_layers)}
         block = torch.zeros(stop - start, N, dtype=gE.dtype, device=gE.device)
@@ -155,7 +167,7 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
         block = block.cpu()  # the dense graph and its float64 sums live on the CPU (MPS has no float64)
         A[rows[start:stop]] = block.float()
         row_sums[start:stop] = block.double().sum(1)
-    del y, leaves, E, M
+    del parts, leaves, E, M
 
     inputs = torch.zeros(N, dtype=torch.float64)
     bias = torch.zeros(N, dtype=torch.float64)
@@ -219,8 +231,9 @@ def _unembedding(rep: LocalReplacement, chosen: list[int], demean: bool) -> tupl
 
 
 def _frozen_inputs(rep: LocalReplacement, act_at, chosen: list[int], demean: bool, unembed, zero_sources: bool
-                   ) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
-    """y (targets' inputs) from the frozen model, with the embeddings and MLP outputs as leaves.
+                   ) -> tuple[list[Tensor], Tensor, dict[int, Tensor]]:
+    """y (targets' inputs) from the frozen model, with the embeddings and MLP outputs as leaves: y in parts
+    (each layer's latents in order, then the logits), whose concatenation is y.
 
     With `zero_sources`, embeddings, codes and errors are zero: the MLP outputs are the decoder
     biases alone, and y is the targets' bias. A difference between y and the real run's values
@@ -259,4 +272,4 @@ def _frozen_inputs(rep: LocalReplacement, act_at, chosen: list[int], demean: boo
         parts.append(x @ unembed[1].to(x) + unembed[2].to(x))
     else:
         parts.append(logit_input(res.logits[0, -1], chosen, demean))
-    return torch.cat(parts), E, M
+    return parts, E, M
