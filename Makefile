@@ -61,12 +61,13 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Every benchmark, each against the tools it is compared with (installed into .venv-bench,
-# .venv-sae, .venv-devinterp and .venv-lucent, never into .venv); one summary in benchmarks/results/bench.json
+# .venv-sae, .venv-devinterp, .venv-lucent and .venv-ct, never into .venv); one summary in benchmarks/results/bench.json
 # (benchmarks/README.md).
 bench: venv sae-env
 	bash benchmarks/setup_env.sh
 	bash benchmarks/setup_env.sh devinterp
 	bash benchmarks/setup_env.sh lucent
+	bash benchmarks/setup_env.sh ct
 	.venv-bench/bin/python benchmarks/run_all.py
 
 # The documentation site, built offline into site/ (open site/index.html). Its own environment,
@@ -97,4 +98,4 @@ $(SITE_STAMP): $(DOCS_STAMP) $(STAMP) $(SITE_SOURCES)
 	touch $(SITE_STAMP)
 
 clean:
-	rm -rf $(VENV) .venv-bench .venv-sae .venv-devinterp .venv-lucent .venv-docs out site build/notebooks .pytest_cache
+	rm -rf $(VENV) .venv-bench .venv-sae .venv-devinterp .venv-lucent .venv-ct .venv-docs out site build/notebooks .pytest_cache

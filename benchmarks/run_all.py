@@ -3,7 +3,7 @@
 
 Each benchmark runs in its own process with the interpreter of its environment (.venv-bench for
 the ones compared with TransformerLens and nnsight, .venv-sae for the SAE trainers, .venv-lucent for
-feature visualisation against Lucent, .venv-devinterp
+feature visualisation against Lucent, .venv-ct for attribution graphs against circuit-tracer, .venv-devinterp
 for the LLC estimate, .venv for the scale-out ones); its progress
 lines pass through to stderr, and the last line it prints (its result line) is kept. The summary
 holds every result line, the machine, the date, and how long each benchmark took. A benchmark
@@ -44,6 +44,8 @@ BENCHMARKS = {
     "llc_devinterp": (".venv-devinterp", "llc_devinterp.py", ["--quick"]),
     # Lucent needs torchvision and kornia <= 0.4.1: its own environment (setup_env.sh lucent)
     "featvis_lucent": (".venv-lucent", "featvis_lucent.py", ["--quick"]),
+    # circuit-tracer 0.5.0 caps transformers below 5: its own environment (setup_env.sh ct)
+    "graph": (".venv-ct", "graph.py", ["--quick"]),
     # mechscope's own environment (make test installs its `distributed` extra, Ray)
     "harvest_ray": (".venv", "harvest_ray.py", ["--quick"]),
     "ddp_train": (".venv", "ddp_train.py", ["--quick"]),
@@ -61,7 +63,8 @@ def run_one(name: str, quick: bool, timeout: float) -> tuple[dict, float]:
     env_dir, script, quick_args = BENCHMARKS[name]
     python = REPO / env_dir / "bin" / "python"
     if not python.exists():
-        mode = {".venv-sae": "sae", ".venv-devinterp": "devinterp", ".venv-lucent": "lucent"}.get(env_dir, "")
+        mode = {".venv-sae": "sae", ".venv-devinterp": "devinterp", ".venv-lucent": "lucent",
+                ".venv-ct": "ct"}.get(env_dir, "")
         how = "make venv" if env_dir == ".venv" else f"bash benchmarks/setup_env.sh {mode}".strip()
         return {"name": name, "kind": "benchmark", "checks": {}, "pass": False,
                 "error": f"{python} is missing: run {how}"}, 0.0

@@ -11,6 +11,8 @@
 #                                           # 2.0.1 and the libraries its sampler imports
 #   bash benchmarks/setup_env.sh lucent     # .venv-lucent for benchmarks/featvis_lucent.py: torch-lucent
 #                                           # 0.1.8 with kornia 0.4.1 and torchvision (see below)
+#   bash benchmarks/setup_env.sh ct         # .venv-ct for benchmarks/graph.py: circuit-tracer 0.5.0 with
+#                                           # TransformerLens 3.2 and transformers 4.57 (see below)
 #
 # Environment: PYTHON (default python3, must be >= 3.11), VENV (default <repo>/.venv-bench),
 # FORCE=1 reinstalls the pins even when the stamp says they are in place.
@@ -19,8 +21,8 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODE="${1:-bench}"
 case "$MODE" in bench) DEFAULT_VENV=.venv-bench ;; sae) DEFAULT_VENV=.venv-sae ;;
-  devinterp) DEFAULT_VENV=.venv-devinterp ;; lucent) DEFAULT_VENV=.venv-lucent ;;
-  *) printf '[setup_env] error: unknown mode %s (bench, sae, devinterp or lucent)\n' "$MODE" >&2; exit 2 ;; esac
+  devinterp) DEFAULT_VENV=.venv-devinterp ;; lucent) DEFAULT_VENV=.venv-lucent ;; ct) DEFAULT_VENV=.venv-ct ;;
+  *) printf '[setup_env] error: unknown mode %s (bench, sae, devinterp, lucent or ct)\n' "$MODE" >&2; exit 2 ;; esac
 VENV="${VENV:-$REPO/$DEFAULT_VENV}"
 PYTHON="${PYTHON:-python3}"
 
@@ -66,6 +68,16 @@ if [[ "$MODE" == devinterp ]]; then
   NODEPS_PINS=("devinterp==2.0.1")
   ANCHOR_IMPORTS="torch, devinterp.slt.sampling, devinterp.slt.llc, transformers"
   ANCHOR_NAMES="devinterp datasets xarray zarr"
+fi
+if [[ "$MODE" == ct ]]; then
+  # circuit-tracer 0.5.0 caps transformers at 4.57.3, below mechscope's >= 5: mechscope goes in with
+  # --no-deps as everywhere here, and benchmarks/graph.py reads SmolLM2's files the way 4.57 can (its
+  # docstring says how). TransformerLens 3.2.1 is the newest that accepts transformers 4.57.
+  PINS=("${PINS[@]/transformer-lens==4.3.0/transformer-lens==3.2.1}")
+  PINS=("${PINS[@]/transformers==5.23.0/transformers==4.57.3}")
+  PINS+=("circuit-tracer==0.5.0" "huggingface-hub==0.36.2" "tokenizers==0.22.2" "pydantic==2.14.4")
+  ANCHOR_IMPORTS="torch, circuit_tracer.attribution, transformer_lens, transformers"
+  ANCHOR_NAMES="circuit-tracer transformer-lens nnsight"
 fi
 
 CPU_TORCH=1
