@@ -248,6 +248,55 @@ def test_intervention_check_measures_in_the_live_replacement():
     assert -1 <= ck.spearman <= 1
 
 
+def test_the_graph_is_the_frozen_replacement_with_fixed_active_sets():
+    """predicted_removal, a sum over the graph's paths, against the frozen replacement run with each
+    removal (patterns and divisors written back, active sets fixed): equal to rounding, latent -> latent
+    paths included (two layers of latents)."""
+    rep = G.LocalReplacement.build(tiny(), ids_for(40), {0: transcoder(0, 16), 1: transcoder(1, 16, seed=1)})
+    graph = G.attribute(rep)
+    target = graph.nodes[-1].index
+    t_node = len(graph.nodes) - 1
+    lat = [i for i, n in enumerate(graph.nodes) if n.kind is NodeKind.LATENT]
+    pred = G.predicted_removal(graph, t_node)
+    layer0 = [i for i in lat if graph.nodes[i].layer == 0]
+    through = [i for i in layer0 if any(graph.adjacency[j, i] != 0 for j in lat if graph.nodes[j].layer == 1)]
+    assert through, "no latent -> latent path to check"
+    chosen = lat[:6] + through[:4]
+    base = rep.run(frozen=True, fixed_active=True).logits[0, -1]
+    for i in chosen:
+        n = graph.nodes[i]
+        out = rep.run(frozen=True, fixed_active=True, ablate=[[(n.layer, n.pos, n.index)]]).logits[0, -1]
+        got = float((out[target] - out.mean()) - (base[target] - base.mean()))
+        assert got == pytest.approx(float(pred[i]), abs=1e-9, rel=1e-6)
+
+
+def test_the_prediction_reads_the_graph_through_the_live_final_norm():
+    """The check's prediction a second way: the fixed-active frozen replacement's final residual,
+    normalised by hand (LayerNorm from the model's weights, divisor recomputed) and unembedded."""
+    m = tiny()
+    rep = G.LocalReplacement.build(m, ids_for(40), {0: transcoder(0, 16), 1: transcoder(1, 16, seed=1)})
+    graph = G.attribute(rep)
+    target = graph.nodes[-1].index
+    ck = G.intervention_check(rep, graph, target, top=8, batch=3)
+    inner = (Kind.PATTERN, Kind.LN1_SCALE, Kind.LN2_SCALE)
+    resid = Site(Kind.RESID_POST, rep.n_layers - 1)
+    lnf, w = m.module.ln_final, m.weights()
+
+    @torch.no_grad()
+    def readout(x):  # (d,) final residual at the last position -> demeaned target logit
+        y = torch.nn.functional.layer_norm(x, x.shape[-1:], lnf.weight, lnf.bias, lnf.eps)
+        logits = y @ w.W_U + (w.b_U if w.b_U is not None else 0)
+        return float(logits[target] - logits.mean())
+
+    x0 = rep.run(frozen=inner, fixed_active=True, capture=[resid]).cache[resid][0, -1]
+    for k, latent in enumerate(ck.latents):
+        x = rep.run(frozen=inner, fixed_active=True, ablate=[[latent]], capture=[resid]).cache[resid][0, -1]
+        assert readout(x) - readout(x0) == pytest.approx(float(ck.predicted[k]), abs=1e-9, rel=1e-6)
+    # the live divisor matters: the frozen readout (the graph's own) differs, and equals predicted_removal
+    assert float((ck.predicted - ck.graph_predicted).abs().max()) > 1e-6
+    assert ck.spearman_graph == pytest.approx(G.spearman(ck.graph_predicted, ck.measured))
+
+
 # --- the command ------------------------------------------------------------------------------------
 
 WORDS = ["<unk>", "<s>"] + [f"w{i}" for i in range(99)]

@@ -131,13 +131,18 @@ class LocalReplacement:
         return [Patch(s, value=v.detach()) for s, v in self.frozen.items() if kinds is None or s.kind in kinds]
 
     def run(self, frozen: bool | Collection[Kind] = True, ablate: Sequence[Sequence[tuple[int, int, int]]] | None = None,
-            capture: Sequence[Site] = ()):
+            capture: Sequence[Site] = (), fixed_active: bool = False):
         """The replacement's forward pass on the prompt.
 
         `frozen`: True freezes every pattern and norm divisor, False none, a collection of kinds
         (say the three norm scales) only those. `ablate`, if given, is one list of latents (layer, pos, index) per batch row: the prompt
         runs once per row with those latents' codes set to zero; the latents downstream are
         re-encoded from their (changed) inputs, the error terms stay fixed.
+
+        `fixed_active`: every latent keeps the active set it has on the prompt, its code being its
+        pre-activation there and zero elsewhere (what an active TopK, ReLU or JumpReLU latent's code
+        is), so no latent switches on or off. With `frozen=True` this is the model the attribution
+        graph is the exact linearisation of: linear from the sources to every node's input.
         """
         rows = 1 if ablate is None else len(ablate)
         ids = self.ids.expand(rows, -1)
@@ -152,10 +157,13 @@ class LocalReplacement:
 
         def reader(layer: int):
             lat = self.latents[layer]
+            active = (self.codes[layer] != 0).to(self.codes[layer].dtype)  # (pos, n)
 
             def fn(x: Tensor, ctx) -> Tensor:
-                codes[layer] = lat.encode(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1).to(x.dtype) \
-                    * masks[layer]
+                flat = x.reshape(-1, x.shape[-1])
+                c = lat.preactivations(flat).reshape(*x.shape[:-1], -1) * active.to(x) if fixed_active else \
+                    lat.encode(flat).reshape(*x.shape[:-1], -1)
+                codes[layer] = c.to(x.dtype) * masks[layer]
                 return x
             return fn
 
