@@ -248,6 +248,23 @@ def test_intervention_check_measures_in_the_live_replacement():
     assert -1 <= ck.spearman <= 1
 
 
+def test_the_first_positions_can_be_left_to_their_mlps():
+    """drop_first=1 (BOS): no latent there, the MLP's whole output (less the decoder bias) is its error,
+    and the replacement stays exact, frozen and live."""
+    tcs = {0: transcoder(0, 16), 1: transcoder(1, 16, seed=1)}
+    rep = G.LocalReplacement.build(tiny(), ids_for(40), tcs, drop_first=1)
+    assert rep.exactness <= 1e-9
+    assert float((rep.run(frozen=False).logits[0] - rep.logits).abs().max()) <= 1e-9
+    for l, tc in tcs.items():
+        assert bool((rep.codes[l][0] == 0).all()) and bool((rep.codes[l][1:] != 0).any())
+        assert torch.allclose(rep.errors[l][0], rep.mlp_out[l][0] - tc.b_dec)
+    graph = G.attribute(rep)
+    assert all(n.pos != 0 for n in graph.nodes if n.kind is NodeKind.LATENT)
+    assert graph.linearity_error <= 1e-9
+    with pytest.raises(G.ReplacementError, match="drop_first"):
+        G.LocalReplacement.build(tiny(), ids_for(40, n=3), tcs, drop_first=3)
+
+
 def test_the_graph_is_the_frozen_replacement_with_fixed_active_sets():
     """predicted_removal, a sum over the graph's paths, against the frozen replacement run with each
     removal (patterns and divisors written back, active sets fixed): equal to rounding, latent -> latent
