@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-diagnose", dest="diagnose", action="store_false",
+                    help="skip the measurements with patterns or norms held (the check alone)")
     ap.add_argument("--layers", help="only these layers of the transcoders (e.g. 0-7 or 0,3,5); the rest are errors")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -181,9 +183,15 @@ def main() -> None:
             # (as circuit-tracer intervenes by default), with the norms' divisors held, then everything
             # frozen (the graph's own model but for TopK re-selecting latents)
             # (with the final norm's divisor held, the graph's frozen readout is the prediction to compare)
-            held = {"patterns_held": G.intervention_check(rep, g, target, top=a.top, hold=(Kind.PATTERN,)).spearman}
-            held |= {name: G.intervention_check(rep, g, target, top=a.top, hold=kinds).spearman_graph
-                     for name, kinds in (("norms_frozen", NORM_SCALES), ("all_frozen", NORM_SCALES + (Kind.PATTERN,)))}
+            demean = bool(g.meta.get("demeaned_logits", False))
+            held = {}
+            for name, kinds, pred in (("patterns_held", (Kind.PATTERN,), ck.predicted),
+                                      ("norms_frozen", NORM_SCALES, ck.graph_predicted),
+                                      ("all_frozen", NORM_SCALES + (Kind.PATTERN,), ck.graph_predicted)):
+                if a.diagnose:
+                    held[name] = G.spearman(pred, G.measured_removals(rep, ck.latents, target, demean, hold=kinds))
+                else:
+                    held[name] = float("nan")
             rows.append({"exactness": g.exactness, "linearity_error": g.linearity_error,
                          "seconds_graph": t1 - t0, "cpu_seconds_graph": cpu1 - cpu0, "cpu_seconds_check": cpu2 - cpu1,
                          "nodes": len(g.nodes), "spearman": ck.spearman, "spearman_graph_readout": ck.spearman_graph,
@@ -196,7 +204,7 @@ def main() -> None:
                      f"{ck.spearman_graph:.3f}) over {len(ck.latents)} latents, replacement "
                      f"{p.scores['replacement']:.3f}, completeness {p.scores['completeness']:.3f}, "
                      f"{len(g.nodes)} nodes, graph {cpu1 - cpu0:.1f} cpu-s, check {cpu2 - cpu1:.1f} cpu-s")
-        med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
+        med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731  (nan when not diagnosed)
         sp = sorted(r["spearman"] for r in rows)
         figures |= {"prompts": len(rows), "tokens": a.tokens, "layers_with_transcoders": sorted(tcs),
                     "positions_not_replaced": drop_first,

@@ -13,7 +13,8 @@
 """
 
 from .attribution import GraphBudgetError, attribute, top_logits
-from .check import InterventionCheck, intervention_check, predicted_removal, predicted_through_final_norm, spearman
+from .check import (InterventionCheck, intervention_check, measured_removals, predicted_removal,
+                    predicted_through_final_norm, spearman)
 from .files import load_transcoders
 from .graph import AttributionGraph, Node, NodeKind
 from .latents import LatentError, LatentLayer, latent_layers, neuron_latents
@@ -22,6 +23,6 @@ from .replacement import LocalReplacement, ReplacementError
 
 __all__ = ["AttributionGraph", "GraphBudgetError", "InterventionCheck", "LatentError", "LatentLayer",
            "LocalReplacement", "Node", "NodeKind", "Pruned", "ReplacementError", "attribute", "graph_scores",
-           "influence", "intervention_check", "latent_layers", "load_transcoders", "neuron_latents", "normalised", "predicted_removal",
+           "influence", "intervention_check", "latent_layers", "load_transcoders", "measured_removals", "neuron_latents", "normalised", "predicted_removal",
            "predicted_through_final_norm", "prune",
            "spearman", "top_logits"]

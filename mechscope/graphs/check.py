@@ -176,5 +176,19 @@ def intervention_check(rep: LocalReplacement, graph: AttributionGraph, target: i
     chosen = [(graph.nodes[i].layer, graph.nodes[i].pos, graph.nodes[i].index) for i in ids.tolist()]
     demean = bool(graph.meta.get("demeaned_logits", False))
     pred = predicted_through_final_norm(rep, chosen, target, demean, batch)
-    meas = _removals(rep, chosen, target, demean, batch, frozen=set(hold) if hold else False)
+    meas = measured_removals(rep, chosen, target, demean, batch, hold)
     return InterventionCheck(chosen, pred, meas, spearman(pred, meas), graph_pred, spearman(graph_pred, meas))
+
+
+def measured_removals(rep: LocalReplacement, latents: Sequence[tuple[int, int, int]], target: int,
+                      demean: bool = True, batch: int = 32, hold: Collection[Kind] = ()) -> Tensor:
+    """(n,) the measured change of logit `target` when each latent (layer, pos, index) is removed: the
+    live replacement, errors fixed, with the frozen sites of the kinds in `hold` kept at their real values.
+
+    Example::
+
+        from mechscope.core.site import Kind
+        from mechscope.graphs import measured_removals
+        measured_removals(rep, chk.latents, token_id, hold=(Kind.PATTERN,))   # (n,)
+    """
+    return _removals(rep, latents, target, demean, batch, frozen=set(hold) if hold else False)
