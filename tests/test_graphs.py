@@ -462,11 +462,11 @@ def test_textlm_quick_replacement_is_exact_and_checkable(textlm_cache, monkeypat
         assert graph.linearity_error <= 1e-4
         target = int(rep.logits[-1].argmax())
         ck = G.intervention_check(rep, graph, target, top=20)
-        # with patterns and norms held, the measured removals follow the graph's linear prediction up
-        # to the layer-1 latents' TopK re-selection (random transcoders: small margins, 0.79 seen)
+        # with patterns and norms held, the measured removals follow the graph's linear (frozen-readout)
+        # prediction up to the layer-1 latents' TopK re-selection (random transcoders: small margins, 0.79 seen)
         held = G.intervention_check(rep, graph, target, top=20,
                                     hold=(Kind.PATTERN, Kind.LN1_SCALE, Kind.LN2_SCALE, Kind.LN_FINAL_SCALE))
-        assert held.spearman >= 0.7
+        assert held.spearman_graph >= 0.7
         assert len(ck.latents) == 20
 
 
