@@ -314,6 +314,30 @@ def test_the_prediction_reads_the_graph_through_the_live_final_norm():
     assert ck.spearman_graph == pytest.approx(G.spearman(ck.graph_predicted, ck.measured))
 
 
+def test_the_prediction_through_a_live_rms_norm():
+    """The same on a Llama (RMSNorm, final norm then lm_head): the readout by hand, x / sqrt(mean x² + eps) * w."""
+    hf = build("llama_gqa").double()
+    m = ms.wrap(hf)
+    rep = G.LocalReplacement.build(m, ids_for(101), {1: transcoder(1, 64, n=48, k=6)})
+    graph = G.attribute(rep, batch_size=16)
+    target = graph.nodes[-1].index
+    ck = G.intervention_check(rep, graph, target, top=5, batch=2)
+    inner = {s.kind for s in rep.frozen} - {Kind.LN_FINAL_SCALE}
+    resid = Site(Kind.RESID_POST, rep.n_layers - 1)
+    norm, W = hf.model.norm, hf.lm_head.weight
+
+    @torch.no_grad()
+    def readout(x):
+        y = x / torch.sqrt(x.pow(2).mean() + norm.variance_epsilon) * norm.weight
+        logits = W @ y
+        return float(logits[target] - logits.mean())
+
+    x0 = rep.run(frozen=inner, fixed_active=True, capture=[resid]).cache[resid][0, -1]
+    for k, latent in enumerate(ck.latents):
+        x = rep.run(frozen=inner, fixed_active=True, ablate=[[latent]], capture=[resid]).cache[resid][0, -1]
+        assert readout(x) - readout(x0) == pytest.approx(float(ck.predicted[k]), abs=1e-5)
+
+
 # --- the command ------------------------------------------------------------------------------------
 
 WORDS = ["<unk>", "<s>"] + [f"w{i}" for i in range(99)]
