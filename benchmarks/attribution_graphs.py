@@ -197,6 +197,8 @@ def main() -> None:
                          "nodes": len(g.nodes), "spearman": ck.spearman, "spearman_graph_readout": ck.spearman_graph,
                          **{f"spearman_{k}": v for k, v in held.items()},
                          "n_checked": len(ck.latents),
+                         "checked_per_layer": {str(l): sum(1 for c in ck.latents if c[0] == l) for l in sorted(tcs)},
+                         "checked_at_last_position": sum(1 for c in ck.latents if c[1] == len(ids) - 1),
                          "latents": p.scores["latents"], **{k: p.scores[k] for k in (
                              "replacement", "completeness", "pruned_replacement", "pruned_completeness",
                              "kept_latents")}})
