@@ -1,20 +1,19 @@
 """Checking a graph by intervention: predicted against measured effects of removing latents.
 
-Measured (the check's ground truth, as the requirement states it: the real model with the error
-terms held fixed): the local replacement model run with *live* attention patterns and norms, every
-MLP's error term held at its value on the prompt, once per latent with that latent's code set to
-zero at its position. Effects propagate through every later layer, latents downstream are
-re-encoded from their changed inputs (TopK may pick others), and the change of the target logit is
-the latent's measured effect. This is iterative patching in the sense of circuit-tracer's
-`ReplacementModel.feature_intervention` (Ameisen et al. 2025's tooling), whose interventions let
-effects propagate and freeze norm denominators only when every layer is constrained, with two
-differences: nothing is frozen here (circuit-tracer freezes attention patterns by default:
-`hold=(Kind.PATTERN,)` reproduces that), and later MLPs are the replacement's latents plus fixed
-errors, not the real MLPs.
+Measured: the real model with the error terms held fixed, that is the local replacement run with
+*live* attention patterns and norms, every MLP's error term held at its value on the prompt, once
+per latent with that latent's code set to zero at its position. Effects propagate through every
+later layer, latents downstream are re-encoded from their changed inputs (TopK may pick others),
+and the change of the target logit is the latent's measured effect. This is iterative patching as
+circuit-tracer's `ReplacementModel.feature_intervention` does it (effects propagate; norm
+denominators are frozen only when every layer is constrained, which leaves direct effects alone),
+with two differences: nothing is frozen here (circuit-tracer freezes attention patterns by
+default: `hold=(Kind.PATTERN,)` reproduces that), and later MLPs are the replacement's latents plus
+fixed errors, not the real MLPs.
 
-Predicted, from the graph alone. The graph is the exact linearisation of the *frozen* replacement
-(patterns and every norm's divisor written back) with each latent's active set fixed: removing
-latent s (activation a_s) changes the input of node t by
+Predicted, from the graph's own linear model. The graph is the exact linearisation of the
+*frozen* replacement (patterns and every norm's divisor written back) with each latent's active
+set fixed: removing latent s (activation a_s) changes the input of node t by
 
     −a_s · Σ_paths Π (edge / activation of the edge's source)
 
