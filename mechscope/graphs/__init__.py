@@ -8,11 +8,13 @@
 - `files.py` — `load_transcoders`: a directory of per-layer transcoders, checked.
 - `graph.py` — `AttributionGraph`, `Node`, JSON for the viewer.
 - `prune.py` — influence, pruning, replacement and completeness scores.
-- `check.py` — predicted against measured effects of removing latents (Spearman).
+- `check.py` — predicted against measured effects of removing latents (Spearman); the prediction
+  reads the graph's predicted final residual through the live final norm.
 """
 
 from .attribution import GraphBudgetError, attribute, top_logits
-from .check import InterventionCheck, intervention_check, predicted_removal, spearman
+from .check import (InterventionCheck, intervention_check, measured_removals, predicted_removal,
+                    predicted_through_final_norm, spearman)
 from .files import load_transcoders
 from .graph import AttributionGraph, Node, NodeKind
 from .latents import LatentError, LatentLayer, latent_layers, neuron_latents
@@ -21,5 +23,6 @@ from .replacement import LocalReplacement, ReplacementError
 
 __all__ = ["AttributionGraph", "GraphBudgetError", "InterventionCheck", "LatentError", "LatentLayer",
            "LocalReplacement", "Node", "NodeKind", "Pruned", "ReplacementError", "attribute", "graph_scores",
-           "influence", "intervention_check", "latent_layers", "load_transcoders", "neuron_latents", "normalised", "predicted_removal", "prune",
+           "influence", "intervention_check", "latent_layers", "load_transcoders", "measured_removals", "neuron_latents", "normalised", "predicted_removal",
+           "predicted_through_final_norm", "prune",
            "spearman", "top_logits"]

@@ -1,24 +1,41 @@
 """Checking a graph by intervention: predicted against measured effects of removing latents.
 
-Predicted (from the graph alone): removing latent s (activation a_s) changes the target logit by
+Measured: the real model with the error terms held fixed, that is the local replacement run with
+*live* attention patterns and norms, every MLP's error term held at its value on the prompt, once
+per latent with that latent's code set to zero at its position. Effects propagate through every
+later layer, latents downstream are re-encoded from their changed inputs (TopK may pick others),
+and the change of the target logit is the latent's measured effect. This is iterative patching as
+circuit-tracer's `ReplacementModel.feature_intervention` does it (effects propagate; norm
+denominators are frozen only when every layer is constrained, which leaves direct effects alone),
+with two differences: nothing is frozen here (circuit-tracer freezes attention patterns by
+default: `hold=(Kind.PATTERN,)` reproduces that), and later MLPs are the replacement's latents plus
+fixed errors, not the real MLPs.
+
+Predicted, from the graph's own linear model. The graph is the exact linearisation of the
+*frozen* replacement (patterns and every norm's divisor written back) with each latent's active
+set fixed: removing latent s (activation a_s) changes the input of node t by
 
     −a_s · Σ_paths Π (edge / activation of the edge's source)
 
-the total linear effect along every path from s to the logit, each active latent on the way
-passing on changes of its pre-activation one for one (an active TopK, ReLU or JumpReLU latent's
-code is its pre-activation). It is the graph read as the frozen replacement model's Jacobian.
+(`predicted_removal`: the total linear effect along every path from s to t, each active latent on
+the way passing on changes of its pre-activation one for one, as an active TopK, ReLU or JumpReLU
+latent's code is its pre-activation). The same linear model also predicts how the last position's
+final residual moves. The check's prediction (`predicted`) reads that predicted residual through the
+model's own final norm and unembedding: the divisor of the final norm sits after every node of the
+graph, on the readout, and rescales every logit together. Attribution has to freeze it (with a live
+divisor the logit is scale-invariant in the residual, so its edges would sum to about zero instead
+of decomposing the logit), but the effect of a removal on the logit the model outputs goes through
+the live divisor. Norms inside the network stay frozen in the prediction: they are part of the paths
+the graph claims. The graph's own frozen-readout prediction is kept as `graph_predicted`.
 
-The logit is read as the graph reads it (minus the mean logit unless the graph was built
-without). Measured: the local replacement model with *live* attention patterns and norms (not frozen),
-error terms held fixed, run once per latent with that latent's code set to zero at its position;
-latents downstream are re-encoded (TopK may pick others). The change of the target logit there is
-the latent's effect. `intervention_check` compares the two over a graph's most influential latents
-with Spearman's rank correlation.
+Both predictions and the measurement read the logit as the graph reads it (minus the mean logit
+unless the graph was built without). `intervention_check` compares them over a graph's most
+influential latents with Spearman's rank correlation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,18 +53,24 @@ class InterventionCheck:
     """The intervention check of a graph: the latents tested (layer, pos, index), most influential first, the
     predicted and measured changes of the target logit (n,), and their Spearman rank correlation.
 
+    `predicted` reads the graph's predicted change through the live final norm (the check's
+    prediction, see the module); `graph_predicted` is the graph's frozen-readout prediction
+    (`predicted_removal`) and `spearman_graph` its correlation with the measurement.
+
     Example::
 
         from mechscope.graphs import intervention_check
         chk = intervention_check(rep, g, target=token_id, top=20)
         chk.predicted, chk.measured              # (n,) each
-        chk.spearman
+        chk.spearman, chk.spearman_graph
     """
 
     latents: list[tuple[int, int, int]]  # (layer, pos, index), most influential first
-    predicted: Tensor  # (n,) predicted change of the target logit
+    predicted: Tensor  # (n,) predicted change of the target logit, through the live final norm
     measured: Tensor  # (n,) measured change
     spearman: float
+    graph_predicted: Tensor  # (n,) the graph's frozen-readout prediction
+    spearman_graph: float
 
 
 def predicted_removal(graph: AttributionGraph, target_node: int) -> Tensor:
@@ -97,6 +120,36 @@ def spearman(a: Tensor, b: Tensor) -> float:
     return float((ra * rb).sum()) / den if den > 0 else float("nan")
 
 
+def predicted_through_final_norm(rep: LocalReplacement, latents: Sequence[tuple[int, int, int]], target: int,
+                                 demean: bool = True, batch: int = 32) -> Tensor:
+    """(n,) the predicted change of logit `target` when each latent (layer, pos, index) is removed,
+    read through the model's live final norm (see the module).
+
+    The frozen replacement with every latent's active set fixed (the graph's own linear model) is
+    run with each removal, every pattern and divisor inside the network written back, the final
+    norm's divisor left live: the graph's predicted final residual, read out as the model reads it.
+    A model without a final-norm divisor gives the graph's frozen-readout prediction.
+
+    Example::
+
+        from mechscope.graphs import predicted_through_final_norm
+        predicted_through_final_norm(rep, [(1, 4, 17)], target=token_id)   # (1,)
+    """
+    inner = {s.kind for s in rep.frozen} - {Kind.LN_FINAL_SCALE}
+    return _removals(rep, latents, target, demean, batch, frozen=inner, fixed_active=True)
+
+
+def _removals(rep: LocalReplacement, latents: Sequence[tuple[int, int, int]], target: int, demean: bool,
+              batch: int, **how) -> Tensor:
+    """(n,) the change of the target logit's input when each latent alone is removed, `rep.run(**how)`."""
+    base = logit_input(rep.run(**how).logits[0, -1].double(), [target], demean)[0]
+    out = []
+    for start in range(0, len(latents), batch):
+        group = [[c] for c in latents[start:start + batch]]
+        out.append(logit_input(rep.run(ablate=group, **how).logits[:, -1].double(), [target], demean)[:, 0] - base)
+    return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.float64)
+
+
 def intervention_check(rep: LocalReplacement, graph: AttributionGraph, target: int, top: int = 50,
                        batch: int = 32, hold: Collection[Kind] = ()) -> InterventionCheck:
     """Predicted against measured effects on logit `target` of removing the `top` most influential latents.
@@ -118,15 +171,23 @@ def intervention_check(rep: LocalReplacement, graph: AttributionGraph, target: i
     latent = graph.of_kind(NodeKind.LATENT)
     ids = latent.nonzero().flatten()
     ids = ids[inf[ids].argsort(descending=True)][:top]
-    pred = predicted_removal(graph, t_node)[ids]
+    graph_pred = predicted_removal(graph, t_node)[ids]
     chosen = [(graph.nodes[i].layer, graph.nodes[i].pos, graph.nodes[i].index) for i in ids.tolist()]
-    measured = []
-    frozen = set(hold) if hold else False
     demean = bool(graph.meta.get("demeaned_logits", False))
-    base = logit_input(rep.run(frozen=frozen).logits[0, -1].double(), [target], demean)[0]
-    for start in range(0, len(chosen), batch):
-        group = [[c] for c in chosen[start:start + batch]]
-        out = logit_input(rep.run(frozen=frozen, ablate=group).logits[:, -1].double(), [target], demean)[:, 0]
-        measured.append(out - base)
-    meas = torch.cat(measured) if measured else torch.zeros(0, dtype=torch.float64)
-    return InterventionCheck(chosen, pred, meas, spearman(pred, meas))
+    pred = predicted_through_final_norm(rep, chosen, target, demean, batch)
+    meas = measured_removals(rep, chosen, target, demean, batch, hold)
+    return InterventionCheck(chosen, pred, meas, spearman(pred, meas), graph_pred, spearman(graph_pred, meas))
+
+
+def measured_removals(rep: LocalReplacement, latents: Sequence[tuple[int, int, int]], target: int,
+                      demean: bool = True, batch: int = 32, hold: Collection[Kind] = ()) -> Tensor:
+    """(n,) the measured change of logit `target` when each latent (layer, pos, index) is removed: the
+    live replacement, errors fixed, with the frozen sites of the kinds in `hold` kept at their real values.
+
+    Example::
+
+        from mechscope.core.site import Kind
+        from mechscope.graphs import measured_removals
+        measured_removals(rep, chk.latents, token_id, hold=(Kind.PATTERN,))   # (n,)
+    """
+    return _removals(rep, latents, target, demean, batch, frozen=set(hold) if hold else False)

@@ -91,13 +91,16 @@ class LocalReplacement:
     embed: Tensor  # (pos, d_model) token embeddings (hook_embed)
     logits: Tensor  # (pos, vocab) of the real model
     exactness: float = float("nan")  # max |replacement logits - model logits| (frozen), at build time
+    drop_first: int = 0  # positions at the start whose MLPs are not replaced (all error: BOS, say)
     extra: dict = field(default_factory=dict)
 
     @staticmethod
-    def build(adapter, ids: Tensor, latents: Mapping[int, object]) -> "LocalReplacement":
+    def build(adapter, ids: Tensor, latents: Mapping[int, object], drop_first: int = 0) -> "LocalReplacement":
         """The local replacement of `adapter` on prompt `ids` (pos,) or (1, pos), with `latents` (layer ->
         transcoder or latent layer): runs the model once, keeps the frozen values, codes and error terms, and
-        measures `exactness`."""
+        measures `exactness`. The first `drop_first` positions keep their whole MLP outputs as errors, with
+        no latent active there: BOS, on which transcoders are usually not trained (`mechscope dict
+        transcoders` neither trains on BOS nor replaces it)."""
         ids = torch.as_tensor(ids)
         if ids.dim() == 1:
             ids = ids[None]
@@ -116,11 +119,16 @@ class LocalReplacement:
         res = run(adapter, ids, capture=[Site(Kind.EMBED), *frozen, *reads, *mlp_outs])
         c = res.cache
         inputs = {l: c[lat[l].reads][0] for l in lat}
+        if not 0 <= drop_first < ids.shape[1]:
+            raise ReplacementError(f"drop_first={drop_first} leaves no position of the {ids.shape[1]}-token prompt "
+                                   "to replace; give 0 or a number below the prompt's length")
         codes = {l: lat[l].encode(inputs[l]).to(inputs[l].dtype) for l in lat}
+        for code in codes.values():
+            code[:drop_first] = 0
         mlp_out = {l: c[s][0] for l, s in enumerate(mlp_outs)}
         errors = {l: mlp_out[l] - _writes(lat, codes, l, mlp_out[l]) for l in range(n_layers)}
         rep = LocalReplacement(adapter, ids, lat, n_layers, {s: c[s] for s in frozen}, inputs, codes, errors,
-                               mlp_out, c[Site(Kind.EMBED)][0], res.logits[0])
+                               mlp_out, c[Site(Kind.EMBED)][0], res.logits[0], drop_first=drop_first)
         rep.exactness = float((rep.run().logits[0] - res.logits[0]).abs().max())
         return rep
 
@@ -131,19 +139,26 @@ class LocalReplacement:
         return [Patch(s, value=v.detach()) for s, v in self.frozen.items() if kinds is None or s.kind in kinds]
 
     def run(self, frozen: bool | Collection[Kind] = True, ablate: Sequence[Sequence[tuple[int, int, int]]] | None = None,
-            capture: Sequence[Site] = ()):
+            capture: Sequence[Site] = (), fixed_active: bool = False):
         """The replacement's forward pass on the prompt.
 
         `frozen`: True freezes every pattern and norm divisor, False none, a collection of kinds
         (say the three norm scales) only those. `ablate`, if given, is one list of latents (layer, pos, index) per batch row: the prompt
         runs once per row with those latents' codes set to zero; the latents downstream are
         re-encoded from their (changed) inputs, the error terms stay fixed.
+
+        `fixed_active`: every latent keeps the active set it has on the prompt, its code being its
+        pre-activation there and zero elsewhere (what an active TopK, ReLU or JumpReLU latent's code
+        is), so no latent switches on or off. With `frozen=True` this is the model the attribution
+        graph is the exact linearisation of: linear from the sources to every node's input.
         """
         rows = 1 if ablate is None else len(ablate)
         ids = self.ids.expand(rows, -1)
         codes: dict[int, Tensor] = {}
         masks = {l: torch.ones(rows, *self.codes[l].shape, dtype=self.codes[l].dtype, device=self.codes[l].device)
                  for l in self.latents}
+        for mask in masks.values():
+            mask[:, :self.drop_first] = 0  # positions left to their MLPs (all error)
         for r, group in enumerate(ablate or []):
             for (l, p, f) in group:
                 if l not in masks:
@@ -152,10 +167,13 @@ class LocalReplacement:
 
         def reader(layer: int):
             lat = self.latents[layer]
+            active = (self.codes[layer] != 0).to(self.codes[layer].dtype)  # (pos, n)
 
             def fn(x: Tensor, ctx) -> Tensor:
-                codes[layer] = lat.encode(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1).to(x.dtype) \
-                    * masks[layer]
+                flat = x.reshape(-1, x.shape[-1])
+                c = lat.preactivations(flat).reshape(*x.shape[:-1], -1) * active.to(x) if fixed_active else \
+                    lat.encode(flat).reshape(*x.shape[:-1], -1)
+                codes[layer] = c.to(x.dtype) * masks[layer]
                 return x
             return fn
 
