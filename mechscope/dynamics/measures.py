@@ -435,34 +435,34 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
     pool = None
     if llc and "heldout" in data and workers > 1 and llc_workers_possible(series) is None:
         pool = _LLCPool(series, data, llc_settings, workers)  # the workers estimate while this loop measures
-    for i in progress_bar(range(n), desc=f"dynamics: measures of {series.source}", unit="checkpoint",
-                          disable=not progress):
-        model = series.load(i)
-        if "heldout" in data:
-            rows.timed("loss", lambda: _loss_measures(rows, i, model, data, pca_index, token_matrix, buckets))
-        if probe_n is None:
-            probe_n = probe_length(model)
-            if probe_n < 4:
-                unavailable["role"] = (f"a context of {2 * probe_n + 1} positions is too short for the repeated-token "
-                                       "probe (needs a repeat of >= 4 tokens)")
-        if "role" not in unavailable:
-            rows.timed("head roles", lambda: _role_measures(rows, i, model, probe_n))
-        if "role.copying" not in unavailable:
-            try:
-                rows.timed("copying", lambda: _copying_measure(rows, i, model))
-            except ValueError as e:
-                unavailable["role.copying"] = str(e)
-        rows.timed("weights", lambda: _weight_measures(rows, i, model))
-        if modulus is not None:
-            rows.timed("fourier", lambda: _fourier_measure(rows, i, model, modulus))
-        if pool is None and llc and "llc" not in unavailable and "heldout" in data:
-            try:
-                _put_llc(rows, i, _llc_values(model, data, llc_settings), llc_warnings)
-            except Exception as e:  # noqa: BLE001 - reported, never replaced by another estimate
-                unavailable["llc"] = _llc_failure(e)
-        del model
-    if pool is not None:
-        try:
+    try:
+        for i in progress_bar(range(n), desc=f"dynamics: measures of {series.source}", unit="checkpoint",
+                              disable=not progress):
+            model = series.load(i)
+            if "heldout" in data:
+                rows.timed("loss", lambda: _loss_measures(rows, i, model, data, pca_index, token_matrix, buckets))
+            if probe_n is None:
+                probe_n = probe_length(model)
+                if probe_n < 4:
+                    unavailable["role"] = (f"a context of {2 * probe_n + 1} positions is too short for the "
+                                           "repeated-token probe (needs a repeat of >= 4 tokens)")
+            if "role" not in unavailable:
+                rows.timed("head roles", lambda: _role_measures(rows, i, model, probe_n))
+            if "role.copying" not in unavailable:
+                try:
+                    rows.timed("copying", lambda: _copying_measure(rows, i, model))
+                except ValueError as e:
+                    unavailable["role.copying"] = str(e)
+            rows.timed("weights", lambda: _weight_measures(rows, i, model))
+            if modulus is not None:
+                rows.timed("fourier", lambda: _fourier_measure(rows, i, model, modulus))
+            if pool is None and llc and "llc" not in unavailable and "heldout" in data:
+                try:
+                    _put_llc(rows, i, _llc_values(model, data, llc_settings), llc_warnings)
+                except Exception as e:  # noqa: BLE001 - reported, never replaced by another estimate
+                    unavailable["llc"] = _llc_failure(e)
+            del model
+        if pool is not None:
             for i in progress_bar(range(n), desc=f"dynamics: llc of {series.source} ({workers} workers)",
                                   unit="checkpoint", disable=not progress):
                 result, failed = pool.result(i)
@@ -470,7 +470,8 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
                     unavailable["llc"] = failed
                     break
                 _put_llc(rows, i, result, llc_warnings)
-        finally:
+    finally:
+        if pool is not None:  # also on an error or an interrupt here: the pending checkpoints are dropped
             pool.close()
     if not llc:
         unavailable["llc"] = "not asked for (--no-llc)"
