@@ -285,6 +285,9 @@ def test_llc_in_two_worker_processes_equals_one_process():
     assert {s.name for s in one.series} == {s.name for s in two.series}
     assert one.info.get("llc_warnings") == two.info.get("llc_warnings")
     assert {"llc", "llc.components"} <= set(two.seconds)
+    assert one.info["llc_workers"] == 1 and two.info["llc_workers"] == 2
+    import types
+    assert "workers run on the CPU" in llc_workers_possible(types.SimpleNamespace(device="cuda:0"))
     bad = LLCSettings(model={"chains": 2, "draws": 6, "batch_size": 0}, components=None)  # SGLDConfig refuses it
     m = measure_series(series, held, llc=True, llc_settings=bad, progress=False, workers=2)
     assert not m.find("llc") and "batch_size must be an integer >= 1" in m.unavailable["llc"]

@@ -269,7 +269,8 @@ Measured on zoo:induction (512 held-out sequences of 64 tokens, nβ = 82; 4 chai
 - vectorising the chains (torch.func vmap over stacked weights, one batched forward and backward)
   was slower per chain than the loop (5.2 ms against 3.8 ms per step at batch 8, 19.9 against 14.5
   at batch 32), and 2 threads were 5 to 200 times slower than 1 on the shared, loaded 2-core machine (load 4.7),
-  so the sampler runs chain after chain on 1 thread."""
+  so the sampler runs chain after chain on 1 thread; `measure_series(workers=2)` (the command's default
+  on 2 or more cores) spreads the checkpoints over 2 such processes instead."""
 
 
 def llc_component_tag(name: str) -> str:
@@ -432,9 +433,11 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
     token_matrix: list[Tensor] = []
     llc_warnings: dict[int, list[str]] = {}
     probe_n = None
-    pool = None
-    if llc and "heldout" in data and workers > 1 and llc_workers_possible(series) is None:
-        pool = _LLCPool(series, data, llc_settings, workers)  # the workers estimate while this loop measures
+    pool, in_process = None, None
+    if llc and "heldout" in data and workers > 1:
+        in_process = llc_workers_possible(series)
+        if in_process is None:
+            pool = _LLCPool(series, data, llc_settings, workers)  # the workers estimate while this loop measures
     try:
         for i in progress_bar(range(n), desc=f"dynamics: measures of {series.source}", unit="checkpoint",
                               disable=not progress):
@@ -485,6 +488,9 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
         info["dropped_not_finite"] = dropped
     if llc and "llc" not in unavailable:
         info["llc_settings"] = llc_settings.to_json()
+        info["llc_workers"] = workers if pool is not None else 1
+        if in_process is not None:
+            info["llc_in_process"] = f"{workers} workers asked for, the LLC ran in this process: {in_process}"
     if llc_warnings:
         info["llc_warnings"] = {str(series.steps[i]): w for i, w in llc_warnings.items()}
     if token_matrix:
