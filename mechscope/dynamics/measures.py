@@ -292,8 +292,11 @@ def _llc_loss(m: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
     return F.cross_entropy(logits[keep].float(), targets.to(logits.device)[keep])
 
 
-def _llc_values(model: Any, data: dict[str, HeldOut], settings: LLCSettings
-                ) -> tuple[list[tuple[str, float]], list[str], dict[str, float]]:
+LLCResult = tuple[list[tuple[str, float]], list[str], dict[str, float]]
+"""One checkpoint's LLC: (component tag, value) pairs, warnings prefixed by the component, seconds per group."""
+
+
+def _llc_values(model: Any, data: dict[str, HeldOut], settings: LLCSettings) -> LLCResult:
     """`mechscope.landscape.estimate_llc` on the held-out set, read as (ids, targets) pairs with the loss at
     the targets, for the whole model and (`estimate_llc_components`, SGLD moving that component's weights
     only) for each component: the (component tag, value) pairs, the warnings prefixed by the component, and
@@ -327,9 +330,6 @@ def _llc_failure(e: BaseException) -> str:
     if isinstance(e, ImportError):
         return f"mechscope.landscape.estimate_llc is not available ({e})"
     return f"mechscope.landscape.estimate_llc failed: {type(e).__name__}: {e}"
-
-
-LLCResult = tuple[list[tuple[str, float]], list[str], dict[str, float]]
 
 
 def _put_llc(rows: _Rows, i: int, result: LLCResult, warnings: dict[int, list[str]]) -> None:
