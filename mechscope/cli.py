@@ -169,6 +169,9 @@ def dynamics(run: Annotated[list[str], typer.Argument(help="zoo:NAME (a trained 
              as_json: Annotated[bool, typer.Option("--json", help="end with the JSON result line")] = False,
              out: Annotated[Optional[str], typer.Option(help="write dynamics.json and dynamics.html here")] = None,
              threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a busy shared CPU)")] = 1,
+             workers: Annotated[Optional[int], typer.Option(
+                 min=1, help="processes estimating the LLC, one torch thread each (default 2 on 2 or more "
+                             "cores, else 1)")] = None,
              base: Annotated[Optional[str], typer.Option(help="Hugging Face directory giving the architecture of "
                                                               "bare .safetensors files")] = None,
              tokens: Annotated[Optional[str], typer.Option(help="held-out token ids: a .safetensors file with `ids` "
@@ -188,8 +191,8 @@ def dynamics(run: Annotated[list[str], typer.Argument(help="zoo:NAME (a trained 
     from .dynamics.study import DynamicsConfig, main as dynamics_main
 
     dynamics_main(DynamicsConfig(sources=run, base=base, tokens=tokens, llc=llc, llc_components=llc_components,
-                                 llc_per_head=llc_per_head, llc_draws=llc_draws, top=top, threads=threads, seed=seed,
-                                 out=out, device=device), console, as_json=as_json)
+                                 llc_per_head=llc_per_head, llc_draws=llc_draws, top=top, threads=threads,
+                                 workers=workers, seed=seed, out=out, device=device), console, as_json=as_json)
 
 
 @app.command()

@@ -264,6 +264,36 @@ def test_real_llc_series_per_component_on_a_tiny_run():
     assert m.find("llc", "L1.mlp")[0].values[1] == pytest.approx(want, rel=1e-6)
 
 
+def test_llc_in_two_worker_processes_equals_one_process():
+    """The LLC of every checkpoint estimated in 2 forked workers is bit for bit the in-process one (the chains'
+    seeds do not depend on the worker), and a failure inside a worker is reported like one in-process."""
+    from mechscope.dynamics.measures import LLCSettings, llc_workers_possible
+
+    mods = [_tiny(s) for s in range(3)]
+    ids = torch.randint(0, 10, (16, 12), generator=torch.Generator().manual_seed(5))
+    held = {"heldout": HeldOut.next_token(ids)}
+    settings = LLCSettings(model={"chains": 2, "draws": 6, "batch_size": 4}, components={"chains": 2, "draws": 3})
+    series = _series_of(mods, [1, 2, 3])
+    if llc_workers_possible(series) is not None:
+        pytest.skip(llc_workers_possible(series))
+    one = measure_series(series, held, llc=True, llc_settings=settings, progress=False, workers=1)
+    two = measure_series(series, held, llc=True, llc_settings=settings, progress=False, workers=2)
+    a, b = {s.name: s.values for s in one.find("llc")}, {s.name: s.values for s in two.find("llc")}
+    assert len(a) == 1 + 6 and a.keys() == b.keys()  # the model and its 6 components (no layer norms)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert {s.name for s in one.series} == {s.name for s in two.series}
+    assert one.info.get("llc_warnings") == two.info.get("llc_warnings")
+    assert {"llc", "llc.components"} <= set(two.seconds)
+    assert one.info["llc_workers"] == 1 and two.info["llc_workers"] == 2
+    import types
+    assert "workers run on the CPU" in llc_workers_possible(types.SimpleNamespace(device="cuda:0"))
+    bad = LLCSettings(model={"chains": 2, "draws": 6, "batch_size": 0}, components=None)  # SGLDConfig refuses it
+    m = measure_series(series, held, llc=True, llc_settings=bad, progress=False, workers=2)
+    assert not m.find("llc") and "batch_size must be an integer >= 1" in m.unavailable["llc"]
+    assert m.unavailable == measure_series(series, held, llc=True, llc_settings=bad, progress=False).unavailable
+
+
 def test_from_paths_names_a_missing_checkpoint_and_an_unknown_zoo_run(tmp_path, monkeypatch):
     from mechscope.core.errors import LoadError
 

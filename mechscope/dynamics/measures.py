@@ -269,7 +269,8 @@ Measured on zoo:induction (512 held-out sequences of 64 tokens, nβ = 82; 4 chai
 - vectorising the chains (torch.func vmap over stacked weights, one batched forward and backward)
   was slower per chain than the loop (5.2 ms against 3.8 ms per step at batch 8, 19.9 against 14.5
   at batch 32), and 2 threads were 5 to 200 times slower than 1 on the shared, loaded 2-core machine (load 4.7),
-  so the sampler runs chain after chain on 1 thread."""
+  so the sampler runs chain after chain on 1 thread; `measure_series(workers=2)` (the command's default
+  on 2 or more cores) spreads the checkpoints over 2 such processes instead."""
 
 
 def llc_component_tag(name: str) -> str:
@@ -291,37 +292,105 @@ def _llc_loss(m: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
     return F.cross_entropy(logits[keep].float(), targets.to(logits.device)[keep])
 
 
-def _llc_measure(rows: _Rows, i: int, model: Any, data: dict[str, HeldOut], warnings: dict[int, list[str]],
-                 settings: LLCSettings) -> None:
+LLCResult = tuple[list[tuple[str, float]], list[str], dict[str, float]]
+"""One checkpoint's LLC: (component tag, value) pairs, warnings prefixed by the component, seconds per group."""
+
+
+def _llc_values(model: Any, data: dict[str, HeldOut], settings: LLCSettings) -> LLCResult:
     """`mechscope.landscape.estimate_llc` on the held-out set, read as (ids, targets) pairs with the loss at
     the targets, for the whole model and (`estimate_llc_components`, SGLD moving that component's weights
-    only) for each component; warnings are kept per checkpoint, prefixed by the component."""
+    only) for each component: the (component tag, value) pairs, the warnings prefixed by the component, and
+    the seconds of the two groups."""
     from ..landscape import SGLDConfig, estimate_llc, estimate_llc_components  # the caller reports a missing module
 
     held = data["heldout"]
     pair = (held.ids, held.targets)
+    values: list[tuple[str, float]] = []
     found: list[str] = []
-    est = None
-
-    def whole() -> None:
-        nonlocal est
-        est = estimate_llc(model, pair, loss=_llc_loss, config=SGLDConfig(**settings.model), progress=False)
-        rows.put(i, "llc", "model", "", float(est.llc))
-        found.extend(f"model: {w}" for w in getattr(est, "warnings", ()))
-
-    def parts() -> None:
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    est = estimate_llc(model, pair, loss=_llc_loss, config=SGLDConfig(**settings.model), progress=False)
+    values.append(("model", float(est.llc)))
+    found.extend(f"model: {w}" for w in getattr(est, "warnings", ()))
+    seconds["llc"] = time.perf_counter() - t0
+    if settings.components is not None:
+        t0 = time.perf_counter()
         per = estimate_llc_components(model, pair, loss=_llc_loss, config=SGLDConfig(**settings.components),
                                       per_head=settings.per_head, init_loss=est.init_loss, progress=False)
         for name, e in per.items():
             tag = llc_component_tag(name)
-            rows.put(i, "llc", tag, "", float(e.llc))
+            values.append((tag, float(e.llc)))
             found.extend(f"{tag}: {w}" for w in getattr(e, "warnings", ()))
+        seconds["llc.components"] = time.perf_counter() - t0
+    return values, found, seconds
 
-    rows.timed("llc", whole)
-    if settings.components is not None:
-        rows.timed("llc.components", parts)
+
+def _llc_failure(e: BaseException) -> str:
+    """Why the `llc` measure is unavailable after `e`: never estimated some other way."""
+    if isinstance(e, ImportError):
+        return f"mechscope.landscape.estimate_llc is not available ({e})"
+    return f"mechscope.landscape.estimate_llc failed: {type(e).__name__}: {e}"
+
+
+def _put_llc(rows: _Rows, i: int, result: LLCResult, warnings: dict[int, list[str]]) -> None:
+    values, found, seconds = result
+    for tag, v in values:
+        rows.put(i, "llc", tag, "", v)
+    for group, sec in seconds.items():
+        rows.seconds[group] = rows.seconds.get(group, 0.0) + sec
     if found:
         warnings[i] = found
+
+
+# The checkpoints' LLC in worker processes. The processes are forked from the caller, so they inherit the
+# series, the data and the settings (no pickling of loaders or models); each runs one torch thread and
+# estimates whole checkpoints, sending back plain values. A chain's seeds depend on the chain alone (see
+# `landscape.sgld`), never on the worker, so the values are those of the same checkpoints in one process.
+_WORK: dict[str, Any] = {}
+
+
+def _llc_worker_init(series: CheckpointSeries, data: dict[str, HeldOut], settings: LLCSettings) -> None:
+    torch.set_num_threads(1)
+    _WORK.update(series=series, data=data, settings=settings)
+
+
+def _llc_worker(i: int) -> tuple[LLCResult | None, str | None]:
+    """The LLC values of checkpoint `i` in a worker, or why they could not be estimated."""
+    try:
+        return _llc_values(_WORK["series"].load(i), _WORK["data"], _WORK["settings"]), None
+    except Exception as e:  # noqa: BLE001 - sent back and reported, never replaced by another estimate
+        return None, _llc_failure(e)
+
+
+def llc_workers_possible(series: CheckpointSeries) -> str | None:
+    """Why the LLC cannot run in worker processes for `series` (None when it can): the workers are forked,
+    and run on the CPU."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return "this platform cannot fork worker processes"
+    device = getattr(series, "device", None)
+    if device not in (None, "cpu") and not str(device).startswith("cpu"):
+        return f"the checkpoints run on {device}; workers run on the CPU"
+    return None
+
+
+class _LLCPool:
+    """Every checkpoint's LLC submitted at once to `workers` forked processes; `result(i)` waits for one."""
+
+    def __init__(self, series: CheckpointSeries, data: dict[str, HeldOut], settings: LLCSettings, workers: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=_llc_worker_init, initargs=(series, data, settings))
+        self.futures = [self.executor.submit(_llc_worker, i) for i in range(len(series))]
+
+    def result(self, i: int) -> tuple[LLCResult | None, str | None]:
+        return self.futures[i].result()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def probe_length(model: Any) -> int:
@@ -332,8 +401,13 @@ def probe_length(model: Any) -> int:
 
 def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = None, *, modulus: int | None = None,
                    llc: bool = True, llc_settings: LLCSettings = DEFAULT_LLC, progress: bool = True,
-                   seed: int = 0) -> Measures:
+                   seed: int = 0, workers: int = 1) -> Measures:
     """Every measure (see the module docstring) at every checkpoint, one network loaded at a time.
+
+    `workers` >= 2 estimates the checkpoints' LLC in that many forked processes of one torch thread each,
+    while this process takes the other measures; the values are those of `workers=1` (the chains' seeds do
+    not depend on the worker). Where processes cannot be forked (or the checkpoints run on an accelerator)
+    the LLC runs here, checkpoint after checkpoint.
 
     Example::
 
@@ -359,34 +433,49 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
     token_matrix: list[Tensor] = []
     llc_warnings: dict[int, list[str]] = {}
     probe_n = None
-    for i in progress_bar(range(n), desc=f"dynamics: measures of {series.source}", unit="checkpoint",
-                          disable=not progress):
-        model = series.load(i)
-        if "heldout" in data:
-            rows.timed("loss", lambda: _loss_measures(rows, i, model, data, pca_index, token_matrix, buckets))
-        if probe_n is None:
-            probe_n = probe_length(model)
-            if probe_n < 4:
-                unavailable["role"] = (f"a context of {2 * probe_n + 1} positions is too short for the repeated-token "
-                                       "probe (needs a repeat of >= 4 tokens)")
-        if "role" not in unavailable:
-            rows.timed("head roles", lambda: _role_measures(rows, i, model, probe_n))
-        if "role.copying" not in unavailable:
-            try:
-                rows.timed("copying", lambda: _copying_measure(rows, i, model))
-            except ValueError as e:
-                unavailable["role.copying"] = str(e)
-        rows.timed("weights", lambda: _weight_measures(rows, i, model))
-        if modulus is not None:
-            rows.timed("fourier", lambda: _fourier_measure(rows, i, model, modulus))
-        if llc and "llc" not in unavailable and "heldout" in data:
-            try:
-                _llc_measure(rows, i, model, data, llc_warnings, llc_settings)
-            except ImportError as e:
-                unavailable["llc"] = f"mechscope.landscape.estimate_llc is not available ({e})"
-            except Exception as e:  # noqa: BLE001 - reported, never replaced by another estimate
-                unavailable["llc"] = f"mechscope.landscape.estimate_llc failed: {type(e).__name__}: {e}"
-        del model
+    pool, in_process = None, None
+    if llc and "heldout" in data and workers > 1:
+        in_process = llc_workers_possible(series)
+        if in_process is None:
+            pool = _LLCPool(series, data, llc_settings, workers)  # the workers estimate while this loop measures
+    try:
+        for i in progress_bar(range(n), desc=f"dynamics: measures of {series.source}", unit="checkpoint",
+                              disable=not progress):
+            model = series.load(i)
+            if "heldout" in data:
+                rows.timed("loss", lambda: _loss_measures(rows, i, model, data, pca_index, token_matrix, buckets))
+            if probe_n is None:
+                probe_n = probe_length(model)
+                if probe_n < 4:
+                    unavailable["role"] = (f"a context of {2 * probe_n + 1} positions is too short for the "
+                                           "repeated-token probe (needs a repeat of >= 4 tokens)")
+            if "role" not in unavailable:
+                rows.timed("head roles", lambda: _role_measures(rows, i, model, probe_n))
+            if "role.copying" not in unavailable:
+                try:
+                    rows.timed("copying", lambda: _copying_measure(rows, i, model))
+                except ValueError as e:
+                    unavailable["role.copying"] = str(e)
+            rows.timed("weights", lambda: _weight_measures(rows, i, model))
+            if modulus is not None:
+                rows.timed("fourier", lambda: _fourier_measure(rows, i, model, modulus))
+            if pool is None and llc and "llc" not in unavailable and "heldout" in data:
+                try:
+                    _put_llc(rows, i, _llc_values(model, data, llc_settings), llc_warnings)
+                except Exception as e:  # noqa: BLE001 - reported, never replaced by another estimate
+                    unavailable["llc"] = _llc_failure(e)
+            del model
+        if pool is not None:
+            for i in progress_bar(range(n), desc=f"dynamics: llc of {series.source} ({workers} workers)",
+                                  unit="checkpoint", disable=not progress):
+                result, failed = pool.result(i)
+                if failed is not None:
+                    unavailable["llc"] = failed
+                    break
+                _put_llc(rows, i, result, llc_warnings)
+    finally:
+        if pool is not None:  # also on an error or an interrupt here: the pending checkpoints are dropped
+            pool.close()
     if not llc:
         unavailable["llc"] = "not asked for (--no-llc)"
     elif "heldout" not in data:
@@ -399,6 +488,9 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
         info["dropped_not_finite"] = dropped
     if llc and "llc" not in unavailable:
         info["llc_settings"] = llc_settings.to_json()
+        info["llc_workers"] = workers if pool is not None else 1
+        if in_process is not None:
+            info["llc_in_process"] = f"{workers} workers asked for, the LLC ran in this process: {in_process}"
     if llc_warnings:
         info["llc_warnings"] = {str(series.steps[i]): w for i, w in llc_warnings.items()}
     if token_matrix:

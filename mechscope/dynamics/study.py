@@ -76,9 +76,19 @@ class DynamicsConfig:
     llc_draws: int | None = None  # draws per chain (None: `DEFAULT_LLC`'s)
     top: int = 5  # components listed per boundary and phase
     threads: int = 1
+    workers: int | None = None  # processes estimating the LLC (None: `default_workers()`)
     seed: int = 0
     out: str | None = None
     device: str | None = None  # where the checkpoints run (cpu, cuda, cuda:N, mps); None: the CPU
+
+
+def default_workers() -> int:
+    """The LLC's worker processes when none are asked for: 2 when this process may use 2 or more cores, else 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        cores = os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
 
 
 @dataclass(frozen=True)
@@ -116,8 +126,10 @@ class Result:
 
 
 def analyse(series: CheckpointSeries, data: dict[str, HeldOut] | None = None, *, modulus: int | None = None,
-            llc: bool = True, llc_settings: LLCSettings = DEFAULT_LLC, seed: int = 0, progress: bool = True) -> Result:
-    """Measures, change points and phases of a checkpoint series (no checks).
+            llc: bool = True, llc_settings: LLCSettings = DEFAULT_LLC, seed: int = 0, progress: bool = True,
+            workers: int = 1) -> Result:
+    """Measures, change points and phases of a checkpoint series (no checks); `workers` >= 2 estimates the
+    LLC in that many processes (`measure_series`).
 
     Example::
 
@@ -127,7 +139,7 @@ def analyse(series: CheckpointSeries, data: dict[str, HeldOut] | None = None, *,
     """
     t0 = time.perf_counter()
     m = measure_series(series, data, modulus=modulus, llc=llc, llc_settings=llc_settings, progress=progress,
-                       seed=seed)
+                       seed=seed, workers=workers)
     t1 = time.perf_counter()
     if progress:
         note(f"dynamics: change points of {len(m.series)} series over {len(m.steps)} checkpoints")
@@ -368,6 +380,15 @@ def to_json(res: Result, top: int) -> dict[str, Any]:
             "checks": {c.name: c.to_json() for c in res.checks}, "figures": res.figures}
 
 
+def workers_of(cfg: DynamicsConfig) -> int:
+    """The LLC's worker processes a run uses: `cfg.workers`, else `default_workers()`."""
+    if cfg.workers is None:
+        return default_workers()
+    if not isinstance(cfg.workers, int) or cfg.workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {cfg.workers!r}")
+    return cfg.workers
+
+
 def llc_settings_of(cfg: DynamicsConfig) -> LLCSettings:
     """The LLC settings a run asks for: `DEFAULT_LLC`, its draws replaced by `llc_draws`, components on or off."""
     model = dict(DEFAULT_LLC.model)
@@ -402,7 +423,8 @@ def result_line(res: Result, cfg: DynamicsConfig) -> dict[str, Any]:
                "unavailable": res.measures.unavailable, "seconds": res.seconds,
                "seconds_per_measure": res.measures.seconds, "llc": llc_figures(res), **res.figures}
     return {"name": "dynamics", "kind": "study", "source": res.source,
-            "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "gpu": None,
+            "machine": {"cpu_threads": torch.get_num_threads(), "llc_workers": workers_of(cfg) if cfg.llc else None,
+                        "torch": torch.__version__, "gpu": None,
                         "python": platform.python_version(), "load_average_1min": round(os.getloadavg()[0], 2)},
             "config": asdict(cfg), "figures": figures, "checks": {c.name: c.to_json() for c in res.checks},
             "pass": bool(res.checks) and all(c.passed for c in res.checks)}
@@ -474,7 +496,8 @@ def main(cfg: DynamicsConfig, console: Any, as_json: bool = False) -> dict[str, 
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     series, data, modulus = build_series(cfg)
-    res = analyse(series, data, modulus=modulus, llc=cfg.llc, llc_settings=llc_settings_of(cfg), seed=cfg.seed)
+    res = analyse(series, data, modulus=modulus, llc=cfg.llc, llc_settings=llc_settings_of(cfg), seed=cfg.seed,
+                  workers=workers_of(cfg))
     t1 = time.perf_counter()
     run_checks(res, series, cfg.top)
     res.seconds["checks"] = round(time.perf_counter() - t1, 2)

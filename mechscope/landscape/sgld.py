@@ -358,18 +358,28 @@ def sample(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, conf
 @torch.no_grad()
 def _step(selected: list[Selected], origin: list[Tensor], nbeta: float, eps: float, gamma: float,
           noise_gen: torch.Generator) -> None:
-    """One SGLD update of every selected parameter, in the order given (the noise is drawn in that order)."""
-    for s, w0 in zip(selected, origin):
-        p = s.param
-        drift = p.grad.mul(nbeta) if p.grad is not None else torch.zeros_like(p)
-        if gamma:
-            drift.add_((p - w0).mul_(gamma))
-        new = p if s.mask is None else p.detach().clone()  # a masked parameter changes only where masked
-        new.add_(drift, alpha=-0.5 * eps)
-        noise = torch.normal(0.0, 1.0, size=p.shape, generator=noise_gen, device=p.device, dtype=p.dtype)
-        new.add_(noise, alpha=eps ** 0.5)
+    """One SGLD update of every selected parameter, in the order given (the noise is drawn in that order).
+
+    The arithmetic runs over the whole parameter list at once (`torch._foreach_*`); per entry it is
+    the same operations in the same order as a per-parameter loop, and the noise is drawn parameter
+    by parameter from `noise_gen` in the list's order, so a chain's draws are bit for bit those of
+    that loop."""
+    params = [s.param for s in selected]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    drift = torch._foreach_mul(grads, nbeta)
+    if gamma:
+        pull = torch._foreach_sub(params, origin)
+        torch._foreach_mul_(pull, gamma)
+        torch._foreach_add_(drift, pull)
+    # a masked parameter changes only where masked: it is updated in a copy, then merged
+    new = [p if s.mask is None else p.detach().clone() for s, p in zip(selected, params)]
+    torch._foreach_add_(new, drift, alpha=-0.5 * eps)
+    noise = [torch.normal(0.0, 1.0, size=p.shape, generator=noise_gen, device=p.device, dtype=p.dtype)
+             for p in params]
+    torch._foreach_add_(new, noise, alpha=eps ** 0.5)
+    for s, p, w in zip(selected, params, new):
         if s.mask is not None:
-            p.copy_(torch.where(s.mask, new, p))  # entries outside the mask keep their bits
+            p.copy_(torch.where(s.mask, w, p))  # entries outside the mask keep their bits
         p.grad = None
 
 
