@@ -287,6 +287,28 @@ def test_the_graph_is_the_frozen_replacement_with_fixed_active_sets():
         assert got == pytest.approx(float(pred[i]), abs=1e-9, rel=1e-6)
 
 
+def test_large_graph_check_runs_the_linear_model_instead_of_summing_paths(monkeypatch):
+    """Above PATH_SUM_NODES the check's frozen-readout prediction comes from the frozen fixed-active
+    replacement rather than an (N, N) path sum, and its latents from the lean influence sweep: the same
+    latents and the same predictions as the path sum and the dense influence series."""
+    from mechscope.graphs import check as C
+    rep = G.LocalReplacement.build(tiny(), ids_for(40), {0: transcoder(0, 16), 1: transcoder(1, 16, seed=1)})
+    graph = G.attribute(rep)
+    target = graph.nodes[-1].index
+    small = G.intervention_check(rep, graph, target, top=12, batch=5)
+    w = torch.zeros(len(graph.nodes), dtype=torch.float64)
+    w[len(graph.nodes) - 1] = 1.0
+    dense = G.influence(G.normalised(graph.adjacency), w)
+    lat = graph.of_kind(NodeKind.LATENT).nonzero().flatten()
+    top = lat[dense[lat].argsort(descending=True)][:12]
+    assert small.latents == [(graph.nodes[i].layer, graph.nodes[i].pos, graph.nodes[i].index) for i in top.tolist()]
+    monkeypatch.setattr(C, "PATH_SUM_NODES", 0)
+    large = G.intervention_check(rep, graph, target, top=12, batch=5)
+    assert large.latents == small.latents
+    assert torch.allclose(large.graph_predicted, small.graph_predicted, rtol=1e-5, atol=1e-7)
+    assert torch.equal(large.predicted, small.predicted) and torch.equal(large.measured, small.measured)
+
+
 def test_the_prediction_reads_the_graph_through_the_live_final_norm():
     """The check's prediction a second way: the fixed-active frozen replacement's final residual,
     normalised by hand (LayerNorm from the model's weights, divisor recomputed) and unembedded."""

@@ -44,8 +44,12 @@ from torch import Tensor
 from ..core.site import Kind
 from .attribution import logit_input
 from .graph import AttributionGraph, NodeKind
-from .prune import influence, normalised
+from .prune import _flow, _levels
 from .replacement import LocalReplacement
+
+
+PATH_SUM_NODES = 6000  # above this, `graph_predicted` runs the frozen replacement instead of summing paths
+# over an (N, N) float64 copy of the adjacency (2 GB at 16k nodes)
 
 
 @dataclass
@@ -167,13 +171,16 @@ def intervention_check(rep: LocalReplacement, graph: AttributionGraph, target: i
     t_node = graph.find(NodeKind.LOGIT, index=int(target))
     w = torch.zeros(len(graph.nodes), dtype=torch.float64)
     w[t_node] = 1.0
-    inf = influence(normalised(graph.adjacency), w)
+    inf = _flow(graph.adjacency, w, graph.of_kind(NodeKind.ERROR), _levels(graph)).influence  # no N x N copy
     latent = graph.of_kind(NodeKind.LATENT)
     ids = latent.nonzero().flatten()
     ids = ids[inf[ids].argsort(descending=True)][:top]
-    graph_pred = predicted_removal(graph, t_node)[ids]
     chosen = [(graph.nodes[i].layer, graph.nodes[i].pos, graph.nodes[i].index) for i in ids.tolist()]
     demean = bool(graph.meta.get("demeaned_logits", False))
+    if len(graph.nodes) <= PATH_SUM_NODES:
+        graph_pred = predicted_removal(graph, t_node)[ids]
+    else:  # the same linear model run rather than summed over paths (equal to rounding; tested)
+        graph_pred = _removals(rep, chosen, target, demean, batch, frozen=True, fixed_active=True)
     pred = predicted_through_final_norm(rep, chosen, target, demean, batch)
     meas = measured_removals(rep, chosen, target, demean, batch, hold)
     return InterventionCheck(chosen, pred, meas, spearman(pred, meas), graph_pred, spearman(graph_pred, meas))
