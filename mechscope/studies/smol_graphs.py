@@ -141,7 +141,7 @@ def targets() -> dict[str, str]:
 
     Two changes were made after earlier measurements and are stated here: the first run (prompts without
     BOS) found the strongest supernode on the first token (`The`, the attention sink), so the rule excluded
-    the first position; a review then found that rule too weak (every token before the word is equally
+    the first position; that rule was too weak (every token before the word is equally
     fixed, and the control was smaller than the ablation), giving the rule above. Both were fixed before
     the results they apply to were measured."""
     return {"accuracy": "top-1 accuracy >= 0.6 over the variants (the behaviour exists)",
