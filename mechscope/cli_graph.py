@@ -72,7 +72,8 @@ def graph(
     feature_set: Annotated[Optional[list[str]], typer.Option(help="LAYER=SET: the feature set of a layer's latents "
                                                              "in the model's store (repeat per layer)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the graph JSON on stdout")] = False,
-    bos: Annotated[bool, typer.Option(help="prepend the BOS token")] = False,
+    bos: Annotated[bool, typer.Option(help="prepend the BOS token (with --transcoders it has no latents: its MLP "
+                                          "outputs stay whole, error nodes, as transcoders are not trained on BOS)")] = False,
     node_threshold: Annotated[float, typer.Option(help="share of the latents' influence the kept latents carry")] = 0.8,
     edge_threshold: Annotated[float, typer.Option(help="share of the edges' influence the kept edges carry")] = 0.98,
     memory_gb: Annotated[float, typer.Option(help="refuse graphs whose matrix and pruning need more GB (beside the model and transcoders)")] = 4.0,
@@ -119,7 +120,7 @@ def graph(
     vocab = m.run(ids[:, :1]).logits.shape[-1]
     tid = _target_id(m, target, vocab) if target is not None else None
     try:
-        rep = G.LocalReplacement.build(m, ids, tcs)
+        rep = G.LocalReplacement.build(m, ids, tcs, drop_first=int(bos))  # BOS: never a transcoder's training token
         g = G.attribute(rep, tid, memory_budget=memory_gb * 1e9, batch_size=batch,
                         token_text=m.to_str_tokens(ids[0]), model_name=model)
     except (G.LatentError, G.ReplacementError, G.GraphBudgetError) as e:

@@ -416,6 +416,14 @@ def test_graph_command_writes_json_and_refuses_bad_input(llama_dir, tmp_path):
     ids = {n["id"] for n in doc["nodes"]}
     assert doc["edges"] and all(e["source"] in ids and e["target"] in ids for e in doc["edges"])
     before = (out / "graph.json").read_bytes()
+    r = invoke(llama_dir, PROMPT, "--transcoders", tcs, "--out", tmp_path / "bos", "--target", "w5", "--bos")
+    assert r.exit_code == 0, r.output
+    bos = json.loads((tmp_path / "bos" / "graph.json").read_text())
+    assert not any(n["kind"] == "latent" and n["pos"] == 0 for n in bos["nodes"])
+    m = ms.load(str(llama_dir))  # BOS has no latent (transcoders are not trained on it): every other active one counts
+    codes = G.LocalReplacement.build(m, m.to_tokens(PROMPT, prepend_bos=True)["input_ids"],
+                                     G.load_transcoders(tcs, adapter=m)).codes[1]
+    assert int((codes[0] != 0).sum()) > 0 and bos["scores"]["latents"] == int((codes[1:] != 0).sum())
 
     def refused(match, *args):
         r = invoke(llama_dir, PROMPT, "--out", out, *args)

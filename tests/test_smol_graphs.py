@@ -82,10 +82,15 @@ def test_the_study_runs_end_to_end_and_saves_its_graph_and_tables(setup, tmp_pat
     assert st["patch"]["pairs"] == 5 and len(st["patch"]["per_variant"]) == 5
     sns = st["supernodes"]
     assert sns == sorted(sns, key=lambda s: -s["influence"])
+    n_tok = len(out["figures"]["studies"]["words"]["graph_prompt"].split()) + 1  # + BOS
     for s in sns:  # every supernode's latents sit at its role's position and in its band
         assert all(s["layers"][0] <= la <= s["layers"][1] for la, _, _, _ in s["latents"])
+        assert all(p == s["pos"] for _, p, _, _ in s["latents"]) and S.role_of(WORDS, s["pos"], n_tok, True) == s["role"]
+        assert s["pos"] != 0 and s["from_word"] == (s["pos"] >= n_tok - 3)  # BOS has no latents; the word is at -3
     for a in st["ablations"]:
         assert len(a["per_variant"]) == 5 and a["difference"]["ci"][0] <= a["difference"]["mean"] <= a["difference"]["ci"][1]
+        assert a["supernode"] in {s["name"] for s in sns if s["from_word"]}
+        assert a["control_mean"] == a["ablated_mean"] >= a["control_same_place_mean"]  # the control is size-matched
 
     from mechscope.artifacts import read_artifacts
     from mechscope.report import write_report
@@ -140,3 +145,15 @@ def test_unknown_studies_are_named(setup):
     model, tc_dir, _ = setup
     with pytest.raises(ValueError, match="unknown studies"):
         S.run_study(str(tc_dir), S.SmolGraphsConfig(studies=("rhymes",)), log=lambda *_: None, model=model)
+
+
+def test_bos_has_no_latents_anywhere(setup):
+    model, _, tcs = setup
+    plain, lat = S.Latents.of(model, tcs), S.Latents.of(model, tcs, bos=True)
+    ids = lat.ids("w3 w5 w11 w7 w9")
+    assert ids.shape[1] == 6 and any(bool(c[0].any()) for c in plain.codes(ids).values())  # active there unzeroed
+    codes, scores = lat.attribution(ids, S.answer_id(model, " w21"))
+    seen = []
+    lat.edited(ids, lambda l, c: seen.append(c) or None)
+    for c in [*lat.codes(ids).values(), *codes.values(), *scores.values(), *seen]:
+        assert not c[0].any() and c[1:].any()

@@ -1,7 +1,8 @@
 """Two SmolLM2-135M behaviours read from attribution graphs and tested by interventions in the real model.
 
 The behaviours (`BEHAVIOURS`), each a template filled with 24 words (the answer's first token is
-scored; prompts open with BOS, as the transcoders' training text did):
+scored; prompts open with BOS, as the transcoders' training sequences did; the transcoders were not trained
+on the BOS position, so it has no latents anywhere in the study: its MLP output stays whole, an error node):
 - `antonyms`: `The opposite of "hot" is "` -> `cold`;
 - `capitals`: `The capital of France is` -> ` Paris`.
 
@@ -19,12 +20,14 @@ Steps, per behaviour:
 4. interventions, in the real model (not the replacement; every MLP and attention pattern live),
    on every variant, each latent edit written into the MLP output it belongs to (`code x W_dec` is
    added or removed at one position, the layer's error term untouched):
-   - ablate a supernode (the `top_supernodes` strongest off the first position, which is the same
-     on every variant): its own latents (the graph's layer and index pairs) are set to zero at
-     its role position wherever they are active on the variant (the share active is reported:
-     latents of one word do not fire on another); the drop of the target's logit (minus the mean
-     logit) is compared with the drop from as many other active latents at the same position and
-     layers drawn at random (seeded): the control; the first-order drop predicted by attribution
+   - ablate a supernode (the `top_supernodes` strongest at the word's position or after it: in a
+     causal model everything before the word is the same on every variant): its own latents (the
+     graph's layer and index pairs) are set to zero at its role position wherever they are active
+     on the variant (the share active is reported: latents of one word do not fire on another); the
+     drop of the target's logit (minus the mean logit) is compared with the drop from as many other
+     active latents drawn at random (seeded), at the same position and layers first, then, when those
+     run out, at the same position in other layers, then at other positions after BOS: the control,
+     the same size as the ablation (both sizes recorded); the first-order drop predicted by attribution
      (activation x gradient, one backward pass) is reported beside it, and the drop on the graph's
      own prompt alone;
    - patch the word: every latent at the word position in layers 0..`patch_to` takes its value on a
@@ -120,7 +123,7 @@ class SmolGraphsConfig:
     batch: int = 64
     patch_to: int | None = None  # the word's latents are patched in layers 0..patch_to (None: every layer)
     layers: tuple[int, ...] | None = None  # the transcoded layers used (None: every one given)
-    bos: bool = True  # prompts open with BOS, as the transcoders' training sequences did
+    bos: bool = True  # prompts open with BOS, as the transcoders' training sequences did (BOS itself: no latents)
     n_boot: int = 1000
     seed: int = 0
     threads: int = 1
@@ -129,15 +132,22 @@ class SmolGraphsConfig:
 def targets() -> dict[str, str]:
     """The checks' targets, fixed before measuring (the same for every behaviour).
 
-    One change was made after a first measurement and is stated here: the ablation's supernode is the
-    strongest one off the first position. In the first run (prompts without BOS) the strongest supernode
-    was the first token's (`The`, the model's attention sink, the same on every variant): every active
-    latent there belonged to it, so no control could be drawn, and its ablation says nothing about the
-    behaviour."""
+    The ablation's supernode is the strongest one at the varying word's position or after it (the word
+    and the later template tokens): the model is causal, so every position before the word is the same on
+    every variant, and a supernode there says nothing about which answer it is. The control ablates as
+    many random active latents as the supernode's (size-matched): at the same position and layers first,
+    then, when those run out, at the same position in other transcoded layers, then at other positions
+    (never BOS, which has no latents).
+
+    Two changes were made after earlier measurements and are stated here: the first run (prompts without
+    BOS) found the strongest supernode on the first token (`The`, the attention sink), so the rule excluded
+    the first position; that rule was too weak (every token before the word is equally
+    fixed, and the control was smaller than the ablation), giving the rule above. Both were fixed before
+    the results they apply to were measured."""
     return {"accuracy": "top-1 accuracy >= 0.6 over the variants (the behaviour exists)",
-            "ablation": "ablating the strongest supernode off the first position (its latents, where active) "
-                        "lowers the target logit more "
-                        "than ablating as many random active latents at the same place, over the variants (paired "
+            "ablation": "ablating the strongest supernode at the word's position or after it (its latents, where "
+                        "active) lowers the target logit more than ablating as many random active latents "
+                        "(same place first, then other layers, then other positions), over the variants (paired "
                         "difference > 0, 95% CI above 0)",
             "patch_shift": "patching the word's latents from a contrasting variant raises logit(contrast answer) "
                            "- logit(own answer) (mean shift > 0, 95% CI above 0)",
@@ -155,7 +165,7 @@ class Latents:
     layers: dict  # layer -> graphs.LatentLayer
     W_U: Tensor  # (d_model, vocab)
     n_layers: int = 0
-    bos: bool = False  # prompts open with the tokenizer's BOS token
+    bos: bool = False  # prompts open with the tokenizer's BOS token (no latent is active there)
 
     @staticmethod
     def of(model: Any, transcoders: dict, bos: bool = False) -> "Latents":
@@ -169,10 +179,19 @@ class Latents:
     def ids(self, text: str) -> Tensor:
         return self.model.to_tokens(text, prepend_bos=self.bos)["input_ids"]
 
+    def encode(self, l: int, x: Tensor) -> Tensor:
+        """(pos, n) codes of layer `l` from its MLP input `x` (pos, d_model); with BOS, the first position's
+        are zero (the transcoders were not trained there, and the graphs leave it to its MLP: an error)."""
+        c = self.layers[l].encode(x).to(self.layers[l].W_enc.dtype)
+        if self.bos:
+            c = c.clone()
+            c[:1] = 0
+        return c
+
     def codes(self, ids: Tensor) -> dict[int, Tensor]:
         """layer -> (pos, n) codes of the clean run."""
         res = run(self.model, ids, capture=[lat.reads for lat in self.layers.values()])
-        return {l: lat.encode(res.cache[lat.reads][0]).to(lat.W_enc.dtype) for l, lat in self.layers.items()}
+        return {l: self.encode(l, res.cache[lat.reads][0]) for l, lat in self.layers.items()}
 
     def attribution(self, ids: Tensor, target: int) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
         """(codes, scores): layer -> (pos, n); scores[l][p, f] = code x <W_dec[f], d metric / d mlp_out[l][p]>,
@@ -183,7 +202,7 @@ class Latents:
                   grad=lambda out: demeaned(_logits(out)[0, -1], target))
         codes, scores = {}, {}
         for l, lat in self.layers.items():
-            c = lat.encode(res.cache[lat.reads][0].detach()).to(lat.W_enc.dtype)
+            c = self.encode(l, res.cache[lat.reads][0].detach())
             g = res.grads[Site(Kind.MLP_OUT, l)][0].to(c.dtype)  # (pos, d)
             codes[l] = c
             scores[l] = c * (g @ lat.W_dec[l].to(c.dtype).t())
@@ -197,7 +216,7 @@ class Latents:
 
         def reader(l: int):
             def fn(x: Tensor, ctx) -> Tensor:
-                live[l] = self.layers[l].encode(x[0]).to(self.layers[l].W_enc.dtype)
+                live[l] = self.encode(l, x[0])
                 return x
             return fn
 
@@ -295,7 +314,7 @@ def graph_of(lat: Latents, transcoders: dict, beh: Behaviour, variant: int, cfg:
     prompt, ans = beh.variants()[variant]
     ids = lat.ids(prompt)
     c0, w0 = time.process_time(), time.monotonic()
-    rep = G.LocalReplacement.build(lat.model, ids, transcoders)
+    rep = G.LocalReplacement.build(lat.model, ids, transcoders, drop_first=int(lat.bos))  # BOS: all error
     g = G.attribute(rep, answer_id(lat.model, ans), memory_budget=cfg.memory_gb * 1e9, batch_size=cfg.batch,
                     token_text=lat.model.to_str_tokens(ids[0]), model_name=name)
     p = G.prune(g, cfg.node_threshold, cfg.edge_threshold)
@@ -359,7 +378,7 @@ def top_contexts(lat: Latents, sns: list[dict[str, Any]], texts: Sequence[str], 
     for text in texts:
         ids = lat.ids(text)
         res = run(lat.model, ids, capture=[lat.layers[l].reads for l in layers])
-        codes = {l: lat.layers[l].encode(res.cache[lat.layers[l].reads][0]) for l in layers}
+        codes = {l: lat.encode(l, res.cache[lat.layers[l].reads][0]) for l in layers}
         for s, acc in zip(sns, found):
             act = sum(codes[l][:, f].double() for l, f in {(l, f) for l, _, f, _ in s["latents"]})
             p = int(act.argmax())
@@ -379,7 +398,8 @@ def _mean_ci(values: Sequence[float], n_boot: int, seed: int) -> dict[str, Any]:
 def ablate_supernode(lat: Latents, beh: Behaviour, sn: dict[str, Any], cfg: SmolGraphsConfig,
                      cache: dict[int, Any] | None = None) -> dict[str, Any]:
     """Per variant, zero the supernode's own latents (the graph's (layer, index) pairs) where they are active at
-    its role position, and as many other active latents there drawn at random (the control); the drops of the
+    its role position, and as many other active latents drawn at random (the control: at the same position and
+    layers first, then the same position in other layers, then other positions, BOS never); the drops of the
     target's demeaned logit, and the first-order drop the attribution predicts for the supernode's latents."""
     rng = random.Random(cfg.seed)
     lo, hi = sn["layers"]
@@ -398,21 +418,20 @@ def ablate_supernode(lat: Latents, beh: Behaviour, sn: dict[str, Any], cfg: Smol
             codes, scores = lat.attribution(ids, t)
             cache[v] = (codes, scores, float(demeaned(lat.clean(ids), t)))
         codes, scores, base = cache[v]
-        here = [(l, int(f)) for l in layers for f in codes[l][pos].nonzero().flatten()]
-        chosen = [x for x in here if x in own]
-        rest = [x for x in here if x not in own]
-        control = rng.sample(rest, min(len(chosen), len(rest)))  # fewer when the supernode holds most active latents
-        sizes.append((len(chosen), len(control)))
-        predicted.append(sum(float(scores[l][pos, f]) for l, f in chosen))
+        chosen = [(l, pos, int(f)) for l in layers for f in codes[l][pos].nonzero().flatten() if (l, int(f)) in own]
+        control = _control(rng, codes, chosen, pos, layers)
+        sizes.append((len(chosen), len(control), sum(1 for l, p, _ in control if p == pos and l in layers)))
+        predicted.append(sum(float(scores[l][p, f]) for l, p, f in chosen))
         active.append(len(chosen) / len(own))
 
-        def zero(which: list[tuple[int, int]]) -> Callable[[int, Tensor], Tensor | None]:
+        def zero(which: list[tuple[int, int, int]]) -> Callable[[int, Tensor], Tensor | None]:
             def edit(l: int, c: Tensor) -> Tensor | None:
-                fs = [f for ll, f in which if ll == l]
-                if not fs:
+                at = [(p, f) for ll, p, f in which if ll == l]
+                if not at:
                     return None
                 d = torch.zeros_like(c)
-                d[pos, fs] = -c[pos, fs]
+                ps, fs = [p for p, _ in at], [f for _, f in at]
+                d[ps, fs] = -c[ps, fs]
                 return d
             return edit
 
@@ -427,8 +446,28 @@ def ablate_supernode(lat: Latents, beh: Behaviour, sn: dict[str, Any], cfg: Smol
             "drop": _mean_ci(drops, cfg.n_boot, cfg.seed),
             "control_drop": _mean_ci(ctrl, cfg.n_boot, cfg.seed), "difference": _mean_ci(diff, cfg.n_boot, cfg.seed),
             "predicted_drop": _mean_ci(predicted, cfg.n_boot, cfg.seed), "top1_kept": sum(kept) / len(kept),
-            "ablated_mean": sum(a for a, _ in sizes) / len(sizes), "control_mean": sum(c for _, c in sizes) / len(sizes),
+            "ablated_mean": sum(a for a, _, _ in sizes) / len(sizes),
+            "control_mean": sum(c for _, c, _ in sizes) / len(sizes),
+            "control_same_place_mean": sum(c for _, _, c in sizes) / len(sizes),
             "per_variant": [round(x, 4) for x in drops]}
+
+
+def _control(rng: random.Random, codes: dict[int, Tensor], chosen: list[tuple[int, int, int]], pos: int,
+             layers: list[int]) -> list[tuple[int, int, int]]:
+    """As many random active latents (layer, pos, index) as `chosen`, none of them in `chosen`: drawn at `pos` in
+    `layers` first, then at `pos` in the other layers, then at the other positions (every position's codes: BOS
+    has none)."""
+    own, out = set(chosen), []
+    tiers = ([(l, pos) for l in layers], [(l, pos) for l in codes if l not in layers],
+             [(l, p) for l in codes for p in range(codes[l].shape[0]) if p != pos])
+    for tier in tiers:
+        need = len(chosen) - len(out)
+        if need <= 0:
+            break
+        pool = [(l, p, int(f)) for l, p in tier for f in codes[l][p].nonzero().flatten()]
+        pool = [x for x in pool if x not in own]
+        out += rng.sample(pool, min(need, len(pool)))
+    return out
 
 
 def patch_word(lat: Latents, beh: Behaviour, cfg: SmolGraphsConfig) -> dict[str, Any]:
@@ -484,8 +523,11 @@ def study_behaviour(lat: Latents, transcoders: dict, beh: Behaviour, cfg: SmolGr
         log(f"  supernode {s['name']:<22} {s['size']:>3} latents  influence {s['influence']:.3f}  "
             f"to target {s['to_target']:+.3f}  promotes {s['promotes']}  top contexts "
             f"{[c[0] for c in s.get('contexts', [])]}")
+    start = len(g.tokens) + dict(beh.roles)[beh.word]  # the word's position in the graph's prompt
+    for s in sns:  # before the word, every variant's prompt is the same (a causal model): not tested (targets())
+        s["from_word"] = s["pos"] >= start
     ablations, cache = [], {}
-    tested = [s for s in sns if s["pos"] != 0]  # the first position is the same on every variant (see targets())
+    tested = [s for s in sns if s["from_word"]]
     for s in tested[:cfg.top_supernodes]:
         a = ablate_supernode(lat, beh, s, cfg, cache)
         log(f"  ablate {a['supernode']:<22} active {a['active_share']:.2f}  drop {a['drop']['mean']:+.3f} "
@@ -509,15 +551,16 @@ def hypothesis(word: str, sns: list[dict[str, Any]], top: int = 4) -> str:
     """The mechanism the graph suggests, in words, from its strongest supernodes (before any intervention)."""
     if not sns:
         return "the pruned graph keeps no latent: the path runs through error nodes"
-    first = [s for s in sns if s["pos"] == 0][:1]
-    rest = [s for s in sns if s["pos"] != 0][:top]
+    before = [s for s in sns if not s.get("from_word", s["pos"] != 0)][:1]
+    rest = [s for s in sns if s.get("from_word", s["pos"] != 0)][:top]
     text = ""
-    if first:
-        text += (f"the first position's supernode {first[0]['name']} has the most influence (influence "
-                 f"{first[0]['influence']:.3f}; the same on every variant, not tested); ")
+    if before:
+        text += (f"the strongest supernode before the {word} is {before[0]['name']} (influence "
+                 f"{before[0]['influence']:.3f}; the same on every variant, not tested); ")
     parts = [f"{s['name']} ({s['size']} latents, influence {s['influence']:.3f}, edge weight to the answer "
              f"{s['to_target']:+.3f})" for s in rest]
-    return (text + "the strongest supernodes off it, each taken to support the answer (tested by ablation): " +
+    return (text + f"the strongest supernodes at the {word} or after it, each taken to support the answer (tested "
+            "by ablation): " +
             "; ".join(parts) + "; the "
             f"{word} position's latents carry which answer it is (tested by patching them from another variant)")
 
@@ -531,8 +574,8 @@ def verdict(res: dict[str, Any]) -> list[str]:
                 "works against the answer: removing it raises the answer more than random latents do (refuted)"
                 if d["ci"][1] < 0 else "no different from random latents (refuted)")
         small = ("control_mean" in a and a["control_mean"] < a["ablated_mean"])
-        size = (f" (the control is smaller: {a['control_mean']:.1f} random latents for {a['ablated_mean']:.1f}: the "
-                "supernode holds most active latents there)" if small else "")
+        size = (f" (the control is smaller: {a['control_mean']:.1f} random latents for {a['ablated_mean']:.1f}: too "
+                "few other active latents)" if small else "")
         out.append(f"{a['supernode']}: ablating its latents moves the answer's logit by {-a['drop']['mean']:+.3f}, as many "
                    f"random latents by {-c['mean']:+.3f} (drop minus control {d['mean']:+.3f}, 95% CI "
                    f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]){size}: {said}")
@@ -621,7 +664,8 @@ def sections(res: dict[str, Any]) -> list[dict[str, Any]]:
     abl = [[a["supernode"], a["latents"], round(a["active_share"], 3), round(a["graph_prompt_drop"], 4),
             round(a["graph_prompt_control"], 4), _fmt(a["drop"]), _fmt(a["control_drop"]), _fmt(a["difference"]),
             _fmt(a["predicted_drop"]), round(a["top1_kept"], 3),
-            f"{a['ablated_mean']:.1f} / {a['control_mean']:.1f}" if "control_mean" in a else "not recorded"]
+            f"{a['ablated_mean']:.1f} / {a['control_mean']:.1f}" + (f" ({a['control_same_place_mean']:.1f} at the same "
+            "place)" if "control_same_place_mean" in a else "") if "control_mean" in a else "not recorded"]
            for a in res["ablations"]]
     p = res["patch"]
     return [
