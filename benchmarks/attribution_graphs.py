@@ -74,21 +74,6 @@ def unfinished_set(path: Path) -> bool:
     return f.is_file() and not json.loads(f.read_text()).get("trained")
 
 
-def finished_layers(path: Path, layers: list[int], m) -> dict:
-    """layer -> transcoder for `layers` of a set still training (each layer's file is written whole
-    once trained; its digest is checked on reading, the model's weight fingerprint against the manifest)."""
-    from mechscope.dictionaries.transcoder_set import MANIFEST, layer_file, read_dictionary_file
-    from mechscope.dictionaries.store import model_fingerprint
-
-    manifest = json.loads((path / MANIFEST).read_text())
-    if model_fingerprint(m.module) != manifest["model_fingerprint"]:
-        raise SystemExit(f"{path} was trained on another model than {manifest.get('model')!r} as loaded here")
-    missing = [l for l in layers if not (path / layer_file(l)).is_file()]
-    if missing:
-        raise SystemExit(f"{path} is still training and has no transcoder yet for layers {missing}")
-    return {l: read_dictionary_file(path / layer_file(l))[0] for l in layers}
-
-
 def prompts(m, model: str, n: int, tokens: int) -> tuple:
     """((n, tokens) held-out prompts, positions to leave unreplaced): textlm's test stream for the zoo's
     text models, else the test documents in the model's own tokens with BOS first (BOS left to its MLPs:
@@ -159,7 +144,9 @@ def main() -> None:
         checks["exactness"] = {"target": "<= 1e-4", "got": g.exactness, "pass": g.exactness <= 1e-4}
     else:
         if a.transcoders and a.layers and unfinished_set(a.transcoders):
-            tcs = finished_layers(a.transcoders, parse_layers(a.layers), m)
+            from mechscope.dictionaries.transcoder_set import load_finished_layers
+
+            tcs = load_finished_layers(a.transcoders, m, parse_layers(a.layers))
         else:
             tcs = G.load_transcoders(a.transcoders, model=a.model, adapter=m) if a.transcoders else {}
         if a.layers:

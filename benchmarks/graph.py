@@ -281,8 +281,9 @@ def autograd_check() -> tuple[dict, dict]:
 
 
 # --- circuit-tracer on SmolLM2-135M --------------------------------------------------------------
-def smollm2():
-    """(Hugging Face model in float32, tokenizer, directory) of SmolLM2-135M from mechscope's converted copy."""
+def smollm2(tokenizer_dir: str):
+    """(Hugging Face model in float32, tokenizer, directory) of SmolLM2-135M from mechscope's converted copy;
+    the tokenizer is saved into `tokenizer_dir`, which must outlive the TransformerLens model built with it."""
     import transformers
 
     from mechscope.models.load import NAMED
@@ -299,9 +300,8 @@ def smollm2():
     fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(Path(path) / "tokenizer.json"),
                                                 bos_token="<|im_start|>", eos_token="<|im_end|>",
                                                 unk_token="<|endoftext|>", pad_token="<|im_end|>")
-    tmp = tempfile.mkdtemp(prefix="graph-bench-tokenizer-")
-    fast.save_pretrained(tmp)  # TransformerLens reloads its tokenizer by name
-    return hf, transformers.AutoTokenizer.from_pretrained(tmp), Path(path)
+    fast.save_pretrained(tokenizer_dir)  # TransformerLens reloads its tokenizer by name
+    return hf, transformers.AutoTokenizer.from_pretrained(tokenizer_dir), Path(path)
 
 
 def ct_transcoders(ours: dict, k: int):
@@ -349,7 +349,9 @@ def ct_comparison(args) -> tuple[dict, dict]:
     from circuit_tracer import attribute as ct_attribute
     from mechscope import graphs as G
 
-    hf, tokenizer, path = smollm2()
+    # removed with the object, when this function returns or raises
+    tokenizer_dir = tempfile.TemporaryDirectory(prefix="graph-bench-tokenizer-")
+    hf, tokenizer, path = smollm2(tokenizer_dir.name)
     model = ms.wrap(hf)
     n_layers, d_model = hf.config.num_hidden_layers, hf.config.hidden_size
     ours = random_transcoders(model, n_layers, d_model, args.d_sae, args.k)

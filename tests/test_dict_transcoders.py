@@ -191,6 +191,27 @@ def _run_config(**kw) -> TranscoderRunConfig:
     return TranscoderRunConfig(**(base | kw))
 
 
+def test_the_finished_layers_of_a_set_still_training_load_and_check_the_model(tmp_path):
+    from mechscope.dictionaries.transcoder_set import (layer_file, load_finished_layers, write_dictionary_file,
+                                                       write_manifest)
+
+    model = _relu_gpt2()
+    full = _exact_set(model, "per-layer")
+    path = tmp_path / "set"
+    path.mkdir()
+    write_manifest(path, {**full.manifest, "trained": False})  # layer 1 is still training
+    write_dictionary_file(path / layer_file(0), full.transcoders[0], {})
+    for got in (load_finished_layers(path, model), load_finished_layers(path, model, [0])):
+        assert list(got) == [0] and dl.weights_equal(got[0], full.transcoders[0])
+    with pytest.raises(DictionaryFileError, match=r"no transcoder yet for layers \[1\]"):
+        load_finished_layers(path, model, [0, 1])
+    with pytest.raises(DictionaryFileError, match="trained on another model"):
+        load_finished_layers(path, ms.wrap(build("gpt2")))
+    (path / layer_file(0)).unlink()
+    with pytest.raises(DictionaryFileError, match="no layer is trained yet"):
+        load_finished_layers(path, model)
+
+
 @pytest.mark.parametrize("kw", [dict(skip=True), dict(clt=True)], ids=["skip", "clt"])
 def test_transcoder_set_round_trip_is_exact_and_checks_the_model(tmp_path, kw):
     model = ms.wrap(build("gpt2"))

@@ -196,6 +196,27 @@ def test_shared_memory_sum_gives_every_rank_the_sum_in_rank_order():
     assert not list(Path("/dev/shm").glob(f"mechscope-grads-{os.getpid()}-*"))  # the file's name is gone
 
 
+@pytest.mark.parametrize("fails", ["share", "barrier"])
+def test_rank_0_removes_the_shared_memory_file_when_a_peer_fails_during_attach(fails):
+    made = []
+
+    def dead_peer() -> None:  # a peer died or timed out: the process group raises
+        raise RuntimeError("peer gone")
+
+    def share(name: str) -> str:
+        made.append(name)
+        assert Path(name).exists()  # rank 0 created the file before the broadcast
+        if fails == "share":
+            dead_peer()
+        return name
+
+    barrier = dead_peer if fails == "barrier" else (lambda: None)
+    with pytest.raises(RuntimeError, match="peer gone"):
+        SharedMemorySum(1001, torch.float32, 0, 2, barrier, share)
+    assert made and not Path(made[0]).exists()
+    assert not list(Path("/dev/shm").glob(f"mechscope-grads-{os.getpid()}-*"))
+
+
 def test_a_world_size_that_does_not_divide_the_shards_is_refused(store):
     with pytest.raises(ValueError, match=r"8 training shards, which 3 processes cannot share equally.*\[1, 2, 4, 8\]"):
         rank_batches(store, [SITE], 256, 0, 3)

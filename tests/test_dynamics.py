@@ -294,6 +294,43 @@ def test_llc_in_two_worker_processes_equals_one_process():
     assert m.unavailable == measure_series(series, held, llc=True, llc_settings=bad, progress=False).unavailable
 
 
+def _slow_llc_worker(i: int):  # a checkpoint whose LLC estimate outlasts the run that asked for it
+    import time
+    time.sleep(60)
+
+
+def test_an_error_in_the_main_loop_stops_the_llc_workers(monkeypatch):
+    """A run that fails while its workers estimate does not wait for them: they end with it."""
+    import os
+    import time
+
+    import psutil
+
+    import mechscope.dynamics.measures as measures
+
+    mods = [_tiny(s) for s in range(3)]
+    series = _series_of(mods, [1, 2, 3])
+    if measures.llc_workers_possible(series) is not None:
+        pytest.skip(measures.llc_workers_possible(series))
+    parent = os.getpid()
+
+    def broken(m=mods[1]):
+        if os.getpid() == parent:
+            raise RuntimeError("checkpoint 2 is unreadable")
+        return m.mechscope_adapter()
+
+    series.loaders[1] = broken
+    monkeypatch.setattr(measures, "_llc_worker", _slow_llc_worker)
+    held = {"heldout": HeldOut.next_token(torch.randint(0, 10, (16, 12), generator=torch.Generator().manual_seed(5)))}
+    before = {p.pid for p in psutil.Process().children()}
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="checkpoint 2 is unreadable"):
+        measure_series(series, held, llc=True, progress=False, workers=2)
+    assert time.monotonic() - start < 30  # not the 60 s the running estimates would take
+    assert not [p for p in psutil.Process().children() if p.pid not in before and p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE]
+
+
 def test_from_paths_names_a_missing_checkpoint_and_an_unknown_zoo_run(tmp_path, monkeypatch):
     from mechscope.core.errors import LoadError
 

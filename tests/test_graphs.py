@@ -141,7 +141,7 @@ def test_llama_rms_norm_freezing_is_exact_with_a_layer_left_as_error():
     assert graph.linearity_error <= 1e-5  # Llama's RMSNorm computes in float32 even in a float64 model
     assert not any(n.kind is NodeKind.LATENT and n.layer == 0 for n in graph.nodes)
     assert check_edges(rep, graph, n_targets=4) >= 20
-    # float32, as the model runs for real: within the brief's 1e-4
+    # float32, as the model runs for real: within 1e-4
     rep32 = G.LocalReplacement.build(ms.wrap(build("llama_gqa")), ids, {1: transcoder(1, 64, n=48, k=6,
                                                                                        dtype=torch.float32)})
     assert rep32.exactness <= 1e-4

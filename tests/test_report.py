@@ -140,3 +140,13 @@ def test_the_renderers_never_hand_text_to_the_html_parser():
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "DOMParser",
                      "createContextualFragment", "srcdoc", "eval(", "Function("):
             assert sink not in js, (name, sink)
+
+
+def test_a_study_with_numeric_column_headers_and_caption_renders():
+    from mechscope.report.html import _study_html
+
+    study = {"name": "sweep", "sections": [{"heading": 3, "text": "k <= 8", "tables": [
+        {"columns": ["k", 8, 16.5], "rows": [["loss", 0.25, 0.5]], "caption": 2026}]}]}
+    out = _study_html(study)
+    assert "<th" in out and ">8</th>" in out and ">16.5</th>" in out and ">2026</caption>" in out
+    assert "k &lt;= 8" in out and ">0.25<" in out

@@ -29,13 +29,13 @@ def fmt(x: Any, digits: int = 4) -> str:
 
 def table(rows: Iterable[Sequence[Any]], header: Sequence[str] | None = None, caption: str = "",
           raw: bool = False) -> str:
-    """An HTML table; cells are escaped unless `raw`."""
+    """An HTML table; cells are escaped unless `raw`; the header and caption may be any values (shown as text)."""
     cell = (lambda v: str(v)) if raw else (lambda v: html.escape(fmt(v)))
     out = [f'<div style="{_TABLE}"><table>']
     if caption:
-        out.append(f'<caption style="text-align:left;font-weight:600;padding:2px 0">{html.escape(caption)}</caption>')
+        out.append(f'<caption style="text-align:left;font-weight:600;padding:2px 0">{html.escape(str(caption))}</caption>')
     if header:
-        out.append("<thead><tr>" + "".join(f'<th style="{_HEAD}">{html.escape(h)}</th>' for h in header)
+        out.append("<thead><tr>" + "".join(f'<th style="{_HEAD}">{html.escape(str(h))}</th>' for h in header)
                    + "</tr></thead>")
     out.append("<tbody>")
     for r in rows:

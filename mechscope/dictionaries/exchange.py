@@ -102,20 +102,23 @@ class SharedMemorySum:
         if rank == 0:
             path = str(SHM_DIR / f"mechscope-grads-{os.getpid()}-{secrets.token_hex(6)}")
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            try:  # the pages are reserved now: a full /dev/shm fails here, not as SIGBUS mid-training
-                os.posix_fallocate(fd, 0, size * torch.empty((), dtype=dtype).element_size())
-            except OSError:
-                os.close(fd)
-                os.unlink(path)
-                raise
-            os.close(fd)
-        path = share(path)
-        try:
-            self.slots = torch.from_file(path, shared=True, size=size, dtype=dtype).view(world, numel)
-        finally:
-            barrier()  # every rank has mapped the file: its name can go (the mappings stay)
+        try:  # rank 0 unlinks the file however this ends: a failed share or barrier leaves nothing in /dev/shm
             if rank == 0:
-                os.unlink(path)
+                try:  # the pages are reserved now: a full /dev/shm fails here, not as SIGBUS mid-training
+                    os.posix_fallocate(fd, 0, size * torch.empty((), dtype=dtype).element_size())
+                finally:
+                    os.close(fd)
+            path = share(path)
+            try:
+                self.slots = torch.from_file(path, shared=True, size=size, dtype=dtype).view(world, numel)
+            finally:
+                barrier()  # every rank has mapped the file: its name can go (the mappings stay)
+        finally:
+            if rank == 0:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
         bounds = [numel * r // world for r in range(world + 1)]
         self.chunk = slice(bounds[rank], bounds[rank + 1])
 

@@ -146,6 +146,34 @@ def load_transcoder_set(path: str | Path, model: Any = None) -> TranscoderSet:
     return tset
 
 
+def load_finished_layers(path: str | Path, model: Any, layers: list[int] | None = None) -> dict[int, Dictionary]:
+    """layer -> transcoder of a per-layer set that may still be training: `layers`, or (None) every layer it
+    has finished. A layer's file is written whole once trained and its digest is checked on reading; the
+    set's model fingerprint is checked against `model`'s.
+
+    Example::
+
+        from mechscope.dictionaries.transcoder_set import load_finished_layers
+        tcs = load_finished_layers("runs/smollm2-tc", ms.load("smollm2-135m"))   # the layers done so far
+    """
+    path = Path(path)
+    manifest = read_json(path / MANIFEST)
+    if manifest.get("model_fingerprint") != model_fingerprint(model.module):
+        raise DictionaryFileError(f"{path} was trained on another model than the one given (the set's fingerprint "
+                                  f"{manifest.get('model_fingerprint')}, model {manifest.get('model')!r}); "
+                                  "load the model it was trained on")
+    if layers is None:
+        layers = [int(layer) for layer in manifest.get("layers", []) if (path / layer_file(int(layer))).is_file()]
+        if not layers:
+            raise DictionaryFileError(f"{path}: no layer is trained yet; wait for `mechscope dict transcoders` "
+                                      "to write one")
+    missing = [layer for layer in layers if not (path / layer_file(layer)).is_file()]
+    if missing:
+        raise DictionaryFileError(f"{path} has no transcoder yet for layers {missing} (still training, or not "
+                                  "among its layers)")
+    return {layer: read_dictionary_file(path / layer_file(layer))[0] for layer in layers}
+
+
 def check_model(tset: TranscoderSet, model: Any, path: Path | str = "the transcoder set") -> None:
     """Refuse a model other than the one the set was trained on, or whose sites have other widths."""
     m = tset.manifest

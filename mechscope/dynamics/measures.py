@@ -390,7 +390,17 @@ class _LLCPool:
         return self.futures[i].result()
 
     def close(self) -> None:
+        """Drop the pending checkpoints and wait for the running ones (the normal end of a run)."""
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def stop(self) -> None:
+        """Drop the pending checkpoints and end the running ones now (the run failed or was interrupted)."""
+        processes = list((self.executor._processes or {}).values())  # shutdown forgets them
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            p.join()
 
 
 def probe_length(model: Any) -> int:
@@ -473,9 +483,12 @@ def measure_series(series: CheckpointSeries, data: dict[str, HeldOut] | None = N
                     unavailable["llc"] = failed
                     break
                 _put_llc(rows, i, result, llc_warnings)
-    finally:
-        if pool is not None:  # also on an error or an interrupt here: the pending checkpoints are dropped
-            pool.close()
+    except BaseException:
+        if pool is not None:  # an error or an interrupt here: the workers stop with the run
+            pool.stop()
+        raise
+    if pool is not None:
+        pool.close()
     if not llc:
         unavailable["llc"] = "not asked for (--no-llc)"
     elif "heldout" not in data:

@@ -323,7 +323,8 @@ def _rows(rep: LocalReplacement, act_at, chosen: list[int], demean: bool, unembe
     outs, outs_n = None, 0
     for n, ids in progress_bar(blocks, desc="graph rows"):
         if n != outs_n:
-            outs = None  # free the previous prefix's graph before building the next
+            # free the previous prefix's graph before building the next: drop every name that holds it
+            outs = seen = logits = outputs = x = None
             seen, logits = _frozen_run(rep, E, M, unembed, n)
             outs, outs_n = {**seen, "logits": logits}, n
         b = len(ids)

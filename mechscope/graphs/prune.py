@@ -260,8 +260,8 @@ def _top_edges(A: Tensor, kept: _Flow, w: Tensor, keep: Tensor, share: float) ->
     bins = 64 * 2100  # log2 of a float64 score lies within about ±1075
     hist = torch.zeros(bins, dtype=torch.float64)
 
-    def bin_of(x: Tensor) -> Tensor:
-        return ((torch.log2(x) + 1075) * 64).long().clamp(0, bins - 1)
+    def bin_of(x: Tensor) -> Tensor:  # scores below 1e-300 share the lowest bins, the same in both passes
+        return ((torch.log2(x.clamp_min(1e-300)) + 1075) * 64).long().clamp(0, bins - 1)
 
     for _, sc in _edge_score_rows(A, kept, w, keep):
         pos = sc[sc > 0]
@@ -272,7 +272,7 @@ def _top_edges(A: Tensor, kept: _Flow, w: Tensor, keep: Tensor, share: float) ->
     rest = goal - float(above[cut + 1]) if cut + 1 < bins else goal
     cand_ids, cand_vals = [], []
     for part, sc in _edge_score_rows(A, kept, w, keep):
-        b = torch.where(sc > 0, bin_of(sc.clamp_min(1e-300)), torch.full_like(sc, -1, dtype=torch.long))
+        b = torch.where(sc > 0, bin_of(sc), torch.full_like(sc, -1, dtype=torch.long))
         edges[part] = b > cut
         t, s = (b == cut).nonzero(as_tuple=True)
         cand_ids.append(part[t] * N + s)

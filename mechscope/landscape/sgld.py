@@ -363,7 +363,9 @@ def _step(selected: list[Selected], origin: list[Tensor], nbeta: float, eps: flo
     The arithmetic runs over the whole parameter list at once (`torch._foreach_*`); per entry it is
     the same operations in the same order as a per-parameter loop, and the noise is drawn parameter
     by parameter from `noise_gen` in the list's order, so a chain's draws are bit for bit those of
-    that loop."""
+    that loop. The price is memory: the drift, the pull and the noise of every selected parameter are
+    held at once (about 3x the selected parameters' size, plus a copy of each masked parameter),
+    where a loop would hold one parameter's."""
     params = [s.param for s in selected]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     drift = torch._foreach_mul(grads, nbeta)
