@@ -257,25 +257,17 @@ def study_transcoders(path: str | Path, model: Any, partial: bool = False, log: 
     """layer -> transcoder from `path` (`graphs.load_transcoders`). With `partial`, a transcoder set still being
     trained gives the layers it has finished (each file's digest checked, the set's model fingerprint against
     `model`'s); the other layers are error nodes in the graphs and untouched by the interventions."""
-    from ..dictionaries.files import DictionaryFileError, read_json
-    from ..dictionaries.store import model_fingerprint
-    from ..dictionaries.transcoder_set import MANIFEST, layer_file, read_dictionary_file
+    from ..dictionaries.files import read_json
+    from ..dictionaries.transcoder_set import MANIFEST, load_finished_layers
     from ..graphs import load_transcoders
 
     path = Path(path)
     man = path / MANIFEST
-    if not (partial and man.is_file()):
+    if not (partial and man.is_file()) or read_json(man).get("trained"):
         return load_transcoders(path, adapter=model)
-    m = read_json(man)
-    if m.get("trained"):
-        return load_transcoders(path, adapter=model)
-    if m.get("model_fingerprint") != model_fingerprint(model.module):
-        raise DictionaryFileError(f"{path} was trained on another model (fingerprint {m.get('model_fingerprint')})")
-    done = [int(layer) for layer in m.get("layers", []) if (path / layer_file(int(layer))).is_file()]
-    if not done:
-        raise DictionaryFileError(f"{path}: no layer is trained yet; wait for `mechscope dict transcoders` to write one")
-    log(f"{path} is still being trained: using its finished layers {done}")
-    return {layer: read_dictionary_file(path / layer_file(layer))[0] for layer in done}
+    done = load_finished_layers(path, model)
+    log(f"{path} is still being trained: using its finished layers {sorted(done)}")
+    return done
 
 
 # --- 1. behaviour -------------------------------------------------------------------------------------
