@@ -169,6 +169,7 @@ class Latents:
 
     @staticmethod
     def of(model: Any, transcoders: dict, bos: bool = False) -> "Latents":
+        """The latents of `transcoders` (layer -> transcoder) on `model`, with its unembedding."""
         from ..graphs import latent_layers
 
         w = model.weights()
@@ -177,6 +178,7 @@ class Latents:
         return Latents(model, latent_layers(model, transcoders, d_model), w.W_U.detach(), n_layers, bos)
 
     def ids(self, text: str) -> Tensor:
+        """(1, pos) token ids of `text`, BOS first when the study uses it."""
         return self.model.to_tokens(text, prepend_bos=self.bos)["input_ids"]
 
     def encode(self, l: int, x: Tensor) -> Tensor:
@@ -233,6 +235,7 @@ class Latents:
         return _logits(run(self.model, ids, interventions=ivs).logits)[0, -1].double()
 
     def clean(self, ids: Tensor) -> Tensor:
+        """(vocab,) the model's own logits at the last position, float64."""
         return _logits(run(self.model, ids).logits)[0, -1].double()
 
 
