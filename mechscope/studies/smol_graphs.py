@@ -196,7 +196,7 @@ class Latents:
         return {l: self.encode(l, res.cache[lat.reads][0]) for l, lat in self.layers.items()}
 
     def attribution(self, ids: Tensor, target: int) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
-        """(codes, scores): layer -> (pos, n); scores[l][p, f] = code x <W_dec[f], d metric / d mlp_out[l][p]>,
+        """(codes, scores): layer -> (pos, n); `scores[l][p, f] = code x <W_dec[f], d metric / d mlp_out[l][p]>`,
         the first-order effect of the latent on the target's logit minus the mean logit (what removing it
         would lower that by, to first order)."""
         sites = [Site(Kind.MLP_OUT, l) for l in self.layers]
