@@ -42,7 +42,9 @@ same for the independent run), `healthy` (no warning on mechscope's side). Figur
 estimates, their per-chain values and standard errors, the ratio, the largest difference of the
 matched loss traces, seconds per side.
 
-Usage:  .venv-devinterp/bin/python benchmarks/llc_devinterp.py [--step N] [--draws N] [--quick]
+`--vectorize` runs mechscope's chains as one vmapped pass (`sample(vectorize=True)`).
+
+Usage:  .venv-devinterp/bin/python benchmarks/llc_devinterp.py [--step N] [--draws N] [--vectorize] [--quick]
         (bash benchmarks/setup_env.sh devinterp creates .venv-devinterp)
 """
 
@@ -138,7 +140,8 @@ def run_mechscope(model, ids: torch.Tensor, a: argparse.Namespace, nbeta: float,
     cfg = SGLDConfig(step_size=a.eps, localization=a.gamma, nbeta=nbeta, chains=a.chains, draws=a.draws,
                      burn_in=0, batch_size=a.batch, seed=seed)
     t0 = time.perf_counter()
-    est = estimate_llc(model, ids, config=cfg, batches=loader_order(ids.shape[0], a.batch, seed) if matched else None)
+    est = estimate_llc(model, ids, config=cfg, batches=loader_order(ids.shape[0], a.batch, seed) if matched else None,
+                       vectorize=a.vectorize)
     seconds = time.perf_counter() - t0
     return {"llc": est.llc, "per_chain": list(est.per_chain), "se": est.std_error, "init_loss": est.init_loss,
             "traces": est.traces, "warnings": list(est.warnings), "seconds": seconds}
@@ -156,12 +159,13 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=100, help="devinterp's init_seed, and mechscope's in the matched run")
     p.add_argument("--quick", action="store_true", help="2 chains x 40 draws: a smoke test (its checks may fail)")
+    p.add_argument("--vectorize", action="store_true", help="mechscope runs its chains vmapped (sample(vectorize=True))")
     a = p.parse_args()
     if a.quick:
         a.chains, a.draws = 2, 40
     torch.set_num_threads(1)
     figures: dict = {"eps": a.eps, "gamma": a.gamma, "chains": a.chains, "draws": a.draws, "batch": a.batch,
-                     "n": a.n, "seed": a.seed}
+                     "n": a.n, "seed": a.seed, "vectorize": a.vectorize}
     checks: dict = {}
     start = cpu_snapshot()
     try:

@@ -418,3 +418,111 @@ def test_the_fused_sgld_step_equals_a_per_parameter_loop_bit_for_bit():
                 assert s.param.grad is None
     w0 = origin[0]
     assert torch.equal(net[0].weight[~mask], w0[~mask]) and not torch.equal(net[0].weight[mask], w0[mask])
+
+
+def test_the_stacked_sgld_step_equals_the_per_chain_step_bit_for_bit():
+    """`_step_stacked` updates every chain's row of stacked weights at once; `_step` on each chain's own
+    copy, with the same gradients and the chain's generator, gives the same bits (a masked and an
+    unmasked parameter, with and without the pull, a stopped chain that keeps its weights)."""
+    from mechscope.landscape.sgld import _step, _step_stacked, select_parameters
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
+    mask = torch.rand(4, 5, generator=torch.Generator().manual_seed(1)) < 0.5
+    chosen = {"0.weight": mask, "0.bias": None, "1.weight": None}
+    selected = select_parameters(net, chosen)
+    origin = [s.param.detach().clone() for s in selected]
+    chains = 3
+    stacked = [w0.unsqueeze(0).repeat(chains, *([1] * w0.dim())) for w0 in origin]
+    masks = [None if s.mask is None else s.mask.unsqueeze(0) for s in selected]
+    grad_gen = torch.Generator().manual_seed(2)
+    for gamma in (100.0, 0.0):
+        gens = [torch.Generator().manual_seed(10 + c) for c in range(chains)]
+        twins = [torch.Generator().manual_seed(10 + c) for c in range(chains)]
+        per_chain = [[w[c].clone() for w in stacked] for c in range(chains)]
+        for step in range(4):
+            active = [True, step < 2, True]  # chain 1 stops after two steps
+            grads = [torch.randn(w.shape, generator=grad_gen) for w in stacked]
+            _step_stacked(stacked, grads, origin, masks, active, 37.5, 1e-3, gamma, gens)
+            for c in range(chains):
+                if not active[c]:
+                    continue
+                with torch.no_grad():
+                    for s, w in zip(selected, per_chain[c]):
+                        s.param.copy_(w)
+                for s, g in zip(selected, grads):
+                    s.param.grad = g[c].clone()
+                _step(selected, origin, 37.5, 1e-3, gamma, twins[c])
+                per_chain[c] = [s.param.detach().clone() for s in selected]
+            for c in range(chains):
+                for w, mine in zip(stacked, per_chain[c]):
+                    assert torch.equal(w[c], mine), (gamma, step, c)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_vectorized_chains_equal_the_loop(shared):
+    """All chains in one vmapped pass give the losses of the chain-after-chain loop up to float rounding:
+    the whole model, a head's masked rows, a component; shared and per-chain minibatches. The weights
+    come back bit for bit."""
+    model = _tiny()
+    ids = _tokens()
+    before = _bits(model.module)
+    heads = components(model, per_head=True)
+    cfg = SGLDConfig(chains=3, draws=12, batch_size=8, step_size=1e-3, shared_batches=shared)
+    loss = lambda b: lm_loss(model, b)  # noqa: E731
+    for params in (None, heads["blocks.1.attn.0"], heads["unembed"]):
+        loop = sample(loss, model.module, ids, cfg, params, progress=False)
+        vec = sample(loss, model.module, ids, cfg, params, progress=False, vectorize=True)
+        assert vec.stopped == loop.stopped == (None, None, None)
+        assert vec.sampled == loop.sampled and vec.n_sampled == loop.n_sampled
+        assert torch.allclose(vec.losses, loop.losses, rtol=0, atol=1e-5), float((vec.losses - loop.losses).abs().max())
+        assert not torch.equal(vec.losses[0], vec.losses[1])  # the chains differ by their noise
+        assert _same_bits(before, _bits(model.module))
+    if shared:
+        est = estimate_llc(model, ids, config=cfg, progress=False, vectorize=True)
+        ref = estimate_llc(model, ids, config=cfg, progress=False)
+        assert est.llc == pytest.approx(ref.llc, rel=1e-4)
+
+
+def test_vectorized_chains_stop_like_the_loop():
+    """A step size that makes the chains blow up: each chain stops at the step the loop's chain stops at,
+    NaN after it, and the others go on."""
+    model, x, y = _regression(200, 3)
+    cfg = SGLDConfig(step_size=0.5, localization=0.0, nbeta=200.0, chains=3, draws=40, batch_size=20)
+    loop = sample(lambda b: mse_loss(model, b), model, (x, y), cfg, progress=False)
+    vec = sample(lambda b: mse_loss(model, b), model, (x, y), cfg, progress=False, vectorize=True)
+    assert all(s is not None for s in loop.stopped)
+    assert vec.stopped == loop.stopped
+    assert torch.equal(torch.isnan(vec.losses), torch.isnan(loop.losses))
+
+
+def test_vectorized_falls_back_to_the_loop(monkeypatch, capsys):
+    """A loss vmap cannot run (a random op, `.item()`), or minibatches of different sizes per chain: the
+    chains run one after another, with a note, and give the loop's results exactly."""
+    monkeypatch.setenv("MECHSCOPE_PROGRESS", "lines")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.2), nn.Linear(8, 1))
+    x = torch.randn(64, 3)
+    y = x.sum(1, keepdim=True)
+    cfg = SGLDConfig(step_size=1e-4, chains=2, draws=10, batch_size=8)
+
+    def with_item(b):
+        value = mse_loss(net, b)
+        if value.item() < 0:  # data-dependent control flow
+            raise AssertionError
+        return value
+
+    for loss, mode in ((lambda b: mse_loss(net, b), "train"), (with_item, "eval")):
+        getattr(net, mode)()
+        torch.manual_seed(1)
+        vec = sample(loss, net, (x, y), cfg, progress=False, vectorize=True)
+        torch.manual_seed(1)
+        loop = sample(loss, net, (x, y), cfg, progress=False)
+        assert torch.equal(vec.losses, loop.losses)
+        assert "the chains run one after another (the loss cannot be vmapped" in capsys.readouterr().err
+    net.eval()
+    sizes = lambda chain: iter([torch.arange(4 + chain)] * 10)  # noqa: E731
+    vec = sample(lambda b: mse_loss(net, b), net, (x, y), cfg, batches=sizes, progress=False, vectorize=True)
+    loop = sample(lambda b: mse_loss(net, b), net, (x, y), cfg, batches=sizes, progress=False)
+    assert torch.equal(vec.losses, loop.losses)
+    assert "minibatches differ in size at step 0" in capsys.readouterr().err

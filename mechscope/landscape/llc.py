@@ -185,14 +185,14 @@ def full_loss(loss: Callable[[Batch], Tensor], data: Batch, batch_size: int) -> 
 def estimate_llc(model: Any, data: Batch, *, loss: Loss | None = None, params: ParamSelector = None,
                  config: SGLDConfig = SGLDConfig(), init_loss: float | None = None, eval_batch_size: int = 256,
                  batches: Callable[[int], Iterable[Tensor]] | None = None, progress: bool = True,
-                 component: str | None = None) -> LLCEstimate:
+                 component: str | None = None, vectorize: bool = False) -> LLCEstimate:
     """The LLC of `model` at its current weights, sampling only `params` (default: all of them).
 
     `data`: examples along dim 0, token ids (n, pos) or a tuple (x, y); `loss(model, batch)` the mean
     loss (default `lm_loss` for a mechscope adapter; required for a plain module). `init_loss`
     overrides L_n(w*) (default: computed over all of `data` in batches of `eval_batch_size`).
-    `batches(chain)` replaces the minibatch order (see `sgld.sample`). The weights are restored
-    exactly afterwards. Raises LandscapeError for an empty parameter set or a non-finite L_n(w*).
+    `batches(chain)` replaces the minibatch order, `vectorize=True` runs the chains as one vmapped
+    pass (both: see `sgld.sample`). The weights are restored exactly afterwards. Raises LandscapeError for an empty parameter set or a non-finite L_n(w*).
 
     Example::
 
@@ -217,7 +217,7 @@ def estimate_llc(model: Any, data: Batch, *, loss: Loss | None = None, params: P
         raise LandscapeError(f"the loss at the starting weights w* is {init_loss}: the LLC is defined around a "
                              "point of finite loss (check the data, the loss function and the weights)")
     chains = sample(on_batch, module, data, config, params, batches=batches, progress=progress,
-                    desc=f"llc {component}" if component else "llc")
+                    desc=f"llc {component}" if component else "llc", vectorize=vectorize)
     draws = chains.losses[:, config.burn_in:]  # (chains, draws)
     finite = torch.isfinite(draws).all(1)
     per_chain = torch.where(finite, chains.nbeta * (draws.mean(1) - init_loss), torch.nan)
@@ -265,7 +265,8 @@ def _diagnose(losses: Tensor, stopped: tuple[int | None, ...], draws: Tensor, pe
 def estimate_llc_components(model: Any, data: Batch, *,
                             components: Mapping[str, Component] | Iterable[str] | None = None, loss: Loss | None = None,
                             config: SGLDConfig = SGLDConfig(), per_head: bool = False, init_loss: float | None = None,
-                            eval_batch_size: int = 256, progress: bool = True) -> dict[str, LLCEstimate]:
+                            eval_batch_size: int = 256, progress: bool = True,
+                            vectorize: bool = False) -> dict[str, LLCEstimate]:
     """One LLC estimate per component (`components.components(model)`, or the names / Components given):
     SGLD moves that component's weights only, every other weight frozen at w*. L_n(w*) is computed once
     (or taken from `init_loss`, e.g. a whole-model estimate's `init_loss` on the same data).
@@ -300,7 +301,8 @@ def estimate_llc_components(model: Any, data: Batch, *,
         with restored(module):
             init = full_loss(lambda b: lossf(model, b), data, eval_batch_size)
     return {name: estimate_llc(model, data, loss=lossf, params=comp, config=config, init_loss=init,
-                               eval_batch_size=eval_batch_size, progress=progress, component=name)
+                               eval_batch_size=eval_batch_size, progress=progress, component=name,
+                               vectorize=vectorize)
             for name, comp in chosen.items()}
 
 

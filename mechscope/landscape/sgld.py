@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.errors import MechscopeError
-from ..core.progress import progress_bar
+from ..core.progress import note, progress_bar
 
 Batch = Union[Tensor, tuple[Tensor, ...]]
 """Examples along dim 0: one tensor (token ids) or a tuple of tensors of equal length (x, y)."""
@@ -287,7 +287,7 @@ class Chains:
 
 def sample(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, config: SGLDConfig = SGLDConfig(),
            params: ParamSelector = None, *, batches: Callable[[int], Iterable[Tensor]] | None = None,
-           progress: bool = True, desc: str = "sgld") -> Chains:
+           progress: bool = True, desc: str = "sgld", vectorize: bool = False) -> Chains:
     """Run `config.chains` localised SGLD chains from the module's current weights w*, moving only
     the parameters `params` selects, and return the minibatch losses along the way.
 
@@ -296,63 +296,220 @@ def sample(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, conf
     tensors into `data` (to reproduce another tool's order). The module's weights are restored
     exactly afterwards (also on an exception).
 
+    `vectorize=True` runs all chains at once: one batched forward and backward per step
+    (`torch.func.vmap` of `torch.func.grad` over the chains' stacked copies of the sampled
+    parameters, through `torch.func.functional_call`), with the same seeds, noise and minibatches
+    per chain, so the losses are those of the chain-after-chain loop up to float rounding. It pays
+    where a step is mostly per-operation overhead (small networks, small batches); where the
+    step's arithmetic dominates, batched kernels can be slower than the loop (measured in the
+    README's "Loss landscape" section). When the loss cannot be vmapped (e.g. `.item()` inside it,
+    data-dependent shapes, random ops) or the chains' minibatches differ in size, the chains run
+    one after another instead, with a note saying why.
+
     Example::
 
         from mechscope.landscape import SGLDConfig, mse_loss, sample
         chains = sample(lambda b: mse_loss(net, b), net, (x, y), SGLDConfig(chains=2, draws=100))
         chains.losses                            # (chains, burn_in + draws)
+        sample(lambda b: mse_loss(net, b), net, (x, y), vectorize=True)   # all chains in one pass
     """
     n = n_examples(data)
     selected = select_parameters(module, params)
     nbeta = config.nbeta_for(n)
-    eps, gamma = float(config.step_size), float(config.localization)
     losses = torch.full((config.chains, config.steps), float("nan"), dtype=torch.float64)
-    stopped: list[int | None] = []
+    stopped: list[int | None] | None = None
     with restored(module):
-        chosen = {id(s.param) for s in selected}
-        for p in module.parameters():
-            p.requires_grad_(id(p) in chosen)
-            p.grad = None
-        origin = [s.param.detach().clone() for s in selected]  # w*
-        bar = progress_bar(total=config.chains * config.steps, desc=desc, unit="step", disable=not progress)
-        try:
-            for chain in range(config.chains):
-                with torch.no_grad():
-                    for s, w0 in zip(selected, origin):
-                        s.param.copy_(w0)
-                device = selected[0].param.device
-                noise_gen = torch.Generator(device=device).manual_seed(config.seed + chain)
-                order = iter(batches(chain) if batches is not None else
-                             batch_order(n, config.batch_size, config.seed if config.shared_batches
-                                         else config.seed + chain))
-                stop: int | None = None
-                for step in range(config.steps):
-                    try:
-                        index = next(order)
-                    except StopIteration:
-                        raise LandscapeError(f"the minibatch order of chain {chain} ended after {step} steps; "
-                                             f"it must give {config.steps}") from None
-                    value = loss(take(data, index))
-                    if not isinstance(value, Tensor) or value.dim() != 0:
-                        raise LandscapeError("the loss must return one mean loss per batch as a 0-dim tensor, got "
-                                             + (f"shape {tuple(value.shape)}" if isinstance(value, Tensor)
-                                                else type(value).__name__))
-                    v = float(value.detach())
-                    losses[chain, step] = v
-                    if not math.isfinite(v):
-                        stop = step
-                        bar.update(config.steps - step)
-                        break
-                    value.backward()  # the selected parameters' grads are None here: `_step` clears them
-                    _step(selected, origin, nbeta, eps, gamma, noise_gen)
-                    bar.update(1)
-                stopped.append(stop)
-                done = losses[chain][torch.isfinite(losses[chain])]
-                if len(done):
-                    bar.set_postfix_str(f"chain {chain} mean loss {float(done.mean()):.4g}")
-        finally:
-            bar.close()
+        if vectorize:
+            try:
+                stopped = _sample_vectorized(loss, module, data, config, selected, nbeta, losses, batches,
+                                             progress, desc)
+            except _NotVectorizable as why:
+                note(f"{desc}: the chains run one after another ({why})")
+                losses.fill_(float("nan"))
+        if stopped is None:
+            stopped = _sample_sequential(loss, module, data, config, selected, nbeta, losses, batches,
+                                         progress, desc)
     return Chains(losses, tuple(stopped), nbeta, n, tuple(s.name for s in selected), sum(s.size for s in selected))
+
+
+def _orders(config: SGLDConfig, n: int, batches: Callable[[int], Iterable[Tensor]] | None) -> list[Iterator[Tensor]]:
+    """Each chain's minibatch order: `batches(chain)`, else `batch_order` seeded as the module docstring says."""
+    return [iter(batches(chain) if batches is not None else
+                 batch_order(n, config.batch_size, config.seed if config.shared_batches else config.seed + chain))
+            for chain in range(config.chains)]
+
+
+def _next_index(order: Iterator[Tensor], chain: int, step: int, config: SGLDConfig) -> Tensor:
+    try:
+        return next(order)
+    except StopIteration:
+        raise LandscapeError(f"the minibatch order of chain {chain} ended after {step} steps; "
+                             f"it must give {config.steps}") from None
+
+
+def _not_a_mean(value: Any) -> LandscapeError:
+    return LandscapeError("the loss must return one mean loss per batch as a 0-dim tensor, got "
+                          + (f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__))
+
+
+def _sample_sequential(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, config: SGLDConfig,
+                       selected: list[Selected], nbeta: float, losses: Tensor,
+                       batches: Callable[[int], Iterable[Tensor]] | None, progress: bool, desc: str) -> list[int | None]:
+    """The chains one after another, moving the module's own parameters; fills `losses`, returns `stopped`."""
+    eps, gamma = float(config.step_size), float(config.localization)
+    stopped: list[int | None] = []
+    chosen = {id(s.param) for s in selected}
+    for p in module.parameters():
+        p.requires_grad_(id(p) in chosen)
+        p.grad = None
+    origin = [s.param.detach().clone() for s in selected]  # w*
+    orders = _orders(config, n_examples(data), batches)
+    bar = progress_bar(total=config.chains * config.steps, desc=desc, unit="step", disable=not progress)
+    try:
+        for chain in range(config.chains):
+            with torch.no_grad():
+                for s, w0 in zip(selected, origin):
+                    s.param.copy_(w0)
+            device = selected[0].param.device
+            noise_gen = torch.Generator(device=device).manual_seed(config.seed + chain)
+            stop: int | None = None
+            for step in range(config.steps):
+                value = loss(take(data, _next_index(orders[chain], chain, step, config)))
+                if not isinstance(value, Tensor) or value.dim() != 0:
+                    raise _not_a_mean(value)
+                v = float(value.detach())
+                losses[chain, step] = v
+                if not math.isfinite(v):
+                    stop = step
+                    bar.update(config.steps - step)
+                    break
+                value.backward()  # the selected parameters' grads are None here: `_step` clears them
+                _step(selected, origin, nbeta, eps, gamma, noise_gen)
+                bar.update(1)
+            stopped.append(stop)
+            done = losses[chain][torch.isfinite(losses[chain])]
+            if len(done):
+                bar.set_postfix_str(f"chain {chain} mean loss {float(done.mean()):.4g}")
+    finally:
+        bar.close()
+    return stopped
+
+
+class _NotVectorizable(Exception):
+    """The chains cannot run as one vmapped pass (the message says why); they run one after another."""
+
+
+class _LossOf(nn.Module):
+    """The loss as a module around `module`, so `functional_call` can swap in a chain's parameters
+    (named `inner.<parameter name>`) while `loss(batch)` reads them through the module."""
+
+    def __init__(self, module: nn.Module, loss: Callable[[Batch], Tensor]):
+        super().__init__()
+        self.inner = module
+        self.loss = loss
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.loss(batch)
+
+
+def _sample_vectorized(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, config: SGLDConfig,
+                       selected: list[Selected], nbeta: float, losses: Tensor,
+                       batches: Callable[[int], Iterable[Tensor]] | None, progress: bool, desc: str) -> list[int | None]:
+    """All chains in one vmapped forward and backward per step; fills `losses`, returns `stopped`.
+
+    Chain c's sampled parameters are row c of stacked copies (chains, *shape); every other parameter
+    and buffer is the module's own, shared by the chains. Per chain the update is `_step`'s: the same
+    operations in the same order, the noise drawn parameter by parameter from the chain's generator
+    (seed + c), a stopped chain frozen and drawing nothing. Raises _NotVectorizable when the first
+    step cannot be vmapped or the chains' minibatches differ in size."""
+    from torch.func import functional_call, grad_and_value, vmap
+
+    eps, gamma = float(config.step_size), float(config.localization)
+    chains = config.chains
+    for p in module.parameters():  # only the stacked copies carry gradients
+        p.requires_grad_(False)
+        p.grad = None
+    wrapper = _LossOf(module, loss)
+    names = [f"inner.{s.name}" for s in selected]
+    origin = [s.param.detach().clone() for s in selected]  # w*
+    weights = [w0.unsqueeze(0).repeat(chains, *([1] * w0.dim())) for w0 in origin]  # (chains, *shape)
+    masks = [None if s.mask is None else s.mask.unsqueeze(0) for s in selected]
+    device = selected[0].param.device
+    gens = [torch.Generator(device=device).manual_seed(config.seed + c) for c in range(chains)]
+    orders = _orders(config, n_examples(data), batches)
+
+    def chain_loss(ws: list[Tensor], batch: Batch) -> Tensor:
+        value = functional_call(wrapper, dict(zip(names, ws)), (batch,))
+        if not isinstance(value, Tensor) or value.dim() != 0:
+            raise _not_a_mean(value)
+        return value
+
+    shared = vmap(grad_and_value(chain_loss), in_dims=(0, None))
+    own = vmap(grad_and_value(chain_loss), in_dims=(0, 0))
+    active = [True] * chains
+    stopped: list[int | None] = [None] * chains
+    bar = progress_bar(total=chains * config.steps, desc=desc, unit="step", disable=not progress)
+    try:
+        for step in range(config.steps):
+            index = [_next_index(orders[c], c, step, config) for c in range(chains)]
+            same = all(torch.equal(index[0], i) for i in index[1:])
+            if not same and len({tuple(i.shape) for i in index}) > 1:
+                raise _NotVectorizable(f"the chains' minibatches differ in size at step {step}")
+            try:
+                if same:
+                    grads, values = shared(weights, take(data, index[0]))
+                else:
+                    grads, values = own(weights, take(data, torch.stack(index)))
+            except LandscapeError:
+                raise
+            except Exception as e:  # noqa: BLE001 - only the first step decides; later errors are real
+                if step == 0:
+                    raise _NotVectorizable(f"the loss cannot be vmapped over the chains: {type(e).__name__}: "
+                                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
+                raise
+            values = values.detach().double().cpu()
+            for c in range(chains):
+                if not active[c]:
+                    continue
+                v = float(values[c])
+                losses[c, step] = v
+                if not math.isfinite(v):
+                    active[c] = False
+                    stopped[c] = step
+                    bar.update(config.steps - step)
+                else:
+                    bar.update(1)
+            if not any(active):
+                break
+            _step_stacked(weights, grads, origin, masks, active, nbeta, eps, gamma, gens)
+    finally:
+        bar.close()
+    return stopped
+
+
+@torch.no_grad()
+def _step_stacked(weights: list[Tensor], grads: list[Tensor], origin: list[Tensor], masks: list[Tensor | None],
+                  active: list[bool], nbeta: float, eps: float, gamma: float, gens: list[torch.Generator]) -> None:
+    """`_step` for every chain at once on stacked weights (chain, *shape), in place: the same operations
+    per entry, each active chain's noise drawn from its own generator parameter by parameter (in the
+    list's order, as `_step` draws it); a stopped chain keeps its weights and draws nothing."""
+    noise = [torch.zeros_like(w) for w in weights]
+    for c, gen in enumerate(gens):
+        if active[c]:
+            for w, z in zip(weights, noise):
+                z[c] = torch.normal(0.0, 1.0, size=w.shape[1:], generator=gen, device=w.device, dtype=w.dtype)
+    keep = None if all(active) else torch.tensor(active, device=weights[0].device)
+    for w, g, w0, mask, z in zip(weights, grads, origin, masks, noise):
+        drift = torch.mul(g, nbeta)
+        if gamma:
+            drift.add_(torch.sub(w, w0).mul_(gamma))
+        new = torch.add(w, drift, alpha=-0.5 * eps)
+        new.add_(z, alpha=eps ** 0.5)
+        moved = mask
+        if keep is not None:
+            alive = keep.view(-1, *([1] * (w.dim() - 1)))
+            moved = alive if moved is None else moved & alive
+        w.copy_(new if moved is None else torch.where(moved, new, w))
 
 
 @torch.no_grad()
