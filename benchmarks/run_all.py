@@ -49,6 +49,7 @@ BENCHMARKS = {
     # mechscope's own environment (make test installs its `distributed` extra, Ray)
     "harvest_ray": (".venv", "harvest_ray.py", ["--quick"]),
     "ddp_train": (".venv", "ddp_train.py", ["--quick"]),
+    "sgld_chains": (".venv", "sgld_chains.py", ["--quick"]),
 }
 DEFAULT_OUT = HERE / "results" / "bench.json"
 

@@ -266,11 +266,15 @@ Measured on zoo:induction (512 held-out sequences of 64 tokens, nβ = 82; 4 chai
   to a half of the time.
 - chains leave the expected value alone and set the standard error; the components use 2 to halve
   their time.
-- vectorising the chains (torch.func vmap over stacked weights, one batched forward and backward)
-  was slower per chain than the loop (5.2 ms against 3.8 ms per step at batch 8, 19.9 against 14.5
-  at batch 32), and 2 threads were 5 to 200 times slower than 1 on the shared, loaded 2-core machine (load 4.7),
-  so the sampler runs chain after chain on 1 thread; `measure_series(workers=2)` (the command's default
-  on 2 or more cores) spreads the checkpoints over 2 such processes instead."""
+- all chains of an estimate in one vmapped pass (`landscape.sample(vectorize=True)`: the same
+  losses up to float rounding) costs more CPU per chain-step than the loop at these settings, paired
+  in one process at step 900 (`benchmarks/sgld_chains.py`: the whole model and the components, ratio
+  loop / vmapped 0.91 and 0.95 in two runs): a step here is mostly the kernels' own arithmetic
+  (matrix products, the attention's masking and softmax), not per-operation overhead, and the pass
+  pays only with more chains than dynamics runs (16). Likewise 2 threads were 5 to 200 times slower
+  than 1 on the shared, loaded 2-core machine (load 4.7), so the sampler runs chain after chain on 1
+  thread; `measure_series(workers=2)` (the command's default on 2 or more cores) spreads the
+  checkpoints over 2 such processes instead."""
 
 
 def llc_component_tag(name: str) -> str:

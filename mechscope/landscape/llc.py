@@ -192,7 +192,8 @@ def estimate_llc(model: Any, data: Batch, *, loss: Loss | None = None, params: P
     loss (default `lm_loss` for a mechscope adapter; required for a plain module). `init_loss`
     overrides L_n(w*) (default: computed over all of `data` in batches of `eval_batch_size`).
     `batches(chain)` replaces the minibatch order, `vectorize=True` runs the chains as one vmapped
-    pass (both: see `sgld.sample`). The weights are restored exactly afterwards. Raises LandscapeError for an empty parameter set or a non-finite L_n(w*).
+    pass (both: see `sgld.sample`). The weights are restored exactly afterwards. Raises LandscapeError
+    for an empty parameter set or a non-finite L_n(w*).
 
     Example::
 
@@ -270,6 +271,7 @@ def estimate_llc_components(model: Any, data: Batch, *,
     """One LLC estimate per component (`components.components(model)`, or the names / Components given):
     SGLD moves that component's weights only, every other weight frozen at w*. L_n(w*) is computed once
     (or taken from `init_loss`, e.g. a whole-model estimate's `init_loss` on the same data).
+    `vectorize=True` runs each component's chains as one vmapped pass (see `sgld.sample`).
 
     Example::
 

@@ -354,7 +354,8 @@ def _not_a_mean(value: Any) -> LandscapeError:
 
 def _sample_sequential(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, config: SGLDConfig,
                        selected: list[Selected], nbeta: float, losses: Tensor,
-                       batches: Callable[[int], Iterable[Tensor]] | None, progress: bool, desc: str) -> list[int | None]:
+                       batches: Callable[[int], Iterable[Tensor]] | None, progress: bool,
+                       desc: str) -> list[int | None]:
     """The chains one after another, moving the module's own parameters; fills `losses`, returns `stopped`."""
     eps, gamma = float(config.step_size), float(config.localization)
     stopped: list[int | None] = []
@@ -414,7 +415,8 @@ class _LossOf(nn.Module):
 
 def _sample_vectorized(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, config: SGLDConfig,
                        selected: list[Selected], nbeta: float, losses: Tensor,
-                       batches: Callable[[int], Iterable[Tensor]] | None, progress: bool, desc: str) -> list[int | None]:
+                       batches: Callable[[int], Iterable[Tensor]] | None, progress: bool,
+                       desc: str) -> list[int | None]:
     """All chains in one vmapped forward and backward per step; fills `losses`, returns `stopped`.
 
     Chain c's sampled parameters are row c of stacked copies (chains, *shape); every other parameter
