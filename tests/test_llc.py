@@ -478,6 +478,7 @@ def test_vectorized_chains_equal_the_loop(shared):
         assert torch.allclose(vec.losses, loop.losses, rtol=0, atol=1e-5), float((vec.losses - loop.losses).abs().max())
         assert not torch.equal(vec.losses[0], vec.losses[1])  # the chains differ by their noise
         assert _same_bits(before, _bits(model.module))
+        assert all(p.requires_grad and p.grad is None for p in model.module.parameters())
     if shared:
         est = estimate_llc(model, ids, config=cfg, progress=False, vectorize=True)
         ref = estimate_llc(model, ids, config=cfg, progress=False)
