@@ -480,6 +480,10 @@ def test_graph_command_saves_the_graph_for_the_viewer(llama_dir, tmp_path):
     refused(r"feature set 'tc.9' \(layer 1\) is not in the model's feature store",
             "--artifacts", arts, "--name", "other", "--store", store, "--feature-set", "1=tc.9")
     assert read_artifacts(arts).model(str(llama_dir)).graph_names() == ["w5"]
+    fresh = tmp_path / "fresh"  # a refusal in a new directory leaves no model registered
+    refused(r"feature set 'tc.9' \(layer 1\) is not in the model's feature store",
+            "--artifacts", fresh, "--name", "other", "--store", store, "--feature-set", "1=tc.9")
+    assert read_artifacts(fresh).model_names() == []
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
