@@ -9,7 +9,9 @@ For each of `--prompts` windows of `--tokens` tokens, the graph of the model's t
 replacement's exactness, the linearity check, replacement and completeness scores, and Spearman's
 correlation between the predicted and measured effects on that logit of removing each of the
 `--top` most influential latents (see mechscope/graphs/check.py): the check (the graph read through
-the live final norm, against the live replacement with errors held fixed), the graph's own
+the live final norm, against the live replacement with errors held fixed), the same prediction
+against the removal measured in the real model (every MLP live: `measured_in_model`), Pearson's
+correlation beside both, the graph's own
 frozen-readout prediction against the same measurement, and, to locate disagreements, the
 measurement with attention patterns held (circuit-tracer's default for interventions), with the
 norms' divisors held, and with everything frozen.
@@ -55,6 +57,13 @@ def random_transcoders(model, n_layers: int, d_model: int, d_sae: int, k: int) -
                                          site=f"ln2.{layer}", site_out=f"mlp_out.{layer}"))
         out[layer] = tc.eval()
     return out
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson's correlation of two (n,) vectors (nan when either is constant)."""
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    den = float(a.norm() * b.norm())
+    return float((a * b).sum()) / den if den > 0 else float("nan")
 
 
 def parse_layers(text: str) -> list[int]:
@@ -184,6 +193,8 @@ def main() -> None:
             rows.append({"exactness": g.exactness, "linearity_error": g.linearity_error,
                          "seconds_graph": t1 - t0, "cpu_seconds_graph": cpu1 - cpu0, "cpu_seconds_check": cpu2 - cpu1,
                          "nodes": len(g.nodes), "spearman": ck.spearman, "spearman_graph_readout": ck.spearman_graph,
+                         "spearman_model": ck.spearman_model, "pearson": pearson(ck.predicted, ck.measured),
+                         "pearson_model": pearson(ck.predicted, ck.measured_model),
                          **{f"spearman_{k}": v for k, v in held.items()},
                          "n_checked": len(ck.latents),
                          "checked_per_layer": {str(l): sum(1 for c in ck.latents if c[0] == l) for l in sorted(tcs)},
@@ -192,7 +203,7 @@ def main() -> None:
                              "replacement", "completeness", "pruned_replacement", "pruned_completeness",
                              "kept_latents")}})
             progress(f"prompt {i + 1}/{len(windows)}: spearman {ck.spearman:.3f} (frozen readout "
-                     f"{ck.spearman_graph:.3f}) over {len(ck.latents)} latents, replacement "
+                     f"{ck.spearman_graph:.3f}; in the model {ck.spearman_model:.3f}) over {len(ck.latents)} latents, replacement "
                      f"{p.scores['replacement']:.3f}, completeness {p.scores['completeness']:.3f}, "
                      f"{len(g.nodes)} nodes, graph {cpu1 - cpu0:.1f} cpu-s, check {cpu2 - cpu1:.1f} cpu-s")
         med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731  (nan when not diagnosed)
@@ -203,6 +214,8 @@ def main() -> None:
                     "spearman_min": sp[0], "spearman_max": sp[-1],
                     "spearman_quartiles": statistics.quantiles(sp, n=4) if len(sp) > 1 else sp,
                     "spearman_graph_readout_median": med("spearman_graph_readout"),
+                    "spearman_model_median": med("spearman_model"), "pearson_median": med("pearson"),
+                    "pearson_model_median": med("pearson_model"),
                     "spearman_patterns_held_median": med("spearman_patterns_held"),
                     "spearman_norms_frozen_median": med("spearman_norms_frozen"),
                     "spearman_all_frozen_median": med("spearman_all_frozen"),

@@ -286,6 +286,8 @@ def transcoders_cmd(
     d_latent: Annotated[Optional[int], typer.Option(help="latents per layer (default 8 x d_model)")] = None,
     k: Annotated[int, typer.Option("-k", help="active latents per token (per layer for a CLT)")] = 32,
     batch: Annotated[int, typer.Option(help="training batch (rows)")] = 1024,
+    epochs: Annotated[int, typer.Option(help="passes over the harvest: each layer trains on epochs x --tokens rows "
+                                        "(the harvest stays --tokens)")] = 1,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default 4e-3 * sqrt(1536 / d_latent))")]
     = None,
     seq_len: Annotated[int, typer.Option(help="tokens per sequence, BOS included")] = 128,
@@ -316,6 +318,8 @@ def transcoders_cmd(
         arch = "clt"
     if arch not in ("transcoder", "clt"):
         raise typer.BadParameter(f"--arch must be transcoder or clt, got {arch!r}")
+    if epochs < 1:
+        raise typer.BadParameter(f"--epochs must be at least 1 (passes over the harvest), got {epochs}")
     t0 = time.monotonic()
     m, tok = _load_with_tokenizer(model, threads, device)
     n_layers = sum(1 for s in m.sites() if s.name.endswith("hook_mlp_out"))
@@ -333,7 +337,7 @@ def transcoders_cmd(
     # about a thousand steps needs a larger one (textlm layer 0, 180k tokens: FVU 0.70 at 6.5e-4, 0.18 at 4e-3)
     lr = lr or 4e-3 * (1536 / d_latent) ** 0.5
     cfg = TranscoderRunConfig(layers=chosen, d_latent=d_latent, k=k, clt=arch == "clt",
-                              skip=skip, train=TrainConfig(tokens=tokens, batch_size=batch, lr=lr),
+                              skip=skip, train=TrainConfig(tokens=tokens * epochs, batch_size=batch, lr=lr),
                               held_out_fraction=held_fraction, drop_first=drop, dtype=dtype,
                               seqs_per_shard=min(128, max(1, n_seq // 10)))  # >= 10 shards: some held out
     tset = train_transcoder_set(m, train_ids, eval_ids, cfg, out, dataset=corpus)

@@ -134,10 +134,11 @@ def graph(
         write_json(out / "graph.json", doc)
     if artifacts is not None:
         from .artifacts import ArtifactError, ArtifactWriter
+        writer = ArtifactWriter(artifacts)
         try:
-            saved = ArtifactWriter(artifacts).model(model).graph(name, doc, prompt=prompt, feature_sets=sets,
-                                                                 store=store)
+            saved = writer.model(model).graph(name, doc, prompt=prompt, feature_sets=sets, store=store)
         except ArtifactError as e:
+            writer.forget(model)  # a model this refusal registered, with nothing saved, leaves the manifest
             raise typer.BadParameter(str(e)) from None
     t = Table("measure", "value", title=f"attribution graph of {prompt!r} on {model}")
     for k in ("replacement", "completeness", "pruned_replacement", "pruned_completeness", "kept_latents",

@@ -212,3 +212,12 @@ def test_readers_open_nothing_outside_the_directory(tmp_path):
     (tmp_path / "a" / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(A.ArtifactError, match="needs a name"):
         A.read_artifacts(tmp_path / "a")
+
+
+def test_forget_takes_out_only_a_model_with_nothing_saved(tmp_path):
+    w = A.ArtifactWriter(tmp_path)
+    w.model("empty")
+    w.model("kept").attention(["a", "b"], torch.rand(1, 1, 2, 2))
+    assert w.forget("empty") is True and w.forget("kept") is False and w.forget("never") is False
+    assert A.read_artifacts(tmp_path).model_names() == ["kept"]
+    assert not (tmp_path / "empty").exists()

@@ -313,3 +313,25 @@ def _sigkill_then_resume(tmp: Path, tokens: int = 80_000) -> None:
         tb, _ = read_tensors(killed / name)
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
     assert {q.name for q in whole.iterdir()} == {q.name for q in killed.iterdir()}
+
+
+def test_epochs_pass_over_the_same_harvest_several_times(tmp_path):
+    from typer.testing import CliRunner
+
+    from audit_support import quick_text_model
+    from mechscope.cli import app
+
+    quick_text_model()  # trained into the session's cache on first use
+    common = ["dict", "transcoders", "zoo:textlm-quick", "--layers", "0", "--tokens", "2000", "--batch", "256",
+              "--d-latent", "64", "-k", "4", "--eval-sequences", "2", "--seq-len", "32"]
+    runs = {}
+    for epochs in (1, 3):
+        r = CliRunner().invoke(app, [*common, "--epochs", str(epochs), "--out", str(tmp_path / f"e{epochs}")])
+        assert r.exit_code == 0, r.output
+        runs[epochs] = json.loads((tmp_path / f"e{epochs}" / "manifest.json").read_text())
+    one, three = runs[1], runs[3]
+    assert one["training"]["harvest_rows"] == three["training"]["harvest_rows"]  # the same harvest
+    assert three["training"]["tokens_per_layer"] == 3 * one["training"]["tokens_per_layer"] == 6000
+    assert three["per_layer"]["0"]["train_tokens"] > 2 * one["per_layer"]["0"]["train_tokens"]
+    r = CliRunner().invoke(app, [*common, "--epochs", "0", "--out", str(tmp_path / "e0")])
+    assert r.exit_code != 0 and "--epochs must be at least 1" in r.output

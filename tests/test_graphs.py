@@ -246,6 +246,38 @@ def test_intervention_check_measures_in_the_live_replacement():
     shift = (one[target] - one.mean()) - (rep.logits[-1, target] - rep.logits[-1].mean())  # demeaned logits
     assert float(shift) == pytest.approx(float(ck.measured[0]), abs=1e-9)
     assert -1 <= ck.spearman <= 1
+    assert torch.equal(ck.measured_model, G.measured_in_model(rep, ck.latents, target, batch=4))
+    assert ck.spearman_model == G.spearman(ck.predicted, ck.measured_model)
+
+
+def test_removal_in_the_model_is_zero_ablation_of_the_neuron_and_equals_the_replacement_at_the_last_layer():
+    """`measured_in_model` a second way: a ReLU MLP's own neurons as latents (exact), so removing latent f
+    at position p is zero-ablating neuron f there (mlp.post), with every later MLP live; and with
+    latents only in the last layer, no MLP follows, so the model and the live replacement agree."""
+    torch.manual_seed(3)
+    m = TinyTransformer(TinyConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=16, d_vocab=40,
+                                   act="relu", layer_norm=True)).double().eval().mechscope_adapter()
+    ids = ids_for(40)
+    rep = G.LocalReplacement.build(m, ids, {0: G.neuron_latents(m, 0), 1: G.neuron_latents(m, 1)})
+    assert rep.exactness <= 1e-9
+    target = int(rep.logits[-1].argmax())
+    active = [(0, p, f) for p, f in (rep.codes[0] != 0).nonzero().tolist()][:6]
+    got = G.measured_in_model(rep, active, target, batch=4)
+    for (l, p, f), g in zip(active, got.tolist()):
+        def zero(x, ctx, p=p, f=f):
+            x = x.clone()
+            x[:, p, f] = 0
+            return x
+        logits = run(m, ids, interventions=[Replace(Site(Kind.MLP_POST, l), fn=zero)]).logits[0, -1]
+        want = (logits[target] - logits.mean()) - (rep.logits[-1, target] - rep.logits[-1].mean())
+        assert g == pytest.approx(float(want), abs=1e-9)
+    assert got.abs().max() > 1e-3  # the removals do something
+    last = G.LocalReplacement.build(m, ids, {1: transcoder(1, 16, seed=1)})
+    chosen = [(1, p, f) for p, f in (last.codes[1] != 0).nonzero().tolist()][:6]
+    assert torch.allclose(G.measured_in_model(last, chosen, target), G.measured_removals(last, chosen, target),
+                          atol=1e-9)
+    with pytest.raises(G.LatentError, match="no latents at layer 0"):
+        G.measured_in_model(last, [(0, 1, 2)], target)
 
 
 def test_the_first_positions_can_be_left_to_their_mlps():
@@ -480,6 +512,10 @@ def test_graph_command_saves_the_graph_for_the_viewer(llama_dir, tmp_path):
     refused(r"feature set 'tc.9' \(layer 1\) is not in the model's feature store",
             "--artifacts", arts, "--name", "other", "--store", store, "--feature-set", "1=tc.9")
     assert read_artifacts(arts).model(str(llama_dir)).graph_names() == ["w5"]
+    fresh = tmp_path / "fresh"  # a refusal in a new directory leaves no model registered
+    refused(r"feature set 'tc.9' \(layer 1\) is not in the model's feature store",
+            "--artifacts", fresh, "--name", "other", "--store", store, "--feature-set", "1=tc.9")
+    assert read_artifacts(fresh).model_names() == []
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

@@ -63,6 +63,30 @@ class ArtifactWriter:
         self._save()
         return ModelWriter(self, name, self.root / d)
 
+    def forget(self, name: str) -> bool:
+        """Take model `name` out of the manifest if nothing was saved for it (its directory is missing or
+        empty); True if it was taken out. A command that registered a model and then refused to save
+        leaves the directory as it found it.
+
+        Example::
+
+            w = ArtifactWriter("out")
+            m = w.model("zoo:textlm")
+            w.forget("zoo:textlm")                  # True: nothing saved under it yet
+        """
+        for i, m in enumerate(self.manifest["models"]):
+            if m["name"] != name:
+                continue
+            d = self.root / m["dir"]
+            if d.is_dir() and any(d.iterdir()):
+                return False
+            if d.is_dir():
+                d.rmdir()
+            del self.manifest["models"][i]
+            self._save()
+            return True
+        return False
+
 
 class ModelWriter(OverviewWriter, HeadsWriter, PatchingWriter, CircuitWriter, TrainingWriter, FeaturesWriter,
                   ExplanationWriter, GraphWriter, VisionWriter, StudyWriter):

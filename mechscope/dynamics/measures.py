@@ -386,6 +386,7 @@ class _LLCPool:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        self.others = set(multiprocessing.active_children())  # child processes that are not this pool's
         self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                             initializer=_llc_worker_init, initargs=(series, data, settings))
         self.futures = [self.executor.submit(_llc_worker, i) for i in range(len(series))]
@@ -399,7 +400,9 @@ class _LLCPool:
 
     def stop(self) -> None:
         """Drop the pending checkpoints and end the running ones now (the run failed or was interrupted)."""
-        processes = list((self.executor._processes or {}).values())  # shutdown forgets them
+        import multiprocessing
+
+        processes = [p for p in multiprocessing.active_children() if p not in self.others]  # the pool's workers
         self.executor.shutdown(wait=False, cancel_futures=True)
         for p in processes:
             p.terminate()

@@ -9,11 +9,12 @@
 - `graph.py` — `AttributionGraph`, `Node`, JSON for the viewer.
 - `prune.py` — influence, pruning, replacement and completeness scores.
 - `check.py` — predicted against measured effects of removing latents (Spearman); the prediction
-  reads the graph's predicted final residual through the live final norm.
+  reads the graph's predicted final residual through the live final norm; measured in the live
+  replacement (the check) and in the real model (`measured_in_model`).
 """
 
 from .attribution import GraphBudgetError, attribute, top_logits
-from .check import (InterventionCheck, intervention_check, measured_removals, predicted_removal,
+from .check import (InterventionCheck, intervention_check, measured_in_model, measured_removals, predicted_removal,
                     predicted_through_final_norm, spearman)
 from .files import load_transcoders
 from .graph import AttributionGraph, Node, NodeKind
@@ -23,6 +24,6 @@ from .replacement import LocalReplacement, ReplacementError
 
 __all__ = ["AttributionGraph", "GraphBudgetError", "InterventionCheck", "LatentError", "LatentLayer",
            "LocalReplacement", "Node", "NodeKind", "Pruned", "ReplacementError", "attribute", "graph_scores",
-           "influence", "intervention_check", "latent_layers", "load_transcoders", "measured_removals", "neuron_latents", "normalised", "predicted_removal",
+           "influence", "intervention_check", "latent_layers", "load_transcoders", "measured_in_model", "measured_removals", "neuron_latents", "normalised", "predicted_removal",
            "predicted_through_final_norm", "prune",
            "spearman", "top_logits"]

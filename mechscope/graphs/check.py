@@ -31,6 +31,14 @@ the graph claims. The graph's own frozen-readout prediction is kept as `graph_pr
 Both predictions and the measurement read the logit as the graph reads it (minus the mean logit
 unless the graph was built without). `intervention_check` compares them over a graph's most
 influential latents with Spearman's rank correlation.
+
+Measured in the model as well (`measured_in_model`, reported beside the check as `spearman_model`):
+the real model with every MLP live, each latent's decoder writes subtracted from the MLP outputs it
+writes (so the error at its own layer is held fixed), as circuit-tracer's `feature_intervention`
+measures without constrained layers (but with attention live). Later MLPs then answer as the model's
+own MLPs do, not as latents re-encoded by TopK: on SmolLM2 with every layer transcoded, TopK
+re-selecting latents in later layers moves the live replacement's logits by up to about two logits
+for early latents whose effect in the model itself is about a tenth of that.
 """
 
 from __future__ import annotations
@@ -41,9 +49,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core.site import Kind
+from ..core.interventions import Replace
+from ..core.run import run
+from ..core.site import Kind, Site
 from .attribution import logit_input
 from .graph import AttributionGraph, NodeKind
+from .latents import LatentError
 from .prune import _flow, _levels
 from .replacement import LocalReplacement
 
@@ -66,15 +77,17 @@ class InterventionCheck:
         from mechscope.graphs import intervention_check
         chk = intervention_check(rep, g, target=token_id, top=20)
         chk.predicted, chk.measured              # (n,) each
-        chk.spearman, chk.spearman_graph
+        chk.spearman, chk.spearman_graph, chk.spearman_model
     """
 
     latents: list[tuple[int, int, int]]  # (layer, pos, index), most influential first
     predicted: Tensor  # (n,) predicted change of the target logit, through the live final norm
-    measured: Tensor  # (n,) measured change
+    measured: Tensor  # (n,) measured change in the live replacement, errors fixed
     spearman: float
     graph_predicted: Tensor  # (n,) the graph's frozen-readout prediction
     spearman_graph: float
+    measured_model: Tensor  # (n,) measured change in the real model (`measured_in_model`)
+    spearman_model: float  # of `predicted` against `measured_model`
 
 
 def predicted_removal(graph: AttributionGraph, target_node: int) -> Tensor:
@@ -183,7 +196,9 @@ def intervention_check(rep: LocalReplacement, graph: AttributionGraph, target: i
         graph_pred = _removals(rep, chosen, target, demean, batch, frozen=True, fixed_active=True)
     pred = predicted_through_final_norm(rep, chosen, target, demean, batch)
     meas = measured_removals(rep, chosen, target, demean, batch, hold)
-    return InterventionCheck(chosen, pred, meas, spearman(pred, meas), graph_pred, spearman(graph_pred, meas))
+    in_model = measured_in_model(rep, chosen, target, demean, batch)
+    return InterventionCheck(chosen, pred, meas, spearman(pred, meas), graph_pred, spearman(graph_pred, meas),
+                             in_model, spearman(pred, in_model))
 
 
 def measured_removals(rep: LocalReplacement, latents: Sequence[tuple[int, int, int]], target: int,
@@ -198,3 +213,33 @@ def measured_removals(rep: LocalReplacement, latents: Sequence[tuple[int, int, i
         measured_removals(rep, chk.latents, token_id, hold=(Kind.PATTERN,))   # (n,)
     """
     return _removals(rep, latents, target, demean, batch, frozen=set(hold) if hold else False)
+
+
+def measured_in_model(rep: LocalReplacement, latents: Sequence[tuple[int, int, int]], target: int,
+                      demean: bool = True, batch: int = 32) -> Tensor:
+    """(n,) the measured change of logit `target` when each latent (layer, pos, index) is removed from the
+    real model: every MLP, attention pattern and norm live, the latent's code times its decoder row
+    subtracted from each MLP output it writes, at its position (see the module).
+
+    Example::
+
+        from mechscope.graphs import measured_in_model
+        measured_in_model(rep, chk.latents, token_id)   # (n,)
+    """
+    base = logit_input(rep.logits[-1].double(), [target], demean)[0]
+    out = []
+    for start in range(0, len(latents), batch):
+        group = latents[start:start + batch]
+        deltas: dict[int, Tensor] = {}
+        for r, (l, p, f) in enumerate(group):
+            if l not in rep.latents:
+                raise LatentError(f"no latents at layer {l} to ablate")
+            lat = rep.latents[l]
+            for t, W in lat.W_dec.items():
+                d = deltas.setdefault(t, torch.zeros(len(group), *rep.mlp_out[t].shape, dtype=rep.mlp_out[t].dtype,
+                                                     device=rep.mlp_out[t].device))
+                d[r, p] -= rep.codes[l][p, f] * W[f].to(d)
+        ivs = [Replace(Site(Kind.MLP_OUT, t), fn=(lambda d: lambda x, ctx: x + d.to(x))(d)) for t, d in deltas.items()]
+        logits = run(rep.adapter, rep.ids.expand(len(group), -1), interventions=ivs).logits[:, -1].double()
+        out.append(logit_input(logits, [target], demean)[:, 0] - base.to(logits.device))
+    return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.float64)

@@ -318,27 +318,29 @@ def create_app(artifacts_dir: str | Path = "out", *, port: int | None = None,
             c = dict(c, edges=[e for e in c["edges"] if e["score"] is None or abs(e["score"]) >= threshold])
         return c
 
-    @app.get("/api/models/{name}/explanations")
-    def explanation_list(name: NameParam) -> dict[str, Any]:
-        return {"names": model(name).explanation_names()}
+    def named_item(m: ModelArtifacts, kind: str, label: str, item: str) -> str:
+        """`item` if model `m` has a `kind` artifact of that name, else 404 listing the ones it has."""
+        names = getattr(m, f"{kind}_names")()
+        if item not in names:
+            raise NotFound(f"model {m.name!r} has no {label} {_shown(item)}; it has {names}")
+        return item
 
-    @app.get("/api/models/{name}/explanations/{item}")
-    def explanation(name: NameParam, item: NameParam) -> dict[str, Any]:
-        m = model(name)
-        if item not in m.explanation_names():
-            raise NotFound(f"model {m.name!r} has no explanation {_shown(item)}; it has {m.explanation_names()}")
-        return _clean(m.explanation(item))
+    def named_routes(kind: str, route: str, label: str) -> None:
+        """GET /api/models/{name}/ROUTE (the names of a model's `kind` artifacts, `ModelArtifacts.KIND_names`)
+        and /api/models/{name}/ROUTE/{item} (one of them, `ModelArtifacts.KIND(item)`, JSON-safe)."""
+        def names(name: NameParam) -> dict[str, Any]:
+            return {"names": getattr(model(name), f"{kind}_names")()}
 
-    @app.get("/api/models/{name}/studies")
-    def study_list(name: NameParam) -> dict[str, Any]:
-        return {"names": model(name).study_names()}
+        def one(name: NameParam, item: NameParam) -> dict[str, Any]:
+            m = model(name)
+            return _clean(getattr(m, kind)(named_item(m, kind, label, item)))
 
-    @app.get("/api/models/{name}/studies/{item}")
-    def study(name: NameParam, item: NameParam) -> dict[str, Any]:
-        m = model(name)
-        if item not in m.study_names():
-            raise NotFound(f"model {m.name!r} has no study {_shown(item)}; it has {m.study_names()}")
-        return _clean(m.study(item))
+        app.add_api_route(f"/api/models/{{name}}/{route}", names, methods=["GET"], name=f"{kind}_list")
+        app.add_api_route(f"/api/models/{{name}}/{route}/{{item}}", one, methods=["GET"], name=kind)
+
+    named_routes("explanation", "explanations", "explanation")
+    named_routes("study", "studies", "study")
+    named_routes("vision", "vision", "vision artifact")
 
     def _sets(st) -> list[str]:
         return [s["set_id"] for s in st.sets()]
@@ -433,26 +435,12 @@ def create_app(artifacts_dir: str | Path = "out", *, port: int | None = None,
 
         return _clean(stores.query(m, read))
 
-    @app.get("/api/models/{name}/vision")
-    def vision_list(name: NameParam) -> dict[str, Any]:
-        return {"names": model(name).vision_names()}
-
-    def vision_item(m: ModelArtifacts, item: str) -> str:
-        if item not in m.vision_names():
-            raise NotFound(f"model {m.name!r} has no vision artifact {_shown(item)}; it has {m.vision_names()}")
-        return item
-
-    @app.get("/api/models/{name}/vision/{item}")
-    def vision(name: NameParam, item: NameParam) -> dict[str, Any]:
-        m = model(name)
-        return m.vision(vision_item(m, item))
-
     @app.get("/api/models/{name}/vision/{item}/image/{panel}/{index}")
     def vision_image(name: NameParam, item: NameParam, panel: int = PathParam(ge=0, le=10_000),
                      index: int = PathParam(ge=0, le=100_000)) -> FileResponse:
         m = model(name)
         try:
-            p = m.vision_image(vision_item(m, item), panel, index)
+            p = m.vision_image(named_item(m, "vision", "vision artifact", item), panel, index)
         except ArtifactError as e:
             raise NotFound(str(e)) from None
         return FileResponse(p, media_type="image/png")
