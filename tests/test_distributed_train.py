@@ -70,16 +70,19 @@ def test_merged_batches_are_the_rank_slices_side_by_side(store):
 @pytest.mark.slow
 @pytest.mark.parametrize("exchange", ["shared memory", "all-reduce"])
 def test_two_gloo_processes_train_the_one_process_dictionary(store, tmp_path, exchange):
-    p = _torchrun(store, tmp_path / "ddp", 2, *(["--all-reduce"] if exchange == "all-reduce" else []))
+    how = ["--checkpoint-every", "10", *(["--all-reduce"] if exchange == "all-reduce" else [])]
+    p = _torchrun(store, tmp_path / "ddp", 2, *how)
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
+    assert "resuming" not in err
     got, _ = read_tensors(tmp_path / "ddp" / "sae_weights.safetensors")
     ref = _one_process(store, 2).dictionary
     # the command run as one process, replaying the two ranks' batches (--streams 2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     one = subprocess.run([sys.executable, "-m", "mechscope.dictionaries.train", "--store", str(store.path), "--out",
                           str(tmp_path / "one"), "--d-sae", "128", "-k", "8", "--tokens", "7680", "--batch", "256",
-                          "--buffer-rows", "512", "--threads", "1", "--streams", "2"], env=env, capture_output=True,
+                          "--buffer-rows", "512", "--threads", "1", "--streams", "2", "--checkpoint-every", "10"],
+                         env=env, capture_output=True,
                          text=True, timeout=600)
     assert one.returncode == 0, one.stderr
     cli, _ = read_tensors(tmp_path / "one" / "sae_weights.safetensors")
@@ -93,6 +96,25 @@ def test_two_gloo_processes_train_the_one_process_dictionary(store, tmp_path, ex
     assert report["world"] == 2 and report["tokens"] == 7680 and report["streams"] == 2
     assert report["gradient_exchange"] == exchange
     assert 0 < report["collective_seconds"] < report["seconds"]
+    # the checkpoint of step 20 holds Adam's whole state, gathered from the two ranks' shards: the
+    # one-process moments, to rounding (relative to each moment's largest value, as the weights)
+    ck, meta = read_tensors(tmp_path / "ddp" / "checkpoint.safetensors")
+    ref_ck, ref_meta = read_tensors(tmp_path / "one" / "checkpoint.safetensors")
+    assert json.loads(meta["state"])["step"] == json.loads(ref_meta["state"])["step"] == 20
+    moments = sorted(k for k in ref_ck if k.startswith("opt."))
+    assert moments == sorted(k for k in ck if k.startswith("opt.")) and len(moments) == 12  # 4 parameters
+    for k in moments:
+        assert (ck[k] - ref_ck[k]).abs().max() <= 1e-4 * ref_ck[k].abs().max(), k
+    # run again, it resumes from step 20 (each rank takes its shard of the moments): the same dictionary
+    first = {k: v.clone() for k, v in got.items()}
+    p = _torchrun(store, tmp_path / "ddp", 2, *how)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert f"resuming from step 20 in {tmp_path / 'ddp' / 'checkpoint.safetensors'}" in err, err
+    again, _ = read_tensors(tmp_path / "ddp" / "sae_weights.safetensors")
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.equal(again[name], first[name]), name
+    assert json.loads((tmp_path / "ddp" / "train.json").read_text())["curve"] == report["curve"]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -232,15 +232,20 @@ def _device(arg: str | None) -> torch.device:
     return dev
 
 
+def _checkpoint_step(checkpoint: Path) -> str:
+    """"step N in PATH" of a checkpoint file, or why there is none."""
+    if not checkpoint.is_file():
+        return "none yet"
+    try:
+        return f"step {json.loads(read_meta(checkpoint)['state'])['step']} in {checkpoint}"
+    except (DictionaryFileError, KeyError, ValueError):
+        return f"{checkpoint} (unreadable)"
+
+
 def _stopped(rank: int, world: int, checkpoint: Path, why: str) -> str:
-    step = "none yet"
-    if checkpoint.is_file():
-        try:
-            step = f"step {json.loads(read_meta(checkpoint)['state'])['step']} in {checkpoint}"
-        except (DictionaryFileError, KeyError, ValueError):
-            step = f"{checkpoint} (unreadable)"
     return (f"mechscope train: rank {rank} of {world} stopped: {why}. The job cannot go on with a process "
-            f"missing. Last checkpoint: {step}; run the same command again to resume from it.")
+            f"missing. Last checkpoint: {_checkpoint_step(checkpoint)}; run the same command again to resume "
+            "from it.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     if rank == 0:  # the temporary file of a checkpoint write that a kill interrupted
         remove_partial_writes(checkpoint.parent)
+        if checkpoint.is_file():
+            print(f"mechscope train: resuming from {_checkpoint_step(checkpoint)}", file=sys.stderr, flush=True)
     fields: dict[str, Any] = {"d_in": store.widths[store._key(site)], "d_sae": args.d_sae, "seed": args.seed,
                               "site": store._key(site), "model": store.manifest.get("model")}
     if args.arch in ("topk", "batchtopk", "transcoder"):
