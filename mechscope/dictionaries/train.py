@@ -25,9 +25,10 @@ averaged after each backward pass, each process updates its shard of the paramet
 moments for that shard only) and the processes exchange the updates (`Reducer.step`), and fired
 latents and L0 are combined across the processes (one exchange per step, started before the
 backward pass so that it overlaps it), so the processes hold the same dictionary, and it is the
-one a single process trains on the concatenated batches, up to the order of floating-point sums. With `checkpointing`, the state
-is saved atomically every `every` steps before the last (`checkpoint`) and a run started again resumes from it,
-replaying the batch stream up to its step without training on it.
+one a single process trains on the concatenated batches, up to the order of floating-point sums.
+With `checkpointing`, the state is saved atomically every `every` steps before the last
+(`checkpoint`) and a run started again resumes from it, replaying the batch stream up to its step
+without training on it.
 
 Run as `python -m mechscope.dictionaries.train` (or under `torchrun`) it trains on a store: see `ddp.main`.
 """
