@@ -10,7 +10,7 @@ Steps of `train`:
    ramp (`sparsity_warmup_fraction`) or, for a config with `target_l0`, the factor on the penalty
    from `target.L0Controller` (updated from each step's L0), the architecture's loss with the
    current dead-latent mask, backward; for unit-norm decoders the gradient along each decoder row
-   is removed; Adam step; constraints restored (`Dictionary.constrain_`) (`Reducer.step`);
+   is removed, Adam steps, constraints are restored (`Dictionary.constrain_`): `Reducer.step`;
 3. dead latents: a latent is dead once it has not fired for `dead_after_tokens` rows; TopK-like
    architectures train dead latents through their auxiliary-k loss, others are resampled every
    `resample_every` steps (decoder direction: a high-error row's residual; Adam state reset);
