@@ -7,20 +7,23 @@ import time
 
 
 def cpu_snapshot() -> tuple[float, float, float] | None:
-    """(busy seconds of the whole machine, this process's cpu seconds, wall time)."""
+    """(busy seconds of the whole machine, cpu seconds of this process and of its children that have
+    ended (a benchmark's subprocesses, and theirs: torchrun's ranks), wall time)."""
     try:
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:]]
         hz = os.sysconf("SC_CLK_TCK")
         busy = (sum(fields[:8]) - fields[3] - fields[4]) / hz  # all but idle and iowait
         t = os.times()
-        return busy, t.user + t.system, time.monotonic()
+        return busy, t.user + t.system + t.children_user + t.children_system, time.monotonic()
     except (OSError, ValueError, IndexError):
         return None
 
 
 def other_cpu_share(start) -> float | None:
-    """Share of the machine's cores that other processes kept busy since `start`."""
+    """Share of the machine's cores that other processes kept busy since `start`: all but this process
+    and the children it waited for (a child still running when this is called counts as other, and so
+    do processes it did not start itself, such as Ray's workers)."""
     end = cpu_snapshot()
     if start is None or end is None or end[2] <= start[2]:
         return None

@@ -8,8 +8,11 @@ of 4096 rows, trained two ways on the same global batches, beside each other:
     1 x 1   python -m mechscope.dictionaries.train --threads 1 --streams 2
             (one process replaying the two ranks' batches: rank 0's and rank 1's slices, concatenated)
     2 x 1   torchrun --standalone --nproc-per-node 2 -m mechscope.dictionaries.train --threads 1
-            (gloo: each rank trains on its half of every batch, gradients averaged every step,
-            summed through shared memory: both ranks are on this host)
+            (gloo: each rank trains on its half of every batch; every step each rank sums its half
+            of the gradients through shared memory, both ranks being on this host, updates its half
+            of the parameters, the decoder by whole rows (parallel-gradient removal, Adam with the
+            moments of that half only, decoder norms), and after a barrier reads the other half
+            from the one shared copy of the parameters)
 
 Each repeat runs both, in alternating order. Tokens per second are rank 0's: rows trained / the
 seconds of its training loop (train.json), which include every collective operation but not the
@@ -19,7 +22,7 @@ loop's CPU seconds (one process / rank 0; the speedup two cores would give if no
 and no rank waited, a figure load disturbs less than wall time), the largest
 difference between the two dictionaries' weights relative to the largest weight (the same global
 batches, so the same dictionary up to the order of floating-point sums), the load average and the
-share of the CPUs other processes used.
+share of the CPUs other processes used (all but this script and the training runs it started).
 
 Targets: 2 x 1 >= 1.7 x the tokens/s of 1 x 1; decoder and encoder weights within 1e-4 of the
 largest weight of the one-process dictionary (rounding of the gradient mean over two halves,

@@ -218,23 +218,32 @@ class Dictionary(nn.Module):
         raise NotImplementedError  # pragma: no cover
 
     @torch.no_grad()
-    def constrain_(self) -> None:
-        """Restore the constraints after an optimizer step (unit decoder rows where the architecture has them)."""
+    def constrain_(self, latents: slice = slice(None)) -> None:
+        """Restore the constraints of the parameters of `latents` (all by default) after an optimizer
+        step: unit decoder rows where the architecture has them. Data-parallel ranks each restore the
+        latents they updated, then `refresh_` what derives from all of them."""
         if self.unit_norm_decoder:
-            self.normalise_decoder_()
+            self.normalise_decoder_(latents)
 
     @torch.no_grad()
-    def normalise_decoder_(self) -> None:
-        """Scale every decoder row to norm 1 (for architectures trained with that constraint)."""
-        norms = self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        self.W_dec.div_(norms)
+    def refresh_(self) -> None:
+        """Recompute, for every latent, what the dictionary derives from its parameters (nothing here;
+        JumpReLU's θ = exp(log θ)): data-parallel ranks call it once every rank's update is in."""
 
     @torch.no_grad()
-    def remove_parallel_grads_(self) -> None:
-        """Drop the part of each decoder row's gradient along the row (it would only change its norm)."""
+    def normalise_decoder_(self, latents: slice = slice(None)) -> None:
+        """Scale the decoder rows of `latents` (all by default) to norm 1 (for architectures trained
+        with that constraint)."""
+        W = self.W_dec[latents]
+        W.div_(W.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_parallel_grads_(self, latents: slice = slice(None)) -> None:
+        """Drop the part of each decoder row's gradient along the row (it would only change its norm),
+        for the rows of `latents` (all by default)."""
         if self.W_dec.grad is None:
             return
-        W, G = self.W_dec, self.W_dec.grad  # (d_sae, d_out)
+        W, G = self.W_dec[latents], self.W_dec.grad[latents]  # (latents, d_out)
         # row-wise dots as a batched product (no (d_sae, d_out) temporary), then one pass to update
         dots = torch.bmm(G.unsqueeze(1), W.unsqueeze(2)).reshape(-1)
         coef = dots / torch.linalg.vector_norm(W, dim=-1).square().clamp_min(1e-12)

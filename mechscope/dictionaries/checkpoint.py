@@ -43,11 +43,12 @@ def identity(dictionary: Dictionary, train_config: Any, world: int) -> str:
                         "train": asdict(train_config), "world": world})
 
 
-def save(path: Path, ident: str, dictionary: Dictionary, opt: torch.optim.Optimizer, tensors: dict[str, Tensor],
-         state: dict[str, Any]) -> None:
-    """Write the checkpoint atomically."""
+def save(path: Path, ident: str, dictionary: Dictionary, moments: dict[int, dict[str, Any]],
+         tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+    """Write the checkpoint atomically; `moments` is the "state" of the optimizer's `state_dict()`
+    (the whole optimizer's, also when data-parallel ranks each keep a shard of it)."""
     data = {f"dict.{k}": v for k, v in dictionary.state_dict().items()}
-    for i, st in opt.state_dict()["state"].items():
+    for i, st in moments.items():
         for k, v in st.items():
             data[f"opt.{i}.{k}"] = v if isinstance(v, Tensor) else torch.tensor(v)
     data |= {k: v for k, v in tensors.items()}

@@ -237,10 +237,11 @@ class CrossLayerTranscoder(CentredInput, Dictionary):
         return (e_hat - residual).pow(2).sum(-1).mean()
 
     @torch.no_grad()
-    def constrain_(self) -> None:
-        """Zero the decoder blocks from a layer to earlier layers, then the base class' constraints."""
-        self.W_dec.mul_(self.mask)
-        super().constrain_()
+    def constrain_(self, latents: slice = slice(None)) -> None:
+        """Zero the decoder blocks from a layer to earlier layers (in the rows of `latents`), then the base
+        class' constraints."""
+        self.W_dec[latents].mul_(self.mask[latents])
+        super().constrain_(latents)
 
     @torch.no_grad()
     def fold_scale_(self, s_in: float, s_out: float) -> None:

@@ -7,11 +7,11 @@ Steps of `main` (one process per rank; torchrun sets RANK, WORLD_SIZE and the re
    ranks, rank r reading shards r, r + N, ... (`rank_batches`): the number of ranks must divide
    the number of training shards, and the global batch must split equally;
 3. build the dictionary from the same seed on every rank and `train` it with a `ProcessGroupReducer`
-   (gradients averaged after every backward pass, see `train`: summed in shared memory when every
-   rank is on this host's CPU, else by the process group's all-reduce, `--all-reduce` forces it;
-   see `exchange`) and a checkpoint every
-   `--checkpoint-every` steps, written by rank 0; a run started again with the same arguments
-   resumes from it;
+   (gradients averaged after every backward pass, each rank updating its shard of the parameters,
+   see `train` and `shards`: through shared memory when every rank is on this host's CPU, else by
+   the process group's all-reduce and all-gather, `--all-reduce` forces it; see `exchange`) and a
+   checkpoint every `--checkpoint-every` steps, written by rank 0 (Adam's moments gathered whole);
+   a run started again with the same arguments resumes from it;
 4. rank 0 writes the dictionary (SAELens layout) and train.json to `--out`.
 A rank that dies makes the others fail in their next collective operation (or be stopped by
 torchrun); each prints which rank it is, that the job stopped, and the checkpoint to resume from.
@@ -39,10 +39,12 @@ from torch import Tensor
 
 from ..core.files import remove_partial_writes
 from .checkpoint import Checkpointing
-from .exchange import BucketExchange, SharedMemorySum
+from .base import Dictionary
+from .exchange import SharedMemory, ShardedExchange
 from .files import DictionaryFileError, read_meta, write_json
 from .registry import build
 from .saelens import save
+from .shards import ShardedAdam, Shards
 from .store import ActivationStore, ShuffleBuffer
 from .train import Reducer, TrainConfig, train
 
@@ -50,18 +52,19 @@ from .train import Reducer, TrainConfig, train
 class ProcessGroupReducer(Reducer):
     """A `Reducer` over the default torch.distributed process group; tensors travel on `device`.
 
-    Gradients go into one flat bucket during the backward pass (`attach`, see `exchange`); with
-    `shared_memory` and every rank on this host's CPU, the bucket is summed through shared memory,
-    else by an all-reduce."""
+    Each rank updates its shard of the parameters (ZeRO stage 1, see `shards`): gradients go into
+    one flat bucket during the backward pass, each rank sums its pieces of it and updates them, and
+    the ranks exchange the updated pieces (`attach`, see `exchange`); with `shared_memory` and every
+    rank on this host's CPU, through shared memory, else by an all-reduce and an all-gather."""
 
     def __init__(self, device: torch.device, shared_memory: bool = True):
         import torch.distributed as dist
 
         self.dist, self.device = dist, device
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
-        self.seconds = 0.0  # time this rank spent in (or waiting for) gradient and statistics exchanges
-        self.shared_memory = shared_memory  # sum gradients through shared memory when all ranks are on this CPU
-        self.exchange: BucketExchange | None = None
+        self.seconds = 0.0  # time this rank spent in (or waiting for) gradient, parameter and statistics exchanges
+        self.shared_memory = shared_memory  # exchange through shared memory when all ranks are on this CPU
+        self.exchange: ShardedExchange | None = None
         self.uses_shared_memory = False
 
     def gather(self, t: Tensor) -> Tensor:
@@ -71,26 +74,29 @@ class ProcessGroupReducer(Reducer):
         self.dist.all_gather(parts, t)
         return torch.cat(parts)
 
-    def attach(self, params: list[torch.nn.Parameter]) -> Callable[[], None]:
-        """Give the gradients of `params` one flat bucket the backward pass writes into (see `exchange`):
-        in shared memory when every rank is on this host's CPU, else summed by an all-reduce. Returns
-        the function that takes the hooks off."""
+    def attach(self, dictionary: Dictionary, opt: torch.optim.Adam) -> tuple[ShardedAdam, Callable[[], None]]:
+        """Share out the parameters `opt` trains (`shards.Shards`, the decoder by rows), give their gradients one
+        flat bucket the backward pass writes into (see `exchange`: in shared memory when every rank is
+        on this host's CPU, else summed by an all-reduce), and return the optimizer of this rank's
+        pieces (`ShardedAdam`, taking over `opt`'s state) and the function that ends the exchange."""
+        params = [p for g in opt.param_groups for p in g["params"]]
+        shards = Shards(params, dictionary.W_dec, self.world)
         numel = sum(p.numel() for p in params)
-        dtype = params[0].dtype
         here = (self.shared_memory and self.device.type == "cpu"
                 and os.environ.get("LOCAL_WORLD_SIZE") == str(self.world)
-                and SharedMemorySum.fits(numel, dtype, self.world))
+                and SharedMemory.fits(numel, params[0].dtype, self.world))
         agree = torch.tensor([int(here)], device=self.device)
         self.dist.all_reduce(agree, op=self.dist.ReduceOp.MIN)  # every rank takes the same way
         shared = bool(agree)
-        self.exchange = BucketExchange(params, self.rank, self.world, shared=shared, all_reduce=self.dist.all_reduce,
-                                       barrier=self.dist.barrier, share=self._share)
+        self.exchange = ShardedExchange(params, shards, self.rank, self.world, shared=shared,
+                                        all_reduce=self.dist.all_reduce, gather=self.gather,
+                                        barrier=self.dist.barrier, share=self._share)
         self.uses_shared_memory = shared
 
         def detach() -> None:
             self.exchange.close()
             self.exchange = None
-        return detach
+        return ShardedAdam(opt, shards, self.rank, self.gather), detach
 
     def _share(self, text: str) -> str:
         """Rank 0's `text` (up to 255 bytes), on every rank."""
@@ -105,14 +111,13 @@ class ProcessGroupReducer(Reducer):
         n = int(buf[0])
         return bytes(buf[1:1 + n].tolist()).decode()
 
-    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """Replace each gradient by its mean over the ranks (one in-place sum of the bucket `attach` set up;
-        a missing gradient counts as zero)."""
+    def step(self, dictionary: Dictionary, opt: Any) -> None:
+        """After the backward pass: sum this rank's pieces of the gradients, update them (parallel
+        gradient removal, Adam, decoder norms, on this rank's latents), then take every rank's updates
+        (`ShardedExchange.step`)."""
         if self.exchange is None:
-            raise RuntimeError("ProcessGroupReducer.average_grads: call attach(params) before the first backward pass")
-        t = time.perf_counter()
-        self.exchange.average()
-        self.seconds += time.perf_counter() - t
+            raise RuntimeError("ProcessGroupReducer.step: call attach(dictionary, opt) before the first backward pass")
+        self.seconds += self.exchange.step(dictionary, opt)
 
     def any(self, mask: Tensor) -> Tensor:
         """True where any rank has True."""
@@ -194,8 +199,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", help="cpu, cuda or cuda:N (default: each rank's GPU when there is one, else cpu)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--timeout", type=float, default=300, help="seconds a collective waits for the other processes")
-    ap.add_argument("--all-reduce", action="store_true", help="sum gradients with the process group's all-reduce "
-                    "even when every rank is on this host's CPU (there the default is shared memory)")
+    ap.add_argument("--all-reduce", action="store_true", help="exchange gradients and parameters with the process "
+                    "group's all-reduce and all-gather even when every rank is on this host's CPU (there the "
+                    "default is shared memory)")
     return ap
 
 
@@ -226,15 +232,20 @@ def _device(arg: str | None) -> torch.device:
     return dev
 
 
+def _checkpoint_step(checkpoint: Path) -> str:
+    """"step N in PATH" of a checkpoint file, or why there is none."""
+    if not checkpoint.is_file():
+        return "none yet"
+    try:
+        return f"step {json.loads(read_meta(checkpoint)['state'])['step']} in {checkpoint}"
+    except (DictionaryFileError, KeyError, ValueError):
+        return f"{checkpoint} (unreadable)"
+
+
 def _stopped(rank: int, world: int, checkpoint: Path, why: str) -> str:
-    step = "none yet"
-    if checkpoint.is_file():
-        try:
-            step = f"step {json.loads(read_meta(checkpoint)['state'])['step']} in {checkpoint}"
-        except (DictionaryFileError, KeyError, ValueError):
-            step = f"{checkpoint} (unreadable)"
     return (f"mechscope train: rank {rank} of {world} stopped: {why}. The job cannot go on with a process "
-            f"missing. Last checkpoint: {step}; run the same command again to resume from it.")
+            f"missing. Last checkpoint: {_checkpoint_step(checkpoint)}; run the same command again to resume "
+            "from it.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     if rank == 0:  # the temporary file of a checkpoint write that a kill interrupted
         remove_partial_writes(checkpoint.parent)
+        if checkpoint.is_file():
+            print(f"mechscope train: resuming from {_checkpoint_step(checkpoint)}", file=sys.stderr, flush=True)
     fields: dict[str, Any] = {"d_in": store.widths[store._key(site)], "d_sae": args.d_sae, "seed": args.seed,
                               "site": store._key(site), "model": store.manifest.get("model")}
     if args.arch in ("topk", "batchtopk", "transcoder"):

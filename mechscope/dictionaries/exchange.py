@@ -1,27 +1,34 @@
-"""Gradients of data-parallel ranks averaged without copies: a flat bucket the backward pass writes into.
+"""Gradients of data-parallel ranks summed without copies, and the updated parameters shared back.
 
 `GradBucket` gives every parameter's gradient a place in one flat buffer, laid out like the
 parameter (fused Adam walks raw memory, and W_enc is stored transposed). A hook on each parameter
 writes its gradient there, already multiplied by 1 / world, as the backward pass produces it, and
 hands that view on as the gradient (autograd keeps it instead of cloning), so after the backward
-pass the buffer holds this rank's share of the mean and one in-place sum makes it the mean:
-no copy into a message, no copy back, no division.
+pass the buffer holds this rank's share of the mean: no copy into a message, no division.
 
-The sum: over torch.distributed (`dist.all_reduce` on the buffer), or, for ranks that share one
-host's memory on the CPU, `SharedMemorySum`: the ranks' buffers are slots of one shared-memory
-file; after a barrier each rank adds up its chunk of all slots and writes the sum into every slot,
-and after a second barrier every slot holds the whole sum. A rank reads its peers' memory once and
-writes it once, where gloo's all-reduce over the loopback copies every byte through the kernel's
-sockets several times (about ten times the CPU time on a 2-rank, 5.3M-gradient step). Each rank's
-gradients stay its own between steps (a slot is written by peers only between the two barriers),
-so a rank may change them in place (the decoder's parallel component) while its peers run ahead.
-The sum of a chunk is the same float sum in slot order on every rank.
+Each rank then needs the mean only for the pieces of the parameters it updates (`shards`: ZeRO
+stage 1), and every rank needs everyone's updated pieces before the next forward pass.
+`ShardedExchange` does both, one of two ways:
+
+- ranks that share one host's memory on the CPU (`SharedMemory`): the ranks' buffers are slots
+  of one shared-memory file, and the parameters themselves live in the same file, one copy that
+  every rank reads. After a barrier each rank adds its peers' slots to its own, within its
+  pieces (a reduce-scatter: it reads its peers' memory once and writes only its own);
+  it updates its pieces of the parameters in place, and after a second barrier every rank reads
+  the whole updated dictionary, with no copy at all. Between the two barriers no rank reads what
+  another writes: a rank reads its peers' slots only within its own pieces, which the peers do
+  not update, and writes parameters only there, which no peer reads until the second barrier.
+  gloo's all-reduce over the loopback would copy every byte through the kernel's sockets several
+  times (about ten times the CPU time on a 2-rank, 5.3M-gradient step);
+- otherwise (several hosts, CUDA, or asked for): an all-reduce of the whole buffer, and an
+  all-gather of the updated pieces, which each rank copies into its parameters.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +36,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .base import Dictionary
+from .shards import Shards, flat
+
 SHM_DIR = Path("/dev/shm")
+
+
+def place(flat_buffer: Tensor, p: Tensor, start: int) -> Tensor:
+    """A view of `flat_buffer` from `start` with the shape and strides of `p` (dense)."""
+    return flat_buffer.as_strided(p.shape, p.stride(), flat_buffer.storage_offset() + start)
 
 
 class GradBucket:
@@ -60,8 +75,7 @@ class GradBucket:
 
     def view(self, i: int) -> Tensor:
         """A new view of parameter i's place in the buffer, with the parameter's strides."""
-        p = self.params[i]
-        return self.flat.as_strided(p.shape, p.stride(), self.flat.storage_offset() + self.starts[i])
+        return place(self.flat, self.params[i], self.starts[i])
 
     def _hook(self, i: int) -> Callable[[Tensor], Tensor]:
         def write(grad: Tensor) -> Tensor:
@@ -88,16 +102,16 @@ class GradBucket:
         self.handles = []
 
 
-class SharedMemorySum:
-    """An in-place sum over the ranks of one host's CPU, through `world` slots of `numel` values in a
-    shared-memory file (steps in the module docstring). `barrier()` synchronises the ranks (a
+class SharedMemory:
+    """`world` gradient slots and one copy of the parameters, `numel` values each, in one shared-memory
+    file every rank maps (steps in the module docstring). `barrier()` synchronises the ranks (a
     torch.distributed barrier); `share(name)` is rank 0's file name as every rank receives it.
     """
 
     def __init__(self, numel: int, dtype: torch.dtype, rank: int, world: int, barrier: Callable[[], None],
                  share: Callable[[str], str]):
         self.rank, self.world, self.barrier = rank, world, barrier
-        size = world * numel
+        size = (world + 1) * numel
         path = ""
         if rank == 0:
             path = str(SHM_DIR / f"mechscope-grads-{os.getpid()}-{secrets.token_hex(6)}")
@@ -110,7 +124,7 @@ class SharedMemorySum:
                     os.close(fd)
             path = share(path)
             try:
-                self.slots = torch.from_file(path, shared=True, size=size, dtype=dtype).view(world, numel)
+                whole = torch.from_file(path, shared=True, size=size, dtype=dtype)
             finally:
                 barrier()  # every rank has mapped the file: its name can go (the mappings stay)
         finally:
@@ -119,58 +133,116 @@ class SharedMemorySum:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
-        bounds = [numel * r // world for r in range(world + 1)]
-        self.chunk = slice(bounds[rank], bounds[rank + 1])
+        self.slots = whole[:world * numel].view(world, numel)
+        self.params = whole[world * numel:]
 
     @staticmethod
     def fits(numel: int, dtype: torch.dtype, world: int) -> bool:
-        """Whether /dev/shm exists and has room for the slots (with a margin of a quarter)."""
+        """Whether /dev/shm exists and has room for the slots and the parameters (with a margin of a quarter)."""
         if not SHM_DIR.is_dir():
             return False
         st = os.statvfs(SHM_DIR)
-        need = world * numel * torch.empty((), dtype=dtype).element_size()
+        need = (world + 1) * numel * torch.empty((), dtype=dtype).element_size()
         return st.f_bavail * st.f_frsize >= need * 5 // 4
 
     def slot(self) -> Tensor:
-        """This rank's slot (numel,): what it contributes, and after `sum_` the sum."""
+        """This rank's slot (numel,): what it contributes, and after `reduce_` the sum over its ranges."""
         return self.slots[self.rank]
 
-    def sum_(self) -> None:
-        """Replace every slot by the sum of all slots."""
-        self.barrier()  # every rank has written its slot (and is done reading the last sum from it)
-        c = self.chunk
-        acc = self.slots[0, c]
-        for i in range(1, self.world):
-            acc.add_(self.slots[i, c])
-        for i in range(1, self.world):
-            self.slots[i, c].copy_(acc)
-        self.barrier()  # every chunk is summed into every slot
+    def reduce_(self, ranges: list[tuple[int, int]]) -> None:
+        """Once every rank has written its slot: over `ranges` (start, stop) (this rank's pieces), the
+        sum of all slots into this rank's slot: its own values plus its peers' in slot order (other
+        values of its slot keep its own)."""
+        self.barrier()  # every rank has written its slot (and is done with the last step's pieces)
+        mine = self.slots[self.rank]
+        for a, b in ranges:
+            acc = mine[a:b]
+            for i in range(self.world):
+                if i != self.rank:
+                    acc.add_(self.slots[i, a:b])
 
 
-class BucketExchange:
-    """Averages the gradients of `params` over the ranks: a `GradBucket` summed in place, in shared
-    memory when `shared` (ranks on one host's CPU) or else by `all_reduce(flat)`."""
+class ShardedExchange:
+    """The gradients of `params` summed over the ranks within this rank's pieces of `shards`
+    (`reduce`), and after this rank updated those pieces of the parameters, every rank's updated
+    pieces on every rank (`publish`): through `SharedMemory` when `shared` (ranks on one host's
+    CPU; the parameters move into it), else by `all_reduce(flat)` and `gather(pieces)` (every
+    rank's (1, n) tensor, concatenated along rows). See the module docstring."""
 
-    def __init__(self, params: list[torch.nn.Parameter], rank: int, world: int, *, shared: bool,
-                 all_reduce: Callable[[Tensor], Any], barrier: Callable[[], None], share: Callable[[str], str]):
+    def __init__(self, params: list[torch.nn.Parameter], shards: Shards, rank: int, world: int, *, shared: bool,
+                 all_reduce: Callable[[Tensor], Any], gather: Callable[[Tensor], Tensor],
+                 barrier: Callable[[], None], share: Callable[[str], str]):
         numel = sum(p.numel() for p in params)
         dtype, device = params[0].dtype, params[0].device
-        self.shm = SharedMemorySum(numel, dtype, rank, world, barrier, share) if shared else None
-        flat = self.shm.slot() if self.shm is not None else torch.empty(numel, dtype=dtype, device=device)
-        self.all_reduce = all_reduce
-        self.bucket = GradBucket(params, flat, 1.0 / world)
+        self.params, self.shards, self.rank = params, shards, rank
+        self.all_reduce, self.gather = all_reduce, gather
+        self.shm = SharedMemory(numel, dtype, rank, world, barrier, share) if shared else None
+        flat_grads = self.shm.slot() if self.shm is not None else torch.empty(numel, dtype=dtype, device=device)
+        self.bucket = GradBucket(params, flat_grads, 1.0 / world)
+        starts = self.bucket.starts
+        self.ranges = [(starts[c.param] + c.start, starts[c.param] + c.stop) for c in shards.pieces[rank]]
+        if self.shm is not None:  # rank 0's parameters (every rank's are the same) become the shared copy
+            if rank == 0:
+                for i, p in enumerate(params):
+                    place(self.shm.params, p, starts[i]).copy_(p.detach())
+            barrier()
+            with torch.no_grad():
+                for i, p in enumerate(params):
+                    p.data = place(self.shm.params, p, starts[i])
 
-    def average(self) -> None:
-        """After the backward pass: every gradient is the mean over the ranks."""
+    def step(self, dictionary: Dictionary, opt: Any) -> float:
+        """After the backward pass, the ranks' optimizer step: sum this rank's pieces of the gradients
+        (`reduce`), update them (the gradient along its latents' unit-norm decoder rows removed, `opt`:
+        Adam on its pieces, `Dictionary.constrain_` of its latents), take every rank's updates
+        (`publish`) and `Dictionary.refresh_`. Returns the seconds spent in (or waiting for) the
+        exchanges."""
+        latents = self.shards.latents[self.rank]
+        t = time.perf_counter()
+        self.reduce()
+        waited = time.perf_counter() - t
+        if dictionary.unit_norm_decoder:
+            dictionary.remove_parallel_grads_(latents)
+        opt.step()
+        dictionary.constrain_(latents)
+        t = time.perf_counter()
+        self.publish()
+        waited += time.perf_counter() - t
+        dictionary.refresh_()
+        return waited
+
+    def reduce(self) -> None:
+        """After the backward pass: within this rank's pieces, every gradient is the mean over the ranks."""
         self.bucket.settle()
         if self.shm is not None:
-            self.shm.sum_()
+            self.shm.reduce_(self.ranges)
         else:
             self.all_reduce(self.bucket.flat)
 
+    def publish(self) -> None:
+        """After this rank updated its pieces of the parameters: every rank's updates, on every rank."""
+        if self.shm is not None:
+            self.shm.barrier()  # the parameters are one shared copy: every piece is written
+            return
+        width = max(sum(c.numel for c in pieces) for pieces in self.shards.pieces)
+        mine = torch.cat([flat(self.params[c.param])[c.start:c.stop] for c in self.shards.pieces[self.rank]])
+        send = torch.zeros(1, width, dtype=mine.dtype, device=mine.device)
+        send[0, :mine.numel()] = mine
+        every = self.gather(send)  # (world, width)
+        for r, pieces in enumerate(self.shards.pieces):
+            if r == self.rank:
+                continue
+            at = 0
+            for c in pieces:
+                flat(self.params[c.param])[c.start:c.stop] = every[r, at:at + c.numel]
+                at += c.numel
+
     def close(self) -> None:
-        """Take the hooks off; the gradients keep their current values."""
+        """Take the hooks off; the gradients and parameters keep their values, in memory of their own
+        (peers may still write the shared buffers)."""
         self.bucket.remove()
-        for p in self.bucket.params:  # detached from the shared buffer, which peers may still write
-            if p.grad is not None:
-                p.grad = p.grad.clone()
+        with torch.no_grad():
+            for p in self.bucket.params:
+                if p.grad is not None:
+                    p.grad = p.grad.clone()
+                if self.shm is not None:
+                    p.data = p.data.clone()

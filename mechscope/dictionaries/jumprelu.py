@@ -150,9 +150,14 @@ class JumpReLUSAE(Dictionary):
         self.log_threshold.copy_(theta.log())
 
     @torch.no_grad()
-    def constrain_(self) -> None:
-        """The base class' constraints, then the buffer `threshold` set to exp(log_threshold)."""
-        super().constrain_()
+    def constrain_(self, latents: slice = slice(None)) -> None:
+        """The base class' constraints, then the buffer `threshold` of `latents` set to exp(log_threshold)."""
+        super().constrain_(latents)
+        self.threshold[latents] = self.log_threshold[latents].exp()
+
+    @torch.no_grad()
+    def refresh_(self) -> None:
+        """Every latent's `threshold`: exp(log_threshold)."""
         self.threshold.copy_(self.log_threshold.exp())
 
     @torch.no_grad()

@@ -10,7 +10,7 @@ Steps of `train`:
    ramp (`sparsity_warmup_fraction`) or, for a config with `target_l0`, the factor on the penalty
    from `target.L0Controller` (updated from each step's L0), the architecture's loss with the
    current dead-latent mask, backward; for unit-norm decoders the gradient along each decoder row
-   is removed; Adam step; constraints restored (`Dictionary.constrain_`);
+   is removed, Adam steps, constraints are restored (`Dictionary.constrain_`): `Reducer.step`;
 3. dead latents: a latent is dead once it has not fired for `dead_after_tokens` rows; TopK-like
    architectures train dead latents through their auxiliary-k loss, others are resampled every
    `resample_every` steps (decoder direction: a high-error row's residual; Adam state reset);
@@ -21,11 +21,14 @@ Steps of `train`:
 
 Data-parallel training (`reducer`, see `ddp`): each process trains on its own slice of every
 batch; the first batch is gathered whole so that every process initialises alike, gradients are
-averaged after each backward pass, and fired latents and L0 are combined across the processes (one
-exchange per step, started before the backward pass so that it overlaps it), so the processes hold the same dictionary, and it is the one a single process trains on
-the concatenated batches, up to the order of floating-point sums. With `checkpointing`, the state
-is saved atomically every `every` steps before the last (`checkpoint`) and a run started again resumes from it,
-replaying the batch stream up to its step without training on it.
+averaged after each backward pass, each process updates its shard of the parameters (with Adam's
+moments for that shard only) and the processes exchange the updates (`Reducer.step`), and fired
+latents and L0 are combined across the processes (one exchange per step, started before the
+backward pass so that it overlaps it), so the processes hold the same dictionary, and it is the
+one a single process trains on the concatenated batches, up to the order of floating-point sums.
+With `checkpointing`, the state is saved atomically every `every` steps before the last
+(`checkpoint`) and a run started again resumes from it, replaying the batch stream up to its step
+without training on it.
 
 Run as `python -m mechscope.dictionaries.train` (or under `torchrun`) it trains on a store: see `ddp.main`.
 """
@@ -148,13 +151,20 @@ class Reducer:
         """Every process's `t`, concatenated along rows in rank order."""
         return t
 
-    def attach(self, params: list[torch.nn.Parameter]) -> Callable[[], None]:
-        """Prepare to average the gradients of `params` (called before the first backward pass);
-        returns the function to call when training ends."""
-        return lambda: None
+    def attach(self, dictionary: Dictionary, opt: torch.optim.Adam) -> tuple[Any, Callable[[], None]]:
+        """Prepare to train the parameters `opt` optimises over the processes (called before the first
+        backward pass); returns the optimizer this process steps (`opt` here; in several processes,
+        one over its shard of the parameters) and the function to call when training ends."""
+        return opt, lambda: None
 
-    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """Replace each gradient by its mean over the processes (after the backward pass)."""
+    def step(self, dictionary: Dictionary, opt: Any) -> None:
+        """After the backward pass: one optimizer step with the architecture's constraints (the
+        gradient along each unit-norm decoder row removed, Adam, `Dictionary.constrain_`), on the
+        gradients' mean over the processes."""
+        if dictionary.unit_norm_decoder:
+            dictionary.remove_parallel_grads_()
+        opt.step()
+        dictionary.constrain_()
 
     def any(self, mask: Tensor) -> Tensor:
         """True where any process has True."""
@@ -296,8 +306,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     t0, cpu0 = time.perf_counter(), time.process_time()
     batch = first
     recent: deque[Tensor] = deque(maxlen=8)  # the last inputs, for a dictionary's end-of-training calibration
-    params = [p for p in dictionary.parameters() if p.requires_grad]
-    detach = red.attach(params)
+    opt, detach = red.attach(dictionary, opt)
     try:
         for step in range(start, steps):
             if step > 0:
@@ -319,11 +328,7 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
                 step_stats = red.start_step_stats(_fired(out.codes), _l0(out.codes))  # overlaps the backward pass
                 opt.zero_grad(set_to_none=True)
                 out.total.backward()
-                red.average_grads(params)
-                if dictionary.unit_norm_decoder:
-                    dictionary.remove_parallel_grads_()
-                opt.step()
-                dictionary.constrain_()
+                red.step(dictionary, opt)
                 fired, l0 = step_stats()
             if controller is not None:
                 controller.update(l0)
@@ -347,8 +352,9 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
                 bar.set_postfix(fvu=f"{row.get('fvu', float('nan')):.3f}", l0=f"{row['l0']:.1f}",
                                 dead=f"{row['dead_fraction']:.2f}")
             if checkpointing is not None and (step + 1) % checkpointing.every == 0 and not last:
+                moments = opt.state_dict()["state"]  # every process: a sharded optimizer gathers its pieces
                 if red.rank == 0:
-                    ckpt.save(checkpointing.path, ident, dictionary, opt,
+                    ckpt.save(checkpointing.path, ident, dictionary, moments,
                               {"since_fired": since_fired, "rng": g.get_state()},
                               {"step": step + 1, "seen": seen, "s_in": s_in, "s_out": s_out, "curve": curve,
                                "controller": [controller.integral, controller.error] if controller else None})
