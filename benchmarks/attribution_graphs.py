@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from _machine import cpu_snapshot, machine, other_cpu_share, progress  # noqa: E402
 
 from mechscope.core.site import Kind  # noqa: E402
+from mechscope.features.autointerp import pearson  # noqa: E402
 
 NORM_SCALES = (Kind.LN1_SCALE, Kind.LN2_SCALE, Kind.LN_FINAL_SCALE)
 
@@ -57,13 +58,6 @@ def random_transcoders(model, n_layers: int, d_model: int, d_sae: int, k: int) -
                                          site=f"ln2.{layer}", site_out=f"mlp_out.{layer}"))
         out[layer] = tc.eval()
     return out
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Pearson's correlation of two (n,) vectors (nan when either is constant)."""
-    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
-    den = float(a.norm() * b.norm())
-    return float((a * b).sum()) / den if den > 0 else float("nan")
 
 
 def parse_layers(text: str) -> list[int]:

@@ -134,11 +134,14 @@ def graph(
         write_json(out / "graph.json", doc)
     if artifacts is not None:
         from .artifacts import ArtifactError, ArtifactWriter
-        writer = ArtifactWriter(artifacts)
+        writer, known = None, True
         try:
+            writer = ArtifactWriter(artifacts)
+            known = any(m["name"] == model for m in writer.manifest["models"])
             saved = writer.model(model).graph(name, doc, prompt=prompt, feature_sets=sets, store=store)
         except ArtifactError as e:
-            writer.forget(model)  # a model this refusal registered, with nothing saved, leaves the manifest
+            if writer is not None and not known:
+                writer.forget(model)  # registered by this refusal, with nothing saved: out of the manifest again
             raise typer.BadParameter(str(e)) from None
     t = Table("measure", "value", title=f"attribution graph of {prompt!r} on {model}")
     for k in ("replacement", "completeness", "pruned_replacement", "pruned_completeness", "kept_latents",

@@ -516,6 +516,15 @@ def test_graph_command_saves_the_graph_for_the_viewer(llama_dir, tmp_path):
     refused(r"feature set 'tc.9' \(layer 1\) is not in the model's feature store",
             "--artifacts", fresh, "--name", "other", "--store", store, "--feature-set", "1=tc.9")
     assert read_artifacts(fresh).model_names() == []
+    from mechscope.artifacts import ArtifactWriter
+
+    kept = tmp_path / "kept"  # a model registered before (nothing saved yet) stays registered
+    ArtifactWriter(kept).model(str(llama_dir))
+    refused(r"feature set 'tc.9' \(layer 1\) is not in the model's feature store",
+            "--artifacts", kept, "--name", "other", "--store", store, "--feature-set", "1=tc.9")
+    assert read_artifacts(kept).model_names() == [str(llama_dir)]
+    (kept / "manifest.json").write_text("{not json")  # an unreadable manifest is a usage error too
+    refused(r"manifest", "--artifacts", kept, "--name", "other")
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

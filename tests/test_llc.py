@@ -22,6 +22,7 @@ from torch import nn
 from mechscope.landscape import (Component, LandscapeError, SGLDConfig, components, cross_entropy_loss,
                                  estimate_llc, estimate_llc_components, lm_loss, mse_loss, sample,
                                  select_parameters)
+from mechscope.landscape import sgld
 from mechscope.models.tiny import TinyConfig, TinyModel, TinyTransformer
 
 
@@ -470,9 +471,15 @@ def test_vectorized_chains_equal_the_loop(shared):
     heads = components(model, per_head=True)
     cfg = SGLDConfig(chains=3, draws=12, batch_size=8, step_size=1e-3, shared_batches=shared)
     loss = lambda b: lm_loss(model, b)  # noqa: E731
+
+    def no_loop(*args, **kwargs):
+        raise AssertionError("the vectorised pass fell back to the loop")
+
     for params in (None, heads["blocks.1.attn.0"], heads["unembed"]):
         loop = sample(loss, model.module, ids, cfg, params, progress=False)
-        vec = sample(loss, model.module, ids, cfg, params, progress=False, vectorize=True)
+        with pytest.MonkeyPatch.context() as mp:  # the vmapped pass itself, not the loop, gives these losses
+            mp.setattr(sgld, "_sample_sequential", no_loop)
+            vec = sample(loss, model.module, ids, cfg, params, progress=False, vectorize=True)
         assert vec.stopped == loop.stopped == (None, None, None)
         assert vec.sampled == loop.sampled and vec.n_sampled == loop.n_sampled
         assert torch.allclose(vec.losses, loop.losses, rtol=0, atol=1e-5), float((vec.losses - loop.losses).abs().max())
@@ -527,3 +534,12 @@ def test_vectorized_falls_back_to_the_loop(monkeypatch, capsys):
     loop = sample(lambda b: mse_loss(net, b), net, (x, y), cfg, batches=sizes, progress=False)
     assert torch.equal(vec.losses, loop.losses)
     assert "minibatches differ in size at step 0" in capsys.readouterr().err
+    # sizes that part ways after two steps, from iterators that can be read once: the loop takes over
+    # and replays what the vmapped pass had drawn
+    orders = [[torch.arange(8)] * 10, [torch.arange(8)] * 2 + [torch.arange(7)] * 8]
+    once = [iter(o) for o in orders]
+    vec = sample(lambda b: mse_loss(net, b), net, (x, y), cfg, batches=lambda c: once[c], progress=False,
+                 vectorize=True)
+    loop = sample(lambda b: mse_loss(net, b), net, (x, y), cfg, batches=lambda c: iter(orders[c]), progress=False)
+    assert torch.equal(vec.losses, loop.losses)
+    assert "minibatches differ in size at step 2" in capsys.readouterr().err

@@ -65,8 +65,8 @@ class ArtifactWriter:
 
     def forget(self, name: str) -> bool:
         """Take model `name` out of the manifest if nothing was saved for it (its directory is missing or
-        empty); True if it was taken out. A command that registered a model and then refused to save
-        leaves the directory as it found it.
+        empty); True if it was taken out. For a command that registered a model and then refused to
+        save anything under it (call it only for a model the command itself added).
 
         Example::
 

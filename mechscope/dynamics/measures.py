@@ -386,10 +386,12 @@ class _LLCPool:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        self.others = set(multiprocessing.active_children())  # child processes that are not this pool's
+        others = set(multiprocessing.active_children())
         self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                             initializer=_llc_worker_init, initargs=(series, data, settings))
         self.futures = [self.executor.submit(_llc_worker, i) for i in range(len(series))]
+        # forked workers all start at the first submit: the children that appeared are this pool's
+        self.workers = [p for p in multiprocessing.active_children() if p not in others]
 
     def result(self, i: int) -> tuple[LLCResult | None, str | None]:
         return self.futures[i].result()
@@ -400,13 +402,10 @@ class _LLCPool:
 
     def stop(self) -> None:
         """Drop the pending checkpoints and end the running ones now (the run failed or was interrupted)."""
-        import multiprocessing
-
-        processes = [p for p in multiprocessing.active_children() if p not in self.others]  # the pool's workers
         self.executor.shutdown(wait=False, cancel_futures=True)
-        for p in processes:
+        for p in self.workers:
             p.terminate()
-        for p in processes:
+        for p in self.workers:
             p.join()
 
 

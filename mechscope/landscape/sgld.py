@@ -24,6 +24,7 @@ chains differ by their noise alone), else `seed + c`.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -318,6 +319,7 @@ def sample(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, conf
     nbeta = config.nbeta_for(n)
     losses = torch.full((config.chains, config.steps), float("nan"), dtype=torch.float64)
     stopped: list[int | None] | None = None
+    orders: list[Iterator[Tensor]] | None = None
     with restored(module):
         if vectorize:
             try:
@@ -326,9 +328,10 @@ def sample(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, conf
             except _NotVectorizable as why:
                 note(f"{desc}: the chains run one after another ({why})")
                 losses.fill_(float("nan"))
+                orders = why.orders  # the minibatches drawn so far come first again
         if stopped is None:
             stopped = _sample_sequential(loss, module, data, config, selected, nbeta, losses, batches,
-                                         progress, desc)
+                                         progress, desc, orders)
     return Chains(losses, tuple(stopped), nbeta, n, tuple(s.name for s in selected), sum(s.size for s in selected))
 
 
@@ -355,8 +358,9 @@ def _not_a_mean(value: Any) -> LandscapeError:
 def _sample_sequential(loss: Callable[[Batch], Tensor], module: nn.Module, data: Batch, config: SGLDConfig,
                        selected: list[Selected], nbeta: float, losses: Tensor,
                        batches: Callable[[int], Iterable[Tensor]] | None, progress: bool,
-                       desc: str) -> list[int | None]:
-    """The chains one after another, moving the module's own parameters; fills `losses`, returns `stopped`."""
+                       desc: str, orders: list[Iterator[Tensor]] | None = None) -> list[int | None]:
+    """The chains one after another, moving the module's own parameters; fills `losses`, returns `stopped`.
+    `orders`: each chain's minibatch order when a vectorised pass already drew from it (else `_orders`)."""
     eps, gamma = float(config.step_size), float(config.localization)
     stopped: list[int | None] = []
     chosen = {id(s.param) for s in selected}
@@ -364,7 +368,7 @@ def _sample_sequential(loss: Callable[[Batch], Tensor], module: nn.Module, data:
         p.requires_grad_(id(p) in chosen)
         p.grad = None
     origin = [s.param.detach().clone() for s in selected]  # w*
-    orders = _orders(config, n_examples(data), batches)
+    orders = orders if orders is not None else _orders(config, n_examples(data), batches)
     bar = progress_bar(total=config.chains * config.steps, desc=desc, unit="step", disable=not progress)
     try:
         for chain in range(config.chains):
@@ -397,7 +401,10 @@ def _sample_sequential(loss: Callable[[Batch], Tensor], module: nn.Module, data:
 
 
 class _NotVectorizable(Exception):
-    """The chains cannot run as one vmapped pass (the message says why); they run one after another."""
+    """The chains cannot run as one vmapped pass (the message says why); they run one after another.
+    `orders` replays each chain's minibatch order from its start (what the pass drew, then the rest)."""
+
+    orders: list[Iterator[Tensor]] | None = None
 
 
 class _LossOf(nn.Module):
@@ -451,9 +458,12 @@ def _sample_vectorized(loss: Callable[[Batch], Tensor], module: nn.Module, data:
     active = [True] * chains
     stopped: list[int | None] = [None] * chains
     bar = progress_bar(total=chains * config.steps, desc=desc, unit="step", disable=not progress)
+    drawn: list[list[Tensor]] = [[] for _ in range(chains)]  # replayed if the loop takes over
     try:
         for step in range(config.steps):
             index = [_next_index(orders[c], c, step, config) for c in range(chains)]
+            for c in range(chains):
+                drawn[c].append(index[c])
             same = all(torch.equal(index[0], i) for i in index[1:])
             if not same and len({tuple(i.shape) for i in index}) > 1:
                 raise _NotVectorizable(f"the chains' minibatches differ in size at step {step}")
@@ -484,6 +494,9 @@ def _sample_vectorized(loss: Callable[[Batch], Tensor], module: nn.Module, data:
             if not any(active):
                 break
             _step_stacked(weights, grads, origin, masks, active, nbeta, eps, gamma, gens)
+    except _NotVectorizable as why:
+        why.orders = [itertools.chain(d, o) for d, o in zip(drawn, orders)]
+        raise
     finally:
         bar.close()
     return stopped
