@@ -22,6 +22,7 @@ Steps (`feature_study`):
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -101,18 +102,24 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
                                                                         rows[len(rows) // 2]["feature"]),
                                ("most active", busiest)):
                 pages.append({"why": label, **_compact_page(store.page(feats.name, fid))})
+    # a latent silent on every causal document has no ablation effect to recover: its ratio is not
+    # finite, and it is counted apart instead of entering the median and quartiles
     causal = [r["loss_recovered"] for r in res.rows if r["loss_recovered"] is not None]
-    base = [r["loss_recovered"] for r in res.baseline_rows if r["loss_recovered"] is not None]
+    undefined = sum(not math.isfinite(x) for x in causal)
+    causal = [x for x in causal if math.isfinite(x)]
+    base = [r["loss_recovered"] for r in res.baseline_rows
+            if r["loss_recovered"] is not None and math.isfinite(r["loss_recovered"])]
     return {
         "set": feats.name, "site": feats.site.name, "model": getattr(model, "name", type(model).__name__),
         "dataset": dataset, "documents": int(docs.shape[0]), "tokens_per_document": int(docs.shape[1]),
         "latents": len(feats), "live": res.live, "explained_fires_heldout": res.explained,
         "corr_at_least_0.7": res.corr_at_least_07, "share_corr_0.7": res.share_corr_07,
         "median_heldout_corr": statistics.median([r["corr"] for r in rows]) if rows else None,
-        "causal_scored": len(causal), "causal_documents": causal_docs or int(docs.shape[0]) - int(docs.shape[0]) // 2,
+        "causal_scored": len(causal) + undefined, "causal_documents": causal_docs or int(docs.shape[0]) - int(docs.shape[0]) // 2,
         "lm_explained": len(res.lm_rows), "lm_corr_at_least_0.7": sum(r["corr"] >= 0.7 for r in res.lm_rows),
         "median_loss_recovered_vs_mean": statistics.median(causal) if causal else None,
-        "quartiles_loss_recovered_vs_mean": _quartiles(causal), "grammar": grammar,
+        "quartiles_loss_recovered_vs_mean": _quartiles(causal), "causal_not_finite": undefined,
+        "grammar": grammar,
         "size_median": _median_size(res.rows),
         "baseline": None if not res.baseline_rows else {
             "explainer": "one rule and its mean value", "causal_scored": len(base),
