@@ -51,6 +51,10 @@ def test_no_clause_is_added_for_noise():
     expl, _ = fit_clauses(noise[:60] * torch.isin(IDS[:60], torch.tensor([9])), table.subset(torch.arange(60)),
                           min_gain=0.05)
     assert len(expl.clauses) == 1 and expl.rule == CurrentToken(frozenset({9}))
+    # without the split, sets chosen from the noise itself pass as clauses
+    loose, _ = fit_clauses(noise[:60] * torch.isin(IDS[:60], torch.tensor([9])), table.subset(torch.arange(60)),
+                           min_gain=0.05, crossfit=False)
+    assert len(loose.clauses) > 1
 
 
 def test_previous_latent_rule_reads_another_latent_on_the_previous_token():

@@ -211,7 +211,8 @@ def _honest_gain(mask: Tensor, r: Tensor, a: Tensor, b: Tensor) -> float:
 
 def fit_clauses(values: Tensor, table: TokenTable, *, fixed: dict[Rule, Tensor] | None = None,
                 prev_latents: Tensor | None = None, exclude: int | None = None, max_set: int = 12,
-                max_clauses: int = 4, min_gain: float = 0.01, shortlist: int = 6) -> tuple[Explanation, float]:
+                max_clauses: int = 4, min_gain: float = 0.01, shortlist: int = 6, crossfit: bool = True
+                ) -> tuple[Explanation, float]:
     """An explanation of a few clauses with least-squares values for one feature's values (doc, pos)
     on `table` (see the module docstring), and its training correlation. `prev_latents` (tokens,
     feature), from `previous_latent_masks`, adds the rules "latent j was active on the previous
@@ -220,14 +221,16 @@ def fit_clauses(values: Tensor, table: TokenTable, *, fixed: dict[Rule, Tensor] 
     The training documents are split in two (alternate documents): rules are searched on the first
     part, and a clause is chosen and kept by how much its value, fitted on the first part, lowers
     the error on the second (it must lower it by `min_gain` of the second part's sum of squares);
-    the kept clauses' values are then fitted on all the training documents."""
+    the kept clauses' values are then fitted on all the training documents. `crossfit=False` (or
+    fewer than four documents) searches and judges on all of them."""
     y = values.flatten().double()
     fixed = fixed if fixed is not None else fixed_masks(table)
     vocab = int(table.ids.max()) + 1
     n_docs, n_pos = table.ids.shape
     doc = torch.arange(n_docs).repeat_interleave(n_pos)
-    a = doc % 2 == 0 if n_docs >= 4 else torch.ones_like(doc, dtype=torch.bool)
-    b = ~a if n_docs >= 4 else a
+    split = crossfit and n_docs >= 4
+    a = doc % 2 == 0 if split else torch.ones_like(doc, dtype=torch.bool)
+    b = ~a if split else a
     if float((y ** 2).sum()) == 0:
         return Explanation(Position("<", 0), 0.0), 0.0
     total_b = float((y[b] ** 2).sum())
