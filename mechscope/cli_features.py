@@ -26,6 +26,10 @@ def explain_cmd(
     seq_len: Annotated[int, typer.Option(help="tokens per window")] = 128,
     causal_limit: Annotated[Optional[int], typer.Option(help="score causally only the N most active live "
                                                              "latents (default: every live latent)")] = None,
+    grammar: Annotated[str, typer.Option(help="clauses: a few rules with least-squares values, reading tokens, "
+                                              "context and the latents on the previous token; rule: one rule and "
+                                              "its mean value")] = "clauses",
+    baseline: Annotated[bool, typer.Option(help="also score the one-rule search, in the same causal runs")] = False,
     causal_docs: Annotated[Optional[int], typer.Option(help="score causally on the first N held-out windows "
                                                             "only (default: all of them)")] = None,
     skip_first: Annotated[bool, typer.Option(help="read 0 at each window's first position (attention sink)")
@@ -49,6 +53,9 @@ def explain_cmd(
     from .studies.feature_study import feature_study
     from .zoo import datasets
 
+    from .features.pipeline import GRAMMARS
+    if grammar not in GRAMMARS:
+        raise typer.BadParameter(f"--grammar must be one of {', '.join(GRAMMARS)}; got {grammar!r}")
     torch.set_num_threads(threads)
     m = load(model, device=device)
     if getattr(m, "tokenizer", None) is None:
@@ -60,10 +67,11 @@ def explain_cmd(
     lm = LMExplainer(lm_url, lm_model, api_key_env=lm_key_env) if lm_url else None
     figures = feature_study(m, d, ids, out, dataset=f"{corpus} held-out, {docs}x{seq_len} tokens",
                             causal_limit=causal_limit, skip_first=skip_first, lm=lm,
-                            causal_docs=causal_docs)
+                            causal_docs=causal_docs, grammar=grammar, baseline=baseline)
     t = Table(title=f"{figures['set']} on {figures['dataset']}")
     for k in ("latents", "live", "corr_at_least_0.7", "share_corr_0.7", "median_heldout_corr", "causal_scored",
-              "median_loss_recovered_vs_mean", "seconds"):
+              "median_loss_recovered_vs_mean", "quartiles_loss_recovered_vs_mean", "size_median", "baseline",
+              "seconds"):
         v = figures[k]
         t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     console.print(t)

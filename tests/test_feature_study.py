@@ -56,3 +56,15 @@ def test_study_stores_every_latent_and_rerunning_replaces_rows(tmp_path):
                 {r["feature"] for r in store.features(few["set"])} else [])]
     causal = [json.loads(r["spec"])["causal"]["mean"] for r in rows if r["loss_recovered"] is not None]
     assert len(causal) == 1 and causal[0]["n"] == 3 and few["causal_documents"] == 3
+
+
+def test_study_summary_with_the_baseline_counts_undefined_ratios_apart(tmp_path):
+    model, sae, docs = _setup()
+    fig = feature_study(model, sae, docs, tmp_path / "b.duckdb", dataset="random tokens", causal_limit=6,
+                        causal_docs=2, baseline=True, progress=False)
+    assert fig["causal_scored"] == 6 and fig["baseline"]["causal_scored"] <= 6
+    assert 0 <= fig["causal_not_finite"] <= 6
+    q = fig["quartiles_loss_recovered_vs_mean"]
+    assert q is None or q[0] <= q[1] <= q[2]
+    assert fig["size_median"]["lines"] >= 1 and fig["baseline"]["size_median"]["lines"] == 1
+    assert fig["seconds"]["explanations_detail"]["cpu"] > 0

@@ -11,6 +11,18 @@ Steps, for each feature, on a training split of documents:
 3. And / Or of the two best rules of different families;
 4. the best rule by training correlation becomes an Explanation whose scale is the feature's
    mean value where the rule holds.
+`fit_clauses` fits values, not only firing: a few clauses, each a rule of the same grammar (plus
+"latent j of the set was active on the previous token"), chosen greedily on the training split:
+1. the candidate rule that most lowers the squared error of the residual (the feature's values
+   minus the current prediction) is added: for a 0/1 mask m and residual r the least-squares value
+   is (m.r)/(m.m) and the error falls by (m.r)^2/(m.m), so token sets are again prefixes of tokens
+   sorted by their mean residual (both ends: a clause may also lower the prediction);
+2. the values of every clause so far are refitted jointly by least squares;
+3. it stops after `max_clauses` clauses or when a clause would lower the error by less than
+   `min_gain` of the values' sum of squares. Choosing sets of tokens from data overfits, so rules
+   are searched on one half of the training documents and judged on the other (the value fitted
+   on the first half must lower the error on the second); values are then fitted on all of them.
+No clause is a table indexed by the input: each is a rule a person can read, with one fitted value.
 Each explanation is then scored on held-out documents: Pearson correlation of prediction and
 value, and precision / recall of "the rule holds" against "the feature is active".
 """
@@ -24,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .rules import (REGEXES, And, Bigram, CurrentToken, Explanation, InsideCode, InsideQuotes, Or, Position,
-                    PreviousToken, Rule, TokenRegex, TokenTable)
+                    PreviousLatent, PreviousToken, Rule, TokenRegex, TokenTable)
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,145 @@ def explain_feature(values: Tensor, table: TokenTable, *, fixed: dict[Rule, Tens
     m = best.mask(table).flatten()
     scale = float(y[m].mean()) if m.any() else 0.0
     return Explanation(best, scale), best_c
+
+
+def _best_gain_set(keys: Tensor, r: Tensor, n_keys: int, max_size: int, prior: float = 3.0
+                   ) -> tuple[frozenset[int], float]:
+    """The prefix (of keys sorted by mean residual, from either end) of at most max_size keys whose
+    mask lowers the squared error of `r` most with one least-squares value; and that reduction.
+    Keys are sorted by their residual's sum over (count + `prior`): a mean shrunk towards 0, so that
+    a key seen once or twice with a large residual by chance does not lead the list."""
+    ok = keys >= 0
+    cnt = torch.bincount(keys[ok], minlength=n_keys).double()
+    sr = torch.bincount(keys[ok], weights=r[ok], minlength=n_keys)
+    seen = cnt > 0
+    if not bool(seen.any()):
+        return frozenset(), 0.0
+    mean = torch.where(seen, sr / (cnt + prior), torch.zeros_like(sr))
+    best: tuple[frozenset[int], float] = (frozenset(), 0.0)
+    for sign in (1.0, -1.0):
+        order = (sign * mean).masked_fill(~seen, -float("inf")).argsort(descending=True)[:max_size]
+        order = order[cnt[order] > 0]
+        gain = sr[order].cumsum(0) ** 2 / cnt[order].cumsum(0)
+        k = int(gain.argmax())
+        if float(gain[k]) > best[1]:
+            best = (frozenset(int(t) for t in order[:k + 1]), float(gain[k]))
+    return best
+
+
+def _gain(mask: Tensor, r: Tensor) -> float:
+    """How much one least-squares value on the 0/1 `mask` lowers the squared error of `r`."""
+    n = float(mask.sum())
+    return float((r[mask].sum()) ** 2 / n) if n > 0 else 0.0
+
+
+def previous_latent_masks(table: TokenTable, threshold: float = 0.0) -> Tensor:
+    """(tokens, feature) float 0/1: latent j was above `threshold` on the previous token (needs the
+    table's `latents`); the masks of every PreviousLatent rule at once."""
+    if table.latents is None:
+        raise ValueError("previous-latent rules need the set's values: TokenTable.with_latents(values)")
+    on = table.latents > threshold
+    prev = torch.cat([torch.zeros_like(on[:, :1]), on[:, :-1]], dim=1)
+    return prev.flatten(0, 1).float()
+
+
+def _clause_candidates(r: Tensor, sel: Tensor, table: TokenTable, fixed: dict[Rule, Tensor],
+                       prev_latents: Tensor | None, exclude: int | None, vocab: int, max_set: int
+                       ) -> list[tuple[str, Rule, float]]:
+    """Each family's best rule for the residual `r` on the tokens `sel` (bool, flattened), with its gain."""
+    none = torch.full_like(table.ids.flatten(), -1)
+    cands: list[tuple[str, Rule, float]] = []
+    s, g = _best_gain_set(torch.where(sel, table.ids.flatten(), none), r, vocab, max_set)
+    if s:
+        cands.append(("token", CurrentToken(s), g))
+    s, g = _best_gain_set(torch.where(sel, table.prev.flatten(), none), r, vocab, max_set)
+    if s:
+        cands.append(("previous", PreviousToken(s), g))
+    top = r.masked_fill(~sel, 0).abs().topk(min(64, r.numel())).indices
+    pair_key = table.prev.flatten() * vocab + table.ids.flatten()
+    seen = torch.unique(pair_key[top][table.prev.flatten()[top] >= 0])
+    if len(seen):
+        dense = torch.searchsorted(seen, pair_key).clamp_max(len(seen) - 1)
+        dense = torch.where((seen[dense] == pair_key) & sel, dense, torch.full_like(dense, -1))
+        s, g = _best_gain_set(dense, r, len(seen), max_set)
+        if s:
+            inv = seen.tolist()
+            cands.append(("bigram", Bigram(frozenset((inv[i] // vocab, inv[i] % vocab) for i in s)), g))
+    for rule, mask in fixed.items():
+        cands.append((type(rule).__name__, rule, _gain(mask & sel, r)))
+    if prev_latents is not None:
+        P, rs = prev_latents[sel], r[sel].float()
+        cnt = P.sum(0).double()
+        gains = torch.where(cnt > 0, (rs @ P).double() ** 2 / cnt.clamp_min(1), torch.zeros_like(cnt))
+        if exclude is not None:
+            gains[exclude] = -1.0
+        j = int(gains.argmax())
+        if float(gains[j]) > 0:
+            cands.append(("latent", PreviousLatent(j), float(gains[j])))
+    cands.sort(key=lambda t: -t[2])
+    return cands
+
+
+def _honest_gain(mask: Tensor, r: Tensor, a: Tensor, b: Tensor) -> float:
+    """How much the value fitted on tokens `a` lowers the squared error of `r` on tokens `b`."""
+    ma, mb = mask & a, mask & b
+    n = float(ma.sum())
+    if n == 0:
+        return 0.0
+    v = float(r[ma].sum()) / n
+    return 2 * v * float(r[mb].sum()) - v * v * float(mb.sum())
+
+
+def fit_clauses(values: Tensor, table: TokenTable, *, fixed: dict[Rule, Tensor] | None = None,
+                prev_latents: Tensor | None = None, exclude: int | None = None, max_set: int = 12,
+                max_clauses: int = 4, min_gain: float = 0.01, shortlist: int = 6, crossfit: bool = True
+                ) -> tuple[Explanation, float]:
+    """An explanation of a few clauses with least-squares values for one feature's values (doc, pos)
+    on `table` (see the module docstring), and its training correlation. `prev_latents` (tokens,
+    feature), from `previous_latent_masks`, adds the rules "latent j was active on the previous
+    token"; `exclude` is the explained feature's own index there (never read).
+
+    The training documents are split in two (alternate documents): rules are searched on the first
+    part, and a clause is chosen and kept by how much its value, fitted on the first part, lowers
+    the error on the second (it must lower it by `min_gain` of the second part's sum of squares);
+    the kept clauses' values are then fitted on all the training documents. `crossfit=False` (or
+    fewer than four documents) searches and judges on all of them."""
+    y = values.flatten().double()
+    fixed = fixed if fixed is not None else fixed_masks(table)
+    vocab = int(table.ids.max()) + 1
+    n_docs, n_pos = table.ids.shape
+    doc = torch.arange(n_docs).repeat_interleave(n_pos)
+    split = crossfit and n_docs >= 4
+    a = doc % 2 == 0 if split else torch.ones_like(doc, dtype=torch.bool)
+    b = ~a if split else a
+    if float((y ** 2).sum()) == 0:
+        return Explanation(Position("<", 0), 0.0), 0.0
+    total_b = float((y[b] ** 2).sum())
+    rules: list[Rule] = []
+    masks: list[Tensor] = []
+    w = torch.zeros(0, dtype=torch.float64)
+    r = y.clone()
+    for _ in range(max_clauses):
+        cands = _clause_candidates(r, a, table, fixed, prev_latents, exclude, vocab, max_set)[:shortlist]
+        if not cands:
+            break
+        shortlisted = [rule for _, rule, _ in cands]
+        other = next((t for t in cands[1:] if t[0] != cands[0][0]), None)
+        if other is not None:
+            shortlisted += [And(cands[0][1], other[1]), Or(cands[0][1], other[1])]
+        scored = [(_honest_gain(rule.mask(table).flatten(), r, a, b), k, rule) for k, rule in enumerate(shortlisted)]
+        g, _, best = max(scored, key=lambda t: (t[0], -t[1]))
+        if rules and g < min_gain * total_b:
+            break
+        rules.append(best)
+        masks.append(best.mask(table).flatten().double())
+        M = torch.stack(masks, dim=1)  # (tokens, clauses)
+        w = torch.linalg.lstsq(M.T @ M + 1e-9 * torch.eye(len(masks), dtype=torch.float64), M.T @ y).solution
+        r = y - M @ w
+    if not rules:
+        return Explanation(Position("<", 0), 0.0), 0.0
+    expl = Explanation(rules[0], float(w[0]), tuple((rl, float(v)) for rl, v in zip(rules[1:], w[1:].tolist())))
+    return expl, pearson(y - r, y)
 
 
 def fixed_masks(table: TokenTable) -> dict[Rule, Tensor]:

@@ -1,13 +1,17 @@
 """A grammar of executable feature explanations: rules over tokens that say where a feature fires.
 
 A rule maps a TokenTable (the dataset's tokens, their text and context flags) to a boolean mask
-(doc, pos). An Explanation is a rule and a scale: it predicts scale * mask, the scale being the
-feature's mean value where the rule holds on the data it was fitted on. Every rule prints as a
-sentence a person can check, and runs on any text.
+(doc, pos). An Explanation is one or more clauses, each a rule and a value: it predicts the sum of
+the values of the clauses that hold, 0 where none does. The values are fitted on training text
+only (least squares of the feature's values on the clauses' masks); with one clause the value is
+the feature's mean where the rule holds. Every rule prints as a sentence a person can check, and
+runs on any text; an explanation's size is its clauses (one line each) and its fitted values.
 
 Rules: CurrentToken, PreviousToken, Bigram (previous, current), TokenRegex (on the current token's
 text), Position (==, <, >=), InsideQuotes (an odd number of '"' earlier in the document),
-InsideCode (between backticks, or on a line that starts with '>>>' or four spaces), And, Or.
+InsideCode (between backticks, or on a line that starts with '>>>' or four spaces),
+PreviousLatent (another latent of the same set was active on the previous token; it reads the
+table's `latents`), And, Or.
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ class TokenTable:
     prev: Tensor  # (doc, pos): previous token id, -1 at position 0
     in_quotes: Tensor  # (doc, pos) bool
     in_code: Tensor  # (doc, pos) bool
+    latents: Tensor | None = None  # (doc, pos, feature): the set's values on these tokens, for PreviousLatent
+
+    def with_latents(self, values: Tensor) -> "TokenTable":
+        """The same table carrying the feature set's values (doc, pos, feature) on its tokens."""
+        if tuple(values.shape[:2]) != tuple(self.ids.shape):
+            raise ValueError(f"latent values must be (doc, pos, feature) over the table's {tuple(self.ids.shape)} "
+                             f"tokens; got {tuple(values.shape)}")
+        return TokenTable(self.ids, self.texts, self.prev, self.in_quotes, self.in_code, values)
 
     @staticmethod
     def build(ids: Tensor, decode: Any = None) -> "TokenTable":
@@ -70,7 +82,8 @@ class TokenTable:
         """The table restricted to the documents `docs` (a 1-D tensor of document indices), in that order."""
         idx = docs.tolist()
         return TokenTable(self.ids[docs], tuple(self.texts[i] for i in idx), self.prev[docs],
-                          self.in_quotes[docs], self.in_code[docs])
+                          self.in_quotes[docs], self.in_code[docs],
+                          None if self.latents is None else self.latents[docs])
 
 
 class Rule:
@@ -203,6 +216,28 @@ class InsideCode(Rule):
 
 
 @dataclass(frozen=True)
+class PreviousLatent(Rule):
+    """Latent `j` of the same set was active (above 0) on the previous token (position 0 has none).
+
+    It reads the set's values of the unchanged model (the table's `latents`), so an explanation of
+    latent i never reads latent i itself."""
+
+    j: int
+
+    def mask(self, table):
+        """(doc, pos) bool: latent j's value on the previous token is above 0."""
+        if table.latents is None:
+            raise ValueError(f"PreviousLatent({self.j}) reads the set's latent values; build the table "
+                             "with TokenTable.with_latents(values)")
+        on = table.latents[:, :, self.j] > 0
+        return torch.cat([torch.zeros_like(on[:, :1]), on[:, :-1]], dim=1)
+
+    def describe(self, decode=None):
+        """"latent j was active on the previous token"."""
+        return f"latent {self.j} was active on the previous token"
+
+
+@dataclass(frozen=True)
 class And(Rule):
     """Both rules hold."""
 
@@ -243,15 +278,42 @@ REGEXES: Sequence[tuple[str, str]] = (
 
 @dataclass(frozen=True)
 class Explanation:
-    """A rule and the value it predicts where it holds."""
+    """A rule and the value it predicts where it holds, and optionally further clauses: `more` holds
+    (rule, value) pairs whose values add where their rules hold."""
 
     rule: Rule
     scale: float
+    more: tuple[tuple[Rule, float], ...] = ()
+
+    @property
+    def clauses(self) -> tuple[tuple[Rule, float], ...]:
+        """Every (rule, value) clause, the first one first."""
+        return ((self.rule, self.scale),) + tuple(self.more)
 
     def predict(self, table: TokenTable) -> Tensor:
-        """(doc, pos) float: `scale` where the rule holds, 0 elsewhere: the feature's predicted value."""
-        return self.rule.mask(table).float() * self.scale
+        """(doc, pos) float: the sum of the values of the clauses that hold, 0 where none does."""
+        out = self.rule.mask(table).float() * self.scale
+        for rule, value in self.more:
+            out = out + rule.mask(table).float() * value
+        return out
+
+    def size(self) -> dict[str, int]:
+        """The explanation's size: clauses (one line each), fitted values, and the tokens its sets list."""
+        listed = sum(_listed(r) for r, _ in self.clauses)
+        return {"lines": len(self.clauses), "fitted_numbers": len(self.clauses), "tokens_listed": listed}
 
     def describe(self, decode: Any = None) -> str:
-        """"<scale> where <rule>, else 0"."""
-        return f"{self.scale:.3g} where {self.rule.describe(decode)}, else 0"
+        """"<value> where <rule>[; +<value> where <rule> ...], else 0"."""
+        head = f"{self.scale:.3g} where {self.rule.describe(decode)}"
+        return "; ".join([head] + [f"{v:+.3g} where {r.describe(decode)}" for r, v in self.more]) + ", else 0"
+
+
+def _listed(rule: Rule) -> int:
+    """How many tokens (or token pairs) the rule's sets list."""
+    if isinstance(rule, (CurrentToken, PreviousToken)):
+        return len(rule.ids)
+    if isinstance(rule, Bigram):
+        return len(rule.pairs)
+    if isinstance(rule, (And, Or)):
+        return _listed(rule.a) + _listed(rule.b)
+    return 0

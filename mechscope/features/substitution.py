@@ -14,6 +14,7 @@ the feature does for the loss; 0 means no better than removing it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,51 +41,87 @@ def write_direction(features: FeatureSet, i: int, d_site: int) -> Tensor:
 @torch.no_grad()
 def substitution_scores(model: Any, features: FeatureSet, i: int, explanation: Explanation, docs: Tensor,
                         table: TokenTable, *, mean_value: float, reference: str, dataset: str,
-                        batch_size: int = 16, seed: int = 0, clean_losses: Tensor | None = None
-                        ) -> dict[str, Score]:
+                        batch_size: int = 16, seed: int = 0, clean_losses: Tensor | None = None,
+                        values: Tensor | None = None) -> dict[str, Score]:
     """Loss recovered by `explanation` for feature i on `docs` (doc, pos), against zero and mean
     ablation of the feature; `mean_value` is its mean over the documents named `reference`.
     `clean_losses` (doc,), from `document_losses` on the same docs, saves the clean runs when many
-    features are scored on one set of documents."""
+    features are scored on one set of documents; with it, `values` (doc, pos), the feature's values
+    on the docs, saves the runs of documents that a substitution leaves unchanged (see
+    `substitution_scores_many`)."""
+    return substitution_scores_many(model, features, i, [explanation], docs, table, mean_value=mean_value,
+                                    reference=reference, dataset=dataset, batch_size=batch_size, seed=seed,
+                                    clean_losses=clean_losses, values=values)[0]
+
+
+@torch.no_grad()
+def substitution_scores_many(model: Any, features: FeatureSet, i: int, explanations: Sequence[Explanation],
+                             docs: Tensor, table: TokenTable, *, mean_value: float, reference: str, dataset: str,
+                             batch_size: int = 16, seed: int = 0, clean_losses: Tensor | None = None,
+                             values: Tensor | None = None) -> list[dict[str, Score]]:
+    """`substitution_scores` for several explanations of feature i, sharing the clean, zero and mean
+    runs: one dict of scores per explanation, in order.
+
+    With `clean_losses` and `values` (doc, pos: the feature's values on `docs`), a document where
+    the feature is 0 at every position and a substitution writes 0 at every position is left
+    unchanged by it, and its loss is its clean loss: it is not run again (the mean ablation, which
+    writes the mean everywhere, runs on every document)."""
     model = wrap(model)
     site = model.check(features.site)
     if site.kind in (Kind.Q, Kind.K, Kind.V, Kind.Z, Kind.PATTERN, Kind.SCORES, Kind.RESULT):
         raise ValueError(f"substitution works on (batch, pos, d) sites; {site.name} is per head")
-    pred_all = explanation.predict(table).float()  # (doc, pos)
-    losses: dict[str, list[Tensor]] = {k: [] for k in ("clean", "explained", "zero", "mean")}
+    if clean_losses is not None and clean_losses.shape != (docs.shape[0],):
+        raise ValueError(f"clean_losses must have one loss per document, {docs.shape[0]}; got "
+                         f"{tuple(clean_losses.shape)}")
+    if values is not None and (clean_losses is None or values.shape != docs.shape):
+        raise ValueError(f"values must be the feature's values (doc, pos) = {tuple(docs.shape)} on the docs, given "
+                         "with clean_losses; got " + ("no clean_losses" if clean_losses is None
+                                                      else f"{tuple(values.shape)}"))
+    preds = [e.predict(table).float() for e in explanations]  # (doc, pos) each
+    names = ["zero", "mean"] + [f"explained{k}" for k in range(len(explanations))]
+    losses: dict[str, list[Tensor]] = {k: [] for k in ["clean"] + names}
     for d0 in range(0, docs.shape[0], batch_size):
         ids = docs[d0:d0 + batch_size]
-        pred = pred_all[d0:d0 + batch_size]
         metric = next_token_loss(ids)
-        if clean_losses is None:
-            losses["clean"].append(metric(run(model, ids).logits))
-        for name, target in (("explained", pred), ("zero", torch.zeros_like(pred)),
-                             ("mean", torch.full_like(pred, mean_value))):
-            iv = Replace(site, fn=_substitute(features, i, target))
-            losses[name].append(metric(run(model, ids, interventions=[iv]).logits))
-    if clean_losses is not None:
-        if clean_losses.shape != (docs.shape[0],):
-            raise ValueError(f"clean_losses must have one loss per document, {docs.shape[0]}; got "
-                             f"{tuple(clean_losses.shape)}")
-        losses["clean"] = [clean_losses]
+        clean = metric(run(model, ids).logits) if clean_losses is None else clean_losses[d0:d0 + batch_size]
+        losses["clean"].append(clean)
+        silent = None if values is None else (values[d0:d0 + batch_size] == 0).all(dim=1)  # (batch,)
+        zero = torch.zeros_like(ids, dtype=torch.float32)
+        for name in names:
+            target = (zero if name == "zero" else torch.full_like(zero, mean_value) if name == "mean"
+                      else preds[int(name[len("explained"):])][d0:d0 + batch_size])
+            if silent is None:
+                iv = Replace(site, fn=_substitute(features, i, target))
+                losses[name].append(metric(run(model, ids, interventions=[iv]).logits))
+                continue
+            moved = ~(silent & (target == 0).all(dim=1))
+            out = clean.detach().clone().float()
+            if bool(moved.any()):
+                iv = Replace(site, fn=_substitute(features, i, target[moved]))
+                logits = run(model, ids[moved], interventions=[iv]).logits
+                out[moved.to(out.device)] = next_token_loss(ids[moved])(logits).to(out)
+            losses[name].append(out)
     L = {k: torch.cat(v).double() for k, v in losses.items()}  # (doc,) each
-    out = {}
-    for ablation in ("zero", "mean"):
-        def recovered(idx: Tensor, a=ablation) -> Tensor:
-            idx = idx.long()
-            abl, exp, clean = L[a][idx].mean(), L["explained"][idx].mean(), L["clean"][idx].mean()
-            return (abl - exp) / (abl - clean)
-        n = len(L["clean"])
-        value = float(recovered(torch.arange(n)))
-        ci = bootstrap_ci(torch.arange(n, dtype=torch.float64), recovered, seed=seed, n_boot=500)
-        how = {"substitution": "feature value replaced along its write direction",
-               "ablation": ablation, "reference": reference if ablation == "mean" else None,
-               "feature": f"{features.name}[{i}]", "explanation": explanation.describe(),
-               "loss_clean": float(L["clean"].mean()), "loss_ablated": float(L[ablation].mean()),
-               "loss_explained": float(L["explained"].mean())}
-        out[ablation] = Score(value, "loss_recovered", ci, "mean loss over documents, then the ratio", dataset,
-                              n, seed, how)
-    return out
+    n = len(L["clean"])
+    results = []
+    for k, explanation in enumerate(explanations):
+        out = {}
+        for ablation in ("zero", "mean"):
+            def recovered(idx: Tensor, a=ablation, e=f"explained{k}") -> Tensor:
+                idx = idx.long()
+                abl, exp, clean = L[a][idx].mean(), L[e][idx].mean(), L["clean"][idx].mean()
+                return (abl - exp) / (abl - clean)
+            value = float(recovered(torch.arange(n)))
+            ci = bootstrap_ci(torch.arange(n, dtype=torch.float64), recovered, seed=seed, n_boot=500)
+            how = {"substitution": "feature value replaced along its write direction",
+                   "ablation": ablation, "reference": reference if ablation == "mean" else None,
+                   "feature": f"{features.name}[{i}]", "explanation": explanation.describe(),
+                   "loss_clean": float(L["clean"].mean()), "loss_ablated": float(L[ablation].mean()),
+                   "loss_explained": float(L[f"explained{k}"].mean())}
+            out[ablation] = Score(value, "loss_recovered", ci, "mean loss over documents, then the ratio", dataset,
+                                  n, seed, how)
+        results.append(out)
+    return results
 
 
 @torch.no_grad()

@@ -11,14 +11,18 @@ Steps (`feature_study`):
    prediction replaces the latent, against zero and mean ablation) for every live latent or the
    `causal_limit` most active ones;
 4. summarise: live latents, the share whose held-out correlation is >= 0.7, the causal scores'
-   median, and three example pages (the best-explained latent, the one at the median correlation,
-   and the most active latent).
+   median and quartiles (with `baseline`, the one-rule search's beside them, from the same runs),
+   the explanations' median size (clauses, fitted values, tokens listed), the wall and CPU time,
+   and three example pages (the best-explained latent, the one at the median correlation, and the
+   most active latent).
 
 `mechscope features explain MODEL DICTIONARY` runs it and ends with one JSON line.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -73,7 +77,8 @@ def _compact_page(page: dict[str, Any], n_examples: int = 3) -> dict[str, Any]:
 def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | Path, *, dataset: str,
                   site: Site | str | None = None, name: str | None = None, skip_first: bool = False,
                   causal_limit: int | None = None, seed: int = 0, progress: bool = True,
-                  lm: Any = None, causal_docs: int | None = None) -> dict[str, Any]:
+                  lm: Any = None, causal_docs: int | None = None, grammar: str = "clauses",
+                  baseline: bool = False) -> dict[str, Any]:
     """Dashboards and explanations of every latent of `dictionary` on `docs` (n_docs, pos), stored
     in the DuckDB file `store_path`; returns the figures (see the module docstring)."""
     feats = dictionary_features(dictionary, site, name, skip_first)
@@ -84,7 +89,8 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
         dash = build_dashboards(model, feats, docs, store, dataset=dataset, seed=seed, progress=progress)
         t1 = time.monotonic()
         res = explain_set(model, feats, docs, store, dataset=dataset, decode=decode, causal_limit=causal_limit,
-                          seed=seed, progress=progress, lm=lm, causal_docs=causal_docs)
+                          seed=seed, progress=progress, lm=lm, causal_docs=causal_docs, grammar=grammar,
+                          baseline=baseline)
         t2 = time.monotonic()
         rows = sorted(res.rows, key=lambda r: -r["corr"])
         live_ids = {r["feature"] for r in rows}
@@ -96,19 +102,49 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
                                                                         rows[len(rows) // 2]["feature"]),
                                ("most active", busiest)):
                 pages.append({"why": label, **_compact_page(store.page(feats.name, fid))})
+    # a latent silent on every causal document has no ablation effect to recover: its ratio is not
+    # finite, and it is counted apart instead of entering the median and quartiles
     causal = [r["loss_recovered"] for r in res.rows if r["loss_recovered"] is not None]
+    undefined = sum(not math.isfinite(x) for x in causal)
+    causal = [x for x in causal if math.isfinite(x)]
+    base = [r["loss_recovered"] for r in res.baseline_rows
+            if r["loss_recovered"] is not None and math.isfinite(r["loss_recovered"])]
     return {
         "set": feats.name, "site": feats.site.name, "model": getattr(model, "name", type(model).__name__),
         "dataset": dataset, "documents": int(docs.shape[0]), "tokens_per_document": int(docs.shape[1]),
         "latents": len(feats), "live": res.live, "explained_fires_heldout": res.explained,
         "corr_at_least_0.7": res.corr_at_least_07, "share_corr_0.7": res.share_corr_07,
         "median_heldout_corr": statistics.median([r["corr"] for r in rows]) if rows else None,
-        "causal_scored": len(causal), "causal_documents": causal_docs or int(docs.shape[0]) - int(docs.shape[0]) // 2,
+        "causal_scored": len(causal) + undefined, "causal_documents": causal_docs or int(docs.shape[0]) - int(docs.shape[0]) // 2,
         "lm_explained": len(res.lm_rows), "lm_corr_at_least_0.7": sum(r["corr"] >= 0.7 for r in res.lm_rows),
         "median_loss_recovered_vs_mean": statistics.median(causal) if causal else None,
-        "skip_first": skip_first, "seconds": {"dashboards": round(t1 - t0, 1), "explanations": round(t2 - t1, 1)},
+        "quartiles_loss_recovered_vs_mean": _quartiles(causal), "causal_not_finite": undefined,
+        "grammar": grammar,
+        "size_median": _median_size(res.rows),
+        "baseline": None if not res.baseline_rows else {
+            "explainer": "one rule and its mean value", "causal_scored": len(base),
+            "median_loss_recovered_vs_mean": statistics.median(base) if base else None,
+            "quartiles_loss_recovered_vs_mean": _quartiles(base),
+            "median_heldout_corr": statistics.median([r["corr"] for r in res.baseline_rows]),
+            "size_median": _median_size(res.baseline_rows)},
+        "skip_first": skip_first, "seconds": {"dashboards": round(t1 - t0, 1), "explanations": round(t2 - t1, 1),
+                                              "explanations_detail": res.seconds},
         "dashboard_live": dash.live, "store": str(store_path), "pages": pages,
     }
+
+
+def _quartiles(xs: list[float]) -> list[float] | None:
+    """The 25th, 50th and 75th percentiles of `xs` (None when fewer than two)."""
+    return [round(q, 4) for q in statistics.quantiles(xs, n=4, method="inclusive")] if len(xs) >= 2 else None
+
+
+def _median_size(rows: tuple[dict[str, Any], ...]) -> dict[str, float] | None:
+    """The median of each size figure (clauses, fitted values, tokens listed) over the rows' specs."""
+    sizes = [json.loads(r["spec"]).get("size") for r in rows]
+    sizes = [z for z in sizes if z]
+    if not sizes:
+        return None
+    return {k: statistics.median(z[k] for z in sizes) for k in sizes[0]}
 
 
 __all__ = ["dictionary_features", "feature_study"]
