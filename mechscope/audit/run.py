@@ -8,10 +8,14 @@ spent):
 2. triggers: a GCG search for the input that drives each of the strongest weight suspects (a
    neuron's pre-activation, a head's write), and with a reference one more for the input that
    most separates the model from it (`triggers.search`);
+2b. patching, with a reference: the inputs where the two models part ways most (the corpus's
+   largest KL, the triggers found so far, n-grams and positions) localised by patching each
+   component from the reference (`patching.scan`);
 3. each suspect's score against the calibration (threshold, confidence);
 4. suspects merged by component (and, for those without one, by trigger), then every
-   above-threshold suspect with a trigger confirmed causally (`confirm.Confirmer`), localising it
-   to a component when it has none; merged again.
+   above-threshold suspect with a trigger confirmed causally (`confirm.Confirmer`: mean ablation,
+   or with a reference patching from it), localising it to a component when it has none; merged
+   again.
 
 The verdict is "suspect" when an above-threshold suspect is left that confirmation did not reject,
 else "nothing found". `report.methods` holds what each method found on its own (its suspects above
@@ -28,13 +32,13 @@ import torch
 
 from ..core.progress import note
 from ..core.site import Kind, Site
-from . import behaviour, features, triggers, weights
+from . import behaviour, features, patching, triggers, weights
 from .calibrate import Calibration, confidence, load_or_build
 from .confirm import Confirmer
 from .inputs import AuditInputError, check_corpus, check_reference, decode, default_corpus, load
 from .suspect import Suspect, layer_of, no_effect, no_trigger
 
-METHODS = ("weights", "behaviour", "triggers", "features")
+METHODS = ("weights", "behaviour", "triggers", "patching", "features")
 __all__ = ["AuditReport", "Suspect", "audit"]
 
 
@@ -236,6 +240,10 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
                 out.append(triggers.suspect(m, res, contexts, position, ref, None, "KL(model ‖ reference)"))
             return out
         timed("triggers", search)
+    if "patching" in methods and ref is not None and L >= 4:
+        extra = [s.trigger for k in ("behaviour", "triggers") for s in found.get(k, [])]
+        timed("patching", lambda: patching.scan(m, ref, stats if stats is not None else ids, contexts, position,
+                                                extra=extra, deadline=deadline))
     if "features" in methods:
         if time.monotonic() - t_start > 0.5 * 60.0 * budget_minutes:
             skipped["features"] = "more than half the time budget was spent before it could start"
@@ -245,7 +253,7 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
     t0 = time.monotonic()
     say("audit: confirming suspects")
     merged = merge([s for v in found.values() for s in v])
-    conf = Confirmer(m, ids, contexts, position, seed=seed)
+    conf = Confirmer(m, ids, contexts, position, seed=seed, reference=ref)
     todo = [s for s in merged if s.above and s.trigger["kind"] != "none"]  # uncalibrated: nothing is above
     for s in todo[:max_confirm]:
         if time.monotonic() > deadline + 30:
