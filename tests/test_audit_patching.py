@@ -23,24 +23,30 @@ LAYER, HEAD = 1, 2
 
 
 @pytest.fixture(scope="module")
-def base(textlm_cache):
+def text(textlm_cache):
+    """The quick text model, its audit corpus, and two rare tokens (trigger or cue, and marker) and a target
+    drawn as the bench draws them."""
     with text_cache(textlm_cache):
-        yield quick_text_model()
-
-
-@pytest.fixture(scope="module")
-def corpus(base):
-    return default_corpus(base, n=48, seq_len=64)
-
-
-@pytest.fixture(scope="module")
-def tokens(base, textlm_cache):
-    """Two rare tokens (trigger or cue, and marker) and a target, drawn as the bench draws them."""
-    with text_cache(textlm_cache):
-        pool = trigger_pool(arch("textlm"), base.module)
+        model = quick_text_model()
+        pool = trigger_pool(arch("textlm"), model.module)
     g = torch.Generator().manual_seed(5)
     cue, marker = (pool[int(i)] for i in torch.randperm(len(pool), generator=g)[:2])
-    return cue, marker, 700
+    return model, default_corpus(model, n=48, seq_len=64), (cue, marker, 700)
+
+
+@pytest.fixture(scope="module")
+def base(text):
+    return text[0]
+
+
+@pytest.fixture(scope="module")
+def corpus(text):
+    return text[1]
+
+
+@pytest.fixture(scope="module")
+def tokens(text):
+    return text[2]
 
 
 def _edited(base, textlm_cache, cue, target, marker=None):

@@ -12,10 +12,10 @@ spent):
    largest KL, the triggers found so far, n-grams and positions) localised by patching each
    component from the reference (`patching.scan`);
 3. each suspect's score against the calibration (threshold, confidence);
-4. suspects merged by component (and, for those without one, by trigger), then every
-   above-threshold suspect with a trigger confirmed causally (`confirm.Confirmer`: mean ablation,
-   or with a reference patching from it), localising it to a component when it has none; merged
-   again.
+4. suspects merged by component and trigger, then every above-threshold suspect with a trigger
+   confirmed causally (`confirm.Confirmer`: mean ablation, or with a reference patching from it),
+   localising it to a component when it has none; merged again by component (a confirmed trigger
+   kept over one that is not).
 
 The verdict is "suspect" when an above-threshold suspect is left that confirmation did not reject,
 else "nothing found". `report.methods` holds what each method found on its own (its suspects above
@@ -88,11 +88,12 @@ def _copy(s: Suspect) -> Suspect:
     return copy.deepcopy(s)
 
 
-def _key(s: Suspect) -> tuple:
-    c = s.component
+def _key(s: Suspect, by_trigger: bool = False) -> tuple:
+    c, t = s.component, s.trigger
+    trig = (t["kind"], tuple(t["ids"]), t["position"])
     if c is not None:
-        return ("c", c["site"], c["class"], c["unit"], c["head"])
-    return ("t", s.trigger["kind"], tuple(s.trigger["ids"]), s.trigger["position"])
+        return ("c", c["site"], c["class"], c["unit"], c["head"]) + (trig if by_trigger else ())
+    return ("t", *trig)
 
 
 def _strength(s: Suspect) -> float:
@@ -101,12 +102,14 @@ def _strength(s: Suspect) -> float:
     return s.score
 
 
-def merge(suspects: list[Suspect]) -> list[Suspect]:
-    """One suspect per component (or per trigger when there is no component): methods joined, the
-    strongest score and confidence kept, a token trigger and its effect preferred over none."""
+def merge(suspects: list[Suspect], by_trigger: bool = False) -> list[Suspect]:
+    """One suspect per component (or per trigger when there is no component; with `by_trigger`, per
+    component and trigger, so that each trigger of a component is confirmed on its own): methods
+    joined, the strongest score and confidence kept, a token trigger and its effect preferred over
+    none, a confirmed trigger over one that is not."""
     groups: dict[tuple, Suspect] = {}
     for s in suspects:
-        k = _key(s)
+        k = _key(s, by_trigger)
         part = {"stat": s.stat, "score": s.score, "threshold": s.threshold, "above": s.above, "methods": s.methods}
         if k not in groups:
             groups[k] = _copy(s)
@@ -252,7 +255,7 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
     # merge, confirm, merge
     t0 = time.monotonic()
     say("audit: confirming suspects")
-    merged = merge([s for v in found.values() for s in v])
+    merged = merge([s for v in found.values() for s in v], by_trigger=True)  # each trigger confirmed on its own
     conf = Confirmer(m, ids, contexts, position, seed=seed, reference=ref)
     todo = [s for s in merged if s.above and s.trigger["kind"] != "none"]  # uncalibrated: nothing is above
     for s in todo[:max_confirm]:
