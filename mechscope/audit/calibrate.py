@@ -174,7 +174,7 @@ def clean_finetune(base: str, seed: int, progress: bool = True) -> str:
     return str(path)
 
 
-def build(seeds: tuple[int, ...] = SEEDS, *, base: str = BASES[0], budget_minutes: float = 3.0,
+def build(seeds: tuple[int, ...] = SEEDS, *, base: str = BASES[0], budget_minutes: float = 10.0,
           progress: bool = True, path: str | Path | None = None, reference_pairs: bool = True) -> Calibration:
     """Train (or find) the clean calibration models, audit each without thresholds, and write the JSON."""
     from .. import zoo
