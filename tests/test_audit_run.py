@@ -144,3 +144,21 @@ def test_audit_bench_passes_its_options_through_and_names_a_missing_bench(monkey
     res = CliRunner().invoke(app, ["audit-bench", "--quick"])
     assert res.exit_code != 0
     assert "mechscope/audit/bench.py" in str(res.exception)
+
+
+def test_each_trigger_of_a_component_is_confirmed_on_its_own_and_the_confirmed_one_is_kept():
+    from mechscope.audit.run import merge
+    from mechscope.audit.suspect import Suspect, component, head_site, trigger
+
+    comp = component(head_site(1), "head", head=2)
+    effect = {"target_ids": [7], "target_text": None, "delta_logprob": 1.0}
+    a = Suspect(dict(comp), trigger("token", [3]), dict(effect), "x", 2.0, ["triggers"], confidence=0.9)
+    b = Suspect(dict(comp), trigger("ngram", [4, 5]), dict(effect), "y", 3.0, ["patching"], confidence=0.8)
+    assert len(merge([a, b])) == 1  # by component: one suspect, the first trigger
+    apart = merge([a, b], by_trigger=True)
+    assert sorted(s.trigger["kind"] for s in apart) == ["ngram", "token"]
+    for s in apart:  # confirmation rejects the first trigger, accepts the second
+        s.confirmed = s.trigger["kind"] == "ngram"
+    (final,) = merge(apart)
+    assert final.trigger["ids"] == [4, 5] and final.confirmed is True
+    assert final.methods == ["patching", "triggers"] and final.confidence == 0.9

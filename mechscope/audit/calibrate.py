@@ -4,9 +4,11 @@ Every method reports raw scores under named statistics (`Suspect.stat`). A calib
 audit without thresholds on clean models of one architecture -- a zoo base (`textlm-quick`, or
 `bytegpt2` where that recipe is present) trained with seeds 100, 101, 102 (never the seeds a
 benchmark's clean cases use, which are below 100) -- and, for audits with a reference, on clean
-pairs: each seed against the previous one (siblings), and for the text model each seed against
-itself trained further on its own data (the `control` fine-tune of `mechscope.diff.finetunes`,
-100 steps). An audit uses the calibration of the base whose vocabulary, width and depth match the
+pairs: each seed against the previous one (siblings), and each seed against itself fine-tuned on
+its own clean training text (the architecture's fine-tune of `mechscope.audit.plant_tune`, with
+the steps and learning rate planted fine-tunes use, data seeds `FINETUNE_DATA_SEED` + seed, far from
+the benchmark's). Thresholds are per architecture: a byte-level GPT-2 pair is judged on byte-level
+GPT-2 pairs, never on the text model's. An audit uses the calibration of the base whose vocabulary, width and depth match the
 model, else the text model's, with a warning in the report that the thresholds come from another
 architecture. For each
 statistic and mode ("alone" or "reference") it keeps the largest score any clean model reached;
@@ -36,8 +38,8 @@ from .suspect import Suspect
 MARGIN = 1.5
 SEEDS = (100, 101, 102)
 BASES = ("textlm-quick", "bytegpt2")  # zoo bases a calibration can be built for (recipe and variant)
-FINETUNE_STEPS = 100
-VERSION = 1
+FINETUNE_DATA_SEED = 5000  # + the base's seed: data orders no benchmark fine-tune uses (they use 1000-2999)
+VERSION = 2
 
 
 def confidence(score: float, threshold: float) -> float:
@@ -150,46 +152,67 @@ def load(path: str | Path) -> Calibration:
                          ) from e
 
 
-def build(seeds: tuple[int, ...] = SEEDS, *, base: str = BASES[0], budget_minutes: float = 3.0,
+def clean_finetune(base: str, seed: int, progress: bool = True) -> str:
+    """The zoo base `base` of seed `seed` fine-tuned on its own clean training text (the planted
+    fine-tunes' recipe, nothing rewritten), saved once under cache_dir()/audit/calibration-models/;
+    its path."""
+    from .plant import TUNE
+    from .plant_arch import ARCHES
+    from .plant_tune import finetune
+
+    a = next((a for a in ARCHES.values() if a.zoo == base), None)
+    if a is None:
+        raise ValueError(f"no fine-tune recipe for calibration base {base!r}; bases: {', '.join(BASES)}")
+    name = f"{a.base_name(seed)}-clean-finetune-{FINETUNE_DATA_SEED + seed}"
+    path = cache_dir() / "audit" / "calibration-models" / name
+    module, ref = a.base(seed, progress=progress)
+    if not path.is_dir():  # saving writes a temporary directory and renames it: a directory is complete
+        note(f"calibration: fine-tuning {a.base_name(seed)} on its own clean text ({TUNE[a.name]['steps']} steps)")
+        model = finetune(a, module, seed=FINETUNE_DATA_SEED + seed, progress=progress, desc=f"fine-tune {name}",
+                         **TUNE[a.name])
+        a.save(model, path, ref)
+    return str(path)
+
+
+def build(seeds: tuple[int, ...] = SEEDS, *, base: str = BASES[0], budget_minutes: float = 10.0,
           progress: bool = True, path: str | Path | None = None, reference_pairs: bool = True) -> Calibration:
     """Train (or find) the clean calibration models, audit each without thresholds, and write the JSON."""
     from .. import zoo
-    from ..diff.finetunes import train_finetune
+    from .plant_arch import ARCHES
     from .run import audit
 
     if any(s < 100 for s in seeds):
         raise ValueError("calibration seeds must be 100 or more: lower seeds are kept for benchmark test cases")
-    textlm = zoo.spec(base).recipe.name == "textlm"
+    a = next((a for a in ARCHES.values() if a.zoo == base), None)
     cal = Calibration(base=base, note=f"{base} seeds {list(seeds)}"
-                      + ("; reference pairs: each seed against the previous one" if reference_pairs else "")
-                      + (f" and against its own data for {FINETUNE_STEPS} more steps" if reference_pairs and textlm
-                         else ""))
+                      + ("; reference pairs: each seed against the previous one and against itself fine-tuned on "
+                         "its own clean text" if reference_pairs else ""))
     t0 = time.monotonic()
-    names = []
+    names: list[str] = []
+    refs: list[str] = []
     for s in seeds:
         name = f"{base}-seed{s}"
         names.append(name)
         if zoo.finished_run(name) is None:
             note(f"calibration: training {name}")
             zoo.train(base, seed=s, progress=progress)
+        # the path the bench's cases are read from (a Hugging Face export for GPT-2), else the zoo name
+        refs.append(a.base(s, progress=progress)[1] if a is not None else f"zoo:{name}")
         note(f"calibration: auditing {name} alone")
-        rep = audit(f"zoo:{name}", budget_minutes=budget_minutes, calibration=Uncalibrated(), seed=s,
-                    progress=False)
+        rep = audit(refs[-1], budget_minutes=budget_minutes, calibration=Uncalibrated(), seed=s, progress=False)
         cal.add("alone", rep.all_suspects)
         cal.models.append(name)
         if not reference_pairs:
             continue
-        pairs = [(f"zoo:{name}", f"zoo:{names[-2]}")] if len(names) > 1 else []
-        if textlm:
-            note(f"calibration: fine-tuning {name} on its own data ({FINETUNE_STEPS} steps)")
-            pairs.append((str(train_finetune("control", base=name, steps=FINETUNE_STEPS, progress=progress)),
-                          f"zoo:{name}"))
-        for m, r in pairs:
-            note(f"calibration: auditing {Path(m).name} against {r}")
+        pairs = [(refs[-1], refs[-2], f"{name} vs {names[-2]}")] if len(names) > 1 else []
+        if a is not None:
+            pairs.append((clean_finetune(base, s, progress), refs[-1], f"{name} fine-tuned on clean text vs {name}"))
+        for m, r, label in pairs:
+            note(f"calibration: auditing {label}")
             rep = audit(m, reference=r, budget_minutes=budget_minutes, calibration=Uncalibrated(), seed=s,
                         progress=False)
             cal.add("reference", rep.all_suspects)
-            cal.models.append(f"{Path(m).name} vs {r}")
+            cal.models.append(label)
     note(f"calibration: {len(cal.models)} clean audits in {time.monotonic() - t0:.0f} s")
     out = Path(path) if path is not None else default_path(base)
     out.parent.mkdir(parents=True, exist_ok=True)

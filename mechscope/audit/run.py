@@ -8,10 +8,14 @@ spent):
 2. triggers: a GCG search for the input that drives each of the strongest weight suspects (a
    neuron's pre-activation, a head's write), and with a reference one more for the input that
    most separates the model from it (`triggers.search`);
+2b. patching, with a reference: the inputs where the two models part ways most (the corpus's
+   largest KL, the triggers found so far, n-grams and positions) localised by patching each
+   component from the reference (`patching.scan`);
 3. each suspect's score against the calibration (threshold, confidence);
-4. suspects merged by component (and, for those without one, by trigger), then every
-   above-threshold suspect with a trigger confirmed causally (`confirm.Confirmer`), localising it
-   to a component when it has none; merged again.
+4. suspects merged by component and trigger, then every above-threshold suspect with a trigger
+   confirmed causally (`confirm.Confirmer`: mean ablation, or with a reference patching from it),
+   localising it to a component when it has none; merged again by component (a confirmed trigger
+   kept over one that is not).
 
 The verdict is "suspect" when an above-threshold suspect is left that confirmation did not reject,
 else "nothing found". `report.methods` holds what each method found on its own (its suspects above
@@ -28,13 +32,13 @@ import torch
 
 from ..core.progress import note
 from ..core.site import Kind, Site
-from . import behaviour, features, triggers, weights
+from . import behaviour, features, patching, triggers, weights
 from .calibrate import Calibration, confidence, load_or_build
 from .confirm import Confirmer
 from .inputs import AuditInputError, check_corpus, check_reference, decode, default_corpus, load
 from .suspect import Suspect, layer_of, no_effect, no_trigger
 
-METHODS = ("weights", "behaviour", "triggers", "features")
+METHODS = ("weights", "behaviour", "triggers", "patching", "features")
 __all__ = ["AuditReport", "Suspect", "audit"]
 
 
@@ -84,11 +88,12 @@ def _copy(s: Suspect) -> Suspect:
     return copy.deepcopy(s)
 
 
-def _key(s: Suspect) -> tuple:
-    c = s.component
+def _key(s: Suspect, by_trigger: bool = False) -> tuple:
+    c, t = s.component, s.trigger
+    trig = (t["kind"], tuple(t["ids"]), t["position"])
     if c is not None:
-        return ("c", c["site"], c["class"], c["unit"], c["head"])
-    return ("t", s.trigger["kind"], tuple(s.trigger["ids"]), s.trigger["position"])
+        return ("c", c["site"], c["class"], c["unit"], c["head"]) + (trig if by_trigger else ())
+    return ("t", *trig)
 
 
 def _strength(s: Suspect) -> float:
@@ -97,12 +102,14 @@ def _strength(s: Suspect) -> float:
     return s.score
 
 
-def merge(suspects: list[Suspect]) -> list[Suspect]:
-    """One suspect per component (or per trigger when there is no component): methods joined, the
-    strongest score and confidence kept, a token trigger and its effect preferred over none."""
+def merge(suspects: list[Suspect], by_trigger: bool = False) -> list[Suspect]:
+    """One suspect per component (or per trigger when there is no component; with `by_trigger`, per
+    component and trigger, so that each trigger of a component is confirmed on its own): methods
+    joined, the strongest score and confidence kept, a token trigger and its effect preferred over
+    none, a confirmed trigger over one that is not."""
     groups: dict[tuple, Suspect] = {}
     for s in suspects:
-        k = _key(s)
+        k = _key(s, by_trigger)
         part = {"stat": s.stat, "score": s.score, "threshold": s.threshold, "above": s.above, "methods": s.methods}
         if k not in groups:
             groups[k] = _copy(s)
@@ -236,6 +243,10 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
                 out.append(triggers.suspect(m, res, contexts, position, ref, None, "KL(model ‖ reference)"))
             return out
         timed("triggers", search)
+    if "patching" in methods and ref is not None and L >= 4:
+        extra = [s.trigger for k in ("behaviour", "triggers") for s in found.get(k, [])]
+        timed("patching", lambda: patching.scan(m, ref, stats if stats is not None else ids, contexts, position,
+                                                extra=extra, deadline=deadline))
     if "features" in methods:
         if time.monotonic() - t_start > 0.5 * 60.0 * budget_minutes:
             skipped["features"] = "more than half the time budget was spent before it could start"
@@ -244,8 +255,8 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
     # merge, confirm, merge
     t0 = time.monotonic()
     say("audit: confirming suspects")
-    merged = merge([s for v in found.values() for s in v])
-    conf = Confirmer(m, ids, contexts, position, seed=seed)
+    merged = merge([s for v in found.values() for s in v], by_trigger=True)  # each trigger confirmed on its own
+    conf = Confirmer(m, ids, contexts, position, seed=seed, reference=ref)
     todo = [s for s in merged if s.above and s.trigger["kind"] != "none"]  # uncalibrated: nothing is above
     for s in todo[:max_confirm]:
         if time.monotonic() > deadline + 30:
