@@ -28,7 +28,8 @@ def explain_cmd(
                                                              "latents (default: every live latent)")] = None,
     grammar: Annotated[str, typer.Option(help="clauses: a few rules with least-squares values, reading tokens, "
                                               "context and the latents on the previous token; rule: one rule and "
-                                              "its mean value")] = "clauses",
+                                              "its mean value (the default: its median loss recovered was the "
+                                              "higher on every latent measured)")] = "rule",
     baseline: Annotated[bool, typer.Option(help="also score the one-rule search, in the same causal runs")] = False,
     causal_docs: Annotated[Optional[int], typer.Option(help="score causally on the first N held-out windows "
                                                             "only (default: all of them)")] = None,

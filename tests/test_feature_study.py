@@ -61,7 +61,7 @@ def test_study_stores_every_latent_and_rerunning_replaces_rows(tmp_path):
 def test_study_summary_with_the_baseline_counts_undefined_ratios_apart(tmp_path):
     model, sae, docs = _setup()
     fig = feature_study(model, sae, docs, tmp_path / "b.duckdb", dataset="random tokens", causal_limit=6,
-                        causal_docs=2, baseline=True, progress=False)
+                        causal_docs=2, grammar="clauses", baseline=True, progress=False)
     assert fig["causal_scored"] == 6 and fig["baseline"]["causal_scored"] <= 6
     assert 0 <= fig["causal_not_finite"] <= 6
     q = fig["quartiles_loss_recovered_vs_mean"]

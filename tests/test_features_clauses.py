@@ -96,7 +96,8 @@ def test_substituting_the_fitted_clauses_recovers_the_loss_and_one_rule_recovers
                                                d_vocab=VOCAB)))
     feats = _planted_set(model)
     docs = IDS[:48]
-    res = explain_set(model, feats, docs, None, dataset="random tokens", baseline=True, progress=False)
+    res = explain_set(model, feats, docs, None, dataset="random tokens", grammar="clauses", baseline=True,
+                      progress=False)
     ours = next(r for r in res.rows if r["feature"] == 0)
     one = next(r for r in res.baseline_rows if r["feature"] == 0)
     assert abs(ours["loss_recovered"] - 1.0) < 1e-4 and ours["corr"] > 0.999

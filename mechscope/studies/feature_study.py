@@ -77,7 +77,7 @@ def _compact_page(page: dict[str, Any], n_examples: int = 3) -> dict[str, Any]:
 def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | Path, *, dataset: str,
                   site: Site | str | None = None, name: str | None = None, skip_first: bool = False,
                   causal_limit: int | None = None, seed: int = 0, progress: bool = True,
-                  lm: Any = None, causal_docs: int | None = None, grammar: str = "clauses",
+                  lm: Any = None, causal_docs: int | None = None, grammar: str = "rule",
                   baseline: bool = False) -> dict[str, Any]:
     """Dashboards and explanations of every latent of `dictionary` on `docs` (n_docs, pos), stored
     in the DuckDB file `store_path`; returns the figures (see the module docstring)."""
