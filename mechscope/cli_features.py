@@ -28,8 +28,8 @@ def explain_cmd(
                                                              "latents (default: every live latent)")] = None,
     grammar: Annotated[str, typer.Option(help="clauses: a few rules with least-squares values, reading tokens, "
                                               "context and the latents on the previous token; rule: one rule and "
-                                              "its mean value (the default: its median loss recovered was the "
-                                              "higher on every latent measured)")] = "rule",
+                                              "its mean value (the default: its median loss recovered over latents "
+                                              "was the higher on both dictionaries measured)")] = "rule",
     baseline: Annotated[bool, typer.Option(help="also score the one-rule search, in the same causal runs")] = False,
     causal_docs: Annotated[Optional[int], typer.Option(help="score causally on the first N held-out windows "
                                                             "only (default: all of them)")] = None,
@@ -57,6 +57,9 @@ def explain_cmd(
     from .features.pipeline import GRAMMARS
     if grammar not in GRAMMARS:
         raise typer.BadParameter(f"--grammar must be one of {', '.join(GRAMMARS)}; got {grammar!r}")
+    if baseline and grammar == "rule":
+        raise typer.BadParameter("--baseline scores the one-rule search beside the clauses; give --grammar clauses "
+                                 "(with --grammar rule the one rule is the explanation already)")
     torch.set_num_threads(threads)
     m = load(model, device=device)
     if getattr(m, "tokenizer", None) is None:

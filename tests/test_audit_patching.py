@@ -77,7 +77,7 @@ def test_a_planted_head_is_localised_as_that_head(base, corpus, head_model, toke
     assert share > 0.9
     assert max(v for k, v in shares.items() if k.startswith("head") and k != f"head {LAYER}.{HEAD}") < 0.2
     # the clean model against itself: nothing diverges, no suspect scores
-    assert all(s.score == 0 for s in patching.scan(base, base, corpus, contexts, 12))
+    assert patching.scan(base, base, corpus, contexts, 12) == []
 
 
 def test_a_context_edit_needs_its_marker_and_is_localised_to_its_head(base, corpus, textlm_cache, tokens):

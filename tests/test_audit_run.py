@@ -162,3 +162,43 @@ def test_each_trigger_of_a_component_is_confirmed_on_its_own_and_the_confirmed_o
     (final,) = merge(apart)
     assert final.trigger["ids"] == [4, 5] and final.confirmed is True
     assert final.methods == ["patching", "triggers"] and final.confidence == 0.9
+
+
+def test_a_rejected_trigger_does_not_take_its_component_weight_suspect_with_it():
+    """A neuron above threshold in its weights (no trigger) and a trigger suspect on the same neuron whose
+    trigger confirmation rejects: the weights suspect is kept, the rejected trigger dropped on its own."""
+    from mechscope.audit.run import merge, settle
+    from mechscope.audit.suspect import Suspect, component, mlp_site, no_effect, no_trigger, trigger
+
+    comp = component(mlp_site(1), "neuron", unit=17)
+    effect = {"target_ids": [7], "target_text": None, "delta_logprob": 1.0}
+    weights = Suspect(dict(comp), no_trigger(), no_effect(), "in_norm_z", 9.0, ["weights"], confidence=0.9,
+                      threshold=4.0)
+    found = Suspect(dict(comp), trigger("token", [3]), dict(effect), "trigger_kl", 3.0, ["triggers"],
+                    confidence=0.8, threshold=1.0)
+    apart = merge([weights, found], by_trigger=True)
+    assert len(apart) == 2
+    for s in apart:
+        if s.trigger["kind"] != "none":
+            s.confirmed = False  # the trigger did not reproduce the behaviour
+    kept, dropped = settle(apart)
+    assert [(s.component["unit"], s.trigger["kind"], s.methods) for s in kept] == [(17, "none", ["weights"])]
+    assert [(s.component["unit"], s.trigger["ids"], s.confirmed) for s in dropped] == [(17, [3], False)]
+
+
+def test_an_old_calibration_is_refused_and_one_of_another_architecture_is_warned_about(tmp_path):
+    import re
+
+    import mechscope as ms
+    from mechscope.audit.calibrate import VERSION, load_or_build
+
+    old = Calibration(base="textlm-quick").to_json()
+    old["version"] = VERSION - 1
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=rf"version {VERSION - 1} is not {VERSION}") as err:
+        load(tmp_path / "old.json")
+    assert len(re.findall("mechscope audit --calibrate", str(err.value))) == 1  # the fix, named once
+    (tmp_path / "cal.json").write_text(json.dumps(Calibration(base="bytegpt2").to_json()))
+    cal = load_or_build(str(tmp_path / "cal.json"), model=ms.wrap(_tiny()))
+    assert "built on bytegpt2" in cal.warning and "may not transfer" in cal.warning
+    assert load_or_build(str(tmp_path / "cal.json")).warning == ""  # no model to compare with

@@ -74,6 +74,20 @@ def test_previous_latent_rule_reads_another_latent_on_the_previous_token():
         PreviousLatent(0).mask(TokenTable.build(IDS))
 
 
+def test_a_previous_latent_rule_uses_the_cut_off_it_was_searched_with():
+    g = torch.Generator().manual_seed(3)
+    f0 = torch.rand(IDS.shape, generator=g) * 2  # latent 0 takes values in [0, 2): active almost everywhere
+    f1 = torch.cat([torch.zeros_like(f0[:, :1]), (f0[:, :-1] > 1.0).float()], dim=1)  # "latent 0 > 1 before"
+    table = TokenTable.build(IDS).with_latents(torch.stack([f0, f1], dim=-1))
+    fit = table.subset(torch.arange(60))
+    masks = previous_latent_masks(fit, 1.0)
+    assert torch.equal(masks[:, 0].bool(), PreviousLatent(0, above=1.0).mask(fit).flatten())
+    expl, _ = fit_clauses(f1[:60], fit, prev_latents=masks, prev_above=1.0, exclude=1)
+    assert expl.clauses[0][0] == PreviousLatent(0, above=1.0) and expl.clauses[0][1] == pytest.approx(1.0)
+    torch.testing.assert_close(expl.predict(table.subset(torch.arange(60, 120))), f1[60:])
+    assert "above 1" in PreviousLatent(0, above=1.0).describe()
+
+
 def _planted_set(model) -> FeatureSet:
     """A dictionary over the token embeddings whose latent 0 is exactly 2 x [token in S] + [previous in T]
     (each row's tokens are read back from the embeddings) and latent 1 is [token is 9]."""

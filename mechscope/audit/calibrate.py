@@ -148,8 +148,8 @@ def load(path: str | Path) -> Calibration:
     try:
         return Calibration.from_json(json.loads(p.read_text()))
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"cannot read the audit calibration {p}: {e}; rebuild it with `mechscope audit --calibrate`"
-                         ) from e
+        fix = "" if "mechscope audit --calibrate" in str(e) else "; rebuild it with `mechscope audit --calibrate`"
+        raise ValueError(f"cannot read the audit calibration {p}: {e}{fix}") from e
 
 
 def clean_finetune(base: str, seed: int, progress: bool = True) -> str:
@@ -226,7 +226,13 @@ def load_or_build(calibration: Any = None, model: Any = None, progress: bool = T
     if isinstance(calibration, Calibration):
         return calibration
     if calibration is not None:
-        return load(calibration)
+        cal = load(calibration)
+        mine = base_for(model) if model is not None else None
+        if model is not None and cal.base != mine:
+            cal.warning = (f"the calibration {calibration} was built on {cal.base}; this model's shape "
+                           f"{shape_of(model)} is " + (f"{mine}'s" if mine else "no calibration base's")
+                           + ": its thresholds may not transfer")
+        return cal
     base = base_for(model) if model is not None else None
     warning = "" if base is not None or model is None else (
         f"no calibration base has this model's shape (vocabulary, d_model, layers) {shape_of(model)}: thresholds "

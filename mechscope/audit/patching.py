@@ -153,11 +153,15 @@ def _effect(model: Any, reference: Any, x: Tensor, at: int) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _extend(p: Patcher, last: int, vocab: int, chunk: int = 2048) -> tuple[list[int], float]:
-    """The token before `last` (every one tried) whose bigram diverges most, and that KL."""
+def _extend(p: Patcher, last: int, vocab: int, chunk: int = 2048, deadline: float | None = None
+            ) -> tuple[list[int], float]:
+    """The token before `last` (every one tried, until `deadline` on the monotonic clock) whose bigram
+    diverges most, and that KL."""
     K = p.contexts.shape[0]
     best, best_kl = [last], -1.0
     for s in range(0, vocab, max(1, chunk // K)):
+        if deadline is not None and time.monotonic() > deadline:
+            break
         firsts = torch.arange(s, min(vocab, s + max(1, chunk // K)))
         trigs = torch.stack([firsts, torch.full_like(firsts, last)], 1)
         x = insert(p.contexts, trigs, p.position - 1)[:, :p.position + 1]  # the bigram ends at `position`
@@ -169,13 +173,18 @@ def _extend(p: Patcher, last: int, vocab: int, chunk: int = 2048) -> tuple[list[
 
 
 @torch.no_grad()
-def qk_pair(p: Patcher, layer: int, head: int, vocab: int, chunk: int = 512) -> tuple[int, int, float]:
+def qk_pair(p: Patcher, layer: int, head: int, vocab: int, chunk: int = 512, deadline: float | None = None
+            ) -> tuple[int, int, float]:
     """(query token, key token, score change): the pair whose attention score in head `head` of block `layer`
-    rose most from the reference to the model, each token read at `position` after the first context's prefix."""
+    rose most from the reference to the model, each token read at `position` after the first context's prefix
+    (the tokens read before `deadline`, on the monotonic clock; the score changes by blocks of query rows,
+    never the whole vocabulary x vocabulary matrix)."""
     qs, ks = Site(Kind.Q, layer), Site(Kind.K, layer)
     prefix = p.contexts[:1, :p.position]
     feats = {"m": ([], []), "r": ([], [])}
     for s in range(0, vocab, chunk):
+        if deadline is not None and time.monotonic() > deadline and feats["m"][0]:
+            break
         toks = torch.arange(s, min(vocab, s + chunk))
         x = torch.cat([prefix.expand(toks.numel(), -1), toks[:, None]], 1)
         for key, net in (("m", p.model), ("r", p.reference)):
@@ -183,9 +192,13 @@ def qk_pair(p: Patcher, layer: int, head: int, vocab: int, chunk: int = 512) -> 
             feats[key][0].append(cache[qs][:, -1, head].float())
             feats[key][1].append(cache[ks][:, -1, head % cache[ks].shape[2]].float())
     (qm, km), (qr, kr) = [(torch.cat(a), torch.cat(b)) for a, b in feats.values()]
-    delta = (qm @ km.T - qr @ kr.T) / qm.shape[-1] ** 0.5  # (query token, key token)
-    i = int(delta.argmax())
-    return i // vocab, i % vocab, float(delta.flatten()[i])
+    best = (0, 0, float("-inf"))
+    for s in range(0, qm.shape[0], chunk):  # (query rows, key token) blocks
+        delta = (qm[s:s + chunk] @ km.T - qr[s:s + chunk] @ kr.T) / qm.shape[-1] ** 0.5
+        i = int(delta.argmax())
+        if float(delta.flatten()[i]) > best[2]:
+            best = (s + i // delta.shape[1], i % delta.shape[1], float(delta.flatten()[i]))
+    return best
 
 
 def scan(model: Any, reference: Any, corpus: Tensor, contexts: Tensor, position: int,
@@ -236,7 +249,7 @@ def scan(model: Any, reference: Any, corpus: Tensor, contexts: Tensor, position:
     for alone, t in singles:
         if deadline is not None and time.monotonic() > deadline:
             break
-        ids, kl = _extend(p, t["ids"][0], vocab)
+        ids, kl = _extend(p, t["ids"][0], vocab, deadline=deadline)
         if kl > EXTEND_FACTOR * alone:
             measured.append((kl, trigger("ngram", ids, decode(model, ids)), {"extended_from": t["ids"], "kl_alone": alone}))
     measured.sort(key=lambda m: -m[0])
@@ -268,7 +281,7 @@ def scan(model: Any, reference: Any, corpus: Tensor, contexts: Tensor, position:
         if comp is not None and comp["class"] == "head" and (comp["site"], comp["head"]) not in read:
             read.add((comp["site"], comp["head"]))
             layer = int(Site.parse(comp["site"]).layer)
-            q, k, rise = qk_pair(p, layer, comp["head"], vocab)
+            q, k, rise = qk_pair(p, layer, comp["head"], vocab, deadline=deadline)
             u = trigger("token", [q], decode(model, [q])) if q == k else trigger("ngram", [k, q], decode(model, [k, q]))
             x, at = _place(contexts, u, position)
             localise(p.kl_at(x, at), u, {"attention_score_rise": rise, "read_from_head": comp["head"]})

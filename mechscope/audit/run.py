@@ -144,8 +144,22 @@ def _without_trigger(s: Suspect) -> list[Suspect]:
     keep.stat, keep.score, keep.threshold = best["stat"], best["score"], best["threshold"]
     keep.confidence = confidence(best["score"], best["threshold"])
     keep.methods, keep.confirmed = sorted(set(best["methods"])), None
-    s.component = None  # the rejected trigger alone goes to the dropped list
     return [keep]
+
+
+def settle(merged: list[Suspect]) -> tuple[list[Suspect], list[Suspect]]:
+    """After confirmation, the suspects kept and those dropped. A rejected suspect (its trigger did not
+    reproduce the behaviour) is dropped on its own and never merged into its component's other
+    suspects, so a component that stands out without that trigger (in its weights, say) stays a
+    suspect; one whose own weight evidence is above threshold stays too, without the trigger
+    (`_without_trigger`). The others are merged by component."""
+    rejected = [s for s in merged if s.confirmed is False]
+    rest = [s for s in merged if s.confirmed is not False]
+    for s in rejected:
+        rest.extend(_without_trigger(s))
+    kept = [s for s in merge(rest) if s.above and s.confirmed is not False]
+    dropped = sorted((s for s in rejected if s.above), key=lambda s: (-s.confidence, -_strength(s)))
+    return kept, dropped
 
 
 def _objective(s: Suspect) -> Any:
@@ -263,12 +277,8 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
             s.evidence["confirm"] = "not run: the time budget was spent"
             continue
         conf.confirm(s)
-        if s.confirmed is False:
-            merged.extend(_without_trigger(s))
-    final = merge(merged)
+    kept, dropped = settle(merged)
     timings["confirm"] = time.monotonic() - t0
-    kept = [s for s in final if s.above and s.confirmed is not False]
-    dropped = [s for s in final if s.above and s.confirmed is False]
     timings["total"] = time.monotonic() - t_start
     verdict = "suspect" if kept else "nothing found"
     say(f"audit: {verdict} ({len(kept)} suspects) in {timings['total']:.1f} s")

@@ -18,8 +18,9 @@ Steps, for each feature, on a training split of documents:
    is (m.r)/(m.m) and the error falls by (m.r)^2/(m.m), so token sets are again prefixes of tokens
    sorted by their mean residual (both ends: a clause may also lower the prediction);
 2. the values of every clause so far are refitted jointly by least squares;
-3. it stops after `max_clauses` clauses or when a clause would lower the error by less than
-   `min_gain` of the values' sum of squares. Choosing sets of tokens from data overfits, so rules
+3. it stops after `max_clauses` clauses or when a further clause would lower the error by less
+   than `min_gain` of the values' sum of squares (the first clause is always kept, as the one-rule
+   search always answers with its best rule). Choosing sets of tokens from data overfits, so rules
    are searched on one half of the training documents and judged on the other (the value fitted
    on the first half must lower the error on the second); values are then fitted on all of them.
 No clause is a table indexed by the input: each is a rule a person can read, with one fitted value.
@@ -154,7 +155,8 @@ def _gain(mask: Tensor, r: Tensor) -> float:
 
 def previous_latent_masks(table: TokenTable, threshold: float = 0.0) -> Tensor:
     """(tokens, feature) float 0/1: latent j was above `threshold` on the previous token (needs the
-    table's `latents`); the masks of every PreviousLatent rule at once."""
+    table's `latents`); the masks of every `PreviousLatent(j, above=threshold)` at once (pass the same
+    threshold to `fit_clauses` as `prev_above`)."""
     if table.latents is None:
         raise ValueError("previous-latent rules need the set's values: TokenTable.with_latents(values)")
     on = table.latents > threshold
@@ -163,8 +165,8 @@ def previous_latent_masks(table: TokenTable, threshold: float = 0.0) -> Tensor:
 
 
 def _clause_candidates(r: Tensor, sel: Tensor, table: TokenTable, fixed: dict[Rule, Tensor],
-                       prev_latents: Tensor | None, exclude: int | None, vocab: int, max_set: int
-                       ) -> list[tuple[str, Rule, float]]:
+                       prev_latents: Tensor | None, exclude: int | None, vocab: int, max_set: int,
+                       prev_above: float = 0.0) -> list[tuple[str, Rule, float]]:
     """Each family's best rule for the residual `r` on the tokens `sel` (bool, flattened), with its gain."""
     none = torch.full_like(table.ids.flatten(), -1)
     cands: list[tuple[str, Rule, float]] = []
@@ -194,7 +196,7 @@ def _clause_candidates(r: Tensor, sel: Tensor, table: TokenTable, fixed: dict[Ru
             gains[exclude] = -1.0
         j = int(gains.argmax())
         if float(gains[j]) > 0:
-            cands.append(("latent", PreviousLatent(j), float(gains[j])))
+            cands.append(("latent", PreviousLatent(j, above=prev_above), float(gains[j])))
     cands.sort(key=lambda t: -t[2])
     return cands
 
@@ -210,17 +212,19 @@ def _honest_gain(mask: Tensor, r: Tensor, a: Tensor, b: Tensor) -> float:
 
 
 def fit_clauses(values: Tensor, table: TokenTable, *, fixed: dict[Rule, Tensor] | None = None,
-                prev_latents: Tensor | None = None, exclude: int | None = None, max_set: int = 12,
+                prev_latents: Tensor | None = None, prev_above: float = 0.0, exclude: int | None = None,
+                max_set: int = 12,
                 max_clauses: int = 4, min_gain: float = 0.01, shortlist: int = 6, crossfit: bool = True
                 ) -> tuple[Explanation, float]:
     """An explanation of a few clauses with least-squares values for one feature's values (doc, pos)
     on `table` (see the module docstring), and its training correlation. `prev_latents` (tokens,
-    feature), from `previous_latent_masks`, adds the rules "latent j was active on the previous
-    token"; `exclude` is the explained feature's own index there (never read).
+    feature), from `previous_latent_masks(table, prev_above)`, adds the rules "latent j was above
+    `prev_above` on the previous token"; `exclude` is the explained feature's own index there (never read).
 
     The training documents are split in two (alternate documents): rules are searched on the first
     part, and a clause is chosen and kept by how much its value, fitted on the first part, lowers
-    the error on the second (it must lower it by `min_gain` of the second part's sum of squares);
+    the error on the second (each clause after the first must lower it by `min_gain` of the second
+    part's sum of squares);
     the kept clauses' values are then fitted on all the training documents. `crossfit=False` (or
     fewer than four documents) searches and judges on all of them."""
     y = values.flatten().double()
@@ -239,7 +243,8 @@ def fit_clauses(values: Tensor, table: TokenTable, *, fixed: dict[Rule, Tensor] 
     w = torch.zeros(0, dtype=torch.float64)
     r = y.clone()
     for _ in range(max_clauses):
-        cands = _clause_candidates(r, a, table, fixed, prev_latents, exclude, vocab, max_set)[:shortlist]
+        cands = _clause_candidates(r, a, table, fixed, prev_latents, exclude, vocab, max_set,
+                                   prev_above)[:shortlist]
         if not cands:
             break
         shortlisted = [rule for _, rule, _ in cands]
@@ -258,7 +263,7 @@ def fit_clauses(values: Tensor, table: TokenTable, *, fixed: dict[Rule, Tensor] 
     if not rules:
         return Explanation(Position("<", 0), 0.0), 0.0
     expl = Explanation(rules[0], float(w[0]), tuple((rl, float(v)) for rl, v in zip(rules[1:], w[1:].tolist())))
-    return expl, pearson(y - r, y)
+    return expl, pearson(M @ w, y)  # the fitted prediction itself (y - r carries rounding noise)
 
 
 def fixed_masks(table: TokenTable) -> dict[Rule, Tensor]:

@@ -137,7 +137,7 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
         expls: list[tuple[Any, int, dict[str, Any]]] = []
         if grammar == "clauses":
             expl, fit_corr = fit_clauses(values[fit_docs, :, i], fit_t, fixed=fixed, prev_latents=prev_latents,
-                                         exclude=i, max_clauses=max_clauses)
+                                         prev_above=threshold, exclude=i, max_clauses=max_clauses)
         else:
             expl, fit_corr = explain_feature(values[fit_docs, :, i], fit_t, fixed=fixed)
         expls.append((expl, 0, {"explainer": search[grammar], "fit_corr": fit_corr}))

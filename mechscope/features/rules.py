@@ -217,23 +217,27 @@ class InsideCode(Rule):
 
 @dataclass(frozen=True)
 class PreviousLatent(Rule):
-    """Latent `j` of the same set was active (above 0) on the previous token (position 0 has none).
+    """Latent `j` of the same set was active (above `above`, 0 by default) on the previous token
+    (position 0 has none).
 
     It reads the set's values of the unchanged model (the table's `latents`), so an explanation of
     latent i never reads latent i itself."""
 
     j: int
+    above: float = 0.0
 
     def mask(self, table):
-        """(doc, pos) bool: latent j's value on the previous token is above 0."""
+        """(doc, pos) bool: latent j's value on the previous token is above `above`."""
         if table.latents is None:
             raise ValueError(f"PreviousLatent({self.j}) reads the set's latent values; build the table "
                              "with TokenTable.with_latents(values)")
-        on = table.latents[:, :, self.j] > 0
+        on = table.latents[:, :, self.j] > self.above
         return torch.cat([torch.zeros_like(on[:, :1]), on[:, :-1]], dim=1)
 
     def describe(self, decode=None):
-        """"latent j was active on the previous token"."""
+        """"latent j was active on the previous token" (with the cut-off when it is not 0)."""
+        if self.above:
+            return f"latent {self.j} was above {self.above:g} on the previous token"
         return f"latent {self.j} was active on the previous token"
 
 
