@@ -167,7 +167,7 @@ def test_each_trigger_of_a_component_is_confirmed_on_its_own_and_the_confirmed_o
 def test_a_rejected_trigger_does_not_take_its_component_weight_suspect_with_it():
     """A neuron above threshold in its weights (no trigger) and a trigger suspect on the same neuron whose
     trigger confirmation rejects: the weights suspect is kept, the rejected trigger dropped on its own."""
-    from mechscope.audit.run import merge, settle
+    from mechscope.audit.run import merge, settle, to_confirm
     from mechscope.audit.suspect import Suspect, component, mlp_site, no_effect, no_trigger, trigger
 
     comp = component(mlp_site(1), "neuron", unit=17)
@@ -178,6 +178,12 @@ def test_a_rejected_trigger_does_not_take_its_component_weight_suspect_with_it()
                     confidence=0.8, threshold=1.0)
     apart = merge([weights, found], by_trigger=True)
     assert len(apart) == 2
+    # the trigger is confirmed although its own score is below threshold: its neuron stands out in its weights
+    found_low = Suspect(dict(comp), trigger("token", [3]), dict(effect), "trigger_kl", 0.5, ["triggers"],
+                        confidence=0.3, threshold=1.0)
+    (todo,) = to_confirm(merge([weights, found_low], by_trigger=True))
+    assert todo.trigger["ids"] == [3] and not todo.above
+    assert to_confirm([found_low]) == []  # nothing of its component is above
     for s in apart:
         if s.trigger["kind"] != "none":
             s.confirmed = False  # the trigger did not reproduce the behaviour

@@ -147,6 +147,20 @@ def _without_trigger(s: Suspect) -> list[Suspect]:
     return [keep]
 
 
+def to_confirm(merged: list[Suspect]) -> list[Suspect]:
+    """The suspects (merged by component and trigger) whose trigger is confirmed, first to last: every one
+    with a trigger that is above its threshold or whose component is above in another of its suspects (a
+    neuron that stands out in its weights, say, with the trigger another method found for it), ordered by
+    the confidence of the component's strongest suspect. Uncalibrated, nothing is above."""
+    best: dict[tuple, float] = {}
+    for s in merged:
+        if s.above:
+            best[_key(s)] = max(best.get(_key(s), 0.0), s.confidence)
+    todo = [s for s in merged if s.trigger["kind"] != "none" and (s.above or _key(s) in best)]
+    return sorted(todo, key=lambda s: (-max(s.confidence if s.above else 0.0, best.get(_key(s), 0.0)),
+                                       -_strength(s)))
+
+
 def settle(merged: list[Suspect]) -> tuple[list[Suspect], list[Suspect]]:
     """After confirmation, the suspects kept and those dropped. A rejected suspect (its trigger did not
     reproduce the behaviour) is dropped on its own and never merged into its component's other
@@ -158,7 +172,7 @@ def settle(merged: list[Suspect]) -> tuple[list[Suspect], list[Suspect]]:
     for s in rejected:
         rest.extend(_without_trigger(s))
     kept = [s for s in merge(rest) if s.above and s.confirmed is not False]
-    dropped = sorted((s for s in rejected if s.above), key=lambda s: (-s.confidence, -_strength(s)))
+    dropped = sorted(rejected, key=lambda s: (-s.confidence, -_strength(s)))  # each was a confirmation candidate
     return kept, dropped
 
 
@@ -271,7 +285,7 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
     say("audit: confirming suspects")
     merged = merge([s for v in found.values() for s in v], by_trigger=True)  # each trigger confirmed on its own
     conf = Confirmer(m, ids, contexts, position, seed=seed, reference=ref)
-    todo = [s for s in merged if s.above and s.trigger["kind"] != "none"]  # uncalibrated: nothing is above
+    todo = to_confirm(merged)
     for s in todo[:max_confirm]:
         if time.monotonic() > deadline + 30:
             s.evidence["confirm"] = "not run: the time budget was spent"
