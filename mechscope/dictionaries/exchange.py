@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .base import Dictionary
-from .shards import Shards, flat
+from .shards import Shards, flat, gathered_pieces
 
 SHM_DIR = Path("/dev/shm")
 
@@ -223,18 +223,10 @@ class ShardedExchange:
         if self.shm is not None:
             self.shm.barrier()  # the parameters are one shared copy: every piece is written
             return
-        width = max(sum(c.numel for c in pieces) for pieces in self.shards.pieces)
         mine = torch.cat([flat(self.params[c.param])[c.start:c.stop] for c in self.shards.pieces[self.rank]])
-        send = torch.zeros(1, width, dtype=mine.dtype, device=mine.device)
-        send[0, :mine.numel()] = mine
-        every = self.gather(send)  # (world, width)
-        for r, pieces in enumerate(self.shards.pieces):
-            if r == self.rank:
-                continue
-            at = 0
-            for c in pieces:
-                flat(self.params[c.param])[c.start:c.stop] = every[r, at:at + c.numel]
-                at += c.numel
+        for r, c, _, values in gathered_pieces(self.shards, self.gather, mine):
+            if r != self.rank:
+                flat(self.params[c.param])[c.start:c.stop] = values
 
     def close(self) -> None:
         """Take the hooks off; the gradients and parameters keep their values, in memory of their own

@@ -71,6 +71,23 @@ class Shards:
                 self.pieces[r].append(Piece(i, lo, hi))
 
 
+def gathered_pieces(shards: "Shards", gather: Callable[[Tensor], Tensor], mine: Tensor, per_piece: int = 1):
+    """Every rank's values of its pieces, through one all-gather: `mine` is this rank's, `per_piece`
+    tensors of each piece's size laid end to end, piece after piece (padded to the widest rank).
+    Yields (rank, piece, k, values) for the k-th tensor of every piece of every rank; a collective,
+    every rank calls it."""
+    width = max(per_piece * sum(c.numel for c in pieces) for pieces in shards.pieces)
+    send = torch.zeros(1, width, dtype=mine.dtype, device=mine.device)
+    send[0, :mine.numel()] = mine
+    every = gather(send)  # (world, width)
+    for r, pieces in enumerate(shards.pieces):
+        at = 0
+        for c in pieces:
+            for k in range(per_piece):
+                yield r, c, k, every[r, at:at + c.numel]
+                at += c.numel
+
+
 class ShardedAdam:
     """Adam on rank `rank`'s pieces of the parameters `full` (a torch Adam over whole parameters)
     optimises, with `full`'s groups and options; state `full` already holds (a resumed run) is
@@ -132,22 +149,14 @@ class ShardedAdam:
         every rank's pieces: a collective, every rank calls it."""
         if not self.inner.state:  # no step yet
             return {"state": {}, "param_groups": self._groups()}
-        width = max(2 * sum(c.numel for c in pieces) for pieces in self.shards.pieces)
         mine = torch.cat([self.inner.state[v][k] for v in self.views for k in self.KEYS])
-        send = torch.zeros(1, width, dtype=mine.dtype, device=mine.device)
-        send[0, :mine.numel()] = mine
-        every = self.gather(send)  # (world, width)
         state: dict[int, dict[str, Tensor]] = {}
         for c, v in zip(self.own, self.views):
             p = self.params[c.param]
             state[c.param] = {"step": self.inner.state[v]["step"].clone(),
                               **{k: torch.empty_like(p) for k in self.KEYS}}
-        for r, pieces in enumerate(self.shards.pieces):
-            at = 0
-            for c in pieces:
-                for k in self.KEYS:
-                    flat(state[c.param][k])[c.start:c.stop] = every[r, at:at + c.numel]
-                    at += c.numel
+        for _, c, k, values in gathered_pieces(self.shards, self.gather, mine, len(self.KEYS)):
+            flat(state[c.param][self.KEYS[k]])[c.start:c.stop] = values
         return {"state": state, "param_groups": self._groups()}
 
     def _groups(self) -> list[dict[str, Any]]:
