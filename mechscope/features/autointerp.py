@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .rules import (REGEXES, And, Bigram, CurrentToken, Explanation, InsideCode, InsideQuotes, Or, Position,
-                    PreviousLatent, PreviousToken, Rule, TokenRegex, TokenTable)
+                    PreviousLatent, PreviousToken, Rule, TokenRegex, TokenTable, previous_above)
 
 
 @dataclass(frozen=True)
@@ -159,9 +159,7 @@ def previous_latent_masks(table: TokenTable, threshold: float = 0.0) -> Tensor:
     threshold to `fit_clauses` as `prev_above`)."""
     if table.latents is None:
         raise ValueError("previous-latent rules need the set's values: TokenTable.with_latents(values)")
-    on = table.latents > threshold
-    prev = torch.cat([torch.zeros_like(on[:, :1]), on[:, :-1]], dim=1)
-    return prev.flatten(0, 1).float()
+    return previous_above(table.latents, threshold).flatten(0, 1).float()
 
 
 def _clause_candidates(r: Tensor, sel: Tensor, table: TokenTable, fixed: dict[Rule, Tensor],

@@ -215,6 +215,13 @@ class InsideCode(Rule):
         return "the token is inside code (backticks, or a '>>>' or indented line)"
 
 
+def previous_above(values: Tensor, above: float = 0.0) -> Tensor:
+    """(doc, pos, ...) bool: the value on the previous token of the same document is above `above`
+    (False at position 0)."""
+    on = values > above
+    return torch.cat([torch.zeros_like(on[:, :1]), on[:, :-1]], dim=1)
+
+
 @dataclass(frozen=True)
 class PreviousLatent(Rule):
     """Latent `j` of the same set was active (above `above`, 0 by default) on the previous token
@@ -231,8 +238,7 @@ class PreviousLatent(Rule):
         if table.latents is None:
             raise ValueError(f"PreviousLatent({self.j}) reads the set's latent values; build the table "
                              "with TokenTable.with_latents(values)")
-        on = table.latents[:, :, self.j] > self.above
-        return torch.cat([torch.zeros_like(on[:, :1]), on[:, :-1]], dim=1)
+        return previous_above(table.latents[:, :, self.j], self.above)
 
     def describe(self, decode=None):
         """"latent j was active on the previous token" (with the cut-off when it is not 0)."""
