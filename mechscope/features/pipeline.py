@@ -12,7 +12,9 @@ Steps:
    same split and in the same causal runs (the one rule stays the default: on every live latent of
    a SmolLM2 and a textlm dictionary its median loss recovered was the higher, README);
 4. score the explanation causally (loss recovered against zero and mean ablation of the feature,
-   on the held-out half) for every live feature, or for the `causal_limit` most active ones;
+   on the held-out half) for every live feature, or for the `causal_limit` most active ones; the
+   blocks before the feature's site run once per document (`substitution.clean_runs`), each
+   substitution only the blocks from the site on;
 5. write one row per feature into the store's `explanations` table; `spec` holds the JSON of how
    each number was measured and the explanation's size (clauses, fitted values, tokens listed).
 """
@@ -35,7 +37,7 @@ from .feature import FeatureSet
 from .lm_explainer import LMExplainer
 from .rules import TokenTable
 from .store import FeatureStore
-from .substitution import document_losses, substitution_scores_many
+from .substitution import clean_runs, substitution_scores_many
 
 GRAMMARS = ("clauses", "rule")
 
@@ -99,7 +101,8 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
     causal = set(sorted(live, key=lambda i: -int(active[i]))[:causal_limit] if causal_limit is not None else live)
     causal_set = test_docs[:causal_docs] if causal_docs is not None else test_docs
     causal_t = table.subset(causal_set)
-    clean = document_losses(model, docs[causal_set]) if causal else None
+    # the clean runs once: each document's loss, and the residual stream where the substitution runs start
+    clean, resume = clean_runs(model, features.site, docs[causal_set]) if causal else (None, None)
     rows, n_fires, n07 = [], 0, 0
     fit_seconds, causal_seconds = 0.0, 0.0
 
@@ -113,7 +116,8 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
                                           mean_value=mean_value, reference=f"{dataset}: fitting half",
                                           dataset=f"{dataset}: held-out half" + (
                                               "" if causal_docs is None else f", first {len(causal_set)} documents"),
-                                          seed=seed, clean_losses=clean, values=values[causal_set, :, i])
+                                          seed=seed, clean_losses=clean, values=values[causal_set, :, i],
+                                          resume=resume)
             causal_seconds += time.monotonic() - t0
         for k, (expl, rank, spec) in enumerate(expls):
             held = heldout(expl, values[test_docs, :, i], test_t, threshold)
