@@ -83,7 +83,8 @@ def test_causal_scores_from_the_site_equal_the_whole_model_scores(family, site):
     losses, resume = clean_runs(model, s, DOCS, batch_size=4)
     torch.testing.assert_close(losses, document_losses(model, DOCS, batch_size=4), atol=1e-6, rtol=1e-6)
     whole = substitution_scores_many(model, feats, 1, expls, DOCS, table, **kw)
-    part = substitution_scores_many(model, feats, 1, expls, DOCS, table, **kw, clean_losses=losses, resume=resume)
+    part = substitution_scores_many(model, feats, 1, expls, DOCS, table, **kw, clean_losses=losses, values=values,
+                                    resume=resume)
     for w, p in zip(whole, part):
         for a in ("zero", "mean"):
             for k in ("loss_clean", "loss_ablated", "loss_explained"):

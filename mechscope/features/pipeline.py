@@ -8,9 +8,10 @@ Steps:
    precision, recall): with `grammar="rule"` (the default) one rule and its mean value
    (`autointerp.explain_feature`); with `grammar="clauses"` a few clauses whose values are fitted
    by least squares, reading tokens, context and the set's latents on the previous token
-   (`autointerp.fit_clauses`), and `baseline=True` also scores the one-rule search (rank 2), on the
-   same split and in the same causal runs (the one rule stays the default: on every live latent of
-   a SmolLM2 and a textlm dictionary its median loss recovered was the higher, README);
+   (`autointerp.fit_clauses`); with `grammar="select"`, per feature the one rule or clauses (with
+   or without the rule search's split), whichever predicts best on folds of the fitting half it
+   was not fitted on (`autointerp.Chooser`), refitted on the whole fitting half; `baseline=True`
+   also scores the one-rule search (rank 2), on the same split and in the same causal runs;
 4. score the explanation causally (loss recovered against zero and mean ablation of the feature,
    on the held-out half) for every live feature, or for the `causal_limit` most active ones; the
    blocks before the feature's site run once per document (`substitution.clean_runs`), each
@@ -32,14 +33,14 @@ from torch import Tensor
 from ..core import run
 from ..core.progress import progress_bar
 from ..models import wrap
-from .autointerp import explain_feature, fit_clauses, fixed_masks, heldout, previous_latent_masks
+from .autointerp import Chooser, explain_feature, fit_clauses, fixed_masks, heldout, previous_latent_masks
 from .feature import FeatureSet
 from .lm_explainer import LMExplainer
 from .rules import TokenTable
 from .store import FeatureStore
 from .substitution import clean_runs, substitution_scores_many
 
-GRAMMARS = ("clauses", "rule")
+GRAMMARS = ("clauses", "rule", "select")
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,9 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
     table = TokenTable.build(docs, decode).with_latents(values)
     fit_t, test_t = table.subset(fit_docs), table.subset(test_docs)
     fixed = fixed_masks(fit_t)
-    prev_latents = previous_latent_masks(fit_t, threshold) if grammar == "clauses" else None
+    prev_latents = previous_latent_masks(fit_t, threshold) if grammar in ("clauses", "select") else None
+    chooser = (Chooser(fit_t, fixed=fixed, prev_latents=prev_latents, prev_above=threshold)
+               if grammar == "select" else None)
     active = (values[fit_docs] > threshold).flatten(0, 1).sum(0)  # (feature,)
     live = [i for i in range(len(features)) if int(active[i]) >= min_active]
     causal = set(sorted(live, key=lambda i: -int(active[i]))[:causal_limit] if causal_limit is not None else live)
@@ -135,18 +138,26 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
         return out
 
     search = {"clauses": "rule grammar search, clauses with least-squares values (no language model)",
-              "rule": "rule grammar search, one rule (no language model)"}
+              "rule": "rule grammar search, one rule (no language model)",
+              "select": "rule grammar search, per feature the one rule or clauses (with or without the split) "
+                        "chosen by error on held-out folds of the fitting half (no language model)"}
     for i in progress_bar(live, desc=f"explaining {features.name}", unit="feature", disable=not progress):
         t0 = time.monotonic()
         expls: list[tuple[Any, int, dict[str, Any]]] = []
+        info: dict[str, Any] = {}
         if grammar == "clauses":
             expl, fit_corr = fit_clauses(values[fit_docs, :, i], fit_t, fixed=fixed, prev_latents=prev_latents,
                                          prev_above=threshold, exclude=i, max_clauses=max_clauses)
+        elif grammar == "select":
+            expl, fit_corr, info = chooser.fit(values[fit_docs, :, i], exclude=i, max_clauses=max_clauses)
         else:
             expl, fit_corr = explain_feature(values[fit_docs, :, i], fit_t, fixed=fixed)
-        expls.append((expl, 0, {"explainer": search[grammar], "fit_corr": fit_corr}))
+        expls.append((expl, 0, {"explainer": search[grammar], "fit_corr": fit_corr, **info}))
         if baseline and grammar != "rule":
-            base, base_corr = explain_feature(values[fit_docs, :, i], fit_t, fixed=fixed)
+            if info.get("chosen") == "rule":  # the same search on the same documents: the same answer
+                base, base_corr = expl, fit_corr
+            else:
+                base, base_corr = explain_feature(values[fit_docs, :, i], fit_t, fixed=fixed)
             expls.append((base, 2, {"explainer": search["rule"], "fit_corr": base_corr}))
         if lm is not None:  # the language model's explanation, through the same scorers
             lm_expl, info = lm.explain(values[fit_docs, :, i], fit_t)

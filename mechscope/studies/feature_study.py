@@ -11,7 +11,8 @@ Steps (`feature_study`):
    prediction replaces the latent, against zero and mean ablation) for every live latent or the
    `causal_limit` most active ones;
 4. summarise: live latents, the share whose held-out correlation is >= 0.7, the causal scores'
-   median and quartiles (with `baseline`, the one-rule search's beside them, from the same runs),
+   median and quartiles (with `baseline`, the one-rule search's beside them, from the same runs,
+   and the per-latent difference: its median with a bootstrap interval over latents),
    the explanations' median size (clauses, fitted values, tokens listed), the wall and CPU time,
    and three example pages (the best-explained latent, the one at the median correlation, and the
    most active latent).
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.score import bootstrap_ci
 from ..core.site import Site
 from ..features import FeatureSet, FeatureStore, build_dashboards
 from ..features.pipeline import explain_set
@@ -126,11 +128,48 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
             "median_loss_recovered_vs_mean": statistics.median(base) if base else None,
             "quartiles_loss_recovered_vs_mean": _quartiles(base),
             "median_heldout_corr": statistics.median([r["corr"] for r in res.baseline_rows]),
-            "size_median": _median_size(res.baseline_rows)},
+            "size_median": _median_size(res.baseline_rows), "paired": paired_difference(res.rows, res.baseline_rows,
+                                                                                         seed=seed)},
+        "chosen": _chosen(res.rows),
         "skip_first": skip_first, "seconds": {"dashboards": round(t1 - t0, 1), "explanations": round(t2 - t1, 1),
                                               "explanations_detail": res.seconds},
         "dashboard_live": dash.live, "store": str(store_path), "pages": pages,
     }
+
+
+def paired_difference(rows: tuple[dict[str, Any], ...] | list[dict[str, Any]],
+                      baseline_rows: tuple[dict[str, Any], ...] | list[dict[str, Any]], *, seed: int = 0,
+                      n_boot: int = 2000) -> dict[str, Any] | None:
+    """Per feature, loss recovered (vs mean ablation) of `rows` minus that of `baseline_rows` on the
+    same causal runs, over the features where both are finite: the median difference with a
+    percentile bootstrap interval over features, and how many are higher, lower and equal.
+
+    Example::
+
+        paired_difference([{"feature": 0, "loss_recovered": 0.9}, {"feature": 1, "loss_recovered": 0.5}],
+                          [{"feature": 0, "loss_recovered": 0.7}, {"feature": 1, "loss_recovered": 0.5}])
+        # {"n": 2, "median_difference": 0.1, "ci": [...], "higher": 1, "lower": 0, "equal": 1}
+    """
+    base = {r["feature"]: r["loss_recovered"] for r in baseline_rows}
+    diffs = [r["loss_recovered"] - base[r["feature"]] for r in rows
+             if r["loss_recovered"] is not None and base.get(r["feature"]) is not None
+             and math.isfinite(r["loss_recovered"]) and math.isfinite(base[r["feature"]])]
+    if not diffs:
+        return None
+    ci = bootstrap_ci(diffs, lambda v: v.quantile(0.5), n_boot=n_boot, seed=seed) if len(diffs) >= 2 else None
+    return {"n": len(diffs), "median_difference": statistics.median(diffs), "ci": None if ci is None else list(ci),
+            "higher": sum(d > 0 for d in diffs), "lower": sum(d < 0 for d in diffs),
+            "equal": sum(d == 0 for d in diffs)}
+
+
+def _chosen(rows: tuple[dict[str, Any], ...]) -> dict[str, int] | None:
+    """How many features each explanation family was chosen for (rows of `grammar="select"`)."""
+    out: dict[str, int] = {}
+    for r in rows:
+        c = json.loads(r["spec"]).get("chosen")
+        if c is not None:
+            out[c] = out.get(c, 0) + 1
+    return out or None
 
 
 def _quartiles(xs: list[float]) -> list[float] | None:
@@ -147,4 +186,4 @@ def _median_size(rows: tuple[dict[str, Any], ...]) -> dict[str, float] | None:
     return {k: statistics.median(z[k] for z in sizes) for k in sizes[0]}
 
 
-__all__ = ["dictionary_features", "feature_study"]
+__all__ = ["dictionary_features", "feature_study", "paired_difference"]
