@@ -30,6 +30,7 @@ value, and precision / recall of "the rule holds" against "the feature is active
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,7 +322,9 @@ class Chooser:
     (`fit_clauses`) and clauses searched and judged on all their documents (`fit_clauses(...,
     crossfit=False)`). The family of least error over the folds is then fitted on all the fitting
     documents. Only the fitting documents are read: the held-out half never chooses. The folds'
-    tables and masks are built once, for every feature of a set.
+    tables and masks are built once, for every feature of a set. `fit(..., judge=)` replaces the
+    squared error by another error on the judged documents (the pipeline's: the model's loss with
+    each candidate substituted for the feature).
 
     Example::
 
@@ -361,20 +364,31 @@ class Chooser:
                            exclude=exclude, max_clauses=max_clauses, crossfit=family == "clauses")
 
     def fit(self, values: Tensor, *, exclude: int | None = None, max_clauses: int = 4,
+            judge: Callable[[int, list[Explanation]], list[float]] | None = None,
             ) -> tuple[Explanation, float, dict[str, Any]]:
         """The chosen explanation of one feature's values (doc, pos) on the fitting documents, its
         training correlation, and how it was chosen: `chosen` (the family), `fold_error` (each
-        family's squared error summed over the folds' judged documents, as a share of the values'
-        sum of squares there)."""
+        family's error summed over the folds' judged documents).
+
+        The error is the squared error of the prediction, as a share of the values' sum of squares
+        on the judged documents; or, with `judge`, what `judge(k, explanations)` returns for fold k
+        and one explanation per candidate family fitted on fold k's other documents: one error per
+        explanation, lower is better, computed on (some of) fold k's judged documents (e.g. the
+        model's loss with the explanation substituted for the feature)."""
         total = float((values.double() ** 2).sum())
-        error = {}
-        for family in self.candidates:
-            err = 0.0
-            for f in self.folds:
-                expl, _ = self._fit(family, values[f.fit_docs], f.fit, f.fixed, f.prev_latents, exclude, max_clauses)
-                err += float(((expl.predict(f.judge).double() - values[f.judge_docs].double()) ** 2).sum())
-            error[family] = err / total if total > 0 else 0.0
+        error = {c: 0.0 for c in self.candidates}
+        for k, f in enumerate(self.folds):
+            expls = [self._fit(c, values[f.fit_docs], f.fit, f.fixed, f.prev_latents, exclude, max_clauses)[0]
+                     for c in self.candidates]
+            if judge is not None:
+                errs = judge(k, expls)
+            else:
+                y = values[f.judge_docs].double()
+                errs = [float(((e.predict(f.judge).double() - y) ** 2).sum()) / (total if total > 0 else 1.0)
+                        for e in expls]
+            for c, e in zip(self.candidates, errs):
+                error[c] += float(e)
         chosen = min(self.candidates, key=lambda c: (error[c], self.candidates.index(c)))
         expl, corr = self._fit(chosen, values, self.table, self.fixed, self.prev_latents, exclude, max_clauses)
         return expl, corr, {"chosen": chosen, "fold_error": {k: round(v, 6) for k, v in error.items()},
-                            "folds": len(self.folds)}
+                            "folds": len(self.folds), "judged_by": "squared error" if judge is None else "judge"}

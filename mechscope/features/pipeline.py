@@ -9,8 +9,9 @@ Steps:
    (`autointerp.explain_feature`); with `grammar="clauses"` a few clauses whose values are fitted
    by least squares, reading tokens, context and the set's latents on the previous token
    (`autointerp.fit_clauses`); with `grammar="select"`, per feature the one rule or clauses (with
-   or without the rule search's split), whichever predicts best on folds of the fitting half it
-   was not fitted on (`autointerp.Chooser`), refitted on the whole fitting half; `baseline=True`
+   or without the rule search's split), whichever does best on folds of the fitting half it
+   was not fitted on (`autointerp.Chooser`; by default judged by the model's loss with it
+   substituted for the feature on a few of the fold's documents), refitted on the whole fitting half; `baseline=True`
    also scores the one-rule search (rank 2), on the same split and in the same causal runs;
 4. score the explanation causally (loss recovered against zero and mean ablation of the feature,
    on the held-out half) for every live feature, or for the `causal_limit` most active ones; the
@@ -38,7 +39,7 @@ from .feature import FeatureSet
 from .lm_explainer import LMExplainer
 from .rules import TokenTable
 from .store import FeatureStore
-from .substitution import clean_runs, substitution_scores_many
+from .substitution import clean_runs, substitution_losses, substitution_scores_many
 
 GRAMMARS = ("clauses", "rule", "select")
 
@@ -80,13 +81,18 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
                 decode: Any = None, min_active: int = 3, causal_limit: int | None = None, threshold: float = 0.0,
                 seed: int = 0, progress: bool = True, lm: LMExplainer | None = None,
                 causal_docs: int | None = None, grammar: str = "rule", baseline: bool = False,
-                max_clauses: int = 4) -> ExplainedSet:
+                max_clauses: int = 4, select_by: str = "loss", select_docs: int = 8) -> ExplainedSet:
     """Explain every live feature (rank 0: the grammar search; rank 1: `lm`'s answer, when given;
     rank 2: the one-rule search, with `baseline`) and store the rows; see the module docstring for
     the steps. `causal_docs` scores causally on only the first N held-out documents (each causal
-    score costs runs over them); `causal_limit=None` scores every live feature."""
+    score costs runs over them); `causal_limit=None` scores every live feature. With
+    `grammar="select"`, `select_by="loss"` judges the candidates on the first `select_docs` judged
+    documents of each fold of the fitting half by the model's loss with each substituted for the
+    feature (the causal score's own measure, on fitting documents); `"error"` by squared error."""
     if grammar not in GRAMMARS:
         raise ValueError(f"grammar must be one of {GRAMMARS}; got {grammar!r}")
+    if select_by not in ("loss", "error"):
+        raise ValueError(f"select_by must be 'loss' or 'error'; got {select_by!r}")
     model = wrap(model)
     wall0, cpu0 = time.monotonic(), time.process_time()
     values = feature_values(model, features, docs)
@@ -106,6 +112,21 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
     causal_t = table.subset(causal_set)
     # the clean runs once: each document's loss, and the residual stream where the substitution runs start
     clean, resume = clean_runs(model, features.site, docs[causal_set]) if causal else (None, None)
+    fold_runs = []  # per fold of the fitting half: its judged documents' clean runs, for select_by="loss"
+    if chooser is not None and select_by == "loss":
+        for f in chooser.folds:
+            jd = f.judge_docs[:select_docs]  # indices into the fitting documents
+            losses_k, resume_k = clean_runs(model, features.site, docs[fit_docs[jd]])
+            fold_runs.append((fit_docs[jd], fit_t.subset(jd), losses_k, resume_k))
+
+    def judge_by_loss(i: int):
+        def judge(k: int, expls: list[Any]) -> list[float]:
+            gdocs, jt, losses_k, resume_k = fold_runs[k]
+            _, got = substitution_losses(model, features, i, [e.predict(jt) for e in expls], docs[gdocs],
+                                         clean_losses=losses_k, values=values[gdocs, :, i], resume=resume_k)
+            return [float(x.double().sum()) for x in got]
+        return judge
+
     rows, n_fires, n07 = [], 0, 0
     fit_seconds, causal_seconds = 0.0, 0.0
 
@@ -149,7 +170,10 @@ def explain_set(model: Any, features: FeatureSet, docs: Tensor, store: FeatureSt
             expl, fit_corr = fit_clauses(values[fit_docs, :, i], fit_t, fixed=fixed, prev_latents=prev_latents,
                                          prev_above=threshold, exclude=i, max_clauses=max_clauses)
         elif grammar == "select":
-            expl, fit_corr, info = chooser.fit(values[fit_docs, :, i], exclude=i, max_clauses=max_clauses)
+            expl, fit_corr, info = chooser.fit(values[fit_docs, :, i], exclude=i, max_clauses=max_clauses,
+                                               judge=judge_by_loss(i) if fold_runs else None)
+            if fold_runs:
+                info = {**info, "judged_by": f"loss with the candidate substituted, {select_docs} documents per fold"}
         else:
             expl, fit_corr = explain_feature(values[fit_docs, :, i], fit_t, fixed=fixed)
         expls.append((expl, 0, {"explainer": search[grammar], "fit_corr": fit_corr, **info}))

@@ -75,6 +75,42 @@ def substitution_scores_many(model: Any, features: FeatureSet, i: int, explanati
     With `resume` (doc, pos, d_model), the clean residual stream of `docs` at
     `resume_point(model, features.site)` (the second value of `clean_runs`), every run starts there
     and computes only the blocks from the site on."""
+    preds = [e.predict(table).float() for e in explanations]  # (doc, pos) each
+    zero = torch.zeros(docs.shape, dtype=torch.float32)
+    clean, got = substitution_losses(model, features, i, [zero, torch.full_like(zero, mean_value), *preds], docs,
+                                     batch_size=batch_size, clean_losses=clean_losses, values=values, resume=resume)
+    losses = {"clean": clean, "zero": got[0], "mean": got[1], **{f"explained{k}": x for k, x in enumerate(got[2:])}}
+    L = {k: v.double() for k, v in losses.items()}  # (doc,) each
+    n = len(L["clean"])
+    results = []
+    for k, explanation in enumerate(explanations):
+        out = {}
+        for ablation in ("zero", "mean"):
+            def recovered(idx: Tensor, a=ablation, e=f"explained{k}") -> Tensor:
+                idx = idx.long()
+                abl, exp, clean = L[a][idx].mean(), L[e][idx].mean(), L["clean"][idx].mean()
+                return (abl - exp) / (abl - clean)
+            value = float(recovered(torch.arange(n)))
+            ci = bootstrap_ci(torch.arange(n, dtype=torch.float64), recovered, seed=seed, n_boot=500)
+            how = {"substitution": "feature value replaced along its write direction",
+                   "ablation": ablation, "reference": reference if ablation == "mean" else None,
+                   "feature": f"{features.name}[{i}]", "explanation": explanation.describe(),
+                   "loss_clean": float(L["clean"].mean()), "loss_ablated": float(L[ablation].mean()),
+                   "loss_explained": float(L[f"explained{k}"].mean())}
+            out[ablation] = Score(value, "loss_recovered", ci, "mean loss over documents, then the ratio", dataset,
+                                  n, seed, how)
+        results.append(out)
+    return results
+
+
+@torch.no_grad()
+def substitution_losses(model: Any, features: FeatureSet, i: int, targets: Sequence[Tensor], docs: Tensor, *,
+                        batch_size: int = 16, clean_losses: Tensor | None = None, values: Tensor | None = None,
+                        resume: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
+    """Each document's clean next-token loss (doc,), and its loss (doc,) when feature i's value is
+    replaced by each of `targets` (doc, pos) along its write direction; `clean_losses`, `values`
+    and `resume` as in `substitution_scores_many` (a document where the feature and the target
+    are 0 everywhere keeps its clean loss without a run)."""
     model = wrap(model)
     site = model.check(features.site)
     if site.kind in (Kind.Q, Kind.K, Kind.V, Kind.Z, Kind.PATTERN, Kind.SCORES, Kind.RESULT):
@@ -105,49 +141,26 @@ def substitution_scores_many(model: Any, features: FeatureSet, i: int, explanati
             return run(model, ids, interventions=[iv]).logits
         return run_from(model, ids, entry, resume[d0:d0 + batch_size][rows], interventions=[iv]).logits
 
-    preds = [e.predict(table).float() for e in explanations]  # (doc, pos) each
-    names = ["zero", "mean"] + [f"explained{k}" for k in range(len(explanations))]
-    losses: dict[str, list[Tensor]] = {k: [] for k in ["clean"] + names}
+    clean_out: list[Tensor] = []
+    losses: list[list[Tensor]] = [[] for _ in targets]
     for d0 in range(0, docs.shape[0], batch_size):
         ids = docs[d0:d0 + batch_size]
         metric = next_token_loss(ids)
         clean = metric(run(model, ids).logits) if clean_losses is None else clean_losses[d0:d0 + batch_size]
-        losses["clean"].append(clean)
+        clean_out.append(clean)
         silent = None if values is None else (values[d0:d0 + batch_size] == 0).all(dim=1)  # (batch,)
-        zero = torch.zeros_like(ids, dtype=torch.float32)
-        for name in names:
-            target = (zero if name == "zero" else torch.full_like(zero, mean_value) if name == "mean"
-                      else preds[int(name[len("explained"):])][d0:d0 + batch_size])
+        for k, whole in enumerate(targets):
+            target = whole[d0:d0 + batch_size].float()
             if silent is None:
-                losses[name].append(metric(substituted(slice(None), d0, target)))
+                losses[k].append(metric(substituted(slice(None), d0, target)))
                 continue
             moved = ~(silent & (target == 0).all(dim=1))
             out = clean.detach().clone().float()
             if bool(moved.any()):
                 logits = substituted(moved, d0, target[moved])
                 out[moved.to(out.device)] = next_token_loss(ids[moved])(logits).to(out)
-            losses[name].append(out)
-    L = {k: torch.cat(v).double() for k, v in losses.items()}  # (doc,) each
-    n = len(L["clean"])
-    results = []
-    for k, explanation in enumerate(explanations):
-        out = {}
-        for ablation in ("zero", "mean"):
-            def recovered(idx: Tensor, a=ablation, e=f"explained{k}") -> Tensor:
-                idx = idx.long()
-                abl, exp, clean = L[a][idx].mean(), L[e][idx].mean(), L["clean"][idx].mean()
-                return (abl - exp) / (abl - clean)
-            value = float(recovered(torch.arange(n)))
-            ci = bootstrap_ci(torch.arange(n, dtype=torch.float64), recovered, seed=seed, n_boot=500)
-            how = {"substitution": "feature value replaced along its write direction",
-                   "ablation": ablation, "reference": reference if ablation == "mean" else None,
-                   "feature": f"{features.name}[{i}]", "explanation": explanation.describe(),
-                   "loss_clean": float(L["clean"].mean()), "loss_ablated": float(L[ablation].mean()),
-                   "loss_explained": float(L[f"explained{k}"].mean())}
-            out[ablation] = Score(value, "loss_recovered", ci, "mean loss over documents, then the ratio", dataset,
-                                  n, seed, how)
-        results.append(out)
-    return results
+            losses[k].append(out)
+    return torch.cat(clean_out), [torch.cat(x) for x in losses]
 
 
 @torch.no_grad()

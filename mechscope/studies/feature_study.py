@@ -80,7 +80,7 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
                   site: Site | str | None = None, name: str | None = None, skip_first: bool = False,
                   causal_limit: int | None = None, seed: int = 0, progress: bool = True,
                   lm: Any = None, causal_docs: int | None = None, grammar: str = "rule",
-                  baseline: bool = False) -> dict[str, Any]:
+                  baseline: bool = False, select_by: str = "loss", select_docs: int = 8) -> dict[str, Any]:
     """Dashboards and explanations of every latent of `dictionary` on `docs` (n_docs, pos), stored
     in the DuckDB file `store_path`; returns the figures (see the module docstring)."""
     feats = dictionary_features(dictionary, site, name, skip_first)
@@ -92,7 +92,7 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
         t1 = time.monotonic()
         res = explain_set(model, feats, docs, store, dataset=dataset, decode=decode, causal_limit=causal_limit,
                           seed=seed, progress=progress, lm=lm, causal_docs=causal_docs, grammar=grammar,
-                          baseline=baseline)
+                          baseline=baseline, select_by=select_by, select_docs=select_docs)
         t2 = time.monotonic()
         rows = sorted(res.rows, key=lambda r: -r["corr"])
         live_ids = {r["feature"] for r in rows}
@@ -121,7 +121,8 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
         "lm_explained": len(res.lm_rows), "lm_corr_at_least_0.7": sum(r["corr"] >= 0.7 for r in res.lm_rows),
         "median_loss_recovered_vs_mean": statistics.median(causal) if causal else None,
         "quartiles_loss_recovered_vs_mean": _quartiles(causal), "causal_not_finite": undefined,
-        "grammar": grammar,
+        "grammar": grammar, "select_by": select_by if grammar == "select" else None,
+        "select_docs_per_fold": select_docs if grammar == "select" and select_by == "loss" else None,
         "size_median": _median_size(res.rows),
         "baseline": None if not res.baseline_rows else {
             "explainer": "one rule and its mean value", "causal_scored": len(base),
