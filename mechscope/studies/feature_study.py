@@ -147,6 +147,7 @@ def paired_difference(rows: tuple[dict[str, Any], ...] | list[dict[str, Any]],
 
     Example::
 
+        from mechscope.studies.feature_study import paired_difference
         paired_difference([{"feature": 0, "loss_recovered": 0.9}, {"feature": 1, "loss_recovered": 0.5}],
                           [{"feature": 0, "loss_recovered": 0.7}, {"feature": 1, "loss_recovered": 0.5}])
         # {"n": 2, "median_difference": 0.1, "ci": [...], "higher": 1, "lower": 0, "equal": 1}
