@@ -28,8 +28,13 @@ def explain_cmd(
                                                              "latents (default: every live latent)")] = None,
     grammar: Annotated[str, typer.Option(help="clauses: a few rules with least-squares values, reading tokens, "
                                               "context and the latents on the previous token; rule: one rule and "
-                                              "its mean value (the default: its median loss recovered over latents "
-                                              "was the higher on both dictionaries measured)")] = "rule",
+                                              "its mean value; select: per latent the one rule or clauses, "
+                                              "whichever predicts best on folds of the fitting half")] = "rule",
+    select_by: Annotated[str, typer.Option(help="with --grammar select: judge the candidates on folds of the fitting "
+                                                "half by the model's loss with each substituted (loss) or by "
+                                                "squared error (error)")] = "loss",
+    select_docs: Annotated[int, typer.Option(help="with --grammar select --select-by loss: judged windows per fold "
+                                                  "of the fitting half")] = 8,
     baseline: Annotated[bool, typer.Option(help="also score the one-rule search, in the same causal runs")] = False,
     causal_docs: Annotated[Optional[int], typer.Option(help="score causally on the first N held-out windows "
                                                             "only (default: all of them)")] = None,
@@ -59,7 +64,7 @@ def explain_cmd(
         raise typer.BadParameter(f"--grammar must be one of {', '.join(GRAMMARS)}; got {grammar!r}")
     if baseline and grammar == "rule":
         raise typer.BadParameter("--baseline scores the one-rule search beside the clauses; give --grammar clauses "
-                                 "(with --grammar rule the one rule is the explanation already)")
+                                 "or select (with --grammar rule the one rule is the explanation already)")
     torch.set_num_threads(threads)
     m = load(model, device=device)
     if getattr(m, "tokenizer", None) is None:
@@ -71,11 +76,12 @@ def explain_cmd(
     lm = LMExplainer(lm_url, lm_model, api_key_env=lm_key_env) if lm_url else None
     figures = feature_study(m, d, ids, out, dataset=f"{corpus} held-out, {docs}x{seq_len} tokens",
                             causal_limit=causal_limit, skip_first=skip_first, lm=lm,
-                            causal_docs=causal_docs, grammar=grammar, baseline=baseline)
+                            causal_docs=causal_docs, grammar=grammar, baseline=baseline, select_by=select_by,
+                            select_docs=select_docs)
     t = Table(title=f"{figures['set']} on {figures['dataset']}")
     for k in ("latents", "live", "corr_at_least_0.7", "share_corr_0.7", "median_heldout_corr", "causal_scored",
-              "median_loss_recovered_vs_mean", "quartiles_loss_recovered_vs_mean", "size_median", "baseline",
-              "seconds"):
+              "median_loss_recovered_vs_mean", "quartiles_loss_recovered_vs_mean", "size_median", "chosen",
+              "baseline", "seconds"):
         v = figures[k]
         t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     console.print(t)

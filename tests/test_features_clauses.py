@@ -11,7 +11,7 @@ from torch import Tensor
 import mechscope as ms
 from mechscope.core import Kind, Site
 from mechscope.features import FeatureSet
-from mechscope.features.autointerp import explain_feature, fit_clauses, fixed_masks, heldout, previous_latent_masks
+from mechscope.features.autointerp import explain_feature, fit_clauses, heldout, previous_latent_masks
 from mechscope.features.pipeline import explain_set
 from mechscope.features.rules import CurrentToken, Explanation, PreviousLatent, PreviousToken, TokenTable
 from mechscope.models.tiny import TinyConfig, TinyTransformer
@@ -136,9 +136,51 @@ def test_substituting_the_fitted_clauses_recovers_the_loss_and_one_rule_recovers
         substitution_scores(model, feats, 1, expl, docs, table, **kw, values=values[:3])
 
 
-def test_clause_fit_uses_training_text_only():
-    table = TokenTable.build(IDS)
+@pytest.mark.parametrize("grammar", ["clauses", "select", "rule"])
+def test_explanations_are_fitted_on_the_fitting_half_only(grammar):
+    """Changing every held-out document leaves every fitted explanation as it was (and changes the
+    held-out scores); fitting on all the documents would have given other explanations."""
+    torch.manual_seed(0)
+    model = ms.wrap(TinyTransformer(TinyConfig(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=24,
+                                               d_vocab=VOCAB)))
+    site = model.check("resid_post.0")
+    feats = FeatureSet.from_directions(site, torch.randn(4, 32, generator=torch.Generator().manual_seed(3)))
+    docs = IDS[:40]
+    n = docs.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))  # explain_set's split, seed 0
+    held = order[n // 2:]
+    changed = docs.clone()
+    changed[held] = torch.randint(0, VOCAB, (len(held), docs.shape[1]), generator=torch.Generator().manual_seed(9))
+    kw = dict(dataset="random tokens", grammar=grammar, progress=False, causal_limit=0)
+    a = explain_set(model, feats, docs, None, **kw)
+    b = explain_set(model, feats, changed, None, **kw)
+    assert a.live == b.live == 4
+    for ra, rb in zip(a.rows, b.rows):
+        assert ra["explanation"] == rb["explanation"]
+        assert json.loads(ra["spec"])["fit_corr"] == json.loads(rb["spec"])["fit_corr"]
+    assert any(abs(ra["corr"] - rb["corr"]) > 1e-3 for ra, rb in zip(a.rows, b.rows))
+    # the test can fail: the same search on every document answers differently
+    whole = TokenTable.build(docs)
+    values = feats.encode(model.run(docs, capture=[site]).cache[site]).float()  # (doc, pos, feature)
+    leaky = [explain_feature(values[:, :, i], whole)[0].describe() for i in range(4)]
+    assert leaky != [r["explanation"] for r in a.rows]
+
+
+def test_the_chooser_picks_clauses_for_two_clauses_by_error_on_folds_it_did_not_fit():
+    from mechscope.features.autointerp import Chooser
+    fit = TokenTable.build(IDS[:60])
     values = _two_clauses(IDS)
-    values[60:] = 0.0  # held-out text differs: the fit must not see it
-    expl, _ = fit_clauses(values[:60], table.subset(torch.arange(60)), fixed=fixed_masks(table.subset(torch.arange(60))))
-    assert len(expl.clauses) == 2
+    chooser = Chooser(fit, n_folds=2)
+    expl, corr, info = chooser.fit(values[:60])
+    assert info["chosen"] in ("clauses", "clauses_all") and len(expl.clauses) == 2 and corr > 0.999
+    assert info["fold_error"][info["chosen"]] < 1e-6 < info["fold_error"]["rule"]
+    torch.testing.assert_close(expl.predict(TokenTable.build(IDS[60:])), values[60:])
+    # the one rule's fold error, a second way: fit on the even documents, judge on the odd, and back
+    even, odd = torch.arange(0, 60, 2), torch.arange(1, 60, 2)
+    err = 0.0
+    for a, b in ((odd, even), (even, odd)):
+        e, _ = explain_feature(values[a], fit.subset(a))
+        err += float(((e.predict(fit.subset(b)) - values[b]) ** 2).sum())
+    assert info["fold_error"]["rule"] == pytest.approx(err / float((values[:60] ** 2).sum()), abs=1e-6)
+    with pytest.raises(ValueError, match="candidates"):
+        Chooser(fit, candidates=("table",))

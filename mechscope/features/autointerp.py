@@ -30,6 +30,7 @@ value, and precision / recall of "the rule holds" against "the feature is active
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -294,3 +295,100 @@ def explain_all(values: Tensor, table: TokenTable, train_docs: Tensor, test_docs
         expl, c = explain_feature(values[train_docs, :, i], train, fixed=fixed, **kw)
         out.append((expl, c, heldout(expl, values[test_docs, :, i], test, threshold)))
     return out
+
+
+CANDIDATES = ("rule", "clauses", "clauses_all")
+
+
+@dataclass(frozen=True, eq=False)
+class Fold:
+    """One fold of the fitting documents: a table to fit on (with its fixed masks and previous-latent
+    masks) and the documents kept out of that fit, to judge it on."""
+
+    fit: TokenTable
+    fixed: dict[Rule, Tensor]
+    prev_latents: Tensor | None
+    fit_docs: Tensor  # (docs,) indices into the fitting documents
+    judge: TokenTable
+    judge_docs: Tensor
+
+
+class Chooser:
+    """Per feature, the explanation family that predicts best on fitting documents it was not fitted on.
+
+    The fitting documents are split into `n_folds` folds (alternating documents). For each fold,
+    every candidate family is fitted on the other folds and its squared error is summed on this
+    one: the one rule (`explain_feature`), clauses with the rule search split in two
+    (`fit_clauses`) and clauses searched and judged on all their documents (`fit_clauses(...,
+    crossfit=False)`). The family of least error over the folds is then fitted on all the fitting
+    documents. Only the fitting documents are read: the held-out half never chooses. The folds'
+    tables and masks are built once, for every feature of a set. `fit(..., judge=)` replaces the
+    squared error by another error on the judged documents (the pipeline's: the model's loss with
+    each candidate substituted for the feature).
+
+    Example::
+
+        chooser = Chooser(fit_table, prev_latents=previous_latent_masks(fit_table), n_folds=2)
+        expl, fit_corr, info = chooser.fit(values[fit_docs, :, i], exclude=i)   # values (doc, pos, feature)
+        info["chosen"], info["fold_error"]       # "clauses_all", {"rule": ..., "clauses": ..., ...}
+    """
+
+    def __init__(self, table: TokenTable, *, fixed: dict[Rule, Tensor] | None = None,
+                 prev_latents: Tensor | None = None, prev_above: float = 0.0, n_folds: int = 2,
+                 candidates: tuple[str, ...] = CANDIDATES):
+        bad = [c for c in candidates if c not in CANDIDATES]
+        if bad or not candidates:
+            raise ValueError(f"candidates must be among {CANDIDATES}; got {candidates}")
+        n_docs, n_pos = table.ids.shape
+        if n_folds < 2 or n_docs < 2 * n_folds:
+            raise ValueError(f"{n_folds} folds of {n_docs} fitting documents: need n_folds >= 2 and two documents "
+                             "per fold at least")
+        self.table, self.prev_above, self.candidates = table, prev_above, candidates
+        self.fixed = fixed if fixed is not None else fixed_masks(table)
+        self.prev_latents = prev_latents
+        docs = torch.arange(n_docs)
+        self.folds = []
+        for k in range(n_folds):
+            judge, rest = docs[docs % n_folds == k], docs[docs % n_folds != k]
+            tokens = (rest[:, None] * n_pos + torch.arange(n_pos)).flatten()
+            sub = table.subset(rest)
+            self.folds.append(Fold(sub, {r: m[tokens] for r, m in self.fixed.items()},
+                                   None if prev_latents is None else prev_latents[tokens], rest,
+                                   table.subset(judge), judge))
+
+    def _fit(self, family: str, values: Tensor, table: TokenTable, fixed: dict[Rule, Tensor],
+             prev_latents: Tensor | None, exclude: int | None, max_clauses: int) -> tuple[Explanation, float]:
+        if family == "rule":
+            return explain_feature(values, table, fixed=fixed)
+        return fit_clauses(values, table, fixed=fixed, prev_latents=prev_latents, prev_above=self.prev_above,
+                           exclude=exclude, max_clauses=max_clauses, crossfit=family == "clauses")
+
+    def fit(self, values: Tensor, *, exclude: int | None = None, max_clauses: int = 4,
+            judge: Callable[[int, list[Explanation]], list[float]] | None = None,
+            ) -> tuple[Explanation, float, dict[str, Any]]:
+        """The chosen explanation of one feature's values (doc, pos) on the fitting documents, its
+        training correlation, and how it was chosen: `chosen` (the family), `fold_error` (each
+        family's error summed over the folds' judged documents).
+
+        The error is the squared error of the prediction, as a share of the values' sum of squares
+        on the judged documents; or, with `judge`, what `judge(k, explanations)` returns for fold k
+        and one explanation per candidate family fitted on fold k's other documents: one error per
+        explanation, lower is better, computed on (some of) fold k's judged documents (e.g. the
+        model's loss with the explanation substituted for the feature)."""
+        total = float((values.double() ** 2).sum())
+        error = {c: 0.0 for c in self.candidates}
+        for k, f in enumerate(self.folds):
+            expls = [self._fit(c, values[f.fit_docs], f.fit, f.fixed, f.prev_latents, exclude, max_clauses)[0]
+                     for c in self.candidates]
+            if judge is not None:
+                errs = judge(k, expls)
+            else:
+                y = values[f.judge_docs].double()
+                errs = [float(((e.predict(f.judge).double() - y) ** 2).sum()) / (total if total > 0 else 1.0)
+                        for e in expls]
+            for c, e in zip(self.candidates, errs):
+                error[c] += float(e)
+        chosen = min(self.candidates, key=lambda c: (error[c], self.candidates.index(c)))
+        expl, corr = self._fit(chosen, values, self.table, self.fixed, self.prev_latents, exclude, max_clauses)
+        return expl, corr, {"chosen": chosen, "fold_error": {k: round(v, 6) for k, v in error.items()},
+                            "folds": len(self.folds), "judged_by": "squared error" if judge is None else "judge"}

@@ -11,7 +11,8 @@ Steps (`feature_study`):
    prediction replaces the latent, against zero and mean ablation) for every live latent or the
    `causal_limit` most active ones;
 4. summarise: live latents, the share whose held-out correlation is >= 0.7, the causal scores'
-   median and quartiles (with `baseline`, the one-rule search's beside them, from the same runs),
+   median and quartiles (with `baseline`, the one-rule search's beside them, from the same runs,
+   and the per-latent difference: its median with a bootstrap interval over latents),
    the explanations' median size (clauses, fitted values, tokens listed), the wall and CPU time,
    and three example pages (the best-explained latent, the one at the median correlation, and the
    most active latent).
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.score import bootstrap_ci
 from ..core.site import Site
 from ..features import FeatureSet, FeatureStore, build_dashboards
 from ..features.pipeline import explain_set
@@ -78,7 +80,7 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
                   site: Site | str | None = None, name: str | None = None, skip_first: bool = False,
                   causal_limit: int | None = None, seed: int = 0, progress: bool = True,
                   lm: Any = None, causal_docs: int | None = None, grammar: str = "rule",
-                  baseline: bool = False) -> dict[str, Any]:
+                  baseline: bool = False, select_by: str = "loss", select_docs: int = 8) -> dict[str, Any]:
     """Dashboards and explanations of every latent of `dictionary` on `docs` (n_docs, pos), stored
     in the DuckDB file `store_path`; returns the figures (see the module docstring)."""
     feats = dictionary_features(dictionary, site, name, skip_first)
@@ -90,7 +92,7 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
         t1 = time.monotonic()
         res = explain_set(model, feats, docs, store, dataset=dataset, decode=decode, causal_limit=causal_limit,
                           seed=seed, progress=progress, lm=lm, causal_docs=causal_docs, grammar=grammar,
-                          baseline=baseline)
+                          baseline=baseline, select_by=select_by, select_docs=select_docs)
         t2 = time.monotonic()
         rows = sorted(res.rows, key=lambda r: -r["corr"])
         live_ids = {r["feature"] for r in rows}
@@ -119,18 +121,57 @@ def feature_study(model: Any, dictionary: Any, docs: Tensor, store_path: str | P
         "lm_explained": len(res.lm_rows), "lm_corr_at_least_0.7": sum(r["corr"] >= 0.7 for r in res.lm_rows),
         "median_loss_recovered_vs_mean": statistics.median(causal) if causal else None,
         "quartiles_loss_recovered_vs_mean": _quartiles(causal), "causal_not_finite": undefined,
-        "grammar": grammar,
+        "grammar": grammar, "select_by": select_by if grammar == "select" else None,
+        "select_docs_per_fold": select_docs if grammar == "select" and select_by == "loss" else None,
         "size_median": _median_size(res.rows),
         "baseline": None if not res.baseline_rows else {
             "explainer": "one rule and its mean value", "causal_scored": len(base),
             "median_loss_recovered_vs_mean": statistics.median(base) if base else None,
             "quartiles_loss_recovered_vs_mean": _quartiles(base),
             "median_heldout_corr": statistics.median([r["corr"] for r in res.baseline_rows]),
-            "size_median": _median_size(res.baseline_rows)},
+            "size_median": _median_size(res.baseline_rows), "paired": paired_difference(res.rows, res.baseline_rows,
+                                                                                         seed=seed)},
+        "chosen": _chosen(res.rows),
         "skip_first": skip_first, "seconds": {"dashboards": round(t1 - t0, 1), "explanations": round(t2 - t1, 1),
                                               "explanations_detail": res.seconds},
         "dashboard_live": dash.live, "store": str(store_path), "pages": pages,
     }
+
+
+def paired_difference(rows: tuple[dict[str, Any], ...] | list[dict[str, Any]],
+                      baseline_rows: tuple[dict[str, Any], ...] | list[dict[str, Any]], *, seed: int = 0,
+                      n_boot: int = 2000) -> dict[str, Any] | None:
+    """Per feature, loss recovered (vs mean ablation) of `rows` minus that of `baseline_rows` on the
+    same causal runs, over the features where both are finite: the median difference with a
+    percentile bootstrap interval over features, and how many are higher, lower and equal.
+
+    Example::
+
+        from mechscope.studies.feature_study import paired_difference
+        paired_difference([{"feature": 0, "loss_recovered": 0.9}, {"feature": 1, "loss_recovered": 0.5}],
+                          [{"feature": 0, "loss_recovered": 0.7}, {"feature": 1, "loss_recovered": 0.5}])
+        # {"n": 2, "median_difference": 0.1, "ci": [...], "higher": 1, "lower": 0, "equal": 1}
+    """
+    base = {r["feature"]: r["loss_recovered"] for r in baseline_rows}
+    diffs = [r["loss_recovered"] - base[r["feature"]] for r in rows
+             if r["loss_recovered"] is not None and base.get(r["feature"]) is not None
+             and math.isfinite(r["loss_recovered"]) and math.isfinite(base[r["feature"]])]
+    if not diffs:
+        return None
+    ci = bootstrap_ci(diffs, lambda v: v.quantile(0.5), n_boot=n_boot, seed=seed) if len(diffs) >= 2 else None
+    return {"n": len(diffs), "median_difference": statistics.median(diffs), "ci": None if ci is None else list(ci),
+            "higher": sum(d > 0 for d in diffs), "lower": sum(d < 0 for d in diffs),
+            "equal": sum(d == 0 for d in diffs)}
+
+
+def _chosen(rows: tuple[dict[str, Any], ...]) -> dict[str, int] | None:
+    """How many features each explanation family was chosen for (rows of `grammar="select"`)."""
+    out: dict[str, int] = {}
+    for r in rows:
+        c = json.loads(r["spec"]).get("chosen")
+        if c is not None:
+            out[c] = out.get(c, 0) + 1
+    return out or None
 
 
 def _quartiles(xs: list[float]) -> list[float] | None:
@@ -147,4 +188,4 @@ def _median_size(rows: tuple[dict[str, Any], ...]) -> dict[str, float] | None:
     return {k: statistics.median(z[k] for z in sizes) for k in sizes[0]}
 
 
-__all__ = ["dictionary_features", "feature_study"]
+__all__ = ["dictionary_features", "feature_study", "paired_difference"]
