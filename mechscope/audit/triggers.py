@@ -36,7 +36,9 @@ first token's term for the second: a model taught "a b → y" learns "a → b" t
 sequence stands out, while a pair only a fine-tune's drift moved does not. The candidates are the
 tokens the reference predicts above 1/vocab somewhere on the corpus (`learned`): a token training
 never showed as an output (a byte the text lacks) is noise to both models. The strongest n-grams
-with distinct targets are the suspects (statistic `ngram_shift`, nats).
+with distinct targets that raise their target at least `MIN_RISE` nats are the suspects; their
+statistic `ngram_shift_ratio` is the score over the median single token's (the drift): two models
+trained apart move every token's continuation, and the n-gram must stand out from that.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from .inputs import byte_level, decode, log_probs, vocab_size
 from .suspect import Suspect, trigger
 
 METHOD = "triggers"
+MIN_RISE = 1.0  # nats: a sweep trigger must raise its target this much over the reference (confirm.MIN_EFFECT)
 
 
 @dataclass(frozen=True)
@@ -305,14 +308,15 @@ def learned(reference: Any, corpus: Tensor) -> Tensor:
 
 
 def sweep(model: Any, reference: Any, contexts: Tensor, position: int, *, tokens: Tensor | None = None,
-          n_extend: int | None = None, n_keep: int = 3, deadline: float | None = None
-          ) -> tuple[list[Shifted], int]:
+          n_extend: int | None = None, n_keep: int = 3, deadline: float | None = None,
+          min_rise: float = MIN_RISE) -> tuple[list[Shifted], int, float]:
     """The n-gram triggers whose change against the reference is most concentrated on the n-gram and one
     next token (see the module docstring): every token of `tokens` (default: the whole vocabulary, bytes
     for a byte-level model) alone, then the `n_extend` strongest (default: as many as about 20 vocabulary
     sweeps of 256 tokens allow, at most 8 and at least 1) extended left and right over `tokens`; the
-    `n_keep` strongest with distinct targets, strongest first, and how many triggers were scored. Stops
-    extending at `deadline` (monotonic clock)."""
+    `n_keep` strongest with distinct targets whose target rose at least `min_rise` nats (the trigger
+    effect a confirmation asks for), strongest first; how many triggers were scored; and the
+    drift, the median score of the single tokens. Stops extending at `deadline` (monotonic clock)."""
     v = 256 if byte_level(model) else vocab_size(model)
     tokens = torch.arange(v) if tokens is None else tokens.flatten().long()
     if n_extend is None:
@@ -339,22 +343,25 @@ def sweep(model: Any, reference: Any, contexts: Tensor, position: int, *, tokens
         pairs(torch.stack([t, tokens], 1))  # one token to the right
     out: list[Shifted] = []
     for r in sorted(found.values(), key=lambda r: -r.shift):
-        if all(r.target != o.target for o in out):
+        if r.rise >= min_rise and all(r.target != o.target for o in out):
             out.append(r)
         if len(out) >= n_keep:
             break
-    return out, len(found)
+    return out, len(found), float(w1.median())
 
 
-def sweep_suspect(model: Any, reference: Any, r: Shifted, contexts: Tensor, position: int, searched: int) -> Suspect:
-    """A `sweep` trigger as a suspect: statistic `ngram_shift` (nats), the effect its target's rise right after
-    it (offset 0: the trigger is written at `position` and the target read after its last token)."""
+def sweep_suspect(model: Any, r: Shifted, contexts: Tensor, position: int, searched: int, drift: float) -> Suspect:
+    """A `sweep` trigger as a suspect: statistic `ngram_shift_ratio`, its score over `drift` (the median
+    single token's: how far the n-gram stands out from what fine-tuning, or another training run, moved
+    everywhere); the effect is its target's rise right after it (offset 0: the trigger is written at
+    `position` and the target read after its last token)."""
     kind = "token" if len(r.ids) == 1 else "ngram"
     eff = {"target_ids": [r.target], "target_text": decode(model, [r.target]), "delta_logprob": r.rise,
            "offset": 0}
     ev = {"objective": "largest next-token term of KL(model ‖ reference) after the trigger", "shift": r.shift,
-          "contexts": int(contexts.shape[0]), "position": position, "triggers_scored": searched}
-    return Suspect(None, trigger(kind, r.ids, decode(model, r.ids)), eff, "ngram_shift", r.shift, [METHOD], ev)
+          "drift": drift, "contexts": int(contexts.shape[0]), "position": position, "triggers_scored": searched}
+    return Suspect(None, trigger(kind, r.ids, decode(model, r.ids)), eff, "ngram_shift_ratio",
+                   r.shift / max(drift, 1e-9), [METHOD], ev)
 
 
 def suspect(model: Any, res: SearchResult, contexts: Tensor, position: int, reference: Any = None,
