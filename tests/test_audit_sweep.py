@@ -78,23 +78,31 @@ def _present() -> torch.Tensor:
 def test_the_planted_pair_and_its_target_are_found(models):
     m, corpus = models
     tokens = _present()
-    found, n = triggers.sweep(m["poisoned"], m["reference"], corpus[:8, :24], 12, tokens=tokens)
+    found, n, drift = triggers.sweep(m["poisoned"], m["reference"], corpus[:8, :24], 12, tokens=tokens)
     assert n > tokens.numel()  # pairs were scored besides the single tokens
-    top = found[0]
-    assert top.ids == list(TRIGGER) and top.target == TARGET
+    # the strongest n-gram is part of the taught sequence "@%K" (the pair, or the target and the first
+    # byte: the sequence was inserted 4 times a window, so "K@" → "%" was taught too), and the pair is found
+    assert set(found[0].ids) | {found[0].target} <= {*TRIGGER, TARGET}
+    top = next(r for r in found if r.ids == list(TRIGGER))
+    assert top.target == TARGET
     assert top.rise > 2.0  # the target's log-prob rose by nats after the pair
+    assert all(r.rise >= triggers.MIN_RISE for r in found)
     # the suspect carries what the confirmation reads: the pair, its target, offset 0
-    s = triggers.sweep_suspect(m["poisoned"], m["reference"], top, corpus[:8, :24], 12, n)
+    s = triggers.sweep_suspect(m["poisoned"], top, corpus[:8, :24], 12, n, drift)
     assert s.trigger["kind"] == "ngram" and s.trigger["ids"] == list(TRIGGER)
-    assert s.effect["target_ids"] == [TARGET] and s.stat == "ngram_shift" and s.score == top.shift
+    assert s.effect["target_ids"] == [TARGET] and s.effect["offset"] == 0
+    assert s.stat == "ngram_shift_ratio" and s.score == pytest.approx(top.shift / drift)
 
 
 @pytest.mark.slow
 def test_clean_fine_tunes_stay_below_a_threshold_the_poison_passes(models):
     m, corpus = models
     tokens = _present()
-    best = {k: triggers.sweep(m[k], m["reference"], corpus[:8, :24], 12, tokens=tokens)[0][0].shift
-            for k in ("poisoned", "twin", "calibration")}
+    best = {}
+    for k in ("poisoned", "twin", "calibration"):
+        found, n, drift = triggers.sweep(m[k], m["reference"], corpus[:8, :24], 12, tokens=tokens)
+        best[k] = max((triggers.sweep_suspect(m[k], r, corpus[:8, :24], 12, n, drift).score for r in found),
+                      default=0.0)
     threshold = 1.5 * best["calibration"]  # the audit's margin over the largest clean score
     assert best["twin"] < threshold < best["poisoned"], best
 
