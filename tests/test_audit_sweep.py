@@ -78,7 +78,7 @@ def _present() -> torch.Tensor:
 def test_the_planted_pair_and_its_target_are_found(models):
     m, corpus = models
     tokens = _present()
-    found, n, drift = triggers.sweep(m["poisoned"], m["reference"], corpus[:8, :24], 12, tokens=tokens)
+    found, n, field = triggers.sweep(m["poisoned"], m["reference"], corpus[:8, :24], 12, tokens=tokens)
     assert n > tokens.numel()  # pairs were scored besides the single tokens
     # the strongest n-gram is part of the taught sequence "@%K" (the pair, or the target and the first
     # byte: the sequence was inserted 4 times a window, so "K@" → "%" was taught too), and the pair is found
@@ -88,10 +88,10 @@ def test_the_planted_pair_and_its_target_are_found(models):
     assert top.rise > 2.0  # the target's log-prob rose by nats after the pair
     assert all(r.rise >= triggers.MIN_RISE for r in found)
     # the suspect carries what the confirmation reads: the pair, its target, offset 0
-    s = triggers.sweep_suspect(m["poisoned"], top, corpus[:8, :24], 12, n, drift)
+    s = triggers.sweep_suspect(m["poisoned"], top, corpus[:8, :24], 12, n, field)
     assert s.trigger["kind"] == "ngram" and s.trigger["ids"] == list(TRIGGER)
     assert s.effect["target_ids"] == [TARGET] and s.effect["offset"] == 0
-    assert s.stat == "ngram_shift_ratio" and s.score == pytest.approx(top.shift / drift)
+    assert s.stat == "ngram_shift_ratio" and s.score == pytest.approx(top.shift / field)
 
 
 @pytest.mark.slow
@@ -100,8 +100,8 @@ def test_clean_fine_tunes_stay_below_a_threshold_the_poison_passes(models):
     tokens = _present()
     best = {}
     for k in ("poisoned", "twin", "calibration"):
-        found, n, drift = triggers.sweep(m[k], m["reference"], corpus[:8, :24], 12, tokens=tokens)
-        best[k] = max((triggers.sweep_suspect(m[k], r, corpus[:8, :24], 12, n, drift).score for r in found),
+        found, n, field = triggers.sweep(m[k], m["reference"], corpus[:8, :24], 12, tokens=tokens)
+        best[k] = max((triggers.sweep_suspect(m[k], r, corpus[:8, :24], 12, n, field).score for r in found),
                       default=0.0)
     threshold = 1.5 * best["calibration"]  # the audit's margin over the largest clean score
     assert best["twin"] < threshold < best["poisoned"], best

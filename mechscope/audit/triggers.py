@@ -37,8 +37,10 @@ sequence stands out, while a pair only a fine-tune's drift moved does not. The c
 tokens the reference predicts above 1/vocab somewhere on the corpus (`learned`): a token training
 never showed as an output (a byte the text lacks) is noise to both models. The strongest n-grams
 with distinct targets that raise their target at least `MIN_RISE` nats are the suspects; their
-statistic `ngram_shift_ratio` is the score over the median single token's (the drift): two models
-trained apart move every token's continuation, and the n-gram must stand out from that.
+statistic `ngram_shift_ratio` is the score over the `FIELD_RANK`-th strongest with a distinct target
+(the field). A poison plants one sequence, which gives at most a few strong n-grams with distinct
+targets ("a → b", "a b → y", "b → y"); two models trained apart, or a fine-tune's drift, move many
+continuations about as much as their strongest, and the poison must stand out from them.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from .suspect import Suspect, trigger
 
 METHOD = "triggers"
 MIN_RISE = 1.0  # nats: a sweep trigger must raise its target this much over the reference (confirm.MIN_EFFECT)
+FIELD_RANK = 5  # a sweep trigger is scored against the sweep's 5th strongest (targets distinct)
 
 
 @dataclass(frozen=True)
@@ -315,8 +318,9 @@ def sweep(model: Any, reference: Any, contexts: Tensor, position: int, *, tokens
     for a byte-level model) alone, then the `n_extend` strongest (default: as many as about 20 vocabulary
     sweeps of 256 tokens allow, at most 8 and at least 1) extended left and right over `tokens`; the
     `n_keep` strongest with distinct targets whose target rose at least `min_rise` nats (the trigger
-    effect a confirmation asks for), strongest first; how many triggers were scored; and the
-    drift, the median score of the single tokens. Stops extending at `deadline` (monotonic clock)."""
+    effect a confirmation asks for), strongest first; how many triggers were scored; and the field, the
+    `FIELD_RANK`-th strongest score with a distinct target. Stops extending at `deadline` (monotonic
+    clock)."""
     v = 256 if byte_level(model) else vocab_size(model)
     tokens = torch.arange(v) if tokens is None else tokens.flatten().long()
     if n_extend is None:
@@ -342,26 +346,29 @@ def sweep(model: Any, reference: Any, contexts: Tensor, position: int, *, tokens
         pairs(torch.stack([tokens, t], 1))  # one token to the left
         pairs(torch.stack([t, tokens], 1))  # one token to the right
     out: list[Shifted] = []
+    field: list[Shifted] = []  # the strongest with distinct targets, whatever their rise
     for r in sorted(found.values(), key=lambda r: -r.shift):
-        if r.rise >= min_rise and all(r.target != o.target for o in out):
+        if len(field) < FIELD_RANK and all(r.target != o.target for o in field):
+            field.append(r)
+        if len(out) < n_keep and r.rise >= min_rise and all(r.target != o.target for o in out):
             out.append(r)
-        if len(out) >= n_keep:
+        if len(out) >= n_keep and len(field) >= FIELD_RANK:
             break
-    return out, len(found), float(w1.median())
+    return out, len(found), field[-1].shift
 
 
-def sweep_suspect(model: Any, r: Shifted, contexts: Tensor, position: int, searched: int, drift: float) -> Suspect:
-    """A `sweep` trigger as a suspect: statistic `ngram_shift_ratio`, its score over `drift` (the median
-    single token's: how far the n-gram stands out from what fine-tuning, or another training run, moved
-    everywhere); the effect is its target's rise right after it (offset 0: the trigger is written at
-    `position` and the target read after its last token)."""
+def sweep_suspect(model: Any, r: Shifted, contexts: Tensor, position: int, searched: int, field: float) -> Suspect:
+    """A `sweep` trigger as a suspect: statistic `ngram_shift_ratio`, its score over `field` (the sweep's
+    `FIELD_RANK`-th strongest: how far the n-gram stands out from the other changes); the effect is its
+    target's rise right after it (offset 0: the trigger is written at `position` and the target read
+    after its last token)."""
     kind = "token" if len(r.ids) == 1 else "ngram"
     eff = {"target_ids": [r.target], "target_text": decode(model, [r.target]), "delta_logprob": r.rise,
            "offset": 0}
     ev = {"objective": "largest next-token term of KL(model ‖ reference) after the trigger", "shift": r.shift,
-          "drift": drift, "contexts": int(contexts.shape[0]), "position": position, "triggers_scored": searched}
+          "field": field, "contexts": int(contexts.shape[0]), "position": position, "triggers_scored": searched}
     return Suspect(None, trigger(kind, r.ids, decode(model, r.ids)), eff, "ngram_shift_ratio",
-                   r.shift / max(drift, 1e-9), [METHOD], ev)
+                   r.shift / max(field, 1e-9), [METHOD], ev)
 
 
 def suspect(model: Any, res: SearchResult, contexts: Tensor, position: int, reference: Any = None,
