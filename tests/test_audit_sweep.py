@@ -131,3 +131,26 @@ def test_a_trigger_that_does_not_fit_is_refused():
     corpus = torch.zeros(2, 8, dtype=torch.long)
     with pytest.raises(ValueError, match="cannot end at position"):
         triggers.shift(m, _untrained(1), corpus, torch.tensor([[1, 2, 3]]), 1)
+
+
+def test_no_candidates_give_no_suspects():
+    m = _untrained(0)
+    assert triggers.sweep(m, _untrained(1), torch.zeros(2, 8, dtype=torch.long), 4,
+                          tokens=torch.tensor([], dtype=torch.long)) == ([], 0, 0.0)
+
+
+def test_a_single_token_trigger_is_scored_against_the_reference_a_second_way():
+    m, ref = _untrained(0), _untrained(1)
+    contexts = torch.randint(0, 256, (3, 10), generator=torch.Generator().manual_seed(2))
+    w, y, r, terms = triggers.shift(m, ref, contexts, torch.tensor([[65], [66]]), 6, full=True)
+    for i, t in enumerate((65, 66)):
+        x = contexts.clone()
+        x[:, 6] = t
+        with torch.no_grad():
+            lp = torch.log_softmax(m.run(x[:, :7]).logits[:, -1].float(), -1)
+            lq = torch.log_softmax(ref.run(x[:, :7]).logits[:, -1].float(), -1)
+        term = (lp.exp() * (lp - lq)).mean(0)  # each next token's share of the mean KL
+        assert float(term.sum()) == pytest.approx(float(((lp.exp() * (lp - lq)).sum(-1)).mean()), rel=1e-5)
+        assert int(y[i]) == int(term.argmax()) and float(w[i]) == pytest.approx(float(term.max()), rel=1e-4)
+        assert float(r[i]) == pytest.approx(float((lp - lq)[:, int(y[i])].mean()), rel=1e-4, abs=1e-5)
+        assert torch.allclose(terms[i], term, atol=1e-6)

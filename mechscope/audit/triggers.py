@@ -314,7 +314,8 @@ def sweep(model: Any, reference: Any, contexts: Tensor, position: int, *, tokens
           n_extend: int | None = None, n_keep: int = 3, deadline: float | None = None,
           min_rise: float = MIN_RISE) -> tuple[list[Shifted], int, float]:
     """The n-gram triggers whose change against the reference is most concentrated on the n-gram and one
-    next token (see the module docstring): every token of `tokens` (default: the whole vocabulary, bytes
+    next token (see the module docstring), written into `contexts` (K, L) to end at `position`: every
+    token of `tokens` (k,) (default: the whole vocabulary, bytes
     for a byte-level model) alone, then the `n_extend` strongest (default: as many as about 20 vocabulary
     sweeps of 256 tokens allow, at most 8 and at least 1) extended left and right over `tokens`; the
     `n_keep` strongest with distinct targets whose target rose at least `min_rise` nats (the trigger
@@ -323,6 +324,8 @@ def sweep(model: Any, reference: Any, contexts: Tensor, position: int, *, tokens
     clock)."""
     v = 256 if byte_level(model) else vocab_size(model)
     tokens = torch.arange(v) if tokens is None else tokens.flatten().long()
+    if tokens.numel() == 0:
+        return [], 0, 0.0
     if n_extend is None:
         n_extend = max(1, min(8, 20 * 256 // max(1, tokens.numel())))
     found: dict[tuple[int, ...], Shifted] = {}
@@ -358,10 +361,10 @@ def sweep(model: Any, reference: Any, contexts: Tensor, position: int, *, tokens
 
 
 def sweep_suspect(model: Any, r: Shifted, contexts: Tensor, position: int, searched: int, field: float) -> Suspect:
-    """A `sweep` trigger as a suspect: statistic `ngram_shift_ratio`, its score over `field` (the sweep's
-    `FIELD_RANK`-th strongest: how far the n-gram stands out from the other changes); the effect is its
-    target's rise right after it (offset 0: the trigger is written at `position` and the target read
-    after its last token)."""
+    """A `sweep` trigger found in `contexts` (K, L) as a suspect: statistic `ngram_shift_ratio`, its score
+    over `field` (the sweep's `FIELD_RANK`-th strongest: how far the n-gram stands out from the other
+    changes); the effect is its target's rise right after it (offset 0: the trigger is written at
+    `position` and the target read after its last token)."""
     kind = "token" if len(r.ids) == 1 else "ngram"
     eff = {"target_ids": [r.target], "target_text": decode(model, [r.target]), "delta_logprob": r.rise,
            "offset": 0}
