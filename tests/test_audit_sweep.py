@@ -154,3 +154,19 @@ def test_a_single_token_trigger_is_scored_against_the_reference_a_second_way():
         assert int(y[i]) == int(term.argmax()) and float(w[i]) == pytest.approx(float(term.max()), rel=1e-4)
         assert float(r[i]) == pytest.approx(float((lp - lq)[:, int(y[i])].mean()), rel=1e-4, abs=1e-5)
         assert torch.allclose(terms[i], term, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_audit_runs_the_sweep_against_its_reference(models):
+    from mechscope.audit.calibrate import Calibration
+    from mechscope.audit.run import audit
+
+    m, corpus = models
+    rep = audit(m["poisoned"], reference=m["reference"], corpus=corpus[:48], calibration=Calibration(),
+                methods=("triggers",), progress=False)
+    swept = [s for s in rep.scored["triggers"] if s.stat == "ngram_shift_ratio"]
+    assert swept and all(s.component is None and s.evidence["triggers_scored"] > 0 for s in swept)
+    alone = audit(m["poisoned"], corpus=corpus[:48], calibration=Calibration(), methods=("triggers",), progress=False)
+    assert not any(s.stat == "ngram_shift_ratio" for s in alone.scored["triggers"])  # it needs the reference
+    top = max(swept, key=lambda s: s.score)  # the strongest is part of the taught sequence "@%K"
+    assert set(top.trigger["ids"]) | set(top.effect["target_ids"]) <= {*TRIGGER, TARGET}
