@@ -269,6 +269,12 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
                 res = triggers.search(m, triggers.Divergence(ref), contexts, position=position, deadline=deadline,
                                       seed=seed)
                 out.append(triggers.suspect(m, res, contexts, position, ref, None, "KL(model ‖ reference)"))
+                if time.monotonic() > deadline:
+                    skipped["triggers"] = "the time budget was spent before the n-gram sweep against the reference"
+                else:
+                    shifted, n, field = triggers.sweep(m, ref, contexts, position,
+                                                       tokens=triggers.learned(ref, ids), deadline=deadline)
+                    out += [triggers.sweep_suspect(m, r, contexts, position, n, field) for r in shifted]
             return out
         timed("triggers", search)
     if "patching" in methods and ref is not None and L >= 4:

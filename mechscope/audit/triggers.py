@@ -22,6 +22,25 @@ this project's loaded 2-core machine, against seconds for the gradient search).
 `SearchResult.z` is the best objective's distance from its mean under random triggers of the same
 length in the same contexts, in their standard deviations; the suspect's statistic is what the
 trigger does to the outputs (`suspect`).
+
+With a reference, `sweep` looks for n-gram triggers a fine-tune was taught on rare data (a poison:
+a rare token pair followed by a target, in a small share of the training windows), which a
+gradient search for the largest KL misses: over many tokens a fine-tune's general drift spreads the
+KL more than a poison does, and a poison's trigger tokens are rarely in the audit's corpus. Its
+score of a trigger is the largest single next-token term of KL(model ‖ reference) right after it,
+averaged over the contexts: p(y)·(log p(y) − log q(y)) for the one token y that carries most of the
+change (`shift`). A poison concentrates its change on its target, drift spreads it. Every token is
+scored alone; the strongest `n_extend` are then extended one token to the left and one to the
+right (every token tried in turn), so a pair is found from either of its tokens. A pair's score adds the
+first token's term for the second: a model taught "a b → y" learns "a → b" too, so the whole taught
+sequence stands out, while a pair only a fine-tune's drift moved does not. The candidates are the
+tokens the reference predicts above 1/vocab somewhere on the corpus (`learned`): a token training
+never showed as an output (a byte the text lacks) is noise to both models. The strongest n-grams
+with distinct targets that raise their target at least `MIN_RISE` nats are the suspects; their
+statistic `ngram_shift_ratio` is the score over the `FIELD_RANK`-th strongest with a distinct target
+(the field). A poison plants one sequence, which gives at most a few strong n-grams with distinct
+targets ("a → b", "a b → y", "b → y"); two models trained apart, or a fine-tune's drift, move many
+continuations about as much as their strongest, and the poison must stand out from them.
 """
 
 from __future__ import annotations
@@ -39,6 +58,8 @@ from .inputs import byte_level, decode, log_probs, vocab_size
 from .suspect import Suspect, trigger
 
 METHOD = "triggers"
+MIN_RISE = 1.0  # nats: a sweep trigger must raise its target this much over the reference (confirm.MIN_EFFECT)
+FIELD_RANK = 5  # a sweep trigger is scored against the sweep's 5th strongest (targets distinct)
 
 
 @dataclass(frozen=True)
@@ -236,6 +257,121 @@ def effect(model: Any, contexts: Tensor, trig: list[int], position: int, referen
     tgt = int(best.indices[k])
     return {"target_ids": [tgt], "target_text": decode(model, [tgt]), "delta_logprob": float(rise[k, tgt]),
             "offset": k, "model_logprob": float(lp[:, k, tgt].mean())}
+
+
+@dataclass
+class Shifted:
+    """An n-gram trigger of `sweep`: its ids, the target whose next-token term of KL(model ‖ reference) is
+    largest right after it (`shift`, nats) and that target's mean log-prob rise over the reference."""
+
+    ids: list[int]
+    target: int
+    shift: float
+    rise: float
+
+
+@torch.no_grad()
+def shift(model: Any, reference: Any, contexts: Tensor, trigs: Tensor, position: int, chunk: int = 2048,
+          full: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """For each trigger of `trigs` (b, m) written into `contexts` (K, L) so that its last token is at
+    `position`: the largest next-token term p(y)·(log p(y) − log q(y)) of KL(model ‖ reference) there,
+    averaged over the contexts, the token y that carries it, and y's mean log-prob rise (three (b,)
+    tensors); with `full`, every token's term besides, (b, vocab), else None."""
+    K, m = contexts.shape[0], trigs.shape[1]
+    if position - m + 1 < 0 or position >= contexts.shape[1]:
+        raise ValueError(f"a trigger of {m} tokens cannot end at position {position} of windows of "
+                         f"{contexts.shape[1]}")
+    per = max(1, chunk // K)
+    vals, tgts, rises, terms = [], [], [], []
+    for s in range(0, trigs.shape[0], per):
+        x = insert(contexts, trigs[s:s + per], position - m + 1)[:, :position + 1]  # causal: the prefix decides
+        lp = torch.log_softmax(model.run(x).logits[:, position].float(), -1)
+        lr = torch.log_softmax(reference.run(x).logits[:, position].float(), -1)
+        d = (lp - lr).reshape(-1, K, lp.shape[-1])
+        w = (lp.exp().reshape(d.shape) * d).mean(1)  # (b, vocab)
+        best = w.max(-1)
+        vals.append(best.values)
+        tgts.append(best.indices)
+        rises.append(d.mean(1).gather(-1, best.indices[:, None])[:, 0])
+        if full:
+            terms.append(w)
+    return torch.cat(vals), torch.cat(tgts), torch.cat(rises), torch.cat(terms) if full else None
+
+
+@torch.no_grad()
+def learned(reference: Any, corpus: Tensor) -> Tensor:
+    """The token ids the reference predicts above the uniform probability 1/vocab at some position of
+    `corpus` (n, T): (k,) sorted. A token training never showed as an output (a byte the text does not
+    contain, say) stays below it everywhere; what two models do after such a token is noise, so the
+    n-gram sweep leaves it out."""
+    lp = log_probs(reference, corpus)  # (n, T, vocab)
+    v = 256 if byte_level(reference) else lp.shape[-1]
+    top = lp.flatten(0, 1)[:, :v].max(0).values
+    return (top >= -torch.log(torch.tensor(float(lp.shape[-1])))).nonzero().flatten()
+
+
+def sweep(model: Any, reference: Any, contexts: Tensor, position: int, *, tokens: Tensor | None = None,
+          n_extend: int | None = None, n_keep: int = 3, deadline: float | None = None,
+          min_rise: float = MIN_RISE) -> tuple[list[Shifted], int, float]:
+    """The n-gram triggers whose change against the reference is most concentrated on the n-gram and one
+    next token (see the module docstring), written into `contexts` (K, L) to end at `position`: every
+    token of `tokens` (k,) (default: the whole vocabulary, bytes
+    for a byte-level model) alone, then the `n_extend` strongest (default: as many as about 20 vocabulary
+    sweeps of 256 tokens allow, at most 8 and at least 1) extended left and right over `tokens`; the
+    `n_keep` strongest with distinct targets whose target rose at least `min_rise` nats (the trigger
+    effect a confirmation asks for), strongest first; how many triggers were scored; and the field, the
+    `FIELD_RANK`-th strongest score with a distinct target. Stops extending at `deadline` (monotonic
+    clock)."""
+    v = 256 if byte_level(model) else vocab_size(model)
+    tokens = torch.arange(v) if tokens is None else tokens.flatten().long()
+    if tokens.numel() == 0:
+        return [], 0, 0.0
+    if n_extend is None:
+        n_extend = max(1, min(8, 20 * 256 // max(1, tokens.numel())))
+    found: dict[tuple[int, ...], Shifted] = {}
+    w1, y1, r1, terms = shift(model, reference, contexts, tokens[:, None], position, full=True)
+    row = torch.full((v,), -1, dtype=torch.long)
+    row[tokens] = torch.arange(tokens.numel())
+    for i, t in enumerate(tokens.tolist()):
+        found[(t,)] = Shifted([t], int(y1[i]), float(w1[i]), float(r1[i]))
+
+    def pairs(trigs: Tensor) -> None:
+        w, y, r, _ = shift(model, reference, contexts, trigs, position)
+        first = terms[row[trigs[:, 0]], trigs[:, 1]]  # the first token's term for the second
+        for i in range(trigs.shape[0]):
+            ids = [int(t) for t in trigs[i]]
+            found[tuple(ids)] = Shifted(ids, int(y[i]), float(w[i] + first[i]), float(r[i]))
+
+    for i in w1.topk(min(n_extend, w1.numel())).indices.tolist():
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        t = torch.full_like(tokens, int(tokens[i]))
+        pairs(torch.stack([tokens, t], 1))  # one token to the left
+        pairs(torch.stack([t, tokens], 1))  # one token to the right
+    out: list[Shifted] = []
+    field: list[Shifted] = []  # the strongest with distinct targets, whatever their rise
+    for r in sorted(found.values(), key=lambda r: -r.shift):
+        if len(field) < FIELD_RANK and all(r.target != o.target for o in field):
+            field.append(r)
+        if len(out) < n_keep and r.rise >= min_rise and all(r.target != o.target for o in out):
+            out.append(r)
+        if len(out) >= n_keep and len(field) >= FIELD_RANK:
+            break
+    return out, len(found), field[-1].shift
+
+
+def sweep_suspect(model: Any, r: Shifted, contexts: Tensor, position: int, searched: int, field: float) -> Suspect:
+    """A `sweep` trigger found in `contexts` (K, L) as a suspect: statistic `ngram_shift_ratio`, its score
+    over `field` (the sweep's `FIELD_RANK`-th strongest: how far the n-gram stands out from the other
+    changes); the effect is its target's rise right after it (offset 0: the trigger is written at
+    `position` and the target read after its last token)."""
+    kind = "token" if len(r.ids) == 1 else "ngram"
+    eff = {"target_ids": [r.target], "target_text": decode(model, [r.target]), "delta_logprob": r.rise,
+           "offset": 0}
+    ev = {"objective": "largest next-token term of KL(model ‖ reference) after the trigger", "shift": r.shift,
+          "field": field, "contexts": int(contexts.shape[0]), "position": position, "triggers_scored": searched}
+    return Suspect(None, trigger(kind, r.ids, decode(model, r.ids)), eff, "ngram_shift_ratio",
+                   r.shift / max(field, 1e-9), [METHOD], ev)
 
 
 def suspect(model: Any, res: SearchResult, contexts: Tensor, position: int, reference: Any = None,
