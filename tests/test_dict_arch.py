@@ -143,9 +143,10 @@ def test_jumprelu_straight_through_gradients_follow_their_formulas():
     assert float(d.threshold.min()) > 0  # θ = exp(log θ) is positive
 
 
-@pytest.mark.parametrize("arch", list(ARCHS) + ["transcoder", "crosscoder", "batchtopk-crosscoder"])
+@pytest.mark.parametrize("arch", list(ARCHS) + ["transcoder", "relu_transcoder", "crosscoder", "batchtopk-crosscoder"])
 def test_folding_the_input_scale_is_exact_in_the_codes(arch):
-    kw = {"transcoder": dict(d_in=8, d_out=6, d_sae=20, k=3), "crosscoder": dict(d_in=4, n_sources=2, d_sae=20, k=3),
+    kw = {"transcoder": dict(d_in=8, d_out=6, d_sae=20, k=3), "relu_transcoder": dict(d_in=8, d_out=6, d_sae=20),
+          "crosscoder": dict(d_in=4, n_sources=2, d_sae=20, k=3),
           "batchtopk-crosscoder": dict(d_in=4, n_sources=2, d_sae=20, k=3)}
     d = dl.build(arch, **(kw[arch] if arch in kw else dict(d_in=8, d_sae=20, **ARCHS[arch]))).double().eval()
     with torch.no_grad():
@@ -157,6 +158,10 @@ def test_folding_the_input_scale_is_exact_in_the_codes(arch):
             d.set_threshold_(0.3 * torch.rand(20, generator=_g(3), dtype=p.dtype) + 0.05)
     x = torch.randn(12, *d.in_shape, generator=_g(2), dtype=torch.float64)
     s_in, s_out = 3.0, (3.0 if d.config.apply_b_dec_to_input else 0.5)
+    if hasattr(d, "input_mean"):  # a centred encoder: trained on (x - μ) s_in, μ folded in with the scale
+        mu = torch.randn(d.input_mean.shape, generator=_g(4), dtype=torch.float64)
+        d.input_mean.copy_(mu * s_in)
+        x = x + mu
     with torch.no_grad():
         codes, recon = d.encode(x * s_in), d(x * s_in)
         d.fold_scale_(s_in, s_out)

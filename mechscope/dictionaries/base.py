@@ -312,6 +312,23 @@ class CentredInput:
         """E||x - x̄||²: the trainer scales the centred input, which is what the encoder reads."""
         return (x - x.mean(0)).pow(2).sum(-1).mean()
 
+    @torch.no_grad()
+    def init_from_batch_(self, x: Tensor, y: Tensor) -> None:
+        """Set the input mean μ from the first batch's input rows `x`."""
+        self.input_mean.copy_(x.mean(0))
+
+    @torch.no_grad()
+    def fold_mean_(self) -> None:
+        """Fold μ into the encoder bias ((x - μ) W + b = x W + (b - μ W)) and zero μ."""
+        self.b_enc.sub_(self.input_mean @ self.W_enc)
+        self.input_mean.zero_()
+
+    @torch.no_grad()
+    def fold_scale_(self, s_in: float, s_out: float) -> None:
+        """Fold μ into the encoder bias (`fold_mean_`), then the scales: a saved dictionary reads raw inputs."""
+        self.fold_mean_()
+        super().fold_scale_(s_in, s_out)  # type: ignore[misc]
+
 
 def mse_parts(recon: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """(mean over the batch of the squared error summed over dims, the batch's fraction of variance unexplained)."""

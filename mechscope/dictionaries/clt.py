@@ -244,10 +244,9 @@ class CrossLayerTranscoder(CentredInput, Dictionary):
         super().constrain_(latents)
 
     @torch.no_grad()
-    def fold_scale_(self, s_in: float, s_out: float) -> None:
-        """Fold μ into the encoder biases, then the scales (as `Transcoder.fold_scale_`)."""
+    def fold_mean_(self) -> None:
+        """Fold μ into the encoder biases, layer by layer (each layer's latents read that layer's μ)."""
         c = self.config
         mu = self.input_mean.reshape(c.n_layers, 1, c.d_in)
         self.b_enc.sub_(torch.bmm(mu, self.W_enc).reshape(-1))
         self.input_mean.zero_()
-        super().fold_scale_(s_in, s_out)

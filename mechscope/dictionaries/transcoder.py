@@ -75,15 +75,8 @@ class Transcoder(CentredInput, TopKSAE):
         return recon if self.W_skip is None else torch.addmm(recon, x, self.W_skip)
 
     @torch.no_grad()
-    def init_from_batch_(self, x: Tensor, y: Tensor) -> None:
-        """Set the input mean μ from the first batch's input rows `x`."""
-        self.input_mean.copy_(x.mean(0))
-
-    @torch.no_grad()
     def fold_scale_(self, s_in: float, s_out: float) -> None:
-        """Fold μ into the encoder bias ((x - μ) W + b = x W + (b - μ W)), then the scales."""
-        self.b_enc.sub_(self.input_mean @ self.W_enc)
-        self.input_mean.zero_()
+        """Scale the skip connection (W_skip s_in / s_out), then fold μ and the scales (CentredInput)."""
         if self.W_skip is not None:
             self.W_skip.mul_(s_in / s_out)
         super().fold_scale_(s_in, s_out)
