@@ -305,6 +305,11 @@ class CentredInput:
 
     input_mean: Tensor
 
+    def __init__(self, config: DictConfig):
+        super().__init__(config)  # type: ignore[call-arg]
+        # μ, subtracted from inputs during training; zero outside it (folded into b_enc), so not in files
+        self.register_buffer("input_mean", torch.zeros(config.in_width), persistent=False)  # type: ignore[attr-defined]
+
     def _centre(self, x: Tensor) -> Tensor:
         return x - self.input_mean
 
@@ -328,6 +333,12 @@ class CentredInput:
         """Fold μ into the encoder bias (`fold_mean_`), then the scales: a saved dictionary reads raw inputs."""
         self.fold_mean_()
         super().fold_scale_(s_in, s_out)  # type: ignore[misc]
+
+
+def require_output_width(config: DictConfig) -> None:
+    """Refuse a transcoder config without d_out (its target is another site, of its own width)."""
+    if config.d_out is None:
+        raise ValueError(f"{type(config).__name__} needs d_out, the width of the output site (mlp_out)")
 
 
 def mse_parts(recon: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

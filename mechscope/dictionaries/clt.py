@@ -108,7 +108,6 @@ class CrossLayerTranscoder(CentredInput, Dictionary):
             self.W_dec.mul_(self.mask)
             self.normalise_decoder_()
         self.W_dec.register_hook(lambda grad: grad * self.mask)  # blocks l -> t < l never move
-        self.register_buffer("input_mean", torch.zeros(c.in_width), persistent=False)
         self.register_buffer("layer_var", torch.ones(n), persistent=False)  # each target's variance (training)
 
     @property

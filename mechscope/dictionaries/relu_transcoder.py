@@ -21,9 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from .base import CentredInput
+from .base import CentredInput, require_output_width
 from .relu import ReLUConfig, ReLUSAE
 
 
@@ -40,8 +38,7 @@ class ReLUTranscoderConfig(ReLUConfig):
     apply_b_dec_to_input: bool = False  # input and output live in different spaces
 
     def __post_init__(self) -> None:
-        if self.d_out is None:
-            raise ValueError("ReLUTranscoderConfig needs d_out, the width of the output site (mlp_out)")
+        require_output_width(self)
         super().__post_init__()
 
 
@@ -58,8 +55,3 @@ class ReLUTranscoder(CentredInput, ReLUSAE):
 
     architecture = "relu_transcoder"
     config: ReLUTranscoderConfig
-
-    def __init__(self, config: ReLUTranscoderConfig):
-        super().__init__(config)
-        # μ, subtracted from inputs during training; zero outside it (folded into b_enc), so not in files
-        self.register_buffer("input_mean", torch.zeros(config.in_width), persistent=False)
