@@ -279,12 +279,16 @@ def transcoders_cmd(
     layers: Annotated[str, typer.Option(help="'all', a range 0-29 or a list 0,4,8-11")] = "all",
     tokens: Annotated[int, typer.Option(help="training tokens (rows) per layer; harvested once for all layers")]
     = 1_000_000,
-    arch: Annotated[str, typer.Option(help="transcoder (one TopK transcoder per layer) or clt (cross-layer)")]
+    arch: Annotated[str, typer.Option(help="transcoder (one TopK transcoder per layer), relu (one ReLU transcoder "
+                                      "per layer, L1 adapted until L0 is -k: codes continuous in the input) or "
+                                      "clt (cross-layer)")]
     = "transcoder",
     clt: Annotated[bool, typer.Option("--clt", help="the same as --arch clt")] = False,
     skip: Annotated[bool, typer.Option("--skip", help="per-layer transcoders with a linear skip connection")] = False,
     d_latent: Annotated[Optional[int], typer.Option(help="latents per layer (default 8 x d_model)")] = None,
-    k: Annotated[int, typer.Option("-k", help="active latents per token (per layer for a CLT)")] = 32,
+    k: Annotated[int, typer.Option("-k", help="active latents per token (per layer for a CLT; the target L0 "
+                                    "for --arch relu)")] = 32,
+    penalty: Annotated[float, typer.Option(help="--arch relu: the L1 coefficient's starting value")] = 3.0,
     batch: Annotated[int, typer.Option(help="training batch (rows)")] = 1024,
     epochs: Annotated[int, typer.Option(help="passes over the harvest: each layer trains on epochs x --tokens rows "
                                         "(the harvest stays --tokens)")] = 1,
@@ -316,8 +320,12 @@ def transcoders_cmd(
 
     if clt:
         arch = "clt"
-    if arch not in ("transcoder", "clt"):
-        raise typer.BadParameter(f"--arch must be transcoder or clt, got {arch!r}")
+    if arch not in ("transcoder", "relu", "clt"):
+        raise typer.BadParameter(f"--arch must be transcoder, relu or clt, got {arch!r}")
+    if arch == "relu" and skip:
+        raise typer.BadParameter("--skip belongs to TopK transcoders (--arch transcoder); a ReLU set has none")
+    if penalty <= 0:
+        raise typer.BadParameter(f"--penalty must be positive (it is adapted by factors), got {penalty}")
     if epochs < 1:
         raise typer.BadParameter(f"--epochs must be at least 1 (passes over the harvest), got {epochs}")
     t0 = time.monotonic()
@@ -337,6 +345,7 @@ def transcoders_cmd(
     # about a thousand steps needs a larger one (textlm layer 0, 180k tokens: FVU 0.70 at 6.5e-4, 0.18 at 4e-3)
     lr = lr or 4e-3 * (1536 / d_latent) ** 0.5
     cfg = TranscoderRunConfig(layers=chosen, d_latent=d_latent, k=k, clt=arch == "clt",
+                              activation="relu" if arch == "relu" else "topk", l1_coefficient=penalty,
                               skip=skip, train=TrainConfig(tokens=tokens * epochs, batch_size=batch, lr=lr),
                               held_out_fraction=held_fraction, drop_first=drop, dtype=dtype,
                               seqs_per_shard=min(128, max(1, n_seq // 10)))  # >= 10 shards: some held out

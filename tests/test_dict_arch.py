@@ -143,9 +143,10 @@ def test_jumprelu_straight_through_gradients_follow_their_formulas():
     assert float(d.threshold.min()) > 0  # θ = exp(log θ) is positive
 
 
-@pytest.mark.parametrize("arch", list(ARCHS) + ["transcoder", "crosscoder", "batchtopk-crosscoder"])
+@pytest.mark.parametrize("arch", list(ARCHS) + ["transcoder", "relu_transcoder", "crosscoder", "batchtopk-crosscoder"])
 def test_folding_the_input_scale_is_exact_in_the_codes(arch):
-    kw = {"transcoder": dict(d_in=8, d_out=6, d_sae=20, k=3), "crosscoder": dict(d_in=4, n_sources=2, d_sae=20, k=3),
+    kw = {"transcoder": dict(d_in=8, d_out=6, d_sae=20, k=3), "relu_transcoder": dict(d_in=8, d_out=6, d_sae=20),
+          "crosscoder": dict(d_in=4, n_sources=2, d_sae=20, k=3),
           "batchtopk-crosscoder": dict(d_in=4, n_sources=2, d_sae=20, k=3)}
     d = dl.build(arch, **(kw[arch] if arch in kw else dict(d_in=8, d_sae=20, **ARCHS[arch]))).double().eval()
     with torch.no_grad():
@@ -157,6 +158,10 @@ def test_folding_the_input_scale_is_exact_in_the_codes(arch):
             d.set_threshold_(0.3 * torch.rand(20, generator=_g(3), dtype=p.dtype) + 0.05)
     x = torch.randn(12, *d.in_shape, generator=_g(2), dtype=torch.float64)
     s_in, s_out = 3.0, (3.0 if d.config.apply_b_dec_to_input else 0.5)
+    if hasattr(d, "input_mean"):  # a centred encoder: trained on (x - μ) s_in, μ folded in with the scale
+        mu = torch.randn(d.input_mean.shape, generator=_g(4), dtype=torch.float64)
+        d.input_mean.copy_(mu * s_in)
+        x = x + mu
     with torch.no_grad():
         codes, recon = d.encode(x * s_in), d(x * s_in)
         d.fold_scale_(s_in, s_out)
@@ -295,3 +300,35 @@ def test_batchtopk_inference_threshold_keeps_about_k_per_row():
 def test_batches_larger_than_the_rows_are_refused():
     with pytest.raises(ValueError, match="between 1 and the number of rows"):
         next(dl.batches_from_tensors(torch.zeros(64, 4), batch_size=4096))
+
+
+@pytest.mark.parametrize("arch", ["relu", "relu_transcoder"])
+@pytest.mark.parametrize("dense_above", [-1.0, 2.0], ids=["dense-step", "sparse-step"])
+def test_relu_training_step_equals_the_dense_formula(arch, dense_above, monkeypatch):
+    """The ReLU step keeps the positive entries as compressed rows (or dense codes while many are
+    positive): its loss and every gradient equal ||y - ReLU(pre) W_dec - b_dec||² + λ s Σ codes ||W_dec||
+    computed densely by hand, the centring (decoder bias or μ) included."""
+    from mechscope.dictionaries import relu as relu_module
+
+    monkeypatch.setattr(relu_module, "DENSE_ABOVE", dense_above)
+    kw = dict(d_in=16, d_sae=40, l1_coefficient=0.7) | ({"d_out": 12} if arch == "relu_transcoder" else {})
+    d = dl.build(arch, **kw).double()
+    with torch.no_grad():
+        for p in d.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=_g(5), dtype=p.dtype))
+        if arch == "relu_transcoder":
+            d.input_mean.copy_(torch.randn(16, generator=_g(6), dtype=torch.float64))
+    x = torch.randn(30, 16, generator=_g(7), dtype=torch.float64)
+    y = torch.randn(30, d.config.out_width, generator=_g(8), dtype=torch.float64)
+    params = list(d.parameters())
+    out = d.loss(x, y, sparsity_scale=0.6)
+    assert isinstance(out.codes, dl.SparseCodes) == (dense_above > 1)
+    got = torch.autograd.grad(out.total, params)
+    centre = d.input_mean if arch == "relu_transcoder" else d.b_dec
+    codes = ((x - centre) @ d.W_enc + d.b_enc).relu()
+    want_total = ((codes @ d.W_dec + d.b_dec - y) ** 2).sum(-1).mean() + 0.6 * 0.7 * (
+        codes * d.W_dec.norm(dim=-1)).sum(-1).mean()
+    want = torch.autograd.grad(want_total, params)
+    assert float(out.total.detach()) == pytest.approx(float(want_total.detach()), rel=1e-12)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-12)

@@ -212,7 +212,7 @@ def test_the_finished_layers_of_a_set_still_training_load_and_check_the_model(tm
         load_finished_layers(path, model)
 
 
-@pytest.mark.parametrize("kw", [dict(skip=True), dict(clt=True)], ids=["skip", "clt"])
+@pytest.mark.parametrize("kw", [dict(skip=True), dict(clt=True), dict(activation="relu")], ids=["skip", "clt", "relu"])
 def test_transcoder_set_round_trip_is_exact_and_checks_the_model(tmp_path, kw):
     model = ms.wrap(build("gpt2"))
     tset = dl.train_transcoder_set(model, _tokens(600), _tokens(8, seed=8), _run_config(**kw), tmp_path / "set",
@@ -222,9 +222,12 @@ def test_transcoder_set_round_trip_is_exact_and_checks_the_model(tmp_path, kw):
     pairs = [(tset.clt, back.clt)] if kw.get("clt") else [(tset.transcoders[L], back.transcoders[L]) for L in (0, 1)]
     for a, b in pairs:
         assert type(a) is type(b) and a.config == b.config and dl.weights_equal(a, b)
-    if not kw.get("clt"):
+    if kw.get("skip"):
         assert back.transcoders[0].W_skip is not None
     m = back.manifest
+    if kw.get("activation") == "relu":
+        assert m["architecture"] == "relu_transcoder" and isinstance(back.transcoders[0], dl.ReLUTranscoder)
+        assert back.transcoders[0].config.target_l0 == 4
     for L in ("0", "1"):
         assert set(m["per_layer"][L]) >= {"fvu", "l0", "dead_fraction"} and 0 < m["per_layer"][L]["fvu"] < 2
     rep = m["replacement"]
@@ -335,3 +338,18 @@ def test_epochs_pass_over_the_same_harvest_several_times(tmp_path):
     assert three["per_layer"]["0"]["train_tokens"] > 2 * one["per_layer"]["0"]["train_tokens"]
     r = CliRunner().invoke(app, [*common, "--epochs", "0", "--out", str(tmp_path / "e0")])
     assert r.exit_code != 0 and "--epochs must be at least 1" in r.output
+
+
+def test_relu_transcoder_runs_are_checked_and_topk_runs_keep_their_hash():
+    with pytest.raises(ValueError, match="activation must be 'topk' or 'relu'"):
+        _run_config(activation="gelu")
+    for kw in (dict(clt=True), dict(skip=True)):
+        with pytest.raises(ValueError, match="ReLU transcoders are per-layer"):
+            _run_config(activation="relu", **kw)
+    with pytest.raises(ValueError, match="needs d_out"):
+        dl.ReLUTranscoderConfig(d_in=8, d_sae=16)
+    # a TopK run hashes as it did before the ReLU fields existed, so its sets resume; a ReLU run differs
+    topk, relu = _run_config(), _run_config(activation="relu")
+    assert "activation" not in topk.hashed() and "l1_coefficient" not in topk.hashed()
+    assert relu.hashed()["activation"] == "relu" and relu.architecture == "relu_transcoder"
+    assert topk.architecture == "transcoder" and _run_config(clt=True).architecture == "clt"

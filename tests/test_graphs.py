@@ -650,3 +650,43 @@ def test_prefix_rows_and_lean_pruning_equal_the_plain_computations(monkeypatch):
         want = torch.zeros_like(score, dtype=torch.bool)
         want[order[:int((cum < share).sum()) + 1]] = True
         assert torch.equal(got.flatten(), want)
+
+
+def _deep(seed: int, layers: int = 4):
+    torch.manual_seed(seed)
+    m = TinyTransformer(TinyConfig(n_layers=layers, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=16, d_vocab=40,
+                                   act="gelu", layer_norm=True))
+    return m.double().eval().mechscope_adapter()
+
+
+def _relu_twin(tc: Transcoder, shift: float = 0.6):
+    """A ReLU transcoder with `tc`'s weights (encoder bias lowered by `shift`, so fewer latents are on)."""
+    from mechscope.dictionaries import build as build_dictionary
+
+    c = tc.config
+    r = build_dictionary("relu_transcoder", d_in=c.d_in, d_out=c.out_width, d_sae=c.d_sae, site=c.site,
+                         site_out=c.site_out).double().eval()
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(r, name).copy_(getattr(tc, name))
+        r.b_enc.sub_(shift)
+    return r
+
+
+def test_relu_latents_respond_to_a_removal_as_the_graph_predicts_where_topk_reselects():
+    """Four layers of transcoders, everything frozen but the activations: a ReLU latent switches off only
+    where its code is already 0, so removals move the logit as the graph's linear model says up to the
+    kinks crossed; TopK latents with the same weights drop from the k-th largest value to 0 when another
+    overtakes them. Measured here: ReLU 0.991, 0.956, 0.998 against TopK 0.721, 0.741, 0.870."""
+    hold = (Kind.LN1_SCALE, Kind.LN2_SCALE, Kind.LN_FINAL_SCALE, Kind.PATTERN)
+    for seed in range(3):
+        m = _deep(seed)
+        topk = {L: transcoder(L, 16, n=48, k=8, seed=L + 10 * seed) for L in range(4)}
+        got = {}
+        for name, tcs in (("topk", topk), ("relu", {L: _relu_twin(t) for L, t in topk.items()})):
+            rep = G.LocalReplacement.build(m, ids_for(40, n=10, seed=seed), tcs)
+            graph = G.attribute(rep)
+            target = graph.nodes[-1].index
+            ck = G.intervention_check(rep, graph, target, top=30, batch=8)
+            got[name] = G.spearman(ck.graph_predicted, G.measured_removals(rep, ck.latents, target, hold=hold))
+        assert got["relu"] >= 0.95 and got["relu"] > got["topk"] + 0.05, (seed, got)

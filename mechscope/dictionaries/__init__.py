@@ -24,6 +24,7 @@ from .polysemanticity import (Diversity, Spread, baseline_diversity, dictionary_
                               token_diversity)
 from .registry import ARCHITECTURES, build, config_class, dictionary_class
 from .relu import ReLUConfig, ReLUSAE
+from .relu_transcoder import ReLUTranscoder, ReLUTranscoderConfig
 from .saelens import load, save, weights_equal
 from .sparse import SparseCodes, sparse_decode
 from .store import ActivationStore, HarvestConfig, JointStore, ShuffleBuffer, capture_sites, harvest
@@ -38,7 +39,7 @@ __all__ = ["ARCHITECTURES", "ActivationStore", "BatchTopKConfig", "BatchTopKCros
            "BatchTopKCrosscoderConfig", "BatchTopKSAE", "CLTConfig", "CrossLayerTranscoder", "Comparison", "Crosscoder",
            "CrosscoderConfig", "DictConfig", "DictMetrics", "Dictionary", "DictionaryFileError", "Diversity",
            "HarvestConfig", "JointStore", "JumpReLUConfig", "JumpReLUSAE", "LossParts", "LossRecovered", "Matching",
-           "ReLUConfig", "ReLUSAE", "ShuffleBuffer", "SparseCodes", "Spread", "TopKConfig", "TopKSAE", "TrainConfig",
+           "ReLUConfig", "ReLUSAE", "ReLUTranscoder", "ReLUTranscoderConfig", "ShuffleBuffer", "SparseCodes", "Spread", "TopKConfig", "TopKSAE", "TrainConfig",
            "TrainResult", "Transcoder", "TranscoderConfig", "TranscoderRunConfig", "TranscoderSet",
            "ReplacementScores", "replacement_interventions", "replacement_scores", "train_transcoder_set",
            "load_transcoder_set", "baseline_diversity", "batches_from_tensors", "build",

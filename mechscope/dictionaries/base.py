@@ -305,12 +305,40 @@ class CentredInput:
 
     input_mean: Tensor
 
+    def __init__(self, config: DictConfig):
+        super().__init__(config)  # type: ignore[call-arg]
+        # μ, subtracted from inputs during training; zero outside it (folded into b_enc), so not in files
+        self.register_buffer("input_mean", torch.zeros(config.in_width), persistent=False)  # type: ignore[attr-defined]
+
     def _centre(self, x: Tensor) -> Tensor:
         return x - self.input_mean
 
     def input_energy(self, x: Tensor) -> Tensor:
         """E||x - x̄||²: the trainer scales the centred input, which is what the encoder reads."""
         return (x - x.mean(0)).pow(2).sum(-1).mean()
+
+    @torch.no_grad()
+    def init_from_batch_(self, x: Tensor, y: Tensor) -> None:
+        """Set the input mean μ from the first batch's input rows `x`."""
+        self.input_mean.copy_(x.mean(0))
+
+    @torch.no_grad()
+    def fold_mean_(self) -> None:
+        """Fold μ into the encoder bias ((x - μ) W + b = x W + (b - μ W)) and zero μ."""
+        self.b_enc.sub_(self.input_mean @ self.W_enc)
+        self.input_mean.zero_()
+
+    @torch.no_grad()
+    def fold_scale_(self, s_in: float, s_out: float) -> None:
+        """Fold μ into the encoder bias (`fold_mean_`), then the scales: a saved dictionary reads raw inputs."""
+        self.fold_mean_()
+        super().fold_scale_(s_in, s_out)  # type: ignore[misc]
+
+
+def require_output_width(config: DictConfig) -> None:
+    """Refuse a transcoder config without d_out (its target is another site, of its own width)."""
+    if config.d_out is None:
+        raise ValueError(f"{type(config).__name__} needs d_out, the width of the output site (mlp_out)")
 
 
 def mse_parts(recon: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

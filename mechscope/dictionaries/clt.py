@@ -108,7 +108,6 @@ class CrossLayerTranscoder(CentredInput, Dictionary):
             self.W_dec.mul_(self.mask)
             self.normalise_decoder_()
         self.W_dec.register_hook(lambda grad: grad * self.mask)  # blocks l -> t < l never move
-        self.register_buffer("input_mean", torch.zeros(c.in_width), persistent=False)
         self.register_buffer("layer_var", torch.ones(n), persistent=False)  # each target's variance (training)
 
     @property
@@ -244,10 +243,9 @@ class CrossLayerTranscoder(CentredInput, Dictionary):
         super().constrain_(latents)
 
     @torch.no_grad()
-    def fold_scale_(self, s_in: float, s_out: float) -> None:
-        """Fold μ into the encoder biases, then the scales (as `Transcoder.fold_scale_`)."""
+    def fold_mean_(self) -> None:
+        """Fold μ into the encoder biases, layer by layer (each layer's latents read that layer's μ)."""
         c = self.config
         mu = self.input_mean.reshape(c.n_layers, 1, c.d_in)
         self.b_enc.sub_(torch.bmm(mu, self.W_enc).reshape(-1))
         self.input_mean.zero_()
-        super().fold_scale_(s_in, s_out)

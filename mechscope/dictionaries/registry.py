@@ -10,13 +10,15 @@ from .clt import CLTConfig, CrossLayerTranscoder
 from .crosscoder import BatchTopKCrosscoder, BatchTopKCrosscoderConfig, Crosscoder, CrosscoderConfig
 from .jumprelu import JumpReLUConfig, JumpReLUSAE
 from .relu import ReLUConfig, ReLUSAE
+from .relu_transcoder import ReLUTranscoder, ReLUTranscoderConfig
 from .topk import TopKConfig, TopKSAE
 from .transcoder import Transcoder, TranscoderConfig
 
 ARCHITECTURES: dict[str, tuple[type[DictConfig], type[Dictionary]]] = {
     cls.architecture: (cfg, cls) for cfg, cls in [
         (ReLUConfig, ReLUSAE), (TopKConfig, TopKSAE), (BatchTopKConfig, BatchTopKSAE),
-        (JumpReLUConfig, JumpReLUSAE), (TranscoderConfig, Transcoder), (CrosscoderConfig, Crosscoder),
+        (JumpReLUConfig, JumpReLUSAE), (TranscoderConfig, Transcoder), (ReLUTranscoderConfig, ReLUTranscoder),
+        (CrosscoderConfig, Crosscoder),
         (BatchTopKCrosscoderConfig, BatchTopKCrosscoder), (CLTConfig, CrossLayerTranscoder)]
 }
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .base import CentredInput, Codes
+from .base import CentredInput, Codes, require_output_width
 from .topk import TopKConfig, TopKSAE
 
 
@@ -44,8 +44,7 @@ class TranscoderConfig(TopKConfig):
     skip: bool = False  # a learned linear skip connection x W_skip added to the reconstruction
 
     def __post_init__(self) -> None:
-        if self.d_out is None:
-            raise ValueError("TranscoderConfig needs d_out, the width of the output site (mlp_out)")
+        require_output_width(self)
         super().__post_init__()
 
 
@@ -65,8 +64,6 @@ class Transcoder(CentredInput, TopKSAE):
 
     def __init__(self, config: TranscoderConfig):
         super().__init__(config)
-        # μ, subtracted from inputs during training; zero outside it (folded into b_enc), so not in files
-        self.register_buffer("input_mean", torch.zeros(config.in_width), persistent=False)
         self.W_skip = nn.Parameter(torch.zeros(config.in_width, config.out_width)) if config.skip else None
 
     def reconstruct(self, x: Tensor, codes: Codes) -> Tensor:
@@ -75,15 +72,8 @@ class Transcoder(CentredInput, TopKSAE):
         return recon if self.W_skip is None else torch.addmm(recon, x, self.W_skip)
 
     @torch.no_grad()
-    def init_from_batch_(self, x: Tensor, y: Tensor) -> None:
-        """Set the input mean μ from the first batch's input rows `x`."""
-        self.input_mean.copy_(x.mean(0))
-
-    @torch.no_grad()
     def fold_scale_(self, s_in: float, s_out: float) -> None:
-        """Fold μ into the encoder bias ((x - μ) W + b = x W + (b - μ W)), then the scales."""
-        self.b_enc.sub_(self.input_mean @ self.W_enc)
-        self.input_mean.zero_()
+        """Scale the skip connection (W_skip s_in / s_out), then fold μ and the scales (CentredInput)."""
         if self.W_skip is not None:
             self.W_skip.mul_(s_in / s_out)
         super().fold_scale_(s_in, s_out)

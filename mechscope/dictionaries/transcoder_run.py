@@ -52,8 +52,10 @@ class TranscoderRunConfig:
 
     layers: tuple[int, ...]  # the layers whose MLPs get a transcoder
     d_latent: int  # latents per layer
-    k: int = 32  # active latents per token (per layer for a CLT)
+    k: int = 32  # active latents per token (per layer for a CLT); with activation "relu", the target L0
     clt: bool = False  # one cross-layer transcoder instead of one transcoder per layer
+    activation: str = "topk"  # per-layer transcoders: "topk" (k fixed) or "relu" (L1, adapted to L0 k)
+    l1_coefficient: float = 3.0  # activation "relu": λ's starting value (relu.py)
     skip: bool = False  # per-layer transcoders with a linear skip connection
     input_site: str = "ln2.{layer}"  # the MLP's input (normalised residual) site pattern
     output_site: str = "mlp_out.{layer}"  # the MLP's output site pattern
@@ -72,6 +74,10 @@ class TranscoderRunConfig:
             raise ValueError(f"TranscoderRunConfig.layers must be distinct ascending layers, got {self.layers}")
         if self.clt and self.skip:
             raise ValueError("the skip connection belongs to per-layer transcoders; a CLT has none")
+        if self.activation not in ("topk", "relu"):
+            raise ValueError(f"TranscoderRunConfig.activation must be 'topk' or 'relu', got {self.activation!r}")
+        if self.activation == "relu" and (self.clt or self.skip):
+            raise ValueError("ReLU transcoders are per-layer and without a skip connection (clt and skip need topk)")
         if self.d_latent < 1 or not 1 <= self.k <= self.d_latent:
             raise ValueError(f"need 1 <= k ({self.k}) <= d_latent ({self.d_latent})")
         if not 0 < self.held_out_fraction < 1:
@@ -81,6 +87,19 @@ class TranscoderRunConfig:
     def kind(self) -> str:
         """"clt" or "per-layer"."""
         return "clt" if self.clt else "per-layer"
+
+    @property
+    def architecture(self) -> str:
+        """The registered architecture of each unit: "clt", "transcoder" (TopK) or "relu_transcoder"."""
+        return "clt" if self.clt else "relu_transcoder" if self.activation == "relu" else "transcoder"
+
+    def hashed(self) -> dict[str, Any]:
+        """The config as the run's hash reads it: the ReLU fields only when the activation is ReLU, so a
+        TopK run keeps the hash it had before they existed (and resumes)."""
+        d = json.loads(json.dumps(asdict(self)))
+        if self.activation == "topk":
+            del d["activation"], d["l1_coefficient"]
+        return d
 
 
 def _record(metrics: Any, seconds: float, tokens: int) -> dict[str, float]:
@@ -114,14 +133,14 @@ def train_transcoder_set(model: Any, tokens: Tensor, eval_tokens: Tensor, config
     train_shards, held_shards = store.split(n_held)
     widths = store.widths
     d_model, d_out = widths[keys[0]], widths[keys[len(c.layers)]]
-    config_json = json.loads(json.dumps(asdict(c)))
+    config_json = c.hashed()
     run_hash = config_hash({"config": config_json, "store": store.config_hash})
     manifest = _open_manifest(out, run_hash, {
         "format": FORMAT, "kind": c.kind, "model": getattr(model, "name", None),
         "model_fingerprint": model_fingerprint(model.module), "layers": list(c.layers),
         "sites": {str(L): {"input": ins[L].name, "output": outs[L].name} for L in c.layers},
         "d_model": d_model, "d_out": d_out, "d_latent": c.d_latent, "k": c.k,
-        "architecture": "clt" if c.clt else "transcoder", "skip": c.skip, "run_hash": run_hash, "config": config_json,
+        "architecture": c.architecture, "skip": c.skip, "run_hash": run_hash, "config": config_json,
         "dataset": dataset, "training": {"tokens_per_layer": c.train.tokens, "batch_size": c.train.batch_size,
                                          "harvest_rows": store.n_rows, "harvest_seconds": t_harvest},
         "per_layer": {}, "trained": False, "complete": False})
@@ -189,8 +208,10 @@ def _train_layer(model: Any, store: Any, manifest: dict[str, Any], c: Transcoder
         manifest["per_layer"][str(L)] = done
         write_manifest(out, manifest)
         return
-    tc = build("transcoder", d_in=d_model, d_out=d_out, d_sae=c.d_latent, k=c.k, skip=c.skip, seed=c.seed + L,
-               site=inp, site_out=outp, model=manifest["model"])
+    common = dict(d_in=d_model, d_out=d_out, d_sae=c.d_latent, seed=c.seed + L, site=inp, site_out=outp,
+                  model=manifest["model"])
+    tc = (build("relu_transcoder", l1_coefficient=c.l1_coefficient, target_l0=float(c.k), **common)
+          if c.activation == "relu" else build("transcoder", k=c.k, skip=c.skip, **common))
     t0 = time.perf_counter()
     result = train(tc, _buffer(store, [inp, outp], c, train_shards, c.seed + L), c.train, progress=progress,
                    description=f"transcoder layer {L}")
