@@ -289,6 +289,8 @@ def transcoders_cmd(
     k: Annotated[int, typer.Option("-k", help="active latents per token (per layer for a CLT; the target L0 "
                                     "for --arch relu)")] = 32,
     penalty: Annotated[float, typer.Option(help="--arch relu: the L1 coefficient's starting value")] = 3.0,
+    relu_start: Annotated[str, typer.Option(help="--arch relu: topk (train TopK, convert, fine-tune the L1 on as "
+                                            "many rows again) or random (L1 from scratch)")] = "topk",
     batch: Annotated[int, typer.Option(help="training batch (rows)")] = 1024,
     epochs: Annotated[int, typer.Option(help="passes over the harvest: each layer trains on epochs x --tokens rows "
                                         "(the harvest stays --tokens)")] = 1,
@@ -326,6 +328,8 @@ def transcoders_cmd(
         raise typer.BadParameter("--skip belongs to TopK transcoders (--arch transcoder); a ReLU set has none")
     if penalty <= 0:
         raise typer.BadParameter(f"--penalty must be positive (it is adapted by factors), got {penalty}")
+    if relu_start not in ("topk", "random"):
+        raise typer.BadParameter(f"--relu-start must be topk or random, got {relu_start!r}")
     if epochs < 1:
         raise typer.BadParameter(f"--epochs must be at least 1 (passes over the harvest), got {epochs}")
     t0 = time.monotonic()
@@ -346,6 +350,7 @@ def transcoders_cmd(
     lr = lr or 4e-3 * (1536 / d_latent) ** 0.5
     cfg = TranscoderRunConfig(layers=chosen, d_latent=d_latent, k=k, clt=arch == "clt",
                               activation="relu" if arch == "relu" else "topk", l1_coefficient=penalty,
+                              relu_start=relu_start,
                               skip=skip, train=TrainConfig(tokens=tokens * epochs, batch_size=batch, lr=lr),
                               held_out_fraction=held_fraction, drop_first=drop, dtype=dtype,
                               seqs_per_shard=min(128, max(1, n_seq // 10)))  # >= 10 shards: some held out

@@ -76,7 +76,7 @@ def graph(
                                           "outputs stay whole, error nodes, as transcoders are not trained on BOS)")] = False,
     node_threshold: Annotated[float, typer.Option(help="share of the latents' influence the kept latents carry")] = 0.8,
     edge_threshold: Annotated[float, typer.Option(help="share of the edges' influence the kept edges carry")] = 0.98,
-    memory_gb: Annotated[float, typer.Option(help="refuse graphs whose matrix and pruning need more GB (beside the model and transcoders)")] = 4.0,
+    memory_gb: Annotated[float, typer.Option(help="refuse graphs whose process would need more GB (the model, transcoders, runtime and the graph's matrices)")] = 4.0,
     batch: Annotated[int, typer.Option(help="graph rows per backward pass")] = 64,
     threads: Annotated[Optional[int], typer.Option(help="torch threads")] = None,
     device: DeviceOpt = None,

@@ -353,3 +353,62 @@ def test_relu_transcoder_runs_are_checked_and_topk_runs_keep_their_hash():
     assert "activation" not in topk.hashed() and "l1_coefficient" not in topk.hashed()
     assert relu.hashed()["activation"] == "relu" and relu.architecture == "relu_transcoder"
     assert topk.architecture == "transcoder" and _run_config(clt=True).architecture == "clt"
+    # a ReLU run started from TopK (the default) hashes apart from one trained from scratch, which
+    # hashes as ReLU runs did before the TopK start existed
+    assert "relu_start" not in topk.hashed() and relu.hashed()["relu_start"] == "topk"
+    assert "relu_start" not in _run_config(activation="relu", relu_start="random").hashed()
+    with pytest.raises(ValueError, match="relu_start must be 'topk' or 'random'"):
+        _run_config(activation="relu", relu_start="warm")
+
+
+def test_relu_transcoder_from_topk_keeps_its_weights_and_fine_tunes_without_reinitialising():
+    """`from_topk` copies a trained TopK transcoder and lowers the encoder bias by the median k-th
+    largest pre-activation t, so codes are ReLU(pre - t) and about k fire per row; the trainer's
+    `initialise=False` keeps those weights (a vanishing learning rate leaves the outputs unchanged,
+    where the usual initialisation moves them); the fine-tuned L1 reaches its target L0 without
+    losing the TopK's fit, where a ReLU transcoder trained from scratch on as many rows does not fit."""
+    from mechscope.dictionaries.relu_transcoder import from_topk
+
+    g = torch.Generator().manual_seed(0)
+    d_in, d_out, n_feat, n = 16, 12, 24, 8192
+    E = torch.randn(d_in, n_feat, generator=g) / d_in ** 0.5
+    D = torch.randn(n_feat, d_out, generator=g)
+    x = torch.randn(n, d_in, generator=g)
+    y = ((x @ E) - 0.6).relu() @ D
+    batches = lambda b=256: [(x[i:i + b], y[i:i + b]) for i in range(0, n, b)]  # noqa: E731
+    topk = dl.build("transcoder", d_in=d_in, d_out=d_out, d_sae=48, k=6, seed=1)
+    dl.train(topk, batches() * 6, dl.TrainConfig(tokens=6 * n, batch_size=256, lr=3e-3), progress=False)
+
+    relu = from_topk(topk, x[:2048])
+    pre = topk.preactivations(x).detach()
+    t = float(topk.preactivations(x[:2048]).detach().topk(6, dim=-1).values[:, -1].median())
+    for name in ("W_enc", "W_dec", "b_dec"):
+        assert torch.equal(getattr(relu, name), getattr(topk, name))
+    assert torch.allclose(relu.b_enc, topk.b_enc - t)
+    assert torch.allclose(relu.codes(x), (pre - t).relu(), atol=1e-6)
+    assert 5 <= float((relu.codes(x) > 0).sum(-1).float().median()) <= 6 and relu.config.target_l0 == 6
+
+    before = relu(x).detach()
+    kept = from_topk(topk, x[:2048])
+    dl.train(kept, batches(), dl.TrainConfig(tokens=n, batch_size=256, lr=1e-30, initialise=False), progress=False)
+    assert (kept(x) - before).abs().max() < 1e-4 * before.abs().max()
+    reset = from_topk(topk, x[:2048])
+    dl.train(reset, batches(), dl.TrainConfig(tokens=n, batch_size=256, lr=1e-30), progress=False)
+    assert (reset(x) - before).abs().max() > 1e-2 * before.abs().max()  # the usual start resets b_dec
+
+    fvu_topk = dl.evaluate(topk, (x, y)).fvu
+    dl.train(relu, batches() * 4, dl.TrainConfig(tokens=4 * n, batch_size=256, lr=1e-3, initialise=False),
+             progress=False)
+    m = dl.evaluate(relu, (x, y))
+    assert abs(m.l0 - 6) < 2 and m.fvu < fvu_topk + 0.05, (m.l0, m.fvu, fvu_topk)
+    # the same ten passes from scratch: the L1 shuts nearly everything before the encoder has learnt
+    scratch = dl.build("relu_transcoder", d_in=d_in, d_out=d_out, d_sae=48, target_l0=6.0, seed=1)
+    dl.train(scratch, batches() * 10, dl.TrainConfig(tokens=10 * n, batch_size=256, lr=3e-3), progress=False)
+    assert dl.evaluate(scratch, (x, y)).fvu > m.fvu + 0.3
+
+    with pytest.raises(ValueError, match="TopK transcoder without a skip"):
+        from_topk(dl.build("transcoder", d_in=d_in, d_out=d_out, d_sae=48, k=6, skip=True), x)
+    with pytest.raises(ValueError, match="TopK transcoder"):
+        from_topk(dl.build("topk", d_in=d_in, d_sae=48, k=6), x)
+    with pytest.raises(ValueError, match=r"MLP-input rows \(rows, 16\)"):
+        from_topk(topk, x[:, :8])

@@ -186,6 +186,18 @@ def test_transcoders_that_do_not_fit_are_named():
     rep = G.LocalReplacement.build(m, ids, {0: transcoder(0, 16)})
     with pytest.raises(G.GraphBudgetError, match="nodes.*budget.*shorten the prompt"):
         G.attribute(rep, memory_budget=1e3)
+    # the budget is the process's: what the model, the latents and the runtime hold counts too
+    from mechscope.graphs.attribution import RUNTIME_BYTES, graph_bytes, resident_bytes
+
+    lay = rep.latents[0]
+    params = sum(t.nbytes for t in [*m.module.parameters(), *m.module.buffers()])
+    latents = sum(t.nbytes for t in (lay.W_enc, lay.b_enc, *lay.W_dec.values(), *lay.b_dec.values()))
+    held = resident_bytes(rep)
+    assert params + RUNTIME_BYTES <= held <= params + latents + RUNTIME_BYTES + 4096
+    n = len(G.attribute(rep).nodes)
+    G.attribute(rep, memory_budget=graph_bytes(n) + held)  # just fits
+    with pytest.raises(G.GraphBudgetError, match="beside the 0.4 GB the model"):
+        G.attribute(rep, memory_budget=graph_bytes(n) + held - 1)
 
 
 def hand_graph(f2_to_logit=0.1):

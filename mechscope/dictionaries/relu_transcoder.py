@@ -15,13 +15,24 @@ and L0 varies from token to token.
 
 The input is centred on μ during training and μ is folded into the encoder bias when training
 ends, as for the TopK transcoder, so a saved ReLU transcoder reads raw MLP inputs.
+
+Training from scratch on a short budget trains badly: with the L1 term, half the latents fire at
+first, and by the time λ has shut most of them, most are dead (SmolLM2 layer 12, 4,608 latents,
+323 steps of 1,024 rows, target L0 20: FVU 0.92 with 71% dead). `from_topk` starts from a trained
+TopK transcoder instead: same weights, the encoder bias lowered by one threshold t, the median over
+rows of the k-th largest pre-activation, so that codes = ReLU(pre - t) fire on about k latents per
+row, as the TopK did, and then λ's fine-tuning (`TrainConfig(initialise=False)`) sets the
+L0 (the same layer: FVU 0.68, 31% dead, where the TopK itself had 0.72).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import CentredInput, require_output_width
+import torch
+from torch import Tensor
+
+from .base import CentredInput, Dictionary, require_output_width
 from .relu import ReLUConfig, ReLUSAE
 
 
@@ -55,3 +66,32 @@ class ReLUTranscoder(CentredInput, ReLUSAE):
 
     architecture = "relu_transcoder"
     config: ReLUTranscoderConfig
+
+
+@torch.no_grad()
+def from_topk(topk: Dictionary, x: Tensor, *, l1_coefficient: float = 3.0, target_l0: float | None = None
+              ) -> ReLUTranscoder:
+    """A ReLU transcoder with the weights of the trained TopK transcoder `topk` and its encoder bias
+    lowered by t, the median over MLP-input rows `x` (rows, d_in) of the k-th largest pre-activation:
+    codes ReLU(pre - t), about k per row (see the module docstring). `target_l0` defaults to k.
+
+    Example::
+
+        from mechscope.dictionaries import TrainConfig, train
+        from mechscope.dictionaries.relu_transcoder import from_topk
+        relu = from_topk(topk, x_rows)           # then fine-tune λ on the same rows:
+        train(relu, batches, TrainConfig(tokens=300_000, lr=3e-4, initialise=False))
+    """
+    if topk.architecture != "transcoder" or getattr(topk.config, "skip", False):
+        raise ValueError(f"from_topk needs a TopK transcoder without a skip connection, got {topk.architecture}")
+    c = topk.config
+    if x.ndim != 2 or x.shape[1] != c.d_in or x.shape[0] < 1:
+        raise ValueError(f"from_topk needs MLP-input rows (rows, {c.d_in}), got {tuple(x.shape)}")
+    fields = {f: getattr(c, f) for f in ("d_in", "d_sae", "d_out", "seed", "site", "site_out", "model")}
+    relu = ReLUTranscoder(ReLUTranscoderConfig(**fields, l1_coefficient=l1_coefficient,
+                                                target_l0=float(c.k) if target_l0 is None else target_l0))
+    relu.load_state_dict(topk.state_dict())
+    relu.to(topk.W_enc.device)
+    pre = topk.preactivations(x.to(topk.W_enc.device, topk.W_enc.dtype))
+    relu.b_enc.sub_(pre.topk(c.k, dim=-1).values[:, -1].median())
+    return relu

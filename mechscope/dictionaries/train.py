@@ -4,7 +4,8 @@ Steps of `train`:
 1. take the first batch; with `normalise`, fix scales s_in, s_out so that E||x s_in||² = d_in
    (and likewise for the target); set the decoder bias to the target's mean; let the architecture
    initialise from the batch (`Dictionary.init_from_batch_`: JumpReLU thresholds, a transcoder's
-   input mean);
+   input mean). A dictionary that is already trained (`initialise=False`: fine-tuning, or a ReLU
+   transcoder converted from a TopK one) keeps its weights; they are only rescaled to the scales;
 2. per step: learning rate (linear warm-up, constant, linear decay over the last `decay_fraction`;
    each parameter group scales its own base rate, e.g. JumpReLU's thresholds), sparsity penalty
    ramp (`sparsity_warmup_fraction`) or, for a config with `target_l0`, the factor on the penalty
@@ -72,6 +73,7 @@ class TrainConfig:
     decay_fraction: float = 0.2  # the learning rate decays linearly to 0 over this last share of steps
     sparsity_warmup_fraction: float = 0.05  # an L1 / L0 penalty ramps in over this first share of steps
     normalise: bool = True  # train on inputs scaled to E||x||² = d_in; the scale is folded back at the end
+    initialise: bool = True  # False: the dictionary is already trained; keep its weights (no first-batch init)
     dead_after_tokens: int = 1 << 19  # a latent that has not fired for this many rows is dead
     resample_every: int | None = None  # resample dead latents every N steps (architectures without aux-k)
     log_every: int = 20  # steps between rows of the training curve
@@ -276,8 +278,11 @@ def train(dictionary: Dictionary, batches: Iterable[Tensor | tuple[Tensor, ...]]
     whole = tuple(red.gather(t) for t in (first if isinstance(first, tuple) else (first,)))
     x0, y0 = dictionary.split_batch(whole if len(whole) > 1 else whole[0])
     s_in, s_out = _scales(dictionary, x0, y0) if config.normalise else (1.0, 1.0)
-    dictionary.init_decoder_bias_((y0 * s_out).mean(0))
-    dictionary.init_from_batch_(x0 * s_in, y0 * s_out)
+    if config.initialise:
+        dictionary.init_decoder_bias_((y0 * s_out).mean(0))
+        dictionary.init_from_batch_(x0 * s_in, y0 * s_out)
+    else:  # a trained dictionary reads raw rows: unfold the scales, folded back at the end as usual
+        dictionary.fold_scale_(1.0 / s_in, 1.0 / s_out)
     dictionary.constrain_()
     dictionary.train()
     d_sae = dictionary.config.d_sae

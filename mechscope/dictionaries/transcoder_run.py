@@ -9,7 +9,10 @@ Steps of `train_transcoder_set`:
 3. per layer, in order: if `out/layer_LLL.safetensors` exists, was written by this run and its digest
    checks out, keep it; otherwise train that layer's transcoder on shuffled training rows, measure
    FVU, L0 and dead fraction on the held-out rows, and write the file (atomically, the record in
-   its metadata), then the manifest. A cross-layer transcoder is one unit (`clt.safetensors`),
+   its metadata), then the manifest. A ReLU transcoder (activation "relu") is by default trained
+   as a TopK one first, converted (`relu_transcoder.from_topk`) and fine-tuned with its L1 penalty
+   on as many rows again, at an eighth of the learning rate (`relu_start="random"`: from
+   scratch, which trains badly on short budgets). A cross-layer transcoder is one unit (`clt.safetensors`),
    trained on every layer's rows at once. A run killed at any moment (SIGKILL included) and started
    again keeps every finished layer and trains the unfinished one again from its start; training
    is deterministic, so the set equals an uninterrupted run's;
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +36,15 @@ from ..core.run import resolve
 from .files import DictionaryFileError, config_hash, read_json
 from .metrics import evaluate
 from .registry import build
+from .relu_transcoder import from_topk
 from .replacement import replacement_scores
 from .store import HarvestConfig, ShuffleBuffer, harvest, model_fingerprint
 from .train import TrainConfig, train
 from .transcoder_set import (CLT_FILE, FORMAT, MANIFEST, TranscoderSet, layer_file, read_dictionary_file,
                              write_dictionary_file, write_manifest)
+
+
+RELU_FINETUNE_LR = 0.125  # a ReLU set started from TopK fine-tunes λ at this share of the learning rate
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class TranscoderRunConfig:
     clt: bool = False  # one cross-layer transcoder instead of one transcoder per layer
     activation: str = "topk"  # per-layer transcoders: "topk" (k fixed) or "relu" (L1, adapted to L0 k)
     l1_coefficient: float = 3.0  # activation "relu": λ's starting value (relu.py)
+    relu_start: str = "topk"  # activation "relu": "topk" (convert a trained TopK, then fine-tune λ) or "random"
     skip: bool = False  # per-layer transcoders with a linear skip connection
     input_site: str = "ln2.{layer}"  # the MLP's input (normalised residual) site pattern
     output_site: str = "mlp_out.{layer}"  # the MLP's output site pattern
@@ -76,6 +84,8 @@ class TranscoderRunConfig:
             raise ValueError("the skip connection belongs to per-layer transcoders; a CLT has none")
         if self.activation not in ("topk", "relu"):
             raise ValueError(f"TranscoderRunConfig.activation must be 'topk' or 'relu', got {self.activation!r}")
+        if self.relu_start not in ("topk", "random"):
+            raise ValueError(f"TranscoderRunConfig.relu_start must be 'topk' or 'random', got {self.relu_start!r}")
         if self.activation == "relu" and (self.clt or self.skip):
             raise ValueError("ReLU transcoders are per-layer and without a skip connection (clt and skip need topk)")
         if self.d_latent < 1 or not 1 <= self.k <= self.d_latent:
@@ -98,7 +108,9 @@ class TranscoderRunConfig:
         TopK run keeps the hash it had before they existed (and resumes)."""
         d = json.loads(json.dumps(asdict(self)))
         if self.activation == "topk":
-            del d["activation"], d["l1_coefficient"]
+            del d["activation"], d["l1_coefficient"], d["relu_start"]
+        elif self.relu_start == "random":  # as ReLU runs were hashed before the TopK start existed
+            del d["relu_start"]
         return d
 
 
@@ -210,11 +222,21 @@ def _train_layer(model: Any, store: Any, manifest: dict[str, Any], c: Transcoder
         return
     common = dict(d_in=d_model, d_out=d_out, d_sae=c.d_latent, seed=c.seed + L, site=inp, site_out=outp,
                   model=manifest["model"])
-    tc = (build("relu_transcoder", l1_coefficient=c.l1_coefficient, target_l0=float(c.k), **common)
-          if c.activation == "relu" else build("transcoder", k=c.k, skip=c.skip, **common))
     t0 = time.perf_counter()
-    result = train(tc, _buffer(store, [inp, outp], c, train_shards, c.seed + L), c.train, progress=progress,
-                   description=f"transcoder layer {L}")
+    batches = _buffer(store, [inp, outp], c, train_shards, c.seed + L)
+    if c.activation == "relu" and c.relu_start == "random":
+        tc = build("relu_transcoder", l1_coefficient=c.l1_coefficient, target_l0=float(c.k), **common)
+    else:
+        tc = build("transcoder", k=c.k, skip=c.skip, **common)
+    result = train(tc, batches, c.train, progress=progress,
+                   description=f"transcoder layer {L}" + (" (TopK start)" if c.activation == "relu" else ""))
+    if c.activation == "relu" and c.relu_start == "topk":
+        x, = store.load([inp], train_shards[:1])
+        tc = from_topk(tc, x, l1_coefficient=c.l1_coefficient)
+        result = train(tc, batches, replace(c.train, lr=c.train.learning_rate(c.d_latent) * RELU_FINETUNE_LR,
+                                            initialise=False),
+                       progress=progress, description=f"transcoder layer {L} (ReLU)")
+        result.tokens += c.train.tokens
     seconds = time.perf_counter() - t0
     record = _record(evaluate(tc, tuple(store.load([inp, outp], held_shards))), seconds, result.tokens)
     write_dictionary_file(path, tc, {"layer": str(L), "run_hash": manifest["run_hash"], "record": record})

@@ -79,6 +79,23 @@ def graph_bytes(n_nodes: int) -> int:
     return 5 * n_nodes * n_nodes + 40_000 * n_nodes
 
 
+RUNTIME_BYTES = 350_000_000  # the interpreter, torch and a tokenizer (SmolLM2-135M graphs: 0.35 GB measured)
+
+
+def resident_bytes(rep: LocalReplacement) -> int:
+    """Memory held before a graph is built: the model's parameters and buffers, the latents' weights
+    (each storage once) and `RUNTIME_BYTES`. `attribute` adds `graph_bytes` and checks the sum."""
+    seen: dict[int, int] = {}
+    module = getattr(rep.adapter, "module", None)
+    tensors = list(module.parameters()) + list(module.buffers()) if isinstance(module, torch.nn.Module) else []
+    for lay in rep.latents.values():
+        tensors += [lay.W_enc, lay.b_enc, *lay.W_dec.values(), *lay.b_dec.values()]
+    for t in tensors:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+    return RUNTIME_BYTES + sum(seen.values())
+
+
 def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Sequence[int] | None = None,
               batch_size: int = 64, memory_budget: float = 4e9, token_text: list[str] | None = None,
               model_name: str = "", demean: bool = True) -> AttributionGraph:
@@ -90,6 +107,10 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
     Logit nodes: `logits` if given, else the top ones up to 95% of the probability (at most 10),
     with `target` added when given. Their influence weights: all on `target` when given, else the
     logits' probabilities (renormalised).
+
+    `memory_budget` is for the whole process: the graph's matrices (`graph_bytes`) plus what is
+    already held (`resident_bytes`: model, latents, runtime); a graph over it raises
+    `GraphBudgetError` before anything large is allocated.
 
     Example::
 
@@ -118,11 +139,13 @@ def attribute(rep: LocalReplacement, target: int | None = None, *, logits: Seque
     nodes += [Node(NodeKind.TOKEN, None, p, int(rep.ids[0, p]), float(rep.embed[p].norm())) for p in range(pos)]
     nodes += [Node(NodeKind.LOGIT, None, pos - 1, t, float(rep.logits[-1, t]), float(probs[t])) for t in chosen]
     N = len(nodes)
-    if graph_bytes(N) > memory_budget:
+    held = resident_bytes(rep)
+    if graph_bytes(N) + held > memory_budget:
         raise GraphBudgetError(
             f"the graph of this {pos}-token prompt has {N:,} nodes ({n_lat:,} active latents): its dense "
-            f"matrices need about {graph_bytes(N) / 1e9:.1f} GB, over the budget of {memory_budget / 1e9:.1f} GB; "
-            "shorten the prompt, give transcoders for fewer layers (or with a smaller k), or raise the budget")
+            f"matrices need about {graph_bytes(N) / 1e9:.1f} GB beside the {held / 1e9:.1f} GB the model, the "
+            f"latents and the runtime hold, over the budget of {memory_budget / 1e9:.1f} GB; shorten the prompt, "
+            "give transcoders for fewer layers (or with a smaller k), or raise the budget")
     err0, tok0, log0 = n_lat, n_lat + rep.n_layers * pos, n_lat + rep.n_layers * pos + pos
 
     # --- the bias: the frozen model with every source zero -----------------------------------------
