@@ -13,7 +13,9 @@ the live final norm, against the live replacement with errors held fixed; with `
 removals are measured with attention patterns held at the prompt's, as circuit-tracer's
 `feature_intervention` does by default, and the fully live measurement is reported beside it as
 `spearman_live`), the same prediction
-against the removal measured in the real model (every MLP live: `measured_in_model`), Pearson's
+against the removal measured in the real model (every MLP live: `measured_in_model`; also with
+attention patterns held, `spearman_model_patterns_held`: circuit-tracer's `feature_intervention` with
+its defaults), Pearson's
 correlation beside both, the graph's own
 frozen-readout prediction against the same measurement, and, to locate disagreements, the
 measurement with attention patterns held (circuit-tracer's default for interventions), with the
@@ -180,6 +182,9 @@ def main() -> None:
             demean = bool(g.meta.get("demeaned_logits", False))
             live = (G.spearman(ck.predicted, G.measured_removals(rep, ck.latents, target, demean)) if a.patterns_held
                     else ck.spearman)
+            # circuit-tracer's feature_intervention with its defaults: the real model, patterns frozen
+            model_held = G.spearman(ck.predicted, G.measured_in_model(rep, ck.latents, target, demean,
+                                                                      hold=(Kind.PATTERN,)))
             cpu2 = sum(os.times()[:2])
             # where disagreements come from: the same removals measured with attention patterns held
             # (as circuit-tracer intervenes by default), with the norms' divisors held, then everything
@@ -199,7 +204,8 @@ def main() -> None:
                          "seconds_graph": t1 - t0, "cpu_seconds_graph": cpu1 - cpu0, "cpu_seconds_check": cpu2 - cpu1,
                          "nodes": len(g.nodes), "spearman": ck.spearman, "spearman_live": live,
                          "spearman_graph_readout": ck.spearman_graph,
-                         "spearman_model": ck.spearman_model, "pearson": pearson(ck.predicted, ck.measured),
+                         "spearman_model": ck.spearman_model, "spearman_model_patterns_held": model_held,
+                         "pearson": pearson(ck.predicted, ck.measured),
                          "pearson_model": pearson(ck.predicted, ck.measured_model),
                          **{f"spearman_{k}": v for k, v in held.items()},
                          "n_checked": len(ck.latents),
@@ -210,7 +216,8 @@ def main() -> None:
                              "kept_latents")}})
             progress(f"prompt {i + 1}/{len(windows)}: spearman {ck.spearman:.3f}"
                      f"{' (patterns held; live ' + format(live, '.3f') + ')' if a.patterns_held else ''} (frozen readout "
-                     f"{ck.spearman_graph:.3f}; in the model {ck.spearman_model:.3f}) over {len(ck.latents)} latents, replacement "
+                     f"{ck.spearman_graph:.3f}; in the model {ck.spearman_model:.3f}, patterns held "
+                     f"{model_held:.3f}) over {len(ck.latents)} latents, replacement "
                      f"{p.scores['replacement']:.3f}, completeness {p.scores['completeness']:.3f}, "
                      f"{len(g.nodes)} nodes, graph {cpu1 - cpu0:.1f} cpu-s, check {cpu2 - cpu1:.1f} cpu-s")
         med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731  (nan when not diagnosed)
@@ -223,7 +230,9 @@ def main() -> None:
                     "spearman_live_median": med("spearman_live"),
                     "spearman_quartiles": statistics.quantiles(sp, n=4) if len(sp) > 1 else sp,
                     "spearman_graph_readout_median": med("spearman_graph_readout"),
-                    "spearman_model_median": med("spearman_model"), "pearson_median": med("pearson"),
+                    "spearman_model_median": med("spearman_model"),
+                    "spearman_model_patterns_held_median": med("spearman_model_patterns_held"),
+                    "pearson_median": med("pearson"),
                     "pearson_model_median": med("pearson_model"),
                     "spearman_patterns_held_median": med("spearman_patterns_held"),
                     "spearman_norms_frozen_median": med("spearman_norms_frozen"),

@@ -288,6 +288,23 @@ def test_removal_in_the_model_is_zero_ablation_of_the_neuron_and_equals_the_repl
     chosen = [(1, p, f) for p, f in (last.codes[1] != 0).nonzero().tolist()][:6]
     assert torch.allclose(G.measured_in_model(last, chosen, target), G.measured_removals(last, chosen, target),
                           atol=1e-9)
+    # attention patterns held (circuit-tracer's feature_intervention defaults): the same zero-ablation
+    # with every pattern written back from the clean run, captured here independently
+    patterns = [s for s in m.sites() if s.kind == Kind.PATTERN]
+    clean = run(m, ids, capture=patterns).cache
+    held = G.measured_in_model(rep, active, target, batch=4, hold=(Kind.PATTERN,))
+    for (l, p, f), g in zip(active, held.tolist()):
+        def zero(x, ctx, p=p, f=f):
+            x = x.clone()
+            x[:, p, f] = 0
+            return x
+        ivs = [Patch(s, value=clean[s]) for s in patterns] + [Replace(Site(Kind.MLP_POST, l), fn=zero)]
+        logits = run(m, ids, interventions=ivs).logits[0, -1]
+        want = (logits[target] - logits.mean()) - (rep.logits[-1, target] - rep.logits[-1].mean())
+        assert g == pytest.approx(float(want), abs=1e-9)
+    assert (held - got).abs().max() > 1e-4  # holding the patterns changes the measurement
+    assert torch.allclose(G.measured_in_model(last, chosen, target, hold=(Kind.PATTERN,)),
+                          G.measured_removals(last, chosen, target, hold=(Kind.PATTERN,)), atol=1e-9)
     with pytest.raises(G.LatentError, match="no latents at layer 0"):
         G.measured_in_model(last, [(0, 1, 2)], target)
 

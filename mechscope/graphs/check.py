@@ -35,7 +35,8 @@ influential latents with Spearman's rank correlation.
 Measured in the model as well (`measured_in_model`, reported beside the check as `spearman_model`):
 the real model with every MLP live, each latent's decoder writes subtracted from the MLP outputs it
 writes (so the error at its own layer is held fixed), as circuit-tracer's `feature_intervention`
-measures without constrained layers (but with attention live). Later MLPs then answer as the model's
+measures without constrained layers (but with attention live; `hold=(Kind.PATTERN,)` freezes the
+patterns as circuit-tracer does by default). Later MLPs then answer as the model's
 own MLPs do, not as latents re-encoded by TopK: on SmolLM2 with every layer transcoded, TopK
 re-selecting latents in later layers moves the live replacement's logits by up to about two logits
 for early latents whose effect in the model itself is about a tenth of that.
@@ -216,16 +217,19 @@ def measured_removals(rep: LocalReplacement, latents: Sequence[tuple[int, int, i
 
 
 def measured_in_model(rep: LocalReplacement, latents: Sequence[tuple[int, int, int]], target: int,
-                      demean: bool = True, batch: int = 32) -> Tensor:
+                      demean: bool = True, batch: int = 32, hold: Collection[Kind] = ()) -> Tensor:
     """(n,) the measured change of logit `target` when each latent (layer, pos, index) is removed from the
     real model: every MLP, attention pattern and norm live, the latent's code times its decoder row
-    subtracted from each MLP output it writes, at its position (see the module).
+    subtracted from each MLP output it writes, at its position (see the module). `hold` keeps the
+    frozen sites of those kinds at the prompt's values: `hold=(Kind.PATTERN,)` is circuit-tracer's
+    `feature_intervention` with its defaults (attention patterns frozen, the real MLPs and norms live).
 
     Example::
 
         from mechscope.graphs import measured_in_model
         measured_in_model(rep, chk.latents, token_id)   # (n,)
     """
+    held = rep.freeze(set(hold)) if hold else []
     base = logit_input(rep.logits[-1].double(), [target], demean)[0]
     out = []
     for start in range(0, len(latents), batch):
@@ -240,6 +244,6 @@ def measured_in_model(rep: LocalReplacement, latents: Sequence[tuple[int, int, i
                                                      device=rep.mlp_out[t].device))
                 d[r, p] -= rep.codes[l][p, f] * W[f].to(d)
         ivs = [Replace(Site(Kind.MLP_OUT, t), fn=(lambda d: lambda x, ctx: x + d.to(x))(d)) for t, d in deltas.items()]
-        logits = run(rep.adapter, rep.ids.expand(len(group), -1), interventions=ivs).logits[:, -1].double()
+        logits = run(rep.adapter, rep.ids.expand(len(group), -1), interventions=held + ivs).logits[:, -1].double()
         out.append(logit_input(logits, [target], demean)[:, 0] - base.to(logits.device))
     return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.float64)
