@@ -27,12 +27,12 @@ L0 (the same layer: FVU 0.68, 31% dead, where the TopK itself had 0.72).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
-from .base import CentredInput, Dictionary, require_output_width
+from .base import CentredInput, DictConfig, Dictionary, require_output_width
 from .relu import ReLUConfig, ReLUSAE
 
 
@@ -87,8 +87,8 @@ def from_topk(topk: Dictionary, x: Tensor, *, l1_coefficient: float = 3.0, targe
     c = topk.config
     if x.ndim != 2 or x.shape[1] != c.d_in or x.shape[0] < 1:
         raise ValueError(f"from_topk needs MLP-input rows (rows, {c.d_in}), got {tuple(x.shape)}")
-    fields = {f: getattr(c, f) for f in ("d_in", "d_sae", "d_out", "seed", "site", "site_out", "model")}
-    relu = ReLUTranscoder(ReLUTranscoderConfig(**fields, l1_coefficient=l1_coefficient,
+    shared = {f.name: getattr(c, f.name) for f in fields(DictConfig) if f.name != "apply_b_dec_to_input"}
+    relu = ReLUTranscoder(ReLUTranscoderConfig(**shared, l1_coefficient=l1_coefficient,
                                                 target_l0=float(c.k) if target_l0 is None else target_l0))
     relu.load_state_dict(topk.state_dict())
     relu.to(topk.W_enc.device)

@@ -224,21 +224,20 @@ def _train_layer(model: Any, store: Any, manifest: dict[str, Any], c: Transcoder
                   model=manifest["model"])
     t0 = time.perf_counter()
     batches = _buffer(store, [inp, outp], c, train_shards, c.seed + L)
-    if c.activation == "relu" and c.relu_start == "random":
-        tc = build("relu_transcoder", l1_coefficient=c.l1_coefficient, target_l0=float(c.k), **common)
-    else:
-        tc = build("transcoder", k=c.k, skip=c.skip, **common)
-    result = train(tc, batches, c.train, progress=progress,
-                   description=f"transcoder layer {L}" + (" (TopK start)" if c.activation == "relu" else ""))
-    if c.activation == "relu" and c.relu_start == "topk":
+    from_scratch = c.activation == "relu" and c.relu_start == "random"
+    tc = (build("relu_transcoder", l1_coefficient=c.l1_coefficient, target_l0=float(c.k), **common) if from_scratch
+          else build("transcoder", k=c.k, skip=c.skip, **common))
+    warm = c.activation == "relu" and not from_scratch  # the TopK trained first is converted and fine-tuned
+    tokens = train(tc, batches, c.train, progress=progress,
+                   description=f"transcoder layer {L}" + (" (TopK start)" if warm else "")).tokens
+    if warm:
         x, = store.load([inp], train_shards[:1])
         tc = from_topk(tc, x, l1_coefficient=c.l1_coefficient)
-        result = train(tc, batches, replace(c.train, lr=c.train.learning_rate(c.d_latent) * RELU_FINETUNE_LR,
-                                            initialise=False),
-                       progress=progress, description=f"transcoder layer {L} (ReLU)")
-        result.tokens += c.train.tokens
+        tokens += train(tc, batches, replace(c.train, lr=c.train.learning_rate(c.d_latent) * RELU_FINETUNE_LR,
+                                             initialise=False),
+                        progress=progress, description=f"transcoder layer {L} (ReLU)").tokens
     seconds = time.perf_counter() - t0
-    record = _record(evaluate(tc, tuple(store.load([inp, outp], held_shards))), seconds, result.tokens)
+    record = _record(evaluate(tc, tuple(store.load([inp, outp], held_shards))), seconds, tokens)
     write_dictionary_file(path, tc, {"layer": str(L), "run_hash": manifest["run_hash"], "record": record})
     manifest["per_layer"][str(L)] = record
     write_manifest(out, manifest)

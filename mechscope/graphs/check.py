@@ -229,7 +229,7 @@ def measured_in_model(rep: LocalReplacement, latents: Sequence[tuple[int, int, i
         from mechscope.graphs import measured_in_model
         measured_in_model(rep, chk.latents, token_id)   # (n,)
     """
-    held = rep.freeze(set(hold)) if hold else []
+    held = rep.freeze(set(hold))  # none when hold is empty
     base = logit_input(rep.logits[-1].double(), [target], demean)[0]
     out = []
     for start in range(0, len(latents), batch):
