@@ -208,3 +208,33 @@ def test_an_old_calibration_is_refused_and_one_of_another_architecture_is_warned
     cal = load_or_build(str(tmp_path / "cal.json"), model=ms.wrap(_tiny()))
     assert "built on bytegpt2" in cal.warning and "may not transfer" in cal.warning
     assert load_or_build(str(tmp_path / "cal.json")).warning == ""  # no model to compare with
+
+
+def test_a_stale_cached_calibration_is_built_again_but_a_given_one_is_not(tmp_path, monkeypatch):
+    from mechscope.audit import calibrate
+    from mechscope.audit.calibrate import VERSION, default_path, load_or_build
+
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    built = []
+
+    def build(base: str, progress: bool) -> Calibration:  # the real build trains and audits clean models
+        built.append(base)
+        cal = Calibration(base=base, note="rebuilt")
+        default_path(base).write_text(json.dumps(cal.to_json()))
+        return cal
+
+    monkeypatch.setattr(calibrate, "build", build)
+    p = default_path("textlm-quick")
+    p.parent.mkdir(parents=True)
+    old = Calibration(base="textlm-quick", note="old").to_json()
+    old["version"] = VERSION - 1
+    p.write_text(json.dumps(old))
+    assert load_or_build().note == "rebuilt" and built == ["textlm-quick"]
+    assert load_or_build().note == "rebuilt" and built == ["textlm-quick"]  # read from the cache now
+    p.write_text("{not json")
+    assert load_or_build().note == "rebuilt" and len(built) == 2  # a damaged cache file too
+    given = tmp_path / "mine.json"
+    given.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="mechscope audit --calibrate"):
+        load_or_build(str(given))
+    assert len(built) == 2

@@ -222,7 +222,9 @@ def build(seeds: tuple[int, ...] = SEEDS, *, base: str = BASES[0], budget_minute
 
 
 def load_or_build(calibration: Any = None, model: Any = None, progress: bool = True) -> Calibration:
-    """A Calibration from an object, a path, or the cached one of the model's base (built on first use)."""
+    """A Calibration from an object, a path, or the cached one of the model's base: built on first use, and
+    built again when the cached file was written by another calibration version or cannot be read (a path
+    given here is never rebuilt: it is refused with how to rebuild it)."""
     if isinstance(calibration, Calibration):
         return calibration
     if calibration is not None:
@@ -239,11 +241,16 @@ def load_or_build(calibration: Any = None, model: Any = None, progress: bool = T
         f"come from {BASES[0]}, another architecture, and may not transfer")
     base = base or BASES[0]
     p = default_path(base)
+    cal = None
     if p.is_file():
-        cal = load(p)
-    else:
-        note(f"no audit calibration at {p}: building it from clean {base} models (seeds {list(SEEDS)}; "
-             "a few minutes, once)")
+        try:
+            cal = load(p)
+        except ValueError as e:  # the cache's own copy, from another version or damaged: derived data, rebuilt
+            note(f"the cached audit calibration cannot be used ({e}); building it again")
+    elif progress:
+        note(f"no audit calibration at {p}")
+    if cal is None:
+        note(f"building the audit calibration from clean {base} models (seeds {list(SEEDS)}; a few minutes, once)")
         cal = build(base=base, progress=progress)
     cal.warning = warning
     return cal
