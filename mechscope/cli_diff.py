@@ -77,19 +77,28 @@ def diff_bench(as_json: Annotated[bool, typer.Option("--json", help="print only 
                base: Annotated[Optional[str], typer.Option(help="zoo text model A (textlm or textlm-quick)")] = None,
                steps: Annotated[Optional[int], typer.Option(help="fine-tune steps")] = None,
                windows: Annotated[Optional[int], typer.Option(help="held-out windows of 64 tokens")] = None,
+               model: Annotated[Optional[str], typer.Option(help="a Hugging Face causal LM instead of the zoo model "
+                                                                "(smollm2-135m): fine-tuned briefly on the Python docs, "
+                                                                "and on Shakespeare with two seeds (thresholds, control); "
+                                                                "default 50 steps, 32 windows")] = None,
                threads: Annotated[int, typer.Option(help="torch threads")] = 1, device: DeviceOpt = None) -> None:
     """Diff a zoo text model against its public fine-tunes (Python docs only, a planted rule, a
     control): the change must be named in the top 3 findings, and the control must show nothing
-    above threshold. Ends with one JSON line."""
+    above threshold. Ends with one JSON line. With --model, a real language model's brief fine-tunes."""
     import torch
 
-    from .diff.bench import json_line, run_bench
+    from .diff.bench import json_line, run_bench, run_hf_bench
 
     from .models.load import check_device
 
     check_device(device)  # a bad --device fails before any fine-tune is trained
     torch.set_num_threads(threads)
-    res = run_bench(quick=quick, base=base, steps=steps, windows=windows, device=device)
+    if model is not None:
+        if quick or base is not None:
+            raise typer.BadParameter("--model replaces the zoo model: give it without --quick and --base")
+        res = run_hf_bench(model, steps=steps or 50, windows=windows or 32, device=device)
+    else:
+        res = run_bench(quick=quick, base=base, steps=steps, windows=windows, device=device)
     if not as_json:
         for name, rows in res["top_findings"].items():
             t = Table("#", "kind", "finding", "score", "threshold", "above", title=f"{name}: top findings")

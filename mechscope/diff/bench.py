@@ -55,6 +55,16 @@ def python_tokens(vocab_size: int = 4096, corpus: str = "textlm") -> torch.Tenso
     return (py / py.sum()) / (sh / sh.sum()) >= LEAN
 
 
+def python_tokens_of(tokenizer: Any, vocab_size: int, max_tokens: int = 400_000) -> torch.Tensor:
+    """(vocab,) bool: `python_tokens` for another model's tokenizer: the training split's Python docs and
+    Shakespeare (up to `max_tokens` of each, documents in a seeded order) encoded with it."""
+    from .hf_finetune import domain_stream
+
+    py, sh = (torch.bincount(domain_stream(tokenizer, d, "train", max_tokens), minlength=vocab_size).double() + 1
+              for d in ("python-docs", "shakespeare"))
+    return (py / py.sum()) / (sh / sh.sum()) >= LEAN
+
+
 def written_tokens(f: Finding) -> tuple[int, ...]:
     """The tokens a finding says B writes or predicts more (see the module docstring)."""
     if f.kind == "behaviour":
@@ -147,6 +157,65 @@ def run_bench(quick: bool = False, base: str | None = None, steps: int | None = 
     out["pass"] = all(c["pass"] for c in out["checks"].values())
     if progress:
         note(f"diff-bench: {'pass' if out['pass'] else 'FAIL'} in {figures['total_s']:.0f} s")
+    return out
+
+
+def run_hf_bench(model: str = "smollm2-135m", steps: int = 50, windows: int = 32, progress: bool = True,
+                 device: str | None = None, batch: int = 4, tune_seq_len: int = 128, lr: float = 5e-5,
+                 seq_len: int = 64) -> dict[str, Any]:
+    """The domain and control checks on a real language model A (`hf_finetune.py`): A fine-tuned briefly on
+    the Python docs (the domain), and twice on Shakespeare with two seeds: the first sets the thresholds
+    (a brief fine-tune on other text: A's own training data is not here), the second is the control that
+    must stay quiet. Each fine-tune trains `steps` steps of `batch` windows of `tune_seq_len` tokens at peak
+    rate `lr`; the diffs read `windows` held-out windows of `seq_len` tokens. Returns the JSON-ready result
+    line (no rule check: the rule is planted in the zoo model's set).
+
+    Example: `run_hf_bench("smollm2-135m")`, or `mechscope diff-bench --model smollm2-135m`.
+    """
+    from .hf_finetune import HFTune, train_hf_finetune
+
+    t0 = time.perf_counter()
+    recipe = {"steps": steps, "batch": batch, "seq_len": tune_seq_len, "lr": lr}
+    tunes = {"python-docs": HFTune(model, "python-docs", **recipe), "control": HFTune(model, "shakespeare", **recipe),
+             "control-heldout": HFTune(model, "shakespeare", seed=1, **recipe)}
+    dirs, train_s = {}, {}
+    for name, tune in tunes.items():
+        t = time.perf_counter()
+        dirs[name] = train_hf_finetune(tune, progress=progress)
+        train_s[name] = round(time.perf_counter() - t, 2)
+    control = diff(model, str(dirs["control"]), n_windows=windows, seq_len=seq_len, progress=progress,
+                   names=(model, "control"), device=device)
+    results = {name: diff(model, str(dirs[name]), n_windows=windows, seq_len=seq_len, control=control,
+                          progress=progress, names=(model, name), device=device)
+               for name in ("python-docs", "control-heldout")}
+    model_a = load_model(model)
+    is_python = python_tokens_of(model_a.tokenizer, int(model_a.unembed().weight.shape[0]))  # (vocab, d_model)
+    domain = [(f, *names_domain(f, is_python)) for f in results["python-docs"].findings[:3]]
+    domain_hit = any(f.above and named for f, named, _ in domain)
+    quiet = len(results["control-heldout"].above)
+    corpus = held_out(model_a, "textlm", windows, seq_len)
+    figures: dict[str, Any] = {
+        "base": model, "steps": steps, "windows": windows, "train_s": train_s,
+        "recipe": {k: {"data": t.data, "seed": t.seed, "batch": t.batch, "seq_len": t.seq_len, "lr": t.lr}
+                   for k, t in tunes.items()},
+        "heldout_loss": {k: {kk: json.loads((d / "finetune.json").read_text())[kk]
+                             for kk in ("heldout_loss_a", "heldout_loss_b")} for k, d in dirs.items()},
+        "diff_s": {k: round(sum(r.seconds.values()), 2) for k, r in {"control": control, **results}.items()},
+        "kl_per_token": {k: r.behaviour.overall.value for k, r in {"control": control, **results}.items()},
+        "above_threshold": {k: len(r.above) for k, r in results.items()},
+        "domain_top3_python_share": [round(sh, 3) for _, _, sh in domain],
+        "python_token_share_of_heldout_text": round(float(is_python[corpus.ids.flatten()].double().mean()), 3),
+        "total_s": round(time.perf_counter() - t0, 2)}
+    out = {"name": "diff_bench_hf", "kind": "benchmark", "machine": _machine(), "figures": figures,
+           "top_findings": {k: _top(r) for k, r in results.items()},
+           "checks": {
+               "domain_in_top3": {"target": f"a top-3 finding above threshold with >= {NAMED_SHARE:.0%} Python-docs "
+                                            "tokens among those it says B writes", "got": domain_hit, "pass": domain_hit},
+               "control_quiet": {"target": "0 findings above threshold on the held-out control pair", "got": quiet,
+                                 "pass": quiet == 0}}}
+    out["pass"] = all(c["pass"] for c in out["checks"].values())
+    if progress:
+        note(f"diff-bench {model}: {'pass' if out['pass'] else 'FAIL'} in {figures['total_s']:.0f} s")
     return out
 
 
