@@ -91,10 +91,9 @@ class Calibration:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Calibration":
-        """The calibration `to_json` wrote; another version raises ValueError saying how to rebuild it."""
+        """The calibration `to_json` wrote; another version raises ValueError (`load` adds how to rebuild it)."""
         if d.get("version") != VERSION:
-            raise ValueError(f"calibration version {d.get('version')} is not {VERSION}; rebuild it with "
-                             "`mechscope audit --calibrate`")
+            raise ValueError(f"calibration version {d.get('version')} is not {VERSION}")
         return cls(clean=d["clean"], margin=float(d["margin"]), models=list(d["models"]), note=d.get("note", ""),
                    base=d.get("base", ""))
 
@@ -246,7 +245,7 @@ def load_or_build(calibration: Any = None, model: Any = None, progress: bool = T
         try:
             cal = load(p)
         except ValueError as e:  # the cache's own copy, from another version or damaged: derived data, rebuilt
-            note(f"the cached audit calibration cannot be used ({e}); building it again")
+            note(f"the cached audit calibration {p} cannot be used ({e.__cause__ or e}): building it again")
     elif progress:
         note(f"no audit calibration at {p}")
     if cal is None:
