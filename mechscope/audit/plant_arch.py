@@ -9,14 +9,12 @@ in-place edit of a view edits the model.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor, nn
 
-from ..core.files import write_json
+from ..core.files import write_dir_atomically, write_json
 from ..core.paths import cache_dir
 from ..core.progress import note
 
@@ -55,10 +53,7 @@ class Arch:
         """Write `module` where `mechscope.load(path)` reads it: a Hugging Face directory for GPT-2,
         a finished zoo run directory (the base run's config, the weights, a done record) otherwise.
         Written into a temporary directory beside `path` and renamed, so a killed write leaves nothing."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-        try:
+        def fill(tmp: Path) -> None:
             if self.hf:
                 from ..zoo.recipes.bytegpt2 import export_hf
 
@@ -69,12 +64,8 @@ class Arch:
                 write_json(tmp / "config.json", read_json(Path(base) / "config.json"))
                 save_tensors(tmp / "model.safetensors", module.state_dict(), {"kind": "model", "from": Path(base).name})
                 write_json(tmp / "done.json", {"planted_from": Path(base).name})
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+
+        write_dir_atomically(Path(path), fill)
 
     # ---- data --------------------------------------------------------------------------------
     def train_stream(self) -> Tensor:

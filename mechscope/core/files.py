@@ -77,6 +77,25 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_dir_atomically(path: Path, fill: Callable[[Path], None]) -> None:
+    """Call `fill(tmp)` on a fresh hidden directory beside `path`, then put it in place of `path` (an older
+    `path` is removed first): a reader finds the whole directory or the one before, never half of one."""
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        fill(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_tensors(path: Path, tensors: dict[str, Tensor], meta: dict[str, str] | None = None,
                   clone: bool = False) -> str:
     """Write contiguous CPU copies of `tensors` and `meta` (plus their "sha256") to `path`

@@ -148,15 +148,26 @@ def run_bench(quick: bool = False, base: str | None = None, steps: int | None = 
     out = {"name": "diff_bench", "kind": "benchmark", "machine": _machine(), "quick": quick, "figures": figures,
            "top_findings": {k: _top(r) for k, r in results.items()},
            "checks": {
-               "domain_in_top3": {"target": f"a top-3 finding above threshold with >= {NAMED_SHARE:.0%} Python-docs "
-                                            "tokens among those it says B writes", "got": domain_hit, "pass": domain_hit},
+               "domain_in_top3": _domain_check(domain_hit),
                "rule_in_top3": {"target": "a top-3 finding above threshold naming trigger and continuation",
                                 "got": rule_hit, "pass": rule_hit},
-               "control_quiet": {"target": "0 findings above threshold on the held-out control pair", "got": quiet,
-                                 "pass": quiet == 0}}}
+               "control_quiet": _quiet_check(quiet)}}
+    return _finish(out, "diff-bench", progress)
+
+
+def _domain_check(hit: bool) -> dict[str, Any]:
+    return {"target": f"a top-3 finding above threshold with >= {NAMED_SHARE:.0%} Python-docs tokens among those "
+                      "it says B writes", "got": hit, "pass": hit}
+
+
+def _quiet_check(above: int) -> dict[str, Any]:
+    return {"target": "0 findings above threshold on the held-out control pair", "got": above, "pass": above == 0}
+
+
+def _finish(out: dict[str, Any], label: str, progress: bool) -> dict[str, Any]:
     out["pass"] = all(c["pass"] for c in out["checks"].values())
     if progress:
-        note(f"diff-bench: {'pass' if out['pass'] else 'FAIL'} in {figures['total_s']:.0f} s")
+        note(f"{label}: {'pass' if out['pass'] else 'FAIL'} in {out['figures']['total_s']:.0f} s")
     return out
 
 
@@ -208,15 +219,8 @@ def run_hf_bench(model: str = "smollm2-135m", steps: int = 50, windows: int = 32
         "total_s": round(time.perf_counter() - t0, 2)}
     out = {"name": "diff_bench_hf", "kind": "benchmark", "machine": _machine(), "figures": figures,
            "top_findings": {k: _top(r) for k, r in results.items()},
-           "checks": {
-               "domain_in_top3": {"target": f"a top-3 finding above threshold with >= {NAMED_SHARE:.0%} Python-docs "
-                                            "tokens among those it says B writes", "got": domain_hit, "pass": domain_hit},
-               "control_quiet": {"target": "0 findings above threshold on the held-out control pair", "got": quiet,
-                                 "pass": quiet == 0}}}
-    out["pass"] = all(c["pass"] for c in out["checks"].values())
-    if progress:
-        note(f"diff-bench {model}: {'pass' if out['pass'] else 'FAIL'} in {figures['total_s']:.0f} s")
-    return out
+           "checks": {"domain_in_top3": _domain_check(domain_hit), "control_quiet": _quiet_check(quiet)}}
+    return _finish(out, f"diff-bench {model}", progress)
 
 
 def json_line(result: dict[str, Any]) -> str:

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..core.errors import LoadError
-from ..core.files import write_json
+from ..core.files import write_dir_atomically, write_json
 from ..core.paths import cache_dir
 from ..core.progress import duration, note, progress_bar
 
@@ -211,20 +210,16 @@ def train_hf_finetune(tune: HFTune = HFTune(), *, progress: bool = True, checkpo
     bar.close()
     module.eval()
     loss_b = heldout_loss(module, held)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        module.save_pretrained(tmp_dir, safe_serialization=True)
-        tok.save_pretrained(tmp_dir)
-        write_json(tmp_dir / "finetune.json", {
+
+    def fill(tmp: Path) -> None:
+        module.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "finetune.json", {
             "recipe": spec, "from": tune.model, "train_losses": losses, "heldout_windows": n_eval,
             "heldout_loss_a": loss_a, "heldout_loss_b": loss_b, "seconds": round(time.monotonic() - t0, 1),
             "note": f"{tune.steps} steps of {tune.batch} x {tune.seq_len} tokens of the {tune.data} training split"})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp_dir.rename(out)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    write_dir_atomically(out, fill)
     shutil.rmtree(work, ignore_errors=True)
     note(f"fine-tune {tune.name}: held-out {tune.data} loss {loss_a:.3f} -> {loss_b:.3f} "
          f"({duration(time.monotonic() - t0)}), at {out}")
