@@ -11,9 +11,10 @@ by (seed, step), so a resumed run trains to the same weights as an uninterrupted
 The result is a Hugging Face directory (config.json, model.safetensors, the tokenizer) at
 `$MECHSCOPE_CACHE/diff/<model>-<data>-<steps>-s<seed>`, with `finetune.json` recording the recipe,
 the training losses and the held-out loss of A and B on the domain's test documents. Work in progress
-is checkpointed every `checkpoint_every` steps into a hidden directory beside it (weights and AdamW
-moments in safetensors, the step in JSON): a killed run resumes from its last checkpoint, and the
-result directory appears, by a rename, only when it is complete.
+is checkpointed every `checkpoint_every` steps into a hidden directory beside it (one safetensors file
+of the weights and AdamW moments, with the step and losses in its metadata, renamed into place): a
+killed run resumes from its last checkpoint, and the result directory appears, by a rename, only when
+it is complete.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ def train_hf_finetune(tune: HFTune = HFTune(), *, progress: bool = True, checkpo
         path = train_hf_finetune(HFTune("smollm2-135m", "python-docs", steps=50))
         b = ms.load(path)                      # diff it: mechscope diff smollm2-135m PATH
     """
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from ..models.load import load
@@ -165,25 +167,27 @@ def train_hf_finetune(tune: HFTune = HFTune(), *, progress: bool = True, checkpo
                            seed=tune.seed)
     test = domain_stream(tok, tune.data, "test", max_tokens=eval_windows * tune.seq_len * 4, seed=0)
     n_eval = min(eval_windows, test.numel() // tune.seq_len)
+    if n_eval < 1:
+        raise LoadError(f"the {tune.data} test split has {test.numel()} tokens: not one window of {tune.seq_len}")
     held = test[: n_eval * tune.seq_len].view(n_eval, tune.seq_len)
     work = out.parent / f".{out.name}.partial"
     work.mkdir(parents=True, exist_ok=True)
     spec = dataclasses.asdict(tune)
-    meta_path, state_path = work / "progress.json", work / "state.safetensors"
+    state_path = work / "state.safetensors"  # weights, AdamW moments, and in its metadata the step and losses
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=tune.lr,
                             weight_decay=tune.weight_decay)
     start, losses = 0, []
-    if meta_path.is_file() and state_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("spec") != spec:
+    if state_path.is_file():
+        with safe_open(str(state_path), "pt") as f:
+            meta = f.metadata()
+        if json.loads(meta["spec"]) != spec:
             raise LoadError(f"{work} holds a fine-tune of another recipe; delete it to start again")
-        _restore(module, opt, load_file(str(state_path)), meta["step"])
-        start, losses = meta["step"], meta["losses"]
+        start, losses = int(meta["step"]), json.loads(meta["losses"])
+        _restore(module, opt, load_file(str(state_path)), start)
         note(f"fine-tune {tune.name}: resuming at step {start} of {tune.steps}")
-    else:
+    if not (work / "reference.json").is_file():
         module.eval()
-        spec_loss = heldout_loss(module, held)
-        write_json(work / "reference.json", {"heldout_loss_a": spec_loss})
+        write_json(work / "reference.json", {"heldout_loss_a": heldout_loss(module, held)})
     loss_a = json.loads((work / "reference.json").read_text())["heldout_loss_a"]
     module.train()
     bar = progress_bar(total=tune.steps, initial=start, desc=f"fine-tune {tune.name}", unit="step")
@@ -204,9 +208,9 @@ def train_hf_finetune(tune: HFTune = HFTune(), *, progress: bool = True, checkpo
         bar.set_postfix_str(f"loss {losses[-1]:.3f}")
         if (step + 1) % checkpoint_every == 0 and step + 1 < tune.steps:
             tmp = state_path.with_suffix(".tmp")
-            save_file({k: v.detach().contiguous().cpu() for k, v in _state(module, opt).items()}, str(tmp))
-            tmp.replace(state_path)
-            write_json(meta_path, {"spec": spec, "step": step + 1, "losses": losses})
+            save_file({k: v.detach().contiguous().cpu() for k, v in _state(module, opt).items()}, str(tmp),
+                      metadata={"spec": json.dumps(spec), "step": str(step + 1), "losses": json.dumps(losses)})
+            tmp.replace(state_path)  # one file, renamed into place: the step always matches the weights
     bar.close()
     module.eval()
     loss_b = heldout_loss(module, held)
