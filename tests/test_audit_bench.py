@@ -215,3 +215,21 @@ def test_bench_end_to_end_on_planted_cases_with_stand_in_audits(cache):
     assert found[0].methods_found == ["oracle"]
     wrong = bench.run_bench(cases, guesser, progress=False)
     assert [s.outcome for s in wrong] == ["wrong", "false alarm"] and wrong[0].best_effect < 0.5
+
+
+def test_an_audit_is_timed_without_the_calibration_it_built_once():
+    import time
+
+    def audit_building_calibration(model, *, reference=None, budget_minutes=10.0, seed=0, progress=True):
+        time.sleep(0.3)  # as if building the base's calibration on first use
+        r = report("nothing found", [], {"weights": []})
+        r["timings"] = {"calibration": 0.3}
+        return r
+
+    def audit_plain(model, *, reference=None, budget_minutes=10.0, seed=0, progress=True):
+        time.sleep(0.3)
+        return report("nothing found", [], {"weights": []})
+
+    cases = _cases()[:2]
+    assert all(s.seconds < 0.15 for s in bench.run_bench(cases, audit_building_calibration, progress=False))
+    assert all(s.seconds >= 0.3 for s in bench.run_bench(cases, audit_plain, progress=False))
