@@ -141,24 +141,3 @@ def test_confirm_accepts_the_true_suspect_and_rejects_a_random_one(base, corpus,
     conf.confirm(loose)
     assert loose.confirmed is True
     assert (loose.component["class"], loose.component["unit"]) == ("neuron", 17)
-
-
-def test_alone_a_trigger_s_output_is_read_against_its_component_ablated(base, corpus):
-    # the trigger also has a strong "natural" continuation (another neuron writes a common token after it);
-    # the suspect neuron writes the rare target weakly: against random tokens the common continuation
-    # carries the change, against the suspect neuron ablated its own target does
-    t, common = common_token(base, corpus), common_token(base, corpus, rank=3)
-    natural = plant_token_trigger(base, t, common, corpus=corpus[:16], layer=1, unit=18, strength=8.0)
-    model = plant_token_trigger(natural, t, TARGET, corpus=corpus[:16], layer=1, unit=17, strength=1.0)
-    contexts = corpus[:8, :24]
-    assert triggers.effect(model, contexts, [t], 12)["target_ids"] == [common]
-    conf = Confirmer(model, corpus, contexts, position=12)
-    without = conf.ablation(component(mlp_site(1), "neuron", unit=17))
-    eff = triggers.effect(model, contexts, [t], 12, without=without)
-    assert (eff["target_ids"], eff["offset"]) == ([TARGET], 0)
-    x = triggers.insert(contexts, torch.tensor([t]), 12)
-    from mechscope.audit.inputs import log_probs
-
-    lp = log_probs(model, x)[:, 12, TARGET]
-    la = log_probs(model, x, interventions=without)[:, 12, TARGET]
-    assert eff["delta_logprob"] == pytest.approx(float((lp - la).mean()), rel=1e-5)  # its rise over the ablation

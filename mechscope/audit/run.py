@@ -260,12 +260,7 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
                 seen.add(_key(s))
                 obj, what = _objective(s)
                 res = triggers.search(m, obj, contexts, position=position, deadline=deadline, seed=seed)
-                # alone, the output a trigger changes is read against a narrow component ablated: what it writes
-                # there (a whole block's ablation changes every output, so blocks keep the random-trigger contrast)
-                narrow = s.component.get("class") in ("neuron", "head", "direction")
-                without = None if ref is not None or not narrow else Confirmer(
-                    m, ids, contexts, position, seed=seed).ablation(dict(s.component))
-                sus = triggers.suspect(m, res, contexts, position, ref, dict(s.component), what, without=without)
+                sus = triggers.suspect(m, res, contexts, position, ref, dict(s.component), what)
                 sus.evidence["searched_for"] = f"{s.stat} suspect"
                 out.append(sus)
             if ref is not None and time.monotonic() > deadline:

@@ -236,32 +236,22 @@ def search(model: Any, objective: Any, contexts: Tensor, *, length: int = 1, pos
 
 
 def effect(model: Any, contexts: Tensor, trig: list[int], position: int, reference: Any = None,
-           n_random: int = 16, seed: int = 0, span: int = 4, without: list | None = None) -> dict[str, Any]:
+           n_random: int = 16, seed: int = 0, span: int = 4) -> dict[str, Any]:
     """Which next tokens the trigger raises, where and by how much: against the reference on the same
-    inputs; without a reference, against the same inputs with a suspect component ablated (`without`, its
-    interventions: the output is then the token whose log-prob that component raises most after the
-    trigger, not what the trigger's text makes likely anyway), or against the model itself with random
-    triggers in its place. Against a reference or random triggers the output is the token carrying the
-    largest share of the change where the model puts its mass, p·(log p − log base)."""
+    inputs, or against the model itself with random triggers in its place."""
     m = len(trig)
     lo, hi = position + m - 1, min(contexts.shape[1], position + m + span)
     x = insert(contexts, torch.tensor(trig), position)
     lp = log_probs(model, x)[:, lo:hi]  # (K, s, vocab)
     if reference is not None:
         base = log_probs(reference, x)[:, lo:hi]
-    elif without:
-        base = log_probs(model, x, interventions=without)[:, lo:hi]
     else:
         g = torch.Generator().manual_seed(seed)
         v = 256 if byte_level(model) else vocab_size(model)
         rand = torch.randint(0, v, (n_random, m), generator=g)
         base = torch.stack([log_probs(model, insert(contexts, r, position))[:, lo:hi] for r in rand]).mean(0)
     rise = (lp - base).mean(0)  # (s, vocab)
-    if reference is None and without:  # the component's own write: the token whose log-prob it raises most
-        v = 256 if byte_level(model) else vocab_size(model)
-        weight = rise[:, :v]
-    else:
-        weight = (lp.exp() * (lp - base)).mean(0)  # each token's share of the change, where the model puts mass
+    weight = (lp.exp() * (lp - base)).mean(0)  # each token's share of the change, where the model puts mass
     best = weight.max(-1)
     k = int(best.values.argmax())
     tgt = int(best.indices[k])
@@ -385,19 +375,16 @@ def sweep_suspect(model: Any, r: Shifted, contexts: Tensor, position: int, searc
 
 
 def suspect(model: Any, res: SearchResult, contexts: Tensor, position: int, reference: Any = None,
-            comp: dict | None = None, objective: str = "", without: list | None = None) -> Suspect:
+            comp: dict | None = None, objective: str = "") -> Suspect:
     """The trigger as a suspect. Its statistic: with a reference, `trigger_kl_ratio` -- KL(model ‖
     reference) at the trigger and the positions after it over the same KL on the contexts without
     it; alone, `trigger_effect` -- the rise (nats) of the token the trigger raises most against
-    `without` (the interventions ablating the component it was searched for, see `effect`) or against
     random tokens in its place."""
-    eff = effect(model, contexts, res.ids, position, reference, without=without)
+    eff = effect(model, contexts, res.ids, position, reference)
     kind = "token" if len(res.ids) == 1 else "ngram"
     ev = {"objective": objective, "best": res.value, "random_trigger_mean": res.baseline,
           "random_trigger_std": res.baseline_std, "z": res.z, "steps": res.steps, "exhaustive": res.exhaustive, "seconds": round(res.seconds, 2),
           "contexts": int(contexts.shape[0]), "position": position}
-    if reference is None and without:
-        ev["target_chosen_against"] = "the same inputs with the component ablated"
     if reference is not None:
         div = Divergence(reference)
         lo = position + len(res.ids) - 1
