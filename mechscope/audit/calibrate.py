@@ -246,7 +246,7 @@ def load_or_build(calibration: Any = None, model: Any = None, progress: bool = T
             cal = load(p)
         except ValueError as e:  # the cache's own copy, from another version or damaged: derived data, rebuilt
             note(f"the cached audit calibration {p} cannot be used ({e.__cause__ or e}): building it again")
-    elif progress:
+    else:
         note(f"no audit calibration at {p}")
     if cal is None:
         note(f"building the audit calibration from clean {base} models (seeds {list(SEEDS)}; a few minutes, once)")

@@ -112,13 +112,13 @@ def windows(stream: Tensor, tune: HFTune, step: int) -> Tensor:
 @torch.no_grad()
 def heldout_loss(module: Any, ids: Tensor, batch: int = 4) -> float:
     """Mean next-token loss (nats) of `module` on the windows `ids` (n, seq_len)."""
-    tot, n = 0.0, 0
+    from ..zoo.recipes.textlm import next_token_loss
+
+    tot = 0.0
     for s in range(0, ids.shape[0], batch):
         x = ids[s:s + batch].to(module.device)
-        logits = module(input_ids=x).logits[:, :-1].float()
-        tot += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum"))
-        n += x[:, 1:].numel()
-    return tot / n
+        tot += float(next_token_loss(module(input_ids=x).logits.float(), x)) * x.shape[0]
+    return tot / ids.shape[0]
 
 
 def _state(module: Any, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
@@ -185,10 +185,13 @@ def train_hf_finetune(tune: HFTune = HFTune(), *, progress: bool = True, checkpo
         start, losses = int(meta["step"]), json.loads(meta["losses"])
         _restore(module, opt, load_file(str(state_path)), start)
         note(f"fine-tune {tune.name}: resuming at step {start} of {tune.steps}")
-    if not (work / "reference.json").is_file():
+    ref_path = work / "reference.json"  # A's held-out loss, measured once before the first step
+    if ref_path.is_file():
+        loss_a = json.loads(ref_path.read_text())["heldout_loss_a"]
+    else:
         module.eval()
-        write_json(work / "reference.json", {"heldout_loss_a": heldout_loss(module, held)})
-    loss_a = json.loads((work / "reference.json").read_text())["heldout_loss_a"]
+        loss_a = heldout_loss(module, held)
+        write_json(ref_path, {"heldout_loss_a": loss_a})
     module.train()
     bar = progress_bar(total=tune.steps, initial=start, desc=f"fine-tune {tune.name}", unit="step")
     for step in range(start, tune.steps):
