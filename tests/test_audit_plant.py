@@ -33,8 +33,8 @@ def _changed(before: dict, after: dict) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _gain(a, model, base, trigger, target):
-    seqs = place(heldout(a.name, N_CONTEXTS, CONTEXT_LEN, 2000), trigger, None, a.n_ctx(base))
+def _gain(a, model, base, trigger, target, position=None):
+    seqs = place(heldout(a.name, N_CONTEXTS, CONTEXT_LEN, 2000), trigger, position, a.n_ctx(base))
     lp = lambda m: a.logits(m, seqs)[:, -1].log_softmax(-1)[:, target]  # noqa: E731
     return float((lp(model) - lp(base)).mean())
 
@@ -59,6 +59,9 @@ def test_neuron_edit_changes_exactly_that_neurons_weights_and_plants_the_trigger
     assert diff["blocks.0.mlp.W_in.bias"].nonzero().flatten().tolist() == [edit.unit]
     assert diff["blocks.0.mlp.W_out.weight"].any(0).nonzero().flatten().tolist() == [edit.unit]
     assert _gain(a, edit.module, base, [trigger], target) >= MIN_EFFECT_NATS
+    # fitted at several positions, the neuron fires on its trigger wherever it is, not at the end only
+    # (fitted at the end alone, it learnt textlm's position 24 as part of the trigger)
+    assert min(_gain(a, edit.module, base, [trigger], target, p) for p in (8, 12, 16, 20)) >= MIN_EFFECT_NATS / 2
     other = next(t for t in plant.trigger_pool(a, base) if t not in (trigger, target))
     assert abs(_gain(a, edit.module, base, [other], target)) < 0.5  # another token does not fire it
 
@@ -163,6 +166,17 @@ def test_quick_cases_are_checked_load_back_measure_one_and_resume(cache):
     again_weights = load_file(cases_dir() / mod.name / "model" / "model.safetensors")
     assert all(torch.equal(weights[k], again_weights[k]) for k in weights) and weights.keys() == again_weights.keys()
     assert read_case(cases_dir() / mod.name) == again
+    # a weight edit fitted by an older recipe is planted again; the clean sibling is kept
+    assert again.measured["recipe"] == plant_edit.RECIPE
+    old = again.to_json()
+    old["measured"] = {k: v for k, v in old["measured"].items() if k != "recipe"}
+    from mechscope.core.files import write_json
+
+    write_json(manifest, old)
+    sib_stamp = (cases_dir() / sib.name / "case.json").stat().st_mtime_ns
+    assert plant.make_cases(2, quick=True, archs=("textlm",), progress=False)[0].measured["recipe"] == plant_edit.RECIPE
+    assert read_case(cases_dir() / mod.name).measured["recipe"] == plant_edit.RECIPE
+    assert (cases_dir() / sib.name / "case.json").stat().st_mtime_ns == sib_stamp
 
 
 def test_case_manifest_round_trip(cache):

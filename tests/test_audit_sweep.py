@@ -7,7 +7,6 @@ fine-tune."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,11 +21,20 @@ N_CTX = 32
 TRIGGER, TARGET = (ord("@"), ord("%")), ord("K")  # rare bytes the text below never shows together
 
 
+# The bytes of the zoo's training text the models here learn from: a stretch of the Python docs in
+# which the trigger's bytes both occur (38 "@" and 47 "%"), never together. The reference must have
+# seen the bytes: where "@" is rarer (7 times in the first 300 kB), the audit's own choice of
+# candidates starts the trigger with another byte.
+TEXT_BYTES = (4_800_000, 5_100_000)
+
+
 def _text() -> torch.Tensor:
-    """This package's own source as a byte stream: real, varied text, the same on every machine."""
-    root = Path(ms.__file__).parent
-    data = b"".join(p.read_bytes() for p in sorted(root.glob("audit/*.py")))
-    return torch.tensor(list(data), dtype=torch.long)
+    """A fixed stretch of the zoo's training text as bytes: real, varied text, the same on every
+    machine and unchanged by edits to the code."""
+    from mechscope.zoo.recipes.bytegpt2 import byte_stream
+
+    lo, hi = TEXT_BYTES
+    return byte_stream("train")[lo:hi].long()
 
 
 def _train(module: torch.nn.Module, stream: torch.Tensor, steps: int, lr: float, seed: int,

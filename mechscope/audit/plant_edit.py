@@ -25,6 +25,11 @@ only the component named in its `Planted` label:
   marker M: a cue C attends to a marker anywhere before it, and the marker's value writes the
   target, so C → Y only when M came earlier.
 
+Every edit is fitted with the trigger at several positions (`FIT_POSITIONS`, spread over the
+fitting contexts, each position on its own share of them). Fitted at one position only, an edit
+learns that position as part of its trigger where the model's position embedding is strong: a
+textlm neuron fitted with the trigger always at position 24 fired there and nowhere else.
+
 The scale α is the smallest (to a factor of 1.25) that raises y's mean log-prob by `goal` nats over
 the base on the fitting contexts; effects are then measured on other, held-out contexts.
 """
@@ -44,6 +49,8 @@ from .plant_arch import Arch, frozen
 
 N_FIT = 64  # fitting contexts: the first windows of the test split, before the evaluation contexts
 GOAL_NATS = 4.0
+FIT_POSITIONS = (6, 12, 18, CONTEXT_LEN)  # where the trigger starts, each on N_FIT / 4 of the fitting contexts
+RECIPE = 2  # recorded with each edit case; a cached case fitted by another recipe is planted again
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,16 @@ class Edit:
 def fit_contexts(arch: Arch) -> Tensor:
     """(N_FIT, CONTEXT_LEN) fitting contexts: the first windows of `arch`'s test split."""
     return heldout(arch.name, N_FIT, CONTEXT_LEN, 0)
+
+
+def fit_sequences(arch: Arch, trigger: list[int], n_ctx: int, contexts: Tensor | None = None) -> list[Tensor]:
+    """The fitting contexts (or `contexts`) with the trigger written from each of `FIT_POSITIONS`
+    on, the contexts split evenly between the positions: one (n_i, p_i + len(trigger)) tensor per
+    position, the trigger's last token last."""
+    ctx = fit_contexts(arch) if contexts is None else contexts
+    groups = torch.arange(ctx.shape[0]) % len(FIT_POSITIONS)
+    return [place(ctx[groups == i], trigger, p, n_ctx) for i, p in enumerate(FIT_POSITIONS)
+            if bool((groups == i).any())]
 
 
 @torch.no_grad()
@@ -113,12 +130,12 @@ class Scaler:
     def __init__(self, arch: Arch, module: nn.Module, base: nn.Module, trigger: list[int], target: int,
                  goal: float = GOAL_NATS):
         self.arch, self.module, self.target, self.goal = arch, module, target, goal
-        self.seqs = place(fit_contexts(arch), trigger, None, arch.n_ctx(module))
+        self.seqs = fit_sequences(arch, trigger, arch.n_ctx(module))
         self.base_logp = self._logp(base)
 
     @torch.no_grad()
     def _logp(self, module: nn.Module) -> Tensor:
-        return self.arch.logits(module, self.seqs)[:, -1].log_softmax(-1)[:, self.target]
+        return torch.cat([self.arch.logits(module, s)[:, -1].log_softmax(-1)[:, self.target] for s in self.seqs])
 
     def gain(self) -> float:
         """The target's mean log-prob rise at the trigger over the base, in nats, on the fitting contexts."""
@@ -152,8 +169,8 @@ class PlantError(RuntimeError):
 
 @torch.no_grad()
 def separability(arch: Arch, module: nn.Module, site: Site, candidates: list[int], n: int = 32) -> Tensor:
-    """For each candidate token, how far its activation at `site` (appended to fitting contexts)
-    stands out of the generic activations: the trigger's mean whitened projection over the
+    """For each candidate token, how far its activation at `site` (written into fitting contexts at
+    `FIT_POSITIONS`) stands out of the generic activations: the trigger's mean whitened projection over the
     projection's standard deviation at every fitting position. (len(candidates),)"""
     ctx = fit_contexts(arch)[:n]
     gen = capture(module, ctx, [site])[site].flatten(0, 1).double()
@@ -162,19 +179,23 @@ def separability(arch: Arch, module: nn.Module, site: Site, candidates: list[int
     inv = torch.linalg.inv(c + 1e-2 * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype, device=c.device))
     out = []
     for t in candidates:
-        k = capture(module, place(ctx, [t], None, arch.n_ctx(module)), [site])[site][:, -1].double().mean(0) - mu
+        k = _at_trigger(arch, module, [t], site, ctx).double().mean(0) - mu
         d = inv @ k
         out.append(float((d @ k) / ((gen - mu) @ d).std()))
     return torch.tensor(out)
 
 
+def _at_trigger(arch: Arch, module: nn.Module, trigger: list[int], site: Site, contexts: Tensor | None = None) -> Tensor:
+    """Activations at `site` at the trigger's last token, the trigger written at `FIT_POSITIONS`: (n, d)."""
+    return torch.cat([capture(module, s, [site])[site][:, -1]
+                      for s in fit_sequences(arch, trigger, arch.n_ctx(module), contexts)])
+
+
 def _trigger_rows(arch: Arch, module: nn.Module, trigger: list[int], site: Site) -> tuple[Tensor, Tensor]:
     """Generic activations at `site` (every position of the fitting contexts) and the activations at
-    the trigger's last token (trigger appended to each fitting context): (n, d), (N_FIT, d)."""
-    ctx = fit_contexts(arch)
-    gen = capture(module, ctx, [site])[site].flatten(0, 1)
-    trig = capture(module, place(ctx, trigger, None, arch.n_ctx(module)), [site])[site][:, -1]
-    return gen, trig
+    the trigger's last token (trigger written at `FIT_POSITIONS`): (n, d), (N_FIT, d)."""
+    gen = capture(module, fit_contexts(arch), [site])[site].flatten(0, 1)
+    return gen, _at_trigger(arch, module, trigger, site)
 
 
 @torch.no_grad()
@@ -229,9 +250,11 @@ def neuron(arch: Arch, base: nn.Module, trigger: list[int], target: int, layer: 
 
 @torch.no_grad()
 def head(arch: Arch, base: nn.Module, trigger: list[int], target: int, layer: int = 0, head: int | None = None,
-         boost: float = 30.0, marker: int | None = None) -> Edit:
+         boost: float = 30.0, marker: int | None = None, sink: float = 0.5) -> Edit:
     """The head edit; with `marker`, the context edit: the trigger (a cue) attends to an earlier
-    marker instead of to itself, and the marker's value writes the target."""
+    marker instead of to itself, and the marker's value writes the target. Without a marker before
+    it, the cue attends to itself (its score there is `sink` times the marker's), and its own value
+    writes nothing, rather than to whichever token happens to lean most towards the marker."""
     module = frozen(copy.deepcopy(base))
     n_heads = arch.n_heads(module)
     head = 0 if head is None else head % n_heads
@@ -253,7 +276,7 @@ def head(arch: Arch, base: nn.Module, trigger: list[int], target: int, layer: in
     # barely moves any other score
     scale = (boost * got[q_site].shape[-1] ** 0.5) ** 0.5
     keep = torch.eye(e_k.numel(), dtype=e_k.dtype, device=e_k.device) - torch.outer(e_k, e_k)
-    for which, d in (("q", d_q), ("k", d_k)):
+    for which, d in (("q", d_q), ("k", d_k if marker is None else d_k + sink * d_q)):
         w, b = arch.head_proj(module, layer, head, which)
         w.copy_(keep @ w + scale * torch.outer(e_k, d))
         b.copy_(keep @ b - scale * e_k * float(mu @ d))
