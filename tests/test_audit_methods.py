@@ -141,3 +141,36 @@ def test_confirm_accepts_the_true_suspect_and_rejects_a_random_one(base, corpus,
     conf.confirm(loose)
     assert loose.confirmed is True
     assert (loose.component["class"], loose.component["unit"]) == ("neuron", 17)
+
+
+def test_byte_level_patching_writes_only_whole_utf8_characters():
+    """Two byte models that differ on the embedding of a UTF-8 continuation byte (0x99, the last byte
+    of '’') and of 'Q': only 'Q' can stand in text on its own, so only it is a patching candidate."""
+    import copy
+
+    from mechscope.audit import patching
+    from mechscope.audit.inputs import writable
+    from mechscope.models.tiny import TinyConfig, TinyTransformer
+
+    torch.manual_seed(0)
+    ref_module = TinyTransformer(TinyConfig(n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=32,
+                                            d_vocab=256, act="gelu", layer_norm=True)).eval()
+    module = copy.deepcopy(ref_module)
+    with torch.no_grad():
+        for b in (0x99, ord("Q")):
+            module.embed.weight[b] += 3.0 * torch.randn(32)
+    ref, model = ms.wrap(ref_module), ms.wrap(module)
+    assert not writable(model, [0x99]) and not writable(model, [ord("|"), 0x99]) and writable(model, [ord("Q")])
+    assert writable(model, list("’".encode())) and writable(_NoBytes(), [0x99])
+    text = "It’s the quick brown fox; don’t Quit, it’s late. " * 30
+    ids = torch.tensor(list(text.encode()))[: 16 * 32].reshape(16, 32)
+    found = patching.scan(model, ref, ids, ids[:8, :24], 12)
+    assert found and all(writable(model, s.trigger["ids"]) for s in found)
+    assert any(ord("Q") in s.trigger["ids"] for s in found)
+    assert all(0x99 not in s.trigger["ids"] for s in found)
+
+
+class _NoBytes:
+    """A stand-in for a model with a tokenizer: its ids are not bytes."""
+
+    tokenizer = object()

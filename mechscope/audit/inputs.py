@@ -77,6 +77,21 @@ def byte_level(model: Any) -> bool:
     return getattr(model, "tokenizer", None) is None and vocab_size(model) >= 256
 
 
+def writable(model: Any, ids: list[int] | Tensor) -> bool:
+    """Whether token ids can stand in text on their own: for a byte-level model, bytes that decode as
+    whole UTF-8 characters (a lone continuation or lead byte cannot), for a tokenizer's model, any."""
+    if not byte_level(model):
+        return True
+    ids = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
+    if not all(0 <= i < 256 for i in ids):
+        return False
+    try:
+        bytes(ids).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def decode(model: Any, ids: list[int] | Tensor) -> str:
     """Text of token ids: the tokenizer's, or bytes (errors="replace") for a byte-level model."""
     ids = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]

@@ -4,13 +4,15 @@ and which component carries the difference (activation patching from the referen
 1. Candidate triggers. KL(model ‖ reference) of the next-token distributions at every position
    of the corpus; at the `top_cells` positions with the largest KL, the current token (kind
    "token"), the bigram ending there ("ngram") and the token at its position ("position"); besides
-   these, the triggers other methods found (`extra`).
+   these, the triggers other methods found (`extra`). On a byte-level model a candidate must be
+   whole UTF-8 characters (`inputs.writable`): a lone continuation byte written into text is an
+   input no text gives, where two training runs part ways by chance.
 2. Each candidate is written into held-out contexts -- a token or n-gram at `position`, a
    positional trigger at its own position -- and its KL right after its last token is measured
    (`trigger_kl`, nats). A positional candidate is kept as a position trigger only when it diverges
    at least `POSITION_FACTOR` times more at its position than at the other positions; else it is a
    token trigger. The strongest one-token candidates are extended one token to the left (every
-   token tried): an n-gram that diverges `EXTEND_FACTOR` times more than its last token alone is a
+   token that makes a writable pair tried): an n-gram that diverges `EXTEND_FACTOR` times more than its last token alone is a
    candidate too -- a fine-tune taught on an n-gram, or a cue that needs a marker before it.
 3. Localisation. For the strongest candidates, each MLP's and each attention block's output (then
    each head's write) is patched from the reference, run on the same input, into the model's run;
@@ -35,7 +37,7 @@ from torch import Tensor
 
 from ..core.interventions import Patch
 from ..core.site import Kind, Site
-from .inputs import byte_level, decode, vocab_size
+from .inputs import byte_level, decode, vocab_size, writable
 from .suspect import Suspect, component, head_site, mlp_site, trigger
 from .triggers import insert
 
@@ -155,14 +157,17 @@ def _effect(model: Any, reference: Any, x: Tensor, at: int) -> dict[str, Any]:
 @torch.no_grad()
 def _extend(p: Patcher, last: int, vocab: int, chunk: int = 2048, deadline: float | None = None
             ) -> tuple[list[int], float]:
-    """The token before `last` (every one tried, until `deadline` on the monotonic clock) whose bigram
-    diverges most, and that KL."""
+    """The token before `last` (every one that makes a writable pair tried, until `deadline` on the
+    monotonic clock) whose bigram diverges most, and that KL."""
     K = p.contexts.shape[0]
     best, best_kl = [last], -1.0
-    for s in range(0, vocab, max(1, chunk // K)):
+    allowed = torch.arange(vocab)
+    if byte_level(p.model):
+        allowed = torch.tensor([f for f in range(vocab) if writable(p.model, [f, last])], dtype=torch.long)
+    for s in range(0, allowed.numel(), max(1, chunk // K)):
         if deadline is not None and time.monotonic() > deadline:
             break
-        firsts = torch.arange(s, min(vocab, s + max(1, chunk // K)))
+        firsts = allowed[s:s + max(1, chunk // K)]
         trigs = torch.stack([firsts, torch.full_like(firsts, last)], 1)
         x = insert(p.contexts, trigs, p.position - 1)[:, :p.position + 1]  # the bigram ends at `position`
         kl = _kl(p.model, p.reference, x, batch=512, at=p.position).reshape(-1, K).mean(1)
@@ -215,6 +220,8 @@ def scan(model: Any, reference: Any, corpus: Tensor, contexts: Tensor, position:
 
     def add(kind: str, ids: list[int], pos: int | None = None) -> None:
         if kind == "position" and (not pos or pos + len(ids) > L):  # position 0 has no context to set it apart
+            return
+        if not writable(model, ids):
             return
         t = trigger(kind, ids, decode(model, ids), pos if kind == "position" else None)
         cands.setdefault((t["kind"], tuple(t["ids"]), t["position"]), t)
