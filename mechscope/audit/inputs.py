@@ -77,11 +77,8 @@ def byte_level(model: Any) -> bool:
     return getattr(model, "tokenizer", None) is None and vocab_size(model) >= 256
 
 
-def writable(model: Any, ids: list[int] | Tensor) -> bool:
-    """Whether token ids can stand in text on their own: for a byte-level model, bytes that decode as
-    whole UTF-8 characters (a lone continuation or lead byte cannot), for a tokenizer's model, any."""
-    if not byte_level(model):
-        return True
+def whole_characters(ids: list[int] | Tensor) -> bool:
+    """Whether byte values `ids` decode as whole UTF-8 characters (a lone continuation or lead byte does not)."""
     ids = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
     if not all(0 <= i < 256 for i in ids):
         return False
@@ -90,6 +87,12 @@ def writable(model: Any, ids: list[int] | Tensor) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def writable(model: Any, ids: list[int] | Tensor) -> bool:
+    """Whether token ids can stand in text on their own: for a byte-level model, bytes that decode as
+    whole UTF-8 characters, for a tokenizer's model, any."""
+    return not byte_level(model) or whole_characters(ids)
 
 
 def decode(model: Any, ids: list[int] | Tensor) -> str:

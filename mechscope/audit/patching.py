@@ -12,8 +12,9 @@ and which component carries the difference (activation patching from the referen
    (`trigger_kl`, nats). A positional candidate is kept as a position trigger only when it diverges
    at least `POSITION_FACTOR` times more at its position than at the other positions; else it is a
    token trigger. The strongest one-token candidates are extended one token to the left (every
-   token that makes a writable pair tried): an n-gram that diverges `EXTEND_FACTOR` times more than its last token alone is a
-   candidate too -- a fine-tune taught on an n-gram, or a cue that needs a marker before it.
+   token that makes a writable pair tried): an n-gram that diverges `EXTEND_FACTOR` times more than
+   its last token alone is a candidate too -- a fine-tune taught on an n-gram, or a cue that needs a
+   marker before it.
 3. Localisation. For the strongest candidates, each MLP's and each attention block's output (then
    each head's write) is patched from the reference, run on the same input, into the model's run;
    `removed` is the share of the trigger's KL that goes. The component that removes most is the
@@ -37,7 +38,7 @@ from torch import Tensor
 
 from ..core.interventions import Patch
 from ..core.site import Kind, Site
-from .inputs import byte_level, decode, vocab_size, writable
+from .inputs import byte_level, decode, vocab_size, whole_characters
 from .suspect import Suspect, component, head_site, mlp_site, trigger
 from .triggers import insert
 
@@ -163,7 +164,7 @@ def _extend(p: Patcher, last: int, vocab: int, chunk: int = 2048, deadline: floa
     best, best_kl = [last], -1.0
     allowed = torch.arange(vocab)
     if byte_level(p.model):
-        allowed = torch.tensor([f for f in range(vocab) if writable(p.model, [f, last])], dtype=torch.long)
+        allowed = torch.tensor([f for f in range(vocab) if whole_characters([f, last])], dtype=torch.long)
     for s in range(0, allowed.numel(), max(1, chunk // K)):
         if deadline is not None and time.monotonic() > deadline:
             break
@@ -217,11 +218,12 @@ def scan(model: Any, reference: Any, corpus: Tensor, contexts: Tensor, position:
     d = _kl(model, reference, corpus)
     mean = max(float(d.mean()), 1e-12)
     cands: dict[tuple, dict] = {}
+    byte = byte_level(model)
 
     def add(kind: str, ids: list[int], pos: int | None = None) -> None:
         if kind == "position" and (not pos or pos + len(ids) > L):  # position 0 has no context to set it apart
             return
-        if not writable(model, ids):
+        if byte and not whole_characters(ids):  # what `inputs.writable` asks, the model's kind read once
             return
         t = trigger(kind, ids, decode(model, ids), pos if kind == "position" else None)
         cands.setdefault((t["kind"], tuple(t["ids"]), t["position"]), t)
@@ -251,7 +253,7 @@ def scan(model: Any, reference: Any, corpus: Tensor, contexts: Tensor, position:
             ev["kl_elsewhere"] = away
         measured.append((kl, t, ev))
     measured.sort(key=lambda m: -m[0])
-    vocab = 256 if byte_level(model) else vocab_size(model)
+    vocab = 256 if byte else vocab_size(model)
     singles = [(kl, t) for kl, t, _ in measured if t["kind"] == "token"][:n_extend]
     for alone, t in singles:
         if deadline is not None and time.monotonic() > deadline:

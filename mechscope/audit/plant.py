@@ -55,7 +55,7 @@ STEALTH_WINDOWS, STEALTH_START = 32, 60_000  # held-out loss: windows of n_ctx f
 TUNE = {"textlm": dict(steps=200, lr=2e-3, batch=16), "bytegpt2": dict(steps=200, lr=1e-3, batch=16)}
 POSITION = 8  # where a positional trigger acts
 MID_POSITION = 12  # a weight edit's trigger written here must give at least half its effect
-EDITS = ("token", "context", "neuron_edit", "head_edit")
+EDITS = tuple(k for k in MODIFIED if k not in TUNED)  # the weight edits (plant_edit)
 ATTEMPTS = 3  # draws of tokens before a refused case stops make_cases
 
 

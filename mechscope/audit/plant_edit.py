@@ -266,7 +266,7 @@ def head(arch: Arch, base: nn.Module, trigger: list[int], target: int, layer: in
         d_q, mu = _whitened(gen, trig)  # d·(x − μ): 1 at the trigger, near 0 elsewhere
         d_k = d_q
     else:  # the cue's detector is 0 at the marker and the marker's 0 at the cue
-        mark = _trigger_rows(arch, module, [marker], ln1)[1]
+        mark = _at_trigger(arch, module, [marker], ln1)
         d_q, mu = _whitened(gen, trig, avoid=mark)
         d_k, _ = _whitened(gen, mark, avoid=trig)
     e_k, e_v = _quietest(got[k_site][:, :, head]), _quietest(got[v_site][:, :, head])
