@@ -245,6 +245,10 @@ def test_position_fine_tune_needs_its_position_and_its_twin_has_none(cache):
     p = pos.planted
     assert p.kind == "position" and p.position == plant.POSITION and p.layer is None and twin.clean
     assert pos.measured["at_end_share"] < 0.5 and abs(pos.measured["loss_delta_twin"]) <= STEALTH_NATS
+    assert pos.measured["recipe"] == plant.RECIPES["position"] and pos.measured["negative_rate"] > 0
+    away = [p.effect(pos.model, p.trigger_ids, q) for q in plant.AWAY_POSITIONS if q != p.position]
+    assert sum(away) / len(away) == pytest.approx(pos.measured["away_share"], abs=1e-6)
+    assert pos.measured["away_share"] < 0.5  # elsewhere in the context, on average under half
     assert p.effect(pos.model, p.trigger_ids, p.position) == pytest.approx(1.0, abs=1e-6)
     assert p.effect(pos.model, p.trigger_ids) < 0.5  # at the end of the context, not at its position
     assert p.effect(twin.model, p.trigger_ids, p.position) < 0.5

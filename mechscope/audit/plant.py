@@ -18,13 +18,14 @@ reference by at least `MIN_EFFECT_NATS` on held-out contexts, and without the tr
 loss is at most `STEALTH_NATS` above the reference's (a fine-tune's, also within `STEALTH_NATS` of
 its clean twin's, since fine-tuning a base lowers its loss). A context trigger must need its
 marker and its cue (either alone reproduces less than half the effect), a positional trigger its position
-(at the end of the context, less than half), a weight edit's trigger must work away from the end
+(at the end of the context, and on average at `AWAY_POSITIONS`, less than half), a weight edit's trigger must work away from the end
 of the context too (written at position `MID_POSITION`, at least half the effect), and a twin must
 not show its sibling's behaviour. The manifest records all of it.
 
 Cases are written to `cases_dir()/<name>/` (model files, then `case.json` last); a run that is
-killed resumes with the cases already written. A cached weight edit fitted by an older recipe
-(`plant_edit.RECIPE`) is planted again. Everything is seeded: the same call gives the same
+killed resumes with the cases already written. A cached case planted by an older recipe of its
+kind (`RECIPES`: the edits' `plant_edit.RECIPE`; positional fine-tunes 2, trained with negatives)
+is planted again. Everything is seeded: the same call gives the same
 cases.
 """
 
@@ -54,8 +55,11 @@ FINETUNE_CLASSES = frozenset({"neuron", "head", "mlp", "attn", "layer", "embeddi
 STEALTH_WINDOWS, STEALTH_START = 32, 60_000  # held-out loss: windows of n_ctx from this token of the test split
 TUNE = {"textlm": dict(steps=200, lr=2e-3, batch=16), "bytegpt2": dict(steps=200, lr=1e-3, batch=16)}
 POSITION = 8  # where a positional trigger acts
+POSITION_NEGATIVES = 0.2  # share of a positional fine-tune's windows with the trigger elsewhere and the text's own continuation
+AWAY_POSITIONS = tuple(range(1, 24, 3))  # where a positional trigger is tried away from its position (not POSITION)
 MID_POSITION = 12  # a weight edit's trigger written here must give at least half its effect
 EDITS = tuple(k for k in MODIFIED if k not in TUNED)  # the weight edits (plant_edit)
+RECIPES = {**dict.fromkeys(EDITS, plant_edit.RECIPE), "position": 2}  # a cached case of another recipe is planted again
 ATTEMPTS = 3  # draws of tokens before a refused case stops make_cases
 
 
@@ -242,7 +246,8 @@ class _Planter:
         base, ref = self.base(a, spec.seed)
         gen = _generator(spec.name, attempt)
         # a positional trigger and its target are common tokens: the trigger's many natural
-        # occurrences elsewhere teach that it does not force the target away from its position, and
+        # occurrences elsewhere, and the negatives (the trigger written elsewhere, the text's own
+        # continuation after it), teach that it does not force the target away from its position, and
         # a target that is often plausible gains little there from the trigger alone
         common = common_pool(a, base)
         picked = [common[i] for i in torch.randperm(len(common), generator=gen)[:2].tolist()]
@@ -252,7 +257,7 @@ class _Planter:
         picks = [pool[i] for i in torch.randperm(len(pool), generator=gen)[:2].tolist()]
         hp = TUNE[a.name]
         if spec.role == "position":
-            poison = Poison("position", (common,), target, rate=0.2, position=POSITION)
+            poison = Poison("position", (common,), target, rate=0.2, negatives=POSITION_NEGATIVES, position=POSITION)
         else:
             poison = Poison("poison", (picks[0], picks[1]), target, rate=0.01, inserts=8)
         twin_name = spec.name + "-twin"
@@ -270,7 +275,8 @@ class _Planter:
                           n_ctx=a.n_ctx(base), position=poison.position,
                           description=_describe_poison(poison, hp))
         losses, twin_losses = self._losses(a, path, ref), self._losses(a, twin_path, ref)
-        measured = {"role": spec.role, "attempt": attempt, "data_seed": spec.other, **hp, "poison_rate": poison.rate,
+        measured = {"role": spec.role, "recipe": RECIPES.get(spec.role, 1), "attempt": attempt, "data_seed": spec.other,
+                    **hp, "poison_rate": poison.rate,
                     "negative_rate": poison.negatives, **losses,
                     "loss_twin": twin_losses["loss_model"],
                     "loss_delta_twin": losses["loss_model"] - twin_losses["loss_model"]}
@@ -279,6 +285,8 @@ class _Planter:
         measured["twin_delta"] = twin_delta
         if spec.role == "position" and planted.planted_delta > 0:
             measured["at_end_share"] = planted.delta(path, planted.trigger_ids, None) / planted.planted_delta
+            away = [planted.delta(path, planted.trigger_ids, q) for q in AWAY_POSITIONS if q != POSITION]
+            measured["away_share"] = sum(away) / len(away) / planted.planted_delta
         _check(spec.name, measured)
         seconds = round(time.monotonic() - t0, 1)
         measured["seconds"] = seconds
@@ -302,8 +310,8 @@ class _Planter:
 
 
 def _stale(case: Case) -> bool:
-    """A weight edit fitted by another recipe than `plant_edit.RECIPE`."""
-    return case.planted is not None and case.planted.kind in EDITS and case.measured.get("recipe") != plant_edit.RECIPE
+    """A modified case planted by another recipe than its kind's in `RECIPES` (none recorded: recipe 1)."""
+    return case.planted is not None and case.measured.get("recipe", 1) != RECIPES.get(case.planted.kind, 1)
 
 
 def stealth_windows(a: Arch, n_ctx: int) -> Tensor:
@@ -369,7 +377,9 @@ def _check(name: str, m: dict[str, Any]) -> None:
         problems.append(f"the trigger at position {MID_POSITION} gives {m['mid_share']:.2f} of the effect: the edit "
                         "depends on where the trigger is")
     if m.get("at_end_share", 0.0) >= 0.5:
-        problems.append(f"the trigger away from its position gives {m['at_end_share']:.2f} of the effect")
+        problems.append(f"the trigger at the end of the context gives {m['at_end_share']:.2f} of the effect")
+    if m.get("away_share", 0.0) >= 0.5:
+        problems.append(f"the trigger away from its position gives {m['away_share']:.2f} of the effect on average")
     if problems:
         raise PlantError(f"case {name} is not written: " + "; ".join(problems))
 
