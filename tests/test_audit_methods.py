@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mechscope as ms
-from mechscope.audit import behaviour, triggers, weights
+from mechscope.audit import behaviour, features, triggers, weights
 from mechscope.audit.confirm import Confirmer
 from mechscope.audit.inputs import default_corpus
 from mechscope.audit.suspect import Suspect, component, mlp_site, trigger
@@ -76,6 +76,67 @@ def test_planted_neuron_is_the_top_weight_outlier(base, planted):
         assert (top.component["site"], top.component["unit"]) == ("blocks.1.mlp.hook_post", 17)
         clean_top = _by_stat(weights.scan(base), stat)[0]
         assert top.score > 3 * clean_top.score
+
+
+def test_kurtosis_matches_scipy():
+    from scipy.stats import kurtosis as scipy_kurtosis
+
+    x = torch.randn(7, 300, generator=torch.Generator().manual_seed(0)) ** 3
+    ours = weights.kurtosis(x, 1)
+    assert torch.allclose(ours, torch.from_numpy(scipy_kurtosis(x.double().numpy(), axis=1, fisher=True, bias=True)),
+                          atol=1e-9)
+    assert weights.kurtosis(torch.ones(3, 5), 1).tolist() == [0.0, 0.0, 0.0]  # no variance: 0, not nan
+
+
+def test_neuron_with_spiked_weights_is_the_top_kurtosis_outlier(base):
+    """A neuron rewired to read three residual coordinates, its weight norm the layer's median: its norm does
+    not stand out, its kurtosis does."""
+    module = copy.deepcopy(base.module)
+    W = module.blocks[0].mlp.W_in.weight  # (d_mlp, d_model)
+    unit = 40
+    with torch.no_grad():
+        norm = W.norm(dim=1).median()
+        row = torch.zeros(W.shape[1])
+        row[[3, 17, 29]] = torch.tensor([1.0, -1.0, 1.0])
+        W[unit] = row / row.norm() * norm
+    edited = ms.wrap(module)
+    top = _by_stat(weights.scan(edited), "neuron_in_kurt_z")[0]
+    assert (top.component["site"], top.component["unit"]) == ("blocks.0.mlp.hook_post", unit)
+    clean = [s for s in weights.scan(base) if s.stat == "neuron_in_kurt_z" and s.component["site"] == top.component["site"]]
+    assert top.score > 3 * clean[0].score and top.evidence["kurtosis"] > 10  # three of d_model 64 coordinates: about 18
+    norm_z = [s for s in weights.scan(edited) if s.stat == "neuron_in_z" and s.component["site"] == top.component["site"]]
+    assert norm_z[0].component["unit"] != unit  # the norm scan does not single it out
+
+
+def test_latent_scaling_tells_a_missing_direction_from_a_shared_one():
+    from mechscope.diff.crosscoder_diff import latent_scaling
+
+    g = torch.Generator().manual_seed(0)
+    f = torch.rand(200, generator=g) + 0.1  # latent 0's code on 200 rows
+    d = torch.zeros(8)
+    d[2] = 1.0
+    W = torch.stack([d, d])[None]  # (1 latent, 2 sources, 8)
+    codes = f[:, None]
+    recon = (f[:, None, None] * W[0][None]).clone()  # the crosscoder's reconstruction of both sources
+    shared = f[:, None, None] * W[0][None]
+    assert latent_scaling(shared, recon, codes, W, 0) == pytest.approx(1.0, abs=1e-6)
+    only_b = shared.clone()
+    only_b[:, 0] = 0.0  # the reference (source 0) lacks the direction where the latent fires
+    assert latent_scaling(only_b, recon, codes, W, 0) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_diff_latents_find_a_planted_token_against_the_reference(base, corpus, planted):
+    """A crosscoder over the reference and the model finds a latent that fires on the planted token, whose
+    positions raise the planted target, and stands out more than any latent of the base against itself."""
+    t, model = planted
+    found = features.diff_scan(model, base, corpus, seed=0)
+    assert len(found) == 1 and found[0].stat == "diff_latent_spike_z"
+    s = found[0]
+    assert s.trigger["ids"] == [t] and s.effect["target_ids"] == [TARGET] and s.effect["delta_logprob"] > 2.0
+    assert s.component["class"] == "direction" and s.component["site"] == "blocks.1.hook_resid_post"
+    assert s.evidence["nu"] < features.MAX_NU and s.evidence["firing_rate"] <= 0.01
+    same = features.diff_scan(base, base, corpus, seed=0)
+    assert all(s.score > x.score + 1.0 for x in same)
 
 
 def test_trigger_search_reconstructs_a_planted_token(base, corpus, planted):

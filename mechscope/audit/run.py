@@ -4,7 +4,8 @@ Order of work, within the time budget (`budget_minutes`, checked between steps a
 trigger search; the features method is skipped, with the reason, once more than half the budget is
 spent):
 
-1. weights (`weights.scan`), behaviour (`behaviour.scan`), features (`features.scan`);
+1. weights (`weights.scan`), behaviour (`behaviour.scan`), features (`features.scan`, and with a
+   reference `features.diff_scan`: crosscoder latents only the model has);
 2. triggers: a GCG search for the input that drives each of the strongest weight suspects (a
    neuron's pre-activation, a head's write), and with a reference one more for the input that
    most separates the model from it (`triggers.search`);
@@ -285,7 +286,8 @@ def audit(model: Any, *, reference: Any = None, corpus: Any = None, budget_minut
         if time.monotonic() - t_start > 0.5 * 60.0 * budget_minutes:
             skipped["features"] = "more than half the time budget was spent before it could start"
         else:
-            timed("features", lambda: features.scan(m, ids, seed=seed))
+            timed("features", lambda: features.scan(m, ids, seed=seed)
+                  + (features.diff_scan(m, ref, ids, seed=seed) if ref is not None else []))
     # merge, confirm, merge
     t0 = time.monotonic()
     say("audit: confirming suspects")

@@ -4,6 +4,11 @@ Without a reference (statistics, each a suspect with the largest value per layer
 
 - `neuron_out_z`, `neuron_in_z`: a neuron's output (input) weight norm as a robust z-score among
   the neurons of its layer, (x − median) / (1.4826 · MAD);
+- `neuron_out_kurt_z`, `neuron_in_kurt_z`: how heavy-tailed a neuron's output (input) weight vector
+  is, its excess kurtosis E[(w − mean)⁴] / var² − 3, as a robust z-score of log(kurtosis + 3) among
+  its layer's neurons (the kurtosis itself is heavy-tailed: on the calibration models its plain z
+  ranged 5 to 12 between seeds) -- weights spiked on a few coordinates (a neuron rewired to read or write one direction of a
+  basis: one embedding's coordinates, a few residual features) stand out where their norm need not;
 - `neuron_logit_spike`: how much a neuron's direct logit effect W_out[j] · W_U (final norm gain
   included, centred) is concentrated on one token, (max − mean) / std over the vocabulary, as a
   robust z-score among its layer's neurons -- a neuron written to push one token stands out;
@@ -45,6 +50,15 @@ def robust_z(x: Tensor) -> Tensor:
     if float(mad) == 0:
         mad = x.std() if x.numel() > 1 and float(x.std()) > 0 else torch.tensor(1.0, dtype=torch.float64)
     return (x - med) / mad
+
+
+def kurtosis(m: Tensor, dim: int) -> Tensor:
+    """Excess kurtosis E[(x − mean)⁴] / var² − 3 of `m` along `dim`, in float64 (0 where the variance is 0)."""
+    x = m.detach().double()
+    c = x - x.mean(dim, keepdim=True)
+    var = (c ** 2).mean(dim)
+    k = (c ** 4).mean(dim) / var.clamp_min(1e-300) ** 2 - 3.0
+    return torch.where(var > 0, k, torch.zeros_like(k))
 
 
 def rank1_ratio(m: Tensor) -> tuple[float, Tensor]:
@@ -99,6 +113,11 @@ def scan(model: Any, reference: Any = None) -> list[Suspect]:
                 j = int(z.argmax())
                 out.append(_neuron(layer, j, stat, float(z[j]), {"norm": float(norms[j]),
                                                                  "median_norm": float(norms.median())}))
+            for stat, kurt in (("neuron_in_kurt_z", kurtosis(W_in, 0)), ("neuron_out_kurt_z", kurtosis(W_out, 1))):
+                z = robust_z(torch.log(kurt + 3.0))  # the kurtosis itself is heavy-tailed: compared on a log scale
+                j = int(z.argmax())
+                out.append(_neuron(layer, j, stat, float(z[j]), {"kurtosis": float(kurt[j]),
+                                                                 "median_kurtosis": float(kurt.median())}))
             if W_U is not None:
                 eff = W_out @ W_U  # (d_mlp, vocab)
                 if w.lnf_b is not None:

@@ -80,6 +80,19 @@ def harvest(a: Any, b: Any, ids: Tensor, site: Site, batch: int = 32) -> tuple[T
     return torch.cat(xa), torch.cat(xb)
 
 
+@torch.no_grad()
+def latent_scaling(x: Tensor, recon: Tensor, codes: Tensor, W_dec: Tensor, j: int, a: int = 0, b: int = 1) -> float:
+    """ν_j = β_a / β_b for latent `j` (see the module docstring): `x` and `recon` (n, sources, d) the activations
+    and the crosscoder's reconstruction, `codes` (n, d_sae), `W_dec` (d_sae, sources, d); nan when β_b is 0."""
+    f = codes[:, j]
+    d = W_dec[j, b]
+    betas = []
+    for m in (a, b):
+        y = x[:, m] - recon[:, m] + f[:, None] * W_dec[j, m]
+        betas.append(float((f * (y @ d)).sum() / ((f ** 2).sum() * d.dot(d)).clamp_min(1e-30)))
+    return betas[0] / betas[1] if betas[1] != 0 else float("nan")
+
+
 def crosscoder_diff(a: Any, b: Any, corpus: Corpus, site: Site | None = None, d_sae: int = 256, k: int = 8,
                     epochs: int = 20, batch_size: int = 1024, top: int = 8, seed: int = 0,
                     batch_topk: bool = True, progress: bool = True) -> CrosscoderDiff:
@@ -114,11 +127,7 @@ def crosscoder_diff(a: Any, b: Any, corpus: Corpus, site: Site | None = None, d_
         for j in order:
             f = codes[:, j]
             dB = W[j, 1]
-            betas = []
-            for m in (0, 1):
-                y = x[:, m] - recon[:, m] + f[:, None] * W[j, m]
-                betas.append(float((f * (y @ dB)).sum() / ((f ** 2).sum() * dB.dot(dB)).clamp_min(1e-30)))
-            nu = betas[0] / betas[1] if betas[1] != 0 else float("nan")
+            nu = latent_scaling(x, recon, codes, W, j)
             where = f.topk(min(10, int((f > 0).sum()))).indices
             logit = lens(b, dB)
             out.append(Latent(j, float(rel[j]), float(freq[j]), nu, tuple(flat_ids[where].tolist()),
@@ -128,4 +137,4 @@ def crosscoder_diff(a: Any, b: Any, corpus: Corpus, site: Site | None = None, d_
                           time.perf_counter() - t0)
 
 
-__all__ = ["CrosscoderDiff", "Latent", "crosscoder_diff", "harvest"]
+__all__ = ["CrosscoderDiff", "Latent", "crosscoder_diff", "harvest", "latent_scaling"]
