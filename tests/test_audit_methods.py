@@ -102,9 +102,10 @@ def test_neuron_with_spiked_weights_is_the_top_kurtosis_outlier(base):
     edited = ms.wrap(module)
     top = _by_stat(weights.scan(edited), "neuron_in_kurt_z")[0]
     assert (top.component["site"], top.component["unit"]) == ("blocks.0.mlp.hook_post", unit)
-    clean = [s for s in weights.scan(base) if s.stat == "neuron_in_kurt_z" and s.component["site"] == top.component["site"]]
+    site = top.component["site"]
+    clean = [s for s in weights.scan(base) if s.stat == "neuron_in_kurt_z" and s.component["site"] == site]
     assert top.score > 3 * clean[0].score and top.evidence["kurtosis"] > 10  # three of d_model 64 coordinates: about 18
-    norm_z = [s for s in weights.scan(edited) if s.stat == "neuron_in_z" and s.component["site"] == top.component["site"]]
+    norm_z = [s for s in weights.scan(edited) if s.stat == "neuron_in_z" and s.component["site"] == site]
     assert norm_z[0].component["unit"] != unit  # the norm scan does not single it out
 
 

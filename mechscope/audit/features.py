@@ -96,7 +96,8 @@ def _pick(model: Any, ids: Tensor, codes: Tensor, spike: Tensor, eligible: Tenso
           "median_spike": float(spike[live].median()), "site": site.name}
     return [Suspect(comp, trig,
                     {"target_ids": [top], "target_text": decode(model, [top]), "delta_logprob": rise},
-                    stat, float(z[j]), [METHOD], {**ev, **{k: (v(j) if callable(v) else v) for k, v in evidence.items()}})]
+                    stat, float(z[j]), [METHOD],
+                    {**ev, **{k: (v(j) if callable(v) else v) for k, v in evidence.items()}})]
 
 
 def scan(model: Any, ids: Tensor, dictionary: Any = None, site: Site | None = None, rare: float = 0.01,
@@ -116,7 +117,8 @@ def scan(model: Any, ids: Tensor, dictionary: Any = None, site: Site | None = No
         eff, spike = _spikes(model, sae.W_dec)
         fires = (codes > 0).float().mean((0, 1))
         return _pick(model, ids, codes, spike, fires <= rare, site, lambda j: sae.W_dec[j].detach(),
-                     lambda j: (int(eff[j].argmax()), float(eff[j].max())), "latent_spike_z", {"dictionary": type(sae).__name__, "given": dictionary is not None})
+                     lambda j: (int(eff[j].argmax()), float(eff[j].max())), "latent_spike_z",
+                     {"dictionary": type(sae).__name__, "given": dictionary is not None})
 
 
 def train_crosscoder(reference: Any, model: Any, ids: Tensor, site: Site, seed: int = 0,
