@@ -42,7 +42,7 @@ def train_dictionary(model: Any, ids: Tensor, site: Site, seed: int = 0, progres
     """A small TopK SAE (d_sae = 4 d_model, k = 8) trained on the activations of `site` over `ids` (n, pos)."""
     from .. import dictionaries as dl
 
-    acts = model.run(ids, capture=[site]).cache[site].reshape(-1, model.weights().W_E.shape[1]).float()
+    acts = model.run(ids, capture=[site]).cache[site].reshape(-1, model.weights().W_E.shape[1]).float().cpu()
     torch.manual_seed(seed)
     d = acts.shape[1]
     sae = dl.build("topk", d_in=d, d_sae=4 * d, k=8)
@@ -63,9 +63,10 @@ def _readout(model: Any) -> Tensor | None:
 
 def _spikes(model: Any, directions: Tensor) -> tuple[Tensor, Tensor]:
     """Each direction (n, d_model) read through the unembedding, centred when the final norm has a bias: the
-    effects (n, vocab) and their spikes (max − mean) / std."""
+    effects (n, vocab) and their spikes (max − mean) / std, on the CPU."""
     w = model.weights()
-    eff = directions.float() @ _readout(model)
+    readout = _readout(model)
+    eff = (directions.float().to(readout.device) @ readout).cpu()
     if w.lnf_b is not None:
         eff = eff - eff.mean(-1, keepdim=True)
     return eff, (eff.max(-1).values - eff.mean(-1)) / eff.std(-1).clamp_min(1e-12)
@@ -111,9 +112,9 @@ def scan(model: Any, ids: Tensor, dictionary: Any = None, site: Site | None = No
     sae = dictionary if dictionary is not None else train_dictionary(model, ids, site, seed, progress)
     with torch.no_grad():
         acts = model.run(ids, capture=[site]).cache[site].float()  # (n, T, d)
-        codes = sae.encode(acts.reshape(-1, acts.shape[-1]))
+        codes = sae.encode(acts.reshape(-1, acts.shape[-1]).to(sae.W_dec.device))  # where the dictionary is
         codes = codes.to_dense() if hasattr(codes, "to_dense") else codes
-        codes = codes.reshape(*ids.shape, -1)  # (n, T, d_sae)
+        codes = codes.reshape(*ids.shape, -1).cpu()  # (n, T, d_sae), beside the ids
         eff, spike = _spikes(model, sae.W_dec)
         fires = (codes > 0).float().mean((0, 1))
         return _pick(model, ids, codes, spike, fires <= rare, site, lambda j: sae.W_dec[j].detach(),
@@ -145,7 +146,7 @@ def _rise_where(model: Any, reference: Any, ids: Tensor, where: Tensor) -> tuple
     `where` (n, T) of `ids`, averaged over them -- p(y)·(log p(y) − log q(y)) --, and its mean log-prob rise
     there."""
     rows = where.any(1)
-    lp, lq = log_probs(model, ids[rows]), log_probs(reference, ids[rows])
+    lp, lq = log_probs(model, ids[rows]).cpu(), log_probs(reference, ids[rows]).cpu()
     at = where[rows]
     d = (lp - lq)[at]  # (k, vocab)
     y = int((lp[at].exp() * d).mean(0).argmax())
