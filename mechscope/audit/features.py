@@ -32,7 +32,7 @@ from torch import Tensor
 from ..core.site import Kind, Site
 from .inputs import decode, log_probs
 from .suspect import Suspect, component, trigger
-from .weights import robust_z
+from .weights import logit_spikes, robust_z
 
 METHOD = "features"
 MAX_NU = 0.5  # latent scaling below which the reference lacks the latent's direction
@@ -52,24 +52,10 @@ def train_dictionary(model: Any, ids: Tensor, site: Site, seed: int = 0, progres
     return sae
 
 
-def _readout(model: Any) -> Tensor | None:
-    """The model's unembedding with the final norm's gain, (d_model, vocab), or None without one."""
-    w = model.weights()
-    if w.W_U is None:
-        return None
-    g = w.lnf_w.float() if w.lnf_w is not None else torch.ones(w.W_U.shape[0], device=w.W_U.device)
-    return g[:, None] * w.W_U.float()
-
-
 def _spikes(model: Any, directions: Tensor) -> tuple[Tensor, Tensor]:
-    """Each direction (n, d_model) read through the unembedding, centred when the final norm has a bias: the
-    effects (n, vocab) and their spikes (max − mean) / std, on the CPU."""
-    w = model.weights()
-    readout = _readout(model)
-    eff = (directions.float().to(readout.device) @ readout).cpu()
-    if w.lnf_b is not None:
-        eff = eff - eff.mean(-1, keepdim=True)
-    return eff, (eff.max(-1).values - eff.mean(-1)) / eff.std(-1).clamp_min(1e-12)
+    """`weights.logit_spikes` of the directions, on the CPU beside the codes."""
+    eff, spike = logit_spikes(model.weights(), directions)
+    return eff.cpu(), spike.cpu()
 
 
 def _pick(model: Any, ids: Tensor, codes: Tensor, spike: Tensor, eligible: Tensor, site: Site, vector: Any,

@@ -17,10 +17,10 @@ its behaviour and hides it: the planted trigger raises the target's mean log-pro
 reference by at least `MIN_EFFECT_NATS` on held-out contexts, and without the trigger the held-out
 loss is at most `STEALTH_NATS` above the reference's (a fine-tune's, also within `STEALTH_NATS` of
 its clean twin's, since fine-tuning a base lowers its loss). A context trigger must need its
-marker and its cue (either alone reproduces less than half the effect), a positional trigger its position
-(at the end of the context, and on average at `AWAY_POSITIONS`, less than half), a weight edit's trigger must work away from the end
-of the context too (written at position `MID_POSITION`, at least half the effect), and a twin must
-not show its sibling's behaviour. The manifest records all of it.
+marker and its cue (either alone reproduces less than half the effect), a positional trigger its
+position (at the end of the context, and on average at `AWAY_POSITIONS`, less than half), a weight
+edit's trigger must work away from the end of the context too (written at position `MID_POSITION`,
+at least half the effect), and a twin must not show its sibling's behaviour. The manifest records all of it.
 
 Cases are written to `cases_dir()/<name>/` (model files, then `case.json` last); a run that is
 killed resumes with the cases already written. A cached case planted by an older recipe of its
@@ -43,8 +43,8 @@ from torch import Tensor, nn
 from ..core.site import Kind, Site
 from ..zoo.recipes.textlm import next_token_loss
 from . import plant_edit
-from .cases import (ARCHS, MANIFEST, MIN_EFFECT_NATS, STEALTH_NATS, Case, Planted, cases_dir, heldout, logits_of,
-                    read_case, write_case)
+from .cases import (ARCHS, CONTEXT_LEN, MANIFEST, MIN_EFFECT_NATS, STEALTH_NATS, Case, Planted, cases_dir, heldout,
+                    logits_of, read_case, write_case)
 from .plant_arch import Arch, announce, arch
 from .plant_edit import PlantError
 from .plant_tune import Poison, finetune
@@ -55,8 +55,8 @@ FINETUNE_CLASSES = frozenset({"neuron", "head", "mlp", "attn", "layer", "embeddi
 STEALTH_WINDOWS, STEALTH_START = 32, 60_000  # held-out loss: windows of n_ctx from this token of the test split
 TUNE = {"textlm": dict(steps=200, lr=2e-3, batch=16), "bytegpt2": dict(steps=200, lr=1e-3, batch=16)}
 POSITION = 8  # where a positional trigger acts
-POSITION_NEGATIVES = 0.2  # share of a positional fine-tune's windows with the trigger elsewhere and the text's own continuation
-AWAY_POSITIONS = tuple(range(1, 24, 3))  # where a positional trigger is tried away from its position (not POSITION)
+POSITION_NEGATIVES = 0.2  # share of a positional fine-tune's windows: the trigger elsewhere, the text's continuation
+AWAY_POSITIONS = tuple(q for q in range(1, CONTEXT_LEN, 3) if q != POSITION)  # a positional trigger tried elsewhere
 MID_POSITION = 12  # a weight edit's trigger written here must give at least half its effect
 EDITS = tuple(k for k in MODIFIED if k not in TUNED)  # the weight edits (plant_edit)
 RECIPES = {**dict.fromkeys(EDITS, plant_edit.RECIPE), "position": 2}  # a cached case of another recipe is planted again
@@ -285,7 +285,7 @@ class _Planter:
         measured["twin_delta"] = twin_delta
         if spec.role == "position" and planted.planted_delta > 0:
             measured["at_end_share"] = planted.delta(path, planted.trigger_ids, None) / planted.planted_delta
-            away = [planted.delta(path, planted.trigger_ids, q) for q in AWAY_POSITIONS if q != POSITION]
+            away = [planted.delta(path, planted.trigger_ids, q) for q in AWAY_POSITIONS]
             measured["away_share"] = sum(away) / len(away) / planted.planted_delta
         _check(spec.name, measured)
         seconds = round(time.monotonic() - t0, 1)

@@ -4,11 +4,12 @@ Without a reference (statistics, each a suspect with the largest value per layer
 
 - `neuron_out_z`, `neuron_in_z`: a neuron's output (input) weight norm as a robust z-score among
   the neurons of its layer, (x − median) / (1.4826 · MAD);
-- `neuron_out_kurt_z`, `neuron_in_kurt_z`: how heavy-tailed a neuron's output (input) weight vector
-  is, its excess kurtosis E[(w − mean)⁴] / var² − 3, as a robust z-score of log(kurtosis + 3) among
-  its layer's neurons (the kurtosis itself is heavy-tailed: on the calibration models its plain z
-  ranged 5 to 12 between seeds) -- weights spiked on a few coordinates (a neuron rewired to read or write one direction of a
-  basis: one embedding's coordinates, a few residual features) stand out where their norm need not;
+- `neuron_out_kurt_z`, `neuron_in_kurt_z`: how heavy-tailed a neuron's output (input) weight
+  vector is, its excess kurtosis E[(w − mean)⁴] / var² − 3, as a robust z-score of log(kurtosis + 3)
+  among its layer's neurons (the kurtosis itself is heavy-tailed: on the calibration models its
+  plain z ranged 5 to 12 between seeds) -- weights spiked on a few coordinates (a neuron rewired to
+  read or write one direction of a basis: one embedding's coordinates, a few residual features)
+  stand out where their norm need not;
 - `neuron_logit_spike`: how much a neuron's direct logit effect W_out[j] · W_U (final norm gain
   included, centred) is concentrated on one token, (max − mean) / std over the vocabulary, as a
   robust z-score among its layer's neurons -- a neuron written to push one token stands out;
@@ -97,6 +98,18 @@ def _readout(w: Any) -> Tensor:
     return g.float()[:, None] * w.W_U.float()
 
 
+def logit_spikes(w: Any, directions: Tensor, readout: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Directions (n, d_model) read through the unembedding with the final norm's gain (`w`: the model's
+    `weights()`; `readout`: that product when already at hand), centred over the vocabulary when the final
+    norm has a bias: the effects (n, vocab) and how much each spikes on one token, (max − mean) / std, on the
+    unembedding's device."""
+    readout = _readout(w) if readout is None else readout
+    eff = directions.float().to(readout.device) @ readout
+    if w.lnf_b is not None:
+        eff = eff - eff.mean(-1, keepdim=True)
+    return eff, (eff.max(-1).values - eff.mean(-1)) / eff.std(-1).clamp_min(1e-12)
+
+
 @torch.no_grad()
 def scan(model: Any, reference: Any = None) -> list[Suspect]:
     """Weight suspects of `model` (see the module docstring), strongest per statistic and layer."""
@@ -119,10 +132,7 @@ def scan(model: Any, reference: Any = None) -> list[Suspect]:
                 out.append(_neuron(layer, j, stat, float(z[j]), {"kurtosis": float(kurt[j]),
                                                                  "median_kurtosis": float(kurt.median())}))
             if W_U is not None:
-                eff = W_out @ W_U  # (d_mlp, vocab)
-                if w.lnf_b is not None:
-                    eff = eff - eff.mean(-1, keepdim=True)
-                spike = (eff.max(-1).values - eff.mean(-1)) / eff.std(-1).clamp_min(1e-12)
+                eff, spike = logit_spikes(w, W_out, W_U)  # (d_mlp, vocab), (d_mlp,)
                 z = robust_z(spike)
                 j = int(z.argmax())
                 top = int(eff[j].argmax())
