@@ -50,6 +50,7 @@ BENCHMARKS = {
     "harvest_ray": (".venv", "harvest_ray.py", ["--quick"]),
     "ddp_train": (".venv", "ddp_train.py", ["--quick"]),
     "sgld_chains": (".venv", "sgld_chains.py", ["--quick"]),
+    "llc_kernels": (".venv", "llc_kernels.py", ["--quick"]),
 }
 DEFAULT_OUT = HERE / "results" / "bench.json"
 

@@ -259,9 +259,15 @@ def test_real_llc_series_per_component_on_a_tiny_run():
     names = components(mods[0].mechscope_adapter())
     assert sorted(s.component for s in m.find("llc")) == sorted(["model"] + [llc_component_tag(n) for n in names])
     model = mods[1].mechscope_adapter()
-    want = estimate_llc(model, (held.ids, held.targets), loss=_llc_loss, params=names["blocks.1.mlp"],
-                        config=SGLDConfig(chains=2, draws=4), progress=False).llc
+
+    def direct():
+        return estimate_llc(model, (held.ids, held.targets), loss=_llc_loss, params=names["blocks.1.mlp"],
+                            config=SGLDConfig(chains=2, draws=4), progress=False).llc
+
+    with model.fused():  # dynamics runs the chains with fused attention kernels
+        want = direct()
     assert m.find("llc", "L1.mlp")[0].values[1] == pytest.approx(want, rel=1e-6)
+    assert want == pytest.approx(direct(), rel=1e-4)  # the explicit attention: the same to float rounding
 
 
 def test_llc_in_two_worker_processes_equals_one_process():

@@ -146,3 +146,60 @@ def test_mlp_only_biases_and_the_unembedding_init():
     assert w.b_Q is None and w.b_O is None and w.b_U is None and w.b_in is not None
     with pytest.raises(ValueError, match="bias"):
         TinyConfig(n_layers=1, d_model=8, n_heads=1, d_head=8, d_mlp=8, n_ctx=3, d_vocab=5, bias="attn")
+
+
+def _causal_or_not(name: str, causal: bool) -> tuple[TinyTransformer, TinyModel, torch.Tensor]:
+    module, model, ids = _model(name)
+    if not causal:
+        cfg = TinyConfig(**{**module.cfg.to_dict(), "causal": False})
+        bidirectional = TinyTransformer(cfg).eval()
+        bidirectional.load_state_dict(module.state_dict())
+        module, model = bidirectional, bidirectional.mechscope_adapter()
+    return module, model, ids
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fused_attention_is_the_explicit_function(name, causal):
+    # the fused kernel against the explicit scores / mask / softmax: logits and every weight's gradient
+    module, model, ids = _causal_or_not(name, causal)
+    explicit = module(ids)
+    explicit.square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters()}
+    module.zero_grad()
+    with model.fused():
+        assert all(a.fused for a in module.modules() if type(a).__name__ == "Attention")
+        fused = module(ids)
+        fused.square().mean().backward()
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    for n, p in module.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4, msg=n)
+    assert not any(a.fused for a in module.modules() if type(a).__name__ == "Attention")
+
+
+def test_fused_attention_steps_aside_where_the_pattern_is_observed():
+    # capturing or changing a block's pattern (or scores) needs them computed: that block runs explicitly,
+    # bit for bit as outside the context (block 0 here, which has nothing fused before it); a block with
+    # nothing attached there may take the kernel (block 1: its output equal to rounding)
+    module, model, ids = _model("mlp_ln_gelu")
+    pattern, scores = Site(Kind.PATTERN, 0), Site(Kind.SCORES, 0)
+    outside = ms.run(model, ids, capture=[pattern, Site(Kind.RESID_MID, 0)])
+    ablated = ms.run(model, ids, interventions=[Zero(scores)], capture=[Site(Kind.RESID_MID, 0)])
+    with model.fused():
+        inside = ms.run(model, ids, capture=[pattern, Site(Kind.RESID_MID, 0)])
+        changed = ms.run(model, ids, interventions=[Zero(scores)], capture=[Site(Kind.RESID_MID, 0)])
+        last = module(ids, last_only=True)  # the last block's queries for the last position only: explicit there
+    assert torch.equal(inside.cache[pattern], outside.cache[pattern])
+    assert torch.equal(inside.cache[Site(Kind.RESID_MID, 0)], outside.cache[Site(Kind.RESID_MID, 0)])
+    assert torch.equal(changed.cache[Site(Kind.RESID_MID, 0)], ablated.cache[Site(Kind.RESID_MID, 0)])
+    torch.testing.assert_close(inside.logits, outside.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(changed.logits, ablated.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(last, outside.logits[:, -1:], atol=1e-5, rtol=1e-5)
+
+
+def test_fused_attention_is_switched_off_again_after_an_error():
+    module, model, ids = _model("attn_only")
+    with pytest.raises(RuntimeError, match="inside"):
+        with model.fused():
+            raise RuntimeError("inside")
+    assert not any(a.fused for a in module.modules() if type(a).__name__ == "Attention")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -66,6 +66,11 @@ class ModelBase:
     def start_at(self, layer: int) -> AbstractContextManager | None:
         """Skipping blocks needs to know where they are; adapters that do override this."""
         return None
+
+    def fused(self) -> AbstractContextManager:
+        """A context in which the network may run fused kernels where no hook observes their internals
+        (equal up to float rounding, not bit for bit); adapters that have them override this."""
+        return nullcontext()
 
     def window(self, prepared: Any, window: Any, sites: Iterable[Site]) -> Any | None:
         """Running a window of positions needs a key/value cache; adapters that have one override this."""

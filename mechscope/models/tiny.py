@@ -19,12 +19,15 @@ is the declarative table at the end of the file.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module_hooks
 
 from ..core.protocol import Prepared
 from ..core.site import Kind, Site
@@ -109,6 +112,7 @@ class Attention(nn.Module):
         self.W_O = nn.Linear(inner, cfg.d_model, bias=cfg.other_bias)
         for name in ("q", "k", "v", "scores", "pattern", "z"):
             setattr(self, f"hook_{name}", nn.Identity())
+        self.fused = False  # set by `fused_attention`: one fused kernel where nothing observes the pattern
 
     def forward(self, x: Tensor, n_queries: int | None = None) -> Tensor:
         """Attention of the last `n_queries` positions (default: all) over every position of x."""
@@ -119,6 +123,11 @@ class Attention(nn.Module):
         q = self.hook_q(self.W_Q(x[:, n - nq:]).unflatten(-1, (cfg.n_heads, cfg.d_head)))
         k = self.hook_k(self.W_K(x).unflatten(-1, (cfg.n_heads, cfg.d_head)))
         v = self.hook_v(self.W_V(x).unflatten(-1, (cfg.n_heads, cfg.d_head)))
+        if self.fused and nq == n and not (_observed(self.hook_scores) or _observed(self.hook_pattern)):
+            # (batch, head, pos, d_head) each; the scale is 1/sqrt(d_head), the causal mask the one below
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=cfg.causal).transpose(1, 2)
+            return self.W_O(self.hook_z(z).flatten(-2))  # (batch, pos, head, d_head) -> (batch, pos, d_model)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.d_head)  # (batch, head, pos, kpos)
         if cfg.causal:
             future = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)[n - nq:]  # (pos, kpos)
@@ -128,6 +137,38 @@ class Attention(nn.Module):
         pattern = self.hook_pattern(scores.softmax(-1))  # (batch, head, pos, kpos)
         z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))  # (batch, pos, head, d_head)
         return self.W_O(z.flatten(-2))  # (batch, pos, head*d_head) -> (batch, pos, d_model)
+
+
+def _observed(module: nn.Module) -> bool:
+    """Whether a hook reads or changes `module`'s output: its own forward hooks, or global ones."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or _module_hooks._global_forward_hooks
+                or _module_hooks._global_forward_pre_hooks)
+
+
+@contextmanager
+def fused_attention(module: nn.Module) -> Iterator[None]:
+    """A context in which every attention of `module` whose scores and pattern no hook observes runs
+    as one fused kernel (`F.scaled_dot_product_attention`) instead of the explicit scores, mask,
+    softmax and weighted sum. The result is the same function, equal to the explicit path up to float
+    rounding (about 1e-7 relative), not bit for bit, so it is off unless asked for: runs that need
+    bit-identical comparisons (an identity intervention against none) keep the explicit path. Work that
+    never looks inside attention and runs the network many times (SGLD chains) asks for it.
+
+    Example::
+
+        from mechscope.models.tiny import fused_attention
+        with fused_attention(net):               # net: a TinyTransformer
+            logits = net(ids)                    # ids (batch, pos) -> (batch, pos, vocab)
+    """
+    attns = [m for m in module.modules() if isinstance(m, Attention)]
+    before = [a.fused for a in attns]
+    for a in attns:
+        a.fused = True
+    try:
+        yield
+    finally:
+        for a, was in zip(attns, before):
+            a.fused = was
 
 
 class MLP(nn.Module):
@@ -343,6 +384,10 @@ class TinyModel(ModelBase):
     def start_at(self, layer: int):
         """A context in which the forward pass skips blocks 0..layer-1 (patching sweeps start at a layer)."""
         return without_first_blocks(self.module, "blocks", layer)
+
+    def fused(self):
+        """A context in which attention nothing observes runs as one fused kernel (`fused_attention`)."""
+        return fused_attention(self.module)
 
     def grad_entry(self) -> Tap | None:
         """The token embedding's hook: gradients are switched on there for frozen weights."""
