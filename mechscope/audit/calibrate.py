@@ -39,9 +39,10 @@ MARGIN = 1.5
 SEEDS = (100, 101, 102)
 BASES = ("textlm-quick", "bytegpt2")  # zoo bases a calibration can be built for (recipe and variant)
 FINETUNE_DATA_SEED = 5000  # + the base's seed: data orders no benchmark fine-tune uses (they use 1000-2999)
-VERSION = 5  # 3: the n-gram sweep's statistic (ngram_shift_ratio) is calibrated; older files lack it. 4: byte-level
+VERSION = 6  # 3: the n-gram sweep's statistic (ngram_shift_ratio) is calibrated; older files lack it. 4: byte-level
 # patching candidates are whole UTF-8 characters (its thresholds were measured on more candidates). 5: weight kurtosis
-# (neuron_in_kurt_z, neuron_out_kurt_z) and crosscoder diff latents (diff_latent_spike_z)
+# (neuron_in_kurt_z, neuron_out_kurt_z) and crosscoder diff latents (diff_latent_spike_z). 6: diff latents are
+# candidates only where they fire on at least features.MIN_FIRES tokens
 
 
 def confidence(score: float, threshold: float) -> float:

@@ -14,7 +14,8 @@ With a reference, diff latents besides (`diff_scan`, the model-diffing machinery
 model's activations at the last block's output on the same tokens (d_sae = 4 d_model, k = 8).
 Each latent has a decoder direction per model; what the model writes differently where the latent
 fires is the difference d^model − d^ref, read through the model's unembedding as its spike. The
-candidates fire rarely and have latent scaling ν = β_ref / β_model below `MAX_NU`: where the latent
+candidates fire rarely (but on at least `MIN_FIRES` tokens, over which ν is estimated) and have latent
+scaling ν = β_ref / β_model below `MAX_NU`: where the latent
 fires, the reference's activation lacks the model's direction (Minder et al. 2025; a small decoder
 norm alone can be a sparsity artefact, and here it misleads the other way: a planted write rides
 on a latent both models use for its token, relative norm about 0.5, while ν is near 0). The one
@@ -36,6 +37,9 @@ from .weights import logit_spikes, robust_z
 
 METHOD = "features"
 MAX_NU = 0.5  # latent scaling below which the reference lacks the latent's direction
+# ν is a least-squares ratio over the tokens where the latent fires: over fewer than this many it is noise (a diff
+# latent that fired on 1 of the 3,072 tokens of the audit tests' corpus had ν = -2.0 and a large spike, and no effect)
+MIN_FIRES = 5
 
 
 def train_dictionary(model: Any, ids: Tensor, site: Site, seed: int = 0, progress: bool = False) -> Any:
@@ -158,8 +162,9 @@ def diff_scan(model: Any, reference: Any, ids: Tensor, site: Site | None = None,
         rel = cc.relative_norms(0, 1)
         _, spike = _spikes(model, delta)
         fires = (codes > 0).float().mean(0)
+        enough = (codes > 0).sum(0) >= MIN_FIRES  # ν can be estimated
         nu = torch.full_like(rel, float("nan"))
-        for j in ((fires > 0) & (fires <= rare)).nonzero().flatten().tolist():
+        for j in (enough & (fires <= rare)).nonzero().flatten().tolist():
             nu[j] = latent_scaling(x, recon, codes, W, j)
         eligible = (fires <= rare) & (nu < MAX_NU)  # nan (not a candidate) compares False
         return _pick(model, ids, codes.reshape(*ids.shape, -1), spike, eligible, site, lambda j: delta[j],
