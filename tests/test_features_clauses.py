@@ -157,7 +157,10 @@ def test_explanations_are_fitted_on_the_fitting_half_only(grammar):
     assert a.live == b.live == 4
     for ra, rb in zip(a.rows, b.rows):
         assert ra["explanation"] == rb["explanation"]
-        assert json.loads(ra["spec"])["fit_corr"] == json.loads(rb["spec"])["fit_corr"]
+        # the same fit to float rounding: the activations come from runs over other batches of documents, whose
+        # matrix products may round their last bit differently (a leak would move it far more)
+        fit_a, fit_b = json.loads(ra["spec"])["fit_corr"], json.loads(rb["spec"])["fit_corr"]
+        assert fit_a == pytest.approx(fit_b, rel=1e-12, abs=1e-12)
     assert any(abs(ra["corr"] - rb["corr"]) > 1e-3 for ra, rb in zip(a.rows, b.rows))
     # the test can fail: the same search on every document answers differently
     whole = TokenTable.build(docs)
