@@ -161,10 +161,10 @@ def diff_scan(model: Any, reference: Any, ids: Tensor, site: Site | None = None,
         delta = W[:, 1] - W[:, 0]
         rel = cc.relative_norms(0, 1)
         _, spike = _spikes(model, delta)
-        fires = (codes > 0).float().mean(0)
-        enough = (codes > 0).sum(0) >= MIN_FIRES  # ν can be estimated
+        count = (codes > 0).sum(0)  # tokens each latent fires on
+        fires = count.float() / codes.shape[0]
         nu = torch.full_like(rel, float("nan"))
-        for j in (enough & (fires <= rare)).nonzero().flatten().tolist():
+        for j in ((count >= MIN_FIRES) & (fires <= rare)).nonzero().flatten().tolist():  # where ν can be estimated
             nu[j] = latent_scaling(x, recon, codes, W, j)
         eligible = (fires <= rare) & (nu < MAX_NU)  # nan (not a candidate) compares False
         return _pick(model, ids, codes.reshape(*ids.shape, -1), spike, eligible, site, lambda j: delta[j],

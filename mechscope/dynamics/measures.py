@@ -321,7 +321,7 @@ def _llc_values(model: Any, data: dict[str, HeldOut], settings: LLCSettings) -> 
     values: list[tuple[str, float]] = []
     found: list[str] = []
     seconds: dict[str, float] = {}
-    fused = getattr(model, "fused", None)  # the chains never look inside attention: fused kernels where there are
+    fused = getattr(model, "fused", None)  # the chains never look inside attention: its fused kernels, if any
     with fused() if callable(fused) else nullcontext():
         t0 = time.perf_counter()
         est = estimate_llc(model, pair, loss=_llc_loss, config=SGLDConfig(**settings.model), progress=False)
